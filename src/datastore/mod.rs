@@ -1,0 +1,647 @@
+//! The datastore: the cluster's only shared state, a key-value history in SQL.
+//!
+//! Owns the bounded connection pool, the schema, object reads and writes with a global
+//! revision, and compaction. The change feed that fans revisions out to watchers lives in
+//! [`feed`]. Keys are opaque paths (`/registry/nodes/pi-1`); what they mean is the API
+//! server's business.
+//!
+//! Invariants: revisions are gapless and handed out in commit order (see [`schema`]);
+//! nothing is acknowledged to a caller before its transaction committed.
+
+pub mod endpoint;
+pub mod feed;
+pub mod schema;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use tokio::sync::Notify;
+
+pub use endpoint::{Dialect, Endpoint};
+
+/// How the pool is bounded; the defaults suit a Raspberry Pi and a shared database.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_open: u32,
+    pub max_idle: u32,
+    pub max_lifetime: Option<Duration>,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_open: 4,
+            max_idle: 2,
+            max_lifetime: Some(Duration::from_secs(300)),
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors at the datastore boundary. `Unavailable` is retryable; the others are answers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{path} was modified concurrently (expected revision {expected}, found {current})")]
+    Conflict { path: String, expected: i64, current: i64 },
+    #[error("revision {requested} has been compacted (oldest available is {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("the datastore is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("cannot open the datastore {endpoint}: {source}")]
+    Open {
+        endpoint: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create the datastore directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Unavailable(e)
+    }
+}
+
+/// One stored object.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub path: String,
+    pub create_revision: i64,
+    /// The revision of the object's last modification (its resourceVersion).
+    pub revision: i64,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One entry of the change history.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub revision: i64,
+    pub kind: EventKind,
+    pub path: String,
+    pub create_revision: i64,
+    /// The object after the change; for a deletion, its last state.
+    pub value: Vec<u8>,
+}
+
+/// A handle to the datastore; cheap to clone, all clones share one bounded pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    dialect: Dialect,
+    sql: Statements,
+    /// Woken after every local commit so the change feed picks it up at once.
+    committed: Notify,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Connects (creating the SQLite file and directory if needed), bounded by `pool`, and
+    /// brings the schema up to date.
+    pub async fn open(endpoint: &Endpoint, pool: &PoolConfig) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        if let Some(dir) = endpoint.sqlite_path().and_then(|p| p.parent()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            set_mode(dir, 0o700);
+        }
+        let dialect = endpoint.dialect;
+        let opts = AnyPoolOptions::new()
+            .max_connections(pool.max_open.max(1))
+            .min_connections(0)
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .max_lifetime(pool.max_lifetime)
+            .acquire_timeout(pool.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL lets readers run beside the single writer; FULL keeps every
+                        // acknowledged commit across a power cut.
+                        sqlx::raw_sql("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=OFF")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = opts.connect(&endpoint.url).await.map_err(|source| Error::Open {
+            endpoint: endpoint.redacted().to_owned(),
+            source,
+        })?;
+        if let Some(path) = endpoint.sqlite_path() {
+            set_mode(path, 0o600);
+        }
+        let store = Store {
+            inner: Arc::new(Inner {
+                pool,
+                dialect,
+                sql: Statements::for_dialect(dialect),
+                committed: Notify::new(),
+            }),
+        };
+        store.migrate().await.map_err(|e| match e {
+            Error::Unavailable(source) => Error::Open {
+                endpoint: endpoint.redacted().to_owned(),
+                source,
+            },
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        for stmt in schema::ddl(self.inner.dialect)
+            .iter()
+            .chain(schema::seed(self.inner.dialect))
+        {
+            sqlx::query(*stmt).execute(&self.inner.pool).await?;
+        }
+        Ok(())
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
+    }
+
+    /// Resolves when a local write committed; used by the change feed.
+    pub(crate) async fn committed(&self) {
+        self.inner.committed.notified().await
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Option<Record>> {
+        let row = sqlx::query(self.inner.sql.get)
+            .bind(path)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        row.map(|r| record(path, &r)).transpose()
+    }
+
+    /// Every object whose path starts with `prefix`, sorted by path, and the revision the
+    /// list is consistent with (one statement, so one snapshot).
+    pub async fn list(&self, prefix: &str) -> Result<(i64, Vec<Record>)> {
+        let rows = sqlx::query(self.inner.sql.list)
+            .bind(prefix)
+            .bind(prefix_end(prefix))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        let mut revision = 0;
+        let mut out = Vec::with_capacity(rows.len().saturating_sub(1));
+        for row in rows {
+            let path: String = row.try_get(0)?;
+            if path.is_empty() {
+                revision = row.try_get(2)?;
+            } else {
+                out.push(record(&path, &row)?);
+            }
+        }
+        Ok((revision, out))
+    }
+
+    /// The newest revision handed out.
+    pub async fn current_revision(&self) -> Result<i64> {
+        Ok(sqlx::query(self.inner.sql.meta)
+            .bind("revision")
+            .fetch_one(&self.inner.pool)
+            .await?
+            .try_get(0)?)
+    }
+
+    pub async fn create(&self, path: &str, value: &[u8]) -> Result<i64> {
+        self.write(path, |current| match current {
+            Some(_) => Err(Error::AlreadyExists(path.to_owned())),
+            None => Ok(Write::Put(value)),
+        })
+        .await
+        .map(|(rev, _)| rev)
+    }
+
+    /// Replaces an object; with `expected` set, only if its revision still matches.
+    pub async fn update(&self, path: &str, expected: Option<i64>, value: &[u8]) -> Result<i64> {
+        self.write(path, |current| {
+            let current = current.ok_or_else(|| Error::NotFound(path.to_owned()))?;
+            check_expected(path, expected, current.revision)?;
+            Ok(Write::Put(value))
+        })
+        .await
+        .map(|(rev, _)| rev)
+    }
+
+    /// Deletes an object, returning the deletion's revision and the object's last state.
+    pub async fn delete(&self, path: &str, expected: Option<i64>) -> Result<(i64, Record)> {
+        let (rev, last) = self
+            .write(path, |current| {
+                let current = current.ok_or_else(|| Error::NotFound(path.to_owned()))?;
+                check_expected(path, expected, current.revision)?;
+                Ok(Write::Delete)
+            })
+            .await?;
+        // `write` only returns Ok for Delete after it found the object.
+        let last = last.ok_or_else(|| Error::NotFound(path.to_owned()))?;
+        Ok((rev, last))
+    }
+
+    /// The one write path. `decide` sees the current object inside the transaction, after the
+    /// revision counter is locked, so no other writer can change it in between.
+    async fn write<'v>(
+        &self,
+        path: &str,
+        decide: impl FnOnce(Option<&Record>) -> Result<Write<'v>>,
+    ) -> Result<(i64, Option<Record>)> {
+        let sql = &self.inner.sql;
+        let mut tx = self.inner.pool.begin().await?;
+        let revision: i64 = match sql.bump_returning {
+            Some(stmt) => sqlx::query(stmt).fetch_one(&mut *tx).await?.try_get(0)?,
+            None => {
+                sqlx::query(sql.bump).execute(&mut *tx).await?;
+                sqlx::query(sql.meta)
+                    .bind("revision")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?
+            }
+        };
+        let current = sqlx::query(sql.get)
+            .bind(path)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| record(path, &r))
+            .transpose()?;
+        // On a refusal the transaction drops and rolls back, returning the revision number.
+        let write = decide(current.as_ref())?;
+        let (kind, create_revision, value) = match (write, &current) {
+            (Write::Put(value), None) => {
+                sqlx::query(sql.insert_object)
+                    .bind(path)
+                    .bind(revision)
+                    .bind(revision)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+                (EventKind::Added, revision, value)
+            }
+            (Write::Put(value), Some(cur)) => {
+                sqlx::query(sql.update_object)
+                    .bind(revision)
+                    .bind(value)
+                    .bind(path)
+                    .execute(&mut *tx)
+                    .await?;
+                (EventKind::Modified, cur.create_revision, value)
+            }
+            (Write::Delete, Some(cur)) => {
+                sqlx::query(sql.delete_object)
+                    .bind(path)
+                    .execute(&mut *tx)
+                    .await?;
+                (EventKind::Deleted, cur.create_revision, cur.value.as_slice())
+            }
+            (Write::Delete, None) => return Err(Error::NotFound(path.to_owned())),
+        };
+        sqlx::query(sql.insert_event)
+            .bind(revision)
+            .bind(path)
+            .bind(kind.code())
+            .bind(create_revision)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.inner.committed.notify_one();
+        Ok((revision, current))
+    }
+
+    /// Up to `limit` events after `after`, in revision order.
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
+        let compacted = self.compacted_revision().await?;
+        if after < compacted {
+            return Err(Error::Compacted { requested: after, compacted });
+        }
+        let rows = sqlx::query(self.inner.sql.events_after)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(event).collect()
+    }
+
+    /// The revision through which history has been dropped.
+    pub async fn compacted_revision(&self) -> Result<i64> {
+        Ok(sqlx::query(self.inner.sql.meta)
+            .bind("compact")
+            .fetch_one(&self.inner.pool)
+            .await?
+            .try_get(0)?)
+    }
+
+    /// Drops history at and below `through` (never the current objects). Idempotent and safe
+    /// to race: the recorded mark only moves forward.
+    pub async fn compact(&self, through: i64) -> Result<()> {
+        let mut tx = self.inner.pool.begin().await?;
+        sqlx::query(self.inner.sql.compact_mark)
+            .bind(through)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(self.inner.sql.compact_events)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query(self.inner.sql.get_secret)
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Stores a secret unless one of that name exists; returns whether this call stored it.
+    pub async fn insert_secret(&self, name: &str, value: &[u8]) -> Result<bool> {
+        let done = sqlx::query(self.inner.sql.insert_secret)
+            .bind(name)
+            .bind(value)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn close(&self) {
+        self.inner.pool.close().await
+    }
+}
+
+enum Write<'v> {
+    Put(&'v [u8]),
+    Delete,
+}
+
+fn check_expected(path: &str, expected: Option<i64>, current: i64) -> Result<()> {
+    match expected {
+        Some(expected) if expected != current => Err(Error::Conflict {
+            path: path.to_owned(),
+            expected,
+            current,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn record(path: &str, row: &AnyRow) -> Result<Record> {
+    let off = row.columns().len() - 3;
+    Ok(Record {
+        path: path.to_owned(),
+        create_revision: row.try_get(off)?,
+        revision: row.try_get(off + 1)?,
+        value: row.try_get(off + 2)?,
+    })
+}
+
+fn event(row: &AnyRow) -> Result<Event> {
+    let kind: i64 = row.try_get(2)?;
+    Ok(Event {
+        revision: row.try_get(0)?,
+        path: row.try_get(1)?,
+        kind: EventKind::from_code(kind),
+        create_revision: row.try_get(3)?,
+        value: row.try_get(4)?,
+    })
+}
+
+/// The smallest string greater than every string with this prefix (prefixes end in '/').
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.to_owned();
+    match end.pop() {
+        Some(c) => end.push(char::from_u32(c as u32 + 1).unwrap_or(char::MAX)),
+        None => end.push(char::MAX),
+    }
+    end
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    // Best effort: the file may not exist yet (SQLite creates it lazily) or be on a
+    // filesystem without modes; neither is an error for the caller.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+// === impl EventKind ===
+
+impl EventKind {
+    fn code(self) -> i64 {
+        match self {
+            EventKind::Added => 0,
+            EventKind::Modified => 1,
+            EventKind::Deleted => 2,
+        }
+    }
+
+    fn from_code(code: i64) -> EventKind {
+        match code {
+            0 => EventKind::Added,
+            2 => EventKind::Deleted,
+            _ => EventKind::Modified,
+        }
+    }
+}
+
+/// The statements, in each dialect's placeholder style. Built once per process.
+struct Statements {
+    get: &'static str,
+    list: &'static str,
+    meta: &'static str,
+    bump: &'static str,
+    /// For dialects whose UPDATE can return the new value; otherwise `bump` then `meta`.
+    bump_returning: Option<&'static str>,
+    insert_object: &'static str,
+    update_object: &'static str,
+    delete_object: &'static str,
+    insert_event: &'static str,
+    events_after: &'static str,
+    compact_mark: &'static str,
+    compact_events: &'static str,
+    get_secret: &'static str,
+    insert_secret: &'static str,
+}
+
+impl Statements {
+    fn for_dialect(dialect: Dialect) -> Statements {
+        let s = |sql: &'static str| -> &'static str {
+            match dialect {
+                Dialect::Postgres => sql,
+                // `$n` → `?`: every statement binds its parameters in order.
+                _ => Box::leak(dollar_to_question(sql).into_boxed_str()),
+            }
+        };
+        let insert_secret = match dialect {
+            Dialect::Sqlite => "INSERT OR IGNORE INTO keelson_secrets (name, value) VALUES (?, ?)",
+            Dialect::Mysql => "INSERT IGNORE INTO keelson_secrets (name, value) VALUES (?, ?)",
+            Dialect::Postgres => "INSERT INTO keelson_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        };
+        Statements {
+            get: s("SELECT create_revision, revision, value FROM keelson_objects WHERE path = $1"),
+            list: s("SELECT path, create_revision, revision, value FROM keelson_objects WHERE path >= $1 AND path < $2 \
+                     UNION ALL SELECT '', 0, value, NULL FROM keelson_meta WHERE name = 'revision' ORDER BY 1"),
+            meta: s("SELECT value FROM keelson_meta WHERE name = $1"),
+            bump: "UPDATE keelson_meta SET value = value + 1 WHERE name = 'revision'",
+            bump_returning: (dialect != Dialect::Mysql).then_some(
+                "UPDATE keelson_meta SET value = value + 1 WHERE name = 'revision' RETURNING value",
+            ),
+            insert_object: s("INSERT INTO keelson_objects (path, create_revision, revision, value) VALUES ($1, $2, $3, $4)"),
+            update_object: s("UPDATE keelson_objects SET revision = $1, value = $2 WHERE path = $3"),
+            delete_object: s("DELETE FROM keelson_objects WHERE path = $1"),
+            insert_event: s("INSERT INTO keelson_events (revision, path, kind, create_revision, value) VALUES ($1, $2, $3, $4, $5)"),
+            events_after: s("SELECT revision, path, kind, create_revision, value FROM keelson_events WHERE revision > $1 ORDER BY revision LIMIT $2"),
+            compact_mark: s("UPDATE keelson_meta SET value = $1 WHERE name = 'compact' AND value < $2"),
+            compact_events: s("DELETE FROM keelson_events WHERE revision <= $1"),
+            get_secret: s("SELECT value FROM keelson_secrets WHERE name = $1"),
+            insert_secret,
+        }
+    }
+}
+
+fn dollar_to_question(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Endpoint::sqlite(dir.path().join("db/state.db")), &PoolConfig::default())
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn placeholders_are_rewritten_in_order() {
+        assert_eq!(dollar_to_question("a = $1 AND b < $12"), "a = ? AND b < ?");
+    }
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(prefix_end("/registry/nodes/"), "/registry/nodes0");
+    }
+
+    #[tokio::test]
+    async fn revisions_are_gapless_even_after_refused_writes() {
+        let (_dir, store) = temp_store().await;
+        let r1 = store.create("/registry/nodes/a", b"{}").await.unwrap();
+        assert!(matches!(
+            store.create("/registry/nodes/a", b"{}").await,
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            store.update("/registry/nodes/a", Some(r1 + 5), b"{}").await,
+            Err(Error::Conflict { .. })
+        ));
+        let r2 = store.update("/registry/nodes/a", Some(r1), b"{\"x\":1}").await.unwrap();
+        let (r3, last) = store.delete("/registry/nodes/a", None).await.unwrap();
+        assert_eq!((r2, r3), (r1 + 1, r1 + 2));
+        assert_eq!(last.value, b"{\"x\":1}");
+        let events = store.events_after(0, 100).await.unwrap();
+        let revs: Vec<i64> = events.iter().map(|e| e.revision).collect();
+        assert_eq!(revs, vec![r1, r1 + 1, r1 + 2]);
+        assert_eq!(events[2].kind, EventKind::Deleted);
+        assert_eq!(events[2].value, b"{\"x\":1}");
+    }
+
+    #[tokio::test]
+    async fn list_is_prefix_scoped_and_carries_the_revision() {
+        let (_dir, store) = temp_store().await;
+        store.create("/registry/nodes/b", b"1").await.unwrap();
+        store.create("/registry/nodes/a", b"2").await.unwrap();
+        let r = store.create("/registry/namespaces/x", b"3").await.unwrap();
+        let (rev, items) = store.list("/registry/nodes/").await.unwrap();
+        assert_eq!(rev, r);
+        let paths: Vec<&str> = items.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, vec!["/registry/nodes/a", "/registry/nodes/b"]);
+    }
+
+    #[tokio::test]
+    async fn compacted_history_is_refused() {
+        let (_dir, store) = temp_store().await;
+        for i in 0..5 {
+            store.create(&format!("/registry/nodes/{i}"), b"{}").await.unwrap();
+        }
+        store.compact(3).await.unwrap();
+        assert!(matches!(
+            store.events_after(1, 10).await,
+            Err(Error::Compacted { requested: 1, compacted: 3 })
+        ));
+        let rest = store.events_after(3, 10).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![4, 5]);
+        // The mark never moves back.
+        store.compact(2).await.unwrap();
+        assert_eq!(store.compacted_revision().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_never_skip_a_revision() {
+        let (_dir, store) = temp_store().await;
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    store.create(&format!("/registry/x/{w}-{i}"), b"{}").await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let events = store.events_after(0, 1000).await.unwrap();
+        let revs: Vec<i64> = events.iter().map(|e| e.revision).collect();
+        assert_eq!(revs, (1..=80).collect::<Vec<i64>>());
+    }
+}

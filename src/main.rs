@@ -1,0 +1,2 @@
+mod datastore;
+fn main() {}
