@@ -1,2 +1,111 @@
+//! keelson: one binary, a server or an agent of a small Kubernetes-compatible control plane.
+//!
+//! The whole process lifecycle: parse the configuration, set up logging, run the chosen role
+//! until SIGTERM/SIGINT, and exit with a code that says how it went.
+
+#![deny(unsafe_code)]
+
+mod agent;
+mod apiserver;
+mod bootstrap;
+mod cli;
+mod config;
 mod datastore;
-fn main() {}
+mod server;
+
+use std::process::ExitCode;
+
+use cli::Command;
+use config::{Host, ServerConfig};
+
+/// The Kubernetes API version keelson speaks (kubectl checks the minor for version skew).
+pub const KUBE_MINOR: &str = "32";
+pub const KUBE_VERSION: &str = concat!("v1.32.0+keelson.", env!("CARGO_PKG_VERSION"));
+pub const VERSION_STRING: &str = concat!(env!("CARGO_PKG_VERSION"), " (Kubernetes v1.32.0)");
+
+fn main() -> ExitCode {
+    let cli = match config::parse_command_line(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(config::Error::Clap(e)) => e.exit(),
+        Err(e) => return usage_error(&e),
+    };
+    match cli.command {
+        Command::Server(args) => {
+            let cfg = match ServerConfig::from_args(args, &Host::current()) {
+                Ok(cfg) => cfg,
+                Err(e) => return usage_error(&e),
+            };
+            init_logging(cfg.debug);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+            };
+            match runtime.block_on(server::run(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fatal(&e),
+            }
+        }
+        Command::Agent(_) => {
+            eprintln!("error: `keelson agent` is not implemented yet; run `keelson server` on every board for now");
+            ExitCode::from(2)
+        }
+        Command::Kubectl { args } => run_kubectl(args),
+    }
+}
+
+fn usage_error(e: &config::Error) -> ExitCode {
+    eprint!("{e}");
+    eprintln!("Run `keelson server --help` for the flags and their defaults.");
+    ExitCode::from(2)
+}
+
+fn fatal(e: &anyhow::Error) -> ExitCode {
+    tracing::error!("{e:#}");
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(debug: bool) {
+    let level = if debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("keelson", level)
+        .with_default(tracing::Level::WARN);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
+        .with(filter)
+        .init();
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can still be killed; run until then.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+}
+
+/// `keelson kubectl ...`: the system kubectl with this node's kubeconfig (unless KUBECONFIG
+/// or --kubeconfig says otherwise), like `k3s kubectl`.
+fn run_kubectl(args: Vec<String>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let host = Host::current();
+    let mut cmd = std::process::Command::new("kubectl");
+    let explicit = args.iter().any(|a| a.starts_with("--kubeconfig")) || std::env::var_os("KUBECONFIG").is_some();
+    if !explicit {
+        let data_dir = std::env::var_os("KEELSON_DATA_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| host.default_data_dir());
+        let path = std::env::var_os("KEELSON_KUBECONFIG_OUTPUT")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| host.default_kubeconfig(&data_dir));
+        cmd.arg(format!("--kubeconfig={}", path.display()));
+    }
+    let err = cmd.args(args).exec();
+    eprintln!("error: cannot run kubectl: {err} (is kubectl installed and on PATH?)");
+    ExitCode::from(127)
+}

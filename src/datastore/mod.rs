@@ -8,6 +8,7 @@
 //! Invariants: revisions are gapless and handed out in commit order (see [`schema`]);
 //! nothing is acknowledged to a caller before its transaction committed.
 
+pub mod compactor;
 pub mod endpoint;
 pub mod feed;
 pub mod schema;

@@ -1,0 +1,216 @@
+//! The HTTPS API: TLS with client certificates, connection limits, graceful shutdown.
+//!
+//! Owns the listener and the connections; request handling is in [`routes`], object
+//! semantics in [`registry`]. Invariant: at most [`MAX_CONNECTIONS`] connections are open;
+//! on shutdown no new connection is accepted, watches end, and in-flight requests get
+//! [`DRAIN_GRACE`] to finish.
+
+pub mod auth;
+pub mod discovery;
+pub mod patch;
+pub mod registry;
+pub mod resources;
+pub mod routes;
+pub mod selector;
+pub mod status;
+pub mod table;
+pub mod watch;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch as signal};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::bootstrap::ClusterCa;
+use crate::bootstrap::pki::{Issued, pem_to_der};
+use crate::datastore::feed::Feed;
+use registry::Registry;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Open connections at most; further clients wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 512;
+/// How long in-flight requests may run after shutdown begins.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(4);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// What handlers share. Held in an `Arc` by every connection.
+pub struct Api {
+    pub registry: Registry,
+    pub feed: Feed,
+    /// The CA bundle served at `/cacerts` (its hash is in the token).
+    pub ca_pem: String,
+    /// `host:port` clients should use, for `/api` discovery.
+    pub server_address: String,
+    /// Set once this server's node is registered.
+    pub node_registered: AtomicBool,
+    /// Flips to `true` when the server begins shutting down.
+    pub shutdown: signal::Receiver<bool>,
+}
+
+impl Api {
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.feed.reachable() {
+            return Err("datastore failed: unreachable");
+        }
+        if !self.node_registered.load(Ordering::Relaxed) {
+            return Err("node not registered yet");
+        }
+        Ok(())
+    }
+}
+
+pub struct Server {
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    api: Arc<Api>,
+}
+
+// === impl Server ===
+
+impl Server {
+    pub async fn bind(addr: SocketAddr, tls: rustls::ServerConfig, api: Arc<Api>) -> Result<Server, Error> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+        Ok(Server { listener, tls: TlsAcceptor::from(Arc::new(tls)), api })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` resolves, then drains. `stop` is flipped to tell connections.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, stop: signal::Sender<bool>) {
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            // Take the permit before accepting, so the bound also holds the accept queue back.
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            // Reap finished connections so the set stays as small as the open count.
+            while conns.try_join_next().is_some() {}
+            let tls = self.tls.clone();
+            let api = self.api.clone();
+            conns.spawn(tracing::Instrument::instrument(
+                async move {
+                    serve_connection(tls, tcp, api).await;
+                    drop(permit);
+                },
+                tracing::debug_span!("conn", %peer),
+            ));
+        }
+        drop(self.listener);
+        let _ = stop.send(true);
+        tracing::info!(open = conns.len(), "API stopped accepting; draining connections");
+        if tokio::time::timeout(DRAIN_GRACE, async { while conns.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!(open = conns.len(), "grace period over; closing remaining connections");
+            conns.abort_all();
+        }
+    }
+}
+
+async fn serve_connection(tls: TlsAcceptor, tcp: tokio::net::TcpStream, api: Arc<Api>) {
+    let _ = tcp.set_nodelay(true);
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| auth::Identity::from_certificate(c.as_ref()))
+        .unwrap_or(auth::Identity::Anonymous);
+    let identity = Arc::new(identity);
+    let mut stop = api.shutdown.clone();
+    let svc_api = api.clone();
+    let service = service_fn(move |req| {
+        let api = svc_api.clone();
+        let identity = identity.clone();
+        async move { Ok::<_, Infallible>(routes::handle(api, &identity, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error"); }
+            return;
+        }
+        _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error during shutdown");
+    }
+}
+
+/// TLS for the API: the serving certificate, and client certificates verified against the
+/// cluster CA when offered (anonymous clients may only reach the public endpoints).
+pub fn tls_config(ca: &ClusterCa, serving: &Issued) -> Result<rustls::ServerConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = ca.cert_der().map_err(|e| Error::Tls(e.to_string()))?;
+    roots.add(ca_der.clone().into()).map_err(|e| Error::Tls(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let cert = pem_to_der(&serving.cert_pem).ok_or_else(|| Error::Tls("serving certificate is not PEM".into()))?;
+    let key = pem_to_der(&serving.key_pem).ok_or_else(|| Error::Tls("serving key is not PEM".into()))?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert.into(), ca_der.into()], key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

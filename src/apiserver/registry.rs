@@ -1,0 +1,385 @@
+//! Kubernetes object semantics over the datastore: defaulting, validation, metadata the
+//! server owns (uid, creationTimestamp, resourceVersion), status subresources, and
+//! optimistic concurrency.
+//!
+//! Used by the HTTP handlers and by in-process writers (the server's own node heartbeat),
+//! so every write follows the same rules. Invariant: objects are stored without
+//! `metadata.resourceVersion`; it is always the datastore revision, added on read.
+
+use std::time::Duration;
+
+use ring::rand::SecureRandom;
+use serde_json::{Value, json};
+
+use super::patch;
+use super::resources::{NAMESPACES, NODES, ObjectRef, PODS, Resource, SYSTEM_NAMESPACES};
+use super::status::{ApiError, Result};
+use crate::agent::node;
+use crate::datastore::{Record, Store};
+
+/// Attempts at read-patch-write before a patch gives up under contention.
+const PATCH_RETRIES: usize = 64;
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything but `status`.
+    Main,
+    /// Only `status`.
+    Status,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    pub fn new(store: Store) -> Registry {
+        Registry { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn get(&self, r: &ObjectRef) -> Result<Value> {
+        match self.store.get(&r.path()).await {
+            Ok(Some(rec)) => decode(r.resource, &rec),
+            Ok(None) => Err(not_found(r)),
+            Err(e) => Err(ApiError::from_store(e, r.resource.plural, &r.name)),
+        }
+    }
+
+    /// All objects of a resource (in one namespace, or all) and the list's revision.
+    pub async fn list(&self, resource: &'static Resource, namespace: Option<&str>) -> Result<(i64, Vec<Value>)> {
+        let (rev, records) = self.store.list(&resource.prefix(namespace)).await?;
+        let items = records.iter().map(|rec| decode(resource, rec)).collect::<Result<_>>()?;
+        Ok((rev, items))
+    }
+
+    pub async fn create(&self, resource: &'static Resource, namespace: Option<&str>, mut obj: Value) -> Result<Value> {
+        if !obj.is_object() {
+            return Err(ApiError::BadRequest(format!("the body must be a {} object", resource.kind)));
+        }
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        if name.is_empty() {
+            return Err(invalid(resource, "", vec!["metadata.name: Required value: name is required".into()]));
+        }
+        let namespace = if resource.namespaced {
+            let ns = namespace
+                .map(str::to_owned)
+                .or_else(|| obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| "default".into());
+            if let Some(body_ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
+                && body_ns != ns
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
+                )));
+            }
+            self.get(&ObjectRef::cluster(&NAMESPACES, &ns)).await.map_err(|e| match e {
+                ApiError::NotFound { .. } => ApiError::NotFound { resource: "namespaces".into(), name: ns.clone() },
+                other => other,
+            })?;
+            Some(ns)
+        } else {
+            None
+        };
+        let r = ObjectRef { resource, namespace, name };
+        set_type_meta(resource, &mut obj);
+        let meta = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
+        meta.remove("resourceVersion");
+        meta.insert("uid".into(), json!(new_uid()));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        if let Some(ns) = &r.namespace {
+            meta.insert("namespace".into(), json!(ns));
+        }
+        default(resource, &r.name, &mut obj);
+        validate(resource, &r.name, &obj)?;
+        let bytes = encode(&obj)?;
+        let rev = self.store.create(&r.path(), &bytes).await.map_err(|e| ApiError::from_store(e, resource.plural, &r.name))?;
+        with_revision(&mut obj, rev);
+        Ok(obj)
+    }
+
+    /// Replaces an object (PUT). With `metadata.resourceVersion` set, only if it is current.
+    pub async fn update(&self, r: &ObjectRef, part: Part, mut obj: Value) -> Result<Value> {
+        let expected = resource_version(&obj)?;
+        let current = self.get(r).await?;
+        if let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str)
+            && name != r.name
+        {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({name}) does not match the name on the URL ({})",
+                r.name
+            )));
+        }
+        obj = prepare_update(r, part, &current, obj)?;
+        self.put(r, expected.or(revision_of(&current)), &mut obj).await?;
+        Ok(obj)
+    }
+
+    /// Applies a patch to the newest object, retrying on conflicts so concurrent patches all
+    /// land. A patch that names a resourceVersion is a precondition and is not retried.
+    pub async fn patch(&self, r: &ObjectRef, part: Part, kind: patch::Kind, body: &Value) -> Result<Value> {
+        let precondition = body.pointer("/metadata/resourceVersion").is_some();
+        for _ in 0..PATCH_RETRIES {
+            let current = self.get(r).await?;
+            let patched = patch::apply(kind, &current, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let expected = if precondition { resource_version(&patched)? } else { revision_of(&current) };
+            let mut obj = prepare_update(r, part, &current, patched)?;
+            match self.put(r, expected, &mut obj).await {
+                Err(ApiError::Conflict { .. }) if !precondition => continue,
+                other => return other.map(|_| obj),
+            }
+        }
+        Err(ApiError::Conflict { resource: r.resource.plural.into(), name: r.name.clone() })
+    }
+
+    /// Read-modify-write for in-process writers; `change` must be idempotent.
+    pub async fn modify(&self, r: &ObjectRef, part: Part, mut change: impl FnMut(&mut Value)) -> Result<Value> {
+        for _ in 0..PATCH_RETRIES {
+            let current = self.get(r).await?;
+            let mut next = current.clone();
+            change(&mut next);
+            if next == current {
+                return Ok(current);
+            }
+            let mut obj = prepare_update(r, part, &current, next)?;
+            match self.put(r, revision_of(&current), &mut obj).await {
+                Err(ApiError::Conflict { .. }) => tokio::time::sleep(Duration::from_millis(5)).await,
+                other => return other.map(|_| obj),
+            }
+        }
+        Err(ApiError::Conflict { resource: r.resource.plural.into(), name: r.name.clone() })
+    }
+
+    pub async fn delete(&self, r: &ObjectRef, precondition: Option<i64>) -> Result<Value> {
+        if r.resource == &NAMESPACES && SYSTEM_NAMESPACES.contains(&r.name.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{}\" is forbidden: this namespace may not be deleted",
+                r.name
+            )));
+        }
+        if r.resource == &NAMESPACES {
+            // Namespaced objects go with their namespace.
+            let (_, pods) = self.store.list(&PODS.prefix(Some(&r.name))).await?;
+            for pod in pods {
+                match self.store.delete(&pod.path, None).await {
+                    Ok(_) | Err(crate::datastore::Error::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let (rev, last) = self
+            .store
+            .delete(&r.path(), precondition)
+            .await
+            .map_err(|e| ApiError::from_store(e, r.resource.plural, &r.name))?;
+        let mut obj = decode(r.resource, &last)?;
+        with_revision(&mut obj, rev);
+        Ok(obj)
+    }
+
+    async fn put(&self, r: &ObjectRef, expected: Option<i64>, obj: &mut Value) -> Result<()> {
+        validate(r.resource, &r.name, obj)?;
+        let bytes = encode(obj)?;
+        let rev = self
+            .store
+            .update(&r.path(), expected, &bytes)
+            .await
+            .map_err(|e| ApiError::from_store(e, r.resource.plural, &r.name))?;
+        with_revision(obj, rev);
+        Ok(())
+    }
+
+    /// Creates the namespaces every cluster has, if missing.
+    pub async fn ensure_system_namespaces(&self) -> Result<()> {
+        for ns in SYSTEM_NAMESPACES {
+            match self.create(&NAMESPACES, None, json!({"metadata": {"name": ns}})).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stored object with its resourceVersion.
+pub fn decode(resource: &Resource, rec: &Record) -> Result<Value> {
+    let mut obj: Value = serde_json::from_slice(&rec.value)
+        .map_err(|e| ApiError::Internal(format!("stored {} at {} is not JSON: {e}", resource.kind, rec.path)))?;
+    with_revision(&mut obj, rec.revision);
+    Ok(obj)
+}
+
+fn encode(obj: &Value) -> Result<Vec<u8>> {
+    let mut stored = obj.clone();
+    if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&stored).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn with_revision(obj: &mut Value, rev: i64) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(rev.to_string()));
+    }
+}
+
+fn revision_of(obj: &Value) -> Option<i64> {
+    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok())
+}
+
+fn resource_version(obj: &Value) -> Result<Option<i64>> {
+    match obj.pointer("/metadata/resourceVersion") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("metadata.resourceVersion {s:?} is not a valid resource version"))),
+        Some(other) => Err(ApiError::BadRequest(format!("metadata.resourceVersion must be a string, not {other}"))),
+    }
+}
+
+/// Carries over what the client may not change, per the part being written.
+fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) -> Result<Value> {
+    if !obj.is_object() {
+        return Err(ApiError::BadRequest(format!("the body must be a {} object", r.resource.kind)));
+    }
+    if r.resource.has_status {
+        match part {
+            Part::Main => match current.get("status") {
+                Some(s) => obj["status"] = s.clone(),
+                None => {
+                    obj.as_object_mut().map(|m| m.remove("status"));
+                }
+            },
+            Part::Status => {
+                let status = obj.get("status").cloned();
+                obj = current.clone();
+                match status {
+                    Some(s) => obj["status"] = s,
+                    None => {
+                        obj.as_object_mut().map(|m| m.remove("status"));
+                    }
+                }
+            }
+        }
+    }
+    set_type_meta(r.resource, &mut obj);
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    for field in ["uid", "creationTimestamp", "name", "namespace"] {
+        match current["metadata"].get(field) {
+            Some(v) => obj["metadata"][field] = v.clone(),
+            None => {
+                obj["metadata"].as_object_mut().map(|m| m.remove(field));
+            }
+        }
+    }
+    Ok(obj)
+}
+
+fn set_type_meta(resource: &Resource, obj: &mut Value) {
+    obj["kind"] = json!(resource.kind);
+    obj["apiVersion"] = json!("v1");
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+}
+
+fn default(resource: &Resource, name: &str, obj: &mut Value) {
+    match resource.kind {
+        "Namespace" => {
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            if obj.pointer("/spec/finalizers").is_none() {
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
+            obj["status"] = json!({"phase": "Active"});
+        }
+        "Node" => {
+            if !obj["spec"].is_object() {
+                obj["spec"] = json!({});
+            }
+        }
+        "Pod" => {
+            if obj.pointer("/status/phase").is_none() {
+                obj["status"]["phase"] = json!("Pending");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Rejects what Kubernetes would reject for the fields kubectl commonly writes.
+fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
+    let mut causes = Vec::new();
+    let name_ok = if resource == &NAMESPACES { node::is_dns_label(name) } else { node::is_dns_subdomain(name) };
+    if !name_ok {
+        causes.push(format!(
+            "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.'",
+            if resource == &NAMESPACES { "label" } else { "subdomain" }
+        ));
+    }
+    match obj.pointer("/metadata/labels") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(labels)) => {
+            for (k, v) in labels {
+                let v = v.as_str().unwrap_or("\u{0}");
+                if let Err(e) = node::validate_label_key(k).and_then(|_| node::validate_label_value(v)) {
+                    causes.push(format!("metadata.labels: Invalid value: {e}"));
+                }
+            }
+        }
+        Some(_) => causes.push("metadata.labels: Invalid value: must be a map of strings".into()),
+    }
+    if resource == &NODES {
+        match obj.pointer("/spec/taints") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(taints)) => {
+                for (i, t) in taints.iter().enumerate() {
+                    let parsed: std::result::Result<node::Taint, _> = serde_json::from_value(t.clone());
+                    match parsed.map_err(|e| e.to_string()).and_then(|t| node::validate_taint(&t)) {
+                        Ok(()) => {}
+                        Err(e) => causes.push(format!("spec.taints[{i}]: Invalid value: {e}")),
+                    }
+                }
+            }
+            Some(_) => causes.push("spec.taints: Invalid value: must be a list".into()),
+        }
+    }
+    if causes.is_empty() { Ok(()) } else { Err(invalid(resource, name, causes)) }
+}
+
+fn invalid(resource: &Resource, name: &str, causes: Vec<String>) -> ApiError {
+    ApiError::Invalid { kind: resource.kind.into(), name: name.into(), causes }
+}
+
+fn not_found(r: &ObjectRef) -> ApiError {
+    ApiError::NotFound { resource: r.resource.plural.into(), name: r.name.clone() }
+}
+
+/// A random RFC 4122 version-4 UUID.
+fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut b).expect("system random number generator failed");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// Now, as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(0)
+        .unwrap_or(now)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

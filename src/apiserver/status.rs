@@ -1,0 +1,132 @@
+//! API errors and their wire form, `meta.k8s.io/v1 Status`, which kubectl prints verbatim.
+//!
+//! Every failure a handler can produce is one [`ApiError`] variant; the HTTP code and the
+//! Status `reason` come from one match, so they can never disagree.
+
+use serde_json::{Value, json};
+
+use crate::datastore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{resource} \"{name}\" not found")]
+    NotFound { resource: String, name: String },
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists { resource: String, name: String },
+    #[error("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again")]
+    Conflict { resource: String, name: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{kind} \"{name}\" is invalid: {}", .causes.join(", "))]
+    Invalid { kind: String, name: String, causes: Vec<String> },
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    #[error("the server could not find the requested resource")]
+    UnknownPath,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("too old resource version: {requested} ({compacted})")]
+    Gone { requested: i64, compacted: i64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+// === impl ApiError ===
+
+impl ApiError {
+    pub fn code(&self) -> u16 {
+        match self {
+            ApiError::NotFound { .. } | ApiError::UnknownPath => 404,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
+            ApiError::BadRequest(_) => 400,
+            ApiError::Invalid { .. } => 422,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::TooLarge(_) => 413,
+            ApiError::Gone { .. } => 410,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ApiError::NotFound { .. } | ApiError::UnknownPath => "NotFound",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict { .. } => "Conflict",
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::TooLarge(_) => "RequestEntityTooLarge",
+            ApiError::Gone { .. } => "Expired",
+            ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::Internal(_) => "InternalError",
+        }
+    }
+
+    pub fn to_status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "code": self.code(),
+        });
+        let details = match self {
+            ApiError::NotFound { resource, name }
+            | ApiError::AlreadyExists { resource, name }
+            | ApiError::Conflict { resource, name } => Some(json!({"name": name, "kind": resource})),
+            ApiError::Invalid { kind, name, .. } => Some(json!({"name": name, "kind": kind})),
+            ApiError::Unavailable(_) => Some(json!({"retryAfterSeconds": 1})),
+            _ => None,
+        };
+        if let Some(d) = details {
+            status["details"] = d;
+        }
+        status
+    }
+
+    /// Maps a datastore error for the object `resource`/`name`.
+    pub fn from_store(e: datastore::Error, resource: &str, name: &str) -> ApiError {
+        let obj = || (resource.to_owned(), name.to_owned());
+        match e {
+            datastore::Error::NotFound(_) => {
+                let (resource, name) = obj();
+                ApiError::NotFound { resource, name }
+            }
+            datastore::Error::AlreadyExists(_) => {
+                let (resource, name) = obj();
+                ApiError::AlreadyExists { resource, name }
+            }
+            datastore::Error::Conflict { .. } => {
+                let (resource, name) = obj();
+                ApiError::Conflict { resource, name }
+            }
+            datastore::Error::Compacted { requested, compacted } => ApiError::Gone { requested, compacted },
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<datastore::Error> for ApiError {
+    fn from(e: datastore::Error) -> Self {
+        ApiError::from_store(e, "", "")
+    }
+}

@@ -1,0 +1,132 @@
+//! Command-line flags, with K3s's names and `KEELSON_*` environment variables.
+//!
+//! Only the shape of the command line lives here; [`crate::config`] layers in the config
+//! file and turns raw strings into typed, validated settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keelson",
+    version = crate::VERSION_STRING,
+    about = "A small, Raft-free, Kubernetes-compatible control plane for ARM boards",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a server: API, datastore client and controllers (and this board as a node)
+    Server(ServerArgs),
+    /// Run an agent that joins a cluster (not implemented yet)
+    Agent(AgentArgs),
+    /// Run the system kubectl against this node's admin kubeconfig
+    #[command(disable_help_flag = true)]
+    Kubectl {
+        /// Arguments passed to kubectl unchanged
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// Config file whose keys are flag names; flags and environment variables override it
+    #[arg(short = 'c', long, env = "KEELSON_CONFIG_FILE", default_value = "/etc/keelson/config.yaml")]
+    pub config: PathBuf,
+
+    /// Directory for state [default: /var/lib/keelson as root, ~/.local/share/keelson otherwise]
+    #[arg(short = 'd', long, env = "KEELSON_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Shared secret for servers to join (K10 secure form or a plain secret) [default: generated, written to <data-dir>/server/token]
+    #[arg(short = 't', long, env = "KEELSON_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the token
+    #[arg(long, env = "KEELSON_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Datastore: sqlite://PATH, mysql://USER:PASS@tcp(HOST:3306)/DB, postgres://USER:PASS@HOST:5432/DB [default: sqlite://<data-dir>/server/db/state.db]
+    #[arg(long, env = "KEELSON_DATASTORE_ENDPOINT", hide_env_values = true)]
+    pub datastore_endpoint: Option<String>,
+
+    /// Most connections this server opens to the datastore
+    #[arg(long, env = "KEELSON_DATASTORE_MAX_OPEN_CONNECTIONS", default_value_t = 4)]
+    pub datastore_max_open_connections: u32,
+
+    /// Most idle connections kept open
+    #[arg(long, default_value_t = 2)]
+    pub datastore_max_idle_connections: u32,
+
+    /// Longest a datastore connection is reused (e.g. 5m, 30s; 0 = forever)
+    #[arg(long, default_value = "5m")]
+    pub datastore_connection_max_lifetime: String,
+
+    /// Longest a request waits for a free datastore connection before it fails
+    #[arg(long, default_value = "5s")]
+    pub datastore_acquire_timeout: String,
+
+    /// Address the API listens on
+    #[arg(long, env = "KEELSON_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: String,
+
+    /// Port of the API (and of agent endpoints)
+    #[arg(long, env = "KEELSON_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+
+    /// Extra host names or IPs in the serving certificate (repeatable, or comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+
+    /// Node name [default: the hostname]
+    #[arg(long, env = "KEELSON_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Node label KEY=VALUE (repeatable)
+    #[arg(long)]
+    pub node_label: Vec<String>,
+
+    /// Node taint KEY[=VALUE]:EFFECT, applied when the node registers (repeatable)
+    #[arg(long)]
+    pub node_taint: Vec<String>,
+
+    /// IP address to advertise for the node (repeatable) [default: the addresses of the default route's interface]
+    #[arg(long, value_delimiter = ',')]
+    pub node_ip: Vec<String>,
+
+    /// Cluster domain
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Where to write the admin kubeconfig [default: /etc/keelson/keelson.yaml as root, <data-dir>/keelson.yaml otherwise]
+    #[arg(short = 'o', long, env = "KEELSON_KUBECONFIG_OUTPUT")]
+    pub write_kubeconfig: Option<PathBuf>,
+
+    /// File mode of the kubeconfig, in octal
+    #[arg(long, env = "KEELSON_KUBECONFIG_MODE", default_value = "0600")]
+    pub write_kubeconfig_mode: String,
+
+    /// Keep history for this long before compacting it (e.g. 5m); watches older than that get 410 Gone
+    #[arg(long, default_value = "5m")]
+    pub compact_interval: String,
+
+    /// Turn on debug logs
+    #[arg(long, env = "KEELSON_DEBUG")]
+    pub debug: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AgentArgs {
+    /// Server to join
+    #[arg(short = 's', long, env = "KEELSON_URL")]
+    pub server: Option<String>,
+    /// Token to join with
+    #[arg(short = 't', long, env = "KEELSON_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}

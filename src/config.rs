@@ -1,0 +1,424 @@
+//! Settings for a run, from flags, `KEELSON_*` environment variables and the config file.
+//!
+//! Precedence is flag > environment > file > default. The file's keys are flag names
+//! (`node-label: [...]`, `token: ...`). Everything is parsed here, once: the rest of the
+//! program only sees typed values. Every problem is reported, not just the first.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+
+use crate::agent::node::{self, Taint};
+use crate::bootstrap::Token;
+use crate::cli::{Cli, ServerArgs};
+use crate::datastore::{Endpoint, PoolConfig};
+
+/// A command line that could not be turned into settings; `main` prints it and exits 2.
+#[derive(Debug)]
+pub enum Error {
+    /// clap's own error (also `--help` and `--version`, which are not failures).
+    Clap(clap::Error),
+    Invalid(Vec<String>),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Clap(e) => write!(f, "{e}"),
+            Error::Invalid(problems) => {
+                for p in problems {
+                    writeln!(f, "error: {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Parses the command line and, for `server`, layers the config file under it.
+pub fn parse_command_line(argv: Vec<OsString>) -> Result<Cli, Error> {
+    let cmd = Cli::command();
+    let matches = cmd.clone().try_get_matches_from(&argv).map_err(Error::Clap)?;
+    let Some(("server", sub)) = matches.subcommand() else {
+        return Cli::from_arg_matches(&matches).map_err(Error::Clap);
+    };
+    let path: PathBuf = sub.get_one::<PathBuf>("config").cloned().unwrap_or_default();
+    let explicit = sub.value_source("config") != Some(ValueSource::DefaultValue);
+    let file = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
+        Err(e) => {
+            return Err(Error::Invalid(vec![format!(
+                "--config {}: cannot read the config file: {e}",
+                path.display()
+            )]));
+        }
+    };
+    let server_cmd = cmd
+        .find_subcommand("server")
+        .expect("the server subcommand is defined");
+    let file_args = config_file_args(&file, &path, server_cmd, |id| {
+        matches!(sub.value_source(id), None | Some(ValueSource::DefaultValue))
+    })?;
+    if file_args.is_empty() {
+        return Cli::from_arg_matches(&matches).map_err(Error::Clap);
+    }
+    // Insert the file's values right after `server`: they only fill flags that neither the
+    // command line nor the environment set, so nothing conflicts.
+    let pos = argv.iter().position(|a| a == "server").map_or(argv.len(), |p| p + 1);
+    let mut full = argv[..pos].to_vec();
+    full.extend(file_args.into_iter().map(OsString::from));
+    full.extend_from_slice(&argv[pos..]);
+    let matches = Cli::command().try_get_matches_from(full).map_err(Error::Clap)?;
+    Cli::from_arg_matches(&matches).map_err(Error::Clap)
+}
+
+/// Turns the config file into `--flag=value` arguments for flags not set elsewhere.
+fn config_file_args(
+    text: &str,
+    path: &Path,
+    cmd: &clap::Command,
+    unset: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, Error> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let at = path.display();
+    let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(text)
+        .map_err(|e| Error::Invalid(vec![format!("config file {at}: expected a map of flag names to values: {e}")]))?;
+    let mut problems = Vec::new();
+    let mut args = Vec::new();
+    for (key, value) in doc {
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(key.as_str())) else {
+            problems.push(format!("config file {at}: unknown key {key:?} (keys are the server's flag names)"));
+            continue;
+        };
+        if key == "config" {
+            problems.push(format!("config file {at}: key \"config\" cannot be set from a config file"));
+            continue;
+        }
+        if !unset(arg.get_id().as_str()) {
+            continue;
+        }
+        let takes_value = arg.get_action().takes_values();
+        let scalars = match value {
+            serde_yaml::Value::Sequence(items) => items,
+            other => vec![other],
+        };
+        for v in scalars {
+            let text = match v {
+                serde_yaml::Value::String(s) => s,
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                _ => {
+                    problems.push(format!("config file {at}: key {key:?} must be a string, number, boolean or a list of those"));
+                    continue;
+                }
+            };
+            if takes_value {
+                args.push(format!("--{key}={text}"));
+            } else if text == "true" {
+                args.push(format!("--{key}"));
+            } else if text != "false" {
+                problems.push(format!("config file {at}: key {key:?} must be true or false, not {text:?}"));
+            }
+        }
+    }
+    if problems.is_empty() { Ok(args) } else { Err(Error::Invalid(problems)) }
+}
+
+/// Everything a server needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub token: Option<Token>,
+    /// Where the server writes the cluster token (`<data-dir>/server/token`).
+    pub token_path: PathBuf,
+    pub endpoint: Endpoint,
+    pub pool: PoolConfig,
+    pub bind: SocketAddr,
+    pub tls_sans: Vec<String>,
+    pub node: node::NodeOptions,
+    pub cluster_domain: String,
+    pub kubeconfig: PathBuf,
+    pub kubeconfig_mode: u32,
+    pub compact_interval: Duration,
+    pub debug: bool,
+}
+
+/// Facts about the process that change defaults (root or not, home directory).
+pub struct Host {
+    pub is_root: bool,
+    pub home: Option<PathBuf>,
+    pub hostname: String,
+}
+
+impl Host {
+    pub fn current() -> Host {
+        Host {
+            is_root: nix::unistd::geteuid().is_root(),
+            home: std::env::var_os("HOME").map(PathBuf::from),
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into()),
+        }
+    }
+
+    pub fn default_data_dir(&self) -> PathBuf {
+        match (&self.is_root, &self.home) {
+            (false, Some(home)) => home.join(".local/share/keelson"),
+            _ => PathBuf::from("/var/lib/keelson"),
+        }
+    }
+
+    pub fn default_kubeconfig(&self, data_dir: &Path) -> PathBuf {
+        if self.is_root {
+            PathBuf::from("/etc/keelson/keelson.yaml")
+        } else {
+            data_dir.join("keelson.yaml")
+        }
+    }
+}
+
+// === impl ServerConfig ===
+
+impl ServerConfig {
+    pub fn from_args(args: ServerArgs, host: &Host) -> Result<ServerConfig, Error> {
+        let mut problems = Vec::new();
+        let mut check = |r: Result<(), String>| {
+            if let Err(p) = r {
+                problems.push(p)
+            }
+        };
+        let data_dir = args.data_dir.clone().unwrap_or_else(|| host.default_data_dir());
+
+        let mut token = None;
+        if let Some(raw) = &args.token {
+            check(Token::parse(raw, "--token").map(|t| token = Some(t)).map_err(|e| e.to_string()));
+        }
+        if let Some(path) = &args.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(raw) if token.is_none() => check(
+                    Token::parse(&raw, &format!("--token-file {}", path.display()))
+                        .map(|t| token = Some(t))
+                        .map_err(|e| e.to_string()),
+                ),
+                Ok(_) => {}
+                Err(e) => check(Err(format!("--token-file {}: cannot read it: {e}", path.display()))),
+            }
+        }
+
+        let mut endpoint = Endpoint::sqlite_default(&data_dir);
+        if let Some(raw) = &args.datastore_endpoint {
+            check(Endpoint::parse(raw).map(|e| endpoint = e).map_err(|e| e.to_string()));
+        }
+
+        let mut pool = PoolConfig {
+            max_open: args.datastore_max_open_connections,
+            max_idle: args.datastore_max_idle_connections,
+            ..PoolConfig::default()
+        };
+        if pool.max_open == 0 {
+            check(Err("--datastore-max-open-connections must be at least 1".into()));
+        }
+        check(parse_duration("--datastore-connection-max-lifetime", &args.datastore_connection_max_lifetime).map(|d| {
+            pool.max_lifetime = (!d.is_zero()).then_some(d);
+        }));
+        check(parse_duration("--datastore-acquire-timeout", &args.datastore_acquire_timeout).map(|d| pool.acquire_timeout = d));
+
+        let mut compact_interval = Duration::from_secs(300);
+        check(parse_duration("--compact-interval", &args.compact_interval).map(|d| compact_interval = d));
+
+        let mut bind = SocketAddr::from(([0, 0, 0, 0], args.https_listen_port));
+        match args.bind_address.parse::<IpAddr>() {
+            Ok(ip) => bind.set_ip(ip),
+            Err(_) => check(Err(format!("--bind-address {:?} is not an IP address", args.bind_address))),
+        }
+
+        let mut tls_sans = Vec::new();
+        for san in args.tls_san.iter().filter(|s| !s.is_empty()) {
+            if san.parse::<IpAddr>().is_ok() || node::is_dns_subdomain(san.trim_start_matches("*.")) {
+                tls_sans.push(san.clone());
+            } else {
+                check(Err(format!("--tls-san {san:?} is neither an IP address nor a DNS name")));
+            }
+        }
+
+        let mut labels = BTreeMap::new();
+        for raw in &args.node_label {
+            check(node::parse_label(raw).map(|(k, v)| {
+                labels.insert(k, v);
+            }));
+        }
+        let mut taints: Vec<Taint> = Vec::new();
+        for raw in &args.node_taint {
+            check(node::parse_taint(raw).map(|t| taints.push(t)));
+        }
+        let mut ips = Vec::new();
+        for raw in args.node_ip.iter().filter(|s| !s.is_empty()) {
+            match raw.parse::<IpAddr>() {
+                Ok(ip) => ips.push(ip),
+                Err(_) => check(Err(format!("--node-ip {raw:?} is not an IP address"))),
+            }
+        }
+        let name = args.node_name.clone().unwrap_or_else(|| host.hostname.to_lowercase());
+        if !node::is_dns_subdomain(&name) {
+            check(Err(format!(
+                "--node-name {name:?} is not a valid node name (lowercase letters, digits, '-' and '.', at most 253 characters)"
+            )));
+        }
+        if !node::is_dns_subdomain(&args.cluster_domain) {
+            check(Err(format!("--cluster-domain {:?} is not a DNS name", args.cluster_domain)));
+        }
+
+        let mut kubeconfig_mode = 0o600;
+        match u32::from_str_radix(args.write_kubeconfig_mode.trim_start_matches("0o"), 8) {
+            Ok(m) if m <= 0o777 => kubeconfig_mode = m,
+            _ => check(Err(format!(
+                "--write-kubeconfig-mode {:?} is not an octal file mode such as 0600 or 644",
+                args.write_kubeconfig_mode
+            ))),
+        }
+
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems));
+        }
+        Ok(ServerConfig {
+            token_path: data_dir.join("server/token"),
+            kubeconfig: args
+                .write_kubeconfig
+                .clone()
+                .unwrap_or_else(|| host.default_kubeconfig(&data_dir)),
+            node: node::NodeOptions { name, labels, taints, ips, control_plane: true },
+            data_dir,
+            token,
+            endpoint,
+            pool,
+            bind,
+            tls_sans,
+            cluster_domain: args.cluster_domain,
+            kubeconfig_mode,
+            compact_interval,
+            debug: args.debug,
+        })
+    }
+}
+
+/// Parses `90s`, `5m`, `1h`, `250ms`, `1h30m` or a bare number of seconds.
+pub fn parse_duration(flag: &str, raw: &str) -> Result<Duration, String> {
+    let err = || format!("{flag} {raw:?} is not a duration (expected e.g. 30s, 5m, 1h, 250ms)");
+    let raw = raw.trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = raw;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(err()),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Host {
+        Host { is_root: true, home: None, hostname: "Pi-1".into() }
+    }
+
+    fn args(extra: &[&str]) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec!["keelson".into(), "server".into(), "--config=/nonexistent/keelson.yaml".into()];
+        v.extend(extra.iter().map(OsString::from));
+        v
+    }
+
+    fn server(cli: Cli) -> ServerArgs {
+        match cli.command {
+            crate::cli::Command::Server(a) => a,
+            _ => panic!("not server"),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("--x", "1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("--x", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("--x", "7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("--x", "5 minutes").unwrap_err().contains("--x"));
+        assert!(parse_duration("--x", "").is_err());
+    }
+
+    #[test]
+    fn defaults_follow_k3s() {
+        let cli = parse_command_line(args(&[])).unwrap();
+        let cfg = ServerConfig::from_args(server(cli), &host()).unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/keelson"));
+        assert_eq!(cfg.kubeconfig, PathBuf::from("/etc/keelson/keelson.yaml"));
+        assert_eq!(cfg.endpoint.sqlite_path(), Some(Path::new("/var/lib/keelson/server/db/state.db")));
+        assert_eq!(cfg.bind.port(), 6443);
+        assert_eq!(cfg.node.name, "pi-1");
+        assert_eq!(cfg.kubeconfig_mode, 0o600);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let cli = parse_command_line(args(&[
+            "--node-taint=oops", "--node-label=novalue", "--bind-address=nowhere",
+            "--write-kubeconfig-mode=999", "--token=K10zz::server:x", "--datastore-endpoint=redis://x",
+        ]))
+        .unwrap();
+        let Err(Error::Invalid(problems)) = ServerConfig::from_args(server(cli), &host()) else {
+            panic!("expected errors")
+        };
+        let all = problems.join("\n");
+        for flag in ["--node-taint", "--node-label", "--bind-address", "--write-kubeconfig-mode", "--token", "--datastore-endpoint"] {
+            assert!(all.contains(flag), "{flag} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn config_file_fills_only_unset_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "node-name: from-file\nhttps-listen-port: 7443\nnode-label:\n  - a=1\n  - b=2\ndebug: true\n").unwrap();
+        let argv: Vec<OsString> = ["keelson", "server", "--config", file.to_str().unwrap(), "--node-name", "from-flag"]
+            .iter().map(OsString::from).collect();
+        let a = server(parse_command_line(argv).unwrap());
+        assert_eq!(a.node_name.as_deref(), Some("from-flag"));
+        assert_eq!(a.https_listen_port, 7443);
+        assert_eq!(a.node_label, vec!["a=1", "b=2"]);
+        assert!(a.debug);
+    }
+
+    #[test]
+    fn config_file_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "node-nmae: x\n").unwrap();
+        let argv: Vec<OsString> = ["keelson", "server", "--config", file.to_str().unwrap()].iter().map(OsString::from).collect();
+        let err = parse_command_line(argv).unwrap_err().to_string();
+        assert!(err.contains("unknown key \"node-nmae\""), "{err}");
+    }
+}

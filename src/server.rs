@@ -1,0 +1,95 @@
+//! One server's whole life: open the datastore, establish trust, serve, and stop cleanly.
+//!
+//! Owns the order of start-up (nothing is served before the cluster data opened, so a
+//! refused server writes nothing) and of shutdown (stop accepting, end watches, drain, close
+//! the pool).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::agent::registration::NodeAgent;
+use crate::apiserver::{self, Api, registry::Registry};
+use crate::bootstrap::{self, kubeconfig};
+use crate::config::ServerConfig;
+use crate::datastore::{Store, compactor::Compactor, feed::Feed};
+
+pub async fn run(cfg: ServerConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    tracing::info!(version = crate::VERSION_STRING, datastore = cfg.endpoint.redacted(), "starting keelson server");
+    let store = Store::open(&cfg.endpoint, &cfg.pool).await?;
+    let cluster = bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path).await?;
+    let registry = Registry::new(store.clone());
+    registry.ensure_system_namespaces().await.context("creating the system namespaces")?;
+
+    let (feed, poller) = Feed::new(store.clone()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let when_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let node_ips = crate::agent::sysinfo::node_ips(&cfg.node.ips);
+    let serving = cluster.ca.issue_serving(&serving_names(&cfg), &serving_ips(&cfg, &node_ips))?;
+    let tls = apiserver::tls_config(&cluster.ca, &serving)?;
+    let api = Arc::new(Api {
+        registry,
+        feed,
+        ca_pem: cluster.ca.cert_pem.clone(),
+        server_address: format!("{}:{}", node_ips.first().map_or("127.0.0.1".into(), IpAddr::to_string), cfg.bind.port()),
+        node_registered: AtomicBool::new(false),
+        shutdown: stop_rx.clone(),
+    });
+    let server = apiserver::Server::bind(cfg.bind, tls, api.clone()).await?;
+    let port = server.local_addr().map_or(cfg.bind.port(), |a| a.port());
+    let local = if cfg.bind.ip().is_unspecified() { "127.0.0.1".to_owned() } else { cfg.bind.ip().to_string() };
+    let url = format!("https://{}:{port}", if local.contains(':') { format!("[{local}]") } else { local });
+    kubeconfig::write(&cfg.kubeconfig, cfg.kubeconfig_mode, &url, &cluster.ca)?;
+    tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API listening");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(poller.run(when_stopped(stop_rx.clone())));
+    tasks.spawn(Compactor { store: store.clone(), interval: cfg.compact_interval }.run(when_stopped(stop_rx.clone())));
+    tasks.spawn(NodeAgent::new(api.clone(), cfg.node.clone()).run(when_stopped(stop_rx.clone())));
+
+    server.run(shutdown, stop_tx).await;
+    while tasks.join_next().await.is_some() {}
+    store.close().await;
+    tracing::info!("keelson server stopped");
+    Ok(())
+}
+
+/// DNS names in the serving certificate: Kubernetes's service names, the node, `--tls-san`.
+fn serving_names(cfg: &ServerConfig) -> Vec<String> {
+    let mut names: Vec<String> = vec![
+        "localhost".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        format!("kubernetes.default.svc.{}", cfg.cluster_domain),
+        cfg.node.name.clone(),
+    ];
+    if let Ok(host) = nix::unistd::gethostname()
+        && let Some(h) = host.to_str()
+        && crate::agent::node::is_dns_subdomain(&h.to_lowercase())
+    {
+        names.push(h.to_lowercase());
+    }
+    names.extend(cfg.tls_sans.iter().filter(|s| s.parse::<IpAddr>().is_err()).cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn serving_ips(cfg: &ServerConfig, node_ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    ips.extend_from_slice(node_ips);
+    if !cfg.bind.ip().is_unspecified() {
+        ips.push(cfg.bind.ip());
+    }
+    ips.extend(cfg.tls_sans.iter().filter_map(|s| s.parse::<IpAddr>().ok()));
+    ips.sort();
+    ips.dedup();
+    ips
+}
