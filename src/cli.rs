@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a server: API, datastore client and controllers (and this board as a node)
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run an agent that joins a cluster (not implemented yet)
     Agent(AgentArgs),
     /// Run the system kubectl against this node's admin kubeconfig
@@ -37,7 +37,12 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct ServerArgs {
     /// Config file whose keys are flag names; flags and environment variables override it
-    #[arg(short = 'c', long, env = "KEELSON_CONFIG_FILE", default_value = "/etc/keelson/config.yaml")]
+    #[arg(
+        short = 'c',
+        long,
+        env = "KEELSON_CONFIG_FILE",
+        default_value = "/etc/keelson/config.yaml"
+    )]
     pub config: PathBuf,
 
     /// Directory for state [default: /var/lib/keelson as root, ~/.local/share/keelson otherwise]
@@ -57,12 +62,12 @@ pub struct ServerArgs {
     pub datastore_endpoint: Option<String>,
 
     /// Most connections this server opens to the datastore
-    #[arg(long, env = "KEELSON_DATASTORE_MAX_OPEN_CONNECTIONS", default_value_t = 4)]
+    #[arg(
+        long,
+        env = "KEELSON_DATASTORE_MAX_OPEN_CONNECTIONS",
+        default_value_t = 4
+    )]
     pub datastore_max_open_connections: u32,
-
-    /// Most idle connections kept open
-    #[arg(long, default_value_t = 2)]
-    pub datastore_max_idle_connections: u32,
 
     /// Longest a datastore connection is reused (e.g. 5m, 30s; 0 = forever)
     #[arg(long, default_value = "5m")]

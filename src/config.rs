@@ -43,11 +43,17 @@ impl std::fmt::Display for Error {
 /// Parses the command line and, for `server`, layers the config file under it.
 pub fn parse_command_line(argv: Vec<OsString>) -> Result<Cli, Error> {
     let cmd = Cli::command();
-    let matches = cmd.clone().try_get_matches_from(&argv).map_err(Error::Clap)?;
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(Error::Clap)?;
     let Some(("server", sub)) = matches.subcommand() else {
         return Cli::from_arg_matches(&matches).map_err(Error::Clap);
     };
-    let path: PathBuf = sub.get_one::<PathBuf>("config").cloned().unwrap_or_default();
+    let path: PathBuf = sub
+        .get_one::<PathBuf>("config")
+        .cloned()
+        .unwrap_or_default();
     let explicit = sub.value_source("config") != Some(ValueSource::DefaultValue);
     let file = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -70,11 +76,16 @@ pub fn parse_command_line(argv: Vec<OsString>) -> Result<Cli, Error> {
     }
     // Insert the file's values right after `server`: they only fill flags that neither the
     // command line nor the environment set, so nothing conflicts.
-    let pos = argv.iter().position(|a| a == "server").map_or(argv.len(), |p| p + 1);
+    let pos = argv
+        .iter()
+        .position(|a| a == "server")
+        .map_or(argv.len(), |p| p + 1);
     let mut full = argv[..pos].to_vec();
     full.extend(file_args.into_iter().map(OsString::from));
     full.extend_from_slice(&argv[pos..]);
-    let matches = Cli::command().try_get_matches_from(full).map_err(Error::Clap)?;
+    let matches = Cli::command()
+        .try_get_matches_from(full)
+        .map_err(Error::Clap)?;
     Cli::from_arg_matches(&matches).map_err(Error::Clap)
 }
 
@@ -89,17 +100,27 @@ fn config_file_args(
         return Ok(Vec::new());
     }
     let at = path.display();
-    let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(text)
-        .map_err(|e| Error::Invalid(vec![format!("config file {at}: expected a map of flag names to values: {e}")]))?;
+    let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(text).map_err(|e| {
+        Error::Invalid(vec![format!(
+            "config file {at}: expected a map of flag names to values: {e}"
+        )])
+    })?;
     let mut problems = Vec::new();
     let mut args = Vec::new();
     for (key, value) in doc {
-        let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(key.as_str())) else {
-            problems.push(format!("config file {at}: unknown key {key:?} (keys are the server's flag names)"));
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()))
+        else {
+            problems.push(format!(
+                "config file {at}: unknown key {key:?} (keys are the server's flag names)"
+            ));
             continue;
         };
         if key == "config" {
-            problems.push(format!("config file {at}: key \"config\" cannot be set from a config file"));
+            problems.push(format!(
+                "config file {at}: key \"config\" cannot be set from a config file"
+            ));
             continue;
         }
         if !unset(arg.get_id().as_str()) {
@@ -125,11 +146,17 @@ fn config_file_args(
             } else if text == "true" {
                 args.push(format!("--{key}"));
             } else if text != "false" {
-                problems.push(format!("config file {at}: key {key:?} must be true or false, not {text:?}"));
+                problems.push(format!(
+                    "config file {at}: key {key:?} must be true or false, not {text:?}"
+                ));
             }
         }
     }
-    if problems.is_empty() { Ok(args) } else { Err(Error::Invalid(problems)) }
+    if problems.is_empty() {
+        Ok(args)
+    } else {
+        Err(Error::Invalid(problems))
+    }
 }
 
 /// Everything a server needs, validated.
@@ -196,11 +223,18 @@ impl ServerConfig {
                 problems.push(p)
             }
         };
-        let data_dir = args.data_dir.clone().unwrap_or_else(|| host.default_data_dir());
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| host.default_data_dir());
 
         let mut token = None;
         if let Some(raw) = &args.token {
-            check(Token::parse(raw, "--token").map(|t| token = Some(t)).map_err(|e| e.to_string()));
+            check(
+                Token::parse(raw, "--token")
+                    .map(|t| token = Some(t))
+                    .map_err(|e| e.to_string()),
+            );
         }
         if let Some(path) = &args.token_file {
             match std::fs::read_to_string(path) {
@@ -210,43 +244,72 @@ impl ServerConfig {
                         .map_err(|e| e.to_string()),
                 ),
                 Ok(_) => {}
-                Err(e) => check(Err(format!("--token-file {}: cannot read it: {e}", path.display()))),
+                Err(e) => check(Err(format!(
+                    "--token-file {}: cannot read it: {e}",
+                    path.display()
+                ))),
             }
         }
 
         let mut endpoint = Endpoint::sqlite_default(&data_dir);
         if let Some(raw) = &args.datastore_endpoint {
-            check(Endpoint::parse(raw).map(|e| endpoint = e).map_err(|e| e.to_string()));
+            check(
+                Endpoint::parse(raw)
+                    .map(|e| endpoint = e)
+                    .map_err(|e| e.to_string()),
+            );
         }
 
         let mut pool = PoolConfig {
             max_open: args.datastore_max_open_connections,
-            max_idle: args.datastore_max_idle_connections,
             ..PoolConfig::default()
         };
         if pool.max_open == 0 {
-            check(Err("--datastore-max-open-connections must be at least 1".into()));
+            check(Err(
+                "--datastore-max-open-connections must be at least 1".into()
+            ));
         }
-        check(parse_duration("--datastore-connection-max-lifetime", &args.datastore_connection_max_lifetime).map(|d| {
-            pool.max_lifetime = (!d.is_zero()).then_some(d);
-        }));
-        check(parse_duration("--datastore-acquire-timeout", &args.datastore_acquire_timeout).map(|d| pool.acquire_timeout = d));
+        check(
+            parse_duration(
+                "--datastore-connection-max-lifetime",
+                &args.datastore_connection_max_lifetime,
+            )
+            .map(|d| {
+                pool.max_lifetime = (!d.is_zero()).then_some(d);
+            }),
+        );
+        check(
+            parse_duration(
+                "--datastore-acquire-timeout",
+                &args.datastore_acquire_timeout,
+            )
+            .map(|d| pool.acquire_timeout = d),
+        );
 
         let mut compact_interval = Duration::from_secs(300);
-        check(parse_duration("--compact-interval", &args.compact_interval).map(|d| compact_interval = d));
+        check(
+            parse_duration("--compact-interval", &args.compact_interval)
+                .map(|d| compact_interval = d),
+        );
 
         let mut bind = SocketAddr::from(([0, 0, 0, 0], args.https_listen_port));
         match args.bind_address.parse::<IpAddr>() {
             Ok(ip) => bind.set_ip(ip),
-            Err(_) => check(Err(format!("--bind-address {:?} is not an IP address", args.bind_address))),
+            Err(_) => check(Err(format!(
+                "--bind-address {:?} is not an IP address",
+                args.bind_address
+            ))),
         }
 
         let mut tls_sans = Vec::new();
         for san in args.tls_san.iter().filter(|s| !s.is_empty()) {
-            if san.parse::<IpAddr>().is_ok() || node::is_dns_subdomain(san.trim_start_matches("*.")) {
+            if san.parse::<IpAddr>().is_ok() || node::is_dns_subdomain(san.trim_start_matches("*."))
+            {
                 tls_sans.push(san.clone());
             } else {
-                check(Err(format!("--tls-san {san:?} is neither an IP address nor a DNS name")));
+                check(Err(format!(
+                    "--tls-san {san:?} is neither an IP address nor a DNS name"
+                )));
             }
         }
 
@@ -267,14 +330,20 @@ impl ServerConfig {
                 Err(_) => check(Err(format!("--node-ip {raw:?} is not an IP address"))),
             }
         }
-        let name = args.node_name.clone().unwrap_or_else(|| host.hostname.to_lowercase());
+        let name = args
+            .node_name
+            .clone()
+            .unwrap_or_else(|| host.hostname.to_lowercase());
         if !node::is_dns_subdomain(&name) {
             check(Err(format!(
                 "--node-name {name:?} is not a valid node name (lowercase letters, digits, '-' and '.', at most 253 characters)"
             )));
         }
         if !node::is_dns_subdomain(&args.cluster_domain) {
-            check(Err(format!("--cluster-domain {:?} is not a DNS name", args.cluster_domain)));
+            check(Err(format!(
+                "--cluster-domain {:?} is not a DNS name",
+                args.cluster_domain
+            )));
         }
 
         let mut kubeconfig_mode = 0o600;
@@ -295,7 +364,13 @@ impl ServerConfig {
                 .write_kubeconfig
                 .clone()
                 .unwrap_or_else(|| host.default_kubeconfig(&data_dir)),
-            node: node::NodeOptions { name, labels, taints, ips, control_plane: true },
+            node: node::NodeOptions {
+                name,
+                labels,
+                taints,
+                ips,
+                control_plane: true,
+            },
             data_dir,
             token,
             endpoint,
@@ -326,7 +401,9 @@ pub fn parse_duration(flag: &str, raw: &str) -> Result<Duration, String> {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
         let n: u64 = rest[..digits].parse().map_err(|_| err())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -345,28 +422,46 @@ mod tests {
     use super::*;
 
     fn host() -> Host {
-        Host { is_root: true, home: None, hostname: "Pi-1".into() }
+        Host {
+            is_root: true,
+            home: None,
+            hostname: "Pi-1".into(),
+        }
     }
 
     fn args(extra: &[&str]) -> Vec<OsString> {
-        let mut v: Vec<OsString> = vec!["keelson".into(), "server".into(), "--config=/nonexistent/keelson.yaml".into()];
+        let mut v: Vec<OsString> = vec![
+            "keelson".into(),
+            "server".into(),
+            "--config=/nonexistent/keelson.yaml".into(),
+        ];
         v.extend(extra.iter().map(OsString::from));
         v
     }
 
     fn server(cli: Cli) -> ServerArgs {
         match cli.command {
-            crate::cli::Command::Server(a) => a,
+            crate::cli::Command::Server(a) => *a,
             _ => panic!("not server"),
         }
     }
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("--x", "1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("--x", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("--x", "1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_duration("--x", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(parse_duration("--x", "7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("--x", "5 minutes").unwrap_err().contains("--x"));
+        assert!(
+            parse_duration("--x", "5 minutes")
+                .unwrap_err()
+                .contains("--x")
+        );
         assert!(parse_duration("--x", "").is_err());
     }
 
@@ -376,7 +471,10 @@ mod tests {
         let cfg = ServerConfig::from_args(server(cli), &host()).unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/keelson"));
         assert_eq!(cfg.kubeconfig, PathBuf::from("/etc/keelson/keelson.yaml"));
-        assert_eq!(cfg.endpoint.sqlite_path(), Some(Path::new("/var/lib/keelson/server/db/state.db")));
+        assert_eq!(
+            cfg.endpoint.sqlite_path(),
+            Some(Path::new("/var/lib/keelson/server/db/state.db"))
+        );
         assert_eq!(cfg.bind.port(), 6443);
         assert_eq!(cfg.node.name, "pi-1");
         assert_eq!(cfg.kubeconfig_mode, 0o600);
@@ -385,15 +483,26 @@ mod tests {
     #[test]
     fn every_bad_value_is_reported() {
         let cli = parse_command_line(args(&[
-            "--node-taint=oops", "--node-label=novalue", "--bind-address=nowhere",
-            "--write-kubeconfig-mode=999", "--token=K10zz::server:x", "--datastore-endpoint=redis://x",
+            "--node-taint=oops",
+            "--node-label=novalue",
+            "--bind-address=nowhere",
+            "--write-kubeconfig-mode=999",
+            "--token=K10zz::server:x",
+            "--datastore-endpoint=redis://x",
         ]))
         .unwrap();
         let Err(Error::Invalid(problems)) = ServerConfig::from_args(server(cli), &host()) else {
             panic!("expected errors")
         };
         let all = problems.join("\n");
-        for flag in ["--node-taint", "--node-label", "--bind-address", "--write-kubeconfig-mode", "--token", "--datastore-endpoint"] {
+        for flag in [
+            "--node-taint",
+            "--node-label",
+            "--bind-address",
+            "--write-kubeconfig-mode",
+            "--token",
+            "--datastore-endpoint",
+        ] {
             assert!(all.contains(flag), "{flag} missing from:\n{all}");
         }
     }
@@ -403,8 +512,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.yaml");
         std::fs::write(&file, "node-name: from-file\nhttps-listen-port: 7443\nnode-label:\n  - a=1\n  - b=2\ndebug: true\n").unwrap();
-        let argv: Vec<OsString> = ["keelson", "server", "--config", file.to_str().unwrap(), "--node-name", "from-flag"]
-            .iter().map(OsString::from).collect();
+        let argv: Vec<OsString> = [
+            "keelson",
+            "server",
+            "--config",
+            file.to_str().unwrap(),
+            "--node-name",
+            "from-flag",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         let a = server(parse_command_line(argv).unwrap());
         assert_eq!(a.node_name.as_deref(), Some("from-flag"));
         assert_eq!(a.https_listen_port, 7443);
@@ -417,7 +535,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.yaml");
         std::fs::write(&file, "node-nmae: x\n").unwrap();
-        let argv: Vec<OsString> = ["keelson", "server", "--config", file.to_str().unwrap()].iter().map(OsString::from).collect();
+        let argv: Vec<OsString> = ["keelson", "server", "--config", file.to_str().unwrap()]
+            .iter()
+            .map(OsString::from)
+            .collect();
         let err = parse_command_line(argv).unwrap_err().to_string();
         assert!(err.contains("unknown key \"node-nmae\""), "{err}");
     }

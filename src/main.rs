@@ -31,12 +31,16 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Server(args) => {
-            let cfg = match ServerConfig::from_args(args, &Host::current()) {
+            let cfg = match ServerConfig::from_args(*args, &Host::current()) {
                 Ok(cfg) => cfg,
                 Err(e) => return usage_error(&e),
             };
             init_logging(cfg.debug);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
             };
@@ -46,7 +50,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Agent(_) => {
-            eprintln!("error: `keelson agent` is not implemented yet; run `keelson server` on every board for now");
+            eprintln!(
+                "error: `keelson agent` is not implemented yet; run `keelson server` on every board for now"
+            );
             ExitCode::from(2)
         }
         Command::Kubectl { args } => run_kubectl(args),
@@ -66,14 +72,22 @@ fn fatal(e: &anyhow::Error) -> ExitCode {
 }
 
 fn init_logging(debug: bool) {
-    let level = if debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
+    let level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target("keelson", level)
         .with_default(tracing::Level::WARN);
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
         .with(filter)
         .init();
 }
@@ -81,7 +95,10 @@ fn init_logging(debug: bool) {
 /// Resolves on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process can still be killed; run until then.
         return std::future::pending().await;
     };
@@ -97,9 +114,12 @@ fn run_kubectl(args: Vec<String>) -> ExitCode {
     use std::os::unix::process::CommandExt;
     let host = Host::current();
     let mut cmd = std::process::Command::new("kubectl");
-    let explicit = args.iter().any(|a| a.starts_with("--kubeconfig")) || std::env::var_os("KUBECONFIG").is_some();
+    let explicit = args.iter().any(|a| a.starts_with("--kubeconfig"))
+        || std::env::var_os("KUBECONFIG").is_some();
     if !explicit {
-        let data_dir = std::env::var_os("KEELSON_DATA_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| host.default_data_dir());
+        let data_dir = std::env::var_os("KEELSON_DATA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| host.default_data_dir());
         let path = std::env::var_os("KEELSON_KUBECONFIG_OUTPUT")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| host.default_kubeconfig(&data_dir));

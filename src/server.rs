@@ -17,12 +17,23 @@ use crate::bootstrap::{self, kubeconfig};
 use crate::config::ServerConfig;
 use crate::datastore::{Store, compactor::Compactor, feed::Feed};
 
-pub async fn run(cfg: ServerConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    tracing::info!(version = crate::VERSION_STRING, datastore = cfg.endpoint.redacted(), "starting keelson server");
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        version = crate::VERSION_STRING,
+        data_dir = %cfg.data_dir.display(),
+        datastore = cfg.endpoint.redacted(),
+        "starting keelson server"
+    );
     let store = Store::open(&cfg.endpoint, &cfg.pool).await?;
     let cluster = bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path).await?;
     let registry = Registry::new(store.clone());
-    registry.ensure_system_namespaces().await.context("creating the system namespaces")?;
+    registry
+        .ensure_system_namespaces()
+        .await
+        .context("creating the system namespaces")?;
 
     let (feed, poller) = Feed::new(store.clone()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -31,26 +42,51 @@ pub async fn run(cfg: ServerConfig, shutdown: impl std::future::Future<Output = 
     };
 
     let node_ips = crate::agent::sysinfo::node_ips(&cfg.node.ips);
-    let serving = cluster.ca.issue_serving(&serving_names(&cfg), &serving_ips(&cfg, &node_ips))?;
+    let serving = cluster
+        .ca
+        .issue_serving(&serving_names(&cfg), &serving_ips(&cfg, &node_ips))?;
     let tls = apiserver::tls_config(&cluster.ca, &serving)?;
     let api = Arc::new(Api {
         registry,
         feed,
         ca_pem: cluster.ca.cert_pem.clone(),
-        server_address: format!("{}:{}", node_ips.first().map_or("127.0.0.1".into(), IpAddr::to_string), cfg.bind.port()),
+        server_address: format!(
+            "{}:{}",
+            node_ips
+                .first()
+                .map_or("127.0.0.1".into(), IpAddr::to_string),
+            cfg.bind.port()
+        ),
         node_registered: AtomicBool::new(false),
         shutdown: stop_rx.clone(),
     });
     let server = apiserver::Server::bind(cfg.bind, tls, api.clone()).await?;
     let port = server.local_addr().map_or(cfg.bind.port(), |a| a.port());
-    let local = if cfg.bind.ip().is_unspecified() { "127.0.0.1".to_owned() } else { cfg.bind.ip().to_string() };
-    let url = format!("https://{}:{port}", if local.contains(':') { format!("[{local}]") } else { local });
+    let local = if cfg.bind.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        cfg.bind.ip().to_string()
+    };
+    let url = format!(
+        "https://{}:{port}",
+        if local.contains(':') {
+            format!("[{local}]")
+        } else {
+            local
+        }
+    );
     kubeconfig::write(&cfg.kubeconfig, cfg.kubeconfig_mode, &url, &cluster.ca)?;
     tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API listening");
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(poller.run(when_stopped(stop_rx.clone())));
-    tasks.spawn(Compactor { store: store.clone(), interval: cfg.compact_interval }.run(when_stopped(stop_rx.clone())));
+    tasks.spawn(
+        Compactor {
+            store: store.clone(),
+            interval: cfg.compact_interval,
+        }
+        .run(when_stopped(stop_rx.clone())),
+    );
     tasks.spawn(NodeAgent::new(api.clone(), cfg.node.clone()).run(when_stopped(stop_rx.clone())));
 
     server.run(shutdown, stop_tx).await;
@@ -76,7 +112,12 @@ fn serving_names(cfg: &ServerConfig) -> Vec<String> {
     {
         names.push(h.to_lowercase());
     }
-    names.extend(cfg.tls_sans.iter().filter(|s| s.parse::<IpAddr>().is_err()).cloned());
+    names.extend(
+        cfg.tls_sans
+            .iter()
+            .filter(|s| s.parse::<IpAddr>().is_err())
+            .cloned(),
+    );
     names.sort();
     names.dedup();
     names

@@ -40,10 +40,20 @@ pub fn parse_label(raw: &str) -> Result<(String, String), String> {
 
 /// `KEY[=VALUE]:EFFECT`.
 pub fn parse_taint(raw: &str) -> Result<Taint, String> {
-    let err = |why: String| format!("--node-taint {raw:?}: {why} (expected KEY[=VALUE]:EFFECT, EFFECT one of NoSchedule, PreferNoSchedule, NoExecute)");
-    let (kv, effect) = raw.rsplit_once(':').ok_or_else(|| err("no effect".into()))?;
+    let err = |why: String| {
+        format!(
+            "--node-taint {raw:?}: {why} (expected KEY[=VALUE]:EFFECT, EFFECT one of NoSchedule, PreferNoSchedule, NoExecute)"
+        )
+    };
+    let (kv, effect) = raw
+        .rsplit_once(':')
+        .ok_or_else(|| err("no effect".into()))?;
     let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-    let taint = Taint { key: key.into(), value: value.into(), effect: effect.into() };
+    let taint = Taint {
+        key: key.into(),
+        value: value.into(),
+        effect: effect.into(),
+    };
     validate_taint(&taint).map_err(err)?;
     Ok(taint)
 }
@@ -52,7 +62,10 @@ pub fn validate_taint(t: &Taint) -> Result<(), String> {
     validate_label_key(&t.key)?;
     validate_label_value(&t.value)?;
     if !EFFECTS.contains(&t.effect.as_str()) {
-        return Err(format!("effect {:?} is not one of NoSchedule, PreferNoSchedule, NoExecute", t.effect));
+        return Err(format!(
+            "effect {:?} is not one of NoSchedule, PreferNoSchedule, NoExecute",
+            t.effect
+        ));
     }
     Ok(())
 }
@@ -93,7 +106,8 @@ fn is_qualified_name(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// RFC 1123 subdomain: what Kubernetes requires of node names.
@@ -108,7 +122,8 @@ pub fn is_dns_label(s: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 #[cfg(test)]
@@ -118,7 +133,10 @@ mod tests {
     #[test]
     fn taints_in_kubernetes_syntax() {
         let t = parse_taint("CriticalAddonsOnly=true:NoExecute").unwrap();
-        assert_eq!((t.key.as_str(), t.value.as_str(), t.effect.as_str()), ("CriticalAddonsOnly", "true", "NoExecute"));
+        assert_eq!(
+            (t.key.as_str(), t.value.as_str(), t.effect.as_str()),
+            ("CriticalAddonsOnly", "true", "NoExecute")
+        );
         let t = parse_taint("dedicated:NoSchedule").unwrap();
         assert_eq!((t.value.as_str(), t.effect.as_str()), ("", "NoSchedule"));
         assert!(parse_taint("a=b:Sometimes").unwrap_err().contains("effect"));

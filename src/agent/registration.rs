@@ -32,11 +32,12 @@ pub struct NodeAgent {
 impl NodeAgent {
     pub fn new(api: Arc<Api>, opts: NodeOptions) -> NodeAgent {
         let ips = sysinfo::node_ips(&opts.ips);
-        NodeAgent { api, opts, info: SystemInfo::read(), ips }
-    }
-
-    pub fn addresses(&self) -> &[IpAddr] {
-        &self.ips
+        NodeAgent {
+            api,
+            opts,
+            info: SystemInfo::read(),
+            ips,
+        }
     }
 
     /// Registers (retrying with capped backoff), then heartbeats until `shutdown`.
@@ -148,7 +149,11 @@ impl NodeAgent {
     }
 
     fn status(&self) -> Value {
-        let mut addresses: Vec<Value> = self.ips.iter().map(|ip| json!({"type": "InternalIP", "address": ip.to_string()})).collect();
+        let mut addresses: Vec<Value> = self
+            .ips
+            .iter()
+            .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+            .collect();
         addresses.push(json!({"type": "Hostname", "address": self.opts.name}));
         json!({
             "addresses": addresses,
@@ -164,20 +169,45 @@ impl NodeAgent {
 fn conditions(old: &Value) -> Value {
     let now = now_rfc3339();
     let want = [
-        ("Ready", "True", "KubeletReady", "keelson is posting ready status"),
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "keelson has sufficient memory available"),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "keelson has no disk pressure"),
-        ("PIDPressure", "False", "KubeletHasSufficientPID", "keelson has sufficient PID available"),
+        (
+            "Ready",
+            "True",
+            "KubeletReady",
+            "keelson is posting ready status",
+        ),
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "keelson has sufficient memory available",
+        ),
+        (
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "keelson has no disk pressure",
+        ),
+        (
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "keelson has sufficient PID available",
+        ),
     ];
     let list: Vec<Value> = want
         .iter()
         .map(|(kind, status, reason, message)| {
-            let prev = old.as_array().and_then(|a| a.iter().find(|c| c["type"] == *kind));
+            let prev = old
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["type"] == *kind));
             let transition = match prev {
                 Some(p) if p["status"] == *status => p["lastTransitionTime"].clone(),
                 _ => json!(now),
             };
-            let heartbeat = prev.map(|p| p["lastHeartbeatTime"].clone()).filter(|h| h.is_string()).unwrap_or(json!(now));
+            let heartbeat = prev
+                .map(|p| p["lastHeartbeatTime"].clone())
+                .filter(|h| h.is_string())
+                .unwrap_or(json!(now));
             json!({
                 "type": kind, "status": status, "reason": reason, "message": message,
                 "lastHeartbeatTime": heartbeat, "lastTransitionTime": transition,

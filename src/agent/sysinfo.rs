@@ -86,7 +86,9 @@ impl SystemInfo {
 }
 
 fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The node's addresses: the given ones, or those of the interface holding the default
@@ -95,29 +97,48 @@ pub fn node_ips(given: &[IpAddr]) -> Vec<IpAddr> {
     if !given.is_empty() {
         return given.to_vec();
     }
-    let default_iface = std::fs::read_to_string("/proc/net/route").ok().and_then(|t| {
-        t.lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 2 && f[1] == "00000000")
-            .and_then(|f| f.first().map(|s| s.to_string()))
-    });
+    let default_iface = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[1] == "00000000")
+                .and_then(|f| f.first().map(|s| s.to_string()))
+        });
     let addrs: Vec<(String, IpAddr)> = nix::ifaddrs::getifaddrs()
         .map(|it| {
             it.filter_map(|ifa| {
-                let ip = ifa.address.as_ref()?.as_sockaddr_in().map(|s| IpAddr::V4(s.ip()))?;
+                let ip = ifa
+                    .address
+                    .as_ref()?
+                    .as_sockaddr_in()
+                    .map(|s| IpAddr::V4(s.ip()))?;
                 Some((ifa.interface_name, ip))
             })
             .collect()
         })
         .unwrap_or_default();
     let pick: Vec<IpAddr> = match &default_iface {
-        Some(iface) => addrs.iter().filter(|(n, _)| n == iface).map(|(_, ip)| *ip).collect(),
+        Some(iface) => addrs
+            .iter()
+            .filter(|(n, _)| n == iface)
+            .map(|(_, ip)| *ip)
+            .collect(),
         None => Vec::new(),
     };
     if !pick.is_empty() {
         return pick;
     }
-    let any: Vec<IpAddr> = addrs.iter().map(|(_, ip)| *ip).filter(|ip| !ip.is_loopback()).take(1).collect();
-    if any.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { any }
+    let any: Vec<IpAddr> = addrs
+        .iter()
+        .map(|(_, ip)| *ip)
+        .filter(|ip| !ip.is_loopback())
+        .take(1)
+        .collect();
+    if any.is_empty() {
+        vec![IpAddr::from([127, 0, 0, 1])]
+    } else {
+        any
+    }
 }

@@ -80,7 +80,9 @@ fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         rest = &rest[n..];
         len
     };
@@ -98,18 +100,38 @@ mod tests {
     #[test]
     fn reads_user_and_groups_from_an_issued_certificate() {
         let ca = ClusterCa::generate().unwrap();
-        let c = ca.issue_client("system:admin", &["system:masters", "ops"]).unwrap();
+        let c = ca
+            .issue_client("system:admin", &["system:masters", "ops"])
+            .unwrap();
         let id = Identity::from_certificate(&pem_to_der(&c.cert_pem).unwrap());
-        assert_eq!(id, Identity::User { name: "system:admin".into(), groups: vec!["system:masters".into(), "ops".into()] });
+        assert_eq!(
+            id,
+            Identity::User {
+                name: "system:admin".into(),
+                groups: vec!["system:masters".into(), "ops".into()]
+            }
+        );
         assert!(id.authorize("list", "nodes").is_ok());
     }
 
     #[test]
     fn garbage_is_anonymous_and_others_are_forbidden() {
-        assert_eq!(Identity::from_certificate(&[0x30, 0x85, 1, 2]), Identity::Anonymous);
+        assert_eq!(
+            Identity::from_certificate(&[0x30, 0x85, 1, 2]),
+            Identity::Anonymous
+        );
         assert_eq!(Identity::from_certificate(&[]), Identity::Anonymous);
-        assert!(matches!(Identity::Anonymous.authorize("get", "x"), Err(ApiError::Unauthorized)));
-        let u = Identity::User { name: "bob".into(), groups: vec![] };
-        assert!(matches!(u.authorize("get", "nodes"), Err(ApiError::Forbidden(_))));
+        assert!(matches!(
+            Identity::Anonymous.authorize("get", "x"),
+            Err(ApiError::Unauthorized)
+        ));
+        let u = Identity::User {
+            name: "bob".into(),
+            groups: vec![],
+        };
+        assert!(matches!(
+            u.authorize("get", "nodes"),
+            Err(ApiError::Forbidden(_))
+        ));
     }
 }

@@ -93,9 +93,19 @@ pub struct Server {
 // === impl Server ===
 
 impl Server {
-    pub async fn bind(addr: SocketAddr, tls: rustls::ServerConfig, api: Arc<Api>) -> Result<Server, Error> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-        Ok(Server { listener, tls: TlsAcceptor::from(Arc::new(tls)), api })
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: rustls::ServerConfig,
+        api: Arc<Api>,
+    ) -> Result<Server, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Server {
+            listener,
+            tls: TlsAcceptor::from(Arc::new(tls)),
+            api,
+        })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -141,9 +151,20 @@ impl Server {
         }
         drop(self.listener);
         let _ = stop.send(true);
-        tracing::info!(open = conns.len(), "API stopped accepting; draining connections");
-        if tokio::time::timeout(DRAIN_GRACE, async { while conns.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!(open = conns.len(), "grace period over; closing remaining connections");
+        tracing::info!(
+            open = conns.len(),
+            "API stopped accepting; draining connections"
+        );
+        if tokio::time::timeout(DRAIN_GRACE, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                open = conns.len(),
+                "grace period over; closing remaining connections"
+            );
             conns.abort_all();
         }
     }
@@ -197,13 +218,20 @@ pub fn tls_config(ca: &ClusterCa, serving: &Issued) -> Result<rustls::ServerConf
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     let ca_der = ca.cert_der().map_err(|e| Error::Tls(e.to_string()))?;
-    roots.add(ca_der.clone().into()).map_err(|e| Error::Tls(e.to_string()))?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
+    roots
+        .add(ca_der.clone().into())
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let cert = pem_to_der(&serving.cert_pem).ok_or_else(|| Error::Tls("serving certificate is not PEM".into()))?;
-    let key = pem_to_der(&serving.key_pem).ok_or_else(|| Error::Tls("serving key is not PEM".into()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| Error::Tls(e.to_string()))?;
+    let cert = pem_to_der(&serving.cert_pem)
+        .ok_or_else(|| Error::Tls("serving certificate is not PEM".into()))?;
+    let key =
+        pem_to_der(&serving.key_pem).ok_or_else(|| Error::Tls("serving key is not PEM".into()))?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -8,8 +8,6 @@ use serde_json::{Map, Value};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("the patch is not valid JSON: {0}")]
-    Json(String),
     #[error("a JSON patch must be an array of operations")]
     NotAnArray,
     #[error("JSON patch operation {index}: {reason}")]
@@ -58,8 +56,15 @@ pub fn merge(target: Value, patch: &Value) -> Value {
 fn merge_key(path: &str) -> Option<&'static str> {
     match path {
         ".status.conditions" | ".status.addresses" => Some("type"),
-        ".spec.containers" | ".spec.initContainers" | ".spec.volumes" | ".spec.containers[].env"
-        | ".spec.containers[].ports" => Some(if path.ends_with("ports") { "containerPort" } else { "name" }),
+        ".spec.containers"
+        | ".spec.initContainers"
+        | ".spec.volumes"
+        | ".spec.containers[].env"
+        | ".spec.containers[].ports" => Some(if path.ends_with("ports") {
+            "containerPort"
+        } else {
+            "name"
+        }),
         ".metadata.ownerReferences" => Some("uid"),
         ".status.images" => None,
         _ => None,
@@ -113,11 +118,19 @@ fn strategic(target: Value, patch: &Value, path: &str) -> Result<Value, Error> {
     Ok(Value::Object(target))
 }
 
-fn merge_list(mut cur: Vec<Value>, patch: &[Value], key: &str, path: &str) -> Result<Vec<Value>, Error> {
+fn merge_list(
+    mut cur: Vec<Value>,
+    patch: &[Value],
+    key: &str,
+    path: &str,
+) -> Result<Vec<Value>, Error> {
     for item in patch {
-        let id = item
-            .get(key)
-            .ok_or_else(|| Error::Strategic(format!("an item of {} lacks its merge key {key:?}", &path[1..])))?;
+        let id = item.get(key).ok_or_else(|| {
+            Error::Strategic(format!(
+                "an item of {} lacks its merge key {key:?}",
+                &path[1..]
+            ))
+        })?;
         let pos = cur.iter().position(|c| c.get(key) == Some(id));
         let deleting = item.get("$patch").and_then(Value::as_str) == Some("delete");
         match (pos, deleting) {
@@ -140,10 +153,24 @@ pub fn json_patch(mut doc: Value, ops: &Value) -> Result<Value, Error> {
     let ops = ops.as_array().ok_or(Error::NotAnArray)?;
     for (index, op) in ops.iter().enumerate() {
         let fail = |reason: String| Error::Operation { index, reason };
-        let name = op.get("op").and_then(Value::as_str).ok_or_else(|| fail("missing \"op\"".into()))?;
-        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| fail("missing \"path\"".into()))?;
-        let value = || op.get("value").cloned().ok_or_else(|| fail("missing \"value\"".into()));
-        let from = || op.get("from").and_then(Value::as_str).ok_or_else(|| fail("missing \"from\"".into()));
+        let name = op
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("missing \"op\"".into()))?;
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("missing \"path\"".into()))?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| fail("missing \"value\"".into()))
+        };
+        let from = || {
+            op.get("from")
+                .and_then(Value::as_str)
+                .ok_or_else(|| fail("missing \"from\"".into()))
+        };
         match name {
             "add" => add(&mut doc, path, value()?).map_err(fail)?,
             "remove" => {
@@ -158,7 +185,10 @@ pub fn json_patch(mut doc: Value, ops: &Value) -> Result<Value, Error> {
                 add(&mut doc, path, v).map_err(fail)?;
             }
             "copy" => {
-                let v = doc.pointer(from()?).cloned().ok_or_else(|| fail("\"from\" does not exist".into()))?;
+                let v = doc
+                    .pointer(from()?)
+                    .cloned()
+                    .ok_or_else(|| fail("\"from\" does not exist".into()))?;
                 add(&mut doc, path, v).map_err(fail)?;
             }
             "test" => {
@@ -173,8 +203,13 @@ pub fn json_patch(mut doc: Value, ops: &Value) -> Result<Value, Error> {
 }
 
 fn split_pointer(path: &str) -> Result<(String, String), String> {
-    let (parent, last) = path.rsplit_once('/').ok_or_else(|| format!("path {path:?} must start with '/'"))?;
-    Ok((parent.to_owned(), last.replace("~1", "/").replace("~0", "~")))
+    let (parent, last) = path
+        .rsplit_once('/')
+        .ok_or_else(|| format!("path {path:?} must start with '/'"))?;
+    Ok((
+        parent.to_owned(),
+        last.replace("~1", "/").replace("~0", "~"),
+    ))
 }
 
 fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
@@ -189,7 +224,11 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
             Ok(())
         }
         Some(Value::Array(a)) => {
-            let idx = if last == "-" { a.len() } else { last.parse().map_err(|_| format!("bad index {last:?}"))? };
+            let idx = if last == "-" {
+                a.len()
+            } else {
+                last.parse().map_err(|_| format!("bad index {last:?}"))?
+            };
             if idx > a.len() {
                 return Err(format!("index {idx} is out of bounds"));
             }
@@ -203,7 +242,9 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
 fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
     let (parent, last) = split_pointer(path)?;
     match doc.pointer_mut(&parent) {
-        Some(Value::Object(m)) => m.remove(&last).ok_or_else(|| format!("{path:?} does not exist")),
+        Some(Value::Object(m)) => m
+            .remove(&last)
+            .ok_or_else(|| format!("{path:?} does not exist")),
         Some(Value::Array(a)) => {
             let idx: usize = last.parse().map_err(|_| format!("bad index {last:?}"))?;
             if idx >= a.len() {
@@ -223,7 +264,10 @@ mod tests {
     #[test]
     fn merge_patch_sets_and_deletes_labels() {
         let node = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
-        let out = merge(node, &json!({"metadata": {"labels": {"a": null, "c": "3"}}}));
+        let out = merge(
+            node,
+            &json!({"metadata": {"labels": {"a": null, "c": "3"}}}),
+        );
         assert_eq!(out, json!({"metadata": {"labels": {"b": "2", "c": "3"}}}));
     }
 
@@ -238,16 +282,27 @@ mod tests {
             "status": {"$setElementOrder/conditions": [{"type": "Ready"}], "conditions": [{"type": "Ready", "status": "Unknown"}]}
         });
         let out = apply(Kind::Strategic, &node, &patch).unwrap();
-        assert_eq!(out["spec"]["taints"], json!([{"key": "b", "effect": "NoExecute"}]));
+        assert_eq!(
+            out["spec"]["taints"],
+            json!([{"key": "b", "effect": "NoExecute"}])
+        );
         assert_eq!(out["spec"]["unschedulable"], json!(true));
         assert_eq!(out["status"]["conditions"][0]["status"], json!("Unknown"));
-        assert_eq!(out["status"]["conditions"][1]["type"], json!("DiskPressure"));
+        assert_eq!(
+            out["status"]["conditions"][1]["type"],
+            json!("DiskPressure")
+        );
     }
 
     #[test]
     fn strategic_patch_deletes_list_items_by_key() {
         let node = json!({"status": {"conditions": [{"type": "Ready"}, {"type": "X"}]}});
-        let out = apply(Kind::Strategic, &node, &json!({"status": {"conditions": [{"type": "X", "$patch": "delete"}]}})).unwrap();
+        let out = apply(
+            Kind::Strategic,
+            &node,
+            &json!({"status": {"conditions": [{"type": "X", "$patch": "delete"}]}}),
+        )
+        .unwrap();
         assert_eq!(out["status"]["conditions"], json!([{"type": "Ready"}]));
     }
 

@@ -41,10 +41,6 @@ impl Registry {
         Registry { store }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     pub async fn get(&self, r: &ObjectRef) -> Result<Value> {
         match self.store.get(&r.path()).await {
             Ok(Some(rec)) => decode(r.resource, &rec),
@@ -54,24 +50,51 @@ impl Registry {
     }
 
     /// All objects of a resource (in one namespace, or all) and the list's revision.
-    pub async fn list(&self, resource: &'static Resource, namespace: Option<&str>) -> Result<(i64, Vec<Value>)> {
+    pub async fn list(
+        &self,
+        resource: &'static Resource,
+        namespace: Option<&str>,
+    ) -> Result<(i64, Vec<Value>)> {
         let (rev, records) = self.store.list(&resource.prefix(namespace)).await?;
-        let items = records.iter().map(|rec| decode(resource, rec)).collect::<Result<_>>()?;
+        let items = records
+            .iter()
+            .map(|rec| decode(resource, rec))
+            .collect::<Result<_>>()?;
         Ok((rev, items))
     }
 
-    pub async fn create(&self, resource: &'static Resource, namespace: Option<&str>, mut obj: Value) -> Result<Value> {
+    pub async fn create(
+        &self,
+        resource: &'static Resource,
+        namespace: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Value> {
         if !obj.is_object() {
-            return Err(ApiError::BadRequest(format!("the body must be a {} object", resource.kind)));
+            return Err(ApiError::BadRequest(format!(
+                "the body must be a {} object",
+                resource.kind
+            )));
         }
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if name.is_empty() {
-            return Err(invalid(resource, "", vec!["metadata.name: Required value: name is required".into()]));
+            return Err(invalid(
+                resource,
+                "",
+                vec!["metadata.name: Required value: name is required".into()],
+            ));
         }
         let namespace = if resource.namespaced {
             let ns = namespace
                 .map(str::to_owned)
-                .or_else(|| obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned))
+                .or_else(|| {
+                    obj.pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
                 .unwrap_or_else(|| "default".into());
             if let Some(body_ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
                 && body_ns != ns
@@ -80,17 +103,28 @@ impl Registry {
                     "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
                 )));
             }
-            self.get(&ObjectRef::cluster(&NAMESPACES, &ns)).await.map_err(|e| match e {
-                ApiError::NotFound { .. } => ApiError::NotFound { resource: "namespaces".into(), name: ns.clone() },
-                other => other,
-            })?;
+            self.get(&ObjectRef::cluster(&NAMESPACES, &ns))
+                .await
+                .map_err(|e| match e {
+                    ApiError::NotFound { .. } => ApiError::NotFound {
+                        resource: "namespaces".into(),
+                        name: ns.clone(),
+                    },
+                    other => other,
+                })?;
             Some(ns)
         } else {
             None
         };
-        let r = ObjectRef { resource, namespace, name };
+        let r = ObjectRef {
+            resource,
+            namespace,
+            name,
+        };
         set_type_meta(resource, &mut obj);
-        let meta = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
+        let meta = obj["metadata"]
+            .as_object_mut()
+            .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
         meta.remove("resourceVersion");
         meta.insert("uid".into(), json!(new_uid()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
@@ -100,7 +134,11 @@ impl Registry {
         default(resource, &r.name, &mut obj);
         validate(resource, &r.name, &obj)?;
         let bytes = encode(&obj)?;
-        let rev = self.store.create(&r.path(), &bytes).await.map_err(|e| ApiError::from_store(e, resource.plural, &r.name))?;
+        let rev = self
+            .store
+            .create(&r.path(), &bytes)
+            .await
+            .map_err(|e| ApiError::from_store(e, resource.plural, &r.name))?;
         with_revision(&mut obj, rev);
         Ok(obj)
     }
@@ -118,29 +156,49 @@ impl Registry {
             )));
         }
         obj = prepare_update(r, part, &current, obj)?;
-        self.put(r, expected.or(revision_of(&current)), &mut obj).await?;
+        self.put(r, expected.or(revision_of(&current)), &mut obj)
+            .await?;
         Ok(obj)
     }
 
     /// Applies a patch to the newest object, retrying on conflicts so concurrent patches all
     /// land. A patch that names a resourceVersion is a precondition and is not retried.
-    pub async fn patch(&self, r: &ObjectRef, part: Part, kind: patch::Kind, body: &Value) -> Result<Value> {
+    pub async fn patch(
+        &self,
+        r: &ObjectRef,
+        part: Part,
+        kind: patch::Kind,
+        body: &Value,
+    ) -> Result<Value> {
         let precondition = body.pointer("/metadata/resourceVersion").is_some();
         for _ in 0..PATCH_RETRIES {
             let current = self.get(r).await?;
-            let patched = patch::apply(kind, &current, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            let expected = if precondition { resource_version(&patched)? } else { revision_of(&current) };
+            let patched = patch::apply(kind, &current, body)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let expected = if precondition {
+                resource_version(&patched)?
+            } else {
+                revision_of(&current)
+            };
             let mut obj = prepare_update(r, part, &current, patched)?;
             match self.put(r, expected, &mut obj).await {
                 Err(ApiError::Conflict { .. }) if !precondition => continue,
                 other => return other.map(|_| obj),
             }
         }
-        Err(ApiError::Conflict { resource: r.resource.plural.into(), name: r.name.clone() })
+        Err(ApiError::Conflict {
+            resource: r.resource.plural.into(),
+            name: r.name.clone(),
+        })
     }
 
     /// Read-modify-write for in-process writers; `change` must be idempotent.
-    pub async fn modify(&self, r: &ObjectRef, part: Part, mut change: impl FnMut(&mut Value)) -> Result<Value> {
+    pub async fn modify(
+        &self,
+        r: &ObjectRef,
+        part: Part,
+        mut change: impl FnMut(&mut Value),
+    ) -> Result<Value> {
         for _ in 0..PATCH_RETRIES {
             let current = self.get(r).await?;
             let mut next = current.clone();
@@ -150,11 +208,16 @@ impl Registry {
             }
             let mut obj = prepare_update(r, part, &current, next)?;
             match self.put(r, revision_of(&current), &mut obj).await {
-                Err(ApiError::Conflict { .. }) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(ApiError::Conflict { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
                 other => return other.map(|_| obj),
             }
         }
-        Err(ApiError::Conflict { resource: r.resource.plural.into(), name: r.name.clone() })
+        Err(ApiError::Conflict {
+            resource: r.resource.plural.into(),
+            name: r.name.clone(),
+        })
     }
 
     pub async fn delete(&self, r: &ObjectRef, precondition: Option<i64>) -> Result<Value> {
@@ -199,7 +262,10 @@ impl Registry {
     /// Creates the namespaces every cluster has, if missing.
     pub async fn ensure_system_namespaces(&self) -> Result<()> {
         for ns in SYSTEM_NAMESPACES {
-            match self.create(&NAMESPACES, None, json!({"metadata": {"name": ns}})).await {
+            match self
+                .create(&NAMESPACES, None, json!({"metadata": {"name": ns}}))
+                .await
+            {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -210,8 +276,12 @@ impl Registry {
 
 /// The stored object with its resourceVersion.
 pub fn decode(resource: &Resource, rec: &Record) -> Result<Value> {
-    let mut obj: Value = serde_json::from_slice(&rec.value)
-        .map_err(|e| ApiError::Internal(format!("stored {} at {} is not JSON: {e}", resource.kind, rec.path)))?;
+    let mut obj: Value = serde_json::from_slice(&rec.value).map_err(|e| {
+        ApiError::Internal(format!(
+            "stored {} at {} is not JSON: {e}",
+            resource.kind, rec.path
+        ))
+    })?;
     with_revision(&mut obj, rec.revision);
     Ok(obj)
 }
@@ -231,25 +301,33 @@ fn with_revision(obj: &mut Value, rev: i64) {
 }
 
 fn revision_of(obj: &Value) -> Option<i64> {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok())
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
 }
 
 fn resource_version(obj: &Value) -> Result<Option<i64>> {
     match obj.pointer("/metadata/resourceVersion") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::BadRequest(format!("metadata.resourceVersion {s:?} is not a valid resource version"))),
-        Some(other) => Err(ApiError::BadRequest(format!("metadata.resourceVersion must be a string, not {other}"))),
+        Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
+            ApiError::BadRequest(format!(
+                "metadata.resourceVersion {s:?} is not a valid resource version"
+            ))
+        }),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "metadata.resourceVersion must be a string, not {other}"
+        ))),
     }
 }
 
 /// Carries over what the client may not change, per the part being written.
 fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) -> Result<Value> {
     if !obj.is_object() {
-        return Err(ApiError::BadRequest(format!("the body must be a {} object", r.resource.kind)));
+        return Err(ApiError::BadRequest(format!(
+            "the body must be a {} object",
+            r.resource.kind
+        )));
     }
     if r.resource.has_status {
         match part {
@@ -303,15 +381,9 @@ fn default(resource: &Resource, name: &str, obj: &mut Value) {
             }
             obj["status"] = json!({"phase": "Active"});
         }
-        "Node" => {
-            if !obj["spec"].is_object() {
-                obj["spec"] = json!({});
-            }
-        }
-        "Pod" => {
-            if obj.pointer("/status/phase").is_none() {
-                obj["status"]["phase"] = json!("Pending");
-            }
+        "Node" if !obj["spec"].is_object() => obj["spec"] = json!({}),
+        "Pod" if obj.pointer("/status/phase").is_none() => {
+            obj["status"]["phase"] = json!("Pending")
         }
         _ => {}
     }
@@ -320,7 +392,11 @@ fn default(resource: &Resource, name: &str, obj: &mut Value) {
 /// Rejects what Kubernetes would reject for the fields kubectl commonly writes.
 fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
     let mut causes = Vec::new();
-    let name_ok = if resource == &NAMESPACES { node::is_dns_label(name) } else { node::is_dns_subdomain(name) };
+    let name_ok = if resource == &NAMESPACES {
+        node::is_dns_label(name)
+    } else {
+        node::is_dns_subdomain(name)
+    };
     if !name_ok {
         causes.push(format!(
             "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.'",
@@ -332,7 +408,9 @@ fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
         Some(Value::Object(labels)) => {
             for (k, v) in labels {
                 let v = v.as_str().unwrap_or("\u{0}");
-                if let Err(e) = node::validate_label_key(k).and_then(|_| node::validate_label_value(v)) {
+                if let Err(e) =
+                    node::validate_label_key(k).and_then(|_| node::validate_label_value(v))
+                {
                     causes.push(format!("metadata.labels: Invalid value: {e}"));
                 }
             }
@@ -344,8 +422,12 @@ fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
             None | Some(Value::Null) => {}
             Some(Value::Array(taints)) => {
                 for (i, t) in taints.iter().enumerate() {
-                    let parsed: std::result::Result<node::Taint, _> = serde_json::from_value(t.clone());
-                    match parsed.map_err(|e| e.to_string()).and_then(|t| node::validate_taint(&t)) {
+                    let parsed: std::result::Result<node::Taint, _> =
+                        serde_json::from_value(t.clone());
+                    match parsed
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| node::validate_taint(&t))
+                    {
                         Ok(()) => {}
                         Err(e) => causes.push(format!("spec.taints[{i}]: Invalid value: {e}")),
                     }
@@ -354,25 +436,45 @@ fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
             Some(_) => causes.push("spec.taints: Invalid value: must be a list".into()),
         }
     }
-    if causes.is_empty() { Ok(()) } else { Err(invalid(resource, name, causes)) }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(resource, name, causes))
+    }
 }
 
 fn invalid(resource: &Resource, name: &str, causes: Vec<String>) -> ApiError {
-    ApiError::Invalid { kind: resource.kind.into(), name: name.into(), causes }
+    ApiError::Invalid {
+        kind: resource.kind.into(),
+        name: name.into(),
+        causes,
+    }
 }
 
 fn not_found(r: &ObjectRef) -> ApiError {
-    ApiError::NotFound { resource: r.resource.plural.into(), name: r.name.clone() }
+    ApiError::NotFound {
+        resource: r.resource.plural.into(),
+        name: r.name.clone(),
+    }
 }
 
 /// A random RFC 4122 version-4 UUID.
 fn new_uid() -> String {
     let mut b = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut b).expect("system random number generator failed");
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random number generator failed");
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// Now, as Kubernetes writes timestamps (RFC 3339, seconds, UTC).

@@ -24,7 +24,16 @@ pub struct Resource {
     pub printer: Printer,
 }
 
-const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 pub static NODES: Resource = Resource {
     plural: "nodes",
@@ -60,7 +69,8 @@ pub static PODS: Resource = Resource {
 pub static CORE_V1: [&Resource; 3] = [&NAMESPACES, &NODES, &PODS];
 
 /// The namespaces every cluster has; they cannot be deleted.
-pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 impl Resource {
     pub fn by_plural(plural: &str) -> Option<&'static Resource> {
@@ -91,11 +101,19 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn cluster(resource: &'static Resource, name: &str) -> ObjectRef {
-        ObjectRef { resource, namespace: None, name: name.to_owned() }
+        ObjectRef {
+            resource,
+            namespace: None,
+            name: name.to_owned(),
+        }
     }
 
     pub fn path(&self) -> String {
-        format!("{}{}", self.resource.prefix(self.namespace.as_deref()), self.name)
+        format!(
+            "{}{}",
+            self.resource.prefix(self.namespace.as_deref()),
+            self.name
+        )
     }
 
     /// Parses a datastore path back into a reference.
@@ -105,9 +123,17 @@ impl ObjectRef {
         let resource = Resource::by_plural(plural)?;
         if resource.namespaced {
             let (ns, name) = rest.split_once('/')?;
-            Some(ObjectRef { resource, namespace: Some(ns.into()), name: name.into() })
+            Some(ObjectRef {
+                resource,
+                namespace: Some(ns.into()),
+                name: name.into(),
+            })
         } else {
-            Some(ObjectRef { resource, namespace: None, name: rest.into() })
+            Some(ObjectRef {
+                resource,
+                namespace: None,
+                name: rest.into(),
+            })
         }
     }
 }
@@ -127,7 +153,11 @@ mod tests {
 
     #[test]
     fn paths_round_trip() {
-        let r = ObjectRef { resource: &PODS, namespace: Some("default".into()), name: "web".into() };
+        let r = ObjectRef {
+            resource: &PODS,
+            namespace: Some("default".into()),
+            name: "web".into(),
+        };
         assert_eq!(r.path(), "/registry/pods/default/web");
         assert_eq!(ObjectRef::from_path(&r.path()), Some(r));
         let n = ObjectRef::cluster(&NODES, "pi-1");

@@ -28,8 +28,14 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// What a path under `/api/v1` names.
 enum Target {
-    Collection { resource: &'static Resource, namespace: Option<String> },
-    Object { r: ObjectRef, part: Part },
+    Collection {
+        resource: &'static Resource,
+        namespace: Option<String>,
+    },
+    Object {
+        r: ObjectRef,
+        part: Part,
+    },
 }
 
 pub async fn handle(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Response<Body> {
@@ -58,7 +64,10 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
         ["readyz", ..] if get => {
             return Ok(match api.readiness() {
                 Ok(()) => text(StatusCode::OK, "ok"),
-                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("[-]{why}\nreadyz check failed")),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("[-]{why}\nreadyz check failed"),
+                ),
             });
         }
         ["version"] if get => return Ok(json(StatusCode::OK, &discovery::version())),
@@ -67,7 +76,10 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
     }
     id.authorize(verb(req.method()), &path)?;
     match segs.as_slice() {
-        ["api"] if get => Ok(json(StatusCode::OK, &discovery::api_versions(&api.server_address))),
+        ["api"] if get => Ok(json(
+            StatusCode::OK,
+            &discovery::api_versions(&api.server_address),
+        )),
         ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups())),
         ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::core_v1())),
         ["api", "v1", rest @ ..] => match target(rest) {
@@ -81,18 +93,32 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
 fn target(segs: &[&str]) -> Option<Target> {
     let by = |p: &str| Resource::by_plural(p);
     let obj = |resource, namespace: Option<&str>, name: &str, part| Target::Object {
-        r: ObjectRef { resource, namespace: namespace.map(str::to_owned), name: name.to_owned() },
+        r: ObjectRef {
+            resource,
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+        },
         part,
     };
     Some(match segs {
-        [p] => Target::Collection { resource: by(p)?, namespace: None },
+        [p] => Target::Collection {
+            resource: by(p)?,
+            namespace: None,
+        },
         ["namespaces", ns] => obj(&NAMESPACES, None, ns, Part::Main),
         ["namespaces", ns, "status"] => obj(&NAMESPACES, None, ns, Part::Status),
-        ["namespaces", ns, p] if by(p)?.namespaced => Target::Collection { resource: by(p)?, namespace: Some(ns.to_string()) },
+        ["namespaces", ns, p] if by(p)?.namespaced => Target::Collection {
+            resource: by(p)?,
+            namespace: Some(ns.to_string()),
+        },
         ["namespaces", ns, p, name] if by(p)?.namespaced => obj(by(p)?, Some(ns), name, Part::Main),
-        ["namespaces", ns, p, name, "status"] if by(p)?.namespaced => obj(by(p)?, Some(ns), name, Part::Status),
+        ["namespaces", ns, p, name, "status"] if by(p)?.namespaced => {
+            obj(by(p)?, Some(ns), name, Part::Status)
+        }
         [p, name] if !by(p)?.namespaced => obj(by(p)?, None, name, Part::Main),
-        [p, name, "status"] if !by(p)?.namespaced && by(p)?.has_status => obj(by(p)?, None, name, Part::Status),
+        [p, name, "status"] if !by(p)?.namespaced && by(p)?.has_status => {
+            obj(by(p)?, None, name, Part::Status)
+        }
         _ => return None,
     })
 }
@@ -101,10 +127,18 @@ async fn resource(api: Arc<Api>, target: Target, req: Request<Incoming>) -> Resu
     let query = Query::parse(req.uri().query());
     let table = wants_table(&req).then(|| query.include());
     if query.get("dryRun").is_some() {
-        return Err(ApiError::BadRequest("dryRun is not supported by this server".into()));
+        return Err(ApiError::BadRequest(
+            "dryRun is not supported by this server".into(),
+        ));
     }
     match (target, req.method().clone()) {
-        (Target::Collection { resource, namespace }, Method::GET) => {
+        (
+            Target::Collection {
+                resource,
+                namespace,
+            },
+            Method::GET,
+        ) => {
             let selector = Selector::parse(query.get("labelSelector"), query.get("fieldSelector"))
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             if query.flag("watch") {
@@ -114,61 +148,112 @@ async fn resource(api: Arc<Api>, target: Target, req: Request<Incoming>) -> Resu
                 };
                 let timeout = match query.get("timeoutSeconds") {
                     Some(s) => Duration::from_secs(s.parse().map_err(|_| {
-                        ApiError::BadRequest(format!("timeoutSeconds {s:?} is not a number of seconds"))
+                        ApiError::BadRequest(format!(
+                            "timeoutSeconds {s:?} is not a number of seconds"
+                        ))
                     })?),
                     None => watch::DEFAULT_TIMEOUT,
                 };
-                let rx = watch::spawn(api.clone(), WatchRequest { resource, namespace, selector, start, timeout, table });
+                let rx = watch::spawn(
+                    api.clone(),
+                    WatchRequest {
+                        resource,
+                        namespace,
+                        selector,
+                        start,
+                        timeout,
+                        table,
+                    },
+                );
                 return Ok(stream(rx));
             }
             let (rev, items) = api.registry.list(resource, namespace.as_deref()).await?;
             let items: Vec<Value> = items.into_iter().filter(|o| selector.matches(o)).collect();
-            Ok(json(StatusCode::OK, &match table {
-                Some(include) => table::table(resource, &items, Some(rev.to_string()), include, true),
-                None => serde_json::json!({
-                    "kind": format!("{}List", resource.kind),
-                    "apiVersion": "v1",
-                    "metadata": {"resourceVersion": rev.to_string()},
-                    "items": items,
-                }),
-            }))
+            Ok(json(
+                StatusCode::OK,
+                &match table {
+                    Some(include) => {
+                        table::table(resource, &items, Some(rev.to_string()), include, true)
+                    }
+                    None => serde_json::json!({
+                        "kind": format!("{}List", resource.kind),
+                        "apiVersion": "v1",
+                        "metadata": {"resourceVersion": rev.to_string()},
+                        "items": items,
+                    }),
+                },
+            ))
         }
-        (Target::Collection { resource, namespace }, Method::POST) => {
+        (
+            Target::Collection {
+                resource,
+                namespace,
+            },
+            Method::POST,
+        ) => {
             let body = read_json(req).await?;
-            let obj = api.registry.create(resource, namespace.as_deref(), body).await?;
+            let obj = api
+                .registry
+                .create(resource, namespace.as_deref(), body)
+                .await?;
             Ok(json(StatusCode::CREATED, &obj))
         }
         (Target::Object { r, .. }, Method::GET) => {
             let obj = api.registry.get(&r).await?;
-            Ok(json(StatusCode::OK, &match table {
-                Some(include) => {
-                    let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
-                    table::table(r.resource, &[obj], rv, include, true)
-                }
-                None => obj,
-            }))
+            Ok(json(
+                StatusCode::OK,
+                &match table {
+                    Some(include) => {
+                        let rv = obj
+                            .pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned);
+                        table::table(r.resource, &[obj], rv, include, true)
+                    }
+                    None => obj,
+                },
+            ))
         }
         (Target::Object { r, part }, Method::PUT) => {
             let body = read_json(req).await?;
-            Ok(json(StatusCode::OK, &api.registry.update(&r, part, body).await?))
+            Ok(json(
+                StatusCode::OK,
+                &api.registry.update(&r, part, body).await?,
+            ))
         }
         (Target::Object { r, part }, Method::PATCH) => {
             let kind = patch_kind(&req)?;
             let body = read_json(req).await?;
-            Ok(json(StatusCode::OK, &api.registry.patch(&r, part, kind, &body).await?))
+            Ok(json(
+                StatusCode::OK,
+                &api.registry.patch(&r, part, kind, &body).await?,
+            ))
         }
-        (Target::Object { r, part: Part::Main }, Method::DELETE) => {
+        (
+            Target::Object {
+                r,
+                part: Part::Main,
+            },
+            Method::DELETE,
+        ) => {
             let body = read_body(req).await?;
             let precondition = if body.is_empty() {
                 None
             } else {
-                let opts: Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?;
-                match opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+                let opts: Value = serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?;
+                match opts
+                    .pointer("/preconditions/resourceVersion")
+                    .and_then(Value::as_str)
+                {
                     Some(rv) => Some(parse_rv(rv)?),
                     None => None,
                 }
             };
-            Ok(json(StatusCode::OK, &api.registry.delete(&r, precondition).await?))
+            Ok(json(
+                StatusCode::OK,
+                &api.registry.delete(&r, precondition).await?,
+            ))
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -186,7 +271,11 @@ fn verb(m: &Method) -> &'static str {
 }
 
 fn parse_rv(rv: &str) -> Result<i64> {
-    rv.parse().map_err(|_| ApiError::BadRequest(format!("resourceVersion {rv:?} is not a valid resource version")))
+    rv.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "resourceVersion {rv:?} is not a valid resource version"
+        ))
+    })
 }
 
 fn wants_table(req: &Request<Incoming>) -> bool {
@@ -199,13 +288,18 @@ fn wants_table(req: &Request<Incoming>) -> bool {
 }
 
 fn patch_kind(req: &Request<Incoming>) -> Result<patch::Kind> {
-    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     match ct.split(';').next().unwrap_or("").trim() {
         "application/merge-patch+json" => Ok(patch::Kind::Merge),
         "application/strategic-merge-patch+json" => Ok(patch::Kind::Strategic),
         "application/json-patch+json" => Ok(patch::Kind::Json),
         "application/apply-patch+yaml" => Err(ApiError::UnsupportedMediaType(
-            "server-side apply is not supported yet; use kubectl apply without --server-side".into(),
+            "server-side apply is not supported yet; use kubectl apply without --server-side"
+                .into(),
         )),
         other => Err(ApiError::UnsupportedMediaType(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
@@ -214,7 +308,10 @@ fn patch_kind(req: &Request<Incoming>) -> Result<patch::Kind> {
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes> {
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > MAX_BODY
     {
         return Err(ApiError::TooLarge(MAX_BODY));
@@ -222,17 +319,26 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes> {
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(MAX_BODY)),
-        Err(e) => Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
     }
 }
 
 async fn read_json(req: Request<Incoming>) -> Result<Value> {
-    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     if ct.contains("protobuf") {
-        return Err(ApiError::UnsupportedMediaType("only JSON request bodies are supported".into()));
+        return Err(ApiError::UnsupportedMediaType(
+            "only JSON request bodies are supported".into(),
+        ));
     }
     let body = read_body(req).await?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
 /// Decoded query parameters.
@@ -240,7 +346,11 @@ struct Query(HashMap<String, String>);
 
 impl Query {
     fn parse(raw: Option<&str>) -> Query {
-        Query(form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect())
+        Query(
+            form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
 
     fn get(&self, k: &str) -> Option<&str> {
@@ -264,14 +374,20 @@ pub fn json(status: StatusCode, v: &Value) -> Response<Body> {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 pub fn text(status: StatusCode, s: &str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(s.to_owned())).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -282,9 +398,14 @@ pub fn error(e: &ApiError) -> Response<Body> {
 
 fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }

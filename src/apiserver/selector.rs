@@ -37,11 +37,19 @@ pub struct Selector {
 impl Selector {
     pub fn parse(label: Option<&str>, field: Option<&str>) -> Result<Selector, Error> {
         let labels = match label {
-            Some(raw) => parse_requirements(raw, true).map_err(|reason| Error { param: "labelSelector", raw: raw.into(), reason })?,
+            Some(raw) => parse_requirements(raw, true).map_err(|reason| Error {
+                param: "labelSelector",
+                raw: raw.into(),
+                reason,
+            })?,
             None => Vec::new(),
         };
         let fields = match field {
-            Some(raw) => parse_requirements(raw, false).map_err(|reason| Error { param: "fieldSelector", raw: raw.into(), reason })?,
+            Some(raw) => parse_requirements(raw, false).map_err(|reason| Error {
+                param: "fieldSelector",
+                raw: raw.into(),
+                reason,
+            })?,
             None => Vec::new(),
         };
         Ok(Selector { labels, fields })
@@ -93,9 +101,15 @@ fn parse_requirements(raw: &str, set_based: bool) -> Result<Vec<Requirement>, St
             continue;
         }
         let req = if let Some((k, v)) = term.split_once("!=") {
-            Requirement { key: k.trim().into(), op: Op::NotEq(v.trim().into()) }
+            Requirement {
+                key: k.trim().into(),
+                op: Op::NotEq(v.trim().into()),
+            }
         } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            Requirement { key: k.trim().into(), op: Op::Eq(v.trim().into()) }
+            Requirement {
+                key: k.trim().into(),
+                op: Op::Eq(v.trim().into()),
+            }
         } else if set_based && (term.contains(" in ") || term.contains(" notin ")) {
             let (k, rest, negate) = match term.split_once(" notin ") {
                 Some((k, r)) => (k, r, true),
@@ -109,15 +123,30 @@ fn parse_requirements(raw: &str, set_based: bool) -> Result<Vec<Requirement>, St
                 .strip_prefix('(')
                 .and_then(|r| r.strip_suffix(')'))
                 .ok_or_else(|| format!("{term:?}: values must be in parentheses"))?;
-            let set = inner.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-            Requirement { key: k.trim().into(), op: if negate { Op::NotIn(set) } else { Op::In(set) } }
+            let set = inner
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            Requirement {
+                key: k.trim().into(),
+                op: if negate { Op::NotIn(set) } else { Op::In(set) },
+            }
         } else if set_based {
             match term.strip_prefix('!') {
-                Some(k) => Requirement { key: k.trim().into(), op: Op::NotExists },
-                None => Requirement { key: term.into(), op: Op::Exists },
+                Some(k) => Requirement {
+                    key: k.trim().into(),
+                    op: Op::NotExists,
+                },
+                None => Requirement {
+                    key: term.into(),
+                    op: Op::Exists,
+                },
             }
         } else {
-            return Err(format!("{term:?} must be FIELD=VALUE, FIELD==VALUE or FIELD!=VALUE"));
+            return Err(format!(
+                "{term:?} must be FIELD=VALUE, FIELD==VALUE or FIELD!=VALUE"
+            ));
         };
         if req.key.is_empty() || req.key.contains(char::is_whitespace) {
             return Err(format!("{term:?} has an invalid key"));
@@ -159,7 +188,10 @@ mod tests {
         assert!(!m(Some("app!=web"), None));
         assert!(m(Some("!missing,app"), None));
         assert!(!m(Some("tier notin (fe)"), None));
-        assert!(m(None, Some("spec.nodeName=pi-1,status.phase!=Succeeded,status.phase!=Failed")));
+        assert!(m(
+            None,
+            Some("spec.nodeName=pi-1,status.phase!=Succeeded,status.phase!=Failed")
+        ));
         assert!(!m(None, Some("metadata.name=b")));
         assert!(Selector::parse(None, Some("justakey")).is_err());
         assert!(Selector::parse(Some("a in b"), None).is_err());

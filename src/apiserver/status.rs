@@ -13,12 +13,18 @@ pub enum ApiError {
     NotFound { resource: String, name: String },
     #[error("{resource} \"{name}\" already exists")]
     AlreadyExists { resource: String, name: String },
-    #[error("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again")]
+    #[error(
+        "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+    )]
     Conflict { resource: String, name: String },
     #[error("{0}")]
     BadRequest(String),
     #[error("{kind} \"{name}\" is invalid: {}", .causes.join(", "))]
-    Invalid { kind: String, name: String, causes: Vec<String> },
+    Invalid {
+        kind: String,
+        name: String,
+        causes: Vec<String>,
+    },
     #[error("Unauthorized")]
     Unauthorized,
     #[error("{0}")]
@@ -92,7 +98,9 @@ impl ApiError {
         let details = match self {
             ApiError::NotFound { resource, name }
             | ApiError::AlreadyExists { resource, name }
-            | ApiError::Conflict { resource, name } => Some(json!({"name": name, "kind": resource})),
+            | ApiError::Conflict { resource, name } => {
+                Some(json!({"name": name, "kind": resource}))
+            }
             ApiError::Invalid { kind, name, .. } => Some(json!({"name": name, "kind": kind})),
             ApiError::Unavailable(_) => Some(json!({"retryAfterSeconds": 1})),
             _ => None,
@@ -119,7 +127,13 @@ impl ApiError {
                 let (resource, name) = obj();
                 ApiError::Conflict { resource, name }
             }
-            datastore::Error::Compacted { requested, compacted } => ApiError::Gone { requested, compacted },
+            datastore::Error::Compacted {
+                requested,
+                compacted,
+            } => ApiError::Gone {
+                requested,
+                compacted,
+            },
             other => ApiError::Unavailable(other.to_string()),
         }
     }

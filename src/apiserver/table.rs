@@ -14,39 +14,165 @@ struct Column {
     priority: u8,
 }
 
-const fn col(name: &'static str, kind: &'static str, format: &'static str, description: &'static str, priority: u8) -> Column {
-    Column { name, kind, format, description, priority }
+const fn col(
+    name: &'static str,
+    kind: &'static str,
+    format: &'static str,
+    description: &'static str,
+    priority: u8,
+) -> Column {
+    Column {
+        name,
+        kind,
+        format,
+        description,
+        priority,
+    }
 }
 
 const NODE: [Column; 10] = [
-    col("Name", "string", "name", "Name must be unique within a namespace.", 0),
+    col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    ),
     col("Status", "string", "", "The status of the node", 0),
     col("Roles", "string", "", "The roles of the node", 0),
-    col("Age", "string", "", "CreationTimestamp is a timestamp representing the server time when this object was created.", 0),
-    col("Version", "string", "", "Kubelet Version reported by the node.", 0),
-    col("Internal-IP", "string", "", "List of addresses reachable to the node.", 1),
-    col("External-IP", "string", "", "List of addresses reachable to the node.", 1),
-    col("OS-Image", "string", "", "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).", 1),
-    col("Kernel-Version", "string", "", "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).", 1),
-    col("Container-Runtime", "string", "", "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).", 1),
+    col(
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    ),
+    col(
+        "Version",
+        "string",
+        "",
+        "Kubelet Version reported by the node.",
+        0,
+    ),
+    col(
+        "Internal-IP",
+        "string",
+        "",
+        "List of addresses reachable to the node.",
+        1,
+    ),
+    col(
+        "External-IP",
+        "string",
+        "",
+        "List of addresses reachable to the node.",
+        1,
+    ),
+    col(
+        "OS-Image",
+        "string",
+        "",
+        "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).",
+        1,
+    ),
+    col(
+        "Kernel-Version",
+        "string",
+        "",
+        "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
+        1,
+    ),
+    col(
+        "Container-Runtime",
+        "string",
+        "",
+        "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+        1,
+    ),
 ];
 
 const NAMESPACE: [Column; 3] = [
-    col("Name", "string", "name", "Name must be unique within a namespace.", 0),
+    col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    ),
     col("Status", "string", "", "The status of the namespace", 0),
-    col("Age", "string", "", "CreationTimestamp is a timestamp representing the server time when this object was created.", 0),
+    col(
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    ),
 ];
 
 const POD: [Column; 9] = [
-    col("Name", "string", "name", "Name must be unique within a namespace.", 0),
-    col("Ready", "string", "", "The aggregate readiness state of this pod for accepting traffic.", 0),
-    col("Status", "string", "", "The aggregate status of the containers in this pod.", 0),
-    col("Restarts", "string", "", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.", 0),
-    col("Age", "string", "", "CreationTimestamp is a timestamp representing the server time when this object was created.", 0),
-    col("IP", "string", "", "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.", 1),
-    col("Node", "string", "", "NodeName is a request to schedule this pod onto a specific node.", 1),
-    col("Nominated Node", "string", "", "nominatedNodeName is set when this pod preempts other pods on the node.", 1),
-    col("Readiness Gates", "string", "", "If specified, all readiness gates will be evaluated for pod readiness.", 1),
+    col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    ),
+    col(
+        "Ready",
+        "string",
+        "",
+        "The aggregate readiness state of this pod for accepting traffic.",
+        0,
+    ),
+    col(
+        "Status",
+        "string",
+        "",
+        "The aggregate status of the containers in this pod.",
+        0,
+    ),
+    col(
+        "Restarts",
+        "string",
+        "",
+        "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+        0,
+    ),
+    col(
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    ),
+    col(
+        "IP",
+        "string",
+        "",
+        "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+        1,
+    ),
+    col(
+        "Node",
+        "string",
+        "",
+        "NodeName is a request to schedule this pod onto a specific node.",
+        1,
+    ),
+    col(
+        "Nominated Node",
+        "string",
+        "",
+        "nominatedNodeName is set when this pod preempts other pods on the node.",
+        1,
+    ),
+    col(
+        "Readiness Gates",
+        "string",
+        "",
+        "If specified, all readiness gates will be evaluated for pod readiness.",
+        1,
+    ),
 ];
 
 fn columns(printer: Printer) -> &'static [Column] {
@@ -67,7 +193,13 @@ pub enum Include {
 
 /// A Table of `items`. Column definitions are left out when `definitions` is false (later
 /// watch events, as the Kubernetes API server does).
-pub fn table(resource: &Resource, items: &[Value], resource_version: Option<String>, include: Include, definitions: bool) -> Value {
+pub fn table(
+    resource: &Resource,
+    items: &[Value],
+    resource_version: Option<String>,
+    include: Include,
+    definitions: bool,
+) -> Value {
     let defs: Vec<Value> = if definitions {
         columns(resource.printer)
             .iter()
@@ -105,7 +237,12 @@ pub fn table(resource: &Resource, items: &[Value], resource_version: Option<Stri
 }
 
 fn cells(printer: Printer, obj: &Value, now: OffsetDateTime) -> Vec<Value> {
-    let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let s = |p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let name = s("/metadata/name");
     let age = age(&s("/metadata/creationTimestamp"), now);
     match printer {
@@ -133,10 +270,17 @@ fn cells(printer: Printer, obj: &Value, now: OffsetDateTime) -> Vec<Value> {
         }
         Printer::Namespace => vec![json!(name), json!(s("/status/phase")), json!(age)],
         Printer::Pod => {
-            let containers = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
+            let containers = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let statuses = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array);
             let ready = statuses.map_or(0, |s| s.iter().filter(|c| c["ready"] == true).count());
-            let restarts: i64 = statuses.map_or(0, |s| s.iter().filter_map(|c| c["restartCount"].as_i64()).sum());
+            let restarts: i64 = statuses.map_or(0, |s| {
+                s.iter().filter_map(|c| c["restartCount"].as_i64()).sum()
+            });
             let none = |v: String| if v.is_empty() { "<none>".to_owned() } else { v };
             vec![
                 json!(name),
@@ -198,12 +342,17 @@ fn node_roles(node: &Value) -> String {
         .unwrap_or_default();
     roles.sort();
     roles.dedup();
-    if roles.is_empty() { "<none>".into() } else { roles.join(",") }
+    if roles.is_empty() {
+        "<none>".into()
+    } else {
+        roles.join(",")
+    }
 }
 
 /// Kubernetes's human-readable age (`45s`, `3m12s`, `5h`, `2d3h`, `90d`).
 pub fn age(created: &str, now: OffsetDateTime) -> String {
-    let Ok(t) = OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339) else {
+    let Ok(t) = OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
+    else {
         return "<unknown>".into();
     };
     let secs = (now - t).whole_seconds();
@@ -216,22 +365,38 @@ pub fn age(created: &str, now: OffsetDateTime) -> String {
         _ if secs < 120 => format!("{secs}s"),
         _ if m < 10 => {
             let s = secs % 60;
-            if s == 0 { format!("{m}m") } else { format!("{m}m{s}s") }
+            if s == 0 {
+                format!("{m}m")
+            } else {
+                format!("{m}m{s}s")
+            }
         }
         _ if m < 180 => format!("{m}m"),
         _ if h < 8 => {
             let mm = m % 60;
-            if mm == 0 { format!("{h}h") } else { format!("{h}h{mm}m") }
+            if mm == 0 {
+                format!("{h}h")
+            } else {
+                format!("{h}h{mm}m")
+            }
         }
         _ if h < 48 => format!("{h}h"),
         _ if h < 192 => {
             let hh = h % 24;
-            if hh == 0 { format!("{d}d") } else { format!("{d}d{hh}h") }
+            if hh == 0 {
+                format!("{d}d")
+            } else {
+                format!("{d}d{hh}h")
+            }
         }
         _ if d < 730 => format!("{d}d"),
         _ => {
             let (y, dd) = (d / 365, d % 365);
-            if y < 8 && dd != 0 { format!("{y}y{dd}d") } else { format!("{y}y") }
+            if y < 8 && dd != 0 {
+                format!("{y}y{dd}d")
+            } else {
+                format!("{y}y")
+            }
         }
     }
 }
@@ -243,7 +408,11 @@ mod tests {
 
     #[test]
     fn ages_read_like_kubectl() {
-        let now = OffsetDateTime::parse("2026-01-10T12:00:00Z", &time::format_description::well_known::Rfc3339).unwrap();
+        let now = OffsetDateTime::parse(
+            "2026-01-10T12:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
         assert_eq!(age("2026-01-10T11:59:15Z", now), "45s");
         assert_eq!(age("2026-01-10T11:56:48Z", now), "3m12s");
         assert_eq!(age("2026-01-10T07:00:00Z", now), "5h");

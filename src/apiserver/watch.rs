@@ -65,10 +65,18 @@ pub fn spawn(api: Arc<Api>, req: WatchRequest) -> mpsc::Receiver<Bytes> {
 }
 
 async fn run(api: &Api, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
-    let mut writer = Writer { req, tx, sent_definitions: false };
+    let mut writer = Writer {
+        req,
+        tx,
+        sent_definitions: false,
+    };
     let after = match req.start {
         Start::After(rev) => rev,
-        Start::Now => match api.registry.list(req.resource, req.namespace.as_deref()).await {
+        Start::Now => match api
+            .registry
+            .list(req.resource, req.namespace.as_deref())
+            .await
+        {
             Ok((rev, items)) => {
                 for obj in items.into_iter().filter(|o| req.selector.matches(o)) {
                     if !writer.send("ADDED", obj).await {
@@ -127,8 +135,17 @@ impl Writer<'_> {
     async fn send(&mut self, kind: &str, obj: Value) -> bool {
         let object = match self.req.table {
             Some(include) => {
-                let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
-                let t = table::table(self.req.resource, std::slice::from_ref(&obj), rv, include, !self.sent_definitions);
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let t = table::table(
+                    self.req.resource,
+                    std::slice::from_ref(&obj),
+                    rv,
+                    include,
+                    !self.sent_definitions,
+                );
                 self.sent_definitions = true;
                 t
             }
@@ -138,7 +155,8 @@ impl Writer<'_> {
     }
 
     async fn error(&mut self, e: &ApiError) {
-        self.line(json!({"type": "ERROR", "object": e.to_status()})).await;
+        self.line(json!({"type": "ERROR", "object": e.to_status()}))
+            .await;
     }
 
     async fn line(&self, v: Value) -> bool {

@@ -32,7 +32,9 @@ pub enum Error {
          with the token from the first server's {0}"
     )]
     NoToken(String),
-    #[error("refusing to start: the token does not open the cluster data in the datastore (the datastore belongs to a cluster with a different token); nothing was written")]
+    #[error(
+        "refusing to start: the token does not open the cluster data in the datastore (the datastore belongs to a cluster with a different token); nothing was written"
+    )]
     WrongToken,
     #[error(
         "refusing to start: the token's CA hash {given} does not match the cluster CA's {actual}; \
@@ -103,10 +105,9 @@ pub async fn bootstrap(store: &Store, given: Option<Token>, token_file: &Path) -
                 Cluster { ca, token }
             } else {
                 // Another server won the race: use its data, like any later server.
-                let sealed = store
-                    .secret(CLUSTER_SECRET)
-                    .await?
-                    .ok_or_else(|| Error::Corrupt("the cluster data vanished after a concurrent insert".into()))?;
+                let sealed = store.secret(CLUSTER_SECRET).await?.ok_or_else(|| {
+                    Error::Corrupt("the cluster data vanished after a concurrent insert".into())
+                })?;
                 open(&sealed, token)?
             }
         }
@@ -120,7 +121,8 @@ fn open(sealed: &[u8], token: Token) -> Result<Cluster> {
         seal::Error::WrongToken => Error::WrongToken,
         seal::Error::Malformed(m) => Error::Corrupt(m.into()),
     })?;
-    let data: ClusterData = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let data: ClusterData =
+        serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
     let ca = ClusterCa::from_parts(data.ca_common_name, data.ca_cert, &data.ca_key)?;
     check_ca_hash(&token, &ca.cert_pem)?;
     let token = token.secure(&ca.cert_pem, "server");
@@ -140,16 +142,27 @@ fn check_ca_hash(token: &Token, ca_pem: &str) -> Result<()> {
 
 fn read_token_file(path: &Path) -> Result<Option<Token>> {
     match std::fs::read_to_string(path) {
-        Ok(raw) => Ok(Some(Token::parse(&raw, &format!("token file {}", path.display()))?)),
+        Ok(raw) => Ok(Some(Token::parse(
+            &raw,
+            &format!("token file {}", path.display()),
+        )?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io { action: "read", path: path.to_owned(), source }),
+        Err(source) => Err(Error::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
 /// Writes a file atomically (temp file + rename) with `mode`, creating parent directories.
 pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let io = |action, source| Error::Io { action, path: path.to_owned(), source };
+    let io = |action, source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
     }
@@ -163,7 +176,8 @@ pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| io("write", e))?;
     f.write_all(contents).map_err(|e| io("write", e))?;
     // The umask may have narrowed `mode`; a requested 0644 kubeconfig must end up 0644.
-    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io("chmod", e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("chmod", e))?;
     f.sync_all().map_err(|e| io("sync", e))?;
     std::fs::rename(&tmp, path).map_err(|e| io("write", e))?;
     Ok(())

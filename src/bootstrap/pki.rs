@@ -50,12 +50,20 @@ impl ClusterCa {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let common_name = format!("keelson-ca@{}", OffsetDateTime::now_utc().unix_timestamp());
         let cert = ca_params(&common_name)?.self_signed(&key)?;
-        Ok(ClusterCa { common_name, cert_pem: cert.pem(), key })
+        Ok(ClusterCa {
+            common_name,
+            cert_pem: cert.pem(),
+            key,
+        })
     }
 
     pub fn from_parts(common_name: String, cert_pem: String, key_pem: &str) -> Result<ClusterCa> {
         let key = KeyPair::from_pem(key_pem).map_err(|e| Error::StoredCa(e.to_string()))?;
-        Ok(ClusterCa { common_name, cert_pem, key })
+        Ok(ClusterCa {
+            common_name,
+            cert_pem,
+            key,
+        })
     }
 
     pub fn key_pem(&self) -> String {
@@ -63,17 +71,23 @@ impl ClusterCa {
     }
 
     pub fn cert_der(&self) -> Result<Vec<u8>> {
-        pem_to_der(&self.cert_pem).ok_or_else(|| Error::StoredCa("CA certificate is not PEM".into()))
+        pem_to_der(&self.cert_pem)
+            .ok_or_else(|| Error::StoredCa("CA certificate is not PEM".into()))
     }
 
     /// A serving certificate for the API, valid for every DNS name and IP given.
     pub fn issue_serving(&self, dns: &[String], ips: &[IpAddr]) -> Result<Issued> {
         let mut params = leaf_params("keelson-apiserver")?;
         for name in dns {
-            let ia5 = name.as_str().try_into().map_err(|_| Error::BadName(name.clone()))?;
+            let ia5 = name
+                .as_str()
+                .try_into()
+                .map_err(|_| Error::BadName(name.clone()))?;
             params.subject_alt_names.push(SanType::DnsName(ia5));
         }
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign(params)
     }
@@ -92,7 +106,10 @@ impl ClusterCa {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let issuer = Issuer::new(ca_params(&self.common_name)?, &self.key);
         let cert = params.signed_by(&key, &issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -101,7 +118,9 @@ impl ClusterCa {
 fn ca_params(common_name: &str) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -118,8 +137,13 @@ fn ca_params(common_name: &str) -> Result<CertificateParams> {
 fn leaf_params(common_name: &str) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
@@ -152,19 +176,25 @@ pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier;
 
     #[test]
     fn a_restored_ca_signs_certificates_rustls_accepts() {
         let ca = ClusterCa::generate().unwrap();
-        let restored = ClusterCa::from_parts(ca.common_name.clone(), ca.cert_pem.clone(), &ca.key_pem()).unwrap();
-        let leaf = restored.issue_serving(&["localhost".into()], &["127.0.0.1".parse().unwrap()]).unwrap();
+        let restored =
+            ClusterCa::from_parts(ca.common_name.clone(), ca.cert_pem.clone(), &ca.key_pem())
+                .unwrap();
+        let leaf = restored
+            .issue_serving(&["localhost".into()], &["127.0.0.1".parse().unwrap()])
+            .unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der().unwrap().into()).unwrap();
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
-            .build()
-            .unwrap();
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .unwrap();
         let der = pem_to_der(&leaf.cert_pem).unwrap();
         let now = rustls::pki_types::UnixTime::now();
         verifier

@@ -36,7 +36,8 @@ fn seal_with(secret: &str, plaintext: &[u8], iterations: u32) -> Vec<u8> {
     header[..4].copy_from_slice(MAGIC);
     header[4..8].copy_from_slice(&iterations.to_be_bytes());
     // getrandom failing is not recoverable.
-    rng.fill(&mut header[8..]).expect("system random number generator failed");
+    rng.fill(&mut header[8..])
+        .expect("system random number generator failed");
     let key = derive(secret, &header[8..24], iterations);
     let nonce = nonce(&header[24..36]);
     let mut out = plaintext.to_vec();
@@ -57,7 +58,9 @@ pub fn open(secret: &str, sealed: &[u8]) -> Result<Vec<u8>, Error> {
     iters.copy_from_slice(&header[4..8]);
     let iterations = u32::from_be_bytes(iters);
     if iterations == 0 || iterations > MAX_ITERATIONS {
-        return Err(Error::Malformed("implausible key-derivation iteration count"));
+        return Err(Error::Malformed(
+            "implausible key-derivation iteration count",
+        ));
     }
     let key = derive(secret, &header[8..24], iterations);
     let mut buf = body.to_vec();
@@ -70,7 +73,13 @@ pub fn open(secret: &str, sealed: &[u8]) -> Result<Vec<u8>, Error> {
 fn derive(secret: &str, salt: &[u8], iterations: u32) -> LessSafeKey {
     let mut key = [0u8; 32];
     let iterations = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
-    ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, secret.as_bytes(), &mut key);
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        salt,
+        secret.as_bytes(),
+        &mut key,
+    );
     // A 32-byte key is always valid for AES-256-GCM.
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("AES-256 key length"))
 }

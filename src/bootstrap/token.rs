@@ -10,8 +10,13 @@ use ring::rand::SecureRandom;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("{source_name} is malformed: {reason} (expected K10<64 hex digits>::<user>:<secret> or a plain secret)")]
-    Malformed { source_name: String, reason: &'static str },
+    #[error(
+        "{source_name} is malformed: {reason} (expected K10<64 hex digits>::<user>:<secret> or a plain secret)"
+    )]
+    Malformed {
+        source_name: String,
+        reason: &'static str,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -29,7 +34,10 @@ impl Token {
     /// Parses a token given through `source_name` (named in errors, e.g. `--token`).
     pub fn parse(raw: &str, source_name: &str) -> Result<Token, Error> {
         let raw = raw.trim();
-        let err = |reason| Error::Malformed { source_name: source_name.to_owned(), reason };
+        let err = |reason| Error::Malformed {
+            source_name: source_name.to_owned(),
+            reason,
+        };
         if raw.is_empty() {
             return Err(err("it is empty"));
         }
@@ -37,24 +45,44 @@ impl Token {
             return Err(err("it contains whitespace or control characters"));
         }
         let Some(rest) = raw.strip_prefix("K10") else {
-            return Ok(Token { ca_hash: None, user: None, secret: raw.to_owned() });
+            return Ok(Token {
+                ca_hash: None,
+                user: None,
+                secret: raw.to_owned(),
+            });
         };
-        let (hash, creds) = rest.split_once("::").ok_or(err("the K10 form needs '::' after the CA hash"))?;
+        let (hash, creds) = rest
+            .split_once("::")
+            .ok_or(err("the K10 form needs '::' after the CA hash"))?;
         let bytes = hex::decode(hash).map_err(|_| err("the CA hash is not hexadecimal"))?;
-        let ca_hash: [u8; 32] = bytes.try_into().map_err(|_| err("the CA hash must be 64 hex digits (SHA-256)"))?;
-        let (user, secret) = creds.split_once(':').ok_or(err("the K10 form needs <user>:<secret> after '::'"))?;
+        let ca_hash: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| err("the CA hash must be 64 hex digits (SHA-256)"))?;
+        let (user, secret) = creds
+            .split_once(':')
+            .ok_or(err("the K10 form needs <user>:<secret> after '::'"))?;
         if user.is_empty() || secret.is_empty() {
             return Err(err("the user and the secret must not be empty"));
         }
-        Ok(Token { ca_hash: Some(ca_hash), user: Some(user.to_owned()), secret: secret.to_owned() })
+        Ok(Token {
+            ca_hash: Some(ca_hash),
+            user: Some(user.to_owned()),
+            secret: secret.to_owned(),
+        })
     }
 
     /// A fresh random server token secret (128 bits, hex).
     pub fn generate() -> Token {
         let mut buf = [0u8; 16];
         // The system RNG failing is not recoverable; ring only fails if getrandom does.
-        ring::rand::SystemRandom::new().fill(&mut buf).expect("system random number generator failed");
-        Token { ca_hash: None, user: None, secret: hex::encode(buf) }
+        ring::rand::SystemRandom::new()
+            .fill(&mut buf)
+            .expect("system random number generator failed");
+        Token {
+            ca_hash: None,
+            user: None,
+            secret: hex::encode(buf),
+        }
     }
 
     /// The secure form for this secret, bound to a CA.
@@ -110,9 +138,19 @@ mod tests {
 
     #[test]
     fn malformed_tokens_name_their_source() {
-        for bad in ["K10abc::server:x", "K10zz::server:x", &format!("K10{}server:x", "a".repeat(64)), &format!("K10{}::server:", "a".repeat(64)), "", "a b"] {
+        for bad in [
+            "K10abc::server:x",
+            "K10zz::server:x",
+            &format!("K10{}server:x", "a".repeat(64)),
+            &format!("K10{}::server:", "a".repeat(64)),
+            "",
+            "a b",
+        ] {
             let err = Token::parse(bad, "--token-file /x").unwrap_err();
-            assert!(err.to_string().contains("--token-file /x is malformed"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("--token-file /x is malformed"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -53,8 +53,13 @@ impl Endpoint {
     }
 
     pub fn parse(raw: &str) -> Result<Endpoint, Error> {
-        let err = |reason| Error { endpoint: redact_raw(raw), reason };
-        let (scheme, rest) = raw.split_once("://").ok_or_else(|| err("it has no scheme://"))?;
+        let err = |reason| Error {
+            endpoint: redact_raw(raw),
+            reason,
+        };
+        let (scheme, rest) = raw
+            .split_once("://")
+            .ok_or_else(|| err("it has no scheme://"))?;
         match scheme {
             "sqlite" => {
                 let path = rest.split('?').next().unwrap_or_default();
@@ -65,7 +70,9 @@ impl Endpoint {
             }
             "mysql" => parse_mysql(rest).map_err(err),
             "postgres" | "postgresql" => parse_postgres(rest).map_err(err),
-            _ => Err(err("the scheme must be sqlite, mysql, postgres or postgresql")),
+            _ => Err(err(
+                "the scheme must be sqlite, mysql, postgres or postgresql",
+            )),
         }
     }
 
@@ -127,7 +134,10 @@ fn parse_mysql(rest: &str) -> Result<Endpoint, &'static str> {
     // Go-driver options such as parseTime have no meaning for sqlx: keep only ones it knows.
     params.retain(|p| {
         let key = p.split('=').next().unwrap_or_default();
-        matches!(key, "socket" | "ssl-mode" | "ssl-ca" | "ssl-cert" | "ssl-key" | "charset")
+        matches!(
+            key,
+            "socket" | "ssl-mode" | "ssl-ca" | "ssl-cert" | "ssl-key" | "charset"
+        )
     });
     let auth = match pass {
         Some(p) => format!("{user}:{p}"),
@@ -137,7 +147,10 @@ fn parse_mysql(rest: &str) -> Result<Endpoint, &'static str> {
     Ok(Endpoint {
         dialect: Dialect::Mysql,
         url: format!("mysql://{auth}@{host}/{db}{query}"),
-        redacted: format!("mysql://{user}@{host}/{db}{}", join_params(&redact_params(&params))),
+        redacted: format!(
+            "mysql://{user}@{host}/{db}{}",
+            join_params(&redact_params(&params))
+        ),
         database: db.to_owned(),
     })
 }
@@ -264,7 +277,10 @@ mod tests {
     #[test]
     fn mysql_unix_socket_and_default_database() {
         let e = Endpoint::parse("mysql://root@unix(/run/mysqld/mysqld.sock)/").unwrap();
-        assert_eq!(e.url, "mysql://root@localhost/kubernetes?socket=/run/mysqld/mysqld.sock");
+        assert_eq!(
+            e.url,
+            "mysql://root@localhost/kubernetes?socket=/run/mysqld/mysqld.sock"
+        );
         assert_eq!(e.database, "kubernetes");
     }
 
@@ -280,13 +296,19 @@ mod tests {
         assert_eq!(e.url, "postgres://u:secret@10.0.0.1:5432/k?sslmode=disable");
         assert!(!e.redacted().contains("secret"));
         let e = Endpoint::parse("postgresql://postgres@/?host=/var/run/postgresql").unwrap();
-        assert_eq!(e.url, "postgres://postgres@localhost/kubernetes?host=/var/run/postgresql");
+        assert_eq!(
+            e.url,
+            "postgres://postgres@localhost/kubernetes?host=/var/run/postgresql"
+        );
     }
 
     #[test]
     fn sqlite_path() {
         let e = Endpoint::parse("sqlite:///var/lib/keelson/server/db/state.db").unwrap();
-        assert_eq!(e.sqlite_path(), Some(Path::new("/var/lib/keelson/server/db/state.db")));
+        assert_eq!(
+            e.sqlite_path(),
+            Some(Path::new("/var/lib/keelson/server/db/state.db"))
+        );
     }
 
     #[test]

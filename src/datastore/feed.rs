@@ -76,15 +76,6 @@ impl Feed {
         self.reachable.load(Ordering::Relaxed)
     }
 
-    /// Waits until the feed has delivered `revision` (or `timeout` passes); lets a caller that
-    /// just wrote make sure watchers have seen it.
-    pub async fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
-        let mut latest = self.latest.clone();
-        tokio::time::timeout(timeout, latest.wait_for(|l| *l >= revision))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
     /// Every event after `after`, first from history, then live.
     pub async fn subscribe(&self, after: i64) -> Result<Subscription> {
         // Subscribe before reading `latest`: anything published in between is both in the
@@ -93,7 +84,10 @@ impl Feed {
         let latest = self.latest();
         let compacted = self.store.compacted_revision().await?;
         if after < compacted {
-            return Err(Error::Compacted { requested: after, compacted });
+            return Err(Error::Compacted {
+                requested: after,
+                compacted,
+            });
         }
         Ok(Subscription {
             store: self.store.clone(),
@@ -161,10 +155,6 @@ impl Subscription {
         }
     }
 
-    pub fn last(&self) -> i64 {
-        self.last
-    }
-
     async fn live_latest(&self) -> Result<i64> {
         self.store.current_revision().await
     }
@@ -192,7 +182,11 @@ impl Poller {
                         for ev in events {
                             if ev.revision != last + 1 {
                                 // Cannot happen with the serialised counter; say so loudly if it does.
-                                tracing::error!(expected = last + 1, got = ev.revision, "change feed gap");
+                                tracing::error!(
+                                    expected = last + 1,
+                                    got = ev.revision,
+                                    "change feed gap"
+                                );
                             }
                             last = ev.revision;
                             // No receivers is fine: nobody is watching.
@@ -204,7 +198,11 @@ impl Poller {
                         }
                     }
                     Err(Error::Compacted { compacted, .. }) => {
-                        tracing::warn!(from = last, to = compacted, "change feed fell behind compaction; skipping ahead");
+                        tracing::warn!(
+                            from = last,
+                            to = compacted,
+                            "change feed fell behind compaction; skipping ahead"
+                        );
                         last = compacted;
                     }
                     Err(e) => {
@@ -227,9 +225,12 @@ mod tests {
     #[tokio::test]
     async fn subscription_replays_history_then_goes_live() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Endpoint::sqlite(dir.path().join("s.db")), &PoolConfig::default())
-            .await
-            .unwrap();
+        let store = Store::open(
+            &Endpoint::sqlite(dir.path().join("s.db")),
+            &PoolConfig::default(),
+        )
+        .await
+        .unwrap();
         for i in 0..3 {
             store.create(&format!("/r/{i}"), b"{}").await.unwrap();
         }
@@ -242,7 +243,10 @@ mod tests {
         assert_eq!(sub.next().await.unwrap().revision, 2);
         assert_eq!(sub.next().await.unwrap().revision, 3);
         store.create("/r/live", b"{}").await.unwrap();
-        let ev = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((ev.revision, ev.path.as_str()), (4, "/r/live"));
         let _ = stop_tx.send(());
         task.await.unwrap();

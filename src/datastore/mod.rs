@@ -26,7 +26,6 @@ pub use endpoint::{Dialect, Endpoint};
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub max_open: u32,
-    pub max_idle: u32,
     pub max_lifetime: Option<Duration>,
     pub acquire_timeout: Duration,
 }
@@ -35,7 +34,6 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             max_open: 4,
-            max_idle: 2,
             max_lifetime: Some(Duration::from_secs(300)),
             acquire_timeout: Duration::from_secs(5),
         }
@@ -50,7 +48,11 @@ pub enum Error {
     #[error("{0} not found")]
     NotFound(String),
     #[error("{path} was modified concurrently (expected revision {expected}, found {current})")]
-    Conflict { path: String, expected: i64, current: i64 },
+    Conflict {
+        path: String,
+        expected: i64,
+        current: i64,
+    },
     #[error("revision {requested} has been compacted (oldest available is {compacted})")]
     Compacted { requested: i64, compacted: i64 },
     #[error("the datastore is unavailable: {0}")]
@@ -152,10 +154,13 @@ impl Store {
                     Ok(())
                 })
             });
-        let pool = opts.connect(&endpoint.url).await.map_err(|source| Error::Open {
-            endpoint: endpoint.redacted().to_owned(),
-            source,
-        })?;
+        let pool = opts
+            .connect(&endpoint.url)
+            .await
+            .map_err(|source| Error::Open {
+                endpoint: endpoint.redacted().to_owned(),
+                source,
+            })?;
         if let Some(path) = endpoint.sqlite_path() {
             set_mode(path, 0o600);
         }
@@ -187,18 +192,9 @@ impl Store {
         Ok(())
     }
 
-    pub fn dialect(&self) -> Dialect {
-        self.inner.dialect
-    }
-
     /// Resolves when a local write committed; used by the change feed.
     pub(crate) async fn committed(&self) {
         self.inner.committed.notified().await
-    }
-
-    pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
-        Ok(())
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<Record>> {
@@ -326,7 +322,11 @@ impl Store {
                     .bind(path)
                     .execute(&mut *tx)
                     .await?;
-                (EventKind::Deleted, cur.create_revision, cur.value.as_slice())
+                (
+                    EventKind::Deleted,
+                    cur.create_revision,
+                    cur.value.as_slice(),
+                )
             }
             (Write::Delete, None) => return Err(Error::NotFound(path.to_owned())),
         };
@@ -347,7 +347,10 @@ impl Store {
     pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
         let compacted = self.compacted_revision().await?;
         if after < compacted {
-            return Err(Error::Compacted { requested: after, compacted });
+            return Err(Error::Compacted {
+                requested: after,
+                compacted,
+            });
         }
         let rows = sqlx::query(self.inner.sql.events_after)
             .bind(after)
@@ -511,23 +514,37 @@ impl Statements {
         let insert_secret = match dialect {
             Dialect::Sqlite => "INSERT OR IGNORE INTO keelson_secrets (name, value) VALUES (?, ?)",
             Dialect::Mysql => "INSERT IGNORE INTO keelson_secrets (name, value) VALUES (?, ?)",
-            Dialect::Postgres => "INSERT INTO keelson_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            Dialect::Postgres => {
+                "INSERT INTO keelson_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
+            }
         };
         Statements {
             get: s("SELECT create_revision, revision, value FROM keelson_objects WHERE path = $1"),
-            list: s("SELECT path, create_revision, revision, value FROM keelson_objects WHERE path >= $1 AND path < $2 \
-                     UNION ALL SELECT '', 0, value, NULL FROM keelson_meta WHERE name = 'revision' ORDER BY 1"),
+            list: s(
+                "SELECT path, create_revision, revision, value FROM keelson_objects WHERE path >= $1 AND path < $2 \
+                     UNION ALL SELECT '', 0, value, NULL FROM keelson_meta WHERE name = 'revision' ORDER BY 1",
+            ),
             meta: s("SELECT value FROM keelson_meta WHERE name = $1"),
             bump: "UPDATE keelson_meta SET value = value + 1 WHERE name = 'revision'",
             bump_returning: (dialect != Dialect::Mysql).then_some(
                 "UPDATE keelson_meta SET value = value + 1 WHERE name = 'revision' RETURNING value",
             ),
-            insert_object: s("INSERT INTO keelson_objects (path, create_revision, revision, value) VALUES ($1, $2, $3, $4)"),
-            update_object: s("UPDATE keelson_objects SET revision = $1, value = $2 WHERE path = $3"),
+            insert_object: s(
+                "INSERT INTO keelson_objects (path, create_revision, revision, value) VALUES ($1, $2, $3, $4)",
+            ),
+            update_object: s(
+                "UPDATE keelson_objects SET revision = $1, value = $2 WHERE path = $3",
+            ),
             delete_object: s("DELETE FROM keelson_objects WHERE path = $1"),
-            insert_event: s("INSERT INTO keelson_events (revision, path, kind, create_revision, value) VALUES ($1, $2, $3, $4, $5)"),
-            events_after: s("SELECT revision, path, kind, create_revision, value FROM keelson_events WHERE revision > $1 ORDER BY revision LIMIT $2"),
-            compact_mark: s("UPDATE keelson_meta SET value = $1 WHERE name = 'compact' AND value < $2"),
+            insert_event: s(
+                "INSERT INTO keelson_events (revision, path, kind, create_revision, value) VALUES ($1, $2, $3, $4, $5)",
+            ),
+            events_after: s(
+                "SELECT revision, path, kind, create_revision, value FROM keelson_events WHERE revision > $1 ORDER BY revision LIMIT $2",
+            ),
+            compact_mark: s(
+                "UPDATE keelson_meta SET value = $1 WHERE name = 'compact' AND value < $2",
+            ),
             compact_events: s("DELETE FROM keelson_events WHERE revision <= $1"),
             get_secret: s("SELECT value FROM keelson_secrets WHERE name = $1"),
             insert_secret,
@@ -557,9 +574,12 @@ mod tests {
 
     async fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Endpoint::sqlite(dir.path().join("db/state.db")), &PoolConfig::default())
-            .await
-            .unwrap();
+        let store = Store::open(
+            &Endpoint::sqlite(dir.path().join("db/state.db")),
+            &PoolConfig::default(),
+        )
+        .await
+        .unwrap();
         (dir, store)
     }
 
@@ -585,7 +605,10 @@ mod tests {
             store.update("/registry/nodes/a", Some(r1 + 5), b"{}").await,
             Err(Error::Conflict { .. })
         ));
-        let r2 = store.update("/registry/nodes/a", Some(r1), b"{\"x\":1}").await.unwrap();
+        let r2 = store
+            .update("/registry/nodes/a", Some(r1), b"{\"x\":1}")
+            .await
+            .unwrap();
         let (r3, last) = store.delete("/registry/nodes/a", None).await.unwrap();
         assert_eq!((r2, r3), (r1 + 1, r1 + 2));
         assert_eq!(last.value, b"{\"x\":1}");
@@ -612,15 +635,24 @@ mod tests {
     async fn compacted_history_is_refused() {
         let (_dir, store) = temp_store().await;
         for i in 0..5 {
-            store.create(&format!("/registry/nodes/{i}"), b"{}").await.unwrap();
+            store
+                .create(&format!("/registry/nodes/{i}"), b"{}")
+                .await
+                .unwrap();
         }
         store.compact(3).await.unwrap();
         assert!(matches!(
             store.events_after(1, 10).await,
-            Err(Error::Compacted { requested: 1, compacted: 3 })
+            Err(Error::Compacted {
+                requested: 1,
+                compacted: 3
+            })
         ));
         let rest = store.events_after(3, 10).await.unwrap();
-        assert_eq!(rest.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(
+            rest.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
         // The mark never moves back.
         store.compact(2).await.unwrap();
         assert_eq!(store.compacted_revision().await.unwrap(), 3);
@@ -634,7 +666,10 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..10 {
-                    store.create(&format!("/registry/x/{w}-{i}"), b"{}").await.unwrap();
+                    store
+                        .create(&format!("/registry/x/{w}-{i}"), b"{}")
+                        .await
+                        .unwrap();
                 }
             }));
         }

@@ -13,8 +13,6 @@
 
 use super::endpoint::Dialect;
 
-pub const SCHEMA_VERSION: i64 = 1;
-
 /// DDL statements, run in order; each is idempotent.
 pub fn ddl(dialect: Dialect) -> &'static [&'static str] {
     match dialect {
