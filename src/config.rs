@@ -429,12 +429,12 @@ mod tests {
         }
     }
 
+    /// Server arguments with an empty config file, so the machine's own file never leaks in.
     fn args(extra: &[&str]) -> Vec<OsString> {
-        let mut v: Vec<OsString> = vec![
-            "keelson".into(),
-            "server".into(),
-            "--config=/nonexistent/keelson.yaml".into(),
-        ];
+        let empty = std::env::temp_dir().join("keelson-config-test-empty.yaml");
+        std::fs::write(&empty, "").unwrap();
+        let config = format!("--config={}", empty.display());
+        let mut v: Vec<OsString> = vec!["keelson".into(), "server".into(), config.into()];
         v.extend(extra.iter().map(OsString::from));
         v
     }

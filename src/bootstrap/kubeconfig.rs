@@ -12,7 +12,7 @@ pub const ADMIN_GROUP: &str = "system:masters";
 
 /// Issues a fresh admin client certificate and writes a kubeconfig for `server_url`.
 pub fn write(path: &Path, mode: u32, server_url: &str, ca: &ClusterCa) -> Result<()> {
-    let client = ca.issue_client(ADMIN_USER, &[ADMIN_GROUP])?;
+    let client = ca.issue_client(ADMIN_USER, ADMIN_GROUP)?;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let yaml = format!(
         "apiVersion: v1\n\

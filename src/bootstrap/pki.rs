@@ -92,12 +92,13 @@ impl ClusterCa {
         self.sign(params)
     }
 
-    /// A client certificate for `user` in `groups`.
-    pub fn issue_client(&self, user: &str, groups: &[&str]) -> Result<Issued> {
+    /// A client certificate for `user` in `group`. One group only: rcgen keeps one value
+    /// per attribute type, and keelson's identities (admin, nodes) each need one.
+    pub fn issue_client(&self, user: &str, group: &str) -> Result<Issued> {
         let mut params = leaf_params(user)?;
-        for g in groups {
-            params.distinguished_name.push(DnType::OrganizationName, *g);
-        }
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, group);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
     }
