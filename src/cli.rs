@@ -61,6 +61,18 @@ pub struct ServerArgs {
     #[arg(long, env = "KEELSON_DATASTORE_ENDPOINT", hide_env_values = true)]
     pub datastore_endpoint: Option<String>,
 
+    /// CA bundle to verify the datastore's TLS certificate
+    #[arg(long, env = "KEELSON_DATASTORE_CAFILE")]
+    pub datastore_cafile: Option<PathBuf>,
+
+    /// Client certificate for TLS to the datastore
+    #[arg(long, env = "KEELSON_DATASTORE_CERTFILE")]
+    pub datastore_certfile: Option<PathBuf>,
+
+    /// Client key for TLS to the datastore
+    #[arg(long, env = "KEELSON_DATASTORE_KEYFILE")]
+    pub datastore_keyfile: Option<PathBuf>,
+
     /// Most connections this server opens to the datastore
     #[arg(
         long,
@@ -105,9 +117,29 @@ pub struct ServerArgs {
     #[arg(long, value_delimiter = ',')]
     pub node_ip: Vec<String>,
 
-    /// Cluster domain
+    /// Cluster domain (must agree across servers)
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+
+    /// Pod network CIDR (must agree across servers)
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+
+    /// Service network CIDR (must agree across servers)
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+
+    /// Cluster DNS service IP (must agree across servers)
+    #[arg(long, default_value = "10.43.0.10")]
+    pub cluster_dns: String,
+
+    /// Do not deploy a packaged component: coredns, servicelb, traefik, local-storage, metrics-server, runtimes (repeatable; must agree across servers)
+    #[arg(long, value_delimiter = ',')]
+    pub disable: Vec<String>,
+
+    /// Encrypt secrets at rest (must agree across servers)
+    #[arg(long, env = "KEELSON_SECRETS_ENCRYPTION")]
+    pub secrets_encryption: bool,
 
     /// Where to write the admin kubeconfig [default: /etc/keelson/keelson.yaml as root, <data-dir>/keelson.yaml otherwise]
     #[arg(short = 'o', long, env = "KEELSON_KUBECONFIG_OUTPUT")]

@@ -14,7 +14,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::agent::node::{self, Taint};
-use crate::bootstrap::Token;
+use crate::bootstrap::{ClusterSettings, Token};
 use crate::cli::{Cli, ServerArgs};
 use crate::datastore::{Endpoint, PoolConfig};
 
@@ -172,6 +172,8 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     pub node: node::NodeOptions,
     pub cluster_domain: String,
+    /// Settings every server of the cluster must agree on.
+    pub settings: ClusterSettings,
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
@@ -258,6 +260,61 @@ impl ServerConfig {
                     .map(|e| endpoint = e)
                     .map_err(|e| e.to_string()),
             );
+        }
+        for (flag, file) in [
+            ("--datastore-cafile", &args.datastore_cafile),
+            ("--datastore-certfile", &args.datastore_certfile),
+            ("--datastore-keyfile", &args.datastore_keyfile),
+        ] {
+            if let Some(path) = file
+                && let Err(e) = std::fs::File::open(path)
+            {
+                check(Err(format!(
+                    "{flag} {}: cannot read it: {e}",
+                    path.display()
+                )));
+            }
+        }
+        if args.datastore_certfile.is_some() != args.datastore_keyfile.is_some() {
+            check(Err(
+                "--datastore-certfile and --datastore-keyfile must be given together".into(),
+            ));
+        }
+        endpoint = endpoint.with_tls(
+            args.datastore_cafile.as_deref(),
+            args.datastore_certfile.as_deref(),
+            args.datastore_keyfile.as_deref(),
+        );
+
+        for (flag, raw) in [
+            ("--cluster-cidr", &args.cluster_cidr),
+            ("--service-cidr", &args.service_cidr),
+        ] {
+            check(parse_cidr(raw).map_err(|why| {
+                format!("{flag} {raw:?} is not a CIDR such as 10.42.0.0/16: {why}")
+            }));
+        }
+        if args.cluster_dns.parse::<IpAddr>().is_err() {
+            check(Err(format!(
+                "--cluster-dns {:?} is not an IP address",
+                args.cluster_dns
+            )));
+        }
+        let mut disable = std::collections::BTreeSet::new();
+        for item in args
+            .disable
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
+            if DISABLEABLE.contains(&item) {
+                disable.insert(item.to_owned());
+            } else {
+                check(Err(format!(
+                    "--disable {item:?} is not a component (expected one of: {})",
+                    DISABLEABLE.join(", ")
+                )));
+            }
         }
 
         let mut pool = PoolConfig {
@@ -377,12 +434,46 @@ impl ServerConfig {
             pool,
             bind,
             tls_sans,
+            settings: ClusterSettings {
+                cluster_cidr: args.cluster_cidr,
+                service_cidr: args.service_cidr,
+                cluster_dns: args.cluster_dns,
+                cluster_domain: args.cluster_domain.clone(),
+                disable,
+                secrets_encryption: args.secrets_encryption,
+            },
             cluster_domain: args.cluster_domain,
             kubeconfig_mode,
             compact_interval,
             debug: args.debug,
         })
     }
+}
+
+/// Components K3s packages and `--disable` names; accepted so K3s configs carry over.
+pub const DISABLEABLE: [&str; 6] = [
+    "coredns",
+    "servicelb",
+    "traefik",
+    "local-storage",
+    "metrics-server",
+    "runtimes",
+];
+
+/// `ADDRESS/PREFIX`, with the prefix no longer than the address.
+fn parse_cidr(raw: &str) -> Result<(), String> {
+    let (addr, prefix) = raw.split_once('/').ok_or("no /PREFIX")?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .map_err(|_| format!("{prefix:?} is not a prefix length"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(format!("prefix /{prefix} is longer than {max}"));
+    }
+    Ok(())
 }
 
 /// Parses `90s`, `5m`, `1h`, `250ms`, `1h30m` or a bare number of seconds.

@@ -28,7 +28,8 @@ pub async fn run(
         "starting keelson server"
     );
     let store = Store::open(&cfg.endpoint, &cfg.pool).await?;
-    let cluster = bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path).await?;
+    let cluster =
+        bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
     let registry = Registry::new(store.clone());
     registry
         .ensure_system_namespaces()

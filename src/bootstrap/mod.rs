@@ -9,6 +9,7 @@
 pub mod kubeconfig;
 pub mod pki;
 pub mod seal;
+pub mod settings;
 pub mod token;
 
 use std::io::Write;
@@ -18,10 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::datastore::{self, Store};
 pub use pki::ClusterCa;
+pub use settings::ClusterSettings;
 pub use token::Token;
 
 /// Name of the row in `keelson_secrets` that holds the sealed cluster data.
 const CLUSTER_SECRET: &str = "cluster";
+/// Name of the row that records the cluster-wide settings (not secret, not sealed).
+const SETTINGS: &str = "settings";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,6 +45,11 @@ pub enum Error {
          the token belongs to another cluster"
     )]
     CaMismatch { given: String, actual: String },
+    #[error(
+        "refusing to start: this server's settings differ from the cluster's; nothing was written:\n  {}",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
+    )]
+    SettingsMismatch(Vec<settings::Mismatch>),
     #[error("the sealed cluster data is unusable: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -75,8 +84,14 @@ struct ClusterData {
 }
 
 /// Opens the cluster data with `given` (or the token file), or creates it on a fresh
-/// datastore, then writes the secure token to `token_file`.
-pub async fn bootstrap(store: &Store, given: Option<Token>, token_file: &Path) -> Result<Cluster> {
+/// datastore; checks this server's settings against the cluster's; then writes the secure
+/// token to `token_file`. On any refusal nothing has been written.
+pub async fn bootstrap(
+    store: &Store,
+    given: Option<Token>,
+    token_file: &Path,
+    ours: &ClusterSettings,
+) -> Result<Cluster> {
     let token = match given {
         Some(t) => Some(t),
         None => read_token_file(token_file)?,
@@ -84,9 +99,12 @@ pub async fn bootstrap(store: &Store, given: Option<Token>, token_file: &Path) -
     let cluster = match store.secret(CLUSTER_SECRET).await? {
         Some(sealed) => {
             let token = token.ok_or_else(|| Error::NoToken(token_file.display().to_string()))?;
-            open(&sealed, token)?
+            let cluster = open(&sealed, token)?;
+            check_settings(store, ours).await?;
+            cluster
         }
         None => {
+            check_settings(store, ours).await?;
             let token = token.unwrap_or_else(Token::generate);
             let ca = ClusterCa::generate()?;
             let data = ClusterData {
@@ -114,6 +132,31 @@ pub async fn bootstrap(store: &Store, given: Option<Token>, token_file: &Path) -
     };
     write_private(token_file, format!("{}\n", cluster.token).as_bytes(), 0o600)?;
     Ok(cluster)
+}
+
+/// Records `ours` if the cluster has no settings yet, else compares.
+async fn check_settings(store: &Store, ours: &ClusterSettings) -> Result<()> {
+    let stored = match store.secret(SETTINGS).await? {
+        Some(raw) => raw,
+        None => {
+            // Serialising a struct of strings cannot fail.
+            let raw = serde_json::to_vec(ours).expect("settings serialise");
+            if store.insert_secret(SETTINGS, &raw).await? {
+                return Ok(());
+            }
+            store.secret(SETTINGS).await?.ok_or_else(|| {
+                Error::Corrupt("the cluster settings vanished after a concurrent insert".into())
+            })?
+        }
+    };
+    let cluster: ClusterSettings = serde_json::from_slice(&stored)
+        .map_err(|e| Error::Corrupt(format!("cluster settings: {e}")))?;
+    let mismatches = ours.mismatches(&cluster);
+    if mismatches.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::SettingsMismatch(mismatches))
+    }
 }
 
 fn open(sealed: &[u8], token: Token) -> Result<Cluster> {

@@ -91,6 +91,89 @@ impl Endpoint {
         &self.redacted
     }
 
+    /// The URL of the server's administrative database, used to create ours if it is missing.
+    pub fn admin_url(&self) -> Option<String> {
+        let (base, query) = self
+            .url
+            .split_once('?')
+            .map_or((self.url.as_str(), ""), |(b, q)| (b, q));
+        let base = base.strip_suffix(&self.database)?;
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        match self.dialect {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some(format!("{base}postgres{query}")),
+            Dialect::Mysql => Some(format!("{}{query}", base.trim_end_matches('/'))),
+        }
+    }
+
+    /// Adds TLS settings from `--datastore-cafile/--datastore-certfile/--datastore-keyfile`.
+    /// With a CA the server's certificate and name are verified; without, the link is only
+    /// encrypted.
+    pub fn with_tls(
+        mut self,
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Endpoint {
+        let mut params = Vec::new();
+        let (mode, ca_key, cert_key, key_key) = match self.dialect {
+            Dialect::Sqlite => return self,
+            Dialect::Postgres => (
+                if ca.is_some() {
+                    "sslmode=verify-full"
+                } else {
+                    "sslmode=require"
+                },
+                "sslrootcert",
+                "sslcert",
+                "sslkey",
+            ),
+            Dialect::Mysql => (
+                if ca.is_some() {
+                    "ssl-mode=VERIFY_IDENTITY"
+                } else {
+                    "ssl-mode=REQUIRED"
+                },
+                "ssl-ca",
+                "ssl-cert",
+                "ssl-key",
+            ),
+        };
+        if ca.is_none() && cert.is_none() && key.is_none() {
+            return self;
+        }
+        params.push(mode.to_owned());
+        for (k, v) in [(ca_key, ca), (cert_key, cert), (key_key, key)] {
+            if let Some(v) = v {
+                params.push(format!("{k}={}", v.display()));
+            }
+        }
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        self.url = format!("{}{sep}{}", self.url, params.join("&"));
+        self.redacted = format!("{}{sep}{}", self.redacted, params.join("&"));
+        self
+    }
+
+    /// Whether `e` says the database itself does not exist (so it may be created).
+    pub fn is_missing_database(&self, e: &sqlx::Error) -> bool {
+        let code = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned());
+        match self.dialect {
+            Dialect::Postgres => code.as_deref() == Some("3D000"),
+            // ER_BAD_DB_ERROR; the Any driver reports MySQL's SQLSTATE 42000 with the number in the message.
+            Dialect::Mysql => {
+                e.to_string().contains("1049") || e.to_string().contains("Unknown database")
+            }
+            Dialect::Sqlite => false,
+        }
+    }
+
     /// The SQLite file, when this is an SQLite endpoint.
     pub fn sqlite_path(&self) -> Option<&Path> {
         (self.dialect == Dialect::Sqlite).then(|| Path::new(&self.database))
@@ -299,6 +382,31 @@ mod tests {
         assert_eq!(
             e.url,
             "postgres://postgres@localhost/kubernetes?host=/var/run/postgresql"
+        );
+    }
+
+    #[test]
+    fn admin_urls_and_tls() {
+        let e = Endpoint::parse("postgres://u:p@h:5432/k?sslmode=disable").unwrap();
+        assert_eq!(
+            e.admin_url().unwrap(),
+            "postgres://u:p@h:5432/postgres?sslmode=disable"
+        );
+        let e = Endpoint::parse("mysql://u:p@tcp(h:3306)/k").unwrap();
+        assert_eq!(e.admin_url().unwrap(), "mysql://u:p@h:3306");
+        let e = e.with_tls(Some(Path::new("/ca.pem")), None, None);
+        assert_eq!(
+            e.url,
+            "mysql://u:p@h:3306/k?ssl-mode=VERIFY_IDENTITY&ssl-ca=/ca.pem"
+        );
+        let e = Endpoint::parse("postgres://u@h/k").unwrap().with_tls(
+            None,
+            Some(Path::new("/c")),
+            Some(Path::new("/k")),
+        );
+        assert_eq!(
+            e.url,
+            "postgres://u@h/k?sslmode=require&sslcert=/c&sslkey=/k"
         );
     }
 

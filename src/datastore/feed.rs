@@ -12,14 +12,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
 use super::{Error, Event, Result, Store};
 
-/// How often the poller looks for revisions written by other servers.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Events kept in memory for watchers; a watcher further behind reads from the database.
 pub const QUEUE: usize = 1024;
 /// Events read per query, by the poller and by a catching-up watcher.
@@ -170,7 +167,7 @@ impl Poller {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.store.committed() => {}
-                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = tokio::time::sleep(self.store.poll_interval()) => {}
             }
             loop {
                 match self.store.events_after(last, PAGE).await {
@@ -243,7 +240,7 @@ mod tests {
         assert_eq!(sub.next().await.unwrap().revision, 2);
         assert_eq!(sub.next().await.unwrap().revision, 3);
         store.create("/r/live", b"{}").await.unwrap();
-        let ev = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next())
             .await
             .unwrap()
             .unwrap();

@@ -11,6 +11,7 @@
 pub mod compactor;
 pub mod endpoint;
 pub mod feed;
+mod notify;
 pub mod schema;
 
 use std::sync::Arc;
@@ -117,8 +118,19 @@ struct Inner {
     pool: AnyPool,
     dialect: Dialect,
     sql: Statements,
-    /// Woken after every local commit so the change feed picks it up at once.
-    committed: Notify,
+    /// Woken after every local commit (and, on PostgreSQL, every remote one) so the change
+    /// feed picks it up at once.
+    committed: Arc<Notify>,
+    /// The PostgreSQL LISTEN task; aborted when the last handle drops.
+    listener: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(l) = &self.listener {
+            l.abort();
+        }
+    }
 }
 
 // === impl Store ===
@@ -136,8 +148,20 @@ impl Store {
             set_mode(dir, 0o700);
         }
         let dialect = endpoint.dialect;
+        // On PostgreSQL one connection of the bound is the LISTEN connection, when the
+        // bound leaves room for it.
+        let listen = dialect == Dialect::Postgres && pool.max_open >= 2;
+        let max = if listen {
+            pool.max_open - 1
+        } else {
+            pool.max_open.max(1)
+        };
+        let open_err = |source| Error::Open {
+            endpoint: endpoint.redacted().to_owned(),
+            source,
+        };
         let opts = AnyPoolOptions::new()
-            .max_connections(pool.max_open.max(1))
+            .max_connections(max)
             .min_connections(0)
             .idle_timeout(Some(Duration::from_secs(60)))
             .max_lifetime(pool.max_lifetime)
@@ -154,42 +178,39 @@ impl Store {
                     Ok(())
                 })
             });
-        let pool = opts
-            .connect(&endpoint.url)
-            .await
-            .map_err(|source| Error::Open {
-                endpoint: endpoint.redacted().to_owned(),
-                source,
-            })?;
+        let pool = match opts.clone().connect(&endpoint.url).await {
+            Err(e) if endpoint.is_missing_database(&e) => {
+                create_database(endpoint).await.map_err(open_err)?;
+                opts.connect(&endpoint.url).await.map_err(open_err)?
+            }
+            other => other.map_err(open_err)?,
+        };
         if let Some(path) = endpoint.sqlite_path() {
             set_mode(path, 0o600);
         }
-        let store = Store {
+        migrate(&pool, dialect).await.map_err(open_err)?;
+        let committed = Arc::new(Notify::new());
+        let listener =
+            listen.then(|| notify::spawn_listener(endpoint.url.clone(), committed.clone()));
+        Ok(Store {
             inner: Arc::new(Inner {
                 pool,
                 dialect,
                 sql: Statements::for_dialect(dialect),
-                committed: Notify::new(),
+                committed,
+                listener,
             }),
-        };
-        store.migrate().await.map_err(|e| match e {
-            Error::Unavailable(source) => Error::Open {
-                endpoint: endpoint.redacted().to_owned(),
-                source,
-            },
-            other => other,
-        })?;
-        Ok(store)
+        })
     }
 
-    async fn migrate(&self) -> Result<()> {
-        for stmt in schema::ddl(self.inner.dialect)
-            .iter()
-            .chain(schema::seed(self.inner.dialect))
-        {
-            sqlx::query(*stmt).execute(&self.inner.pool).await?;
+    /// How often the change feed polls when nothing woke it: rarely where PostgreSQL
+    /// notifications wake it, often on MySQL where nothing can.
+    pub fn poll_interval(&self) -> Duration {
+        match (self.inner.dialect, self.inner.listener.is_some()) {
+            (Dialect::Postgres, true) => Duration::from_secs(5),
+            (Dialect::Mysql, _) | (Dialect::Postgres, false) => Duration::from_millis(500),
+            (Dialect::Sqlite, _) => Duration::from_secs(1),
         }
-        Ok(())
     }
 
     /// Resolves when a local write committed; used by the change feed.
@@ -338,6 +359,10 @@ impl Store {
             .bind(value)
             .execute(&mut *tx)
             .await?;
+        if self.inner.dialect == Dialect::Postgres {
+            // Delivered at commit, to every server's LISTEN connection.
+            sqlx::query(notify::NOTIFY).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         self.inner.committed.notify_one();
         Ok((revision, current))
@@ -406,6 +431,71 @@ impl Store {
 
     pub async fn close(&self) {
         self.inner.pool.close().await
+    }
+}
+
+/// Creates the schema, holding the database's migration lock so servers that start at the
+/// same moment do not race on DDL.
+async fn migrate(pool: &AnyPool, dialect: Dialect) -> std::result::Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let (lock, unlock) = match dialect {
+        Dialect::Postgres => (
+            "SELECT pg_advisory_lock(7411020)",
+            "SELECT pg_advisory_unlock(7411020)",
+        ),
+        Dialect::Mysql => (
+            "SELECT GET_LOCK('keelson_migrate', 60)",
+            "SELECT RELEASE_LOCK('keelson_migrate')",
+        ),
+        Dialect::Sqlite => ("SELECT 1", "SELECT 1"),
+    };
+    sqlx::query(lock).execute(&mut *conn).await?;
+    let mut result = Ok(());
+    for stmt in schema::ddl(dialect).iter().chain(schema::seed(dialect)) {
+        if let Err(e) = sqlx::query(*stmt).execute(&mut *conn).await {
+            result = Err(e);
+            break;
+        }
+    }
+    sqlx::query(unlock).execute(&mut *conn).await?;
+    result
+}
+
+/// Creates the endpoint's database through the server's administrative database. Losing a
+/// race with another server creating it is fine.
+async fn create_database(endpoint: &Endpoint) -> std::result::Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let Some(admin) = endpoint.admin_url() else {
+        return Ok(());
+    };
+    let name = &endpoint.database;
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(sqlx::Error::Configuration(
+            format!("database {name:?} does not exist, and keelson only creates databases named with letters, digits, '_' and '-'").into(),
+        ));
+    }
+    let mut conn = sqlx::AnyConnection::connect(&admin).await?;
+    let stmt = match endpoint.dialect {
+        Dialect::Postgres => format!("CREATE DATABASE \"{name}\""),
+        _ => format!("CREATE DATABASE IF NOT EXISTS `{name}`"),
+    };
+    tracing::info!(database = %name, "creating the database");
+    // The name was checked above to hold no quoting characters.
+    let created = sqlx::query(sqlx::AssertSqlSafe(stmt))
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    match created {
+        Ok(_) => Ok(()),
+        // 42P04 duplicate_database; a concurrent CREATE can also trip the catalog's unique index.
+        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => {
+            Ok(())
+        }
+        Err(e) if e.to_string().contains("duplicate key") => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

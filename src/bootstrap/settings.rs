@@ -1,0 +1,116 @@
+//! Cluster-wide settings that every server must agree on (`--cluster-cidr`,
+//! `--service-cidr`, `--cluster-dns`, `--cluster-domain`, `--disable`,
+//! `--secrets-encryption`).
+//!
+//! The first server records them in the datastore; a later server compares its own and
+//! refuses to start on any difference, naming every mismatched flag with both values. K3s
+//! only checks this with embedded etcd; with a SQL datastore it silently misbehaves.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    pub cluster_cidr: String,
+    pub service_cidr: String,
+    pub cluster_dns: String,
+    pub cluster_domain: String,
+    pub disable: BTreeSet<String>,
+    pub secrets_encryption: bool,
+}
+
+/// One flag whose value differs from the cluster's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub flag: &'static str,
+    pub ours: String,
+    pub cluster: String,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is {:?} here but {:?} in the cluster",
+            self.flag, self.ours, self.cluster
+        )
+    }
+}
+
+impl ClusterSettings {
+    /// Every flag on which `self` (this server) differs from `cluster` (recorded).
+    pub fn mismatches(&self, cluster: &ClusterSettings) -> Vec<Mismatch> {
+        let list = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
+        let pairs = [
+            (
+                "--cluster-cidr",
+                self.cluster_cidr.clone(),
+                cluster.cluster_cidr.clone(),
+            ),
+            (
+                "--service-cidr",
+                self.service_cidr.clone(),
+                cluster.service_cidr.clone(),
+            ),
+            (
+                "--cluster-dns",
+                self.cluster_dns.clone(),
+                cluster.cluster_dns.clone(),
+            ),
+            (
+                "--cluster-domain",
+                self.cluster_domain.clone(),
+                cluster.cluster_domain.clone(),
+            ),
+            ("--disable", list(&self.disable), list(&cluster.disable)),
+            (
+                "--secrets-encryption",
+                self.secrets_encryption.to_string(),
+                cluster.secrets_encryption.to_string(),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, a, b)| a != b)
+            .map(|(flag, ours, cluster)| Mismatch {
+                flag,
+                ours,
+                cluster,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ClusterSettings {
+        ClusterSettings {
+            cluster_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
+            cluster_dns: "10.43.0.10".into(),
+            cluster_domain: "cluster.local".into(),
+            disable: BTreeSet::new(),
+            secrets_encryption: false,
+        }
+    }
+
+    #[test]
+    fn every_mismatch_is_named_with_both_values() {
+        let mut ours = settings();
+        ours.cluster_cidr = "10.52.0.0/16".into();
+        ours.disable.insert("traefik".into());
+        let m = ours.mismatches(&settings());
+        let text: Vec<String> = m.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            vec![
+                "--cluster-cidr is \"10.52.0.0/16\" here but \"10.42.0.0/16\" in the cluster",
+                "--disable is \"traefik\" here but \"\" in the cluster",
+            ]
+        );
+        assert!(settings().mismatches(&settings()).is_empty());
+    }
+}
