@@ -66,7 +66,6 @@ fn usage_error(e: &config::Error) -> ExitCode {
 }
 
 fn fatal(e: &anyhow::Error) -> ExitCode {
-    tracing::error!("{e:#}");
     eprintln!("error: {e:#}");
     ExitCode::FAILURE
 }

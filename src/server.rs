@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
+use std::time::Duration;
+
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::agent::registration::NodeAgent;
 use crate::apiserver::{self, Api, registry::Registry};
@@ -17,9 +20,13 @@ use crate::bootstrap::{self, kubeconfig};
 use crate::config::ServerConfig;
 use crate::datastore::{Store, compactor::Compactor, feed::Feed};
 
+/// Backoff between attempts to reach the datastore at start.
+const OPEN_RETRY_MIN: Duration = Duration::from_secs(1);
+const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
+
 pub async fn run(
     cfg: ServerConfig,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(
         version = crate::VERSION_STRING,
@@ -27,7 +34,60 @@ pub async fn run(
         datastore = cfg.endpoint.redacted(),
         "starting keelson server"
     );
-    let store = Store::open(&cfg.endpoint, &cfg.pool).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let signal_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal_tx.send_replace(true);
+    });
+    let when_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Listen first, so health checks get an answer while the datastore is out of reach.
+    let (serving_tx, serving_rx) = watch::channel(None);
+    let server = apiserver::Server::bind(cfg.bind, serving_rx).await?;
+    let port = server.local_addr().map_or(cfg.bind.port(), |a| a.port());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(server.run(stop_rx.clone()));
+
+    let result = tokio::select! {
+        r = start(&cfg, port, stop_rx.clone(), &mut tasks) => r,
+        _ = when_stopped(stop_rx.clone()) => Ok(None),
+    };
+    let store = match result {
+        Ok(Some((store, serving))) => {
+            serving_tx.send_replace(Some(serving));
+            Some(store)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            stop_tx.send_replace(true);
+            while tasks.join_next().await.is_some() {}
+            return Err(e);
+        }
+    };
+    while tasks.join_next().await.is_some() {}
+    if let Some(store) = store {
+        store.close().await;
+    }
+    tracing::info!("keelson server stopped");
+    Ok(())
+}
+
+/// Opens the datastore (retrying while it is unreachable), establishes trust, and starts
+/// the background tasks. Returns what the listener should serve.
+async fn start(
+    cfg: &ServerConfig,
+    port: u16,
+    stop: watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<Option<(Store, Arc<apiserver::Serving>)>> {
+    let when_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let store = open_with_retry(cfg).await;
     let cluster =
         bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
     let registry = Registry::new(store.clone());
@@ -35,34 +95,26 @@ pub async fn run(
         .ensure_system_namespaces()
         .await
         .context("creating the system namespaces")?;
-
     let (feed, poller) = Feed::new(store.clone()).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let when_stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
 
     let node_ips = crate::agent::sysinfo::node_ips(&cfg.node.ips);
     let serving = cluster
         .ca
-        .issue_serving(&serving_names(&cfg), &serving_ips(&cfg, &node_ips))?;
+        .issue_serving(&serving_names(cfg), &serving_ips(cfg, &node_ips))?;
     let tls = apiserver::tls_config(&cluster.ca, &serving)?;
     let api = Arc::new(Api {
         registry,
         feed,
         ca_pem: cluster.ca.cert_pem.clone(),
         server_address: format!(
-            "{}:{}",
+            "{}:{port}",
             node_ips
                 .first()
-                .map_or("127.0.0.1".into(), IpAddr::to_string),
-            cfg.bind.port()
+                .map_or("127.0.0.1".into(), IpAddr::to_string)
         ),
         node_registered: AtomicBool::new(false),
-        shutdown: stop_rx.clone(),
+        shutdown: stop.clone(),
     });
-    let server = apiserver::Server::bind(cfg.bind, tls, api.clone()).await?;
-    let port = server.local_addr().map_or(cfg.bind.port(), |a| a.port());
     let local = if cfg.bind.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
@@ -77,24 +129,38 @@ pub async fn run(
         }
     );
     kubeconfig::write(&cfg.kubeconfig, cfg.kubeconfig_mode, &url, &cluster.ca)?;
-    tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API listening");
+    tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API serving");
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(poller.run(when_stopped(stop_rx.clone())));
+    tasks.spawn(poller.run(when_stopped(stop.clone())));
     tasks.spawn(
         Compactor {
             store: store.clone(),
             interval: cfg.compact_interval,
         }
-        .run(when_stopped(stop_rx.clone())),
+        .run(when_stopped(stop.clone())),
     );
-    tasks.spawn(NodeAgent::new(api.clone(), cfg.node.clone()).run(when_stopped(stop_rx.clone())));
+    tasks.spawn(NodeAgent::new(api.clone(), cfg.node.clone()).run(when_stopped(stop.clone())));
+    let serving = Arc::new(apiserver::Serving {
+        tls: TlsAcceptor::from(Arc::new(tls)),
+        api,
+    });
+    Ok(Some((store, serving)))
+}
 
-    server.run(shutdown, stop_tx).await;
-    while tasks.join_next().await.is_some() {}
-    store.close().await;
-    tracing::info!("keelson server stopped");
-    Ok(())
+/// Connects to the datastore, retrying with capped exponential backoff: a server that boots
+/// before its database comes up waits for it instead of exiting.
+async fn open_with_retry(cfg: &ServerConfig) -> Store {
+    let mut delay = OPEN_RETRY_MIN;
+    loop {
+        match Store::open(&cfg.endpoint, &cfg.pool).await {
+            Ok(store) => return store,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot open the datastore; /readyz reports not ready until it can");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(OPEN_RETRY_MAX);
+            }
+        }
+    }
 }
 
 /// DNS names in the serving certificate: Kubernetes's service names, the node, `--tls-san`.

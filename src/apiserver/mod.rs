@@ -17,7 +17,6 @@ pub mod table;
 pub mod watch;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,10 +83,19 @@ impl Api {
     }
 }
 
+/// What the listener serves once the cluster data is open.
+pub struct Serving {
+    pub tls: TlsAcceptor,
+    pub api: Arc<Api>,
+}
+
+/// The listener. Until [`Serving`] is published it answers with a temporary self-signed
+/// certificate: `/livez` is ok, `/readyz` and everything else say the server is waiting for
+/// the datastore (so a board whose database is down says why instead of refusing connections).
 pub struct Server {
     listener: TcpListener,
-    tls: TlsAcceptor,
-    api: Arc<Api>,
+    starting_tls: TlsAcceptor,
+    serving: signal::Receiver<Option<Arc<Serving>>>,
 }
 
 // === impl Server ===
@@ -95,16 +103,16 @@ pub struct Server {
 impl Server {
     pub async fn bind(
         addr: SocketAddr,
-        tls: rustls::ServerConfig,
-        api: Arc<Api>,
+        serving: signal::Receiver<Option<Arc<Serving>>>,
     ) -> Result<Server, Error> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
+        let starting_tls = TlsAcceptor::from(Arc::new(starting_tls_config()?));
         Ok(Server {
             listener,
-            tls: TlsAcceptor::from(Arc::new(tls)),
-            api,
+            starting_tls,
+            serving,
         })
     }
 
@@ -112,22 +120,21 @@ impl Server {
         self.listener.local_addr().ok()
     }
 
-    /// Serves until `shutdown` resolves, then drains. `stop` is flipped to tell connections.
-    pub async fn run(self, shutdown: impl Future<Output = ()>, stop: signal::Sender<bool>) {
+    /// Serves until `stop` flips to true, then drains.
+    pub async fn run(self, mut stop: signal::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut conns = JoinSet::new();
-        tokio::pin!(shutdown);
         loop {
             // Take the permit before accepting, so the bound also holds the accept queue back.
             let permit = tokio::select! {
-                _ = &mut shutdown => break,
+                _ = stopped(&mut stop) => break,
                 p = permits.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
             };
             let (tcp, peer) = tokio::select! {
-                _ = &mut shutdown => break,
+                _ = stopped(&mut stop) => break,
                 r = self.listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
@@ -139,18 +146,23 @@ impl Server {
             };
             // Reap finished connections so the set stays as small as the open count.
             while conns.try_join_next().is_some() {}
-            let tls = self.tls.clone();
-            let api = self.api.clone();
+            let serving = self.serving.borrow().clone();
+            let starting_tls = self.starting_tls.clone();
+            let stop = stop.clone();
             conns.spawn(tracing::Instrument::instrument(
                 async move {
-                    serve_connection(tls, tcp, api).await;
+                    match serving {
+                        Some(s) => {
+                            serve_connection(s.tls.clone(), tcp, Some(s.api.clone()), stop).await
+                        }
+                        None => serve_connection(starting_tls, tcp, None, stop).await,
+                    }
                     drop(permit);
                 },
                 tracing::debug_span!("conn", %peer),
             ));
         }
         drop(self.listener);
-        let _ = stop.send(true);
         tracing::info!(
             open = conns.len(),
             "API stopped accepting; draining connections"
@@ -170,7 +182,13 @@ impl Server {
     }
 }
 
-async fn serve_connection(tls: TlsAcceptor, tcp: tokio::net::TcpStream, api: Arc<Api>) {
+/// Serves one connection; `api` is `None` while the server is still starting.
+async fn serve_connection(
+    tls: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    api: Option<Arc<Api>>,
+    mut stop: signal::Receiver<bool>,
+) {
     let _ = tcp.set_nodelay(true);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
         Ok(Ok(s)) => s,
@@ -188,12 +206,15 @@ async fn serve_connection(tls: TlsAcceptor, tcp: tokio::net::TcpStream, api: Arc
         .map(|c| auth::Identity::from_certificate(c.as_ref()))
         .unwrap_or(auth::Identity::Anonymous);
     let identity = Arc::new(identity);
-    let mut stop = api.shutdown.clone();
-    let svc_api = api.clone();
     let service = service_fn(move |req| {
-        let api = svc_api.clone();
+        let api = api.clone();
         let identity = identity.clone();
-        async move { Ok::<_, Infallible>(routes::handle(api, &identity, req).await) }
+        async move {
+            Ok::<_, Infallible>(match api {
+                Some(api) => routes::handle(api, &identity, req).await,
+                None => routes::starting(&req),
+            })
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -205,11 +226,37 @@ async fn serve_connection(tls: TlsAcceptor, tcp: tokio::net::TcpStream, api: Arc
             if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error"); }
             return;
         }
-        _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+        _ = stopped(&mut stop) => conn.as_mut().graceful_shutdown(),
     }
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "connection ended with an error during shutdown");
     }
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+pub async fn stopped(stop: &mut signal::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// A throwaway self-signed certificate for the starting phase (no CA exists yet, or the
+/// datastore holding it is unreachable). Clients cannot verify it, which is right: nothing
+/// but health is served with it.
+fn starting_tls_config() -> Result<rustls::ServerConfig, Error> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let cert = rcgen::CertificateParams::new(vec!["keelson-starting".to_owned()])
+        .and_then(|p| p.self_signed(&key))
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// TLS for the API: the serving certificate, and client certificates verified against the

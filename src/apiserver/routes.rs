@@ -54,6 +54,22 @@ pub async fn handle(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Res
     resp
 }
 
+/// Answers while the server waits for the datastore: alive, not ready.
+pub fn starting<B>(req: &Request<B>) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/');
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["healthz" | "livez", ..] => text(StatusCode::OK, "ok"),
+        ["readyz", ..] => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "[-]datastore failed: not connected yet (the server is starting)\nreadyz check failed",
+        ),
+        _ => error(&ApiError::Unavailable(
+            "the server is starting: waiting for the datastore".into(),
+        )),
+    }
+}
+
 async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<Response<Body>> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
