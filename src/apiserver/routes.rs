@@ -98,6 +98,9 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
         )),
         ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups())),
         ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::core_v1())),
+        ["api", "v1", _, ..] if !api.feed.reachable() => Err(ApiError::Unavailable(
+            "the datastore is unreachable; this server retries every second and serves again as soon as it answers".into(),
+        )),
         ["api", "v1", rest @ ..] => match target(rest) {
             Some(t) => resource(api, t, req).await,
             None => Err(ApiError::UnknownPath),

@@ -160,6 +160,17 @@ impl Subscription {
 // === impl Poller ===
 
 impl Poller {
+    /// The store's interval, or one second while the datastore is unreachable so service
+    /// resumes promptly when it returns.
+    fn interval(&self) -> std::time::Duration {
+        let normal = self.store.poll_interval();
+        if self.reachable.load(Ordering::Relaxed) {
+            normal
+        } else {
+            normal.min(std::time::Duration::from_secs(1))
+        }
+    }
+
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut last = *self.latest.borrow();
@@ -167,7 +178,7 @@ impl Poller {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.store.committed() => {}
-                _ = tokio::time::sleep(self.store.poll_interval()) => {}
+                _ = tokio::time::sleep(self.interval()) => {}
             }
             loop {
                 match self.store.events_after(last, PAGE).await {
