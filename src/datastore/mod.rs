@@ -13,6 +13,8 @@ pub mod endpoint;
 pub mod feed;
 mod notify;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -659,7 +661,7 @@ fn dollar_to_question(sql: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+mod sqlite_tests {
     use super::*;
 
     async fn temp_store() -> (tempfile::TempDir, Store) {
