@@ -41,6 +41,10 @@ impl Registry {
         Registry { store }
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub async fn get(&self, r: &ObjectRef) -> Result<Value> {
         match self.store.get(&r.path()).await {
             Ok(Some(rec)) => decode(r.resource, &rec),

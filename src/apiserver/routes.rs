@@ -92,6 +92,7 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
     }
     id.authorize(verb(req.method()), &path)?;
     match segs.as_slice() {
+        ["metrics"] if get => Ok(text(StatusCode::OK, &metrics(&api))),
         ["api"] if get => Ok(json(
             StatusCode::OK,
             &discovery::api_versions(&api.server_address),
@@ -107,6 +108,25 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
         },
         _ => Err(ApiError::UnknownPath),
     }
+}
+
+/// Prometheus text: what an operator needs to see the datastore cost of this server.
+fn metrics(api: &Api) -> String {
+    let store = api.registry.store();
+    format!(
+        "# HELP keelson_datastore_statements_total SQL statements this server sent to the datastore.\n\
+         # TYPE keelson_datastore_statements_total counter\n\
+         keelson_datastore_statements_total {}\n\
+         # HELP keelson_datastore_reachable Whether the last change-feed poll reached the datastore.\n\
+         # TYPE keelson_datastore_reachable gauge\n\
+         keelson_datastore_reachable {}\n\
+         # HELP keelson_feed_revision The newest revision the change feed delivered.\n\
+         # TYPE keelson_feed_revision gauge\n\
+         keelson_feed_revision {}\n",
+        store.statements(),
+        u8::from(api.feed.reachable()),
+        api.feed.latest(),
+    )
 }
 
 fn target(segs: &[&str]) -> Option<Target> {

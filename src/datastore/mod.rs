@@ -17,6 +17,7 @@ pub mod schema;
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -123,6 +124,8 @@ struct Inner {
     /// Woken after every local commit (and, on PostgreSQL, every remote one) so the change
     /// feed picks it up at once.
     committed: Arc<Notify>,
+    /// Statements sent, for `/metrics` and the benchmarks.
+    statements: AtomicU64,
     /// The PostgreSQL LISTEN task; aborted when the last handle drops.
     listener: Option<tokio::task::AbortHandle>,
 }
@@ -200,6 +203,7 @@ impl Store {
                 dialect,
                 sql: Statements::for_dialect(dialect),
                 committed,
+                statements: AtomicU64::new(0),
                 listener,
             }),
         })
@@ -221,6 +225,7 @@ impl Store {
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<Record>> {
+        self.count(1);
         let row = sqlx::query(self.inner.sql.get)
             .bind(path)
             .fetch_optional(&self.inner.pool)
@@ -231,6 +236,7 @@ impl Store {
     /// Every object whose path starts with `prefix`, sorted by path, and the revision the
     /// list is consistent with (one statement, so one snapshot).
     pub async fn list(&self, prefix: &str) -> Result<(i64, Vec<Record>)> {
+        self.count(1);
         let rows = sqlx::query(self.inner.sql.list)
             .bind(prefix)
             .bind(prefix_end(prefix))
@@ -251,6 +257,7 @@ impl Store {
 
     /// The newest revision handed out.
     pub async fn current_revision(&self) -> Result<i64> {
+        self.count(1);
         Ok(sqlx::query(self.inner.sql.meta)
             .bind("revision")
             .fetch_one(&self.inner.pool)
@@ -300,6 +307,12 @@ impl Store {
         decide: impl FnOnce(Option<&Record>) -> Result<Write<'v>>,
     ) -> Result<(i64, Option<Record>)> {
         let sql = &self.inner.sql;
+        // BEGIN, bump (+ read on MySQL), read, write, event, NOTIFY on PostgreSQL, COMMIT.
+        self.count(match self.inner.dialect {
+            Dialect::Sqlite => 6,
+            Dialect::Postgres => 7,
+            Dialect::Mysql => 7,
+        });
         let mut tx = self.inner.pool.begin().await?;
         let revision: i64 = match sql.bump_returning {
             Some(stmt) => sqlx::query(stmt).fetch_one(&mut *tx).await?.try_get(0)?,
@@ -370,25 +383,41 @@ impl Store {
         Ok((revision, current))
     }
 
-    /// Up to `limit` events after `after`, in revision order.
+    /// Up to `limit` events after `after`, in revision order. One statement when nothing
+    /// was compacted away: compaction keeps the event at its mark, so a missing `after + 1`
+    /// shows up as a gap, and only then is the mark read.
     pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
-        let compacted = self.compacted_revision().await?;
-        if after < compacted {
-            return Err(Error::Compacted {
-                requested: after,
-                compacted,
-            });
-        }
+        self.count(1);
         let rows = sqlx::query(self.inner.sql.events_after)
             .bind(after)
             .bind(limit)
             .fetch_all(&self.inner.pool)
             .await?;
-        rows.iter().map(event).collect()
+        let events: Vec<Event> = rows.iter().map(event).collect::<Result<_>>()?;
+        if events.first().is_some_and(|e| e.revision != after + 1) {
+            let compacted = self.compacted_revision().await?;
+            if after < compacted {
+                return Err(Error::Compacted {
+                    requested: after,
+                    compacted,
+                });
+            }
+        }
+        Ok(events)
     }
 
-    /// The revision through which history has been dropped.
+    /// Statements this process has sent to the datastore (BEGIN and COMMIT included).
+    pub fn statements(&self) -> u64 {
+        self.inner.statements.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, n: u64) {
+        self.inner.statements.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The compaction mark: watchers may resume from any revision at or after it.
     pub async fn compacted_revision(&self) -> Result<i64> {
+        self.count(1);
         Ok(sqlx::query(self.inner.sql.meta)
             .bind("compact")
             .fetch_one(&self.inner.pool)
@@ -396,9 +425,11 @@ impl Store {
             .try_get(0)?)
     }
 
-    /// Drops history at and below `through` (never the current objects). Idempotent and safe
-    /// to race: the recorded mark only moves forward.
+    /// Drops history before `through` (never the current objects), keeping the event at
+    /// `through` itself as the sentinel `events_after` detects gaps by. Afterwards watchers
+    /// may resume from `through` on. Idempotent and safe to race: the mark only moves forward.
     pub async fn compact(&self, through: i64) -> Result<()> {
+        self.count(4);
         let mut tx = self.inner.pool.begin().await?;
         sqlx::query(self.inner.sql.compact_mark)
             .bind(through)
@@ -414,6 +445,7 @@ impl Store {
     }
 
     pub async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.count(1);
         let row = sqlx::query(self.inner.sql.get_secret)
             .bind(name)
             .fetch_optional(&self.inner.pool)
@@ -423,6 +455,7 @@ impl Store {
 
     /// Stores a secret unless one of that name exists; returns whether this call stored it.
     pub async fn insert_secret(&self, name: &str, value: &[u8]) -> Result<bool> {
+        self.count(1);
         let done = sqlx::query(self.inner.sql.insert_secret)
             .bind(name)
             .bind(value)
@@ -637,7 +670,7 @@ impl Statements {
             compact_mark: s(
                 "UPDATE keelson_meta SET value = $1 WHERE name = 'compact' AND value < $2",
             ),
-            compact_events: s("DELETE FROM keelson_events WHERE revision <= $1"),
+            compact_events: s("DELETE FROM keelson_events WHERE revision < $1"),
             get_secret: s("SELECT value FROM keelson_secrets WHERE name = $1"),
             insert_secret,
         }
