@@ -17,8 +17,11 @@ use crate::apiserver::registry::{Part, now_rfc3339};
 use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
 
-/// How often the node's heartbeat is written.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the node's status (and its conditions' `lastHeartbeatTime`) is rewritten while
+/// nothing changes. Each refresh is a revision every watcher receives and eight datastore
+/// statements, so it is kept well below the change feed's own cost (kubelet uses 5 min and
+/// a separate lease for liveness).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 

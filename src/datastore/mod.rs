@@ -214,7 +214,9 @@ impl Store {
     pub fn poll_interval(&self) -> Duration {
         match (self.inner.dialect, self.inner.listener.is_some()) {
             (Dialect::Postgres, true) => Duration::from_secs(5),
-            (Dialect::Mysql, _) | (Dialect::Postgres, false) => Duration::from_millis(500),
+            // 550 ms keeps an idle server under two statements a second with a median
+            // feed latency under 300 ms.
+            (Dialect::Mysql, _) | (Dialect::Postgres, false) => Duration::from_millis(550),
             (Dialect::Sqlite, _) => Duration::from_secs(1),
         }
     }
