@@ -49,7 +49,7 @@ echo "|---|---|"
 echo "| first start to /readyz ok (includes CA generation and PBKDF2 sealing) | ${ready} ms |"
 echo "| first start to node Ready in kubectl | ${node_ready} ms |"
 echo "| restart to /readyz ok | ${restart_ready} ms |"
-echo "| idle server RSS after ${idle} s (SQLite, x86_64) | $((rss_kib / 1024)).$(( (rss_kib % 1024) * 10 / 1024 )) MiB (peak $((hwm_kib / 1024)) MiB) |"
+echo "| idle server RSS after ${idle} s (SQLite, x86_64) | $((rss_kib / 1024)).$(( (rss_kib % 1024) * 10 / 1024 )) MiB (peak $((hwm_kib / 1024)).$(( (hwm_kib % 1024) * 10 / 1024 )) MiB) |"
 for f in target/release/keelson target/*-linux-*/release/keelson; do
   [ -f "$f" ] || continue
   triple=$(echo "$f" | cut -d/ -f2); [ "$triple" = release ] && triple="x86_64 host"

@@ -66,7 +66,15 @@ fn usage_error(e: &config::Error) -> ExitCode {
 }
 
 fn fatal(e: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    // Our error messages already name their cause; print a cause only when it adds something.
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    eprintln!("error: {text}");
     ExitCode::FAILURE
 }
 

@@ -18,7 +18,7 @@ use crate::agent::registration::NodeAgent;
 use crate::apiserver::{self, Api, registry::Registry};
 use crate::bootstrap::{self, kubeconfig};
 use crate::config::ServerConfig;
-use crate::datastore::{Store, compactor::Compactor, feed::Feed};
+use crate::datastore::{Dialect, Store, compactor::Compactor, feed::Feed};
 
 /// Backoff between attempts to reach the datastore at start.
 const OPEN_RETRY_MIN: Duration = Duration::from_secs(1);
@@ -87,7 +87,7 @@ async fn start(
     let when_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let store = open_with_retry(cfg).await;
+    let store = open_with_retry(cfg).await?;
     let cluster =
         bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
     let registry = Registry::new(store.clone());
@@ -148,12 +148,14 @@ async fn start(
 }
 
 /// Connects to the datastore, retrying with capped exponential backoff: a server that boots
-/// before its database comes up waits for it instead of exiting.
-async fn open_with_retry(cfg: &ServerConfig) -> Store {
+/// before its database comes up waits for it instead of exiting. A local SQLite file that
+/// cannot be opened will not fix itself, so that fails at once.
+async fn open_with_retry(cfg: &ServerConfig) -> anyhow::Result<Store> {
     let mut delay = OPEN_RETRY_MIN;
     loop {
         match Store::open(&cfg.endpoint, &cfg.pool).await {
-            Ok(store) => return store,
+            Ok(store) => return Ok(store),
+            Err(e) if cfg.endpoint.dialect == Dialect::Sqlite => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot open the datastore; /readyz reports not ready until it can");
                 tokio::time::sleep(delay).await;
