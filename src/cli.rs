@@ -12,7 +12,9 @@ use clap::{Args, Parser, Subcommand};
     name = "keelson",
     version = crate::VERSION_STRING,
     about = "A small, Raft-free, Kubernetes-compatible control plane for ARM boards",
-    propagate_version = true
+    propagate_version = true,
+    // A flag given twice takes its last value (a unit file's flags, then an operator's).
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -572,6 +572,20 @@ mod tests {
     }
 
     #[test]
+    fn repeated_flags_append_lists_and_last_wins_for_values() {
+        let cli = parse_command_line(args(&[
+            "--node-label=a=1",
+            "--node-label=b=2",
+            "--https-listen-port=1",
+            "--https-listen-port=7443",
+        ]))
+        .unwrap();
+        let a = server(cli);
+        assert_eq!(a.node_label, vec!["a=1", "b=2"]);
+        assert_eq!(a.https_listen_port, 7443);
+    }
+
+    #[test]
     fn every_bad_value_is_reported() {
         let cli = parse_command_line(args(&[
             "--node-taint=oops",
