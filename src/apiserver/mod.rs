@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod discovery;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod routes;

@@ -370,12 +370,11 @@ async fn read_json(req: Request<Incoming>) -> Result<Value> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if ct.contains("protobuf") {
-        return Err(ApiError::UnsupportedMediaType(
-            "only JSON request bodies are supported".into(),
-        ));
-    }
+    let protobuf = ct.contains("protobuf");
     let body = read_body(req).await?;
+    if protobuf {
+        return super::protobuf::decode(&body).map_err(ApiError::UnsupportedMediaType);
+    }
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
