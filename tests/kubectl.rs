@@ -1,0 +1,275 @@
+//! The real kubectl against a fresh server: what a user sees from the everyday commands.
+
+mod common;
+
+use std::net::IpAddr;
+use std::thread;
+
+use common::{Options, Server};
+use serde_json::{Value, json};
+
+#[test]
+fn get_nodes_shows_the_node_ready_as_control_plane() {
+    let s = Server::start(Options::default());
+    let out = s.kubectl(&["get", "nodes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl get nodes failed: {stderr}");
+    assert_eq!(stderr, "", "kubectl get nodes complained");
+
+    let rows = table(&stdout);
+    assert_eq!(rows.len(), 1, "expected one node:\n{stdout}");
+    assert_eq!(cell(&rows[0], "NAME"), s.node_name());
+    assert_eq!(cell(&rows[0], "STATUS"), "Ready", "\n{stdout}");
+    assert_eq!(cell(&rows[0], "ROLES"), "control-plane", "\n{stdout}");
+}
+
+#[test]
+fn node_carries_standard_labels_and_those_from_flags_and_the_flag_taint() {
+    let s = Server::start(
+        Options::default()
+            .arg("--node-label", "topology.kubernetes.io/zone=shelf-2")
+            .arg("--node-taint", "CriticalAddonsOnly=true:NoExecute"),
+    );
+    let node = s.node();
+    let labels = &node["metadata"]["labels"];
+    for (key, value) in [
+        ("kubernetes.io/hostname", s.node_name()),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", go_arch()),
+        ("node-role.kubernetes.io/control-plane", "true"),
+        ("topology.kubernetes.io/zone", "shelf-2"),
+    ] {
+        assert_eq!(labels[key], json!(value), "label {key} in {labels:#}");
+    }
+    assert_eq!(
+        node["spec"]["taints"],
+        json!([{"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}]),
+    );
+}
+
+#[test]
+fn label_taint_and_cordon_change_the_node_and_reach_a_watching_kubectl() {
+    let s = Server::start(Options::default());
+    let name = s.node_name();
+    let watch = s.watch(&["nodes"]);
+
+    s.kubectl_ok(&["label", "node", name, "shelf=top"]);
+    assert_eq!(s.node()["metadata"]["labels"]["shelf"], "top");
+    watch.next(
+        |n| n["metadata"]["labels"]["shelf"] == "top",
+        "the new label",
+    );
+
+    s.kubectl_ok(&["taint", "node", name, "dedicated=storage:NoSchedule"]);
+    let has_taint = |n: &Value| {
+        n["spec"]["taints"].as_array().is_some_and(|ts| {
+            ts.contains(&json!({"key": "dedicated", "value": "storage", "effect": "NoSchedule"}))
+        })
+    };
+    assert!(
+        has_taint(&s.node()),
+        "taint missing: {:#}",
+        s.node()["spec"]
+    );
+    watch.next(has_taint, "the new taint");
+
+    s.kubectl_ok(&["cordon", name]);
+    assert_eq!(s.node()["spec"]["unschedulable"], true);
+    watch.next(|n| n["spec"]["unschedulable"] == true, "the node cordoned");
+
+    assert_eq!(watch.stop(), "", "kubectl --watch complained");
+}
+
+#[test]
+fn forty_concurrent_label_commands_all_land() {
+    const LABELS: usize = 40;
+    let s = Server::start(Options::default());
+    // Fill the discovery cache once, so the concurrent commands only race on the node.
+    s.kubectl_ok(&["get", "nodes"]);
+
+    let failures: Vec<String> = thread::scope(|scope| {
+        let s = &s;
+        let running: Vec<_> = (0..LABELS)
+            .map(|i| {
+                scope.spawn(move || {
+                    let label = format!("key-{i}=v");
+                    (
+                        label.clone(),
+                        s.kubectl(&["label", "node", s.node_name(), &label]),
+                    )
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join().expect("kubectl thread"))
+            .filter(|(_, out)| !out.status.success())
+            .map(|(label, out)| format!("{label}: {}", String::from_utf8_lossy(&out.stderr)))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "failed label commands:\n{}",
+        failures.join("\n")
+    );
+
+    let labels = &s.node()["metadata"]["labels"];
+    let missing: Vec<String> = (0..LABELS)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| labels[k] != "v")
+        .collect();
+    assert!(missing.is_empty(), "labels lost: {missing:?}");
+}
+
+#[test]
+fn wide_output_fills_internal_ip_os_image_and_kernel_version() {
+    let s = Server::start(Options::default());
+    let out = s.kubectl_ok(&["get", "nodes", "-o", "wide"]);
+    let rows = table(&out);
+    assert_eq!(rows.len(), 1, "expected one node:\n{out}");
+    let row = &rows[0];
+    let ip = cell(row, "INTERNAL-IP");
+    assert!(ip.parse::<IpAddr>().is_ok(), "INTERNAL-IP {ip:?}:\n{out}");
+    for column in ["OS-IMAGE", "KERNEL-VERSION"] {
+        let value = cell(row, column);
+        assert!(
+            !value.is_empty() && !value.starts_with('<'),
+            "{column} is {value:?}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn system_namespaces_exist_and_kube_system_cannot_be_deleted() {
+    let s = Server::start(Options::default());
+    let list = s.kubectl_json(&["get", "namespaces", "-o", "json"]);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|ns| ns["metadata"]["name"].as_str())
+        .collect();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(names.contains(&ns), "{ns} missing from {names:?}");
+    }
+
+    let out = s.kubectl(&["delete", "namespace", "kube-system"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "deleting kube-system succeeded");
+    assert!(stderr.contains("Forbidden"), "{stderr}");
+    s.kubectl_ok(&["get", "namespace", "kube-system"]);
+}
+
+#[test]
+fn kubectl_create_namespace_then_delete_it() {
+    let s = Server::start(Options::default());
+    let created = s.kubectl(&["create", "namespace", "scratch"]);
+    assert!(
+        created.status.success(),
+        "kubectl create namespace failed: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert_eq!(
+        s.kubectl_json(&["get", "namespace", "scratch", "-o", "json"])["status"]["phase"],
+        "Active"
+    );
+
+    s.kubectl_ok(&["delete", "namespace", "scratch"]);
+    let gone = s.kubectl(&["get", "namespace", "scratch"]);
+    assert!(!gone.status.success(), "the namespace is still there");
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
+}
+
+#[test]
+fn describe_node_prints_the_node_without_errors() {
+    let s =
+        Server::start(Options::default().arg("--node-taint", "CriticalAddonsOnly=true:NoExecute"));
+    let out = s.kubectl(&["describe", "node", s.node_name()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl describe failed: {stderr}");
+    assert_eq!(stderr, "", "kubectl describe complained");
+    for expected in [
+        format!("Name:               {}", s.node_name()),
+        "Roles:              control-plane".into(),
+        "Taints:             CriticalAddonsOnly=true:NoExecute".into(),
+        "Ready ".into(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "{expected:?} missing:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn keelson_kubectl_runs_kubectl_with_the_written_kubeconfig() {
+    let s = Server::start(Options::default());
+    let out = common::run(
+        common::keelson_command()
+            .args(["kubectl", "get", "nodes", "-o", "name"])
+            .env("KEELSON_KUBECONFIG_OUTPUT", s.kubeconfig())
+            .env_remove("KUBECONFIG")
+            .env("HOME", s.dir().join("home"))
+            .env("KUBECACHEDIR", s.dir().join("kube-cache")),
+        common::COMMAND_TIMEOUT,
+    );
+    assert!(
+        out.status.success(),
+        "keelson kubectl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("node/{}", s.node_name())
+    );
+}
+
+/// kubectl's default table output as rows of (column, value), cut at the header's column
+/// starts (values such as OS-IMAGE contain spaces).
+fn table(out: &str) -> Vec<Vec<(String, String)>> {
+    let mut lines = out.lines();
+    let header = lines.next().unwrap_or_default();
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    let mut at = 0;
+    for name in header.split_whitespace() {
+        let pos = at + header[at..].find(name).expect("header word");
+        starts.push((pos, name));
+        at = pos + name.len();
+    }
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            starts
+                .iter()
+                .enumerate()
+                .map(|(i, (pos, name))| {
+                    let end = starts
+                        .get(i + 1)
+                        .map_or(line.len(), |(p, _)| *p)
+                        .min(line.len());
+                    let value = line.get(*pos.min(&end)..end).unwrap_or_default().trim();
+                    (name.to_string(), value.to_owned())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn cell<'a>(row: &'a [(String, String)], column: &str) -> &'a str {
+    row.iter()
+        .find(|(c, _)| c == column)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {column} column in {row:?}"))
+}
+
+/// `kubernetes.io/arch` for the machine running the tests, in Go's spelling.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
