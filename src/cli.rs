@@ -151,6 +151,10 @@ pub struct ServerArgs {
     #[arg(long, env = "KEELSON_KUBECONFIG_MODE", default_value = "0600")]
     pub write_kubeconfig_mode: String,
 
+    /// How long a node may send no heartbeat before it is marked NotReady and tainted unreachable
+    #[arg(long, default_value = "15s")]
+    pub node_monitor_grace_period: String,
+
     /// Keep history for this long before compacting it (e.g. 5m); watches older than that get 410 Gone
     #[arg(long, default_value = "5m")]
     pub compact_interval: String,

@@ -177,6 +177,7 @@ pub struct ServerConfig {
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
+    pub node_monitor_grace_period: Duration,
     pub debug: bool,
 }
 
@@ -343,6 +344,14 @@ impl ServerConfig {
             .map(|d| pool.acquire_timeout = d),
         );
 
+        let mut node_monitor_grace_period = Duration::from_secs(15);
+        check(
+            parse_duration(
+                "--node-monitor-grace-period",
+                &args.node_monitor_grace_period,
+            )
+            .map(|d| node_monitor_grace_period = d),
+        );
         let mut compact_interval = Duration::from_secs(300);
         check(
             parse_duration("--compact-interval", &args.compact_interval)
@@ -445,6 +454,7 @@ impl ServerConfig {
             cluster_domain: args.cluster_domain,
             kubeconfig_mode,
             compact_interval,
+            node_monitor_grace_period,
             debug: args.debug,
         })
     }

@@ -10,6 +10,7 @@ mod apiserver;
 mod bootstrap;
 mod cli;
 mod config;
+mod controllers;
 mod datastore;
 mod server;
 

@@ -18,6 +18,8 @@ use crate::agent::registration::NodeAgent;
 use crate::apiserver::{self, Api, registry::Registry};
 use crate::bootstrap::{self, kubeconfig};
 use crate::config::ServerConfig;
+use crate::controllers::lease::{Elector, Role};
+use crate::controllers::node_lifecycle::NodeLifecycle;
 use crate::datastore::{Dialect, Store, compactor::Compactor, feed::Feed};
 
 /// Backoff between attempts to reach the datastore at start.
@@ -140,6 +142,24 @@ async fn start(
         .run(when_stopped(stop.clone())),
     );
     tasks.spawn(NodeAgent::new(api.clone(), cfg.node.clone()).run(when_stopped(stop.clone())));
+    let (role_tx, role_rx) = watch::channel(Role::Follower);
+    tasks.spawn(
+        Elector {
+            store: store.clone(),
+            name: "keelson-controllers",
+            identity: format!("{}-{}", cfg.node.name, std::process::id()),
+            role: role_tx,
+        }
+        .run(when_stopped(stop.clone())),
+    );
+    tasks.spawn(
+        NodeLifecycle {
+            registry: api.registry.clone(),
+            role: role_rx,
+            grace: cfg.node_monitor_grace_period,
+        }
+        .run(when_stopped(stop.clone())),
+    );
     let serving = Arc::new(apiserver::Serving {
         tls: TlsAcceptor::from(Arc::new(tls)),
         api,

@@ -17,11 +17,13 @@ use crate::apiserver::registry::{Part, now_rfc3339};
 use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
 
+/// How often the node says it is alive: one batched heartbeat statement per server, read by
+/// the node lifecycle controller. Well inside the default 15 s grace period.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the node's status (and its conditions' `lastHeartbeatTime`) is rewritten while
-/// nothing changes. Each refresh is a revision every watcher receives and eight datastore
-/// statements, so it is kept well below the change feed's own cost (kubelet uses 5 min and
-/// a separate lease for liveness).
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+/// nothing changes, as kubelet's `nodeStatusReportFrequency`. Each refresh is a revision every
+/// watcher receives, so liveness goes through heartbeats instead.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(300);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
@@ -64,14 +66,26 @@ impl NodeAgent {
         tracing::info!(node = %self.opts.name, "node registered");
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let mut last_status = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = self.heartbeat().await {
+            if let Err(e) = self
+                .api
+                .registry
+                .store()
+                .heartbeat(std::slice::from_ref(&self.opts.name))
+                .await
+            {
                 tracing::warn!(error = %e, "node heartbeat failed");
+            }
+            if last_status.elapsed() >= STATUS_INTERVAL {
+                last_status = tokio::time::Instant::now();
+                if let Err(e) = self.refresh_status().await {
+                    tracing::warn!(error = %e, "node status refresh failed");
+                }
             }
         }
     }
@@ -112,19 +126,19 @@ impl NodeAgent {
             .modify(&r, Part::Status, |node| {
                 let old = node["status"]["conditions"].clone();
                 node["status"] = status.clone();
-                node["status"]["conditions"] = conditions(&old);
+                node["status"]["conditions"] = healthy_conditions(&old);
             })
             .await?;
         Ok(())
     }
 
-    async fn heartbeat(&self) -> Result<(), ApiError> {
+    async fn refresh_status(&self) -> Result<(), ApiError> {
         let r = ObjectRef::cluster(&NODES, &self.opts.name);
         let now = now_rfc3339();
         self.api
             .registry
             .modify(&r, Part::Status, |node| {
-                let mut conds = conditions(&node["status"]["conditions"]);
+                let mut conds = healthy_conditions(&node["status"]["conditions"]);
                 for c in conds.as_array_mut().into_iter().flatten() {
                     c["lastHeartbeatTime"] = json!(now);
                 }
@@ -169,7 +183,7 @@ impl NodeAgent {
 }
 
 /// The conditions of a healthy node, keeping transition times that did not change.
-fn conditions(old: &Value) -> Value {
+pub fn healthy_conditions(old: &Value) -> Value {
     let now = now_rfc3339();
     let want = [
         (

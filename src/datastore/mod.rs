@@ -11,6 +11,7 @@
 pub mod compactor;
 pub mod endpoint;
 pub mod feed;
+pub mod leases;
 mod notify;
 pub mod schema;
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! | `keelson_meta` | `revision`, `compact`, `schema` | the global revision counter (last revision handed out), the revision history is compacted through, and the schema version |
 //! | `keelson_objects` | one per live object | `path` (`/registry/<resource>/[<namespace>/]<name>`), `create_revision`, `revision` (last modification), `value` (JSON without `metadata.resourceVersion`) |
 //! | `keelson_events` | one per change | `revision` (primary key, gapless), `path`, `kind` (0 added, 1 modified, 2 deleted), `create_revision`, `value` (the object after the change, or its last state for a deletion) |
-//! | `keelson_secrets` | `cluster` | cluster secrets (CA, keys) sealed with the token-derived key |
+//! | `keelson_secrets` | `cluster`, `settings` | cluster secrets (CA, keys) sealed with the token-derived key; agreed settings |
+//! | `keelson_leases` | one per lease | `holder`, `epoch` (grows with each new holder), `expires_at` (ms, database clock) |
+//! | `keelson_heartbeats` | one per node | `seen_at` (ms, database clock) of the node's last heartbeat |
 //!
 //! Invariant: every write transaction starts by incrementing `keelson_meta.revision`. That row
 //! lock serialises writers, so revisions are handed out in commit order and a rolled-back
@@ -21,18 +23,24 @@ pub fn ddl(dialect: Dialect) -> &'static [&'static str] {
             "CREATE TABLE IF NOT EXISTS keelson_objects (path TEXT PRIMARY KEY, create_revision INTEGER NOT NULL, revision INTEGER NOT NULL, value BLOB NOT NULL)",
             "CREATE TABLE IF NOT EXISTS keelson_events (revision INTEGER PRIMARY KEY, path TEXT NOT NULL, kind INTEGER NOT NULL, create_revision INTEGER NOT NULL, value BLOB NOT NULL)",
             "CREATE TABLE IF NOT EXISTS keelson_secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS keelson_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL, expires_at INTEGER NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS keelson_heartbeats (node TEXT PRIMARY KEY, seen_at INTEGER NOT NULL)",
         ],
         Dialect::Postgres => &[
             "CREATE TABLE IF NOT EXISTS keelson_meta (name VARCHAR(64) PRIMARY KEY, value BIGINT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS keelson_objects (path VARCHAR(512) COLLATE \"C\" PRIMARY KEY, create_revision BIGINT NOT NULL, revision BIGINT NOT NULL, value BYTEA NOT NULL)",
             "CREATE TABLE IF NOT EXISTS keelson_events (revision BIGINT PRIMARY KEY, path VARCHAR(512) COLLATE \"C\" NOT NULL, kind BIGINT NOT NULL, create_revision BIGINT NOT NULL, value BYTEA NOT NULL)",
             "CREATE TABLE IF NOT EXISTS keelson_secrets (name VARCHAR(64) PRIMARY KEY, value BYTEA NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS keelson_leases (name VARCHAR(64) PRIMARY KEY, holder VARCHAR(255) NOT NULL, epoch BIGINT NOT NULL, expires_at BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS keelson_heartbeats (node VARCHAR(255) PRIMARY KEY, seen_at BIGINT NOT NULL)",
         ],
         Dialect::Mysql => &[
             "CREATE TABLE IF NOT EXISTS keelson_meta (name VARCHAR(64) PRIMARY KEY, value BIGINT NOT NULL) ENGINE=InnoDB",
             "CREATE TABLE IF NOT EXISTS keelson_objects (path VARCHAR(512) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, create_revision BIGINT NOT NULL, revision BIGINT NOT NULL, value LONGBLOB NOT NULL) ENGINE=InnoDB",
             "CREATE TABLE IF NOT EXISTS keelson_events (revision BIGINT PRIMARY KEY, path VARCHAR(512) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, kind BIGINT NOT NULL, create_revision BIGINT NOT NULL, value LONGBLOB NOT NULL) ENGINE=InnoDB",
             "CREATE TABLE IF NOT EXISTS keelson_secrets (name VARCHAR(64) PRIMARY KEY, value LONGBLOB NOT NULL) ENGINE=InnoDB",
+            "CREATE TABLE IF NOT EXISTS keelson_leases (name VARCHAR(64) PRIMARY KEY, holder VARCHAR(255) NOT NULL, epoch BIGINT NOT NULL, expires_at BIGINT NOT NULL) ENGINE=InnoDB",
+            "CREATE TABLE IF NOT EXISTS keelson_heartbeats (node VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin PRIMARY KEY, seen_at BIGINT NOT NULL) ENGINE=InnoDB",
         ],
     }
 }

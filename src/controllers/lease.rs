@@ -1,0 +1,93 @@
+//! Leader election through a lease row in the datastore.
+//!
+//! The lease is taken and renewed by compare-and-swap on the database's clock (see
+//! [`crate::datastore::leases`]). Fencing: the holder notes its monotonic clock *before* each
+//! renewal is sent, and steps down by itself once [`RENEW_DEADLINE`] has passed since the last
+//! renewal that succeeded — while the lease, which the database dates from a later moment,
+//! still has `LEASE_DURATION - RENEW_DEADLINE` to run for everyone else. On shutdown the lease
+//! is released so another server takes over at once.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::datastore::Store;
+
+/// How long a lease lasts without renewal, by the database's clock.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// A holder that has not renewed for this long stops acting as holder.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the holder renews and the others try to take over.
+pub const RETRY_PERIOD: Duration = Duration::from_secs(3);
+
+/// Who this server is in the election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Someone else holds the lease, or nobody could be reached.
+    Follower,
+    /// This server holds the lease with this epoch.
+    Leader { epoch: i64 },
+}
+
+pub struct Elector {
+    pub store: Store,
+    pub name: &'static str,
+    pub identity: String,
+    pub role: watch::Sender<Role>,
+}
+
+impl Elector {
+    /// Runs the election until `shutdown`, publishing the role; releases the lease on the way out.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        // The moment before the last successful renewal was sent.
+        let mut renewed_at: Option<Instant> = None;
+        loop {
+            let sent = Instant::now();
+            match self
+                .store
+                .acquire_lease(self.name, &self.identity, LEASE_DURATION.as_millis() as i64)
+                .await
+            {
+                Ok(Some(held)) => {
+                    renewed_at = Some(sent);
+                    if self.role.send_replace(Role::Leader { epoch: held.epoch })
+                        != (Role::Leader { epoch: held.epoch })
+                    {
+                        tracing::info!(
+                            lease = self.name,
+                            epoch = held.epoch,
+                            "took the lease; running controllers"
+                        );
+                    }
+                }
+                Ok(None) => {
+                    renewed_at = None;
+                    self.step_down("another server holds the lease");
+                }
+                Err(e) => tracing::debug!(lease = self.name, error = %e, "lease renewal failed"),
+            }
+            if renewed_at.is_some_and(|t| t.elapsed() >= RENEW_DEADLINE) {
+                renewed_at = None;
+                self.step_down("could not renew the lease before the renew deadline");
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(RETRY_PERIOD) => {}
+            }
+        }
+        if matches!(*self.role.borrow(), Role::Leader { .. }) {
+            self.role.send_replace(Role::Follower);
+            if let Err(e) = self.store.release_lease(self.name, &self.identity).await {
+                tracing::warn!(error = %e, "could not release the lease on shutdown");
+            }
+        }
+    }
+
+    fn step_down(&self, why: &str) {
+        if matches!(self.role.send_replace(Role::Follower), Role::Leader { .. }) {
+            tracing::warn!(lease = self.name, why, "stepped down; controllers stopped");
+        }
+    }
+}

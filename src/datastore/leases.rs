@@ -1,0 +1,244 @@
+//! Leases and heartbeats, timed by the database's clock.
+//!
+//! A lease row is taken by compare-and-swap: one UPDATE that succeeds only for the current
+//! holder or once the lease has expired by the database's `now()`. Each change of holder
+//! increments the row's epoch, so anything done under a lease can be fenced by it. No node's
+//! wall clock is ever compared with another's.
+//!
+//! Heartbeats are one row per node, written for all of a server's nodes in one statement, and
+//! read back as ages computed by the database, so the cost is O(servers), not O(nodes).
+
+use sqlx::Row;
+
+use super::{Dialect, Result, Store};
+
+/// Milliseconds since the epoch by the database's clock.
+fn now_ms(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+        Dialect::Mysql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+        Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    }
+}
+
+fn placeholder(dialect: Dialect, n: usize) -> String {
+    match dialect {
+        Dialect::Postgres => format!("${n}"),
+        _ => "?".to_owned(),
+    }
+}
+
+/// A lease this process holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Grows by one with every new holder.
+    pub epoch: i64,
+}
+
+impl Store {
+    /// Takes or renews the lease `name` for `holder` for `duration_ms` of database time.
+    /// `None` when someone else holds an unexpired lease.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        duration_ms: i64,
+    ) -> Result<Option<Held>> {
+        let d = self.inner.dialect;
+        let p = |n| placeholder(d, n);
+        let now = now_ms(d);
+        let ensure = match d {
+            Dialect::Sqlite => "INSERT OR IGNORE INTO keelson_leases (name, holder, epoch, expires_at) VALUES (?, '', 0, 0)".to_owned(),
+            Dialect::Mysql => "INSERT IGNORE INTO keelson_leases (name, holder, epoch, expires_at) VALUES (?, '', 0, 0)".to_owned(),
+            Dialect::Postgres => "INSERT INTO keelson_leases (name, holder, epoch, expires_at) VALUES ($1, '', 0, 0) ON CONFLICT (name) DO NOTHING".to_owned(),
+        };
+        // The epoch is assigned first: MySQL evaluates SET left to right.
+        let take = format!(
+            "UPDATE keelson_leases SET epoch = CASE WHEN holder = {} THEN epoch ELSE epoch + 1 END, holder = {}, \
+             expires_at = {now} + {} WHERE name = {} AND (holder = {} OR expires_at < {now})",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5)
+        );
+        self.count(1);
+        let done = sqlx::query(sqlx::AssertSqlSafe(take.clone()))
+            .bind(holder)
+            .bind(holder)
+            .bind(duration_ms)
+            .bind(name)
+            .bind(holder)
+            .execute(&self.inner.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            // Either someone else holds it, or the row does not exist yet.
+            self.count(2);
+            let created = sqlx::query(sqlx::AssertSqlSafe(ensure))
+                .bind(name)
+                .execute(&self.inner.pool)
+                .await?;
+            if created.rows_affected() == 0 {
+                return Ok(None);
+            }
+            let done = sqlx::query(sqlx::AssertSqlSafe(take))
+                .bind(holder)
+                .bind(holder)
+                .bind(duration_ms)
+                .bind(name)
+                .bind(holder)
+                .execute(&self.inner.pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Ok(None);
+            }
+        }
+        self.count(1);
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT epoch FROM keelson_leases WHERE name = {} AND holder = {}",
+            p(1),
+            p(2)
+        )))
+        .bind(name)
+        .bind(holder)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        Ok(row
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .map(|epoch| Held { epoch }))
+    }
+
+    /// Gives the lease up at once (on shutdown), if `holder` still has it.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let d = self.inner.dialect;
+        self.count(1);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE keelson_leases SET expires_at = 0 WHERE name = {} AND holder = {}",
+            placeholder(d, 1),
+            placeholder(d, 2)
+        )))
+        .bind(name)
+        .bind(holder)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that `nodes` are alive, now by the database's clock: one statement for all.
+    pub async fn heartbeat(&self, nodes: &[String]) -> Result<()> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let d = self.inner.dialect;
+        let now = now_ms(d);
+        let values: Vec<String> = (1..=nodes.len())
+            .map(|i| format!("({}, {now})", placeholder(d, i)))
+            .collect();
+        let upsert = match d {
+            Dialect::Mysql => " ON DUPLICATE KEY UPDATE seen_at = VALUES(seen_at)",
+            _ => " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at",
+        };
+        let sql = format!(
+            "INSERT INTO keelson_heartbeats (node, seen_at) VALUES {}{upsert}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for n in nodes {
+            q = q.bind(n.as_str());
+        }
+        self.count(1);
+        q.execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// Every node's time since its last heartbeat, in milliseconds of database time.
+    pub async fn heartbeat_ages(&self) -> Result<Vec<(String, i64)>> {
+        let now = now_ms(self.inner.dialect);
+        self.count(1);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT node, {now} - seen_at FROM keelson_heartbeats"
+        )))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::datastore::{Endpoint, PoolConfig, Store};
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_the_epoch_grows_with_each_new_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &Endpoint::sqlite(dir.path().join("s.db")),
+            &PoolConfig::default(),
+        )
+        .await
+        .unwrap();
+        let a = store
+            .acquire_lease("controllers", "a", 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store
+                .acquire_lease("controllers", "b", 60_000)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .acquire_lease("controllers", "a", 60_000)
+                .await
+                .unwrap(),
+            Some(a),
+            "renewal keeps the epoch"
+        );
+        store.release_lease("controllers", "a").await.unwrap();
+        let b = store
+            .acquire_lease("controllers", "b", 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.epoch, a.epoch + 1);
+        // An expired lease can be taken over.
+        store
+            .acquire_lease("short", "a", -1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .acquire_lease("short", "b", 1000)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_batched_and_aged_by_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &Endpoint::sqlite(dir.path().join("s.db")),
+            &PoolConfig::default(),
+        )
+        .await
+        .unwrap();
+        store.heartbeat(&["a".into(), "b".into()]).await.unwrap();
+        store.heartbeat(&["a".into()]).await.unwrap();
+        let mut ages = store.heartbeat_ages().await.unwrap();
+        ages.sort();
+        assert_eq!(ages.len(), 2);
+        assert!(
+            ages.iter().all(|(_, age)| (0..5_000).contains(age)),
+            "{ages:?}"
+        );
+    }
+}
