@@ -591,3 +591,77 @@ fn survives_a_postgres_outage_without_losing_acknowledged_writes() {
 fn survives_a_mariadb_outage_without_losing_acknowledged_writes() {
     survives_a_database_outage(Db::MariaDb);
 }
+
+// === node lifecycle under the controllers lease ===
+
+/// Whether the node is NotReady (Ready Unknown) with both unreachable taints.
+fn unreachable(s: &Server, node: &str) -> bool {
+    let n = s.kubectl_json(&["get", "node", node, "-o", "json"]);
+    let ready_unknown = n["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "Unknown")
+    });
+    let effects: Vec<&str> = n["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["key"] == "node.kubernetes.io/unreachable")
+        .filter_map(|t| t["effect"].as_str())
+        .collect();
+    ready_unknown && effects.contains(&"NoSchedule") && effects.contains(&"NoExecute")
+}
+
+fn ready_and_untainted(s: &Server, node: &str) -> bool {
+    let n = s.kubectl_json(&["get", "node", node, "-o", "json"]);
+    let ready = n["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    let tainted = n["spec"]["taints"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t["key"] == "node.kubernetes.io/unreachable")
+    });
+    ready && !tainted
+}
+
+/// A server killed outright goes NotReady with the unreachable taints within the grace period
+/// (plus one monitor pass), comes back Ready and untainted when it returns, and when the
+/// lease holder itself dies the other server takes over the controller.
+#[test]
+fn silent_nodes_go_unreachable_and_the_controller_survives_its_holder_on_postgres() {
+    let Some(db) = TestDb::new(Db::Postgres, "lifecycle") else {
+        return;
+    };
+    let grace = Duration::from_secs(6);
+    let with_grace = |o: Options| o.arg("--node-monitor-grace-period", "6s");
+    let mut a = Server::start(with_grace(opts("holder", &db)));
+    // Let `holder` take the lease before the second server starts.
+    thread::sleep(Duration::from_secs(1));
+    let token = a.token_path().display().to_string();
+    let mut b = Server::start(with_grace(opts("other", &db).arg("--token-file", &token)));
+
+    b.kill();
+    let took = wait_until(
+        "the killed server's node marked unreachable",
+        grace + Duration::from_secs(10),
+        || unreachable(&a, "other"),
+    );
+    eprintln!("killed server marked NotReady after {took:?} (grace {grace:?})");
+    b.restart();
+    wait_until(
+        "the returning node ready and untainted",
+        Duration::from_secs(15),
+        || ready_and_untainted(&a, "other"),
+    );
+
+    // Now kill the lease holder: the other server must take over and mark it unreachable
+    // within one lease period (15 s) plus the grace period and a monitor pass.
+    a.kill();
+    let took = wait_until(
+        "the dead holder marked unreachable by the new holder",
+        Duration::from_secs(15 + 6 + 10),
+        || unreachable(&b, "holder"),
+    );
+    eprintln!("dead lease holder marked NotReady by the other server after {took:?}");
+    assert!(b.log().contains("took the lease"), "{}", b.log());
+}

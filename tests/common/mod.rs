@@ -208,6 +208,14 @@ impl Server {
         }
     }
 
+    /// Kills the process with SIGKILL, as a power cut would: no shutdown code runs.
+    #[allow(dead_code)] // not every test binary that includes the harness uses it
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server is running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
