@@ -136,7 +136,11 @@ def latency(a, b, node, samples):
             time.sleep(0.001)
         else:
             raise SystemExit(f"event {i} never arrived on the other server")
-    c.close()
+    # Shut the socket down first: the reader thread holds the response's lock while it waits.
+    try:
+        c.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
     return out
 
 

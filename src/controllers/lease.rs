@@ -13,13 +13,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::datastore::Store;
+use crate::datastore::leases::Held;
 
 /// How long a lease lasts without renewal, by the database's clock.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// A holder that has not renewed for this long stops acting as holder.
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the holder renews and the others try to take over.
-pub const RETRY_PERIOD: Duration = Duration::from_secs(3);
+pub const RETRY_PERIOD: Duration = Duration::from_secs(4);
 
 /// Who this server is in the election.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,35 +42,37 @@ impl Elector {
     /// Runs the election until `shutdown`, publishing the role; releases the lease on the way out.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        // The moment before the last successful renewal was sent.
-        let mut renewed_at: Option<Instant> = None;
+        // What we hold, and the moment before its last successful renewal was sent.
+        let mut held: Option<(Held, Instant)> = None;
         loop {
             let sent = Instant::now();
+            let duration = LEASE_DURATION.as_millis() as i64;
             match self
                 .store
-                .acquire_lease(self.name, &self.identity, LEASE_DURATION.as_millis() as i64)
+                .acquire_lease(self.name, &self.identity, duration, held.map(|h| h.0))
                 .await
             {
-                Ok(Some(held)) => {
-                    renewed_at = Some(sent);
-                    if self.role.send_replace(Role::Leader { epoch: held.epoch })
-                        != (Role::Leader { epoch: held.epoch })
-                    {
+                Ok(Some(now_held)) => {
+                    if held.is_none() {
                         tracing::info!(
                             lease = self.name,
-                            epoch = held.epoch,
+                            epoch = now_held.epoch,
                             "took the lease; running controllers"
                         );
                     }
+                    held = Some((now_held, sent));
+                    self.role.send_replace(Role::Leader {
+                        epoch: now_held.epoch,
+                    });
                 }
                 Ok(None) => {
-                    renewed_at = None;
+                    held = None;
                     self.step_down("another server holds the lease");
                 }
                 Err(e) => tracing::debug!(lease = self.name, error = %e, "lease renewal failed"),
             }
-            if renewed_at.is_some_and(|t| t.elapsed() >= RENEW_DEADLINE) {
-                renewed_at = None;
+            if held.is_some_and(|(_, at)| at.elapsed() >= RENEW_DEADLINE) {
+                held = None;
                 self.step_down("could not renew the lease before the renew deadline");
             }
             tokio::select! {

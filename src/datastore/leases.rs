@@ -37,12 +37,14 @@ pub struct Held {
 
 impl Store {
     /// Takes or renews the lease `name` for `holder` for `duration_ms` of database time.
-    /// `None` when someone else holds an unexpired lease.
+    /// `None` when someone else holds an unexpired lease. `held` is what the caller held
+    /// until now: renewing it costs one statement.
     pub async fn acquire_lease(
         &self,
         name: &str,
         holder: &str,
         duration_ms: i64,
+        held: Option<Held>,
     ) -> Result<Option<Held>> {
         let d = self.inner.dialect;
         let p = |n| placeholder(d, n);
@@ -71,13 +73,29 @@ impl Store {
             .bind(holder)
             .execute(&self.inner.pool)
             .await?;
+        if done.rows_affected() == 1 && held.is_some() {
+            // Renewed: neither the holder nor the epoch changed.
+            return Ok(held);
+        }
         if done.rows_affected() == 0 {
-            // Either someone else holds it, or the row does not exist yet.
+            // Either someone else holds it, or the row does not exist yet (once per cluster).
+            let known = self
+                .inner
+                .lease_rows
+                .lock()
+                .map(|rows| rows.contains(name))
+                .unwrap_or(false);
+            if known {
+                return Ok(None);
+            }
             self.count(2);
             let created = sqlx::query(sqlx::AssertSqlSafe(ensure))
                 .bind(name)
                 .execute(&self.inner.pool)
                 .await?;
+            if let Ok(mut rows) = self.inner.lease_rows.lock() {
+                rows.insert(name.to_owned());
+            }
             if created.rows_affected() == 0 {
                 return Ok(None);
             }
@@ -181,20 +199,20 @@ mod tests {
         .await
         .unwrap();
         let a = store
-            .acquire_lease("controllers", "a", 60_000)
+            .acquire_lease("controllers", "a", 60_000, None)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(
             store
-                .acquire_lease("controllers", "b", 60_000)
+                .acquire_lease("controllers", "b", 60_000, None)
                 .await
                 .unwrap(),
             None
         );
         assert_eq!(
             store
-                .acquire_lease("controllers", "a", 60_000)
+                .acquire_lease("controllers", "a", 60_000, None)
                 .await
                 .unwrap(),
             Some(a),
@@ -202,20 +220,20 @@ mod tests {
         );
         store.release_lease("controllers", "a").await.unwrap();
         let b = store
-            .acquire_lease("controllers", "b", 60_000)
+            .acquire_lease("controllers", "b", 60_000, None)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(b.epoch, a.epoch + 1);
         // An expired lease can be taken over.
         store
-            .acquire_lease("short", "a", -1)
+            .acquire_lease("short", "a", -1, None)
             .await
             .unwrap()
             .unwrap();
         assert!(
             store
-                .acquire_lease("short", "b", 1000)
+                .acquire_lease("short", "b", 1000, None)
                 .await
                 .unwrap()
                 .is_some()

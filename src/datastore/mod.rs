@@ -127,6 +127,9 @@ struct Inner {
     committed: Arc<Notify>,
     /// Statements sent, for `/metrics` and the benchmarks.
     statements: AtomicU64,
+    /// Lease rows known to exist, so a follower's attempt is one statement. Bounded by the
+    /// number of lease names the program uses; a std mutex, never held across an await.
+    lease_rows: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The PostgreSQL LISTEN task; aborted when the last handle drops.
     listener: Option<tokio::task::AbortHandle>,
 }
@@ -205,6 +208,7 @@ impl Store {
                 sql: Statements::for_dialect(dialect),
                 committed,
                 statements: AtomicU64::new(0),
+                lease_rows: Default::default(),
                 listener,
             }),
         })
