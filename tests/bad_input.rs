@@ -192,9 +192,11 @@ fn refused_with_config(dir: &Path, config: &Path, flags: &[&str]) -> String {
         format!("--data-dir={}", data_dir.display()).into(),
         format!("--write-kubeconfig={}", kubeconfig.display()).into(),
         "--https-listen-port=0".into(),
-        "--bind-address=127.0.0.1".into(),
         "--node-name=bad-input".into(),
     ];
+    if !flags.iter().any(|f| f.starts_with("--bind-address")) {
+        args.push("--bind-address=127.0.0.1".into());
+    }
     args.extend(flags.iter().map(OsString::from));
     let out = common::keelson(&args, REFUSAL_TIMEOUT);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
