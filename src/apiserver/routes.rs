@@ -41,9 +41,13 @@ enum Target {
 pub async fn handle(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let api_for_errors = api.clone();
     let resp = match route(api, id, req).await {
         Ok(resp) => resp,
         Err(e) => {
+            if matches!(e, ApiError::Unavailable(_)) {
+                api_for_errors.feed.mark_unreachable();
+            }
             if e.code() >= 500 {
                 tracing::warn!(%method, %path, error = %e, "request failed");
             }

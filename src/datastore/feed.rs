@@ -68,6 +68,16 @@ impl Feed {
         *self.latest.borrow()
     }
 
+    /// Records that a request could not reach the database: readiness and the API's fast-fail
+    /// gate close now instead of at the next poll, which reopens them once it succeeds.
+    pub fn mark_unreachable(&self) {
+        if self.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "a request could not reach the datastore; answering 503 until the change feed reaches it again"
+            );
+        }
+    }
+
     /// Whether the last poll reached the database.
     pub fn reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
