@@ -18,6 +18,7 @@ KEELSON_TRIPLES=(
 #   T_DEBARCH Debian architecture (arm64 / armhf)
 #   T_QEMU    qemu-user program name without -static (qemu-aarch64 / qemu-arm)
 #   T_LIBC    gnu | musl
+# shellcheck disable=SC2034  # the T_* variables are used by the sourcing scripts
 triple_info() {
   case "$1" in
     aarch64-unknown-linux-gnu)      T_GNU=aarch64-linux-gnu   T_DEBARCH=arm64 T_QEMU=qemu-aarch64 T_LIBC=gnu ;;
