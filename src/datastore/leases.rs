@@ -64,15 +64,16 @@ impl Store {
             p(4),
             p(5)
         );
+        let take = || {
+            sqlx::query(sqlx::AssertSqlSafe(take.clone()))
+                .bind(holder)
+                .bind(holder)
+                .bind(duration_ms)
+                .bind(name)
+                .bind(holder)
+        };
         self.count(1);
-        let done = sqlx::query(sqlx::AssertSqlSafe(take.clone()))
-            .bind(holder)
-            .bind(holder)
-            .bind(duration_ms)
-            .bind(name)
-            .bind(holder)
-            .execute(&self.inner.pool)
-            .await?;
+        let done = take().execute(&self.inner.pool).await?;
         if done.rows_affected() == 1 && held.is_some() {
             // Renewed: neither the holder nor the epoch changed.
             return Ok(held);
@@ -99,14 +100,7 @@ impl Store {
             if created.rows_affected() == 0 {
                 return Ok(None);
             }
-            let done = sqlx::query(sqlx::AssertSqlSafe(take))
-                .bind(holder)
-                .bind(holder)
-                .bind(duration_ms)
-                .bind(name)
-                .bind(holder)
-                .execute(&self.inner.pool)
-                .await?;
+            let done = take().execute(&self.inner.pool).await?;
             if done.rows_affected() == 0 {
                 return Ok(None);
             }
