@@ -173,6 +173,8 @@ def run(db, endpoint, admin_create, admin_drop):
 
 
 def main():
+    # A timeout's SIGTERM must still stop the servers and drop the databases (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if not os.path.exists(BIN):
         raise SystemExit("build first: cargo build --release")
     name = f"keelson_bench_{os.getpid()}"
