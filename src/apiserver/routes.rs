@@ -196,7 +196,8 @@ async fn resource(api: Arc<Api>, target: Target, req: Request<Incoming>) -> Resu
                         ))
                     })?),
                     None => watch::DEFAULT_TIMEOUT,
-                };
+                }
+                .min(watch::MAX_TIMEOUT);
                 let rx = watch::spawn(
                     api.clone(),
                     WatchRequest {

@@ -23,6 +23,9 @@ use crate::datastore::{self, EventKind};
 const WATCH_BUFFER: usize = 16;
 /// Longest a watch lives when the client names no timeout (the API server uses 30–60 min).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Longest any watch lives, whatever `timeoutSeconds` asks: clients re-watch from their last
+/// resourceVersion, and no client can pin a task and a timer forever.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Where a watch starts.
 #[derive(Debug, Clone, Copy)]
