@@ -25,8 +25,11 @@ pub struct Cli {
 pub enum Command {
     /// Run a server: API, datastore client and controllers (and this board as a node)
     Server(Box<ServerArgs>),
-    /// Run an agent that joins a cluster (not implemented yet)
+    /// Run an agent: join a cluster through a server's address and register this board as a node
     Agent(AgentArgs),
+    /// Benchmark helper: run many simulated agents' real join and tunnel code in one process
+    #[command(hide = true)]
+    Loadgen(LoadgenArgs),
     /// Run the system kubectl against this node's admin kubeconfig
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -58,6 +61,14 @@ pub struct ServerArgs {
     /// File holding the token
     #[arg(long, env = "KEELSON_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Secret agents may join with (instead of the server token); servers cannot use it. Give every server the same one
+    #[arg(long, env = "KEELSON_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
+
+    /// File holding the agent token
+    #[arg(long, env = "KEELSON_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
 
     /// Datastore: sqlite://PATH, mysql://USER:PASS@tcp(HOST:3306)/DB, postgres://USER:PASS@HOST:5432/DB [default: sqlite://<data-dir>/server/db/state.db]
     #[arg(long, env = "KEELSON_DATASTORE_ENDPOINT", hide_env_values = true)]
@@ -98,6 +109,14 @@ pub struct ServerArgs {
     /// Port of the API (and of agent endpoints)
     #[arg(long, env = "KEELSON_HTTPS_LISTEN_PORT", default_value_t = 6443)]
     pub https_listen_port: u16,
+
+    /// IP address agents use to reach this server [default: the node's first IP]
+    #[arg(long, env = "KEELSON_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+
+    /// Port agents use to reach this server [default: --https-listen-port]
+    #[arg(long)]
+    pub advertise_port: Option<u16>,
 
     /// Extra host names or IPs in the serving certificate (repeatable, or comma-separated)
     #[arg(long, value_delimiter = ',')]
@@ -166,10 +185,79 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct AgentArgs {
-    /// Server to join
+    /// Config file whose keys are flag names; flags and environment variables override it
+    #[arg(
+        short = 'c',
+        long,
+        env = "KEELSON_CONFIG_FILE",
+        default_value = "/etc/keelson/config.yaml"
+    )]
+    pub config: PathBuf,
+
+    /// Server to join, https://HOST[:PORT] (the cluster's fixed address)
     #[arg(short = 's', long, env = "KEELSON_URL")]
     pub server: Option<String>,
-    /// Token to join with
+
+    /// Token to join with (the server or the agent token, best in its K10 form)
     #[arg(short = 't', long, env = "KEELSON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// File holding the token
+    #[arg(long, env = "KEELSON_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Directory for state [default: /var/lib/keelson as root, ~/.local/share/keelson otherwise]
+    #[arg(short = 'd', long, env = "KEELSON_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Node name [default: the hostname]
+    #[arg(long, env = "KEELSON_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Append a random suffix, kept in the data dir, to the node name
+    #[arg(long)]
+    pub with_node_id: bool,
+
+    /// Node label KEY=VALUE (repeatable)
+    #[arg(long)]
+    pub node_label: Vec<String>,
+
+    /// Node taint KEY[=VALUE]:EFFECT, applied when the node registers (repeatable)
+    #[arg(long)]
+    pub node_taint: Vec<String>,
+
+    /// IP address to advertise for the node (repeatable) [default: the addresses of the default route's interface]
+    #[arg(long, value_delimiter = ',')]
+    pub node_ip: Vec<String>,
+
+    /// Turn on debug logs
+    #[arg(long, env = "KEELSON_DEBUG")]
+    pub debug: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LoadgenArgs {
+    /// Server to join, https://HOST[:PORT]
+    #[arg(short = 's', long)]
+    pub server: String,
+
+    /// Token to join with
+    #[arg(short = 't', long, env = "KEELSON_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// How many agents to simulate
+    #[arg(long, default_value_t = 100)]
+    pub agents: usize,
+
+    /// Parent of the simulated agents' data dirs
+    #[arg(short = 'd', long)]
+    pub data_dir: PathBuf,
+
+    /// Node names are PREFIX-0, PREFIX-1, ...
+    #[arg(long, default_value = "sim")]
+    pub name_prefix: String,
+
+    /// Turn on debug logs
+    #[arg(long)]
+    pub debug: bool,
 }

@@ -47,8 +47,9 @@ pub fn parse_command_line(argv: Vec<OsString>) -> Result<Cli, Error> {
         .clone()
         .try_get_matches_from(&argv)
         .map_err(Error::Clap)?;
-    let Some(("server", sub)) = matches.subcommand() else {
-        return Cli::from_arg_matches(&matches).map_err(Error::Clap);
+    let (role, sub) = match matches.subcommand() {
+        Some((role @ ("server" | "agent"), sub)) => (role, sub),
+        _ => return Cli::from_arg_matches(&matches).map_err(Error::Clap),
     };
     let path: PathBuf = sub
         .get_one::<PathBuf>("config")
@@ -65,20 +66,20 @@ pub fn parse_command_line(argv: Vec<OsString>) -> Result<Cli, Error> {
             )]));
         }
     };
-    let server_cmd = cmd
-        .find_subcommand("server")
-        .expect("the server subcommand is defined");
-    let file_args = config_file_args(&file, &path, server_cmd, |id| {
+    let role_cmd = cmd
+        .find_subcommand(role)
+        .expect("the server and agent subcommands are defined");
+    let file_args = config_file_args(&file, &path, role_cmd, |id| {
         matches!(sub.value_source(id), None | Some(ValueSource::DefaultValue))
     })?;
     if file_args.is_empty() {
         return Cli::from_arg_matches(&matches).map_err(Error::Clap);
     }
-    // Insert the file's values right after `server`: they only fill flags that neither the
-    // command line nor the environment set, so nothing conflicts.
+    // Insert the file's values right after the subcommand: they only fill flags that neither
+    // the command line nor the environment set, so nothing conflicts.
     let pos = argv
         .iter()
-        .position(|a| a == "server")
+        .position(|a| a == role)
         .map_or(argv.len(), |p| p + 1);
     let mut full = argv[..pos].to_vec();
     full.extend(file_args.into_iter().map(OsString::from));
@@ -113,7 +114,8 @@ fn config_file_args(
             .find(|a| a.get_long() == Some(key.as_str()))
         else {
             problems.push(format!(
-                "config file {at}: unknown key {key:?} (keys are the server's flag names)"
+                "config file {at}: unknown key {key:?} (keys are the {}'s flag names)",
+                cmd.get_name()
             ));
             continue;
         };
@@ -164,6 +166,10 @@ fn config_file_args(
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub token: Option<Token>,
+    /// `--agent-token`: a second secret that joins agents only.
+    pub agent_token: Option<Token>,
+    pub advertise_address: Option<IpAddr>,
+    pub advertise_port: Option<u16>,
     /// Where the server writes the cluster token (`<data-dir>/server/token`).
     pub token_path: PathBuf,
     pub endpoint: Endpoint,
@@ -221,38 +227,28 @@ impl Host {
 impl ServerConfig {
     pub fn from_args(args: ServerArgs, host: &Host) -> Result<ServerConfig, Error> {
         let mut problems = Vec::new();
-        let mut check = |r: Result<(), String>| {
-            if let Err(p) = r {
-                problems.push(p)
-            }
-        };
         let data_dir = args
             .data_dir
             .clone()
             .unwrap_or_else(|| host.default_data_dir());
 
-        let mut token = None;
-        if let Some(raw) = &args.token {
-            check(
-                Token::parse(raw, "--token")
-                    .map(|t| token = Some(t))
-                    .map_err(|e| e.to_string()),
-            );
-        }
-        if let Some(path) = &args.token_file {
-            match std::fs::read_to_string(path) {
-                Ok(raw) if token.is_none() => check(
-                    Token::parse(&raw, &format!("--token-file {}", path.display()))
-                        .map(|t| token = Some(t))
-                        .map_err(|e| e.to_string()),
-                ),
-                Ok(_) => {}
-                Err(e) => check(Err(format!(
-                    "--token-file {}: cannot read it: {e}",
-                    path.display()
-                ))),
+        let token = read_token(
+            args.token.as_deref(),
+            args.token_file.as_deref(),
+            ("--token", "--token-file"),
+            &mut problems,
+        );
+        let agent_token = read_token(
+            args.agent_token.as_deref(),
+            args.agent_token_file.as_deref(),
+            ("--agent-token", "--agent-token-file"),
+            &mut problems,
+        );
+        let mut check = |r: Result<(), String>| {
+            if let Err(p) = r {
+                problems.push(p)
             }
-        }
+        };
 
         let mut endpoint = Endpoint::sqlite_default(&data_dir);
         if let Some(raw) = &args.datastore_endpoint {
@@ -379,32 +375,25 @@ impl ServerConfig {
             }
         }
 
-        let mut labels = BTreeMap::new();
-        for raw in &args.node_label {
-            check(node::parse_label(raw).map(|(k, v)| {
-                labels.insert(k, v);
-            }));
-        }
-        let mut taints: Vec<Taint> = Vec::new();
-        for raw in &args.node_taint {
-            check(node::parse_taint(raw).map(|t| taints.push(t)));
-        }
-        let mut ips = Vec::new();
-        for raw in args.node_ip.iter().filter(|s| !s.is_empty()) {
+        let mut advertise_address = None;
+        if let Some(raw) = &args.advertise_address {
             match raw.parse::<IpAddr>() {
-                Ok(ip) => ips.push(ip),
-                Err(_) => check(Err(format!("--node-ip {raw:?} is not an IP address"))),
+                Ok(ip) => advertise_address = Some(ip),
+                Err(_) => check(Err(format!(
+                    "--advertise-address {raw:?} is not an IP address"
+                ))),
             }
         }
-        let name = args
-            .node_name
-            .clone()
-            .unwrap_or_else(|| host.hostname.to_lowercase());
-        if !node::is_dns_subdomain(&name) {
-            check(Err(format!(
-                "--node-name {name:?} is not a valid node name (lowercase letters, digits, '-' and '.', at most 253 characters)"
-            )));
-        }
+        let node = node_options(
+            NodeFlags {
+                name: args.node_name.as_deref(),
+                labels: &args.node_label,
+                taints: &args.node_taint,
+                ips: &args.node_ip,
+            },
+            host,
+            &mut check,
+        );
         if !node::is_dns_subdomain(&args.cluster_domain) {
             check(Err(format!(
                 "--cluster-domain {:?} is not a DNS name",
@@ -430,15 +419,12 @@ impl ServerConfig {
                 .write_kubeconfig
                 .clone()
                 .unwrap_or_else(|| host.default_kubeconfig(&data_dir)),
-            node: node::NodeOptions {
-                name,
-                labels,
-                taints,
-                ips,
-                control_plane: true,
-            },
+            node,
             data_dir,
             token,
+            agent_token,
+            advertise_address,
+            advertise_port: args.advertise_port,
             endpoint,
             pool,
             bind,
@@ -457,6 +443,210 @@ impl ServerConfig {
             node_monitor_grace_period,
             debug: args.debug,
         })
+    }
+}
+
+/// A token from its flag or its file flag (the flag wins); problems are collected.
+fn read_token(
+    raw: Option<&str>,
+    file: Option<&Path>,
+    (flag, file_flag): (&str, &str),
+    problems: &mut Vec<String>,
+) -> Option<Token> {
+    if let Some(raw) = raw {
+        return Token::parse(raw, flag)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+    }
+    let path = file?;
+    match std::fs::read_to_string(path) {
+        Ok(raw) => Token::parse(&raw, &format!("{file_flag} {}", path.display()))
+            .map_err(|e| problems.push(e.to_string()))
+            .ok(),
+        Err(e) => {
+            problems.push(format!(
+                "{file_flag} {}: cannot read it: {e}",
+                path.display()
+            ));
+            None
+        }
+    }
+}
+
+/// The node flags servers and agents share, unparsed.
+struct NodeFlags<'a> {
+    name: Option<&'a str>,
+    labels: &'a [String],
+    taints: &'a [String],
+    ips: &'a [String],
+}
+
+fn node_options(
+    flags: NodeFlags<'_>,
+    host: &Host,
+    check: &mut impl FnMut(Result<(), String>),
+) -> node::NodeOptions {
+    let mut labels = BTreeMap::new();
+    for raw in flags.labels {
+        check(node::parse_label(raw).map(|(k, v)| {
+            labels.insert(k, v);
+        }));
+    }
+    let mut taints: Vec<Taint> = Vec::new();
+    for raw in flags.taints {
+        check(node::parse_taint(raw).map(|t| taints.push(t)));
+    }
+    let mut ips = Vec::new();
+    for raw in flags.ips.iter().filter(|s| !s.is_empty()) {
+        match raw.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => check(Err(format!("--node-ip {raw:?} is not an IP address"))),
+        }
+    }
+    let name = flags
+        .name
+        .map(str::to_owned)
+        .unwrap_or_else(|| host.hostname.to_lowercase());
+    if !node::is_dns_subdomain(&name) {
+        check(Err(format!(
+            "--node-name {name:?} is not a valid node name (lowercase letters, digits, '-' and '.', at most 253 characters)"
+        )));
+    }
+    node::NodeOptions {
+        name,
+        labels,
+        taints,
+        ips,
+    }
+}
+
+/// Everything an agent needs, validated.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The server (fixed address) to join through: `host:port`, and the host for TLS.
+    pub server: ServerUrl,
+    pub token: Token,
+    pub data_dir: PathBuf,
+    /// Node options; with `--with-node-id` the name gets its persisted suffix at start.
+    pub node: node::NodeOptions,
+    pub with_node_id: bool,
+    pub debug: bool,
+}
+
+/// `https://HOST[:PORT]`, as `--server` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerUrl {
+    pub fn parse(raw: &str) -> Result<ServerUrl, String> {
+        let err = |why: &str| {
+            format!(
+                "--server {raw:?}: {why} (expected https://HOST[:PORT], e.g. https://192.168.1.100:6443)"
+            )
+        };
+        let rest = raw
+            .trim()
+            .strip_prefix("https://")
+            .ok_or_else(|| err("it must start with https://"))?;
+        let hostport = rest.trim_end_matches('/');
+        if hostport.contains('/') || hostport.contains('?') {
+            return Err(err("it must not have a path"));
+        }
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| err("unclosed '['"))?;
+            (h.to_owned(), after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (hostport.to_owned(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(err("the host is missing"));
+        }
+        if host.parse::<IpAddr>().is_err() && !node::is_dns_subdomain(&host.to_lowercase()) {
+            return Err(err("the host is neither an IP address nor a DNS name"));
+        }
+        let port = match port {
+            None => 6443,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| err("the port is not a number from 1 to 65535"))?,
+        };
+        Ok(ServerUrl { host, port })
+    }
+
+    /// `host:port`, bracketing IPv6.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn from_args(args: crate::cli::AgentArgs, host: &Host) -> Result<AgentConfig, Error> {
+        let mut problems = Vec::new();
+        let token = read_token(
+            args.token.as_deref(),
+            args.token_file.as_deref(),
+            ("--token", "--token-file"),
+            &mut problems,
+        );
+        if token.is_none() && args.token.is_none() && args.token_file.is_none() {
+            problems.push(
+                "a token is required to join: pass --token (or KEELSON_TOKEN) or --token-file with the server's token or agent token".into(),
+            );
+        }
+        let server = match args.server.as_deref() {
+            Some(raw) => ServerUrl::parse(raw).map_err(|e| problems.push(e)).ok(),
+            None => {
+                problems.push(
+                    "--server (or KEELSON_URL) is required: the https:// address of a server or of the cluster's fixed address".into(),
+                );
+                None
+            }
+        };
+        let mut check = |r: Result<(), String>| {
+            if let Err(p) = r {
+                problems.push(p)
+            }
+        };
+        let node = node_options(
+            NodeFlags {
+                name: args.node_name.as_deref(),
+                labels: &args.node_label,
+                taints: &args.node_taint,
+                ips: &args.node_ip,
+            },
+            host,
+            &mut check,
+        );
+        for k in node.labels.keys() {
+            if k.starts_with("node-role.kubernetes.io/") {
+                check(Err(format!(
+                    "--node-label {k:?}: agents may not set node-role.kubernetes.io/ labels (Kubernetes's NodeRestriction); label the node with kubectl instead"
+                )));
+            }
+        }
+        match (server, token) {
+            (Some(server), Some(token)) if problems.is_empty() => Ok(AgentConfig {
+                server,
+                token,
+                data_dir: args.data_dir.unwrap_or_else(|| host.default_data_dir()),
+                node,
+                with_node_id: args.with_node_id,
+                debug: args.debug,
+            }),
+            _ => Err(Error::Invalid(problems)),
+        }
     }
 }
 

@@ -12,12 +12,14 @@ mod cli;
 mod config;
 mod controllers;
 mod datastore;
+mod loadgen;
 mod server;
+mod tunnel;
 
 use std::process::ExitCode;
 
 use cli::Command;
-use config::{Host, ServerConfig};
+use config::{AgentConfig, Host, ServerConfig};
 
 /// The Kubernetes API version keelson speaks (kubectl checks the minor for version skew).
 pub const KUBE_MINOR: &str = "32";
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(&e),
             };
             init_logging(cfg.debug);
+            raise_open_files_limit();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -50,20 +53,75 @@ fn main() -> ExitCode {
                 Err(e) => fatal(&e),
             }
         }
-        Command::Agent(_) => {
-            eprintln!(
-                "error: `keelson agent` is not implemented yet; run `keelson server` on every board for now"
-            );
-            ExitCode::from(2)
+        Command::Agent(args) => {
+            let cfg = match AgentConfig::from_args(args, &Host::current()) {
+                Ok(cfg) => cfg,
+                Err(e) => return usage_error_for("agent", &e),
+            };
+            init_logging(cfg.debug);
+            raise_open_files_limit();
+            // One thread: an agent is a handful of sockets and timers on a small board.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+            };
+            match runtime.block_on(async { agent::run(cfg, stop_on_signal()).await }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fatal(&e.into()),
+            }
+        }
+        Command::Loadgen(args) => {
+            init_logging(args.debug);
+            raise_open_files_limit();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+            };
+            match runtime.block_on(async { loadgen::run(args, stop_on_signal()).await }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fatal(&e),
+            }
         }
         Command::Kubectl { args } => run_kubectl(args),
     }
 }
 
 fn usage_error(e: &config::Error) -> ExitCode {
+    usage_error_for("server", e)
+}
+
+fn usage_error_for(role: &str, e: &config::Error) -> ExitCode {
     eprint!("{e}");
-    eprintln!("Run `keelson server --help` for the flags and their defaults.");
+    eprintln!("Run `keelson {role} --help` for the flags and their defaults.");
     ExitCode::from(2)
+}
+
+/// Lifts the soft open-files limit to the hard one, as Go programs do at start: a server
+/// holds one socket per agent. Our own bounds (connections, tunnels) never follow it.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// A stop flag that flips on the first SIGTERM or SIGINT. Must be called inside the runtime.
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tx.send_replace(true);
+    });
+    rx
 }
 
 fn fatal(e: &anyhow::Error) -> ExitCode {

@@ -16,11 +16,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::agent::registration::NodeAgent;
 use crate::apiserver::{self, Api, registry::Registry};
+use crate::bootstrap::join::Joiner;
 use crate::bootstrap::{self, kubeconfig};
 use crate::config::ServerConfig;
 use crate::controllers::lease::{Elector, Role};
 use crate::controllers::node_lifecycle::NodeLifecycle;
 use crate::datastore::{Dialect, Store, compactor::Compactor, feed::Feed};
+use crate::tunnel::sessions::Sessions;
 
 /// Backoff between attempts to reach the datastore at start.
 const OPEN_RETRY_MIN: Duration = Duration::from_secs(1);
@@ -100,23 +102,18 @@ async fn start(
     let (feed, poller) = Feed::new(store.clone()).await?;
 
     let node_ips = crate::agent::sysinfo::node_ips(&cfg.node.ips);
-    let serving = cluster
-        .ca
-        .issue_serving(&serving_names(cfg), &serving_ips(cfg, &node_ips))?;
+    let advertise_ip = cfg
+        .advertise_address
+        .or_else(|| node_ips.first().copied())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let server_address =
+        std::net::SocketAddr::new(advertise_ip, cfg.advertise_port.unwrap_or(port)).to_string();
+    let mut cert_ips = serving_ips(cfg, &node_ips);
+    if !cert_ips.contains(&advertise_ip) {
+        cert_ips.push(advertise_ip);
+    }
+    let serving = cluster.ca.issue_serving(&serving_names(cfg), &cert_ips)?;
     let tls = apiserver::tls_config(&cluster.ca, &serving)?;
-    let api = Arc::new(Api {
-        registry,
-        feed,
-        ca_pem: cluster.ca.cert_pem.clone(),
-        server_address: format!(
-            "{}:{port}",
-            node_ips
-                .first()
-                .map_or("127.0.0.1".into(), IpAddr::to_string)
-        ),
-        node_registered: AtomicBool::new(false),
-        shutdown: stop.clone(),
-    });
     let local = if cfg.bind.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
@@ -131,6 +128,23 @@ async fn start(
         }
     );
     kubeconfig::write(&cfg.kubeconfig, cfg.kubeconfig_mode, &url, &cluster.ca)?;
+    let sessions = Sessions::new();
+    let ca_pem = cluster.ca.cert_pem.clone();
+    let joiner = Joiner::new(
+        cluster.ca,
+        &cluster.token.secret,
+        cfg.agent_token.as_ref().map(|t| t.secret.as_str()),
+    );
+    let api = Arc::new(Api {
+        registry,
+        feed,
+        ca_pem: ca_pem.clone(),
+        server_address: server_address.clone(),
+        node_registered: AtomicBool::new(false),
+        shutdown: stop.clone(),
+        joiner,
+        sessions: sessions.clone(),
+    });
     tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API serving");
 
     tasks.spawn(poller.run(when_stopped(stop.clone())));
@@ -141,7 +155,25 @@ async fn start(
         }
         .run(when_stopped(stop.clone())),
     );
-    tasks.spawn(NodeAgent::new(api.clone(), cfg.node.clone()).run(when_stopped(stop.clone())));
+    tasks.spawn(
+        sessions
+            .clone()
+            .run_heartbeats(api.registry.clone(), when_stopped(stop.clone())),
+    );
+    tasks.spawn(sessions.clone().run_server_list(
+        api.registry.clone(),
+        api.feed.clone(),
+        when_stopped(stop.clone()),
+    ));
+    tasks.spawn(
+        NodeAgent {
+            api: api.clone(),
+            sessions,
+            opts: cfg.node.clone(),
+            server_address,
+        }
+        .run(when_stopped(stop.clone())),
+    );
     let (role_tx, role_rx) = watch::channel(Role::Follower);
     tasks.spawn(
         Elector {

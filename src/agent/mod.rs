@@ -1,8 +1,193 @@
-//! The node side of keelson: node identity, registration and heartbeats.
+//! The node side of keelson: node identity, joining, the tunnel's client end, registration.
 //!
-//! A server runs its own node through this same code; joining remote agents over the tunnel
-//! is a later addition.
+//! An agent's life: make or read its node password, join through `--server` (pinning the CA
+//! from the token) unless it already holds a valid node certificate, then keep one tunnel to
+//! one server, moving to another at once when that server goes away. A server runs its own
+//! node through [`registration`] in-process and is heartbeated the same way.
+//!
+//! Fatal (exit non-zero): a CA that does not match the token, a rejected token, a node name
+//! owned by another board. Everything else (servers down, datastore trouble) is retried.
 
+pub mod balancer;
+pub mod credentials;
+pub mod https;
+pub mod join;
 pub mod node;
 pub mod registration;
 pub mod sysinfo;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::balancer::{Backoff, Balancer};
+use self::credentials::{ClientCert, Files};
+use crate::config::AgentConfig;
+use crate::tunnel::client::{self, ConnectError, Outcome};
+
+/// How often a long-lived tunnel checks whether the certificate needs renewing.
+const RENEW_CHECK: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Join(#[from] join::Error),
+    #[error(transparent)]
+    Files(#[from] credentials::Error),
+    #[error(transparent)]
+    Tls(#[from] https::Error),
+}
+
+struct Credentials {
+    ca_pem: String,
+    cert: ClientCert,
+}
+
+/// Runs an agent until `stop` flips.
+pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+    let files = Files::new(&cfg.data_dir);
+    let mut opts = cfg.node.clone();
+    if cfg.with_node_id {
+        opts.name = files.name_with_id(&opts.name)?;
+    }
+    let password = files.node_password()?;
+    let report = registration::report(&opts, sysinfo::SystemInfo::read());
+    let mut balancer = Balancer::new(cfg.server.address(), files.clone());
+    let mut creds = match (files.ca()?, files.client_cert(&opts.name)?) {
+        (Some(ca_pem), Some(cert)) => Some(Credentials { ca_pem, cert }),
+        _ => None,
+    };
+    tracing::info!(node = %opts.name, server = %cfg.server.address(), "starting keelson agent");
+    let mut backoff = Backoff::new();
+    let mut avoid: Option<String> = None;
+    loop {
+        let Some(c) = &creds else {
+            match join_any(&cfg, &mut balancer, &opts.name, &password).await {
+                Ok(joined) => {
+                    files.save_ca(&joined.ca_pem)?;
+                    files.save_client_cert(&joined.cert)?;
+                    balancer.learn(joined.servers);
+                    tracing::info!(node = %opts.name, "joined the cluster");
+                    creds = Some(Credentials {
+                        ca_pem: joined.ca_pem,
+                        cert: joined.cert,
+                    });
+                    backoff.reset();
+                }
+                Err(e) if e.is_transient() => {
+                    let d = balancer.jitter(backoff.step());
+                    tracing::warn!(error = %e, retry_in = ?d, "cannot join yet");
+                    if sleep_or_stop(d, &mut stop).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            continue;
+        };
+        let tls = https::tls_config(&c.ca_pem, Some((&c.cert.cert_pem, &c.cert.key_pem)))?;
+        let mut rejoin = false;
+        let mut reconnect_now = false;
+        for addr in balancer.order(avoid.as_deref()) {
+            let target = match https::Target::new(&addr, tls.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(server = %addr, error = %e, "skipping server");
+                    continue;
+                }
+            };
+            let mut ws = match client::connect(&target).await {
+                Ok(ws) => ws,
+                Err(ConnectError::Refused { status, message })
+                    if status == hyper::StatusCode::UNAUTHORIZED
+                        || status == hyper::StatusCode::FORBIDDEN =>
+                {
+                    tracing::warn!(server = %addr, %status, %message, "the server does not accept this node's certificate; joining again");
+                    rejoin = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(server = %addr, error = %e, "cannot open a tunnel");
+                    continue;
+                }
+            };
+            let renew_at = Instant::now() + RENEW_CHECK;
+            let outcome = client::session(
+                &mut ws,
+                &addr,
+                &report,
+                |list| balancer.learn(list),
+                renew_at,
+                &mut stop,
+            )
+            .await;
+            match outcome {
+                Outcome::Shutdown => return Ok(()),
+                Outcome::Lost(why) => {
+                    tracing::warn!(server = %addr, reason = %why, "tunnel lost; moving to another server");
+                    backoff.reset();
+                    avoid = Some(addr);
+                    reconnect_now = true;
+                }
+                Outcome::Refused(why) => {
+                    tracing::warn!(server = %addr, reason = %why, "the server refused the tunnel");
+                    avoid = Some(addr);
+                }
+                Outcome::Renew => {
+                    if credentials::due_for_renewal(&c.cert.cert_pem) {
+                        tracing::info!("renewing the node certificate");
+                        rejoin = true;
+                    }
+                    reconnect_now = true;
+                }
+            }
+            break;
+        }
+        if rejoin {
+            creds = None;
+            continue;
+        }
+        if reconnect_now {
+            continue;
+        }
+        let d = balancer.jitter(backoff.step());
+        tracing::warn!(retry_in = ?d, "no server accepted a tunnel");
+        if sleep_or_stop(d, &mut stop).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Joins through `--server` first (the fixed address), then through any known server.
+async fn join_any(
+    cfg: &AgentConfig,
+    balancer: &mut Balancer,
+    node: &str,
+    password: &str,
+) -> Result<join::Joined, join::Error> {
+    let mut order = vec![balancer.fallback().to_owned()];
+    order.extend(
+        balancer
+            .order(None)
+            .into_iter()
+            .filter(|s| s != balancer.fallback()),
+    );
+    let mut last = None;
+    for addr in order {
+        match join::join(&addr, &cfg.token, node, password).await {
+            Ok(j) => return Ok(j),
+            Err(e) if e.is_transient() => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("the join order always holds --server"))
+}
+
+/// Sleeps `d`; true if the agent is stopping.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = crate::apiserver::stopped(stop) => true,
+    }
+}

@@ -15,7 +15,6 @@ pub struct NodeOptions {
     /// Applied when the node object is first created (like kubelet's `--register-with-taints`).
     pub taints: Vec<Taint>,
     pub ips: Vec<IpAddr>,
-    pub control_plane: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

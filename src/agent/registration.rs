@@ -1,9 +1,11 @@
-//! Registers a node and keeps its Ready condition fresh.
+//! Turns a node's report into its Node object, for a server's own node and for agents alike.
 //!
-//! Labels are (re)applied at every start; taints only when the node object is created, so
-//! taints changed later with kubectl survive restarts (kubelet's `--register-with-taints`).
+//! Labels are (re)applied at every registration; taints only when the Node object is
+//! created, so taints changed later with kubectl survive restarts (kubelet's
+//! `--register-with-taints`). Status is written only when it changes: liveness lives in the
+//! batched heartbeat rows (see [`crate::tunnel::sessions`]), so a thousand idle nodes cause no
+//! revisions.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,46 +13,37 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::node::NodeOptions;
-use super::sysinfo::{self, ARCH, SystemInfo};
+use super::sysinfo::{self, SystemInfo};
 use crate::apiserver::Api;
-use crate::apiserver::registry::{Part, now_rfc3339};
+use crate::apiserver::registry::{Part, Registry, now_rfc3339};
 use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
+use crate::tunnel::NodeReport;
+use crate::tunnel::sessions::{SERVER_ADDRESS_ANNOTATION, Sessions};
 
-/// How often the node says it is alive: one batched heartbeat statement per server, read by
-/// the node lifecycle controller. Well inside the default 15 s grace period.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// How often the node's status (and its conditions' `lastHeartbeatTime`) is rewritten while
-/// nothing changes, as kubelet's `nodeStatusReportFrequency`. Each refresh is a revision every
-/// watcher receives, so liveness goes through heartbeats instead.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(300);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// The label that marks servers; agents may not set `node-role.kubernetes.io/*` labels
+/// (as Kubernetes's NodeRestriction).
+pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 
+/// A server's own node: registered in-process, heartbeated like any tunnelled agent.
 pub struct NodeAgent {
-    api: Arc<Api>,
-    opts: NodeOptions,
-    info: SystemInfo,
-    ips: Vec<IpAddr>,
+    pub api: Arc<Api>,
+    pub sessions: Arc<Sessions>,
+    pub opts: NodeOptions,
+    /// `host:port` agents use to reach this server.
+    pub server_address: String,
 }
 
 impl NodeAgent {
-    pub fn new(api: Arc<Api>, opts: NodeOptions) -> NodeAgent {
-        let ips = sysinfo::node_ips(&opts.ips);
-        NodeAgent {
-            api,
-            opts,
-            info: SystemInfo::read(),
-            ips,
-        }
-    }
-
-    /// Registers (retrying with capped backoff), then heartbeats until `shutdown`.
+    /// Registers (retrying with capped backoff), then stays present until `shutdown`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let report = report(&self.opts, SystemInfo::read());
         let mut delay = RETRY_MIN;
         loop {
-            match self.register().await {
+            match register(&self.api.registry, &report, Some(&self.server_address)).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "node registration failed");
@@ -62,124 +55,120 @@ impl NodeAgent {
                 }
             }
         }
+        let _presence = self.sessions.enter(&self.opts.name);
         self.api.node_registered.store(true, Ordering::Relaxed);
         tracing::info!(node = %self.opts.name, "node registered");
-        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_status = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self
-                .api
-                .registry
-                .store()
-                .heartbeat(std::slice::from_ref(&self.opts.name))
-                .await
-            {
-                tracing::warn!(error = %e, "node heartbeat failed");
-            }
-            if last_status.elapsed() >= STATUS_INTERVAL {
-                last_status = tokio::time::Instant::now();
-                if let Err(e) = self.refresh_status().await {
-                    tracing::warn!(error = %e, "node status refresh failed");
-                }
-            }
-        }
+        shutdown.await;
     }
+}
 
-    async fn register(&self) -> Result<(), ApiError> {
-        let r = ObjectRef::cluster(&NODES, &self.opts.name);
-        let labels = self.labels();
-        match self.api.registry.get(&r).await {
-            Ok(_) => {
-                self.api
-                    .registry
-                    .modify(&r, Part::Main, |node| {
-                        for (k, v) in labels.as_object().into_iter().flatten() {
-                            node["metadata"]["labels"][k] = v.clone();
-                        }
-                    })
-                    .await?;
-            }
-            Err(ApiError::NotFound { .. }) => {
-                let taints: Vec<Value> = self.opts.taints.iter().map(|t| json!(t)).collect();
-                let mut node = json!({
-                    "metadata": {"name": self.opts.name, "labels": labels},
-                    "spec": {},
-                });
-                if !taints.is_empty() {
-                    node["spec"]["taints"] = json!(taints);
-                }
-                match self.api.registry.create(&NODES, None, node).await {
-                    Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        let status = self.status();
-        self.api
-            .registry
-            .modify(&r, Part::Status, |node| {
-                let old = node["status"]["conditions"].clone();
-                node["status"] = status.clone();
-                node["status"]["conditions"] = healthy_conditions(&old);
-            })
-            .await?;
-        Ok(())
-    }
-
-    async fn refresh_status(&self) -> Result<(), ApiError> {
-        let r = ObjectRef::cluster(&NODES, &self.opts.name);
-        let now = now_rfc3339();
-        self.api
-            .registry
-            .modify(&r, Part::Status, |node| {
-                let mut conds = healthy_conditions(&node["status"]["conditions"]);
-                for c in conds.as_array_mut().into_iter().flatten() {
-                    c["lastHeartbeatTime"] = json!(now);
-                }
-                node["status"]["conditions"] = conds;
-            })
-            .await
-            .map(|_| ())
-    }
-
-    fn labels(&self) -> Value {
-        let mut labels = json!({
-            "kubernetes.io/hostname": self.opts.name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": ARCH,
-            "beta.kubernetes.io/os": "linux",
-            "beta.kubernetes.io/arch": ARCH,
-        });
-        if self.opts.control_plane {
-            labels["node-role.kubernetes.io/control-plane"] = json!("true");
-        }
-        for (k, v) in &self.opts.labels {
-            labels[k] = json!(v);
-        }
-        labels
-    }
-
-    fn status(&self) -> Value {
-        let mut addresses: Vec<Value> = self
-            .ips
+/// What a node built from `opts` reports.
+pub fn report(opts: &NodeOptions, info: SystemInfo) -> NodeReport {
+    NodeReport {
+        name: opts.name.clone(),
+        labels: opts
+            .labels
             .iter()
-            .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
-            .collect();
-        addresses.push(json!({"type": "Hostname", "address": self.opts.name}));
-        json!({
-            "addresses": addresses,
-            "capacity": self.info.capacity(),
-            "allocatable": self.info.capacity(),
-            "nodeInfo": self.info.node_info(),
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-        })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        taints: opts.taints.clone(),
+        addresses: sysinfo::node_ips(&opts.ips),
+        info,
     }
+}
+
+/// Creates or updates the Node for `report`. `server_address` is set for servers only: it
+/// gives the node the control-plane role and publishes the address to agents.
+pub async fn register(
+    registry: &Registry,
+    report: &NodeReport,
+    server_address: Option<&str>,
+) -> Result<(), ApiError> {
+    let r = ObjectRef::cluster(&NODES, &report.name);
+    let labels = labels(report, server_address.is_some());
+    match registry.get(&r).await {
+        Ok(_) => {
+            registry
+                .modify(&r, Part::Main, |node| {
+                    for (k, v) in labels.as_object().into_iter().flatten() {
+                        node["metadata"]["labels"][k] = v.clone();
+                    }
+                    if let Some(addr) = server_address {
+                        node["metadata"]["annotations"][SERVER_ADDRESS_ANNOTATION] = json!(addr);
+                    }
+                })
+                .await?;
+        }
+        Err(ApiError::NotFound { .. }) => {
+            let mut node = json!({
+                "metadata": {"name": report.name, "labels": labels},
+                "spec": {},
+            });
+            if let Some(addr) = server_address {
+                node["metadata"]["annotations"] = json!({ SERVER_ADDRESS_ANNOTATION: addr });
+            }
+            if !report.taints.is_empty() {
+                node["spec"]["taints"] = json!(report.taints);
+            }
+            match registry.create(&NODES, None, node).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let status = status(report);
+    registry
+        .modify(&r, Part::Status, |node| {
+            let old = node["status"]["conditions"].clone();
+            let mut next = status.clone();
+            // An unreachable node stays so until the lifecycle controller sees heartbeats.
+            next["conditions"] = if old.as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "Unknown")
+            }) {
+                old
+            } else {
+                healthy_conditions(&old)
+            };
+            node["status"] = next;
+        })
+        .await?;
+    Ok(())
+}
+
+fn labels(report: &NodeReport, server: bool) -> Value {
+    let arch = &report.info.architecture;
+    let mut labels = json!({
+        "kubernetes.io/hostname": report.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": arch,
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": arch,
+    });
+    if server {
+        labels[CONTROL_PLANE_LABEL] = json!("true");
+    }
+    for (k, v) in &report.labels {
+        labels[k] = json!(v);
+    }
+    labels
+}
+
+fn status(report: &NodeReport) -> Value {
+    let mut addresses: Vec<Value> = report
+        .addresses
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+        .collect();
+    addresses.push(json!({"type": "Hostname", "address": report.name}));
+    json!({
+        "addresses": addresses,
+        "capacity": report.info.capacity(),
+        "allocatable": report.info.capacity(),
+        "nodeInfo": report.info.node_info(),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+    })
 }
 
 /// The conditions of a healthy node, keeping transition times that did not change.

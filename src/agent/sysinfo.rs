@@ -5,12 +5,14 @@
 
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SystemInfo {
     pub os_image: String,
     pub kernel_version: String,
-    pub architecture: &'static str,
+    pub architecture: String,
     pub machine_id: String,
     pub boot_id: String,
     pub cpus: usize,
@@ -50,7 +52,7 @@ impl SystemInfo {
         SystemInfo {
             os_image,
             kernel_version,
-            architecture: ARCH,
+            architecture: ARCH.to_owned(),
             machine_id: read_trimmed("/etc/machine-id"),
             boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),

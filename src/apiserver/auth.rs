@@ -8,6 +8,9 @@
 use super::status::ApiError;
 
 pub const MASTERS: &str = "system:masters";
+/// The group of node client certificates, and the prefix of their user names (Kubernetes's).
+pub const NODES_GROUP: &str = "system:nodes";
+pub const NODE_USER_PREFIX: &str = "system:node:";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -24,18 +27,49 @@ impl Identity {
     }
 
     /// The one rule so far: the API is for `system:masters`; anonymous callers get 401.
+    /// The node a node client certificate (`system:node:<name>` in `system:nodes`) is for.
+    pub fn node_name(&self) -> Option<&str> {
+        match self {
+            Identity::User { name, groups } if groups.iter().any(|g| g == NODES_GROUP) => name
+                .strip_prefix(NODE_USER_PREFIX)
+                .filter(|n| !n.is_empty()),
+            _ => None,
+        }
+    }
+
+    /// `what` is the request path. Admins may do anything; a node may read discovery and read
+    /// or update its own Node object (and its status), nothing else.
     pub fn authorize(&self, verb: &str, what: &str) -> Result<(), ApiError> {
         match self {
             Identity::Anonymous => Err(ApiError::Unauthorized),
             Identity::User { groups, .. } if groups.iter().any(|g| g == MASTERS) => Ok(()),
-            Identity::User { name, .. } => Err(ApiError::Forbidden(format!(
-                "{what} is forbidden: User \"{name}\" cannot {verb} it"
-            ))),
+            Identity::User { name, .. } => {
+                if let Some(node) = self.node_name() {
+                    let discovery = matches!(what, "/api" | "/apis" | "/api/v1" | "/version");
+                    let own = what
+                        .strip_prefix("/api/v1/nodes/")
+                        .map(|rest| rest.strip_suffix("/status").unwrap_or(rest))
+                        .is_some_and(|n| n == node);
+                    let allowed = match verb {
+                        "get" => discovery || own,
+                        "update" | "patch" => own,
+                        _ => false,
+                    };
+                    if allowed {
+                        return Ok(());
+                    }
+                    return Err(ApiError::Forbidden(format!(
+                        "{what} is forbidden: User \"{name}\" cannot {verb} it: a node may only read and update its own Node object"
+                    )));
+                }
+                Err(ApiError::Forbidden(format!(
+                    "{what} is forbidden: User \"{name}\" cannot {verb} it"
+                )))
+            }
         }
     }
 }
 
-/// (CN, [O...]) of a certificate's subject.
 fn subject(der: &[u8]) -> Option<(Option<String>, Vec<String>)> {
     let (_, cert, _) = read_tlv(der)?; // Certificate SEQUENCE
     let (_, tbs, _) = read_tlv(cert)?; // TBSCertificate SEQUENCE
@@ -67,6 +101,44 @@ fn subject(der: &[u8]) -> Option<(Option<String>, Vec<String>)> {
         }
     }
     Some((cn, orgs))
+}
+
+/// A certificate's notAfter, as seconds since the Unix epoch.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert, _) = read_tlv(der)?;
+    let (_, tbs, _) = read_tlv(cert)?;
+    let (tag, _, r) = read_tlv(tbs)?;
+    // Past the version (if present) and the serial number.
+    let mut rest = if tag == 0xa0 { read_tlv(r)?.2 } else { r };
+    for _ in 0..2 {
+        rest = read_tlv(rest)?.2; // signature algorithm, issuer
+    }
+    let (_, validity, _) = read_tlv(rest)?;
+    let (_, _, after) = read_tlv(validity)?; // skip notBefore
+    let (tag, time, _) = read_tlv(after)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 => {
+            // UTCTime: two-digit year, 1950..2049 (RFC 5280).
+            let yy: i32 = digits.get(..2)?.parse().ok()?;
+            (
+                if yy >= 50 { 1900 + yy } else { 2000 + yy },
+                digits.get(2..)?,
+            )
+        }
+        0x18 => (digits.get(..4)?.parse().ok()?, digits.get(4..)?),
+        _ => return None,
+    };
+    let num = |r: std::ops::Range<usize>| rest.get(r)?.parse::<u8>().ok();
+    let month = time::Month::try_from(num(0..2)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, num(2..4)?).ok()?;
+    let t = time::Time::from_hms(num(4..6)?, num(6..8)?, num(8..10)?).ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, t)
+            .assume_utc()
+            .unix_timestamp(),
+    )
 }
 
 /// One DER TLV: (tag, contents, rest).
@@ -110,6 +182,40 @@ mod tests {
             }
         );
         assert!(id.authorize("list", "nodes").is_ok());
+    }
+
+    #[test]
+    fn reads_the_expiry_of_an_issued_certificate() {
+        let ca = ClusterCa::generate().unwrap();
+        let c = ca.issue_client("system:node:pi-1", NODES_GROUP).unwrap();
+        let after = not_after(&pem_to_der(&c.cert_pem).unwrap()).unwrap();
+        let in_a_year = time::OffsetDateTime::now_utc().unix_timestamp() + 365 * 86400;
+        assert!((after - in_a_year).abs() < 120, "{after} vs {in_a_year}");
+        assert_eq!(not_after(&[0x30, 0x00]), None);
+    }
+
+    #[test]
+    fn a_node_may_touch_only_its_own_node() {
+        let ca = ClusterCa::generate().unwrap();
+        let c = ca.issue_client("system:node:pi-1", NODES_GROUP).unwrap();
+        let id = Identity::from_certificate(&pem_to_der(&c.cert_pem).unwrap());
+        assert_eq!(id.node_name(), Some("pi-1"));
+        assert!(id.authorize("get", "/api/v1/nodes/pi-1").is_ok());
+        assert!(id.authorize("patch", "/api/v1/nodes/pi-1/status").is_ok());
+        assert!(id.authorize("get", "/api/v1").is_ok());
+        for (verb, path) in [
+            ("get", "/api/v1/nodes/pi-2"),
+            ("patch", "/api/v1/nodes/pi-2"),
+            ("delete", "/api/v1/nodes/pi-1"),
+            ("get", "/api/v1/nodes"),
+            ("get", "/api/v1/namespaces/default/pods"),
+            ("update", "/api/v1/nodes/pi-1x"),
+        ] {
+            assert!(
+                matches!(id.authorize(verb, path), Err(ApiError::Forbidden(_))),
+                "{verb} {path}"
+            );
+        }
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct Api {
     pub node_registered: AtomicBool,
     /// Flips to `true` when the server begins shutting down.
     pub shutdown: signal::Receiver<bool>,
+    pub joiner: crate::bootstrap::join::Joiner,
+    pub sessions: Arc<crate::tunnel::sessions::Sessions>,
 }
 
 impl Api {
@@ -220,7 +222,9 @@ async fn serve_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        // Tunnels leave as upgrades; the connection (and its permit) ends when one does.
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

@@ -246,6 +246,13 @@ impl Registry {
             .delete(&r.path(), precondition)
             .await
             .map_err(|e| ApiError::from_store(e, r.resource.plural, &r.name))?;
+        if r.resource == &NODES {
+            // A deleted node's name is free again, for a replacement board (as K3s does).
+            let key = crate::bootstrap::join::node_password_secret(&r.name);
+            if let Err(e) = self.store.delete_secret(&key).await {
+                tracing::warn!(node = %r.name, error = %e, "cannot forget the deleted node's password");
+            }
+        }
         let mut obj = decode(r.resource, &last)?;
         with_revision(&mut obj, rev);
         Ok(obj)

@@ -92,6 +92,10 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
         }
         ["version"] if get => return Ok(json(StatusCode::OK, &discovery::version())),
         ["cacerts"] if get => return Ok(text(StatusCode::OK, &api.ca_pem)),
+        // Authenticated by the token in the request, not by a certificate.
+        ["v1-keelson", "join"] if req.method() == Method::POST => return join(api, req).await,
+        // Authenticated by the node's certificate; the tunnel checks it itself.
+        ["v1-keelson", "connect"] if get => return crate::tunnel::server::accept(api, id, req),
         _ => {}
     }
     id.authorize(verb(req.method()), &path)?;
@@ -114,9 +118,33 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
     }
 }
 
+async fn join(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Body>> {
+    if !api.feed.reachable() {
+        return Err(ApiError::Unavailable(
+            "the datastore is unreachable; try another server or again shortly".into(),
+        ));
+    }
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_body(req).await?;
+    let servers = api.sessions.servers().borrow().clone();
+    let resp = api
+        .joiner
+        .join(api.registry.store(), auth.as_deref(), &body, servers)
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::to_value(resp).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
+
 /// Prometheus text: what an operator needs to see the datastore cost of this server.
 fn metrics(api: &Api) -> String {
     let store = api.registry.store();
+    let (opened, refused) = api.sessions.counters();
     format!(
         "# HELP keelson_datastore_statements_total SQL statements this server sent to the datastore.\n\
          # TYPE keelson_datastore_statements_total counter\n\
@@ -126,10 +154,26 @@ fn metrics(api: &Api) -> String {
          keelson_datastore_reachable {}\n\
          # HELP keelson_feed_revision The newest revision the change feed delivered.\n\
          # TYPE keelson_feed_revision gauge\n\
-         keelson_feed_revision {}\n",
+         keelson_feed_revision {}\n\
+         # HELP keelson_tunnels Agent tunnels open on this server.\n\
+         # TYPE keelson_tunnels gauge\n\
+         keelson_tunnels {}\n\
+         # HELP keelson_tunnels_opened_total Agent tunnels opened since start.\n\
+         # TYPE keelson_tunnels_opened_total counter\n\
+         keelson_tunnels_opened_total {}\n\
+         # HELP keelson_tunnels_refused_total Tunnels refused because this server held the most it may.\n\
+         # TYPE keelson_tunnels_refused_total counter\n\
+         keelson_tunnels_refused_total {}\n\
+         # HELP keelson_join_requests_total Join requests that carried a token, since start.\n\
+         # TYPE keelson_join_requests_total counter\n\
+         keelson_join_requests_total {}\n",
         store.statements(),
         u8::from(api.feed.reachable()),
         api.feed.latest(),
+        api.sessions.tunnels(),
+        opened,
+        refused,
+        api.joiner.requests(),
     )
 }
 

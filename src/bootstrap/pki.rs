@@ -26,7 +26,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const CA_VALIDITY: Duration = Duration::days(3650);
-const LEAF_VALIDITY: Duration = Duration::days(365);
+pub const LEAF_VALIDITY: Duration = Duration::days(365);
 /// Certificates are back-dated so boards with slightly wrong clocks accept them.
 const BACKDATE: Duration = Duration::hours(1);
 

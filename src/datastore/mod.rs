@@ -471,6 +471,15 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    pub async fn delete_secret(&self, name: &str) -> Result<()> {
+        self.count(1);
+        sqlx::query(self.inner.sql.delete_secret)
+            .bind(name)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.inner.pool.close().await
     }
@@ -632,6 +641,7 @@ struct Statements {
     compact_events: &'static str,
     get_secret: &'static str,
     insert_secret: &'static str,
+    delete_secret: &'static str,
 }
 
 impl Statements {
@@ -680,6 +690,7 @@ impl Statements {
             compact_events: s("DELETE FROM keelson_events WHERE revision < $1"),
             get_secret: s("SELECT value FROM keelson_secrets WHERE name = $1"),
             insert_secret,
+            delete_secret: s("DELETE FROM keelson_secrets WHERE name = $1"),
         }
     }
 }

@@ -1,0 +1,47 @@
+//! `keelson loadgen`: many agents in one process, for benchmarks.
+//!
+//! Each simulated agent runs the real agent code — join, node password, certificate, tunnel,
+//! balancing — with its own data dir, so what the server sees is what a fleet of boards
+//! would send. Only the process is shared.
+
+use std::net::IpAddr;
+
+use tokio::sync::watch;
+
+use crate::agent;
+use crate::bootstrap::Token;
+use crate::cli::LoadgenArgs;
+use crate::config::{AgentConfig, ServerUrl};
+
+pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let server = ServerUrl::parse(&args.server).map_err(anyhow::Error::msg)?;
+    let token = Token::parse(&args.token, "--token")?;
+    let mut agents = tokio::task::JoinSet::new();
+    for i in 0..args.agents {
+        let name = format!("{}-{i}", args.name_prefix);
+        // Addresses from the benchmarking range, so reports look like a real fleet's.
+        let ip = IpAddr::from([198, 18, (i / 250) as u8, (i % 250 + 1) as u8]);
+        let cfg = AgentConfig {
+            server: server.clone(),
+            token: token.clone(),
+            data_dir: args.data_dir.join(&name),
+            node: agent::node::NodeOptions {
+                name,
+                labels: Default::default(),
+                taints: Vec::new(),
+                ips: vec![ip],
+            },
+            with_node_id: false,
+            debug: args.debug,
+        };
+        let stop = stop.clone();
+        agents.spawn(async move {
+            if let Err(e) = agent::run(cfg, stop).await {
+                tracing::error!(error = %e, "simulated agent failed");
+            }
+        });
+    }
+    tracing::info!(agents = args.agents, "simulated agents started");
+    while agents.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The agent ⇄ server tunnel: one websocket per agent, carrying postcard frames.
+//!
+//! An agent opens `wss://<server>/v1-keelson/connect` with its node client certificate
+//! (mTLS, `CN=system:node:<name>`, `O=system:nodes`). Every websocket message is one binary
+//! frame holding one postcard-encoded value:
+//!
+//! | direction | frame | when |
+//! |---|---|---|
+//! | agent → server | [`Up::Hello`] | first frame: protocol version and the node's [`NodeReport`] |
+//! | agent → server | [`Up::Report`] | the node's report changed (addresses, labels, OS...) |
+//! | server → agent | [`Down::Welcome`] | answer to `Hello`: version and every server's address |
+//! | server → agent | [`Down::Servers`] | the set of servers changed |
+//! | server → agent | [`Down::Refused`] | the server will not keep this tunnel (then it closes) |
+//!
+//! Keepalive is websocket ping/pong: the agent pings every [`PING_INTERVAL`]; either side
+//! that hears nothing for [`DEAD_AFTER`] drops the connection (dead-peer detection), and the
+//! agent moves to another server. Invariants: a frame is at most [`MAX_FRAME`] bytes; a frame
+//! that is oversized, not binary, or does not decode closes that one connection with a logged
+//! reason and touches nothing else; an agent's heartbeats go to the database only through the
+//! server's batched write (see [`sessions`]), never one statement per agent.
+
+pub mod client;
+pub mod server;
+pub mod sessions;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::agent::node::Taint;
+use crate::agent::sysinfo::SystemInfo;
+
+/// Bumped on any incompatible change to the frames below.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Where servers accept tunnels.
+pub const PATH: &str = "/v1-keelson/connect";
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 16 * 1024;
+/// How often the agent pings its server.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// Silence after which a peer is taken for dead. Short enough that an agent whose server lost
+/// power has reconnected elsewhere, and been heartbeated, well inside the node grace period.
+pub const DEAD_AFTER: Duration = Duration::from_secs(6);
+
+/// Frames from agent to server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Up {
+    Hello { version: u16, report: NodeReport },
+    Report(NodeReport),
+}
+
+/// Frames from server to agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Down {
+    /// `servers` are `host:port` addresses of every server's API.
+    Welcome {
+        version: u16,
+        servers: Vec<String>,
+    },
+    Servers(Vec<String>),
+    Refused(String),
+}
+
+/// What a node says about itself; the server turns it into the Node object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    /// Applied only when the Node object is first created.
+    pub taints: Vec<Taint>,
+    pub addresses: Vec<IpAddr>,
+    pub info: SystemInfo,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is larger than the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+pub fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, FrameError> {
+    let bytes = postcard::to_stdvec(frame)?;
+    if bytes.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
+    if bytes.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+/// Small buffers: a thousand idle tunnels must cost a server a few MiB, not the library's
+/// default 128 KiB a side per connection.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * MAX_FRAME)
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME))
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> NodeReport {
+        NodeReport {
+            name: "pi-1".into(),
+            labels: vec![("zone".into(), "shelf-2".into())],
+            taints: vec![],
+            addresses: vec!["198.18.0.5".parse().unwrap()],
+            info: SystemInfo::read(),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let hello = Up::Hello {
+            version: PROTOCOL_VERSION,
+            report: report(),
+        };
+        assert_eq!(decode::<Up>(&encode(&hello).unwrap()).unwrap(), hello);
+        let down = Down::Servers(vec!["198.18.0.1:6443".into()]);
+        assert_eq!(decode::<Down>(&encode(&down).unwrap()).unwrap(), down);
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        assert!(matches!(
+            decode::<Up>(&[0xff, 0xff, 0xff]),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Up>(&vec![0u8; MAX_FRAME + 1]),
+            Err(FrameError::TooLarge(_))
+        ));
+        // A length prefix promising more than the frame holds.
+        assert!(decode::<Down>(&[2, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}

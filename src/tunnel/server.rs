@@ -1,0 +1,273 @@
+//! The server end of a tunnel: upgrade an authenticated node's request, then serve frames.
+//!
+//! Only a client certificate for a node (`system:node:<name>` in `system:nodes`) may open a
+//! tunnel, and only for that node. The first frame must be a `Hello` within
+//! [`HELLO_TIMEOUT`]; its report registers the node, then the node is heartbeated by this
+//! server until the tunnel ends. A bad frame ends this tunnel only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+use super::{DEAD_AFTER, Down, NodeReport, PROTOCOL_VERSION, Up, decode, encode, ws_config};
+use crate::agent::node;
+use crate::agent::registration::{self, CONTROL_PLANE_LABEL};
+use crate::apiserver::status::ApiError;
+use crate::apiserver::{Api, Body, auth::Identity};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answers a tunnel request: 101 and a spawned session, or an error status.
+pub fn accept(
+    api: Arc<Api>,
+    id: &Identity,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let node = match id.node_name() {
+        Some(n) => n.to_owned(),
+        None if matches!(id, Identity::Anonymous) => return Err(ApiError::Unauthorized),
+        None => {
+            return Err(ApiError::Forbidden(
+                "only nodes may open a tunnel: use the node client certificate the agent got when it joined".into(),
+            ));
+        }
+    };
+    let h = req.headers();
+    let is = |name: header::HeaderName, want: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(want))
+    };
+    if !is(header::UPGRADE, "websocket") || !is(header::CONNECTION, "upgrade") {
+        return Err(ApiError::BadRequest(
+            "the tunnel endpoint needs a websocket upgrade (Connection: Upgrade, Upgrade: websocket)".into(),
+        ));
+    }
+    if !is(header::SEC_WEBSOCKET_VERSION, "13") {
+        return Err(ApiError::BadRequest(
+            "unsupported websocket version: Sec-WebSocket-Version must be 13".into(),
+        ));
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()));
+    };
+    let accept = super::accept_key(key.as_bytes());
+    let Ok(permit) = api.sessions.tunnel_permits.clone().try_acquire_owned() else {
+        api.sessions.tunnel_refused();
+        tracing::warn!(%node, limit = super::sessions::MAX_TUNNELS, "tunnel refused: this server holds the most tunnels it may");
+        return Err(ApiError::Unavailable(
+            "this server holds as many tunnels as it may; connect to another server".into(),
+        ));
+    };
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config()),
+                )
+                .await;
+                serve(api, node, ws, permit).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hs = resp.headers_mut();
+    hs.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    hs.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(resp)
+}
+
+/// Why a tunnel ended; logged once.
+enum End {
+    Closed,
+    Shutdown,
+    Dead,
+    Bad(String),
+    Refused(String),
+}
+
+async fn serve<S>(
+    api: Arc<Api>,
+    node: String,
+    mut ws: WebSocketStream<S>,
+    _permit: OwnedSemaphorePermit,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    api.sessions.tunnel_opened();
+    let end = session(&api, &node, &mut ws).await;
+    let close = |code, reason: &str| {
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        }))
+    };
+    match &end {
+        End::Closed => tracing::debug!(%node, "tunnel closed by the agent"),
+        End::Shutdown => {
+            let _ = ws
+                .send(close(CloseCode::Away, "server shutting down"))
+                .await;
+        }
+        End::Dead => {
+            tracing::info!(%node, after = ?DEAD_AFTER, "tunnel dropped: the agent went silent")
+        }
+        End::Bad(why) => {
+            tracing::warn!(%node, reason = %why, "closing tunnel");
+            let _ = ws.send(close(CloseCode::Policy, why)).await;
+        }
+        End::Refused(why) => {
+            tracing::warn!(%node, reason = %why, "tunnel refused");
+            if let Ok(frame) = encode(&Down::Refused(why.clone())) {
+                let _ = ws.send(Message::Binary(frame.into())).await;
+            }
+            let _ = ws.send(close(CloseCode::Policy, "refused")).await;
+        }
+    }
+}
+
+async fn session<S>(api: &Arc<Api>, node: &str, ws: &mut WebSocketStream<S>) -> End
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut stop = api.shutdown.clone();
+    let first = tokio::select! {
+        m = tokio::time::timeout(HELLO_TIMEOUT, ws.next()) => m,
+        _ = crate::apiserver::stopped(&mut stop) => return End::Shutdown,
+    };
+    let report = match first {
+        Err(_) => return End::Bad("no Hello frame within 10 s".into()),
+        Ok(None) => return End::Closed,
+        Ok(Some(Err(e))) => return End::Bad(e.to_string()),
+        Ok(Some(Ok(Message::Binary(b)))) => match decode::<Up>(&b) {
+            Ok(Up::Hello { version, report }) if version == PROTOCOL_VERSION => report,
+            Ok(Up::Hello { version, .. }) => {
+                return End::Refused(format!(
+                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION} (upgrade the agent or the server)"
+                ));
+            }
+            Ok(other) => return End::Bad(format!("expected Hello first, got {other:?}")),
+            Err(e) => return End::Bad(e.to_string()),
+        },
+        Ok(Some(Ok(other))) => {
+            return End::Bad(format!("expected a binary Hello frame, got {other:?}"));
+        }
+    };
+    if let Err(why) = check(node, &report) {
+        return End::Refused(why);
+    }
+    if let Err(e) = registration::register(&api.registry, &report, None).await {
+        return End::Refused(format!("cannot register the node: {e}"));
+    }
+    let _presence = api.sessions.enter(node);
+    let mut servers = api.sessions.servers();
+    let welcome = Down::Welcome {
+        version: PROTOCOL_VERSION,
+        servers: servers.borrow_and_update().clone(),
+    };
+    if let Err(e) = send(ws, &welcome).await {
+        return End::Bad(e);
+    }
+    tracing::info!(%node, "tunnel open");
+    let mut last_heard = Instant::now();
+    loop {
+        let silence = tokio::time::sleep_until(last_heard + DEAD_AFTER);
+        tokio::select! {
+            _ = crate::apiserver::stopped(&mut stop) => return End::Shutdown,
+            _ = silence => return End::Dead,
+            r = servers.changed() => {
+                if r.is_err() { return End::Shutdown; }
+                let list = Down::Servers(servers.borrow_and_update().clone());
+                if let Err(e) = send(ws, &list).await { return End::Bad(e); }
+            }
+            m = ws.next() => {
+                last_heard = Instant::now();
+                match m {
+                    None | Some(Ok(Message::Close(_))) => return End::Closed,
+                    Some(Err(e)) => return End::Bad(e.to_string()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        // tungstenite queues the pong; flush it out.
+                        if let Err(e) = ws.flush().await { return End::Bad(e.to_string()); }
+                    }
+                    Some(Ok(Message::Binary(b))) => match decode::<Up>(&b) {
+                        Ok(Up::Report(report)) => {
+                            if let Err(why) = check(node, &report) { return End::Refused(why); }
+                            if let Err(e) = registration::register(&api.registry, &report, None).await {
+                                tracing::warn!(%node, error = %e, "cannot update the node from its report");
+                            }
+                        }
+                        Ok(Up::Hello { .. }) => return End::Bad("a second Hello frame".into()),
+                        Err(e) => return End::Bad(e.to_string()),
+                    },
+                    Some(Ok(other)) => return End::Bad(format!("unexpected {} frame", kind(&other))),
+                }
+            }
+        }
+    }
+}
+
+async fn send<S>(ws: &mut WebSocketStream<S>, frame: &Down) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let bytes = encode(frame).map_err(|e| e.to_string())?;
+    ws.send(Message::Binary(bytes.into()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Text(_) => "text",
+        Message::Frame(_) => "raw",
+        _ => "control",
+    }
+}
+
+/// What the server will not take from an agent, whatever its certificate says.
+fn check(node: &str, report: &NodeReport) -> Result<(), String> {
+    if report.name != node {
+        return Err(format!(
+            "the report is for node {:?} but the certificate is for {node:?}",
+            report.name
+        ));
+    }
+    for (k, v) in &report.labels {
+        node::validate_label_key(k).map_err(|e| format!("label {k}: {e}"))?;
+        node::validate_label_value(v).map_err(|e| format!("label {k}: {e}"))?;
+        if k.starts_with("node-role.kubernetes.io/") || k == CONTROL_PLANE_LABEL {
+            return Err(format!("label {k}: agents may not set node-role labels"));
+        }
+    }
+    for t in &report.taints {
+        node::validate_taint(t).map_err(|e| format!("taint {}: {e}", t.key))?;
+    }
+    Ok(())
+}
