@@ -110,7 +110,7 @@ pub struct ServerArgs {
     #[arg(long, env = "KEELSON_HTTPS_LISTEN_PORT", default_value_t = 6443)]
     pub https_listen_port: u16,
 
-    /// IP address agents use to reach this server [default: the node's first IP]
+    /// IP address agents use to reach this server [default: --bind-address if set, else the node's first IP]
     #[arg(long, env = "KEELSON_ADVERTISE_ADDRESS")]
     pub advertise_address: Option<String>,
 

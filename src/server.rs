@@ -102,8 +102,10 @@ async fn start(
     let (feed, poller) = Feed::new(store.clone()).await?;
 
     let node_ips = crate::agent::sysinfo::node_ips(&cfg.node.ips);
+    // A server bound to one address can only be reached there.
     let advertise_ip = cfg
         .advertise_address
+        .or_else(|| (!cfg.bind.ip().is_unspecified()).then(|| cfg.bind.ip()))
         .or_else(|| node_ips.first().copied())
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let server_address =

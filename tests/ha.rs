@@ -975,3 +975,92 @@ fn silent_nodes_go_unreachable_and_the_controller_survives_its_holder_on_postgre
     eprintln!("dead lease holder marked NotReady by the other server after {took:?}");
     assert!(b.log().contains("took the lease"), "{}", b.log());
 }
+
+// === agents across servers ===
+
+fn metric(s: &Server, name: &str) -> u64 {
+    let r = s.curl(&["--max-time", "2", &format!("{}/metrics", s.url())]);
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Three agents tunnelled to one of two servers: kill that server with SIGKILL and every
+/// agent is tunnelled to the other within 2 s; no agent's node ever shows NotReady, also
+/// after the surviving server took over the node lifecycle controller.
+#[test]
+fn agents_fail_over_to_the_other_server_within_two_seconds_on_postgres() {
+    use common::agent::Agent;
+    let Some(db) = TestDb::new(Db::Postgres, "agents") else {
+        return;
+    };
+    let mut a = Server::start(opts("srv-a", &db));
+    let token = a.token_path().display().to_string();
+    let b = Server::start(opts("srv-b", &db).arg("--token-file", &token));
+    let names = ["edge-1", "edge-2", "edge-3"];
+    let agents: Vec<Agent> = names
+        .iter()
+        .map(|n| Agent::start(&a.url(), &a.token(), n, &[]))
+        .collect();
+    for agent in &agents {
+        agent.wait_log("tunnel connected", Duration::from_secs(60));
+    }
+    // Every agent has learnt both servers (and kept them in its data dir).
+    wait_until(
+        "the agents learnt both servers",
+        Duration::from_secs(30),
+        || {
+            agents.iter().all(|ag| {
+                std::fs::read_to_string(ag.data_dir().join("agent/servers"))
+                    .is_ok_and(|s| s.lines().count() == 2)
+            })
+        },
+    );
+    wait_until(
+        "the agents' nodes are Ready",
+        Duration::from_secs(30),
+        || names.iter().all(|n| ready_and_untainted(&b, n)),
+    );
+    assert_eq!(
+        metric(&a, "keelson_tunnels"),
+        3,
+        "all three joined through srv-a"
+    );
+
+    a.kill();
+    let killed = Instant::now();
+    while metric(&b, "keelson_tunnels") < 3 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the agents did not reach srv-b"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let took = killed.elapsed();
+    eprintln!("3 agents tunnelled to the surviving server {took:?} after the kill");
+    assert!(took <= Duration::from_secs(2), "failover took {took:?}");
+
+    // Through the grace period, the lease takeover and the dead server's own NotReady, the
+    // agents' nodes stay Ready.
+    let watch_until = Instant::now() + Duration::from_secs(35);
+    let mut server_marked = false;
+    while Instant::now() < watch_until {
+        for n in names {
+            assert!(
+                ready_and_untainted(&b, n),
+                "{n} showed NotReady after the failover"
+            );
+        }
+        server_marked = server_marked || unreachable(&b, "srv-a");
+        if server_marked && killed.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        server_marked,
+        "the dead server's node was never marked unreachable by the survivor"
+    );
+}

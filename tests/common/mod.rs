@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod agent;
+
 use std::ffi::OsString;
 use std::fs;
 use std::io::Read;

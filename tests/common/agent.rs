@@ -1,0 +1,194 @@
+//! A `keelson agent` process with its own throwaway data dir and log.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::keelson_command;
+
+/// Lines of agent log shown with a failure.
+const LOG_TAIL_LINES: usize = 30;
+
+pub struct Agent {
+    dir: TempDir,
+    pub name: String,
+    args: Vec<String>,
+    token: String,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Agent {
+    /// Starts `keelson agent --server <server> --node-name <name> <extra>` with the token in
+    /// `KEELSON_TOKEN`; does not wait for anything.
+    pub fn start(server: &str, token: &str, name: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("keelson-agent-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let mut args = vec![format!("--server={server}"), format!("--node-name={name}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut agent = Agent {
+            dir,
+            name: name.to_owned(),
+            args,
+            token: token.to_owned(),
+            child: None,
+            starts: 0,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the process again (same data dir, same flags).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the agent is still running");
+        self.starts += 1;
+        let log = fs::File::create(self.log_path()).expect("create the agent log");
+        let mut cmd = keelson_command();
+        cmd.arg("agent")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!(
+                "--config={}",
+                self.dir.path().join("none.yaml").display()
+            ))
+            .args(&self.args)
+            .env("KEELSON_TOKEN", &self.token)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log);
+        fs::write(self.dir.path().join("none.yaml"), "").expect("write an empty config");
+        self.child = Some(cmd.spawn().expect("spawn keelson agent"));
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("agent-{}.log", self.starts))
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+        format!(
+            "--- agent {} log (last {} lines) ---\n{}",
+            self.name,
+            lines.len() - from,
+            lines[from..].join("\n")
+        )
+    }
+
+    /// Waits until the log holds `needle`; panics with the log after `limit`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < limit,
+                "agent {} did not log {needle:?} within {limit:?}\n{}",
+                self.name,
+                self.log_tail()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit by itself; `None` if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("wait for the agent") {
+                self.child = None;
+                return Some(status);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a power cut.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+        self.kill();
+    }
+}
+
+/// `keelson loadgen`: many simulated agents in one process.
+pub struct Loadgen {
+    dir: TempDir,
+    child: Child,
+}
+
+impl Loadgen {
+    pub fn start(server: &str, token: &str, agents: usize, prefix: &str) -> Loadgen {
+        let dir = tempfile::Builder::new()
+            .prefix("keelson-loadgen-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let log = fs::File::create(dir.path().join("loadgen.log")).expect("create the log");
+        let child = keelson_command()
+            .arg("loadgen")
+            .arg(format!("--server={server}"))
+            .arg(format!("--agents={agents}"))
+            .arg(format!("--name-prefix={prefix}"))
+            .arg(format!(
+                "--data-dir={}",
+                dir.path().join("agents").display()
+            ))
+            .env("KEELSON_TOKEN", token)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn keelson loadgen");
+        Loadgen { dir, child }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("loadgen.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Loadgen {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- loadgen log tail ---\n{}",
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
