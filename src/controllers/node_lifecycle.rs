@@ -7,6 +7,9 @@
 //! NoExecute effects, as Kubernetes's node lifecycle controller does; when its heartbeats
 //! resume, the taints go and it is Ready again. Level-triggered and idempotent: it looks at
 //! the current objects, never at events, so a new leader simply carries on.
+//! After a failed pass (datastore out of reach, so heartbeats could not be written either) it
+//! marks nothing unreachable for one grace period, so a database outage does not flap every
+//! node NotReady.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,6 +38,9 @@ impl NodeLifecycle {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut leader_since: Option<Instant> = None;
+        // After the datastore was out of reach, heartbeats could not be written either: every
+        // node looks silent until the servers wrote them again. Give them one grace period.
+        let mut failed_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -45,13 +51,24 @@ impl NodeLifecycle {
                 continue;
             }
             let since = *leader_since.get_or_insert_with(Instant::now);
-            if let Err(e) = self.reconcile(since).await {
-                tracing::warn!(error = %e, "node lifecycle pass failed");
+            let trusted = failed_at.is_none_or(|t| t.elapsed() > self.grace);
+            match self.reconcile(since, trusted).await {
+                Ok(()) => {
+                    if trusted {
+                        failed_at = None;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "node lifecycle pass failed");
+                    failed_at = Some(Instant::now());
+                }
             }
         }
     }
 
-    async fn reconcile(&self, leader_since: Instant) -> Result<(), ApiError> {
+    /// `trusted`: heartbeat ages can be believed (no recent datastore failure); otherwise
+    /// nodes are only marked ready again, never unreachable.
+    async fn reconcile(&self, leader_since: Instant, trusted: bool) -> Result<(), ApiError> {
         let grace_ms = self.grace.as_millis() as i64;
         let ages: HashMap<String, i64> = self
             .registry
@@ -65,11 +82,12 @@ impl NodeLifecycle {
             let Some(name) = node.pointer("/metadata/name").and_then(Value::as_str) else {
                 continue;
             };
-            let silent = match ages.get(name) {
-                Some(age) => *age > grace_ms,
-                // Never heard from since the table was made: give it one grace period from now.
-                None => leader_since.elapsed() > self.grace,
-            };
+            let silent = trusted
+                && match ages.get(name) {
+                    Some(age) => *age > grace_ms,
+                    // Never heard from since the table was made: give it one grace period from now.
+                    None => leader_since.elapsed() > self.grace,
+                };
             let r = ObjectRef::cluster(&NODES, name);
             match (silent, is_unreachable(&node)) {
                 (true, false) => {
