@@ -30,6 +30,9 @@ pub enum Command {
     /// Benchmark helper: run many simulated agents' real join and tunnel code in one process
     #[command(hide = true)]
     Loadgen(LoadgenArgs),
+    /// Benchmark helper: run only the layer-4 load balancer in front of given backends
+    #[command(hide = true)]
+    Lb(LbArgs),
     /// Run the system kubectl against this node's admin kubeconfig
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -256,6 +259,37 @@ pub struct LoadgenArgs {
     /// Node names are PREFIX-0, PREFIX-1, ...
     #[arg(long, default_value = "sim")]
     pub name_prefix: String,
+
+    /// Turn on debug logs
+    #[arg(long)]
+    pub debug: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LbArgs {
+    /// Address to accept on, e.g. 127.0.0.1:7443
+    #[arg(long)]
+    pub listen: String,
+
+    /// Backend host:port (repeatable)
+    #[arg(long, required = true)]
+    pub backend: Vec<String>,
+
+    /// Health check: "tcp" (connect) or "readyz" (TLS GET /readyz, needs --ca-file)
+    #[arg(long, default_value = "tcp")]
+    pub check: String,
+
+    /// CA bundle for --check readyz
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+
+    /// Most concurrent client connections
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Close a connection idle this long (e.g. 1h, 30s)
+    #[arg(long, default_value = "1h")]
+    pub idle_timeout: String,
 
     /// Turn on debug logs
     #[arg(long)]

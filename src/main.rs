@@ -15,6 +15,7 @@ mod datastore;
 mod loadgen;
 mod server;
 mod tunnel;
+mod vip;
 
 use std::process::ExitCode;
 
@@ -85,6 +86,22 @@ fn main() -> ExitCode {
                 Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
             };
             match runtime.block_on(async { loadgen::run(args, stop_on_signal()).await }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fatal(&e),
+            }
+        }
+        Command::Lb(args) => {
+            init_logging(args.debug);
+            raise_open_files_limit();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+            };
+            match runtime.block_on(async { vip::lb::standalone(args, stop_on_signal()).await }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fatal(&e),
             }
