@@ -121,6 +121,34 @@ pub struct ServerArgs {
     #[arg(long)]
     pub advertise_port: Option<u16>,
 
+    /// Virtual IP the servers elect one holder for, ADDR[/PREFIX]: the cluster's fixed address, fronted by a layer-4 load balancer
+    #[arg(long, env = "KEELSON_VIP")]
+    pub vip: Option<String>,
+
+    /// Interface to add the virtual IP to [default: the interface holding the node's IP]
+    #[arg(long)]
+    pub vip_interface: Option<String>,
+
+    /// Port of the load balancer on the virtual IP
+    #[arg(long, default_value_t = 6443)]
+    pub lb_port: u16,
+
+    /// Most client connections the load balancer holds at once
+    #[arg(long, default_value_t = 4096)]
+    pub lb_max_connections: usize,
+
+    /// How long the virtual IP's lease lasts without renewal (a lost holder is replaced about this much later)
+    #[arg(long, default_value = "1s")]
+    pub vip_lease_duration: String,
+
+    /// A holder that could not renew for this long gives the address up (must be below the lease duration)
+    #[arg(long, default_value = "700ms")]
+    pub vip_renew_deadline: String,
+
+    /// How often the holder renews and the others try to take over
+    #[arg(long, default_value = "200ms")]
+    pub vip_retry_period: String,
+
     /// Extra host names or IPs in the serving certificate (repeatable, or comma-separated)
     #[arg(long, value_delimiter = ',')]
     pub tls_san: Vec<String>,

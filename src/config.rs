@@ -170,6 +170,8 @@ pub struct ServerConfig {
     pub agent_token: Option<Token>,
     pub advertise_address: Option<IpAddr>,
     pub advertise_port: Option<u16>,
+    /// `--vip` and its companions.
+    pub vip: Option<crate::vip::VipConfig>,
     /// Where the server writes the cluster token (`<data-dir>/server/token`).
     pub token_path: PathBuf,
     pub endpoint: Endpoint,
@@ -394,6 +396,7 @@ impl ServerConfig {
             host,
             &mut check,
         );
+        let vip = parse_vip(&args, &mut check);
         if !node::is_dns_subdomain(&args.cluster_domain) {
             check(Err(format!(
                 "--cluster-domain {:?} is not a DNS name",
@@ -425,6 +428,7 @@ impl ServerConfig {
             agent_token,
             advertise_address,
             advertise_port: args.advertise_port,
+            vip,
             endpoint,
             pool,
             bind,
@@ -471,6 +475,68 @@ fn read_token(
             None
         }
     }
+}
+
+/// `--vip ADDR[/PREFIX]` and its timing flags. The prefix only documents the subnet: the
+/// address is always added as a host address.
+fn parse_vip(
+    args: &ServerArgs,
+    check: &mut impl FnMut(Result<(), String>),
+) -> Option<crate::vip::VipConfig> {
+    let raw = args.vip.as_deref()?.trim();
+    let (addr, prefix) = match raw.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (raw, None),
+    };
+    let ip = match addr.parse::<IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() && !ip.is_loopback() && !ip.is_multicast() => ip,
+        _ => {
+            check(Err(format!(
+                "--vip {raw:?} is not a usable IP address (expected ADDR[/PREFIX], e.g. 192.168.1.100/24 or fd00::100/64)"
+            )));
+            return None;
+        }
+    };
+    if let Some(p) = prefix {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        if !p.parse::<u8>().is_ok_and(|p| p <= max) {
+            check(Err(format!(
+                "--vip {raw:?}: the prefix {p:?} is not a number from 0 to {max}"
+            )));
+        }
+    }
+    let mut timing = crate::vip::DEFAULT_TIMING;
+    check(
+        parse_duration("--vip-lease-duration", &args.vip_lease_duration).map(|d| timing.lease = d),
+    );
+    check(
+        parse_duration("--vip-renew-deadline", &args.vip_renew_deadline)
+            .map(|d| timing.renew_deadline = d),
+    );
+    check(parse_duration("--vip-retry-period", &args.vip_retry_period).map(|d| timing.retry = d));
+    if timing.retry.is_zero()
+        || timing.retry >= timing.renew_deadline
+        || timing.renew_deadline >= timing.lease
+    {
+        check(Err(format!(
+            "--vip-retry-period ({:?}) < --vip-renew-deadline ({:?}) < --vip-lease-duration ({:?}) must hold, \
+             so a holder gives the address up before anyone else can take it",
+            timing.retry, timing.renew_deadline, timing.lease
+        )));
+    }
+    if args.lb_port == 0 {
+        check(Err("--lb-port must be from 1 to 65535".into()));
+    }
+    if args.lb_max_connections == 0 {
+        check(Err("--lb-max-connections must be at least 1".into()));
+    }
+    Some(crate::vip::VipConfig {
+        ip,
+        interface: args.vip_interface.clone(),
+        lb_port: args.lb_port,
+        timing,
+        lb_max_connections: args.lb_max_connections,
+    })
 }
 
 /// The node flags servers and agents share, unparsed.

@@ -51,7 +51,11 @@ pub async fn run(
 
     // Listen first, so health checks get an answer while the datastore is out of reach.
     let (serving_tx, serving_rx) = watch::channel(None);
-    let server = apiserver::Server::bind(cfg.bind, serving_rx).await?;
+    let share_port = cfg
+        .vip
+        .as_ref()
+        .is_some_and(|v| v.lb_port == cfg.bind.port());
+    let server = apiserver::Server::bind(cfg.bind, share_port, serving_rx).await?;
     let port = server.local_addr().map_or(cfg.bind.port(), |a| a.port());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server.run(stop_rx.clone()));
@@ -111,9 +115,10 @@ async fn start(
     let server_address =
         std::net::SocketAddr::new(advertise_ip, cfg.advertise_port.unwrap_or(port)).to_string();
     let mut cert_ips = serving_ips(cfg, &node_ips);
-    if !cert_ips.contains(&advertise_ip) {
-        cert_ips.push(advertise_ip);
-    }
+    cert_ips.push(advertise_ip);
+    cert_ips.extend(cfg.vip.as_ref().map(|v| v.ip));
+    cert_ips.sort();
+    cert_ips.dedup();
     let serving = cluster.ca.issue_serving(&serving_names(cfg), &cert_ips)?;
     let tls = apiserver::tls_config(&cluster.ca, &serving)?;
     let local = if cfg.bind.ip().is_unspecified() {
@@ -130,6 +135,34 @@ async fn start(
         }
     );
     kubeconfig::write(&cfg.kubeconfig, cfg.kubeconfig_mode, &url, &cluster.ca)?;
+    // Check everything the virtual IP needs before serving, so a misconfiguration stops the
+    // server at once instead of surfacing at the first failover.
+    let vip = match &cfg.vip {
+        None => None,
+        Some(v) => {
+            let node_ip = node_ips.first().copied().unwrap_or(advertise_ip);
+            let iface = match v
+                .interface
+                .clone()
+                .or_else(|| crate::vip::interface_of(node_ip))
+            {
+                Some(i) => i,
+                None => {
+                    return Err(crate::vip::Error::NoInterface { vip: v.ip, node_ip }.into());
+                }
+            };
+            let manager = crate::vip::Vip {
+                cfg: v.clone(),
+                iface,
+                api: None,
+                store: store.clone(),
+                identity: format!("{}-{}", cfg.node.name, std::process::id()),
+                ca_pem: cluster.ca.cert_pem.clone(),
+            };
+            let parts = manager.prepare()?;
+            Some((manager, parts))
+        }
+    };
     let sessions = Sessions::new();
     let ca_pem = cluster.ca.cert_pem.clone();
     let joiner = Joiner::new(
@@ -183,6 +216,8 @@ async fn start(
             name: "keelson-controllers",
             identity: format!("{}-{}", cfg.node.name, std::process::id()),
             role: role_tx,
+            timing: crate::controllers::lease::CONTROLLERS,
+            eligible: Box::new(|| true),
         }
         .run(when_stopped(stop.clone())),
     );
@@ -194,6 +229,10 @@ async fn start(
         }
         .run(when_stopped(stop.clone())),
     );
+    if let Some((mut manager, (addr, announcer))) = vip {
+        manager.api = Some(api.clone());
+        tasks.spawn(manager.run(addr, announcer, when_stopped(stop.clone())));
+    }
     let serving = Arc::new(apiserver::Serving {
         tls: TlsAcceptor::from(Arc::new(tls)),
         api,

@@ -41,6 +41,8 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Open connections at most; further clients wait in the kernel's accept queue.
 pub const MAX_CONNECTIONS: usize = 512;
+/// Connections accepted since start (all listeners of the process), for `/metrics`.
+pub static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// How long in-flight requests may run after shutdown begins.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(4);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,13 +106,28 @@ pub struct Server {
 // === impl Server ===
 
 impl Server {
+    /// `share_port`: the virtual IP's load balancer will listen on the same port (on the
+    /// VIP only); SO_REUSEPORT lets both sockets exist, and the kernel gives connections for
+    /// the VIP to the more specific one.
     pub async fn bind(
         addr: SocketAddr,
+        share_port: bool,
         serving: signal::Receiver<Option<Arc<Serving>>>,
     ) -> Result<Server, Error> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
+        let bind = || -> std::io::Result<TcpListener> {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            if share_port {
+                socket.set_reuseport(true)?;
+            }
+            socket.bind(addr)?;
+            socket.listen(1024)
+        };
+        let listener = bind().map_err(|source| Error::Bind { addr, source })?;
         let starting_tls = TlsAcceptor::from(Arc::new(starting_tls_config()?));
         Ok(Server {
             listener,
@@ -147,6 +164,7 @@ impl Server {
                     }
                 },
             };
+            ACCEPTED.fetch_add(1, Ordering::Relaxed);
             // Reap finished connections so the set stays as small as the open count.
             while conns.try_join_next().is_some() {}
             let serving = self.serving.borrow().clone();

@@ -164,6 +164,9 @@ fn metrics(api: &Api) -> String {
          # HELP keelson_tunnels_refused_total Tunnels refused because this server held the most it may.\n\
          # TYPE keelson_tunnels_refused_total counter\n\
          keelson_tunnels_refused_total {}\n\
+         # HELP keelson_api_connections_total Connections the API listener accepted since start.\n\
+         # TYPE keelson_api_connections_total counter\n\
+         keelson_api_connections_total {}\n\
          # HELP keelson_join_requests_total Join requests that carried a token, since start.\n\
          # TYPE keelson_join_requests_total counter\n\
          keelson_join_requests_total {}\n",
@@ -173,6 +176,7 @@ fn metrics(api: &Api) -> String {
         api.sessions.tunnels(),
         opened,
         refused,
+        super::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
         api.joiner.requests(),
     )
 }

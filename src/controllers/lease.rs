@@ -15,12 +15,23 @@ use tokio::time::Instant;
 use crate::datastore::Store;
 use crate::datastore::leases::Held;
 
-/// How long a lease lasts without renewal, by the database's clock.
-pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-/// A holder that has not renewed for this long stops acting as holder.
-pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
-/// How often the holder renews and the others try to take over.
-pub const RETRY_PERIOD: Duration = Duration::from_secs(4);
+/// How long a lease lasts, when its holder must have renewed, and how often everyone tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a lease lasts without renewal, by the database's clock.
+    pub lease: Duration,
+    /// A holder that has not renewed for this long stops acting as holder.
+    pub renew_deadline: Duration,
+    /// How often the holder renews and the others try to take over.
+    pub retry: Duration,
+}
+
+/// The controllers' lease: nothing is urgent, so it costs little.
+pub const CONTROLLERS: Timing = Timing {
+    lease: Duration::from_secs(15),
+    renew_deadline: Duration::from_secs(10),
+    retry: Duration::from_secs(4),
+};
 
 /// Who this server is in the election.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,48 +47,71 @@ pub struct Elector {
     pub name: &'static str,
     pub identity: String,
     pub role: watch::Sender<Role>,
+    pub timing: Timing,
+    /// Whether this server may take the lease now (a holder keeps renewing regardless).
+    pub eligible: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl Elector {
     /// Runs the election until `shutdown`, publishing the role; releases the lease on the way out.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let t = self.timing;
         // What we hold, and the moment before its last successful renewal was sent.
         let mut held: Option<(Held, Instant)> = None;
         loop {
-            let sent = Instant::now();
-            let duration = LEASE_DURATION.as_millis() as i64;
-            match self
-                .store
-                .acquire_lease(self.name, &self.identity, duration, held.map(|h| h.0))
-                .await
-            {
-                Ok(Some(now_held)) => {
-                    if held.is_none() {
-                        tracing::info!(
-                            lease = self.name,
-                            epoch = now_held.epoch,
-                            "took the lease; running controllers"
-                        );
+            if held.is_some() || (self.eligible)() {
+                let sent = Instant::now();
+                // A holder never waits for the database past its renew deadline: a hung
+                // connection must not keep it acting as holder.
+                let budget = match held {
+                    Some((_, at)) => (at + t.renew_deadline).saturating_duration_since(sent),
+                    None => t.lease,
+                };
+                let attempt = self.store.acquire_lease(
+                    self.name,
+                    &self.identity,
+                    t.lease.as_millis() as i64,
+                    held.map(|h| h.0),
+                );
+                match tokio::time::timeout(budget, attempt).await {
+                    Ok(Ok(Some(now_held))) => {
+                        if held.is_none() {
+                            tracing::info!(
+                                lease = self.name,
+                                epoch = now_held.epoch,
+                                "took the lease"
+                            );
+                        }
+                        held = Some((now_held, sent));
+                        self.role.send_replace(Role::Leader {
+                            epoch: now_held.epoch,
+                        });
                     }
-                    held = Some((now_held, sent));
-                    self.role.send_replace(Role::Leader {
-                        epoch: now_held.epoch,
-                    });
+                    Ok(Ok(None)) => {
+                        held = None;
+                        self.step_down("another server holds the lease");
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(lease = self.name, error = %e, "lease renewal failed")
+                    }
+                    Err(_) => tracing::debug!(lease = self.name, "lease renewal timed out"),
                 }
-                Ok(None) => {
-                    held = None;
-                    self.step_down("another server holds the lease");
-                }
-                Err(e) => tracing::debug!(lease = self.name, error = %e, "lease renewal failed"),
             }
-            if held.is_some_and(|(_, at)| at.elapsed() >= RENEW_DEADLINE) {
+            if held.is_some_and(|(_, at)| at.elapsed() >= t.renew_deadline) {
                 held = None;
                 self.step_down("could not renew the lease before the renew deadline");
             }
+            let pause = match held {
+                // Wake in time to act on the deadline even if the next renewal hangs.
+                Some((_, at)) => t
+                    .retry
+                    .min((at + t.renew_deadline).saturating_duration_since(Instant::now())),
+                None => t.retry,
+            };
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tokio::time::sleep(RETRY_PERIOD) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
         if matches!(*self.role.borrow(), Role::Leader { .. }) {
@@ -90,7 +124,7 @@ impl Elector {
 
     fn step_down(&self, why: &str) {
         if matches!(self.role.send_replace(Role::Follower), Role::Leader { .. }) {
-            tracing::warn!(lease = self.name, why, "stepped down; controllers stopped");
+            tracing::warn!(lease = self.name, why, "stepped down");
         }
     }
 }
