@@ -97,6 +97,14 @@ pub struct ServerArgs {
     )]
     pub datastore_max_open_connections: u32,
 
+    /// Most idle connections this server keeps open to the datastore (the rest are closed)
+    #[arg(
+        long,
+        env = "KEELSON_DATASTORE_MAX_IDLE_CONNECTIONS",
+        default_value_t = 2
+    )]
+    pub datastore_max_idle_connections: u32,
+
     /// Longest a datastore connection is reused (e.g. 5m, 30s; 0 = forever)
     #[arg(long, default_value = "5m")]
     pub datastore_connection_max_lifetime: String,

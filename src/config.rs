@@ -318,6 +318,7 @@ impl ServerConfig {
 
         let mut pool = PoolConfig {
             max_open: args.datastore_max_open_connections,
+            max_idle: args.datastore_max_idle_connections,
             ..PoolConfig::default()
         };
         if pool.max_open == 0 {

@@ -31,6 +31,8 @@ pub use endpoint::{Dialect, Endpoint};
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub max_open: u32,
+    /// Idle connections kept at most; the others are closed (K3s's max-idle, Go's default 2).
+    pub max_idle: u32,
     pub max_lifetime: Option<Duration>,
     pub acquire_timeout: Duration,
 }
@@ -39,6 +41,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             max_open: 4,
+            max_idle: 2,
             max_lifetime: Some(Duration::from_secs(300)),
             acquire_timeout: Duration::from_secs(5),
         }
@@ -132,12 +135,14 @@ struct Inner {
     lease_rows: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The PostgreSQL LISTEN task; aborted when the last handle drops.
     listener: Option<tokio::task::AbortHandle>,
+    /// Closes idle connections beyond `--datastore-max-idle-connections`; aborted likewise.
+    trimmer: Option<tokio::task::AbortHandle>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(l) = &self.listener {
-            l.abort();
+        for task in [&self.listener, &self.trimmer].into_iter().flatten() {
+            task.abort();
         }
     }
 }
@@ -147,7 +152,8 @@ impl Drop for Inner {
 impl Store {
     /// Connects (creating the SQLite file and directory if needed), bounded by `pool`, and
     /// brings the schema up to date.
-    pub async fn open(endpoint: &Endpoint, pool: &PoolConfig) -> Result<Store> {
+    pub async fn open(endpoint: &Endpoint, pool_cfg: &PoolConfig) -> Result<Store> {
+        let pool = pool_cfg;
         sqlx::any::install_default_drivers();
         if let Some(dir) = endpoint.sqlite_path().and_then(|p| p.parent()) {
             std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
@@ -201,6 +207,8 @@ impl Store {
         let committed = Arc::new(Notify::new());
         let listener =
             listen.then(|| notify::spawn_listener(endpoint.url.clone(), committed.clone()));
+        let trimmer =
+            (pool_cfg.max_idle < max).then(|| spawn_idle_trimmer(pool.clone(), pool_cfg.max_idle));
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
@@ -210,8 +218,15 @@ impl Store {
                 statements: AtomicU64::new(0),
                 lease_rows: Default::default(),
                 listener,
+                trimmer,
             }),
         })
+    }
+
+    /// Connections open in the pool, and how many of them are idle.
+    #[cfg(test)]
+    pub fn connections(&self) -> (u32, usize) {
+        (self.inner.pool.size(), self.inner.pool.num_idle())
     }
 
     /// How often the change feed polls when nothing woke it: rarely where PostgreSQL
@@ -693,6 +708,27 @@ impl Statements {
             delete_secret: s("DELETE FROM keelson_secrets WHERE name = $1"),
         }
     }
+}
+
+/// sqlx keeps every idle connection until `idle_timeout`; K3s's `--datastore-max-idle-connections`
+/// bounds how many stay open. Once a second, idle connections beyond the bound are taken out
+/// of the pool and closed cleanly (no statement is sent).
+fn spawn_idle_trimmer(pool: AnyPool, max_idle: u32) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if pool.is_closed() {
+                return;
+            }
+            while pool.num_idle() > max_idle as usize {
+                let Some(conn) = pool.try_acquire() else {
+                    break;
+                };
+                let _ = sqlx::Connection::close(conn.detach()).await;
+            }
+        }
+    })
+    .abort_handle()
 }
 
 fn dollar_to_question(sql: &str) -> String {

@@ -182,3 +182,60 @@ async fn postgres_concurrent_start_migrates_once() {
 async fn mariadb_concurrent_start_migrates_once() {
     concurrent_start_migrates_once(Dialect::Mysql).await;
 }
+
+/// `--datastore-max-idle-connections`: after a burst opened several connections, the idle ones
+/// beyond the bound are closed within a couple of seconds, and the pool still serves.
+async fn idle_connections_are_trimmed_to_the_bound(dialect: Dialect) {
+    let Some(db) = TestDb::new(dialect, "idle").await else {
+        return;
+    };
+    let cfg = PoolConfig {
+        max_open: 5,
+        max_idle: 1,
+        ..PoolConfig::default()
+    };
+    let store = Store::open(&db.endpoint, &cfg).await.unwrap();
+    let burst = (0..16).map(|_| {
+        let s = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                s.current_revision().await.unwrap();
+            }
+        })
+    });
+    for t in futures_util::future::join_all(burst).await {
+        t.unwrap();
+    }
+    let peak = store.connections().0;
+    assert!(
+        peak >= 2,
+        "the burst should have opened several connections ({peak})"
+    );
+    let mut trimmed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (open, idle) = store.connections();
+        if idle <= 1 && open <= 1 {
+            trimmed = true;
+            break;
+        }
+    }
+    assert!(
+        trimmed,
+        "idle connections stayed at {:?}",
+        store.connections()
+    );
+    store.current_revision().await.unwrap();
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_trimmed_on_postgres() {
+    idle_connections_are_trimmed_to_the_bound(Dialect::Postgres).await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_trimmed_on_mariadb() {
+    idle_connections_are_trimmed_to_the_bound(Dialect::Mysql).await;
+}
