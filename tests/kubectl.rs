@@ -4,6 +4,7 @@ mod common;
 
 use std::net::IpAddr;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use common::{Options, Server};
 use serde_json::{Value, json};
@@ -223,6 +224,135 @@ fn keelson_kubectl_runs_kubectl_with_the_written_kubeconfig() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("node/{}", s.node_name())
+    );
+}
+
+#[test]
+fn leases_in_kube_system_show_the_controllers_holder() {
+    let s = Server::start(Options::default());
+    // The Lease object is written just after the election, which may trail readiness.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = s.kubectl_ok(&["get", "leases", "-n", "kube-system"]);
+        if out.contains("keelson-controllers") || Instant::now() > deadline {
+            break out;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    let rows = table(&out);
+    let row = rows
+        .iter()
+        .find(|r| cell(r, "NAME") == "keelson-controllers")
+        .unwrap_or_else(|| panic!("no keelson-controllers lease:\n{out}"));
+    assert_eq!(
+        rows.first()
+            .map(|r| r.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>()),
+        Some(vec!["NAME", "HOLDER", "AGE"]),
+        "\n{out}"
+    );
+    // The identity is `<node-name>-<pid>`, and the pid is this test's server.
+    let holder = cell(row, "HOLDER");
+    let pid: u32 = holder
+        .strip_prefix(&format!("{}-", s.node_name()))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("HOLDER {holder:?} is not <node-name>-<pid>:\n{out}"));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let data_dir = s.data_dir().display().to_string();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(&data_dir),
+        "process {pid} is not the server of {data_dir}"
+    );
+
+    let lease = s.kubectl_json(&[
+        "get",
+        "lease",
+        "keelson-controllers",
+        "-n",
+        "kube-system",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(lease["apiVersion"], "coordination.k8s.io/v1");
+    assert_eq!(lease["kind"], "Lease");
+    let spec = &lease["spec"];
+    assert_eq!(spec["holderIdentity"], holder, "{spec:#}");
+    assert_eq!(spec["leaseDurationSeconds"], 15, "{spec:#}");
+    assert_eq!(spec["leaseTransitions"], 0, "{spec:#}");
+    for field in ["acquireTime", "renewTime"] {
+        let t = spec[field].as_str().unwrap_or_default();
+        // MicroTime: 2026-11-26T20:15:02.928230Z
+        assert!(
+            t.len() == 27 && t.ends_with('Z') && t.get(19..20) == Some("."),
+            "{field} {t:?} is not a MicroTime"
+        );
+    }
+
+    let yaml = s.kubectl_ok(&[
+        "get",
+        "lease",
+        "keelson-controllers",
+        "-n",
+        "kube-system",
+        "-o",
+        "yaml",
+    ]);
+    assert!(
+        yaml.contains(&format!("holderIdentity: {holder}")),
+        "\n{yaml}"
+    );
+    // Listed across all namespaces too, with the namespace kubectl adds.
+    let all = s.kubectl_ok(&["get", "leases", "-A"]);
+    assert!(
+        table(&all)
+            .iter()
+            .any(|r| cell(r, "NAMESPACE") == "kube-system"
+                && cell(r, "NAME") == "keelson-controllers"
+                && cell(r, "HOLDER") == holder),
+        "\n{all}"
+    );
+}
+
+#[test]
+fn kubectl_creates_edits_and_deletes_a_lease_of_its_own() {
+    let s = Server::start(Options::default());
+    let manifest = s.dir().join("lease.json");
+    std::fs::write(
+        &manifest,
+        json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "mine", "namespace": "default"},
+            "spec": {"holderIdentity": "me", "leaseDurationSeconds": 30}
+        })
+        .to_string(),
+    )
+    .expect("write the manifest");
+    // No OpenAPI document is served, so kubectl's client-side validation is off.
+    s.kubectl_ok(&[
+        "create",
+        "--validate=false",
+        "-f",
+        manifest.to_str().expect("utf-8 path"),
+    ]);
+    s.kubectl_ok(&[
+        "patch",
+        "lease",
+        "mine",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"holderIdentity":"you"}}"#,
+    ]);
+    let lease = s.kubectl_json(&["get", "lease", "mine", "-o", "json"]);
+    assert_eq!(lease["spec"]["holderIdentity"], "you");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 30);
+
+    s.kubectl_ok(&["delete", "lease", "mine"]);
+    let gone = s.kubectl(&["get", "lease", "mine"]);
+    assert!(!gone.status.success(), "the lease is still there");
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        stderr.contains(r#"leases.coordination.k8s.io "mine" not found"#),
+        "{stderr}"
     );
 }
 

@@ -1,11 +1,13 @@
-//! Discovery documents: `/version`, `/api`, `/apis`, `/api/v1`.
+//! Discovery documents: `/version`, `/api`, `/apis`, `/api/v1`, `/apis/<group>` and
+//! `/apis/<group>/<version>`.
 //!
 //! Plain (unaggregated) forms only; kubectl asks for aggregated discovery first and falls back
-//! to these when the answer is `application/json`.
+//! to these when the answer is `application/json`. What is served comes from
+//! [`super::resources`]; nothing here decides it.
 
 use serde_json::{Value, json};
 
-use super::resources::CORE_V1;
+use super::resources::{CORE_V1, GROUPS, GroupVersion};
 
 pub fn version() -> Value {
     json!({
@@ -24,26 +26,40 @@ pub fn version() -> Value {
 pub fn api_versions(server_address: &str) -> Value {
     json!({
         "kind": "APIVersions",
-        "versions": ["v1"],
+        "versions": [CORE_V1.version],
         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
     })
 }
 
+/// `/apis`: every named group.
 pub fn api_groups() -> Value {
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+    let groups: Vec<Value> = GROUPS.iter().map(|gv| group(gv)).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-pub fn core_v1() -> Value {
+/// `/apis/<group>`: one named group.
+pub fn api_group(gv: &GroupVersion) -> Value {
+    let mut g = group(gv);
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    g
+}
+
+/// `/api/v1` or `/apis/<group>/<version>`: the resources of one group version.
+pub fn resource_list(gv: &GroupVersion) -> Value {
     let mut resources = Vec::new();
-    for r in CORE_V1 {
-        resources.push(json!({
+    for r in gv.resources {
+        let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
             "verbs": r.verbs(),
-            "shortNames": r.short_names,
-        }));
+        });
+        if !r.short_names.is_empty() {
+            entry["shortNames"] = json!(r.short_names);
+        }
+        resources.push(entry);
         if r.has_status {
             resources.push(json!({
                 "name": format!("{}/status", r.plural),
@@ -54,5 +70,62 @@ pub fn core_v1() -> Value {
             }));
         }
     }
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources})
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv.api_version(), "resources": resources})
+}
+
+/// A group entry as in `APIGroupList.groups`.
+fn group(gv: &GroupVersion) -> Value {
+    let version = json!({"groupVersion": gv.api_version(), "version": gv.version});
+    json!({"name": gv.group, "versions": [version], "preferredVersion": version})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::resources::COORDINATION_V1;
+
+    #[test]
+    fn apis_lists_coordination_v1_with_leases() {
+        let groups = api_groups();
+        assert_eq!(groups["kind"], "APIGroupList");
+        let coordination = &groups["groups"][0];
+        assert_eq!(coordination["name"], "coordination.k8s.io");
+        assert_eq!(
+            coordination["preferredVersion"]["groupVersion"],
+            "coordination.k8s.io/v1"
+        );
+        assert_eq!(api_group(&COORDINATION_V1)["kind"], "APIGroup");
+
+        let list = resource_list(&COORDINATION_V1);
+        assert_eq!(list["groupVersion"], "coordination.k8s.io/v1");
+        let leases = &list["resources"][0];
+        assert_eq!(leases["name"], "leases");
+        assert_eq!(leases["kind"], "Lease");
+        assert_eq!(leases["namespaced"], true);
+        assert_eq!(list["resources"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn core_v1_keeps_short_names_and_status_subresources() {
+        let list = resource_list(&CORE_V1);
+        assert_eq!(list["groupVersion"], "v1");
+        let names: Vec<&str> = list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "namespaces",
+                "namespaces/status",
+                "nodes",
+                "nodes/status",
+                "pods",
+                "pods/status"
+            ]
+        );
+        assert_eq!(list["resources"][2]["shortNames"], json!(["no"]));
+    }
 }

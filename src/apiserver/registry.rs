@@ -2,9 +2,10 @@
 //! server owns (uid, creationTimestamp, resourceVersion), status subresources, and
 //! optimistic concurrency.
 //!
-//! Used by the HTTP handlers and by in-process writers (the server's own node heartbeat),
-//! so every write follows the same rules. Invariant: objects are stored without
-//! `metadata.resourceVersion`; it is always the datastore revision, added on read.
+//! Used by the HTTP handlers and by in-process writers (the server's own node heartbeat, the
+//! record of who holds a server lease), so every write follows the same rules. Invariant:
+//! objects are stored without `metadata.resourceVersion`; it is always the datastore revision,
+//! added on read.
 
 use std::time::Duration;
 
@@ -12,13 +13,16 @@ use ring::rand::SecureRandom;
 use serde_json::{Value, json};
 
 use super::patch;
-use super::resources::{NAMESPACES, NODES, ObjectRef, PODS, Resource, SYSTEM_NAMESPACES};
+use super::resources::{LEASES, NAMESPACES, NODES, ObjectRef, Resource, SYSTEM_NAMESPACES};
 use super::status::{ApiError, Result};
 use crate::agent::node;
 use crate::datastore::{Record, Store};
 
 /// Attempts at read-patch-write before a patch gives up under contention.
 const PATCH_RETRIES: usize = 64;
+/// Where the servers' leases are recorded as `Lease` objects, as Kubernetes's own
+/// control-plane leases are.
+pub const LEASE_NAMESPACE: &str = "kube-system";
 
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +53,11 @@ impl Registry {
         match self.store.get(&r.path()).await {
             Ok(Some(rec)) => decode(r.resource, &rec),
             Ok(None) => Err(not_found(r)),
-            Err(e) => Err(ApiError::from_store(e, r.resource.plural, &r.name)),
+            Err(e) => Err(ApiError::from_store(
+                e,
+                &r.resource.group_resource(),
+                &r.name,
+            )),
         }
     }
 
@@ -142,7 +150,7 @@ impl Registry {
             .store
             .create(&r.path(), &bytes)
             .await
-            .map_err(|e| ApiError::from_store(e, resource.plural, &r.name))?;
+            .map_err(|e| ApiError::from_store(e, &resource.group_resource(), &r.name))?;
         with_revision(&mut obj, rev);
         Ok(obj)
     }
@@ -191,7 +199,7 @@ impl Registry {
             }
         }
         Err(ApiError::Conflict {
-            resource: r.resource.plural.into(),
+            resource: r.resource.group_resource(),
             name: r.name.clone(),
         })
     }
@@ -219,7 +227,7 @@ impl Registry {
             }
         }
         Err(ApiError::Conflict {
-            resource: r.resource.plural.into(),
+            resource: r.resource.group_resource(),
             name: r.name.clone(),
         })
     }
@@ -233,11 +241,13 @@ impl Registry {
         }
         if r.resource == &NAMESPACES {
             // Namespaced objects go with their namespace.
-            let (_, pods) = self.store.list(&PODS.prefix(Some(&r.name))).await?;
-            for pod in pods {
-                match self.store.delete(&pod.path, None).await {
-                    Ok(_) | Err(crate::datastore::Error::NotFound(_)) => {}
-                    Err(e) => return Err(e.into()),
+            for resource in Resource::all().filter(|res| res.namespaced) {
+                let (_, objects) = self.store.list(&resource.prefix(Some(&r.name))).await?;
+                for obj in objects {
+                    match self.store.delete(&obj.path, None).await {
+                        Ok(_) | Err(crate::datastore::Error::NotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
         }
@@ -245,7 +255,7 @@ impl Registry {
             .store
             .delete(&r.path(), precondition)
             .await
-            .map_err(|e| ApiError::from_store(e, r.resource.plural, &r.name))?;
+            .map_err(|e| ApiError::from_store(e, &r.resource.group_resource(), &r.name))?;
         if r.resource == &NODES {
             // A deleted node's name is free again, for a replacement board (as K3s does).
             let key = crate::bootstrap::join::node_password_secret(&r.name);
@@ -265,9 +275,58 @@ impl Registry {
             .store
             .update(&r.path(), expected, &bytes)
             .await
-            .map_err(|e| ApiError::from_store(e, r.resource.plural, &r.name))?;
+            .map_err(|e| ApiError::from_store(e, &r.resource.group_resource(), &r.name))?;
         with_revision(obj, rev);
         Ok(())
+    }
+
+    /// Records that `holder` took the server lease `name` (a new epoch) as the `Lease`
+    /// `kube-system/<name>`, creating it if missing. Written once per change of holder, never
+    /// on renewal: `renewTime` is the acquisition time, and the renewals live only in the
+    /// lease's datastore row ([`crate::datastore::leases`]). `transitions` fences the record:
+    /// a late write for an older holder (fewer transitions) leaves a newer record alone.
+    pub async fn record_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        duration: Duration,
+        transitions: i64,
+    ) -> Result<Value> {
+        let now = now_micro();
+        let spec = json!({
+            "holderIdentity": holder,
+            "leaseDurationSeconds": whole_seconds(duration),
+            "leaseTransitions": transitions,
+            "acquireTime": now,
+            "renewTime": now,
+        });
+        let created = self
+            .create(
+                &LEASES,
+                Some(LEASE_NAMESPACE),
+                json!({"metadata": {"name": name}, "spec": spec}),
+            )
+            .await;
+        match created {
+            Err(ApiError::AlreadyExists { .. }) => {}
+            other => return other,
+        }
+        let r = ObjectRef {
+            resource: &LEASES,
+            namespace: Some(LEASE_NAMESPACE.into()),
+            name: name.into(),
+        };
+        self.modify(&r, Part::Main, |lease| {
+            let recorded = lease
+                .pointer("/spec/leaseTransitions")
+                .and_then(Value::as_i64);
+            if recorded.is_none_or(|t| t <= transitions)
+                && let Some(obj) = lease.as_object_mut()
+            {
+                obj.insert("spec".into(), spec.clone());
+            }
+        })
+        .await
     }
 
     /// Creates the namespaces every cluster has, if missing.
@@ -377,7 +436,7 @@ fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) ->
 
 fn set_type_meta(resource: &Resource, obj: &mut Value) {
     obj["kind"] = json!(resource.kind);
-    obj["apiVersion"] = json!("v1");
+    obj["apiVersion"] = json!(resource.api_version());
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }
@@ -392,7 +451,7 @@ fn default(resource: &Resource, name: &str, obj: &mut Value) {
             }
             obj["status"] = json!({"phase": "Active"});
         }
-        "Node" if !obj["spec"].is_object() => obj["spec"] = json!({}),
+        "Node" | "Lease" if !obj["spec"].is_object() => obj["spec"] = json!({}),
         "Pod" if obj.pointer("/status/phase").is_none() => {
             obj["status"]["phase"] = json!("Pending")
         }
@@ -447,6 +506,9 @@ fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
             Some(_) => causes.push("spec.taints: Invalid value: must be a list".into()),
         }
     }
+    if resource == &LEASES {
+        validate_lease_spec(obj, &mut causes);
+    }
     if causes.is_empty() {
         Ok(())
     } else {
@@ -454,9 +516,49 @@ fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
     }
 }
 
+/// Kubernetes's checks on a `LeaseSpec`, plus the field types a client could get wrong.
+fn validate_lease_spec(obj: &Value, causes: &mut Vec<String>) {
+    let field = |f: &str| obj.pointer(&format!("/spec/{f}")).filter(|v| !v.is_null());
+    if let Some(v) = field("holderIdentity")
+        && !v.is_string()
+    {
+        causes.push(format!(
+            "spec.holderIdentity: Invalid value: {v}: must be a string"
+        ));
+    }
+    for (f, min) in [("leaseDurationSeconds", 1), ("leaseTransitions", 0)] {
+        if let Some(v) = field(f)
+            && !v
+                .as_i64()
+                .is_some_and(|n| (min..=i64::from(i32::MAX)).contains(&n))
+        {
+            causes.push(format!(
+                "spec.{f}: Invalid value: {v}: must be an integer of at least {min}"
+            ));
+        }
+    }
+    for f in ["acquireTime", "renewTime"] {
+        if let Some(v) = field(f)
+            && !v.as_str().is_some_and(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .is_ok()
+            })
+        {
+            causes.push(format!(
+                "spec.{f}: Invalid value: {v}: must be an RFC 3339 time"
+            ));
+        }
+    }
+}
+
 fn invalid(resource: &Resource, name: &str, causes: Vec<String>) -> ApiError {
     ApiError::Invalid {
-        kind: resource.kind.into(),
+        // `Lease.coordination.k8s.io`, as Kubernetes names a kind of a named group.
+        kind: if resource.group.is_empty() {
+            resource.kind.into()
+        } else {
+            format!("{}.{}", resource.kind, resource.group)
+        },
         name: name.into(),
         causes,
     }
@@ -464,7 +566,7 @@ fn invalid(resource: &Resource, name: &str, causes: Vec<String>) -> ApiError {
 
 fn not_found(r: &ObjectRef) -> ApiError {
     ApiError::NotFound {
-        resource: r.resource.plural.into(),
+        resource: r.resource.group_resource(),
         name: r.name.clone(),
     }
 }
@@ -495,4 +597,142 @@ pub fn now_rfc3339() -> String {
         .unwrap_or(now)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Now as a Kubernetes `MicroTime` (RFC 3339 with microseconds, UTC), as leases carry it.
+pub fn now_micro() -> String {
+    micro_time(time::OffsetDateTime::now_utc())
+}
+
+fn micro_time(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        ))
+        .unwrap_or_default()
+}
+
+/// A duration in whole seconds, rounded up, and at least one (`leaseDurationSeconds`).
+fn whole_seconds(d: Duration) -> i64 {
+    i64::try_from(d.as_millis().div_ceil(1000))
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{Endpoint, PoolConfig};
+
+    async fn registry(dir: &tempfile::TempDir) -> Registry {
+        let store = Store::open(
+            &Endpoint::sqlite(dir.path().join("s.db")),
+            &PoolConfig::default(),
+        )
+        .await
+        .unwrap();
+        let registry = Registry::new(store);
+        registry.ensure_system_namespaces().await.unwrap();
+        registry
+    }
+
+    fn lease_ref(name: &str) -> ObjectRef {
+        ObjectRef {
+            resource: &LEASES,
+            namespace: Some(LEASE_NAMESPACE.into()),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn micro_time_has_six_fraction_digits_in_utc() {
+        let t = time::macros::datetime!(2026-11-26 21:15:02.928230 +01:00);
+        assert_eq!(micro_time(t), "2026-11-26T20:15:02.928230Z");
+        let t = time::macros::datetime!(2026-11-26 20:15:02 UTC);
+        assert_eq!(micro_time(t), "2026-11-26T20:15:02.000000Z");
+        assert_eq!(whole_seconds(Duration::from_millis(700)), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(15)), 15);
+        assert_eq!(whole_seconds(Duration::from_millis(15_001)), 16);
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+    }
+
+    #[tokio::test]
+    async fn a_recorded_lease_names_its_newest_holder_and_ignores_older_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir).await;
+        let first = registry
+            .record_lease("keelson-controllers", "pi-1-7", Duration::from_secs(15), 0)
+            .await
+            .unwrap();
+        assert_eq!(first["apiVersion"], "coordination.k8s.io/v1");
+        assert_eq!(first["kind"], "Lease");
+        assert_eq!(first["metadata"]["namespace"], "kube-system");
+        assert_eq!(first["spec"]["holderIdentity"], "pi-1-7");
+        assert_eq!(first["spec"]["leaseDurationSeconds"], 15);
+        assert_eq!(first["spec"]["leaseTransitions"], 0);
+        assert_eq!(first["spec"]["acquireTime"], first["spec"]["renewTime"]);
+
+        registry
+            .record_lease("keelson-controllers", "pi-2-9", Duration::from_secs(15), 2)
+            .await
+            .unwrap();
+        // A late write for the holder before it changes nothing.
+        let late = registry
+            .record_lease("keelson-controllers", "pi-1-7", Duration::from_secs(15), 1)
+            .await
+            .unwrap();
+        assert_eq!(late["spec"]["holderIdentity"], "pi-2-9");
+        let stored = registry
+            .get(&lease_ref("keelson-controllers"))
+            .await
+            .unwrap();
+        assert_eq!(stored["spec"]["holderIdentity"], "pi-2-9");
+        assert_eq!(stored["spec"]["leaseTransitions"], 2);
+        assert_eq!(stored["metadata"]["uid"], first["metadata"]["uid"]);
+    }
+
+    #[tokio::test]
+    async fn lease_specs_are_validated_and_errors_name_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir).await;
+        let bad = registry
+            .create(
+                &LEASES,
+                Some("default"),
+                json!({"metadata": {"name": "x"}, "spec": {"leaseDurationSeconds": 0, "renewTime": "yesterday"}}),
+            )
+            .await;
+        match bad {
+            Err(ApiError::Invalid { kind, causes, .. }) => {
+                assert_eq!(kind, "Lease.coordination.k8s.io");
+                assert_eq!(causes.len(), 2, "{causes:?}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        let missing = registry.get(&lease_ref("nope")).await.unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "leases.coordination.k8s.io \"nope\" not found"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_a_namespace_deletes_its_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir).await;
+        registry
+            .create(&NAMESPACES, None, json!({"metadata": {"name": "scratch"}}))
+            .await
+            .unwrap();
+        registry
+            .create(&LEASES, Some("scratch"), json!({"metadata": {"name": "l"}}))
+            .await
+            .unwrap();
+        registry
+            .delete(&ObjectRef::cluster(&NAMESPACES, "scratch"), None)
+            .await
+            .unwrap();
+        let (_, left) = registry.list(&LEASES, None).await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -1,7 +1,10 @@
 //! The Kubernetes resources keelson serves, and typed references to their objects.
 //!
-//! A [`Resource`] describes one kind for discovery, routing and storage; an [`ObjectRef`]
-//! names one object and knows its datastore path. Nothing here touches the datastore.
+//! A [`GroupVersion`] lists the resources served under one API path (`/api/v1`, or
+//! `/apis/<group>/<version>`); a [`Resource`] describes one kind for discovery, routing and
+//! storage; an [`ObjectRef`] names one object and knows its datastore path. Nothing here
+//! touches the datastore. Invariant: plurals are unique across all served groups, so a
+//! datastore path (`/registry/<plural>/…`) names its resource without the group.
 
 use std::fmt;
 
@@ -11,10 +14,14 @@ pub enum Printer {
     Node,
     Namespace,
     Pod,
+    Lease,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Resource {
+    /// The API group; empty for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
     pub plural: &'static str,
     pub singular: &'static str,
     pub kind: &'static str,
@@ -22,6 +29,15 @@ pub struct Resource {
     pub short_names: &'static [&'static str],
     pub has_status: bool,
     pub printer: Printer,
+}
+
+/// One group and version, and the resources served under its path.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GroupVersion {
+    /// Empty for the core group (served under `/api`).
+    pub group: &'static str,
+    pub version: &'static str,
+    pub resources: &'static [&'static Resource],
 }
 
 const VERBS: [&str; 8] = [
@@ -36,6 +52,8 @@ const VERBS: [&str; 8] = [
 ];
 
 pub static NODES: Resource = Resource {
+    group: "",
+    version: "v1",
     plural: "nodes",
     singular: "node",
     kind: "Node",
@@ -46,6 +64,8 @@ pub static NODES: Resource = Resource {
 };
 
 pub static NAMESPACES: Resource = Resource {
+    group: "",
+    version: "v1",
     plural: "namespaces",
     singular: "namespace",
     kind: "Namespace",
@@ -56,6 +76,8 @@ pub static NAMESPACES: Resource = Resource {
 };
 
 pub static PODS: Resource = Resource {
+    group: "",
+    version: "v1",
     plural: "pods",
     singular: "pod",
     kind: "Pod",
@@ -65,20 +87,97 @@ pub static PODS: Resource = Resource {
     printer: Printer::Pod,
 };
 
-/// Every resource of the core `v1` group, in discovery order.
-pub static CORE_V1: [&Resource; 3] = [&NAMESPACES, &NODES, &PODS];
+/// `coordination.k8s.io/v1` leases: the servers' leader elections are recorded here (see
+/// [`crate::controllers::lease`]).
+pub static LEASES: Resource = Resource {
+    group: "coordination.k8s.io",
+    version: "v1",
+    plural: "leases",
+    singular: "lease",
+    kind: "Lease",
+    namespaced: true,
+    short_names: &[],
+    has_status: false,
+    printer: Printer::Lease,
+};
+
+/// The core group, in discovery order.
+pub static CORE_V1: GroupVersion = GroupVersion {
+    group: "",
+    version: "v1",
+    resources: &[&NAMESPACES, &NODES, &PODS],
+};
+
+pub static COORDINATION_V1: GroupVersion = GroupVersion {
+    group: "coordination.k8s.io",
+    version: "v1",
+    resources: &[&LEASES],
+};
+
+/// The named groups served under `/apis`, in discovery order (one version each).
+pub static GROUPS: [&GroupVersion; 1] = [&COORDINATION_V1];
 
 /// The namespaces every cluster has; they cannot be deleted.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
     ["default", "kube-system", "kube-public", "kube-node-lease"];
 
+// === impl GroupVersion ===
+
+impl GroupVersion {
+    /// The named group served at `/apis/<group>/<version>`.
+    pub fn named(group: &str, version: &str) -> Option<&'static GroupVersion> {
+        GROUPS
+            .iter()
+            .copied()
+            .find(|gv| gv.group == group && gv.version == version)
+    }
+
+    /// The named group served at `/apis/<group>`.
+    pub fn by_group(group: &str) -> Option<&'static GroupVersion> {
+        GROUPS.iter().copied().find(|gv| gv.group == group)
+    }
+
+    /// `v1` for the core group, `<group>/<version>` otherwise (an object's `apiVersion`).
+    pub fn api_version(&self) -> String {
+        api_version(self.group, self.version)
+    }
+
+    pub fn resource(&self, plural: &str) -> Option<&'static Resource> {
+        self.resources.iter().copied().find(|r| r.plural == plural)
+    }
+}
+
+// === impl Resource ===
+
 impl Resource {
+    /// Every served resource, core first.
+    pub fn all() -> impl Iterator<Item = &'static Resource> {
+        std::iter::once(&CORE_V1)
+            .chain(GROUPS)
+            .flat_map(|gv| gv.resources.iter().copied())
+    }
+
+    /// The resource stored under `/registry/<plural>/` (plurals are unique across groups).
     pub fn by_plural(plural: &str) -> Option<&'static Resource> {
-        CORE_V1.iter().copied().find(|r| r.plural == plural)
+        Resource::all().find(|r| r.plural == plural)
     }
 
     pub fn verbs(&self) -> &'static [&'static str] {
         &VERBS
+    }
+
+    /// The objects' `apiVersion`: `v1` or `coordination.k8s.io/v1`.
+    pub fn api_version(&self) -> String {
+        api_version(self.group, self.version)
+    }
+
+    /// The name Kubernetes uses in messages: `pods`, `leases.coordination.k8s.io`.
+    pub fn group_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_owned()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
 
     /// The datastore prefix of all objects of this resource, or of one namespace's.
@@ -90,6 +189,14 @@ impl Resource {
     }
 }
 
+fn api_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
 /// A typed reference to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRef {
@@ -98,6 +205,8 @@ pub struct ObjectRef {
     pub namespace: Option<String>,
     pub name: String,
 }
+
+// === impl ObjectRef ===
 
 impl ObjectRef {
     pub fn cluster(resource: &'static Resource, name: &str) -> ObjectRef {
@@ -162,5 +271,39 @@ mod tests {
         assert_eq!(ObjectRef::from_path(&r.path()), Some(r));
         let n = ObjectRef::cluster(&NODES, "pi-1");
         assert_eq!(ObjectRef::from_path(&n.path()), Some(n));
+        let l = ObjectRef {
+            resource: &LEASES,
+            namespace: Some("kube-system".into()),
+            name: "keelson-controllers".into(),
+        };
+        assert_eq!(l.path(), "/registry/leases/kube-system/keelson-controllers");
+        assert_eq!(ObjectRef::from_path(&l.path()), Some(l));
+    }
+
+    #[test]
+    fn plurals_are_unique_across_groups() {
+        let mut plurals: Vec<&str> = Resource::all().map(|r| r.plural).collect();
+        let n = plurals.len();
+        plurals.sort();
+        plurals.dedup();
+        assert_eq!(plurals.len(), n, "{plurals:?}");
+    }
+
+    #[test]
+    fn each_resource_is_listed_under_its_own_group_version() {
+        for gv in std::iter::once(&CORE_V1).chain(GROUPS) {
+            for r in gv.resources {
+                assert_eq!((r.group, r.version), (gv.group, gv.version), "{}", r.plural);
+            }
+        }
+        assert_eq!(LEASES.api_version(), "coordination.k8s.io/v1");
+        assert_eq!(PODS.api_version(), "v1");
+        assert_eq!(LEASES.group_resource(), "leases.coordination.k8s.io");
+        assert_eq!(
+            GroupVersion::named("coordination.k8s.io", "v1").and_then(|gv| gv.resource("leases")),
+            Some(&LEASES)
+        );
+        assert_eq!(GroupVersion::named("coordination.k8s.io", "v2"), None);
+        assert_eq!(CORE_V1.resource("leases"), None);
     }
 }

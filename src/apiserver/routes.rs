@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::auth::Identity;
 use super::patch;
 use super::registry::Part;
-use super::resources::{NAMESPACES, ObjectRef, Resource};
+use super::resources::{CORE_V1, GroupVersion, ObjectRef, Resource};
 use super::selector::Selector;
 use super::status::{ApiError, Result};
 use super::table::{self, Include};
@@ -26,7 +26,8 @@ use super::{Api, Body, discovery};
 /// Largest request body accepted, as the Kubernetes API server (3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-/// What a path under `/api/v1` names.
+/// What a path under `/api/v1` or `/apis/<group>/<version>` names.
+#[derive(Debug, PartialEq, Eq)]
 enum Target {
     Collection {
         resource: &'static Resource,
@@ -106,14 +107,30 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
             &discovery::api_versions(&api.server_address),
         )),
         ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups())),
-        ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::core_v1())),
-        ["api", "v1", _, ..] if !api.feed.reachable() => Err(ApiError::Unavailable(
-            "the datastore is unreachable; this server retries every second and serves again as soon as it answers".into(),
-        )),
-        ["api", "v1", rest @ ..] => match target(rest) {
+        ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::resource_list(&CORE_V1))),
+        ["apis", group] if get => match GroupVersion::by_group(group) {
+            Some(gv) => Ok(json(StatusCode::OK, &discovery::api_group(gv))),
+            None => Err(ApiError::UnknownPath),
+        },
+        ["apis", group, version] if get => match GroupVersion::named(group, version) {
+            Some(gv) => Ok(json(StatusCode::OK, &discovery::resource_list(gv))),
+            None => Err(ApiError::UnknownPath),
+        },
+        ["api", "v1", _, ..] | ["apis", _, _, _, ..] if !api.feed.reachable() => {
+            Err(ApiError::Unavailable(
+                "the datastore is unreachable; this server retries every second and serves again as soon as it answers".into(),
+            ))
+        }
+        ["api", "v1", rest @ ..] => match target(&CORE_V1, rest) {
             Some(t) => resource(api, t, req).await,
             None => Err(ApiError::UnknownPath),
         },
+        ["apis", group, version, rest @ ..] => {
+            match GroupVersion::named(group, version).and_then(|gv| target(gv, rest)) {
+                Some(t) => resource(api, t, req).await,
+                None => Err(ApiError::UnknownPath),
+            }
+        }
         _ => Err(ApiError::UnknownPath),
     }
 }
@@ -181,8 +198,11 @@ fn metrics(api: &Api) -> String {
     )
 }
 
-fn target(segs: &[&str]) -> Option<Target> {
-    let by = |p: &str| Resource::by_plural(p);
+/// What `segs` (the path after the group version's prefix) names among `gv`'s resources.
+/// Invariant: the resource of the result is one of `gv`'s, so a path can reach only objects
+/// of the group it names.
+fn target(gv: &GroupVersion, segs: &[&str]) -> Option<Target> {
+    let by = |p: &str| gv.resource(p);
     let obj = |resource, namespace: Option<&str>, name: &str, part| Target::Object {
         r: ObjectRef {
             resource,
@@ -196,14 +216,15 @@ fn target(segs: &[&str]) -> Option<Target> {
             resource: by(p)?,
             namespace: None,
         },
-        ["namespaces", ns] => obj(&NAMESPACES, None, ns, Part::Main),
-        ["namespaces", ns, "status"] => obj(&NAMESPACES, None, ns, Part::Status),
+        // Namespace objects, in the core group only (`by` finds no `namespaces` elsewhere).
+        ["namespaces", ns] => obj(by("namespaces")?, None, ns, Part::Main),
+        ["namespaces", ns, "status"] => obj(by("namespaces")?, None, ns, Part::Status),
         ["namespaces", ns, p] if by(p)?.namespaced => Target::Collection {
             resource: by(p)?,
             namespace: Some(ns.to_string()),
         },
         ["namespaces", ns, p, name] if by(p)?.namespaced => obj(by(p)?, Some(ns), name, Part::Main),
-        ["namespaces", ns, p, name, "status"] if by(p)?.namespaced => {
+        ["namespaces", ns, p, name, "status"] if by(p)?.namespaced && by(p)?.has_status => {
             obj(by(p)?, Some(ns), name, Part::Status)
         }
         [p, name] if !by(p)?.namespaced => obj(by(p)?, None, name, Part::Main),
@@ -269,7 +290,7 @@ async fn resource(api: Arc<Api>, target: Target, req: Request<Incoming>) -> Resu
                     }
                     None => serde_json::json!({
                         "kind": format!("{}List", resource.kind),
-                        "apiVersion": "v1",
+                        "apiVersion": resource.api_version(),
                         "metadata": {"resourceVersion": rev.to_string()},
                         "items": items,
                     }),
@@ -499,4 +520,99 @@ fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
         header::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::auth::NODES_GROUP;
+    use crate::apiserver::resources::{COORDINATION_V1, LEASES, NAMESPACES, PODS};
+
+    fn object(resource: &'static Resource, ns: Option<&str>, name: &str, part: Part) -> Target {
+        Target::Object {
+            r: ObjectRef {
+                resource,
+                namespace: ns.map(str::to_owned),
+                name: name.into(),
+            },
+            part,
+        }
+    }
+
+    #[test]
+    fn group_paths_reach_their_own_resources() {
+        assert_eq!(
+            target(
+                &COORDINATION_V1,
+                &["namespaces", "kube-system", "leases", "keelson-controllers"]
+            ),
+            Some(object(
+                &LEASES,
+                Some("kube-system"),
+                "keelson-controllers",
+                Part::Main
+            ))
+        );
+        assert_eq!(
+            target(&COORDINATION_V1, &["leases"]),
+            Some(Target::Collection {
+                resource: &LEASES,
+                namespace: None
+            })
+        );
+        assert_eq!(
+            target(&COORDINATION_V1, &["namespaces", "kube-system", "leases"]),
+            Some(Target::Collection {
+                resource: &LEASES,
+                namespace: Some("kube-system".into())
+            })
+        );
+        // Leases have no status subresource, and a group reaches none of core's resources.
+        for segs in [
+            &["namespaces", "kube-system", "leases", "x", "status"][..],
+            &["namespaces", "kube-system"],
+            &["namespaces", "default", "pods"],
+            &["nodes", "pi-1"],
+            &["leases", "x"],
+        ] {
+            assert_eq!(target(&COORDINATION_V1, segs), None, "{segs:?}");
+        }
+        assert_eq!(target(&CORE_V1, &["leases"]), None);
+        assert_eq!(
+            target(&CORE_V1, &["namespaces", "default"]),
+            Some(object(&NAMESPACES, None, "default", Part::Main))
+        );
+        assert_eq!(
+            target(
+                &CORE_V1,
+                &["namespaces", "default", "pods", "web", "status"]
+            ),
+            Some(object(&PODS, Some("default"), "web", Part::Status))
+        );
+    }
+
+    #[test]
+    fn nodes_may_not_read_or_write_leases() {
+        let node = Identity::User {
+            name: "system:node:pi-1".into(),
+            groups: vec![NODES_GROUP.into()],
+        };
+        for (verb, path) in [
+            (
+                "get",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/keelson-controllers",
+            ),
+            (
+                "update",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/keelson-controllers",
+            ),
+            ("get", "/apis/coordination.k8s.io/v1/leases"),
+            ("patch", "/apis/coordination.k8s.io/v1/nodes/pi-1"),
+        ] {
+            assert!(
+                matches!(node.authorize(verb, path), Err(ApiError::Forbidden(_))),
+                "{verb} {path}"
+            );
+        }
+    }
 }

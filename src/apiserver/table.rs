@@ -175,11 +175,36 @@ const POD: [Column; 9] = [
     ),
 ];
 
+const LEASE: [Column; 3] = [
+    col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    ),
+    col(
+        "Holder",
+        "string",
+        "",
+        "holderIdentity contains the identity of the holder of a current lease.",
+        0,
+    ),
+    col(
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    ),
+];
+
 fn columns(printer: Printer) -> &'static [Column] {
     match printer {
         Printer::Node => &NODE,
         Printer::Namespace => &NAMESPACE,
         Printer::Pod => &POD,
+        Printer::Lease => &LEASE,
     }
 }
 
@@ -269,6 +294,8 @@ fn cells(printer: Printer, obj: &Value, now: OffsetDateTime) -> Vec<Value> {
             ]
         }
         Printer::Namespace => vec![json!(name), json!(s("/status/phase")), json!(age)],
+        // An unheld lease shows an empty holder, as the Kubernetes API server prints it.
+        Printer::Lease => vec![json!(name), json!(s("/spec/holderIdentity")), json!(age)],
         Printer::Pod => {
             let containers = obj
                 .pointer("/spec/containers")
@@ -404,7 +431,7 @@ pub fn age(created: &str, now: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::NODES;
+    use crate::apiserver::resources::{LEASES, NODES};
 
     #[test]
     fn ages_read_like_kubectl() {
@@ -433,5 +460,25 @@ mod tests {
         assert_eq!(cells[2], "control-plane");
         assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 10);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn lease_row_shows_the_holder() {
+        let lease = json!({
+            "metadata": {"name": "keelson-controllers", "namespace": "kube-system"},
+            "spec": {"holderIdentity": "pi-1-42", "leaseDurationSeconds": 15}
+        });
+        let t = table(&LEASES, &[lease], None, Include::None, true);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["Name", "Holder", "Age"]);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "keelson-controllers");
+        assert_eq!(cells[1], "pi-1-42");
+        assert!(t["rows"][0].get("object").is_none());
     }
 }

@@ -101,7 +101,9 @@ async fn run(api: &Api, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
             Ok(ev) => ev,
             Err(e) => return writer.error(&ApiError::from(e)).await,
         };
-        if !ev.path.starts_with(&prefix) || ObjectRef::from_path(&ev.path).is_none() {
+        let ours = ev.path.starts_with(&prefix)
+            && ObjectRef::from_path(&ev.path).is_some_and(|r| r.resource == req.resource);
+        if !ours {
             continue;
         }
         let rec = datastore::Record {

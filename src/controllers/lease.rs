@@ -6,12 +6,22 @@
 //! renewal that succeeded — while the lease, which the database dates from a later moment,
 //! still has `LEASE_DURATION - RENEW_DEADLINE` to run for everyone else. On shutdown the lease
 //! is released so another server takes over at once.
+//!
+//! Each new holder is also recorded, best effort, as the `coordination.k8s.io/v1` Lease
+//! `kube-system/<name>`, so `kubectl get leases -n kube-system` shows who holds what:
+//! `holderIdentity` is the identity, `leaseTransitions` is the epoch minus one (the first
+//! holder shows 0, as with client-go's leader election), `leaseDurationSeconds` the lease
+//! rounded up to whole seconds. Only a change of holder is written: a renewal every `retry`
+//! would put a revision on the change feed for every watcher. So the Lease's `renewTime` is
+//! the acquisition time (the renewals live only in the `keelson_leases` row), and a released
+//! or expired lease keeps showing its last holder until another server takes it.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::apiserver::registry::Registry;
 use crate::datastore::Store;
 use crate::datastore::leases::Held;
 
@@ -82,6 +92,7 @@ impl Elector {
                                 epoch = now_held.epoch,
                                 "took the lease"
                             );
+                            self.record(now_held.epoch);
                         }
                         held = Some((now_held, sent));
                         self.role.send_replace(Role::Leader {
@@ -122,9 +133,34 @@ impl Elector {
         }
     }
 
+    /// Records the new holder as a Lease object in a task of its own, so a slow or failed
+    /// write never delays a renewal. The task ends by itself within [`RECORD_TIMEOUT`];
+    /// nobody waits for it, and a failure is only logged.
+    fn record(&self, epoch: i64) {
+        let registry = Registry::new(self.store.clone());
+        let (name, holder, duration) = (self.name, self.identity.clone(), self.timing.lease);
+        let span = tracing::info_span!("record_lease", lease = name, epoch);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let write = registry.record_lease(name, &holder, duration, epoch - 1);
+                match tokio::time::timeout(RECORD_TIMEOUT, write).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "could not record the lease as a Lease object")
+                    }
+                    Err(_) => tracing::warn!("recording the lease as a Lease object timed out"),
+                }
+            },
+            span,
+        ));
+    }
+
     fn step_down(&self, why: &str) {
         if matches!(self.role.send_replace(Role::Follower), Role::Leader { .. }) {
             tracing::warn!(lease = self.name, why, "stepped down");
         }
     }
 }
+
+/// Longest the Lease object's write may take before it is given up.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
