@@ -179,6 +179,7 @@ async fn start(
         shutdown: stop.clone(),
         joiner,
         sessions: sessions.clone(),
+        lb_stats: std::sync::Mutex::new(None),
     });
     tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API serving");
 

@@ -74,6 +74,8 @@ pub struct Api {
     pub shutdown: signal::Receiver<bool>,
     pub joiner: crate::bootstrap::join::Joiner,
     pub sessions: Arc<crate::tunnel::sessions::Sessions>,
+    /// The virtual IP's load balancer, while this server runs it.
+    pub lb_stats: std::sync::Mutex<Option<crate::vip::lb::Stats>>,
 }
 
 impl Api {

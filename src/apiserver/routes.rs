@@ -162,7 +162,7 @@ async fn join(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Body>> {
 fn metrics(api: &Api) -> String {
     let store = api.registry.store();
     let (opened, refused) = api.sessions.counters();
-    format!(
+    let mut out = format!(
         "# HELP keelson_datastore_statements_total SQL statements this server sent to the datastore.\n\
          # TYPE keelson_datastore_statements_total counter\n\
          keelson_datastore_statements_total {}\n\
@@ -195,7 +195,13 @@ fn metrics(api: &Api) -> String {
         refused,
         super::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
         api.joiner.requests(),
-    )
+    );
+    if let Ok(slot) = api.lb_stats.lock()
+        && let Some(stats) = slot.as_ref()
+    {
+        stats.render_metrics(&mut out);
+    }
+    out
 }
 
 /// What `segs` (the path after the group version's prefix) names among `gv`'s resources.

@@ -185,7 +185,13 @@ impl Sessions {
             }
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tokio::time::sleep(SERVERS_REFRESH) => {}
+                // Until the first server (usually this one) has registered, look often:
+                // agents and the VIP's balancer wait for this list.
+                _ = tokio::time::sleep(if self.servers.borrow().is_empty() {
+                    SERVERS_REFRESH / 10
+                } else {
+                    SERVERS_REFRESH
+                }) => {}
             }
         }
     }

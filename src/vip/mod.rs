@@ -234,6 +234,11 @@ impl Vip {
             tracing::error!(error = %e, "cannot remove the virtual IP");
         }
         tracing::info!(vip = %addr.ip, epoch = h.epoch, reason, "gave up the virtual IP");
+        if let Some(api) = &self.api
+            && let Ok(mut slot) = api.lb_stats.lock()
+        {
+            *slot = None;
+        }
         if let Some(stop) = h.lb_stop {
             let _ = stop.send(());
         }
@@ -247,12 +252,26 @@ impl Vip {
     }
 
     async fn start_lb(&self) -> Result<(oneshot::Sender<()>, JoinHandle<()>), String> {
-        // LB-WIRING: replaced once src/vip/lb.rs lands.
-        let _ = (
-            SocketAddr::new(self.cfg.ip, self.cfg.lb_port),
-            self.cfg.lb_max_connections,
-            &self.ca_pem,
-        );
-        Err("the load balancer is not built yet".into())
+        let cfg = lb::Config {
+            listen: SocketAddr::new(self.cfg.ip, self.cfg.lb_port),
+            max_connections: self.cfg.lb_max_connections,
+            ..lb::Config::default()
+        };
+        let balancer = lb::LoadBalancer::bind(cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = crate::agent::https::tls_config(&self.ca_pem, None).map_err(|e| e.to_string())?;
+        let Some(api) = &self.api else {
+            return Err("no API".into());
+        };
+        if let Ok(mut slot) = api.lb_stats.lock() {
+            *slot = Some(balancer.stats());
+        }
+        let backends = api.sessions.servers();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(balancer.run(backends, lb::Check::Readyz(tls), async {
+            let _ = stop_rx.await;
+        }));
+        Ok((stop_tx, task))
     }
 }
