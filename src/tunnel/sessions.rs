@@ -25,8 +25,10 @@ use crate::datastore::feed::Feed;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Arrivals within this window share one statement.
 const ARRIVAL_COALESCE: Duration = Duration::from_millis(250);
-/// How often the server list is recomputed (only if anything in the datastore changed).
-const SERVERS_REFRESH: Duration = Duration::from_secs(5);
+/// How often the server list is recomputed. Only if anything in the datastore changed, so an
+/// idle cluster pays nothing, and a server that joins is known to agents and to the VIP's
+/// balancer within a second.
+const SERVERS_REFRESH: Duration = Duration::from_secs(1);
 /// Most heartbeats in one statement (far below every database's bound-parameter limit).
 const HEARTBEAT_CHUNK: usize = 5000;
 /// Most tunnels one server holds; more agents get 503 and go to another server.
@@ -188,7 +190,7 @@ impl Sessions {
                 // Until the first server (usually this one) has registered, look often:
                 // agents and the VIP's balancer wait for this list.
                 _ = tokio::time::sleep(if self.servers.borrow().is_empty() {
-                    SERVERS_REFRESH / 10
+                    SERVERS_REFRESH / 5
                 } else {
                     SERVERS_REFRESH
                 }) => {}

@@ -267,11 +267,42 @@ impl Vip {
         if let Ok(mut slot) = api.lb_stats.lock() {
             *slot = Some(balancer.stats());
         }
-        let backends = api.sessions.servers();
+        let backends = with_self(api.sessions.servers(), api.server_address.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(balancer.run(backends, lb::Check::Readyz(tls), async {
             let _ = stop_rx.await;
         }));
         Ok((stop_tx, task))
     }
+}
+
+/// The published server list, always with this server in it: a server that just started (or
+/// just took over) may not see itself, or the others, in the list for a few seconds, and its
+/// balancer must never be left without a backend.
+fn with_self(
+    mut servers: watch::Receiver<Vec<String>>,
+    own: String,
+) -> watch::Receiver<Vec<String>> {
+    let merge = move |mut list: Vec<String>| {
+        if !list.contains(&own) {
+            list.push(own.clone());
+            list.sort();
+        }
+        list
+    };
+    let (tx, rx) = watch::channel(merge(servers.borrow_and_update().clone()));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                changed = servers.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tx.send_replace(merge(servers.borrow_and_update().clone()));
+                }
+            }
+        }
+    });
+    rx
 }

@@ -9,6 +9,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod agent;
+pub mod lab;
 
 use std::ffi::OsString;
 use std::fs;
