@@ -40,19 +40,9 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(&e),
             };
             init_logging(cfg.debug);
-            raise_open_files_limit();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
-            };
-            match runtime.block_on(server::run(cfg, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fatal(&e),
-            }
+            run(Threads::Two, async {
+                server::run(cfg, shutdown_signal()).await
+            })
         }
         Command::Agent(args) => {
             let cfg = match AgentConfig::from_args(args, &Host::current()) {
@@ -60,53 +50,52 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error_for("agent", &e),
             };
             init_logging(cfg.debug);
-            raise_open_files_limit();
             // One thread: an agent is a handful of sockets and timers on a small board.
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
-            };
-            match runtime.block_on(async { agent::run(cfg, stop_on_signal()).await }) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fatal(&e.into()),
-            }
+            run(Threads::One, async {
+                Ok(agent::run(cfg, stop_on_signal()).await?)
+            })
         }
         Command::Loadgen(args) => {
             init_logging(args.debug);
-            raise_open_files_limit();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
-            };
-            match runtime.block_on(async { loadgen::run(args, stop_on_signal()).await }) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fatal(&e),
-            }
+            run(Threads::Two, async {
+                loadgen::run(args, stop_on_signal()).await
+            })
         }
         Command::Lb(args) => {
             init_logging(args.debug);
-            raise_open_files_limit();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
-            };
-            match runtime.block_on(async { vip::lb::standalone(args, stop_on_signal()).await }) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fatal(&e),
-            }
+            run(Threads::Two, async {
+                vip::lb::standalone(args, stop_on_signal()).await
+            })
         }
         Command::Kubectl { args } => run_kubectl(args),
+    }
+}
+
+enum Threads {
+    One,
+    Two,
+}
+
+/// Runs `work` on a fresh runtime (after lifting the open-files limit) and maps its outcome
+/// to the exit code.
+fn run(threads: Threads, work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    raise_open_files_limit();
+    let built = match threads {
+        Threads::One => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Threads::Two => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
+        Ok(rt) => rt,
+        Err(e) => return fatal(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(&e),
     }
 }
 
