@@ -28,6 +28,8 @@ use crate::apiserver::status::ApiError;
 use crate::apiserver::{Api, Body, auth::Identity};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest time between two node reports that change something.
+const REPORT_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Answers a tunnel request: 101 and a spawned session, or an error status.
 pub fn accept(
@@ -162,7 +164,7 @@ where
         m = tokio::time::timeout(HELLO_TIMEOUT, ws.next()) => m,
         _ = crate::apiserver::stopped(&mut stop) => return End::Shutdown,
     };
-    let report = match first {
+    let mut report = match first {
         Err(_) => return End::Bad("no Hello frame within 10 s".into()),
         Ok(None) => return End::Closed,
         Ok(Some(Err(e))) => return End::Bad(e.to_string()),
@@ -197,6 +199,7 @@ where
     }
     tracing::info!(%node, "tunnel open");
     let mut last_heard = Instant::now();
+    let mut last_report = Instant::now();
     loop {
         let silence = tokio::time::sleep_until(last_heard + DEAD_AFTER);
         tokio::select! {
@@ -217,7 +220,15 @@ where
                         if let Err(e) = ws.flush().await { return End::Bad(e.to_string()); }
                     }
                     Some(Ok(Message::Binary(b))) => match decode::<Up>(&b) {
-                        Ok(Up::Report(report)) => {
+                        Ok(Up::Report(next)) => {
+                            // Each report that changes something is datastore writes: an agent
+                            // may not make them faster than this.
+                            if next == report { continue; }
+                            if last_report.elapsed() < REPORT_MIN_INTERVAL {
+                                return End::Bad(format!("node reports more often than every {REPORT_MIN_INTERVAL:?}"));
+                            }
+                            last_report = Instant::now();
+                            report = next;
                             if let Err(why) = check(node, &report) { return End::Refused(why); }
                             if let Err(e) = registration::register(&api.registry, &report, None).await {
                                 tracing::warn!(%node, error = %e, "cannot update the node from its report");
