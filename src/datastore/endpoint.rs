@@ -149,7 +149,7 @@ impl Endpoint {
         params.push(mode.to_owned());
         for (k, v) in [(ca_key, ca), (cert_key, cert), (key_key, key)] {
             if let Some(v) = v {
-                params.push(format!("{k}={}", v.display()));
+                params.push(format!("{k}={}", query_value(v)));
             }
         }
         let sep = if self.url.contains('?') { '&' } else { '?' };
@@ -277,6 +277,23 @@ fn parse_postgres(rest: &str) -> Result<Endpoint, &'static str> {
         ),
         database: db.to_owned(),
     })
+}
+
+/// A file path as a URL query value. sqlx decodes query values as form data, so a `+` would
+/// reach it as a space and `&`, `#` or `%` would cut or change the path: every byte but
+/// unreserved characters and `/` is percent-encoded.
+fn query_value(path: &Path) -> String {
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 fn split_credentials(creds: &str) -> Result<(&str, Option<&str>), &'static str> {
@@ -408,6 +425,24 @@ mod tests {
             e.url,
             "postgres://u@h/k?sslmode=require&sslcert=/c&sslkey=/k"
         );
+    }
+
+    #[test]
+    fn tls_file_paths_reach_sqlx_unchanged() {
+        let ca = "/etc/keelson/db+certs/ca #1&2%.pem";
+        for raw in ["postgres://u@h/k", "mysql://u@tcp(h:3306)/k"] {
+            let e = Endpoint::parse(raw).unwrap().with_tls(
+                Some(Path::new(ca)),
+                Some(Path::new("/c")),
+                Some(Path::new("/k")),
+            );
+            let (_, query) = e.url.split_once('?').unwrap();
+            // How sqlx reads the query (url's `query_pairs`).
+            let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
+                .map(|(_, v)| v.into_owned())
+                .collect();
+            assert_eq!(values[1..], [ca, "/c", "/k"], "{}", e.url);
+        }
     }
 
     #[test]
