@@ -9,6 +9,7 @@
 //! nothing is acknowledged to a caller before its transaction committed.
 
 pub mod compactor;
+mod doorbell;
 pub mod endpoint;
 pub mod feed;
 pub mod leases;
@@ -129,12 +130,14 @@ struct Inner {
     /// feed picks it up at once.
     committed: Arc<Notify>,
     /// Statements sent, for `/metrics` and the benchmarks.
-    statements: AtomicU64,
+    statements: Arc<AtomicU64>,
     /// Lease rows known to exist, so a follower's attempt is one statement. Bounded by the
     /// number of lease names the program uses; a std mutex, never held across an await.
     lease_rows: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The PostgreSQL LISTEN task; aborted when the last handle drops.
     listener: Option<tokio::task::AbortHandle>,
+    /// MySQL's stand-in for LISTEN/NOTIFY; its tasks end when the last handle drops.
+    doorbell: Option<doorbell::Doorbell>,
     /// Closes idle connections beyond `--datastore-max-idle-connections`; aborted likewise.
     trimmer: Option<tokio::task::AbortHandle>,
 }
@@ -163,10 +166,11 @@ impl Store {
             set_mode(dir, 0o700);
         }
         let dialect = endpoint.dialect;
-        // On PostgreSQL one connection of the bound is the LISTEN connection, when the
-        // bound leaves room for it.
+        // One connection of the bound is the LISTEN connection on PostgreSQL, the parked
+        // doorbell connection on MySQL, when the bound leaves room for it.
         let listen = dialect == Dialect::Postgres && pool.max_open >= 2;
-        let max = if listen {
+        let park = dialect == Dialect::Mysql && pool.max_open >= 2;
+        let max = if listen || park {
             pool.max_open - 1
         } else {
             pool.max_open.max(1)
@@ -207,6 +211,15 @@ impl Store {
         let committed = Arc::new(Notify::new());
         let listener =
             listen.then(|| notify::spawn_listener(endpoint.url.clone(), committed.clone()));
+        let statements = Arc::new(AtomicU64::new(0));
+        let doorbell = park.then(|| {
+            doorbell::Doorbell::spawn(
+                endpoint.url.clone(),
+                pool.clone(),
+                committed.clone(),
+                statements.clone(),
+            )
+        });
         let trimmer =
             (pool_cfg.max_idle < max).then(|| spawn_idle_trimmer(pool.clone(), pool_cfg.max_idle));
         Ok(Store {
@@ -215,9 +228,10 @@ impl Store {
                 dialect,
                 sql: Statements::for_dialect(dialect),
                 committed,
-                statements: AtomicU64::new(0),
+                statements,
                 lease_rows: Default::default(),
                 listener,
+                doorbell,
                 trimmer,
             }),
         })
@@ -230,14 +244,16 @@ impl Store {
     }
 
     /// How often the change feed polls when nothing woke it: rarely where PostgreSQL
-    /// notifications wake it, often on MySQL where nothing can.
+    /// notifications or MySQL doorbells wake it, often where the pool bound left no
+    /// connection for them.
     pub fn poll_interval(&self) -> Duration {
-        match (self.inner.dialect, self.inner.listener.is_some()) {
-            (Dialect::Postgres, true) => Duration::from_secs(5),
+        let woken = self.inner.listener.is_some() || self.inner.doorbell.is_some();
+        match (self.inner.dialect, woken) {
+            (Dialect::Sqlite, _) => Duration::from_secs(1),
+            (_, true) => doorbell::PARK,
             // 550 ms keeps an idle server under two statements a second with a median
             // feed latency under 300 ms.
-            (Dialect::Mysql, _) | (Dialect::Postgres, false) => Duration::from_millis(550),
-            (Dialect::Sqlite, _) => Duration::from_secs(1),
+            (_, false) => Duration::from_millis(550),
         }
     }
 
@@ -402,6 +418,9 @@ impl Store {
         }
         tx.commit().await?;
         self.inner.committed.notify_one();
+        if let Some(doorbell) = &self.inner.doorbell {
+            doorbell.ring();
+        }
         Ok((revision, current))
     }
 
@@ -496,6 +515,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(doorbell) = &self.inner.doorbell {
+            doorbell.close(&self.inner.pool).await;
+        }
         self.inner.pool.close().await
     }
 }

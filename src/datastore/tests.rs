@@ -239,3 +239,54 @@ async fn idle_connections_are_trimmed_on_postgres() {
 async fn idle_connections_are_trimmed_on_mariadb() {
     idle_connections_are_trimmed_to_the_bound(Dialect::Mysql).await;
 }
+
+/// MySQL has no LISTEN/NOTIFY; the doorbell stands in for it. A write through one server
+/// reaches another server's feed long before that feed's own poll would, and an idle server
+/// sends the database well under one statement a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_doorbell_wakes_other_servers_at_once() {
+    let Some(db) = TestDb::new(Dialect::Mysql, "doorbell").await else {
+        return;
+    };
+    let pool = PoolConfig::default();
+    let a = Store::open(&db.endpoint, &pool).await.unwrap();
+    let b = Store::open(&db.endpoint, &pool).await.unwrap();
+    assert!(b.poll_interval() >= Duration::from_secs(5));
+    let (feed, poller) = Feed::new(b.clone()).await.unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(poller.run(async move {
+        let _ = stop_rx.await;
+    }));
+    // Let both parked statements settle, then count what an idle server sends.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = b.statements();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = b.statements() - before;
+    assert!(idle <= 3, "{idle} statements in 5 s from an idle server");
+
+    let mut sub = feed.subscribe(feed.latest()).await.unwrap();
+    let mut latencies = Vec::new();
+    for i in 0..9 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = std::time::Instant::now();
+        a.create(&format!("/registry/x/{i}"), b"{}").await.unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("the other server's feed never saw the write")
+            .unwrap();
+        assert_eq!(ev.path, format!("/registry/x/{i}"));
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    eprintln!("idle: {idle} statements in 5 s; cross-server latencies {latencies:?}");
+    assert!(
+        median < Duration::from_millis(150),
+        "median cross-server latency {median:?} (all: {latencies:?}); the feed polls every 5 s, so the doorbell did not ring"
+    );
+    let _ = stop_tx.send(());
+    a.close().await;
+    b.close().await;
+    drop((a, b, feed, sub));
+    db.cleanup().await;
+}
