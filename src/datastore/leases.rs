@@ -13,7 +13,7 @@ use sqlx::Row;
 use super::{Dialect, Result, Store};
 
 /// Milliseconds since the epoch by the database's clock.
-fn now_ms(dialect: Dialect) -> &'static str {
+pub(super) fn now_ms(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
         Dialect::Mysql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
@@ -46,26 +46,9 @@ impl Store {
         duration_ms: i64,
         held: Option<Held>,
     ) -> Result<Option<Held>> {
-        let d = self.inner.dialect;
-        let p = |n| placeholder(d, n);
-        let now = now_ms(d);
-        let ensure = match d {
-            Dialect::Sqlite => "INSERT OR IGNORE INTO keelson_leases (name, holder, epoch, expires_at) VALUES (?, '', 0, 0)".to_owned(),
-            Dialect::Mysql => "INSERT IGNORE INTO keelson_leases (name, holder, epoch, expires_at) VALUES (?, '', 0, 0)".to_owned(),
-            Dialect::Postgres => "INSERT INTO keelson_leases (name, holder, epoch, expires_at) VALUES ($1, '', 0, 0) ON CONFLICT (name) DO NOTHING".to_owned(),
-        };
-        // The epoch is assigned first: MySQL evaluates SET left to right.
-        let take = format!(
-            "UPDATE keelson_leases SET epoch = CASE WHEN holder = {} THEN epoch ELSE epoch + 1 END, holder = {}, \
-             expires_at = {now} + {} WHERE name = {} AND (holder = {} OR expires_at < {now})",
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5)
-        );
+        let sql = self.inner.sql;
         let take = || {
-            sqlx::query(sqlx::AssertSqlSafe(take.clone()))
+            sqlx::query(sql.lease_take)
                 .bind(holder)
                 .bind(holder)
                 .bind(duration_ms)
@@ -90,7 +73,7 @@ impl Store {
                 return Ok(None);
             }
             self.count(2);
-            let created = sqlx::query(sqlx::AssertSqlSafe(ensure))
+            let created = sqlx::query(sql.lease_ensure)
                 .bind(name)
                 .execute(&self.inner.pool)
                 .await?;
@@ -106,15 +89,11 @@ impl Store {
             }
         }
         self.count(1);
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT epoch FROM keelson_leases WHERE name = {} AND holder = {}",
-            p(1),
-            p(2)
-        )))
-        .bind(name)
-        .bind(holder)
-        .fetch_optional(&self.inner.pool)
-        .await?;
+        let row = sqlx::query(sql.lease_epoch)
+            .bind(name)
+            .bind(holder)
+            .fetch_optional(&self.inner.pool)
+            .await?;
         Ok(row
             .map(|r| r.try_get(0))
             .transpose()?
@@ -123,17 +102,12 @@ impl Store {
 
     /// Gives the lease up at once (on shutdown), if `holder` still has it.
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        let d = self.inner.dialect;
         self.count(1);
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE keelson_leases SET expires_at = 0 WHERE name = {} AND holder = {}",
-            placeholder(d, 1),
-            placeholder(d, 2)
-        )))
-        .bind(name)
-        .bind(holder)
-        .execute(&self.inner.pool)
-        .await?;
+        sqlx::query(self.inner.sql.lease_release)
+            .bind(name)
+            .bind(holder)
+            .execute(&self.inner.pool)
+            .await?;
         Ok(())
     }
 
@@ -166,13 +140,10 @@ impl Store {
 
     /// Every node's time since its last heartbeat, in milliseconds of database time.
     pub async fn heartbeat_ages(&self) -> Result<Vec<(String, i64)>> {
-        let now = now_ms(self.inner.dialect);
         self.count(1);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT node, {now} - seen_at FROM keelson_heartbeats"
-        )))
-        .fetch_all(&self.inner.pool)
-        .await?;
+        let rows = sqlx::query(self.inner.sql.heartbeat_ages)
+            .fetch_all(&self.inner.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()

@@ -125,7 +125,7 @@ pub struct Store {
 struct Inner {
     pool: AnyPool,
     dialect: Dialect,
-    sql: Statements,
+    sql: &'static Statements,
     /// Woken after every local commit (and, on PostgreSQL, every remote one) so the change
     /// feed picks it up at once.
     committed: Arc<Notify>,
@@ -679,15 +679,45 @@ struct Statements {
     get_secret: &'static str,
     insert_secret: &'static str,
     delete_secret: &'static str,
+    lease_ensure: &'static str,
+    lease_take: &'static str,
+    lease_epoch: &'static str,
+    lease_release: &'static str,
+    heartbeat_ages: &'static str,
 }
 
 impl Statements {
-    fn for_dialect(dialect: Dialect) -> Statements {
-        let s = |sql: &'static str| -> &'static str {
+    /// Built once per dialect and process.
+    fn for_dialect(dialect: Dialect) -> &'static Statements {
+        static BUILT: [std::sync::OnceLock<Statements>; 3] =
+            [const { std::sync::OnceLock::new() }; 3];
+        let slot = match dialect {
+            Dialect::Sqlite => 0,
+            Dialect::Postgres => 1,
+            Dialect::Mysql => 2,
+        };
+        BUILT[slot].get_or_init(|| Statements::build(dialect))
+    }
+
+    fn build(dialect: Dialect) -> Statements {
+        // Leaked once per dialect (see `for_dialect`), so statements are plain `&'static str`.
+        let s = |sql: &str| -> &'static str {
             match dialect {
-                Dialect::Postgres => sql,
+                Dialect::Postgres => Box::leak(sql.to_owned().into_boxed_str()),
                 // `$n` → `?`: every statement binds its parameters in order.
                 _ => Box::leak(dollar_to_question(sql).into_boxed_str()),
+            }
+        };
+        let now = leases::now_ms(dialect);
+        let lease_ensure = match dialect {
+            Dialect::Sqlite => {
+                "INSERT OR IGNORE INTO keelson_leases (name, holder, epoch, expires_at) VALUES (?, '', 0, 0)"
+            }
+            Dialect::Mysql => {
+                "INSERT IGNORE INTO keelson_leases (name, holder, epoch, expires_at) VALUES (?, '', 0, 0)"
+            }
+            Dialect::Postgres => {
+                "INSERT INTO keelson_leases (name, holder, epoch, expires_at) VALUES ($1, '', 0, 0) ON CONFLICT (name) DO NOTHING"
             }
         };
         let insert_secret = match dialect {
@@ -728,6 +758,19 @@ impl Statements {
             get_secret: s("SELECT value FROM keelson_secrets WHERE name = $1"),
             insert_secret,
             delete_secret: s("DELETE FROM keelson_secrets WHERE name = $1"),
+            lease_ensure,
+            // The epoch is assigned first: MySQL evaluates SET left to right.
+            lease_take: s(&format!(
+                "UPDATE keelson_leases SET epoch = CASE WHEN holder = $1 THEN epoch ELSE epoch + 1 END, holder = $2, \
+                 expires_at = {now} + $3 WHERE name = $4 AND (holder = $5 OR expires_at < {now})"
+            )),
+            lease_epoch: s("SELECT epoch FROM keelson_leases WHERE name = $1 AND holder = $2"),
+            lease_release: s(
+                "UPDATE keelson_leases SET expires_at = 0 WHERE name = $1 AND holder = $2",
+            ),
+            heartbeat_ages: s(&format!(
+                "SELECT node, {now} - seen_at FROM keelson_heartbeats"
+            )),
         }
     }
 }
