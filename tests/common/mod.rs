@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod lab;
+pub mod tlsdb;
 
 use std::ffi::OsString;
 use std::fs;
