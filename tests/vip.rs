@@ -29,6 +29,8 @@ const ELECTION_TIMEOUT: Duration = Duration::from_secs(15);
 const LINK_FAILOVER_BOUND: Duration = Duration::from_secs(5);
 /// Clients answered again after the holder got SIGTERM.
 const SIGTERM_FAILOVER_BOUND: Duration = Duration::from_secs(1);
+/// The old holder exits after SIGTERM (well under the API's 4 s drain grace).
+const SIGTERM_EXIT_BOUND: Duration = Duration::from_millis(2500);
 /// The balancer's health checks: every 2 s, rise 2, fall 3.
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const FALL: u32 = 3;
@@ -704,7 +706,8 @@ fn a_holder_cut_off_from_the_database_gives_up_before_another_takes_over() {
 }
 
 /// SIGTERM on the holder: it releases the VIP at once, another server takes it, and the
-/// client gets answers within a second.
+/// client gets answers within a second. A watch held open through the holder's balancer does
+/// not hold up its exit: once the address is gone, that connection cannot go on.
 #[test]
 fn sigterm_on_the_holder_hands_the_vip_over_within_a_second() {
     let test = "sigterm";
@@ -713,6 +716,7 @@ fn sigterm_on_the_holder_hands_the_vip_over_within_a_second() {
     warm(&prober, test);
     let h = first_holder(&lab, test);
     still_the_holder(&lab, h);
+    let mut watch = open_watch_through_the_vip(&lab, h);
     let t0 = unix_now();
     lab.term(h);
     let sent = Instant::now();
@@ -754,6 +758,49 @@ fn sigterm_on_the_holder_hands_the_vip_over_within_a_second() {
         ms(answer),
         prober.summary_after(t0)
     );
+    assert!(
+        exit.is_some() && exited < SIGTERM_EXIT_BOUND,
+        "the old holder took {exited:?} to exit with a watch open through its balancer (bound {SIGTERM_EXIT_BOUND:?}, the API's drain grace is 4 s)"
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+/// A `watch` of nodes through `https://VIP:6443` from the client namespace, with server `i`'s
+/// admin credentials; returns once its first event arrived, so the connection is open.
+fn open_watch_through_the_vip(lab: &Lab, i: usize) -> std::process::Child {
+    use std::io::BufRead;
+    let (_, cert, key) = lab.admin_pems(i);
+    let argv = lab.vip_curl_args(
+        i,
+        "/api/v1/nodes?watch=true",
+        &[
+            "--no-buffer",
+            "--cert",
+            &cert.to_string_lossy(),
+            "--key",
+            &key.to_string_lossy(),
+        ],
+    );
+    let mut child = Command::new(&lab.tools.ip)
+        .args(["netns", "exec", &lab.client.ns])
+        .args(&argv)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start curl");
+    let stdout = child.stdout.take().expect("curl's stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.is_ok());
+        }
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap_or(false),
+        "the watch through the VIP delivered no event within 10 s"
+    );
+    child
 }
 
 /// The balancer on the VIP spreads short connections over every healthy server, and once a

@@ -255,6 +255,10 @@ impl Vip {
         let cfg = lb::Config {
             listen: SocketAddr::new(self.cfg.ip, self.cfg.lb_port),
             max_connections: self.cfg.lb_max_connections,
+            // The balancer is only stopped after the address was removed: its clients' packets
+            // now reach the new holder, so its connections cannot go on and draining them
+            // would only hold up a shutdown (and, through the API's drain, the exit).
+            drain_grace: Duration::ZERO,
             ..lb::Config::default()
         };
         let balancer = lb::LoadBalancer::bind(cfg)
