@@ -50,23 +50,25 @@ pub async fn run(
     };
 
     // Listen first, so health checks get an answer while the datastore is out of reach.
-    let (serving_tx, serving_rx) = watch::channel(None);
+    let (phase_tx, phase_rx) = watch::channel(apiserver::Phase::Starting(
+        "not connected yet (the server is starting)".into(),
+    ));
     let share_port = cfg
         .vip
         .as_ref()
         .is_some_and(|v| v.lb_port == cfg.bind.port());
-    let server = apiserver::Server::bind(cfg.bind, share_port, serving_rx).await?;
+    let server = apiserver::Server::bind(cfg.bind, share_port, phase_rx).await?;
     let port = server.local_addr().map_or(cfg.bind.port(), |a| a.port());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server.run(stop_rx.clone()));
 
     let result = tokio::select! {
-        r = start(&cfg, port, stop_rx.clone(), &mut tasks) => r,
+        r = start(&cfg, port, stop_rx.clone(), &phase_tx, &mut tasks) => r,
         _ = when_stopped(stop_rx.clone()) => Ok(None),
     };
     let store = match result {
         Ok(Some((store, serving))) => {
-            serving_tx.send_replace(Some(serving));
+            phase_tx.send_replace(apiserver::Phase::Serving(serving));
             Some(store)
         }
         Ok(None) => None,
@@ -90,12 +92,13 @@ async fn start(
     cfg: &ServerConfig,
     port: u16,
     stop: watch::Receiver<bool>,
+    phase: &watch::Sender<apiserver::Phase>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> anyhow::Result<Option<(Store, Arc<apiserver::Serving>)>> {
     let when_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let store = open_with_retry(cfg).await?;
+    let store = open_with_retry(cfg, phase).await?;
     let cluster =
         bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
     let registry = Registry::new(store.clone());
@@ -244,7 +247,10 @@ async fn start(
 /// Connects to the datastore, retrying with capped exponential backoff: a server that boots
 /// before its database comes up waits for it instead of exiting. A local SQLite file that
 /// cannot be opened will not fix itself, so that fails at once.
-async fn open_with_retry(cfg: &ServerConfig) -> anyhow::Result<Store> {
+async fn open_with_retry(
+    cfg: &ServerConfig,
+    phase: &watch::Sender<apiserver::Phase>,
+) -> anyhow::Result<Store> {
     let mut delay = OPEN_RETRY_MIN;
     loop {
         match Store::open(&cfg.endpoint, &cfg.pool).await {
@@ -252,6 +258,8 @@ async fn open_with_retry(cfg: &ServerConfig) -> anyhow::Result<Store> {
             Err(e) if cfg.endpoint.dialect == Dialect::Sqlite => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot open the datastore; /readyz reports not ready until it can");
+                let why = format!("{e} (retrying)");
+                phase.send_replace(apiserver::Phase::Starting(why.into()));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(OPEN_RETRY_MAX);
             }

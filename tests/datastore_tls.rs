@@ -193,12 +193,12 @@ fn tls_scenarios(db: &dyn Database, pki: &Pki) {
     // A client certificate required and none given: the database's refusal, in the log.
     let refusal = db.missing_client_cert_error();
     no_cert.wait_for_log(&refusal);
-    no_cert.assert_waiting_for_the_datastore();
+    no_cert.assert_waiting_for_the_datastore(&refusal);
 
     // A CA that did not sign the database's certificate: refused before any login, and no
     // retry without TLS.
     untrusted.wait_for_log("invalid peer certificate: UnknownIssuer");
-    untrusted.assert_waiting_for_the_datastore();
+    untrusted.assert_waiting_for_the_datastore("invalid peer certificate: UnknownIssuer");
     db.assert_never_connected("keelson_wrongca");
 
     eprintln!("TLS scenarios took {:?}", started.elapsed());
@@ -435,8 +435,8 @@ impl Unready {
     }
 
     /// Asserts that the server still runs, retrying, and that `/readyz` says it is not ready
-    /// for want of the datastore.
-    fn assert_waiting_for_the_datastore(&mut self) {
+    /// for want of the datastore, and why.
+    fn assert_waiting_for_the_datastore(&mut self, why: &str) {
         self.assert_running();
         let r: Reply = common::curl(&[
             "--insecure".into(),
@@ -449,8 +449,8 @@ impl Unready {
             self.what
         );
         assert!(
-            r.body.contains("datastore"),
-            "/readyz of the {} server does not name the datastore: {}",
+            r.body.contains("datastore") && r.body.contains(why),
+            "/readyz of the {} server does not name the datastore and \"{why}\": {}",
             self.what,
             r.body
         );

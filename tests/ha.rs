@@ -682,25 +682,27 @@ impl Forwarder {
     }
 
     fn restore(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            match TcpListener::bind(("127.0.0.1", self.port)) {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("cannot listen on {} again yet: {e}", self.port);
-                    thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!(
-                    "cannot listen on the forwarder's port {} again: {e}",
-                    self.port
-                ),
-            }
-        };
-        listener
-            .set_nonblocking(true)
-            .expect("make the forwarder's listener non-blocking");
-        self.relay.lock().unwrap().listener = Some(listener);
+        listen_again(&self.relay, self.port);
     }
+}
+
+/// [`Forwarder::restore`], for a thread that holds only the relay.
+fn listen_again(relay: &Mutex<Relay>, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => break l,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("cannot listen on {port} again yet: {e}");
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("cannot listen on the forwarder's port {port} again: {e}"),
+        }
+    };
+    listener
+        .set_nonblocking(true)
+        .expect("make the forwarder's listener non-blocking");
+    relay.lock().unwrap().listener = Some(listener);
 }
 
 impl Drop for Forwarder {
@@ -775,6 +777,57 @@ const FAIL_FAST: Duration = Duration::from_secs(10);
 /// Longest `/readyz` may keep saying `ok` after the server failed a request for want of the
 /// database.
 const READY_AGREES: Duration = Duration::from_secs(2);
+
+/// A server that boots before its database: it listens, `/readyz` says it is not ready and
+/// why, and it serves by itself once the database appears.
+fn waits_for_a_database_that_is_not_there_yet(db: Db) {
+    let Some(db) = TestDb::new(db, "late") else {
+        return;
+    };
+    let fwd = Forwarder::start(db.db.port());
+    fwd.cut();
+    let restorer = {
+        let (relay, port) = (fwd.relay.clone(), fwd.port);
+        thread::spawn(move || {
+            thread::sleep(Duration::from_secs(4));
+            listen_again(&relay, port);
+        })
+    };
+    let started = Instant::now();
+    let s = Server::start(named("late").arg("--datastore-endpoint", &db.url_endpoint_at(fwd.port)));
+    let took = started.elapsed();
+    restorer.join().unwrap();
+    assert!(
+        s.not_ready
+            .iter()
+            .any(|b| b.contains("datastore") && b.contains("Connection refused")),
+        "/readyz never said the datastore refused connections while it was away: {:?}",
+        s.not_ready
+    );
+    assert!(
+        s.log().contains("cannot open the datastore"),
+        "the log does not say the datastore could not be opened:\n{}",
+        s.log()
+    );
+    assert!(
+        took < Duration::from_secs(4 + 15),
+        "ready {took:?} after start, the database came at 4 s"
+    );
+    assert!(ready_nodes(&s).contains(&"late".to_owned()));
+    drop(s);
+    drop(fwd);
+    drop(db);
+}
+
+#[test]
+fn waits_for_postgres_to_appear_and_says_why_until_then() {
+    waits_for_a_database_that_is_not_there_yet(Db::Postgres);
+}
+
+#[test]
+fn waits_for_mariadb_to_appear_and_says_why_until_then() {
+    waits_for_a_database_that_is_not_there_yet(Db::MariaDb);
+}
 
 fn survives_a_database_outage(db: Db) {
     let Some(db) = TestDb::new(db, "outage") else {

@@ -96,13 +96,21 @@ pub struct Serving {
     pub api: Arc<Api>,
 }
 
-/// The listener. Until [`Serving`] is published it answers with a temporary self-signed
-/// certificate: `/livez` is ok, `/readyz` and everything else say the server is waiting for
-/// the datastore (so a board whose database is down says why instead of refusing connections).
+/// What the listener answers with, published by the server as it starts.
+#[derive(Clone)]
+pub enum Phase {
+    /// Not serving the API yet; why (shown by `/readyz`), e.g. the last datastore error.
+    Starting(Arc<str>),
+    Serving(Arc<Serving>),
+}
+
+/// The listener. Until [`Phase::Serving`] is published it answers with a temporary
+/// self-signed certificate: `/livez` is ok, `/readyz` and everything else say what the server
+/// is waiting for (so a board whose database is down says why instead of refusing connections).
 pub struct Server {
     listener: TcpListener,
     starting_tls: TlsAcceptor,
-    serving: signal::Receiver<Option<Arc<Serving>>>,
+    phase: signal::Receiver<Phase>,
 }
 
 // === impl Server ===
@@ -114,7 +122,7 @@ impl Server {
     pub async fn bind(
         addr: SocketAddr,
         share_port: bool,
-        serving: signal::Receiver<Option<Arc<Serving>>>,
+        phase: signal::Receiver<Phase>,
     ) -> Result<Server, Error> {
         let bind = || -> std::io::Result<TcpListener> {
             let socket = if addr.is_ipv4() {
@@ -134,7 +142,7 @@ impl Server {
         Ok(Server {
             listener,
             starting_tls,
-            serving,
+            phase,
         })
     }
 
@@ -169,16 +177,17 @@ impl Server {
             ACCEPTED.fetch_add(1, Ordering::Relaxed);
             // Reap finished connections so the set stays as small as the open count.
             while conns.try_join_next().is_some() {}
-            let serving = self.serving.borrow().clone();
+            let phase = self.phase.borrow().clone();
             let starting_tls = self.starting_tls.clone();
             let stop = stop.clone();
             conns.spawn(tracing::Instrument::instrument(
                 async move {
-                    match serving {
-                        Some(s) => {
-                            serve_connection(s.tls.clone(), tcp, Some(s.api.clone()), stop).await
+                    match phase {
+                        Phase::Serving(s) => {
+                            let tls = s.tls.clone();
+                            serve_connection(tls, tcp, Phase::Serving(s), stop).await
                         }
-                        None => serve_connection(starting_tls, tcp, None, stop).await,
+                        starting => serve_connection(starting_tls, tcp, starting, stop).await,
                     }
                     drop(permit);
                 },
@@ -205,11 +214,11 @@ impl Server {
     }
 }
 
-/// Serves one connection; `api` is `None` while the server is still starting.
+/// Serves one connection in the phase the server was in when it was accepted.
 async fn serve_connection(
     tls: TlsAcceptor,
     tcp: tokio::net::TcpStream,
-    api: Option<Arc<Api>>,
+    phase: Phase,
     mut stop: signal::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -230,12 +239,12 @@ async fn serve_connection(
         .unwrap_or(auth::Identity::Anonymous);
     let identity = Arc::new(identity);
     let service = service_fn(move |req| {
-        let api = api.clone();
+        let phase = phase.clone();
         let identity = identity.clone();
         async move {
-            Ok::<_, Infallible>(match api {
-                Some(api) => routes::handle(api, &identity, req).await,
-                None => routes::starting(&req),
+            Ok::<_, Infallible>(match phase {
+                Phase::Serving(s) => routes::handle(s.api.clone(), &identity, req).await,
+                Phase::Starting(why) => routes::starting(&req, &why),
             })
         }
     });

@@ -59,19 +59,19 @@ pub async fn handle(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Res
     resp
 }
 
-/// Answers while the server waits for the datastore: alive, not ready.
-pub fn starting<B>(req: &Request<B>) -> Response<Body> {
+/// Answers while the server waits for the datastore: alive, not ready, and why.
+pub fn starting<B>(req: &Request<B>, why: &str) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
         ["healthz" | "livez", ..] => text(StatusCode::OK, "ok"),
         ["readyz", ..] => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "[-]datastore failed: not connected yet (the server is starting)\nreadyz check failed",
+            &format!("[-]datastore failed: {why}\nreadyz check failed"),
         ),
-        _ => error(&ApiError::Unavailable(
-            "the server is starting: waiting for the datastore".into(),
-        )),
+        _ => error(&ApiError::Unavailable(format!(
+            "the server is starting: {why}"
+        ))),
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::Notify;
 
 pub use endpoint::{Dialect, Endpoint};
@@ -197,13 +197,33 @@ impl Store {
                     Ok(())
                 })
             });
-        let pool = match opts.clone().connect(&endpoint.url).await {
-            Err(e) if endpoint.is_missing_database(&e) => {
-                create_database(endpoint).await.map_err(open_err)?;
-                opts.connect(&endpoint.url).await.map_err(open_err)?
+        // One direct attempt first: the pool would retry until its acquire timeout and then
+        // report only that, while this fails at once with the reason a user can act on
+        // (refused, unknown host, TLS, authentication) and finds a missing database.
+        if dialect != Dialect::Sqlite {
+            let probe =
+                tokio::time::timeout(pool.acquire_timeout, AnyConnection::connect(&endpoint.url))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "no answer within {:?} (--datastore-acquire-timeout)",
+                                pool.acquire_timeout
+                            ),
+                        )))
+                    });
+            match probe {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                }
+                Err(e) if endpoint.is_missing_database(&e) => {
+                    create_database(endpoint).await.map_err(open_err)?;
+                }
+                Err(e) => return Err(open_err(e)),
             }
-            other => other.map_err(open_err)?,
-        };
+        }
+        let pool = opts.connect(&endpoint.url).await.map_err(open_err)?;
         if let Some(path) = endpoint.sqlite_path() {
             set_mode(path, 0o600);
         }

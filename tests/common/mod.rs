@@ -59,6 +59,8 @@ pub struct Server {
     child: Option<Child>,
     /// How many times a process was started here; each start logs to its own file.
     starts: u32,
+    /// Every distinct not-ready `/readyz` body seen while waiting for the last start.
+    pub not_ready: Vec<String>,
 }
 
 /// A server that exited before it became ready.
@@ -148,6 +150,7 @@ impl Server {
             opts,
             child: None,
             starts: 0,
+            not_ready: Vec::new(),
         };
         // A port picked by binding :0 can be taken by someone else before the server binds it;
         // only then is another port tried.
@@ -432,6 +435,7 @@ impl Server {
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
         self.child = Some(cmd.spawn().expect("spawn keelson server"));
+        self.not_ready.clear();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self
@@ -445,8 +449,10 @@ impl Server {
                     log: self.log(),
                 });
             }
-            if self.readyz().as_deref() == Some("ok") {
-                return Ok(());
+            match self.readyz() {
+                Some(body) if body == "ok" => return Ok(()),
+                Some(body) if !self.not_ready.contains(&body) => self.not_ready.push(body),
+                _ => {}
             }
             if Instant::now() > deadline {
                 let status = self.wait_exit();
