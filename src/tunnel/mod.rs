@@ -38,6 +38,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const PATH: &str = "/v1-keelson/connect";
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 16 * 1024;
+/// Initial websocket read buffer of either end (see [`ws_config`]).
+const READ_BUFFER: usize = 512;
 /// How often the agent pings its server.
 pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Silence after which a peer is taken for dead. Short enough that an agent whose server lost
@@ -98,10 +100,11 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> 
 }
 
 /// Small buffers: a thousand idle tunnels must cost a server a few MiB, not the library's
-/// default 128 KiB a side per connection.
+/// default 128 KiB a side per connection. The read buffer is held for the tunnel's whole
+/// life but only ever sees pings and the odd report, and it grows to fit a larger frame.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * MAX_FRAME)
         .max_message_size(Some(MAX_FRAME))

@@ -185,7 +185,9 @@ where
     if let Err(why) = check(node, &report) {
         return End::Refused(why);
     }
-    if let Err(e) = registration::register(&api.registry, &report, None).await {
+    // Boxed here and below: a registration is a datastore round trip whose future is several
+    // KiB, and inline it would size every idle tunnel's task for the rare moment it runs.
+    if let Err(e) = Box::pin(registration::register(&api.registry, &report, None)).await {
         return End::Refused(format!("cannot register the node: {e}"));
     }
     let _presence = api.sessions.enter(node);
@@ -230,7 +232,7 @@ where
                             last_report = Instant::now();
                             report = next;
                             if let Err(why) = check(node, &report) { return End::Refused(why); }
-                            if let Err(e) = registration::register(&api.registry, &report, None).await {
+                            if let Err(e) = Box::pin(registration::register(&api.registry, &report, None)).await {
                                 tracing::warn!(%node, error = %e, "cannot update the node from its report");
                             }
                         }
