@@ -28,6 +28,8 @@ pub const KUBE_VERSION: &str = concat!("v1.32.0+keelson.", env!("CARGO_PKG_VERSI
 pub const VERSION_STRING: &str = concat!(env!("CARGO_PKG_VERSION"), " (Kubernetes v1.32.0)");
 
 fn main() -> ExitCode {
+    // Before the runtime starts any thread.
+    heap::configure();
     let cli = match config::parse_command_line(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(config::Error::Clap(e)) => e.exit(),
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
             };
             init_logging(cfg.debug);
             run(Threads::Two, async {
+                let _trimmer = heap::Trimmer::spawn();
                 server::run(cfg, shutdown_signal()).await
             })
         }
@@ -200,4 +203,99 @@ fn run_kubectl(args: Vec<String>) -> ExitCode {
     let err = cmd.args(args).exec();
     eprintln!("error: cannot run kubectl: {err} (is kubectl installed and on PATH?)");
     ExitCode::from(127)
+}
+
+/// How the process uses glibc's malloc (a no-op for musl builds, whose allocator returns
+/// free memory by itself).
+///
+/// glibc keeps memory a burst freed: one heap per thread that ever contended, and inside a
+/// heap only its top is ever given back. After a thousand agents join at once, a server's live
+/// heap is about a third of its RSS; the rest is free memory pinned between live allocations
+/// and abandoned in the other thread's heap. So: one heap for all threads (tcache keeps small
+/// allocations per thread anyway), and free pages inside it go back to the kernel once the
+/// resident size has grown past what the last trim left.
+#[allow(unsafe_code)]
+mod heap {
+    use std::time::Duration;
+
+    /// How often the trimmer compares the resident size with what its last trim left.
+    const CHECK_EVERY: Duration = Duration::from_secs(5);
+    /// Growth of the resident size since the last trim that earns another trim.
+    const REGROWTH_BYTES: u64 = 2 << 20;
+
+    /// One malloc arena for every thread. Call before any thread starts: arenas that already
+    /// exist stay.
+    pub fn configure() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt takes no pointers and only changes malloc's tuning parameters under
+        // malloc's own lock; glibc documents it as callable at any time (MT-Safe).
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+
+    /// Gives free heap pages back to the kernel after bursts; ends when dropped.
+    pub struct Trimmer {
+        task: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    // === impl Trimmer ===
+
+    impl Trimmer {
+        /// Must be called inside the runtime.
+        pub fn spawn() -> Trimmer {
+            let task =
+                cfg!(all(target_os = "linux", target_env = "gnu")).then(|| tokio::spawn(run()));
+            Trimmer { task }
+        }
+    }
+
+    impl Drop for Trimmer {
+        fn drop(&mut self) {
+            if let Some(task) = &self.task {
+                task.abort();
+            }
+        }
+    }
+
+    async fn run() {
+        let mut floor = resident_bytes();
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            let (Some(now), Some(last)) = (resident_bytes(), floor) else {
+                // No /proc: nothing to compare, and nothing to do.
+                return;
+            };
+            if now > last + REGROWTH_BYTES {
+                let started = std::time::Instant::now();
+                trim();
+                floor = resident_bytes();
+                tracing::debug!(
+                    before = now,
+                    after = floor,
+                    took = ?started.elapsed(),
+                    "gave free heap pages back to the kernel"
+                );
+            } else if now < last {
+                floor = Some(now);
+            }
+        }
+    }
+
+    fn trim() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim takes no pointers; it walks malloc's free lists under each
+        // arena's lock and only returns pages no allocation occupies (MT-Safe).
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// The process's resident set size, from `/proc/self/statm` (in pages).
+    fn resident_bytes() -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+        Some(pages * u64::try_from(page).ok()?)
+    }
 }
