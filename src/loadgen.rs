@@ -36,7 +36,8 @@ pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Resu
         };
         let stop = stop.clone();
         agents.spawn(async move {
-            if let Err(e) = agent::run(cfg, stop).await {
+            let (connected, _) = watch::channel(false);
+            if let Err(e) = agent::run(cfg, stop, connected).await {
                 tracing::error!(error = %e, "simulated agent failed");
             }
         });

@@ -29,7 +29,7 @@ pub const VERSION_STRING: &str = concat!(env!("CARGO_PKG_VERSION"), " (Kubernete
 
 fn main() -> ExitCode {
     // Before the runtime starts any thread.
-    heap::configure();
+    memory::configure_malloc();
     let cli = match config::parse_command_line(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(config::Error::Clap(e)) => e.exit(),
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             };
             init_logging(cfg.debug);
             run(Threads::Two, async {
-                let _trimmer = heap::Trimmer::spawn();
+                let _trimmer = memory::spawn_trimmer();
                 server::run(cfg, shutdown_signal()).await
             })
         }
@@ -53,9 +53,13 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error_for("agent", &e),
             };
             init_logging(cfg.debug);
+            // While no other thread exists.
+            let file_pages = memory::FilePages::mapped_now();
             // One thread: an agent is a handful of sockets and timers on a small board.
             run(Threads::One, async {
-                Ok(agent::run(cfg, stop_on_signal()).await?)
+                let (connected, tunnel_up) = tokio::sync::watch::channel(false);
+                let _release = file_pages.release_once_up(tunnel_up);
+                Ok(agent::run(cfg, stop_on_signal(), connected).await?)
             })
         }
         Command::Loadgen(args) => {
@@ -205,27 +209,48 @@ fn run_kubectl(args: Vec<String>) -> ExitCode {
     ExitCode::from(127)
 }
 
-/// How the process uses glibc's malloc (a no-op for musl builds, whose allocator returns
-/// free memory by itself).
+/// What the process does about its own memory, beyond allocating it.
 ///
-/// glibc keeps memory a burst freed: one heap per thread that ever contended, and inside a
-/// heap only its top is ever given back. After a thousand agents join at once, a server's live
-/// heap is about a third of its RSS; the rest is free memory pinned between live allocations
-/// and abandoned in the other thread's heap. So: one heap for all threads (tcache keeps small
-/// allocations per thread anyway), and free pages inside it go back to the kernel once the
-/// resident size has grown past what the last trim left.
+/// glibc's malloc (not musl's) keeps memory a burst freed: one heap per thread that ever
+/// contended, and inside a heap only its top is ever given back. After a thousand agents join
+/// at once, a server's live heap is about a third of its RSS; the rest is free memory pinned
+/// between live allocations and abandoned in the other thread's heap. So: one heap for all
+/// threads (tcache keeps small allocations per thread anyway), and free pages inside it go back
+/// to the kernel once the resident size has grown past what the last trim left.
+///
+/// An agent's private memory is half a MiB; most of its RSS is pages of the executable and of
+/// libc that the kernel mapped while start-up code ran (argument parsing, joining, key
+/// generation), and neighbours it mapped along with them. Once the first tunnel is up those
+/// are unmapped, and only what the idle agent runs is mapped again, from the page cache.
 #[allow(unsafe_code)]
-mod heap {
+mod memory {
     use std::time::Duration;
 
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+
     /// How often the trimmer compares the resident size with what its last trim left.
-    const CHECK_EVERY: Duration = Duration::from_secs(5);
+    const TRIM_CHECK_EVERY: Duration = Duration::from_secs(5);
     /// Growth of the resident size since the last trim that earns another trim.
-    const REGROWTH_BYTES: u64 = 2 << 20;
+    const TRIM_REGROWTH_BYTES: u64 = 2 << 20;
+    /// From the first tunnel to unmapping start-up pages: the agent's first moments on the
+    /// tunnel (the server list, its file) are start-up too.
+    const STARTUP_SETTLE: Duration = Duration::from_secs(2);
+
+    /// A background task of this module; ends when dropped.
+    pub struct Task(Option<JoinHandle<()>>);
+
+    impl Drop for Task {
+        fn drop(&mut self) {
+            if let Some(task) = &self.0 {
+                task.abort();
+            }
+        }
+    }
 
     /// One malloc arena for every thread. Call before any thread starts: arenas that already
     /// exist stay.
-    pub fn configure() {
+    pub fn configure_malloc() {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: mallopt takes no pointers and only changes malloc's tuning parameters under
         // malloc's own lock; glibc documents it as callable at any time (MT-Safe).
@@ -234,39 +259,89 @@ mod heap {
         }
     }
 
-    /// Gives free heap pages back to the kernel after bursts; ends when dropped.
-    pub struct Trimmer {
-        task: Option<tokio::task::JoinHandle<()>>,
+    /// Gives free heap pages back to the kernel after bursts (glibc only). Must be called
+    /// inside the runtime.
+    pub fn spawn_trimmer() -> Task {
+        Task(cfg!(all(target_os = "linux", target_env = "gnu")).then(|| tokio::spawn(trimmer())))
     }
 
-    // === impl Trimmer ===
+    /// The mappings whose pages are the mapped files' bytes and nothing else, taken while the
+    /// process is single-threaded: the executable's and its libraries' code and constants.
+    pub struct FilePages(Vec<Mapping>);
 
-    impl Trimmer {
-        /// Must be called inside the runtime.
-        pub fn spawn() -> Trimmer {
-            let task =
-                cfg!(all(target_os = "linux", target_env = "gnu")).then(|| tokio::spawn(run()));
-            Trimmer { task }
+    // === impl FilePages ===
+
+    impl FilePages {
+        /// Call before any thread starts, after the dynamic loader is done (any time in
+        /// `main`): then every mapping found belongs to the executable or to a library loaded
+        /// with it, and stays as it is for the process's life. Empty where `/proc` is missing.
+        pub fn mapped_now() -> FilePages {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+            FilePages(unmodified_file_mappings(&smaps).collect())
         }
-    }
 
-    impl Drop for Trimmer {
-        fn drop(&mut self) {
-            if let Some(task) = &self.task {
-                task.abort();
+        /// Unmaps these pages once `tunnel_up` first turns true and [`STARTUP_SETTLE`] has
+        /// passed (Linux only). Must be called inside the runtime.
+        pub fn release_once_up(self, mut tunnel_up: watch::Receiver<bool>) -> Task {
+            Task(cfg!(target_os = "linux").then(|| {
+                tokio::spawn(async move {
+                    if tunnel_up.wait_for(|up| *up).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(STARTUP_SETTLE).await;
+                    match self.release() {
+                        Ok(bytes) => tracing::debug!(
+                            kib = bytes / 1024,
+                            "unmapped the pages start-up touched in the executable and libraries"
+                        ),
+                        Err(e) => tracing::debug!(error = %e, "cannot unmap start-up pages"),
+                    }
+                })
+            }))
+        }
+
+        /// Drops the page-table entries of every mapping; the pages stay in the page cache and
+        /// are mapped again on first touch. Returns the bytes of address space covered.
+        fn release(&self) -> std::io::Result<u64> {
+            let mut released = 0;
+            for m in &self.0 {
+                let len = m.end - m.start;
+                #[cfg(target_os = "linux")]
+                // SAFETY: `m` was, while the process was single-threaded and after the loader
+                // had finished, a whole private mapping of a file that is not writable and had
+                // no anonymous (copied-on-write) page: all its pages hold exactly the file's
+                // bytes. Such mappings of the executable and of the libraries loaded with it
+                // stay mapped for the process's life and nothing here makes them writable, so
+                // that still holds (the loader's RELRO pages were written and were excluded).
+                // MADV_DONTNEED drops the page-table entries and the next access maps the same
+                // bytes again from the file, as after the kernel's own reclaim.
+                let rc = unsafe {
+                    libc::madvise(
+                        m.start as usize as *mut libc::c_void,
+                        len as usize,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                #[cfg(not(target_os = "linux"))]
+                let rc = 0;
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                released += len;
             }
+            Ok(released)
         }
     }
 
-    async fn run() {
+    async fn trimmer() {
         let mut floor = resident_bytes();
         loop {
-            tokio::time::sleep(CHECK_EVERY).await;
+            tokio::time::sleep(TRIM_CHECK_EVERY).await;
             let (Some(now), Some(last)) = (resident_bytes(), floor) else {
                 // No /proc: nothing to compare, and nothing to do.
                 return;
             };
-            if now > last + REGROWTH_BYTES {
+            if now > last + TRIM_REGROWTH_BYTES {
                 let started = std::time::Instant::now();
                 trim();
                 floor = resident_bytes();
@@ -297,5 +372,128 @@ mod heap {
         let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
         let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
         Some(pages * u64::try_from(page).ok()?)
+    }
+
+    /// One mapping from `/proc/<pid>/smaps`: its address range.
+    #[derive(Debug, PartialEq)]
+    struct Mapping {
+        start: u64,
+        end: u64,
+    }
+
+    /// The file mappings in `smaps` that are private, not writable and have no anonymous
+    /// page: their memory is the file's bytes and nothing else.
+    fn unmodified_file_mappings(smaps: &str) -> impl Iterator<Item = Mapping> {
+        let mut current: Option<(Mapping, bool)> = None;
+        let mut found = Vec::new();
+        for line in smaps.lines() {
+            if let Some(anon) = line.strip_prefix("Anonymous:") {
+                let untouched = anon.trim().strip_suffix("kB").map(str::trim) == Some("0");
+                if let Some((m, eligible)) = current.take()
+                    && eligible
+                    && untouched
+                {
+                    found.push(m);
+                }
+            } else if let Some(header) = mapping_header(line) {
+                current = Some(header);
+            }
+        }
+        found.into_iter()
+    }
+
+    /// `start-end perms offset dev inode path`: the mapping, and whether it is a private,
+    /// read-only mapping of a file.
+    fn mapping_header(line: &str) -> Option<(Mapping, bool)> {
+        let mut fields = line.splitn(6, ' ');
+        let (start, end) = fields.next()?.split_once('-')?;
+        let perms = fields.next()?.as_bytes();
+        let _offset = fields.next()?;
+        let _dev = fields.next()?;
+        let inode: u64 = fields.next()?.parse().ok()?;
+        let path = fields.next().unwrap_or("").trim_start();
+        let m = Mapping {
+            start: u64::from_str_radix(start, 16).ok()?,
+            end: u64::from_str_radix(end, 16).ok()?,
+        };
+        let eligible = perms.len() == 4
+            && perms[1] == b'-'
+            && perms[3] == b'p'
+            && inode != 0
+            && path.starts_with('/');
+        Some((m, eligible))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn only_read_only_private_file_mappings_without_anonymous_pages_are_released() {
+            let smaps = "\
+5619c8a9b000-5619c8c4c000 r--p 00000000 fe:00 5373990                    /usr/bin/keelson
+Rss:                1152 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me
+5619c8c4c000-5619c9084000 r-xp 001b0000 fe:00 5373990                    /usr/bin/keelson
+Anonymous:             0 kB
+5619c9084000-5619c90af000 r--p 005e7000 fe:00 5373990                    /usr/bin/keelson
+Anonymous:           172 kB
+5619c90af000-5619c90b5000 rw-p 00611000 fe:00 5373990                    /usr/bin/keelson
+Anonymous:             0 kB
+5619e6f2a000-5619e6f6c000 rw-p 00000000 00:00 0                          [heap]
+Anonymous:           200 kB
+7f6c58818000-7f6c5881a000 r-xp 00000000 00:00 0                          [vdso]
+Anonymous:             0 kB
+7f6c5854b000-7f6c586a1000 r-xp 00026000 fe:00 326279                     /usr/lib/x86_64-linux-gnu/libc.so.6
+Anonymous:             0 kB
+7f6c5854c000-7f6c5854d000 r--s 00000000 fe:00 4242                       /dev/shm/x
+Anonymous:             0 kB
+";
+            let found: Vec<_> = unmodified_file_mappings(smaps).collect();
+            assert_eq!(
+                found,
+                vec![
+                    Mapping {
+                        start: 0x5619c8a9b000,
+                        end: 0x5619c8c4c000,
+                    },
+                    Mapping {
+                        start: 0x5619c8c4c000,
+                        end: 0x5619c9084000,
+                    },
+                    Mapping {
+                        start: 0x7f6c5854b000,
+                        end: 0x7f6c586a1000,
+                    },
+                ]
+            );
+        }
+
+        #[test]
+        fn releasing_file_pages_leaves_code_and_constants_working() {
+            static TABLE: [u64; 4] = [1, 2, 3, 5];
+            let before = format!("{TABLE:?}");
+            // Other test threads are running: take only this executable's mappings (no thread
+            // can unmap those), not the libraries'.
+            let exe = std::fs::read_link("/proc/self/exe").unwrap();
+            let exe = exe.to_str().unwrap();
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let mut ours = String::new();
+            let mut keep = false;
+            for line in smaps.lines() {
+                if let Some((_, _)) = mapping_header(line) {
+                    keep = line.ends_with(exe);
+                }
+                if keep {
+                    ours.push_str(line);
+                    ours.push('\n');
+                }
+            }
+            let pages = FilePages(unmodified_file_mappings(&ours).collect());
+            assert!(!pages.0.is_empty(), "no mapping of {exe} found");
+            assert!(pages.release().unwrap() > 0);
+            assert_eq!(format!("{TABLE:?}"), before);
+        }
     }
 }

@@ -44,8 +44,13 @@ struct Credentials {
     cert: ClientCert,
 }
 
-/// Runs an agent until `stop` flips.
-pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+/// Runs an agent until `stop` flips. `connected` is true while a tunnel is open (the server
+/// welcomed it).
+pub async fn run(
+    cfg: AgentConfig,
+    mut stop: watch::Receiver<bool>,
+    connected: watch::Sender<bool>,
+) -> Result<(), Error> {
     let files = Files::new(&cfg.data_dir);
     let mut opts = cfg.node.clone();
     if cfg.with_node_id {
@@ -117,11 +122,15 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
                 &mut ws,
                 &addr,
                 &report,
-                |list| balancer.learn(list),
+                |list| {
+                    connected.send_if_modified(|up| !std::mem::replace(up, true));
+                    balancer.learn(list)
+                },
                 renew_at,
                 &mut stop,
             )
             .await;
+            connected.send_if_modified(|up| std::mem::replace(up, false));
             match outcome {
                 Outcome::Shutdown => return Ok(()),
                 Outcome::Lost(why) => {
