@@ -96,6 +96,7 @@ clk=$(getconf CLK_TCK)
 ms() { date +%s%3N; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+rollup() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
 # utime + stime in clock ticks (fields 14, 15; the comm field may hold spaces).
 ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
@@ -273,8 +274,10 @@ run_agent() { # run_agent LABEL NODE-NAME COMMAND...: one agent against the curr
   c1=$(ticks "$p")
   local rss hwm
   rss=$(kib "$p" VmRSS); hwm=$(kib "$p" VmHWM)
+  # RSS counts file pages shared with other processes; PSS splits them, private is its own.
+  pss=$(rollup "$p" Pss); private=$(($(rollup "$p" Private_Clean) + $(rollup "$p" Private_Dirty)))
   agent_rows+=("| $label: start to node Ready | $(secs "$t_ready") |")
-  agent_rows+=("| $label: idle RSS after ${settle} s | $(mib "$rss") (peak $(mib "$hwm")) |")
+  agent_rows+=("| $label: idle RSS after ${settle} s | $(mib "$rss") (peak $(mib "$hwm"); PSS $(mib "$pss"), private $(mib "$private")) |")
   agent_rows+=("| $label: idle CPU over those ${settle} s | $(pct $((c1 - c0)) "$settle") |")
   stop_pid "$p" 15
   forget_pid "$p"
