@@ -272,7 +272,7 @@ run_agent() { # run_agent LABEL NODE-NAME COMMAND...: one agent against the curr
   c0=$(ticks "$p")
   sleep "$settle"
   c1=$(ticks "$p")
-  local rss hwm
+  local rss hwm pss private
   rss=$(kib "$p" VmRSS); hwm=$(kib "$p" VmHWM)
   # RSS counts file pages shared with other processes; PSS splits them, private is its own.
   pss=$(rollup "$p" Pss); private=$(($(rollup "$p" Private_Clean) + $(rollup "$p" Private_Dirty)))
