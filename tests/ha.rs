@@ -804,6 +804,13 @@ fn waits_for_a_database_that_is_not_there_yet(db: Db) {
         "/readyz never said the datastore refused connections while it was away: {:?}",
         s.not_ready
     );
+    // `/readyz` answers anyone: the reason, but not where the database is.
+    let at = format!(":{}", fwd.port);
+    assert!(
+        s.not_ready.iter().all(|b| !b.contains(&at)),
+        "/readyz shows the datastore endpoint to anonymous callers: {:?}",
+        s.not_ready
+    );
     assert!(
         s.log().contains("cannot open the datastore"),
         "the log does not say the datastore could not be opened:\n{}",
