@@ -37,12 +37,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use super::{COMMAND_TIMEOUT, READY_TIMEOUT, run};
+use super::{COMMAND_TIMEOUT, READY_TIMEOUT, kubeconfig_field, run};
 
 /// The virtual IP every lab server is started with.
 pub const VIP: &str = "198.18.0.100";
@@ -1049,18 +1048,6 @@ pub fn base36(mut n: u32, width: usize) -> String {
     }
     assert_eq!(n, 0, "does not fit in {width} base-36 digits");
     String::from_utf8(out).expect("ASCII")
-}
-
-/// The decoded value of a `*-data` field of a kubeconfig.
-fn kubeconfig_field(kubeconfig: &str, field: &str) -> Vec<u8> {
-    let b64 = kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("the kubeconfig has no {field}:\n{kubeconfig}"))
-        .trim();
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap_or_else(|e| panic!("{field} is not base64: {e}"))
 }
 
 // === log events ===

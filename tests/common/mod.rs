@@ -641,7 +641,7 @@ fn free_port() -> u16 {
 }
 
 /// The decoded value of a `*-data` field of a kubeconfig the server wrote.
-fn kubeconfig_field(kubeconfig: &str, field: &str) -> Vec<u8> {
+pub fn kubeconfig_field(kubeconfig: &str, field: &str) -> Vec<u8> {
     let b64 = kubeconfig
         .lines()
         .find_map(|l| l.trim().strip_prefix(&format!("{field}:")))
