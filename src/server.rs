@@ -21,7 +21,7 @@ use crate::bootstrap::{self, kubeconfig};
 use crate::config::ServerConfig;
 use crate::controllers::lease::{Elector, Role};
 use crate::controllers::node_lifecycle::NodeLifecycle;
-use crate::datastore::{self, Dialect, Store, compactor::Compactor, feed::Feed};
+use crate::datastore::{Dialect, Store, compactor::Compactor, feed::Feed};
 use crate::tunnel::sessions::Sessions;
 
 /// Backoff between attempts to reach the datastore at start.
@@ -258,14 +258,12 @@ async fn open_with_retry(
             Err(e) if cfg.endpoint.dialect == Dialect::Sqlite => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot open the datastore; /readyz reports not ready until it can");
-                // `/readyz` answers anyone: give the driver's reason, not the endpoint (host,
-                // user, database name), which stays in the log.
-                let why = match &e {
-                    datastore::Error::Open { source, .. } => {
-                        format!("cannot open the datastore: {source} (retrying)")
-                    }
-                    other => format!("{other} (retrying)"),
-                };
+                // `/readyz` answers anyone: the class of the failure only; the driver's text
+                // (which can name the user, host and client address) stays in the log.
+                let why = format!(
+                    "cannot open the datastore: {} (retrying)",
+                    e.public_reason()
+                );
                 phase.send_replace(apiserver::Phase::Starting(why.into()));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(OPEN_RETRY_MAX);

@@ -190,10 +190,14 @@ fn tls_scenarios(db: &dyn Database, pki: &Pki) {
     db.assert_all_tls("keelson_client_cert_no_ca", true);
     drop(s);
 
-    // A client certificate required and none given: the database's refusal, in the log.
+    // A client certificate required and none given: the database's refusal in the log, and
+    // only its class on the anonymous `/readyz` (MariaDB's text names the user and the client
+    // address).
     let refusal = db.missing_client_cert_error();
     no_cert.wait_for_log(&refusal);
-    no_cert.assert_waiting_for_the_datastore(&refusal);
+    no_cert.assert_waiting_for_the_datastore("the database refused the login (SQLSTATE 28000");
+    no_cert.assert_readyz_lacks(&refusal);
+    no_cert.assert_readyz_lacks("keelson");
 
     // A CA that did not sign the database's certificate: refused before any login, and no
     // retry without TLS.
@@ -451,6 +455,20 @@ impl Unready {
         assert!(
             r.body.contains("datastore") && r.body.contains(why),
             "/readyz of the {} server does not name the datastore and \"{why}\": {}",
+            self.what,
+            r.body
+        );
+    }
+
+    /// Asserts that the anonymous `/readyz` does not show `text`.
+    fn assert_readyz_lacks(&mut self, text: &str) {
+        let r: Reply = common::curl(&[
+            "--insecure".into(),
+            format!("https://127.0.0.1:{}/readyz", self.port),
+        ]);
+        assert!(
+            !r.body.contains(text),
+            "/readyz of the {} server shows {text:?} to anonymous callers: {}",
             self.what,
             r.body
         );

@@ -25,6 +25,13 @@ pub enum ApiError {
         name: String,
         causes: Vec<String>,
     },
+    /// 422 for a well-formed request whose result would break a bound (too deep, too many
+    /// operations).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 408: the client did not send its request in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("Unauthorized")]
     Unauthorized,
     #[error("{0}")]
@@ -39,8 +46,17 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("too old resource version: {requested} ({compacted})")]
     Gone { requested: i64, compacted: i64 },
+    /// 503 for a reason of this server's own (a full tunnel pool, shutting down); the datastore
+    /// may be fine.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 because the datastore cannot be reached: closes the fast-fail gate until the change
+    /// feed reaches it again.
+    #[error("the datastore is unavailable: {0}")]
+    DatastoreUnreachable(String),
+    /// 429: this client (a node, a source address) is over its own share.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -55,14 +71,16 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::UnknownPath => 404,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
             ApiError::BadRequest(_) => 400,
-            ApiError::Invalid { .. } => 422,
+            ApiError::Invalid { .. } | ApiError::Unprocessable(_) => 422,
             ApiError::Unauthorized => 401,
+            ApiError::RequestTimeout(_) => 408,
             ApiError::Forbidden(_) => 403,
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::TooLarge(_) => 413,
             ApiError::Gone { .. } => 410,
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable(_) | ApiError::DatastoreUnreachable(_) => 503,
+            ApiError::TooManyRequests(_) => 429,
             ApiError::Internal(_) => 500,
         }
     }
@@ -73,14 +91,16 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
             ApiError::BadRequest(_) => "BadRequest",
-            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Invalid { .. } | ApiError::Unprocessable(_) => "Invalid",
             ApiError::Unauthorized => "Unauthorized",
+            ApiError::RequestTimeout(_) => "Timeout",
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::Gone { .. } => "Expired",
-            ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::Unavailable(_) | ApiError::DatastoreUnreachable(_) => "ServiceUnavailable",
+            ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -102,7 +122,10 @@ impl ApiError {
                 Some(json!({"name": name, "kind": resource}))
             }
             ApiError::Invalid { kind, name, .. } => Some(json!({"name": name, "kind": kind})),
-            ApiError::Unavailable(_) => Some(json!({"retryAfterSeconds": 1})),
+            ApiError::Unavailable(_) | ApiError::DatastoreUnreachable(_) => {
+                Some(json!({"retryAfterSeconds": 1}))
+            }
+            ApiError::TooManyRequests(_) => Some(json!({"retryAfterSeconds": 5})),
             _ => None,
         };
         if let Some(d) = details {
@@ -134,7 +157,16 @@ impl ApiError {
                 requested,
                 compacted,
             },
-            other => ApiError::Unavailable(other.to_string()),
+            other if other.is_connection() => ApiError::DatastoreUnreachable(other.public_reason()),
+            // The database refused this statement: the cause is in what it carried or in our
+            // SQL, not in the database's health. Its text (SQL, values) stays in the log.
+            other => {
+                tracing::error!(error = %other, resource, name, "the datastore refused a statement");
+                ApiError::Internal(format!(
+                    "the datastore refused the request: {}",
+                    other.public_reason()
+                ))
+            }
         }
     }
 }

@@ -82,6 +82,81 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+// === impl Error ===
+
+impl Error {
+    /// Whether the error means the database cannot be reached or cannot serve anyone right now
+    /// (connection, TLS, pool, the server's own resource or shutdown errors), as opposed to
+    /// refusing one statement because of what it carried. Only the first kind may close the
+    /// API's fast-fail gate: input must never be able to take the whole server to 503.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Error::Unavailable(e) | Error::Open { source: e, .. } => sqlx_is_connection(e),
+            Error::CreateDir { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// What may be shown to anyone (`/readyz` answers anonymous callers): the class of the
+    /// failure and the database's error code, never the endpoint, user, client address or
+    /// SQL text, which stay in the server's log.
+    pub fn public_reason(&self) -> String {
+        match self {
+            Error::Unavailable(e) | Error::Open { source: e, .. } => sqlx_public_reason(e),
+            Error::CreateDir { .. } => "cannot create the datastore directory".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+fn sqlx_is_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            // SQLSTATE classes: 08 connection exception, 53 insufficient resources, 57
+            // operator intervention (shutdown, cancelled by an administrator), 28 the login
+            // itself was refused.
+            ["08", "53", "57", "28"]
+                .iter()
+                .any(|class| c.starts_with(class))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+fn sqlx_public_reason(e: &sqlx::Error) -> String {
+    match e {
+        // An OS error's text ("Connection refused (os error 111)") names no address.
+        sqlx::Error::Io(io) => io.to_string(),
+        // rustls' reasons ("invalid peer certificate: UnknownIssuer") name no host.
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let class = match code.get(..2).unwrap_or("") {
+                "28" => "the database refused the login",
+                "08" => "the database refused the connection",
+                "3D" => "the database does not exist",
+                "42" if code == "42000" => "the database refused: permission or syntax",
+                "53" => "the database is out of resources",
+                "57" => "the database is shutting down or cancelled the statement",
+                _ => "the database refused a statement",
+            };
+            format!("{class} (SQLSTATE {code}; the full reason is in the server's log)")
+        }
+        sqlx::Error::PoolTimedOut => "timed out waiting for a datastore connection".into(),
+        sqlx::Error::PoolClosed => "the datastore connection pool is closed".into(),
+        sqlx::Error::Protocol(_) => {
+            "the database answered something unexpected (see the server's log)".into()
+        }
+        _ => "datastore error (see the server's log)".into(),
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         Error::Unavailable(e)
@@ -514,6 +589,22 @@ impl Store {
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
+    /// Every secret whose name starts with `prefix` (which may not contain `%`, `_` or `\\`).
+    pub async fn secrets_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        debug_assert!(
+            !prefix.contains(['%', '_', '\\']),
+            "LIKE wildcard in {prefix:?}"
+        );
+        self.count(1);
+        let rows = sqlx::query(self.inner.sql.secrets_with_prefix)
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     /// Stores a secret unless one of that name exists; returns whether this call stored it.
     pub async fn insert_secret(&self, name: &str, value: &[u8]) -> Result<bool> {
         self.count(1);
@@ -697,6 +788,7 @@ struct Statements {
     compact_mark: &'static str,
     compact_events: &'static str,
     get_secret: &'static str,
+    secrets_with_prefix: &'static str,
     insert_secret: &'static str,
     delete_secret: &'static str,
     lease_ensure: &'static str,
@@ -776,6 +868,10 @@ impl Statements {
             ),
             compact_events: s("DELETE FROM keelson_events WHERE revision < $1"),
             get_secret: s("SELECT value FROM keelson_secrets WHERE name = $1"),
+            // Callers' prefixes hold no LIKE wildcards (checked in `secrets_with_prefix`).
+            secrets_with_prefix: s(
+                "SELECT name, value FROM keelson_secrets WHERE name LIKE $1 ORDER BY name",
+            ),
             insert_secret,
             delete_secret: s("DELETE FROM keelson_secrets WHERE name = $1"),
             lease_ensure,
