@@ -6,6 +6,7 @@
 //! cannot read is treated as anonymous, never as a panic.
 
 use super::status::ApiError;
+use crate::bootstrap::pki::NODE_GENERATION_PREFIX;
 
 pub const MASTERS: &str = "system:masters";
 /// The group of node client certificates, and the prefix of their user names (Kubernetes's).
@@ -15,22 +16,36 @@ pub const NODE_USER_PREFIX: &str = "system:node:";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     Anonymous,
-    User { name: String, groups: Vec<String> },
+    User {
+        name: String,
+        groups: Vec<String>,
+        /// For node certificates: the registration of the name they were issued for (see
+        /// [`crate::bootstrap::pki::ClusterCa::issue_node_client`]); `None` in certificates
+        /// issued before registrations had generations, and in every other certificate.
+        generation: Option<String>,
+    },
 }
 
 impl Identity {
     pub fn from_certificate(der: &[u8]) -> Identity {
         match subject(der) {
-            Some((Some(name), groups)) => Identity::User { name, groups },
+            Some(Subject {
+                cn: Some(name),
+                orgs: groups,
+                generation,
+            }) => Identity::User {
+                name,
+                groups,
+                generation,
+            },
             _ => Identity::Anonymous,
         }
     }
 
-    /// The one rule so far: the API is for `system:masters`; anonymous callers get 401.
     /// The node a node client certificate (`system:node:<name>` in `system:nodes`) is for.
     pub fn node_name(&self) -> Option<&str> {
         match self {
-            Identity::User { name, groups } if groups.iter().any(|g| g == NODES_GROUP) => name
+            Identity::User { name, groups, .. } if groups.iter().any(|g| g == NODES_GROUP) => name
                 .strip_prefix(NODE_USER_PREFIX)
                 .filter(|n| !n.is_empty()),
             _ => None,
@@ -68,9 +83,24 @@ impl Identity {
             }
         }
     }
+
+    /// The registration generation a node certificate carries.
+    pub fn generation(&self) -> Option<&str> {
+        match self {
+            Identity::User { generation, .. } => generation.as_deref(),
+            Identity::Anonymous => None,
+        }
+    }
 }
 
-fn subject(der: &[u8]) -> Option<(Option<String>, Vec<String>)> {
+/// What the API reads from a certificate's subject.
+struct Subject {
+    cn: Option<String>,
+    orgs: Vec<String>,
+    generation: Option<String>,
+}
+
+fn subject(der: &[u8]) -> Option<Subject> {
     let (_, cert, _) = read_tlv(der)?; // Certificate SEQUENCE
     let (_, tbs, _) = read_tlv(cert)?; // TBSCertificate SEQUENCE
     let mut rest = tbs;
@@ -81,7 +111,7 @@ fn subject(der: &[u8]) -> Option<(Option<String>, Vec<String>)> {
         rest = read_tlv(rest)?.2;
     }
     let (_, name, _) = read_tlv(rest)?;
-    let (mut cn, mut orgs) = (None, Vec::new());
+    let (mut cn, mut orgs, mut generation) = (None, Vec::new(), None);
     let mut rdns = name;
     while !rdns.is_empty() {
         let (_, set, r) = read_tlv(rdns)?;
@@ -96,11 +126,20 @@ fn subject(der: &[u8]) -> Option<(Option<String>, Vec<String>)> {
             match oid {
                 [0x55, 0x04, 0x03] => cn = Some(value),
                 [0x55, 0x04, 0x0a] => orgs.push(value),
+                [0x55, 0x04, 0x0b] => {
+                    if let Some(g) = value.strip_prefix(NODE_GENERATION_PREFIX) {
+                        generation = Some(g.to_owned());
+                    }
+                }
                 _ => {}
             }
         }
     }
-    Some((cn, orgs))
+    Some(Subject {
+        cn,
+        orgs,
+        generation,
+    })
 }
 
 /// A certificate's notAfter, as seconds since the Unix epoch.
@@ -178,10 +217,25 @@ mod tests {
             id,
             Identity::User {
                 name: "system:admin".into(),
-                groups: vec!["system:masters".into()]
+                groups: vec!["system:masters".into()],
+                generation: None,
             }
         );
         assert!(id.authorize("list", "nodes").is_ok());
+    }
+
+    #[test]
+    fn reads_the_registration_generation_of_a_node_certificate() {
+        let ca = ClusterCa::generate().unwrap();
+        let c = ca
+            .issue_node_client("system:node:pi-1", NODES_GROUP, "5f0c")
+            .unwrap();
+        let id = Identity::from_certificate(&pem_to_der(&c.cert_pem).unwrap());
+        assert_eq!(id.node_name(), Some("pi-1"));
+        assert_eq!(id.generation(), Some("5f0c"));
+        let old = ca.issue_client("system:node:pi-1", NODES_GROUP).unwrap();
+        let id = Identity::from_certificate(&pem_to_der(&old.cert_pem).unwrap());
+        assert_eq!(id.generation(), None);
     }
 
     #[test]
@@ -232,6 +286,7 @@ mod tests {
         let u = Identity::User {
             name: "bob".into(),
             groups: vec![],
+            generation: None,
         };
         assert!(matches!(
             u.authorize("get", "nodes"),

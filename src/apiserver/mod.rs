@@ -1,10 +1,15 @@
 //! The HTTPS API: TLS with client certificates, connection limits, graceful shutdown.
 //!
 //! Owns the listener and the connections; request handling is in [`routes`], object
-//! semantics in [`registry`]. Invariant: at most [`MAX_CONNECTIONS`] connections are open;
-//! on shutdown no new connection is accepted, watches end, and in-flight requests get
+//! semantics in [`registry`]. Invariants: at most [`MAX_CONNECTIONS`] connections with a
+//! client certificate or still in the TLS handshake are open, and at most [`MAX_ANONYMOUS`]
+//! without one, so anonymous clients (joins, health checks) can never take the slots kubectl
+//! and agents need; one source address holds at most [`PER_SOURCE_HANDSHAKES`] handshakes and
+//! [`PER_SOURCE_ANONYMOUS`] anonymous connections, and is refused at once beyond that. On
+//! shutdown no new connection is accepted, watches end, and in-flight requests get
 //! [`DRAIN_GRACE`] to finish.
 
+pub mod admission;
 pub mod auth;
 pub mod discovery;
 pub mod patch;
@@ -41,12 +46,23 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Open connections at most; further clients wait in the kernel's accept queue.
 pub const MAX_CONNECTIONS: usize = 512;
+/// Connections without a client certificate at most, beside [`MAX_CONNECTIONS`].
+pub const MAX_ANONYMOUS: usize = 256;
+/// Connections one source address may have in the TLS handshake at once.
+pub const PER_SOURCE_HANDSHAKES: usize = 64;
+/// Connections without a client certificate one source address may hold at once. Agents
+/// behind one NAT, or joining through the VIP's balancer, share an address: beyond this they
+/// get 503 and retry.
+pub const PER_SOURCE_ANONYMOUS: usize = 32;
+/// Connections refused since start because their source, or all anonymous clients, held
+/// their share (for `/metrics`).
+pub static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Connections accepted since start (all listeners of the process), for `/metrics`.
 pub static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// How long in-flight requests may run after shutdown begins.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(4);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -153,6 +169,7 @@ impl Server {
     /// Serves until `stop` flips to true, then drains.
     pub async fn run(self, mut stop: signal::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let shares = Arc::new(Shares::new());
         let mut conns = JoinSet::new();
         loop {
             // Take the permit before accepting, so the bound also holds the accept queue back.
@@ -175,22 +192,26 @@ impl Server {
                 },
             };
             ACCEPTED.fetch_add(1, Ordering::Relaxed);
+            let Some(handshake) = shares.handshakes.enter(peer.ip(), PER_SOURCE_HANDSHAKES) else {
+                // Dropping the socket closes it: a fast refusal, not a wait.
+                refused(peer, "too many TLS handshakes from this address");
+                continue;
+            };
             // Reap finished connections so the set stays as small as the open count.
             while conns.try_join_next().is_some() {}
             let phase = self.phase.borrow().clone();
-            let starting_tls = self.starting_tls.clone();
+            let tls = match &phase {
+                Phase::Serving(s) => s.tls.clone(),
+                Phase::Starting(_) => self.starting_tls.clone(),
+            };
+            let slot = Slot {
+                permit,
+                handshake,
+                shares: shares.clone(),
+            };
             let stop = stop.clone();
             conns.spawn(tracing::Instrument::instrument(
-                async move {
-                    match phase {
-                        Phase::Serving(s) => {
-                            let tls = s.tls.clone();
-                            serve_connection(tls, tcp, Phase::Serving(s), stop).await
-                        }
-                        starting => serve_connection(starting_tls, tcp, starting, stop).await,
-                    }
-                    drop(permit);
-                },
+                serve_connection(tls, tcp, peer, phase, stop, slot),
                 tracing::debug_span!("conn", %peer),
             ));
         }
@@ -214,15 +235,91 @@ impl Server {
     }
 }
 
+/// What one connection holds while it is open.
+struct Slot {
+    /// Its place among [`MAX_CONNECTIONS`]; given back once an anonymous connection holds an
+    /// anonymous place instead.
+    permit: tokio::sync::OwnedSemaphorePermit,
+    /// Its source's handshake count, released once the handshake is over.
+    handshake: SourceGuard,
+    shares: Arc<Shares>,
+}
+
+/// The anonymous pool and the per-source counts, shared by all connections of a listener.
+struct Shares {
+    anonymous: Arc<Semaphore>,
+    handshakes: SourceCounts,
+    anonymous_by_source: SourceCounts,
+}
+
+impl Shares {
+    fn new() -> Shares {
+        Shares {
+            anonymous: Arc::new(Semaphore::new(MAX_ANONYMOUS)),
+            handshakes: SourceCounts::default(),
+            anonymous_by_source: SourceCounts::default(),
+        }
+    }
+}
+
+/// Open connections per source address. Entries go when their count reaches zero, so the map
+/// is bounded by the open connections.
+#[derive(Default, Clone)]
+struct SourceCounts(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One counted connection; uncounted on drop.
+struct SourceGuard {
+    counts: SourceCounts,
+    source: std::net::IpAddr,
+}
+
+impl SourceCounts {
+    /// Counts a connection from `source` unless it already has `cap`.
+    fn enter(&self, source: std::net::IpAddr, cap: usize) -> Option<SourceGuard> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(source).or_insert(0);
+        if *n >= cap {
+            if *n == 0 {
+                map.remove(&source);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(SourceGuard {
+            counts: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.source);
+            }
+        }
+    }
+}
+
+fn refused(peer: SocketAddr, why: &str) {
+    REFUSED.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, reason = why, "connection refused");
+}
+
 /// Serves one connection in the phase the server was in when it was accepted.
 async fn serve_connection(
     tls: TlsAcceptor,
     tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
     phase: Phase,
     mut stop: signal::Receiver<bool>,
+    slot: Slot,
 ) {
     let _ = tcp.set_nodelay(true);
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -230,6 +327,12 @@ async fn serve_connection(
         }
         Err(_) => return,
     };
+    let Slot {
+        permit,
+        handshake,
+        shares,
+    } = slot;
+    drop(handshake);
     let identity = stream
         .get_ref()
         .1
@@ -237,13 +340,44 @@ async fn serve_connection(
         .and_then(|c| c.first())
         .map(|c| auth::Identity::from_certificate(c.as_ref()))
         .unwrap_or(auth::Identity::Anonymous);
-    let identity = Arc::new(identity);
+    // Anonymous connections move to their own pool, so they never hold the places of
+    // authenticated clients; beyond their share they are answered 503 at once.
+    let mut held = (Some(permit), None, None);
+    if identity == auth::Identity::Anonymous {
+        let place = shares.anonymous.clone().try_acquire_owned().ok();
+        let counted = place
+            .is_some()
+            .then(|| {
+                shares
+                    .anonymous_by_source
+                    .enter(peer.ip(), PER_SOURCE_ANONYMOUS)
+            })
+            .flatten();
+        match (place, counted) {
+            (Some(place), Some(counted)) => held = (None, Some(place), Some(counted)),
+            _ => {
+                refused(peer, "too many connections without a client certificate");
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stream.write_all(&overloaded()).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+                return;
+            }
+        }
+    }
+    let _held = held;
+    let caller = Arc::new(routes::Caller {
+        identity,
+        source: peer.ip(),
+    });
     let service = service_fn(move |req| {
         let phase = phase.clone();
-        let identity = identity.clone();
+        let caller = caller.clone();
         async move {
             Ok::<_, Infallible>(match phase {
-                Phase::Serving(s) => routes::handle(s.api.clone(), &identity, req).await,
+                Phase::Serving(s) => routes::handle(s.api.clone(), &caller, req).await,
                 Phase::Starting(why) => routes::starting(&req, &why),
             })
         }
@@ -265,6 +399,20 @@ async fn serve_connection(
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "connection ended with an error during shutdown");
     }
+}
+
+/// The whole answer to a connection over its share: a `Status` kubectl and agents can read.
+fn overloaded() -> Vec<u8> {
+    let body = status::ApiError::Unavailable(
+        "too many connections without a client certificate from this address, or from all; retry shortly".into(),
+    )
+    .to_status()
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Resolves once `stop` is true (or its sender is gone).

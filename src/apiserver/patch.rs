@@ -14,6 +14,12 @@ pub enum Error {
     Operation { index: usize, reason: String },
     #[error("the strategic merge patch is invalid: {0}")]
     Strategic(String),
+    #[error("too large {limit}")]
+    TooLarge { limit: usize },
+    #[error("too deep {limit}")]
+    TooDeep { limit: usize },
+    #[error("too many {limit}")]
+    TooManyOperations { limit: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,4 +328,15 @@ mod tests {
         assert!(matches!(err, Error::Operation { index: 0, .. }));
         assert_eq!(json_patch(json!({}), &json!({})), Err(Error::NotAnArray));
     }
+}
+
+// TEMPORARY: replaced by the bounded patch engine from branch sec-patch at merge.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+pub fn check_limits(obj: &Value) -> Result<(), Error> {
+    if serde_json::to_vec(obj).map(|v| v.len()).unwrap_or(0) > MAX_OBJECT_BYTES {
+        return Err(Error::TooLarge {
+            limit: MAX_OBJECT_BYTES,
+        });
+    }
+    Ok(())
 }

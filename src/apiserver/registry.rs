@@ -12,6 +12,7 @@ use std::time::Duration;
 use ring::rand::SecureRandom;
 use serde_json::{Value, json};
 
+use super::admission::{self, Writer};
 use super::patch;
 use super::resources::{LEASES, NAMESPACES, NODES, ObjectRef, Resource, SYSTEM_NAMESPACES};
 use super::status::{ApiError, Result};
@@ -68,10 +69,18 @@ impl Registry {
         namespace: Option<&str>,
     ) -> Result<(i64, Vec<Value>)> {
         let (rev, records) = self.store.list(&resource.prefix(namespace)).await?;
+        // One object that cannot be decoded (written by an older bug, or by hand) must not take
+        // every list of its kind down with it: it is reported and left out.
         let items = records
             .iter()
-            .map(|rec| decode(resource, rec))
-            .collect::<Result<_>>()?;
+            .filter_map(|rec| match decode(resource, rec) {
+                Ok(obj) => Some(obj),
+                Err(e) => {
+                    tracing::error!(path = %rec.path, error = %e, "leaving an undecodable object out of a list; delete it to clear this");
+                    None
+                }
+            })
+            .collect();
         Ok((rev, items))
     }
 
@@ -145,6 +154,7 @@ impl Registry {
         }
         default(resource, &r.name, &mut obj);
         validate(resource, &r.name, &obj)?;
+        check_limits(resource, &r.name, &obj)?;
         let bytes = encode(&obj)?;
         let rev = self
             .store
@@ -156,7 +166,13 @@ impl Registry {
     }
 
     /// Replaces an object (PUT). With `metadata.resourceVersion` set, only if it is current.
-    pub async fn update(&self, r: &ObjectRef, part: Part, mut obj: Value) -> Result<Value> {
+    pub async fn update(
+        &self,
+        r: &ObjectRef,
+        part: Part,
+        writer: Writer<'_>,
+        mut obj: Value,
+    ) -> Result<Value> {
         let expected = resource_version(&obj)?;
         let current = self.get(r).await?;
         if let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str)
@@ -168,6 +184,7 @@ impl Registry {
             )));
         }
         obj = prepare_update(r, part, &current, obj)?;
+        admission::admit(writer, r.resource.kind, &current, &obj)?;
         self.put(r, expected.or(revision_of(&current)), &mut obj)
             .await?;
         Ok(obj)
@@ -179,20 +196,28 @@ impl Registry {
         &self,
         r: &ObjectRef,
         part: Part,
+        writer: Writer<'_>,
         kind: patch::Kind,
-        body: &Value,
+        body: Value,
     ) -> Result<Value> {
         let precondition = body.pointer("/metadata/resourceVersion").is_some();
+        let body = std::sync::Arc::new(body);
         for _ in 0..PATCH_RETRIES {
-            let current = self.get(r).await?;
-            let patched = patch::apply(kind, &current, body)
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let current = std::sync::Arc::new(self.get(r).await?);
+            // Bounded, but up to a few MiB of work: off the async workers, so one large patch
+            // cannot stall every other request on this runtime thread.
+            let (cur, b) = (current.clone(), body.clone());
+            let patched = tokio::task::spawn_blocking(move || patch::apply(kind, &cur, &b))
+                .await
+                .map_err(|e| ApiError::Internal(format!("the patch worker failed: {e}")))?
+                .map_err(patch_error)?;
             let expected = if precondition {
                 resource_version(&patched)?
             } else {
                 revision_of(&current)
             };
             let mut obj = prepare_update(r, part, &current, patched)?;
+            admission::admit(writer, r.resource.kind, &current, &obj)?;
             match self.put(r, expected, &mut obj).await {
                 Err(ApiError::Conflict { .. }) if !precondition => continue,
                 other => return other.map(|_| obj),
@@ -258,8 +283,7 @@ impl Registry {
             .map_err(|e| ApiError::from_store(e, &r.resource.group_resource(), &r.name))?;
         if r.resource == &NODES {
             // A deleted node's name is free again, for a replacement board (as K3s does).
-            let key = crate::bootstrap::join::node_password_secret(&r.name);
-            if let Err(e) = self.store.delete_secret(&key).await {
+            if let Err(e) = crate::bootstrap::join::forget_node(&self.store, &r.name).await {
                 tracing::warn!(node = %r.name, error = %e, "cannot forget the deleted node's password");
             }
         }
@@ -270,6 +294,7 @@ impl Registry {
 
     async fn put(&self, r: &ObjectRef, expected: Option<i64>, obj: &mut Value) -> Result<()> {
         validate(r.resource, &r.name, obj)?;
+        check_limits(r.resource, &r.name, obj)?;
         let bytes = encode(obj)?;
         let rev = self
             .store
@@ -354,6 +379,27 @@ pub fn decode(resource: &Resource, rec: &Record) -> Result<Value> {
     })?;
     with_revision(&mut obj, rec.revision);
     Ok(obj)
+}
+
+/// Refuses an object that is too large or too deeply nested to store: every later read of it
+/// (lists, watches, the controllers' caches) must be able to decode it.
+fn check_limits(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
+    patch::check_limits(obj).map_err(|e| match e {
+        patch::Error::TooLarge { limit } => ApiError::TooLarge(limit),
+        other => invalid(resource, name, vec![other.to_string()]),
+    })
+}
+
+/// A patch that cannot be applied: too large is 413, too deep or too many operations 422,
+/// anything else a malformed patch (400).
+fn patch_error(e: patch::Error) -> ApiError {
+    match e {
+        patch::Error::TooLarge { limit } => ApiError::TooLarge(limit),
+        e @ (patch::Error::TooDeep { .. } | patch::Error::TooManyOperations { .. }) => {
+            ApiError::Unprocessable(e.to_string())
+        }
+        other => ApiError::BadRequest(other.to_string()),
+    }
 }
 
 fn encode(obj: &Value) -> Result<Vec<u8>> {

@@ -13,6 +13,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::Value;
 
+use super::admission::Writer;
 use super::auth::Identity;
 use super::patch;
 use super::registry::Part;
@@ -25,6 +26,16 @@ use super::{Api, Body, discovery};
 
 /// Largest request body accepted, as the Kubernetes API server (3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Longest a request body may take to arrive, so a client trickling bytes cannot hold a
+/// connection (and its buffer) for long.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who sent a request: the certificate's identity and the connection's source address.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Identity,
+    pub source: std::net::IpAddr,
+}
 
 /// What a path under `/api/v1` or `/apis/<group>/<version>` names.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,14 +50,14 @@ enum Target {
     },
 }
 
-pub async fn handle(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let api_for_errors = api.clone();
-    let resp = match route(api, id, req).await {
+    let resp = match route(api, caller, req).await {
         Ok(resp) => resp,
         Err(e) => {
-            if matches!(e, ApiError::Unavailable(_)) {
+            if matches!(e, ApiError::DatastoreUnreachable(_)) {
                 api_for_errors.feed.mark_unreachable();
             }
             if e.code() >= 500 {
@@ -75,7 +86,8 @@ pub fn starting<B>(req: &Request<B>, why: &str) -> Response<Body> {
     }
 }
 
-async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result<Response<Body>> {
+    let id = &caller.identity;
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let get = req.method() == Method::GET;
@@ -94,12 +106,18 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
         ["version"] if get => return Ok(json(StatusCode::OK, &discovery::version())),
         ["cacerts"] if get => return Ok(text(StatusCode::OK, &api.ca_pem)),
         // Authenticated by the token in the request, not by a certificate.
-        ["v1-keelson", "join"] if req.method() == Method::POST => return join(api, req).await,
+        ["v1-keelson", "join"] if req.method() == Method::POST => {
+            return join(api, caller.source, req).await;
+        }
         // Authenticated by the node's certificate; the tunnel checks it itself.
-        ["v1-keelson", "connect"] if get => return crate::tunnel::server::accept(api, id, req),
+        ["v1-keelson", "connect"] if get => {
+            current_node_certificate(&api, id).await?;
+            return crate::tunnel::server::accept(api, id, req);
+        }
         _ => {}
     }
     id.authorize(verb(req.method()), &path)?;
+    current_node_certificate(&api, id).await?;
     match segs.as_slice() {
         ["metrics"] if get => Ok(text(StatusCode::OK, &metrics(&api))),
         ["api"] if get => Ok(json(
@@ -122,12 +140,12 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
             ))
         }
         ["api", "v1", rest @ ..] => match target(&CORE_V1, rest) {
-            Some(t) => resource(api, t, req).await,
+            Some(t) => resource(api, id, t, req).await,
             None => Err(ApiError::UnknownPath),
         },
         ["apis", group, version, rest @ ..] => {
             match GroupVersion::named(group, version).and_then(|gv| target(gv, rest)) {
-                Some(t) => resource(api, t, req).await,
+                Some(t) => resource(api, id, t, req).await,
                 None => Err(ApiError::UnknownPath),
             }
         }
@@ -135,7 +153,25 @@ async fn route(api: Arc<Api>, id: &Identity, req: Request<Incoming>) -> Result<R
     }
 }
 
-async fn join(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Body>> {
+/// Refuses a node certificate that belongs to an earlier registration of its name (the Node
+/// was deleted since) or to a server's name. One datastore read per request from a node;
+/// agents use HTTPS only to join and to open their tunnel.
+async fn current_node_certificate(api: &Api, id: &Identity) -> Result<()> {
+    match id.node_name() {
+        Some(node) => {
+            crate::bootstrap::join::verify_node(api.registry.store(), node, id.generation()).await
+        }
+        None => Ok(()),
+    }
+}
+
+/// The token is checked before a byte of the body is read, and the body is small and must
+/// arrive quickly: an anonymous client cannot make the server hold buffers or wait.
+async fn join(
+    api: Arc<Api>,
+    source: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
     if !api.feed.reachable() {
         return Err(ApiError::Unavailable(
             "the datastore is unreachable; try another server or again shortly".into(),
@@ -144,13 +180,13 @@ async fn join(api: Arc<Api>, req: Request<Incoming>) -> Result<Response<Body>> {
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = read_body(req).await?;
+        .and_then(|v| v.to_str().ok());
+    let checked = api.joiner.authenticate(auth, source)?;
+    let body = read_body(req, crate::bootstrap::join::MAX_BODY).await?;
     let servers = api.sessions.servers().borrow().clone();
     let resp = api
         .joiner
-        .join(api.registry.store(), auth.as_deref(), &body, servers)
+        .join(api.registry.store(), checked, &body, servers)
         .await?;
     Ok(json(
         StatusCode::OK,
@@ -186,7 +222,16 @@ fn metrics(api: &Api) -> String {
          keelson_api_connections_total {}\n\
          # HELP keelson_join_requests_total Join requests that carried a token, since start.\n\
          # TYPE keelson_join_requests_total counter\n\
-         keelson_join_requests_total {}\n",
+         keelson_join_requests_total {}\n\
+         # HELP keelson_join_failures_total Join requests refused for a wrong or missing token.\n\
+         # TYPE keelson_join_failures_total counter\n\
+         keelson_join_failures_total {}\n\
+         # HELP keelson_join_throttled_total Join requests refused unread: their source sent too many wrong tokens.\n\
+         # TYPE keelson_join_throttled_total counter\n\
+         keelson_join_throttled_total {}\n\
+         # HELP keelson_connections_refused_total Connections refused because their source or all anonymous clients held their share.\n\
+         # TYPE keelson_connections_refused_total counter\n\
+         keelson_connections_refused_total {}\n",
         store.statements(),
         u8::from(api.feed.reachable()),
         api.feed.latest(),
@@ -195,6 +240,9 @@ fn metrics(api: &Api) -> String {
         refused,
         super::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
         api.joiner.requests(),
+        api.joiner.refusals().0,
+        api.joiner.refusals().1,
+        super::REFUSED.load(std::sync::atomic::Ordering::Relaxed),
     );
     if let Ok(slot) = api.lb_stats.lock()
         && let Some(stats) = slot.as_ref()
@@ -241,7 +289,16 @@ fn target(gv: &GroupVersion, segs: &[&str]) -> Option<Target> {
     })
 }
 
-async fn resource(api: Arc<Api>, target: Target, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn resource(
+    api: Arc<Api>,
+    id: &Identity,
+    target: Target,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let writer = match id.node_name() {
+        Some(node) => Writer::Node(node),
+        None => Writer::Trusted,
+    };
     let query = Query::parse(req.uri().query());
     let table = wants_table(&req).then(|| query.include());
     if query.get("dryRun").is_some() {
@@ -337,7 +394,7 @@ async fn resource(api: Arc<Api>, target: Target, req: Request<Incoming>) -> Resu
             let body = read_json(req).await?;
             Ok(json(
                 StatusCode::OK,
-                &api.registry.update(&r, part, body).await?,
+                &api.registry.update(&r, part, writer, body).await?,
             ))
         }
         (Target::Object { r, part }, Method::PATCH) => {
@@ -345,7 +402,7 @@ async fn resource(api: Arc<Api>, target: Target, req: Request<Incoming>) -> Resu
             let body = read_json(req).await?;
             Ok(json(
                 StatusCode::OK,
-                &api.registry.patch(&r, part, kind, &body).await?,
+                &api.registry.patch(&r, part, writer, kind, body).await?,
             ))
         }
         (
@@ -355,7 +412,7 @@ async fn resource(api: Arc<Api>, target: Target, req: Request<Incoming>) -> Resu
             },
             Method::DELETE,
         ) => {
-            let body = read_body(req).await?;
+            let body = read_body(req, MAX_BODY).await?;
             let precondition = if body.is_empty() {
                 None
             } else {
@@ -426,19 +483,25 @@ fn patch_kind(req: &Request<Incoming>) -> Result<patch::Kind> {
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes> {
+/// The body, at most `limit` bytes, within [`BODY_TIMEOUT`].
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && len > MAX_BODY
+        && len > limit
     {
-        return Err(ApiError::TooLarge(MAX_BODY));
+        return Err(ApiError::TooLarge(limit));
     }
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(MAX_BODY)),
-        Err(e) => Err(ApiError::BadRequest(format!(
+    let read = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        ))),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(limit)),
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!(
             "cannot read the request body: {e}"
         ))),
     }
@@ -451,7 +514,7 @@ async fn read_json(req: Request<Incoming>) -> Result<Value> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let protobuf = ct.contains("protobuf");
-    let body = read_body(req).await?;
+    let body = read_body(req, MAX_BODY).await?;
     if protobuf {
         return super::protobuf::decode(&body).map_err(ApiError::UnsupportedMediaType);
     }
@@ -602,6 +665,7 @@ mod tests {
         let node = Identity::User {
             name: "system:node:pi-1".into(),
             groups: vec![NODES_GROUP.into()],
+            generation: None,
         };
         for (verb, path) in [
             (
