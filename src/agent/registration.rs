@@ -19,7 +19,7 @@ use crate::apiserver::registry::{Part, Registry, now_rfc3339};
 use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
 use crate::tunnel::NodeReport;
-use crate::tunnel::sessions::{SERVER_ADDRESS_ANNOTATION, Sessions};
+use crate::tunnel::sessions::{SERVER_ADDRESS_ANNOTATION, Sessions, record_server};
 
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -43,7 +43,16 @@ impl NodeAgent {
         let report = report(&self.opts, SystemInfo::read());
         let mut delay = RETRY_MIN;
         loop {
-            match register(&self.api.registry, &report, Some(&self.server_address)).await {
+            let store = self.api.registry.store();
+            // The name is claimed first, so no agent can join with it (and get a certificate
+            // for this server's node); then the server record agents learn the address from.
+            let registered = async {
+                crate::bootstrap::join::claim_for_server(store, &report.name).await?;
+                register(&self.api.registry, &report, Some(&self.server_address)).await?;
+                record_server(store, &report.name, &self.server_address).await?;
+                Ok::<_, ApiError>(())
+            };
+            match registered.await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "node registration failed");

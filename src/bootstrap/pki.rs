@@ -103,6 +103,23 @@ impl ClusterCa {
         self.sign(params)
     }
 
+    /// A node's client certificate (`system:node:<name>` in `system:nodes`), bound to one
+    /// registration of that name: `generation` goes in the subject's OU, and the API server
+    /// refuses the certificate once the name's registration has another generation (the node
+    /// was deleted and the name taken again).
+    pub fn issue_node_client(&self, user: &str, group: &str, generation: &str) -> Result<Issued> {
+        let mut params = leaf_params(user)?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, group);
+        params.distinguished_name.push(
+            DnType::OrganizationalUnitName,
+            format!("{NODE_GENERATION_PREFIX}{generation}"),
+        );
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
     fn sign(&self, params: CertificateParams) -> Result<Issued> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let issuer = Issuer::new(ca_params(&self.common_name)?, &self.key);
@@ -113,6 +130,9 @@ impl ClusterCa {
         })
     }
 }
+
+/// How a node certificate's OU names the registration it belongs to.
+pub const NODE_GENERATION_PREFIX: &str = "keelson-node-generation:";
 
 /// The CA's parameters. Rebuilt identically from the common name to sign with a stored CA:
 /// the issuer name and key identifier are all a child certificate takes from them.

@@ -9,7 +9,9 @@
 //! the current objects, never at events, so a new leader simply carries on.
 //! After a failed pass (datastore out of reach, so heartbeats could not be written either) it
 //! marks nothing unreachable for one grace period, so a database outage does not flap every
-//! node NotReady.
+//! node NotReady. Every [`REGISTRATION_SWEEP`] it also forgets agent registrations (node
+//! password rows) whose node never appeared, which a holder of the agent token could otherwise
+//! pile up one made-up name at a time.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,6 +27,8 @@ use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
 
 pub const MONITOR_PERIOD: Duration = Duration::from_secs(5);
+/// How often orphaned registrations are looked for.
+pub const REGISTRATION_SWEEP: Duration = Duration::from_secs(600);
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 
 pub struct NodeLifecycle {
@@ -41,6 +45,7 @@ impl NodeLifecycle {
         // After the datastore was out of reach, heartbeats could not be written either: every
         // node looks silent until the servers wrote them again. Give them one grace period.
         let mut failed_at: Option<Instant> = None;
+        let mut swept_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -51,6 +56,17 @@ impl NodeLifecycle {
                 continue;
             }
             let since = *leader_since.get_or_insert_with(Instant::now);
+            if swept_at.is_none_or(|t| t.elapsed() >= REGISTRATION_SWEEP) {
+                swept_at = Some(Instant::now());
+                match self.sweep_registrations().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        forgotten = n,
+                        "forgot registrations of nodes that never appeared"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot sweep node registrations"),
+                }
+            }
             let trusted = failed_at.is_none_or(|t| t.elapsed() > self.grace);
             match self.reconcile(since, trusted).await {
                 Ok(()) => {
@@ -64,6 +80,15 @@ impl NodeLifecycle {
                 }
             }
         }
+    }
+
+    async fn sweep_registrations(&self) -> Result<usize, ApiError> {
+        let (_, nodes) = self.registry.list(&NODES, None).await?;
+        let names: std::collections::HashSet<&str> = nodes
+            .iter()
+            .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
+            .collect();
+        crate::bootstrap::join::forget_orphans(self.registry.store(), |n| names.contains(n)).await
     }
 
     /// `trusted`: heartbeat ages can be believed (no recent datastore failure); otherwise

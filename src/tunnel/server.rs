@@ -68,6 +68,14 @@ pub fn accept(
         return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()));
     };
     let accept = super::accept_key(key.as_bytes());
+    let Some(share) = api.sessions.node_tunnel(&node) else {
+        api.sessions.tunnel_refused();
+        tracing::warn!(%node, limit = super::sessions::MAX_TUNNELS_PER_NODE, "tunnel refused: the node holds the most tunnels one node may");
+        return Err(ApiError::TooManyRequests(format!(
+            "node {node:?} already holds {} tunnels to this server, the most one node may; close one first",
+            super::sessions::MAX_TUNNELS_PER_NODE
+        )));
+    };
     let Ok(permit) = api.sessions.tunnel_permits.clone().try_acquire_owned() else {
         api.sessions.tunnel_refused();
         tracing::warn!(%node, limit = super::sessions::MAX_TUNNELS, "tunnel refused: this server holds the most tunnels it may");
@@ -75,6 +83,7 @@ pub fn accept(
             "this server holds as many tunnels as it may; connect to another server".into(),
         ));
     };
+    let generation = id.generation().map(str::to_owned);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
@@ -84,7 +93,7 @@ pub fn accept(
                     Some(ws_config()),
                 )
                 .await;
-                serve(api, node, ws, permit).await;
+                serve(api, node, generation, ws, (permit, share)).await;
             }
             Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
         }
@@ -118,13 +127,14 @@ enum End {
 async fn serve<S>(
     api: Arc<Api>,
     node: String,
+    generation: Option<String>,
     mut ws: WebSocketStream<S>,
-    _permit: OwnedSemaphorePermit,
+    _held: (OwnedSemaphorePermit, super::sessions::NodeTunnel),
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     api.sessions.tunnel_opened();
-    let end = session(&api, &node, &mut ws).await;
+    let end = session(&api, &node, generation.as_deref(), &mut ws).await;
     let close = |code, reason: &str| {
         Message::Close(Some(CloseFrame {
             code,
@@ -155,7 +165,12 @@ async fn serve<S>(
     }
 }
 
-async fn session<S>(api: &Arc<Api>, node: &str, ws: &mut WebSocketStream<S>) -> End
+async fn session<S>(
+    api: &Arc<Api>,
+    node: &str,
+    generation: Option<&str>,
+    ws: &mut WebSocketStream<S>,
+) -> End
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -232,6 +247,11 @@ where
                             last_report = Instant::now();
                             report = next;
                             if let Err(why) = check(node, &report) { return End::Refused(why); }
+                            // The Node may have been deleted (and the name taken by another
+                            // board) since the tunnel opened: such a tunnel writes nothing.
+                            if Box::pin(crate::bootstrap::join::verify_node(api.registry.store(), node, generation)).await.is_err() {
+                                return End::Refused("this node's certificate belongs to an earlier registration of its name; join again".into());
+                            }
                             if let Err(e) = Box::pin(registration::register(&api.registry, &report, None)).await {
                                 tracing::warn!(%node, error = %e, "cannot update the node from its report");
                             }

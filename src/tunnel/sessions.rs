@@ -3,8 +3,13 @@
 //! Heartbeats cost the database O(servers): every [`HEARTBEAT_INTERVAL`] one statement
 //! records every node present here, whatever their number, and agents that just arrived are
 //! recorded together after a short coalescing delay, so a node that moved from a dead server
-//! is alive again at once. Also publishes the set of servers agents may use, read from the
-//! servers' Node objects, so agents learn it without any server-to-server protocol.
+//! is alive again at once. Also publishes the set of servers agents may use, so agents learn
+//! it without any server-to-server protocol.
+//!
+//! Invariant: the server list is built only from server records (`/registry/keelson.io/
+//! servers/<node>`), which only servers write and no API path reaches, never from a field a
+//! node can write: a node certificate cannot redirect agents, joins or the VIP's balancer.
+//! A record counts while its server's Node exists and is not known to be down.
 //!
 //! Invariant: a node is present while at least one of its sessions is open; a guard removes
 //! it when the last one ends, so a node can never be heartbeated by a server it left.
@@ -33,11 +38,39 @@ const SERVERS_REFRESH: Duration = Duration::from_secs(1);
 const HEARTBEAT_CHUNK: usize = 5000;
 /// Most tunnels one server holds; more agents get 503 and go to another server.
 pub const MAX_TUNNELS: usize = 8192;
-/// Annotation on a server's own Node: where agents reach its API and tunnel endpoint.
+/// Most tunnels one node may hold on one server. An agent needs one; a second overlaps for a
+/// moment when it reconnects. Without a cap one node certificate could take every tunnel.
+pub const MAX_TUNNELS_PER_NODE: usize = 4;
+/// Annotation on a server's own Node: where agents reach its API and tunnel endpoint. For
+/// people (`kubectl describe node`); the server list reads the server records instead.
 pub const SERVER_ADDRESS_ANNOTATION: &str = "keelson.io/server-address";
+/// Where servers record their addresses: outside every API resource's prefix.
+const SERVER_RECORDS: &str = "/registry/keelson.io/servers/";
+
+/// Records (or updates) that the server whose node is `node` is reached at `address`.
+pub async fn record_server(
+    store: &crate::datastore::Store,
+    node: &str,
+    address: &str,
+) -> Result<(), crate::datastore::Error> {
+    let path = format!("{SERVER_RECORDS}{node}");
+    let value = serde_json::json!({"node": node, "address": address}).to_string();
+    match store.get(&path).await? {
+        Some(rec) if rec.value == value.as_bytes() => Ok(()),
+        Some(_) => store.update(&path, None, value.as_bytes()).await.map(drop),
+        None => match store.create(&path, value.as_bytes()).await {
+            Err(crate::datastore::Error::AlreadyExists(_)) => {
+                store.update(&path, None, value.as_bytes()).await.map(drop)
+            }
+            other => other.map(drop),
+        },
+    }
+}
 
 pub struct Sessions {
     present: Mutex<HashMap<String, usize>>,
+    /// Open tunnels per node; entries go when their count reaches zero.
+    tunnels_by_node: Mutex<HashMap<String, usize>>,
     arrivals: Mutex<Vec<String>>,
     arrived: Notify,
     servers: watch::Sender<Vec<String>>,
@@ -65,10 +98,50 @@ impl Drop for Presence {
     }
 }
 
+/// One of a node's tunnels; uncounted on drop.
+pub struct NodeTunnel {
+    sessions: Arc<Sessions>,
+    node: String,
+}
+
+impl Drop for NodeTunnel {
+    fn drop(&mut self) {
+        let mut map = self
+            .sessions
+            .tunnels_by_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.node);
+            }
+        }
+    }
+}
+
 impl Sessions {
+    /// Counts a tunnel of `node`, unless it already holds [`MAX_TUNNELS_PER_NODE`].
+    pub fn node_tunnel(self: &Arc<Self>, node: &str) -> Option<NodeTunnel> {
+        let mut map = self
+            .tunnels_by_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(node.to_owned()).or_insert(0);
+        if *n >= MAX_TUNNELS_PER_NODE {
+            return None;
+        }
+        *n += 1;
+        Some(NodeTunnel {
+            sessions: self.clone(),
+            node: node.to_owned(),
+        })
+    }
+
     pub fn new() -> Arc<Sessions> {
         Arc::new(Sessions {
             present: Mutex::new(HashMap::new()),
+            tunnels_by_node: Mutex::new(HashMap::new()),
             arrivals: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             servers: watch::Sender::new(Vec::new()),
@@ -168,10 +241,15 @@ impl Sessions {
         loop {
             let latest = feed.latest();
             if seen != Some(latest) {
-                match registry.list(&NODES, None).await {
-                    Ok((_, nodes)) => {
+                let lists = async {
+                    let (_, records) = registry.store().list(SERVER_RECORDS).await?;
+                    let (_, nodes) = registry.list(&NODES, None).await?;
+                    Ok::<_, crate::apiserver::status::ApiError>((records, nodes))
+                };
+                match lists.await {
+                    Ok((records, nodes)) => {
                         seen = Some(latest);
-                        let list = server_addresses(&nodes);
+                        let list = server_addresses(&records, &nodes);
                         self.servers.send_if_modified(|current| {
                             if *current == list {
                                 false
@@ -199,9 +277,9 @@ impl Sessions {
     }
 }
 
-/// Addresses of servers whose node is not known to be down, sorted.
-fn server_addresses(nodes: &[Value]) -> Vec<String> {
-    let mut list: Vec<String> = nodes
+/// Addresses of recorded servers whose Node exists and is not known to be down, sorted.
+fn server_addresses(records: &[crate::datastore::Record], nodes: &[Value]) -> Vec<String> {
+    let up: std::collections::HashSet<&str> = nodes
         .iter()
         .filter(|n| {
             !n.pointer("/status/conditions")
@@ -211,12 +289,13 @@ fn server_addresses(nodes: &[Value]) -> Vec<String> {
                         .any(|c| c["type"] == "Ready" && c["status"] != "True")
                 })
         })
-        .filter_map(|n| {
-            n.pointer("/metadata/annotations")
-                .and_then(|a| a.get(SERVER_ADDRESS_ANNOTATION))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
+        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
+        .collect();
+    let mut list: Vec<String> = records
+        .iter()
+        .filter_map(|rec| serde_json::from_slice::<Value>(&rec.value).ok())
+        .filter(|r| r["node"].as_str().is_some_and(|n| up.contains(n)))
+        .filter_map(|r| r["address"].as_str().map(str::to_owned))
         .collect();
     list.sort();
     list.dedup();
@@ -240,17 +319,45 @@ mod tests {
     }
 
     #[test]
-    fn servers_are_ready_nodes_with_an_address() {
+    fn a_node_holds_at_most_its_share_of_tunnels() {
+        let s = Sessions::new();
+        let held: Vec<_> = (0..MAX_TUNNELS_PER_NODE)
+            .map(|_| s.node_tunnel("pi-1").unwrap())
+            .collect();
+        assert!(s.node_tunnel("pi-1").is_none());
+        assert!(s.node_tunnel("pi-2").is_some());
+        drop(held);
+        assert!(s.node_tunnel("pi-1").is_some());
+    }
+
+    #[test]
+    fn servers_are_recorded_servers_whose_node_is_up() {
+        let record = |node: &str, address: &str| crate::datastore::Record {
+            path: format!("{SERVER_RECORDS}{node}"),
+            create_revision: 1,
+            revision: 1,
+            value: json!({"node": node, "address": address})
+                .to_string()
+                .into_bytes(),
+        };
+        let records = [
+            record("s1", "198.18.0.1:6443"),
+            record("s2", "198.18.0.2:6443"),
+            record("s3", "198.18.0.3:6443"),
+            record("gone", "198.18.0.4:6443"),
+        ];
         let nodes = [
-            json!({"metadata": {"annotations": {SERVER_ADDRESS_ANNOTATION: "198.18.0.2:6443"}},
+            json!({"metadata": {"name": "s2"},
                    "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
-            json!({"metadata": {"annotations": {SERVER_ADDRESS_ANNOTATION: "198.18.0.3:6443"}},
+            json!({"metadata": {"name": "s3"},
                    "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}),
-            json!({"metadata": {"name": "agent"}}),
-            json!({"metadata": {"annotations": {SERVER_ADDRESS_ANNOTATION: "198.18.0.1:6443"}}}),
+            json!({"metadata": {"name": "s1"}}),
+            // An agent that wrote the annotation itself (as a node could, before
+            // NodeRestriction) is not a server.
+            json!({"metadata": {"name": "agent", "annotations": {SERVER_ADDRESS_ANNOTATION: "203.0.113.9:6443"}}}),
         ];
         assert_eq!(
-            server_addresses(&nodes),
+            server_addresses(&records, &nodes),
             vec!["198.18.0.1:6443".to_owned(), "198.18.0.2:6443".to_owned()]
         );
     }
