@@ -7,27 +7,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::agent::Agent;
-use common::{Options, Server};
+use common::{Options, Server, wait_until};
 use serde_json::Value;
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
-}
 
 fn node(s: &Server, name: &str) -> Option<Value> {
     let out = s.kubectl(&["get", "node", name, "-o", "json"]);
@@ -60,31 +47,6 @@ fn unreachable_taints(n: &Value) -> Vec<String> {
 
 fn is_ready(s: &Server, name: &str) -> bool {
     node(s, name).is_some_and(|n| ready(&n) == "True" && unreachable_taints(&n).is_empty())
-}
-
-fn metric(s: &Server, name: &str) -> u64 {
-    let r = s.curl(&[&format!("{}/metrics", s.url())]);
-    r.body
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{}", r.body))
-}
-
-/// curl as the node whose agent data dir is `dir`.
-fn curl_as_node(s: &Server, agent: &Agent, args: &[&str]) -> common::Reply {
-    let d = agent.data_dir().join("agent");
-    let mut all = vec![
-        "--cacert".to_owned(),
-        d.join("server-ca.crt").display().to_string(),
-        "--cert".to_owned(),
-        d.join("client-node.crt").display().to_string(),
-        "--key".to_owned(),
-        d.join("client-node.key").display().to_string(),
-    ];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let _ = s;
-    common::curl(&all)
 }
 
 #[test]
@@ -155,30 +117,26 @@ fn an_agent_joins_and_is_ready_as_a_worker_with_its_labels_and_taints() {
 
     // Node authorization: its own Node only.
     let own = format!("{}/api/v1/nodes/pi-worker", s.url());
-    assert_eq!(curl_as_node(&s, &agent, &[&own]).status, Some(200));
-    let patched = curl_as_node(
-        &s,
-        &agent,
-        &[
-            "-X",
-            "PATCH",
-            "-H",
-            "Content-Type: application/merge-patch+json",
-            "-d",
-            r#"{"metadata":{"labels":{"self":"set"}}}"#,
-            &own,
-        ],
-    );
+    assert_eq!(agent.curl(&[&own]).status, Some(200));
+    let patched = agent.curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        "Content-Type: application/merge-patch+json",
+        "-d",
+        r#"{"metadata":{"labels":{"self":"set"}}}"#,
+        &own,
+    ]);
     assert_eq!(patched.status, Some(200), "{}", patched.body);
     for other in [
         format!("{}/api/v1/nodes/{}", s.url(), s.node_name()),
         format!("{}/api/v1/nodes", s.url()),
         format!("{}/api/v1/namespaces", s.url()),
     ] {
-        let r = curl_as_node(&s, &agent, &[&other]);
+        let r = agent.curl(&[&other]);
         assert_eq!(r.status, Some(403), "{other}: {}", r.body);
     }
-    let del = curl_as_node(&s, &agent, &["-X", "DELETE", &own]);
+    let del = agent.curl(&["-X", "DELETE", &own]);
     assert_eq!(del.status, Some(403), "{}", del.body);
 }
 
@@ -207,7 +165,7 @@ fn a_token_for_another_ca_is_refused_before_any_credential_is_sent() {
         .unwrap();
     assert!(log.contains(actual), "names the server's hash: {log}");
     assert_eq!(
-        metric(&s, "keelson_join_requests_total"),
+        s.metric("keelson_join_requests_total"),
         0,
         "no credential may reach the server"
     );
@@ -225,7 +183,7 @@ fn a_token_for_another_ca_is_refused_before_any_credential_is_sent() {
         "{}",
         agent.log()
     );
-    assert_eq!(metric(&s, "keelson_join_requests_total"), 1);
+    assert_eq!(s.metric("keelson_join_requests_total"), 1);
 
     // A short token (the bare secret) joins, with a warning that nothing was verified.
     let agent = Agent::start(&s.url(), secret, "pi-short", &[]);
@@ -306,41 +264,7 @@ fn raw_tunnel(
     s: &Server,
     agent: &Agent,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let d = agent.data_dir().join("agent");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(d.join("server-ca.crt")).unwrap())
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from_pem_file(d.join("client-node.crt")).unwrap()],
-            PrivateKeyDer::from_pem_file(d.join("client-node.key")).unwrap(),
-        )
-        .unwrap();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), "127.0.0.1".try_into().unwrap()).unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", s.port())).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    write!(
-        tls,
-        "GET /v1-keelson/connect HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
+    let (head, tls) = common::agent::open_raw_tunnel(s.port(), agent);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
     tls
@@ -388,7 +312,7 @@ fn malformed_and_oversized_frames_close_only_that_connection() {
     let s = Server::start(Options::default());
     let agent = Agent::start(&s.url(), &s.token(), "pi-steady", &[]);
     agent.wait_log("tunnel connected", JOIN_TIMEOUT);
-    let opened = metric(&s, "keelson_tunnels_opened_total");
+    let opened = s.metric("keelson_tunnels_opened_total");
 
     let mut malformed = raw_tunnel(&s, &agent);
     malformed
@@ -431,8 +355,8 @@ fn malformed_and_oversized_frames_close_only_that_connection() {
     );
     assert!(!agent.log().contains("tunnel lost"), "{}", agent.log());
     assert!(is_ready(&s, "pi-steady"));
-    assert_eq!(metric(&s, "keelson_tunnels"), 1);
-    assert_eq!(metric(&s, "keelson_tunnels_opened_total"), opened + 2);
+    assert_eq!(s.metric("keelson_tunnels"), 1);
+    assert_eq!(s.metric("keelson_tunnels_opened_total"), opened + 2);
     assert!(s.kubectl(&["get", "nodes"]).status.success());
 }
 
@@ -442,9 +366,9 @@ fn loadgen(s: &Server, n: usize, prefix: &str) -> common::agent::Loadgen {
 }
 
 fn statements_per_second(s: &Server, window: Duration) -> f64 {
-    let before = metric(s, "keelson_datastore_statements_total");
+    let before = s.metric("keelson_datastore_statements_total");
     thread::sleep(window);
-    let after = metric(s, "keelson_datastore_statements_total");
+    let after = s.metric("keelson_datastore_statements_total");
     (after - before) as f64 / window.as_secs_f64()
 }
 
@@ -453,14 +377,14 @@ fn database_statements_do_not_grow_with_the_number_of_agents() {
     let s = Server::start(Options::default());
     let _ten = loadgen(&s, 10, "ten");
     wait_until("10 tunnels are open", JOIN_TIMEOUT, || {
-        metric(&s, "keelson_tunnels") == 10
+        s.metric("keelson_tunnels") == 10
     });
     thread::sleep(Duration::from_secs(6));
     let with_10 = statements_per_second(&s, Duration::from_secs(15));
 
     let _more = loadgen(&s, 190, "more");
     wait_until("200 tunnels are open", Duration::from_secs(180), || {
-        metric(&s, "keelson_tunnels") == 200
+        s.metric("keelson_tunnels") == 200
     });
     thread::sleep(Duration::from_secs(6));
     let with_200 = statements_per_second(&s, Duration::from_secs(15));

@@ -66,6 +66,21 @@ impl Agent {
         self.child = Some(cmd.spawn().expect("spawn keelson agent"));
     }
 
+    /// Sends an HTTP request with curl as this agent's node (its saved CA and certificate).
+    pub fn curl(&self, args: &[&str]) -> super::Reply {
+        let d = self.data_dir().join("agent");
+        let mut all = vec![
+            "--cacert".to_owned(),
+            d.join("server-ca.crt").display().to_string(),
+            "--cert".to_owned(),
+            d.join("client-node.crt").display().to_string(),
+            "--key".to_owned(),
+            d.join("client-node.key").display().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        super::curl(&all)
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -191,4 +206,52 @@ impl Drop for Loadgen {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Asks for a tunnel with `agent`'s node certificate on a raw TLS stream, to send what no real
+/// agent would; returns the response head (`HTTP/1.1 101 …` when accepted) and the stream.
+pub fn open_raw_tunnel(
+    port: u16,
+    agent: &Agent,
+) -> (
+    String,
+    rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    use std::io::{Read, Write};
+    let d = agent.data_dir().join("agent");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(d.join("server-ca.crt")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_file(d.join("client-node.crt")).unwrap()],
+            PrivateKeyDer::from_pem_file(d.join("client-node.key")).unwrap(),
+        )
+        .unwrap();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "127.0.0.1".try_into().unwrap())
+            .unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET /v1-keelson/connect HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    (String::from_utf8_lossy(&head).into_owned(), tls)
 }

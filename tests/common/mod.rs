@@ -9,6 +9,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod agent;
+pub mod db;
 pub mod lab;
 pub mod tlsdb;
 
@@ -366,6 +367,16 @@ impl Server {
         curl(&all)
     }
 
+    /// A counter or gauge from `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let r = self.curl(&[&format!("{}/metrics", self.url())]);
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{}", r.body))
+    }
+
     /// Sends an HTTP request with curl and no client certificate (the server is still verified).
     pub fn curl_anonymous(&self, args: &[&str]) -> Reply {
         let (ca, _, _) = self.admin_credentials();
@@ -555,6 +566,19 @@ impl Reply {
 
 /// A `Command` for the keelson binary under test, with no `KEELSON_*` settings inherited
 /// from the environment that runs the tests.
+/// Polls `ok` every 200 ms until it holds; fails the test after `limit`. Returns the wait.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
 pub fn keelson_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keelson"));
     for (key, _) in std::env::vars_os() {
