@@ -4,8 +4,9 @@
 //! semantics in [`registry`]. Invariants: at most [`MAX_CONNECTIONS`] connections with a
 //! client certificate or still in the TLS handshake are open, and at most [`MAX_ANONYMOUS`]
 //! without one, so anonymous clients (joins, health checks) can never take the slots kubectl
-//! and agents need; one source address holds at most [`PER_SOURCE_HANDSHAKES`] handshakes and
-//! [`PER_SOURCE_ANONYMOUS`] anonymous connections, and is refused at once beyond that. On
+//! and agents need; one source address holds at most [`PER_SOURCE_HANDSHAKES`] handshakes (a
+//! new one ends its oldest, so a stalled handshake cannot keep a prompt client out) and
+//! [`PER_SOURCE_ANONYMOUS`] anonymous connections (refused at once beyond that). On
 //! shutdown no new connection is accepted, watches end, and in-flight requests get
 //! [`DRAIN_GRACE`] to finish.
 
@@ -48,7 +49,8 @@ pub type Body = BoxBody<Bytes, Infallible>;
 pub const MAX_CONNECTIONS: usize = 512;
 /// Connections without a client certificate at most, beside [`MAX_CONNECTIONS`].
 pub const MAX_ANONYMOUS: usize = 256;
-/// Connections one source address may have in the TLS handshake at once.
+/// Connections one source address may have in the TLS handshake at once; a new one beyond
+/// this ends the oldest, which has been stalling longest.
 pub const PER_SOURCE_HANDSHAKES: usize = 64;
 /// Connections without a client certificate one source address may hold at once. Agents
 /// behind one NAT, or joining through the VIP's balancer, share an address: beyond this they
@@ -192,11 +194,7 @@ impl Server {
                 },
             };
             ACCEPTED.fetch_add(1, Ordering::Relaxed);
-            let Some(handshake) = shares.handshakes.enter(peer.ip(), PER_SOURCE_HANDSHAKES) else {
-                // Dropping the socket closes it: a fast refusal, not a wait.
-                refused(peer, "too many TLS handshakes from this address");
-                continue;
-            };
+            let handshake = shares.handshakes.begin(peer.ip(), PER_SOURCE_HANDSHAKES);
             // Reap finished connections so the set stays as small as the open count.
             while conns.try_join_next().is_some() {}
             let phase = self.phase.borrow().clone();
@@ -240,15 +238,15 @@ struct Slot {
     /// Its place among [`MAX_CONNECTIONS`]; given back once an anonymous connection holds an
     /// anonymous place instead.
     permit: tokio::sync::OwnedSemaphorePermit,
-    /// Its source's handshake count, released once the handshake is over.
-    handshake: SourceGuard,
+    /// Its place among its source's handshakes, released once the handshake is over.
+    handshake: Handshake,
     shares: Arc<Shares>,
 }
 
 /// The anonymous pool and the per-source counts, shared by all connections of a listener.
 struct Shares {
     anonymous: Arc<Semaphore>,
-    handshakes: SourceCounts,
+    handshakes: Handshakes,
     anonymous_by_source: SourceCounts,
 }
 
@@ -256,7 +254,7 @@ impl Shares {
     fn new() -> Shares {
         Shares {
             anonymous: Arc::new(Semaphore::new(MAX_ANONYMOUS)),
-            handshakes: SourceCounts::default(),
+            handshakes: Handshakes::default(),
             anonymous_by_source: SourceCounts::default(),
         }
     }
@@ -304,6 +302,64 @@ impl Drop for SourceGuard {
     }
 }
 
+/// TLS handshakes in progress per source address, oldest first. Entries go when their list
+/// empties, so the map is bounded by the open connections.
+#[derive(Default, Clone)]
+struct Handshakes(
+    Arc<
+        std::sync::Mutex<(
+            u64,
+            std::collections::HashMap<
+                std::net::IpAddr,
+                std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+            >,
+        )>,
+    >,
+);
+
+/// One handshake in progress; `ended` fires if a newer one from the same source ended it.
+struct Handshake {
+    handshakes: Handshakes,
+    source: std::net::IpAddr,
+    id: u64,
+    ended: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Handshakes {
+    /// Registers a handshake from `source`, ending its oldest one if it already has `cap`.
+    fn begin(&self, source: std::net::IpAddr, cap: usize) -> Handshake {
+        let (tx, ended) = tokio::sync::oneshot::channel();
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 += 1;
+        let id = state.0;
+        let list = state.1.entry(source).or_default();
+        while list.len() >= cap.max(1) {
+            if let Some((_, oldest)) = list.pop_front() {
+                let _ = oldest.send(());
+            }
+        }
+        list.push_back((id, tx));
+        Handshake {
+            handshakes: self.clone(),
+            source,
+            id,
+            ended,
+        }
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut state = self.handshakes.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = state.1.get_mut(&self.source) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                state.1.remove(&self.source);
+            }
+        }
+    }
+}
+
 fn refused(peer: SocketAddr, why: &str) {
     REFUSED.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, reason = why, "connection refused");
@@ -319,7 +375,19 @@ async fn serve_connection(
     slot: Slot,
 ) {
     let _ = tcp.set_nodelay(true);
-    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+    let Slot {
+        permit,
+        mut handshake,
+        shares,
+    } = slot;
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)) => r,
+        _ = &mut handshake.ended => {
+            refused(peer, "the oldest of too many TLS handshakes from this address");
+            return;
+        }
+    };
+    let mut stream = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -327,11 +395,6 @@ async fn serve_connection(
         }
         Err(_) => return,
     };
-    let Slot {
-        permit,
-        handshake,
-        shares,
-    } = slot;
     drop(handshake);
     let identity = stream
         .get_ref()
