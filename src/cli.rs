@@ -73,6 +73,10 @@ pub struct ServerArgs {
     #[arg(long, env = "KEELSON_AGENT_TOKEN_FILE")]
     pub agent_token_file: Option<PathBuf>,
 
+    /// Accept a token secret shorter than 8 characters (anyone who guesses it joins the cluster)
+    #[arg(long, env = "KEELSON_ALLOW_WEAK_TOKEN")]
+    pub allow_weak_token: bool,
+
     /// Datastore: sqlite://PATH, mysql://USER:PASS@tcp(HOST:3306)/DB, postgres://USER:PASS@HOST:5432/DB [default: sqlite://<data-dir>/server/db/state.db]
     #[arg(long, env = "KEELSON_DATASTORE_ENDPOINT", hide_env_values = true)]
     pub datastore_endpoint: Option<String>,

@@ -187,6 +187,8 @@ pub struct ServerConfig {
     pub compact_interval: Duration,
     pub node_monitor_grace_period: Duration,
     pub debug: bool,
+    /// Settings that are accepted but deserve a warning; logged once logging is up.
+    pub warnings: Vec<String>,
 }
 
 /// Facts about the process that change defaults (root or not, home directory).
@@ -234,17 +236,23 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(|| host.default_data_dir());
 
-        let token = read_token(
-            args.token.as_deref(),
-            args.token_file.as_deref(),
-            ("--token", "--token-file"),
-            &mut problems,
-        );
-        let agent_token = read_token(
-            args.agent_token.as_deref(),
-            args.agent_token_file.as_deref(),
+        let mut warnings = Vec::new();
+        let allow_weak = args.allow_weak_token;
+        let mut read = |raw: &Option<String>, file: &Option<PathBuf>, flags| {
+            let (token, source) =
+                read_token(raw.as_deref(), file.as_deref(), flags, &mut problems)?;
+            match token_strength(&token, &source, allow_weak) {
+                Strength::Strong => {}
+                Strength::Weak(w) => warnings.push(w),
+                Strength::Refused(p) => problems.push(p),
+            }
+            Some(token)
+        };
+        let token = read(&args.token, &args.token_file, ("--token", "--token-file"));
+        let agent_token = read(
+            &args.agent_token,
+            &args.agent_token_file,
             ("--agent-token", "--agent-token-file"),
-            &mut problems,
         );
         let mut check = |r: Result<(), String>| {
             if let Err(p) = r {
@@ -447,32 +455,70 @@ impl ServerConfig {
             compact_interval,
             node_monitor_grace_period,
             debug: args.debug,
+            warnings,
         })
     }
 }
 
-/// A token from its flag or its file flag (the flag wins); problems are collected.
+/// Shortest token secret a server accepts without `--allow-weak-token`.
+const MIN_TOKEN_SECRET: usize = 8;
+/// Shortest token secret a server accepts without a warning (the generated ones have 32).
+const GOOD_TOKEN_SECRET: usize = 16;
+
+/// How guessable a token's secret is (the part after `::server:` / `::node:` in a K10 token).
+enum Strength {
+    Strong,
+    /// Accepted, with this warning.
+    Weak(String),
+    /// Refused, with this problem.
+    Refused(String),
+}
+
+fn token_strength(token: &Token, source: &str, allow_weak: bool) -> Strength {
+    let len = token.secret.chars().count();
+    let advice = "generate one with `openssl rand -hex 16`";
+    if len < MIN_TOKEN_SECRET && !allow_weak {
+        Strength::Refused(format!(
+            "{source}: the token secret is {len} characters long; at least {MIN_TOKEN_SECRET} are \
+             required ({GOOD_TOKEN_SECRET} or more recommended): {advice}; \
+             --allow-weak-token accepts it anyway"
+        ))
+    } else if len < GOOD_TOKEN_SECRET {
+        Strength::Weak(format!(
+            "{source}: the token secret is only {len} characters long; anyone who guesses it can \
+             join this cluster; {GOOD_TOKEN_SECRET} or more are recommended: {advice}"
+        ))
+    } else {
+        Strength::Strong
+    }
+}
+
+/// A token from its flag or its file flag (the flag wins), with where it came from (the flag,
+/// or the file flag and the path); problems are collected.
 fn read_token(
     raw: Option<&str>,
     file: Option<&Path>,
     (flag, file_flag): (&str, &str),
     problems: &mut Vec<String>,
-) -> Option<Token> {
-    if let Some(raw) = raw {
-        return Token::parse(raw, flag)
-            .map_err(|e| problems.push(e.to_string()))
-            .ok();
-    }
-    let path = file?;
-    match std::fs::read_to_string(path) {
-        Ok(raw) => Token::parse(&raw, &format!("{file_flag} {}", path.display()))
-            .map_err(|e| problems.push(e.to_string()))
-            .ok(),
+) -> Option<(Token, String)> {
+    let (raw, source) = match (raw, file) {
+        (Some(raw), _) => (raw.to_owned(), flag.to_owned()),
+        (None, None) => return None,
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(raw) => (raw, format!("{file_flag} {}", path.display())),
+            Err(e) => {
+                problems.push(format!(
+                    "{file_flag} {}: cannot read it: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        },
+    };
+    match Token::parse(&raw, &source) {
+        Ok(token) => Some((token, source)),
         Err(e) => {
-            problems.push(format!(
-                "{file_flag} {}: cannot read it: {e}",
-                path.display()
-            ));
+            problems.push(e.to_string());
             None
         }
     }
@@ -666,7 +712,8 @@ impl AgentConfig {
             args.token_file.as_deref(),
             ("--token", "--token-file"),
             &mut problems,
-        );
+        )
+        .map(|(token, _)| token);
         if token.is_none() && args.token.is_none() && args.token_file.is_none() {
             problems.push(
                 "a token is required to join: pass --token (or KEELSON_TOKEN) or --token-file with the server's token or agent token".into(),
@@ -877,6 +924,43 @@ mod tests {
         ] {
             assert!(all.contains(flag), "{flag} missing from:\n{all}");
         }
+    }
+
+    #[test]
+    fn token_secrets_are_refused_below_8_characters_and_warned_below_16() {
+        let outcome = |extra: &[&str]| {
+            let cli = parse_command_line(args(extra)).unwrap();
+            ServerConfig::from_args(server(cli), &host())
+        };
+        let hash = "ab".repeat(32);
+        for refused in [
+            "--token=seven77".to_owned(),
+            "--agent-token=x".to_owned(),
+            format!("--token=K10{hash}::server:seven77"),
+        ] {
+            let Err(Error::Invalid(problems)) = outcome(&[&refused]) else {
+                panic!("{refused} was accepted")
+            };
+            let flag = refused.split('=').next().unwrap();
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{flag}:")) && p.contains("at least 8")),
+                "{refused}: {problems:?}"
+            );
+        }
+        // 8 to 15 characters, or shorter with --allow-weak-token: accepted with a warning.
+        for weak in [
+            vec!["--token=eight888"],
+            vec![&format!("--agent-token=K10{hash}::node:fifteen15151515")[..]],
+            vec!["--token=abc", "--allow-weak-token"],
+        ] {
+            let cfg = outcome(&weak).unwrap_or_else(|e| panic!("{weak:?}: {e}"));
+            assert_eq!(cfg.warnings.len(), 1, "{weak:?}: {:?}", cfg.warnings);
+            assert!(cfg.warnings[0].contains("only"), "{:?}", cfg.warnings);
+        }
+        let cfg = outcome(&["--token=sixteen-chars-ok"]).unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     }
 
     #[test]
