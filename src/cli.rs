@@ -93,6 +93,10 @@ pub struct ServerArgs {
     #[arg(long, env = "KEELSON_DATASTORE_KEYFILE")]
     pub datastore_keyfile: Option<PathBuf>,
 
+    /// TLS to MySQL/PostgreSQL: disable, prefer (TLS if offered: downgradable), require (TLS, database not verified), verify-full [default: verify-full with --datastore-cafile, require with only a client certificate, else prefer]
+    #[arg(long, env = "KEELSON_DATASTORE_TLS")]
+    pub datastore_tls: Option<String>,
+
     /// Most connections this server opens to the datastore
     #[arg(
         long,

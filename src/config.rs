@@ -16,6 +16,7 @@ use clap::{CommandFactory, FromArgMatches};
 use crate::agent::node::{self, Taint};
 use crate::bootstrap::{ClusterSettings, Token};
 use crate::cli::{Cli, ServerArgs};
+use crate::datastore::endpoint::{TlsFiles, TlsMode};
 use crate::datastore::{Endpoint, PoolConfig};
 
 /// A command line that could not be turned into settings; `main` prints it and exits 2.
@@ -287,11 +288,23 @@ impl ServerConfig {
                 "--datastore-certfile and --datastore-keyfile must be given together".into(),
             ));
         }
-        endpoint = endpoint.with_tls(
-            args.datastore_cafile.as_deref(),
-            args.datastore_certfile.as_deref(),
-            args.datastore_keyfile.as_deref(),
-        );
+        let tls_flag = match args.datastore_tls.as_deref().map(TlsMode::parse) {
+            Some(Err(e)) => {
+                check(Err(e.to_string()));
+                None
+            }
+            Some(Ok(mode)) => Some(mode),
+            None => None,
+        };
+        let files = TlsFiles {
+            ca: args.datastore_cafile.as_deref(),
+            cert: args.datastore_certfile.as_deref(),
+            key: args.datastore_keyfile.as_deref(),
+        };
+        match endpoint.clone().with_tls(tls_flag, files) {
+            Ok(e) => endpoint = e,
+            Err(e) => check(Err(e.to_string())),
+        }
 
         for (flag, raw) in [
             ("--cluster-cidr", &args.cluster_cidr),
@@ -424,6 +437,13 @@ impl ServerConfig {
 
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
+        }
+        if let Some(host) = endpoint.downgradable() {
+            warnings.push(format!(
+                "the connection to the datastore at {host} uses TLS mode prefer: TLS only if the database offers it, so anyone on the \
+                 network path can make it plaintext; pass --datastore-cafile (verify-full) or \
+                 --datastore-tls require"
+            ));
         }
         Ok(ServerConfig {
             token_path: data_dir.join("server/token"),
@@ -961,6 +981,54 @@ mod tests {
         }
         let cfg = outcome(&["--token=sixteen-chars-ok"]).unwrap();
         assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+
+    #[test]
+    fn datastore_tls_is_checked_and_a_downgradable_connection_is_warned_about() {
+        let outcome = |extra: &[&str]| {
+            let cli = parse_command_line(args(extra)).unwrap();
+            ServerConfig::from_args(server(cli), &host())
+        };
+        for (extra, expected) in [
+            (&["--datastore-tls=maybe"][..], "--datastore-tls \"maybe\""),
+            (&["--datastore-tls=require"], "SQLite"),
+            (
+                &[
+                    "--datastore-endpoint=postgres://u@db/k",
+                    "--datastore-tls=verify-full",
+                ],
+                "--datastore-cafile",
+            ),
+        ] {
+            let Err(Error::Invalid(problems)) = outcome(extra) else {
+                panic!("{extra:?} was accepted")
+            };
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{extra:?}: {problems:?}"
+            );
+        }
+        let cfg = outcome(&["--datastore-endpoint=postgres://u@db.example:5432/k"]).unwrap();
+        assert!(
+            cfg.endpoint.url.ends_with("?sslmode=prefer"),
+            "{:?}",
+            cfg.endpoint
+        );
+        assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+        assert!(
+            cfg.warnings[0].contains("db.example") && cfg.warnings[0].contains("prefer"),
+            "{:?}",
+            cfg.warnings
+        );
+        for quiet in [
+            &["--datastore-endpoint=postgres://u@127.0.0.1:5432/k"][..],
+            &[
+                "--datastore-endpoint=postgres://u@db.example:5432/k",
+                "--datastore-tls=require",
+            ],
+        ] {
+            assert!(outcome(quiet).unwrap().warnings.is_empty(), "{quiet:?}");
+        }
     }
 
     #[test]
