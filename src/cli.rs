@@ -253,6 +253,10 @@ pub struct AgentArgs {
     #[arg(long, env = "KEELSON_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// Allow the first join with a token that has no CA hash: whichever server answers is trusted, and its CA pinned from then on
+    #[arg(long, env = "KEELSON_UNSAFE_SKIP_CA_VERIFICATION")]
+    pub unsafe_skip_ca_verification: bool,
+
     /// Directory for state [default: /var/lib/keelson as root, ~/.local/share/keelson otherwise]
     #[arg(short = 'd', long, env = "KEELSON_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

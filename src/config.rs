@@ -659,6 +659,8 @@ pub struct AgentConfig {
     /// The server (fixed address) to join through: `host:port`, and the host for TLS.
     pub server: ServerUrl,
     pub token: Token,
+    /// `--unsafe-skip-ca-verification`: a token without a CA hash may make the first join.
+    pub unsafe_skip_ca_verification: bool,
     pub data_dir: PathBuf,
     /// Node options; with `--with-node-id` the name gets its persisted suffix at start.
     pub node: node::NodeOptions,
@@ -774,6 +776,7 @@ impl AgentConfig {
             (Some(server), Some(token)) if problems.is_empty() => Ok(AgentConfig {
                 server,
                 token,
+                unsafe_skip_ca_verification: args.unsafe_skip_ca_verification,
                 data_dir: args.data_dir.unwrap_or_else(|| host.default_data_dir()),
                 node,
                 with_node_id: args.with_node_id,
@@ -1052,6 +1055,29 @@ mod tests {
         assert_eq!(a.https_listen_port, 7443);
         assert_eq!(a.node_label, vec!["a=1", "b=2"]);
         assert!(a.debug);
+    }
+
+    #[test]
+    fn the_unsafe_skip_ca_verification_flag_comes_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "unsafe-skip-ca-verification: true\n").unwrap();
+        let argv: Vec<OsString> = [
+            "keelson",
+            "agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--server=https://10.0.0.1",
+            "--token=a-short-token",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let crate::cli::Command::Agent(a) = parse_command_line(argv).unwrap().command else {
+            panic!("not agent")
+        };
+        let cfg = AgentConfig::from_args(a, &host()).unwrap();
+        assert!(cfg.unsafe_skip_ca_verification);
     }
 
     #[test]
