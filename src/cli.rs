@@ -73,6 +73,10 @@ pub struct ServerArgs {
     #[arg(long, env = "KEELSON_AGENT_TOKEN_FILE")]
     pub agent_token_file: Option<PathBuf>,
 
+    /// Accept a token secret shorter than 8 characters (anyone who guesses it joins the cluster)
+    #[arg(long, env = "KEELSON_ALLOW_WEAK_TOKEN")]
+    pub allow_weak_token: bool,
+
     /// Datastore: sqlite://PATH, mysql://USER:PASS@tcp(HOST:3306)/DB, postgres://USER:PASS@HOST:5432/DB [default: sqlite://<data-dir>/server/db/state.db]
     #[arg(long, env = "KEELSON_DATASTORE_ENDPOINT", hide_env_values = true)]
     pub datastore_endpoint: Option<String>,
@@ -88,6 +92,10 @@ pub struct ServerArgs {
     /// Client key for TLS to the datastore
     #[arg(long, env = "KEELSON_DATASTORE_KEYFILE")]
     pub datastore_keyfile: Option<PathBuf>,
+
+    /// TLS to MySQL/PostgreSQL: disable, prefer (TLS if offered: downgradable), require (TLS, database not verified), verify-full [default: verify-full with --datastore-cafile, require with only a client certificate, else prefer]
+    #[arg(long, env = "KEELSON_DATASTORE_TLS")]
+    pub datastore_tls: Option<String>,
 
     /// Most connections this server opens to the datastore
     #[arg(
@@ -244,6 +252,10 @@ pub struct AgentArgs {
     /// File holding the token
     #[arg(long, env = "KEELSON_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Allow the first join with a token that has no CA hash: whichever server answers is trusted, and its CA pinned from then on
+    #[arg(long, env = "KEELSON_UNSAFE_SKIP_CA_VERIFICATION")]
+    pub unsafe_skip_ca_verification: bool,
 
     /// Directory for state [default: /var/lib/keelson as root, ~/.local/share/keelson otherwise]
     #[arg(short = 'd', long, env = "KEELSON_DATA_DIR")]

@@ -16,6 +16,7 @@ use clap::{CommandFactory, FromArgMatches};
 use crate::agent::node::{self, Taint};
 use crate::bootstrap::{ClusterSettings, Token};
 use crate::cli::{Cli, ServerArgs};
+use crate::datastore::endpoint::{TlsFiles, TlsMode};
 use crate::datastore::{Endpoint, PoolConfig};
 
 /// A command line that could not be turned into settings; `main` prints it and exits 2.
@@ -187,6 +188,8 @@ pub struct ServerConfig {
     pub compact_interval: Duration,
     pub node_monitor_grace_period: Duration,
     pub debug: bool,
+    /// Settings that are accepted but deserve a warning; logged once logging is up.
+    pub warnings: Vec<String>,
 }
 
 /// Facts about the process that change defaults (root or not, home directory).
@@ -234,17 +237,23 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(|| host.default_data_dir());
 
-        let token = read_token(
-            args.token.as_deref(),
-            args.token_file.as_deref(),
-            ("--token", "--token-file"),
-            &mut problems,
-        );
-        let agent_token = read_token(
-            args.agent_token.as_deref(),
-            args.agent_token_file.as_deref(),
+        let mut warnings = Vec::new();
+        let allow_weak = args.allow_weak_token;
+        let mut read = |raw: &Option<String>, file: &Option<PathBuf>, flags| {
+            let (token, source) =
+                read_token(raw.as_deref(), file.as_deref(), flags, &mut problems)?;
+            match token_strength(&token, &source, allow_weak) {
+                Strength::Strong => {}
+                Strength::Weak(w) => warnings.push(w),
+                Strength::Refused(p) => problems.push(p),
+            }
+            Some(token)
+        };
+        let token = read(&args.token, &args.token_file, ("--token", "--token-file"));
+        let agent_token = read(
+            &args.agent_token,
+            &args.agent_token_file,
             ("--agent-token", "--agent-token-file"),
-            &mut problems,
         );
         let mut check = |r: Result<(), String>| {
             if let Err(p) = r {
@@ -279,11 +288,23 @@ impl ServerConfig {
                 "--datastore-certfile and --datastore-keyfile must be given together".into(),
             ));
         }
-        endpoint = endpoint.with_tls(
-            args.datastore_cafile.as_deref(),
-            args.datastore_certfile.as_deref(),
-            args.datastore_keyfile.as_deref(),
-        );
+        let tls_flag = match args.datastore_tls.as_deref().map(TlsMode::parse) {
+            Some(Err(e)) => {
+                check(Err(e.to_string()));
+                None
+            }
+            Some(Ok(mode)) => Some(mode),
+            None => None,
+        };
+        let files = TlsFiles {
+            ca: args.datastore_cafile.as_deref(),
+            cert: args.datastore_certfile.as_deref(),
+            key: args.datastore_keyfile.as_deref(),
+        };
+        match endpoint.clone().with_tls(tls_flag, files) {
+            Ok(e) => endpoint = e,
+            Err(e) => check(Err(e.to_string())),
+        }
 
         for (flag, raw) in [
             ("--cluster-cidr", &args.cluster_cidr),
@@ -417,6 +438,13 @@ impl ServerConfig {
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
+        if let Some(host) = endpoint.downgradable() {
+            warnings.push(format!(
+                "the connection to the datastore at {host} uses TLS mode prefer: TLS only if the database offers it, so anyone on the \
+                 network path can make it plaintext; pass --datastore-cafile (verify-full) or \
+                 --datastore-tls require"
+            ));
+        }
         Ok(ServerConfig {
             token_path: data_dir.join("server/token"),
             kubeconfig: args
@@ -447,32 +475,70 @@ impl ServerConfig {
             compact_interval,
             node_monitor_grace_period,
             debug: args.debug,
+            warnings,
         })
     }
 }
 
-/// A token from its flag or its file flag (the flag wins); problems are collected.
+/// Shortest token secret a server accepts without `--allow-weak-token`.
+const MIN_TOKEN_SECRET: usize = 8;
+/// Shortest token secret a server accepts without a warning (the generated ones have 32).
+const GOOD_TOKEN_SECRET: usize = 16;
+
+/// How guessable a token's secret is (the part after `::server:` / `::node:` in a K10 token).
+enum Strength {
+    Strong,
+    /// Accepted, with this warning.
+    Weak(String),
+    /// Refused, with this problem.
+    Refused(String),
+}
+
+fn token_strength(token: &Token, source: &str, allow_weak: bool) -> Strength {
+    let len = token.secret.chars().count();
+    let advice = "generate one with `openssl rand -hex 16`";
+    if len < MIN_TOKEN_SECRET && !allow_weak {
+        Strength::Refused(format!(
+            "{source}: the token secret is {len} characters long; at least {MIN_TOKEN_SECRET} are \
+             required ({GOOD_TOKEN_SECRET} or more recommended): {advice}; \
+             --allow-weak-token accepts it anyway"
+        ))
+    } else if len < GOOD_TOKEN_SECRET {
+        Strength::Weak(format!(
+            "{source}: the token secret is only {len} characters long; anyone who guesses it can \
+             join this cluster; {GOOD_TOKEN_SECRET} or more are recommended: {advice}"
+        ))
+    } else {
+        Strength::Strong
+    }
+}
+
+/// A token from its flag or its file flag (the flag wins), with where it came from (the flag,
+/// or the file flag and the path); problems are collected.
 fn read_token(
     raw: Option<&str>,
     file: Option<&Path>,
     (flag, file_flag): (&str, &str),
     problems: &mut Vec<String>,
-) -> Option<Token> {
-    if let Some(raw) = raw {
-        return Token::parse(raw, flag)
-            .map_err(|e| problems.push(e.to_string()))
-            .ok();
-    }
-    let path = file?;
-    match std::fs::read_to_string(path) {
-        Ok(raw) => Token::parse(&raw, &format!("{file_flag} {}", path.display()))
-            .map_err(|e| problems.push(e.to_string()))
-            .ok(),
+) -> Option<(Token, String)> {
+    let (raw, source) = match (raw, file) {
+        (Some(raw), _) => (raw.to_owned(), flag.to_owned()),
+        (None, None) => return None,
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(raw) => (raw, format!("{file_flag} {}", path.display())),
+            Err(e) => {
+                problems.push(format!(
+                    "{file_flag} {}: cannot read it: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        },
+    };
+    match Token::parse(&raw, &source) {
+        Ok(token) => Some((token, source)),
         Err(e) => {
-            problems.push(format!(
-                "{file_flag} {}: cannot read it: {e}",
-                path.display()
-            ));
+            problems.push(e.to_string());
             None
         }
     }
@@ -593,6 +659,8 @@ pub struct AgentConfig {
     /// The server (fixed address) to join through: `host:port`, and the host for TLS.
     pub server: ServerUrl,
     pub token: Token,
+    /// `--unsafe-skip-ca-verification`: a token without a CA hash may make the first join.
+    pub unsafe_skip_ca_verification: bool,
     pub data_dir: PathBuf,
     /// Node options; with `--with-node-id` the name gets its persisted suffix at start.
     pub node: node::NodeOptions,
@@ -666,7 +734,8 @@ impl AgentConfig {
             args.token_file.as_deref(),
             ("--token", "--token-file"),
             &mut problems,
-        );
+        )
+        .map(|(token, _)| token);
         if token.is_none() && args.token.is_none() && args.token_file.is_none() {
             problems.push(
                 "a token is required to join: pass --token (or KEELSON_TOKEN) or --token-file with the server's token or agent token".into(),
@@ -707,6 +776,7 @@ impl AgentConfig {
             (Some(server), Some(token)) if problems.is_empty() => Ok(AgentConfig {
                 server,
                 token,
+                unsafe_skip_ca_verification: args.unsafe_skip_ca_verification,
                 data_dir: args.data_dir.unwrap_or_else(|| host.default_data_dir()),
                 node,
                 with_node_id: args.with_node_id,
@@ -880,6 +950,91 @@ mod tests {
     }
 
     #[test]
+    fn token_secrets_are_refused_below_8_characters_and_warned_below_16() {
+        let outcome = |extra: &[&str]| {
+            let cli = parse_command_line(args(extra)).unwrap();
+            ServerConfig::from_args(server(cli), &host())
+        };
+        let hash = "ab".repeat(32);
+        for refused in [
+            "--token=seven77".to_owned(),
+            "--agent-token=x".to_owned(),
+            format!("--token=K10{hash}::server:seven77"),
+        ] {
+            let Err(Error::Invalid(problems)) = outcome(&[&refused]) else {
+                panic!("{refused} was accepted")
+            };
+            let flag = refused.split('=').next().unwrap();
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{flag}:")) && p.contains("at least 8")),
+                "{refused}: {problems:?}"
+            );
+        }
+        // 8 to 15 characters, or shorter with --allow-weak-token: accepted with a warning.
+        for weak in [
+            vec!["--token=eight888"],
+            vec![&format!("--agent-token=K10{hash}::node:fifteen15151515")[..]],
+            vec!["--token=abc", "--allow-weak-token"],
+        ] {
+            let cfg = outcome(&weak).unwrap_or_else(|e| panic!("{weak:?}: {e}"));
+            assert_eq!(cfg.warnings.len(), 1, "{weak:?}: {:?}", cfg.warnings);
+            assert!(cfg.warnings[0].contains("only"), "{:?}", cfg.warnings);
+        }
+        let cfg = outcome(&["--token=sixteen-chars-ok"]).unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+
+    #[test]
+    fn datastore_tls_is_checked_and_a_downgradable_connection_is_warned_about() {
+        let outcome = |extra: &[&str]| {
+            let cli = parse_command_line(args(extra)).unwrap();
+            ServerConfig::from_args(server(cli), &host())
+        };
+        for (extra, expected) in [
+            (&["--datastore-tls=maybe"][..], "--datastore-tls \"maybe\""),
+            (&["--datastore-tls=require"], "SQLite"),
+            (
+                &[
+                    "--datastore-endpoint=postgres://u@db/k",
+                    "--datastore-tls=verify-full",
+                ],
+                "--datastore-cafile",
+            ),
+        ] {
+            let Err(Error::Invalid(problems)) = outcome(extra) else {
+                panic!("{extra:?} was accepted")
+            };
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{extra:?}: {problems:?}"
+            );
+        }
+        let cfg = outcome(&["--datastore-endpoint=postgres://u@db.example:5432/k"]).unwrap();
+        assert!(
+            cfg.endpoint.url.ends_with("?sslmode=prefer"),
+            "{:?}",
+            cfg.endpoint
+        );
+        assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+        assert!(
+            cfg.warnings[0].contains("db.example") && cfg.warnings[0].contains("prefer"),
+            "{:?}",
+            cfg.warnings
+        );
+        for quiet in [
+            &["--datastore-endpoint=postgres://u@127.0.0.1:5432/k"][..],
+            &[
+                "--datastore-endpoint=postgres://u@db.example:5432/k",
+                "--datastore-tls=require",
+            ],
+        ] {
+            assert!(outcome(quiet).unwrap().warnings.is_empty(), "{quiet:?}");
+        }
+    }
+
+    #[test]
     fn config_file_fills_only_unset_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.yaml");
@@ -900,6 +1055,29 @@ mod tests {
         assert_eq!(a.https_listen_port, 7443);
         assert_eq!(a.node_label, vec!["a=1", "b=2"]);
         assert!(a.debug);
+    }
+
+    #[test]
+    fn the_unsafe_skip_ca_verification_flag_comes_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "unsafe-skip-ca-verification: true\n").unwrap();
+        let argv: Vec<OsString> = [
+            "keelson",
+            "agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--server=https://10.0.0.1",
+            "--token=a-short-token",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let crate::cli::Command::Agent(a) = parse_command_line(argv).unwrap().command else {
+            panic!("not agent")
+        };
+        let cfg = AgentConfig::from_args(a, &host()).unwrap();
+        assert!(cfg.unsafe_skip_ca_verification);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Resu
         let cfg = AgentConfig {
             server: server.clone(),
             token: token.clone(),
+            unsafe_skip_ca_verification: false,
             data_dir: args.data_dir.join(&name),
             node: agent::node::NodeOptions {
                 name,

@@ -44,6 +44,9 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(&e),
             };
             init_logging(cfg.debug);
+            for w in &cfg.warnings {
+                tracing::warn!("{w}");
+            }
             run(Threads::Two, async {
                 let _trimmer = memory::spawn_trimmer();
                 server::run(cfg, shutdown_signal()).await

@@ -1,6 +1,7 @@
 //! Agents against a real server (SQLite), driven and checked with the real kubectl and curl:
-//! joining, CA pinning, node passwords, node authorization, unreachable nodes, bad frames,
-//! and the database cost of many agents.
+//! joining, CA pinning (from the token, and of the CA saved at the first join), node
+//! passwords, node authorization, unreachable nodes, bad frames, and the database cost of
+//! many agents.
 
 mod common;
 
@@ -184,11 +185,102 @@ fn a_token_for_another_ca_is_refused_before_any_credential_is_sent() {
         agent.log()
     );
     assert_eq!(s.metric("keelson_join_requests_total"), 1);
+}
 
-    // A short token (the bare secret) joins, with a warning that nothing was verified.
-    let agent = Agent::start(&s.url(), secret, "pi-short", &[]);
+/// A short token: the bare secret, with no CA hash to check a server against.
+const SHORT_TOKEN: &str = "a-short-token-for-tofu-tests";
+
+#[test]
+fn a_short_token_agent_without_the_unsafe_flag_refuses_to_join() {
+    let s = Server::start(Options::default().arg("--token", SHORT_TOKEN));
+    let mut agent = Agent::start(&s.url(), SHORT_TOKEN, "pi-short", &[]);
+    let status = agent
+        .wait_exit(JOIN_TIMEOUT)
+        .unwrap_or_else(|| panic!("the agent kept running\n{}", agent.log_tail()));
+    assert!(!status.success());
+    let log = agent.log();
+    assert!(
+        log.contains("error:")
+            && log.contains("--unsafe-skip-ca-verification")
+            && log.contains("<data-dir>/server/token"),
+        "the refusal names the flag and the K10 token: {log}"
+    );
+    assert!(
+        !agent.data_dir().join("agent").exists(),
+        "the refused agent wrote to its data dir"
+    );
+    assert_eq!(s.metric("keelson_join_requests_total"), 0);
+    assert!(node(&s, "pi-short").is_none());
+}
+
+#[test]
+fn a_short_token_agent_pins_the_ca_of_its_first_join_and_sends_nothing_to_another() {
+    let mut s = Server::start(Options::default().arg("--token", SHORT_TOKEN));
+    let mut agent = Agent::start(
+        &s.url(),
+        SHORT_TOKEN,
+        "pi-tofu",
+        &["--unsafe-skip-ca-verification"],
+    );
     agent.wait_log("tunnel connected", JOIN_TIMEOUT);
     assert!(agent.log().contains("NOT verified"), "{}", agent.log());
+    let ca_file = agent.data_dir().join("agent/server-ca.crt");
+    let pinned = std::fs::read_to_string(&ca_file).expect("the agent saved the CA");
+    agent.kill();
+
+    // Another cluster at the same address, with the same short token: the same server
+    // process started on a fresh SQLite database makes a new CA.
+    s.stop();
+    let impostor_db = s.dir().join("impostor.db");
+    s.try_restart(&[&format!(
+        "--datastore-endpoint=sqlite://{}",
+        impostor_db.display()
+    )])
+    .unwrap_or_else(|e| panic!("the impostor did not start: {}\n{}", e.status, e.log));
+    let impostor_ca = s.curl_anonymous(&[&format!("{}/cacerts", s.url())]).body;
+    assert_ne!(impostor_ca, pinned, "the impostor must have another CA");
+    let address = format!("127.0.0.1:{}", s.port());
+
+    // With its certificate still valid, the agent only tunnels: the impostor's certificate is
+    // not signed by the pinned CA, so no tunnel opens.
+    agent.spawn();
+    agent.wait_log(
+        "not signed by the cluster CA this agent pinned",
+        JOIN_TIMEOUT,
+    );
+    let log = agent.log();
+    assert!(log.contains(&ca_file.display().to_string()), "{log}");
+    assert!(!log.contains("tunnel connected"), "{log}");
+    agent.kill();
+
+    // Due for a new certificate (here: none left), it must join: the impostor is refused
+    // before the token secret or the node password goes out.
+    std::fs::remove_file(agent.data_dir().join("agent/client-node.crt")).unwrap();
+    std::fs::remove_file(agent.data_dir().join("agent/client-node.key")).unwrap();
+    agent.spawn();
+    let status = agent
+        .wait_exit(JOIN_TIMEOUT)
+        .unwrap_or_else(|| panic!("the agent kept running\n{}", agent.log_tail()));
+    assert!(!status.success());
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("refusing to join through {address}"))
+            && log.contains(&ca_file.display().to_string())
+            && log.contains("no credential was sent"),
+        "the refusal names the server and the saved CA file: {log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ca_file).unwrap(),
+        pinned,
+        "the pinned CA is kept"
+    );
+    assert_eq!(
+        s.metric("keelson_join_requests_total"),
+        0,
+        "no credential may reach the impostor"
+    );
+    assert_eq!(s.metric("keelson_tunnels_opened_total"), 0);
+    assert!(node(&s, "pi-tofu").is_none());
 }
 
 #[test]
@@ -398,7 +490,10 @@ fn database_statements_do_not_grow_with_the_number_of_agents() {
 #[test]
 fn the_agent_token_joins_agents_but_cannot_start_a_server() {
     let s = Server::start(Options::default().arg("--agent-token", "agents-only-secret"));
-    let agent = Agent::start(&s.url(), "agents-only-secret", "pi-agent-token", &[]);
+    // In its K10 form, with the cluster CA's hash from the server token.
+    let hash = s.token()[3..].split("::").next().unwrap().to_owned();
+    let agent_token = format!("K10{hash}::node:agents-only-secret");
+    let agent = Agent::start(&s.url(), &agent_token, "pi-agent-token", &[]);
     agent.wait_log("tunnel connected", JOIN_TIMEOUT);
     wait_until("the agent is Ready", JOIN_TIMEOUT, || {
         is_ready(&s, "pi-agent-token")

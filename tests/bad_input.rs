@@ -115,6 +115,59 @@ fn unreadable_config_file_is_named() {
 }
 
 #[test]
+fn a_token_secret_under_8_characters_exits_2_naming_the_flag_unless_weak_tokens_are_allowed() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let short_file = dir.path().join("short-token");
+    fs::write(&short_file, "abc\n").expect("write the token file");
+    let short_file_flag = format!("--token-file={}", short_file.display());
+    let short_file_source = format!("--token-file {}:", short_file.display());
+    // The length that counts is the secret's: a K10 token's hash and user do not make it longer.
+    let k10_agent = format!("--agent-token=K10{}::node:1234567", "ab".repeat(32));
+    let cases: [(&str, &str); 3] = [
+        ("--token=abc", "--token:"),
+        (&short_file_flag, &short_file_source),
+        (&k10_agent, "--agent-token:"),
+    ];
+    let mut wrong = Vec::new();
+    for (flag, source) in cases {
+        let case = tempfile::tempdir().expect("temporary directory");
+        let stderr = refused(case.path(), &[flag], "");
+        let named = stderr.lines().any(|l| {
+            l.starts_with("error:")
+                && l.contains(source)
+                && l.contains("at least 8")
+                && l.contains("--allow-weak-token")
+        });
+        if !named {
+            wrong.push(format!(
+                "{flag}: no `error:` line naming {source:?}, the minimum and --allow-weak-token in:\n{stderr}"
+            ));
+        }
+    }
+    // The config file's form is checked the same way.
+    let case = tempfile::tempdir().expect("temporary directory");
+    let stderr = refused(case.path(), &[], "agent-token: abc\n");
+    if !has_error_line(
+        &stderr,
+        "--agent-token: the token secret is 3 characters long",
+    ) {
+        wrong.push(format!(
+            "config file agent-token: not refused as short:\n{stderr}"
+        ));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+
+    // With --allow-weak-token (here from the config file) it starts, and says what it thinks.
+    let s = Server::start(Options::default().config("token: abc\nallow-weak-token: true\n"));
+    let log = s.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("--token: the token secret is only 3 characters long")),
+        "no warning about the short token:\n{log}"
+    );
+}
+
+#[test]
 fn oversized_body_gets_413_as_a_status() {
     let s = Server::start(Options::default());
     let body = s.dir().join("big.json");

@@ -12,14 +12,17 @@
 //!   falls back to plaintext (PostgreSQL would even take that user without TLS).
 //!
 //! Every ready server shows its node Ready in `kubectl get nodes`, and the database itself
-//! reports every connection keelson holds as TLS. Missing database programs are a loud skip
-//! on a developer's machine and a failure under `CI=true`.
+//! reports every connection keelson holds as TLS.
+//!
+//! Against a private PostgreSQL without TLS, `--datastore-tls require` stays unready with
+//! "server does not support TLS" in `/readyz`, where `prefer` connects in plaintext. Missing
+//! database programs are a loud skip on a developer's machine and a failure under `CI=true`.
 
 mod common;
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -107,6 +110,62 @@ fn mariadb_tls_flags_verify_the_database_and_present_the_client_certificate() {
     tls_scenarios(&MariaDbCheck(&db), &pki);
 }
 
+/// pg_hba.conf of the plaintext-only PostgreSQL: everyone in, without TLS (it has none).
+const PLAIN_HBA: &str = "\
+# TYPE  DATABASE  USER      ADDRESS       METHOD
+local   all       postgres                trust
+host    all       all       127.0.0.1/32  trust
+";
+
+#[test]
+fn datastore_tls_require_refuses_a_database_without_tls_where_prefer_falls_back_to_plaintext() {
+    if !Engine::Postgres.available("datastore_tls_require") {
+        return;
+    }
+    // What a database without TLS answers is also what an attacker in the path can answer.
+    let pg = Postgres::start_plaintext(PLAIN_HBA);
+    pg.psql(
+        "CREATE ROLE keelson_require LOGIN CREATEDB; CREATE ROLE keelson_prefer LOGIN CREATEDB",
+    )
+    .expect("create the roles");
+    let endpoint = |user: &str| format!("postgres://{user}@127.0.0.1:{}/{user}", pg.port());
+
+    // require: no connection at all, and /readyz says it is TLS that is missing.
+    let mut required = Unready::start(
+        "tls-require",
+        &endpoint("keelson_require"),
+        &["--datastore-tls=require".into()],
+    );
+    // prefer (the default without a CA file): in, in plaintext.
+    let s =
+        Server::start(named("tls-prefer").arg("--datastore-endpoint", &endpoint("keelson_prefer")));
+    assert!(
+        s.log().contains("/keelson_prefer?sslmode=prefer"),
+        "the mode in force is not logged:\n{}",
+        s.log()
+    );
+    let ssl = pg
+        .psql(
+            "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid \
+             WHERE a.datname = 'keelson_prefer'",
+        )
+        .expect("query pg_stat_ssl");
+    assert!(
+        !ssl.is_empty() && ssl.lines().all(|l| l == "f"),
+        "prefer should have fallen back to plaintext (ssl per connection: {ssl:?})"
+    );
+
+    let why = "server does not support TLS";
+    required.wait_for_log(why);
+    required.assert_waiting_for_the_datastore(why);
+    assert!(
+        required.log().contains("sslmode=require"),
+        "{}",
+        required.log()
+    );
+    PgCheck(&pg).assert_never_connected("keelson_require");
+}
+
 // === the scenarios, shared by both databases ===
 
 /// What the scenarios need from the database under test.
@@ -130,15 +189,15 @@ fn tls_scenarios(db: &dyn Database, pki: &Pki) {
     let mut no_cert = Unready::start(
         "no-client-cert",
         &db.endpoint("keelson", None, "keelson_no_client_cert"),
-        &[("--datastore-cafile", &ca)],
+        &[flag("--datastore-cafile", &ca)],
     );
     let mut untrusted = Unready::start(
         "wrong-ca",
         &db.endpoint("keelson_wrongca", None, "keelson_wrong_ca"),
         &[
-            ("--datastore-cafile", &wrong_ca),
-            ("--datastore-certfile", &cert),
-            ("--datastore-keyfile", &key),
+            flag("--datastore-cafile", &wrong_ca),
+            flag("--datastore-certfile", &cert),
+            flag("--datastore-keyfile", &key),
         ],
     );
 
@@ -377,7 +436,7 @@ struct Unready {
 }
 
 impl Unready {
-    fn start(what: &'static str, endpoint: &str, tls: &[(&str, &PathBuf)]) -> Unready {
+    fn start(what: &'static str, endpoint: &str, flags: &[String]) -> Unready {
         let dir = tempfile::Builder::new()
             .prefix("keelson-test-")
             .tempdir()
@@ -398,7 +457,7 @@ impl Unready {
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--node-name={what}"))
             .arg(format!("--datastore-endpoint={endpoint}"))
-            .args(tls.iter().map(|(f, p)| flag(f, p)))
+            .args(flags)
             .env("HOME", d.join("home"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))

@@ -15,6 +15,8 @@ use crate::bootstrap::write_private;
 
 /// A certificate with less than this share of its life left is renewed.
 const RENEW_WHEN_LEFT: f64 = 1.0 / 3.0;
+/// The cluster CA, under `<data-dir>/agent/`.
+const CA_FILE: &str = "server-ca.crt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -92,16 +94,18 @@ impl Files {
         Ok(format!("{base}-{id}"))
     }
 
+    /// The cluster CA saved at the first join, which every later join and tunnel is verified
+    /// against.
     pub fn ca(&self) -> Result<Option<String>, Error> {
-        self.read("server-ca.crt")
+        self.read(CA_FILE)
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.path(CA_FILE)
     }
 
     pub fn save_ca(&self, pem: &str) -> Result<(), Error> {
-        Ok(write_private(
-            &self.path("server-ca.crt"),
-            pem.as_bytes(),
-            0o644,
-        )?)
+        Ok(write_private(&self.path(CA_FILE), pem.as_bytes(), 0o644)?)
     }
 
     /// The client certificate if it is present and not due for renewal.

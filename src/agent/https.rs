@@ -28,6 +28,10 @@ pub enum Error {
     Connect { addr: String, why: String },
     #[error("TLS with {addr} failed: {why}")]
     Tls { addr: String, why: String },
+    /// The server's certificate failed verification (against the CA this client trusts, or
+    /// for the address): it is not, or cannot prove it is, a server of the cluster.
+    #[error("{addr}'s certificate is not trusted: {why}")]
+    Untrusted { addr: String, why: String },
     #[error("request to {addr} failed: {why}")]
     Http { addr: String, why: String },
     #[error("bad TLS material: {0}")]
@@ -78,9 +82,18 @@ impl Target {
                 addr: self.addr.clone(),
                 why: "handshake timed out".into(),
             })?
-            .map_err(|e| Error::Tls {
-                addr: self.addr.clone(),
-                why: e.to_string(),
+            .map_err(|e| {
+                let addr = self.addr.clone();
+                let why = e.to_string();
+                let rejected = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+                if rejected {
+                    Error::Untrusted { addr, why }
+                } else {
+                    Error::Tls { addr, why }
+                }
             })
     }
 

@@ -1,12 +1,16 @@
 //! The node side of keelson: node identity, joining, the tunnel's client end, registration.
 //!
-//! An agent's life: make or read its node password, join through `--server` (pinning the CA
-//! from the token) unless it already holds a valid node certificate, then keep one tunnel to
-//! one server, moving to another at once when that server goes away. A server runs its own
-//! node through [`registration`] in-process and is heartbeated the same way.
+//! An agent's life: decide how servers are verified (the CA saved at its first join, pinned;
+//! else the token's CA hash), make or read its node password, join through `--server` unless
+//! it already holds a valid node certificate, then keep one tunnel to one server, moving to
+//! another at once when that server goes away. A server runs its own node through
+//! [`registration`] in-process and is heartbeated the same way.
 //!
-//! Fatal (exit non-zero): a CA that does not match the token, a rejected token, a node name
-//! owned by another board. Everything else (servers down, datastore trouble) is retried.
+//! Fatal (exit non-zero): a first join with a short token without
+//! `--unsafe-skip-ca-verification`, a CA that does not match the token or the pinned one, a
+//! rejected token, a node name owned by another board. Everything else (servers down,
+//! datastore trouble) is retried. A tunnel to a server whose certificate the pinned CA did
+//! not sign is never opened (logged; other servers are tried).
 
 pub mod balancer;
 pub mod credentials;
@@ -52,6 +56,14 @@ pub async fn run(
     connected: watch::Sender<bool>,
 ) -> Result<(), Error> {
     let files = Files::new(&cfg.data_dir);
+    // First, before anything is written: an agent that cannot verify servers does not start.
+    let saved_ca = files.ca()?;
+    let mut trust = join::Trust::decide(
+        saved_ca.clone(),
+        &files.ca_path(),
+        &cfg.token,
+        cfg.unsafe_skip_ca_verification,
+    )?;
     let mut opts = cfg.node.clone();
     if cfg.with_node_id {
         opts.name = files.name_with_id(&opts.name)?;
@@ -59,7 +71,7 @@ pub async fn run(
     let password = files.node_password()?;
     let report = registration::report(&opts, sysinfo::SystemInfo::read());
     let mut balancer = Balancer::new(cfg.server.address(), files.clone());
-    let mut creds = match (files.ca()?, files.client_cert(&opts.name)?) {
+    let mut creds = match (saved_ca, files.client_cert(&opts.name)?) {
         (Some(ca_pem), Some(cert)) => Some(Credentials { ca_pem, cert }),
         _ => None,
     };
@@ -68,9 +80,13 @@ pub async fn run(
     let mut avoid: Option<String> = None;
     loop {
         let Some(c) = &creds else {
-            match join_any(&cfg, &mut balancer, &opts.name, &password).await {
+            match join_any(&cfg, &mut balancer, &trust, &opts.name, &password).await {
                 Ok(joined) => {
                     files.save_ca(&joined.ca_pem)?;
+                    trust = join::Trust::Pinned {
+                        ca_pem: joined.ca_pem.clone(),
+                        file: files.ca_path(),
+                    };
                     files.save_client_cert(&joined.cert)?;
                     balancer.learn(joined.servers);
                     tracing::info!(node = %opts.name, "joined the cluster");
@@ -111,6 +127,15 @@ pub async fn run(
                     tracing::warn!(server = %addr, %status, %message, "the server does not accept this node's certificate; joining again");
                     rejoin = true;
                     break;
+                }
+                Err(ConnectError::Transport(e @ https::Error::Untrusted { .. })) => {
+                    tracing::warn!(
+                        server = %addr,
+                        error = %e,
+                        ca = %files.ca_path().display(),
+                        "not opening a tunnel: the server's certificate is not signed by the cluster CA this agent pinned"
+                    );
+                    continue;
                 }
                 Err(e) => {
                     tracing::debug!(server = %addr, error = %e, "cannot open a tunnel");
@@ -172,6 +197,7 @@ pub async fn run(
 async fn join_any(
     cfg: &AgentConfig,
     balancer: &mut Balancer,
+    trust: &join::Trust,
     node: &str,
     password: &str,
 ) -> Result<join::Joined, join::Error> {
@@ -184,7 +210,7 @@ async fn join_any(
     );
     let mut last = None;
     for addr in order {
-        match join::join(&addr, &cfg.token, node, password).await {
+        match join::join(&addr, trust, &cfg.token, node, password).await {
             Ok(j) => return Ok(j),
             Err(e) if e.is_transient() => last = Some(e),
             Err(e) => return Err(e),

@@ -200,8 +200,14 @@ fn read_token_file(path: &Path) -> Result<Option<Token>> {
 }
 
 /// Writes a file atomically (temp file + rename) with `mode`, creating parent directories.
+///
+/// The temporary file `<path>.tmp` is created exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`) with
+/// `mode` and set to exactly `mode` before anything is written, so the final file has its mode
+/// from the moment it exists, and nothing already at `<path>.tmp` is ever written through: a
+/// regular file (left by a crash) is removed and the exclusive create retried once; anything
+/// else there (a symbolic link, a directory) is refused.
 pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let io = |action, source| Error::Io {
         action,
         path: path.to_owned(),
@@ -210,19 +216,117 @@ pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io("write", e))?;
-    f.write_all(contents).map_err(|e| io("write", e))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let tmp_io = |action, source| Error::Io {
+        action,
+        path: tmp.clone(),
+        source,
+    };
+    let mut f = match create_exclusive(&tmp, mode) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let stale = std::fs::symlink_metadata(&tmp).map_err(|e| tmp_io("inspect", e))?;
+            if !stale.file_type().is_file() {
+                return Err(tmp_io(
+                    "write",
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "something other than a regular file (a symbolic link?) is in the way; \
+                         refusing to write through it: remove it",
+                    ),
+                ));
+            }
+            // A regular file left by a crash. unlink() removes whatever is at the path now,
+            // never what a link points to, and the retry is exclusive again.
+            std::fs::remove_file(&tmp).map_err(|e| tmp_io("remove the stale", e))?;
+            create_exclusive(&tmp, mode).map_err(|e| tmp_io("create", e))?
+        }
+        other => other.map_err(|e| tmp_io("create", e))?,
+    };
     // The umask may have narrowed `mode`; a requested 0644 kubeconfig must end up 0644.
     f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io("chmod", e))?;
-    f.sync_all().map_err(|e| io("sync", e))?;
+        .map_err(|e| tmp_io("chmod", e))?;
+    f.write_all(contents).map_err(|e| tmp_io("write", e))?;
+    f.sync_all().map_err(|e| tmp_io("sync", e))?;
     std::fs::rename(&tmp, path).map_err(|e| io("write", e))?;
     Ok(())
+}
+
+/// Creates `path` with `mode`, failing if anything (even a dangling link) is there.
+fn create_exclusive(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_private_file_is_0600_and_replaces_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/node-password");
+        write_private(&path, b"one", 0o600).unwrap();
+        write_private(&path, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(mode(&path), 0o600);
+        write_private(&path, b"three", 0o644).unwrap();
+        assert_eq!(mode(&path), 0o644, "an explicitly wider mode is kept");
+        assert!(!dir.path().join("sub/node-password.tmp").exists());
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_temporary_path_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = dir.path().join("client-node.key");
+        std::os::unix::fs::symlink(&victim, dir.path().join("client-node.key.tmp")).unwrap();
+
+        let err = write_private(&path, b"secret key", 0o600).unwrap_err();
+        assert!(err.to_string().contains("client-node.key.tmp"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert_eq!(mode(&victim), 0o644);
+        assert!(!path.exists(), "nothing was written");
+
+        // A dangling link (to where a file would be created) is refused the same way.
+        let absent = dir.path().join("absent");
+        std::fs::remove_file(dir.path().join("client-node.key.tmp")).unwrap();
+        std::os::unix::fs::symlink(&absent, dir.path().join("client-node.key.tmp")).unwrap();
+        assert!(write_private(&path, b"secret key", 0o600).is_err());
+        assert!(!absent.exists(), "the link's target was created");
+    }
+
+    #[test]
+    fn a_stale_temporary_file_from_a_crash_is_replaced_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let tmp = dir.path().join("token.tmp");
+        std::fs::write(&tmp, "half a token and more old bytes").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // A second name for the stale file: had it been reused, this would see the secret.
+        std::fs::hard_link(&tmp, dir.path().join("observer")).unwrap();
+
+        write_private(&path, b"K10abc::server:secret\n", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"K10abc::server:secret\n");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("observer")).unwrap(),
+            "half a token and more old bytes"
+        );
+        assert!(!tmp.exists());
+    }
 }

@@ -385,7 +385,8 @@ impl Server {
         curl(&all)
     }
 
-    /// The CA, client certificate and key of the kubeconfig, as PEM files (written once).
+    /// The CA, client certificate and key of the kubeconfig, as PEM files (written once per
+    /// start).
     pub fn admin_credentials(&self) -> (PathBuf, PathBuf, PathBuf) {
         let creds = self.dir.path().join("admin-pem");
         let files = (
@@ -424,6 +425,8 @@ impl Server {
     /// Spawns the process (with `extra` flags) and waits until `/readyz` says `ok`.
     fn launch(&mut self, extra: &[&str]) -> Result<(), Exited> {
         self.starts += 1;
+        // Every start writes the kubeconfig again (with another CA, if it is another cluster).
+        let _ = fs::remove_dir_all(self.dir.path().join("admin-pem"));
         let log = fs::File::create(self.log_path()).expect("create the server log");
         let mut cmd = keelson_command();
         cmd.arg("server")

@@ -1,5 +1,6 @@
 //! Private, TLS-only PostgreSQL and MariaDB servers for the datastore TLS tests, and the
-//! throwaway PKI they and keelson use.
+//! throwaway PKI they and keelson use (and one plaintext-only PostgreSQL, to show what each
+//! `--datastore-tls` mode does where no TLS is offered).
 //!
 //! Each instance lives in its own temporary directory (under `/dev/shm` when there is one: fsync
 //! is free there, so `mariadb-install-db` takes half a second instead of four), listens on a free
@@ -49,7 +50,8 @@ pub struct Pki {
     dir: TempDir,
 }
 
-/// A PostgreSQL server running as the `postgres` user with `ssl=on`.
+/// A PostgreSQL server running as the `postgres` user with `ssl=on` (or, from
+/// [`Postgres::start_plaintext`], `ssl=off`).
 pub struct Postgres {
     /// Data dir, Unix socket, server key and log; removed on drop, after the server stopped.
     dir: TempDir,
@@ -263,6 +265,16 @@ impl Postgres {
     /// `hba` as pg_hba.conf and starts PostgreSQL with TLS from `pki` (the CA also verifies
     /// client certificates). Panics with the server's log if it does not come up.
     pub fn start(pki: &Pki, hba: &str) -> Postgres {
+        Postgres::launch(Some(pki), hba)
+    }
+
+    /// Like [`Postgres::start`], but with `ssl=off`: the server answers every TLS request
+    /// with "no", as a database without TLS, or an attacker in the path, does.
+    pub fn start_plaintext(hba: &str) -> Postgres {
+        Postgres::launch(None, hba)
+    }
+
+    fn launch(pki: Option<&Pki>, hba: &str) -> Postgres {
         let user = User::from_name("postgres")
             .ok()
             .flatten()
@@ -270,11 +282,13 @@ impl Postgres {
         let bin = pg_bin_dir().expect("PostgreSQL is installed (checked by Engine::available)");
         let dir = instance_dir("keelson-tlsdb-pg-");
         // PostgreSQL insists on owning its data dir and on a private server key.
-        for (from, name) in [
-            (pki.server_cert(), "server.pem"),
-            (pki.server_key(), "server.key"),
-            (pki.ca(), "ca.pem"),
-        ] {
+        for (from, name) in pki.iter().flat_map(|pki| {
+            [
+                (pki.server_cert(), "server.pem"),
+                (pki.server_key(), "server.key"),
+                (pki.ca(), "ca.pem"),
+            ]
+        }) {
             let to = dir.path().join(name);
             fs::copy(&from, &to).expect("copy a certificate for PostgreSQL");
             fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -322,17 +336,22 @@ impl Postgres {
                 .arg(&data)
                 .args(["-p", &pg.port.to_string(), "-k"])
                 .arg(d)
-                .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
-                .args([
-                    "-c",
-                    &format!("ssl_cert_file={}", d.join("server.pem").display()),
-                ])
-                .args([
-                    "-c",
-                    &format!("ssl_key_file={}", d.join("server.key").display()),
-                ])
-                .args(["-c", &format!("ssl_ca_file={}", d.join("ca.pem").display())])
-                .args(["-c", "fsync=off", "-c", "shared_buffers=16MB"])
+                .args(["-c", "listen_addresses=127.0.0.1"]);
+            if pki.is_some() {
+                cmd.args(["-c", "ssl=on"])
+                    .args([
+                        "-c",
+                        &format!("ssl_cert_file={}", d.join("server.pem").display()),
+                    ])
+                    .args([
+                        "-c",
+                        &format!("ssl_key_file={}", d.join("server.key").display()),
+                    ])
+                    .args(["-c", &format!("ssl_ca_file={}", d.join("ca.pem").display())]);
+            } else {
+                cmd.args(["-c", "ssl=off"]);
+            }
+            cmd.args(["-c", "fsync=off", "-c", "shared_buffers=16MB"])
                 // Who got in, and whether over TLS, for the tests to read.
                 .args(["-c", "log_connections=on"])
                 .current_dir(d)
