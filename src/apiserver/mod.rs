@@ -305,15 +305,14 @@ impl Drop for SourceGuard {
 /// TLS handshakes in progress per source address, oldest first. Entries go when their list
 /// empties, so the map is bounded by the open connections.
 #[derive(Default, Clone)]
-struct Handshakes(
-    Arc<
-        std::sync::Mutex<(
-            u64,
-            std::collections::HashMap<
-                std::net::IpAddr,
-                std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
-            >,
-        )>,
+struct Handshakes(Arc<std::sync::Mutex<HandshakeTable>>);
+
+/// The last handshake id handed out, and each source's handshakes (id, how to end it).
+type HandshakeTable = (
+    u64,
+    std::collections::HashMap<
+        std::net::IpAddr,
+        std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
     >,
 );
 
