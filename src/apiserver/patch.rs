@@ -14,13 +14,15 @@
 //! never grows past the bounds even for a moment, and the walks that measure it add up to at
 //! most `MAX_OBJECT_BYTES` of work for the whole patch. Its inserts and removes shift at most
 //! `MAX_SHIFTS` list elements along in all, so long lists cannot make it slow either.
-//! Invariant: the result of a merge or strategic patch is no larger than target plus patch,
-//! so one `check_limits` at the end bounds it.
+//! Invariant: merge and strategic patches take time linear in target plus patch (list merges
+//! find items through hash indexes, not by scanning), and their result is no larger than
+//! target plus patch, so one `check_limits` at the end bounds them.
 //! Invariant: no recursion here goes deeper than the input's own nesting, which is bounded:
 //! `merge` and `strategic` recurse along the patch, and `serde_json`'s parser refuses
 //! anything nested more than 128 deep; JSON patch, the only format whose result can nest
 //! deeper than its input, checks the depth of each value before it places it.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 
 use serde_json::{Map, Value};
@@ -77,7 +79,7 @@ pub enum Kind {
 pub fn apply(kind: Kind, target: &Value, patch: &Value) -> Result<Value, Error> {
     let out = match kind {
         Kind::Merge => merge(target.clone(), patch),
-        Kind::Strategic => strategic(target.clone(), patch, "")?,
+        Kind::Strategic => strategic(target.clone(), patch, Some(""))?,
         // Held to the limits operation by operation: copies can double the document each
         // time, so a check at the end would come after the memory is gone.
         Kind::Json => return json_patch(target.clone(), patch),
@@ -118,14 +120,14 @@ pub fn merge(target: Value, patch: &Value) -> Value {
 
 /// Lists merged by a key instead of replaced, by JSON path; the rest of Kubernetes's
 /// `patchStrategy:"merge"` fields that the served kinds have.
-fn merge_key(path: &str) -> Option<&'static str> {
-    match path {
+fn merge_key(path: Option<&str>) -> Option<&'static str> {
+    match path? {
         ".status.conditions" | ".status.addresses" => Some("type"),
         ".spec.containers"
         | ".spec.initContainers"
         | ".spec.volumes"
         | ".spec.containers[].env"
-        | ".spec.containers[].ports" => Some(if path.ends_with("ports") {
+        | ".spec.containers[].ports" => Some(if path?.ends_with("ports") {
             "containerPort"
         } else {
             "name"
@@ -136,7 +138,20 @@ fn merge_key(path: &str) -> Option<&'static str> {
     }
 }
 
-fn strategic(target: Value, patch: &Value, path: &str) -> Result<Value, Error> {
+/// No path `merge_key` names is longer than this.
+const MAX_TRACKED_PATH: usize = 32;
+
+/// The path of `key` under `parent`, or `None` once it is longer than any path `merge_key`
+/// names. Spelling out every path would cost the length of all the keys above at every
+/// level, quadratic for a patch of long keys nested deep.
+fn child_path(parent: Option<&str>, key: &str) -> Option<String> {
+    let parent = parent?;
+    (parent.len() + 1 + key.len() <= MAX_TRACKED_PATH).then(|| format!("{parent}.{key}"))
+}
+
+/// Recurses along `patch` (and through `merge_list` into its list items), so only as deep as
+/// the parser let the patch be.
+fn strategic(target: Value, patch: &Value, path: Option<&str>) -> Result<Value, Error> {
     let Value::Object(patch) = patch else {
         return Ok(patch.clone());
     };
@@ -159,21 +174,23 @@ fn strategic(target: Value, patch: &Value, path: &str) -> Result<Value, Error> {
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
             if let (Some(Value::Array(items)), Value::Array(remove)) = (target.get_mut(field), v) {
+                let remove: HashSet<&Value> = remove.iter().collect();
                 items.retain(|i| !remove.contains(i));
             }
             continue;
         }
-        let child = format!("{path}.{k}");
         if v.is_null() {
             target.remove(k);
             continue;
         }
+        let child = child_path(path, k);
         let cur = target.remove(k).unwrap_or(Value::Null);
-        let merged = match (cur, v, merge_key(&child)) {
+        let merged = match (cur, v, merge_key(child.as_deref())) {
             (Value::Array(cur), Value::Array(items), Some(key)) => {
-                Value::Array(merge_list(cur, items, key, &child)?)
+                let child = child.as_deref().unwrap_or_default();
+                Value::Array(merge_list(cur, items, key, child)?)
             }
-            (cur, v @ Value::Object(_), _) => strategic(cur, v, &child)?,
+            (cur, v @ Value::Object(_), _) => strategic(cur, v, child.as_deref())?,
             (_, v, _) => v.clone(),
         };
         if !merged.is_null() {
@@ -183,34 +200,70 @@ fn strategic(target: Value, patch: &Value, path: &str) -> Result<Value, Error> {
     Ok(Value::Object(target))
 }
 
+/// Merges `patch` into `cur` item by item, matched on `key`: a match is merged in place (or
+/// dropped by `$patch: delete`), and the rest are appended in patch order. Where `cur` holds
+/// several items with one key, the first still there is the match.
 fn merge_list(
-    mut cur: Vec<Value>,
+    cur: Vec<Value>,
     patch: &[Value],
     key: &str,
     path: &str,
 ) -> Result<Vec<Value>, Error> {
+    // A deleted item leaves a hole rather than shifting the rest, so slot numbers stay valid
+    // and the merge is linear.
+    let mut slots: Vec<Option<Value>> = cur.into_iter().map(Some).collect();
+    // Invariant: every slot in `index[id]` holds an item whose `key` is `id`, in list order.
+    let mut index: HashMap<Value, VecDeque<usize>> = HashMap::new();
+    for (i, item) in slots.iter().enumerate() {
+        if let Some(id) = item.as_ref().and_then(|item| item.get(key)) {
+            index.entry(id.clone()).or_default().push_back(i);
+        }
+    }
+    let item_path = format!("{path}[]");
     for item in patch {
         let id = item.get(key).ok_or_else(|| {
             Error::Strategic(format!(
                 "an item of {} lacks its merge key {key:?}",
-                &path[1..]
+                path.strip_prefix('.').unwrap_or(path)
             ))
         })?;
-        let pos = cur.iter().position(|c| c.get(key) == Some(id));
         let deleting = item.get("$patch").and_then(Value::as_str) == Some("delete");
-        match (pos, deleting) {
+        let found = index.get_mut(id).and_then(|slots| slots.front().copied());
+        match (found, deleting) {
             (Some(i), true) => {
-                cur.remove(i);
+                slots[i] = None;
+                unindex(&mut index, id);
             }
             (None, true) => {}
             (Some(i), false) => {
-                let old = std::mem::take(&mut cur[i]);
-                cur[i] = strategic(old, item, &format!("{path}[]"))?;
+                if let Some(old) = slots[i].take() {
+                    let merged = strategic(old, item, Some(&item_path))?;
+                    // A `null` key in the patch removes the key, so nothing matches it again.
+                    if merged.get(key) != Some(id) {
+                        unindex(&mut index, id);
+                    }
+                    slots[i] = Some(merged);
+                }
             }
-            (None, false) => cur.push(strategic(Value::Null, item, &format!("{path}[]"))?),
+            (None, false) => {
+                let added = strategic(Value::Null, item, Some(&item_path))?;
+                if added.get(key) == Some(id) {
+                    index.entry(id.clone()).or_default().push_back(slots.len());
+                }
+                slots.push(Some(added));
+            }
         }
     }
-    Ok(cur)
+    Ok(slots.into_iter().flatten().collect())
+}
+
+fn unindex(index: &mut HashMap<Value, VecDeque<usize>>, id: &Value) {
+    if let Some(slots) = index.get_mut(id) {
+        slots.pop_front();
+        if slots.is_empty() {
+            index.remove(id);
+        }
+    }
 }
 
 /// RFC 6902 with RFC 6901 pointers, held to the limits as it runs (see `Budget`).
@@ -550,6 +603,103 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out["status"]["conditions"], json!([{"type": "Ready"}]));
+    }
+
+    #[test]
+    fn strategic_delete_from_primitive_list_is_linear() {
+        let finalizers: Vec<Value> = (0..20_000).map(|i| json!(format!("f{i}"))).collect();
+        // Every odd one, and as many that are not there.
+        let remove: Vec<Value> = (0..20_000)
+            .map(|i| json!(format!("f{}", if i % 2 == 0 { i + 1 } else { 100_000 + i })))
+            .collect();
+        let target = json!({"metadata": {"finalizers": finalizers}});
+        let patch = json!({"metadata": {"$deleteFromPrimitiveList/finalizers": remove}});
+        let began = std::time::Instant::now();
+        let out = apply(Kind::Strategic, &target, &patch).unwrap();
+        assert!(began.elapsed() < std::time::Duration::from_secs(1));
+        let kept: Vec<Value> = (0..20_000)
+            .step_by(2)
+            .map(|i| json!(format!("f{i}")))
+            .collect();
+        assert_eq!(out["metadata"]["finalizers"], Value::Array(kept));
+    }
+
+    #[test]
+    fn strategic_keyed_merge_is_linear() {
+        let containers = keyed("name", "c", 0..20_000, json!({"image": "old"}));
+        // The first half of the containers, even ones deleted and odd ones updated, then
+        // 10000 new ones.
+        let mut patch = Vec::new();
+        for i in 0..10_000 {
+            patch.push(if i % 2 == 0 {
+                json!({"name": format!("c{i}"), "$patch": "delete"})
+            } else {
+                json!({"name": format!("c{i}"), "image": "new"})
+            });
+        }
+        patch.extend(keyed("name", "n", 0..10_000, json!({"image": "added"})));
+        let target = json!({"spec": {"containers": containers}});
+        let patch = json!({"spec": {"containers": patch}});
+        let began = std::time::Instant::now();
+        let out = apply(Kind::Strategic, &target, &patch).unwrap();
+        assert!(began.elapsed() < std::time::Duration::from_secs(1));
+        let mut want: Vec<Value> = (1..10_000)
+            .step_by(2)
+            .map(|i| json!({"name": format!("c{i}"), "image": "new"}))
+            .collect();
+        want.extend(keyed("name", "c", 10_000..20_000, json!({"image": "old"})));
+        want.extend(keyed("name", "n", 0..10_000, json!({"image": "added"})));
+        assert_eq!(out["spec"]["containers"], Value::Array(want));
+    }
+
+    #[test]
+    fn strategic_keyed_merge_matches_the_first_item_still_there() {
+        let target = json!({"spec": {"containers": [
+            {"name": "a", "v": 1}, {"name": "b"}, {"name": "a", "v": 2}, {"image": "no name"}
+        ]}});
+        let patch = json!({"spec": {"containers": [
+            {"name": "a", "$patch": "delete"},
+            {"name": "a", "x": 1},
+            {"name": "c", "y": 1},
+            {"name": "c", "y": 2},
+            {"name": "b", "$patch": "delete"},
+            {"name": "b", "z": 1},
+        ]}});
+        let out = apply(Kind::Strategic, &target, &patch).unwrap();
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "a", "v": 2, "x": 1}, {"image": "no name"}, {"name": "c", "y": 2}, {"name": "b", "z": 1}])
+        );
+    }
+
+    #[test]
+    fn strategic_patch_of_long_keys_nested_deep_is_linear() {
+        let key = "k".repeat(10_000);
+        let leaves: Map<String, Value> = (0..50_000).map(|i| (format!("l{i}"), json!(i))).collect();
+        let patch = (0..80).fold(Value::Object(leaves), |v, _| {
+            Value::Object(Map::from_iter([(key.clone(), v)]))
+        });
+        let began = std::time::Instant::now();
+        let out = apply(Kind::Strategic, &json!({}), &patch).unwrap();
+        assert!(began.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(out, patch);
+    }
+
+    #[test]
+    fn json_patch_operations() {
+        let doc = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"taints": []}});
+        let ops = json!([
+            {"op": "add", "path": "/metadata/labels/b~1c", "value": "2"},
+            {"op": "remove", "path": "/metadata/labels/a"},
+            {"op": "add", "path": "/spec/taints/-", "value": {"key": "k", "effect": "NoSchedule"}},
+            {"op": "test", "path": "/metadata/labels/b~1c", "value": "2"}
+        ]);
+        let out = json_patch(doc, &ops).unwrap();
+        assert_eq!(out["metadata"]["labels"], json!({"b/c": "2"}));
+        assert_eq!(out["spec"]["taints"][0]["key"], json!("k"));
+        let err = json_patch(json!({}), &json!([{"op": "remove", "path": "/nope"}])).unwrap_err();
+        assert!(matches!(err, Error::Operation { index: 0, .. }));
+        assert_eq!(json_patch(json!({}), &json!({})), Err(Error::NotAnArray));
     }
 
     /// A list of `n` objects `{key: "<prefix><i>", ...extra}`.
