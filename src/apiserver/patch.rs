@@ -48,6 +48,8 @@ pub const MAX_OPERATIONS: usize = 10_000;
 /// list, a few tens of milliseconds, and far more than any real patch shifts.
 pub const MAX_SHIFTS: usize = 4 * MAX_OBJECT_BYTES;
 
+/// Why a patch was refused. The patch (or, for `TooLarge` and `TooDeep`, the object it would
+/// make) is at fault every time, so retrying it unchanged fails the same way.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("a JSON patch must be an array of operations")]
@@ -76,6 +78,7 @@ pub enum Kind {
     Json,
 }
 
+/// Applies `patch` to a copy of `target`. Any `Ok` passes `check_limits`.
 pub fn apply(kind: Kind, target: &Value, patch: &Value) -> Result<Value, Error> {
     let out = match kind {
         Kind::Merge => merge(target.clone(), patch),
@@ -137,9 +140,6 @@ fn merge_key(path: Option<&str>) -> Option<&'static str> {
         _ => None,
     }
 }
-
-/// No path `merge_key` names is longer than this.
-const MAX_TRACKED_PATH: usize = 32;
 
 /// The path of `key` under `parent`, or `None` once it is longer than any path `merge_key`
 /// names. Spelling out every path would cost the length of all the keys above at every
@@ -554,6 +554,9 @@ impl io::Write for Count {
         Ok(())
     }
 }
+
+/// No path `merge_key` names is longer than this.
+const MAX_TRACKED_PATH: usize = 32;
 
 #[cfg(test)]
 mod tests {
