@@ -395,9 +395,9 @@ fn check_limits(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
 fn patch_error(e: patch::Error) -> ApiError {
     match e {
         patch::Error::TooLarge { limit } => ApiError::TooLarge(limit),
-        e @ (patch::Error::TooDeep { .. } | patch::Error::TooManyOperations { .. }) => {
-            ApiError::Unprocessable(e.to_string())
-        }
+        e @ (patch::Error::TooDeep { .. }
+        | patch::Error::TooManyOperations { .. }
+        | patch::Error::TooManyShifts { .. }) => ApiError::Unprocessable(e.to_string()),
         other => ApiError::BadRequest(other.to_string()),
     }
 }

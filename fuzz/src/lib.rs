@@ -1,0 +1,42 @@
+//! The harness the patch fuzz targets share: it splits the fuzzer's bytes into a target
+//! object and a patch, applies the patch, and checks what every stored object must satisfy.
+//! The patch engine itself is `src/apiserver/patch.rs`, built here from source because
+//! keelson is a binary without a library.
+
+use serde_json::{Value, json};
+
+#[path = "../../src/apiserver/patch.rs"]
+pub mod patch;
+
+pub use patch::Kind;
+
+/// Reads two JSON values from `data`, the target and the patch, and applies one to the other.
+///
+/// Panics (a finding) if the patch engine panics, or if it returns an object that fails
+/// `check_limits`, does not encode and decode back to itself, or would not decode inside the
+/// deepest envelope the server sends (a Table row in a watch event).
+pub fn check(kind: Kind, data: &[u8]) {
+    let mut values = serde_json::Deserializer::from_slice(data).into_iter::<Value>();
+    let (Some(Ok(target)), Some(Ok(patch))) = (values.next(), values.next()) else {
+        return;
+    };
+    let Ok(out) = patch::apply(kind, &target, &patch) else {
+        return;
+    };
+    assert_eq!(patch::check_limits(&out), Ok(()));
+    let bytes = serde_json::to_vec(&out).expect("a Value always encodes");
+    assert!(
+        bytes.len() <= patch::MAX_OBJECT_BYTES,
+        "{} bytes",
+        bytes.len()
+    );
+    let back: Value = serde_json::from_slice(&bytes).expect("the result decodes");
+    assert_eq!(back, out);
+    let event = json!({"type": "ADDED", "object": {"rows": [{"object": out}]}});
+    let wrapped = serde_json::to_vec(&event).expect("a Value always encodes");
+    serde_json::from_slice::<Value>(&wrapped).expect("the result decodes inside envelopes");
+    if kind == Kind::Merge {
+        // RFC 7386 patches are idempotent.
+        assert_eq!(patch::apply(kind, &out, &patch).as_ref(), Ok(&out));
+    }
+}
