@@ -766,9 +766,9 @@ impl AgentConfig {
             &mut check,
         );
         for k in node.labels.keys() {
-            if k.starts_with("node-role.kubernetes.io/") {
+            if crate::apiserver::admission::is_restricted_label(k) {
                 check(Err(format!(
-                    "--node-label {k:?}: agents may not set node-role.kubernetes.io/ labels (Kubernetes's NodeRestriction); label the node with kubectl instead"
+                    "--node-label {k:?}: agents may not set node-role.kubernetes.io/ or node-restriction.kubernetes.io/ labels (Kubernetes's NodeRestriction); label the node with kubectl instead"
                 )));
             }
         }

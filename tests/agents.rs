@@ -148,10 +148,7 @@ fn a_token_for_another_ca_is_refused_before_any_credential_is_sent() {
     let secret = token.rsplit_once(':').unwrap().1;
     let foreign = format!("K10{}::node:{secret}", "ab".repeat(32));
     let mut agent = Agent::start(&s.url(), &foreign, "pi-pinned", &[]);
-    let status = agent
-        .wait_exit(JOIN_TIMEOUT)
-        .unwrap_or_else(|| panic!("the agent kept running\n{}", agent.log_tail()));
-    assert!(!status.success());
+    agent.wait_failure(JOIN_TIMEOUT);
     let log = agent.log();
     assert!(log.contains("does not match"), "{log}");
     assert!(
@@ -175,10 +172,7 @@ fn a_token_for_another_ca_is_refused_before_any_credential_is_sent() {
     // The right CA but a wrong secret: a clear refusal.
     let wrong = format!("K10{actual}::node:not-the-secret");
     let mut agent = Agent::start(&s.url(), &wrong, "pi-pinned", &[]);
-    let status = agent
-        .wait_exit(JOIN_TIMEOUT)
-        .unwrap_or_else(|| panic!("the agent kept running\n{}", agent.log_tail()));
-    assert!(!status.success());
+    agent.wait_failure(JOIN_TIMEOUT);
     assert!(
         agent.log().contains("the token was rejected"),
         "{}",
@@ -194,10 +188,7 @@ const SHORT_TOKEN: &str = "a-short-token-for-tofu-tests";
 fn a_short_token_agent_without_the_unsafe_flag_refuses_to_join() {
     let s = Server::start(Options::default().arg("--token", SHORT_TOKEN));
     let mut agent = Agent::start(&s.url(), SHORT_TOKEN, "pi-short", &[]);
-    let status = agent
-        .wait_exit(JOIN_TIMEOUT)
-        .unwrap_or_else(|| panic!("the agent kept running\n{}", agent.log_tail()));
-    assert!(!status.success());
+    agent.wait_failure(JOIN_TIMEOUT);
     let log = agent.log();
     assert!(
         log.contains("error:")
@@ -258,10 +249,7 @@ fn a_short_token_agent_pins_the_ca_of_its_first_join_and_sends_nothing_to_anothe
     std::fs::remove_file(agent.data_dir().join("agent/client-node.crt")).unwrap();
     std::fs::remove_file(agent.data_dir().join("agent/client-node.key")).unwrap();
     agent.spawn();
-    let status = agent
-        .wait_exit(JOIN_TIMEOUT)
-        .unwrap_or_else(|| panic!("the agent kept running\n{}", agent.log_tail()));
-    assert!(!status.success());
+    agent.wait_failure(JOIN_TIMEOUT);
     let log = agent.log();
     assert!(
         log.contains(&format!("refusing to join through {address}"))
@@ -290,10 +278,7 @@ fn a_second_board_cannot_take_an_existing_node_name() {
     first.wait_log("tunnel connected", JOIN_TIMEOUT);
 
     let mut second = Agent::start(&s.url(), &s.token(), "pi-dup", &[]);
-    let status = second
-        .wait_exit(JOIN_TIMEOUT)
-        .unwrap_or_else(|| panic!("the impostor kept running\n{}", second.log_tail()));
-    assert!(!status.success());
+    second.wait_failure(JOIN_TIMEOUT);
     let log = second.log();
     assert!(log.contains("already registered by another board"), "{log}");
     assert!(log.contains("--with-node-id"), "{log}");

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::db::{Db, TestDb};
-use common::{Options, Server};
+use common::{Options, Server, wait_until};
 
 fn named(node: impl Into<String>) -> Options {
     let mut o = Options::default();
@@ -70,19 +70,6 @@ fn ready_nodes(s: &Server) -> Vec<String> {
 
 fn labels(s: &Server) -> Value {
     s.node()["metadata"]["labels"].clone()
-}
-
-/// Polls `ok` every 200 ms until it holds; fails the test after `limit`. Returns how long it took.
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < limit,
-            "{what} did not happen within {limit:?}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
 }
 
 // === two servers, one cluster ===

@@ -103,7 +103,9 @@ fn changed_keys(old: &Value, new: &Value, pointer: &str) -> Vec<String> {
     keys
 }
 
-fn is_restricted_label(key: &str) -> bool {
+/// Whether a label is one only administrators and servers may set (also checked on the
+/// labels an agent reports through its tunnel).
+pub fn is_restricted_label(key: &str) -> bool {
     RESTRICTED_LABEL_PREFIXES.iter().any(|p| key.starts_with(p))
         || key
             .split_once('/')

@@ -590,6 +590,16 @@ mod tests {
 
     const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+    /// A joiner whose server secret is `server-secret`.
+    fn joiner() -> Joiner {
+        Joiner::new(ClusterCa::generate().unwrap(), "server-secret", None)
+    }
+
+    fn authenticated(j: &Joiner) -> Authenticated {
+        j.authenticate(Some(&basic_authorization("server-secret")), HOME)
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn wrong_secret_and_taken_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -629,7 +639,7 @@ mod tests {
     async fn a_servers_name_cannot_be_joined_and_an_agents_cannot_be_claimed() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let j = Joiner::new(ClusterCa::generate().unwrap(), "server-secret", None);
+        let j = joiner();
         let ok = || j.authenticate(Some(&basic_authorization("server-secret")), HOME);
         claim_for_server(&store, "server-1").await.unwrap();
         claim_for_server(&store, "server-1").await.unwrap();
@@ -682,11 +692,8 @@ mod tests {
         use crate::apiserver::auth::Identity;
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let j = Joiner::new(ClusterCa::generate().unwrap(), "server-secret", None);
-        let ok = || {
-            j.authenticate(Some(&basic_authorization("server-secret")), HOME)
-                .unwrap()
-        };
+        let j = joiner();
+        let ok = || authenticated(&j);
         let identity = |r: &JoinResponse| {
             Identity::from_certificate(&crate::bootstrap::pki::pem_to_der(&r.certificate).unwrap())
         };
@@ -741,11 +748,8 @@ mod tests {
         assert_eq!(node_password_secret("pi-1"), "node-password/pi-1");
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let j = Joiner::new(ClusterCa::generate().unwrap(), "server-secret", None);
-        let ok = || {
-            j.authenticate(Some(&basic_authorization("server-secret")), HOME)
-                .unwrap()
-        };
+        let j = joiner();
+        let ok = || authenticated(&j);
         j.join(&store, ok(), &body(&a, &"a".repeat(32)), vec![])
             .await
             .unwrap();

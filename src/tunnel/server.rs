@@ -295,8 +295,10 @@ fn check(node: &str, report: &NodeReport) -> Result<(), String> {
     for (k, v) in &report.labels {
         node::validate_label_key(k).map_err(|e| format!("label {k}: {e}"))?;
         node::validate_label_value(v).map_err(|e| format!("label {k}: {e}"))?;
-        if k.starts_with("node-role.kubernetes.io/") || k == CONTROL_PLANE_LABEL {
-            return Err(format!("label {k}: agents may not set node-role labels"));
+        if crate::apiserver::admission::is_restricted_label(k) || k == CONTROL_PLANE_LABEL {
+            return Err(format!(
+                "label {k}: agents may not set node-role.kubernetes.io or node-restriction.kubernetes.io labels"
+            ));
         }
     }
     for t in &report.taints {

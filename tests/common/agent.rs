@@ -135,6 +135,18 @@ impl Agent {
         }
     }
 
+    /// Waits for the agent to exit, which it must do within `limit` and with a failure.
+    pub fn wait_failure(&mut self, limit: Duration) {
+        let status = self
+            .wait_exit(limit)
+            .unwrap_or_else(|| panic!("the agent kept running\n{}", self.log_tail()));
+        assert!(
+            !status.success(),
+            "the agent exited successfully\n{}",
+            self.log_tail()
+        );
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

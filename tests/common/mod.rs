@@ -567,8 +567,6 @@ impl Reply {
 
 // === free functions ===
 
-/// A `Command` for the keelson binary under test, with no `KEELSON_*` settings inherited
-/// from the environment that runs the tests.
 /// Polls `ok` every 200 ms until it holds; fails the test after `limit`. Returns the wait.
 pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -582,6 +580,8 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> 
     start.elapsed()
 }
 
+/// A `Command` for the keelson binary under test, with no `KEELSON_*` settings inherited
+/// from the environment that runs the tests.
 pub fn keelson_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keelson"));
     for (key, _) in std::env::vars_os() {
