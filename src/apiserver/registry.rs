@@ -763,6 +763,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_undecodable_object_is_left_out_of_lists_not_fatal_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir).await;
+        registry
+            .create(&NODES, None, json!({"metadata": {"name": "pi-1"}}))
+            .await
+            .unwrap();
+        // Deeper than the decoder reads, and not JSON at all: as a bug or a hand edit could
+        // have left them.
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let store = registry.store();
+        store
+            .create("/registry/nodes/deep", deep.as_bytes())
+            .await
+            .unwrap();
+        store
+            .create("/registry/nodes/garbage", b"{not json")
+            .await
+            .unwrap();
+        let (_, nodes) = registry.list(&NODES, None).await.unwrap();
+        let names: Vec<&str> = nodes
+            .iter()
+            .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
+            .collect();
+        assert_eq!(names, ["pi-1"]);
+    }
+
+    #[tokio::test]
     async fn deleting_a_namespace_deletes_its_leases() {
         let dir = tempfile::tempdir().unwrap();
         let registry = registry(&dir).await;
