@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Options, Server};
+use common::{Options, Server, cell, table};
 use serde_json::{Value, json};
 
 #[test]
@@ -354,44 +354,6 @@ fn kubectl_creates_edits_and_deletes_a_lease_of_its_own() {
         stderr.contains(r#"leases.coordination.k8s.io "mine" not found"#),
         "{stderr}"
     );
-}
-
-/// kubectl's default table output as rows of (column, value), cut at the header's column
-/// starts (values such as OS-IMAGE contain spaces).
-fn table(out: &str) -> Vec<Vec<(String, String)>> {
-    let mut lines = out.lines();
-    let header = lines.next().unwrap_or_default();
-    let mut starts: Vec<(usize, &str)> = Vec::new();
-    let mut at = 0;
-    for name in header.split_whitespace() {
-        let pos = at + header[at..].find(name).expect("header word");
-        starts.push((pos, name));
-        at = pos + name.len();
-    }
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            starts
-                .iter()
-                .enumerate()
-                .map(|(i, (pos, name))| {
-                    let end = starts
-                        .get(i + 1)
-                        .map_or(line.len(), |(p, _)| *p)
-                        .min(line.len());
-                    let value = line.get(*pos.min(&end)..end).unwrap_or_default().trim();
-                    (name.to_string(), value.to_owned())
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn cell<'a>(row: &'a [(String, String)], column: &str) -> &'a str {
-    row.iter()
-        .find(|(c, _)| c == column)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no {column} column in {row:?}"))
 }
 
 /// `kubernetes.io/arch` for the machine running the tests, in Go's spelling.

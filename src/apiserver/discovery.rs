@@ -59,6 +59,9 @@ pub fn resource_list(gv: &GroupVersion) -> Value {
         if !r.short_names.is_empty() {
             entry["shortNames"] = json!(r.short_names);
         }
+        if !r.categories.is_empty() {
+            entry["categories"] = json!(r.categories);
+        }
         resources.push(entry);
         if r.has_status {
             resources.push(json!({
@@ -118,14 +121,34 @@ mod tests {
         assert_eq!(
             names,
             [
+                "configmaps",
+                "endpoints",
+                "events",
                 "namespaces",
                 "namespaces/status",
                 "nodes",
                 "nodes/status",
                 "pods",
-                "pods/status"
+                "pods/status",
+                "secrets",
+                "serviceaccounts",
+                "services",
+                "services/status"
             ]
         );
-        assert_eq!(list["resources"][2]["shortNames"], json!(["no"]));
+        let entry = |name: &str| {
+            list["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(entry("nodes")["shortNames"], json!(["no"]));
+        // `kubectl get all` expands the `all` category.
+        assert_eq!(entry("pods")["categories"], json!(["all"]));
+        assert_eq!(entry("services")["categories"], json!(["all"]));
+        assert!(entry("secrets").get("categories").is_none());
     }
 }

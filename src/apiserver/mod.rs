@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod auth;
 pub mod discovery;
+pub mod kinds;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;

@@ -13,8 +13,11 @@ use ring::rand::SecureRandom;
 use serde_json::{Value, json};
 
 use super::admission::{self, Writer};
+use super::kinds::NameRule;
 use super::patch;
-use super::resources::{LEASES, NAMESPACES, NODES, ObjectRef, Resource, SYSTEM_NAMESPACES};
+use super::resources::{
+    LEASES, NAMESPACES, NODES, ObjectRef, Resource, SERVICEACCOUNTS, SYSTEM_NAMESPACES,
+};
 use super::status::{ApiError, Result};
 use crate::agent::node;
 use crate::datastore::{Record, Store};
@@ -96,6 +99,7 @@ impl Registry {
                 resource.kind
             )));
         }
+        check_type_meta(resource, &obj)?;
         let name = obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -153,7 +157,7 @@ impl Registry {
             meta.insert("namespace".into(), json!(ns));
         }
         default(resource, &r.name, &mut obj);
-        validate(resource, &r.name, &obj)?;
+        validate(resource, &r.name, &obj, None)?;
         check_limits(resource, &r.name, &obj)?;
         let bytes = encode(&obj)?;
         let rev = self
@@ -162,7 +166,19 @@ impl Registry {
             .await
             .map_err(|e| ApiError::from_store(e, &resource.group_resource(), &r.name))?;
         with_revision(&mut obj, rev);
+        if resource == &NAMESPACES {
+            self.ensure_default_service_account(&r.name).await?;
+        }
         Ok(obj)
+    }
+
+    /// Every namespace has a `default` ServiceAccount, which pods use when they name none.
+    async fn ensure_default_service_account(&self, namespace: &str) -> Result<()> {
+        let sa = json!({"metadata": {"name": "default"}});
+        match Box::pin(self.create(&SERVICEACCOUNTS, Some(namespace), sa)).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Replaces an object (PUT). With `metadata.resourceVersion` set, only if it is current.
@@ -174,6 +190,7 @@ impl Registry {
         mut obj: Value,
     ) -> Result<Value> {
         let expected = resource_version(&obj)?;
+        check_type_meta(r.resource, &obj)?;
         let current = self.get(r).await?;
         if let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str)
             && name != r.name
@@ -185,7 +202,7 @@ impl Registry {
         }
         obj = prepare_update(r, part, &current, obj)?;
         admission::admit(writer, r.resource.kind, &current, &obj)?;
-        self.put(r, expected.or(revision_of(&current)), &mut obj)
+        self.put(r, expected.or(revision_of(&current)), &current, &mut obj)
             .await?;
         Ok(obj)
     }
@@ -218,7 +235,7 @@ impl Registry {
             };
             let mut obj = prepare_update(r, part, &current, patched)?;
             admission::admit(writer, r.resource.kind, &current, &obj)?;
-            match self.put(r, expected, &mut obj).await {
+            match self.put(r, expected, &current, &mut obj).await {
                 Err(ApiError::Conflict { .. }) if !precondition => continue,
                 other => return other.map(|_| obj),
             }
@@ -244,7 +261,7 @@ impl Registry {
                 return Ok(current);
             }
             let mut obj = prepare_update(r, part, &current, next)?;
-            match self.put(r, revision_of(&current), &mut obj).await {
+            match self.put(r, revision_of(&current), &current, &mut obj).await {
                 Err(ApiError::Conflict { .. }) => {
                     tokio::time::sleep(Duration::from_millis(5)).await
                 }
@@ -292,8 +309,14 @@ impl Registry {
         Ok(obj)
     }
 
-    async fn put(&self, r: &ObjectRef, expected: Option<i64>, obj: &mut Value) -> Result<()> {
-        validate(r.resource, &r.name, obj)?;
+    async fn put(
+        &self,
+        r: &ObjectRef,
+        expected: Option<i64>,
+        old: &Value,
+        obj: &mut Value,
+    ) -> Result<()> {
+        validate(r.resource, &r.name, obj, Some(old))?;
         check_limits(r.resource, &r.name, obj)?;
         let bytes = encode(obj)?;
         let rev = self
@@ -361,7 +384,11 @@ impl Registry {
                 .create(&NAMESPACES, None, json!({"metadata": {"name": ns}}))
                 .await
             {
-                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Ok(_) => {}
+                // Namespaces made before ServiceAccounts were served get theirs now.
+                Err(ApiError::AlreadyExists { .. }) => {
+                    self.ensure_default_service_account(ns).await?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -477,6 +504,11 @@ fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) ->
             }
         }
     }
+    // Every body is defaulted, as the Kubernetes API server defaults every decoded object:
+    // a replaced Pod without the defaulted fields is the same Pod, not a changed spec.
+    if part == Part::Main {
+        default(r.resource, &r.name, &mut obj);
+    }
     Ok(obj)
 }
 
@@ -489,34 +521,24 @@ fn set_type_meta(resource: &Resource, obj: &mut Value) {
 }
 
 fn default(resource: &Resource, name: &str, obj: &mut Value) {
-    match resource.kind {
-        "Namespace" => {
-            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
-            if obj.pointer("/spec/finalizers").is_none() {
-                obj["spec"] = json!({"finalizers": ["kubernetes"]});
-            }
-            obj["status"] = json!({"phase": "Active"});
-        }
-        "Node" | "Lease" if !obj["spec"].is_object() => obj["spec"] = json!({}),
-        "Pod" if obj.pointer("/status/phase").is_none() => {
-            obj["status"]["phase"] = json!("Pending")
-        }
-        _ => {}
-    }
+    resource.strategy.default(name, obj);
 }
 
-/// Rejects what Kubernetes would reject for the fields kubectl commonly writes.
-fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
+/// Rejects what Kubernetes would reject: the name by the kind's rule, labels, and the kind's
+/// own field checks (and, with `old`, its immutable fields).
+fn validate(resource: &Resource, name: &str, obj: &Value, old: Option<&Value>) -> Result<()> {
     let mut causes = Vec::new();
-    let name_ok = if resource == &NAMESPACES {
-        node::is_dns_label(name)
-    } else {
-        node::is_dns_subdomain(name)
+    let (name_ok, what) = match resource.strategy.name_rule() {
+        NameRule::Subdomain => (node::is_dns_subdomain(name), "RFC 1123 subdomain"),
+        NameRule::Label => (node::is_dns_label(name), "RFC 1123 label"),
+        NameRule::Dns1035 => (
+            node::is_dns_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()),
+            "RFC 1035 label",
+        ),
     };
     if !name_ok {
         causes.push(format!(
-            "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.'",
-            if resource == &NAMESPACES { "label" } else { "subdomain" }
+            "metadata.name: Invalid value: {name:?}: a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.'"
         ));
     }
     match obj.pointer("/metadata/labels") {
@@ -533,27 +555,9 @@ fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
         }
         Some(_) => causes.push("metadata.labels: Invalid value: must be a map of strings".into()),
     }
-    if resource == &NODES {
-        match obj.pointer("/spec/taints") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(taints)) => {
-                for (i, t) in taints.iter().enumerate() {
-                    let parsed: std::result::Result<node::Taint, _> =
-                        serde_json::from_value(t.clone());
-                    match parsed
-                        .map_err(|e| e.to_string())
-                        .and_then(|t| node::validate_taint(&t))
-                    {
-                        Ok(()) => {}
-                        Err(e) => causes.push(format!("spec.taints[{i}]: Invalid value: {e}")),
-                    }
-                }
-            }
-            Some(_) => causes.push("spec.taints: Invalid value: must be a list".into()),
-        }
-    }
-    if resource == &LEASES {
-        validate_lease_spec(obj, &mut causes);
+    resource.strategy.validate(obj, &mut causes);
+    if let Some(old) = old {
+        resource.strategy.validate_update(old, obj, &mut causes);
     }
     if causes.is_empty() {
         Ok(())
@@ -562,39 +566,27 @@ fn validate(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
     }
 }
 
-/// Kubernetes's checks on a `LeaseSpec`, plus the field types a client could get wrong.
-fn validate_lease_spec(obj: &Value, causes: &mut Vec<String>) {
-    let field = |f: &str| obj.pointer(&format!("/spec/{f}")).filter(|v| !v.is_null());
-    if let Some(v) = field("holderIdentity")
-        && !v.is_string()
+/// A body naming another kind or version than the endpoint it was sent to is refused, as
+/// the Kubernetes API server does (a Node posted to `/api/v1/namespaces` is not a namespace).
+fn check_type_meta(resource: &Resource, obj: &Value) -> Result<()> {
+    let field = |f: &str| obj.get(f).and_then(Value::as_str).filter(|v| !v.is_empty());
+    if let Some(kind) = field("kind")
+        && kind != resource.kind
     {
-        causes.push(format!(
-            "spec.holderIdentity: Invalid value: {v}: must be a string"
-        ));
+        return Err(ApiError::BadRequest(format!(
+            "the kind {kind:?} of the body does not match the endpoint, which serves {:?}",
+            resource.kind
+        )));
     }
-    for (f, min) in [("leaseDurationSeconds", 1), ("leaseTransitions", 0)] {
-        if let Some(v) = field(f)
-            && !v
-                .as_i64()
-                .is_some_and(|n| (min..=i64::from(i32::MAX)).contains(&n))
-        {
-            causes.push(format!(
-                "spec.{f}: Invalid value: {v}: must be an integer of at least {min}"
-            ));
-        }
+    if let Some(version) = field("apiVersion")
+        && version != resource.api_version()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the apiVersion {version:?} of the body does not match the endpoint, which serves {:?}",
+            resource.api_version()
+        )));
     }
-    for f in ["acquireTime", "renewTime"] {
-        if let Some(v) = field(f)
-            && !v.as_str().is_some_and(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                    .is_ok()
-            })
-        {
-            causes.push(format!(
-                "spec.{f}: Invalid value: {v}: must be an RFC 3339 time"
-            ));
-        }
-    }
+    Ok(())
 }
 
 fn invalid(resource: &Resource, name: &str, causes: Vec<String>) -> ApiError {

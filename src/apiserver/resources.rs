@@ -8,16 +8,8 @@
 
 use std::fmt;
 
-/// How a resource is shown as a `meta.k8s.io/v1 Table`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Printer {
-    Node,
-    Namespace,
-    Pod,
-    Lease,
-}
+use super::kinds::{self, Strategy};
 
-#[derive(Debug, PartialEq, Eq)]
 pub struct Resource {
     /// The API group; empty for the core group.
     pub group: &'static str,
@@ -28,7 +20,25 @@ pub struct Resource {
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
     pub has_status: bool,
-    pub printer: Printer,
+    /// Groupings `kubectl get <category>` expands (`all`).
+    pub categories: &'static [&'static str],
+    /// Defaults, validation and `kubectl get` columns of the kind.
+    pub strategy: &'static dyn Strategy,
+}
+
+// A resource is identified by its group and plural (unique across groups, see the test).
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.group == other.group && self.plural == other.plural
+    }
+}
+
+impl Eq for Resource {}
+
+impl fmt::Debug for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Resource({})", self.group_resource())
+    }
 }
 
 /// One group and version, and the resources served under its path.
@@ -60,7 +70,8 @@ pub static NODES: Resource = Resource {
     namespaced: false,
     short_names: &["no"],
     has_status: true,
-    printer: Printer::Node,
+    categories: &[],
+    strategy: &kinds::node::Nodes,
 };
 
 pub static NAMESPACES: Resource = Resource {
@@ -72,7 +83,8 @@ pub static NAMESPACES: Resource = Resource {
     namespaced: false,
     short_names: &["ns"],
     has_status: true,
-    printer: Printer::Namespace,
+    categories: &[],
+    strategy: &kinds::namespace::Namespaces,
 };
 
 pub static PODS: Resource = Resource {
@@ -84,7 +96,8 @@ pub static PODS: Resource = Resource {
     namespaced: true,
     short_names: &["po"],
     has_status: true,
-    printer: Printer::Pod,
+    categories: &["all"],
+    strategy: &kinds::pod::Pods,
 };
 
 /// `coordination.k8s.io/v1` leases: the servers' leader elections are recorded here (see
@@ -98,14 +111,105 @@ pub static LEASES: Resource = Resource {
     namespaced: true,
     short_names: &[],
     has_status: false,
-    printer: Printer::Lease,
+    categories: &[],
+    strategy: &kinds::lease::Leases,
 };
+
+/// A core/v1 namespaced kind without a status subresource.
+const fn core(
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    strategy: &'static dyn Strategy,
+) -> Resource {
+    Resource {
+        group: "",
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced: true,
+        short_names,
+        has_status: false,
+        categories,
+        strategy,
+    }
+}
+
+pub static CONFIGMAPS: Resource = core(
+    "configmaps",
+    "configmap",
+    "ConfigMap",
+    &["cm"],
+    &[],
+    &kinds::configmap::ConfigMaps,
+);
+
+pub static SECRETS: Resource = core(
+    "secrets",
+    "secret",
+    "Secret",
+    &[],
+    &[],
+    &kinds::secret::Secrets,
+);
+
+pub static SERVICEACCOUNTS: Resource = core(
+    "serviceaccounts",
+    "serviceaccount",
+    "ServiceAccount",
+    &["sa"],
+    &[],
+    &kinds::serviceaccount::ServiceAccounts,
+);
+
+pub static SERVICES: Resource = Resource {
+    has_status: true,
+    ..core(
+        "services",
+        "service",
+        "Service",
+        &["svc"],
+        &["all"],
+        &kinds::service::Services,
+    )
+};
+
+pub static ENDPOINTS: Resource = core(
+    "endpoints",
+    "endpoints",
+    "Endpoints",
+    &["ep"],
+    &[],
+    &kinds::endpoints::EndpointsKind,
+);
+
+pub static EVENTS: Resource = core(
+    "events",
+    "event",
+    "Event",
+    &["ev"],
+    &[],
+    &kinds::event::Events,
+);
 
 /// The core group, in discovery order.
 pub static CORE_V1: GroupVersion = GroupVersion {
     group: "",
     version: "v1",
-    resources: &[&NAMESPACES, &NODES, &PODS],
+    resources: &[
+        &CONFIGMAPS,
+        &ENDPOINTS,
+        &EVENTS,
+        &NAMESPACES,
+        &NODES,
+        &PODS,
+        &SECRETS,
+        &SERVICEACCOUNTS,
+        &SERVICES,
+    ],
 };
 
 pub static COORDINATION_V1: GroupVersion = GroupVersion {

@@ -121,7 +121,11 @@ impl ApiError {
             | ApiError::Conflict { resource, name } => {
                 Some(json!({"name": name, "kind": resource}))
             }
-            ApiError::Invalid { kind, name, .. } => Some(json!({"name": name, "kind": kind})),
+            ApiError::Invalid { kind, name, causes } => Some(json!({
+                "name": name,
+                "kind": kind,
+                "causes": causes.iter().map(|c| cause(c)).collect::<Vec<_>>(),
+            })),
             ApiError::Unavailable(_) | ApiError::DatastoreUnreachable(_) => {
                 Some(json!({"retryAfterSeconds": 1}))
             }
@@ -169,6 +173,23 @@ impl ApiError {
             }
         }
     }
+}
+
+/// A `StatusCause` from `field: Kind of problem: detail`: kubectl prints an Invalid error
+/// from its causes (`* spec.containers: Required value`), not from its message.
+fn cause(text: &str) -> Value {
+    let (field, message) = text.split_once(": ").unwrap_or(("", text));
+    let reason = [
+        ("Required value", "FieldValueRequired"),
+        ("Invalid value", "FieldValueInvalid"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+    ]
+    .iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map_or("FieldValueInvalid", |(_, reason)| reason);
+    json!({"reason": reason, "message": message, "field": field})
 }
 
 impl From<datastore::Error> for ApiError {

@@ -688,3 +688,41 @@ fn read_all_bytes(mut r: impl Read) -> Vec<u8> {
 fn read_all(r: impl Read) -> String {
     String::from_utf8_lossy(&read_all_bytes(r)).into_owned()
 }
+
+/// kubectl's default table output as rows of (column, value), cut at the header's column
+/// starts (values such as OS-IMAGE contain spaces).
+pub fn table(out: &str) -> Vec<Vec<(String, String)>> {
+    let mut lines = out.lines();
+    let header = lines.next().unwrap_or_default();
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    let mut at = 0;
+    for name in header.split_whitespace() {
+        let pos = at + header[at..].find(name).expect("header word");
+        starts.push((pos, name));
+        at = pos + name.len();
+    }
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            starts
+                .iter()
+                .enumerate()
+                .map(|(i, (pos, name))| {
+                    let end = starts
+                        .get(i + 1)
+                        .map_or(line.len(), |(p, _)| *p)
+                        .min(line.len());
+                    let value = line.get(*pos.min(&end)..end).unwrap_or_default().trim();
+                    (name.to_string(), value.to_owned())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+pub fn cell<'a>(row: &'a [(String, String)], column: &str) -> &'a str {
+    row.iter()
+        .find(|(c, _)| c == column)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {column} column in {row:?}"))
+}
