@@ -230,3 +230,53 @@ fn invalid_objects_get_kubernetes_status_codes_naming_the_field() {
     }
     assert!(!s.kubectl(&["get", "namespace", "sneaky"]).status.success());
 }
+
+#[test]
+fn rbac_policy_and_discovery_kinds_are_stored_validated_and_listed() {
+    let s = Server::start(Options::default());
+    create(
+        &s,
+        "rbac",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: reader\nrules:\n- apiGroups: [\"\"]\n  resources: [pods]\n  verbs: [get, list]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: read-pods\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: reader\nsubjects:\n- kind: ServiceAccount\n  name: default\n  namespace: default\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: health\nrules:\n- nonResourceURLs: [/healthz]\n  verbs: [get]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: web\nspec:\n  minAvailable: 1\n  selector:\n    matchLabels:\n      app: web\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-abc\naddressType: IPv4\nports:\n- port: 80\nendpoints:\n- addresses: [198.18.0.5]\n",
+    );
+    let rows = get(&s, &["get", "rolebindings", "-o", "wide"]);
+    assert_eq!(cell(&rows[0], "ROLE"), "Role/reader", "{rows:?}");
+    assert_eq!(
+        cell(&rows[0], "SERVICEACCOUNTS"),
+        "default/default",
+        "{rows:?}"
+    );
+    let rows = get(&s, &["get", "pdb", "web"]);
+    // (The table reader splits "MIN AVAILABLE" at the space.)
+    assert_eq!(cell(&rows[0], "MIN"), "1", "{rows:?}");
+    assert_eq!(cell(&rows[0], "MAX"), "N/A", "{rows:?}");
+    let rows = get(&s, &["get", "endpointslices"]);
+    assert_eq!(cell(&rows[0], "ENDPOINTS"), "198.18.0.5", "{rows:?}");
+    let rows = get(&s, &["get", "clusterroles"]);
+    assert!(rows.iter().any(|r| cell(r, "NAME") == "health"), "{rows:?}");
+    // A binding's role is fixed once made.
+    let err = refused(
+        &s,
+        &[
+            "patch",
+            "rolebinding",
+            "read-pods",
+            "--type=merge",
+            "-p",
+            r#"{"roleRef":{"name":"writer"}}"#,
+        ],
+    );
+    assert!(err.contains("roleRef"), "{err}");
+    let resources = s.kubectl_ok(&["api-resources", "--no-headers"]);
+    for kind in [
+        "ClusterRoleBinding",
+        "PodDisruptionBudget",
+        "EndpointSlice",
+        "ConfigMap",
+    ] {
+        assert!(
+            resources.contains(kind),
+            "api-resources lacks {kind}:\n{resources}"
+        );
+    }
+}

@@ -218,8 +218,115 @@ pub static COORDINATION_V1: GroupVersion = GroupVersion {
     resources: &[&LEASES],
 };
 
+/// A kind of a named group, without a status subresource.
+const fn named(
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    strategy: &'static dyn Strategy,
+) -> Resource {
+    Resource {
+        group,
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names,
+        has_status: false,
+        categories: &[],
+        strategy,
+    }
+}
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+
+pub static ROLES: Resource = named(
+    RBAC,
+    "roles",
+    "role",
+    "Role",
+    true,
+    &[],
+    &kinds::rbac::Roles { cluster: false },
+);
+
+pub static ROLEBINDINGS: Resource = named(
+    RBAC,
+    "rolebindings",
+    "rolebinding",
+    "RoleBinding",
+    true,
+    &[],
+    &kinds::rbac::Bindings { cluster: false },
+);
+
+pub static CLUSTERROLES: Resource = named(
+    RBAC,
+    "clusterroles",
+    "clusterrole",
+    "ClusterRole",
+    false,
+    &[],
+    &kinds::rbac::Roles { cluster: true },
+);
+
+pub static CLUSTERROLEBINDINGS: Resource = named(
+    RBAC,
+    "clusterrolebindings",
+    "clusterrolebinding",
+    "ClusterRoleBinding",
+    false,
+    &[],
+    &kinds::rbac::Bindings { cluster: true },
+);
+
+pub static RBAC_V1: GroupVersion = GroupVersion {
+    group: RBAC,
+    version: "v1",
+    resources: &[&CLUSTERROLEBINDINGS, &CLUSTERROLES, &ROLEBINDINGS, &ROLES],
+};
+
+pub static PODDISRUPTIONBUDGETS: Resource = Resource {
+    has_status: true,
+    ..named(
+        "policy",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        true,
+        &["pdb"],
+        &kinds::poddisruptionbudget::PodDisruptionBudgets,
+    )
+};
+
+pub static POLICY_V1: GroupVersion = GroupVersion {
+    group: "policy",
+    version: "v1",
+    resources: &[&PODDISRUPTIONBUDGETS],
+};
+
+pub static ENDPOINTSLICES: Resource = named(
+    "discovery.k8s.io",
+    "endpointslices",
+    "endpointslice",
+    "EndpointSlice",
+    true,
+    &[],
+    &kinds::endpointslice::EndpointSlices,
+);
+
+pub static DISCOVERY_V1: GroupVersion = GroupVersion {
+    group: "discovery.k8s.io",
+    version: "v1",
+    resources: &[&ENDPOINTSLICES],
+};
+
 /// The named groups served under `/apis`, in discovery order (one version each).
-pub static GROUPS: [&GroupVersion; 1] = [&COORDINATION_V1];
+pub static GROUPS: [&GroupVersion; 4] = [&COORDINATION_V1, &RBAC_V1, &POLICY_V1, &DISCOVERY_V1];
 
 /// The namespaces every cluster has; they cannot be deleted.
 pub const SYSTEM_NAMESPACES: [&str; 4] =

@@ -8,11 +8,14 @@
 
 pub mod configmap;
 pub mod endpoints;
+pub mod endpointslice;
 pub mod event;
 pub mod lease;
 pub mod namespace;
 pub mod node;
 pub mod pod;
+pub mod poddisruptionbudget;
+pub mod rbac;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
