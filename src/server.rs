@@ -101,7 +101,14 @@ async fn start(
     let store = open_with_retry(cfg, phase).await?;
     let cluster =
         bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
-    let registry = Registry::new(store.clone());
+    let mut registry = Registry::new(store.clone());
+    if cfg.settings.secrets_encryption {
+        let keys = bootstrap::encryption::Encryption::load_or_create(&store, &cluster.token.secret)
+            .await
+            .context("opening the secrets-encryption keys")?;
+        registry = registry.with_encryption(Arc::new(keys));
+        tracing::info!("Secrets are encrypted at rest");
+    }
     registry
         .ensure_system_namespaces()
         .await

@@ -16,11 +16,13 @@ use super::admission::{self, Writer};
 use super::kinds::NameRule;
 use super::patch;
 use super::resources::{
-    LEASES, NAMESPACES, NODES, ObjectRef, Resource, SERVICEACCOUNTS, SYSTEM_NAMESPACES,
+    LEASES, NAMESPACES, NODES, ObjectRef, Resource, SECRETS, SERVICEACCOUNTS, SYSTEM_NAMESPACES,
 };
 use super::status::{ApiError, Result};
 use crate::agent::node;
+use crate::bootstrap::encryption::{Encryption, decrypt_with};
 use crate::datastore::{Record, Store};
+use std::sync::Arc;
 
 /// Attempts at read-patch-write before a patch gives up under contention.
 const PATCH_RETRIES: usize = 64;
@@ -40,13 +42,43 @@ pub enum Part {
 #[derive(Clone)]
 pub struct Registry {
     store: Store,
+    /// Secrets' keys while `--secrets-encryption` is on; Secrets are stored encrypted then.
+    encryption: Option<Arc<Encryption>>,
 }
 
 // === impl Registry ===
 
 impl Registry {
     pub fn new(store: Store) -> Registry {
-        Registry { store }
+        Registry {
+            store,
+            encryption: None,
+        }
+    }
+
+    /// Stores Secrets encrypted with `encryption`'s active key from now on.
+    pub fn with_encryption(mut self, encryption: Arc<Encryption>) -> Registry {
+        self.encryption = Some(encryption);
+        self
+    }
+
+    /// The stored object with its resourceVersion; Secrets decrypted.
+    pub fn decode(&self, resource: &Resource, rec: &Record) -> Result<Value> {
+        if resource == &SECRETS {
+            let plain = decrypt_with(self.encryption.as_deref(), &rec.path, &rec.value)
+                .map_err(|e| ApiError::Internal(format!("{}: {e}", rec.path)))?;
+            return decode_json(resource, &rec.path, &plain, rec.revision);
+        }
+        decode_json(resource, &rec.path, &rec.value, rec.revision)
+    }
+
+    /// The stored form of `obj` at `path`: JSON, encrypted for Secrets when encryption is on.
+    fn encode(&self, resource: &Resource, path: &str, obj: &Value) -> Result<Vec<u8>> {
+        let bytes = encode(obj)?;
+        match &self.encryption {
+            Some(e) if resource == &SECRETS => Ok(e.encrypt(path, &bytes)),
+            _ => Ok(bytes),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -55,7 +87,7 @@ impl Registry {
 
     pub async fn get(&self, r: &ObjectRef) -> Result<Value> {
         match self.store.get(&r.path()).await {
-            Ok(Some(rec)) => decode(r.resource, &rec),
+            Ok(Some(rec)) => self.decode(r.resource, &rec),
             Ok(None) => Err(not_found(r)),
             Err(e) => Err(ApiError::from_store(
                 e,
@@ -76,7 +108,7 @@ impl Registry {
         // every list of its kind down with it: it is reported and left out.
         let items = records
             .iter()
-            .filter_map(|rec| match decode(resource, rec) {
+            .filter_map(|rec| match self.decode(resource, rec) {
                 Ok(obj) => Some(obj),
                 Err(e) => {
                     tracing::error!(path = %rec.path, error = %e, "leaving an undecodable object out of a list; delete it to clear this");
@@ -159,7 +191,7 @@ impl Registry {
         default(resource, &r.name, &mut obj);
         validate(resource, &r.name, &obj, None)?;
         check_limits(resource, &r.name, &obj)?;
-        let bytes = encode(&obj)?;
+        let bytes = self.encode(resource, &r.path(), &obj)?;
         let rev = self
             .store
             .create(&r.path(), &bytes)
@@ -304,7 +336,7 @@ impl Registry {
                 tracing::warn!(node = %r.name, error = %e, "cannot forget the deleted node's password");
             }
         }
-        let mut obj = decode(r.resource, &last)?;
+        let mut obj = self.decode(r.resource, &last)?;
         with_revision(&mut obj, rev);
         Ok(obj)
     }
@@ -318,7 +350,7 @@ impl Registry {
     ) -> Result<()> {
         validate(r.resource, &r.name, obj, Some(old))?;
         check_limits(r.resource, &r.name, obj)?;
-        let bytes = encode(obj)?;
+        let bytes = self.encode(r.resource, &r.path(), obj)?;
         let rev = self
             .store
             .update(&r.path(), expected, &bytes)
@@ -396,15 +428,15 @@ impl Registry {
     }
 }
 
-/// The stored object with its resourceVersion.
-pub fn decode(resource: &Resource, rec: &Record) -> Result<Value> {
-    let mut obj: Value = serde_json::from_slice(&rec.value).map_err(|e| {
+/// A stored JSON object with its resourceVersion.
+fn decode_json(resource: &Resource, path: &str, value: &[u8], revision: i64) -> Result<Value> {
+    let mut obj: Value = serde_json::from_slice(value).map_err(|e| {
         ApiError::Internal(format!(
-            "stored {} at {} is not JSON: {e}",
-            resource.kind, rec.path
+            "stored {} at {path} is not JSON: {e}",
+            resource.kind
         ))
     })?;
-    with_revision(&mut obj, rec.revision);
+    with_revision(&mut obj, revision);
     Ok(obj)
 }
 

@@ -12,11 +12,11 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::Api;
 use super::resources::{ObjectRef, Resource};
 use super::selector::Selector;
 use super::status::ApiError;
 use super::table::{self, Include};
-use super::{Api, registry};
 use crate::datastore::{self, EventKind};
 
 /// Encoded events buffered per watch before the writer waits for the client.
@@ -112,7 +112,7 @@ async fn run(api: &Api, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
             revision: ev.revision,
             value: ev.value.clone(),
         };
-        let Ok(obj) = registry::decode(req.resource, &rec) else {
+        let Ok(obj) = api.registry.decode(req.resource, &rec) else {
             continue;
         };
         if !req.selector.matches(&obj) {

@@ -6,6 +6,7 @@
 //! stored in the datastore. Invariant: a server whose token does not open the stored data
 //! writes nothing.
 
+pub mod encryption;
 pub mod join;
 pub mod kubeconfig;
 pub mod pki;

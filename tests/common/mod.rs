@@ -117,6 +117,12 @@ impl Options {
         self
     }
 
+    /// Adds a bare `--flag`.
+    pub fn flag(mut self, flag: &str) -> Options {
+        self.args.push(flag.to_owned());
+        self
+    }
+
     /// Sets the contents of the config file.
     pub fn config(mut self, yaml: &str) -> Options {
         self.config_yaml = yaml.to_owned();
