@@ -378,3 +378,41 @@ fn secrets_are_encrypted_at_rest_on_postgres() {
 fn secrets_are_encrypted_at_rest_on_mariadb() {
     secrets_are_encrypted_at_rest(Some(common::db::Db::MariaDb));
 }
+
+#[test]
+fn kubectl_follows_continue_tokens_through_small_pages() {
+    let s = Server::start(Options::default());
+    let manifest: String = (0..7)
+        .map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: page-{i}\n---\n"))
+        .collect();
+    create(&s, "pages", &manifest);
+    // kubectl asks for `limit=2` and follows `metadata.continue` to the end.
+    let names = s.kubectl_ok(&["get", "cm", "--chunk-size=2", "-o", "name"]);
+    let listed: Vec<&str> = names.lines().collect();
+    let want: Vec<String> = (0..7).map(|i| format!("configmap/page-{i}")).collect();
+    assert_eq!(listed, want, "{names}");
+    let first = s.curl(&[&format!(
+        "{}/api/v1/namespaces/default/configmaps?limit=3",
+        s.url()
+    )]);
+    let page = first.json();
+    assert_eq!(
+        page["items"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        first.body
+    );
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token");
+    let next = s.curl(&[&format!(
+        "{}/api/v1/namespaces/default/configmaps?limit=3&continue={token}",
+        s.url()
+    )]);
+    assert_eq!(
+        next.json()["items"][0]["metadata"]["name"],
+        "page-3",
+        "{}",
+        next.body
+    );
+}

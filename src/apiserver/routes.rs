@@ -343,22 +343,47 @@ async fn resource(
                 );
                 return Ok(stream(rx));
             }
-            let (rev, items) = api.registry.list(resource, namespace.as_deref()).await?;
+            let limit = match query.get("limit") {
+                None | Some("") | Some("0") => None,
+                Some(l) => Some(l.parse::<usize>().map_err(|_| {
+                    ApiError::BadRequest(format!("limit {l:?} is not a number of objects"))
+                })?),
+            };
+            let token = query.get("continue").filter(|t| !t.is_empty());
+            let (rev, items, continue_token) = match (limit, token) {
+                (None, None) => {
+                    let (rev, items) = api.registry.list(resource, namespace.as_deref()).await?;
+                    (rev, items, None)
+                }
+                (limit, token) => {
+                    let page = api
+                        .registry
+                        .list_page(
+                            resource,
+                            namespace.as_deref(),
+                            limit.unwrap_or(usize::MAX / 4),
+                            token,
+                        )
+                        .await?;
+                    (page.revision, page.items, page.continue_token)
+                }
+            };
             let items: Vec<Value> = items.into_iter().filter(|o| selector.matches(o)).collect();
-            Ok(json(
-                StatusCode::OK,
-                &match table {
-                    Some(include) => {
-                        table::table(resource, &items, Some(rev.to_string()), include, true)
-                    }
-                    None => serde_json::json!({
-                        "kind": format!("{}List", resource.kind),
-                        "apiVersion": resource.api_version(),
-                        "metadata": {"resourceVersion": rev.to_string()},
-                        "items": items,
-                    }),
-                },
-            ))
+            let mut list = match table {
+                Some(include) => {
+                    table::table(resource, &items, Some(rev.to_string()), include, true)
+                }
+                None => serde_json::json!({
+                    "kind": format!("{}List", resource.kind),
+                    "apiVersion": resource.api_version(),
+                    "metadata": {"resourceVersion": rev.to_string()},
+                    "items": items,
+                }),
+            };
+            if let Some(token) = continue_token {
+                list["metadata"]["continue"] = Value::String(token);
+            }
+            Ok(json(StatusCode::OK, &list))
         }
         (
             Target::Collection {

@@ -388,6 +388,42 @@ impl Store {
         Ok((revision, out))
     }
 
+    /// At most `limit` objects under `prefix` from `start` on (a path under the prefix), in
+    /// path order, the current revision, and the path the next page starts at, if any. Pages are read as the
+    /// objects are now, not at one revision: an object that exists throughout a paginated
+    /// list appears in exactly one page.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        limit: usize,
+    ) -> Result<(i64, Vec<Record>, Option<String>)> {
+        self.count(1);
+        let from = start.filter(|s| s.starts_with(prefix)).unwrap_or(prefix);
+        // One row for the revision, one to tell whether more follow.
+        let fetch = i64::try_from(limit.saturating_add(2)).unwrap_or(i64::MAX);
+        let rows = sqlx::query(self.inner.sql.list_page)
+            .bind(from)
+            .bind(prefix_end(prefix))
+            .bind(fetch)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        let mut revision = 0;
+        let mut out = Vec::with_capacity(limit.min(rows.len()));
+        let mut next = None;
+        for row in rows {
+            let path: String = row.try_get(0)?;
+            if path.is_empty() {
+                revision = row.try_get(2)?;
+            } else if out.len() == limit {
+                next = Some(path);
+            } else {
+                out.push(record(&path, &row)?);
+            }
+        }
+        Ok((revision, out, next))
+    }
+
     /// The newest revision handed out.
     pub async fn current_revision(&self) -> Result<i64> {
         self.count(1);
@@ -776,6 +812,7 @@ impl EventKind {
 struct Statements {
     get: &'static str,
     list: &'static str,
+    list_page: &'static str,
     meta: &'static str,
     bump: &'static str,
     /// For dialects whose UPDATE can return the new value; otherwise `bump` then `meta`.
@@ -844,6 +881,11 @@ impl Statements {
             list: s(
                 "SELECT path, create_revision, revision, value FROM keelson_objects WHERE path >= $1 AND path < $2 \
                      UNION ALL SELECT '', 0, value, NULL FROM keelson_meta WHERE name = 'revision' ORDER BY 1",
+            ),
+            // The revision row sorts first (''), so the limit counts it.
+            list_page: s(
+                "SELECT path, create_revision, revision, value FROM keelson_objects WHERE path >= $1 AND path < $2 \
+                     UNION ALL SELECT '', 0, value, NULL FROM keelson_meta WHERE name = 'revision' ORDER BY 1 LIMIT $3",
             ),
             meta: s("SELECT value FROM keelson_meta WHERE name = $1"),
             bump: "UPDATE keelson_meta SET value = value + 1 WHERE name = 'revision'",
