@@ -416,3 +416,55 @@ fn kubectl_follows_continue_tokens_through_small_pages() {
         next.body
     );
 }
+
+#[test]
+fn server_dry_run_validates_and_answers_but_stores_nothing() {
+    let s = Server::start(Options::default());
+    let path = s.dir().join("dry.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dry\ndata:\n  a: \"1\"\n",
+    )
+    .unwrap();
+    let file = path.display().to_string();
+    let out = s.kubectl_ok(&["apply", "--validate=false", "--dry-run=server", "-f", &file]);
+    assert!(out.contains("created (server dry run)"), "{out}");
+    assert!(
+        !s.kubectl(&["get", "cm", "dry"]).status.success(),
+        "a dry run stored the object"
+    );
+    s.kubectl_ok(&["apply", "--validate=false", "-f", &file]);
+    let before = s.kubectl_json(&["get", "cm", "dry", "-o", "json"]);
+    s.kubectl_ok(&[
+        "patch",
+        "cm",
+        "dry",
+        "--dry-run=server",
+        "-p",
+        r#"{"data":{"a":"2"}}"#,
+    ]);
+    s.kubectl_ok(&["delete", "cm", "dry", "--dry-run=server"]);
+    let after = s.kubectl_json(&["get", "cm", "dry", "-o", "json"]);
+    assert_eq!(
+        after, before,
+        "a dry-run patch or delete changed the object"
+    );
+    // Dry runs are checked like real writes.
+    let bad = s.dir().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec: {}\n",
+    )
+    .unwrap();
+    let err = refused(
+        &s,
+        &[
+            "create",
+            "--validate=false",
+            "--dry-run=server",
+            "-f",
+            &bad.display().to_string(),
+        ],
+    );
+    assert!(err.contains("spec.containers"), "{err}");
+}

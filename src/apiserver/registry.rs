@@ -44,6 +44,8 @@ pub struct Registry {
     store: Store,
     /// Secrets' keys while `--secrets-encryption` is on; Secrets are stored encrypted then.
     encryption: Option<Arc<Encryption>>,
+    /// `dryRun=All`: every write is defaulted, validated and answered, but nothing is stored.
+    dry_run: bool,
 }
 
 // === impl Registry ===
@@ -53,6 +55,15 @@ impl Registry {
         Registry {
             store,
             encryption: None,
+            dry_run: false,
+        }
+    }
+
+    /// This registry for `dryRun=All` requests: writes are checked and answered, never stored.
+    pub fn dry_run(&self) -> Registry {
+        Registry {
+            dry_run: true,
+            ..self.clone()
         }
     }
 
@@ -251,6 +262,15 @@ impl Registry {
         validate(resource, &r.name, &obj, None)?;
         check_limits(resource, &r.name, &obj)?;
         let bytes = self.encode(resource, &r.path(), &obj)?;
+        if self.dry_run {
+            if self.store.get(&r.path()).await?.is_some() {
+                return Err(ApiError::AlreadyExists {
+                    resource: resource.group_resource(),
+                    name: r.name,
+                });
+            }
+            return Ok(obj);
+        }
         let rev = self
             .store
             .create(&r.path(), &bytes)
@@ -372,6 +392,9 @@ impl Registry {
                 r.name
             )));
         }
+        if self.dry_run {
+            return self.get(r).await;
+        }
         if r.resource == &NAMESPACES {
             // Namespaced objects go with their namespace.
             for resource in Resource::all().filter(|res| res.namespaced) {
@@ -410,6 +433,16 @@ impl Registry {
         validate(r.resource, &r.name, obj, Some(old))?;
         check_limits(r.resource, &r.name, obj)?;
         let bytes = self.encode(r.resource, &r.path(), obj)?;
+        if self.dry_run {
+            // What a real write would have checked: the object's revision.
+            if expected.is_some_and(|want| revision_of(old) != Some(want)) {
+                return Err(ApiError::Conflict {
+                    resource: r.resource.group_resource(),
+                    name: r.name.clone(),
+                });
+            }
+            return Ok(());
+        }
         let rev = self
             .store
             .update(&r.path(), expected, &bytes)

@@ -301,11 +301,16 @@ async fn resource(
     };
     let query = Query::parse(req.uri().query());
     let table = wants_table(&req).then(|| query.include());
-    if query.get("dryRun").is_some() {
-        return Err(ApiError::BadRequest(
-            "dryRun is not supported by this server".into(),
-        ));
-    }
+    // `dryRun=All`: checked, defaulted and answered as a real write, never stored.
+    let registry = match query.get("dryRun") {
+        None | Some("") => api.registry.clone(),
+        Some("All") => api.registry.dry_run(),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "dryRun {other:?} is not supported: the only dry-run value is \"All\""
+            )));
+        }
+    };
     match (target, req.method().clone()) {
         (
             Target::Collection {
@@ -393,8 +398,7 @@ async fn resource(
             Method::POST,
         ) => {
             let body = read_json(req).await?;
-            let obj = api
-                .registry
+            let obj = registry
                 .create(resource, namespace.as_deref(), body)
                 .await?;
             Ok(json(StatusCode::CREATED, &obj))
@@ -419,7 +423,7 @@ async fn resource(
             let body = read_json(req).await?;
             Ok(json(
                 StatusCode::OK,
-                &api.registry.update(&r, part, writer, body).await?,
+                &registry.update(&r, part, writer, body).await?,
             ))
         }
         (Target::Object { r, part }, Method::PATCH) => {
@@ -427,7 +431,7 @@ async fn resource(
             let body = read_json(req).await?;
             Ok(json(
                 StatusCode::OK,
-                &api.registry.patch(&r, part, writer, kind, body).await?,
+                &registry.patch(&r, part, writer, kind, body).await?,
             ))
         }
         (
@@ -438,22 +442,27 @@ async fn resource(
             Method::DELETE,
         ) => {
             let body = read_body(req, MAX_BODY).await?;
-            let precondition = if body.is_empty() {
-                None
+            let opts: Value = if body.is_empty() {
+                Value::Null
             } else {
-                let opts: Value = serde_json::from_slice(&body)
-                    .map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?;
-                match opts
-                    .pointer("/preconditions/resourceVersion")
-                    .and_then(Value::as_str)
-                {
-                    Some(rv) => Some(parse_rv(rv)?),
-                    None => None,
-                }
+                serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?
+            };
+            let precondition = match opts
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+            {
+                Some(rv) => Some(parse_rv(rv)?),
+                None => None,
+            };
+            // kubectl sends a delete's dry run in its DeleteOptions, not the query.
+            let registry = match opts.get("dryRun").and_then(Value::as_array) {
+                Some(d) if d.iter().any(|v| v == "All") => registry.dry_run(),
+                _ => registry,
             };
             Ok(json(
                 StatusCode::OK,
-                &api.registry.delete(&r, precondition).await?,
+                &registry.delete(&r, precondition).await?,
             ))
         }
         _ => Err(ApiError::MethodNotAllowed),
