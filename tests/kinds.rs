@@ -4,36 +4,8 @@
 
 mod common;
 
-use common::{Options, Server, cell, table};
+use common::{Options, Server, cell, create, get_rows, refused};
 use serde_json::Value;
-
-fn get(s: &Server, args: &[&str]) -> Vec<Vec<(String, String)>> {
-    let out = s.kubectl(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kubectl {args:?}: {stderr}");
-    assert_eq!(stderr, "", "kubectl {args:?} complained");
-    table(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// `kubectl create -f` of a manifest. Validation is off until the server serves OpenAPI, and
-/// `kubectl create configmap|secret|service` wait for protobuf bodies (both: next steps).
-fn create(s: &Server, name: &str, yaml: &str) {
-    let path = s.dir().join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    s.kubectl_ok(&[
-        "create",
-        "--validate=false",
-        "-f",
-        &path.display().to_string(),
-    ]);
-}
-
-/// A kubectl command that must fail; returns its stderr.
-fn refused(s: &Server, args: &[&str]) -> String {
-    let out = s.kubectl(args);
-    assert!(!out.status.success(), "kubectl {args:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[test]
 fn configmaps_secrets_and_service_accounts_work_with_kubectl() {
@@ -43,14 +15,14 @@ fn configmaps_secrets_and_service_accounts_work_with_kubectl() {
         "cm",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  mode: fast\n  level: \"3\"\n",
     );
-    let rows = get(&s, &["get", "cm", "app"]);
+    let rows = get_rows(&s, &["get", "cm", "app"]);
     assert_eq!(cell(&rows[0], "DATA"), "2", "{rows:?}");
     create(
         &s,
         "secret",
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: hunter2\n",
     );
-    let rows = get(&s, &["get", "secrets", "db"]);
+    let rows = get_rows(&s, &["get", "secrets", "db"]);
     assert_eq!(cell(&rows[0], "TYPE"), "Opaque");
     assert_eq!(cell(&rows[0], "DATA"), "1");
     let data = s.kubectl_ok(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]);
@@ -58,7 +30,7 @@ fn configmaps_secrets_and_service_accounts_work_with_kubectl() {
     // Every namespace has a `default` ServiceAccount, new ones too.
     s.kubectl_ok(&["create", "namespace", "shop"]);
     for ns in ["default", "kube-system", "shop"] {
-        let rows = get(&s, &["get", "sa", "-n", ns]);
+        let rows = get_rows(&s, &["get", "sa", "-n", ns]);
         assert!(
             rows.iter().any(|r| cell(r, "NAME") == "default"),
             "{ns}: {rows:?}"
@@ -121,7 +93,7 @@ fn pods_get_defaults_and_services_their_columns_and_get_all_lists_both() {
         "svc",
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 8080\n",
     );
-    let rows = get(&s, &["get", "svc", "web", "-o", "wide"]);
+    let rows = get_rows(&s, &["get", "svc", "web", "-o", "wide"]);
     assert_eq!(cell(&rows[0], "TYPE"), "ClusterIP", "{rows:?}");
     assert_eq!(cell(&rows[0], "PORT(S)"), "80/TCP", "{rows:?}");
     assert_eq!(cell(&rows[0], "SELECTOR"), "app=web", "{rows:?}");
@@ -239,20 +211,20 @@ fn rbac_policy_and_discovery_kinds_are_stored_validated_and_listed() {
         "rbac",
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: reader\nrules:\n- apiGroups: [\"\"]\n  resources: [pods]\n  verbs: [get, list]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: read-pods\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: reader\nsubjects:\n- kind: ServiceAccount\n  name: default\n  namespace: default\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: health\nrules:\n- nonResourceURLs: [/healthz]\n  verbs: [get]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: web\nspec:\n  minAvailable: 1\n  selector:\n    matchLabels:\n      app: web\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-abc\naddressType: IPv4\nports:\n- port: 80\nendpoints:\n- addresses: [198.18.0.5]\n",
     );
-    let rows = get(&s, &["get", "rolebindings", "-o", "wide"]);
+    let rows = get_rows(&s, &["get", "rolebindings", "-o", "wide"]);
     assert_eq!(cell(&rows[0], "ROLE"), "Role/reader", "{rows:?}");
     assert_eq!(
         cell(&rows[0], "SERVICEACCOUNTS"),
         "default/default",
         "{rows:?}"
     );
-    let rows = get(&s, &["get", "pdb", "web"]);
+    let rows = get_rows(&s, &["get", "pdb", "web"]);
     // (The table reader splits "MIN AVAILABLE" at the space.)
     assert_eq!(cell(&rows[0], "MIN"), "1", "{rows:?}");
     assert_eq!(cell(&rows[0], "MAX"), "N/A", "{rows:?}");
-    let rows = get(&s, &["get", "endpointslices"]);
+    let rows = get_rows(&s, &["get", "endpointslices"]);
     assert_eq!(cell(&rows[0], "ENDPOINTS"), "198.18.0.5", "{rows:?}");
-    let rows = get(&s, &["get", "clusterroles"]);
+    let rows = get_rows(&s, &["get", "clusterroles"]);
     assert!(rows.iter().any(|r| cell(r, "NAME") == "health"), "{rows:?}");
     // A binding's role is fixed once made.
     let err = refused(

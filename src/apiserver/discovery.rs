@@ -72,6 +72,17 @@ pub fn resource_list(gv: &GroupVersion) -> Value {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.has_scale {
+            resources.push(json!({
+                "name": format!("{}/scale", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
     }
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv.api_version(), "resources": resources})
 }
@@ -85,13 +96,18 @@ fn group(gv: &GroupVersion) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::COORDINATION_V1;
+    use crate::apiserver::resources::{APPS_V1, COORDINATION_V1};
 
     #[test]
     fn apis_lists_coordination_v1_with_leases() {
         let groups = api_groups();
         assert_eq!(groups["kind"], "APIGroupList");
-        let coordination = &groups["groups"][0];
+        let coordination = groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "coordination.k8s.io")
+            .unwrap();
         assert_eq!(coordination["name"], "coordination.k8s.io");
         assert_eq!(
             coordination["preferredVersion"]["groupVersion"],
@@ -106,6 +122,51 @@ mod tests {
         assert_eq!(leases["kind"], "Lease");
         assert_eq!(leases["namespaced"], true);
         assert_eq!(list["resources"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn apps_v1_lists_scale_subresources_as_autoscaling_v1_scale() {
+        let names: Vec<String> = api_groups()["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|g| g["name"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "apps",
+                "batch",
+                "coordination.k8s.io",
+                "rbac.authorization.k8s.io",
+                "policy",
+                "discovery.k8s.io"
+            ]
+        );
+        let list = resource_list(&APPS_V1);
+        assert_eq!(list["groupVersion"], "apps/v1");
+        let entry = |name: &str| {
+            list["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == name)
+                .cloned()
+        };
+        let scale = entry("deployments/scale").unwrap();
+        assert_eq!(
+            (&scale["group"], &scale["version"], &scale["kind"]),
+            (&json!("autoscaling"), &json!("v1"), &json!("Scale"))
+        );
+        assert!(entry("statefulsets/scale").is_some());
+        assert!(entry("daemonsets/scale").is_none());
+        assert!(entry("daemonsets/status").is_some());
+        assert!(entry("controllerrevisions/status").is_none());
+        assert_eq!(
+            entry("deployments").unwrap()["shortNames"],
+            json!(["deploy"])
+        );
+        assert_eq!(entry("deployments").unwrap()["categories"], json!(["all"]));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod routes;
+pub mod scale;
 pub mod selector;
 pub mod status;
 pub mod table;

@@ -124,13 +124,23 @@ pub fn merge(target: Value, patch: &Value) -> Value {
 /// Lists merged by a key instead of replaced, by JSON path; the rest of Kubernetes's
 /// `patchStrategy:"merge"` fields that the served kinds have.
 fn merge_key(path: Option<&str>) -> Option<&'static str> {
-    match path? {
+    let path = path?;
+    // A workload's pod template (a CronJob's inside its job template) holds a PodSpec, whose
+    // lists merge as a Pod's do (`kubectl set image deployment/web` sends one container).
+    let path = POD_TEMPLATES
+        .iter()
+        .find_map(|t| {
+            path.strip_prefix(t)
+                .filter(|rest| rest.starts_with(".spec."))
+        })
+        .unwrap_or(path);
+    match path {
         ".status.conditions" | ".status.addresses" => Some("type"),
         ".spec.containers"
         | ".spec.initContainers"
         | ".spec.volumes"
         | ".spec.containers[].env"
-        | ".spec.containers[].ports" => Some(if path?.ends_with("ports") {
+        | ".spec.containers[].ports" => Some(if path.ends_with("ports") {
             "containerPort"
         } else {
             "name"
@@ -555,8 +565,11 @@ impl io::Write for Count {
     }
 }
 
-/// No path `merge_key` names is longer than this.
-const MAX_TRACKED_PATH: usize = 32;
+/// Where the workload kinds hold a pod template, longest first.
+const POD_TEMPLATES: [&str; 2] = [".spec.jobTemplate.spec.template", ".spec.template"];
+
+/// No path `merge_key` names is longer than this (a CronJob's container ports are 55).
+const MAX_TRACKED_PATH: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -594,6 +607,29 @@ mod tests {
             out["status"]["conditions"][1]["type"],
             json!("DiskPressure")
         );
+    }
+
+    #[test]
+    fn strategic_patch_merges_pod_template_containers_by_name() {
+        let container = json!({"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]});
+        let patch = json!({"containers": [{"name": "web", "image": "nginx:1.27"}]});
+        for (target, patch, at) in [
+            (
+                json!({"spec": {"template": {"spec": {"containers": [container.clone()]}}}}),
+                json!({"spec": {"template": {"spec": patch.clone()}}}),
+                "/spec/template/spec/containers/0",
+            ),
+            (
+                json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": [container.clone()]}}}}}}),
+                json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": patch.clone()}}}}}),
+                "/spec/jobTemplate/spec/template/spec/containers/0",
+            ),
+        ] {
+            let out = apply(Kind::Strategic, &target, &patch).unwrap();
+            let c = out.pointer(at).unwrap();
+            assert_eq!(c["image"], "nginx:1.27", "{out}");
+            assert_eq!(c["ports"][0]["containerPort"], 80, "{out}");
+        }
     }
 
     #[test]

@@ -259,6 +259,9 @@ impl Registry {
             meta.insert("namespace".into(), json!(ns));
         }
         default(resource, &r.name, &mut obj);
+        if resource.strategy.has_generation() {
+            obj["metadata"]["generation"] = json!(1);
+        }
         validate(resource, &r.name, &obj, None)?;
         check_limits(resource, &r.name, &obj)?;
         let bytes = self.encode(resource, &r.path(), &obj)?;
@@ -669,6 +672,15 @@ fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) ->
     if part == Part::Main {
         default(r.resource, &r.name, &mut obj);
     }
+    if r.resource.strategy.has_generation() {
+        // The server's count of spec changes: a client cannot set it.
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let changed = obj.get("spec") != current.get("spec");
+        obj["metadata"]["generation"] = json!(generation.saturating_add(i64::from(changed)));
+    }
     Ok(obj)
 }
 
@@ -820,6 +832,7 @@ fn whole_seconds(d: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::resources::DEPLOYMENTS;
     use crate::datastore::{Endpoint, PoolConfig};
 
     async fn registry(dir: &tempfile::TempDir) -> Registry {
@@ -1041,6 +1054,51 @@ mod tests {
                 .await,
             Err(ApiError::BadRequest(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn generation_counts_spec_changes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir).await;
+        let deployment = json!({"metadata": {"name": "web"}, "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}});
+        let created = registry
+            .create(&DEPLOYMENTS, Some("default"), deployment)
+            .await
+            .unwrap();
+        assert_eq!(created["metadata"]["generation"], 1);
+        let r = ObjectRef {
+            resource: &DEPLOYMENTS,
+            namespace: Some("default".into()),
+            name: "web".into(),
+        };
+        let generation = |obj: &Value| obj["metadata"]["generation"].as_i64();
+        let writes: [(Part, Value, i64); 4] = [
+            // Labels and status leave it; a client's own value is ignored.
+            (
+                Part::Main,
+                json!({"metadata": {"labels": {"a": "b"}, "generation": 7}}),
+                1,
+            ),
+            (Part::Status, json!({"status": {"replicas": 1}}), 1),
+            (Part::Main, json!({"spec": {"replicas": 3}}), 2),
+            (Part::Main, json!({"spec": {"replicas": 3}}), 2),
+        ];
+        for (part, body, want) in writes {
+            let out = registry
+                .patch(&r, part, Writer::Trusted, patch::Kind::Merge, body.clone())
+                .await
+                .unwrap();
+            assert_eq!(generation(&out), Some(want), "{body}");
+        }
+        // Kinds without a generation get none.
+        let cm = registry
+            .create(&LEASES, Some("default"), json!({"metadata": {"name": "l"}}))
+            .await
+            .unwrap();
+        assert!(cm["metadata"].get("generation").is_none());
     }
 
     #[tokio::test]

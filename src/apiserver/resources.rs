@@ -20,6 +20,8 @@ pub struct Resource {
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
     pub has_status: bool,
+    /// Whether `<plural>/<name>/scale` serves an `autoscaling/v1 Scale` of `spec.replicas`.
+    pub has_scale: bool,
     /// Groupings `kubectl get <category>` expands (`all`).
     pub categories: &'static [&'static str],
     /// Defaults, validation and `kubectl get` columns of the kind.
@@ -70,6 +72,7 @@ pub static NODES: Resource = Resource {
     namespaced: false,
     short_names: &["no"],
     has_status: true,
+    has_scale: false,
     categories: &[],
     strategy: &kinds::node::Nodes,
 };
@@ -83,6 +86,7 @@ pub static NAMESPACES: Resource = Resource {
     namespaced: false,
     short_names: &["ns"],
     has_status: true,
+    has_scale: false,
     categories: &[],
     strategy: &kinds::namespace::Namespaces,
 };
@@ -96,6 +100,7 @@ pub static PODS: Resource = Resource {
     namespaced: true,
     short_names: &["po"],
     has_status: true,
+    has_scale: false,
     categories: &["all"],
     strategy: &kinds::pod::Pods,
 };
@@ -111,6 +116,7 @@ pub static LEASES: Resource = Resource {
     namespaced: true,
     short_names: &[],
     has_status: false,
+    has_scale: false,
     categories: &[],
     strategy: &kinds::lease::Leases,
 };
@@ -133,6 +139,7 @@ const fn core(
         namespaced: true,
         short_names,
         has_status: false,
+        has_scale: false,
         categories,
         strategy,
     }
@@ -195,6 +202,98 @@ pub static EVENTS: Resource = core(
     &kinds::event::Events,
 );
 
+/// A namespaced kind of a named group, with a status subresource, in the `all` category.
+const fn workload(
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    short_names: &'static [&'static str],
+    has_scale: bool,
+    strategy: &'static dyn Strategy,
+) -> Resource {
+    Resource {
+        group,
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced: true,
+        short_names,
+        has_status: true,
+        has_scale,
+        categories: &["all"],
+        strategy,
+    }
+}
+
+pub static DEPLOYMENTS: Resource = workload(
+    "apps",
+    "deployments",
+    "deployment",
+    "Deployment",
+    &["deploy"],
+    true,
+    &kinds::deployment::Deployments,
+);
+
+pub static REPLICASETS: Resource = workload(
+    "apps",
+    "replicasets",
+    "replicaset",
+    "ReplicaSet",
+    &["rs"],
+    true,
+    &kinds::replicaset::ReplicaSets,
+);
+
+pub static DAEMONSETS: Resource = workload(
+    "apps",
+    "daemonsets",
+    "daemonset",
+    "DaemonSet",
+    &["ds"],
+    false,
+    &kinds::daemonset::DaemonSets,
+);
+
+pub static STATEFULSETS: Resource = workload(
+    "apps",
+    "statefulsets",
+    "statefulset",
+    "StatefulSet",
+    &["sts"],
+    true,
+    &kinds::statefulset::StatefulSets,
+);
+
+/// Stored snapshots of DaemonSet and StatefulSet templates: no status, not in `all`.
+pub static CONTROLLERREVISIONS: Resource = Resource {
+    has_status: false,
+    categories: &[],
+    ..workload(
+        "apps",
+        "controllerrevisions",
+        "controllerrevision",
+        "ControllerRevision",
+        &[],
+        false,
+        &kinds::controllerrevision::ControllerRevisions,
+    )
+};
+
+pub static JOBS: Resource = workload("batch", "jobs", "job", "Job", &[], false, &kinds::job::Jobs);
+
+pub static CRONJOBS: Resource = workload(
+    "batch",
+    "cronjobs",
+    "cronjob",
+    "CronJob",
+    &["cj"],
+    false,
+    &kinds::cronjob::CronJobs,
+);
+
 /// The core group, in discovery order.
 pub static CORE_V1: GroupVersion = GroupVersion {
     group: "",
@@ -237,6 +336,7 @@ const fn named(
         namespaced,
         short_names,
         has_status: false,
+        has_scale: false,
         categories: &[],
         strategy,
     }
@@ -325,8 +425,33 @@ pub static DISCOVERY_V1: GroupVersion = GroupVersion {
     resources: &[&ENDPOINTSLICES],
 };
 
+pub static APPS_V1: GroupVersion = GroupVersion {
+    group: "apps",
+    version: "v1",
+    resources: &[
+        &CONTROLLERREVISIONS,
+        &DAEMONSETS,
+        &DEPLOYMENTS,
+        &REPLICASETS,
+        &STATEFULSETS,
+    ],
+};
+
+pub static BATCH_V1: GroupVersion = GroupVersion {
+    group: "batch",
+    version: "v1",
+    resources: &[&CRONJOBS, &JOBS],
+};
+
 /// The named groups served under `/apis`, in discovery order (one version each).
-pub static GROUPS: [&GroupVersion; 4] = [&COORDINATION_V1, &RBAC_V1, &POLICY_V1, &DISCOVERY_V1];
+pub static GROUPS: [&GroupVersion; 6] = [
+    &APPS_V1,
+    &BATCH_V1,
+    &COORDINATION_V1,
+    &RBAC_V1,
+    &POLICY_V1,
+    &DISCOVERY_V1,
+];
 
 /// The namespaces every cluster has; they cannot be deleted.
 pub const SYSTEM_NAMESPACES: [&str; 4] =
@@ -516,5 +641,14 @@ mod tests {
         );
         assert_eq!(GroupVersion::named("coordination.k8s.io", "v2"), None);
         assert_eq!(CORE_V1.resource("leases"), None);
+        assert_eq!(DEPLOYMENTS.api_version(), "apps/v1");
+        assert_eq!(CRONJOBS.group_resource(), "cronjobs.batch");
+        assert_eq!(APPS_V1.resource("jobs"), None);
+        // Only apps/v1 kinds with replicas have a scale subresource.
+        let scaled: Vec<&str> = Resource::all()
+            .filter(|r| r.has_scale)
+            .map(|r| r.plural)
+            .collect();
+        assert_eq!(scaled, ["deployments", "replicasets", "statefulsets"]);
     }
 }

@@ -22,7 +22,7 @@ use super::selector::Selector;
 use super::status::{ApiError, Result};
 use super::table::{self, Include};
 use super::watch::{self, Start, WatchRequest};
-use super::{Api, Body, discovery};
+use super::{Api, Body, discovery, scale};
 
 /// Largest request body accepted, as the Kubernetes API server (3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -48,6 +48,8 @@ enum Target {
         r: ObjectRef,
         part: Part,
     },
+    /// The `autoscaling/v1 Scale` of an object with replicas.
+    Scale(ObjectRef),
 }
 
 pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
@@ -281,6 +283,13 @@ fn target(gv: &GroupVersion, segs: &[&str]) -> Option<Target> {
         ["namespaces", ns, p, name, "status"] if by(p)?.namespaced && by(p)?.has_status => {
             obj(by(p)?, Some(ns), name, Part::Status)
         }
+        ["namespaces", ns, p, name, "scale"] if by(p)?.namespaced && by(p)?.has_scale => {
+            Target::Scale(ObjectRef {
+                resource: by(p)?,
+                namespace: Some(ns.to_string()),
+                name: name.to_string(),
+            })
+        }
         [p, name] if !by(p)?.namespaced => obj(by(p)?, None, name, Part::Main),
         [p, name, "status"] if !by(p)?.namespaced && by(p)?.has_status => {
             obj(by(p)?, None, name, Part::Status)
@@ -402,6 +411,24 @@ async fn resource(
                 .create(resource, namespace.as_deref(), body)
                 .await?;
             Ok(json(StatusCode::CREATED, &obj))
+        }
+        (Target::Scale(r), Method::GET) => {
+            Ok(json(StatusCode::OK, &scale::get(&api.registry, &r).await?))
+        }
+        (Target::Scale(r), Method::PUT) => {
+            let body = read_json(req).await?;
+            Ok(json(
+                StatusCode::OK,
+                &scale::update(&api.registry, &r, writer, body).await?,
+            ))
+        }
+        (Target::Scale(r), Method::PATCH) => {
+            let kind = patch_kind(&req)?;
+            let body = read_json(req).await?;
+            Ok(json(
+                StatusCode::OK,
+                &scale::patch(&api.registry, &r, writer, kind, body).await?,
+            ))
         }
         (Target::Object { r, .. }, Method::GET) => {
             let obj = api.registry.get(&r).await?;
@@ -629,7 +656,10 @@ fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
 mod tests {
     use super::*;
     use crate::apiserver::auth::NODES_GROUP;
-    use crate::apiserver::resources::{COORDINATION_V1, LEASES, NAMESPACES, PODS};
+    use crate::apiserver::resources::{
+        APPS_V1, BATCH_V1, COORDINATION_V1, DEPLOYMENTS, LEASES, NAMESPACES, PODS, REPLICASETS,
+        STATEFULSETS,
+    };
 
     fn object(resource: &'static Resource, ns: Option<&str>, name: &str, part: Part) -> Target {
         Target::Object {
@@ -691,6 +721,45 @@ mod tests {
                 &["namespaces", "default", "pods", "web", "status"]
             ),
             Some(object(&PODS, Some("default"), "web", Part::Status))
+        );
+    }
+
+    #[test]
+    fn scale_paths_reach_only_kinds_with_replicas() {
+        let web = |resource| ObjectRef {
+            resource,
+            namespace: Some("default".into()),
+            name: "web".into(),
+        };
+        for resource in [&DEPLOYMENTS, &REPLICASETS, &STATEFULSETS] {
+            assert_eq!(
+                target(
+                    &APPS_V1,
+                    &["namespaces", "default", resource.plural, "web", "scale"]
+                ),
+                Some(Target::Scale(web(resource)))
+            );
+        }
+        assert_eq!(
+            target(
+                &APPS_V1,
+                &["namespaces", "default", "daemonsets", "web", "scale"]
+            ),
+            None
+        );
+        assert_eq!(
+            target(
+                &BATCH_V1,
+                &["namespaces", "default", "jobs", "web", "scale"]
+            ),
+            None
+        );
+        assert_eq!(
+            target(
+                &APPS_V1,
+                &["namespaces", "default", "deployments", "web", "status"]
+            ),
+            Some(object(&DEPLOYMENTS, Some("default"), "web", Part::Status))
         );
     }
 

@@ -695,6 +695,36 @@ fn read_all(r: impl Read) -> String {
     String::from_utf8_lossy(&read_all_bytes(r)).into_owned()
 }
 
+/// `kubectl create -f` of a manifest (several documents, if need be) written to the server's
+/// directory as `<name>.yaml`. Validation is off until the server serves OpenAPI, and typed
+/// `kubectl create configmap|deployment|…` wait for protobuf bodies (both: next steps).
+pub fn create(s: &Server, name: &str, yaml: &str) {
+    let path = s.dir().join(format!("{name}.yaml"));
+    fs::write(&path, yaml).unwrap();
+    s.kubectl_ok(&[
+        "create",
+        "--validate=false",
+        "-f",
+        &path.display().to_string(),
+    ]);
+}
+
+/// A kubectl command that must fail; returns its stderr.
+pub fn refused(s: &Server, args: &[&str]) -> String {
+    let out = s.kubectl(args);
+    assert!(!out.status.success(), "kubectl {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A `kubectl get` that must succeed quietly, as table rows.
+pub fn get_rows(s: &Server, args: &[&str]) -> Vec<Vec<(String, String)>> {
+    let out = s.kubectl(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl {args:?}: {stderr}");
+    assert_eq!(stderr, "", "kubectl {args:?} complained");
+    table(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// kubectl's default table output as rows of (column, value), cut at the header's column
 /// starts (values such as OS-IMAGE contain spaces).
 pub fn table(out: &str) -> Vec<Vec<(String, String)>> {

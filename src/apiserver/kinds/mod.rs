@@ -7,18 +7,26 @@
 //! are pure functions of the objects they are given.
 
 pub mod configmap;
+pub mod controllerrevision;
+pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod event;
+pub mod job;
 pub mod lease;
 pub mod namespace;
 pub mod node;
 pub mod pod;
 pub mod poddisruptionbudget;
 pub mod rbac;
+pub mod replicaset;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod workload;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -49,6 +57,12 @@ pub trait Strategy: Sync {
 
     /// Checks against the stored object: immutable fields.
     fn validate_update(&self, _old: &Value, _new: &Value, _causes: &mut Vec<String>) {}
+
+    /// Whether the server keeps `metadata.generation`: 1 on create, one more each time an
+    /// update changes `spec` (not on status or metadata-only writes).
+    fn has_generation(&self) -> bool {
+        false
+    }
 
     /// The `kubectl get` columns, as the Kubernetes API server prints them.
     fn columns(&self) -> &'static [Column] {
@@ -104,6 +118,19 @@ pub const fn plain(
         description,
         priority,
         cell,
+    }
+}
+
+/// A column of an integer field.
+pub const fn integer(
+    name: &'static str,
+    description: &'static str,
+    priority: u8,
+    cell: fn(&Value, OffsetDateTime) -> Value,
+) -> Column {
+    Column {
+        kind: "integer",
+        ..plain(name, description, priority, cell)
     }
 }
 
