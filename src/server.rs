@@ -102,6 +102,13 @@ async fn start(
     let cluster =
         bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
     let mut registry = Registry::new(store.clone());
+    match crate::apiserver::allocator::ServiceCidr::parse(&cfg.settings.service_cidr) {
+        Some(cidr) => registry = registry.with_service_cidr(cidr),
+        None => tracing::warn!(
+            service_cidr = %cfg.settings.service_cidr,
+            "Services get no cluster IPs: only IPv4 --service-cidr ranges of /8 to /30 are allocated from"
+        ),
+    }
     if cfg.settings.secrets_encryption {
         let keys = bootstrap::encryption::Encryption::load_or_create(&store, &cluster.token.secret)
             .await

@@ -440,3 +440,55 @@ fn server_dry_run_validates_and_answers_but_stores_nothing() {
     );
     assert!(err.contains("spec.containers"), "{err}");
 }
+
+#[test]
+fn services_get_cluster_ips_and_node_ports_that_are_never_shared() {
+    let s = Server::start(Options::default());
+    // Every cluster has `kubernetes` at the first address of --service-cidr.
+    let ip = s.kubectl_ok(&[
+        "get",
+        "svc",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(ip, "10.43.0.1");
+    let svc = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{extra}  selector:\n    app: {name}\n  ports:\n  - port: 80\n"
+        )
+    };
+    create(&s, "web", &svc("web", ""));
+    create(&s, "edge", &svc("edge", "  type: NodePort\n"));
+    let web = s.kubectl_json(&["get", "svc", "web", "-o", "json"]);
+    let web_ip = web["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        web_ip.starts_with("10.43.") && web_ip != "10.43.0.1",
+        "{web}"
+    );
+    let edge = s.kubectl_json(&["get", "svc", "edge", "-o", "json"]);
+    let node_port = edge["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .unwrap_or_default();
+    assert!((30000..=32767).contains(&node_port), "{edge}");
+    assert_ne!(edge["spec"]["clusterIP"], web["spec"]["clusterIP"]);
+    let rows = get_rows(&s, &["get", "svc", "edge"]);
+    assert_eq!(
+        cell(&rows[0], "PORT(S)"),
+        format!("80:{node_port}/TCP"),
+        "{rows:?}"
+    );
+    // An address or port in use is refused; once its Service is gone, it is free again.
+    let path = s.dir().join("copy.yaml");
+    std::fs::write(&path, svc("copy", &format!("  clusterIP: {web_ip}\n"))).unwrap();
+    let file = path.display().to_string();
+    let err = refused(&s, &["create", "--validate=false", "-f", &file]);
+    assert!(err.contains("already allocated"), "{err}");
+    s.kubectl_ok(&["delete", "svc", "web"]);
+    s.kubectl_ok(&["create", "--validate=false", "-f", &file]);
+    let copy = s.kubectl_ok(&["get", "svc", "copy", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(copy, web_ip);
+}

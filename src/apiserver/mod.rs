@@ -11,6 +11,7 @@
 //! [`DRAIN_GRACE`] to finish.
 
 pub mod admission;
+pub mod allocator;
 pub mod auth;
 pub mod discovery;
 pub mod kinds;

@@ -13,10 +13,12 @@ use ring::rand::SecureRandom;
 use serde_json::{Value, json};
 
 use super::admission::{self, Writer};
+use super::allocator::{self, ServiceCidr};
 use super::kinds::NameRule;
 use super::patch;
 use super::resources::{
-    LEASES, NAMESPACES, NODES, ObjectRef, Resource, SECRETS, SERVICEACCOUNTS, SYSTEM_NAMESPACES,
+    LEASES, NAMESPACES, NODES, ObjectRef, Resource, SECRETS, SERVICEACCOUNTS, SERVICES,
+    SYSTEM_NAMESPACES,
 };
 use super::status::{ApiError, Result};
 use crate::agent::node;
@@ -46,6 +48,8 @@ pub struct Registry {
     encryption: Option<Arc<Encryption>>,
     /// `dryRun=All`: every write is defaulted, validated and answered, but nothing is stored.
     dry_run: bool,
+    /// Where Services' cluster IPs come from (`--service-cidr`); none: not allocated.
+    service_cidr: Option<ServiceCidr>,
 }
 
 // === impl Registry ===
@@ -56,7 +60,14 @@ impl Registry {
             store,
             encryption: None,
             dry_run: false,
+            service_cidr: None,
         }
+    }
+
+    /// Allocates Services' cluster IPs from `cidr` from now on.
+    pub fn with_service_cidr(mut self, cidr: ServiceCidr) -> Registry {
+        self.service_cidr = Some(cidr);
+        self
     }
 
     /// This registry for `dryRun=All` requests: writes are checked and answered, never stored.
@@ -264,7 +275,18 @@ impl Registry {
         }
         validate(resource, &r.name, &obj, None)?;
         check_limits(resource, &r.name, &obj)?;
-        let bytes = self.encode(resource, &r.path(), &obj)?;
+        let taken = if resource == &SERVICES && !self.dry_run {
+            self.allocate_service(&r, &mut obj).await?
+        } else {
+            Taken::default()
+        };
+        let bytes = match self.encode(resource, &r.path(), &obj) {
+            Ok(b) => b,
+            Err(e) => {
+                taken.release(&self.store).await;
+                return Err(e);
+            }
+        };
         if self.dry_run {
             if self.store.get(&r.path()).await?.is_some() {
                 return Err(ApiError::AlreadyExists {
@@ -274,11 +296,13 @@ impl Registry {
             }
             return Ok(obj);
         }
-        let rev = self
-            .store
-            .create(&r.path(), &bytes)
-            .await
-            .map_err(|e| ApiError::from_store(e, &resource.group_resource(), &r.name))?;
+        let rev = match self.store.create(&r.path(), &bytes).await {
+            Ok(rev) => rev,
+            Err(e) => {
+                taken.release(&self.store).await;
+                return Err(ApiError::from_store(e, &resource.group_resource(), &r.name));
+            }
+        };
         with_revision(&mut obj, rev);
         if resource == &NAMESPACES {
             self.ensure_default_service_account(&r.name).await?;
@@ -404,6 +428,11 @@ impl Registry {
                 let (_, objects) = self.store.list(&resource.prefix(Some(&r.name))).await?;
                 for obj in objects {
                     match self.store.delete(&obj.path, None).await {
+                        Ok((_, last)) if resource == &SERVICES => {
+                            if let Ok(svc) = self.decode(resource, &last) {
+                                Taken::of(&svc).release(&self.store).await;
+                            }
+                        }
                         Ok(_) | Err(crate::datastore::Error::NotFound(_)) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -422,8 +451,75 @@ impl Registry {
             }
         }
         let mut obj = self.decode(r.resource, &last)?;
+        if r.resource == &SERVICES {
+            Taken::of(&obj).release(&self.store).await;
+        }
         with_revision(&mut obj, rev);
         Ok(obj)
+    }
+
+    /// Reserves the cluster IP and node ports a new Service asks for, or allocates them, and
+    /// writes them into it.
+    async fn allocate_service(&self, r: &ObjectRef, obj: &mut Value) -> Result<Taken> {
+        let owner = format!("{}/{}", r.namespace.as_deref().unwrap_or_default(), r.name);
+        let kind = obj
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_owned();
+        let mut taken = Taken::default();
+        let result = async {
+            if let Some(cidr) = &self.service_cidr
+                && kind != "ExternalName"
+            {
+                let asked = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("");
+                let ip = match asked {
+                    "None" => None,
+                    "" => Some(allocator::allocate_ip(&self.store, cidr, &owner).await?),
+                    given => {
+                        let ip: std::net::Ipv4Addr = given.parse().map_err(|_| {
+                            ApiError::Unprocessable(format!(
+                                "spec.clusterIP: Invalid value: {given:?}: must be an IPv4 address in --service-cidr, \"None\" or empty"
+                            ))
+                        })?;
+                        allocator::reserve_ip(&self.store, cidr, ip, &owner).await?;
+                        Some(ip)
+                    }
+                };
+                if let Some(ip) = ip {
+                    taken.ip = Some(ip);
+                    obj["spec"]["clusterIP"] = json!(ip.to_string());
+                    obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
+                    obj["spec"]["ipFamilies"] = json!(["IPv4"]);
+                    obj["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+                }
+            }
+            if matches!(kind.as_str(), "NodePort" | "LoadBalancer")
+                && let Some(Value::Array(ports)) = obj.pointer_mut("/spec/ports")
+            {
+                for p in ports.iter_mut() {
+                    let port = match p.get("nodePort").and_then(Value::as_u64) {
+                        Some(n) => {
+                            let n = u16::try_from(n).unwrap_or(0);
+                            allocator::reserve_node_port(&self.store, n, &owner).await?;
+                            n
+                        }
+                        None => allocator::allocate_node_port(&self.store, &owner).await?,
+                    };
+                    taken.ports.push(port);
+                    p["nodePort"] = json!(port);
+                }
+            }
+            Ok::<_, ApiError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(taken),
+            Err(e) => {
+                taken.release(&self.store).await;
+                Err(e)
+            }
+        }
     }
 
     async fn put(
@@ -504,6 +600,37 @@ impl Registry {
         .await
     }
 
+    /// The `default/kubernetes` Service every cluster has, at the first address of the
+    /// service range, for in-cluster clients (its endpoints come with the service networking).
+    async fn ensure_kubernetes_service(&self) -> Result<()> {
+        let Some(cidr) = &self.service_cidr else {
+            return Ok(());
+        };
+        let r = ObjectRef {
+            resource: &SERVICES,
+            namespace: Some("default".into()),
+            name: "kubernetes".into(),
+        };
+        match self.get(&r).await {
+            Ok(_) => return Ok(()),
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let svc = json!({
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {
+                "clusterIP": cidr.first().to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+                "sessionAffinity": "None",
+            },
+        });
+        match self.create(&SERVICES, Some("default"), svc).await {
+            // Another server made it at the same moment.
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) | Err(ApiError::Unprocessable(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates the namespaces every cluster has, if missing.
     pub async fn ensure_system_namespaces(&self) -> Result<()> {
         for ns in SYSTEM_NAMESPACES {
@@ -519,7 +646,40 @@ impl Registry {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        self.ensure_kubernetes_service().await
+    }
+}
+
+/// What a Service holds in the allocators.
+#[derive(Default)]
+struct Taken {
+    ip: Option<std::net::Ipv4Addr>,
+    ports: Vec<u16>,
+}
+
+impl Taken {
+    /// What a stored Service holds.
+    fn of(svc: &Value) -> Taken {
+        Taken {
+            ip: svc
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .and_then(|ip| ip.parse().ok()),
+            ports: svc
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["nodePort"].as_u64())
+                .filter_map(|n| u16::try_from(n).ok())
+                .collect(),
+        }
+    }
+
+    async fn release(&self, store: &Store) {
+        if self.ip.is_some() || !self.ports.is_empty() {
+            allocator::release(store, self.ip, &self.ports).await;
+        }
     }
 }
 

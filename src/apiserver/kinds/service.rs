@@ -1,6 +1,6 @@
 //! core/v1 Service: RFC 1035 names, Kubernetes' defaults for type, ports and affinity, valid
-//! ports, and the `kubectl get svc` columns. Cluster IPs are not allocated yet (the service
-//! networking issue brings the allocator): `spec.clusterIP` is kept as given.
+//! ports, and the `kubectl get svc` columns. Cluster IPs and node ports are allocated by the
+//! registry (see [`crate::apiserver::allocator`]), which needs the datastore.
 
 use serde_json::{Value, json};
 
