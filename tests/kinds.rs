@@ -492,3 +492,41 @@ fn services_get_cluster_ips_and_node_ports_that_are_never_shared() {
     let copy = s.kubectl_ok(&["get", "svc", "copy", "-o", "jsonpath={.spec.clusterIP}"]);
     assert_eq!(copy, web_ip);
 }
+
+#[test]
+fn an_object_with_finalizers_waits_for_them_before_it_goes() {
+    let s = Server::start(Options::default());
+    create(
+        &s,
+        "held",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers:\n  - example.com/hold\n",
+    );
+    s.kubectl_ok(&["delete", "cm", "held", "--wait=false"]);
+    let cm = s.kubectl_json(&["get", "cm", "held", "-o", "json"]);
+    assert!(cm["metadata"]["deletionTimestamp"].is_string(), "{cm}");
+    // No new finalizer while it is being deleted; the deletion mark is the server's.
+    let err = refused(
+        &s,
+        &[
+            "patch",
+            "cm",
+            "held",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/metadata/finalizers/-","value":"example.com/more"}]"#,
+        ],
+    );
+    assert!(err.contains("no new finalizers"), "{err}");
+    s.kubectl_ok(&[
+        "patch",
+        "cm",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    assert!(
+        !s.kubectl(&["get", "cm", "held"]).status.success(),
+        "the object outlived its last finalizer"
+    );
+}

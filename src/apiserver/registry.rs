@@ -94,6 +94,22 @@ impl Registry {
         decode_json(resource, &rec.path, &rec.value, rec.revision)
     }
 
+    /// The decodable ones of `records`. One object that cannot be decoded (written by an
+    /// older bug, or by hand) must not take every list of its kind down with it: it is
+    /// reported and left out.
+    fn decode_all(&self, resource: &Resource, records: &[Record]) -> Vec<Value> {
+        records
+            .iter()
+            .filter_map(|rec| match self.decode(resource, rec) {
+                Ok(obj) => Some(obj),
+                Err(e) => {
+                    tracing::error!(path = %rec.path, error = %e, "leaving an undecodable object out of a list; delete it to clear this");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// The stored form of `obj` at `path`: JSON, encrypted for Secrets when encryption is on.
     fn encode(&self, resource: &Resource, path: &str, obj: &Value) -> Result<Vec<u8>> {
         let bytes = encode(obj)?;
@@ -126,18 +142,7 @@ impl Registry {
         namespace: Option<&str>,
     ) -> Result<(i64, Vec<Value>)> {
         let (rev, records) = self.store.list(&resource.prefix(namespace)).await?;
-        // One object that cannot be decoded (written by an older bug, or by hand) must not take
-        // every list of its kind down with it: it is reported and left out.
-        let items = records
-            .iter()
-            .filter_map(|rec| match self.decode(resource, rec) {
-                Ok(obj) => Some(obj),
-                Err(e) => {
-                    tracing::error!(path = %rec.path, error = %e, "leaving an undecodable object out of a list; delete it to clear this");
-                    None
-                }
-            })
-            .collect();
+        let items = self.decode_all(resource, &records);
         Ok((rev, items))
     }
 
@@ -176,16 +181,7 @@ impl Registry {
             .store
             .list_page(&prefix, start.as_deref(), limit)
             .await?;
-        let items = records
-            .iter()
-            .filter_map(|rec| match self.decode(resource, rec) {
-                Ok(obj) => Some(obj),
-                Err(e) => {
-                    tracing::error!(path = %rec.path, error = %e, "leaving an undecodable object out of a list; delete it to clear this");
-                    None
-                }
-            })
-            .collect();
+        let items = self.decode_all(resource, &records);
         let continue_token = next.map(|start| {
             ContinueToken {
                 rv: first_rev.unwrap_or(rev),
@@ -422,6 +418,26 @@ impl Registry {
         if self.dry_run {
             return self.get(r).await;
         }
+        // An object with finalizers is only marked for deletion; it goes when the last
+        // finalizer is removed (see `put`).
+        let current = self.get(r).await?;
+        if precondition.is_some_and(|want| revision_of(&current) != Some(want)) {
+            return Err(ApiError::Conflict {
+                resource: r.resource.group_resource(),
+                name: r.name.clone(),
+            });
+        }
+        if has_finalizers(&current) {
+            if is_terminating(&current) {
+                return Ok(current);
+            }
+            let mut obj = current.clone();
+            obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            self.store_update(r, revision_of(&current), &mut obj)
+                .await?;
+            return Ok(obj);
+        }
         if r.resource == &NAMESPACES {
             // Namespaced objects go with their namespace.
             for resource in Resource::all().filter(|res| res.namespaced) {
@@ -451,11 +467,34 @@ impl Registry {
             }
         }
         let mut obj = self.decode(r.resource, &last)?;
-        if r.resource == &SERVICES {
-            Taken::of(&obj).release(&self.store).await;
-        }
+        self.deleted(r, &obj).await;
         with_revision(&mut obj, rev);
         Ok(obj)
+    }
+
+    /// Stores `obj` over the object at `r` if it is still at `expected`, without validation
+    /// (for the server's own metadata changes, such as marking a deletion).
+    async fn store_update(
+        &self,
+        r: &ObjectRef,
+        expected: Option<i64>,
+        obj: &mut Value,
+    ) -> Result<()> {
+        let bytes = self.encode(r.resource, &r.path(), obj)?;
+        let rev = self
+            .store
+            .update(&r.path(), expected, &bytes)
+            .await
+            .map_err(|e| ApiError::from_store(e, &r.resource.group_resource(), &r.name))?;
+        with_revision(obj, rev);
+        Ok(())
+    }
+
+    /// What goes with a deleted object: a Service's reservations.
+    async fn deleted(&self, r: &ObjectRef, obj: &Value) {
+        if r.resource == &SERVICES {
+            Taken::of(obj).release(&self.store).await;
+        }
     }
 
     /// Reserves the cluster IP and node ports a new Service asks for, or allocates them, and
@@ -531,6 +570,17 @@ impl Registry {
     ) -> Result<()> {
         validate(r.resource, &r.name, obj, Some(old))?;
         check_limits(r.resource, &r.name, obj)?;
+        if is_terminating(obj) && !has_finalizers(obj) && !self.dry_run {
+            // The last finalizer is gone: the deletion asked for earlier happens now.
+            let (rev, _) = self
+                .store
+                .delete(&r.path(), expected)
+                .await
+                .map_err(|e| ApiError::from_store(e, &r.resource.group_resource(), &r.name))?;
+            self.deleted(r, obj).await;
+            with_revision(obj, rev);
+            return Ok(());
+        }
         let bytes = self.encode(r.resource, &r.path(), obj)?;
         if self.dry_run {
             // What a real write would have checked: the object's revision.
@@ -819,7 +869,24 @@ fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) ->
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }
-    for field in ["uid", "creationTimestamp", "name", "namespace"] {
+    // Once an object is being deleted, no finalizer may be added to it.
+    if is_terminating(current) {
+        let before: Vec<&Value> = finalizers(current).collect();
+        if let Some(added) = finalizers(&obj).find(|f| !before.contains(f)) {
+            return Err(ApiError::Unprocessable(format!(
+                "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [{}]",
+                added.as_str().unwrap_or_default()
+            )));
+        }
+    }
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "name",
+        "namespace",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         match current["metadata"].get(field) {
             Some(v) => obj["metadata"][field] = v.clone(),
             None => {
@@ -842,6 +909,23 @@ fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) ->
         obj["metadata"]["generation"] = json!(generation.saturating_add(i64::from(changed)));
     }
     Ok(obj)
+}
+
+fn finalizers(obj: &Value) -> impl Iterator<Item = &Value> {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+fn has_finalizers(obj: &Value) -> bool {
+    finalizers(obj).next().is_some()
+}
+
+/// Whether a deletion was asked for and waits for finalizers.
+fn is_terminating(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
 }
 
 fn set_type_meta(resource: &Resource, obj: &mut Value) {
