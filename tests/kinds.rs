@@ -530,3 +530,48 @@ fn an_object_with_finalizers_waits_for_them_before_it_goes() {
         "the object outlived its last finalizer"
     );
 }
+
+#[test]
+fn watches_can_send_initial_events_and_lists_honour_resource_version_match() {
+    let s = Server::start(Options::default());
+    create(
+        &s,
+        "w",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\n",
+    );
+    let url = |q: &str| format!("{}/api/v1/namespaces/default/configmaps?{q}", s.url());
+    let r = s.curl(&[&url(
+        "watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=2",
+    )]);
+    let events = common::watch_events(&r.body);
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds, ["ADDED", "BOOKMARK"], "{}", r.body);
+    assert_eq!(events[0]["object"]["metadata"]["name"], "watched");
+    assert_eq!(
+        events[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    // Initial events need bookmarks to say where they end.
+    let r = s.curl(&[&url("watch=true&sendInitialEvents=true&timeoutSeconds=1")]);
+    assert_eq!(r.status, Some(422), "{}", r.body);
+    // An exact older revision cannot be listed; the current one and NotOlderThan can.
+    let list = s.curl(&[&url("")]).json();
+    let rv: i64 = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ok = s.curl(&[&url(&format!(
+        "resourceVersion={rv}&resourceVersionMatch=Exact"
+    ))]);
+    assert_eq!(ok.status, Some(200), "{}", ok.body);
+    let old = s.curl(&[&url(&format!(
+        "resourceVersion={}&resourceVersionMatch=Exact",
+        rv - 1
+    ))]);
+    assert_eq!(old.status, Some(410), "{}", old.body);
+    let newer = s.curl(&[&url("resourceVersion=1&resourceVersionMatch=NotOlderThan")]);
+    assert_eq!(newer.status, Some(200), "{}", newer.body);
+    let bad = s.curl(&[&url("resourceVersionMatch=Sometimes")]);
+    assert_eq!(bad.status, Some(400), "{}", bad.body);
+}

@@ -330,8 +330,25 @@ async fn resource(
         ) => {
             let selector = Selector::parse(query.get("labelSelector"), query.get("fieldSelector"))
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let version_match = query.get("resourceVersionMatch").filter(|m| !m.is_empty());
+            if let Some(m) = version_match
+                && m != "NotOlderThan"
+                && m != "Exact"
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "resourceVersionMatch {m:?} is not supported: supported values: \"Exact\", \"NotOlderThan\""
+                )));
+            }
             if query.flag("watch") {
+                let bookmarks = query.flag("allowWatchBookmarks");
+                let initial_events = query.flag("sendInitialEvents");
+                if initial_events && (!bookmarks || version_match != Some("NotOlderThan")) {
+                    return Err(ApiError::Unprocessable(
+                        "sendInitialEvents: Forbidden: needs allowWatchBookmarks=true and resourceVersionMatch=NotOlderThan".into(),
+                    ));
+                }
                 let start = match query.get("resourceVersion") {
+                    _ if initial_events => Start::Now,
                     None | Some("") | Some("0") => Start::Now,
                     Some(rv) => Start::After(parse_rv(rv)?),
                 };
@@ -353,6 +370,8 @@ async fn resource(
                         start,
                         timeout,
                         table,
+                        bookmarks,
+                        initial_events,
                     },
                 );
                 return Ok(stream(rx));
@@ -364,6 +383,20 @@ async fn resource(
                 })?),
             };
             let token = query.get("continue").filter(|t| !t.is_empty());
+            // Lists are served from the current state: an exact older revision cannot be
+            // (410, and clients list again without it).
+            if version_match == Some("Exact")
+                && let Some(rv) = query.get("resourceVersion").filter(|rv| !rv.is_empty())
+            {
+                let want = parse_rv(rv)?;
+                let current = api.registry.store().current_revision().await?;
+                if want != current {
+                    return Err(ApiError::Gone {
+                        requested: want,
+                        compacted: current,
+                    });
+                }
+            }
             let (rev, items, continue_token) = match (limit, token) {
                 (None, None) => {
                     let (rev, items) = api.registry.list(resource, namespace.as_deref()).await?;

@@ -44,7 +44,15 @@ pub struct WatchRequest {
     pub timeout: Duration,
     /// `Some` when the client asked for Table output.
     pub table: Option<Include>,
+    /// `allowWatchBookmarks`: BOOKMARK events carry the newest revision at least every
+    /// [`BOOKMARK_INTERVAL`] while the cluster changes (best effort, as Kubernetes says).
+    pub bookmarks: bool,
+    /// `sendInitialEvents`: the current objects as ADDED, then a BOOKMARK marking their end.
+    pub initial_events: bool,
 }
+
+/// Least time between two bookmarks of one watch.
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Starts the watch task; the receiver yields the encoded lines for the response body.
 pub fn spawn(api: Arc<Api>, req: WatchRequest) -> mpsc::Receiver<Bytes> {
@@ -86,6 +94,9 @@ async fn run(api: &Api, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
                         return;
                     }
                 }
+                if req.initial_events && !writer.bookmark(rev, true).await {
+                    return;
+                }
                 rev
             }
             Err(e) => return writer.error(&e).await,
@@ -96,11 +107,21 @@ async fn run(api: &Api, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
         Err(e) => return writer.error(&ApiError::from(e)).await,
     };
     let prefix = req.resource.prefix(req.namespace.as_deref());
+    let mut bookmarked = tokio::time::Instant::now();
     loop {
         let ev = match sub.next().await {
             Ok(ev) => ev,
             Err(e) => return writer.error(&ApiError::from(e)).await,
         };
+        // Bookmarks ride on the feed (changes to any object), so waiting for one never races
+        // the subscription. Everything before this event was sent (revisions are gapless and
+        // in order), so the client may resume from the one before it.
+        if req.bookmarks && bookmarked.elapsed() >= BOOKMARK_INTERVAL {
+            bookmarked = tokio::time::Instant::now();
+            if !writer.bookmark(ev.revision - 1, false).await {
+                return;
+            }
+        }
         let ours = ev.path.starts_with(&prefix)
             && ObjectRef::from_path(&ev.path).is_some_and(|r| r.resource == req.resource);
         if !ours {
@@ -157,6 +178,21 @@ impl Writer<'_> {
             None => obj,
         };
         self.line(json!({"type": kind, "object": object})).await
+    }
+
+    /// A BOOKMARK: only the kind and the revision the client may resume from.
+    async fn bookmark(&mut self, revision: i64, initial_events_end: bool) -> bool {
+        let mut meta = json!({"resourceVersion": revision.to_string()});
+        if initial_events_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let object = json!({
+            "kind": self.req.resource.kind,
+            "apiVersion": self.req.resource.api_version(),
+            "metadata": meta,
+        });
+        self.line(json!({"type": "BOOKMARK", "object": object}))
+            .await
     }
 
     async fn error(&mut self, e: &ApiError) {
