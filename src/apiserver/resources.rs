@@ -121,95 +121,13 @@ pub static LEASES: Resource = Resource {
     strategy: &kinds::lease::Leases,
 };
 
-/// A core/v1 namespaced kind without a status subresource.
-const fn core(
-    plural: &'static str,
-    singular: &'static str,
-    kind: &'static str,
-    short_names: &'static [&'static str],
-    categories: &'static [&'static str],
-    strategy: &'static dyn Strategy,
-) -> Resource {
-    Resource {
-        group: "",
-        version: "v1",
-        plural,
-        singular,
-        kind,
-        namespaced: true,
-        short_names,
-        has_status: false,
-        has_scale: false,
-        categories,
-        strategy,
-    }
-}
-
-pub static CONFIGMAPS: Resource = core(
-    "configmaps",
-    "configmap",
-    "ConfigMap",
-    &["cm"],
-    &[],
-    &kinds::configmap::ConfigMaps,
-);
-
-pub static SECRETS: Resource = core(
-    "secrets",
-    "secret",
-    "Secret",
-    &[],
-    &[],
-    &kinds::secret::Secrets,
-);
-
-pub static SERVICEACCOUNTS: Resource = core(
-    "serviceaccounts",
-    "serviceaccount",
-    "ServiceAccount",
-    &["sa"],
-    &[],
-    &kinds::serviceaccount::ServiceAccounts,
-);
-
-pub static SERVICES: Resource = Resource {
-    has_status: true,
-    ..core(
-        "services",
-        "service",
-        "Service",
-        &["svc"],
-        &["all"],
-        &kinds::service::Services,
-    )
-};
-
-pub static ENDPOINTS: Resource = core(
-    "endpoints",
-    "endpoints",
-    "Endpoints",
-    &["ep"],
-    &[],
-    &kinds::endpoints::EndpointsKind,
-);
-
-pub static EVENTS: Resource = core(
-    "events",
-    "event",
-    "Event",
-    &["ev"],
-    &[],
-    &kinds::event::Events,
-);
-
-/// A namespaced kind of a named group, with a status subresource, in the `all` category.
-const fn workload(
+/// A v1 kind: namespaced, with no short names, status, scale or categories unless the row
+/// says otherwise (`Resource { short_names: …, ..kind(…) }`).
+const fn kind(
     group: &'static str,
     plural: &'static str,
     singular: &'static str,
     kind: &'static str,
-    short_names: &'static [&'static str],
-    has_scale: bool,
     strategy: &'static dyn Strategy,
 ) -> Resource {
     Resource {
@@ -219,80 +137,83 @@ const fn workload(
         singular,
         kind,
         namespaced: true,
-        short_names,
-        has_status: true,
-        has_scale,
-        categories: &["all"],
+        short_names: &[],
+        has_status: false,
+        has_scale: false,
+        categories: &[],
         strategy,
     }
 }
 
-pub static DEPLOYMENTS: Resource = workload(
-    "apps",
-    "deployments",
-    "deployment",
-    "Deployment",
-    &["deploy"],
-    true,
-    &kinds::deployment::Deployments,
-);
+/// A workload kind: a status subresource, `scale` unless the row says otherwise, and the
+/// `all` category.
+const fn workload(
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind_name: &'static str,
+    strategy: &'static dyn Strategy,
+) -> Resource {
+    Resource {
+        has_status: true,
+        has_scale: true,
+        categories: &["all"],
+        ..kind(group, plural, singular, kind_name, strategy)
+    }
+}
 
-pub static REPLICASETS: Resource = workload(
-    "apps",
-    "replicasets",
-    "replicaset",
-    "ReplicaSet",
-    &["rs"],
-    true,
-    &kinds::replicaset::ReplicaSets,
-);
-
-pub static DAEMONSETS: Resource = workload(
-    "apps",
-    "daemonsets",
-    "daemonset",
-    "DaemonSet",
-    &["ds"],
-    false,
-    &kinds::daemonset::DaemonSets,
-);
-
-pub static STATEFULSETS: Resource = workload(
-    "apps",
-    "statefulsets",
-    "statefulset",
-    "StatefulSet",
-    &["sts"],
-    true,
-    &kinds::statefulset::StatefulSets,
-);
-
-/// Stored snapshots of DaemonSet and StatefulSet templates: no status, not in `all`.
-pub static CONTROLLERREVISIONS: Resource = Resource {
-    has_status: false,
-    categories: &[],
-    ..workload(
-        "apps",
-        "controllerrevisions",
-        "controllerrevision",
-        "ControllerRevision",
-        &[],
-        false,
-        &kinds::controllerrevision::ControllerRevisions,
+pub static CONFIGMAPS: Resource = Resource {
+    short_names: &["cm"],
+    ..kind(
+        "",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        &kinds::configmap::ConfigMaps,
     )
 };
 
-pub static JOBS: Resource = workload("batch", "jobs", "job", "Job", &[], false, &kinds::job::Jobs);
+pub static SECRETS: Resource = kind("", "secrets", "secret", "Secret", &kinds::secret::Secrets);
 
-pub static CRONJOBS: Resource = workload(
-    "batch",
-    "cronjobs",
-    "cronjob",
-    "CronJob",
-    &["cj"],
-    false,
-    &kinds::cronjob::CronJobs,
-);
+pub static SERVICEACCOUNTS: Resource = Resource {
+    short_names: &["sa"],
+    ..kind(
+        "",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        &kinds::serviceaccount::ServiceAccounts,
+    )
+};
+
+pub static SERVICES: Resource = Resource {
+    short_names: &["svc"],
+    has_status: true,
+    categories: &["all"],
+    ..kind(
+        "",
+        "services",
+        "service",
+        "Service",
+        &kinds::service::Services,
+    )
+};
+
+pub static ENDPOINTS: Resource = Resource {
+    short_names: &["ep"],
+    ..kind(
+        "",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        &kinds::endpoints::EndpointsKind,
+    )
+};
+
+pub static EVENTS: Resource = Resource {
+    short_names: &["ev"],
+    ..kind("", "events", "event", "Event", &kinds::event::Events)
+};
 
 /// The core group, in discovery order.
 pub static CORE_V1: GroupVersion = GroupVersion {
@@ -311,78 +232,122 @@ pub static CORE_V1: GroupVersion = GroupVersion {
     ],
 };
 
+pub static DEPLOYMENTS: Resource = Resource {
+    short_names: &["deploy"],
+    ..workload(
+        "apps",
+        "deployments",
+        "deployment",
+        "Deployment",
+        &kinds::deployment::Deployments,
+    )
+};
+
+pub static REPLICASETS: Resource = Resource {
+    short_names: &["rs"],
+    ..workload(
+        "apps",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        &kinds::replicaset::ReplicaSets,
+    )
+};
+
+pub static DAEMONSETS: Resource = Resource {
+    short_names: &["ds"],
+    has_scale: false,
+    ..workload(
+        "apps",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        &kinds::daemonset::DaemonSets,
+    )
+};
+
+pub static STATEFULSETS: Resource = Resource {
+    short_names: &["sts"],
+    ..workload(
+        "apps",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        &kinds::statefulset::StatefulSets,
+    )
+};
+
+/// Stored snapshots of DaemonSet and StatefulSet templates: no status, not in `all`.
+pub static CONTROLLERREVISIONS: Resource = kind(
+    "apps",
+    "controllerrevisions",
+    "controllerrevision",
+    "ControllerRevision",
+    &kinds::controllerrevision::ControllerRevisions,
+);
+
+pub static JOBS: Resource = Resource {
+    has_scale: false,
+    ..workload("batch", "jobs", "job", "Job", &kinds::job::Jobs)
+};
+
+pub static CRONJOBS: Resource = Resource {
+    short_names: &["cj"],
+    has_scale: false,
+    ..workload(
+        "batch",
+        "cronjobs",
+        "cronjob",
+        "CronJob",
+        &kinds::cronjob::CronJobs,
+    )
+};
+
 pub static COORDINATION_V1: GroupVersion = GroupVersion {
     group: "coordination.k8s.io",
     version: "v1",
     resources: &[&LEASES],
 };
 
-/// A kind of a named group, without a status subresource.
-const fn named(
-    group: &'static str,
-    plural: &'static str,
-    singular: &'static str,
-    kind: &'static str,
-    namespaced: bool,
-    short_names: &'static [&'static str],
-    strategy: &'static dyn Strategy,
-) -> Resource {
-    Resource {
-        group,
-        version: "v1",
-        plural,
-        singular,
-        kind,
-        namespaced,
-        short_names,
-        has_status: false,
-        has_scale: false,
-        categories: &[],
-        strategy,
-    }
-}
-
 const RBAC: &str = "rbac.authorization.k8s.io";
 
-pub static ROLES: Resource = named(
+pub static ROLES: Resource = kind(
     RBAC,
     "roles",
     "role",
     "Role",
-    true,
-    &[],
     &kinds::rbac::Roles { cluster: false },
 );
 
-pub static ROLEBINDINGS: Resource = named(
+pub static ROLEBINDINGS: Resource = kind(
     RBAC,
     "rolebindings",
     "rolebinding",
     "RoleBinding",
-    true,
-    &[],
     &kinds::rbac::Bindings { cluster: false },
 );
 
-pub static CLUSTERROLES: Resource = named(
-    RBAC,
-    "clusterroles",
-    "clusterrole",
-    "ClusterRole",
-    false,
-    &[],
-    &kinds::rbac::Roles { cluster: true },
-);
+pub static CLUSTERROLES: Resource = Resource {
+    namespaced: false,
+    ..kind(
+        RBAC,
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        &kinds::rbac::Roles { cluster: true },
+    )
+};
 
-pub static CLUSTERROLEBINDINGS: Resource = named(
-    RBAC,
-    "clusterrolebindings",
-    "clusterrolebinding",
-    "ClusterRoleBinding",
-    false,
-    &[],
-    &kinds::rbac::Bindings { cluster: true },
-);
+pub static CLUSTERROLEBINDINGS: Resource = Resource {
+    namespaced: false,
+    ..kind(
+        RBAC,
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        &kinds::rbac::Bindings { cluster: true },
+    )
+};
 
 pub static RBAC_V1: GroupVersion = GroupVersion {
     group: RBAC,
@@ -391,14 +356,13 @@ pub static RBAC_V1: GroupVersion = GroupVersion {
 };
 
 pub static PODDISRUPTIONBUDGETS: Resource = Resource {
+    short_names: &["pdb"],
     has_status: true,
-    ..named(
+    ..kind(
         "policy",
         "poddisruptionbudgets",
         "poddisruptionbudget",
         "PodDisruptionBudget",
-        true,
-        &["pdb"],
         &kinds::poddisruptionbudget::PodDisruptionBudgets,
     )
 };
@@ -409,13 +373,11 @@ pub static POLICY_V1: GroupVersion = GroupVersion {
     resources: &[&PODDISRUPTIONBUDGETS],
 };
 
-pub static ENDPOINTSLICES: Resource = named(
+pub static ENDPOINTSLICES: Resource = kind(
     "discovery.k8s.io",
     "endpointslices",
     "endpointslice",
     "EndpointSlice",
-    true,
-    &[],
     &kinds::endpointslice::EndpointSlices,
 );
 
