@@ -275,14 +275,11 @@ struct SourceGuard {
 }
 
 impl SourceCounts {
-    /// Counts a connection from `source` unless it already has `cap`.
+    /// Counts a connection from `source` unless it already has `cap` (at least 1).
     fn enter(&self, source: std::net::IpAddr, cap: usize) -> Option<SourceGuard> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(source).or_insert(0);
         if *n >= cap {
-            if *n == 0 {
-                map.remove(&source);
-            }
             return None;
         }
         *n += 1;

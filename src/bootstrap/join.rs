@@ -131,8 +131,9 @@ impl Registration {
     /// Reads a row; `None` for one that is neither form (treated as owned by nobody we can
     /// verify, so every join for the name is refused until the Node is deleted).
     fn decode(raw: &[u8]) -> Option<(Option<String>, Registration)> {
-        if raw.len() == 64 {
-            // Before generations: the hex SHA-256 of the password alone.
+        // Before generations a row was the hex SHA-256 of the password alone. Told apart by
+        // content, not length: a JSON row can be 64 bytes long too.
+        if raw.first() != Some(&b'{') {
             let hash = hex::decode(raw).ok()?.try_into().ok()?;
             return Some((
                 None,
@@ -759,6 +760,29 @@ mod tests {
         j.join(&store, ok(), &body(&a, &"a".repeat(32)), vec![])
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn rows_are_read_by_their_form_whatever_their_length() {
+        // `{"node":"<36 characters>","owner":"server"}` is 64 bytes, as a legacy hash row.
+        let name = "s".repeat(36);
+        let row = Registration::Server.encode(&name);
+        assert_eq!(row.len(), 64);
+        assert_eq!(
+            Registration::decode(&row),
+            Some((Some(name), Registration::Server))
+        );
+        let legacy = hex::encode([7u8; 32]);
+        assert!(matches!(
+            Registration::decode(legacy.as_bytes()),
+            Some((
+                None,
+                Registration::Agent {
+                    generation: None,
+                    ..
+                }
+            ))
+        ));
     }
 
     #[tokio::test]
