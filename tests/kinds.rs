@@ -120,17 +120,6 @@ fn pods_get_defaults_and_services_their_columns_and_get_all_lists_both() {
 #[test]
 fn invalid_objects_get_kubernetes_status_codes_naming_the_field() {
     let s = Server::start(Options::default());
-    let post = |path: &str, body: &str| {
-        s.curl(&[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            body,
-            &format!("{}{path}", s.url()),
-        ])
-    };
     let cases = [
         (
             "a Node posted as a Namespace",
@@ -176,7 +165,7 @@ fn invalid_objects_get_kubernetes_status_codes_naming_the_field() {
         ),
     ];
     for (what, path, body, code, names) in cases {
-        let r = post(path, body);
+        let r = s.post_json(path, body);
         assert_eq!(r.status, Some(code), "{what}: {}", r.body);
         let status = r.json();
         let message = status["message"].as_str().unwrap_or_default();

@@ -324,17 +324,6 @@ fn kubectl_scales_and_sets_images_and_bad_workloads_get_422() {
         "{err}"
     );
 
-    let post = |path: &str, body: &str| {
-        s.curl(&[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            body,
-            &format!("{}{path}", s.url()),
-        ])
-    };
     let cases = [
         (
             "a Deployment whose selector does not select its template",
@@ -362,7 +351,7 @@ fn kubectl_scales_and_sets_images_and_bad_workloads_get_422() {
         ),
     ];
     for (what, path, body, field) in cases {
-        let r = post(path, body);
+        let r = s.post_json(path, body);
         assert_eq!(r.status, Some(422), "{what}: {}", r.body);
         let status = r.json();
         let fields: Vec<&str> = status["details"]["causes"]

@@ -373,6 +373,19 @@ impl Server {
         curl(&all)
     }
 
+    /// POSTs a JSON `body` to `path` as the admin.
+    pub fn post_json(&self, path: &str, body: &str) -> Reply {
+        self.curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+            &format!("{}{path}", self.url()),
+        ])
+    }
+
     /// A counter or gauge from `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
         let r = self.curl(&[&format!("{}/metrics", self.url())]);
