@@ -20,20 +20,33 @@ impl Strategy for Secrets {
         {
             obj["type"] = json!("Opaque");
         }
-        // `stringData` is write-only: merged into `data`, then dropped.
+        // `stringData` is write-only: merged into `data`, then dropped. One with a value that
+        // is not a string stays, for `validate` to refuse.
+        let all_strings = obj
+            .get("stringData")
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.values().all(Value::is_string));
+        if !all_strings {
+            return;
+        }
         if let Some(Value::Object(plain)) = obj.as_object_mut().and_then(|o| o.remove("stringData"))
         {
             if !obj["data"].is_object() {
                 obj["data"] = json!({});
             }
             for (k, v) in plain {
-                let text = v.as_str().unwrap_or_default();
+                let text = v.as_str().unwrap_or_default(); // all strings, checked above
                 obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
             }
         }
     }
 
     fn validate(&self, obj: &Value, causes: &mut Vec<String>) {
+        if let Some(plain) = obj.get("stringData").filter(|v| !v.is_null()) {
+            causes.push(format!(
+                "stringData: Invalid value: {plain}: must be a map of strings"
+            ));
+        }
         validate_data_keys(obj, "data", causes);
         if let Some(data) = obj.get("data").and_then(Value::as_object) {
             for (k, v) in data {
@@ -87,5 +100,14 @@ mod tests {
         let mut causes = Vec::new();
         Secrets.validate(&json!({"data": {"k": "not base64!"}}), &mut causes);
         assert_eq!(causes.len(), 1, "{causes:?}");
+        let mut odd = json!({"stringData": {"port": 5432}});
+        Secrets.default("x", &mut odd);
+        causes.clear();
+        Secrets.validate(&odd, &mut causes);
+        assert_eq!(
+            causes.len(),
+            1,
+            "a number in stringData is refused: {causes:?}"
+        );
     }
 }
