@@ -15,6 +15,7 @@ mod datastore;
 mod loadgen;
 #[allow(unsafe_code)]
 mod memory;
+mod runtime;
 mod server;
 mod tunnel;
 mod vip;

@@ -209,11 +209,24 @@ impl Registry {
             )));
         }
         check_type_meta(resource, &obj)?;
-        let name = obj
+        let mut name = obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        // `generateName`: the server picks the name, as Kubernetes does (the prefix cut so
+        // prefix + suffix fit a label's 63 characters); a clash is answered like any other
+        // AlreadyExists and the client tries again.
+        if name.is_empty()
+            && let Some(prefix) = obj
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+        {
+            let cut: String = prefix.chars().take(58).collect();
+            name = format!("{cut}{}", random_suffix());
+            obj["metadata"]["name"] = json!(name);
+        }
         if name.is_empty() {
             return Err(invalid(
                 resource,
@@ -406,6 +419,64 @@ impl Registry {
             resource: r.resource.group_resource(),
             name: r.name.clone(),
         })
+    }
+
+    /// `pods/binding`: sets an unbound pod's node, once. One compare-and-swap on the pod's
+    /// revision, so two schedulers (a lease changing hands mid-decision) can never both bind
+    /// it: the second gets 409. `uid`, when given, must be the pod's (a pod deleted and made
+    /// again under its name is another pod).
+    pub async fn bind(&self, r: &ObjectRef, node: &str, uid: Option<&str>) -> Result<Value> {
+        if node.is_empty() {
+            return Err(invalid(
+                r.resource,
+                &r.name,
+                vec!["target.name: Required value".into()],
+            ));
+        }
+        let current = self.get(r).await?;
+        if uid.is_some_and(|u| current.pointer("/metadata/uid").and_then(Value::as_str) != Some(u))
+        {
+            return Err(ApiError::Conflict {
+                resource: r.resource.group_resource(),
+                name: r.name.clone(),
+            });
+        }
+        if let Some(bound) = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::ConflictWith(format!(
+                "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{bound}\"",
+                r.name, r.name
+            )));
+        }
+        if is_terminating(&current) {
+            return Err(ApiError::ConflictWith(format!(
+                "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is being deleted, cannot be assigned to a host",
+                r.name, r.name
+            )));
+        }
+        let mut obj = current.clone();
+        obj["spec"]["nodeName"] = json!(node);
+        let now = now_rfc3339();
+        let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+        match obj
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut)
+        {
+            Some(conds) => {
+                conds.retain(|c| c["type"] != "PodScheduled");
+                conds.push(scheduled);
+            }
+            None => obj["status"]["conditions"] = json!([scheduled]),
+        }
+        if self.dry_run {
+            return Ok(obj);
+        }
+        self.store_update(r, revision_of(&current), &mut obj)
+            .await?;
+        Ok(obj)
     }
 
     pub async fn delete(&self, r: &ObjectRef, precondition: Option<i64>) -> Result<Value> {
@@ -1026,6 +1097,18 @@ fn not_found(r: &ObjectRef) -> ApiError {
 }
 
 /// A random RFC 4122 version-4 UUID.
+/// Five characters from Kubernetes' alphabet for generated names (no vowels, no look-alikes).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut b = [0u8; 5];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random number generator failed");
+    b.iter()
+        .map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
 fn new_uid() -> String {
     let mut b = [0u8; 16];
     ring::rand::SystemRandom::new()

@@ -50,6 +50,8 @@ enum Target {
     },
     /// The `autoscaling/v1 Scale` of an object with replicas.
     Scale(ObjectRef),
+    /// `pods/<name>/binding`: the scheduler's one write of a pod's node.
+    Binding(ObjectRef),
 }
 
 pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
@@ -290,6 +292,11 @@ fn target(gv: &GroupVersion, segs: &[&str]) -> Option<Target> {
                 name: name.to_string(),
             })
         }
+        ["namespaces", ns, "pods", name, "binding"] => Target::Binding(ObjectRef {
+            resource: by("pods")?,
+            namespace: Some(ns.to_string()),
+            name: name.to_string(),
+        }),
         [p, name] if !by(p)?.namespaced => obj(by(p)?, None, name, Part::Main),
         [p, name, "status"] if !by(p)?.namespaced && by(p)?.has_status => {
             obj(by(p)?, None, name, Part::Status)
@@ -444,6 +451,25 @@ async fn resource(
                 .create(resource, namespace.as_deref(), body)
                 .await?;
             Ok(json(StatusCode::CREATED, &obj))
+        }
+        (Target::Binding(r), Method::POST) => {
+            if matches!(writer, Writer::Node(_)) {
+                return Err(ApiError::Forbidden(format!(
+                    "pods \"{}\" is forbidden: a node may not bind pods",
+                    r.name
+                )));
+            }
+            let body = read_json(req).await?;
+            let node = body
+                .pointer("/target/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let uid = body.pointer("/metadata/uid").and_then(Value::as_str);
+            registry.bind(&r, node, uid).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
         }
         (Target::Scale(r), Method::GET) => {
             Ok(json(StatusCode::OK, &scale::get(&api.registry, &r).await?))

@@ -17,6 +17,9 @@ pub enum ApiError {
         "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
     )]
     Conflict { resource: String, name: String },
+    /// 409 with its own message (a pod already bound, being deleted).
+    #[error("{0}")]
+    ConflictWith(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{kind} \"{name}\" is invalid: {}", .causes.join(", "))]
@@ -69,7 +72,9 @@ impl ApiError {
     pub fn code(&self) -> u16 {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownPath => 404,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ConflictWith(_) => 409,
             ApiError::BadRequest(_) => 400,
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => 422,
             ApiError::Unauthorized => 401,
@@ -89,7 +94,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownPath => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ConflictWith(_) => "Conflict",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => "Invalid",
             ApiError::Unauthorized => "Unauthorized",
