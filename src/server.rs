@@ -239,8 +239,7 @@ async fn start(
         }
         .run(when_stopped(stop.clone())),
     );
-    let (kinds, starter) =
-        crate::controllers::under_lease(api.registry.clone(), cfg.node_monitor_grace_period);
+    let (kinds, starter) = crate::controllers::under_lease(cfg.node_monitor_grace_period);
     tasks.spawn(runtime::controller::lead(
         role_rx,
         api.registry.clone(),

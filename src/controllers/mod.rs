@@ -2,9 +2,10 @@
 //!
 //! [`lease`] elects the holder and fences it; the rest run under it, on the shared runtime
 //! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`replicaset`] keeps pods of a
-//! template, and [`events`] records what they did. [`owner`] holds what they share about
+//! template, [`deployment`] rolls templates out through ReplicaSets, and [`events`] records what they did. [`owner`] holds what they share about
 //! objects.
 
+pub mod deployment;
 pub mod events;
 pub mod lease;
 pub mod node_lifecycle;
@@ -13,23 +14,32 @@ pub mod replicaset;
 
 use std::time::Duration;
 
-use crate::apiserver::registry::Registry;
 use crate::apiserver::resources::{NODES, Resource};
-use crate::runtime::controller::{self, Reconciler, Starter};
+use crate::runtime::controller::{self, Starter};
 
 /// What runs under the controllers lease: the kinds their cache holds, and what starts them
 /// once it is synced.
-pub fn under_lease(registry: Registry, grace: Duration) -> (Vec<&'static Resource>, Starter) {
-    let replicasets = move || replicaset::ReplicaSets {
-        events: events::Recorder::new(registry.clone(), "replicaset-controller"),
-    };
+pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES];
-    kinds.extend(replicasets().kinds());
+    kinds.extend(replicaset::ReplicaSets::KINDS);
+    kinds.extend(deployment::Deployments::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
+        let recorder = |component| events::Recorder::new(ctx.registry.clone(), component);
         set.spawn(node_lifecycle::NodeLifecycle { grace }.run(ctx.clone()));
-        set.spawn(controller::run(replicasets(), ctx));
+        set.spawn(controller::run(
+            replicaset::ReplicaSets {
+                events: recorder("replicaset-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            deployment::Deployments {
+                events: recorder("deployment-controller"),
+            },
+            ctx.clone(),
+        ));
     });
     (kinds, starter)
 }

@@ -31,14 +31,14 @@ pub struct ReplicaSets {
     pub events: Recorder,
 }
 
+impl ReplicaSets {
+    /// What it reads from the cache.
+    pub const KINDS: [&'static Resource; 2] = [&REPLICASETS, &PODS];
+}
+
 impl Reconciler for ReplicaSets {
     fn name(&self) -> &'static str {
         "replicaset"
-    }
-
-    fn kinds(&self) -> &'static [&'static Resource] {
-        static KINDS: [&Resource; 2] = [&REPLICASETS, &PODS];
-        &KINDS
     }
 
     fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {

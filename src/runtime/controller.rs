@@ -88,8 +88,6 @@ impl Context {
 pub trait Reconciler: Send + Sync + 'static {
     /// The controller's name in logs.
     fn name(&self) -> &'static str;
-    /// The kinds it reads (the cache holds the union of every controller's).
-    fn kinds(&self) -> &'static [&'static Resource];
     /// The keys a change concerns.
     fn keys(&self, change: &Change, cache: &Cache) -> Vec<String>;
     /// Every key, after a start or when changes were missed.

@@ -87,7 +87,10 @@ impl WorkQueue {
     }
 
     /// Every key that is due now, without waiting.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the scheduler batches with it next"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the scheduler batches with it next")
+    )]
     pub fn drain_ready(&mut self) -> Vec<String> {
         self.promote_due();
         self.queued.clear();
