@@ -73,7 +73,7 @@ impl Context {
         self.written.fetch_max(rev, Ordering::Relaxed);
     }
 
-    async fn settle(&self) {
+    pub async fn settle(&self) {
         let rev = self.written.swap(0, Ordering::Relaxed);
         if rev > 0 && !self.cache.wait_for(rev, READ_YOUR_WRITES).await {
             tracing::debug!(

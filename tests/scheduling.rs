@@ -1,0 +1,266 @@
+//! Placement and workload control with a real server, real agents and the real kubectl: the
+//! taint-aware scheduler on a dedicated control plane, ReplicaSets and Deployments turning
+//! templates into pods, and rollouts. Nothing runs containers yet (the node runtime is its own
+//! issue), so where a test needs pods to be Ready it plays the kubelet's part by writing pod
+//! status as an admin, and says so.
+
+mod common;
+
+use std::time::Duration;
+
+use common::agent::Agent;
+use common::{Options, Server, wait_until};
+use serde_json::Value;
+
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn apply(s: &Server, name: &str, yaml: &str) {
+    let path = s.dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).expect("write manifest");
+    s.kubectl_ok(&["apply", "--validate=false", "-f", path.to_str().unwrap()]);
+}
+
+fn pods(s: &Server, selector: &str) -> Vec<Value> {
+    let list = s.kubectl_json(&["get", "pods", "-l", selector, "-o", "json"]);
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn node_of(pod: &Value) -> &str {
+    pod["spec"]["nodeName"].as_str().unwrap_or("")
+}
+
+/// Pods per node among those matching `selector` (unbound ones under "").
+fn spread(s: &Server, selector: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut by_node = std::collections::BTreeMap::new();
+    for p in pods(s, selector) {
+        *by_node.entry(node_of(&p).to_owned()).or_default() += 1;
+    }
+    by_node
+}
+
+fn ready_nodes(s: &Server) -> usize {
+    let nodes = s.kubectl_json(&["get", "nodes", "-o", "json"]);
+    nodes["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| {
+            n.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+        .count()
+}
+
+fn deployment(name: &str, replicas: u32, extra_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers: [{{name: c, image: "busybox:1.36", resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}}}]
+{extra_spec}
+"#
+    )
+}
+
+#[test]
+fn a_dedicated_control_plane_gets_only_pods_that_tolerate_it() {
+    let s = Server::start(
+        Options::default().arg("--node-taint", "CriticalAddonsOnly=true:NoExecute"),
+    );
+    let agents: Vec<Agent> = ["board-1", "board-2"]
+        .iter()
+        .map(|n| Agent::start(&s.url(), &s.token(), n, &[]))
+        .collect();
+    for a in &agents {
+        a.wait_log("tunnel connected", JOIN_TIMEOUT);
+    }
+    wait_until("three Ready nodes", JOIN_TIMEOUT, || ready_nodes(&s) == 3);
+
+    // Ordinary pods: only on the agents, spread evenly.
+    apply(&s, "web", &deployment("web", 4, ""));
+    wait_until("4 web pods bound", SETTLE, || {
+        let p = pods(&s, "app=web");
+        p.len() == 4 && p.iter().all(|p| !node_of(p).is_empty())
+    });
+    let by_node = spread(&s, "app=web");
+    assert_eq!(
+        by_node.get(s.node_name()),
+        None,
+        "no ordinary pod on the tainted server: {by_node:?}"
+    );
+    assert_eq!(by_node.get("board-1"), Some(&2), "{by_node:?}");
+    assert_eq!(by_node.get("board-2"), Some(&2), "{by_node:?}");
+    let deploy = s.kubectl_ok(&["get", "deployment", "web", "--no-headers"]);
+    assert!(deploy.contains("0/4"), "no pod is Ready yet: {deploy}");
+
+    // A workload that tolerates the taint may use the server too: one per node.
+    apply(
+        &s,
+        "addon",
+        &deployment(
+            "addon",
+            3,
+            r#"      tolerations: [{key: CriticalAddonsOnly, operator: Exists}]
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: addon}}
+            topologyKey: kubernetes.io/hostname"#,
+        ),
+    );
+    wait_until("3 addon pods bound", SETTLE, || {
+        let p = pods(&s, "app=addon");
+        p.len() == 3 && p.iter().all(|p| !node_of(p).is_empty())
+    });
+    let by_node = spread(&s, "app=addon");
+    assert_eq!(by_node.len(), 3, "one addon pod per node: {by_node:?}");
+    assert_eq!(by_node.get(s.node_name()), Some(&1), "{by_node:?}");
+
+    // A pod that fits nowhere says why, in Kubernetes' words, where users look.
+    apply(
+        &s,
+        "lost",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: lost}
+spec:
+  nodeSelector: {disk: ssd}
+  containers: [{name: c, image: "busybox:1.36"}]
+"#,
+    );
+    let want = "0/3 nodes are available: 1 node(s) had untolerated taint {CriticalAddonsOnly: true}, 2 node(s) didn't match Pod's node affinity/selector.";
+    wait_until("the lost pod is marked unschedulable", SETTLE, || {
+        s.kubectl_ok(&["describe", "pod", "lost"]).contains(want)
+    });
+    let described = s.kubectl_ok(&["describe", "pod", "lost"]);
+    assert!(
+        described.contains("FailedScheduling"),
+        "the event is shown: {described}"
+    );
+    let pod = s.kubectl_json(&["get", "pod", "lost", "-o", "json"]);
+    assert_eq!(node_of(&pod), "");
+
+    // Labelling a board makes room: the waiting pod is placed without any timer.
+    s.kubectl_ok(&["label", "node", "board-2", "disk=ssd"]);
+    wait_until("the lost pod is bound to board-2", Duration::from_secs(10), || {
+        node_of(&s.kubectl_json(&["get", "pod", "lost", "-o", "json"])) == "board-2"
+    });
+
+    // Scaling down removes pods; the deployment's ReplicaSet follows.
+    s.kubectl_ok(&["scale", "deployment", "web", "--replicas=1"]);
+    wait_until("web scaled to 1", SETTLE, || pods(&s, "app=web").len() == 1);
+}
+
+/// Plays the kubelet for every pod of `selector` that is bound: Running and Ready.
+fn mark_ready(s: &Server, selector: &str) {
+    for p in pods(s, selector) {
+        let ready = p
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+        if node_of(&p).is_empty() || ready {
+            continue;
+        }
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        // Ignore failures: the pod may have been deleted by the rollout meanwhile.
+        let _ = s.kubectl(&[
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ]);
+    }
+}
+
+#[test]
+fn a_rolling_update_keeps_enough_pods_available_and_undo_restores_the_template() {
+    let s = Server::start(Options::default());
+    wait_until("the server's node is Ready", JOIN_TIMEOUT, || {
+        ready_nodes(&s) == 1
+    });
+    apply(
+        &s,
+        "web",
+        &deployment(
+            "web",
+            4,
+            "  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}",
+        ),
+    );
+    wait_until("4 web pods Ready", SETTLE, || {
+        mark_ready(&s, "app=web");
+        s.kubectl_ok(&["get", "deployment", "web", "--no-headers"])
+            .contains("4/4")
+    });
+    let first_rs = s.kubectl_ok(&["get", "rs", "-l", "app=web", "-o", "name"]);
+
+    s.kubectl_ok(&["set", "image", "deployment/web", "c=busybox:1.37"]);
+    // Through the rollout, never fewer than replicas - maxUnavailable pods are Ready.
+    let mut lowest = usize::MAX;
+    wait_until("the rollout finishes", Duration::from_secs(90), || {
+        mark_ready(&s, "app=web");
+        let ready = pods(&s, "app=web")
+            .iter()
+            .filter(|p| {
+                p.pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                    && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .count();
+        lowest = lowest.min(ready);
+        let d = s.kubectl_json(&["get", "deployment", "web", "-o", "json"]);
+        d["status"]["updatedReplicas"] == 4
+            && d["status"]["availableReplicas"] == 4
+            && d["status"]["replicas"] == 4
+    });
+    assert!(lowest >= 3, "ready pods fell to {lowest} (maxUnavailable 1 of 4)");
+    let status = s.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let images: Vec<String> = pods(&s, "app=web")
+        .iter()
+        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(images.iter().all(|i| i == "busybox:1.37"), "{images:?}");
+    let history = s.kubectl_ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains("1 ") && history.contains("2 "), "{history}");
+
+    // Undo goes back to the first template, reusing its ReplicaSet.
+    s.kubectl_ok(&["rollout", "undo", "deployment/web"]);
+    wait_until("the undo finishes", Duration::from_secs(90), || {
+        mark_ready(&s, "app=web");
+        let d = s.kubectl_json(&["get", "deployment", "web", "-o", "json"]);
+        d["spec"]["template"]["spec"]["containers"][0]["image"] == "busybox:1.36"
+            && d["status"]["updatedReplicas"] == 4
+            && d["status"]["availableReplicas"] == 4
+            && d["status"]["replicas"] == 4
+    });
+    let sets = s.kubectl_ok(&["get", "rs", "-l", "app=web", "-o", "name"]);
+    assert_eq!(sets.lines().count(), 2, "undo reused the first ReplicaSet: {sets}");
+    let first = first_rs.trim();
+    let rs = s.kubectl_json(&["get", first, "-o", "json"]);
+    assert_eq!(rs["spec"]["replicas"], 4, "{first} runs again");
+    assert_eq!(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+}
