@@ -5,3 +5,4 @@
 
 pub mod lease;
 pub mod node_lifecycle;
+pub mod scheduler;
