@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 mod agent;
+mod api;
 mod apiserver;
 mod bootstrap;
 mod cli;

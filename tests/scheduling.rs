@@ -76,9 +76,8 @@ spec:
 
 #[test]
 fn a_dedicated_control_plane_gets_only_pods_that_tolerate_it() {
-    let s = Server::start(
-        Options::default().arg("--node-taint", "CriticalAddonsOnly=true:NoExecute"),
-    );
+    let s =
+        Server::start(Options::default().arg("--node-taint", "CriticalAddonsOnly=true:NoExecute"));
     let agents: Vec<Agent> = ["board-1", "board-2"]
         .iter()
         .map(|n| Agent::start(&s.url(), &s.token(), n, &[]))
@@ -155,9 +154,11 @@ spec:
 
     // Labelling a board makes room: the waiting pod is placed without any timer.
     s.kubectl_ok(&["label", "node", "board-2", "disk=ssd"]);
-    wait_until("the lost pod is bound to board-2", Duration::from_secs(10), || {
-        node_of(&s.kubectl_json(&["get", "pod", "lost", "-o", "json"])) == "board-2"
-    });
+    wait_until(
+        "the lost pod is bound to board-2",
+        Duration::from_secs(10),
+        || node_of(&s.kubectl_json(&["get", "pod", "lost", "-o", "json"])) == "board-2",
+    );
 
     // Scaling down removes pods; the deployment's ReplicaSet follows.
     s.kubectl_ok(&["scale", "deployment", "web", "--replicas=1"]);
@@ -236,16 +237,27 @@ fn a_rolling_update_keeps_enough_pods_available_and_undo_restores_the_template()
             && d["status"]["availableReplicas"] == 4
             && d["status"]["replicas"] == 4
     });
-    assert!(lowest >= 3, "ready pods fell to {lowest} (maxUnavailable 1 of 4)");
+    assert!(
+        lowest >= 3,
+        "ready pods fell to {lowest} (maxUnavailable 1 of 4)"
+    );
     let status = s.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
     assert!(status.contains("successfully rolled out"), "{status}");
     let images: Vec<String> = pods(&s, "app=web")
         .iter()
-        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap_or("").to_owned())
+        .map(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
         .collect();
     assert!(images.iter().all(|i| i == "busybox:1.37"), "{images:?}");
     let history = s.kubectl_ok(&["rollout", "history", "deployment/web"]);
-    assert!(history.contains("1 ") && history.contains("2 "), "{history}");
+    assert!(
+        history.contains("1 ") && history.contains("2 "),
+        "{history}"
+    );
 
     // Undo goes back to the first template, reusing its ReplicaSet.
     s.kubectl_ok(&["rollout", "undo", "deployment/web"]);
@@ -258,9 +270,16 @@ fn a_rolling_update_keeps_enough_pods_available_and_undo_restores_the_template()
             && d["status"]["replicas"] == 4
     });
     let sets = s.kubectl_ok(&["get", "rs", "-l", "app=web", "-o", "name"]);
-    assert_eq!(sets.lines().count(), 2, "undo reused the first ReplicaSet: {sets}");
+    assert_eq!(
+        sets.lines().count(),
+        2,
+        "undo reused the first ReplicaSet: {sets}"
+    );
     let first = first_rs.trim();
     let rs = s.kubectl_json(&["get", first, "-o", "json"]);
     assert_eq!(rs["spec"]["replicas"], 4, "{first} runs again");
-    assert_eq!(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+    assert_eq!(
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
 }

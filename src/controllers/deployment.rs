@@ -347,23 +347,30 @@ impl Deployments {
             self.scale(ctx, d, new, replicas).await?;
         }
         // Scale old ReplicaSets down, as far as availability allows: first their pods that
-        // are not available (they serve nobody), then available ones.
+        // are not available (they serve nobody), then available ones. The bound comes from
+        // the replicas asked for, which the cache shows as written, because ReplicaSets'
+        // status (what is available) lags behind their scaling: counted from status alone,
+        // an old set scaled down a moment ago still looks full and would be cut twice.
         let available = |rs: &Value| owner::int(rs, "/status/availableReplicas", 0);
-        let all_available: i64 = available(new) + olds.iter().map(available).sum::<i64>();
         let min_available = replicas - max_unavailable;
         let total_now: i64 = spec(new) + olds.iter().map(spec).sum::<i64>();
         let new_unavailable = (spec(new) - available(new)).max(0);
-        let mut budget = (total_now - min_available - new_unavailable).max(0);
+        let mut bound = (total_now - min_available - new_unavailable).max(0);
         for rs in olds.iter_mut() {
             let unhealthy = (spec(rs) - available(rs)).max(0);
-            let cut = unhealthy.min(budget);
+            let cut = unhealthy.min(bound);
             if cut > 0 {
                 let to = spec(rs) - cut;
                 self.scale(ctx, d, rs, to).await?;
-                budget -= cut;
+                bound -= cut;
             }
         }
-        let mut budget = (all_available - min_available).max(0);
+        let all_available: i64 = available(new)
+            + olds
+                .iter()
+                .map(|rs| available(rs).min(spec(rs)))
+                .sum::<i64>();
+        let mut budget = (all_available - min_available).max(0).min(bound);
         for rs in olds.iter_mut() {
             if budget == 0 {
                 break;

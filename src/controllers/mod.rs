@@ -1,8 +1,9 @@
 //! Controllers that must run on exactly one server at a time: the holder of a database lease.
 //!
 //! [`lease`] elects the holder and fences it; the rest run under it, on the shared runtime
-//! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`replicaset`] keeps pods of a
-//! template, [`deployment`] rolls templates out through ReplicaSets, and [`events`] records what they did. [`owner`] holds what they share about
+//! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
+//! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
+//! ReplicaSets, and [`events`] records what they did. [`owner`] holds what they share about
 //! objects.
 
 pub mod deployment;
@@ -11,16 +12,17 @@ pub mod lease;
 pub mod node_lifecycle;
 pub mod owner;
 pub mod replicaset;
+pub mod scheduler;
 
 use std::time::Duration;
 
-use crate::apiserver::resources::{NODES, Resource};
+use crate::apiserver::resources::{NODES, PODS, Resource};
 use crate::runtime::controller::{self, Starter};
 
 /// What runs under the controllers lease: the kinds their cache holds, and what starts them
 /// once it is synced.
 pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
-    let mut kinds: Vec<&'static Resource> = vec![&NODES];
+    let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(replicaset::ReplicaSets::KINDS);
     kinds.extend(deployment::Deployments::KINDS);
     kinds.sort_by_key(|r| r.plural);
@@ -28,6 +30,12 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     let starter: Starter = Box::new(move |ctx, set| {
         let recorder = |component| events::Recorder::new(ctx.registry.clone(), component);
         set.spawn(node_lifecycle::NodeLifecycle { grace }.run(ctx.clone()));
+        set.spawn(
+            scheduler::Scheduler {
+                events: recorder("default-scheduler"),
+            }
+            .run(ctx.clone()),
+        );
         set.spawn(controller::run(
             replicaset::ReplicaSets {
                 events: recorder("replicaset-controller"),

@@ -30,6 +30,9 @@ use crate::runtime::controller::Context;
 /// Bindings in flight at once.
 const PARALLEL_BINDS: usize = 32;
 
+/// A binding that did not happen: the pod and why.
+type FailedBind = (ObjectRef, Arc<Value>, ApiError);
+
 pub struct Scheduler {
     pub events: Recorder,
 }
@@ -100,8 +103,8 @@ impl Queue {
             Some(pod) => {
                 self.forget(pod);
                 // A pod that finished frees its node's room.
-                let finished = !owner::is_active(pod)
-                    && change.old.as_deref().is_some_and(owner::is_active);
+                let finished =
+                    !owner::is_active(pod) && change.old.as_deref().is_some_and(owner::is_active);
                 if finished {
                     self.retry_unschedulable();
                 }
@@ -109,7 +112,10 @@ impl Queue {
             None => {
                 if let Some(old) = change.old.as_deref() {
                     self.forget(old);
-                    if old["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+                    if old["spec"]["nodeName"]
+                        .as_str()
+                        .is_some_and(|n| !n.is_empty())
+                    {
                         self.retry_unschedulable();
                     }
                 }
@@ -156,9 +162,7 @@ impl Scheduler {
         let nodes = ctx.cache.list(&NODES);
         let pods = ctx.cache.list(&PODS);
         let mut snapshot = Snapshot::new(nodes.iter().map(|n| &**n), pods.iter().map(|p| &**p));
-        let batch: Vec<(String, String)> = std::mem::take(&mut queue.active)
-            .into_keys()
-            .collect();
+        let batch: Vec<(String, String)> = std::mem::take(&mut queue.active).into_keys().collect();
         let mut binds = vec![];
         let mut refused = vec![];
         for (created, path) in batch {
@@ -181,33 +185,32 @@ impl Scheduler {
         }
         let registry = &ctx.registry;
         let events = &self.events;
-        let results: Vec<Result<Value, (ObjectRef, Arc<Value>, ApiError)>> =
-            futures_util::stream::iter(binds)
-                .map(|(r, pod, node)| async move {
-                    let uid = owner::uid(&pod).to_owned();
-                    match registry.bind(&r, &node, Some(&uid)).await {
-                        Ok(bound) => {
-                            events
-                                .record(
-                                    &PODS,
-                                    &bound,
-                                    Type::Normal,
-                                    "Scheduled",
-                                    &format!(
-                                        "Successfully assigned {}/{} to {node}",
-                                        owner::namespace(&bound),
-                                        r.name
-                                    ),
-                                )
-                                .await;
-                            Ok(bound)
-                        }
-                        Err(e) => Err((r, pod, e)),
+        let results: Vec<Result<Value, FailedBind>> = futures_util::stream::iter(binds)
+            .map(|(r, pod, node)| async move {
+                let uid = owner::uid(&pod).to_owned();
+                match registry.bind(&r, &node, Some(&uid)).await {
+                    Ok(bound) => {
+                        events
+                            .record(
+                                &PODS,
+                                &bound,
+                                Type::Normal,
+                                "Scheduled",
+                                &format!(
+                                    "Successfully assigned {}/{} to {node}",
+                                    owner::namespace(&bound),
+                                    r.name
+                                ),
+                            )
+                            .await;
+                        Ok(bound)
                     }
-                })
-                .buffer_unordered(PARALLEL_BINDS)
-                .collect()
-                .await;
+                    Err(e) => Err((r, pod, e)),
+                }
+            })
+            .buffer_unordered(PARALLEL_BINDS)
+            .collect()
+            .await;
         for result in results {
             match result {
                 Ok(bound) => ctx.wrote(&bound),
