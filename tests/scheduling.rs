@@ -283,3 +283,64 @@ fn a_rolling_update_keeps_enough_pods_available_and_undo_restores_the_template()
         "3"
     );
 }
+
+fn count(s: &Server, what: &str, selector: &str) -> usize {
+    s.kubectl_ok(&["get", what, "-l", selector, "-o", "name"])
+        .lines()
+        .count()
+}
+
+#[test]
+fn deleting_a_deployment_cascades_in_the_background_the_foreground_or_not_at_all() {
+    let s = Server::start(Options::default());
+    for name in ["bg", "fg", "keep"] {
+        apply(&s, name, &deployment(name, 2, ""));
+    }
+    for name in ["bg", "fg", "keep"] {
+        wait_until(&format!("2 {name} pods"), SETTLE, || {
+            count(&s, "pods", &format!("app={name}")) == 2
+        });
+    }
+
+    // kubectl's default: background. The Deployment goes at once, then its ReplicaSet and pods.
+    s.kubectl_ok(&["delete", "deployment", "bg"]);
+    wait_until("bg's ReplicaSet and pods are gone", SETTLE, || {
+        count(&s, "rs", "app=bg") == 0 && count(&s, "pods", "app=bg") == 0
+    });
+
+    // Foreground: the Deployment stays, terminating, until its dependents are gone.
+    s.kubectl_ok(&[
+        "delete",
+        "deployment",
+        "fg",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    wait_until("fg and everything under it are gone", SETTLE, || {
+        !s.kubectl(&["get", "deployment", "fg"]).status.success()
+            && count(&s, "rs", "app=fg") == 0
+            && count(&s, "pods", "app=fg") == 0
+    });
+
+    // Orphan: the Deployment goes; its ReplicaSet and pods stay, owned by nobody.
+    s.kubectl_ok(&["delete", "deployment", "keep", "--cascade=orphan"]);
+    wait_until("keep's deployment is gone", SETTLE, || {
+        !s.kubectl(&["get", "deployment", "keep"]).status.success()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&s, "rs", "app=keep"), 1, "the ReplicaSet stays");
+    assert_eq!(count(&s, "pods", "app=keep"), 2, "its pods stay");
+    let rs = s.kubectl_json(&["get", "rs", "-l", "app=keep", "-o", "json"]);
+    assert!(
+        rs["items"][0]["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "released: {}",
+        rs["items"][0]["metadata"]
+    );
+    // Deleting the orphaned ReplicaSet takes its pods with it.
+    s.kubectl_ok(&["delete", "rs", "-l", "app=keep"]);
+    wait_until("keep's pods are gone", SETTLE, || {
+        count(&s, "pods", "app=keep") == 0
+    });
+}

@@ -32,6 +32,42 @@ const PATCH_RETRIES: usize = 64;
 /// control-plane leases are.
 pub const LEASE_NAMESPACE: &str = "kube-system";
 
+/// What happens to an object's dependents when it is deleted (`propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes now; the garbage collector deletes its dependents afterwards.
+    Background,
+    /// The object stays (terminating) until its blocking dependents are gone.
+    Foreground,
+    /// The dependents stay, released from their owner.
+    Orphan,
+}
+
+impl Propagation {
+    pub fn parse(policy: &str) -> Result<Propagation> {
+        match policy {
+            "Background" | "" => Ok(Propagation::Background),
+            "Foreground" => Ok(Propagation::Foreground),
+            "Orphan" => Ok(Propagation::Orphan),
+            other => Err(ApiError::BadRequest(format!(
+                "propagationPolicy {other:?} is not supported: supported values: \"Background\", \"Foreground\", \"Orphan\""
+            ))),
+        }
+    }
+
+    /// The finalizer that holds the object while the garbage collector works.
+    pub fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+            Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        }
+    }
+}
+
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -479,7 +515,60 @@ impl Registry {
         Ok(obj)
     }
 
+    /// Deletes an object, leaving its dependents to the garbage collector (background).
     pub async fn delete(&self, r: &ObjectRef, precondition: Option<i64>) -> Result<Value> {
+        self.delete_with(r, precondition, Propagation::Background)
+            .await
+    }
+
+    /// Deletes an object. Foreground and Orphan propagation only mark it (deletionTimestamp
+    /// and the `foregroundDeletion` or `orphan` finalizer); the garbage collector deletes or
+    /// releases its dependents, then removes the finalizer, and the object goes.
+    pub async fn delete_with(
+        &self,
+        r: &ObjectRef,
+        precondition: Option<i64>,
+        propagation: Propagation,
+    ) -> Result<Value> {
+        if let Some(finalizer) = propagation.finalizer() {
+            if self.dry_run {
+                return self.get(r).await;
+            }
+            for _ in 0..PATCH_RETRIES {
+                let current = self.get(r).await?;
+                if precondition.is_some_and(|want| revision_of(&current) != Some(want)) {
+                    return Err(ApiError::Conflict {
+                        resource: r.resource.group_resource(),
+                        name: r.name.clone(),
+                    });
+                }
+                let mut obj = current.clone();
+                let finalizers = &mut obj["metadata"]["finalizers"];
+                if !finalizers.is_array() {
+                    *finalizers = json!([]);
+                }
+                if let Some(list) = finalizers.as_array_mut()
+                    && !list.iter().any(|f| f == finalizer)
+                {
+                    list.push(json!(finalizer));
+                }
+                if !is_terminating(&obj) {
+                    obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                    obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                }
+                if obj == current {
+                    return Ok(current);
+                }
+                match self.store_update(r, revision_of(&current), &mut obj).await {
+                    Err(ApiError::Conflict { .. }) => continue,
+                    other => return other.map(|_| obj),
+                }
+            }
+            return Err(ApiError::Conflict {
+                resource: r.resource.group_resource(),
+                name: r.name.clone(),
+            });
+        }
         if r.resource == &NAMESPACES && SYSTEM_NAMESPACES.contains(&r.name.as_str()) {
             return Err(ApiError::Forbidden(format!(
                 "namespaces \"{}\" is forbidden: this namespace may not be deleted",

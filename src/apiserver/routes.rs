@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::admission::Writer;
 use super::auth::Identity;
 use super::patch;
-use super::registry::Part;
+use super::registry::{Part, Propagation};
 use super::resources::{CORE_V1, GroupVersion, ObjectRef, Resource};
 use super::selector::Selector;
 use super::status::{ApiError, Result};
@@ -546,9 +546,20 @@ async fn resource(
                 Some(d) if d.iter().any(|v| v == "All") => registry.dry_run(),
                 _ => registry,
             };
+            // `propagationPolicy` in the DeleteOptions (kubectl) or the query; the old
+            // `orphanDependents` boolean too.
+            let propagation = match (
+                opts.get("propagationPolicy").and_then(Value::as_str),
+                query.get("propagationPolicy"),
+                opts.get("orphanDependents").and_then(Value::as_bool),
+            ) {
+                (Some(p), _, _) | (None, Some(p), _) => Propagation::parse(p)?,
+                (None, None, Some(true)) => Propagation::Orphan,
+                _ => Propagation::Background,
+            };
             Ok(json(
                 StatusCode::OK,
-                &registry.delete(&r, precondition).await?,
+                &registry.delete_with(&r, precondition, propagation).await?,
             ))
         }
         _ => Err(ApiError::MethodNotAllowed),

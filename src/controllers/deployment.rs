@@ -401,11 +401,11 @@ impl Deployments {
         }
         for rs in &empty[..empty.len() - limit] {
             match ctx.registry.delete(&rs_ref(rs), None).await {
-                Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                Ok(last) => ctx.wrote(&last),
+                Err(ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        ctx.wrote_revision(ctx.cache.revision() + 1);
         Ok(())
     }
 

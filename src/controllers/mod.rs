@@ -3,11 +3,13 @@
 //! [`lease`] elects the holder and fences it; the rest run under it, on the shared runtime
 //! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
-//! ReplicaSets, and [`events`] records what they did. [`owner`] holds what they share about
+//! ReplicaSets, [`garbage_collector`] deletes what lost its owners, and [`events`] records
+//! what they did. [`owner`] holds what they share about
 //! objects.
 
 pub mod deployment;
 pub mod events;
+pub mod garbage_collector;
 pub mod lease;
 pub mod node_lifecycle;
 pub mod owner;
@@ -46,6 +48,10 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
             deployment::Deployments {
                 events: recorder("deployment-controller"),
             },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            garbage_collector::GarbageCollector,
             ctx.clone(),
         ));
     });

@@ -195,8 +195,6 @@ impl ReplicaSets {
                 Err(e) => return Err(e),
             }
         }
-        // A deletion's own revision is after the object's last one: wait for the next.
-        ctx.wrote_revision(ctx.cache.revision() + 1);
         Ok(())
     }
 }

@@ -137,6 +137,7 @@ impl Cache {
     }
 
     /// Every write at or below this revision is visible.
+    #[cfg(test)]
     pub fn revision(&self) -> i64 {
         *self.inner.revision.borrow()
     }
@@ -238,7 +239,7 @@ impl Cache {
     }
 
     /// The kinds cached.
-    pub(super) fn kinds(&self) -> Vec<&'static Resource> {
+    pub fn kinds(&self) -> Vec<&'static Resource> {
         self.read(|k| {
             k.keys()
                 .filter_map(|plural| Resource::by_plural(plural))

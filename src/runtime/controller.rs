@@ -67,12 +67,6 @@ impl Context {
         }
     }
 
-    /// Notes a write by its revision (a deletion answers with the object's last one: the
-    /// deletion itself is later, so the feed's next revision is awaited).
-    pub fn wrote_revision(&self, rev: i64) {
-        self.written.fetch_max(rev, Ordering::Relaxed);
-    }
-
     pub async fn settle(&self) {
         let rev = self.written.swap(0, Ordering::Relaxed);
         if rev > 0 && !self.cache.wait_for(rev, READ_YOUR_WRITES).await {
