@@ -127,6 +127,53 @@ fn a_dedicated_control_plane_gets_only_pods_that_tolerate_it() {
     assert_eq!(by_node.len(), 3, "one addon pod per node: {by_node:?}");
     assert_eq!(by_node.get(s.node_name()), Some(&1), "{by_node:?}");
 
+    // DaemonSets: one pod per node that should run it, bound there by the scheduler.
+    let daemonset = |name: &str, tolerations: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: {name}}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers: [{{name: c, image: "busybox:1.36"}}]
+{tolerations}
+"#
+        )
+    };
+    apply(&s, "logs", &daemonset("logs", ""));
+    apply(
+        &s,
+        "netd",
+        &daemonset(
+            "netd",
+            "      tolerations: [{key: CriticalAddonsOnly, operator: Exists, effect: NoExecute}]",
+        ),
+    );
+    wait_until("daemon pods bound", SETTLE, || {
+        let bound = |sel: &str| {
+            pods(&s, sel)
+                .iter()
+                .filter(|p| !node_of(p).is_empty())
+                .count()
+        };
+        bound("app=logs") == 2 && bound("app=netd") == 3
+    });
+    let logs = spread(&s, "app=logs");
+    assert_eq!(logs.get("board-1"), Some(&1), "{logs:?}");
+    assert_eq!(logs.get("board-2"), Some(&1), "{logs:?}");
+    let netd = spread(&s, "app=netd");
+    assert_eq!(netd.len(), 3, "on every node, the server too: {netd:?}");
+    let ds = s.kubectl_json(&["get", "daemonset", "netd", "-o", "json"]);
+    assert_eq!(
+        ds["status"]["desiredNumberScheduled"], 3,
+        "{}",
+        ds["status"]
+    );
+
     // A pod that fits nowhere says why, in Kubernetes' words, where users look.
     apply(
         &s,

@@ -660,23 +660,11 @@ pub fn template_hash(template: &Value, collisions: Option<u32>) -> String {
 /// unavailability down; both zero would stall, so unavailability is then one.
 pub fn limits(d: &Value, replicas: i64) -> (i64, i64) {
     let ru = &d["spec"]["strategy"]["rollingUpdate"];
-    let resolve = |v: &Value, round_up: bool| -> i64 {
-        match v {
-            Value::Number(n) => n.as_i64().unwrap_or(0).max(0),
-            Value::String(s) => match s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
-                Some(p) if round_up => (p * replicas + 99) / 100,
-                Some(p) => p * replicas / 100,
-                None => s.parse().unwrap_or(0),
-            },
-            _ if round_up => (25 * replicas + 99) / 100,
-            _ => 25 * replicas / 100,
-        }
-    };
     if d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") {
         return (0, replicas);
     }
-    let surge = resolve(&ru["maxSurge"], true);
-    let unavailable = resolve(&ru["maxUnavailable"], false);
+    let surge = owner::scaled(&ru["maxSurge"], replicas, true, "25%");
+    let unavailable = owner::scaled(&ru["maxUnavailable"], replicas, false, "25%");
     if surge == 0 && unavailable == 0 {
         (0, 1)
     } else {

@@ -3,10 +3,11 @@
 //! [`lease`] elects the holder and fences it; the rest run under it, on the shared runtime
 //! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
-//! ReplicaSets, [`garbage_collector`] deletes what lost its owners, and [`events`] records
+//! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`garbage_collector`] deletes what lost its owners, and [`events`] records
 //! what they did. [`owner`] holds what they share about
 //! objects.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod events;
 pub mod garbage_collector;
@@ -27,6 +28,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(replicaset::ReplicaSets::KINDS);
     kinds.extend(deployment::Deployments::KINDS);
+    kinds.extend(daemonset::DaemonSets::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -47,6 +49,12 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
         set.spawn(controller::run(
             deployment::Deployments {
                 events: recorder("deployment-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            daemonset::DaemonSets {
+                events: recorder("daemonset-controller"),
             },
             ctx.clone(),
         ));

@@ -138,6 +138,30 @@ pub fn timestamp(obj: &Value, pointer: &str) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// An int-or-percent (`maxSurge: 1`, `maxUnavailable: "25%"`) in pods out of `total`,
+/// percentages rounded up or down; `default` when absent or malformed.
+pub fn scaled(v: &Value, total: i64, round_up: bool, default: &str) -> i64 {
+    let percent = |p: i64| {
+        if round_up {
+            (p * total + 99) / 100
+        } else {
+            p * total / 100
+        }
+    };
+    let from_text = |s: &str| match s.strip_suffix('%') {
+        Some(p) => p.parse::<i64>().ok().map(percent),
+        None => s.parse::<i64>().ok(),
+    };
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => from_text(s),
+        _ => None,
+    }
+    .or_else(|| from_text(default))
+    .unwrap_or(0)
+    .max(0)
+}
+
 /// An `int32` field, or `default` if absent.
 pub fn int(obj: &Value, pointer: &str, default: i64) -> i64 {
     obj.pointer(pointer)
