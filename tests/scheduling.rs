@@ -174,6 +174,26 @@ spec:
         ds["status"]
     );
 
+    // A pod put on the server by hand (no scheduler asked) is evicted by the NoExecute taint.
+    apply(
+        &s,
+        "squatter",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: squatter}}
+spec:
+  nodeName: {}
+  containers: [{{name: c, image: "busybox:1.36"}}]
+"#,
+            s.node_name()
+        ),
+    );
+    wait_until("the squatter is evicted", SETTLE, || {
+        !s.kubectl(&["get", "pod", "squatter"]).status.success()
+    });
+
     // A pod that fits nowhere says why, in Kubernetes' words, where users look.
     apply(
         &s,
@@ -390,4 +410,48 @@ fn deleting_a_deployment_cascades_in_the_background_the_foreground_or_not_at_all
     wait_until("keep's pods are gone", SETTLE, || {
         count(&s, "pods", "app=keep") == 0
     });
+}
+
+#[test]
+fn pods_of_a_dead_board_are_replaced_elsewhere_after_their_toleration() {
+    let s = Server::start(
+        Options::default()
+            .arg("--node-taint", "CriticalAddonsOnly=true:NoExecute")
+            .arg("--node-monitor-grace-period", "4s"),
+    );
+    let mut agents: Vec<Agent> = ["board-1", "board-2"]
+        .iter()
+        .map(|n| Agent::start(&s.url(), &s.token(), n, &[]))
+        .collect();
+    for a in &agents {
+        a.wait_log("tunnel connected", JOIN_TIMEOUT);
+    }
+    wait_until("three Ready nodes", JOIN_TIMEOUT, || ready_nodes(&s) == 3);
+    // Tolerate an unreachable node for 2 s instead of the default 300 s.
+    apply(
+        &s,
+        "web",
+        &deployment(
+            "web",
+            4,
+            r#"      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}"#,
+        ),
+    );
+    wait_until("4 web pods bound", SETTLE, || {
+        let p = pods(&s, "app=web");
+        p.len() == 4 && p.iter().all(|p| !node_of(p).is_empty())
+    });
+    let before = spread(&s, "app=web");
+    assert_eq!(before.get("board-1"), Some(&2), "{before:?}");
+
+    agents[0].kill();
+    let took = wait_until("all web pods on board-2", Duration::from_secs(60), || {
+        let p = pods(&s, "app=web");
+        p.len() == 4 && p.iter().all(|p| node_of(p) == "board-2")
+    });
+    // Grace 4 s + toleration 2 s, plus the moves themselves.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let events = s.kubectl_ok(&["get", "events"]);
+    assert!(events.contains("TaintManagerEviction"), "{events}");
 }

@@ -2,6 +2,7 @@
 //!
 //! [`lease`] elects the holder and fences it; the rest run under it, on the shared runtime
 //! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
+//! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
 //! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`garbage_collector`] deletes what lost its owners, and [`events`] records
 //! what they did. [`owner`] holds what they share about
@@ -16,6 +17,7 @@ pub mod node_lifecycle;
 pub mod owner;
 pub mod replicaset;
 pub mod scheduler;
+pub mod taint_eviction;
 
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     kinds.extend(replicaset::ReplicaSets::KINDS);
     kinds.extend(deployment::Deployments::KINDS);
     kinds.extend(daemonset::DaemonSets::KINDS);
+    kinds.extend(taint_eviction::TaintEviction::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -55,6 +58,12 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
         set.spawn(controller::run(
             daemonset::DaemonSets {
                 events: recorder("daemonset-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            taint_eviction::TaintEviction {
+                events: recorder("taint-eviction-controller"),
             },
             ctx.clone(),
         ));

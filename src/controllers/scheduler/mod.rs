@@ -63,6 +63,18 @@ pub fn wants(pod: &Value) -> bool {
         && spec["schedulingGates"].as_array().is_none_or(Vec::is_empty)
 }
 
+/// Whether one toleration tolerates one taint (both in their JSON form), as kube's
+/// `ToleratesTaint`; malformed ones tolerate and are nothing.
+pub fn tolerates(toleration: &Value, taint: &Value) -> bool {
+    match (
+        view::Toleration::parse(toleration),
+        view::Taint::parse(taint),
+    ) {
+        (Some(t), Some(taint)) => t.tolerates(&taint),
+        _ => false,
+    }
+}
+
 /// Why a pod fits no node. Retryable: the loop tries again when nodes or pods change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unschedulable {

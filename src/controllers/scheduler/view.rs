@@ -446,7 +446,7 @@ impl HostPort {
 // === impl Toleration ===
 
 impl Toleration {
-    fn parse(t: &Value) -> Option<Toleration> {
+    pub fn parse(t: &Value) -> Option<Toleration> {
         let key = str_at(t, "key").unwrap_or_default().to_string();
         let op = match str_at(t, "operator").unwrap_or("Equal") {
             "Exists" => TolerationOp::Exists,
@@ -477,6 +477,16 @@ impl Toleration {
             TolerationOp::Exists => true,
             TolerationOp::Equal(v) => *v == taint.value,
         }
+    }
+}
+
+impl Taint {
+    pub fn parse(t: &Value) -> Option<Taint> {
+        Some(Taint {
+            key: str_at(t, "key")?.to_string(),
+            value: str_at(t, "value").unwrap_or_default().to_string(),
+            effect: parse_effect(str_at(t, "effect")?)?,
+        })
     }
 }
 
@@ -665,13 +675,7 @@ impl NodeView {
             .or_insert_with(|| name.clone());
         let mut taints: Vec<Taint> = array(&node["spec"]["taints"])
             .iter()
-            .filter_map(|t| {
-                Some(Taint {
-                    key: str_at(t, "key")?.to_string(),
-                    value: str_at(t, "value").unwrap_or_default().to_string(),
-                    effect: parse_effect(str_at(t, "effect")?)?,
-                })
-            })
+            .filter_map(Taint::parse)
             .collect();
         let conditions = array(&node["status"]["conditions"]);
         for implied in condition_taints(conditions) {
