@@ -4,7 +4,8 @@
 //! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
 //! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
-//! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`garbage_collector`] deletes what lost its owners, and [`events`] records
+//! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`job`] runs pods to
+//! completion, [`garbage_collector`] deletes what lost its owners, and [`events`] records
 //! what they did. [`owner`] holds what they share about
 //! objects.
 
@@ -12,6 +13,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod events;
 pub mod garbage_collector;
+pub mod job;
 pub mod lease;
 pub mod node_lifecycle;
 pub mod owner;
@@ -31,6 +33,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     kinds.extend(replicaset::ReplicaSets::KINDS);
     kinds.extend(deployment::Deployments::KINDS);
     kinds.extend(daemonset::DaemonSets::KINDS);
+    kinds.extend(job::Jobs::KINDS);
     kinds.extend(taint_eviction::TaintEviction::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
@@ -58,6 +61,12 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
         set.spawn(controller::run(
             daemonset::DaemonSets {
                 events: recorder("daemonset-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            job::Jobs {
+                events: recorder("job-controller"),
             },
             ctx.clone(),
         ));
