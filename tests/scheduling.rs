@@ -455,3 +455,96 @@ fn pods_of_a_dead_board_are_replaced_elsewhere_after_their_toleration() {
     let events = s.kubectl_ok(&["get", "events"]);
     assert!(events.contains("TaintManagerEviction"), "{events}");
 }
+
+#[test]
+fn a_service_lists_the_pods_it_selects_as_endpoints_and_slices() {
+    let s = Server::start(Options::default());
+    apply(
+        &s,
+        "web",
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: "busybox:1.36", ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#,
+    );
+    wait_until("2 web pods bound", SETTLE, || {
+        let p = pods(&s, "app=web");
+        p.len() == 2 && p.iter().all(|p| !node_of(p).is_empty())
+    });
+    // Play the kubelet: an IP for each, only the first Ready.
+    for (i, p) in pods(&s, "app=web").iter().enumerate() {
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        let status = serde_json::json!({"status": {
+            "phase": "Running",
+            "podIP": format!("198.18.7.{}", i + 10),
+            "conditions": [{"type": "Ready", "status": if i == 0 { "True" } else { "False" }}]
+        }});
+        s.kubectl_ok(&[
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ]);
+    }
+    wait_until("the endpoints list both pods", SETTLE, || {
+        let e = s.kubectl_json(&["get", "endpoints", "web", "-o", "json"]);
+        e["subsets"][0]["addresses"][0]["ip"] == "198.18.7.10"
+            && e["subsets"][0]["notReadyAddresses"][0]["ip"] == "198.18.7.11"
+    });
+    let e = s.kubectl_json(&["get", "endpoints", "web", "-o", "json"]);
+    assert_eq!(
+        e["subsets"][0]["ports"][0]["port"], 8080,
+        "named port resolved: {e}"
+    );
+    let row = s.kubectl_ok(&["get", "endpoints", "web", "--no-headers"]);
+    assert!(row.contains("198.18.7.10:8080"), "{row}");
+    let slices = s.kubectl_json(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "json",
+    ]);
+    let slice = &slices["items"][0];
+    assert_eq!(slice["ports"][0]["port"], 8080, "{slice}");
+    assert_eq!(
+        slice["endpoints"].as_array().map(Vec::len),
+        Some(2),
+        "{slice}"
+    );
+
+    // Deleting the Service takes its Endpoints and slices with it.
+    s.kubectl_ok(&["delete", "service", "web"]);
+    wait_until("endpoints and slices gone", SETTLE, || {
+        !s.kubectl(&["get", "endpoints", "web"]).status.success()
+            && s.kubectl_ok(&[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=web",
+                "-o",
+                "name",
+            ])
+            .trim()
+            .is_empty()
+    });
+}

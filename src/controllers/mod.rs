@@ -5,12 +5,13 @@
 //! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
 //! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`job`] runs pods to
-//! completion, [`garbage_collector`] deletes what lost its owners, and [`events`] records
+//! completion, [`endpoints`] lists the pods behind each Service, [`garbage_collector`] deletes what lost its owners, and [`events`] records
 //! what they did. [`owner`] holds what they share about
 //! objects.
 
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod garbage_collector;
 pub mod job;
@@ -34,6 +35,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     kinds.extend(deployment::Deployments::KINDS);
     kinds.extend(daemonset::DaemonSets::KINDS);
     kinds.extend(job::Jobs::KINDS);
+    kinds.extend(endpoints::Endpoints::KINDS);
     kinds.extend(taint_eviction::TaintEviction::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
@@ -76,6 +78,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
             },
             ctx.clone(),
         ));
+        set.spawn(controller::run(endpoints::Endpoints, ctx.clone()));
         set.spawn(controller::run(
             garbage_collector::GarbageCollector,
             ctx.clone(),

@@ -105,6 +105,14 @@ pub fn is_active(pod: &Value) -> bool {
         )
 }
 
+/// A pod that has not finished (it may be on its way out).
+pub fn is_active_or_terminating(pod: &Value) -> bool {
+    !matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 fn ready_condition(pod: &Value) -> Option<&Value> {
     pod.pointer("/status/conditions")?
         .as_array()?
