@@ -284,14 +284,16 @@ fn target_port(port: &Value, pod: &Value) -> Option<i64> {
     }
 }
 
+/// A Service port as one pod serves it: name, number, protocol.
+type ResolvedPort = (String, i64, String);
+
 /// Endpoints subsets: pods grouped by the ports they resolve to, ready ones apart.
 fn subsets(svc: &Value, pods: &[&Value]) -> Value {
     let ports = service_ports(svc);
     // Pods with the same resolved ports share a subset.
-    let mut groups: BTreeMap<Vec<(String, i64, String)>, (Vec<Value>, Vec<Value>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<Vec<ResolvedPort>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
     for pod in pods {
-        let resolved: Vec<(String, i64, String)> = ports
+        let resolved: Vec<ResolvedPort> = ports
             .iter()
             .filter_map(|p| {
                 Some((
