@@ -15,6 +15,7 @@ pub mod allocator;
 pub mod auth;
 pub mod discovery;
 pub mod kinds;
+pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;

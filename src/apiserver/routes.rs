@@ -22,7 +22,7 @@ use super::selector::Selector;
 use super::status::{ApiError, Result};
 use super::table::{self, Include};
 use super::watch::{self, Start, WatchRequest};
-use super::{Api, Body, discovery, scale};
+use super::{Api, Body, discovery, openapi, scale};
 
 /// Largest request body accepted, as the Kubernetes API server (3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -136,6 +136,7 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
             Some(gv) => Ok(json(StatusCode::OK, &discovery::resource_list(gv))),
             None => Err(ApiError::UnknownPath),
         },
+        ["openapi", "v3", rest @ ..] if get => Ok(openapi::serve(&req, rest)),
         ["api", "v1", _, ..] | ["apis", _, _, _, ..] if !api.feed.reachable() => {
             Err(ApiError::Unavailable(
                 "the datastore is unreachable; this server retries every second and serves again as soon as it answers".into(),
