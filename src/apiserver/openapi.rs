@@ -61,6 +61,8 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+pub mod v2;
+
 /// Answers `GET /openapi/v3/<rest>`: the index, or one document with its `ETag`. A document
 /// asked for by its current hash may be cached for good, as kube-apiserver allows; one asked
 /// for without it (or by an old hash) must be revalidated.
@@ -72,37 +74,71 @@ pub fn serve<B>(req: &Request<B>, rest: &[&str]) -> Response<Body> {
         return routes::error(&ApiError::UnknownPath);
     };
     let hash = hash(gv);
-    let etag = format!("\"{hash}\"");
     let asked = req
         .uri()
         .query()
         .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "hash"))
         .map(|(_, v)| v.into_owned());
-    let matches = req
+    let immutable = asked.as_deref() == Some(hash.as_str());
+    respond(req, &hash, immutable, "application/json", || document(gv))
+}
+
+/// Answers `GET /openapi/v2`, as protobuf when kubectl asks for it, JSON otherwise.
+pub fn serve_v2<B>(req: &Request<B>) -> Response<Body> {
+    let protobuf = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(v2::PROTOBUF_ASKED));
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(crate::KUBE_VERSION.as_bytes());
+    ctx.update(&[u8::from(protobuf)]);
+    for (_, packed) in SCHEMAS.iter() {
+        ctx.update(packed);
+    }
+    let hash = hex::encode_upper(ctx.finish().as_ref());
+    if protobuf {
+        respond(req, &hash, false, v2::PROTOBUF, v2::protobuf_document)
+    } else {
+        respond(req, &hash, false, "application/json", v2::json_document)
+    }
+}
+
+/// A document with its `ETag`, or 304 when the client holds it already.
+fn respond<B>(
+    req: &Request<B>,
+    hash: &str,
+    immutable: bool,
+    content_type: &'static str,
+    body: impl FnOnce() -> Result<Vec<u8>>,
+) -> Response<Body> {
+    let etag = format!("\"{hash}\"");
+    let held = req
         .headers()
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim() == etag || t.trim() == "*");
-    let mut resp = if matches {
+    let mut resp = if held {
         let mut resp = Response::new(Full::new(Bytes::new()).boxed());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         resp
     } else {
-        match document(gv) {
+        match body() {
             Ok(doc) => {
                 let mut resp = Response::new(Full::new(Bytes::from(doc)).boxed());
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/json"),
+                    header::HeaderValue::from_static(content_type),
                 );
                 resp
             }
             Err(e) => return routes::error(&ApiError::Internal(e.to_string())),
         }
     };
-    let cache = if asked.as_deref() == Some(hash.as_str()) {
+    let cache = if immutable {
         "public, immutable, max-age=31536000"
     } else {
         "no-cache, private"

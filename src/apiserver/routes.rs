@@ -138,6 +138,7 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
             None => Err(ApiError::UnknownPath),
         },
         ["openapi", "v3", rest @ ..] if get => Ok(openapi::serve(&req, rest)),
+        ["openapi", "v2"] if get => Ok(openapi::serve_v2(&req)),
         ["api", "v1", _, ..] | ["apis", _, _, _, ..] if !api.feed.reachable() => {
             Err(ApiError::Unavailable(
                 "the datastore is unreachable; this server retries every second and serves again as soon as it answers".into(),
