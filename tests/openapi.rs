@@ -394,6 +394,42 @@ fn explain_prints_the_descriptions() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
 
+/// kubectl validates a `kind: List` file itself, from `/openapi/v2` (protobuf): the file
+/// `kubectl get -o yaml` writes must apply again with the default flags.
+#[test]
+fn a_list_file_applies_with_default_flags_through_openapi_v2() {
+    let s = Server::start(common::Options::default());
+    let file = write(&s, "all", MANIFEST);
+    s.kubectl_ok(&["apply", "-f", &file]);
+    let listed = s.kubectl_ok(&["get", "deploy,cm,svc", "-n", "shop", "-o", "yaml"]);
+    assert!(listed.contains("kind: List"), "{listed}");
+    let file = write(&s, "listed", &listed);
+    let out = s.kubectl(&["apply", "-f", &file]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl apply of a List: {stderr}");
+    // kubectl warns that the objects were not applied by `apply` before; nothing else.
+    for line in stderr.lines() {
+        assert!(
+            line.contains("missing the kubectl.kubernetes.io/last-applied-configuration")
+                || line.contains("patched automatically"),
+            "{stderr}"
+        );
+    }
+
+    // kubectl's own validation against the v2 schemas names the unknown field.
+    let bad = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: listed\n    namespace: shop\n  dta:\n    a: b\n";
+    let file = write(&s, "bad-list", bad);
+    let err = refused(&s, &["apply", "-f", &file]);
+    assert!(err.contains("unknown field \"dta\""), "{err}");
+
+    let out = s.kubectl_ok(&[
+        "explain",
+        "deployment.spec.replicas",
+        "--output=plaintext-openapiv2",
+    ]);
+    assert!(out.contains("Number of desired pods."), "{out}");
+}
+
 #[test]
 fn documents_are_cached_by_hash_and_etag() {
     let s = Server::start(common::Options::default());
