@@ -194,6 +194,17 @@ fn apply_with_default_flags_validates_on_the_server_and_prints_nothing_on_stderr
             "        - containerPort: 80\n        - containerPort: 443\n",
         );
     let file = write(&s, "edited", &edited);
+    // `kubectl diff` (a server-side dry run of the same patch) shows the change, exit 1.
+    let out = s.kubectl(&["diff", "-f", &file]);
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{diff}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(diff.contains("+        image: nginx:1.28"), "{diff}");
+    assert!(diff.contains("-        - name: LEVEL"), "{diff}");
     let out = s.kubectl(&["apply", "-f", &file]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kubectl apply (edited): {stderr}");
