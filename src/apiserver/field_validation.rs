@@ -82,8 +82,12 @@ pub fn check(
     if directive == Directive::Ignore {
         return Ok(Vec::new());
     }
-    let gv = super::resources::GroupVersion::named(resource.group, resource.version)
-        .unwrap_or(&super::resources::CORE_V1);
+    let gv = openapi::group_version(resource).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "no OpenAPI schemas are embedded for {}",
+            resource.api_version()
+        ))
+    })?;
     let schemas = openapi::schemas(gv).map_err(|e| ApiError::Internal(e.to_string()))?;
     let (definition, kind, version) = if scale {
         (openapi::SCALE.to_owned(), "Scale", "v1")

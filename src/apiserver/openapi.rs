@@ -12,6 +12,11 @@
 //! what it needs (at most [`MAX_INFLATED`] bytes) and drops it with the response. A
 //! document's hash covers its compressed schemas and its paths, so it changes exactly when
 //! the document does and kubectl's cache (keyed by the index's `?hash=`) stays right.
+//!
+//! [`v2`] serves the same schemas as the one Swagger 2.0 document kubectl still reads in a
+//! few places.
+
+pub mod v2;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -26,7 +31,7 @@ use super::resources::{
 use super::routes;
 use super::status::ApiError;
 
-/// Largest inflated schema file accepted (the largest, core/v1, is about 0.6 MiB).
+/// Largest inflated schema file accepted (the largest, core/v1, is about 0.26 MiB).
 pub const MAX_INFLATED: usize = 8 * 1024 * 1024;
 
 /// The embedded schemas of each served group version.
@@ -60,8 +65,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-pub mod v2;
 
 /// Answers `GET /openapi/v3/<rest>`: the index, or one document with its `ETag`. A document
 /// asked for by its current hash may be cached for good, as kube-apiserver allows; one asked
@@ -215,6 +218,11 @@ pub fn schemas(gv: &GroupVersion) -> Result<Map<String, Value>> {
         Ok(_) => Err(corrupt("not a JSON object".into())),
         Err(e) => Err(corrupt(e.to_string())),
     }
+}
+
+/// The group version whose schemas describe `r`.
+pub fn group_version(r: &Resource) -> Option<&'static GroupVersion> {
+    served().find(|gv| gv.group == r.group && gv.version == r.version)
 }
 
 /// The name of a resource's kind among the schemas: `io.k8s.api.apps.v1.Deployment`

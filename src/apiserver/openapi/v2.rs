@@ -13,7 +13,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Error, Result, SCHEMAS, inflate};
+use super::{Result, SCHEMAS};
 
 /// The media type kubectl asks for (client-go's `openAPIV2mimePb`); kube-apiserver answers
 /// it, and the newer spelling, with [`PROTOBUF`] (Go's media type parser refuses the `@`).
@@ -58,21 +58,7 @@ pub fn protobuf_document() -> Result<Vec<u8>> {
 fn definitions() -> Result<Map<String, Value>> {
     let mut all = Map::new();
     for (gv, _) in SCHEMAS.iter() {
-        let schemas = match serde_json::from_slice(&inflate(gv)?) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => {
-                return Err(Error::Corrupt {
-                    gv: gv.api_version(),
-                    why: "not a JSON object".into(),
-                });
-            }
-            Err(e) => {
-                return Err(Error::Corrupt {
-                    gv: gv.api_version(),
-                    why: e.to_string(),
-                });
-            }
-        };
+        let schemas = super::schemas(gv)?;
         for (name, schema) in schemas {
             all.entry(name).or_insert_with(|| to_v2(schema));
         }
