@@ -6,7 +6,7 @@
 //! `x-kubernetes-patch-merge-key`s) and for `kubectl explain`. A document is the group
 //! version's `paths`, written here from [`super::resources`] so they name exactly what is
 //! served, and its `components.schemas`, generated from the `k8s-openapi` crate by
-//! `openapi-gen/` and embedded compressed (raw DEFLATE, `openapi/*.json.deflate`).
+//! `.ci/openapi-gen/` and embedded compressed (raw DEFLATE, `openapi/*.json.deflate`).
 //!
 //! Invariants: nothing is decompressed at start-up or kept afterwards: each request inflates
 //! what it needs (at most [`MAX_INFLATED`] bytes) and drops it with the response. A

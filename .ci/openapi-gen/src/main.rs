@@ -22,7 +22,7 @@ use schemars::r#gen::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
 /// Where the generated files go, relative to this crate.
-const OUT_DIR: &str = "../src/apiserver/openapi";
+const OUT_DIR: &str = "../../src/apiserver/openapi";
 
 /// Lists merged by key in keelson's strategic merge patch (`src/apiserver/patch.rs`), as
 /// (definition, property, merge key). Status `conditions` lists are added for every kind
