@@ -15,7 +15,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 fn apply(s: &Server, name: &str, yaml: &str) {
     let path = s.dir().join(format!("{name}.yaml"));
     std::fs::write(&path, yaml).expect("write manifest");
-    s.kubectl_ok(&["apply", "--validate=false", "-f", path.to_str().unwrap()]);
+    s.kubectl_ok(&["apply", "-f", path.to_str().unwrap()]);
 }
 
 fn job_pods(s: &Server, job: &str) -> Vec<Value> {

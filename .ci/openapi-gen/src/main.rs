@@ -222,7 +222,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name} is not raw DEFLATE: {e:?}"));
             assert!(
                 committed == json,
-                "{name} is stale: run `cargo run --release` in openapi-gen/"
+                "{name} is stale: run `cargo run --release` in .ci/openapi-gen/"
             );
         }
     }
