@@ -35,7 +35,7 @@ mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -116,6 +116,9 @@ pub struct Snapshot {
     /// and fills it lazily; held only while a count is read or made, never across a
     /// decision.
     memo: Mutex<Vec<Memo>>,
+    /// Each topology key's domains, made on first use. Nodes never change after `new`, so
+    /// an entry never goes stale.
+    topologies: Mutex<HashMap<String, Arc<Topology>>>,
 }
 
 /// A node and what is bound to it.
@@ -143,6 +146,13 @@ struct ExistingAnti {
     terms: Vec<PodTerm>,
 }
 
+/// The domains of one topology key: nodes with the same label value share a domain.
+struct Topology {
+    /// Per node, its domain's index; `None` when the node lacks the label.
+    of_node: Vec<Option<u32>>,
+    domains: usize,
+}
+
 /// How many pods on each node match `selector` within `namespaces`.
 /// Invariant: `counts[i]` is exact for `nodes[i]`, including assumed pods.
 struct Memo {
@@ -167,6 +177,7 @@ impl Snapshot {
             index: HashMap::new(),
             anti: Vec::new(),
             memo: Mutex::new(Vec::new()),
+            topologies: Mutex::new(HashMap::new()),
         };
         for view in nodes.into_iter().filter_map(NodeView::parse) {
             let info = NodeInfo {
@@ -271,6 +282,33 @@ impl Snapshot {
             namespace: view.namespace,
             labels: view.labels,
         });
+    }
+
+    /// The domains of topology key `key`.
+    fn topology(&self, key: &str) -> Arc<Topology> {
+        let mut cache = self.topologies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.get(key) {
+            return t.clone();
+        }
+        let mut ids: HashMap<&str, u32> = HashMap::new();
+        let of_node = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let value = n.view.labels.get(key)?;
+                let next = ids.len() as u32;
+                Some(*ids.entry(value.as_str()).or_insert(next))
+            })
+            .collect();
+        let t = Arc::new(Topology {
+            of_node,
+            domains: ids.len(),
+        });
+        if cache.len() >= MEMO_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key.to_string(), t.clone());
+        t
     }
 
     /// How many pods on each node match `selector` in `namespaces`; made once per

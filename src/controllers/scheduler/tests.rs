@@ -394,6 +394,42 @@ fn each_filter_refuses_with_kubernetes_words() {
             want: Want::Message("0/1 nodes are available: 1 Too many pods."),
         },
         Case {
+            name: "a pod being deleted still holds its resources; one on an unknown node holds none",
+            nodes: vec![node("a")],
+            pods: vec![
+                with(
+                    bound(pod("x", Some("3"), None), "a"),
+                    "/metadata/deletionTimestamp",
+                    json!("2026-01-01T00:00:00Z"),
+                ),
+                bound(pod("y", Some("3"), None), "gone"),
+            ],
+            pod: pod("p", Some("2"), None),
+            want: Want::Message("0/1 nodes are available: 1 Insufficient cpu."),
+        },
+        Case {
+            name: "sidecars add to the containers",
+            nodes: vec![node("a")],
+            pods: vec![],
+            pod: with(
+                pod("p", Some("3"), None),
+                "/spec/initContainers",
+                json!([{"name": "side", "image": "x", "restartPolicy": "Always", "resources": {"requests": {"cpu": "1500m"}}}]),
+            ),
+            want: Want::Message("0/1 nodes are available: 1 Insufficient cpu."),
+        },
+        Case {
+            name: "plain init containers do not add to the containers",
+            nodes: vec![node("a")],
+            pods: vec![],
+            pod: with(
+                pod("p", Some("3"), None),
+                "/spec/initContainers",
+                json!([{"name": "init", "image": "x", "resources": {"requests": {"cpu": "3900m"}}}]),
+            ),
+            want: Want::Node("a"),
+        },
+        Case {
             name: "host ports",
             nodes: vec![node("a"), node("b")],
             pods: vec![bound(

@@ -57,7 +57,7 @@ pub struct Taint {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Toleration {
-    /// Empty with [`TolerationOp::Exists`]: every key.
+    /// Empty: every key.
     pub key: String,
     pub op: TolerationOp,
     /// `None`: every effect.
@@ -466,11 +466,8 @@ impl Toleration {
         if self.effect.is_some_and(|e| e != taint.effect) {
             return false;
         }
-        if self.key.is_empty() {
-            // An empty key tolerates every key, but only with Exists.
-            return self.op == TolerationOp::Exists;
-        }
-        if self.key != taint.key {
+        // An empty key matches every key (the API allows it only with Exists).
+        if !self.key.is_empty() && self.key != taint.key {
             return false;
         }
         match &self.op {
