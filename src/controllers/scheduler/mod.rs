@@ -43,11 +43,16 @@ use view::{
     HostPort, LabelSelector, Labels, Namespaces, NodeView, PodTerm, PodView, Resources, Strictness,
 };
 
+/// The topology key that stands for the node itself (one domain per node). Empty, so no
+/// label key can be it.
+const NODE_DOMAIN: &str = "";
+
 /// `spec.schedulerName` of the pods this scheduler places.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
-/// How many distinct (namespaces, selector) pod counts a snapshot keeps. Each costs one
-/// `u32` per node and a check per `assume`; past the bound the memo starts over.
+/// How many distinct (namespaces, selector) pod counts, and topology keys, a snapshot
+/// keeps. Each costs a `u32` per node (and a selector check per `assume`); past the bound
+/// the oldest count goes (topology keys, being few, start over).
 const MEMO_CAPACITY: usize = 64;
 
 /// Whether `pod` is this scheduler's to place: unbound, for `default-scheduler`, not
@@ -290,20 +295,27 @@ impl Snapshot {
         if let Some(t) = cache.get(key) {
             return t.clone();
         }
-        let mut ids: HashMap<&str, u32> = HashMap::new();
-        let of_node = self
-            .nodes
-            .iter()
-            .map(|n| {
-                let value = n.view.labels.get(key)?;
-                let next = ids.len() as u32;
-                Some(*ids.entry(value.as_str()).or_insert(next))
+        let t = if key == NODE_DOMAIN {
+            Arc::new(Topology {
+                of_node: (0..self.nodes.len() as u32).map(Some).collect(),
+                domains: self.nodes.len(),
             })
-            .collect();
-        let t = Arc::new(Topology {
-            of_node,
-            domains: ids.len(),
-        });
+        } else {
+            let mut ids: HashMap<&str, u32> = HashMap::new();
+            let of_node = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let value = n.view.labels.get(key)?;
+                    let next = ids.len() as u32;
+                    Some(*ids.entry(value.as_str()).or_insert(next))
+                })
+                .collect();
+            Arc::new(Topology {
+                of_node,
+                domains: ids.len(),
+            })
+        };
         if cache.len() >= MEMO_CAPACITY {
             cache.clear();
         }
@@ -333,7 +345,8 @@ impl Snapshot {
             })
             .collect();
         if memo.len() >= MEMO_CAPACITY {
-            memo.clear();
+            // The oldest goes; a selector still in use is simply counted again.
+            memo.remove(0);
         }
         memo.push(Memo {
             namespaces: namespaces.clone(),

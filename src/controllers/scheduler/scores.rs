@@ -10,9 +10,10 @@
 //! and node name, which is deterministic for a pod yet differs from pod to pod, so
 //! identical nodes share the load (kube-scheduler picks among them at random).
 
+use super::NODE_DOMAIN;
 use super::Snapshot;
 use super::filters::{Cycle, TermDomains, domain_counts, spread_counts};
-use super::view::{Effect, HOSTNAME_LABEL};
+use super::view::Effect;
 
 const MAX_SCORE: i64 = 100;
 
@@ -22,7 +23,9 @@ const SPREAD_WEIGHT: i64 = 2;
 const FIT_WEIGHT: i64 = 1;
 
 /// The system default constraint kube-scheduler applies to a pod that has none: a soft
-/// `maxSkew: 3` over hostnames among the pods of the same controller.
+/// `maxSkew: 3` over hostnames among the pods of the same controller. We spread over the
+/// nodes themselves, which is the same where every node has its hostname label and still
+/// spreads where one lacks it.
 const DEFAULT_SPREAD_SKEW: i64 = 3;
 
 /// The index (into `snap.nodes`) of the best of `feasible`, which is not empty.
@@ -129,9 +132,7 @@ fn spread(snap: &Snapshot, cycle: &Cycle, feasible: &[usize]) -> Vec<i64> {
             .iter()
             .map(|n| n.owners.get(owner).copied().unwrap_or(0))
             .collect();
-        let t = domain_counts(snap, HOSTNAME_LABEL, &counts, |n| {
-            pod.node_affinity_matches(n)
-        });
+        let t = domain_counts(snap, NODE_DOMAIN, &counts, |n| pod.node_affinity_matches(n));
         vec![Soft {
             max_skew: DEFAULT_SPREAD_SKEW,
             domains: t,

@@ -810,6 +810,30 @@ fn each_score_prefers_the_right_node() {
             want: Want::Node("b"),
         },
         Case {
+            name: "pods of one controller spread over nodes without hostname labels too",
+            nodes: vec![
+                with(node("a"), "/metadata/labels", json!({})),
+                with(node("b"), "/metadata/labels", json!({})),
+            ],
+            pods: vec![
+                bound(
+                    with(
+                        pod("x", None, None),
+                        "/metadata/ownerReferences",
+                        json!([{"uid": "rs-1", "controller": true}]),
+                    ),
+                    "a",
+                ),
+                bound(pod("y", Some("1"), Some("1Gi")), "b"),
+            ],
+            pod: with(
+                pod("p", None, None),
+                "/metadata/ownerReferences",
+                json!([{"uid": "rs-1", "controller": true}]),
+            ),
+            want: Want::Node("b"),
+        },
+        Case {
             name: "ScheduleAnyway spread",
             nodes: vec![node("a"), node("b"), node("c")],
             pods: vec![

@@ -21,8 +21,6 @@ pub type Labels = BTreeMap<String, String>;
 pub const DEFAULT_MILLI_CPU: i64 = 100;
 pub const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024;
 
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-
 /// What a bad quantity in a pod does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strictness {
@@ -655,11 +653,7 @@ impl SpreadConstraint {
 impl NodeView {
     pub fn parse(node: &Value) -> Option<NodeView> {
         let name = str_at(&node["metadata"], "name")?.to_string();
-        let mut labels = string_map(&node["metadata"]["labels"]);
-        // Topology on hostname works for nodes registered without the label too.
-        labels
-            .entry(HOSTNAME_LABEL.to_string())
-            .or_insert_with(|| name.clone());
+        let labels = string_map(&node["metadata"]["labels"]);
         let mut taints: Vec<Taint> = array(&node["spec"]["taints"])
             .iter()
             .filter_map(|t| {
