@@ -56,8 +56,8 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 const MEMO_CAPACITY: usize = 64;
 
 /// Whether `pod` is this scheduler's to place: unbound, for `default-scheduler`, not
-/// finished, not being deleted, and with no scheduling gates left (a gated pod waits until
-/// its gates are removed; the loop reports it as `SchedulingGated`).
+/// finished, not being deleted, and with no scheduling gates left (kube-scheduler does not
+/// try a gated pod; it reports it as `SchedulingGated` until the gates are removed).
 pub fn wants(pod: &Value) -> bool {
     let spec = &pod["spec"];
     spec["nodeName"].as_str().is_none_or(str::is_empty)
