@@ -292,6 +292,19 @@ fn each_filter_refuses_with_kubernetes_words() {
             ),
         },
         Case {
+            name: "required node affinity without terms matches no node",
+            nodes: vec![node("a")],
+            pods: vec![],
+            pod: with(
+                pod("p", None, None),
+                "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution",
+                json!({"nodeSelectorTerms": []}),
+            ),
+            want: Want::Message(
+                "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+            ),
+        },
+        Case {
             name: "matchFields metadata.name (a DaemonSet pod)",
             nodes: vec![node("a"), node("b"), node("c")],
             pods: vec![],

@@ -251,7 +251,8 @@ impl PodView {
     /// the pod to, as kube-scheduler's NodeAffinity PreFilter computes them: `None` when
     /// some term does not name nodes (every node is a candidate).
     pub fn named_nodes(&self) -> Option<Vec<&str>> {
-        let terms = self.required_terms.as_ref()?;
+        // No terms at all narrows nothing (and then matches no node in the filter).
+        let terms = self.required_terms.as_ref().filter(|t| !t.is_empty())?;
         let mut names: Vec<&str> = Vec::new();
         for term in terms {
             let mut term_names: Option<Vec<&str>> = None;
