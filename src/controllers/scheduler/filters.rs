@@ -22,8 +22,8 @@ pub(super) struct Cycle<'a> {
     pub pod: &'a PodView,
     /// `Some`: only these nodes are candidates (NodeAffinity's PreFilter result).
     named: Option<Vec<&'a str>>,
-    /// Topology domains (key, value) where a bound pod's anti-affinity refuses this pod.
-    blocked: Vec<(&'a str, &'a str)>,
+    /// Per topology key, the domains where a bound pod's anti-affinity refuses this pod.
+    blocked: Vec<Blocked>,
     affinity: Vec<TermDomains>,
     /// No pod anywhere matches the pod's affinity terms but the pod matches them all
     /// itself: the first of a group may go anywhere (as kube-scheduler allows).
@@ -40,6 +40,14 @@ pub(super) struct TermDomains {
     /// Per domain: whether any node counted is in it (a domain of only excluded nodes
     /// does not exist for spreading).
     present: Vec<bool>,
+}
+
+/// The domains of one topology key that existing pods' anti-affinity closes.
+struct Blocked {
+    key: String,
+    topology: Arc<Topology>,
+    /// Per domain: closed.
+    domains: Vec<bool>,
 }
 
 /// A `DoNotSchedule` spread constraint, counted over the nodes it applies to.
@@ -65,14 +73,30 @@ impl<'a> Cycle<'a> {
                 reasons: Default::default(),
             });
         }
-        let mut blocked = Vec::new();
+        let mut blocked: Vec<Blocked> = Vec::new();
         for existing in &snap.anti {
-            let labels = &snap.nodes[existing.node].view.labels;
             for term in &existing.terms {
-                if term.matches(&pod.namespace, &pod.labels)
-                    && let Some(value) = labels.get(&term.topology_key)
-                {
-                    blocked.push((term.topology_key.as_str(), value.as_str()));
+                if !term.matches(&pod.namespace, &pod.labels) {
+                    continue;
+                }
+                let key = term.topology_key.as_str();
+                let entry = match blocked.iter().position(|b| b.key == key) {
+                    Some(at) => &mut blocked[at],
+                    None => {
+                        let topology = snap.topology(key);
+                        let domains = vec![false; topology.domains];
+                        blocked.push(Blocked {
+                            key: key.to_string(),
+                            topology,
+                            domains,
+                        });
+                        let last = blocked.len() - 1;
+                        &mut blocked[last]
+                    }
+                };
+                // A node without the key is in no domain: its pods' terms block nothing.
+                if let Some(Some(d)) = entry.topology.of_node.get(existing.node) {
+                    entry.domains[*d as usize] = true;
                 }
             }
         }
@@ -221,7 +245,7 @@ impl<'a> Cycle<'a> {
         if self
             .blocked
             .iter()
-            .any(|(k, v)| node.labels.get(*k).is_some_and(|x| x == v))
+            .any(|b| b.topology.of_node[i].is_some_and(|d| b.domains[d as usize]))
         {
             out.push(Reason::ExistingAntiAffinity);
         }

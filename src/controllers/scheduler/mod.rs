@@ -20,6 +20,8 @@
 //!   of all pods per node: per-node aggregates (requests, ports, owners) are summed when
 //!   the snapshot is built and updated by `assume`; pod counts by label selector are
 //!   computed once per distinct selector and kept up to date by `assume` (see [`Memo`]).
+//!   The one per-decision walk over pods is over those with required anti-affinity, whose
+//!   terms the incoming pod must not match (kube-scheduler walks the same list).
 //! - Nothing from an object is trusted: a missing field is what Kubernetes defaults it
 //!   to, and a malformed request of the pod being scheduled makes it unschedulable with
 //!   the field named ([`Unschedulable::InvalidPod`]).

@@ -1068,7 +1068,8 @@ fn bench_decisions() {
             n
         })
         .collect();
-    // A mix: plain pods of 30 controllers, some with a zone preference, some spread.
+    // A mix: plain pods of 30 controllers, some with a zone preference, some spread, some
+    // keeping apart from their siblings.
     let pods: Vec<Value> = (0..PODS)
         .map(|i| {
             let mut p = pod(&format!("p-{i}"), Some("250m"), Some("256Mi"));
@@ -1078,6 +1079,12 @@ fn bench_decisions() {
                 p["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] = json!([
                     {"weight": 50, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z1"]}]}},
                 ]);
+            }
+            if i % 7 == 0 {
+                p["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = json!([{
+                    "labelSelector": {"matchLabels": {"app": format!("app-{}", i % 30)}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }]);
             }
             if i % 5 == 0 {
                 p["spec"]["topologySpreadConstraints"] = json!([{
