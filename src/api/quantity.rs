@@ -248,6 +248,37 @@ mod tests {
         }
     }
 
+    /// Any text: an answer or an error, never a panic (overflow included).
+    #[test]
+    fn arbitrary_text_never_panics() {
+        const ALPHABET: &[u8] = b"0123456789.+-eEkMGTPnumKi9 x";
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            for _ in 0..(seed >> 59) as usize + 1 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push(ALPHABET[(seed >> 33) as usize % ALPHABET.len()] as char);
+            }
+            if let Ok(q) = parse(&text) {
+                let _ = (q.value(), q.milli());
+            }
+        }
+        for text in [
+            "9".repeat(400),
+            format!("1e{}", "9".repeat(30)),
+            format!("0.{}1", "0".repeat(5000)),
+        ] {
+            if let Ok(q) = parse(&text) {
+                let _ = (q.value(), q.milli());
+            }
+        }
+    }
+
     #[test]
     fn malformed_quantities_name_the_bad_text() {
         assert_eq!(parse(""), Err(Error::Empty));
