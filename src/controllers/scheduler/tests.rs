@@ -1028,6 +1028,69 @@ fn equal_nodes_are_shared_not_taken_alphabetically() {
 }
 
 #[test]
+fn malformed_objects_are_read_without_panicking() {
+    let nodes = vec![
+        json!(null),
+        json!(42),
+        json!({"metadata": {"name": 5}}),
+        json!({
+            "metadata": {"name": "odd", "labels": [1]},
+            "spec": {"taints": "bad", "unschedulable": "yes"},
+            "status": {"allocatable": {"cpu": {}, "pods": "many"}, "capacity": [], "conditions": 3},
+        }),
+        with(
+            node("a"),
+            "/spec/taints",
+            json!([{"key": 1}, {"effect": "NoSchedule"}, 7]),
+        ),
+        node("b"),
+    ];
+    let weird_pods = vec![
+        json!(null),
+        json!("pod"),
+        json!({"spec": {"containers": {"a": 1}, "nodeName": 4}}),
+        json!({"metadata": {"labels": "x", "ownerReferences": {}}, "spec": {
+            "nodeName": "b",
+            "containers": [{"resources": {"requests": {"cpu": [1], "memory": "-1"}}, "ports": [{"hostPort": "80"}, {"hostPort": 80, "protocol": 6}]}],
+            "initContainers": "none",
+            "overhead": {"cpu": true},
+        }}),
+        json!({"spec": {
+            "nodeSelector": ["a"],
+            "tolerations": [{"operator": "Sometimes"}, {"effect": 3}, 9],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "Gt", "values": ["x", "y"]}]}, 5]},
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": "10"}, {"weight": 5, "preference": 3}],
+                },
+                "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchExpressions": [{"operator": 5}]}}]},
+                "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [7, {"labelSelector": {}, "topologyKey": 1, "namespaceSelector": {"matchLabels": {"a": "b"}}}]},
+            },
+            "topologySpreadConstraints": [{"maxSkew": "1"}, {"maxSkew": 0, "topologyKey": "k"}, {"maxSkew": 1, "topologyKey": "k", "minDomains": "x"}],
+        }}),
+    ];
+    let bound_pods: Vec<Value> = weird_pods
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            if p.is_object() {
+                p["spec"]["nodeName"] = json!("a");
+            }
+            p
+        })
+        .collect();
+    let mut snap = Snapshot::new(&nodes, &bound_pods);
+    for p in &weird_pods {
+        if let Ok(n) = snap.schedule(p) {
+            snap.assume(p, &n);
+        }
+        let _ = wants(p);
+    }
+    // The readable nodes are still usable.
+    assert!(snap.schedule(&pod("p", Some("100m"), None)).is_ok());
+}
+
+#[test]
 fn wants_only_unbound_live_pods_for_the_default_scheduler() {
     let p = pod("p", None, None);
     assert!(wants(&p));
