@@ -9,6 +9,11 @@
 //! The highest total wins; equal totals go to the node with the smallest hash of pod uid
 //! and node name, which is deterministic for a pod yet differs from pod to pod, so
 //! identical nodes share the load (kube-scheduler picks among them at random).
+//!
+//! Not scored (yet): NodeResourcesBalancedAllocation and ImageLocality (×1 each in the
+//! default profile), preferred pod (anti-)affinity terms (InterPodAffinity ×2), and the
+//! system default's second constraint (zones, `maxSkew: 5`). So where those would tip the
+//! balance, kube-scheduler may pick another of the nodes that fit.
 
 use super::NODE_DOMAIN;
 use super::Snapshot;
