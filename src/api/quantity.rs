@@ -8,7 +8,8 @@
 //! `0.1m` cpu asks for one millicore, never zero, and both saturate at `i64` bounds rather
 //! than wrap.
 //!
-//! Invariant: `mantissa × 10^exp10 × 2^exp2` is the quantity's exact value.
+//! Invariant: `mantissa × 10^exp10 × 2^exp2` is the quantity's value, exactly, or (when
+//! `dropped` is set) short of it by less than one unit of the mantissa's last digit.
 
 use std::fmt;
 
@@ -36,6 +37,8 @@ pub struct Quantity {
     mantissa: i128,
     exp10: i32,
     exp2: u32,
+    /// Non-zero digits past the 31st were dropped: the magnitude is a little more.
+    dropped: bool,
 }
 
 /// Parses `text` as a Kubernetes quantity.
@@ -71,11 +74,14 @@ impl Quantity {
         }
         let mut mantissa: i128 = 0;
         let mut exp10: i32 = 0;
+        let mut dropped = false;
         for d in int_part.bytes().chain(frac_part.bytes()) {
-            // Past 30 significant digits the rest cannot change an i64 result: keep the
-            // magnitude through the exponent instead of overflowing.
+            // Past 31 significant digits the rest can only nudge a rounding: keep the
+            // magnitude through the exponent, and whether anything was lost, instead of
+            // overflowing.
             if mantissa >= 10i128.pow(30) {
                 exp10 += 1;
+                dropped |= d != b'0';
                 continue;
             }
             mantissa = mantissa * 10 + i128::from(d - b'0');
@@ -89,6 +95,7 @@ impl Quantity {
             mantissa: if negative { -mantissa } else { mantissa },
             exp10: exp10.saturating_add(s10),
             exp2: s2,
+            dropped,
         })
     }
 
@@ -124,14 +131,17 @@ impl Quantity {
                 return saturated;
             }
             n.checked_mul(10i128.pow(e as u32))
-        } else if e < -MAX_EXP10 - 9 {
-            // Smaller than any unit we count: a positive sliver still rounds up to one.
+        } else if e < -38 {
+            // 10^39 is past i128; and |n| < 10^39, so what is left is a sliver.
+            // A positive sliver still rounds up to one unit.
             Some(if n > 0 { 1 } else { 0 })
         } else {
             let d = 10i128.pow(e.unsigned_abs());
-            // Round towards positive infinity, as resource.Quantity does.
+            // Round towards positive infinity, as resource.Quantity does. Dropped digits
+            // make a positive value a little larger and a negative one a little smaller.
             let q = n.div_euclid(d);
-            Some(if n.rem_euclid(d) == 0 { q } else { q + 1 })
+            let exact = n.rem_euclid(d) == 0 && !(self.dropped && n > 0);
+            Some(if exact { q } else { q + 1 })
         };
         match exact {
             Some(v) => i64::try_from(v).unwrap_or(saturated),
@@ -223,11 +233,49 @@ mod tests {
             ("8Ei", i64::MAX, i64::MAX),
             ("1e100", i64::MAX, i64::MAX),
             ("1e-100", 1, 1),
+            ("1e-38", 1, 1),
+            ("1e-39", 1, 1),
+            ("1e-41", 1, 1),
+            ("-1e-40", 0, 0),
+            ("999999999999999999999999999999999999e-38", 1, 10),
+            ("1000000000000000000000000000000000001e-36", 2, 1001),
+            ("1000000000000000000000000000000000000e-36", 1, 1000),
             ("123456789012345678901234567890123", i64::MAX, i64::MAX),
         ];
         for &(text, value, milli) in cases {
             let q = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!((q.value(), q.milli()), (value, milli), "{text}");
+        }
+    }
+
+    /// Any text: an answer or an error, never a panic (overflow included).
+    #[test]
+    fn arbitrary_text_never_panics() {
+        const ALPHABET: &[u8] = b"0123456789.+-eEkMGTPnumKi9 x";
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            for _ in 0..(seed >> 59) as usize + 1 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push(ALPHABET[(seed >> 33) as usize % ALPHABET.len()] as char);
+            }
+            if let Ok(q) = parse(&text) {
+                let _ = (q.value(), q.milli());
+            }
+        }
+        for text in [
+            "9".repeat(400),
+            format!("1e{}", "9".repeat(30)),
+            format!("0.{}1", "0".repeat(5000)),
+        ] {
+            if let Ok(q) = parse(&text) {
+                let _ = (q.value(), q.milli());
+            }
         }
     }
 

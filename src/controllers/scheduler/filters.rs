@@ -8,10 +8,10 @@
 //! kube-scheduler's framework does; that plugin may give more than one reason (the
 //! resource check names every resource that is short).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::view::{Effect, NodeView, PodView, Taint};
-use super::{Reason, Snapshot, Unschedulable};
+use super::{Reason, Snapshot, Topology, Unschedulable};
 
 /// The taint NodeUnschedulable lets a pod tolerate to land on a cordoned node.
 const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
@@ -22,29 +22,40 @@ pub(super) struct Cycle<'a> {
     pub pod: &'a PodView,
     /// `Some`: only these nodes are candidates (NodeAffinity's PreFilter result).
     named: Option<Vec<&'a str>>,
-    /// Topology domains (key, value) where a bound pod's anti-affinity refuses this pod.
-    blocked: Vec<(&'a str, &'a str)>,
-    affinity: Vec<TermDomains<'a>>,
+    /// Per topology key, the domains where a bound pod's anti-affinity refuses this pod.
+    blocked: Vec<Blocked>,
+    affinity: Vec<TermDomains>,
     /// No pod anywhere matches the pod's affinity terms but the pod matches them all
     /// itself: the first of a group may go anywhere (as kube-scheduler allows).
     affinity_bootstrap: bool,
-    anti: Vec<TermDomains<'a>>,
-    hard_spread: Vec<Spread<'a>>,
+    anti: Vec<TermDomains>,
+    hard_spread: Vec<Spread>,
 }
 
-/// Matching pods per value of one topology key.
-pub(super) struct TermDomains<'a> {
-    pub key: &'a str,
-    pub domains: HashMap<&'a str, i64>,
+/// Matching pods per domain of one topology key.
+pub(super) struct TermDomains {
+    topology: Arc<Topology>,
+    /// Per domain: the matching pods on the nodes counted.
+    counts: Vec<i64>,
+    /// Per domain: whether any node counted is in it (a domain of only excluded nodes
+    /// does not exist for spreading).
+    present: Vec<bool>,
+}
+
+/// The domains of one topology key that existing pods' anti-affinity closes.
+struct Blocked {
+    key: String,
+    topology: Arc<Topology>,
+    /// Per domain: closed.
+    domains: Vec<bool>,
 }
 
 /// A `DoNotSchedule` spread constraint, counted over the nodes it applies to.
-struct Spread<'a> {
-    key: &'a str,
+struct Spread {
     max_skew: i64,
     /// 1 when the pod matches its own selector: placing it raises its domain's count.
     self_match: i64,
-    domains: HashMap<&'a str, i64>,
+    domains: TermDomains,
     /// The smallest domain count (0 when fewer domains than `minDomains` exist).
     min: i64,
 }
@@ -62,18 +73,34 @@ impl<'a> Cycle<'a> {
                 reasons: Default::default(),
             });
         }
-        let mut blocked = Vec::new();
+        let mut blocked: Vec<Blocked> = Vec::new();
         for existing in &snap.anti {
-            let labels = &snap.nodes[existing.node].view.labels;
             for term in &existing.terms {
-                if term.matches(&pod.namespace, &pod.labels)
-                    && let Some(value) = labels.get(&term.topology_key)
-                {
-                    blocked.push((term.topology_key.as_str(), value.as_str()));
+                if !term.matches(&pod.namespace, &pod.labels) {
+                    continue;
+                }
+                let key = term.topology_key.as_str();
+                let entry = match blocked.iter().position(|b| b.key == key) {
+                    Some(at) => &mut blocked[at],
+                    None => {
+                        let topology = snap.topology(key);
+                        let domains = vec![false; topology.domains];
+                        blocked.push(Blocked {
+                            key: key.to_string(),
+                            topology,
+                            domains,
+                        });
+                        let last = blocked.len() - 1;
+                        &mut blocked[last]
+                    }
+                };
+                // A node without the key is in no domain: its pods' terms block nothing.
+                if let Some(Some(d)) = entry.topology.of_node.get(existing.node) {
+                    entry.domains[*d as usize] = true;
                 }
             }
         }
-        let term_domains = |term: &'a super::PodTerm| -> TermDomains<'a> {
+        let term_domains = |term: &'a super::PodTerm| -> TermDomains {
             let counts = match &term.selector {
                 Some(sel) => snap.counts(&term.namespaces, sel),
                 None => vec![0; snap.nodes.len()],
@@ -82,7 +109,7 @@ impl<'a> Cycle<'a> {
         };
         let affinity: Vec<TermDomains> = pod.affinity.iter().map(term_domains).collect();
         let affinity_bootstrap = !affinity.is_empty()
-            && affinity.iter().all(|t| t.domains.values().all(|&n| n == 0))
+            && affinity.iter().all(|t| t.counts.iter().all(|&n| n == 0))
             && pod
                 .affinity
                 .iter()
@@ -100,18 +127,17 @@ impl<'a> Cycle<'a> {
             .map(|c| {
                 let counts = spread_counts(snap, pod, c.selector.as_ref());
                 let t = domain_counts(snap, &c.topology_key, &counts, eligible);
-                let min = if (t.domains.len() as i64) < c.min_domains {
+                let min = if (t.len() as i64) < c.min_domains {
                     0
                 } else {
-                    t.domains.values().copied().min().unwrap_or(0)
+                    t.min()
                 };
                 Spread {
-                    key: t.key,
                     max_skew: c.max_skew,
                     self_match: i64::from(
                         c.selector.as_ref().is_some_and(|s| s.matches(&pod.labels)),
                     ),
-                    domains: t.domains,
+                    domains: t,
                     min,
                 }
             })
@@ -197,39 +223,29 @@ impl<'a> Cycle<'a> {
         }
         // PodTopologySpread
         for c in &self.hard_spread {
-            let Some(value) = node.labels.get(c.key) else {
+            let Some(count) = c.domains.at(i) else {
                 out.push(Reason::SpreadMissingLabel);
                 return;
             };
-            let count = c.domains.get(value.as_str()).copied().unwrap_or(0);
             if count + c.self_match - c.min > c.max_skew {
                 out.push(Reason::Spread);
                 return;
             }
         }
         // InterPodAffinity: the pod's affinity, its anti-affinity, then existing pods'.
-        if !self.affinity_bootstrap
-            && !self.affinity.iter().all(|t| {
-                node.labels
-                    .get(t.key)
-                    .is_some_and(|v| t.domains.get(v.as_str()).is_some_and(|&n| n > 0))
-            })
+        if !self.affinity_bootstrap && !self.affinity.iter().all(|t| t.at(i).is_some_and(|n| n > 0))
         {
             out.push(Reason::Affinity);
             return;
         }
-        if self.anti.iter().any(|t| {
-            node.labels
-                .get(t.key)
-                .is_some_and(|v| t.domains.get(v.as_str()).is_some_and(|&n| n > 0))
-        }) {
+        if self.anti.iter().any(|t| t.at(i).is_some_and(|n| n > 0)) {
             out.push(Reason::AntiAffinity);
             return;
         }
         if self
             .blocked
             .iter()
-            .any(|(k, v)| node.labels.get(*k).is_some_and(|x| x == v))
+            .any(|b| b.topology.of_node[i].is_some_and(|d| b.domains[d as usize]))
         {
             out.push(Reason::ExistingAntiAffinity);
         }
@@ -249,21 +265,54 @@ pub(super) fn spread_counts(
     }
 }
 
-/// Sums per-node `counts` by the value of `key` over the nodes `include` accepts; every
-/// such node's domain appears, with 0 if nothing matches there.
-pub(super) fn domain_counts<'a>(
-    snap: &'a Snapshot,
-    key: &'a str,
+/// Sums per-node `counts` by the domain of `key` over the nodes `include` accepts; every
+/// such node's domain is present, with 0 if nothing matches there.
+pub(super) fn domain_counts(
+    snap: &Snapshot,
+    key: &str,
     counts: &[u32],
     include: impl Fn(&NodeView) -> bool,
-) -> TermDomains<'a> {
-    let mut domains: HashMap<&str, i64> = HashMap::new();
-    for (info, &n) in snap.nodes.iter().zip(counts) {
-        if let Some(value) = info.view.labels.get(key)
+) -> TermDomains {
+    let topology = snap.topology(key);
+    let mut sums = vec![0i64; topology.domains];
+    let mut present = vec![false; topology.domains];
+    for ((info, &n), domain) in snap.nodes.iter().zip(counts).zip(&topology.of_node) {
+        if let Some(d) = domain
             && include(&info.view)
         {
-            *domains.entry(value.as_str()).or_default() += i64::from(n);
+            sums[*d as usize] += i64::from(n);
+            present[*d as usize] = true;
         }
     }
-    TermDomains { key, domains }
+    TermDomains {
+        topology,
+        counts: sums,
+        present,
+    }
+}
+
+// === impl TermDomains ===
+
+impl TermDomains {
+    /// The count in node `i`'s domain; `None` when the node lacks the key.
+    pub fn at(&self, i: usize) -> Option<i64> {
+        let d = self.topology.of_node.get(i).copied().flatten()?;
+        self.counts.get(d as usize).copied()
+    }
+
+    /// How many domains are present.
+    pub fn len(&self) -> usize {
+        self.present.iter().filter(|&&p| p).count()
+    }
+
+    /// The smallest count among present domains (0 if none is).
+    pub fn min(&self) -> i64 {
+        self.counts
+            .iter()
+            .zip(&self.present)
+            .filter(|(_, p)| **p)
+            .map(|(c, _)| *c)
+            .min()
+            .unwrap_or(0)
+    }
 }

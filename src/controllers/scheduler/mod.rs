@@ -20,6 +20,8 @@
 //!   of all pods per node: per-node aggregates (requests, ports, owners) are summed when
 //!   the snapshot is built and updated by `assume`; pod counts by label selector are
 //!   computed once per distinct selector and kept up to date by `assume` (see [`Memo`]).
+//!   The one per-decision walk over pods is over those with required anti-affinity, whose
+//!   terms the incoming pod must not match (kube-scheduler walks the same list).
 //! - Nothing from an object is trusted: a missing field is what Kubernetes defaults it
 //!   to, and a malformed request of the pod being scheduled makes it unschedulable with
 //!   the field named ([`Unschedulable::InvalidPod`]).
@@ -33,7 +35,7 @@ mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -42,16 +44,21 @@ use view::{
     HostPort, LabelSelector, Labels, Namespaces, NodeView, PodTerm, PodView, Resources, Strictness,
 };
 
+/// The topology key that stands for the node itself (one domain per node). Empty, so no
+/// label key can be it.
+const NODE_DOMAIN: &str = "";
+
 /// `spec.schedulerName` of the pods this scheduler places.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
-/// How many distinct (namespaces, selector) pod counts a snapshot keeps. Each costs one
-/// `u32` per node and a check per `assume`; past the bound the memo starts over.
+/// How many distinct (namespaces, selector) pod counts, and topology keys, a snapshot
+/// keeps. Each costs a `u32` per node (and a selector check per `assume`); past the bound
+/// the oldest count goes (topology keys, being few, start over).
 const MEMO_CAPACITY: usize = 64;
 
 /// Whether `pod` is this scheduler's to place: unbound, for `default-scheduler`, not
-/// finished, not being deleted, and with no scheduling gates left (a gated pod waits until
-/// its gates are removed; the loop reports it as `SchedulingGated`).
+/// finished, not being deleted, and with no scheduling gates left (kube-scheduler does not
+/// try a gated pod; it reports it as `SchedulingGated` until the gates are removed).
 pub fn wants(pod: &Value) -> bool {
     let spec = &pod["spec"];
     spec["nodeName"].as_str().is_none_or(str::is_empty)
@@ -127,6 +134,9 @@ pub struct Snapshot {
     /// and fills it lazily; held only while a count is read or made, never across a
     /// decision.
     memo: Mutex<Vec<Memo>>,
+    /// Each topology key's domains, made on first use. Nodes never change after `new`, so
+    /// an entry never goes stale.
+    topologies: Mutex<HashMap<String, Arc<Topology>>>,
 }
 
 /// A node and what is bound to it.
@@ -154,6 +164,13 @@ struct ExistingAnti {
     terms: Vec<PodTerm>,
 }
 
+/// The domains of one topology key: nodes with the same label value share a domain.
+struct Topology {
+    /// Per node, its domain's index; `None` when the node lacks the label.
+    of_node: Vec<Option<u32>>,
+    domains: usize,
+}
+
 /// How many pods on each node match `selector` within `namespaces`.
 /// Invariant: `counts[i]` is exact for `nodes[i]`, including assumed pods.
 struct Memo {
@@ -178,6 +195,7 @@ impl Snapshot {
             index: HashMap::new(),
             anti: Vec::new(),
             memo: Mutex::new(Vec::new()),
+            topologies: Mutex::new(HashMap::new()),
         };
         for view in nodes.into_iter().filter_map(NodeView::parse) {
             let info = NodeInfo {
@@ -284,6 +302,40 @@ impl Snapshot {
         });
     }
 
+    /// The domains of topology key `key`.
+    fn topology(&self, key: &str) -> Arc<Topology> {
+        let mut cache = self.topologies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.get(key) {
+            return t.clone();
+        }
+        let t = if key == NODE_DOMAIN {
+            Arc::new(Topology {
+                of_node: (0..self.nodes.len() as u32).map(Some).collect(),
+                domains: self.nodes.len(),
+            })
+        } else {
+            let mut ids: HashMap<&str, u32> = HashMap::new();
+            let of_node = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let value = n.view.labels.get(key)?;
+                    let next = ids.len() as u32;
+                    Some(*ids.entry(value.as_str()).or_insert(next))
+                })
+                .collect();
+            Arc::new(Topology {
+                of_node,
+                domains: ids.len(),
+            })
+        };
+        if cache.len() >= MEMO_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key.to_string(), t.clone());
+        t
+    }
+
     /// How many pods on each node match `selector` in `namespaces`; made once per
     /// distinct pair and kept current by `assume`.
     fn counts(&self, namespaces: &Namespaces, selector: &LabelSelector) -> Vec<u32> {
@@ -306,7 +358,8 @@ impl Snapshot {
             })
             .collect();
         if memo.len() >= MEMO_CAPACITY {
-            memo.clear();
+            // The oldest goes; a selector still in use is simply counted again.
+            memo.remove(0);
         }
         memo.push(Memo {
             namespaces: namespaces.clone(),

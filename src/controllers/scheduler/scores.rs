@@ -9,12 +9,16 @@
 //! The highest total wins; equal totals go to the node with the smallest hash of pod uid
 //! and node name, which is deterministic for a pod yet differs from pod to pod, so
 //! identical nodes share the load (kube-scheduler picks among them at random).
+//!
+//! Not scored (yet): NodeResourcesBalancedAllocation and ImageLocality (×1 each in the
+//! default profile), preferred pod (anti-)affinity terms (InterPodAffinity ×2), and the
+//! system default's second constraint (zones, `maxSkew: 5`). So where those would tip the
+//! balance, kube-scheduler may pick another of the nodes that fit.
 
-use std::collections::HashMap;
-
+use super::NODE_DOMAIN;
 use super::Snapshot;
-use super::filters::{Cycle, domain_counts, spread_counts};
-use super::view::{Effect, HOSTNAME_LABEL};
+use super::filters::{Cycle, TermDomains, domain_counts, spread_counts};
+use super::view::Effect;
 
 const MAX_SCORE: i64 = 100;
 
@@ -24,7 +28,9 @@ const SPREAD_WEIGHT: i64 = 2;
 const FIT_WEIGHT: i64 = 1;
 
 /// The system default constraint kube-scheduler applies to a pod that has none: a soft
-/// `maxSkew: 3` over hostnames among the pods of the same controller.
+/// `maxSkew: 3` over hostnames among the pods of the same controller. We spread over the
+/// nodes themselves, which is the same where every node has its hostname label and still
+/// spreads where one lacks it.
 const DEFAULT_SPREAD_SKEW: i64 = 3;
 
 /// The index (into `snap.nodes`) of the best of `feasible`, which is not empty.
@@ -111,10 +117,9 @@ fn normalize(raw: &[i64], reverse: bool) -> Vec<i64> {
 }
 
 /// One soft constraint as scoring sees it: pods matching per domain.
-struct Soft<'a> {
-    key: &'a str,
+struct Soft {
     max_skew: i64,
-    domains: HashMap<&'a str, i64>,
+    domains: TermDomains,
 }
 
 /// PodTopologySpread's score: per soft constraint, the matching pods already in the
@@ -132,13 +137,10 @@ fn spread(snap: &Snapshot, cycle: &Cycle, feasible: &[usize]) -> Vec<i64> {
             .iter()
             .map(|n| n.owners.get(owner).copied().unwrap_or(0))
             .collect();
-        let t = domain_counts(snap, HOSTNAME_LABEL, &counts, |n| {
-            pod.node_affinity_matches(n)
-        });
+        let t = domain_counts(snap, NODE_DOMAIN, &counts, |n| pod.node_affinity_matches(n));
         vec![Soft {
-            key: t.key,
             max_skew: DEFAULT_SPREAD_SKEW,
-            domains: t.domains,
+            domains: t,
         }]
     } else {
         let soft: Vec<_> = pod.spread.iter().filter(|c| !c.hard).collect();
@@ -150,9 +152,8 @@ fn spread(snap: &Snapshot, cycle: &Cycle, feasible: &[usize]) -> Vec<i64> {
                         && soft.iter().all(|c| n.labels.contains_key(&c.topology_key))
                 });
                 Soft {
-                    key: t.key,
                     max_skew: c.max_skew,
-                    domains: t.domains,
+                    domains: t,
                 }
             })
             .collect()
@@ -160,16 +161,17 @@ fn spread(snap: &Snapshot, cycle: &Cycle, feasible: &[usize]) -> Vec<i64> {
     if soft.is_empty() {
         return vec![0; feasible.len()];
     }
+    let weights: Vec<f64> = soft
+        .iter()
+        .map(|c| ((c.domains.len() + 2) as f64).ln())
+        .collect();
     // None: the node lacks a key and is ignored (scores 0).
     let raw: Vec<Option<i64>> = feasible
         .iter()
         .map(|&i| {
-            let labels = &snap.nodes[i].view.labels;
             let mut score = 0.0;
-            for c in &soft {
-                let value = labels.get(c.key)?;
-                let count = c.domains.get(value.as_str()).copied().unwrap_or(0);
-                let weight = ((c.domains.len() + 2) as f64).ln();
+            for (c, weight) in soft.iter().zip(&weights) {
+                let count = c.domains.at(i)?;
                 score += (count + c.max_skew - 1) as f64 * weight;
             }
             Some(score.round() as i64)

@@ -292,6 +292,19 @@ fn each_filter_refuses_with_kubernetes_words() {
             ),
         },
         Case {
+            name: "required node affinity without terms matches no node",
+            nodes: vec![node("a")],
+            pods: vec![],
+            pod: with(
+                pod("p", None, None),
+                "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution",
+                json!({"nodeSelectorTerms": []}),
+            ),
+            want: Want::Message(
+                "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+            ),
+        },
+        Case {
             name: "matchFields metadata.name (a DaemonSet pod)",
             nodes: vec![node("a"), node("b"), node("c")],
             pods: vec![],
@@ -392,6 +405,42 @@ fn each_filter_refuses_with_kubernetes_words() {
             ],
             pod: pod("p", None, None),
             want: Want::Message("0/1 nodes are available: 1 Too many pods."),
+        },
+        Case {
+            name: "a pod being deleted still holds its resources; one on an unknown node holds none",
+            nodes: vec![node("a")],
+            pods: vec![
+                with(
+                    bound(pod("x", Some("3"), None), "a"),
+                    "/metadata/deletionTimestamp",
+                    json!("2026-01-01T00:00:00Z"),
+                ),
+                bound(pod("y", Some("3"), None), "gone"),
+            ],
+            pod: pod("p", Some("2"), None),
+            want: Want::Message("0/1 nodes are available: 1 Insufficient cpu."),
+        },
+        Case {
+            name: "sidecars add to the containers",
+            nodes: vec![node("a")],
+            pods: vec![],
+            pod: with(
+                pod("p", Some("3"), None),
+                "/spec/initContainers",
+                json!([{"name": "side", "image": "x", "restartPolicy": "Always", "resources": {"requests": {"cpu": "1500m"}}}]),
+            ),
+            want: Want::Message("0/1 nodes are available: 1 Insufficient cpu."),
+        },
+        Case {
+            name: "plain init containers do not add to the containers",
+            nodes: vec![node("a")],
+            pods: vec![],
+            pod: with(
+                pod("p", Some("3"), None),
+                "/spec/initContainers",
+                json!([{"name": "init", "image": "x", "resources": {"requests": {"cpu": "3900m"}}}]),
+            ),
+            want: Want::Node("a"),
         },
         Case {
             name: "host ports",
@@ -774,6 +823,30 @@ fn each_score_prefers_the_right_node() {
             want: Want::Node("b"),
         },
         Case {
+            name: "pods of one controller spread over nodes without hostname labels too",
+            nodes: vec![
+                with(node("a"), "/metadata/labels", json!({})),
+                with(node("b"), "/metadata/labels", json!({})),
+            ],
+            pods: vec![
+                bound(
+                    with(
+                        pod("x", None, None),
+                        "/metadata/ownerReferences",
+                        json!([{"uid": "rs-1", "controller": true}]),
+                    ),
+                    "a",
+                ),
+                bound(pod("y", Some("1"), Some("1Gi")), "b"),
+            ],
+            pod: with(
+                pod("p", None, None),
+                "/metadata/ownerReferences",
+                json!([{"uid": "rs-1", "controller": true}]),
+            ),
+            want: Want::Node("b"),
+        },
+        Case {
             name: "ScheduleAnyway spread",
             nodes: vec![node("a"), node("b"), node("c")],
             pods: vec![
@@ -955,6 +1028,69 @@ fn equal_nodes_are_shared_not_taken_alphabetically() {
 }
 
 #[test]
+fn malformed_objects_are_read_without_panicking() {
+    let nodes = vec![
+        json!(null),
+        json!(42),
+        json!({"metadata": {"name": 5}}),
+        json!({
+            "metadata": {"name": "odd", "labels": [1]},
+            "spec": {"taints": "bad", "unschedulable": "yes"},
+            "status": {"allocatable": {"cpu": {}, "pods": "many"}, "capacity": [], "conditions": 3},
+        }),
+        with(
+            node("a"),
+            "/spec/taints",
+            json!([{"key": 1}, {"effect": "NoSchedule"}, 7]),
+        ),
+        node("b"),
+    ];
+    let weird_pods = vec![
+        json!(null),
+        json!("pod"),
+        json!({"spec": {"containers": {"a": 1}, "nodeName": 4}}),
+        json!({"metadata": {"labels": "x", "ownerReferences": {}}, "spec": {
+            "nodeName": "b",
+            "containers": [{"resources": {"requests": {"cpu": [1], "memory": "-1"}}, "ports": [{"hostPort": "80"}, {"hostPort": 80, "protocol": 6}]}],
+            "initContainers": "none",
+            "overhead": {"cpu": true},
+        }}),
+        json!({"spec": {
+            "nodeSelector": ["a"],
+            "tolerations": [{"operator": "Sometimes"}, {"effect": 3}, 9],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "Gt", "values": ["x", "y"]}]}, 5]},
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": "10"}, {"weight": 5, "preference": 3}],
+                },
+                "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchExpressions": [{"operator": 5}]}}]},
+                "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [7, {"labelSelector": {}, "topologyKey": 1, "namespaceSelector": {"matchLabels": {"a": "b"}}}]},
+            },
+            "topologySpreadConstraints": [{"maxSkew": "1"}, {"maxSkew": 0, "topologyKey": "k"}, {"maxSkew": 1, "topologyKey": "k", "minDomains": "x"}],
+        }}),
+    ];
+    let bound_pods: Vec<Value> = weird_pods
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            if p.is_object() {
+                p["spec"]["nodeName"] = json!("a");
+            }
+            p
+        })
+        .collect();
+    let mut snap = Snapshot::new(&nodes, &bound_pods);
+    for p in &weird_pods {
+        if let Ok(n) = snap.schedule(p) {
+            snap.assume(p, &n);
+        }
+        let _ = wants(p);
+    }
+    // The readable nodes are still usable.
+    assert!(snap.schedule(&pod("p", Some("100m"), None)).is_ok());
+}
+
+#[test]
 fn wants_only_unbound_live_pods_for_the_default_scheduler() {
     let p = pod("p", None, None);
     assert!(wants(&p));
@@ -995,7 +1131,8 @@ fn bench_decisions() {
             n
         })
         .collect();
-    // A mix: plain pods of 30 controllers, some with a zone preference, some spread.
+    // A mix: plain pods of 30 controllers, some with a zone preference, some spread, some
+    // keeping apart from their siblings.
     let pods: Vec<Value> = (0..PODS)
         .map(|i| {
             let mut p = pod(&format!("p-{i}"), Some("250m"), Some("256Mi"));
@@ -1005,6 +1142,12 @@ fn bench_decisions() {
                 p["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] = json!([
                     {"weight": 50, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z1"]}]}},
                 ]);
+            }
+            if i % 7 == 0 {
+                p["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = json!([{
+                    "labelSelector": {"matchLabels": {"app": format!("app-{}", i % 30)}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }]);
             }
             if i % 5 == 0 {
                 p["spec"]["topologySpreadConstraints"] = json!([{

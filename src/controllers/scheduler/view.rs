@@ -21,8 +21,6 @@ pub type Labels = BTreeMap<String, String>;
 pub const DEFAULT_MILLI_CPU: i64 = 100;
 pub const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024;
 
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-
 /// What a bad quantity in a pod does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strictness {
@@ -57,7 +55,7 @@ pub struct Taint {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Toleration {
-    /// Empty with [`TolerationOp::Exists`]: every key.
+    /// Empty: every key.
     pub key: String,
     pub op: TolerationOp,
     /// `None`: every effect.
@@ -253,7 +251,8 @@ impl PodView {
     /// the pod to, as kube-scheduler's NodeAffinity PreFilter computes them: `None` when
     /// some term does not name nodes (every node is a candidate).
     pub fn named_nodes(&self) -> Option<Vec<&str>> {
-        let terms = self.required_terms.as_ref()?;
+        // No terms at all narrows nothing (and then matches no node in the filter).
+        let terms = self.required_terms.as_ref().filter(|t| !t.is_empty())?;
         let mut names: Vec<&str> = Vec::new();
         for term in terms {
             let mut term_names: Option<Vec<&str>> = None;
@@ -466,11 +465,8 @@ impl Toleration {
         if self.effect.is_some_and(|e| e != taint.effect) {
             return false;
         }
-        if self.key.is_empty() {
-            // An empty key tolerates every key, but only with Exists.
-            return self.op == TolerationOp::Exists;
-        }
-        if self.key != taint.key {
+        // An empty key matches every key (the API allows it only with Exists).
+        if !self.key.is_empty() && self.key != taint.key {
             return false;
         }
         match &self.op {
@@ -668,11 +664,7 @@ impl SpreadConstraint {
 impl NodeView {
     pub fn parse(node: &Value) -> Option<NodeView> {
         let name = str_at(&node["metadata"], "name")?.to_string();
-        let mut labels = string_map(&node["metadata"]["labels"]);
-        // Topology on hostname works for nodes registered without the label too.
-        labels
-            .entry(HOSTNAME_LABEL.to_string())
-            .or_insert_with(|| name.clone());
+        let labels = string_map(&node["metadata"]["labels"]);
         let mut taints: Vec<Taint> = array(&node["spec"]["taints"])
             .iter()
             .filter_map(Taint::parse)
