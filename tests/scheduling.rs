@@ -548,3 +548,153 @@ spec:
             .is_empty()
     });
 }
+
+/// Plays the kubelet in the background: every bound pod is reported Running and Ready.
+struct Kubelet {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Kubelet {
+    fn start(s: &Server) -> Kubelet {
+        use std::process::Command;
+        let kubeconfig = s.kubeconfig();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let kubectl = |args: &[&str]| {
+                Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(args)
+                    .output()
+            };
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(out) = kubectl(&["get", "pods", "-o", "json"])
+                    && let Ok(list) = serde_json::from_slice::<Value>(&out.stdout)
+                {
+                    for p in list["items"].as_array().into_iter().flatten() {
+                        let ready = p["status"]["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        });
+                        if node_of(p).is_empty() || ready {
+                            continue;
+                        }
+                        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+                        let _ = kubectl(&[
+                            "patch",
+                            "pod",
+                            name,
+                            "--subresource=status",
+                            "--type=merge",
+                            "-p",
+                            r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
+                        ]);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        Kubelet {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ready_count(s: &Server, selector: &str) -> usize {
+    pods(s, selector)
+        .iter()
+        .filter(|p| {
+            p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+        .count()
+}
+
+#[test]
+fn drain_moves_pods_off_a_board_without_breaking_their_disruption_budget() {
+    let s =
+        Server::start(Options::default().arg("--node-taint", "CriticalAddonsOnly=true:NoExecute"));
+    let agents: Vec<Agent> = ["board-1", "board-2"]
+        .iter()
+        .map(|n| Agent::start(&s.url(), &s.token(), n, &[]))
+        .collect();
+    for a in &agents {
+        a.wait_log("tunnel connected", JOIN_TIMEOUT);
+    }
+    wait_until("three Ready nodes", JOIN_TIMEOUT, || ready_nodes(&s) == 3);
+    let _kubelet = Kubelet::start(&s);
+    apply(&s, "web", &deployment("web", 4, ""));
+    apply(
+        &s,
+        "budget",
+        r#"
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 3
+  selector: {matchLabels: {app: web}}
+"#,
+    );
+    wait_until("4 web pods Ready and the budget allows 1", SETTLE, || {
+        let b = s.kubectl_json(&["get", "pdb", "web", "-o", "json"]);
+        ready_count(&s, "app=web") == 4 && b["status"]["disruptionsAllowed"] == 1
+    });
+    let row = s.kubectl_ok(&["get", "pdb", "web", "--no-headers"]);
+    assert!(row.contains(" 3 ") && row.contains(" 1 "), "{row}");
+
+    // Drain board-1 while watching availability from the side.
+    let mut drain = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .args(["drain", "board-1", "--ignore-daemonsets", "--timeout=90s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kubectl drain");
+    let mut lowest = usize::MAX;
+    let status = loop {
+        if let Some(status) = drain.try_wait().expect("poll kubectl drain") {
+            break status;
+        }
+        lowest = lowest.min(ready_count(&s, "app=web"));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = drain.wait_with_output().expect("kubectl drain output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        status.success(),
+        "drain failed: {}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        lowest >= 3,
+        "ready pods fell to {lowest} under a budget of 3"
+    );
+    assert!(
+        stderr.contains("disruption budget"),
+        "the second eviction had to wait for the budget: {stderr}"
+    );
+    let by_node = spread(&s, "app=web");
+    assert_eq!(by_node.get("board-2"), Some(&4), "{by_node:?}");
+    let node = s.kubectl_json(&["get", "node", "board-1", "-o", "json"]);
+    assert_eq!(node["spec"]["unschedulable"], true, "drain cordons");
+    s.kubectl_ok(&["uncordon", "board-1"]);
+    let node = s.kubectl_json(&["get", "node", "board-1", "-o", "json"]);
+    assert!(node["spec"]["unschedulable"].is_null() || node["spec"]["unschedulable"] == false);
+}

@@ -457,6 +457,19 @@ impl Registry {
         })
     }
 
+    /// Writes `next` as the status of `r` if the object is still `current` (409 otherwise):
+    /// one compare-and-swap, for in-process writers that must not lose a race.
+    pub async fn replace_status(
+        &self,
+        r: &ObjectRef,
+        current: &Value,
+        next: Value,
+    ) -> Result<Value> {
+        let mut obj = prepare_update(r, Part::Status, current, next)?;
+        self.put(r, revision_of(current), current, &mut obj).await?;
+        Ok(obj)
+    }
+
     /// `pods/binding`: sets an unbound pod's node, once. One compare-and-swap on the pod's
     /// revision, so two schedulers (a lease changing hands mid-decision) can never both bind
     /// it: the second gets 409. `uid`, when given, must be the pod's (a pod deleted and made

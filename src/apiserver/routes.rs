@@ -53,6 +53,8 @@ enum Target {
     Scale(ObjectRef),
     /// `pods/<name>/binding`: the scheduler's one write of a pod's node.
     Binding(ObjectRef),
+    /// `pods/<name>/eviction`: a deletion that honours disruption budgets.
+    Eviction(ObjectRef),
 }
 
 pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
@@ -300,6 +302,11 @@ fn target(gv: &GroupVersion, segs: &[&str]) -> Option<Target> {
             namespace: Some(ns.to_string()),
             name: name.to_string(),
         }),
+        ["namespaces", ns, "pods", name, "eviction"] => Target::Eviction(ObjectRef {
+            resource: by("pods")?,
+            namespace: Some(ns.to_string()),
+            name: name.to_string(),
+        }),
         [p, name] if !by(p)?.namespaced => obj(by(p)?, None, name, Part::Main),
         [p, name, "status"] if !by(p)?.namespaced && by(p)?.has_status => {
             obj(by(p)?, None, name, Part::Status)
@@ -480,6 +487,19 @@ async fn resource(
             Ok(json(
                 StatusCode::CREATED,
                 &serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
+        }
+        (Target::Eviction(r), Method::POST) => {
+            if matches!(writer, Writer::Node(_)) {
+                return Err(ApiError::Forbidden(format!(
+                    "pods \"{}\" is forbidden: a node may not evict pods",
+                    r.name
+                )));
+            }
+            let body = read_json(req).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &super::eviction::evict(&registry, &r, &body).await?,
             ))
         }
         (Target::Scale(r), Method::GET) => {

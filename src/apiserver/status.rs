@@ -57,6 +57,9 @@ pub enum ApiError {
     /// feed reaches it again.
     #[error("the datastore is unavailable: {0}")]
     DatastoreUnreachable(String),
+    /// 429: an eviction would break a PodDisruptionBudget (`cause` names it).
+    #[error("{message}")]
+    DisruptionBudget { message: String, cause: Value },
     /// 429: this client (a node, a source address) is over its own share.
     #[error("{0}")]
     TooManyRequests(String),
@@ -85,7 +88,7 @@ impl ApiError {
             ApiError::TooLarge(_) => 413,
             ApiError::Gone { .. } => 410,
             ApiError::Unavailable(_) | ApiError::DatastoreUnreachable(_) => 503,
-            ApiError::TooManyRequests(_) => 429,
+            ApiError::TooManyRequests(_) | ApiError::DisruptionBudget { .. } => 429,
             ApiError::Internal(_) => 500,
         }
     }
@@ -105,7 +108,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::Gone { .. } => "Expired",
             ApiError::Unavailable(_) | ApiError::DatastoreUnreachable(_) => "ServiceUnavailable",
-            ApiError::TooManyRequests(_) => "TooManyRequests",
+            ApiError::TooManyRequests(_) | ApiError::DisruptionBudget { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -135,6 +138,7 @@ impl ApiError {
                 Some(json!({"retryAfterSeconds": 1}))
             }
             ApiError::TooManyRequests(_) => Some(json!({"retryAfterSeconds": 5})),
+            ApiError::DisruptionBudget { cause, .. } => Some(json!({"causes": [cause]})),
             _ => None,
         };
         if let Some(d) = details {

@@ -5,12 +5,13 @@
 //! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
 //! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`job`] runs pods to
-//! completion, [`endpoints`] lists the pods behind each Service, [`garbage_collector`] deletes what lost its owners, and [`events`] records
-//! what they did. [`owner`] holds what they share about
-//! objects.
+//! completion, [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
+//! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners, and
+//! [`events`] records what they did. [`owner`] holds what they share about objects.
 
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod garbage_collector;
@@ -36,6 +37,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     kinds.extend(daemonset::DaemonSets::KINDS);
     kinds.extend(job::Jobs::KINDS);
     kinds.extend(endpoints::Endpoints::KINDS);
+    kinds.extend(disruption::Disruption::KINDS);
     kinds.extend(taint_eviction::TaintEviction::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
@@ -79,6 +81,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
             ctx.clone(),
         ));
         set.spawn(controller::run(endpoints::Endpoints, ctx.clone()));
+        set.spawn(controller::run(disruption::Disruption, ctx.clone()));
         set.spawn(controller::run(
             garbage_collector::GarbageCollector,
             ctx.clone(),
