@@ -202,6 +202,8 @@ mod tests {
                 "nodes/status",
                 "pods",
                 "pods/status",
+                "pods/eviction",
+                "pods/binding",
                 "secrets",
                 "serviceaccounts",
                 "services",
