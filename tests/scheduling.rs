@@ -698,3 +698,96 @@ spec:
     let node = s.kubectl_json(&["get", "node", "board-1", "-o", "json"]);
     assert!(node["spec"]["unschedulable"].is_null() || node["spec"]["unschedulable"] == false);
 }
+
+#[test]
+fn a_statefulset_makes_named_pods_in_order_and_updates_them_from_the_top() {
+    let s = Server::start(Options::default());
+    wait_until("the server's node is Ready", JOIN_TIMEOUT, || {
+        ready_nodes(&s) == 1
+    });
+    // No kubelet yet: OrderedReady stops at db-0 until it is Ready.
+    apply(
+        &s,
+        "db",
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 3
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: c, image: "busybox:1.36"}]
+"#,
+    );
+    wait_until("db-0 exists", SETTLE, || pods(&s, "app=db").len() == 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let names: Vec<String> = pods(&s, "app=db")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(names, ["db-0"], "db-1 waits for db-0 to be Ready");
+
+    let _kubelet = Kubelet::start(&s);
+    wait_until("db-0, db-1, db-2 Ready", SETTLE, || {
+        ready_count(&s, "app=db") == 3
+    });
+    let pod = s.kubectl_json(&["get", "pod", "db-2", "-o", "json"]);
+    assert_eq!(pod["spec"]["hostname"], "db-2");
+    assert_eq!(pod["spec"]["subdomain"], "db");
+
+    s.kubectl_ok(&["set", "image", "statefulset/db", "c=busybox:1.37"]);
+    let status = s.kubectl_ok(&["rollout", "status", "statefulset/db", "--timeout=60s"]);
+    assert!(
+        status.contains("complete") || status.contains("rolling update complete"),
+        "{status}"
+    );
+    for p in pods(&s, "app=db") {
+        assert_eq!(
+            p["spec"]["containers"][0]["image"], "busybox:1.37",
+            "{}",
+            p["metadata"]["name"]
+        );
+    }
+
+    s.kubectl_ok(&["scale", "statefulset/db", "--replicas=1"]);
+    wait_until("only db-0 is left", SETTLE, || {
+        let names: Vec<String> = pods(&s, "app=db")
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_owned())
+            .collect();
+        names == ["db-0"]
+    });
+
+    // Claims need storage, which does not exist yet: said plainly, no pods.
+    apply(
+        &s,
+        "claims",
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: store}
+spec:
+  serviceName: store
+  replicas: 1
+  selector: {matchLabels: {app: store}}
+  template:
+    metadata: {labels: {app: store}}
+    spec:
+      containers: [{name: c, image: "busybox:1.36"}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+"#,
+    );
+    wait_until("the claims warning", SETTLE, || {
+        s.kubectl_ok(&["describe", "statefulset", "store"])
+            .contains("volumeClaimTemplates are not supported yet")
+    });
+    assert!(pods(&s, "app=store").is_empty());
+}

@@ -155,6 +155,17 @@ fn workloads_apply_get_defaults_and_kubectl_columns() {
     assert_eq!(hello["spec"]["concurrencyPolicy"], "Allow");
     assert_eq!(hello["spec"]["successfulJobsHistoryLimit"], 3);
 
+    // The controllers act on them: the Deployment's ReplicaSet, the pods.
+    common::wait_until(
+        "the controllers made pods",
+        std::time::Duration::from_secs(30),
+        || {
+            let web = s.kubectl_json(&["get", "deploy", "web", "-o", "json"]);
+            let cache = s.kubectl_json(&["get", "rs", "cache", "-o", "json"]);
+            web["status"]["updatedReplicas"] == 1 && cache["status"]["replicas"] == 2
+        },
+    );
+
     // One table per kind, in the order asked for, with Kubernetes' columns.
     let out = s.kubectl_ok(&["get", "deploy,rs,ds,sts,job,cj"]);
     let blocks: Vec<&str> = out.split("\n\n").filter(|b| !b.trim().is_empty()).collect();
@@ -186,6 +197,8 @@ fn workloads_apply_get_defaults_and_kubectl_columns() {
         .iter()
         .flat_map(|b| table(b))
         .map(|row| cell(&row, "NAME").to_owned())
+        // The Deployment's own ReplicaSet has a generated name.
+        .filter(|n| !n.starts_with("replicaset.apps/web-"))
         .collect();
     assert_eq!(
         names,
@@ -202,12 +215,12 @@ fn workloads_apply_get_defaults_and_kubectl_columns() {
 
     let rows = get_rows(&s, &["get", "deploy", "web", "-o", "wide"]);
     assert_eq!(cell(&rows[0], "READY"), "0/1", "{rows:?}");
-    assert_eq!(cell(&rows[0], "UP-TO-DATE"), "0", "{rows:?}");
+    assert_eq!(cell(&rows[0], "UP-TO-DATE"), "1", "{rows:?}");
     assert_eq!(cell(&rows[0], "IMAGES"), "nginx:1.26", "{rows:?}");
     assert_eq!(cell(&rows[0], "SELECTOR"), "app=web", "{rows:?}");
     let rows = get_rows(&s, &["get", "rs", "cache", "-o", "wide"]);
     assert_eq!(cell(&rows[0], "DESIRED"), "2", "{rows:?}");
-    assert_eq!(cell(&rows[0], "CURRENT"), "0", "{rows:?}");
+    assert_eq!(cell(&rows[0], "CURRENT"), "2", "{rows:?}");
     assert_eq!(cell(&rows[0], "SELECTOR"), "app in (cache)", "{rows:?}");
     let ds = s.kubectl_ok(&["get", "ds", "agent"]);
     assert!(ds.contains("kubernetes.io/os=linux"), "{ds}");

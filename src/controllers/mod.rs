@@ -4,7 +4,8 @@
 //! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
 //! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
-//! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`job`] runs pods to
+//! ReplicaSets, [`daemonset`] runs a pod on every eligible node,
+//! [`statefulset`] keeps pods with stable names in order, [`job`] runs pods to
 //! completion, [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
 //! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners, and
 //! [`events`] records what they did. [`owner`] holds what they share about objects.
@@ -21,6 +22,7 @@ pub mod node_lifecycle;
 pub mod owner;
 pub mod replicaset;
 pub mod scheduler;
+pub mod statefulset;
 pub mod taint_eviction;
 
 use std::time::Duration;
@@ -36,6 +38,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     kinds.extend(deployment::Deployments::KINDS);
     kinds.extend(daemonset::DaemonSets::KINDS);
     kinds.extend(job::Jobs::KINDS);
+    kinds.extend(statefulset::StatefulSets::KINDS);
     kinds.extend(endpoints::Endpoints::KINDS);
     kinds.extend(disruption::Disruption::KINDS);
     kinds.extend(taint_eviction::TaintEviction::KINDS);
@@ -77,6 +80,12 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
         set.spawn(controller::run(
             taint_eviction::TaintEviction {
                 events: recorder("taint-eviction-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            statefulset::StatefulSets {
+                events: recorder("statefulset-controller"),
             },
             ctx.clone(),
         ));

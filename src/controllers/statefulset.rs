@@ -1,0 +1,357 @@
+//! The StatefulSet controller: pods with stable names (`<set>-0`, `<set>-1`, …), made and
+//! removed in order.
+//!
+//! With `OrderedReady` (the default) pod N is created only once pods 0…N-1 are Running and
+//! Ready, and scaling down removes the highest ordinal first, one at a time, while the others
+//! are ready; with `Parallel` all are created or removed at once. Each pod carries its
+//! template's revision (`controller-revision-hash`); a RollingUpdate replaces pods of an old
+//! revision from the highest ordinal down to `partition`, one at a time and only while every
+//! pod is ready; OnDelete replaces only pods someone else deleted. Pods get `hostname` = their
+//! name and `subdomain` = `serviceName`, so the networking issue's DNS can give each a stable
+//! name.
+//!
+//! Storage does not exist yet: a StatefulSet with `volumeClaimTemplates` gets a Warning event
+//! saying so and no pods, rather than pods running without the storage they were promised.
+//!
+//! Invariant: never two active pods of one ordinal; an ordinal ≥ replicas is always deleted
+//! before anything is updated.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::daemonset::REVISION_HASH;
+use super::events::{Recorder, Type};
+use super::owner::{self, controller_of, key_of, ref_of};
+use super::replicaset::{claim, pod_from_template};
+use crate::apiserver::kinds::workload::selects;
+use crate::apiserver::registry::Part;
+use crate::apiserver::resources::{ObjectRef, PODS, Resource, STATEFULSETS};
+use crate::apiserver::status::ApiError;
+use crate::runtime::cache::{Cache, Change};
+use crate::runtime::controller::{Action, Context, Reconciler};
+
+const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
+
+pub struct StatefulSets {
+    pub events: Recorder,
+}
+
+impl StatefulSets {
+    /// What it reads from the cache.
+    pub const KINDS: [&'static Resource; 2] = [&STATEFULSETS, &PODS];
+}
+
+impl Reconciler for StatefulSets {
+    fn name(&self) -> &'static str {
+        "statefulset"
+    }
+
+    fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {
+        let Some(obj) = change.object() else {
+            return vec![];
+        };
+        if change.resource == &STATEFULSETS {
+            return key_of(obj).into_iter().collect();
+        }
+        if change.resource != &PODS {
+            return vec![];
+        }
+        match controller_of(obj) {
+            Some(("StatefulSet", name, _)) => vec![format!("{}/{name}", owner::namespace(obj))],
+            Some(_) => vec![],
+            None => cache
+                .list_in(&STATEFULSETS, owner::namespace(obj))
+                .iter()
+                .filter(|s| selects(&s["spec"]["selector"], owner::labels(obj)))
+                .filter_map(|s| key_of(s))
+                .collect(),
+        }
+    }
+
+    fn all(&self, cache: &Cache) -> Vec<String> {
+        cache
+            .list(&STATEFULSETS)
+            .iter()
+            .filter_map(|s| key_of(s))
+            .collect()
+    }
+
+    async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {
+        let r = ref_of(&STATEFULSETS, key);
+        let Some(set) = ctx.cache.get(&r) else {
+            return Ok(Action::Done);
+        };
+        let name = owner::name(&set).to_owned();
+        let pods = claim(
+            ctx,
+            &STATEFULSETS,
+            &set,
+            &ctx.cache.list_in(&PODS, owner::namespace(&set)),
+        )
+        .await?;
+        let revision = format!(
+            "{name}-{}",
+            super::deployment::template_hash(&set["spec"]["template"], None)
+        );
+        let replicas = owner::int(&set, "/spec/replicas", 1).max(0);
+        let start = owner::int(&set, "/spec/ordinals/start", 0).max(0);
+        let parallel = set["spec"]["podManagementPolicy"] == "Parallel";
+        let min_ready = owner::int(&set, "/spec/minReadySeconds", 0);
+        let now = OffsetDateTime::now_utc();
+
+        // Pods by ordinal; a pod whose name is no ordinal of this set is not its to keep.
+        let mut by_ordinal: BTreeMap<i64, Arc<Value>> = BTreeMap::new();
+        let mut strays = vec![];
+        for p in pods.iter().filter(|p| owner::is_active_or_terminating(p)) {
+            match ordinal_of(&name, owner::name(p)) {
+                Some(i) if !by_ordinal.contains_key(&i) => {
+                    by_ordinal.insert(i, p.clone());
+                }
+                _ => strays.push(p.clone()),
+            }
+        }
+        let terminating = owner::is_terminating(&set);
+        let claims = set["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty());
+        let healthy = |p: &Value| {
+            !owner::is_terminating(p) && p["status"]["phase"] == "Running" && owner::is_ready(p)
+        };
+        if claims && !terminating && by_ordinal.is_empty() {
+            self.events
+                .record(
+                    &STATEFULSETS,
+                    &set,
+                    Type::Warning,
+                    "FailedCreate",
+                    "volumeClaimTemplates are not supported yet (no storage provisioner): no pods are created",
+                )
+                .await;
+        }
+        if !terminating && !claims {
+            for p in &strays {
+                delete(ctx, p).await?;
+            }
+            // Scale down first: the highest ordinal beyond the wanted range.
+            let beyond: Vec<(i64, Arc<Value>)> = by_ordinal
+                .range(start + replicas..)
+                .rev()
+                .map(|(i, p)| (*i, p.clone()))
+                .collect();
+            let all_healthy_below = |limit: i64| {
+                by_ordinal
+                    .range(..limit)
+                    .filter(|(i, _)| **i >= start)
+                    .all(|(_, p)| healthy(p))
+            };
+            let mut busy = false;
+            for (i, p) in beyond {
+                if owner::is_terminating(&p) {
+                    busy = true;
+                    if !parallel {
+                        break;
+                    }
+                    continue;
+                }
+                if !parallel && !all_healthy_below(i) {
+                    busy = true;
+                    break;
+                }
+                delete(ctx, &p).await?;
+                self.events
+                    .record(
+                        &STATEFULSETS,
+                        &set,
+                        Type::Normal,
+                        "SuccessfulDelete",
+                        &format!(
+                            "delete Pod {} in StatefulSet {name} successful",
+                            owner::name(&p)
+                        ),
+                    )
+                    .await;
+                busy = true;
+                if !parallel {
+                    break;
+                }
+            }
+            // Create what is missing, in order.
+            if !busy || parallel {
+                for i in start..start + replicas {
+                    match by_ordinal.get(&i) {
+                        Some(p) if healthy(p) || parallel => continue,
+                        Some(_) => break,
+                        None => {
+                            let pod = stateful_pod(&set, i, &revision);
+                            match ctx
+                                .registry
+                                .create(&PODS, Some(owner::namespace(&set)), pod)
+                                .await
+                            {
+                                Ok(p) => {
+                                    ctx.wrote(&p);
+                                    self.events
+                                        .record(&STATEFULSETS, &set, Type::Normal, "SuccessfulCreate", &format!("create Pod {name}-{i} in StatefulSet {name} successful"))
+                                        .await;
+                                }
+                                // The old pod of this ordinal is still going away.
+                                Err(ApiError::AlreadyExists { .. }) => {}
+                                Err(e) => return Err(e),
+                            }
+                            if !parallel {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            // Rolling update: the highest old-revision ordinal at or above the partition,
+            // once every pod is healthy.
+            let rolling = set["spec"]["updateStrategy"]["type"] != "OnDelete";
+            let partition = owner::int(&set, "/spec/updateStrategy/rollingUpdate/partition", 0);
+            let wanted: Vec<&Arc<Value>> = by_ordinal
+                .range(start..start + replicas)
+                .map(|(_, p)| p)
+                .collect();
+            if rolling
+                && wanted.len() as i64 == replicas
+                && wanted.iter().all(|p| healthy(p))
+                && let Some((_, old)) = by_ordinal
+                    .range(start + partition..start + replicas)
+                    .rev()
+                    .find(|(_, p)| owner::labels(p)[REVISION_HASH] != revision.as_str())
+            {
+                delete(ctx, old).await?;
+            }
+        }
+
+        // Status.
+        let active: Vec<&Arc<Value>> = by_ordinal
+            .values()
+            .filter(|p| !owner::is_terminating(p))
+            .collect();
+        let count = |f: &dyn Fn(&Value) -> bool| active.iter().filter(|p| f(p)).count() as i64;
+        let updated = count(&|p| owner::labels(p)[REVISION_HASH] == revision.as_str());
+        let current_revision = if updated == replicas && active.len() as i64 == replicas {
+            revision.clone()
+        } else {
+            set["status"]["currentRevision"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| revision.clone())
+        };
+        let current = count(&|p| owner::labels(p)[REVISION_HASH] == current_revision.as_str());
+        let status = json!({
+            "observedGeneration": owner::generation(&set),
+            "replicas": active.len(),
+            "readyReplicas": count(&|p| owner::is_ready(p)),
+            "availableReplicas": count(&|p| owner::is_available(p, min_ready, now)),
+            "currentReplicas": current,
+            "updatedReplicas": updated,
+            "currentRevision": current_revision,
+            "updateRevision": revision,
+            "collisionCount": 0,
+        });
+        let same = status
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| set["status"][k] == *v);
+        if !same {
+            match ctx
+                .registry
+                .modify(&r, Part::Status, |o| {
+                    for (k, v) in status.as_object().into_iter().flatten() {
+                        o["status"][k] = v.clone();
+                    }
+                })
+                .await
+            {
+                Ok(o) => ctx.wrote(&o),
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Action::Done)
+    }
+}
+
+async fn delete(ctx: &Context, pod: &Value) -> Result<(), ApiError> {
+    let r = ObjectRef {
+        resource: &PODS,
+        namespace: Some(owner::namespace(pod).to_owned()),
+        name: owner::name(pod).to_owned(),
+    };
+    match ctx.registry.delete(&r, None).await {
+        Ok(last) => {
+            ctx.wrote(&last);
+            Ok(())
+        }
+        Err(ApiError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The ordinal in a pod name `<set>-<n>`.
+fn ordinal_of(set: &str, pod: &str) -> Option<i64> {
+    let n = pod.strip_prefix(set)?.strip_prefix('-')?;
+    if n.is_empty() || (n.len() > 1 && n.starts_with('0')) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// Pod `ordinal` of `set`, at template `revision`.
+fn stateful_pod(set: &Value, ordinal: i64, revision: &str) -> Value {
+    let name = format!("{}-{ordinal}", owner::name(set));
+    let mut pod = pod_from_template(&STATEFULSETS, set);
+    if let Some(meta) = pod["metadata"].as_object_mut() {
+        meta.remove("generateName");
+        meta.insert("name".into(), json!(name));
+    }
+    pod["metadata"]["labels"][POD_NAME] = json!(name);
+    pod["metadata"]["labels"][POD_INDEX] = json!(ordinal.to_string());
+    pod["metadata"]["labels"][REVISION_HASH] = json!(revision);
+    pod["spec"]["hostname"] = json!(name);
+    if let Some(svc) = set["spec"]["serviceName"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+    {
+        pod["spec"]["subdomain"] = json!(svc);
+    }
+    pod
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinals_come_from_names_exactly() {
+        assert_eq!(ordinal_of("db", "db-0"), Some(0));
+        assert_eq!(ordinal_of("db", "db-12"), Some(12));
+        assert_eq!(ordinal_of("db", "db-01"), None);
+        assert_eq!(ordinal_of("db", "db-x"), None);
+        assert_eq!(ordinal_of("db", "dbx-1"), None);
+        assert_eq!(ordinal_of("db", "db-"), None);
+    }
+
+    #[test]
+    fn stateful_pods_have_stable_names_and_hostnames() {
+        let set = json!({
+            "metadata": {"name": "db", "namespace": "default", "uid": "u"},
+            "spec": {"serviceName": "db", "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": []}}}
+        });
+        let pod = stateful_pod(&set, 2, "db-abc");
+        assert_eq!(pod["metadata"]["name"], "db-2");
+        assert!(pod["metadata"].get("generateName").is_none());
+        assert_eq!(pod["spec"]["hostname"], "db-2");
+        assert_eq!(pod["spec"]["subdomain"], "db");
+        assert_eq!(pod["metadata"]["labels"][POD_INDEX], "2");
+        assert_eq!(pod["metadata"]["labels"][REVISION_HASH], "db-abc");
+    }
+}
