@@ -936,3 +936,106 @@ fn agents_fail_over_to_the_other_server_within_two_seconds_on_postgres() {
         "the dead server's node was never marked unreachable by the survivor"
     );
 }
+
+/// The pods of `selector` as `(name, node)`.
+fn pods_of(s: &Server, selector: &str) -> Vec<(String, String)> {
+    let list = s.kubectl_json(&["get", "pods", "-l", selector, "-o", "json"]);
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                p["spec"]["nodeName"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_controllers_move_to_the_other_server_mid_scale_up_and_finish_exactly() {
+    let Some(db) = TestDb::new(Db::Postgres, "ctrl") else {
+        return;
+    };
+    let mut a = Server::start(opts("server-a", &db));
+    let mut b = Server::start(
+        opts("server-b", &db).arg("--token-file", &a.token_path().display().to_string()),
+    );
+    let both = vec!["server-a".to_owned(), "server-b".to_owned()];
+    wait_until("both nodes Ready", Duration::from_secs(30), || {
+        ready_nodes(&a) == both
+    });
+    let holder = || {
+        let lease = a.kubectl_json(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "keelson-controllers",
+            "-o",
+            "json",
+        ]);
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    wait_until(
+        "a controllers lease holder",
+        Duration::from_secs(30),
+        || !holder().is_empty(),
+    );
+    let a_leads = holder().starts_with("server-a");
+    let (leader, survivor) = if a_leads {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+
+    let manifest = survivor.dir().join("big.yaml");
+    std::fs::write(
+        &manifest,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: big}
+spec:
+  replicas: 200
+  selector: {matchLabels: {app: big}}
+  template:
+    metadata: {labels: {app: big}}
+    spec:
+      containers: [{name: c, image: "busybox:1.36", resources: {requests: {cpu: 1m, memory: 1Mi}}}]
+"#,
+    )
+    .unwrap();
+    survivor.kubectl_ok(&["apply", "-f", &manifest.display().to_string()]);
+    // Kill the holder in the middle of the scale-up.
+    wait_until("the scale-up has begun", Duration::from_secs(30), || {
+        !pods_of(survivor, "app=big").is_empty()
+    });
+    leader.kill();
+    let took = wait_until(
+        "200 pods, all bound, after the takeover",
+        Duration::from_secs(90),
+        || {
+            let p = pods_of(survivor, "app=big");
+            p.len() == 200 && p.iter().all(|(_, n)| !n.is_empty())
+        },
+    );
+    eprintln!("took {took:?} after the kill");
+    // Exactly 200, and stays so: nothing made twice by the two holders.
+    std::thread::sleep(Duration::from_secs(3));
+    let p = pods_of(survivor, "app=big");
+    assert_eq!(p.len(), 200);
+    let mut names: Vec<&String> = p.iter().map(|(n, _)| n).collect();
+    names.dedup();
+    assert_eq!(names.len(), 200);
+    let rs = survivor.kubectl_json(&["get", "rs", "-l", "app=big", "-o", "json"]);
+    assert_eq!(
+        rs["items"].as_array().map(Vec::len),
+        Some(1),
+        "one ReplicaSet"
+    );
+}
