@@ -221,6 +221,10 @@ pub struct ServerArgs {
     #[arg(long, default_value = "15s")]
     pub node_monitor_grace_period: String,
 
+    /// How long Events are kept after they were last seen (kube-apiserver's flag)
+    #[arg(long, default_value = "1h")]
+    pub event_ttl: String,
+
     /// Keep history for this long before compacting it (e.g. 5m); watches older than that get 410 Gone
     #[arg(long, default_value = "5m")]
     pub compact_interval: String,

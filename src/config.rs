@@ -187,6 +187,8 @@ pub struct ServerConfig {
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
     pub node_monitor_grace_period: Duration,
+    /// `--event-ttl`: Events not seen again for this long are deleted.
+    pub event_ttl: Duration,
     pub debug: bool,
     /// Settings that are accepted but deserve a warning; logged once logging is up.
     pub warnings: Vec<String>,
@@ -372,6 +374,8 @@ impl ServerConfig {
             )
             .map(|d| node_monitor_grace_period = d),
         );
+        let mut event_ttl = Duration::from_secs(3600);
+        check(parse_duration("--event-ttl", &args.event_ttl).map(|d| event_ttl = d));
         let mut compact_interval = Duration::from_secs(300);
         check(
             parse_duration("--compact-interval", &args.compact_interval)
@@ -474,6 +478,7 @@ impl ServerConfig {
             kubeconfig_mode,
             compact_interval,
             node_monitor_grace_period,
+            event_ttl,
             debug: args.debug,
             warnings,
         })

@@ -239,7 +239,8 @@ async fn start(
         }
         .run(when_stopped(stop.clone())),
     );
-    let (kinds, starter) = crate::controllers::under_lease(cfg.node_monitor_grace_period);
+    let (kinds, starter) =
+        crate::controllers::under_lease(cfg.node_monitor_grace_period, cfg.event_ttl);
     tasks.spawn(runtime::controller::lead(
         role_rx,
         api.registry.clone(),

@@ -791,3 +791,17 @@ spec:
     });
     assert!(pods(&s, "app=store").is_empty());
 }
+
+#[test]
+fn events_expire_after_the_event_ttl() {
+    let s = Server::start(Options::default().arg("--event-ttl", "3s"));
+    apply(&s, "web", &deployment("web", 2, ""));
+    let events = || {
+        s.kubectl_json(&["get", "events", "-o", "json"])["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    wait_until("the controllers' events", SETTLE, || events() > 0);
+    let took = wait_until("the events expired", SETTLE, || events() == 0);
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}

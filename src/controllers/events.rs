@@ -4,12 +4,19 @@
 //! hash of the rest, so a repeat finds it and bumps `count` and `lastTimestamp` instead of
 //! adding another. Recording is best effort: a failure is logged, never passed on, because an
 //! event must not stop the work it describes.
+//!
+//! [`Expiry`] deletes Events not seen again for `--event-ttl` (default one hour), as
+//! kube-apiserver lets them expire, so a busy cluster's history does not grow without bound.
 
 use serde_json::{Value, json};
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::apiserver::registry::{Part, Registry, now_rfc3339};
 use crate::apiserver::resources::{EVENTS, ObjectRef, Resource};
 use crate::apiserver::status::ApiError;
+use crate::runtime::controller::Context;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Type {
@@ -114,5 +121,85 @@ impl Recorder {
             }
             other => other.map(|_| ()),
         }
+    }
+}
+
+/// Deletes Events last seen longer than `ttl` ago. Runs under the controllers lease.
+pub struct Expiry {
+    pub ttl: Duration,
+}
+
+impl Expiry {
+    /// How often it looks: a quarter of the time-to-live, between 1 s and 5 min.
+    fn period(&self) -> Duration {
+        (self.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300))
+    }
+
+    pub async fn run(self, ctx: Arc<Context>) {
+        loop {
+            tokio::time::sleep(self.period()).await;
+            match self.sweep(&ctx).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(expired = n, "deleted expired events"),
+                Err(e) => tracing::info!(error = %e, "could not expire events"),
+            }
+        }
+    }
+
+    async fn sweep(&self, ctx: &Context) -> Result<usize, ApiError> {
+        let now = time::OffsetDateTime::now_utc();
+        let (_, events) = ctx.registry.list(&EVENTS, None).await?;
+        let mut n = 0;
+        for e in events.iter().filter(|e| expired(e, self.ttl, now)) {
+            let r = ObjectRef {
+                resource: &EVENTS,
+                namespace: e["metadata"]["namespace"].as_str().map(str::to_owned),
+                name: e["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            match ctx.registry.delete(&r, None).await {
+                Ok(_) => n += 1,
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Whether an Event was last seen more than `ttl` before `now`.
+fn expired(event: &Value, ttl: Duration, now: time::OffsetDateTime) -> bool {
+    let seen = [
+        "/lastTimestamp",
+        "/eventTime",
+        "/metadata/creationTimestamp",
+    ]
+    .iter()
+    .map(|p| super::owner::timestamp(event, p))
+    .find(|t| *t != time::OffsetDateTime::UNIX_EPOCH);
+    seen.is_some_and(|t| now - t > ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::format_description::well_known::Rfc3339;
+
+    #[test]
+    fn events_expire_by_when_they_were_last_seen() {
+        let now = time::OffsetDateTime::parse("2026-01-01T02:00:00Z", &Rfc3339).unwrap();
+        let hour = Duration::from_secs(3600);
+        let seen = |t: &str| json!({"lastTimestamp": t, "metadata": {"creationTimestamp": "2025-01-01T00:00:00Z"}});
+        assert!(expired(&seen("2026-01-01T00:59:00Z"), hour, now));
+        assert!(!expired(&seen("2026-01-01T01:30:00Z"), hour, now));
+        // An event without lastTimestamp goes by its creation.
+        assert!(expired(
+            &json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}}),
+            hour,
+            now
+        ));
+        assert!(!expired(&json!({}), hour, now), "undatable events stay");
     }
 }

@@ -32,7 +32,7 @@ use crate::runtime::controller::{self, Starter};
 
 /// What runs under the controllers lease: the kinds their cache holds, and what starts them
 /// once it is synced.
-pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
+pub fn under_lease(grace: Duration, event_ttl: Duration) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(replicaset::ReplicaSets::KINDS);
     kinds.extend(deployment::Deployments::KINDS);
@@ -47,6 +47,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     let starter: Starter = Box::new(move |ctx, set| {
         let recorder = |component| events::Recorder::new(ctx.registry.clone(), component);
         set.spawn(node_lifecycle::NodeLifecycle { grace }.run(ctx.clone()));
+        set.spawn(events::Expiry { ttl: event_ttl }.run(ctx.clone()));
         set.spawn(
             scheduler::Scheduler {
                 events: recorder("default-scheduler"),
