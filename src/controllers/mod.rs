@@ -8,6 +8,7 @@
 //! what they did. [`owner`] holds what they share about
 //! objects.
 
+pub mod cron;
 pub mod daemonset;
 pub mod deployment;
 pub mod events;
