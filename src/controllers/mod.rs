@@ -4,11 +4,13 @@
 //! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
 //! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
-//! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`garbage_collector`] deletes what lost its owners, and [`events`] records
+//! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`cronjob`] starts Jobs on a
+//! [`cron`] schedule, [`garbage_collector`] deletes what lost its owners, and [`events`] records
 //! what they did. [`owner`] holds what they share about
 //! objects.
 
 pub mod cron;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod events;
@@ -33,6 +35,7 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
     kinds.extend(deployment::Deployments::KINDS);
     kinds.extend(daemonset::DaemonSets::KINDS);
     kinds.extend(taint_eviction::TaintEviction::KINDS);
+    kinds.extend(cronjob::CronJobs::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -65,6 +68,13 @@ pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
         set.spawn(controller::run(
             taint_eviction::TaintEviction {
                 events: recorder("taint-eviction-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            cronjob::CronJobs {
+                events: recorder("cronjob-controller"),
+                zones: cron::Zones::from_dir(std::path::Path::new(cron::ZONEINFO)),
             },
             ctx.clone(),
         ));
