@@ -304,7 +304,12 @@ impl Reconciler for CronJobs {
                 }
             }
         }
-        let next = schedule.next_after_in(&zone, now);
+        let anchor = status
+            .last_schedule
+            .as_deref()
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+            .unwrap_or(since);
+        let next = next_time(&schedule, &zone, anchor, now);
         self.write_status(ctx, &r, &cj, &status, next.map(|t| wait_until(t, now)))
             .await
     }
@@ -371,10 +376,13 @@ impl CronJobs {
                 return Err(e);
             }
         };
-        if !status
-            .active
-            .iter()
-            .any(|a| a["uid"] == owner::uid(&created))
+        // A Job found from an earlier try may have finished since (or an `@every` shorter
+        // than a minute named two times alike): only a running one is active.
+        if finished(&created).is_none()
+            && !status
+                .active
+                .iter()
+                .any(|a| a["uid"] == owner::uid(&created))
         {
             status.active.push(reference(&created));
         }
@@ -683,6 +691,20 @@ fn rfc1123z(t: OffsetDateTime) -> Option<String> {
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]"
     ))
     .ok()
+}
+
+/// The first scheduled time after `now`, counted from `anchor` (the last Job's time, or
+/// creation): `@every` times step from there, not from now.
+fn next_time(
+    schedule: &Schedule,
+    zone: &Zone,
+    anchor: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    let latest = schedule
+        .missed(zone, anchor, now)
+        .map_or(anchor, |m| m.latest);
+    schedule.next_after_in(zone, latest)
 }
 
 /// How long from `now` until just after `t`.

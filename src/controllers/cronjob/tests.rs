@@ -121,6 +121,31 @@ fn a_starting_deadline_skips_late_times_and_bounds_the_missed_count() {
     );
 }
 
+#[test]
+fn the_next_wake_up_counts_every_intervals_from_the_last_job() {
+    let every = Schedule::parse("@every 5s").unwrap();
+    let (last, now) = (t("2026-12-01T10:00:03Z"), t("2026-12-01T10:00:04.5Z"));
+    assert_eq!(
+        next_time(&every, &Zone::Utc, last, now),
+        Some(t("2026-12-01T10:00:08Z"))
+    );
+    // A skipped time (Forbid) does not move the anchor: the next one still follows the grid.
+    let now = t("2026-12-01T10:00:09Z");
+    assert_eq!(
+        next_time(&every, &Zone::Utc, last, now),
+        Some(t("2026-12-01T10:00:13Z"))
+    );
+    let minutely = Schedule::parse("* * * * *").unwrap();
+    assert_eq!(
+        next_time(&minutely, &Zone::Utc, last, now),
+        Some(t("2026-12-01T10:01:00Z"))
+    );
+    assert_eq!(
+        wait_until(t("2026-12-01T10:01:00Z"), t("2026-12-01T10:00:59Z")),
+        Duration::from_millis(1100)
+    );
+}
+
 fn job(name: &str, uid: &str, status: Value) -> Arc<Value> {
     Arc::new(json!({
         "metadata": {"name": name, "namespace": "default", "uid": uid, "resourceVersion": "7",
