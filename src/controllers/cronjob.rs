@@ -95,6 +95,16 @@ struct Due<'a> {
     active: Vec<String>,
 }
 
+/// The status fields this controller owns, as the next write should leave them.
+struct Status {
+    /// `status.active`.
+    active: Vec<Value>,
+    /// `status.lastScheduleTime`: only ever moves forward.
+    last_schedule: Option<String>,
+    /// `status.lastSuccessfulTime`.
+    last_successful: Option<String>,
+}
+
 /// What the Jobs a CronJob controls say, compared with its status.
 #[derive(Debug, Default, PartialEq)]
 struct Seen {
@@ -107,6 +117,8 @@ struct Seen {
     /// The latest completion of a successful Job, if later than the status says.
     last_successful: Option<String>,
 }
+
+// === impl CronJobs ===
 
 impl Reconciler for CronJobs {
     fn name(&self) -> &'static str {
@@ -315,13 +327,6 @@ impl Reconciler for CronJobs {
     }
 }
 
-/// The status fields this controller owns.
-struct Status {
-    active: Vec<Value>,
-    last_schedule: Option<String>,
-    last_successful: Option<String>,
-}
-
 impl CronJobs {
     async fn event(&self, cj: &Value, kind: Type, reason: &str, message: &str) {
         self.events
@@ -450,7 +455,9 @@ impl CronJobs {
             "lastSuccessfulTime",
             status.last_successful.as_ref().map(|t| json!(t)),
         );
-        if cj.get("status") != Some(&want) {
+        // No status yet reads as an empty one, so a CronJob that never ran is not rewritten.
+        let current = cj.get("status").cloned().unwrap_or_else(|| json!({}));
+        if current != want {
             match ctx
                 .registry
                 .modify(r, Part::Status, |o| {
@@ -468,6 +475,8 @@ impl CronJobs {
         Ok(next.map_or(Action::Done, Action::RequeueAfter))
     }
 }
+
+// === decisions, pure ===
 
 /// What is due at `now`: the latest time missed since the last Job, and whether policy and
 /// deadline let it start.
