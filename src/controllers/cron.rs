@@ -99,6 +99,8 @@ pub enum Error {
     Step { field: Field, text: String },
 }
 
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// A time zone name the zone database does not know. Not retryable until the name (or the
 /// database) changes.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +137,7 @@ pub struct Missed {
 
 impl Schedule {
     /// Parses a schedule as Kubernetes' CronJob controller reads it.
-    pub fn parse(text: &str) -> Result<Schedule, Error> {
+    pub fn parse(text: &str) -> Result<Schedule> {
         let s = text.trim();
         if s.is_empty() {
             return Err(Error::Empty);
@@ -277,7 +279,7 @@ impl Schedule {
 
 /// `@every <duration>`: Go's duration syntax (`1h30m`, `90s`, `1.5h`), rounded up to a second
 /// as Kubernetes' cron library does.
-fn every(text: &str) -> Result<Schedule, Error> {
+fn every(text: &str) -> Result<Schedule> {
     let bad = || Error::Duration(text.to_owned());
     let mut rest = text;
     let mut nanos: f64 = 0.0;
@@ -315,7 +317,7 @@ fn every(text: &str) -> Result<Schedule, Error> {
 }
 
 /// One field's bit set, and whether it is unrestricted (`*` or `?` in any part).
-fn field(text: &str, which: Field) -> Result<(u64, bool), Error> {
+fn field(text: &str, which: Field) -> Result<(u64, bool)> {
     let (min, max) = which.bounds();
     let mut bits = 0u64;
     let mut any = false;
@@ -503,7 +505,7 @@ impl Field {
     }
 
     /// A number or name within the field's bounds.
-    fn value(self, text: &str) -> Result<u32, Error> {
+    fn value(self, text: &str) -> Result<u32> {
         let (min, max) = self.bounds();
         let lower = text.to_ascii_lowercase();
         if let Some(i) = self.names().iter().position(|n| *n == lower) {
