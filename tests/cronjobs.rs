@@ -1,6 +1,7 @@
 //! The CronJob controller with a real server and the real kubectl: Jobs start on schedule and
-//! are owned by their CronJob, Forbid holds back a second Job while the first runs, history
-//! limits delete old finished Jobs, and a suspended CronJob or one in an unknown time zone
+//! are owned by their CronJob, Forbid holds back a second Job while the first runs, Replace
+//! swaps it, history limits delete old finished Jobs, a time missed by more than
+//! startingDeadlineSeconds is skipped, and a suspended CronJob or one in an unknown time zone
 //! starts nothing.
 //!
 //! Schedules run on the wall clock, so the one-minute cases share one server and one wait:
@@ -107,12 +108,23 @@ fn reasons(s: &Server, object: &str) -> Vec<String> {
         .collect()
 }
 
-fn unix_minutes() -> u64 {
+fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("the clock is after 1970")
         .as_secs()
-        / 60
+}
+
+fn unix_minutes() -> u64 {
+    unix_seconds() / 60
+}
+
+/// The scheduled minute a CronJob's Job is named for.
+fn minute_of(job: &str) -> u64 {
+    job.rsplit('-')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("a Job name ends in its minute")
 }
 
 #[test]
@@ -159,6 +171,20 @@ spec:
         &s,
         "paused",
         &cronjob("paused", "* * * * *", "  suspend: true"),
+    );
+    apply(
+        &s,
+        "replace",
+        &cronjob("replace", "* * * * *", "  concurrencyPolicy: Replace"),
+    );
+    apply(
+        &s,
+        "late",
+        &cronjob(
+            "late",
+            "* * * * *",
+            "  suspend: true\n  startingDeadlineSeconds: 10",
+        ),
     );
     apply(
         &s,
@@ -257,16 +283,17 @@ spec:
     }
     assert!(reasons(&s, "tick").iter().any(|r| r == "SuccessfulCreate"));
 
-    // Forbid: its first Job never finishes, so the next minute starts nothing.
+    // Forbid: its first Job never finishes, so the next minute starts nothing. Replace: the
+    // next minute's Job takes the first one's place.
     wait_until("forbid starts a Job", MINUTE, || {
         !jobs_of(&s, "forbid").is_empty()
     });
     let first = name(&jobs_of(&s, "forbid")[0]).to_owned();
-    let first_minute: u64 = first
-        .rsplit('-')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .expect("a Job name ends in its minute");
+    wait_until("replace starts a Job", MINUTE, || {
+        !jobs_of(&s, "replace").is_empty()
+    });
+    let replaced = name(&jobs_of(&s, "replace")[0]).to_owned();
+    let first_minute = minute_of(&first).max(minute_of(&replaced));
     wait_until("the next minute comes", MINUTE, || {
         unix_minutes() > first_minute
     });
@@ -282,6 +309,43 @@ spec:
     assert_eq!(names, std::slice::from_ref(&first), "one Job at a time");
     // Meanwhile Allow started another.
     assert!(jobs_of(&s, "tick").len() >= 2, "tick runs every minute");
+
+    wait_until(
+        "replace deletes the running Job and starts the next",
+        Duration::from_secs(20),
+        || {
+            let jobs = jobs_of(&s, "replace");
+            jobs.len() == 1 && name(&jobs[0]) != replaced
+        },
+    );
+    assert!(
+        reasons(&s, "replace")
+            .iter()
+            .any(|r| r == "SuccessfulDelete"),
+        "{:?}",
+        reasons(&s, "replace")
+    );
+
+    // Resumed more than startingDeadlineSeconds after the minute it missed: that minute is
+    // skipped (well before the next one comes).
+    wait_until("a quarter past the minute", MINUTE, || {
+        (15..=40).contains(&(unix_seconds() % 60))
+    });
+    s.kubectl_ok(&[
+        "patch",
+        "cronjob",
+        "late",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    wait_until("late records the miss", Duration::from_secs(15), || {
+        reasons(&s, "late").iter().any(|r| r == "MissSchedule")
+    });
+    assert!(
+        jobs_of(&s, "late").is_empty(),
+        "a missed time starts nothing"
+    );
 
     // Suspended, and in a zone nobody knows: nothing.
     assert!(jobs_of(&s, "paused").is_empty());
