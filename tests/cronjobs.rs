@@ -186,6 +186,16 @@ spec:
             "  suspend: true\n  startingDeadlineSeconds: 10",
         ),
     );
+    // Wall-clock minutes in Berlin are minutes in UTC too; the Job's scheduled time is
+    // written with Berlin's offset. Only where the system has the zone database.
+    let has_berlin = std::path::Path::new("/usr/share/zoneinfo/Europe/Berlin").exists();
+    if has_berlin {
+        apply(
+            &s,
+            "berlin",
+            &cronjob("berlin", "* * * * *", "  timeZone: Europe/Berlin"),
+        );
+    }
     apply(
         &s,
         "zoned",
@@ -346,6 +356,19 @@ spec:
         jobs_of(&s, "late").is_empty(),
         "a missed time starts nothing"
     );
+
+    if has_berlin {
+        let jobs = jobs_of(&s, "berlin");
+        let job = jobs.first().expect("berlin runs every minute too");
+        let at = job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+            .as_str()
+            .unwrap_or_default();
+        // Central European time, summer or winter.
+        assert!(
+            at.ends_with(":00+01:00") || at.ends_with(":00+02:00"),
+            "the scheduled time in Berlin's offset: {at}"
+        );
+    }
 
     // Suspended, and in a zone nobody knows: nothing.
     assert!(jobs_of(&s, "paused").is_empty());
