@@ -9,7 +9,7 @@
 //! Times are searched in a [`Zone`]'s wall-clock time, skipping whole months, days and hours
 //! that cannot match, so the cost of a search does not grow with the gap it spans. A wall-clock
 //! time that a zone skips (clocks jump forward over it) names no instant and is not run; one
-//! it repeats (clocks fall back) names two, and both run, as with Kubernetes' cron library.
+//! it repeats (clocks fall back) names two, and both run: each names a moment that came.
 //!
 //! Invariants: every search is bounded by [`SEARCH_YEARS`] (a schedule such as `0 0 30 2 *`
 //! parses but never fires: searches for it end with `None`); a parsed `@every` interval is at
