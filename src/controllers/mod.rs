@@ -4,12 +4,14 @@
 //! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
 //! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
-//! ReplicaSets, [`daemonset`] runs a pod on every eligible node,
-//! [`statefulset`] keeps pods with stable names in order, [`job`] runs pods to
-//! completion, [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
+//! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`statefulset`] keeps pods
+//! with stable names in order, [`job`] runs pods to completion, [`cronjob`] starts Jobs on a
+//! [`cron`] schedule, [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
 //! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners, and
 //! [`events`] records what they did. [`owner`] holds what they share about objects.
 
+pub mod cron;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
@@ -42,6 +44,7 @@ pub fn under_lease(grace: Duration, event_ttl: Duration) -> (Vec<&'static Resour
     kinds.extend(endpoints::Endpoints::KINDS);
     kinds.extend(disruption::Disruption::KINDS);
     kinds.extend(taint_eviction::TaintEviction::KINDS);
+    kinds.extend(cronjob::CronJobs::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -92,6 +95,13 @@ pub fn under_lease(grace: Duration, event_ttl: Duration) -> (Vec<&'static Resour
         ));
         set.spawn(controller::run(endpoints::Endpoints, ctx.clone()));
         set.spawn(controller::run(disruption::Disruption, ctx.clone()));
+        set.spawn(controller::run(
+            cronjob::CronJobs {
+                events: recorder("cronjob-controller"),
+                zones: cron::Zones::from_dir(std::path::Path::new(cron::ZONEINFO)),
+            },
+            ctx.clone(),
+        ));
         set.spawn(controller::run(
             garbage_collector::GarbageCollector,
             ctx.clone(),

@@ -1,6 +1,7 @@
 //! batch/v1 CronJob: Kubernetes' defaults (concurrency, suspension, history limits, the job
-//! template's pod defaults), a schedule in cron form, a job template whose pods restart
-//! `OnFailure` or `Never`, and the `kubectl get cronjobs` columns. Nothing schedules them yet.
+//! template's pod defaults), a schedule the CronJob controller's own parser accepts, a job
+//! template whose pods restart `OnFailure` or `Never`, and the `kubectl get cronjobs` columns.
+//! The controller ([`crate::controllers::cronjob`]) runs them.
 //!
 //! As in Kubernetes, the job template's own JobSpec fields (completions, backoffLimit…) are not
 //! defaulted here; each Job made from it is.
@@ -8,7 +9,9 @@
 use serde_json::{Value, json};
 
 use super::workload;
+// The one parser: what the server accepts is what the controller runs.
 use super::{AGE, Column, NAME, Strategy, age, integer, or_none, plain, text};
+use crate::controllers::cron::Schedule;
 
 pub struct CronJobs;
 
@@ -41,7 +44,7 @@ impl Strategy for CronJobs {
         match obj.pointer("/spec/schedule").and_then(Value::as_str) {
             None | Some("") => causes.push("spec.schedule: Required value".into()),
             Some(s) => {
-                if let Err(why) = check_schedule(s) {
+                if let Err(why) = Schedule::parse(s) {
                     causes.push(format!("spec.schedule: Invalid value: {s:?}: {why}"));
                 }
             }
@@ -82,113 +85,6 @@ impl Strategy for CronJobs {
     fn columns(&self) -> &'static [Column] {
         &COLUMNS
     }
-}
-
-/// The `@`-forms cron accepts instead of five fields.
-const MACROS: [&str; 7] = [
-    "@yearly",
-    "@annually",
-    "@monthly",
-    "@weekly",
-    "@daily",
-    "@midnight",
-    "@hourly",
-];
-
-/// Checks a schedule as Kubernetes' cron parser reads it: five fields (minute, hour, day of
-/// month, month, day of week), or a macro, or `@every <duration>`.
-fn check_schedule(schedule: &str) -> Result<(), String> {
-    let s = schedule.trim();
-    if s.starts_with("TZ=") || s.starts_with("CRON_TZ=") {
-        return Err("cannot use TZ or CRON_TZ in schedule, use timeZone field instead".into());
-    }
-    if s.starts_with('@') {
-        if MACROS.contains(&s) {
-            return Ok(());
-        }
-        return match s.strip_prefix("@every ") {
-            Some(d) if plausible_duration(d.trim()) => Ok(()),
-            _ => Err(format!("unrecognized descriptor: {s}")),
-        };
-    }
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "expected exactly 5 fields, found {}: {s}",
-            fields.len()
-        ));
-    }
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-    let bounds: [(u32, u32, &[&str]); 5] = [
-        (0, 59, &[]),
-        (0, 23, &[]),
-        (1, 31, &[]),
-        (1, 12, &MONTHS),
-        (0, 6, &DAYS),
-    ];
-    for (field, (min, max, names)) in fields.iter().zip(bounds) {
-        check_field(field, min, max, names)?;
-    }
-    Ok(())
-}
-
-/// One cron field: a comma list of `*`, `?`, `N`, `N-M` (numbers or names), each with an
-/// optional `/step`.
-fn check_field(field: &str, min: u32, max: u32, names: &[&str]) -> Result<(), String> {
-    let value = |v: &str| -> Result<u32, String> {
-        let lower = v.to_ascii_lowercase();
-        if let Some(i) = names.iter().position(|n| *n == lower) {
-            // Month names count from 1, day names from 0 (Sunday).
-            return Ok(u32::try_from(i).unwrap_or(0) + min);
-        }
-        let n: u32 = v
-            .parse()
-            .map_err(|_| format!("failed to parse int from {v}"))?;
-        if n < min || n > max {
-            return Err(format!("end of range ({n}) above maximum ({max}): {v}"));
-        }
-        Ok(n)
-    };
-    for part in field.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, Some(s)),
-            None => (part, None),
-        };
-        if let Some(step) = step {
-            match step.parse::<u32>() {
-                Ok(n) if n > 0 => {}
-                _ => return Err(format!("failed to parse step from {part}")),
-            }
-        }
-        match range {
-            "*" | "?" => {}
-            r => match r.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b) = (value(a)?, value(b)?);
-                    if a > b {
-                        return Err(format!(
-                            "beginning of range ({a}) beyond end of range ({b}): {r}"
-                        ));
-                    }
-                }
-                None => {
-                    value(r)?;
-                }
-            },
-        }
-    }
-    Ok(())
-}
-
-/// `90s`, `1h30m`: Go duration syntax, roughly.
-fn plausible_duration(d: &str) -> bool {
-    !d.is_empty()
-        && d.starts_with(|c: char| c.is_ascii_digit())
-        && d.chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'h' | 'm' | 's' | 'u' | 'n' | 'µ'))
 }
 
 /// An IANA zone name's form (`Europe/Berlin`, `UTC`, `Etc/GMT+2`); the zone database itself
@@ -334,7 +230,7 @@ mod tests {
             "*/15 9-17 * JAN-MAR mon-fri",
             "0,30 1 1 12 0",
         ] {
-            assert_eq!(check_schedule(ok), Ok(()), "{ok}");
+            assert!(Schedule::parse(ok).is_ok(), "{ok}");
         }
         for bad in [
             "* * * *",
@@ -346,7 +242,7 @@ mod tests {
             "@sometimes",
             "TZ=UTC 0 * * * *",
         ] {
-            assert!(check_schedule(bad).is_err(), "{bad}");
+            assert!(Schedule::parse(bad).is_err(), "{bad}");
         }
         let mut causes = Vec::new();
         let mut cj = hello("every minute", "Always");
