@@ -7,7 +7,7 @@
 //! suspended, starts the Job of the latest scheduled time missed since `lastScheduleTime` (or
 //! creation), as `startingDeadlineSeconds` and `concurrencyPolicy` allow. It then asks to be
 //! woken at the next scheduled time; a change to the CronJob or to one of its Jobs wakes it
-//! sooner. Parsing and time arithmetic live in [`super::cron`]; what a Job counts as finished
+//! sooner. Parsing and time arithmetic live in [`crate::api::cron`]; what a Job counts as finished
 //! is the Job controller's `Complete` or `Failed` condition.
 //!
 //! Invariants: a scheduled time has one Job name, `<cronjob>-<Unix minutes>`, so a retry after
@@ -22,9 +22,9 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::cron::{Schedule, Zone, Zones};
 use super::events::{Recorder, Type};
 use super::owner::{self, controller_of, controller_ref, is_controlled_by, key_of, ref_of};
+use crate::api::cron::{Schedule, Zone, Zones};
 use crate::apiserver::registry::Part;
 use crate::apiserver::resources::{CRONJOBS, JOBS, ObjectRef, Resource};
 use crate::apiserver::status::ApiError;

@@ -6,11 +6,10 @@
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
 //! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`statefulset`] keeps pods
 //! with stable names in order, [`job`] runs pods to completion, [`cronjob`] starts Jobs on a
-//! [`cron`] schedule, [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
+//! cron schedule ([`crate::api::cron`]), [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
 //! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners, and
 //! [`events`] records what they did. [`owner`] holds what they share about objects.
 
-pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -98,7 +97,9 @@ pub fn under_lease(grace: Duration, event_ttl: Duration) -> (Vec<&'static Resour
         set.spawn(controller::run(
             cronjob::CronJobs {
                 events: recorder("cronjob-controller"),
-                zones: cron::Zones::from_dir(std::path::Path::new(cron::ZONEINFO)),
+                zones: crate::api::cron::Zones::from_dir(std::path::Path::new(
+                    crate::api::cron::ZONEINFO,
+                )),
             },
             ctx.clone(),
         ));

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::workload;
 // The one parser: what the server accepts is what the controller runs.
 use super::{AGE, Column, NAME, Strategy, age, integer, or_none, plain, text};
-use crate::controllers::cron::Schedule;
+use crate::api::cron::Schedule;
 
 pub struct CronJobs;
 
