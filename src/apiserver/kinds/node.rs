@@ -100,7 +100,8 @@ fn address(node: &Value, kind: &str) -> String {
         .to_owned()
 }
 
-/// `Ready`, `NotReady` or `Unknown`, plus `,SchedulingDisabled` when cordoned.
+/// `Ready`, `NotReady` (Ready False or Unknown, as kubectl prints a silent node) or `Unknown`
+/// (no Ready condition at all), plus `,SchedulingDisabled` when cordoned.
 pub fn status(node: &Value) -> String {
     let ready = node
         .pointer("/status/conditions")
@@ -109,8 +110,8 @@ pub fn status(node: &Value) -> String {
         .and_then(|c| c["status"].as_str());
     let mut status = match ready {
         Some("True") => "Ready",
-        Some("False") => "NotReady",
-        _ => "Unknown",
+        Some(_) => "NotReady",
+        None => "Unknown",
     }
     .to_owned();
     if node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
