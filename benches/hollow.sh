@@ -18,6 +18,7 @@
 #   SETTLE=20 WINDOW=20        idle seconds before the RSS sample / of the CPU+statements window
 #   TIMEOUT=600                seconds to wait for nodes, then for pods
 #   KEELSON_BIN=path           prebuilt binary (default: cargo build --release)
+#   SERVER_ARGS="--debug"      further server flags
 #   KEEP_LOGS=dir              copy the logs there before cleaning up
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,7 +115,7 @@ pod_counts() {
 log "starting a release server on SQLite"
 "$bin" server --config "$tmp/none.yaml" --data-dir "$data" --bind-address 127.0.0.1 \
   --https-listen-port "$port" --write-kubeconfig "$tmp/kubeconfig.yaml" --node-name bench \
-  --node-taint CriticalAddonsOnly=true:NoExecute >"$tmp/server.log" 2>&1 &
+  --node-taint CriticalAddonsOnly=true:NoExecute ${SERVER_ARGS:-} >"$tmp/server.log" 2>&1 &
 srv=$!
 pids+=("$srv")
 deadline=$((SECONDS + 60))
