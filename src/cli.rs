@@ -312,6 +312,14 @@ pub struct LoadgenArgs {
     #[arg(long, default_value = "sim")]
     pub name_prefix: String,
 
+    /// SIMULATION: how long after a pod is bound to a simulated node it is reported Running and Ready, e.g. 1s, 500ms
+    #[arg(long, default_value = "1s", value_parser = |s: &str| crate::config::parse_duration("--pod-start-delay", s))]
+    pub pod_start_delay: std::time::Duration,
+
+    /// SIMULATION: how long a Job pod (restartPolicy Never or OnFailure) runs before it exits
+    #[arg(long, default_value = "2s", value_parser = |s: &str| crate::config::parse_duration("--pod-run-time", s))]
+    pub pod_run_time: std::time::Duration,
+
     /// Turn on debug logs
     #[arg(long)]
     pub debug: bool,

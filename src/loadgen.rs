@@ -1,8 +1,13 @@
 //! `keelson loadgen`: many agents in one process, for benchmarks.
 //!
 //! Each simulated agent runs the real agent code — join, node password, certificate, tunnel,
-//! balancing — with its own data dir, so what the server sees is what a fleet of boards
-//! would send. Only the process is shared.
+//! balancing, pod assignments and status reports — with its own data dir, so what the server
+//! sees is what a fleet of boards would send. Only the process is shared.
+//!
+//! SIMULATION: the nodes run no containers. They play the node's part with the
+//! [`Hollow`] runtime: pods bound to them are reported Running and Ready after
+//! `--pod-start-delay`, Job pods exit after `--pod-run-time`. Figures measured this way are
+//! the control plane's, not a pod runtime's, and must be labelled as simulation.
 
 use std::net::IpAddr;
 
@@ -12,10 +17,15 @@ use crate::agent;
 use crate::bootstrap::Token;
 use crate::cli::LoadgenArgs;
 use crate::config::{AgentConfig, ServerUrl};
+use crate::node::hollow::{Hollow, Timing};
 
 pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let server = ServerUrl::parse(&args.server).map_err(anyhow::Error::msg)?;
     let token = Token::parse(&args.token, "--token")?;
+    let timing = Timing {
+        start_delay: args.pod_start_delay,
+        run_time: args.pod_run_time,
+    };
     let mut agents = tokio::task::JoinSet::new();
     for i in 0..args.agents {
         let name = format!("{}-{i}", args.name_prefix);
@@ -36,14 +46,20 @@ pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Resu
             debug: args.debug,
         };
         let stop = stop.clone();
+        let runtime = Box::new(Hollow::new(timing, i as u32));
         agents.spawn(async move {
             let (connected, _) = watch::channel(false);
-            if let Err(e) = agent::run(cfg, stop, connected).await {
+            if let Err(e) = agent::run(cfg, runtime, stop, connected).await {
                 tracing::error!(error = %e, "simulated agent failed");
             }
         });
     }
-    tracing::info!(agents = args.agents, "simulated agents started");
+    tracing::info!(
+        agents = args.agents,
+        pod_start_delay = ?timing.start_delay,
+        pod_run_time = ?timing.run_time,
+        "simulated agents started (hollow nodes: pods are simulated, no containers run)"
+    );
     while agents.join_next().await.is_some() {}
     Ok(())
 }

@@ -16,6 +16,7 @@ mod datastore;
 mod loadgen;
 #[allow(unsafe_code)]
 mod memory;
+mod node;
 mod runtime;
 mod server;
 mod tunnel;
@@ -66,7 +67,9 @@ fn main() -> ExitCode {
             run(Threads::One, async {
                 let (connected, tunnel_up) = tokio::sync::watch::channel(false);
                 let _release = file_pages.release_once_up(tunnel_up);
-                Ok(agent::run(cfg, stop_on_signal(), connected).await?)
+                // No container runtime yet: the node tracks its pods and leaves them alone.
+                let runtime = Box::new(node::pods::Absent);
+                Ok(agent::run(cfg, runtime, stop_on_signal(), connected).await?)
             })
         }
         Command::Loadgen(args) => {

@@ -213,6 +213,11 @@ async fn start(
             .clone()
             .run_heartbeats(api.registry.clone(), when_stopped(stop.clone())),
     );
+    tasks.spawn(sessions.pods.clone().run(
+        api.registry.clone(),
+        api.feed.clone(),
+        when_stopped(stop.clone()),
+    ));
     tasks.spawn(sessions.clone().run_server_list(
         api.registry.clone(),
         api.feed.clone(),

@@ -3,7 +3,8 @@
 //! An agent's life: decide how servers are verified (the CA saved at its first join, pinned;
 //! else the token's CA hash), make or read its node password, join through `--server` unless
 //! it already holds a valid node certificate, then keep one tunnel to one server, moving to
-//! another at once when that server goes away. A server runs its own node through
+//! another at once when that server goes away; through that tunnel it learns the pods bound to
+//! it and reports their status ([`crate::node::pods`]). A server runs its own node through
 //! [`registration`] in-process and is heartbeated the same way.
 //!
 //! Fatal (exit non-zero): a first join with a short token without
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use self::balancer::{Backoff, Balancer};
 use self::credentials::{ClientCert, Files};
 use crate::config::AgentConfig;
+use crate::node::pods::{PodRuntime, PodWorker};
 use crate::tunnel::client::{self, ConnectError, Outcome};
 
 /// How often a long-lived tunnel checks whether the certificate needs renewing.
@@ -49,9 +51,12 @@ struct Credentials {
 }
 
 /// Runs an agent until `stop` flips. `connected` is true while a tunnel is open (the server
-/// welcomed it).
+/// welcomed it). `runtime` runs the pods the server binds to this node: real agents pass
+/// [`crate::node::pods::Absent`] until the runc runtime exists (pods are tracked, never
+/// reported); only `keelson loadgen` passes the simulated [`crate::node::hollow::Hollow`].
 pub async fn run(
     cfg: AgentConfig,
+    runtime: Box<dyn PodRuntime>,
     mut stop: watch::Receiver<bool>,
     connected: watch::Sender<bool>,
 ) -> Result<(), Error> {
@@ -70,6 +75,15 @@ pub async fn run(
     }
     let password = files.node_password()?;
     let report = registration::report(&opts, sysinfo::SystemInfo::read());
+    let (mut pods, pod_events, pod_reports) = PodWorker::channels();
+    // Ends when `stop` flips or when this function returns (dropping `pods`).
+    tokio::spawn(
+        PodWorker::new(runtime, report.addresses.first().copied()).run(
+            pod_events,
+            pod_reports,
+            stop.clone(),
+        ),
+    );
     let mut balancer = Balancer::new(cfg.server.address(), files.clone());
     let mut creds = match (saved_ca, files.client_cert(&opts.name)?) {
         (Some(ca_pem), Some(cert)) => Some(Credentials { ca_pem, cert }),
@@ -153,6 +167,7 @@ pub async fn run(
                 },
                 renew_at,
                 &mut stop,
+                &mut pods,
             )
             .await;
             connected.send_if_modified(|up| std::mem::replace(up, false));

@@ -9,7 +9,9 @@
 //! Invariant: a node may change only what describes itself (its own labels outside the
 //! restricted prefixes, status, addresses); never what an administrator or a server decides:
 //! roles, restricted labels, taints, a cordon, the pod CIDR, or keelson's annotations, which
-//! servers read and act on.
+//! servers read and act on. Of pods it may write only the status, and only of pods bound to
+//! itself (as a kubelet writes `pods/<name>/status`): never a spec, metadata, or another
+//! node's pod.
 
 use serde_json::Value;
 
@@ -35,11 +37,13 @@ pub enum Writer<'a> {
 }
 
 /// Refuses a write by `writer` that turns `old` into `new` if it touches what the writer may
-/// not change. `kind` is the object's kind (only Nodes have field rules so far).
+/// not change. `kind` is the object's kind (Nodes and Pods have field rules; a node may write
+/// no other kind).
 pub fn admit(writer: Writer<'_>, kind: &str, old: &Value, new: &Value) -> Result<(), ApiError> {
     match writer {
         Writer::Trusted => Ok(()),
         Writer::Node(node) if kind == "Node" => node_restriction(node, old, new),
+        Writer::Node(node) if kind == "Pod" => pod_restriction(node, old, new),
         Writer::Node(node) => Err(ApiError::Forbidden(format!(
             "node \"{node}\" may not write {kind} objects"
         ))),
@@ -71,6 +75,53 @@ fn node_restriction(node: &str, old: &Value, new: &Value) -> Result<(), ApiError
     let cordoned = |v: &Value| v.pointer("/spec/unschedulable") == Some(&Value::Bool(true));
     if cordoned(old) && !cordoned(new) {
         return refuse("uncordon itself (spec.unschedulable)".into());
+    }
+    Ok(())
+}
+
+fn pod_restriction(node: &str, old: &Value, new: &Value) -> Result<(), ApiError> {
+    fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+        v.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+    let pod = format!(
+        "{}/{}",
+        text(old, "/metadata/namespace"),
+        text(old, "/metadata/name")
+    );
+    let bound = text(old, "/spec/nodeName");
+    if bound != node || text(new, "/spec/nodeName") != node {
+        let to = if bound.is_empty() {
+            "it is not bound to any node".to_owned()
+        } else {
+            format!("it is bound to node \"{bound}\"")
+        };
+        return Err(ApiError::Forbidden(format!(
+            "node \"{node}\" may not write pod {pod}: {to}"
+        )));
+    }
+    // Everything but the status must stay as it is (bookkeeping the server sets aside).
+    let fixed = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("status");
+        }
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+            m.remove("managedFields");
+        }
+        v
+    };
+    if fixed(old) != fixed(new) {
+        let what = if old.get("spec") != new.get("spec") {
+            "spec"
+        } else {
+            "metadata"
+        };
+        return Err(ApiError::Forbidden(format!(
+            "node \"{node}\" may not change the {what} of pod {pod}: a node writes only the status of pods bound to it"
+        )));
     }
     Ok(())
 }
@@ -228,5 +279,65 @@ mod tests {
             }
             admit(Writer::Trusted, "Node", &node(), &new).unwrap();
         }
+    }
+
+    fn pod(node: &str) -> Value {
+        json!({
+            "metadata": {"namespace": "default", "name": "web-1", "labels": {"app": "web"},
+                         "resourceVersion": "7"},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": "Pending"},
+        })
+    }
+
+    #[test]
+    fn a_node_may_write_the_status_of_pods_bound_to_it() {
+        let mut new = pod("pi-1");
+        new["status"] = json!({"phase": "Running", "podIP": "198.19.0.1"});
+        new["metadata"]["resourceVersion"] = json!("8");
+        admit(Writer::Node("pi-1"), "Pod", &pod("pi-1"), &new).unwrap();
+    }
+
+    #[test]
+    fn a_node_may_not_write_other_nodes_pods_or_any_pod_spec() {
+        let running = |mut p: Value| {
+            p["status"] = json!({"phase": "Running"});
+            p
+        };
+        let attempts: Vec<(&str, Value, Value)> = vec![
+            ("another node's pod", pod("pi-2"), running(pod("pi-2"))),
+            ("an unbound pod", pod(""), running(pod(""))),
+            ("moving a pod to itself", pod("pi-2"), pod("pi-1")),
+            ("moving its pod away", pod("pi-1"), pod("pi-2")),
+            ("changing the spec", pod("pi-1"), {
+                let mut p = pod("pi-1");
+                p["spec"]["containers"][0]["image"] = json!("evil");
+                p
+            }),
+            ("changing labels", pod("pi-1"), {
+                let mut p = pod("pi-1");
+                p["metadata"]["labels"]["app"] = json!("db");
+                p
+            }),
+        ];
+        for (what, old, new) in attempts {
+            match admit(Writer::Node("pi-1"), "Pod", &old, &new) {
+                Err(ApiError::Forbidden(m)) => {
+                    assert!(m.contains("node \"pi-1\""), "{what}: {m}");
+                    assert!(m.contains("default/web-1"), "{what}: {m}");
+                }
+                other => panic!("{what}: expected Forbidden, got {other:?}"),
+            }
+            admit(Writer::Trusted, "Pod", &old, &new).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_node_may_not_write_other_kinds() {
+        let obj = json!({"metadata": {"name": "x"}});
+        assert!(matches!(
+            admit(Writer::Node("pi-1"), "Deployment", &obj, &obj),
+            Err(ApiError::Forbidden(_))
+        ));
     }
 }

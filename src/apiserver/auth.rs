@@ -52,8 +52,9 @@ impl Identity {
         }
     }
 
-    /// `what` is the request path. Admins may do anything; a node may read discovery and read
-    /// or update its own Node object (and its status), nothing else.
+    /// `what` is the request path. Admins may do anything; a node may read discovery, read or
+    /// update its own Node object (and its status), and update pod status (which
+    /// [`super::admission`] allows only for pods bound to it), nothing else.
     pub fn authorize(&self, verb: &str, what: &str) -> Result<(), ApiError> {
         match self {
             Identity::Anonymous => Err(ApiError::Unauthorized),
@@ -65,16 +66,22 @@ impl Identity {
                         .strip_prefix("/api/v1/nodes/")
                         .map(|rest| rest.strip_suffix("/status").unwrap_or(rest))
                         .is_some_and(|n| n == node);
+                    let pod_status = what
+                        .strip_prefix("/api/v1/namespaces/")
+                        .and_then(|rest| rest.strip_suffix("/status"))
+                        .is_some_and(|rest| {
+                            matches!(rest.split('/').collect::<Vec<_>>()[..], [ns, "pods", pod] if !ns.is_empty() && !pod.is_empty())
+                        });
                     let allowed = match verb {
                         "get" => discovery || own,
-                        "update" | "patch" => own,
+                        "update" | "patch" => own || pod_status,
                         _ => false,
                     };
                     if allowed {
                         return Ok(());
                     }
                     return Err(ApiError::Forbidden(format!(
-                        "{what} is forbidden: User \"{name}\" cannot {verb} it: a node may only read and update its own Node object"
+                        "{what} is forbidden: User \"{name}\" cannot {verb} it: a node may only read and update its own Node object and write the status of pods bound to it"
                     )));
                 }
                 Err(ApiError::Forbidden(format!(
@@ -257,7 +264,15 @@ mod tests {
         assert!(id.authorize("get", "/api/v1/nodes/pi-1").is_ok());
         assert!(id.authorize("patch", "/api/v1/nodes/pi-1/status").is_ok());
         assert!(id.authorize("get", "/api/v1").is_ok());
+        // Pod status: admission then allows it only for pods bound to this node.
+        assert!(
+            id.authorize("patch", "/api/v1/namespaces/default/pods/web-1/status")
+                .is_ok()
+        );
         for (verb, path) in [
+            ("patch", "/api/v1/namespaces/default/pods/web-1"),
+            ("delete", "/api/v1/namespaces/default/pods/web-1"),
+            ("patch", "/api/v1/namespaces/default/services/web/status"),
             ("get", "/api/v1/nodes/pi-2"),
             ("patch", "/api/v1/nodes/pi-2"),
             ("delete", "/api/v1/nodes/pi-1"),

@@ -103,20 +103,34 @@ pub async fn run<R: Reconciler>(r: R, ctx: Arc<Context>) {
     }
     loop {
         tokio::select! {
-            change = changes.recv() => match change {
-                Ok(change) => {
-                    for key in r.keys(&change, &ctx.cache) {
-                        queue.add(key);
+            change = changes.recv() => {
+                let mut next = change;
+                // Take in every change already waiting before the next reconcile: after a
+                // burst (thousands of pods changing) one reconcile per key covers them all,
+                // instead of one reconcile per change read.
+                loop {
+                    match next {
+                        Ok(change) => {
+                            for key in r.keys(&change, &ctx.cache) {
+                                queue.add(key);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!(controller = r.name(), missed = n, "resyncing after missed changes");
+                            for key in r.all(&ctx.cache) {
+                                queue.add(key);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
                     }
+                    next = match changes.try_recv() {
+                        Ok(change) => Ok(change),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => Err(broadcast::error::RecvError::Lagged(n)),
+                        Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                    };
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(controller = r.name(), missed = n, "resyncing after missed changes");
-                    for key in r.all(&ctx.cache) {
-                        queue.add(key);
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+            }
             key = queue.next() => {
                 match r.reconcile(&key, &ctx).await {
                     Ok(Action::Done) => queue.forget(&key),

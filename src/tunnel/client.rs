@@ -1,4 +1,5 @@
-//! The agent end of a tunnel: open it, say Hello, keep it alive, follow the server list.
+//! The agent end of a tunnel: open it, say Hello, keep it alive, follow the server list, and
+//! carry the node's pod traffic (assignments down to its [`PodLink`], status reports up).
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
@@ -14,6 +15,7 @@ use super::{
     ws_config,
 };
 use crate::agent::https::{self, Target};
+use crate::node::pods::{PodEvent, PodLink};
 
 pub type Tunnel = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -57,6 +59,7 @@ pub async fn session(
     mut servers: impl FnMut(Vec<String>),
     renew_at: Instant,
     stop: &mut watch::Receiver<bool>,
+    pods: &mut PodLink,
 ) -> Outcome {
     let hello = Up::Hello {
         version: PROTOCOL_VERSION,
@@ -71,6 +74,8 @@ pub async fn session(
     }
     let mut welcomed = false;
     let mut last_heard = Instant::now();
+    // Reports end only when the node's pod worker has stopped (the agent is stopping).
+    let mut reports_open = true;
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -91,6 +96,17 @@ pub async fn session(
                     return Outcome::Lost(e.to_string());
                 }
             }
+            r = pods.reports.recv(), if reports_open => match r {
+                Some(report) => match encode(&Up::PodStatus(report)) {
+                    Ok(frame) => {
+                        if let Err(e) = ws.send(Message::Binary(frame.into())).await {
+                            return Outcome::Lost(e.to_string());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a pod status does not fit in a tunnel frame; not reported"),
+                },
+                None => reports_open = false,
+            },
             m = ws.next() => {
                 last_heard = Instant::now();
                 match m {
@@ -115,6 +131,10 @@ pub async fn session(
                         }
                         Ok(Down::Servers(list)) => servers(list),
                         Ok(Down::Refused(why)) => return Outcome::Refused(why),
+                        Ok(Down::PodsListing) => forward(pods, PodEvent::Listing).await,
+                        Ok(Down::Pod(a)) => forward(pods, PodEvent::Assigned(a)).await,
+                        Ok(Down::PodGone(key)) => forward(pods, PodEvent::Gone(key)).await,
+                        Ok(Down::PodsListed) => forward(pods, PodEvent::Listed).await,
                         Err(e) => return Outcome::Lost(format!("bad frame from the server: {e}")),
                     },
                     Some(Ok(_)) => {
@@ -125,4 +145,10 @@ pub async fn session(
             }
         }
     }
+}
+
+/// Hands a pod event to the node's worker. Waiting here holds the tunnel's reads back, which
+/// is the back-pressure we want; a worker that has stopped only means the agent is stopping.
+async fn forward(pods: &PodLink, ev: PodEvent) {
+    let _ = pods.events.send(ev).await;
 }

@@ -11,6 +11,9 @@
 //! | server → agent | [`Down::Welcome`] | answer to `Hello`: version and every server's address |
 //! | server → agent | [`Down::Servers`] | the set of servers changed |
 //! | server → agent | [`Down::Refused`] | the server will not keep this tunnel (then it closes) |
+//! | server → agent | [`Down::PodsListing`], [`Down::Pod`]…, [`Down::PodsListed`] | after `Welcome` (and whenever the server lists pods again): every pod bound to the node |
+//! | server → agent | [`Down::Pod`] / [`Down::PodGone`] | a pod bound to the node was added or changed / deleted or moved |
+//! | agent → server | [`Up::PodStatus`] | a pod's status changed; the server writes it as the node (NodeRestriction applies) |
 //!
 //! Keepalive is websocket ping/pong: the agent pings every [`PING_INTERVAL`]; either side
 //! that hears nothing for [`DEAD_AFTER`] drops the connection (dead-peer detection), and the
@@ -20,6 +23,7 @@
 //! server's batched write (see [`sessions`]), never one statement per agent.
 
 pub mod client;
+pub mod pods;
 pub mod server;
 pub mod sessions;
 
@@ -31,9 +35,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::agent::node::Taint;
 use crate::agent::sysinfo::SystemInfo;
+use crate::node::pods::{PodAssignment, PodKey, PodReport};
 
 /// Bumped on any incompatible change to the frames below.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Where servers accept tunnels.
 pub const PATH: &str = "/v1-keelson/connect";
 /// Largest frame either side accepts.
@@ -51,6 +56,7 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(6);
 pub enum Up {
     Hello { version: u16, report: NodeReport },
     Report(NodeReport),
+    PodStatus(PodReport),
 }
 
 /// Frames from server to agent.
@@ -63,6 +69,12 @@ pub enum Down {
     },
     Servers(Vec<String>),
     Refused(String),
+    /// A full listing of the node's pods follows.
+    PodsListing,
+    Pod(PodAssignment),
+    PodGone(PodKey),
+    /// The listing ended: pods it did not name are not bound to the node.
+    PodsListed,
 }
 
 /// What a node says about itself; the server turns it into the Node object.

@@ -3,7 +3,8 @@
 //! Only a client certificate for a node (`system:node:<name>` in `system:nodes`) may open a
 //! tunnel, and only for that node. The first frame must be a `Hello` within
 //! [`HELLO_TIMEOUT`]; its report registers the node, then the node is heartbeated by this
-//! server until the tunnel ends. A bad frame ends this tunnel only.
+//! server until the tunnel ends, is sent the pods bound to it, and may report their status
+//! (written as the node, see [`super::pods`]). A bad frame ends this tunnel only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +22,13 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
+use super::pods::Push;
 use super::{DEAD_AFTER, Down, NodeReport, PROTOCOL_VERSION, Up, decode, encode, ws_config};
 use crate::agent::node;
 use crate::agent::registration::{self, CONTROL_PLANE_LABEL};
 use crate::apiserver::status::ApiError;
 use crate::apiserver::{Api, Body, auth::Identity};
+use crate::node::pods::PodAssignment;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shortest time between two node reports that change something.
@@ -215,6 +218,7 @@ where
         return End::Bad(e);
     }
     tracing::info!(%node, "tunnel open");
+    let mut pods = api.sessions.pods.listen(node);
     let mut last_heard = Instant::now();
     let mut last_report = Instant::now();
     loop {
@@ -227,6 +231,13 @@ where
                 let list = Down::Servers(servers.borrow_and_update().clone());
                 if let Err(e) = send(ws, &list).await { return End::Bad(e); }
             }
+            p = pods.rx.recv() => match p {
+                Some(push) => {
+                    if let Err(e) = Box::pin(send_pods(ws, push)).await { return End::Bad(e); }
+                }
+                // Fell behind: listen again, which starts with a fresh listing.
+                None => pods = api.sessions.pods.listen(node),
+            },
             m = ws.next() => {
                 last_heard = Instant::now();
                 match m {
@@ -256,6 +267,12 @@ where
                                 tracing::warn!(%node, error = %e, "cannot update the node from its report");
                             }
                         }
+                        Ok(Up::PodStatus(report)) => {
+                            let (ns, name) = (report.key.namespace.clone(), report.key.name.clone());
+                            if let Err(e) = Box::pin(super::pods::apply_status(&api.registry, node, report)).await {
+                                tracing::warn!(%node, namespace = %ns, pod = %name, error = %e, "cannot write the pod status the node reported");
+                            }
+                        }
                         Ok(Up::Hello { .. }) => return End::Bad("a second Hello frame".into()),
                         Err(e) => return End::Bad(e.to_string()),
                     },
@@ -264,6 +281,37 @@ where
             }
         }
     }
+}
+
+/// Sends one push of pod assignments as frames (a listing is framed by `PodsListing` and
+/// `PodsListed`). An assignment too large for a frame is left out, with a log line.
+async fn send_pods<S>(ws: &mut WebSocketStream<S>, push: Push) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frames = match push {
+        Push::List(list) => {
+            let mut frames = Vec::with_capacity(list.len() + 2);
+            frames.push(Down::PodsListing);
+            frames.extend(list.iter().map(|a| Down::Pod(PodAssignment::clone(a))));
+            frames.push(Down::PodsListed);
+            frames
+        }
+        Push::Pod(a) => vec![Down::Pod(PodAssignment::clone(&a))],
+        Push::Gone(key) => vec![Down::PodGone(key)],
+    };
+    for frame in frames {
+        match encode(&frame) {
+            Ok(bytes) => ws
+                .send(Message::Binary(bytes.into()))
+                .await
+                .map_err(|e| e.to_string())?,
+            Err(e) => {
+                tracing::error!(error = %e, "a pod assignment does not fit in a tunnel frame; the node will not see it")
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn send<S>(ws: &mut WebSocketStream<S>, frame: &Down) -> Result<(), String>

@@ -75,6 +75,8 @@ pub struct Sessions {
     arrived: Notify,
     servers: watch::Sender<Vec<String>>,
     pub tunnel_permits: Arc<Semaphore>,
+    /// Pods bound to nodes, pushed to their tunnels (see [`super::pods`]).
+    pub pods: Arc<super::pods::PodRoutes>,
     tunnels_opened: AtomicU64,
     tunnels_refused: AtomicU64,
 }
@@ -146,6 +148,7 @@ impl Sessions {
             arrived: Notify::new(),
             servers: watch::Sender::new(Vec::new()),
             tunnel_permits: Arc::new(Semaphore::new(MAX_TUNNELS)),
+            pods: super::pods::PodRoutes::new(),
             tunnels_opened: AtomicU64::new(0),
             tunnels_refused: AtomicU64::new(0),
         })

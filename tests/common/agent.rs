@@ -177,6 +177,17 @@ pub struct Loadgen {
 
 impl Loadgen {
     pub fn start(server: &str, token: &str, agents: usize, prefix: &str) -> Loadgen {
+        Loadgen::start_with(server, token, agents, prefix, &[])
+    }
+
+    /// As [`Loadgen::start`], with further flags (e.g. the hollow pod timings).
+    pub fn start_with(
+        server: &str,
+        token: &str,
+        agents: usize,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Loadgen {
         let dir = tempfile::Builder::new()
             .prefix("keelson-loadgen-")
             .tempdir()
@@ -187,6 +198,7 @@ impl Loadgen {
             .arg(format!("--server={server}"))
             .arg(format!("--agents={agents}"))
             .arg(format!("--name-prefix={prefix}"))
+            .args(extra)
             .arg(format!(
                 "--data-dir={}",
                 dir.path().join("agents").display()
@@ -202,6 +214,11 @@ impl Loadgen {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("loadgen.log")).unwrap_or_default()
+    }
+
+    /// Where the simulated node `name` keeps its credentials (`client-node.crt`, ...).
+    pub fn credentials_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("agents").join(name).join("agent")
     }
 }
 

@@ -1,0 +1,448 @@
+//! The server end of pod assignment: which pods each tunnelled node must run, and the pod
+//! status nodes send back.
+//!
+//! One task per server follows the change feed for all its nodes: it lists pods once, keeps a
+//! compact [`PodAssignment`] of every bound pod, and on each pod event pushes the one node
+//! concerned (if it has a tunnel here) what changed. A thousand nodes therefore cost one feed
+//! subscription and one decode per pod event, not a watch, a connection and a decode per node.
+//! A status-only change (the node's own report coming back) changes no assignment and sends
+//! nothing.
+//!
+//! Invariants: a node's listener first receives a full listing (as soon as the index is
+//! synced), then every change after it, in feed order; a listener whose queue is full is
+//! dropped rather than waited for (its session lists again), so one stuck tunnel never holds
+//! up the others. Status is written only through [`crate::apiserver::registry::Registry::patch`]
+//! as [`Writer::Node`], so NodeRestriction decides what a node may write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::apiserver::admission::Writer;
+use crate::apiserver::patch;
+use crate::apiserver::registry::{Part, Registry};
+use crate::apiserver::resources::{ObjectRef, PODS};
+use crate::apiserver::status::ApiError;
+use crate::datastore::feed::Feed;
+use crate::datastore::{EventKind, Record};
+use crate::node::pods::{PodAssignment, PodKey, PodReport};
+
+/// Pushes queued for one tunnel before it counts as stuck and is made to list again.
+pub const LISTENER_QUEUE: usize = 256;
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What a node's tunnel session sends its node.
+#[derive(Debug, Clone)]
+pub enum Push {
+    /// Every pod bound to the node now (a listing).
+    List(Vec<Arc<PodAssignment>>),
+    Pod(Arc<PodAssignment>),
+    Gone(PodKey),
+}
+
+/// Every bound pod, by node, and the tunnels waiting for their node's changes.
+pub struct PodRoutes {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Set once the first listing is in; until then listeners wait for it.
+    synced: bool,
+    by_node: HashMap<String, BTreeMap<PodKey, Arc<PodAssignment>>>,
+    /// Invariant: `node_of[k] == n` exactly when `by_node[n]` holds `k`.
+    node_of: HashMap<PodKey, String>,
+    listeners: HashMap<String, Vec<(u64, mpsc::Sender<Push>)>>,
+    next_id: u64,
+}
+
+/// One tunnel's subscription to its node's pods; unsubscribes on drop. `rx` ends (`None`) if
+/// the tunnel fell behind: subscribe again to get a fresh listing.
+pub struct Listener {
+    pub rx: mpsc::Receiver<Push>,
+    routes: Arc<PodRoutes>,
+    node: String,
+    id: u64,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let mut state = self.routes.lock();
+        if let Some(list) = state.listeners.get_mut(&self.node) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                state.listeners.remove(&self.node);
+            }
+        }
+    }
+}
+
+// === impl PodRoutes ===
+
+impl PodRoutes {
+    pub fn new() -> Arc<PodRoutes> {
+        Arc::new(PodRoutes {
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Each change under the lock is a handful of map operations that cannot panic
+        // half-way, so a poisoned lock's data is still sound.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes a tunnel of `node`: a listing now (or once the index is synced), then changes.
+    pub fn listen(self: &Arc<Self>, node: &str) -> Listener {
+        let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
+        let mut state = self.lock();
+        if state.synced {
+            // A fresh channel has room for one push.
+            let _ = tx.try_send(Push::List(state.pods_of(node)));
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        state
+            .listeners
+            .entry(node.to_owned())
+            .or_default()
+            .push((id, tx));
+        Listener {
+            rx,
+            routes: self.clone(),
+            node: node.to_owned(),
+            id,
+        }
+    }
+
+    /// Follows the pods in the datastore until `shutdown`, listing again whenever the feed
+    /// cannot continue.
+    pub async fn run(
+        self: Arc<Self>,
+        registry: Registry,
+        feed: Feed,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut delay = RETRY_MIN;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.follow(&registry, &feed) => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, retry_in = ?delay, "pod assignments lost the change feed; listing pods again");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(RETRY_MAX);
+        }
+    }
+
+    async fn follow(&self, registry: &Registry, feed: &Feed) -> Result<(), ApiError> {
+        let start = registry.store().current_revision().await?;
+        let mut sub = feed.subscribe(start).await?;
+        let (listed_at, pods) = registry.list(&PODS, None).await?;
+        self.replace(&pods);
+        let prefix = PODS.prefix(None);
+        loop {
+            let ev = sub.next().await?;
+            // The listing already holds everything up to its revision.
+            if ev.revision <= listed_at || !ev.path.starts_with(&prefix) {
+                continue;
+            }
+            let Some(r) = ObjectRef::from_path(&ev.path).filter(|r| r.resource == &PODS) else {
+                continue;
+            };
+            let key = PodKey {
+                namespace: r.namespace.unwrap_or_default(),
+                name: r.name,
+            };
+            let assignment = match ev.kind {
+                EventKind::Deleted => None,
+                EventKind::Added | EventKind::Modified => {
+                    let rec = Record {
+                        path: ev.path.clone(),
+                        create_revision: ev.create_revision,
+                        revision: ev.revision,
+                        value: ev.value.clone(),
+                    };
+                    match registry.decode(&PODS, &rec) {
+                        Ok(pod) => PodAssignment::from_pod(&pod),
+                        Err(e) => {
+                            tracing::error!(path = %ev.path, error = %e, "pod assignments leave an undecodable pod out");
+                            None
+                        }
+                    }
+                }
+            };
+            self.apply(key, assignment);
+        }
+    }
+
+    /// Replaces the index with `pods` and lists every listener's pods again.
+    fn replace(&self, pods: &[Value]) {
+        let mut state = self.lock();
+        state.by_node.clear();
+        state.node_of.clear();
+        for (node, a) in pods.iter().filter_map(PodAssignment::from_pod) {
+            state.node_of.insert(a.key.clone(), node.clone());
+            state
+                .by_node
+                .entry(node)
+                .or_default()
+                .insert(a.key.clone(), Arc::new(a));
+        }
+        state.synced = true;
+        let nodes: Vec<String> = state.listeners.keys().cloned().collect();
+        for node in nodes {
+            let list = state.pods_of(&node);
+            state.push(&node, Push::List(list));
+        }
+    }
+
+    /// Records that the pod `key` is now `assignment` (`None`: deleted or unbound) and tells
+    /// the nodes concerned.
+    fn apply(&self, key: PodKey, assignment: Option<(String, PodAssignment)>) {
+        let mut state = self.lock();
+        let before = state.node_of.get(&key).cloned();
+        match assignment {
+            Some((node, a)) => {
+                if before.as_deref() == Some(node.as_str())
+                    && state
+                        .by_node
+                        .get(&node)
+                        .and_then(|m| m.get(&key))
+                        .is_some_and(|old| **old == a)
+                {
+                    // A status change: nothing the node is told about changed.
+                    return;
+                }
+                if let Some(old) = before.filter(|b| *b != node) {
+                    state.remove(&old, &key);
+                    state.push(&old, Push::Gone(key.clone()));
+                }
+                let a = Arc::new(a);
+                state.node_of.insert(key.clone(), node.clone());
+                state
+                    .by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(key, a.clone());
+                state.push(&node, Push::Pod(a));
+            }
+            None => {
+                if let Some(old) = before {
+                    state.remove(&old, &key);
+                    state.node_of.remove(&key);
+                    state.push(&old, Push::Gone(key));
+                }
+            }
+        }
+    }
+
+    /// Bound pods known.
+    #[cfg(test)]
+    pub fn pod_count(&self) -> usize {
+        self.lock().node_of.len()
+    }
+}
+
+// === impl State ===
+
+impl State {
+    fn pods_of(&self, node: &str) -> Vec<Arc<PodAssignment>> {
+        self.by_node
+            .get(node)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn remove(&mut self, node: &str, key: &PodKey) {
+        if let Some(m) = self.by_node.get_mut(node) {
+            m.remove(key);
+            if m.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
+
+    /// Queues `push` for every tunnel of `node`; a tunnel whose queue is full is dropped.
+    fn push(&mut self, node: &str, push: Push) {
+        let Some(list) = self.listeners.get_mut(node) else {
+            return;
+        };
+        list.retain(|(_, tx)| match tx.try_send(push.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%node, queued = LISTENER_QUEUE, "a tunnel fell behind its pod assignments; it lists them again");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if list.is_empty() {
+            self.listeners.remove(node);
+        }
+    }
+}
+
+/// Writes the status `node` reports for a pod, as that node: a strategic-merge patch of
+/// `pods/<name>/status` (conditions merge by type, so the scheduler's `PodScheduled` stays).
+/// A report for a pod that is gone, or for an earlier pod of the same name, is dropped; one
+/// that would change nothing is not written.
+pub async fn apply_status(
+    registry: &Registry,
+    node: &str,
+    report: PodReport,
+) -> Result<(), ApiError> {
+    let status: Value = serde_json::from_str(&report.status).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "node {node:?} sent a pod status that is not JSON: {e}"
+        ))
+    })?;
+    if !status.is_object() {
+        return Err(ApiError::BadRequest(format!(
+            "node {node:?} sent a pod status that is not a JSON object"
+        )));
+    }
+    let r = ObjectRef {
+        resource: &PODS,
+        namespace: Some(report.key.namespace),
+        name: report.key.name,
+    };
+    let current = match registry.get(&r).await {
+        Ok(pod) => pod,
+        Err(ApiError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(report.uid.as_str()) {
+        return Ok(());
+    }
+    let body = json!({ "status": status });
+    if patch::apply(patch::Kind::Strategic, &current, &body).is_ok_and(|p| p == current) {
+        return Ok(());
+    }
+    registry
+        .patch(
+            &r,
+            Part::Status,
+            Writer::Node(node),
+            patch::Kind::Strategic,
+            body,
+        )
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, node: Option<&str>, phase: &str) -> Value {
+        json!({
+            "metadata": {"namespace": "default", "name": name, "uid": format!("uid-{name}")},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": phase},
+        })
+    }
+
+    fn key(name: &str) -> PodKey {
+        PodKey {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn drain(l: &mut Listener) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(p) = l.rx.try_recv() {
+            out.push(match p {
+                Push::List(list) => format!(
+                    "list[{}]",
+                    list.iter()
+                        .map(|a| a.key.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                Push::Pod(a) => format!("pod {}", a.key.name),
+                Push::Gone(k) => format!("gone {}", k.name),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn each_node_hears_only_about_its_own_pods() {
+        let routes = PodRoutes::new();
+        let mut one = routes.listen("n1");
+        let mut two = routes.listen("n2");
+        assert!(
+            drain(&mut one).is_empty(),
+            "no listing before the index is synced"
+        );
+        routes.replace(&[
+            pod("a", Some("n1"), "Pending"),
+            pod("b", Some("n2"), "Pending"),
+        ]);
+        assert_eq!(drain(&mut one), ["list[a]"]);
+        assert_eq!(drain(&mut two), ["list[b]"]);
+        routes.apply(
+            key("c"),
+            PodAssignment::from_pod(&pod("c", Some("n1"), "Pending")),
+        );
+        assert_eq!(drain(&mut one), ["pod c"]);
+        assert!(drain(&mut two).is_empty());
+        // A status change alone tells nobody anything.
+        routes.apply(
+            key("c"),
+            PodAssignment::from_pod(&pod("c", Some("n1"), "Running")),
+        );
+        assert!(drain(&mut one).is_empty());
+        // Finishing does: the node must not run it again.
+        routes.apply(
+            key("c"),
+            PodAssignment::from_pod(&pod("c", Some("n1"), "Succeeded")),
+        );
+        assert_eq!(drain(&mut one), ["pod c"]);
+        routes.apply(key("a"), None);
+        assert_eq!(drain(&mut one), ["gone a"]);
+        assert_eq!(routes.pod_count(), 2);
+        // A listener arriving later starts with a listing.
+        let mut late = routes.listen("n2");
+        assert_eq!(drain(&mut late), ["list[b]"]);
+    }
+
+    #[test]
+    fn a_stuck_tunnel_is_dropped_not_waited_for() {
+        let routes = PodRoutes::new();
+        routes.replace(&[]);
+        let mut stuck = routes.listen("n1");
+        for i in 0..LISTENER_QUEUE + 1 {
+            let name = format!("p{i}");
+            routes.apply(
+                key(&name),
+                PodAssignment::from_pod(&pod(&name, Some("n1"), "Pending")),
+            );
+        }
+        // The queue held what it could; then the listener was dropped, and its channel ends.
+        let mut n = 0;
+        while let Ok(_p) = stuck.rx.try_recv() {
+            n += 1;
+        }
+        assert_eq!(n, LISTENER_QUEUE);
+        assert!(matches!(
+            stuck.rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        // Listening again gives every pod at once.
+        let mut again = routes.listen("n1");
+        assert!(matches!(again.rx.try_recv(), Ok(Push::List(l)) if l.len() == LISTENER_QUEUE + 1));
+    }
+}
