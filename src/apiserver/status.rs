@@ -207,8 +207,8 @@ impl From<protobuf::Error> for ApiError {
             E::NoMagic | E::Unsupported { .. } | E::ContentEncoding(_) => {
                 ApiError::UnsupportedMediaType(message)
             }
-            E::Envelope(_) | E::Object { .. } | E::Field { .. } => ApiError::BadRequest(message),
-            E::Descriptors(_) => ApiError::Internal(message),
+            E::Envelope(_) | E::Object { .. } => ApiError::BadRequest(message),
+            E::Schema(_) => ApiError::Internal(message),
         }
     }
 }

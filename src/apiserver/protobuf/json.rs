@@ -1,5 +1,7 @@
-//! Writes a decoded Kubernetes protobuf message as the JSON Kubernetes itself would write for
-//! the same Go object, which is the form keelson stores and serves.
+//! Reads a Kubernetes protobuf message by its [`schema`](super::schema) and writes it as the
+//! JSON Kubernetes itself would write for the same Go object, which is the form keelson stores
+//! and serves. Nesting deeper than [`MAX_DEPTH`] is refused, so no body can run the stack out
+//! (today's schemas are not recursive; CRDs' `JSONSchemaProps` would be).
 //!
 //! The generic rules: a field's JSON name is its proto name (go-to-protobuf names fields after
 //! their JSON tags); `bytes` become base64 strings; maps become objects; lists become arrays.
@@ -17,10 +19,12 @@
 use std::fmt;
 
 use base64::Engine;
-use prost_reflect::{DynamicMessage, FieldDescriptor, MapKey, ReflectMessage, Value as Proto};
 use serde_json::{Map, Number, Value};
 use time::OffsetDateTime;
 use time::macros::format_description;
+
+use super::schema::{Field, Label, Message, Special, Type};
+use super::wire::{Fields, Malformed, Reader, Wire};
 
 /// Pointer fields of the served kinds whose explicit zero or `false` differs from absence (a
 /// default applies when absent), as (message relative to `k8s.io.api.`, field). The `.proto`
@@ -76,7 +80,10 @@ pub const EXPLICIT_ZERO: &[(&str, &str)] = &[
     ("coordination.v1.LeaseSpec", "leaseTransitions"),
 ];
 
-/// A field that decoded as protobuf but has no JSON form.
+/// How many messages deep a body may nest; the served kinds need about a dozen.
+pub const MAX_DEPTH: usize = 64;
+
+/// A field that cannot be read, or has no JSON form.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
 pub struct FieldError {
@@ -87,21 +94,32 @@ pub struct FieldError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Reason {
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    #[error("wire type {wire} does not fit a field of type {ty:?}")]
+    WireMismatch { wire: &'static str, ty: Type },
+    #[error("the string is not UTF-8")]
+    NotUtf8,
     #[error("time {seconds}s {nanos}ns is out of range")]
-    TimeOutOfRange { seconds: i64, nanos: i32 },
+    TimeOutOfRange { seconds: i64, nanos: i64 },
     #[error("IntOrString type {0} is neither 0 (int) nor 1 (string)")]
     IntOrStringType(i64),
     #[error("the embedded object is not JSON: {0}")]
     EmbeddedNotJson(#[source] serde_json::Error),
     #[error("the number {0} has no JSON form")]
     NotANumber(f64),
+    #[error("messages are nested more than {MAX_DEPTH} deep")]
+    TooDeep,
+    #[error("a field's schema is broken (a keelson bug)")]
+    Schema,
 }
 
 pub type Result<T, E = FieldError> = std::result::Result<T, E>;
 
-/// The JSON object of a message (without TypeMeta, which protobuf objects do not carry).
-pub fn object(msg: &DynamicMessage) -> Result<Map<String, Value>> {
-    fields(msg, &Path::Root)
+/// The JSON object of a message's bytes (without TypeMeta, which protobuf objects do not
+/// carry).
+pub fn object(msg: &Message, bytes: &[u8]) -> Result<Map<String, Value>> {
+    fields(msg, bytes, &Path::Root)
 }
 
 // === impl Path ===
@@ -117,7 +135,7 @@ enum Path<'a> {
 impl fmt::Display for Path<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Path::Root => write!(f, "(object)"),
+            Path::Root => write!(f, "(the object)"),
             Path::Field(Path::Root, name) => write!(f, "{name}"),
             Path::Field(parent, name) => write!(f, "{parent}.{name}"),
             Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
@@ -127,86 +145,182 @@ impl fmt::Display for Path<'_> {
 }
 
 impl Path<'_> {
-    fn error(&self, reason: Reason) -> FieldError {
+    /// How many fields, items and keys lie between the root and here.
+    fn depth(&self) -> usize {
+        match self {
+            Path::Root => 0,
+            Path::Field(p, _) | Path::Index(p, _) | Path::Key(p, _) => 1 + p.depth(),
+        }
+    }
+
+    fn error(&self, reason: impl Into<Reason>) -> FieldError {
         FieldError {
             path: self.to_string(),
-            reason,
+            reason: reason.into(),
         }
     }
 }
 
 // === transcoding ===
 
-fn fields(msg: &DynamicMessage, path: &Path<'_>) -> Result<Map<String, Value>> {
+/// The fields of one message as a JSON object. Unknown field numbers are skipped, as Go
+/// skips them; a singular field seen twice keeps its last value, as protobuf says.
+fn fields(msg: &Message, bytes: &[u8], path: &Path<'_>) -> Result<Map<String, Value>> {
     let mut out = Map::new();
-    for (field, value) in msg.fields() {
-        let here = Path::Field(path, field.name());
-        let json = match value {
-            Proto::List(items) => Value::Array(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| single(v, &Path::Index(&here, i)))
-                    .collect::<Result<_>>()?,
-            ),
-            Proto::Map(entries) => {
-                let mut map = Map::new();
-                for (key, v) in entries {
-                    let key = map_key(key);
-                    let json = single(v, &Path::Key(&here, &key))?;
-                    map.insert(key, json);
-                }
-                Value::Object(map)
-            }
-            v if is_zero(v) && !keeps_zero(&field) => continue,
-            v => single(v, &here)?,
+    for item in Fields::new(bytes) {
+        let (number, wire) = item.map_err(|e| path.error(e))?;
+        let Some(field) = msg.field(number) else {
+            continue;
         };
-        out.insert(field.name().to_owned(), json);
+        let here = Path::Field(path, field.name);
+        match field.label {
+            Label::Singular => {
+                let value = value(field.ty, wire, &here)?;
+                if field.ty.message().is_none() && is_zero(&value) && !keeps_zero(msg, field) {
+                    out.remove(field.name);
+                } else {
+                    out.insert(field.name.to_owned(), value);
+                }
+            }
+            Label::Repeated => {
+                let list = out
+                    .entry(field.name)
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                let Value::Array(list) = list else {
+                    return Err(here.error(Reason::Schema));
+                };
+                match wire {
+                    // Packed numbers: one length-delimited run of values.
+                    Wire::Bytes(run) if field.ty.packs() => packed(field.ty, run, list, &here)?,
+                    wire => {
+                        let item = value(field.ty, wire, &Path::Index(&here, list.len()))?;
+                        list.push(item);
+                    }
+                }
+            }
+            Label::Map => {
+                let (Some(entry), Wire::Bytes(b)) = (field.ty.message(), wire) else {
+                    return Err(here.error(mismatch(wire, field.ty)));
+                };
+                let (key, value) = map_entry(entry, b, &here)?;
+                let map = out
+                    .entry(field.name)
+                    .or_insert_with(|| Value::Object(Map::new()));
+                let Value::Object(map) = map else {
+                    return Err(here.error(Reason::Schema));
+                };
+                map.insert(key, value);
+            }
+        }
     }
     Ok(out)
 }
 
-/// One value: a singular field, a list item or a map value.
-fn single(value: &Proto, path: &Path<'_>) -> Result<Value> {
-    Ok(match value {
-        Proto::Bool(b) => Value::Bool(*b),
-        Proto::I32(n) | Proto::EnumNumber(n) => Value::from(*n),
-        Proto::I64(n) => Value::from(*n),
-        Proto::U32(n) => Value::from(*n),
-        Proto::U64(n) => Value::from(*n),
-        Proto::F32(n) => float(f64::from(*n), path)?,
-        Proto::F64(n) => float(*n, path)?,
-        Proto::String(s) => Value::String(s.clone()),
-        Proto::Bytes(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-        Proto::Message(m) => message(m, path)?,
-        // Protobuf has no lists of lists or maps in lists; a descriptor cannot declare them.
-        Proto::List(_) | Proto::Map(_) => Value::Null,
+/// One map entry: key (field 1, a string in every Kubernetes map) and value (field 2).
+fn map_entry(entry: &Message, bytes: &[u8], path: &Path<'_>) -> Result<(String, Value)> {
+    let (mut key, mut raw) = (String::new(), None);
+    for item in Fields::new(bytes) {
+        match item.map_err(|e| path.error(e))? {
+            (1, Wire::Bytes(b)) => key = text(b, path)?,
+            (2, wire) => raw = Some(wire),
+            _ => {}
+        }
+    }
+    let here = Path::Key(path, &key);
+    let ty = entry.field(2).ok_or_else(|| here.error(Reason::Schema))?.ty;
+    let value = match raw {
+        Some(wire) => value(ty, wire, &here)?,
+        // An absent value is the type's zero value: an empty string, empty bytes, `{}`.
+        None => match ty.message() {
+            Some(m) => message(m, &[], &here)?,
+            None if ty == Type::String || ty == Type::Bytes => Value::String(String::new()),
+            None => Value::from(0),
+        },
+    };
+    Ok((key, value))
+}
+
+/// One value of a field's type: a singular field, a list item or a map value.
+fn value(ty: Type, wire: Wire<'_>, path: &Path<'_>) -> Result<Value> {
+    // Narrowing casts are protobuf's own rules: an int32 travels as a 64-bit varint.
+    Ok(match (ty, wire) {
+        (Type::Bool, Wire::Varint(n)) => Value::Bool(n != 0),
+        (Type::Int32 | Type::Enum, Wire::Varint(n)) => Value::from(n as i32),
+        (Type::Int64, Wire::Varint(n)) => Value::from(n as i64),
+        (Type::Uint32, Wire::Varint(n)) => Value::from(n as u32),
+        (Type::Uint64, Wire::Varint(n)) => Value::from(n),
+        (Type::Sint32, Wire::Varint(n)) => Value::from(zigzag(n) as i32),
+        (Type::Sint64, Wire::Varint(n)) => Value::from(zigzag(n)),
+        (Type::Fixed32, Wire::Fixed32(n)) => Value::from(n),
+        (Type::Sfixed32, Wire::Fixed32(n)) => Value::from(n as i32),
+        (Type::Float, Wire::Fixed32(n)) => float(f64::from(f32::from_bits(n)), path)?,
+        (Type::Fixed64, Wire::Fixed64(n)) => Value::from(n),
+        (Type::Sfixed64, Wire::Fixed64(n)) => Value::from(n as i64),
+        (Type::Double, Wire::Fixed64(n)) => float(f64::from_bits(n), path)?,
+        (Type::String, Wire::Bytes(b)) => Value::String(text(b, path)?),
+        (Type::Bytes, Wire::Bytes(b)) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+        }
+        (Type::Message(_), Wire::Bytes(b)) => {
+            let msg = ty.message().ok_or_else(|| path.error(Reason::Schema))?;
+            message(msg, b, path)?
+        }
+        (ty, wire) => return Err(path.error(mismatch(wire, ty))),
     })
 }
 
-fn message(msg: &DynamicMessage, path: &Path<'_>) -> Result<Value> {
-    let name = msg.descriptor();
-    let name = name.full_name();
-    let Some(special) = name.strip_prefix("k8s.io.apimachinery.pkg.") else {
-        return Ok(Value::Object(fields(msg, path)?));
+/// A packed run of numbers, appended to `list`.
+fn packed(ty: Type, run: &[u8], list: &mut Vec<Value>, path: &Path<'_>) -> Result<()> {
+    let mut r = Reader::new(run);
+    while !r.is_empty() {
+        let here = Path::Index(path, list.len());
+        let wire = match ty {
+            Type::Fixed32 | Type::Sfixed32 | Type::Float => r.fixed32().map(Wire::Fixed32),
+            Type::Fixed64 | Type::Sfixed64 | Type::Double => r.fixed64().map(Wire::Fixed64),
+            _ => r.varint().map(Wire::Varint),
+        };
+        let wire = wire.map_err(|e| here.error(e))?;
+        list.push(value(ty, wire, &here)?);
+    }
+    Ok(())
+}
+
+fn message(msg: &Message, bytes: &[u8], path: &Path<'_>) -> Result<Value> {
+    // Each message level adds at least one step to the path (two for list items and map
+    // values), so this bounds the recursion at or below MAX_DEPTH messages.
+    if path.depth() > 2 * MAX_DEPTH {
+        return Err(path.error(Reason::TooDeep));
+    }
+    if msg.special == Special::Embedded {
+        return embedded(bytes, path);
+    }
+    // The special types read their fields the generic way: absent and zero are alike there.
+    let obj = fields(msg, bytes, path)?;
+    let int = |name: &str| obj.get(name).and_then(Value::as_i64).unwrap_or(0);
+    let string = |name: &str| {
+        obj.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
     };
-    match special {
-        "util.intstr.IntOrString" => match int(msg, 1) {
-            0 => Ok(Value::from(int(msg, 2))),
-            1 => Ok(Value::String(text(msg, 3))),
+    match msg.special {
+        Special::None | Special::Embedded => Ok(Value::Object(obj)),
+        Special::IntOrString => match int("type") {
+            0 => Ok(Value::from(int("intVal"))),
+            1 => Ok(Value::String(string("strVal"))),
             other => Err(path.error(Reason::IntOrStringType(other))),
         },
         // Go writes a zero Quantity as "0".
-        "api.resource.Quantity" | "api.resource.QuantityValue" => Ok(Value::String(
-            Some(text(msg, 1))
+        Special::Quantity => Ok(Value::String(
+            Some(string("string"))
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "0".into()),
         )),
-        "apis.meta.v1.Time" => time(msg, path, Precision::Seconds),
-        "apis.meta.v1.MicroTime" => time(msg, path, Precision::Micros),
-        "apis.meta.v1.Duration" => Ok(Value::String(go_duration(int(msg, 1)))),
-        "runtime.RawExtension" | "apis.meta.v1.FieldsV1" => embedded(msg, path),
-        _ => Ok(Value::Object(fields(msg, path)?)),
+        // Go marshals a zero time as no bytes at all, and writes it to JSON as null.
+        Special::Time | Special::MicroTime if bytes.is_empty() => Ok(Value::Null),
+        Special::Time => time(int("seconds"), int("nanos"), path, Precision::Seconds),
+        Special::MicroTime => time(int("seconds"), int("nanos"), path, Precision::Micros),
+        Special::Duration => Ok(Value::String(go_duration(int("duration")))),
     }
 }
 
@@ -215,13 +329,9 @@ enum Precision {
     Micros,
 }
 
-/// `Time` and `MicroTime` in UTC, as Go's JSON writes them; a zero time (an empty message,
-/// which is how Go marshals it) is `null`.
-fn time(msg: &DynamicMessage, path: &Path<'_>, precision: Precision) -> Result<Value> {
-    if msg.fields().next().is_none() {
-        return Ok(Value::Null);
-    }
-    let (seconds, nanos) = (int(msg, 1), i32::try_from(int(msg, 2)).unwrap_or(-1));
+/// `Time` and `MicroTime` in UTC, as Go's JSON writes them.
+fn time(seconds: i64, nanos: i64, path: &Path<'_>, precision: Precision) -> Result<Value> {
+    let out_of_range = || path.error(Reason::TimeOutOfRange { seconds, nanos });
     let at = u32::try_from(nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
@@ -231,8 +341,9 @@ fn time(msg: &DynamicMessage, path: &Path<'_>, precision: Precision) -> Result<V
                 .replace_nanosecond(n)
                 .ok()
         })
-        .filter(|t| (0..=9999).contains(&t.year()));
-    let at = at.ok_or_else(|| path.error(Reason::TimeOutOfRange { seconds, nanos }))?;
+        // RFC 3339 has four-digit years.
+        .filter(|t| (0..=9999).contains(&t.year()))
+        .ok_or_else(out_of_range)?;
     let formatted = match precision {
         Precision::Seconds => at.format(format_description!(
             "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
@@ -241,21 +352,21 @@ fn time(msg: &DynamicMessage, path: &Path<'_>, precision: Precision) -> Result<V
             "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
         )),
     };
-    // The year is checked above, so every component has its fixed width.
-    formatted
-        .map(Value::String)
-        .map_err(|_| path.error(Reason::TimeOutOfRange { seconds, nanos }))
+    formatted.map(Value::String).map_err(|_| out_of_range())
 }
 
-/// `RawExtension` and `FieldsV1` carry JSON in their bytes; empty bytes are `null`.
-fn embedded(msg: &DynamicMessage, path: &Path<'_>) -> Result<Value> {
-    let raw = msg.get_field_by_number(1);
-    let raw = raw.as_deref().and_then(Proto::as_bytes);
-    match raw {
-        None => Ok(Value::Null),
-        Some(b) if b.is_empty() => Ok(Value::Null),
-        Some(b) => serde_json::from_slice(b).map_err(|e| path.error(Reason::EmbeddedNotJson(e))),
+/// `RawExtension` and `FieldsV1` carry JSON in their bytes (field 1); none is `null`.
+fn embedded(bytes: &[u8], path: &Path<'_>) -> Result<Value> {
+    let mut raw: &[u8] = &[];
+    for item in Fields::new(bytes) {
+        if let (1, Wire::Bytes(b)) = item.map_err(|e| path.error(e))? {
+            raw = b;
+        }
     }
+    if raw.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(raw).map_err(|e| path.error(Reason::EmbeddedNotJson(e)))
 }
 
 /// Go's `time.Duration.String()`: `1h2m3.5s`, `1.5s`, `100ms`, `0s`.
@@ -299,54 +410,81 @@ fn float(n: f64, path: &Path<'_>) -> Result<Value> {
         .ok_or_else(|| path.error(Reason::NotANumber(n)))
 }
 
-fn map_key(key: &MapKey) -> String {
-    match key {
-        MapKey::String(s) => s.clone(),
-        MapKey::Bool(b) => b.to_string(),
-        MapKey::I32(n) => n.to_string(),
-        MapKey::I64(n) => n.to_string(),
-        MapKey::U32(n) => n.to_string(),
-        MapKey::U64(n) => n.to_string(),
-    }
+fn text(b: &[u8], path: &Path<'_>) -> Result<String> {
+    String::from_utf8(b.to_vec()).map_err(|_| path.error(Reason::NotUtf8))
 }
 
-fn is_zero(value: &Proto) -> bool {
+fn zigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+fn mismatch(wire: Wire<'_>, ty: Type) -> Reason {
+    let wire = match wire {
+        Wire::Varint(_) => "varint",
+        Wire::Fixed64(_) => "fixed64",
+        Wire::Bytes(_) => "length-delimited",
+        Wire::Fixed32(_) => "fixed32",
+    };
+    Reason::WireMismatch { wire, ty }
+}
+
+/// Go's zero values: what `omitempty` leaves out.
+fn is_zero(value: &Value) -> bool {
     match value {
-        Proto::Bool(b) => !b,
-        Proto::I32(n) | Proto::EnumNumber(n) => *n == 0,
-        Proto::I64(n) => *n == 0,
-        Proto::U32(n) => *n == 0,
-        Proto::U64(n) => *n == 0,
-        Proto::F32(n) => *n == 0.0,
-        Proto::F64(n) => *n == 0.0,
-        Proto::String(s) => s.is_empty(),
-        Proto::Bytes(b) => b.is_empty(),
-        Proto::Message(_) | Proto::List(_) | Proto::Map(_) => false,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Null | Value::Array(_) | Value::Object(_) => false,
     }
 }
 
-fn keeps_zero(field: &FieldDescriptor) -> bool {
-    let message = field.parent_message().full_name();
-    message.strip_prefix("k8s.io.api.").is_some_and(|m| {
+fn keeps_zero(msg: &Message, field: &Field) -> bool {
+    msg.name.strip_prefix("k8s.io.api.").is_some_and(|m| {
         EXPLICIT_ZERO
             .iter()
-            .any(|(msg, name)| *msg == m && *name == field.name())
+            .any(|(name, f)| *name == m && *f == field.name)
     })
 }
 
-/// An integer field of a special type by number; absent reads as 0, as in Go.
-fn int(msg: &DynamicMessage, number: u32) -> i64 {
-    match msg.get_field_by_number(number).as_deref() {
-        Some(Proto::I64(n)) => *n,
-        Some(Proto::I32(n)) => i64::from(*n),
-        _ => 0,
+// === impl Type ===
+
+impl Type {
+    /// Whether a repeated field of this type may arrive packed.
+    fn packs(self) -> bool {
+        !matches!(self, Type::String | Type::Bytes | Type::Message(_))
     }
 }
 
-fn text(msg: &DynamicMessage, number: u32) -> String {
-    msg.get_field_by_number(number)
-        .as_deref()
-        .and_then(Proto::as_str)
-        .unwrap_or_default()
-        .to_owned()
+// === impl FieldError ===
+
+/// Broken bytes outside any named field (the envelope's own framing).
+impl From<Malformed> for FieldError {
+    fn from(e: Malformed) -> Self {
+        Path::Root.error(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_past_the_bound_is_refused() {
+        fn nest(levels: usize, parent: &Path<'_>) -> Result<Value> {
+            match levels {
+                0 => {
+                    let msg = super::super::schema::message("k8s.io.api.core.v1.PodSpec");
+                    message(
+                        msg.ok_or_else(|| parent.error(Reason::Schema))?,
+                        &[],
+                        parent,
+                    )
+                }
+                n => nest(n - 1, &Path::Field(parent, "x")),
+            }
+        }
+        assert!(nest(2 * MAX_DEPTH, &Path::Root).is_ok());
+        let err = nest(2 * MAX_DEPTH + 1, &Path::Root).unwrap_err();
+        assert!(matches!(err.reason, Reason::TooDeep), "{err}");
+    }
 }

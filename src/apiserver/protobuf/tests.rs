@@ -1,4 +1,5 @@
-//! Bodies built with the same descriptors the decoder uses, fed to [`decode`] as bytes.
+//! Bodies encoded by prost-reflect from the descriptors `build.rs` compiled (as kubectl would
+//! encode them), fed to [`decode`] as bytes.
 
 use std::collections::HashMap;
 
@@ -7,7 +8,11 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, ReflectMessage, Valu
 use serde_json::json;
 
 use super::json::{EXPLICIT_ZERO, Reason};
+use super::schema::{Label, MESSAGES};
 use super::*;
+
+/// The descriptor set the schema was generated from; only tests carry it.
+static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kubernetes.pb"));
 
 fn pool() -> DescriptorPool {
     DescriptorPool::decode(DESCRIPTORS).unwrap()
@@ -206,7 +211,7 @@ fn times_are_rfc3339_in_utc_and_micro_times_keep_microseconds() {
         )],
     );
     let err = decode(&body("coordination.k8s.io/v1", bad)).unwrap_err();
-    assert!(matches!(err, Error::Field { .. }), "{err:?}");
+    assert!(matches!(err, Error::Object { .. }), "{err:?}");
     assert!(err.to_string().contains("spec.renewTime"), "{err}");
 }
 
@@ -329,7 +334,7 @@ fn raw_extensions_carry_json_and_refuse_anything_else() {
     assert_eq!(obj["revision"], 3);
     let err = decode(&body("apps/v1", revision(b"k8s\0\x0a"))).unwrap_err();
     match err {
-        Error::Field { source, .. } => {
+        Error::Object { source, .. } => {
             assert_eq!(source.path, "data");
             assert!(matches!(source.reason, Reason::EmbeddedNotJson(_)));
         }
@@ -414,4 +419,52 @@ fn durations_print_as_go_prints_them() {
     ] {
         assert_eq!(super::json::go_duration(nanos), want, "{nanos}");
     }
+}
+
+#[test]
+fn the_generated_schema_matches_the_descriptors() {
+    let pool = pool();
+    assert_eq!(MESSAGES.len(), pool.all_messages().len());
+    assert!(MESSAGES.windows(2).all(|w| w[0].name < w[1].name));
+    for desc in pool.all_messages() {
+        let msg = schema::message(desc.full_name()).unwrap();
+        assert_eq!(msg.fields.len(), desc.fields().len(), "{}", msg.name);
+        for f in desc.fields() {
+            let row = msg.field(f.number()).unwrap();
+            assert_eq!(row.name, f.name());
+            let label = if f.is_map() {
+                Label::Map
+            } else if f.is_list() {
+                Label::Repeated
+            } else {
+                Label::Singular
+            };
+            assert_eq!(row.label, label, "{}.{}", msg.name, row.name);
+            if let Some(m) = f.kind().as_message() {
+                assert_eq!(row.ty.message().map(|r| r.name), Some(m.full_name()));
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_and_unpacked_lists_read_alike() {
+    // PodSecurityContext.supplementalGroups (field 4, repeated int64) as one packed run of
+    // 1, 300 and then unpacked 7.
+    let security = [vec![0x22, 3, 1, 0xac, 0x02], vec![0x20, 7]].concat();
+    let spec = [vec![0x72, security.len() as u8], security].concat(); // securityContext = 14
+    let pod = [vec![0x12, spec.len() as u8], spec].concat(); // spec = 2
+    let obj = decode(&envelope("v1", "Pod", pod)).unwrap();
+    assert_eq!(
+        obj["spec"]["securityContext"]["supplementalGroups"],
+        json!([1, 300, 7])
+    );
+}
+
+#[test]
+fn a_field_of_the_wrong_wire_type_is_named() {
+    // ConfigMap.data (field 2, a map) sent as a varint.
+    let err = decode(&envelope("v1", "ConfigMap", vec![0x10, 1])).unwrap_err();
+    assert!(err.to_string().contains("data"), "{err}");
+    assert!(matches!(err, Error::Object { .. }), "{err:?}");
 }
