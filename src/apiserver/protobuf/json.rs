@@ -172,19 +172,19 @@ fn fields(msg: &Message, bytes: &[u8], path: &Path<'_>) -> Result<Map<String, Va
         let Some(field) = msg.field(number) else {
             continue;
         };
-        let here = Path::Field(path, field.name);
+        let here = Path::Field(path, field.name());
         match field.label {
             Label::Singular => {
                 let value = value(field.ty, wire, &here)?;
                 if field.ty.message().is_none() && is_zero(&value) && !keeps_zero(msg, field) {
-                    out.remove(field.name);
+                    out.remove(field.name());
                 } else {
-                    out.insert(field.name.to_owned(), value);
+                    out.insert(field.name().to_owned(), value);
                 }
             }
             Label::Repeated => {
                 let list = out
-                    .entry(field.name)
+                    .entry(field.name())
                     .or_insert_with(|| Value::Array(Vec::new()));
                 let Value::Array(list) = list else {
                     return Err(here.error(Reason::Schema));
@@ -204,7 +204,7 @@ fn fields(msg: &Message, bytes: &[u8], path: &Path<'_>) -> Result<Map<String, Va
                 };
                 let (key, value) = map_entry(entry, b, &here)?;
                 let map = out
-                    .entry(field.name)
+                    .entry(field.name())
                     .or_insert_with(|| Value::Object(Map::new()));
                 let Value::Object(map) = map else {
                     return Err(here.error(Reason::Schema));
@@ -439,10 +439,10 @@ fn is_zero(value: &Value) -> bool {
 }
 
 fn keeps_zero(msg: &Message, field: &Field) -> bool {
-    msg.name.strip_prefix("k8s.io.api.").is_some_and(|m| {
+    msg.name().strip_prefix("k8s.io.api.").is_some_and(|m| {
         EXPLICIT_ZERO
             .iter()
-            .any(|(name, f)| *name == m && *f == field.name)
+            .any(|(name, f)| *name == m && *f == field.name())
     })
 }
 

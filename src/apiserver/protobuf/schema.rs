@@ -9,10 +9,12 @@
 #[derive(Debug)]
 pub struct Message {
     /// The full protobuf name, `k8s.io.api.apps.v1.Deployment`.
-    pub name: &'static str,
+    name: Name,
     /// apimachinery's types whose JSON form is not their fields.
     pub special: Special,
-    pub fields: &'static [Field],
+    /// Its fields are `FIELDS[first_field..][..field_count]`.
+    first_field: u16,
+    field_count: u16,
 }
 
 /// One field of a message.
@@ -20,9 +22,16 @@ pub struct Message {
 pub struct Field {
     pub number: u32,
     /// The proto name, which go-to-protobuf makes the JSON name.
-    pub name: &'static str,
+    name: Name,
     pub ty: Type,
     pub label: Label,
+}
+
+/// A range of `NAMES`: the tables hold offsets, not pointers, so they need no relocation.
+#[derive(Debug, Clone, Copy)]
+struct Name {
+    start: u32,
+    len: u8,
 }
 
 /// A field's protobuf type; messages by index into [`MESSAGES`].
@@ -82,17 +91,29 @@ include!(concat!(env!("OUT_DIR"), "/schema.rs"));
 
 /// The message of a full protobuf name.
 pub fn message(name: &str) -> Option<&'static Message> {
-    MESSAGES
-        .binary_search_by(|m| m.name.cmp(name))
+    let messages: &'static [Message] = MESSAGES;
+    messages
+        .binary_search_by(|m| m.name().cmp(name))
         .ok()
-        .and_then(|i| MESSAGES.get(i))
+        .and_then(|i| messages.get(i))
 }
 
 // === impl Message ===
 
 impl Message {
+    pub fn name(&self) -> &'static str {
+        self.name.text()
+    }
+
+    pub fn fields(&self) -> &'static [Field] {
+        let start = usize::from(self.first_field);
+        FIELDS
+            .get(start..start + usize::from(self.field_count))
+            .unwrap_or_default()
+    }
+
     pub fn field(&self, number: u32) -> Option<&'static Field> {
-        let fields: &'static [Field] = self.fields;
+        let fields = self.fields();
         fields
             .binary_search_by_key(&number, |f| f.number)
             .ok()
@@ -100,8 +121,26 @@ impl Message {
     }
 
     pub fn field_named(&self, name: &str) -> Option<&'static Field> {
-        let fields: &'static [Field] = self.fields;
-        fields.iter().find(|f| f.name == name)
+        self.fields().iter().find(|f| f.name() == name)
+    }
+}
+
+// === impl Field ===
+
+impl Field {
+    pub fn name(&self) -> &'static str {
+        self.name.text()
+    }
+}
+
+// === impl Name ===
+
+impl Name {
+    fn text(self) -> &'static str {
+        let start = self.start as usize;
+        NAMES
+            .get(start..start + usize::from(self.len))
+            .unwrap_or("")
     }
 }
 

@@ -8,7 +8,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, ReflectMessage, Valu
 use serde_json::json;
 
 use super::json::{EXPLICIT_ZERO, Reason};
-use super::schema::{Label, MESSAGES};
+use super::schema::{self, Label, MESSAGES};
 use super::*;
 
 /// The descriptor set the schema was generated from; only tests carry it.
@@ -425,13 +425,13 @@ fn durations_print_as_go_prints_them() {
 fn the_generated_schema_matches_the_descriptors() {
     let pool = pool();
     assert_eq!(MESSAGES.len(), pool.all_messages().len());
-    assert!(MESSAGES.windows(2).all(|w| w[0].name < w[1].name));
+    assert!(MESSAGES.windows(2).all(|w| w[0].name() < w[1].name()));
     for desc in pool.all_messages() {
         let msg = schema::message(desc.full_name()).unwrap();
-        assert_eq!(msg.fields.len(), desc.fields().len(), "{}", msg.name);
+        assert_eq!(msg.fields().len(), desc.fields().len(), "{}", msg.name());
         for f in desc.fields() {
             let row = msg.field(f.number()).unwrap();
-            assert_eq!(row.name, f.name());
+            assert_eq!(row.name(), f.name());
             let label = if f.is_map() {
                 Label::Map
             } else if f.is_list() {
@@ -439,9 +439,12 @@ fn the_generated_schema_matches_the_descriptors() {
             } else {
                 Label::Singular
             };
-            assert_eq!(row.label, label, "{}.{}", msg.name, row.name);
+            assert_eq!(row.label, label, "{}.{}", msg.name(), row.name());
             if let Some(m) = f.kind().as_message() {
-                assert_eq!(row.ty.message().map(|r| r.name), Some(m.full_name()));
+                assert_eq!(
+                    row.ty.message().map(schema::Message::name),
+                    Some(m.full_name())
+                );
             }
         }
     }
