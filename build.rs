@@ -49,9 +49,15 @@ const SPECIAL: &[(&str, &str)] = &[
 ];
 
 fn main() {
-    println!("cargo::rerun-if-changed=proto");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let mut compiler = match protox::Compiler::new(["proto"]) {
+    // fuzz/ builds the same module with this same script, one directory down.
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let proto = [manifest.join("proto"), manifest.join("../proto")]
+        .into_iter()
+        .find(|p| p.is_dir())
+        .expect("proto/ beside Cargo.toml or one directory up");
+    println!("cargo::rerun-if-changed={}", proto.display());
+    let mut compiler = match protox::Compiler::new([&proto]) {
         Ok(c) => c,
         Err(e) => panic!("proto/: {e}"),
     };
