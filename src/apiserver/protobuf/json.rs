@@ -164,7 +164,8 @@ impl Path<'_> {
 // === transcoding ===
 
 /// The fields of one message as a JSON object. Unknown field numbers are skipped, as Go
-/// skips them; a singular field seen twice keeps its last value, as protobuf says.
+/// skips them; a singular field seen twice keeps its last value (protobuf would merge two
+/// halves of a message field; no Kubernetes client splits one).
 fn fields(msg: &Message, bytes: &[u8], path: &Path<'_>) -> Result<Map<String, Value>> {
     let mut out = Map::new();
     for item in Fields::new(bytes) {
