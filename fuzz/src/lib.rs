@@ -53,7 +53,10 @@ pub fn check_protobuf(data: &[u8]) {
     let Ok(obj) = protobuf::decode(data) else {
         return;
     };
-    assert!(obj["apiVersion"].is_string() && obj["kind"].is_string(), "{obj}");
+    assert!(
+        obj["apiVersion"].is_string() && obj["kind"].is_string(),
+        "{obj}"
+    );
     let bytes = serde_json::to_vec(&obj).expect("a Value always encodes");
     let back: Value = serde_json::from_slice(&bytes).expect("the result decodes");
     assert_eq!(back, obj);
