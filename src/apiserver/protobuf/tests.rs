@@ -471,3 +471,16 @@ fn a_field_of_the_wrong_wire_type_is_named() {
     assert!(err.to_string().contains("data"), "{err}");
     assert!(matches!(err, Error::Object { .. }), "{err:?}");
 }
+
+#[test]
+fn foreign_bodies_get_415_and_broken_ones_400() {
+    use crate::apiserver::status::ApiError;
+    let code = |body: &[u8]| ApiError::from(decode(body).unwrap_err()).code();
+    assert_eq!(code(b"{}"), 415);
+    assert_eq!(code(&envelope("example.com/v1", "Widget", Vec::new())), 415);
+    assert_eq!(code(b"k8s\0\x0a\xff\xff\xff"), 400);
+    assert_eq!(
+        code(&envelope("v1", "ConfigMap", vec![0x0a, 0x05, 0x01])),
+        400
+    );
+}
