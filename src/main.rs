@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 mod agent;
+mod api;
 mod apiserver;
 mod bootstrap;
 mod cli;
@@ -15,6 +16,7 @@ mod datastore;
 mod loadgen;
 #[allow(unsafe_code)]
 mod memory;
+mod runtime;
 mod server;
 mod tunnel;
 mod vip;

@@ -20,8 +20,8 @@ use crate::bootstrap::join::Joiner;
 use crate::bootstrap::{self, kubeconfig};
 use crate::config::ServerConfig;
 use crate::controllers::lease::{Elector, Role};
-use crate::controllers::node_lifecycle::NodeLifecycle;
 use crate::datastore::{Dialect, Store, compactor::Compactor, feed::Feed};
+use crate::runtime;
 use crate::tunnel::sessions::Sessions;
 
 /// Backoff between attempts to reach the datastore at start.
@@ -239,14 +239,15 @@ async fn start(
         }
         .run(when_stopped(stop.clone())),
     );
-    tasks.spawn(
-        NodeLifecycle {
-            registry: api.registry.clone(),
-            role: role_rx,
-            grace: cfg.node_monitor_grace_period,
-        }
-        .run(when_stopped(stop.clone())),
-    );
+    let (kinds, starter) = crate::controllers::under_lease(cfg.node_monitor_grace_period);
+    tasks.spawn(runtime::controller::lead(
+        role_rx,
+        api.registry.clone(),
+        api.feed.clone(),
+        kinds,
+        starter,
+        when_stopped(stop.clone()),
+    ));
     if let Some((mut manager, (addr, announcer))) = vip {
         manager.api = Some(api.clone());
         tasks.spawn(manager.run(addr, announcer, when_stopped(stop.clone())));

@@ -297,12 +297,7 @@ fn secrets_are_encrypted_at_rest(db: Option<common::db::Db>) {
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: hunter2-plaintext\n",
     )
     .unwrap();
-    s.kubectl_ok(&[
-        "apply",
-        "--validate=false",
-        "-f",
-        &path.display().to_string(),
-    ]);
+    s.kubectl_ok(&["apply", "-f", &path.display().to_string()]);
     let stored = stored_secret(&s, test_db.as_ref());
     assert!(
         stored.starts_with(b"k8s:enc:aesgcm:v1:key1:"),
@@ -388,13 +383,13 @@ fn server_dry_run_validates_and_answers_but_stores_nothing() {
     )
     .unwrap();
     let file = path.display().to_string();
-    let out = s.kubectl_ok(&["apply", "--validate=false", "--dry-run=server", "-f", &file]);
+    let out = s.kubectl_ok(&["apply", "--dry-run=server", "-f", &file]);
     assert!(out.contains("created (server dry run)"), "{out}");
     assert!(
         !s.kubectl(&["get", "cm", "dry"]).status.success(),
         "a dry run stored the object"
     );
-    s.kubectl_ok(&["apply", "--validate=false", "-f", &file]);
+    s.kubectl_ok(&["apply", "-f", &file]);
     let before = s.kubectl_json(&["get", "cm", "dry", "-o", "json"]);
     s.kubectl_ok(&[
         "patch",
@@ -421,7 +416,6 @@ fn server_dry_run_validates_and_answers_but_stores_nothing() {
         &s,
         &[
             "create",
-            "--validate=false",
             "--dry-run=server",
             "-f",
             &bad.display().to_string(),
@@ -474,10 +468,10 @@ fn services_get_cluster_ips_and_node_ports_that_are_never_shared() {
     let path = s.dir().join("copy.yaml");
     std::fs::write(&path, svc("copy", &format!("  clusterIP: {web_ip}\n"))).unwrap();
     let file = path.display().to_string();
-    let err = refused(&s, &["create", "--validate=false", "-f", &file]);
+    let err = refused(&s, &["create", "-f", &file]);
     assert!(err.contains("already allocated"), "{err}");
     s.kubectl_ok(&["delete", "svc", "web"]);
-    s.kubectl_ok(&["create", "--validate=false", "-f", &file]);
+    s.kubectl_ok(&["create", "-f", &file]);
     let copy = s.kubectl_ok(&["get", "svc", "copy", "-o", "jsonpath={.spec.clusterIP}"]);
     assert_eq!(copy, web_ip);
 }

@@ -328,12 +328,7 @@ fn kubectl_creates_edits_and_deletes_a_lease_of_its_own() {
     )
     .expect("write the manifest");
     // No OpenAPI document is served, so kubectl's client-side validation is off.
-    s.kubectl_ok(&[
-        "create",
-        "--validate=false",
-        "-f",
-        manifest.to_str().expect("utf-8 path"),
-    ]);
+    s.kubectl_ok(&["create", "-f", manifest.to_str().expect("utf-8 path")]);
     s.kubectl_ok(&[
         "patch",
         "lease",

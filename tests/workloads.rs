@@ -126,12 +126,7 @@ fn workloads_apply_get_defaults_and_kubectl_columns() {
     let s = Server::start(Options::default());
     let path = s.dir().join("workloads.yaml");
     std::fs::write(&path, WORKLOADS).unwrap();
-    s.kubectl_ok(&[
-        "apply",
-        "--validate=false",
-        "-f",
-        &path.display().to_string(),
-    ]);
+    s.kubectl_ok(&["apply", "-f", &path.display().to_string()]);
 
     let web = s.kubectl_json(&["get", "deploy", "web", "-o", "json"]);
     assert_eq!(web["spec"]["replicas"], 1);
@@ -369,15 +364,7 @@ fn kubectl_scales_and_sets_images_and_bad_workloads_get_422() {
         "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: always\nspec:\n  template:\n    spec:\n      containers:\n      - name: a\n        image: busybox\n",
     )
     .unwrap();
-    let err = refused(
-        &s,
-        &[
-            "create",
-            "--validate=false",
-            "-f",
-            &job.display().to_string(),
-        ],
-    );
+    let err = refused(&s, &["create", "-f", &job.display().to_string()]);
     assert!(
         err.contains("spec.template.spec.restartPolicy: Unsupported value: \"Always\""),
         "{err}"

@@ -72,6 +72,17 @@ pub fn resource_list(gv: &GroupVersion) -> Value {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.plural == "pods" && r.group.is_empty() {
+            // kubectl drain looks for eviction here before it evicts.
+            resources.push(json!({
+                "name": "pods/eviction", "singularName": "", "namespaced": true,
+                "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"],
+            }));
+            resources.push(json!({
+                "name": "pods/binding", "singularName": "", "namespaced": true,
+                "kind": "Binding", "verbs": ["create"],
+            }));
+        }
         if r.has_scale {
             resources.push(json!({
                 "name": format!("{}/scale", r.plural),
@@ -191,6 +202,8 @@ mod tests {
                 "nodes/status",
                 "pods",
                 "pods/status",
+                "pods/eviction",
+                "pods/binding",
                 "secrets",
                 "serviceaccounts",
                 "services",

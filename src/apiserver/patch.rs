@@ -123,7 +123,7 @@ pub fn merge(target: Value, patch: &Value) -> Value {
 
 /// Lists merged by a key instead of replaced, by JSON path; the rest of Kubernetes's
 /// `patchStrategy:"merge"` fields that the served kinds have.
-fn merge_key(path: Option<&str>) -> Option<&'static str> {
+pub(crate) fn merge_key(path: Option<&str>) -> Option<&'static str> {
     let path = path?;
     // A workload's pod template (a CronJob's inside its job template) holds a PodSpec, whose
     // lists merge as a Pod's do (`kubectl set image deployment/web` sends one container).
@@ -136,16 +136,21 @@ fn merge_key(path: Option<&str>) -> Option<&'static str> {
         .unwrap_or(path);
     match path {
         ".status.conditions" | ".status.addresses" => Some("type"),
+        // Init containers are Containers too: the OpenAPI schema (one `Container`
+        // definition) tells kubectl their lists merge alike.
         ".spec.containers"
         | ".spec.initContainers"
         | ".spec.volumes"
         | ".spec.containers[].env"
-        | ".spec.containers[].ports" => Some(if path.ends_with("ports") {
+        | ".spec.containers[].ports"
+        | ".spec.initContainers[].env"
+        | ".spec.initContainers[].ports" => Some(if path.ends_with("ports") {
             "containerPort"
         } else {
             "name"
         }),
-        ".metadata.ownerReferences" => Some("uid"),
+        // Every ObjectMeta's, templates' too, as the schema's `ObjectMeta` says.
+        p if p.ends_with(".metadata.ownerReferences") => Some("uid"),
         ".status.images" => None,
         _ => None,
     }
@@ -568,8 +573,9 @@ impl io::Write for Count {
 /// Where the workload kinds hold a pod template, longest first.
 const POD_TEMPLATES: [&str; 2] = [".spec.jobTemplate.spec.template", ".spec.template"];
 
-/// No path `merge_key` names is longer than this (a CronJob's container ports are 55).
-const MAX_TRACKED_PATH: usize = 64;
+/// No path `merge_key` names is longer than this (the longest, a CronJob's ephemeral volume
+/// claim template's owner references, is 101).
+const MAX_TRACKED_PATH: usize = 128;
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,42 @@ const PATCH_RETRIES: usize = 64;
 /// control-plane leases are.
 pub const LEASE_NAMESPACE: &str = "kube-system";
 
+/// What happens to an object's dependents when it is deleted (`propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes now; the garbage collector deletes its dependents afterwards.
+    Background,
+    /// The object stays (terminating) until its blocking dependents are gone.
+    Foreground,
+    /// The dependents stay, released from their owner.
+    Orphan,
+}
+
+impl Propagation {
+    pub fn parse(policy: &str) -> Result<Propagation> {
+        match policy {
+            "Background" | "" => Ok(Propagation::Background),
+            "Foreground" => Ok(Propagation::Foreground),
+            "Orphan" => Ok(Propagation::Orphan),
+            other => Err(ApiError::BadRequest(format!(
+                "propagationPolicy {other:?} is not supported: supported values: \"Background\", \"Foreground\", \"Orphan\""
+            ))),
+        }
+    }
+
+    /// The finalizer that holds the object while the garbage collector works.
+    pub fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+            Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        }
+    }
+}
+
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -209,11 +245,24 @@ impl Registry {
             )));
         }
         check_type_meta(resource, &obj)?;
-        let name = obj
+        let mut name = obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        // `generateName`: the server picks the name, as Kubernetes does (the prefix cut so
+        // prefix + suffix fit a label's 63 characters); a clash is answered like any other
+        // AlreadyExists and the client tries again.
+        if name.is_empty()
+            && let Some(prefix) = obj
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+        {
+            let cut: String = prefix.chars().take(58).collect();
+            name = format!("{cut}{}", random_suffix());
+            obj["metadata"]["name"] = json!(name);
+        }
         if name.is_empty() {
             return Err(invalid(
                 resource,
@@ -408,7 +457,131 @@ impl Registry {
         })
     }
 
+    /// Writes `next` as the status of `r` if the object is still `current` (409 otherwise):
+    /// one compare-and-swap, for in-process writers that must not lose a race.
+    pub async fn replace_status(
+        &self,
+        r: &ObjectRef,
+        current: &Value,
+        next: Value,
+    ) -> Result<Value> {
+        let mut obj = prepare_update(r, Part::Status, current, next)?;
+        self.put(r, revision_of(current), current, &mut obj).await?;
+        Ok(obj)
+    }
+
+    /// `pods/binding`: sets an unbound pod's node, once. One compare-and-swap on the pod's
+    /// revision, so two schedulers (a lease changing hands mid-decision) can never both bind
+    /// it: the second gets 409. `uid`, when given, must be the pod's (a pod deleted and made
+    /// again under its name is another pod).
+    pub async fn bind(&self, r: &ObjectRef, node: &str, uid: Option<&str>) -> Result<Value> {
+        if node.is_empty() {
+            return Err(invalid(
+                r.resource,
+                &r.name,
+                vec!["target.name: Required value".into()],
+            ));
+        }
+        let current = self.get(r).await?;
+        if uid.is_some_and(|u| current.pointer("/metadata/uid").and_then(Value::as_str) != Some(u))
+        {
+            return Err(ApiError::Conflict {
+                resource: r.resource.group_resource(),
+                name: r.name.clone(),
+            });
+        }
+        if let Some(bound) = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::ConflictWith(format!(
+                "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{bound}\"",
+                r.name, r.name
+            )));
+        }
+        if is_terminating(&current) {
+            return Err(ApiError::ConflictWith(format!(
+                "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is being deleted, cannot be assigned to a host",
+                r.name, r.name
+            )));
+        }
+        let mut obj = current.clone();
+        obj["spec"]["nodeName"] = json!(node);
+        let now = now_rfc3339();
+        let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+        match obj
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut)
+        {
+            Some(conds) => {
+                conds.retain(|c| c["type"] != "PodScheduled");
+                conds.push(scheduled);
+            }
+            None => obj["status"]["conditions"] = json!([scheduled]),
+        }
+        if self.dry_run {
+            return Ok(obj);
+        }
+        self.store_update(r, revision_of(&current), &mut obj)
+            .await?;
+        Ok(obj)
+    }
+
+    /// Deletes an object, leaving its dependents to the garbage collector (background).
     pub async fn delete(&self, r: &ObjectRef, precondition: Option<i64>) -> Result<Value> {
+        self.delete_with(r, precondition, Propagation::Background)
+            .await
+    }
+
+    /// Deletes an object. Foreground and Orphan propagation only mark it (deletionTimestamp
+    /// and the `foregroundDeletion` or `orphan` finalizer); the garbage collector deletes or
+    /// releases its dependents, then removes the finalizer, and the object goes.
+    pub async fn delete_with(
+        &self,
+        r: &ObjectRef,
+        precondition: Option<i64>,
+        propagation: Propagation,
+    ) -> Result<Value> {
+        if let Some(finalizer) = propagation.finalizer() {
+            if self.dry_run {
+                return self.get(r).await;
+            }
+            for _ in 0..PATCH_RETRIES {
+                let current = self.get(r).await?;
+                if precondition.is_some_and(|want| revision_of(&current) != Some(want)) {
+                    return Err(ApiError::Conflict {
+                        resource: r.resource.group_resource(),
+                        name: r.name.clone(),
+                    });
+                }
+                let mut obj = current.clone();
+                let finalizers = &mut obj["metadata"]["finalizers"];
+                if !finalizers.is_array() {
+                    *finalizers = json!([]);
+                }
+                if let Some(list) = finalizers.as_array_mut()
+                    && !list.iter().any(|f| f == finalizer)
+                {
+                    list.push(json!(finalizer));
+                }
+                if !is_terminating(&obj) {
+                    obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                    obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                }
+                if obj == current {
+                    return Ok(current);
+                }
+                match self.store_update(r, revision_of(&current), &mut obj).await {
+                    Err(ApiError::Conflict { .. }) => continue,
+                    other => return other.map(|_| obj),
+                }
+            }
+            return Err(ApiError::Conflict {
+                resource: r.resource.group_resource(),
+                name: r.name.clone(),
+            });
+        }
         if r.resource == &NAMESPACES && SYSTEM_NAMESPACES.contains(&r.name.as_str()) {
             return Err(ApiError::Forbidden(format!(
                 "namespaces \"{}\" is forbidden: this namespace may not be deleted",
@@ -1026,6 +1199,18 @@ fn not_found(r: &ObjectRef) -> ApiError {
 }
 
 /// A random RFC 4122 version-4 UUID.
+/// Five characters from Kubernetes' alphabet for generated names (no vowels, no look-alikes).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut b = [0u8; 5];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random number generator failed");
+    b.iter()
+        .map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
 fn new_uid() -> String {
     let mut b = [0u8; 16];
     ring::rand::SystemRandom::new()

@@ -15,14 +15,15 @@ use serde_json::Value;
 
 use super::admission::Writer;
 use super::auth::Identity;
+use super::field_validation::{self, Directive, Write};
 use super::patch;
-use super::registry::Part;
+use super::registry::{Part, Propagation};
 use super::resources::{CORE_V1, GroupVersion, ObjectRef, Resource};
 use super::selector::Selector;
 use super::status::{ApiError, Result};
 use super::table::{self, Include};
 use super::watch::{self, Start, WatchRequest};
-use super::{Api, Body, discovery, scale};
+use super::{Api, Body, discovery, openapi, scale};
 
 /// Largest request body accepted, as the Kubernetes API server (3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -50,6 +51,10 @@ enum Target {
     },
     /// The `autoscaling/v1 Scale` of an object with replicas.
     Scale(ObjectRef),
+    /// `pods/<name>/binding`: the scheduler's one write of a pod's node.
+    Binding(ObjectRef),
+    /// `pods/<name>/eviction`: a deletion that honours disruption budgets.
+    Eviction(ObjectRef),
 }
 
 pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
@@ -136,6 +141,8 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
             Some(gv) => Ok(json(StatusCode::OK, &discovery::resource_list(gv))),
             None => Err(ApiError::UnknownPath),
         },
+        ["openapi", "v3", rest @ ..] if get => Ok(openapi::serve(&req, rest)),
+        ["openapi", "v2"] if get => Ok(openapi::serve_v2(&req)),
         ["api", "v1", _, ..] | ["apis", _, _, _, ..] if !api.feed.reachable() => {
             Err(ApiError::Unavailable(
                 "the datastore is unreachable; this server retries every second and serves again as soon as it answers".into(),
@@ -290,6 +297,16 @@ fn target(gv: &GroupVersion, segs: &[&str]) -> Option<Target> {
                 name: name.to_string(),
             })
         }
+        ["namespaces", ns, "pods", name, "binding"] => Target::Binding(ObjectRef {
+            resource: by("pods")?,
+            namespace: Some(ns.to_string()),
+            name: name.to_string(),
+        }),
+        ["namespaces", ns, "pods", name, "eviction"] => Target::Eviction(ObjectRef {
+            resource: by("pods")?,
+            namespace: Some(ns.to_string()),
+            name: name.to_string(),
+        }),
         [p, name] if !by(p)?.namespaced => obj(by(p)?, None, name, Part::Main),
         [p, name, "status"] if !by(p)?.namespaced && by(p)?.has_status => {
             obj(by(p)?, None, name, Part::Status)
@@ -310,6 +327,7 @@ async fn resource(
     };
     let query = Query::parse(req.uri().query());
     let table = wants_table(&req).then(|| query.include());
+    let fields = Directive::parse(query.get("fieldValidation"))?;
     // `dryRun=All`: checked, defaulted and answered as a real write, never stored.
     let registry = match query.get("dryRun") {
         None | Some("") => api.registry.clone(),
@@ -440,27 +458,86 @@ async fn resource(
             Method::POST,
         ) => {
             let body = read_json(req).await?;
+            let warnings = field_validation::check(
+                fields,
+                resource,
+                false,
+                Write::Create,
+                field_validation::Body::Object(&body),
+            )?;
             let obj = registry
                 .create(resource, namespace.as_deref(), body)
                 .await?;
-            Ok(json(StatusCode::CREATED, &obj))
+            Ok(warn(json(StatusCode::CREATED, &obj), &warnings))
+        }
+        (Target::Binding(r), Method::POST) => {
+            if matches!(writer, Writer::Node(_)) {
+                return Err(ApiError::Forbidden(format!(
+                    "pods \"{}\" is forbidden: a node may not bind pods",
+                    r.name
+                )));
+            }
+            let body = read_json(req).await?;
+            let node = body
+                .pointer("/target/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let uid = body.pointer("/metadata/uid").and_then(Value::as_str);
+            registry.bind(&r, node, uid).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
+        }
+        (Target::Eviction(r), Method::POST) => {
+            if matches!(writer, Writer::Node(_)) {
+                return Err(ApiError::Forbidden(format!(
+                    "pods \"{}\" is forbidden: a node may not evict pods",
+                    r.name
+                )));
+            }
+            let body = read_json(req).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &super::eviction::evict(&registry, &r, &body).await?,
+            ))
         }
         (Target::Scale(r), Method::GET) => {
             Ok(json(StatusCode::OK, &scale::get(&api.registry, &r).await?))
         }
         (Target::Scale(r), Method::PUT) => {
             let body = read_json(req).await?;
-            Ok(json(
-                StatusCode::OK,
-                &scale::update(&api.registry, &r, writer, body).await?,
+            let warnings = field_validation::check(
+                fields,
+                r.resource,
+                true,
+                Write::Update,
+                field_validation::Body::Object(&body),
+            )?;
+            Ok(warn(
+                json(
+                    StatusCode::OK,
+                    &scale::update(&api.registry, &r, writer, body).await?,
+                ),
+                &warnings,
             ))
         }
         (Target::Scale(r), Method::PATCH) => {
             let kind = patch_kind(&req)?;
             let body = read_json(req).await?;
-            Ok(json(
-                StatusCode::OK,
-                &scale::patch(&api.registry, &r, writer, kind, body).await?,
+            let warnings = field_validation::check(
+                fields,
+                r.resource,
+                true,
+                Write::Patch,
+                patch_body(kind, &body),
+            )?;
+            Ok(warn(
+                json(
+                    StatusCode::OK,
+                    &scale::patch(&api.registry, &r, writer, kind, body).await?,
+                ),
+                &warnings,
             ))
         }
         (Target::Object { r, .. }, Method::GET) => {
@@ -481,17 +558,37 @@ async fn resource(
         }
         (Target::Object { r, part }, Method::PUT) => {
             let body = read_json(req).await?;
-            Ok(json(
-                StatusCode::OK,
-                &registry.update(&r, part, writer, body).await?,
+            let warnings = field_validation::check(
+                fields,
+                r.resource,
+                false,
+                Write::Update,
+                field_validation::Body::Object(&body),
+            )?;
+            Ok(warn(
+                json(
+                    StatusCode::OK,
+                    &registry.update(&r, part, writer, body).await?,
+                ),
+                &warnings,
             ))
         }
         (Target::Object { r, part }, Method::PATCH) => {
             let kind = patch_kind(&req)?;
             let body = read_json(req).await?;
-            Ok(json(
-                StatusCode::OK,
-                &registry.patch(&r, part, writer, kind, body).await?,
+            let warnings = field_validation::check(
+                fields,
+                r.resource,
+                false,
+                Write::Patch,
+                patch_body(kind, &body),
+            )?;
+            Ok(warn(
+                json(
+                    StatusCode::OK,
+                    &registry.patch(&r, part, writer, kind, body).await?,
+                ),
+                &warnings,
             ))
         }
         (
@@ -520,13 +617,43 @@ async fn resource(
                 Some(d) if d.iter().any(|v| v == "All") => registry.dry_run(),
                 _ => registry,
             };
+            // `propagationPolicy` in the DeleteOptions (kubectl) or the query; the old
+            // `orphanDependents` boolean too.
+            let propagation = match (
+                opts.get("propagationPolicy").and_then(Value::as_str),
+                query.get("propagationPolicy"),
+                opts.get("orphanDependents").and_then(Value::as_bool),
+            ) {
+                (Some(p), _, _) | (None, Some(p), _) => Propagation::parse(p)?,
+                (None, None, Some(true)) => Propagation::Orphan,
+                _ => Propagation::Background,
+            };
             Ok(json(
                 StatusCode::OK,
-                &registry.delete(&r, precondition).await?,
+                &registry.delete_with(&r, precondition, propagation).await?,
             ))
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+fn patch_body(kind: patch::Kind, body: &Value) -> field_validation::Body<'_> {
+    match kind {
+        patch::Kind::Json => field_validation::Body::JsonPatch(body),
+        patch::Kind::Merge | patch::Kind::Strategic => field_validation::Body::MergePatch(body),
+    }
+}
+
+/// Adds one `Warning: 299 - "…"` header per warning, as kube-apiserver sends them and
+/// kubectl prints them (`Warning: unknown field "spec.foo"`).
+fn warn(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        let quoted = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = header::HeaderValue::from_str(&quoted) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 fn verb(m: &Method) -> &'static str {

@@ -18,6 +18,9 @@ pub enum ApiError {
         "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
     )]
     Conflict { resource: String, name: String },
+    /// 409 with its own message (a pod already bound, being deleted).
+    #[error("{0}")]
+    ConflictWith(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{kind} \"{name}\" is invalid: {}", .causes.join(", "))]
@@ -55,6 +58,9 @@ pub enum ApiError {
     /// feed reaches it again.
     #[error("the datastore is unavailable: {0}")]
     DatastoreUnreachable(String),
+    /// 429: an eviction would break a PodDisruptionBudget (`cause` names it).
+    #[error("{message}")]
+    DisruptionBudget { message: String, cause: Value },
     /// 429: this client (a node, a source address) is over its own share.
     #[error("{0}")]
     TooManyRequests(String),
@@ -70,7 +76,9 @@ impl ApiError {
     pub fn code(&self) -> u16 {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownPath => 404,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ConflictWith(_) => 409,
             ApiError::BadRequest(_) => 400,
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => 422,
             ApiError::Unauthorized => 401,
@@ -81,7 +89,7 @@ impl ApiError {
             ApiError::TooLarge(_) => 413,
             ApiError::Gone { .. } => 410,
             ApiError::Unavailable(_) | ApiError::DatastoreUnreachable(_) => 503,
-            ApiError::TooManyRequests(_) => 429,
+            ApiError::TooManyRequests(_) | ApiError::DisruptionBudget { .. } => 429,
             ApiError::Internal(_) => 500,
         }
     }
@@ -90,7 +98,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownPath => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ConflictWith(_) => "Conflict",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => "Invalid",
             ApiError::Unauthorized => "Unauthorized",
@@ -101,7 +109,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::Gone { .. } => "Expired",
             ApiError::Unavailable(_) | ApiError::DatastoreUnreachable(_) => "ServiceUnavailable",
-            ApiError::TooManyRequests(_) => "TooManyRequests",
+            ApiError::TooManyRequests(_) | ApiError::DisruptionBudget { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -131,6 +139,7 @@ impl ApiError {
                 Some(json!({"retryAfterSeconds": 1}))
             }
             ApiError::TooManyRequests(_) => Some(json!({"retryAfterSeconds": 5})),
+            ApiError::DisruptionBudget { cause, .. } => Some(json!({"causes": [cause]})),
             _ => None,
         };
         if let Some(d) = details {

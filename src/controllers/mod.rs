@@ -1,7 +1,91 @@
 //! Controllers that must run on exactly one server at a time: the holder of a database lease.
 //!
-//! [`lease`] elects the holder and fences it; [`node_lifecycle`] is the first controller run
-//! under it. Each server runs the election; only the holder's controllers act.
+//! [`lease`] elects the holder and fences it; the rest run under it, on the shared runtime
+//! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
+//! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
+//! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
+//! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`job`] runs pods to
+//! completion, [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
+//! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners, and
+//! [`events`] records what they did. [`owner`] holds what they share about objects.
 
+pub mod daemonset;
+pub mod deployment;
+pub mod disruption;
+pub mod endpoints;
+pub mod events;
+pub mod garbage_collector;
+pub mod job;
 pub mod lease;
 pub mod node_lifecycle;
+pub mod owner;
+pub mod replicaset;
+pub mod scheduler;
+pub mod taint_eviction;
+
+use std::time::Duration;
+
+use crate::apiserver::resources::{NODES, PODS, Resource};
+use crate::runtime::controller::{self, Starter};
+
+/// What runs under the controllers lease: the kinds their cache holds, and what starts them
+/// once it is synced.
+pub fn under_lease(grace: Duration) -> (Vec<&'static Resource>, Starter) {
+    let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
+    kinds.extend(replicaset::ReplicaSets::KINDS);
+    kinds.extend(deployment::Deployments::KINDS);
+    kinds.extend(daemonset::DaemonSets::KINDS);
+    kinds.extend(job::Jobs::KINDS);
+    kinds.extend(endpoints::Endpoints::KINDS);
+    kinds.extend(disruption::Disruption::KINDS);
+    kinds.extend(taint_eviction::TaintEviction::KINDS);
+    kinds.sort_by_key(|r| r.plural);
+    kinds.dedup_by_key(|r| r.plural);
+    let starter: Starter = Box::new(move |ctx, set| {
+        let recorder = |component| events::Recorder::new(ctx.registry.clone(), component);
+        set.spawn(node_lifecycle::NodeLifecycle { grace }.run(ctx.clone()));
+        set.spawn(
+            scheduler::Scheduler {
+                events: recorder("default-scheduler"),
+            }
+            .run(ctx.clone()),
+        );
+        set.spawn(controller::run(
+            replicaset::ReplicaSets {
+                events: recorder("replicaset-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            deployment::Deployments {
+                events: recorder("deployment-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            daemonset::DaemonSets {
+                events: recorder("daemonset-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            job::Jobs {
+                events: recorder("job-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            taint_eviction::TaintEviction {
+                events: recorder("taint-eviction-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(endpoints::Endpoints, ctx.clone()));
+        set.spawn(controller::run(disruption::Disruption, ctx.clone()));
+        set.spawn(controller::run(
+            garbage_collector::GarbageCollector,
+            ctx.clone(),
+        ));
+    });
+    (kinds, starter)
+}

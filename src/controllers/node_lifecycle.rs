@@ -1,8 +1,8 @@
 //! Node lifecycle: marks nodes whose heartbeats stopped as unreachable, and back.
 //!
-//! Runs on every server but acts only while this server holds the controllers lease. Every
-//! [`MONITOR_PERIOD`] it reads all heartbeat ages (one statement, aged by the database's
-//! clock) and the nodes. A node silent for longer than the grace period gets its conditions
+//! Runs only while this server holds the controllers lease. At least every [`MONITOR_PERIOD`],
+//! and as soon as the next node would pass its grace period, it reads all heartbeat ages (one
+//! statement, aged by the database's clock); the nodes come from the controllers' cache. A node silent for longer than the grace period gets its conditions
 //! set to `Unknown` and the `node.kubernetes.io/unreachable` taints with the NoSchedule and
 //! NoExecute effects, as Kubernetes's node lifecycle controller does; when its heartbeats
 //! resume, the taints go and it is Ready again. Level-triggered and idempotent: it looks at
@@ -16,49 +16,45 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::lease::Role;
 use crate::agent::registration::healthy_conditions;
-use crate::apiserver::registry::{Part, Registry, now_rfc3339};
+use crate::apiserver::registry::{Part, now_rfc3339};
 use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
+use crate::runtime::controller::Context;
 
 pub const MONITOR_PERIOD: Duration = Duration::from_secs(5);
+/// Added to a node's due time so its age has surely passed the grace period when looked at.
+const DUE_SLACK: Duration = Duration::from_millis(100);
+/// Shortest pause between passes, however many nodes fall due.
+const MIN_PAUSE: Duration = Duration::from_millis(500);
 /// How often orphaned registrations are looked for.
 pub const REGISTRATION_SWEEP: Duration = Duration::from_secs(600);
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 
 pub struct NodeLifecycle {
-    pub registry: Registry,
-    pub role: watch::Receiver<Role>,
     /// `--node-monitor-grace-period`.
     pub grace: Duration,
 }
 
 impl NodeLifecycle {
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut leader_since: Option<Instant> = None;
+    /// Runs while this server leads the controllers (the caller aborts it when that ends).
+    pub async fn run(self, ctx: Arc<Context>) {
+        let leader_since = Instant::now();
         // After the datastore was out of reach, heartbeats could not be written either: every
         // node looks silent until the servers wrote them again. Give them one grace period.
         let mut failed_at: Option<Instant> = None;
         let mut swept_at: Option<Instant> = None;
+        let mut pause = MONITOR_PERIOD;
         loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(MONITOR_PERIOD) => {}
-            }
-            if !matches!(*self.role.borrow(), Role::Leader { .. }) {
-                leader_since = None;
-                continue;
-            }
-            let since = *leader_since.get_or_insert_with(Instant::now);
+            tokio::time::sleep(pause).await;
             if swept_at.is_none_or(|t| t.elapsed() >= REGISTRATION_SWEEP) {
                 swept_at = Some(Instant::now());
-                match self.sweep_registrations().await {
+                match self.sweep_registrations(&ctx).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(
                         forgotten = n,
@@ -68,42 +64,54 @@ impl NodeLifecycle {
                 }
             }
             let trusted = failed_at.is_none_or(|t| t.elapsed() > self.grace);
-            match self.reconcile(since, trusted).await {
-                Ok(()) => {
+            pause = match self.reconcile(&ctx, leader_since, trusted).await {
+                Ok(next_due) => {
                     if trusted {
                         failed_at = None;
                     }
+                    // Look again when the next node would pass its grace period, so a death
+                    // is seen at grace, not up to a whole period later.
+                    next_due.map_or(MONITOR_PERIOD, |d| {
+                        (d + DUE_SLACK).clamp(MIN_PAUSE, MONITOR_PERIOD)
+                    })
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "node lifecycle pass failed");
                     failed_at = Some(Instant::now());
+                    MONITOR_PERIOD
                 }
-            }
+            };
         }
     }
 
-    async fn sweep_registrations(&self) -> Result<usize, ApiError> {
-        let (_, nodes) = self.registry.list(&NODES, None).await?;
+    async fn sweep_registrations(&self, ctx: &Context) -> Result<usize, ApiError> {
+        let nodes = ctx.cache.list(&NODES);
         let names: std::collections::HashSet<&str> = nodes
             .iter()
             .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
             .collect();
-        crate::bootstrap::join::forget_orphans(self.registry.store(), |n| names.contains(n)).await
+        crate::bootstrap::join::forget_orphans(ctx.registry.store(), |n| names.contains(n)).await
     }
 
     /// `trusted`: heartbeat ages can be believed (no recent datastore failure); otherwise
-    /// nodes are only marked ready again, never unreachable.
-    async fn reconcile(&self, leader_since: Instant, trusted: bool) -> Result<(), ApiError> {
+    /// nodes are only marked ready again, never unreachable. Returns how long until the next
+    /// node that is heard from now would pass its grace period.
+    async fn reconcile(
+        &self,
+        ctx: &Context,
+        leader_since: Instant,
+        trusted: bool,
+    ) -> Result<Option<Duration>, ApiError> {
         let grace_ms = self.grace.as_millis() as i64;
-        let ages: HashMap<String, i64> = self
+        let ages: HashMap<String, i64> = ctx
             .registry
             .store()
             .heartbeat_ages()
             .await?
             .into_iter()
             .collect();
-        let (_, nodes) = self.registry.list(&NODES, None).await?;
-        for node in nodes {
+        let mut next_due: Option<Duration> = None;
+        for node in ctx.cache.list(&NODES) {
             let Some(name) = node.pointer("/metadata/name").and_then(Value::as_str) else {
                 continue;
             };
@@ -113,6 +121,10 @@ impl NodeLifecycle {
                     // Never heard from since the table was made: give it one grace period from now.
                     None => leader_since.elapsed() > self.grace,
                 };
+            if let Some(age) = ages.get(name).filter(|a| **a <= grace_ms) {
+                let due = Duration::from_millis((grace_ms - age) as u64);
+                next_due = Some(next_due.map_or(due, |d| d.min(due)));
+            }
             let r = ObjectRef::cluster(&NODES, name);
             match (silent, is_unreachable(&node)) {
                 (true, false) => {
@@ -120,8 +132,8 @@ impl NodeLifecycle {
                         node = name,
                         "node stopped sending heartbeats; marking it unreachable"
                     );
-                    self.registry.modify(&r, Part::Status, mark_unknown).await?;
-                    self.registry
+                    ctx.registry.modify(&r, Part::Status, mark_unknown).await?;
+                    ctx.registry
                         .modify(&r, Part::Main, add_unreachable_taints)
                         .await?;
                 }
@@ -130,10 +142,10 @@ impl NodeLifecycle {
                         node = name,
                         "node is sending heartbeats again; marking it ready"
                     );
-                    self.registry
+                    ctx.registry
                         .modify(&r, Part::Main, remove_unreachable_taints)
                         .await?;
-                    self.registry
+                    ctx.registry
                         .modify(&r, Part::Status, |n| {
                             n["status"]["conditions"] =
                                 healthy_conditions(&n["status"]["conditions"]);
@@ -143,7 +155,7 @@ impl NodeLifecycle {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(next_due)
     }
 }
 

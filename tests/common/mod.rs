@@ -714,12 +714,7 @@ fn read_all(r: impl Read) -> String {
 pub fn create(s: &Server, name: &str, yaml: &str) {
     let path = s.dir().join(format!("{name}.yaml"));
     fs::write(&path, yaml).unwrap();
-    s.kubectl_ok(&[
-        "create",
-        "--validate=false",
-        "-f",
-        &path.display().to_string(),
-    ]);
+    s.kubectl_ok(&["create", "-f", &path.display().to_string()]);
 }
 
 /// A kubectl command that must fail; returns its stderr.

@@ -21,6 +21,7 @@ impl Strategy for Pods {
             return;
         };
         default_spec(spec);
+        admit_spec(spec);
     }
 
     fn validate(&self, obj: &Value, causes: &mut Vec<String>) {
@@ -61,6 +62,23 @@ pub fn default_spec(spec: &mut Map<String, Value>) {
         ("schedulerName", json!("default-scheduler")),
         ("securityContext", json!({})),
         ("enableServiceLinks", json!(true)),
+    ] {
+        spec.entry(k).or_insert(v);
+    }
+    for list in ["containers", "initContainers"] {
+        if let Some(Value::Array(containers)) = spec.get_mut(list) {
+            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                default_container(c);
+            }
+        }
+    }
+}
+
+/// What Kubernetes' admission adds to a pod, never to a template (so a Deployment's template
+/// reads as written): the service account, the priority, and the not-ready/unreachable
+/// tolerations.
+fn admit_spec(spec: &mut Map<String, Value>) {
+    for (k, v) in [
         ("serviceAccountName", json!("default")),
         ("preemptionPolicy", json!("PreemptLowerPriority")),
         ("priority", json!(0)),
@@ -69,13 +87,6 @@ pub fn default_spec(spec: &mut Map<String, Value>) {
     }
     if let Some(sa) = spec.get("serviceAccountName").cloned() {
         spec.entry("serviceAccount").or_insert(sa);
-    }
-    for list in ["containers", "initContainers"] {
-        if let Some(Value::Array(containers)) = spec.get_mut(list) {
-            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-                default_container(c);
-            }
-        }
     }
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Value::Array(list) = tolerations {

@@ -7,6 +7,10 @@ use super::{AGE, Column, NAME, Strategy, plain};
 pub struct PodDisruptionBudgets;
 
 impl Strategy for PodDisruptionBudgets {
+    fn has_generation(&self) -> bool {
+        true
+    }
+
     fn validate(&self, obj: &Value, causes: &mut Vec<String>) {
         let spec = &obj["spec"];
         let (min, max) = (spec.get("minAvailable"), spec.get("maxUnavailable"));

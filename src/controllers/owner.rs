@@ -1,0 +1,209 @@
+//! What the workload controllers share about objects: keys, controller references, and pod
+//! states as Kubernetes' controllers judge them.
+//!
+//! A key is `namespace/name`. A controller reference is the one `ownerReferences` entry with
+//! `controller: true`; an object has at most one, and only its controller may act on it.
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::apiserver::resources::{ObjectRef, Resource};
+
+/// `namespace/name` of an object.
+pub fn key_of(obj: &Value) -> Option<String> {
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str)?;
+    let ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Some(format!("{ns}/{name}"))
+}
+
+/// The reference a key names.
+pub fn ref_of(resource: &'static Resource, key: &str) -> ObjectRef {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    ObjectRef {
+        resource,
+        namespace: resource.namespaced.then(|| ns.to_owned()),
+        name: name.to_owned(),
+    }
+}
+
+pub fn uid(obj: &Value) -> &str {
+    obj.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+pub fn name(obj: &Value) -> &str {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+pub fn namespace(obj: &Value) -> &str {
+    obj.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The controller reference: `(kind, name, uid)`.
+pub fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
+    obj.pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap_or_default(),
+                r["name"].as_str().unwrap_or_default(),
+                r["uid"].as_str().unwrap_or_default(),
+            )
+        })
+}
+
+/// Whether `obj` is controlled by `owner` (by uid: a namesake made later is another owner).
+pub fn is_controlled_by(obj: &Value, owner: &Value) -> bool {
+    controller_of(obj).is_some_and(|(_, _, u)| u == uid(owner))
+}
+
+/// The controller reference `owner` (of `resource`) puts on what it makes or adopts.
+pub fn controller_ref(resource: &Resource, owner: &Value) -> Value {
+    json!({
+        "apiVersion": resource.api_version(),
+        "kind": resource.kind,
+        "name": name(owner),
+        "uid": uid(owner),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+pub fn labels(obj: &Value) -> &Value {
+    static EMPTY: Value = Value::Null;
+    obj.pointer("/metadata/labels").unwrap_or(&EMPTY)
+}
+
+pub fn is_terminating(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+}
+
+pub fn generation(obj: &Value) -> i64 {
+    obj.pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+}
+
+/// A pod that counts toward its controller's replicas: not finished, not being deleted.
+pub fn is_active(pod: &Value) -> bool {
+    !is_terminating(pod)
+        && !matches!(
+            pod.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+/// A pod that has not finished (it may be on its way out).
+pub fn is_active_or_terminating(pod: &Value) -> bool {
+    !matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+fn ready_condition(pod: &Value) -> Option<&Value> {
+    pod.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+pub fn is_ready(pod: &Value) -> bool {
+    ready_condition(pod).is_some_and(|c| c["status"] == "True")
+}
+
+/// Ready for at least `min_ready_seconds` at `now`.
+pub fn is_available(pod: &Value, min_ready_seconds: i64, now: OffsetDateTime) -> bool {
+    if !is_ready(pod) {
+        return false;
+    }
+    if min_ready_seconds <= 0 {
+        return true;
+    }
+    ready_condition(pod)
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        .is_some_and(|since| (now - since).whole_seconds() >= min_ready_seconds)
+}
+
+/// An RFC 3339 timestamp, or the epoch for one missing or malformed (sorts first).
+pub fn timestamp(obj: &Value, pointer: &str) -> OffsetDateTime {
+    obj.pointer(pointer)
+        .and_then(Value::as_str)
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// An int-or-percent (`maxSurge: 1`, `maxUnavailable: "25%"`) in pods out of `total`,
+/// percentages rounded up or down; `default` when absent or malformed.
+pub fn scaled(v: &Value, total: i64, round_up: bool, default: &str) -> i64 {
+    let percent = |p: i64| {
+        if round_up {
+            (p * total + 99) / 100
+        } else {
+            p * total / 100
+        }
+    };
+    let from_text = |s: &str| match s.strip_suffix('%') {
+        Some(p) => p.parse::<i64>().ok().map(percent),
+        None => s.parse::<i64>().ok(),
+    };
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => from_text(s),
+        _ => None,
+    }
+    .or_else(|| from_text(default))
+    .unwrap_or(0)
+    .max(0)
+}
+
+/// An `int32` field, or `default` if absent.
+pub fn int(obj: &Value, pointer: &str, default: i64) -> i64 {
+    obj.pointer(pointer)
+        .and_then(Value::as_i64)
+        .unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_references_are_found_by_uid() {
+        let owner = json!({"metadata": {"name": "web", "uid": "u1"}});
+        let pod = json!({"metadata": {"ownerReferences": [
+            {"kind": "Other", "name": "x", "uid": "u0"},
+            {"kind": "ReplicaSet", "name": "web", "uid": "u1", "controller": true}
+        ]}});
+        assert_eq!(controller_of(&pod), Some(("ReplicaSet", "web", "u1")));
+        assert!(is_controlled_by(&pod, &owner));
+        let namesake = json!({"metadata": {"name": "web", "uid": "u2"}});
+        assert!(!is_controlled_by(&pod, &namesake));
+    }
+
+    #[test]
+    fn availability_waits_for_min_ready_seconds() {
+        let pod = json!({"status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        ]}});
+        let t = |s: &str| OffsetDateTime::parse(s, &Rfc3339).unwrap();
+        assert!(is_available(&pod, 0, t("2026-01-01T00:00:00Z")));
+        assert!(!is_available(&pod, 10, t("2026-01-01T00:00:05Z")));
+        assert!(is_available(&pod, 10, t("2026-01-01T00:00:10Z")));
+        assert!(is_active(&pod));
+        assert!(!is_active(&json!({"status": {"phase": "Succeeded"}})));
+    }
+}

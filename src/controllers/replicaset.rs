@@ -1,0 +1,429 @@
+//! The ReplicaSet controller: keeps `spec.replicas` active pods of a ReplicaSet's template.
+//!
+//! Level-triggered: each reconcile compares the pods the cache shows with the desired count.
+//! Pods matching the selector without a controller are adopted; pods it controls that stopped
+//! matching are released. Excess pods are deleted least valuable first, as Kubernetes does
+//! (unscheduled, then pending, then not ready, then the newest); missing pods are created in
+//! batches that double (1, 2, 4, …) while creates succeed, so a broken template fails once,
+//! not `replicas` times.
+//!
+//! Invariant: it acts only on pods whose controller reference carries the ReplicaSet's uid.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::events::{Recorder, Type};
+use super::owner::{self, controller_of, controller_ref, is_controlled_by, key_of, ref_of};
+use crate::apiserver::kinds::workload::selects;
+use crate::apiserver::registry::Part;
+use crate::apiserver::resources::{ObjectRef, PODS, REPLICASETS, Resource};
+use crate::apiserver::status::ApiError;
+use crate::runtime::cache::{Cache, Change};
+use crate::runtime::controller::{Action, Context, Reconciler};
+
+/// Most pods created at once.
+const MAX_BATCH: usize = 256;
+
+pub struct ReplicaSets {
+    pub events: Recorder,
+}
+
+impl ReplicaSets {
+    /// What it reads from the cache.
+    pub const KINDS: [&'static Resource; 2] = [&REPLICASETS, &PODS];
+}
+
+impl Reconciler for ReplicaSets {
+    fn name(&self) -> &'static str {
+        "replicaset"
+    }
+
+    fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {
+        let Some(obj) = change.object() else {
+            return vec![];
+        };
+        if change.resource == &REPLICASETS {
+            return key_of(obj).into_iter().collect();
+        }
+        if change.resource != &PODS {
+            return vec![];
+        }
+        let mut keys = vec![];
+        for o in [change.old.as_deref(), change.new.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            match controller_of(o) {
+                Some(("ReplicaSet", name, _)) => {
+                    keys.push(format!("{}/{name}", owner::namespace(o)))
+                }
+                Some(_) => {}
+                // An orphan: every ReplicaSet that would adopt it.
+                None => keys.extend(
+                    cache
+                        .list_in(&REPLICASETS, owner::namespace(o))
+                        .iter()
+                        .filter(|rs| selects(&rs["spec"]["selector"], owner::labels(o)))
+                        .filter_map(|rs| key_of(rs)),
+                ),
+            }
+        }
+        keys.dedup();
+        keys
+    }
+
+    fn all(&self, cache: &Cache) -> Vec<String> {
+        cache
+            .list(&REPLICASETS)
+            .iter()
+            .filter_map(|rs| key_of(rs))
+            .collect()
+    }
+
+    async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {
+        let r = ref_of(&REPLICASETS, key);
+        let Some(rs) = ctx.cache.get(&r) else {
+            return Ok(Action::Done);
+        };
+        let pods = claim(
+            ctx,
+            &REPLICASETS,
+            &rs,
+            &ctx.cache.list_in(&PODS, owner::namespace(&rs)),
+        )
+        .await?;
+        let active: Vec<&Value> = pods
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| owner::is_active(p))
+            .collect();
+        let want = owner::int(&rs, "/spec/replicas", 1).max(0) as usize;
+        if !owner::is_terminating(&rs) {
+            if active.len() < want {
+                self.create_pods(ctx, &rs, want - active.len()).await?;
+            } else if active.len() > want {
+                self.delete_pods(ctx, &rs, &active, active.len() - want)
+                    .await?;
+            }
+        }
+        let min_ready = owner::int(&rs, "/spec/minReadySeconds", 0);
+        let next = update_status(ctx, &r, &rs, &active, min_ready).await?;
+        Ok(next)
+    }
+}
+
+impl ReplicaSets {
+    async fn create_pods(&self, ctx: &Context, rs: &Value, missing: usize) -> Result<(), ApiError> {
+        let pod = pod_from_template(&REPLICASETS, rs);
+        let mut created = 0;
+        let mut batch = 1;
+        while created < missing {
+            let n = batch.min(missing - created);
+            let results = futures_util::future::join_all((0..n).map(|_| {
+                ctx.registry
+                    .create(&PODS, Some(owner::namespace(rs)), pod.clone())
+            }))
+            .await;
+            let mut failed = None;
+            for res in results {
+                match res {
+                    Ok(p) => {
+                        ctx.wrote(&p);
+                        created += 1;
+                        self.events
+                            .record(
+                                &REPLICASETS,
+                                rs,
+                                Type::Normal,
+                                "SuccessfulCreate",
+                                &format!("Created pod: {}", owner::name(&p)),
+                            )
+                            .await;
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed {
+                self.events
+                    .record(
+                        &REPLICASETS,
+                        rs,
+                        Type::Warning,
+                        "FailedCreate",
+                        &format!("Error creating: {e}"),
+                    )
+                    .await;
+                return Err(e);
+            }
+            batch = (batch * 2).min(MAX_BATCH);
+        }
+        Ok(())
+    }
+
+    async fn delete_pods(
+        &self,
+        ctx: &Context,
+        rs: &Value,
+        active: &[&Value],
+        excess: usize,
+    ) -> Result<(), ApiError> {
+        let mut ranked: Vec<&Value> = active.to_vec();
+        ranked.sort_by_key(|p| deletion_rank(p));
+        for pod in ranked.into_iter().take(excess) {
+            let r = ObjectRef {
+                resource: &PODS,
+                namespace: Some(owner::namespace(pod).to_owned()),
+                name: owner::name(pod).to_owned(),
+            };
+            match ctx.registry.delete(&r, None).await {
+                Ok(last) => {
+                    ctx.wrote(&last);
+                    self.events
+                        .record(
+                            &REPLICASETS,
+                            rs,
+                            Type::Normal,
+                            "SuccessfulDelete",
+                            &format!("Deleted pod: {}", r.name),
+                        )
+                        .await;
+                }
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adopts matching orphans and releases controlled pods that stopped matching; returns the
+/// pods `owner` controls afterwards. Used by every controller of pods.
+pub async fn claim(
+    ctx: &Context,
+    resource: &'static Resource,
+    owner_obj: &Value,
+    pods: &[Arc<Value>],
+) -> Result<Vec<Arc<Value>>, ApiError> {
+    let selector = &owner_obj["spec"]["selector"];
+    let mut mine = vec![];
+    for pod in pods {
+        let matches = selects(selector, owner::labels(pod));
+        let r = ObjectRef {
+            resource: &PODS,
+            namespace: Some(owner::namespace(pod).to_owned()),
+            name: owner::name(pod).to_owned(),
+        };
+        if is_controlled_by(pod, owner_obj) {
+            if matches || owner::is_terminating(owner_obj) {
+                mine.push(pod.clone());
+            } else {
+                let uid = owner::uid(owner_obj).to_owned();
+                let p = ctx
+                    .registry
+                    .modify(&r, Part::Main, |p| {
+                        if let Some(refs) = p["metadata"]["ownerReferences"].as_array_mut() {
+                            refs.retain(|o| o["uid"] != uid.as_str());
+                        }
+                    })
+                    .await?;
+                ctx.wrote(&p);
+            }
+        } else if matches
+            && controller_of(pod).is_none()
+            && owner::is_active(pod)
+            && !owner::is_terminating(owner_obj)
+        {
+            let reference = controller_ref(resource, owner_obj);
+            let adopted = ctx
+                .registry
+                .modify(&r, Part::Main, |p| {
+                    if controller_of(p).is_some() {
+                        return;
+                    }
+                    match p["metadata"]["ownerReferences"].as_array_mut() {
+                        Some(refs) => refs.push(reference.clone()),
+                        None => p["metadata"]["ownerReferences"] = json!([reference.clone()]),
+                    }
+                })
+                .await;
+            match adopted {
+                Ok(p) => {
+                    ctx.wrote(&p);
+                    if is_controlled_by(&p, owner_obj) {
+                        mine.push(Arc::new(p));
+                    }
+                }
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(mine)
+}
+
+/// A new pod of `owner`'s template (of `resource`): its labels and annotations, a generated
+/// name, and the controller reference.
+pub fn pod_from_template(resource: &'static Resource, owner_obj: &Value) -> Value {
+    let template = &owner_obj["spec"]["template"];
+    let mut meta = template["metadata"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    meta.remove("name");
+    meta.remove("namespace");
+    meta.insert(
+        "generateName".into(),
+        json!(format!("{}-", owner::name(owner_obj))),
+    );
+    meta.insert(
+        "ownerReferences".into(),
+        json!([controller_ref(resource, owner_obj)]),
+    );
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": template["spec"],
+    })
+}
+
+/// Sort key: the pods to delete first come first (Kubernetes' ActivePods order).
+fn deletion_rank(pod: &Value) -> (bool, u8, bool, std::cmp::Reverse<OffsetDateTime>) {
+    let assigned = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let phase = match pod.pointer("/status/phase").and_then(Value::as_str) {
+        Some("Pending") | None => 0,
+        Some("Unknown") => 1,
+        _ => 2,
+    };
+    (
+        assigned,
+        phase,
+        owner::is_ready(pod),
+        std::cmp::Reverse(owner::timestamp(pod, "/metadata/creationTimestamp")),
+    )
+}
+
+/// Writes the status the pods show; asks to look again when a pod will become available.
+async fn update_status(
+    ctx: &Context,
+    r: &ObjectRef,
+    rs: &Value,
+    active: &[&Value],
+    min_ready: i64,
+) -> Result<Action, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let template_labels = &rs["spec"]["template"]["metadata"]["labels"];
+    let ready = active.iter().filter(|p| owner::is_ready(p)).count();
+    let available = active
+        .iter()
+        .filter(|p| owner::is_available(p, min_ready, now))
+        .count();
+    let fully_labeled = active
+        .iter()
+        .filter(|p| {
+            template_labels
+                .as_object()
+                .into_iter()
+                .flatten()
+                .all(|(k, v)| owner::labels(p).get(k) == Some(v))
+        })
+        .count();
+    let status = json!({
+        "replicas": active.len(),
+        "fullyLabeledReplicas": fully_labeled,
+        "readyReplicas": ready,
+        "availableReplicas": available,
+        "observedGeneration": owner::generation(rs),
+    });
+    let current = &rs["status"];
+    let same = [
+        "replicas",
+        "fullyLabeledReplicas",
+        "readyReplicas",
+        "availableReplicas",
+        "observedGeneration",
+    ]
+    .iter()
+    .all(|k| current[k].as_i64().unwrap_or(0) == status[k].as_i64().unwrap_or(0));
+    if !same {
+        match ctx
+            .registry
+            .modify(r, Part::Status, |o| {
+                for (k, v) in status.as_object().into_iter().flatten() {
+                    o["status"][k] = v.clone();
+                }
+            })
+            .await
+        {
+            Ok(o) => ctx.wrote(&o),
+            Err(ApiError::NotFound { .. }) => return Ok(Action::Done),
+            Err(e) => return Err(e),
+        }
+    }
+    // A ready pod not yet available for minReadySeconds becomes so without any change.
+    if ready > available && min_ready > 0 {
+        return Ok(Action::RequeueAfter(Duration::from_secs(1)));
+    }
+    Ok(Action::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unscheduled_pending_and_unready_pods_go_first() {
+        let pod = |node: &str, phase: &str, ready: bool, created: &str| {
+            json!({
+                "metadata": {"name": format!("{node}{phase}{ready}{created}"), "creationTimestamp": created},
+                "spec": {"nodeName": node},
+                "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}
+            })
+        };
+        let running_ready_old = pod("n1", "Running", true, "2026-01-01T00:00:00Z");
+        let running_ready_new = pod("n1", "Running", true, "2026-01-02T00:00:00Z");
+        let running_unready = pod("n1", "Running", false, "2026-01-01T00:00:00Z");
+        let pending = pod("n1", "Pending", false, "2026-01-01T00:00:00Z");
+        let unscheduled = pod("", "Pending", false, "2026-01-01T00:00:00Z");
+        let mut pods = [
+            &running_ready_old,
+            &running_ready_new,
+            &running_unready,
+            &pending,
+            &unscheduled,
+        ];
+        pods.sort_by_key(|p| deletion_rank(p));
+        let order: Vec<_> = pods.iter().map(|p| p["metadata"]["name"].clone()).collect();
+        assert_eq!(
+            order,
+            vec![
+                unscheduled["metadata"]["name"].clone(),
+                pending["metadata"]["name"].clone(),
+                running_unready["metadata"]["name"].clone(),
+                running_ready_new["metadata"]["name"].clone(),
+                running_ready_old["metadata"]["name"].clone(),
+            ]
+        );
+    }
+
+    #[test]
+    fn pods_carry_the_template_and_a_controller_reference() {
+        let rs = json!({
+            "metadata": {"name": "web-abc", "namespace": "default", "uid": "u1"},
+            "spec": {"template": {"metadata": {"labels": {"app": "web"}, "name": "ignored"}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}
+        });
+        let pod = pod_from_template(&REPLICASETS, &rs);
+        assert_eq!(pod["metadata"]["generateName"], "web-abc-");
+        assert!(pod["metadata"].get("name").is_none());
+        assert_eq!(pod["metadata"]["labels"]["app"], "web");
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "u1");
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+        assert_eq!(pod["spec"]["containers"][0]["image"], "nginx");
+    }
+}
