@@ -3,8 +3,10 @@
 //! and serves. Nesting deeper than [`MAX_DEPTH`] is refused, so no body can run the stack out
 //! (today's schemas are not recursive; CRDs' `JSONSchemaProps` would be).
 //!
-//! The generic rules: a field's JSON name is its proto name (go-to-protobuf names fields after
-//! their JSON tags); `bytes` become base64 strings; maps become objects; lists become arrays.
+//! The generic rules: a field's JSON name is the schema's (Kubernetes' own, from its OpenAPI
+//! definitions); a Go embedded struct (`Volume.volumeSource`, `Probe.handler`) writes its
+//! fields into its parent; `bytes` become base64 strings; maps become objects; lists become
+//! arrays.
 //! Absent fields stay absent. Go's generated marshallers write every non-pointer field, so a
 //! singular scalar at its zero value (`""`, `0`, `false`) is dropped, as Go's `omitempty`
 //! would drop it on the way to JSON — except the pointer fields in [`EXPLICIT_ZERO`], where an
@@ -211,6 +213,14 @@ fn fields(msg: &Message, bytes: &[u8], path: &Path<'_>) -> Result<Map<String, Va
                     return Err(here.error(Reason::Schema));
                 };
                 map.insert(key, value);
+            }
+            Label::Inline => {
+                // A Go embedded struct: its fields are the parent's in JSON (the schema has
+                // no inline chains, so this does not nest further).
+                let (Some(inner), Wire::Bytes(b)) = (field.ty.message(), wire) else {
+                    return Err(here.error(mismatch(wire, field.ty)));
+                };
+                out.extend(fields(inner, b, path)?);
             }
         }
     }

@@ -1,36 +1,39 @@
-//! Bodies encoded by prost-reflect from the descriptors `build.rs` compiled (as kubectl would
-//! encode them), fed to [`decode`] as bytes.
+//! Bodies encoded field by field from the schema tables (by JSON name), and real objects
+//! encoded by prost's code for Kubernetes' `.proto` files (the `k8s-pb` crate the tables come
+//! from), fed to [`decode`] as bytes.
 
-use std::collections::HashMap;
-
-use prost_reflect::prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, ReflectMessage, Value as Proto};
 use serde_json::json;
 
 use super::json::{EXPLICIT_ZERO, Reason};
-use super::schema::{self, Label, MESSAGES};
+use super::schema::{self, Label, MESSAGES, Type};
 use super::*;
 
-/// The descriptor set the schema was generated from; only tests carry it.
-static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kubernetes.pb"));
+/// A value to encode, as a Go client would set it.
+enum Proto {
+    String(String),
+    Bytes(Vec<u8>),
+    I32(i32),
+    I64(i64),
+    Bool(bool),
+    Message(Msg),
+    List(Vec<Proto>),
+    Map(Vec<(String, Proto)>),
+}
 
-fn pool() -> DescriptorPool {
-    DescriptorPool::decode(DESCRIPTORS).unwrap()
+/// A message of the schema with the fields set, in order.
+struct Msg {
+    desc: &'static schema::Message,
+    fields: Vec<(&'static str, Proto)>,
 }
 
 /// A message of `name` (relative to `k8s.io.`) with the given fields set.
-fn msg(name: &str, fields: Vec<(&str, Proto)>) -> DynamicMessage {
-    let desc = pool()
-        .get_message_by_name(&format!("k8s.io.{name}"))
-        .unwrap_or_else(|| panic!("no message {name}"));
-    let mut m = DynamicMessage::new(desc);
-    for (field, value) in fields {
-        m.set_field_by_name(field, value);
-    }
-    m
+fn msg(name: &str, fields: Vec<(&'static str, Proto)>) -> Msg {
+    let desc =
+        schema::message(&format!("k8s.io.{name}")).unwrap_or_else(|| panic!("no message {name}"));
+    Msg { desc, fields }
 }
 
-fn m(name: &str, fields: Vec<(&str, Proto)>) -> Proto {
+fn m(name: &str, fields: Vec<(&'static str, Proto)>) -> Proto {
     Proto::Message(msg(name, fields))
 }
 
@@ -39,12 +42,72 @@ fn s(v: &str) -> Proto {
 }
 
 fn map(entries: Vec<(&str, Proto)>) -> Proto {
-    Proto::Map(
-        entries
-            .into_iter()
-            .map(|(k, v)| (MapKey::String(k.into()), v))
-            .collect::<HashMap<_, _>>(),
-    )
+    Proto::Map(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
+}
+
+// === encoding ===
+
+impl Msg {
+    /// The message's bytes as Go's generated marshaller writes proto2: each field set, lists
+    /// unpacked, map entries as messages of key (1) and value (2).
+    fn encode_to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in &self.fields {
+            let field = self
+                .desc
+                .field_named(name)
+                .unwrap_or_else(|| panic!("no field {}.{name}", self.desc.name()));
+            match (field.label, value) {
+                (Label::Repeated, Proto::List(items)) => {
+                    for item in items {
+                        put(&mut out, field.number, item);
+                    }
+                }
+                (Label::Map, Proto::Map(entries)) => {
+                    for (key, value) in entries {
+                        let mut entry = Vec::new();
+                        put(&mut entry, 1, &Proto::String(key.clone()));
+                        put(&mut entry, 2, value);
+                        put(&mut out, field.number, &Proto::Bytes(entry));
+                    }
+                }
+                (Label::Singular | Label::Inline, value) => {
+                    assert!(field.ty != Type::Bytes || matches!(value, Proto::Bytes(_)));
+                    put(&mut out, field.number, value);
+                }
+                _ => panic!("{}.{name}: value of the wrong shape", self.desc.name()),
+            }
+        }
+        out
+    }
+}
+
+fn put(out: &mut Vec<u8>, number: u32, value: &Proto) {
+    let (wire, bytes) = match value {
+        Proto::I32(n) => (0, i64::from(*n) as u64),
+        Proto::I64(n) => (0, *n as u64),
+        Proto::Bool(b) => (0, u64::from(*b)),
+        Proto::String(text) => return delimited(out, number, text.as_bytes()),
+        Proto::Bytes(b) => return delimited(out, number, b),
+        Proto::Message(m) => return delimited(out, number, &m.encode_to_vec()),
+        Proto::List(_) | Proto::Map(_) => panic!("field {number}: a list or map in a list"),
+    };
+    varint(out, u64::from(number) << 3 | wire);
+    varint(out, bytes);
+}
+
+fn delimited(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+    varint(out, u64::from(number) << 3 | 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
 /// The whole body as kubectl sends it: magic, then the `runtime.Unknown` envelope.
@@ -55,14 +118,15 @@ fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
     );
     let unknown = msg(
         "apimachinery.pkg.runtime.Unknown",
-        vec![("typeMeta", type_meta), ("raw", Proto::Bytes(raw.into()))],
+        vec![("typeMeta", type_meta), ("raw", Proto::Bytes(raw))],
     );
     [MAGIC.to_vec(), unknown.encode_to_vec()].concat()
 }
 
-fn body(api_version: &str, object: DynamicMessage) -> Vec<u8> {
-    let kind = object.descriptor().name().to_owned();
-    envelope(api_version, &kind, object.encode_to_vec())
+fn body(api_version: &str, object: Msg) -> Vec<u8> {
+    let name = object.desc.name();
+    let kind = name.rsplit_once('.').map_or(name, |(_, k)| k);
+    envelope(api_version, kind, object.encode_to_vec())
 }
 
 /// ObjectMeta as Go writes it: every non-pointer field, empty ones included.
@@ -225,8 +289,8 @@ fn bytes_become_base64_and_maps_become_objects() {
             (
                 "data",
                 map(vec![
-                    ("password", Proto::Bytes(b"s3cr\xff".to_vec().into())),
-                    ("empty", Proto::Bytes(Vec::new().into())),
+                    ("password", Proto::Bytes(b"s3cr\xff".to_vec())),
+                    ("empty", Proto::Bytes(Vec::new())),
                 ]),
             ),
         ],
@@ -323,7 +387,7 @@ fn raw_extensions_carry_json_and_refuse_anything_else() {
                     "data",
                     m(
                         "apimachinery.pkg.runtime.RawExtension",
-                        vec![("raw", Proto::Bytes(raw.to_vec().into()))],
+                        vec![("raw", Proto::Bytes(raw.to_vec()))],
                     ),
                 ),
             ],
@@ -390,16 +454,14 @@ fn every_served_group_has_its_messages() {
 
 #[test]
 fn explicit_zero_entries_name_real_scalar_fields() {
-    let pool = pool();
     for (message, field) in EXPLICIT_ZERO {
-        let desc = pool
-            .get_message_by_name(&format!("k8s.io.api.{message}"))
+        let desc = schema::message(&format!("k8s.io.api.{message}"))
             .unwrap_or_else(|| panic!("no message {message}"));
         let f = desc
-            .get_field_by_name(field)
+            .field_named(field)
             .unwrap_or_else(|| panic!("no field {message}.{field}"));
         assert!(
-            f.kind().as_message().is_none() && !f.is_list(),
+            f.ty.message().is_none() && f.label == Label::Singular,
             "{message}.{field}"
         );
     }
@@ -422,29 +484,36 @@ fn durations_print_as_go_prints_them() {
 }
 
 #[test]
-fn the_generated_schema_matches_the_descriptors() {
-    let pool = pool();
-    assert_eq!(MESSAGES.len(), pool.all_messages().len());
+fn the_generated_tables_hold_their_invariants() {
     assert!(MESSAGES.windows(2).all(|w| w[0].name() < w[1].name()));
-    for desc in pool.all_messages() {
-        let msg = schema::message(desc.full_name()).unwrap();
-        assert_eq!(msg.fields().len(), desc.fields().len(), "{}", msg.name());
-        for f in desc.fields() {
-            let row = msg.field(f.number()).unwrap();
-            assert_eq!(row.name(), f.name());
-            let label = if f.is_map() {
-                Label::Map
-            } else if f.is_list() {
-                Label::Repeated
-            } else {
-                Label::Singular
-            };
-            assert_eq!(row.label, label, "{}.{}", msg.name(), row.name());
-            if let Some(m) = f.kind().as_message() {
-                assert_eq!(
-                    row.ty.message().map(schema::Message::name),
-                    Some(m.full_name())
-                );
+    for msg in MESSAGES {
+        assert!(schema::message(msg.name()).is_some_and(|m| std::ptr::eq(m, msg)));
+        let fields = msg.fields();
+        assert!(
+            fields.windows(2).all(|w| w[0].number < w[1].number),
+            "{}",
+            msg.name()
+        );
+        for f in fields {
+            let here = format!("{}.{}", msg.name(), f.name());
+            assert!(f.number > 0 && !f.name().is_empty(), "{here}");
+            if let Type::Message(i) = f.ty {
+                assert!(usize::from(i) < MESSAGES.len(), "{here}");
+            }
+            match f.label {
+                Label::Map => {
+                    let entry = f.ty.message().expect("a map has an entry message");
+                    assert_eq!(entry.field(1).map(|k| k.ty), Some(Type::String), "{here}");
+                    assert!(entry.field(2).is_some(), "{here}");
+                }
+                Label::Inline => {
+                    let inner = f.ty.message().expect("inline fields are messages");
+                    assert!(
+                        inner.fields().iter().all(|g| g.label != Label::Inline),
+                        "{here}"
+                    );
+                }
+                Label::Singular | Label::Repeated => {}
             }
         }
     }
@@ -482,5 +551,221 @@ fn foreign_bodies_get_415_and_broken_ones_400() {
     assert_eq!(
         code(&envelope("v1", "ConfigMap", vec![0x0a, 0x05, 0x01])),
         400
+    );
+}
+
+// === objects encoded by prost's code for Kubernetes' .proto files ===
+
+/// The body kubectl would send for an object k8s-pb's structs (prost) encode.
+fn prost_body<T: prost::Message + k8s_pb::Resource>(object: &T) -> Vec<u8> {
+    envelope(T::API_VERSION, T::KIND, object.encode_to_vec())
+}
+
+#[test]
+fn a_deployment_encoded_by_prost_reads_as_kubectl_create_writes_it() {
+    use k8s_pb::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+    use k8s_pb::api::core::v1::{
+        ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource,
+        HttpGetAction, LocalObjectReference, PodSpec, PodTemplateSpec, Probe, ProbeHandler,
+        ResourceRequirements, Volume, VolumeMount, VolumeSource,
+    };
+    use k8s_pb::apimachinery::pkg::api::resource::Quantity;
+    use k8s_pb::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
+
+    let labels = || [("app".to_owned(), "web".to_owned())].into();
+    let config = || LocalObjectReference {
+        name: Some("web-config".into()),
+    };
+    let container = Container {
+        name: Some("nginx".into()),
+        image: Some("nginx:1.27".into()),
+        ports: vec![ContainerPort {
+            container_port: Some(80),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }],
+        env_from: vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                local_object_reference: Some(config()),
+                optional: None,
+            }),
+            ..Default::default()
+        }],
+        resources: Some(ResourceRequirements {
+            limits: [(
+                "memory".to_owned(),
+                Quantity {
+                    string: Some("64Mi".into()),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        }),
+        readiness_probe: Some(Probe {
+            handler: Some(ProbeHandler {
+                http_get: Some(HttpGetAction {
+                    path: Some("/healthz".into()),
+                    port: Some(IntOrString {
+                        r#type: Some(1),
+                        str_val: Some("http".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            ..Default::default()
+        }),
+        volume_mounts: vec![VolumeMount {
+            name: Some("conf".into()),
+            mount_path: Some("/etc/nginx/conf.d".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let deployment = Deployment {
+        metadata: Some(ObjectMeta {
+            name: Some("web".into()),
+            labels: labels(),
+            ..Default::default()
+        }),
+        spec: Some(DeploymentSpec {
+            replicas: Some(0),
+            selector: Some(LabelSelector {
+                match_labels: labels(),
+                ..Default::default()
+            }),
+            template: Some(PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: labels(),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: vec![Volume {
+                        name: Some("conf".into()),
+                        volume_source: Some(VolumeSource {
+                            config_map: Some(ConfigMapVolumeSource {
+                                local_object_reference: Some(config()),
+                                default_mode: Some(0o644),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                    }],
+                    ..Default::default()
+                }),
+            }),
+            strategy: Some(DeploymentStrategy::default()),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let obj = decode(&prost_body(&deployment)).unwrap();
+    // Go's embedded structs (volumeSource, localObjectReference, the probe's handler) are
+    // inline in JSON, as Kubernetes writes them.
+    assert_eq!(
+        obj,
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "containers": [{
+                            "name": "nginx",
+                            "image": "nginx:1.27",
+                            "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                            "envFrom": [{"configMapRef": {"name": "web-config"}}],
+                            "resources": {"limits": {"memory": "64Mi"}},
+                            "readinessProbe": {
+                                "httpGet": {"path": "/healthz", "port": "http"},
+                                "periodSeconds": 5,
+                            },
+                            "volumeMounts": [{"name": "conf", "mountPath": "/etc/nginx/conf.d"}],
+                        }],
+                        "volumes": [{
+                            "name": "conf",
+                            "configMap": {"name": "web-config", "defaultMode": 420},
+                        }],
+                    },
+                },
+            },
+        })
+    );
+}
+
+#[test]
+fn services_secrets_and_leases_encoded_by_prost_read_back() {
+    use k8s_pb::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_pb::api::core::v1::{Secret, Service, ServicePort, ServiceSpec};
+    use k8s_pb::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
+
+    let meta = |name: &str| {
+        Some(ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        })
+    };
+    let service = Service {
+        metadata: meta("web"),
+        spec: Some(ServiceSpec {
+            ports: vec![ServicePort {
+                port: Some(80),
+                target_port: Some(IntOrString {
+                    r#type: Some(0),
+                    int_val: Some(8080),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            selector: [("app".to_owned(), "web".to_owned())].into(),
+            r#type: Some("ClusterIP".into()),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let obj = decode(&prost_body(&service)).unwrap();
+    assert_eq!(
+        obj["spec"],
+        json!({"ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "web"},
+               "type": "ClusterIP"})
+    );
+
+    let secret = Secret {
+        metadata: meta("creds"),
+        data: [("password".to_owned(), b"s3cr\xff".to_vec())].into(),
+        r#type: Some("Opaque".into()),
+        ..Default::default()
+    };
+    let obj = decode(&prost_body(&secret)).unwrap();
+    assert_eq!(obj["data"], json!({"password": "czNjcv8="}));
+    assert_eq!(obj["kind"], "Secret");
+
+    let lease = Lease {
+        metadata: meta("leader"),
+        spec: Some(LeaseSpec {
+            holder_identity: Some("a".into()),
+            lease_duration_seconds: Some(0),
+            renew_time: Some(MicroTime {
+                seconds: Some(1_704_164_645),
+                nanos: Some(123_456_789),
+            }),
+            ..Default::default()
+        }),
+    };
+    let obj = decode(&prost_body(&lease)).unwrap();
+    assert_eq!(
+        obj["spec"],
+        json!({"holderIdentity": "a", "leaseDurationSeconds": 0,
+               "renewTime": "2024-01-02T03:04:05.123456Z"})
     );
 }
