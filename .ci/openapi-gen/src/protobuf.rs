@@ -2,13 +2,14 @@
 //! (`src/apiserver/protobuf/tables.rs`), from two crates:
 //!
 //! - `k8s-pb`: the Rust that prost generated from Kubernetes' `.proto` files. Its source is
-//!   read (never compiled): each `pub struct` is a message of the package its module path
+//!   parsed (the generator calls none of its code): each `pub struct` is a message of the package its module path
 //!   names (`api::core::v1` is `k8s.io.api.core.v1`), each `#[prost(<type>, <label>, tag =
 //!   "N")]` field gives the number, wire type, label and message type.
 //! - `k8s-openapi`: the JSON property names, which prost snake-cased (`hostIP` is `host_ip`).
 //!   A field's JSON name is the property of the matching definition
 //!   (`io.k8s.api.core.v1.PodStatus`) whose name, lowercased without underscores, equals the
-//!   field's. A field without one fails the generator.
+//!   field's. A field without one fails the generator, unless it is a Go embedded struct
+//!   (written inline: see `Label::Inline`) or listed in `NEWER`.
 //!
 //! Only messages the served kinds reach (and the `runtime.Unknown` envelope) are written.
 //! apimachinery's types with a JSON form of their own (`SPECIAL`) and the envelope
