@@ -1,12 +1,17 @@
-//! The harness the patch fuzz targets share: it splits the fuzzer's bytes into a target
-//! object and a patch, applies the patch, and checks what every stored object must satisfy.
-//! The patch engine itself is `src/apiserver/patch.rs`, built here from source because
+//! The harness the fuzz targets share. The patch targets split the fuzzer's bytes into a
+//! target object and a patch, apply the patch, and check what every stored object must
+//! satisfy; the protobuf target feeds bytes to the protobuf body reader. The code under test
+//! (`src/apiserver/patch.rs`, `src/apiserver/protobuf/`) is built here from source because
 //! keelson is a binary without a library.
 
 use serde_json::{Value, json};
 
 #[path = "../../src/apiserver/patch.rs"]
 pub mod patch;
+
+#[allow(dead_code)] // The server uses parts of the module this harness does not.
+#[path = "../../src/apiserver/protobuf/mod.rs"]
+pub mod protobuf;
 
 pub use patch::Kind;
 
@@ -39,4 +44,20 @@ pub fn check(kind: Kind, data: &[u8]) {
         // RFC 7386 patches are idempotent.
         assert_eq!(patch::apply(kind, &out, &patch).as_ref(), Ok(&out));
     }
+}
+
+/// Reads `data` as a protobuf request body. Panics (a finding) if the reader panics, or if it
+/// accepts a body and returns something the server could not store: not an object, or one
+/// without its apiVersion and kind.
+pub fn check_protobuf(data: &[u8]) {
+    let Ok(obj) = protobuf::decode(data) else {
+        return;
+    };
+    assert!(
+        obj["apiVersion"].is_string() && obj["kind"].is_string(),
+        "{obj}"
+    );
+    let bytes = serde_json::to_vec(&obj).expect("a Value always encodes");
+    let back: Value = serde_json::from_slice(&bytes).expect("the result decodes");
+    assert_eq!(back, obj);
 }

@@ -737,7 +737,7 @@ async fn read_json(req: Request<Incoming>) -> Result<Value> {
     let protobuf = ct.contains("protobuf");
     let body = read_body(req, MAX_BODY).await?;
     if protobuf {
-        return super::protobuf::decode(&body).map_err(ApiError::UnsupportedMediaType);
+        return Ok(super::protobuf::decode(&body)?);
     }
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))

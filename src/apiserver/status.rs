@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 
+use super::protobuf;
 use crate::datastore;
 
 #[derive(Debug, thiserror::Error)]
@@ -204,5 +205,19 @@ fn cause(text: &str) -> Value {
 impl From<datastore::Error> for ApiError {
     fn from(e: datastore::Error) -> Self {
         ApiError::from_store(e, "", "")
+    }
+}
+
+impl From<protobuf::Error> for ApiError {
+    fn from(e: protobuf::Error) -> Self {
+        use protobuf::Error as E;
+        let message = e.to_string();
+        match e {
+            E::NoMagic | E::Unsupported { .. } | E::ContentEncoding(_) => {
+                ApiError::UnsupportedMediaType(message)
+            }
+            E::Envelope(_) | E::Object { .. } => ApiError::BadRequest(message),
+            E::Schema(_) => ApiError::Internal(message),
+        }
     }
 }

@@ -709,8 +709,8 @@ fn read_all(r: impl Read) -> String {
 }
 
 /// `kubectl create -f` of a manifest (several documents, if need be) written to the server's
-/// directory as `<name>.yaml`. Validation is off until the server serves OpenAPI, and typed
-/// `kubectl create configmap|deployment|…` wait for protobuf bodies (both: next steps).
+/// directory as `<name>.yaml`. Validation is off until the server serves OpenAPI (a next
+/// step). Typed `kubectl create configmap|deployment|…` are tested in tests/protobuf.rs.
 pub fn create(s: &Server, name: &str, yaml: &str) {
     let path = s.dir().join(format!("{name}.yaml"));
     fs::write(&path, yaml).unwrap();

@@ -10,8 +10,13 @@
 //! merges by key (kubectl computes `apply` patches from these; a key advertised but not
 //! honoured would corrupt lists). The server's tests check both against its own tables.
 //!
+//! The same kinds, and the definitions they reach, give the protobuf schema tables
+//! (`src/apiserver/protobuf/tables.rs`, see [`protobuf`]) their messages and JSON names.
+//!
 //! `cargo run --release` (in this folder) rewrites the files; `cargo test` fails when the
 //! committed files are not what this generator writes now.
+
+mod protobuf;
 
 use std::path::{Path, PathBuf};
 
@@ -43,20 +48,60 @@ const MERGE_KEYS: &[(&str, &str, &str)] = &[
 
 fn main() {
     let dir = out_dir();
-    for (name, json) in generate() {
-        let path = dir.join(&name);
-        let packed = miniz_oxide::deflate::compress_to_vec(&json, 10);
+    let out = generate();
+    for (name, json) in &out.files {
+        let path = dir.join(name);
+        let packed = miniz_oxide::deflate::compress_to_vec(json, 10);
         if let Err(e) = std::fs::write(&path, &packed) {
             eprintln!("cannot write {}: {e}", path.display());
             std::process::exit(1);
         }
         println!("{name}: {} bytes, {} compressed", json.len(), packed.len());
     }
+    let tables = out.tables();
+    let path = tables_path();
+    if let Err(e) = std::fs::write(&path, &tables) {
+        eprintln!("cannot write {}: {e}", path.display());
+        std::process::exit(1);
+    }
+    println!("{}: {} bytes", protobuf::OUT_FILE, tables.len());
 }
 
-/// Every file's name and uncompressed contents.
-fn generate() -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
+/// What the generator makes of the served kinds.
+#[derive(Default)]
+struct Output {
+    /// Each OpenAPI file's name and uncompressed contents.
+    files: Vec<(String, Vec<u8>)>,
+    /// Every definition of every file, by name.
+    definitions: Map<String, Value>,
+    /// The definition names of the served kinds.
+    kinds: Vec<String>,
+}
+
+impl Output {
+    /// The protobuf tables' Rust source: the served kinds, and the bodies of the
+    /// subresources that take one of their own.
+    fn tables(&self) -> String {
+        let mut generator = SchemaGenerator::new(SchemaSettings::openapi3());
+        generator.subschema_for::<policy::v1::Eviction>();
+        generator.subschema_for::<core::v1::Binding>();
+        let mut definitions = self.definitions.clone();
+        let mut kinds = self.kinds.clone();
+        for (name, schema) in generator.take_definitions() {
+            definitions
+                .entry(name.clone())
+                .or_insert_with(|| serde_json::to_value(schema).expect("schemas are JSON"));
+            if name.ends_with(".Eviction") || name.ends_with(".Binding") {
+                kinds.push(name);
+            }
+        }
+        protobuf::generate(&definitions, &kinds)
+    }
+}
+
+/// Every file's name and uncompressed contents, and the definitions in them.
+fn generate() -> Output {
+    let mut out = Output::default();
     let mut gv = GroupVersion::new();
     gv.kind::<core::v1::ConfigMap>();
     gv.kind::<core::v1::Endpoints>();
@@ -67,7 +112,7 @@ fn generate() -> Vec<(String, Vec<u8>)> {
     gv.kind::<core::v1::Secret>();
     gv.kind::<core::v1::ServiceAccount>();
     gv.kind::<core::v1::Service>();
-    out.push(gv.finish("core_v1"));
+    gv.finish(&mut out, "core_v1");
 
     let mut gv = GroupVersion::new();
     gv.kind::<apps::v1::ControllerRevision>();
@@ -77,31 +122,31 @@ fn generate() -> Vec<(String, Vec<u8>)> {
     gv.kind::<apps::v1::StatefulSet>();
     // The scale subresource's body.
     gv.kind::<autoscaling::v1::Scale>();
-    out.push(gv.finish("apps_v1"));
+    gv.finish(&mut out, "apps_v1");
 
     let mut gv = GroupVersion::new();
     gv.kind::<batch::v1::CronJob>();
     gv.kind::<batch::v1::Job>();
-    out.push(gv.finish("batch_v1"));
+    gv.finish(&mut out, "batch_v1");
 
     let mut gv = GroupVersion::new();
     gv.kind::<coordination::v1::Lease>();
-    out.push(gv.finish("coordination.k8s.io_v1"));
+    gv.finish(&mut out, "coordination.k8s.io_v1");
 
     let mut gv = GroupVersion::new();
     gv.kind::<rbac::v1::ClusterRoleBinding>();
     gv.kind::<rbac::v1::ClusterRole>();
     gv.kind::<rbac::v1::RoleBinding>();
     gv.kind::<rbac::v1::Role>();
-    out.push(gv.finish("rbac.authorization.k8s.io_v1"));
+    gv.finish(&mut out, "rbac.authorization.k8s.io_v1");
 
     let mut gv = GroupVersion::new();
     gv.kind::<policy::v1::PodDisruptionBudget>();
-    out.push(gv.finish("policy_v1"));
+    gv.finish(&mut out, "policy_v1");
 
     let mut gv = GroupVersion::new();
     gv.kind::<discovery::v1::EndpointSlice>();
-    out.push(gv.finish("discovery.k8s.io_v1"));
+    gv.finish(&mut out, "discovery.k8s.io_v1");
     out
 }
 
@@ -128,7 +173,7 @@ impl GroupVersion {
         self.kinds.push((T::schema_name(), gvk));
     }
 
-    fn finish(mut self, file: &str) -> (String, Vec<u8>) {
+    fn finish(mut self, out: &mut Output, file: &str) {
         let mut definitions = self.generator.take_definitions();
         // The OpenAPI 3 visitors (`$ref` siblings into `allOf`, …) run on root schemas
         // only; these definitions are served as they are, so they get them here.
@@ -167,8 +212,11 @@ impl GroupVersion {
                 merge_key(&mut schemas, def, property, key);
             }
         }
-        let json = serde_json::to_vec(&Value::Object(schemas)).expect("schemas are JSON");
-        (format!("{file}.json.deflate"), json)
+        let json = serde_json::to_vec(&Value::Object(schemas.clone())).expect("schemas are JSON");
+        out.files.push((format!("{file}.json.deflate"), json));
+        out.kinds
+            .extend(self.kinds.into_iter().map(|(name, _)| name));
+        out.definitions.extend(schemas);
     }
 }
 
@@ -206,6 +254,10 @@ fn out_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(OUT_DIR)
 }
 
+fn tables_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(protobuf::OUT_FILE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,17 +265,24 @@ mod tests {
     /// The committed files decompress to exactly what the generator writes now; run
     /// `cargo run --release` here after changing it or k8s-openapi.
     #[test]
-    fn committed_schemas_are_current() {
-        for (name, json) in generate() {
-            let path = out_dir().join(&name);
+    fn committed_files_are_current() {
+        let out = generate();
+        for (name, json) in &out.files {
+            let path = out_dir().join(name);
             let packed = std::fs::read(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}; run `cargo run --release`", path.display()));
             let committed = miniz_oxide::inflate::decompress_to_vec(&packed)
                 .unwrap_or_else(|e| panic!("{name} is not raw DEFLATE: {e:?}"));
             assert!(
-                committed == json,
+                &committed == json,
                 "{name} is stale: run `cargo run --release` in .ci/openapi-gen/"
             );
         }
+        let committed = std::fs::read_to_string(tables_path()).unwrap_or_default();
+        assert!(
+            committed == out.tables(),
+            "{} is stale: run `cargo run --release` in .ci/openapi-gen/",
+            protobuf::OUT_FILE
+        );
     }
 }
