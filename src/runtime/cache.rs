@@ -17,8 +17,10 @@ use tokio::sync::{broadcast, watch};
 
 use crate::apiserver::resources::{ObjectRef, Resource};
 
-/// Changes buffered for a controller busy reconciling; one further behind resyncs.
-const CHANGES: usize = 8192;
+/// Changes buffered for a controller busy reconciling; one further behind resyncs. The ring
+/// keeps its last values alive (each a previous version of an object), so it is kept small:
+/// at 8192, 3000 pods' old versions held ~35 MiB more at idle (hollow-node bench).
+const CHANGES: usize = 1024;
 
 /// One object appeared, changed or went away.
 #[derive(Debug)]
