@@ -24,12 +24,10 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::events::{Recorder, Type};
-use super::owner::{self, controller_of, key_of, ref_of};
+use super::owner::{self, ref_of};
 use super::replicaset::{claim, pod_from_template};
 use super::scheduler::Snapshot;
-use crate::apiserver::kinds::workload::selects;
-use crate::apiserver::registry::Part;
-use crate::apiserver::resources::{DAEMONSETS, NODES, ObjectRef, PODS, Resource};
+use crate::apiserver::resources::{DAEMONSETS, NODES, PODS, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
@@ -61,12 +59,6 @@ impl Reconciler for DaemonSets {
     }
 
     fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {
-        let Some(obj) = change.object() else {
-            return vec![];
-        };
-        if change.resource == &DAEMONSETS {
-            return key_of(obj).into_iter().collect();
-        }
         if change.resource == &NODES {
             // A node came, went, or changed labels or taints: every DaemonSet looks again.
             let relevant = match (change.old.as_deref(), change.new.as_deref()) {
@@ -77,27 +69,11 @@ impl Reconciler for DaemonSets {
             };
             return if relevant { self.all(cache) } else { vec![] };
         }
-        if change.resource == &PODS {
-            return match controller_of(obj) {
-                Some(("DaemonSet", name, _)) => vec![format!("{}/{name}", owner::namespace(obj))],
-                Some(_) => vec![],
-                None => cache
-                    .list_in(&DAEMONSETS, owner::namespace(obj))
-                    .iter()
-                    .filter(|d| selects(&d["spec"]["selector"], owner::labels(obj)))
-                    .filter_map(|d| key_of(d))
-                    .collect(),
-            };
-        }
-        vec![]
+        owner::owner_keys(change, cache, &DAEMONSETS, &PODS)
     }
 
     fn all(&self, cache: &Cache) -> Vec<String> {
-        cache
-            .list(&DAEMONSETS)
-            .iter()
-            .filter_map(|d| key_of(d))
-            .collect()
+        owner::all_keys(cache, &DAEMONSETS)
     }
 
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {
@@ -242,54 +218,24 @@ impl Reconciler for DaemonSets {
             "numberUnavailable": (desired - available).max(0),
             "observedGeneration": owner::generation(&ds),
         });
-        let same = status
-            .as_object()
-            .into_iter()
-            .flatten()
-            .all(|(k, v)| ds["status"][k].as_i64().unwrap_or(0) == v.as_i64().unwrap_or(0));
-        if !same {
-            match ctx
-                .registry
-                .modify(&r, Part::Status, |o| {
-                    for (k, v) in status.as_object().into_iter().flatten() {
-                        o["status"][k] = v.clone();
-                    }
-                })
-                .await
-            {
-                Ok(o) => ctx.wrote(&o),
-                Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        owner::write_status(ctx, &DAEMONSETS, &ds, &status).await?;
         Ok(Action::Done)
     }
 }
 
 impl DaemonSets {
     async fn delete(&self, ctx: &Context, ds: &Value, pod: &Value) -> Result<(), ApiError> {
-        let r = ObjectRef {
-            resource: &PODS,
-            namespace: Some(owner::namespace(pod).to_owned()),
-            name: owner::name(pod).to_owned(),
-        };
-        match ctx.registry.delete(&r, None).await {
-            Ok(last) => {
-                ctx.wrote(&last);
-                self.events
-                    .record(
-                        &DAEMONSETS,
-                        ds,
-                        Type::Normal,
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {}", r.name),
-                    )
-                    .await;
-                Ok(())
-            }
-            Err(ApiError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        owner::delete(ctx, &PODS, pod).await?;
+        self.events
+            .record(
+                &DAEMONSETS,
+                ds,
+                Type::Normal,
+                "SuccessfulDelete",
+                &format!("Deleted pod: {}", owner::name(pod)),
+            )
+            .await;
+        Ok(())
     }
 }
 

@@ -47,33 +47,11 @@ impl Reconciler for Deployments {
     }
 
     fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {
-        let Some(obj) = change.object() else {
-            return vec![];
-        };
-        if change.resource == &DEPLOYMENTS {
-            return key_of(obj).into_iter().collect();
-        }
-        if change.resource != &REPLICASETS {
-            return vec![];
-        }
-        match controller_of(obj) {
-            Some(("Deployment", name, _)) => vec![format!("{}/{name}", owner::namespace(obj))],
-            Some(_) => vec![],
-            None => cache
-                .list_in(&DEPLOYMENTS, owner::namespace(obj))
-                .iter()
-                .filter(|d| selects(&d["spec"]["selector"], owner::labels(obj)))
-                .filter_map(|d| key_of(d))
-                .collect(),
-        }
+        owner::owner_keys(change, cache, &DEPLOYMENTS, &REPLICASETS)
     }
 
     fn all(&self, cache: &Cache) -> Vec<String> {
-        cache
-            .list(&DEPLOYMENTS)
-            .iter()
-            .filter_map(|d| key_of(d))
-            .collect()
+        owner::all_keys(cache, &DEPLOYMENTS)
     }
 
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {

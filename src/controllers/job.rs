@@ -21,9 +21,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::events::{Recorder, Type};
-use super::owner::{self, controller_of, key_of, ref_of};
+use super::owner::{self, ref_of};
 use super::replicaset::{claim, pod_from_template};
-use crate::apiserver::kinds::workload::selects;
 use crate::apiserver::registry::{Part, Propagation, now_rfc3339};
 use crate::apiserver::resources::{JOBS, ObjectRef, PODS, Resource};
 use crate::apiserver::status::ApiError;
@@ -49,29 +48,11 @@ impl Reconciler for Jobs {
     }
 
     fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {
-        let Some(obj) = change.object() else {
-            return vec![];
-        };
-        if change.resource == &JOBS {
-            return key_of(obj).into_iter().collect();
-        }
-        if change.resource != &PODS {
-            return vec![];
-        }
-        match controller_of(obj) {
-            Some(("Job", name, _)) => vec![format!("{}/{name}", owner::namespace(obj))],
-            Some(_) => vec![],
-            None => cache
-                .list_in(&JOBS, owner::namespace(obj))
-                .iter()
-                .filter(|j| selects(&j["spec"]["selector"], owner::labels(obj)))
-                .filter_map(|j| key_of(j))
-                .collect(),
-        }
+        owner::owner_keys(change, cache, &JOBS, &PODS)
     }
 
     fn all(&self, cache: &Cache) -> Vec<String> {
-        cache.list(&JOBS).iter().filter_map(|j| key_of(j)).collect()
+        owner::all_keys(cache, &JOBS)
     }
 
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {
@@ -149,7 +130,7 @@ impl Reconciler for Jobs {
         let mut next = Action::Done;
         if let Some((kind, reason, message)) = outcome {
             for p in &active {
-                self.delete_pod(ctx, p).await?;
+                owner::delete(ctx, &PODS, p).await?;
             }
             if kind == "Failed" {
                 self.events
@@ -198,7 +179,7 @@ impl Reconciler for Jobs {
                 std::cmp::Reverse(owner::timestamp(p, "/metadata/creationTimestamp"))
             });
             for p in extra.into_iter().take((running - want) as usize) {
-                self.delete_pod(ctx, p).await?;
+                owner::delete(ctx, &PODS, p).await?;
             }
         } else if running < want {
             let wait = backoff_left(&pods, failed, now);
@@ -283,22 +264,6 @@ impl Reconciler for Jobs {
 }
 
 impl Jobs {
-    async fn delete_pod(&self, ctx: &Context, pod: &Value) -> Result<(), ApiError> {
-        let r = ObjectRef {
-            resource: &PODS,
-            namespace: Some(owner::namespace(pod).to_owned()),
-            name: owner::name(pod).to_owned(),
-        };
-        match ctx.registry.delete(&r, None).await {
-            Ok(last) => {
-                ctx.wrote(&last);
-                Ok(())
-            }
-            Err(ApiError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
     /// A finished Job: its time-to-live, if it has one.
     async fn after_finish(
         &self,

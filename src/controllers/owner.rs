@@ -8,7 +8,12 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::apiserver::kinds::workload::selects;
+use crate::apiserver::registry::Part;
 use crate::apiserver::resources::{ObjectRef, Resource};
+use crate::apiserver::status::ApiError;
+use crate::runtime::cache::{Cache, Change};
+use crate::runtime::controller::Context;
 
 /// `namespace/name` of an object.
 pub fn key_of(obj: &Value) -> Option<String> {
@@ -175,6 +180,109 @@ pub fn int(obj: &Value, pointer: &str, default: i64) -> i64 {
     obj.pointer(pointer)
         .and_then(Value::as_i64)
         .unwrap_or(default)
+}
+
+/// The keys a change concerns for the controller of `owners` whose objects are `children`:
+/// the owner itself when it changed; for a child (as it was or is now), its controller of
+/// that kind, or — an orphan — every owner whose selector would adopt it.
+pub fn owner_keys(
+    change: &Change,
+    cache: &Cache,
+    owners: &'static Resource,
+    children: &'static Resource,
+) -> Vec<String> {
+    if change.resource == owners {
+        return change.object().and_then(key_of).into_iter().collect();
+    }
+    if change.resource != children {
+        return vec![];
+    }
+    let mut keys = vec![];
+    for o in [change.old.as_deref(), change.new.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        match controller_of(o) {
+            Some((kind, name, _)) if kind == owners.kind => {
+                keys.push(format!("{}/{name}", namespace(o)))
+            }
+            Some(_) => {}
+            None => keys.extend(
+                cache
+                    .list_in(owners, namespace(o))
+                    .iter()
+                    .filter(|x| selects(&x["spec"]["selector"], labels(o)))
+                    .filter_map(|x| key_of(x)),
+            ),
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Every cached object of `resource`, as keys.
+pub fn all_keys(cache: &Cache, resource: &'static Resource) -> Vec<String> {
+    cache
+        .list(resource)
+        .iter()
+        .filter_map(|o| key_of(o))
+        .collect()
+}
+
+/// The reference of a cached object of `resource`.
+pub fn ref_to(resource: &'static Resource, obj: &Value) -> ObjectRef {
+    ObjectRef {
+        resource,
+        namespace: resource.namespaced.then(|| namespace(obj).to_owned()),
+        name: name(obj).to_owned(),
+    }
+}
+
+/// Deletes `obj` (of `resource`); one already gone is fine.
+pub async fn delete(
+    ctx: &Context,
+    resource: &'static Resource,
+    obj: &Value,
+) -> Result<(), ApiError> {
+    match ctx.registry.delete(&ref_to(resource, obj), None).await {
+        Ok(last) => {
+            ctx.wrote(&last);
+            Ok(())
+        }
+        Err(ApiError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the fields of `status` into the status of `obj` (of `resource`), unless they are
+/// already what it shows. An object gone meanwhile is fine.
+pub async fn write_status(
+    ctx: &Context,
+    resource: &'static Resource,
+    obj: &Value,
+    status: &Value,
+) -> Result<(), ApiError> {
+    let fields = status.as_object().into_iter().flatten();
+    if fields.clone().all(|(k, v)| obj["status"][k] == *v) {
+        return Ok(());
+    }
+    match ctx
+        .registry
+        .modify(&ref_to(resource, obj), Part::Status, |o| {
+            for (k, v) in fields.clone() {
+                o["status"][k] = v.clone();
+            }
+        })
+        .await
+    {
+        Ok(o) => {
+            ctx.wrote(&o);
+            Ok(())
+        }
+        Err(ApiError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::events::{Recorder, Type};
-use super::owner::{self, controller_of, controller_ref, is_controlled_by, key_of, ref_of};
+use super::owner::{self, controller_of, controller_ref, is_controlled_by, ref_of};
 use crate::apiserver::kinds::workload::selects;
 use crate::apiserver::registry::Part;
 use crate::apiserver::resources::{ObjectRef, PODS, REPLICASETS, Resource};
@@ -42,45 +42,11 @@ impl Reconciler for ReplicaSets {
     }
 
     fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {
-        let Some(obj) = change.object() else {
-            return vec![];
-        };
-        if change.resource == &REPLICASETS {
-            return key_of(obj).into_iter().collect();
-        }
-        if change.resource != &PODS {
-            return vec![];
-        }
-        let mut keys = vec![];
-        for o in [change.old.as_deref(), change.new.as_deref()]
-            .into_iter()
-            .flatten()
-        {
-            match controller_of(o) {
-                Some(("ReplicaSet", name, _)) => {
-                    keys.push(format!("{}/{name}", owner::namespace(o)))
-                }
-                Some(_) => {}
-                // An orphan: every ReplicaSet that would adopt it.
-                None => keys.extend(
-                    cache
-                        .list_in(&REPLICASETS, owner::namespace(o))
-                        .iter()
-                        .filter(|rs| selects(&rs["spec"]["selector"], owner::labels(o)))
-                        .filter_map(|rs| key_of(rs)),
-                ),
-            }
-        }
-        keys.dedup();
-        keys
+        owner::owner_keys(change, cache, &REPLICASETS, &PODS)
     }
 
     fn all(&self, cache: &Cache) -> Vec<String> {
-        cache
-            .list(&REPLICASETS)
-            .iter()
-            .filter_map(|rs| key_of(rs))
-            .collect()
+        owner::all_keys(cache, &REPLICASETS)
     }
 
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {

@@ -24,11 +24,9 @@ use time::OffsetDateTime;
 
 use super::daemonset::REVISION_HASH;
 use super::events::{Recorder, Type};
-use super::owner::{self, controller_of, key_of, ref_of};
+use super::owner::{self, ref_of};
 use super::replicaset::{claim, pod_from_template};
-use crate::apiserver::kinds::workload::selects;
-use crate::apiserver::registry::Part;
-use crate::apiserver::resources::{ObjectRef, PODS, Resource, STATEFULSETS};
+use crate::apiserver::resources::{PODS, Resource, STATEFULSETS};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
@@ -51,33 +49,11 @@ impl Reconciler for StatefulSets {
     }
 
     fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {
-        let Some(obj) = change.object() else {
-            return vec![];
-        };
-        if change.resource == &STATEFULSETS {
-            return key_of(obj).into_iter().collect();
-        }
-        if change.resource != &PODS {
-            return vec![];
-        }
-        match controller_of(obj) {
-            Some(("StatefulSet", name, _)) => vec![format!("{}/{name}", owner::namespace(obj))],
-            Some(_) => vec![],
-            None => cache
-                .list_in(&STATEFULSETS, owner::namespace(obj))
-                .iter()
-                .filter(|s| selects(&s["spec"]["selector"], owner::labels(obj)))
-                .filter_map(|s| key_of(s))
-                .collect(),
-        }
+        owner::owner_keys(change, cache, &STATEFULSETS, &PODS)
     }
 
     fn all(&self, cache: &Cache) -> Vec<String> {
-        cache
-            .list(&STATEFULSETS)
-            .iter()
-            .filter_map(|s| key_of(s))
-            .collect()
+        owner::all_keys(cache, &STATEFULSETS)
     }
 
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {
@@ -134,7 +110,7 @@ impl Reconciler for StatefulSets {
         }
         if !terminating && !claims {
             for p in &strays {
-                delete(ctx, p).await?;
+                owner::delete(ctx, &PODS, p).await?;
             }
             // Scale down first: the highest ordinal beyond the wanted range.
             let beyond: Vec<(i64, Arc<Value>)> = by_ordinal
@@ -161,7 +137,7 @@ impl Reconciler for StatefulSets {
                     busy = true;
                     break;
                 }
-                delete(ctx, &p).await?;
+                owner::delete(ctx, &PODS, &p).await?;
                 self.events
                     .record(
                         &STATEFULSETS,
@@ -225,7 +201,7 @@ impl Reconciler for StatefulSets {
                     .rev()
                     .find(|(_, p)| owner::labels(p)[REVISION_HASH] != revision.as_str())
             {
-                delete(ctx, old).await?;
+                owner::delete(ctx, &PODS, old).await?;
             }
         }
 
@@ -256,43 +232,8 @@ impl Reconciler for StatefulSets {
             "updateRevision": revision,
             "collisionCount": 0,
         });
-        let same = status
-            .as_object()
-            .into_iter()
-            .flatten()
-            .all(|(k, v)| set["status"][k] == *v);
-        if !same {
-            match ctx
-                .registry
-                .modify(&r, Part::Status, |o| {
-                    for (k, v) in status.as_object().into_iter().flatten() {
-                        o["status"][k] = v.clone();
-                    }
-                })
-                .await
-            {
-                Ok(o) => ctx.wrote(&o),
-                Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        owner::write_status(ctx, &STATEFULSETS, &set, &status).await?;
         Ok(Action::Done)
-    }
-}
-
-async fn delete(ctx: &Context, pod: &Value) -> Result<(), ApiError> {
-    let r = ObjectRef {
-        resource: &PODS,
-        namespace: Some(owner::namespace(pod).to_owned()),
-        name: owner::name(pod).to_owned(),
-    };
-    match ctx.registry.delete(&r, None).await {
-        Ok(last) => {
-            ctx.wrote(&last);
-            Ok(())
-        }
-        Err(ApiError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e),
     }
 }
 
