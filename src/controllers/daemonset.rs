@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 use super::events::{Recorder, Type};
 use super::owner::{self, ref_of};
-use super::replicaset::{claim, pod_from_template};
+use super::replicaset::{claim, create_pod, pod_from_template};
 use super::scheduler::Snapshot;
 use crate::apiserver::resources::{DAEMONSETS, NODES, PODS, Resource};
 use crate::apiserver::status::ApiError;
@@ -128,36 +128,7 @@ impl Reconciler for DaemonSets {
             }
             for node in &wanted {
                 let pod = daemon_pod(&ds, node, &hash);
-                match ctx
-                    .registry
-                    .create(&PODS, Some(owner::namespace(&ds)), pod)
-                    .await
-                {
-                    Ok(p) => {
-                        ctx.wrote(&p);
-                        self.events
-                            .record(
-                                &DAEMONSETS,
-                                &ds,
-                                Type::Normal,
-                                "SuccessfulCreate",
-                                &format!("Created pod: {}", owner::name(&p)),
-                            )
-                            .await;
-                    }
-                    Err(e) => {
-                        self.events
-                            .record(
-                                &DAEMONSETS,
-                                &ds,
-                                Type::Warning,
-                                "FailedCreate",
-                                &format!("Error creating: {e}"),
-                            )
-                            .await;
-                        return Err(e);
-                    }
-                }
+                create_pod(ctx, &self.events, &DAEMONSETS, &ds, pod).await?;
             }
         }
 

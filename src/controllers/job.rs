@@ -22,7 +22,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::events::{Recorder, Type};
 use super::owner::{self, ref_of};
-use super::replicaset::{claim, pod_from_template};
+use super::replicaset::{claim, create_pod, pod_from_template};
 use crate::apiserver::registry::{Part, Propagation, now_rfc3339};
 use crate::apiserver::resources::{JOBS, ObjectRef, PODS, Resource};
 use crate::apiserver::status::ApiError;
@@ -198,36 +198,7 @@ impl Reconciler for Jobs {
                 };
                 for index in indexes {
                     let pod = job_pod(&job, index);
-                    match ctx
-                        .registry
-                        .create(&PODS, Some(owner::namespace(&job)), pod)
-                        .await
-                    {
-                        Ok(p) => {
-                            ctx.wrote(&p);
-                            self.events
-                                .record(
-                                    &JOBS,
-                                    &job,
-                                    Type::Normal,
-                                    "SuccessfulCreate",
-                                    &format!("Created pod: {}", owner::name(&p)),
-                                )
-                                .await;
-                        }
-                        Err(e) => {
-                            self.events
-                                .record(
-                                    &JOBS,
-                                    &job,
-                                    Type::Warning,
-                                    "FailedCreate",
-                                    &format!("Error creating: {e}"),
-                                )
-                                .await;
-                            return Err(e);
-                        }
-                    }
+                    create_pod(ctx, &self.events, &JOBS, &job, pod).await?;
                 }
             }
         }

@@ -230,6 +230,44 @@ pub async fn claim(
     Ok(mine)
 }
 
+/// Creates `pod` for `owner_obj` (of `resource`) and records the event Kubernetes'
+/// controllers record, `SuccessfulCreate` or `FailedCreate`.
+pub async fn create_pod(
+    ctx: &Context,
+    events: &Recorder,
+    resource: &'static Resource,
+    owner_obj: &Value,
+    pod: Value,
+) -> Result<Value, ApiError> {
+    match ctx
+        .registry
+        .create(&PODS, Some(owner::namespace(owner_obj)), pod)
+        .await
+    {
+        Ok(p) => {
+            ctx.wrote(&p);
+            let message = format!("Created pod: {}", owner::name(&p));
+            events
+                .record(
+                    resource,
+                    owner_obj,
+                    Type::Normal,
+                    "SuccessfulCreate",
+                    &message,
+                )
+                .await;
+            Ok(p)
+        }
+        Err(e) => {
+            let message = format!("Error creating: {e}");
+            events
+                .record(resource, owner_obj, Type::Warning, "FailedCreate", &message)
+                .await;
+            Err(e)
+        }
+    }
+}
+
 /// A new pod of `owner`'s template (of `resource`): its labels and annotations, a generated
 /// name, and the controller reference.
 pub fn pod_from_template(resource: &'static Resource, owner_obj: &Value) -> Value {
