@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Options, Server, cell, create, get_rows, refused};
 use serde_json::Value;
 
@@ -557,4 +559,100 @@ fn watches_can_send_initial_events_and_lists_honour_resource_version_match() {
     assert_eq!(newer.status, Some(200), "{}", newer.body);
     let bad = s.curl(&[&url("resourceVersionMatch=Sometimes")]);
     assert_eq!(bad.status, Some(400), "{}", bad.body);
+}
+
+/// Writes `n` ConfigMaps named `<prefix>-<i>` with one curl process (a config file of requests).
+fn bulk_create_configmaps(s: &Server, prefix: &str, n: usize) {
+    let url = format!("{}/api/v1/namespaces/default/configmaps", s.url());
+    // Options do not carry over `next`: each request names the credentials.
+    let (ca, cert, key) = s.admin_credentials();
+    let tls = format!(
+        "cacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let mut config = String::new();
+    for i in 0..n {
+        if i > 0 {
+            config.push_str("next\n");
+        }
+        config.push_str(&tls);
+        config.push_str(&format!(
+            "url = \"{url}\"\nheader = \"Content-Type: application/json\"\ndata = \"{{\\\"metadata\\\":{{\\\"name\\\":\\\"{prefix}-{i:05}\\\"}}}}\"\noutput = \"/dev/null\"\n"
+        ));
+    }
+    let path = s.dir().join(format!("{prefix}.curl"));
+    std::fs::write(&path, config).unwrap();
+    let reply = common::curl(&["--fail".into(), "-K".into(), path.display().to_string()]);
+    assert!(
+        reply.body.is_empty() || !reply.body.contains("Failure"),
+        "{}",
+        reply.body
+    );
+}
+
+#[test]
+fn pages_of_a_large_list_hold_each_object_once_while_writes_go_on() {
+    let s = Server::start(Options::default());
+    bulk_create_configmaps(&s, "pg", 2500);
+    // Writes while paging: new objects come and go, listed ones change.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let kubeconfig = s.kubeconfig();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let kubectl = |args: &[&str]| {
+                    std::process::Command::new("kubectl")
+                        .arg("--kubeconfig")
+                        .arg(&kubeconfig)
+                        .args(args)
+                        .output()
+                };
+                let name = format!("aa-{i}");
+                let _ = kubectl(&["create", "configmap", &name]);
+                let _ = kubectl(&[
+                    "label",
+                    "configmap",
+                    &format!("pg-{:05}", (i * 97) % 2500),
+                    &format!("round={i}"),
+                    "--overwrite",
+                ]);
+                let _ = kubectl(&["delete", "configmap", &name, "--wait=false"]);
+                i += 1;
+            }
+        })
+    };
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut url = format!("{}/api/v1/namespaces/default/configmaps?limit=100", s.url());
+        if let Some(t) = &token {
+            url.push_str(&format!("&continue={t}"));
+        }
+        let page = s.curl(&[&url]).json();
+        pages += 1;
+        for item in page["items"].as_array().into_iter().flatten() {
+            *seen
+                .entry(item["metadata"]["name"].as_str().unwrap_or("").to_owned())
+                .or_default() += 1;
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+            _ => break,
+        }
+        // Give the writer room between pages.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = writer.join();
+    for i in 0..2500 {
+        let name = format!("pg-{i:05}");
+        assert_eq!(seen.get(&name), Some(&1), "{name} in {pages} pages");
+    }
+    assert!(seen.values().all(|n| *n == 1), "no object twice");
+    assert!(pages >= 25, "{pages} pages of 100");
 }

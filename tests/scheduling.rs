@@ -349,6 +349,38 @@ fn a_rolling_update_keeps_enough_pods_available_and_undo_restores_the_template()
         rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
         "3"
     );
+
+    // Paused, a new template waits; resumed, it rolls out.
+    s.kubectl_ok(&["rollout", "pause", "deployment/web"]);
+    s.kubectl_ok(&["set", "image", "deployment/web", "c=busybox:1.38"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let sets = s.kubectl_ok(&["get", "rs", "-l", "app=web", "-o", "name"]);
+    assert_eq!(sets.lines().count(), 2, "no rollout while paused: {sets}");
+    let d = s.kubectl_json(&["get", "deployment", "web", "-o", "json"]);
+    let progressing = d["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Progressing").cloned());
+    assert_eq!(
+        progressing.as_ref().map(|c| c["reason"].clone()),
+        Some(serde_json::json!("DeploymentPaused")),
+        "{}",
+        d["status"]
+    );
+    s.kubectl_ok(&["rollout", "resume", "deployment/web"]);
+    wait_until(
+        "the resumed rollout finishes",
+        Duration::from_secs(90),
+        || {
+            mark_ready(&s, "app=web");
+            let d = s.kubectl_json(&["get", "deployment", "web", "-o", "json"]);
+            d["status"]["updatedReplicas"] == 4
+                && d["status"]["availableReplicas"] == 4
+                && d["status"]["replicas"] == 4
+                && pods(&s, "app=web")
+                    .iter()
+                    .all(|p| p["spec"]["containers"][0]["image"] == "busybox:1.38")
+        },
+    );
 }
 
 fn count(s: &Server, what: &str, selector: &str) -> usize {
