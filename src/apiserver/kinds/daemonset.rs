@@ -1,6 +1,6 @@
 //! apps/v1 DaemonSet: Kubernetes' defaults (a rolling update of one node at a time, history,
 //! the template's pod defaults), a selector that selects the template and may not change, and
-//! the `kubectl get daemonsets` columns. Nothing places their pods yet.
+//! the `kubectl get daemonsets` columns. `controllers::daemonset` makes their pods.
 
 use serde_json::{Value, json};
 

@@ -1,6 +1,7 @@
 //! apps/v1 Deployment: Kubernetes' defaults (replicas, a 25 %/25 % rolling update, history and
 //! progress deadline, the template's pod defaults), a selector that selects the template and
-//! may not change, and the `kubectl get deployments` columns. Nothing rolls them out yet.
+//! may not change, and the `kubectl get deployments` columns. `controllers::deployment` rolls
+//! them out.
 
 use serde_json::{Value, json};
 

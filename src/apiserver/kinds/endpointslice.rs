@@ -1,5 +1,5 @@
 //! discovery.k8s.io/v1 EndpointSlice: stored and validated (address type required and fixed,
-//! each endpoint with addresses); filled by the endpoints controller once it exists.
+//! each endpoint with addresses); filled by `controllers::endpoints` for Services with a selector.
 
 use serde_json::{Value, json};
 

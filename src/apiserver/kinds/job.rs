@@ -2,7 +2,7 @@
 //! selector on `batch.kubernetes.io/controller-uid` with the matching template labels, the
 //! template's pod defaults), a template whose pods restart `OnFailure` or `Never`, a selector,
 //! template and completion mode that may not change, and the `kubectl get jobs` columns.
-//! Nothing runs them yet.
+//! `controllers::job` runs them.
 //!
 //! A template without a restartPolicy gets a Pod's default, `Always`, and is refused, as in
 //! Kubernetes.

@@ -2,7 +2,8 @@
 //! update from partition 0, history, retained claims, the template's pod defaults), a
 //! selector that selects the template, a spec of which only replicas, ordinals, template,
 //! updateStrategy, persistentVolumeClaimRetentionPolicy and minReadySeconds may change, and
-//! the `kubectl get statefulsets` columns. Nothing creates their pods or claims yet.
+//! the `kubectl get statefulsets` columns. `controllers::statefulset` makes their pods (claims
+//! wait for storage).
 
 use serde_json::{Value, json};
 
