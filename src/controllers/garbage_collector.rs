@@ -83,10 +83,15 @@ impl Reconciler for GarbageCollector {
 impl GarbageCollector {
     /// Each dependent of `uid` loses that owner: deleted if it was its last.
     async fn owner_gone(&self, ctx: &Context, uid: &str) -> Result<Action, ApiError> {
-        if uid.is_empty() || alive(&ctx.cache, uid) {
+        if uid.is_empty() {
             return Ok(Action::Done);
         }
-        for (r, dep) in dependents(&ctx.cache, uid) {
+        // Most objects that go own nothing: one scan for dependents, the second only if any.
+        let deps = dependents(&ctx.cache, uid);
+        if deps.is_empty() || alive(&ctx.cache, uid) {
+            return Ok(Action::Done);
+        }
+        for (r, dep) in deps {
             self.check_owners(ctx, &r, &dep).await?;
         }
         Ok(Action::Done)
