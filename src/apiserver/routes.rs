@@ -646,8 +646,14 @@ fn patch_body(kind: patch::Kind, body: &Value) -> field_validation::Body<'_> {
 
 /// Adds one `Warning: 299 - "…"` header per warning, as kube-apiserver sends them and
 /// kubectl prints them (`Warning: unknown field "spec.foo"`).
+/// Warning headers sent at most per response: a body of many unknown fields must not turn into
+/// as many headers (kube-apiserver truncates its warnings too).
+const MAX_WARNINGS: usize = 16;
+
 fn warn(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
-    for w in warnings {
+    let more = warnings.len().saturating_sub(MAX_WARNINGS);
+    let summary = (more > 0).then(|| format!("{more} more warnings were left out"));
+    for w in warnings.iter().take(MAX_WARNINGS).chain(summary.as_ref()) {
         let quoted = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = header::HeaderValue::from_str(&quoted) {
             resp.headers_mut().append(header::WARNING, v);

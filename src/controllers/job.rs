@@ -31,6 +31,8 @@ use crate::runtime::controller::{Action, Context, Reconciler};
 
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 const BACKOFF_BASE: i64 = 10;
+/// Most pods one reconcile creates.
+const MAX_CREATES: usize = 256;
 const BACKOFF_MAX: i64 = 360;
 
 pub struct Jobs {
@@ -186,15 +188,18 @@ impl Reconciler for Jobs {
             if wait > 0 {
                 next = Action::RequeueAfter(Duration::from_secs(wait as u64));
             } else {
+                // At most a batch per reconcile: `parallelism` is the user's number, and the
+                // pods made wake this Job again for the rest.
+                let missing = ((want - running) as usize).min(MAX_CREATES);
                 let indexes = if indexed {
                     let taken: BTreeSet<i64> = active.iter().filter_map(|p| index_of(p)).collect();
                     (0..completions.unwrap_or(0))
                         .filter(|i| !succeeded_indexes.contains(i) && !taken.contains(i))
-                        .take((want - running) as usize)
+                        .take(missing)
                         .map(Some)
                         .collect::<Vec<_>>()
                 } else {
-                    vec![None; (want - running) as usize]
+                    vec![None; missing]
                 };
                 for index in indexes {
                     let pod = job_pod(&job, index);

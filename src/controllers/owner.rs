@@ -154,11 +154,13 @@ pub fn timestamp(obj: &Value, pointer: &str) -> OffsetDateTime {
 /// An int-or-percent (`maxSurge: 1`, `maxUnavailable: "25%"`) in pods out of `total`,
 /// percentages rounded up or down; `default` when absent or malformed.
 pub fn scaled(v: &Value, total: i64, round_up: bool, default: &str) -> i64 {
+    // Saturating: the percentage is the user's text, and an overflow must not wrap or panic.
     let percent = |p: i64| {
+        let scaled = p.saturating_mul(total);
         if round_up {
-            (p * total + 99) / 100
+            scaled.saturating_add(99) / 100
         } else {
-            p * total / 100
+            scaled / 100
         }
     };
     let from_text = |s: &str| match s.strip_suffix('%') {

@@ -75,6 +75,8 @@ impl Reconciler for StatefulSets {
         );
         let replicas = owner::int(&set, "/spec/replicas", 1).max(0);
         let start = owner::int(&set, "/spec/ordinals/start", 0).max(0);
+        // Both are the user's numbers: the range they make must not overflow.
+        let end = start.saturating_add(replicas);
         let parallel = set["spec"]["podManagementPolicy"] == "Parallel";
         let min_ready = owner::int(&set, "/spec/minReadySeconds", 0);
         let now = OffsetDateTime::now_utc();
@@ -114,7 +116,7 @@ impl Reconciler for StatefulSets {
             }
             // Scale down first: the highest ordinal beyond the wanted range.
             let beyond: Vec<(i64, Arc<Value>)> = by_ordinal
-                .range(start + replicas..)
+                .range(end..)
                 .rev()
                 .map(|(i, p)| (*i, p.clone()))
                 .collect();
@@ -157,7 +159,7 @@ impl Reconciler for StatefulSets {
             }
             // Create what is missing, in order.
             if !busy || parallel {
-                for i in start..start + replicas {
+                for i in start..end {
                     match by_ordinal.get(&i) {
                         Some(p) if healthy(p) || parallel => continue,
                         Some(_) => break,
@@ -189,15 +191,12 @@ impl Reconciler for StatefulSets {
             // once every pod is healthy.
             let rolling = set["spec"]["updateStrategy"]["type"] != "OnDelete";
             let partition = owner::int(&set, "/spec/updateStrategy/rollingUpdate/partition", 0);
-            let wanted: Vec<&Arc<Value>> = by_ordinal
-                .range(start..start + replicas)
-                .map(|(_, p)| p)
-                .collect();
+            let wanted: Vec<&Arc<Value>> = by_ordinal.range(start..end).map(|(_, p)| p).collect();
             if rolling
                 && wanted.len() as i64 == replicas
                 && wanted.iter().all(|p| healthy(p))
                 && let Some((_, old)) = by_ordinal
-                    .range(start + partition..start + replicas)
+                    .range(start.saturating_add(partition).min(end)..end)
                     .rev()
                     .find(|(_, p)| owner::labels(p)[REVISION_HASH] != revision.as_str())
             {

@@ -165,7 +165,11 @@ fn eviction_due(pod: &Value, taints: &[Value], now: OffsetDateTime) -> Due {
         } else {
             added
         };
-        let left = (added + time::Duration::seconds(seconds)) - now;
+        // `tolerationSeconds` comes from the pod: one too large to add is as good as forever.
+        let Some(until) = added.checked_add(time::Duration::seconds(seconds)) else {
+            continue;
+        };
+        let left = until - now;
         if left <= time::Duration::ZERO {
             return Due::Now(taint["key"].as_str().unwrap_or_default().to_owned());
         }
@@ -214,6 +218,14 @@ mod tests {
         assert_eq!(
             eviction_due(&short, std::slice::from_ref(&unreachable), now),
             Due::Now("node.kubernetes.io/unreachable".into())
+        );
+        // A toleration too long to date is forever, not a crash.
+        let huge = json!({"spec": {"tolerations": [
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": i64::MAX}
+        ]}});
+        assert_eq!(
+            eviction_due(&huge, std::slice::from_ref(&unreachable), now),
+            Due::Never
         );
         // Every taint must be tolerated.
         assert_eq!(
