@@ -46,7 +46,8 @@ pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Resu
             debug: args.debug,
         };
         let stop = stop.clone();
-        let runtime = Box::new(Hollow::new(timing, i as u32));
+        let runtime =
+            crate::node::Runtime::without_containers(Box::new(Hollow::new(timing, i as u32)));
         agents.spawn(async move {
             let (connected, _) = watch::channel(false);
             if let Err(e) = agent::run(cfg, runtime, stop, connected).await {

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 let (connected, tunnel_up) = tokio::sync::watch::channel(false);
                 let _release = file_pages.release_once_up(tunnel_up);
                 // No container runtime yet: the node tracks its pods and leaves them alone.
-                let runtime = Box::new(node::pods::Absent);
+                let runtime = node::Runtime::without_containers(Box::new(node::pods::Absent));
                 Ok(agent::run(cfg, runtime, stop_on_signal(), connected).await?)
             })
         }

@@ -223,6 +223,14 @@ async fn start(
         api.feed.clone(),
         when_stopped(stop.clone()),
     ));
+    // The server is a node too: its pods run here, with the same worker as an agent's.
+    tasks.spawn(crate::tunnel::local::run(
+        api.clone(),
+        cfg.node.name.clone(),
+        node_ips.first().copied(),
+        crate::node::Runtime::without_containers(Box::new(crate::node::pods::Absent)),
+        stop.clone(),
+    ));
     tasks.spawn(
         NodeAgent {
             api: api.clone(),

@@ -29,7 +29,8 @@ use tokio::time::Instant;
 use self::balancer::{Backoff, Balancer};
 use self::credentials::{ClientCert, Files};
 use crate::config::AgentConfig;
-use crate::node::pods::{PodRuntime, PodWorker};
+use crate::node::Runtime;
+use crate::node::pods::PodWorker;
 use crate::tunnel::client::{self, ConnectError, Outcome};
 
 /// How often a long-lived tunnel checks whether the certificate needs renewing.
@@ -51,12 +52,11 @@ struct Credentials {
 }
 
 /// Runs an agent until `stop` flips. `connected` is true while a tunnel is open (the server
-/// welcomed it). `runtime` runs the pods the server binds to this node: real agents pass
-/// [`crate::node::pods::Absent`] until the runc runtime exists (pods are tracked, never
-/// reported); only `keelson loadgen` passes the simulated [`crate::node::hollow::Hollow`].
+/// welcomed it). `runtime` runs the pods the server binds to this node and serves their
+/// streams; only `keelson loadgen` passes the simulated [`crate::node::hollow::Hollow`].
 pub async fn run(
     cfg: AgentConfig,
-    runtime: Box<dyn PodRuntime>,
+    runtime: Runtime,
     mut stop: watch::Receiver<bool>,
     connected: watch::Sender<bool>,
 ) -> Result<(), Error> {
@@ -75,15 +75,10 @@ pub async fn run(
     }
     let password = files.node_password()?;
     let report = registration::report(&opts, sysinfo::SystemInfo::read());
-    let (mut pods, pod_events, pod_reports) = PodWorker::channels();
+    let (worker, mut pods, pod_events, pod_reports) =
+        PodWorker::start(runtime, report.addresses.first().copied());
     // Ends when `stop` flips or when this function returns (dropping `pods`).
-    tokio::spawn(
-        PodWorker::new(runtime, report.addresses.first().copied()).run(
-            pod_events,
-            pod_reports,
-            stop.clone(),
-        ),
-    );
+    tokio::spawn(worker.run(pod_events, pod_reports, stop.clone()));
     let mut balancer = Balancer::new(cfg.server.address(), files.clone());
     let mut creds = match (saved_ca, files.client_cert(&opts.name)?) {
         (Some(ca_pem), Some(cert)) => Some(Credentials { ca_pem, cert }),
@@ -159,7 +154,7 @@ pub async fn run(
             let renew_at = Instant::now() + RENEW_CHECK;
             let outcome = client::session(
                 &mut ws,
-                &addr,
+                &target,
                 &report,
                 |list| {
                     connected.send_if_modified(|up| !std::mem::replace(up, true));

@@ -19,6 +19,7 @@ pub mod field_validation;
 pub mod kinds;
 pub mod openapi;
 pub mod patch;
+pub mod podstreams;
 pub mod protobuf;
 pub mod registry;
 pub mod resources;
@@ -27,6 +28,7 @@ pub mod scale;
 pub mod selector;
 pub mod status;
 pub mod table;
+pub mod upgrade;
 pub mod watch;
 
 use std::convert::Infallible;

@@ -55,6 +55,8 @@ enum Target {
     Binding(ObjectRef),
     /// `pods/<name>/eviction`: a deletion that honours disruption budgets.
     Eviction(ObjectRef),
+    /// `pods/<name>/log`, `exec`, `attach`: served by the pod's node.
+    PodStream(ObjectRef, super::podstreams::Subresource),
 }
 
 pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
@@ -120,6 +122,10 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
         ["v1-keelson", "connect"] if get => {
             current_node_certificate(&api, id).await?;
             return crate::tunnel::server::accept(api, id, req);
+        }
+        ["v1-keelson", "stream", stream] if get => {
+            current_node_certificate(&api, id).await?;
+            return crate::tunnel::server::accept_dial(&api, id, stream, req);
         }
         _ => {}
     }
@@ -307,6 +313,14 @@ fn target(gv: &GroupVersion, segs: &[&str]) -> Option<Target> {
             namespace: Some(ns.to_string()),
             name: name.to_string(),
         }),
+        ["namespaces", ns, "pods", name, sub] => Target::PodStream(
+            ObjectRef {
+                resource: by("pods")?,
+                namespace: Some(ns.to_string()),
+                name: name.to_string(),
+            },
+            super::podstreams::Subresource::named(sub)?,
+        ),
         [p, name] if !by(p)?.namespaced => obj(by(p)?, None, name, Part::Main),
         [p, name, "status"] if !by(p)?.namespaced && by(p)?.has_status => {
             obj(by(p)?, None, name, Part::Status)
@@ -339,6 +353,9 @@ async fn resource(
         }
     };
     match (target, req.method().clone()) {
+        (Target::PodStream(r, what), Method::GET | Method::POST) => {
+            super::podstreams::serve(api.clone(), r, what, req).await
+        }
         (
             Target::Collection {
                 resource,

@@ -33,6 +33,16 @@ pub const EVENT_QUEUE: usize = 64;
 /// Annotations a node receives: keelson's own only (others, such as kubectl's
 /// last-applied-configuration, can be large and mean nothing to a node).
 const NODE_ANNOTATION_DOMAIN: &str = "keelson.io/";
+/// Metadata a node passes on to containers (downward API) or needs to stop a pod.
+const NODE_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "labels",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// A pod, by namespace and name. A pod made again under the same name is told apart by its
 /// uid, which travels beside the key.
@@ -55,8 +65,7 @@ pub struct ContainerSpec {
     pub image: String,
 }
 
-/// What a node is told about a pod bound to it: enough to run and report it. The real runtime
-/// will need more of the spec (command, env, volumes) and extends this with a protocol bump.
+/// What a node is told about a pod bound to it: enough to run and report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodAssignment {
     pub key: PodKey,
@@ -67,6 +76,10 @@ pub struct PodAssignment {
     pub annotations: Vec<(String, String)>,
     /// The pod reached Succeeded or Failed: it must not run again.
     pub finished: bool,
+    /// The pod as the runtime needs it, as JSON: `spec` and the metadata a container may see
+    /// (name, namespace, uid, labels, annotations, deletion time), never its status nor
+    /// bookkeeping fields, so a status report coming back changes no assignment.
+    pub pod: String,
 }
 
 /// What the tunnel delivers to the worker.
@@ -181,6 +194,10 @@ impl PodRuntime for Absent {
 pub struct PodLink {
     pub events: mpsc::Sender<PodEvent>,
     pub reports: mpsc::Receiver<PodReport>,
+    /// The runtime's reads of ConfigMaps and Secrets.
+    pub objects: mpsc::Receiver<super::objects::ObjectRequest>,
+    /// What serves the streams the server asks for.
+    pub streams: std::sync::Arc<dyn super::streams::StreamServer>,
 }
 
 /// The node's pod tracking: the set of pods bound here, and their runtime.
@@ -212,11 +229,31 @@ impl PodWorker {
         }
     }
 
-    /// The worker and the link its tunnel sessions use.
-    pub fn channels() -> (PodLink, mpsc::Receiver<PodEvent>, mpsc::Sender<PodReport>) {
+    /// The worker for `runtime` (started on the returned parts by [`PodWorker::run`]) and the
+    /// link its tunnel sessions use.
+    pub fn start(
+        runtime: super::Runtime,
+        host_ip: Option<IpAddr>,
+    ) -> (
+        PodWorker,
+        PodLink,
+        mpsc::Receiver<PodEvent>,
+        mpsc::Sender<PodReport>,
+    ) {
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (reports_tx, reports) = mpsc::channel(REPORT_QUEUE);
-        (PodLink { events, reports }, events_rx, reports_tx)
+        let link = PodLink {
+            events,
+            reports,
+            objects: runtime.objects,
+            streams: runtime.streams,
+        };
+        (
+            PodWorker::new(runtime.pods, host_ip),
+            link,
+            events_rx,
+            reports_tx,
+        )
     }
 
     /// Applies one event from the server; returns the reports it causes.
@@ -382,6 +419,29 @@ impl PodAssignment {
             .collect();
         annotations.sort();
         let finished = matches!(text("/status/phase"), "Succeeded" | "Failed");
+        let mut meta = serde_json::Map::new();
+        if let Some(m) = pod.get("metadata").and_then(Value::as_object) {
+            for field in NODE_METADATA {
+                if let Some(v) = m.get(*field) {
+                    meta.insert((*field).to_owned(), v.clone());
+                }
+            }
+            if let Some(a) = m.get("annotations").and_then(Value::as_object) {
+                // kubectl's copy of the whole object would double the assignment's size.
+                let kept: serde_json::Map<String, Value> = a
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != LAST_APPLIED)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if !kept.is_empty() {
+                    meta.insert("annotations".into(), Value::Object(kept));
+                }
+            }
+        }
+        let trimmed = serde_json::json!({
+            "metadata": meta,
+            "spec": pod.get("spec").cloned().unwrap_or(Value::Null),
+        });
         Some((
             node.to_owned(),
             PodAssignment {
@@ -394,6 +454,7 @@ impl PodAssignment {
                 containers,
                 annotations,
                 finished,
+                pod: trimmed.to_string(),
             },
         ))
     }
@@ -427,6 +488,7 @@ pub(crate) mod tests {
             }],
             annotations: vec![],
             finished: false,
+            pod: "{}".into(),
         }
     }
 
@@ -457,6 +519,15 @@ pub(crate) mod tests {
         assert_eq!(a.annotation("keelson.io/hollow-exit-code"), Some("3"));
         assert_eq!(a.annotations.len(), 1, "only keelson.io annotations travel");
         assert!(!a.finished);
+        let carried: Value = serde_json::from_str(&a.pod).unwrap();
+        assert_eq!(carried["spec"]["containers"][0]["image"], "busybox");
+        assert_eq!(carried["metadata"]["uid"], "u1");
+        assert!(carried.get("status").is_none(), "status never travels down");
+        assert!(
+            carried["metadata"]["annotations"]
+                .get("kubectl.kubernetes.io/last-applied-configuration")
+                .is_none()
+        );
         let mut unbound = pod.clone();
         unbound["spec"]["nodeName"] = json!(null);
         assert!(PodAssignment::from_pod(&unbound).is_none());

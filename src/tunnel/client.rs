@@ -1,5 +1,6 @@
 //! The agent end of a tunnel: open it, say Hello, keep it alive, follow the server list, and
-//! carry the node's pod traffic (assignments down to its [`PodLink`], status reports up).
+//! carry the node's pod traffic (assignments down to its [`PodLink`], status reports up, the
+//! runtime's reads of ConfigMaps and Secrets, and dial-backs for streams).
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
@@ -10,12 +11,22 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
 use super::{
-    DEAD_AFTER, Down, NodeReport, PATH, PING_INTERVAL, PROTOCOL_VERSION, Up, decode, encode,
-    ws_config,
+    DEAD_AFTER, Down, NodeReport, PATH, PING_INTERVAL, PROTOCOL_VERSION, STREAM_PATH, Up,
+    agent_ws_config, decode_down, encode,
 };
 use crate::agent::https::{self, Target};
+use crate::node::objects::Answer;
 use crate::node::pods::{PodEvent, PodLink};
+use crate::node::streams::{Pipe, StreamRequest, StreamServer};
+
+/// Most reads of objects in flight on one tunnel; more wait in the runtime's queue.
+const MAX_GETS: usize = 32;
 
 pub type Tunnel = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -43,7 +54,9 @@ pub enum Outcome {
 
 pub async fn connect(target: &Target) -> Result<Tunnel, ConnectError> {
     match target.upgrade(PATH).await? {
-        Ok(io) => Ok(WebSocketStream::from_raw_socket(io, Role::Client, Some(ws_config())).await),
+        Ok(io) => {
+            Ok(WebSocketStream::from_raw_socket(io, Role::Client, Some(agent_ws_config())).await)
+        }
         Err((status, body)) => Err(ConnectError::Refused {
             status,
             message: crate::agent::join::status_message(&body),
@@ -54,7 +67,7 @@ pub async fn connect(target: &Target) -> Result<Tunnel, ConnectError> {
 /// Runs one tunnel until it ends. `servers` receives every server list the server sends.
 pub async fn session(
     ws: &mut Tunnel,
-    addr: &str,
+    target: &Target,
     report: &NodeReport,
     mut servers: impl FnMut(Vec<String>),
     renew_at: Instant,
@@ -72,7 +85,12 @@ pub async fn session(
     if let Err(e) = ws.send(Message::Binary(frame.into())).await {
         return Outcome::Lost(e.to_string());
     }
+    let addr = target.addr.as_str();
     let mut welcomed = false;
+    // Reads of objects waiting for their answer, by id; dropped (answered "lost") with the
+    // session.
+    let mut gets: HashMap<u32, oneshot::Sender<Answer>> = HashMap::new();
+    let mut next_get: u32 = 0;
     let mut last_heard = Instant::now();
     // Reports end only when the node's pod worker has stopped (the agent is stopping).
     let mut reports_open = true;
@@ -107,6 +125,21 @@ pub async fn session(
                 },
                 None => reports_open = false,
             },
+            r = pods.objects.recv(), if gets.len() < MAX_GETS => {
+                let Some(req) = r else { continue };
+                next_get = next_get.wrapping_add(1);
+                match encode(&Up::Get { id: next_get, object: req.wanted }) {
+                    Ok(frame) => {
+                        gets.insert(next_get, req.reply);
+                        if let Err(e) = ws.send(Message::Binary(frame.into())).await {
+                            return Outcome::Lost(e.to_string());
+                        }
+                    }
+                    Err(e) => {
+                        let _ = req.reply.send(Err((400, e.to_string())));
+                    }
+                }
+            }
             m = ws.next() => {
                 last_heard = Instant::now();
                 match m {
@@ -118,7 +151,7 @@ pub async fn session(
                             None => "the server closed the tunnel".into(),
                         });
                     }
-                    Some(Ok(Message::Binary(b))) => match decode::<Down>(&b) {
+                    Some(Ok(Message::Binary(b))) => match decode_down(&b) {
                         Ok(Down::Welcome { version, servers: list }) => {
                             if version != PROTOCOL_VERSION {
                                 return Outcome::Refused(format!("the server speaks protocol {version}, this agent {PROTOCOL_VERSION}"));
@@ -135,6 +168,14 @@ pub async fn session(
                         Ok(Down::Pod(a)) => forward(pods, PodEvent::Assigned(a)).await,
                         Ok(Down::PodGone(key)) => forward(pods, PodEvent::Gone(key)).await,
                         Ok(Down::PodsListed) => forward(pods, PodEvent::Listed).await,
+                        Ok(Down::Object { id, result }) => {
+                            if let Some(reply) = gets.remove(&id) {
+                                let _ = reply.send(result);
+                            }
+                        }
+                        Ok(Down::Dial { id, request }) => {
+                            tokio::spawn(dial(target.clone(), id, request, pods.streams.clone()));
+                        }
                         Err(e) => return Outcome::Lost(format!("bad frame from the server: {e}")),
                     },
                     Some(Ok(_)) => {
@@ -145,6 +186,27 @@ pub async fn session(
             }
         }
     }
+}
+
+/// Dials the server back for stream `id` and serves `request` on the new connection. The
+/// node's certificate authenticates it, as for the tunnel.
+async fn dial(target: Target, id: u64, request: StreamRequest, server: Arc<dyn StreamServer>) {
+    let path = format!("{STREAM_PATH}/{id}");
+    let io = match target.upgrade(&path).await {
+        Ok(Ok(io)) => io,
+        Ok(Err((status, _))) => {
+            tracing::warn!(server = %target.addr, %status, "the server refused a stream dial-back");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(server = %target.addr, error = %e, "cannot dial the server back for a stream");
+            return;
+        }
+    };
+    let ws =
+        WebSocketStream::from_raw_socket(io, Role::Client, Some(super::streams::ws_config())).await;
+    let (near, far) = Pipe::pair();
+    tokio::join!(super::streams::pump(ws, near), server.serve(request, far));
 }
 
 /// Hands a pod event to the node's worker. Waiting here holds the tunnel's reads back, which

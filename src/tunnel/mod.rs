@@ -14,18 +14,24 @@
 //! | server → agent | [`Down::PodsListing`], [`Down::Pod`]…, [`Down::PodsListed`] | after `Welcome` (and whenever the server lists pods again): every pod bound to the node |
 //! | server → agent | [`Down::Pod`] / [`Down::PodGone`] | a pod bound to the node was added or changed / deleted or moved |
 //! | agent → server | [`Up::PodStatus`] | a pod's status changed; the server writes it as the node (NodeRestriction applies) |
+//! | server → agent | [`Down::Dial`] | a client wants a pod's logs or an exec: the node dials [`STREAM_PATH`]`/<id>` on this server and serves it there (see [`streams`]) |
+//! | agent → server | [`Up::Get`] | the node needs a ConfigMap or Secret one of its pods uses |
+//! | server → agent | [`Down::Object`] | the answer: the object, or why not (only objects its pods reference) |
 //!
 //! Keepalive is websocket ping/pong: the agent pings every [`PING_INTERVAL`]; either side
 //! that hears nothing for [`DEAD_AFTER`] drops the connection (dead-peer detection), and the
 //! agent moves to another server. Invariants: a frame is at most [`MAX_FRAME`] bytes; a frame
 //! that is oversized, not binary, or does not decode closes that one connection with a logged
-//! reason and touches nothing else; an agent's heartbeats go to the database only through the
+//! reason and touches nothing else (frames down to an agent may be larger, up to
+//! [`MAX_DOWN_FRAME`]: a pod's spec or a Secret); an agent's heartbeats go to the database only through the
 //! server's batched write (see [`sessions`]), never one statement per agent.
 
 pub mod client;
+pub mod local;
 pub mod pods;
 pub mod server;
 pub mod sessions;
+pub mod streams;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -35,14 +41,21 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::agent::node::Taint;
 use crate::agent::sysinfo::SystemInfo;
+use crate::node::objects::Wanted;
 use crate::node::pods::{PodAssignment, PodKey, PodReport};
+use crate::node::streams::StreamRequest;
 
 /// Bumped on any incompatible change to the frames below.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Where servers accept tunnels.
 pub const PATH: &str = "/v1-keelson/connect";
-/// Largest frame either side accepts.
+/// Where a node dials back to serve one stream (`<STREAM_PATH>/<id>`).
+pub const STREAM_PATH: &str = "/v1-keelson/stream";
+/// Largest frame a server accepts from an agent.
 pub const MAX_FRAME: usize = 16 * 1024;
+/// Largest frame an agent accepts from a server: a whole pod (its spec) or Secret fits, as
+/// both are bounded by the API's 1.5 MiB object limit.
+pub const MAX_DOWN_FRAME: usize = 2 * 1024 * 1024;
 /// Initial websocket read buffer of either end (see [`ws_config`]).
 const READ_BUFFER: usize = 512;
 /// How often the agent pings its server.
@@ -54,9 +67,18 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(6);
 /// Frames from agent to server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Up {
-    Hello { version: u16, report: NodeReport },
+    Hello {
+        version: u16,
+        report: NodeReport,
+    },
     Report(NodeReport),
     PodStatus(PodReport),
+    /// Asks for an object a pod bound to the node uses; answered by [`Down::Object`] with the
+    /// same `id`.
+    Get {
+        id: u32,
+        object: Wanted,
+    },
 }
 
 /// Frames from server to agent.
@@ -75,6 +97,17 @@ pub enum Down {
     PodGone(PodKey),
     /// The listing ended: pods it did not name are not bound to the node.
     PodsListed,
+    /// Dial back to `STREAM_PATH/<id>` and serve `request` there.
+    Dial {
+        id: u64,
+        request: StreamRequest,
+    },
+    /// The answer to [`Up::Get`]: the object's JSON, or why the node may not have it (404 for
+    /// one that does not exist, so a pod with an optional reference can go on).
+    Object {
+        id: u32,
+        result: Result<String, (u16, String)>,
+    },
 }
 
 /// What a node says about itself; the server turns it into the Node object.
@@ -90,8 +123,8 @@ pub struct NodeReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {0} bytes is larger than the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
+    #[error("frame of {size} bytes is larger than the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
     #[error("malformed frame: {0}")]
     Malformed(#[from] postcard::Error),
 }
@@ -99,14 +132,43 @@ pub enum FrameError {
 pub fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, FrameError> {
     let bytes = postcard::to_stdvec(frame)?;
     if bytes.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(bytes.len()));
+        return Err(FrameError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_FRAME,
+        });
     }
     Ok(bytes)
 }
 
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
     if bytes.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(bytes.len()));
+        return Err(FrameError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_FRAME,
+        });
+    }
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+/// [`encode`] for frames to an agent, which may be up to [`MAX_DOWN_FRAME`].
+pub fn encode_down(frame: &Down) -> Result<Vec<u8>, FrameError> {
+    let bytes = postcard::to_stdvec(frame)?;
+    if bytes.len() > MAX_DOWN_FRAME {
+        return Err(FrameError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_DOWN_FRAME,
+        });
+    }
+    Ok(bytes)
+}
+
+/// [`decode`] for frames an agent receives.
+pub fn decode_down(bytes: &[u8]) -> Result<Down, FrameError> {
+    if bytes.len() > MAX_DOWN_FRAME {
+        return Err(FrameError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_DOWN_FRAME,
+        });
     }
     Ok(postcard::from_bytes(bytes)?)
 }
@@ -118,9 +180,16 @@ pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_write_buffer_size(4 * MAX_FRAME)
+        .max_write_buffer_size(MAX_DOWN_FRAME + 1024)
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME))
+}
+
+/// The agent's end: like [`ws_config`], but frames down may carry a whole pod or Secret.
+pub fn agent_ws_config() -> WebSocketConfig {
+    ws_config()
+        .max_message_size(Some(MAX_DOWN_FRAME))
+        .max_frame_size(Some(MAX_DOWN_FRAME))
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
@@ -165,7 +234,7 @@ mod tests {
         ));
         assert!(matches!(
             decode::<Up>(&vec![0u8; MAX_FRAME + 1]),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
         // A length prefix promising more than the frame holds.
         assert!(decode::<Down>(&[2, 0xff, 0xff, 0xff, 0x0f]).is_err());

@@ -295,6 +295,98 @@ impl State {
 
 /// Writes the status `node` reports for a pod, as that node: a strategic-merge patch of
 /// `pods/<name>/status` (conditions merge by type, so the scheduler's `PodScheduled` stays).
+/// An object a node asked for, if a pod bound to it references it (NodeRestriction: a node
+/// reads only the ConfigMaps and Secrets its own pods use). `Err((404, …))` for a referenced
+/// object that does not exist, so the node can tell a missing optional reference from a
+/// refusal (403).
+pub async fn object_for_node(
+    registry: &Registry,
+    routes: &PodRoutes,
+    node: &str,
+    wanted: &crate::node::objects::Wanted,
+) -> Result<String, (u16, String)> {
+    use crate::apiserver::resources::{CONFIGMAPS, SECRETS};
+    let (resource, kind, namespace, name) = match wanted {
+        crate::node::objects::Wanted::ConfigMap { namespace, name } => {
+            (&CONFIGMAPS, "configmap", namespace, name)
+        }
+        crate::node::objects::Wanted::Secret { namespace, name } => {
+            (&SECRETS, "secret", namespace, name)
+        }
+    };
+    let referenced = routes
+        .lock()
+        .pods_of(node)
+        .iter()
+        .filter(|a| &a.key.namespace == namespace)
+        .any(|a| {
+            serde_json::from_str::<Value>(&a.pod).is_ok_and(|pod| references(&pod, kind, name))
+        });
+    if !referenced {
+        return Err((
+            403,
+            format!("{kind} {namespace}/{name}: no pod bound to node {node:?} references it"),
+        ));
+    }
+    let r = ObjectRef {
+        resource,
+        namespace: Some(namespace.clone()),
+        name: name.clone(),
+    };
+    match registry.get(&r).await {
+        Ok(obj) => Ok(obj.to_string()),
+        Err(ApiError::NotFound { .. }) => Err((404, format!("{kind} \"{name}\" not found"))),
+        Err(e) => Err((503, e.to_string())),
+    }
+}
+
+/// Whether a pod's spec names the ConfigMap or Secret (`kind` is `configmap` or `secret`)
+/// through a volume, a projected source, an env or envFrom reference, or (Secrets) an image
+/// pull secret.
+pub fn references(pod: &Value, kind: &str, name: &str) -> bool {
+    let spec = &pod["spec"];
+    let named = |v: &Value, field: &str| v.get(field).and_then(Value::as_str) == Some(name);
+    let (volume_field, volume_name, env_ref, from_ref) = match kind {
+        "configmap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
+        _ => ("secret", "secretName", "secretKeyRef", "secretRef"),
+    };
+    let list = |v: &Value, field: &str| -> Vec<Value> {
+        v.get(field)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for vol in list(spec, "volumes") {
+        if vol.get(volume_field).is_some_and(|v| named(v, volume_name)) {
+            return true;
+        }
+        for source in list(&vol["projected"], "sources") {
+            if source.get(volume_field).is_some_and(|v| named(v, "name")) {
+                return true;
+            }
+        }
+    }
+    if kind == "secret"
+        && list(spec, "imagePullSecrets")
+            .iter()
+            .any(|s| named(s, "name"))
+    {
+        return true;
+    }
+    ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|f| list(spec, f))
+        .any(|c| {
+            list(&c, "env").iter().any(|e| {
+                e.pointer("/valueFrom")
+                    .and_then(|v| v.get(env_ref))
+                    .is_some_and(|r| named(r, "name"))
+            }) || list(&c, "envFrom")
+                .iter()
+                .any(|e| e.get(from_ref).is_some_and(|r| named(r, "name")))
+        })
+}
+
 /// A report for a pod that is gone, or for an earlier pod of the same name, is dropped; one
 /// that would change nothing is not written.
 pub async fn apply_status(
@@ -444,5 +536,27 @@ mod tests {
         // Listening again gives every pod at once.
         let mut again = routes.listen("n1");
         assert!(matches!(again.rx.try_recv(), Ok(Push::List(l)) if l.len() == LISTENER_QUEUE + 1));
+    }
+
+    #[test]
+    fn a_pod_references_what_its_volumes_env_and_pull_secrets_name() {
+        let pod = json!({"spec": {
+            "volumes": [{"name": "v", "configMap": {"name": "cfg"}},
+                        {"name": "s", "secret": {"secretName": "tls"}},
+                        {"name": "p", "projected": {"sources": [{"configMap": {"name": "proj"}}]}}],
+            "imagePullSecrets": [{"name": "regcred"}],
+            "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "init-env"}}]}],
+            "containers": [{"name": "c", "env": [
+                {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "env-cm", "key": "a"}}},
+                {"name": "B", "valueFrom": {"secretKeyRef": {"name": "env-secret", "key": "b"}}}]}]}});
+        for name in ["cfg", "proj", "env-cm"] {
+            assert!(references(&pod, "configmap", name), "{name}");
+            assert!(!references(&pod, "secret", name), "{name} is not a secret");
+        }
+        for name in ["tls", "regcred", "init-env", "env-secret"] {
+            assert!(references(&pod, "secret", name), "{name}");
+        }
+        assert!(!references(&pod, "secret", "other"));
+        assert!(!references(&pod, "configmap", "tls"));
     }
 }

@@ -9,11 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode, header};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -23,7 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::pods::Push;
-use super::{DEAD_AFTER, Down, NodeReport, PROTOCOL_VERSION, Up, decode, encode, ws_config};
+use super::{
+    DEAD_AFTER, Down, NodeReport, PROTOCOL_VERSION, Up, decode, encode, encode_down, ws_config,
+};
 use crate::agent::node;
 use crate::agent::registration::{self, CONTROL_PLANE_LABEL};
 use crate::apiserver::status::ApiError;
@@ -49,28 +49,7 @@ pub fn accept(
             ));
         }
     };
-    let h = req.headers();
-    let is = |name: header::HeaderName, want: &str| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|v| v.trim().eq_ignore_ascii_case(want))
-    };
-    if !is(header::UPGRADE, "websocket") || !is(header::CONNECTION, "upgrade") {
-        return Err(ApiError::BadRequest(
-            "the tunnel endpoint needs a websocket upgrade (Connection: Upgrade, Upgrade: websocket)".into(),
-        ));
-    }
-    if !is(header::SEC_WEBSOCKET_VERSION, "13") {
-        return Err(ApiError::BadRequest(
-            "unsupported websocket version: Sec-WebSocket-Version must be 13".into(),
-        ));
-    }
-    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
-        return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()));
-    };
-    let accept = super::accept_key(key.as_bytes());
+    let accept = crate::apiserver::upgrade::accept_key(req.headers())?;
     let Some(share) = api.sessions.node_tunnel(&node) else {
         api.sessions.tunnel_refused();
         tracing::warn!(%node, limit = super::sessions::MAX_TUNNELS_PER_NODE, "tunnel refused: the node holds the most tunnels one node may");
@@ -101,21 +80,51 @@ pub fn accept(
             Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
         }
     });
-    let mut resp = Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let hs = resp.headers_mut();
-    hs.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    hs.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&accept) {
-        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    Ok(resp)
+    Ok(crate::apiserver::upgrade::switching_protocols(
+        &accept, None,
+    ))
+}
+
+/// Answers a node's dial-back for stream `id` (see [`super::streams`]): 101 and the stream
+/// relayed to the API request waiting for it, or 404 if no request of this node waits.
+pub fn accept_dial(
+    api: &Api,
+    id: &Identity,
+    stream: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let Some(node) = id.node_name() else {
+        return Err(ApiError::Forbidden(
+            "only nodes dial stream connections".into(),
+        ));
+    };
+    let accept = crate::apiserver::upgrade::accept_key(req.headers())?;
+    let arrival = stream
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| api.sessions.streams.arrive(node, n))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "no stream {stream:?} waits for node {node:?} (it timed out, or was for another node)"
+            ))
+        })?;
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(super::streams::ws_config()),
+                )
+                .await;
+                arrival.deliver(ws).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "stream dial-back upgrade failed"),
+        }
+    });
+    Ok(crate::apiserver::upgrade::switching_protocols(
+        &accept, None,
+    ))
 }
 
 /// Why a tunnel ended; logged once.
@@ -219,6 +228,7 @@ where
     }
     tracing::info!(%node, "tunnel open");
     let mut pods = api.sessions.pods.listen(node);
+    let mut control = api.sessions.streams.attach(node);
     let mut last_heard = Instant::now();
     let mut last_report = Instant::now();
     loop {
@@ -230,6 +240,9 @@ where
                 if r.is_err() { return End::Shutdown; }
                 let list = Down::Servers(servers.borrow_and_update().clone());
                 if let Err(e) = send(ws, &list).await { return End::Bad(e); }
+            }
+            Some(frame) = control.rx.recv() => {
+                if let Err(e) = send(ws, &frame).await { return End::Bad(e); }
             }
             p = pods.rx.recv() => match p {
                 Some(push) => {
@@ -273,6 +286,10 @@ where
                                 tracing::warn!(%node, namespace = %ns, pod = %name, error = %e, "cannot write the pod status the node reported");
                             }
                         }
+                        Ok(Up::Get { id, object }) => {
+                            let result = Box::pin(super::pods::object_for_node(&api.registry, &api.sessions.pods, node, &object)).await;
+                            if let Err(e) = send(ws, &Down::Object { id, result }).await { return End::Bad(e); }
+                        }
                         Ok(Up::Hello { .. }) => return End::Bad("a second Hello frame".into()),
                         Err(e) => return End::Bad(e.to_string()),
                     },
@@ -301,7 +318,7 @@ where
         Push::Gone(key) => vec![Down::PodGone(key)],
     };
     for frame in frames {
-        match encode(&frame) {
+        match encode_down(&frame) {
             Ok(bytes) => ws
                 .send(Message::Binary(bytes.into()))
                 .await
@@ -318,7 +335,7 @@ async fn send<S>(ws: &mut WebSocketStream<S>, frame: &Down) -> Result<(), String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let bytes = encode(frame).map_err(|e| e.to_string())?;
+    let bytes = encode_down(frame).map_err(|e| e.to_string())?;
     ws.send(Message::Binary(bytes.into()))
         .await
         .map_err(|e| e.to_string())

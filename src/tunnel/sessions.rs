@@ -77,6 +77,8 @@ pub struct Sessions {
     pub tunnel_permits: Arc<Semaphore>,
     /// Pods bound to nodes, pushed to their tunnels (see [`super::pods`]).
     pub pods: Arc<super::pods::PodRoutes>,
+    /// Streams (`kubectl logs`, `exec`) waiting for their node to dial back.
+    pub streams: Arc<super::streams::Broker>,
     tunnels_opened: AtomicU64,
     tunnels_refused: AtomicU64,
 }
@@ -149,6 +151,7 @@ impl Sessions {
             servers: watch::Sender::new(Vec::new()),
             tunnel_permits: Arc::new(Semaphore::new(MAX_TUNNELS)),
             pods: super::pods::PodRoutes::new(),
+            streams: Arc::new(super::streams::Broker::default()),
             tunnels_opened: AtomicU64::new(0),
             tunnels_refused: AtomicU64::new(0),
         })

@@ -1,0 +1,68 @@
+//! Websocket upgrades on the API's listener: the tunnel, a node's stream dial-back, and
+//! kubectl's `exec`/`attach` (RFC 6455 §4.2 handshake; hyper hands over the connection).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{HeaderMap, Response, StatusCode, header};
+
+use super::Body;
+use super::status::ApiError;
+
+/// Checks a websocket upgrade request; returns the `Sec-WebSocket-Accept` value to answer.
+pub fn accept_key(h: &HeaderMap) -> Result<String, ApiError> {
+    let is = |name: header::HeaderName, want: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(want))
+    };
+    if !is(header::UPGRADE, "websocket") || !is(header::CONNECTION, "upgrade") {
+        return Err(ApiError::BadRequest(
+            "this endpoint needs a websocket upgrade (Connection: Upgrade, Upgrade: websocket)"
+                .into(),
+        ));
+    }
+    if !is(header::SEC_WEBSOCKET_VERSION, "13") {
+        return Err(ApiError::BadRequest(
+            "unsupported websocket version: Sec-WebSocket-Version must be 13".into(),
+        ));
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()));
+    };
+    Ok(crate::tunnel::accept_key(key.as_bytes()))
+}
+
+/// Whether a request asks for a websocket at all (kubectl falls back to SPDY otherwise).
+pub fn is_websocket(h: &HeaderMap) -> bool {
+    h.get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+}
+
+/// The 101 answer, naming the chosen subprotocol if any.
+pub fn switching_protocols(accept: &str, protocol: Option<&str>) -> Response<Body> {
+    let mut resp = Response::new(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hs = resp.headers_mut();
+    hs.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    hs.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(accept) {
+        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = protocol.and_then(|p| header::HeaderValue::from_str(p).ok()) {
+        hs.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    resp
+}

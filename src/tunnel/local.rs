@@ -1,0 +1,74 @@
+//! The server's own node, in-process: the same pod traffic a tunnel carries for an agent —
+//! assignments down, status reports up, reads of ConfigMaps and Secrets, streams — without a
+//! socket. Servers are nodes too, and run their pods with the same worker and runtime as
+//! agents; only the transport differs.
+//!
+//! Invariants as for a tunnel: status is written as the node ([`super::pods::apply_status`],
+//! NodeRestriction applies) and objects are read through the same reference check
+//! ([`super::pods::object_for_node`]), so a server's node gets nothing an agent's would not.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::pods::Push;
+use crate::apiserver::Api;
+use crate::node::Runtime;
+use crate::node::pods::{PodEvent, PodWorker};
+
+/// Runs the server's own node's pods until `stop` flips.
+pub async fn run(
+    api: Arc<Api>,
+    node: String,
+    host_ip: Option<IpAddr>,
+    runtime: Runtime,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (worker, mut link, events, reports) = PodWorker::start(runtime, host_ip);
+    api.sessions.streams.set_local(&node, link.streams.clone());
+    tokio::spawn(worker.run(events, reports, stop.clone()));
+    let mut pods = api.sessions.pods.listen(&node);
+    loop {
+        tokio::select! {
+            _ = crate::apiserver::stopped(&mut stop) => return,
+            push = pods.rx.recv() => {
+                let Some(push) = push else {
+                    // Fell behind: listen again, which starts with a fresh listing.
+                    pods = api.sessions.pods.listen(&node);
+                    continue;
+                };
+                let evs = match push {
+                    Push::List(list) => {
+                        let mut evs = Vec::with_capacity(list.len() + 2);
+                        evs.push(PodEvent::Listing);
+                        evs.extend(list.iter().map(|a| PodEvent::Assigned((**a).clone())));
+                        evs.push(PodEvent::Listed);
+                        evs
+                    }
+                    Push::Pod(a) => vec![PodEvent::Assigned((*a).clone())],
+                    Push::Gone(key) => vec![PodEvent::Gone(key)],
+                };
+                for ev in evs {
+                    if link.events.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(report) = link.reports.recv() => {
+                let (ns, name) = (report.key.namespace.clone(), report.key.name.clone());
+                if let Err(e) = super::pods::apply_status(&api.registry, &node, report).await {
+                    tracing::warn!(%node, namespace = %ns, pod = %name, error = %e, "cannot write the pod status of this server's node");
+                }
+            }
+            Some(req) = link.objects.recv() => {
+                let api = api.clone();
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let answer = super::pods::object_for_node(&api.registry, &api.sessions.pods, &node, &req.wanted).await;
+                    let _ = req.reply.send(answer);
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The server end of pod streams (`kubectl logs`, `exec`, `attach`): ask a node to dial back,
+//! and hand the API request the connection it makes.
+//!
+//! A request for a node tunnelled here gets an id and a [`Down::Dial`] on that node's tunnel;
+//! the node opens `STREAM_PATH/<id>` with its own certificate, and [`Broker::arrive`] gives
+//! the waiting request that connection as a [`Pipe`]. The server's own node is served
+//! in-process. Invariants: a dialled connection is accepted only from the node the request
+//! was for, and only once; a request waits at most [`DIAL_TIMEOUT`], after which its id is
+//! forgotten and a late dial is refused.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::Down;
+use crate::node::streams::{self, MAX_MESSAGE, Message, Pipe, StreamRequest, StreamServer};
+
+/// How long a request waits for its node to dial back.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control frames queued for one tunnel.
+const CONTROL_QUEUE: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(
+        "node {0:?} is not connected to this server (it may be down, or tunnelled to another server: try again through that one)"
+    )]
+    NotConnected(String),
+    #[error("node {0:?} did not answer within {DIAL_TIMEOUT:?}")]
+    NoAnswer(String),
+    #[error("the node refused the stream: {message}")]
+    Refused { code: u16, message: String },
+}
+
+/// Waiting stream requests and the tunnels that carry dial requests.
+#[derive(Default)]
+pub struct Broker {
+    state: Mutex<State>,
+    next: AtomicU64,
+    /// This server's own node and what serves its streams, once it runs.
+    local: Mutex<Option<(String, Arc<dyn StreamServer>)>>,
+}
+
+#[derive(Default)]
+struct State {
+    waiting: HashMap<u64, Waiting>,
+    /// Tunnels by node, newest last (a reconnecting node overlaps with itself for a moment).
+    tunnels: HashMap<String, Vec<(u64, mpsc::Sender<Down>)>>,
+}
+
+struct Waiting {
+    node: String,
+    tx: oneshot::Sender<Pipe>,
+}
+
+/// A tunnel's subscription to dial requests for its node; leaves on drop.
+pub struct Attached {
+    pub rx: mpsc::Receiver<Down>,
+    broker: Arc<Broker>,
+    node: String,
+    id: u64,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut state = self.broker.lock();
+        if let Some(list) = state.tunnels.get_mut(&self.node) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                state.tunnels.remove(&self.node);
+            }
+        }
+    }
+}
+
+impl Broker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves this server's own node's streams in-process.
+    pub fn set_local(&self, node: &str, server: Arc<dyn StreamServer>) {
+        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Some((node.to_owned(), server));
+    }
+
+    /// Called by a tunnel session once its node is registered.
+    pub fn attach(self: &Arc<Self>, node: &str) -> Attached {
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .tunnels
+            .entry(node.to_owned())
+            .or_default()
+            .push((id, tx));
+        Attached {
+            rx,
+            broker: self.clone(),
+            node: node.to_owned(),
+            id,
+        }
+    }
+
+    /// Opens a stream to `node`: returns the API server's end once the node has opened it.
+    pub async fn open(&self, node: &str, request: StreamRequest) -> Result<Pipe, StreamError> {
+        let local = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(n, _)| n == node)
+            .map(|(_, s)| s.clone());
+        let mut pipe = match local {
+            Some(server) => {
+                let (near, far) = Pipe::pair();
+                tokio::spawn(server.serve(request, far));
+                near
+            }
+            None => self.dial(node, request).await?,
+        };
+        match streams::opened(&mut pipe).await {
+            Ok(()) => Ok(pipe),
+            Err(o) => Err(StreamError::Refused {
+                code: o.code,
+                message: o.message,
+            }),
+        }
+    }
+
+    async fn dial(&self, node: &str, request: StreamRequest) -> Result<Pipe, StreamError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let tunnel = {
+            let mut state = self.lock();
+            let tunnel = state
+                .tunnels
+                .get(node)
+                .and_then(|list| list.last())
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| StreamError::NotConnected(node.to_owned()))?;
+            state.waiting.insert(
+                id,
+                Waiting {
+                    node: node.to_owned(),
+                    tx,
+                },
+            );
+            tunnel
+        };
+        let forget = |broker: &Broker| broker.lock().waiting.remove(&id);
+        if tunnel.send(Down::Dial { id, request }).await.is_err() {
+            forget(self);
+            return Err(StreamError::NotConnected(node.to_owned()));
+        }
+        match tokio::time::timeout(DIAL_TIMEOUT, rx).await {
+            Ok(Ok(pipe)) => Ok(pipe),
+            _ => {
+                forget(self);
+                Err(StreamError::NoAnswer(node.to_owned()))
+            }
+        }
+    }
+
+    /// A node dialled `STREAM_PATH/<id>`: whether that id waits for this node. The caller
+    /// then upgrades the connection and passes its end to [`Arrival::deliver`].
+    pub fn arrive(&self, node: &str, id: u64) -> Option<Arrival> {
+        let mut state = self.lock();
+        match state.waiting.get(&id) {
+            Some(w) if w.node == node => state.waiting.remove(&id).map(|w| Arrival { tx: w.tx }),
+            _ => None,
+        }
+    }
+}
+
+/// A dial the broker matched to its request.
+pub struct Arrival {
+    tx: oneshot::Sender<Pipe>,
+}
+
+impl Arrival {
+    /// Relays the dialled websocket to the waiting request until either end closes.
+    pub async fn deliver<S>(self, ws: WebSocketStream<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let (near, far) = Pipe::pair();
+        if self.tx.send(near).is_ok() {
+            pump(ws, far).await;
+        }
+    }
+}
+
+/// Relays messages between a websocket and a pipe until either ends; then closes the other.
+pub async fn pump<S>(mut ws: WebSocketStream<S>, mut pipe: Pipe)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(WsMessage::Binary(b))) => {
+                    if b.len() > MAX_MESSAGE || pipe.tx.send(Message::Binary(b.to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(WsMessage::Text(t))) => {
+                    if pipe.tx.send(Message::Text(t.as_str().to_owned())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+                    let _ = ws.flush().await;
+                }
+                Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return,
+            },
+            m = pipe.rx.recv() => match m {
+                Some(Message::Binary(b)) => {
+                    if ws.send(WsMessage::Binary(b.into())).await.is_err() { return; }
+                }
+                Some(Message::Text(t)) => {
+                    if ws.send(WsMessage::Text(t.into())).await.is_err() { return; }
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+/// The websocket settings of a stream connection (either end).
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::pods::PodKey;
+    use crate::node::streams::{LogOptions, NoContainers};
+
+    fn logs() -> StreamRequest {
+        StreamRequest::Logs {
+            pod: PodKey {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            uid: "u".into(),
+            container: "c".into(),
+            options: LogOptions::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_tunnel_here_is_named() {
+        let broker = Arc::new(Broker::default());
+        let e = broker.open("pi-1", logs()).await.err().unwrap();
+        assert!(e.to_string().contains("\"pi-1\" is not connected"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn only_the_node_asked_may_answer_and_only_once() {
+        let broker = Arc::new(Broker::default());
+        let mut tunnel = broker.attach("pi-1");
+        let b = broker.clone();
+        let opening = tokio::spawn(async move { b.open("pi-1", logs()).await });
+        let Some(Down::Dial { id, request }) = tunnel.rx.recv().await else {
+            panic!("no dial request");
+        };
+        assert_eq!(request, logs());
+        assert!(broker.arrive("pi-2", id).is_none(), "another node's dial");
+        let arrival = broker.arrive("pi-1", id).expect("the node's own dial");
+        assert!(broker.arrive("pi-1", id).is_none(), "a second dial");
+        // Stand in for the websocket: the node refuses, the request hears why.
+        let (near, far) = Pipe::pair();
+        let _ = arrival.tx.send(near);
+        NoContainers.serve(request, far).await;
+        let e = opening.await.unwrap().err().unwrap();
+        assert!(matches!(e, StreamError::Refused { code: 400, .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_local_node_is_served_in_process() {
+        let broker = Arc::new(Broker::default());
+        broker.set_local("server-1", Arc::new(NoContainers));
+        let e = broker.open("server-1", logs()).await.err().unwrap();
+        assert!(matches!(e, StreamError::Refused { code: 400, .. }), "{e}");
+    }
+}
