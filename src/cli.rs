@@ -229,6 +229,9 @@ pub struct ServerArgs {
     #[arg(long, default_value = "5m")]
     pub compact_interval: String,
 
+    #[command(flatten)]
+    pub node_runtime: RuntimeArgs,
+
     /// Turn on debug logs
     #[arg(long, env = "KEELSON_DEBUG")]
     pub debug: bool,
@@ -285,9 +288,32 @@ pub struct AgentArgs {
     #[arg(long, value_delimiter = ',')]
     pub node_ip: Vec<String>,
 
+    #[command(flatten)]
+    pub node_runtime: RuntimeArgs,
+
     /// Turn on debug logs
     #[arg(long, env = "KEELSON_DEBUG")]
     pub debug: bool,
+}
+
+/// How a node runs containers; the same flags on servers and agents (servers are nodes too).
+#[derive(Debug, Args, Clone)]
+pub struct RuntimeArgs {
+    /// OCI runtime that runs containers: a path or a name on PATH, or "none" for a node that runs no containers
+    #[arg(long, env = "KEELSON_RUNTIME", default_value = "runc")]
+    pub runtime: String,
+
+    /// Private registry configuration file (K3s's registries.yaml format)
+    #[arg(long, env = "KEELSON_PRIVATE_REGISTRY", default_value = "/etc/keelson/registries.yaml")]
+    pub private_registry: PathBuf,
+
+    /// Largest container log file before it is rotated, e.g. 10Mi (kubelet's flag)
+    #[arg(long, default_value = "10Mi")]
+    pub container_log_max_size: String,
+
+    /// Most log files kept per container, the current one included (kubelet's flag)
+    #[arg(long, default_value_t = 5)]
+    pub container_log_max_files: usize,
 }
 
 #[derive(Debug, Args, Clone)]

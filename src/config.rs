@@ -189,6 +189,8 @@ pub struct ServerConfig {
     pub node_monitor_grace_period: Duration,
     /// `--event-ttl`: Events not seen again for this long are deleted.
     pub event_ttl: Duration,
+    /// How the server's own node runs containers.
+    pub runtime: crate::node::RuntimeOptions,
     pub debug: bool,
     /// Settings that are accepted but deserve a warning; logged once logging is up.
     pub warnings: Vec<String>,
@@ -439,6 +441,7 @@ impl ServerConfig {
             ))),
         }
 
+        let runtime = crate::node::RuntimeOptions::from_args(&args.node_runtime, &mut problems);
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
@@ -479,6 +482,7 @@ impl ServerConfig {
             compact_interval,
             node_monitor_grace_period,
             event_ttl,
+            runtime,
             debug: args.debug,
             warnings,
         })
@@ -670,6 +674,8 @@ pub struct AgentConfig {
     /// Node options; with `--with-node-id` the name gets its persisted suffix at start.
     pub node: node::NodeOptions,
     pub with_node_id: bool,
+    /// How this node runs containers.
+    pub runtime: crate::node::RuntimeOptions,
     pub debug: bool,
 }
 
@@ -777,6 +783,7 @@ impl AgentConfig {
                 )));
             }
         }
+        let runtime = crate::node::RuntimeOptions::from_args(&args.node_runtime, &mut problems);
         match (server, token) {
             (Some(server), Some(token)) if problems.is_empty() => Ok(AgentConfig {
                 server,
@@ -785,6 +792,7 @@ impl AgentConfig {
                 data_dir: args.data_dir.unwrap_or_else(|| host.default_data_dir()),
                 node,
                 with_node_id: args.with_node_id,
+                runtime,
                 debug: args.debug,
             }),
             _ => Err(Error::Invalid(problems)),

@@ -67,8 +67,8 @@ fn main() -> ExitCode {
             run(Threads::One, async {
                 let (connected, tunnel_up) = tokio::sync::watch::channel(false);
                 let _release = file_pages.release_once_up(tunnel_up);
-                // No container runtime yet: the node tracks its pods and leaves them alone.
-                let runtime = node::Runtime::without_containers(Box::new(node::pods::Absent));
+                let ips = agent::sysinfo::node_ips(&cfg.node.ips);
+                let runtime = cfg.runtime.build(&cfg.data_dir, ips)?;
                 Ok(agent::run(cfg, runtime, stop_on_signal(), connected).await?)
             })
         }

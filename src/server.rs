@@ -123,6 +123,8 @@ async fn start(
     let (feed, poller) = Feed::new(store.clone()).await?;
 
     let node_ips = crate::agent::sysinfo::node_ips(&cfg.node.ips);
+    // Before serving: a node that cannot run containers as configured says so at once.
+    let node_runtime = cfg.runtime.build(&cfg.data_dir, node_ips.clone())?;
     // A server bound to one address can only be reached there.
     let advertise_ip = cfg
         .advertise_address
@@ -228,7 +230,7 @@ async fn start(
         api.clone(),
         cfg.node.name.clone(),
         node_ips.first().copied(),
-        crate::node::Runtime::without_containers(Box::new(crate::node::pods::Absent)),
+        node_runtime,
         stop.clone(),
     ));
     tasks.spawn(

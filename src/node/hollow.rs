@@ -133,10 +133,13 @@ impl PodRuntime for Hollow {
                     restart_count: 0,
                     state: ContainerState::Waiting {
                         reason: "ContainerCreating".into(),
+                        message: String::new(),
                     },
                     last_state: None,
                 })
                 .collect(),
+            init_containers: Vec::new(),
+            initialized: true,
         };
         self.pods.insert(
             pod.key.clone(),
@@ -254,6 +257,7 @@ impl Sim {
             c.state = ContainerState::Terminated {
                 exit_code: code,
                 reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                message: String::new(),
                 started_at,
                 finished_at: at.to_owned(),
             };
@@ -269,6 +273,7 @@ impl Sim {
                 &mut c.state,
                 ContainerState::Waiting {
                     reason: "CrashLoopBackOff".into(),
+                    message: String::new(),
                 },
             ));
         }

@@ -6,12 +6,17 @@
 //! [`objects`] reads the ConfigMaps and Secrets pods use. [`hollow`] is a simulated runtime
 //! for `keelson loadgen`.
 
+pub mod containers;
+pub mod exec;
 pub mod hollow;
 pub mod objects;
 pub mod pods;
+pub mod probes;
 pub mod status;
 pub mod streams;
 
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -22,16 +27,122 @@ pub struct Runtime {
     pub streams: Arc<dyn streams::StreamServer>,
     /// The runtime's reads of ConfigMaps and Secrets, for the transport to answer.
     pub objects: mpsc::Receiver<objects::ObjectRequest>,
+    /// Events about pods, for the transport to record.
+    pub notes: mpsc::Receiver<pods::PodNote>,
 }
+
+/// Events queued for the transport; past this the runtime drops them (events are best effort).
+pub const NOTE_QUEUE: usize = 64;
 
 impl Runtime {
     /// A runtime that runs no containers and reads no objects (simulated or absent).
     pub fn without_containers(pods: Box<dyn pods::PodRuntime>) -> Runtime {
         let (_, objects) = objects::channel();
+        let (_, notes) = mpsc::channel(1);
         Runtime {
             pods,
             streams: Arc::new(streams::NoContainers),
             objects,
+            notes,
         }
+    }
+}
+
+/// How a node runs containers (`--runtime`, `--private-registry`, log rotation).
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// The OCI runtime binary; `None` for `--runtime none`.
+    pub runtime: Option<PathBuf>,
+    pub registries: PathBuf,
+    pub rotation: logs::Rotation,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "--runtime {path:?}: {why}; install runc (Debian: apt install runc), give its path with --runtime, or pass --runtime none for a node that runs no containers"
+    )]
+    Missing { path: PathBuf, why: String },
+    #[error("--private-registry {path}: {why}")]
+    Registries { path: PathBuf, why: String },
+    #[error("the image store: {0}")]
+    Images(String),
+    #[error(transparent)]
+    Setup(#[from] containers::SetupError),
+}
+
+impl RuntimeOptions {
+    /// From the flags; problems go to `problems` naming the flag.
+    pub fn from_args(args: &crate::cli::RuntimeArgs, problems: &mut Vec<String>) -> RuntimeOptions {
+        let runtime = match args.runtime.as_str() {
+            "none" => None,
+            other => Some(PathBuf::from(other)),
+        };
+        let max_size = match crate::api::quantity::parse(&args.container_log_max_size) {
+            Ok(q) if q.value() > 0 => q.value() as u64,
+            _ => {
+                problems.push(format!(
+                    "--container-log-max-size {:?}: expected a positive size such as 10Mi",
+                    args.container_log_max_size
+                ));
+                0
+            }
+        };
+        if args.container_log_max_files < 1 {
+            problems.push("--container-log-max-files: at least 1 (the current file)".into());
+        }
+        RuntimeOptions {
+            runtime,
+            registries: args.private_registry.clone(),
+            rotation: logs::Rotation {
+                max_size,
+                max_files: args.container_log_max_files.max(1) as u32,
+            },
+        }
+    }
+
+    /// The runtime for this node: runc with the image store under `<data_dir>/agent`, or
+    /// none. Imports image tarballs found in `<data_dir>/agent/images` (air-gapped installs).
+    pub fn build(&self, data_dir: &Path, host_ips: Vec<IpAddr>) -> Result<Runtime, RuntimeError> {
+        let Some(binary) = &self.runtime else {
+            tracing::info!("--runtime none: this node runs no containers");
+            return Ok(Runtime::without_containers(Box::new(pods::Absent)));
+        };
+        let root = data_dir.join("agent");
+        let runc = runc::Runc::new(binary.clone(), root.join("runc"));
+        let version = runc.check().map_err(|e| RuntimeError::Missing {
+            path: binary.clone(),
+            why: e.to_string(),
+        })?;
+        tracing::info!(runtime = %binary.display(), %version, "running containers with this OCI runtime");
+        let registries = images::Registries::load(&self.registries).map_err(|e| RuntimeError::Registries {
+            path: self.registries.clone(),
+            why: e.to_string(),
+        })?;
+        let images_dir = root.join("images");
+        let store = images::ImageStore::open(&images_dir, registries)
+            .map_err(|e| RuntimeError::Images(e.to_string()))?;
+        match store.import_dir(&images_dir) {
+            Ok(report) => tracing::info!(?report, "imported image tarballs"),
+            Err(e) => tracing::warn!(error = %e, "cannot import image tarballs"),
+        }
+        let (client, requests) = objects::channel();
+        let (notes_tx, notes) = mpsc::channel(NOTE_QUEUE);
+        let config = containers::Config {
+            root,
+            log_root: PathBuf::from("/var/log/pods"),
+            runc,
+            rotation: self.rotation,
+            host_ips,
+            pids_limit: 0,
+        };
+        let pods = containers::Containers::new(config, store, client, notes_tx)?;
+        let shared = pods.shared();
+        Ok(Runtime {
+            pods: Box::new(pods),
+            streams: Arc::new(exec::RuncStreams { shared }),
+            objects: requests,
+            notes,
+        })
     }
 }

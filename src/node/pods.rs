@@ -104,6 +104,17 @@ pub struct PodReport {
     pub status: String,
 }
 
+/// Something that happened to a pod on the node, for an Event (`kubectl describe pod`): an
+/// image pulled, a container started, killed or backing off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNote {
+    pub key: PodKey,
+    pub uid: String,
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
 /// A pod's phase (Kubernetes' `PodPhase`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -124,6 +135,10 @@ pub struct PodState {
     /// When readiness last changed (RFC 3339): the Ready and ContainersReady transition time.
     pub ready_since: String,
     pub containers: Vec<ContainerStatus>,
+    /// Init containers, in order; empty for a pod without them.
+    pub init_containers: Vec<ContainerStatus>,
+    /// Every init container has succeeded (true for a pod without them).
+    pub initialized: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +158,8 @@ pub struct ContainerStatus {
 pub enum ContainerState {
     Waiting {
         reason: String,
+        /// Why, for people (`kubectl describe`): a pull error, the back-off left.
+        message: String,
     },
     Running {
         started_at: String,
@@ -150,6 +167,8 @@ pub enum ContainerState {
     Terminated {
         exit_code: i32,
         reason: String,
+        /// The container's termination message, if it left one.
+        message: String,
         started_at: String,
         finished_at: String,
     },
@@ -168,6 +187,14 @@ pub trait PodRuntime: Send {
     fn poll(&mut self, now: Instant) -> Vec<PodKey>;
     /// The pod's current state, once the runtime has something to say about it.
     fn state(&self, key: &PodKey) -> Option<PodState>;
+    /// A listing from the server ended: every pod bound here has been synced. A runtime
+    /// that found pods of an earlier run may now remove those no longer assigned.
+    fn listed(&mut self) {}
+    /// Woken when the runtime's own tasks changed a pod (a runtime driven only by
+    /// [`PodRuntime::next_wake`] has none).
+    fn waker(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// No runtime: the node tracks its assignments and leaves the pods alone. It reports nothing,
@@ -196,6 +223,8 @@ pub struct PodLink {
     pub reports: mpsc::Receiver<PodReport>,
     /// The runtime's reads of ConfigMaps and Secrets.
     pub objects: mpsc::Receiver<super::objects::ObjectRequest>,
+    /// Events the runtime records about its pods.
+    pub notes: mpsc::Receiver<PodNote>,
     /// What serves the streams the server asks for.
     pub streams: std::sync::Arc<dyn super::streams::StreamServer>,
 }
@@ -246,6 +275,7 @@ impl PodWorker {
             events,
             reports,
             objects: runtime.objects,
+            notes: runtime.notes,
             streams: runtime.streams,
         };
         (
@@ -301,6 +331,7 @@ impl PodWorker {
                     self.pods.remove(&key);
                     self.runtime.remove(&key);
                 }
+                self.runtime.listed();
                 // After a (re)connect the server may have missed reports sent on the old
                 // tunnel: say everything again (the server skips writes that change nothing).
                 let mut keys: Vec<PodKey> = self.pods.keys().cloned().collect();
@@ -349,10 +380,12 @@ impl PodWorker {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut pending: VecDeque<PodReport> = VecDeque::new();
+        let waker = self.runtime.waker();
         loop {
             let wake = self.next_wake();
             let out = tokio::select! {
                 _ = crate::apiserver::stopped(&mut stop) => return,
+                _ = notified(waker.as_deref()) => self.poll(Instant::now()),
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev, Instant::now()),
                     None => return,
@@ -373,6 +406,13 @@ impl PodWorker {
                 }
             }
         }
+    }
+}
+
+async fn notified(n: Option<&tokio::sync::Notify>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 

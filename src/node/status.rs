@@ -32,28 +32,20 @@ pub fn pod_status(state: &PodState, host_ip: Option<IpAddr>) -> Value {
         "phase": phase(state.phase),
         "startTime": state.start_time,
         "conditions": [
-            condition("Initialized", "True", &state.start_time, None),
+            if state.initialized {
+                condition("Initialized", "True", &state.start_time, None)
+            } else {
+                condition("Initialized", "False", &state.start_time, Some("ContainersNotInitialized"))
+            },
             condition("ContainersReady", ready_status, &state.ready_since, ready_reason),
             condition("Ready", ready_status, &state.ready_since, ready_reason),
         ],
-        "containerStatuses": state.containers.iter().map(|c| {
-            let mut s = json!({
-                "name": c.name,
-                "image": c.image,
-                "imageID": c.image_id,
-                "containerID": c.container_id,
-                "ready": c.ready,
-                "started": matches!(c.state, ContainerState::Running { .. }),
-                "restartCount": c.restart_count,
-                "state": container_state(&c.state),
-                "lastState": c.last_state.as_ref().map(container_state).unwrap_or(json!({})),
-            });
-            if matches!(c.state, ContainerState::Waiting { .. }) {
-                s["containerID"] = Value::Null;
-            }
-            s
-        }).collect::<Vec<_>>(),
+        "containerStatuses": state.containers.iter().map(container_status).collect::<Vec<_>>(),
     });
+    if !state.init_containers.is_empty() {
+        status["initContainerStatuses"] =
+            state.init_containers.iter().map(container_status).collect();
+    }
     if let Some(ip) = host_ip {
         status["hostIP"] = json!(ip.to_string());
         status["hostIPs"] = json!([{"ip": ip.to_string()}]);
@@ -63,6 +55,28 @@ pub fn pod_status(state: &PodState, host_ip: Option<IpAddr>) -> Value {
         status["podIPs"] = json!([{"ip": ip.to_string()}]);
     }
     status
+}
+
+fn container_status(c: &super::pods::ContainerStatus) -> Value {
+    let mut s = json!({
+        "name": c.name,
+        "image": c.image,
+        "imageID": c.image_id,
+        "containerID": c.container_id,
+        "ready": c.ready,
+        "started": matches!(c.state, ContainerState::Running { .. }),
+        "restartCount": c.restart_count,
+        "state": container_state(&c.state),
+        "lastState": c.last_state.as_ref().map(container_state).unwrap_or(json!({})),
+    });
+    if c.container_id.is_empty() {
+        // Never started: kubelet leaves these out rather than write empty strings.
+        s.as_object_mut().map(|o| o.remove("containerID"));
+    }
+    if c.image_id.is_empty() {
+        s["imageID"] = json!("");
+    }
+    s
 }
 
 fn phase(p: Phase) -> &'static str {
@@ -76,17 +90,30 @@ fn phase(p: Phase) -> &'static str {
 
 fn container_state(s: &ContainerState) -> Value {
     match s {
-        ContainerState::Waiting { reason } => json!({"waiting": {"reason": reason}}),
+        ContainerState::Waiting { reason, message } => {
+            let mut w = json!({"reason": reason});
+            if !message.is_empty() {
+                w["message"] = json!(message);
+            }
+            json!({ "waiting": w })
+        }
         ContainerState::Running { started_at } => json!({"running": {"startedAt": started_at}}),
         ContainerState::Terminated {
             exit_code,
             reason,
+            message,
             started_at,
             finished_at,
-        } => json!({"terminated": {
-            "exitCode": exit_code, "reason": reason,
-            "startedAt": started_at, "finishedAt": finished_at,
-        }}),
+        } => {
+            let mut t = json!({
+                "exitCode": exit_code, "reason": reason,
+                "startedAt": started_at, "finishedAt": finished_at,
+            });
+            if !message.is_empty() {
+                t["message"] = json!(message);
+            }
+            json!({ "terminated": t })
+        }
     }
 }
 
@@ -124,6 +151,8 @@ mod tests {
                 },
                 last_state: None,
             }],
+            init_containers: vec![],
+            initialized: true,
         };
         let s = pod_status(&state, Some("198.18.0.1".parse().unwrap()));
         assert_eq!(s["phase"], "Running");

@@ -125,8 +125,17 @@ pub async fn session(
                 },
                 None => reports_open = false,
             },
-            r = pods.objects.recv(), if gets.len() < MAX_GETS => {
-                let Some(req) = r else { continue };
+            Some(note) = pods.notes.recv() => {
+                match encode(&Up::Event(note)) {
+                    Ok(frame) => {
+                        if let Err(e) = ws.send(Message::Binary(frame.into())).await {
+                            return Outcome::Lost(e.to_string());
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "an event does not fit in a tunnel frame; dropped"),
+                }
+            }
+            Some(req) = pods.objects.recv(), if gets.len() < MAX_GETS => {
                 next_get = next_get.wrapping_add(1);
                 match encode(&Up::Get { id: next_get, object: req.wanted }) {
                     Ok(frame) => {

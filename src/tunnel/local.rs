@@ -61,6 +61,9 @@ pub async fn run(
                     tracing::warn!(%node, namespace = %ns, pod = %name, error = %e, "cannot write the pod status of this server's node");
                 }
             }
+            Some(note) = link.notes.recv() => {
+                api.sessions.record_note(&api.registry, &node, note).await;
+            }
             Some(req) = link.objects.recv() => {
                 let api = api.clone();
                 let node = node.clone();

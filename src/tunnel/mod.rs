@@ -15,6 +15,7 @@
 //! | server → agent | [`Down::Pod`] / [`Down::PodGone`] | a pod bound to the node was added or changed / deleted or moved |
 //! | agent → server | [`Up::PodStatus`] | a pod's status changed; the server writes it as the node (NodeRestriction applies) |
 //! | server → agent | [`Down::Dial`] | a client wants a pod's logs or an exec: the node dials [`STREAM_PATH`]`/<id>` on this server and serves it there (see [`streams`]) |
+//! | agent → server | [`Up::Event`] | something happened to a pod (pulled, started, backing off): an Event, written as `kubelet` |
 //! | agent → server | [`Up::Get`] | the node needs a ConfigMap or Secret one of its pods uses |
 //! | server → agent | [`Down::Object`] | the answer: the object, or why not (only objects its pods reference) |
 //!
@@ -42,7 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::agent::node::Taint;
 use crate::agent::sysinfo::SystemInfo;
 use crate::node::objects::Wanted;
-use crate::node::pods::{PodAssignment, PodKey, PodReport};
+use crate::node::pods::{PodAssignment, PodKey, PodNote, PodReport};
 use crate::node::streams::StreamRequest;
 
 /// Bumped on any incompatible change to the frames below.
@@ -73,6 +74,8 @@ pub enum Up {
     },
     Report(NodeReport),
     PodStatus(PodReport),
+    /// Something happened to a pod bound to the node: recorded as an Event from `kubelet`.
+    Event(PodNote),
     /// Asks for an object a pod bound to the node uses; answered by [`Down::Object`] with the
     /// same `id`.
     Get {

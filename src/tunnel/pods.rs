@@ -250,6 +250,17 @@ impl PodRoutes {
 
     /// Bound pods known.
     #[cfg(test)]
+    /// Whether the pod `key` with `uid` is bound to `node` now.
+    pub fn is_bound(&self, node: &str, key: &PodKey, uid: &str) -> bool {
+        let state = self.lock();
+        state.node_of.get(key).is_some_and(|n| n == node)
+            && state
+                .by_node
+                .get(node)
+                .and_then(|pods| pods.get(key))
+                .is_some_and(|a| a.uid == uid)
+    }
+
     pub fn pod_count(&self) -> usize {
         self.lock().node_of.len()
     }

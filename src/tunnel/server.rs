@@ -31,6 +31,8 @@ use crate::apiserver::{Api, Body, auth::Identity};
 use crate::node::pods::PodAssignment;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most pod events one node may have recorded per second; more are dropped.
+const MAX_NOTES_PER_SECOND: u32 = 20;
 /// Shortest time between two node reports that change something.
 const REPORT_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -231,6 +233,8 @@ where
     let mut control = api.sessions.streams.attach(node);
     let mut last_heard = Instant::now();
     let mut last_report = Instant::now();
+    let mut notes_window = Instant::now();
+    let mut notes_in_window: u32 = 0;
     loop {
         let silence = tokio::time::sleep_until(last_heard + DEAD_AFTER);
         tokio::select! {
@@ -284,6 +288,17 @@ where
                             let (ns, name) = (report.key.namespace.clone(), report.key.name.clone());
                             if let Err(e) = Box::pin(super::pods::apply_status(&api.registry, node, report)).await {
                                 tracing::warn!(%node, namespace = %ns, pod = %name, error = %e, "cannot write the pod status the node reported");
+                            }
+                        }
+                        Ok(Up::Event(note)) => {
+                            // Events are datastore writes: a node gets a budget per second.
+                            if notes_window.elapsed() >= Duration::from_secs(1) {
+                                notes_window = Instant::now();
+                                notes_in_window = 0;
+                            }
+                            notes_in_window += 1;
+                            if notes_in_window <= MAX_NOTES_PER_SECOND {
+                                Box::pin(api.sessions.record_note(&api.registry, node, note)).await;
                             }
                         }
                         Ok(Up::Get { id, object }) => {

@@ -79,6 +79,8 @@ pub struct Sessions {
     pub pods: Arc<super::pods::PodRoutes>,
     /// Streams (`kubectl logs`, `exec`) waiting for their node to dial back.
     pub streams: Arc<super::streams::Broker>,
+    /// Records the events nodes report about their pods (made at the first one).
+    notes: std::sync::OnceLock<crate::controllers::events::Recorder>,
     tunnels_opened: AtomicU64,
     tunnels_refused: AtomicU64,
 }
@@ -152,9 +154,33 @@ impl Sessions {
             tunnel_permits: Arc::new(Semaphore::new(MAX_TUNNELS)),
             pods: super::pods::PodRoutes::new(),
             streams: Arc::new(super::streams::Broker::default()),
+            notes: std::sync::OnceLock::new(),
             tunnels_opened: AtomicU64::new(0),
             tunnels_refused: AtomicU64::new(0),
         })
+    }
+
+    /// Records an event a node reports about one of its pods, if that pod is bound to it.
+    pub async fn record_note(&self, registry: &Registry, node: &str, note: crate::node::pods::PodNote) {
+        if !self.pods.is_bound(node, &note.key, &note.uid) {
+            tracing::debug!(%node, pod = %note.key.name, "dropped an event about a pod not bound to the node");
+            return;
+        }
+        let recorder = self
+            .notes
+            .get_or_init(|| crate::controllers::events::Recorder::new(registry.clone(), "kubelet"));
+        let pod = serde_json::json!({"metadata": {
+            "name": note.key.name, "namespace": note.key.namespace, "uid": note.uid,
+        }});
+        let kind = if note.warning {
+            crate::controllers::events::Type::Warning
+        } else {
+            crate::controllers::events::Type::Normal
+        };
+        let message: String = note.message.chars().take(1024).collect();
+        recorder
+            .record(&crate::apiserver::resources::PODS, &pod, kind, &note.reason, &message)
+            .await;
     }
 
     /// Marks `node` present (heartbeated by this server) until the guard is dropped.

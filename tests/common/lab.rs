@@ -435,6 +435,7 @@ impl Lab {
             .arg(format!("--write-kubeconfig={}", s.kubeconfig().display()))
             .arg(format!("--node-name={}", s.name))
             .arg(format!("--node-ip={}", s.node.ip))
+            .arg("--runtime=none")
             .arg(format!("--token={}", self.token))
             .arg(format!(
                 "--datastore-endpoint=postgres://postgres@{DB_IP}:5432/{}",

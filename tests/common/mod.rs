@@ -608,6 +608,10 @@ pub fn keelson_command() -> Command {
             cmd.env_remove(&key);
         }
     }
+    // Nodes in tests run no containers unless a test asks for them (`--runtime=runc`, which
+    // a flag's precedence over the environment lets it do): control-plane tests play the
+    // kubelet's part themselves and must not race a real one.
+    cmd.env("KEELSON_RUNTIME", "none");
     cmd
 }
 

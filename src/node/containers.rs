@@ -1,0 +1,1465 @@
+//! Runs a node's pods with runc: the [`PodRuntime`] of real nodes (agents and servers alike).
+//!
+//! One task per pod (kubelet's "pod worker"): it sets up the sandbox and volumes, pulls each
+//! image, runs the init containers in order and then the app containers, each as an OCI
+//! bundle on an overlay of the image's layers, started by a detached `keelson monitor`
+//! ([`super::monitor`]) so containers outlive this process. It watches the monitors' files,
+//! restarts containers per `restartPolicy` with kubelet's back-off, and publishes the pod's
+//! [`PodState`] for the worker to report. Removing a pod stops its containers (SIGTERM, the
+//! grace period, SIGKILL) and removes everything it had on disk.
+//!
+//! On disk, under `<data-dir>/agent/pods/<uid>/`: `pod.json` (the assignment being run, so a
+//! restarted process knows what it finds), the sandbox and volumes, and per container
+//! `containers/<name>/<run>/` (bundle, overlay upper and work dirs, the monitor's state).
+//! `<run>` counts from 0 and is the container's restart count.
+//!
+//! Invariants: a container run is started at most once (its run directory exists before the
+//! monitor is spawned, and a later process adopts what it finds there rather than start it
+//! again); the restart count only grows; a pod's directory is removed only after every
+//! container of it was seen stopped.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use super::images::{Image, ImageStore, PullError};
+use super::logs::Rotation;
+use super::monitor::{self, ExitRecord, MonitorSpec, Observed};
+use super::objects::{ObjectClient, ObjectError, Wanted};
+use super::probes::{self, Probe};
+use super::pods::{
+    ContainerState, ContainerStatus, Phase, PodAssignment, PodKey, PodNote, PodRuntime,
+    PodState, RestartPolicy,
+};
+use super::runc::Runc;
+use super::status::now_rfc3339;
+
+/// How often a pod's task looks at its monitors' files.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// kubelet's container restart back-off: 10 s, doubling, at most 5 minutes.
+const BACKOFF_MIN: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long without exiting starts its next back-off from the minimum.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// Where and how this node runs containers.
+#[derive(Clone)]
+pub struct Config {
+    /// `<data-dir>/agent`.
+    pub root: PathBuf,
+    /// kubelet's `/var/log/pods`.
+    pub log_root: PathBuf,
+    pub runc: Runc,
+    pub rotation: Rotation,
+    pub host_ips: Vec<IpAddr>,
+    /// Most processes one container may run (`--pod-max-pids`, kubelet's flag; none if 0).
+    pub pids_limit: i64,
+}
+
+/// The node's pods and their tasks.
+pub struct Containers {
+    shared: Arc<Shared>,
+    tasks: HashMap<PodKey, PodTask>,
+    /// Pods found on disk at start, by uid: adopted when the server assigns them again,
+    /// removed once the first listing shows it does not.
+    found: HashMap<String, PathBuf>,
+}
+
+struct PodTask {
+    uid: String,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+enum Command {
+    /// The assignment changed (a new deletion time, new annotations).
+    Update(Box<PodAssignment>),
+    Stop,
+}
+
+/// What the pod tasks share with the runtime and with the stream server.
+pub struct Shared {
+    pub config: Config,
+    pub images: ImageStore,
+    pub objects: ObjectClient,
+    node_settings: super::bundle::NodeSettings,
+    /// Events about pods, for `kubectl describe` (dropped when the queue is full).
+    notes: mpsc::Sender<PodNote>,
+    states: Mutex<HashMap<PodKey, PodState>>,
+    changed: Mutex<Vec<PodKey>>,
+    notify: Arc<Notify>,
+    /// Where each pod's containers run now, for logs and exec.
+    running: Mutex<HashMap<PodKey, PodRuns>>,
+}
+
+/// A pod's containers as the stream server finds them.
+#[derive(Debug, Clone, Default)]
+pub struct PodRuns {
+    pub uid: String,
+    /// Container name → the current run and its runc id (if it ever started).
+    pub containers: HashMap<String, Run>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub number: u32,
+    pub runc_id: Option<String>,
+    pub state_dir: PathBuf,
+    /// The container's state now, for "waiting to start" answers.
+    pub state: ContainerState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+// === impl Containers ===
+
+impl Containers {
+    /// The runtime, with the pods a previous process left under `config.root`.
+    pub fn new(
+        config: Config,
+        images: ImageStore,
+        objects: ObjectClient,
+        notes: mpsc::Sender<PodNote>,
+    ) -> Result<Containers, SetupError> {
+        let pods_dir = config.root.join("pods");
+        std::fs::create_dir_all(&pods_dir).map_err(|source| SetupError::Dir {
+            path: pods_dir.clone(),
+            source,
+        })?;
+        let mut found = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir(&pods_dir) {
+            for e in entries.flatten() {
+                if let Some(uid) = e.file_name().to_str() {
+                    found.insert(uid.to_owned(), e.path());
+                }
+            }
+        }
+        let mut node_settings = super::bundle::NodeSettings::detect();
+        node_settings.pids_limit = (config.pids_limit > 0).then_some(config.pids_limit);
+        if !found.is_empty() {
+            tracing::info!(pods = found.len(), "found pods of an earlier run; adopting those still assigned here");
+        }
+        Ok(Containers {
+            shared: Arc::new(Shared {
+                config,
+                images,
+                objects,
+                node_settings,
+                notes,
+                states: Mutex::new(HashMap::new()),
+                changed: Mutex::new(Vec::new()),
+                notify: Arc::new(Notify::new()),
+                running: Mutex::new(HashMap::new()),
+            }),
+            tasks: HashMap::new(),
+            found,
+        })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    fn spawn(&mut self, pod: &PodAssignment) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.found.remove(&pod.uid);
+        let task = PodRunner::new(self.shared.clone(), pod.clone());
+        tokio::spawn(task.run(rx));
+        self.tasks.insert(
+            pod.key.clone(),
+            PodTask {
+                uid: pod.uid.clone(),
+                commands: tx,
+            },
+        );
+    }
+}
+
+impl PodRuntime for Containers {
+    fn sync(&mut self, pod: &PodAssignment, _now: Instant) {
+        match self.tasks.get(&pod.key) {
+            Some(t) if t.uid == pod.uid => {
+                let _ = t.commands.send(Command::Update(Box::new(pod.clone())));
+            }
+            Some(_) => {
+                self.remove(&pod.key);
+                self.spawn(pod);
+            }
+            None => self.spawn(pod),
+        }
+    }
+
+    fn remove(&mut self, key: &PodKey) {
+        if let Some(t) = self.tasks.remove(key) {
+            let _ = t.commands.send(Command::Stop);
+        }
+        lock(&self.shared.states).remove(key);
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        None
+    }
+
+    fn poll(&mut self, _now: Instant) -> Vec<PodKey> {
+        std::mem::take(&mut *lock(&self.shared.changed))
+    }
+
+    fn state(&self, key: &PodKey) -> Option<PodState> {
+        lock(&self.shared.states).get(key).cloned()
+    }
+
+    fn waker(&self) -> Option<Arc<Notify>> {
+        Some(self.shared.notify.clone())
+    }
+
+    fn listed(&mut self) {
+        // Pods left on disk by an earlier process that the server no longer assigns here.
+        for (uid, dir) in std::mem::take(&mut self.found) {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                tracing::info!(%uid, "removing a pod of an earlier run that is no longer assigned here");
+                remove_orphan(&shared, &dir).await;
+            });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn publish(&self, key: &PodKey, state: PodState) {
+        let changed = {
+            let mut states = lock(&self.states);
+            let old = states.insert(key.clone(), state.clone());
+            old.as_ref() != Some(&state)
+        };
+        if changed {
+            lock(&self.changed).push(key.clone());
+            self.notify.notify_one();
+        }
+    }
+
+    /// The reason a container of `pod` waits, if it does.
+    pub fn waiting_reason(&self, pod: &PodKey, container: &str) -> Option<String> {
+        let states = lock(&self.states);
+        let state = states.get(pod)?;
+        state
+            .containers
+            .iter()
+            .chain(&state.init_containers)
+            .find(|c| c.name == container)
+            .and_then(|c| match &c.state {
+                ContainerState::Waiting { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+    }
+
+    /// Where `pod`'s container runs now, if the pod is here.
+    pub fn run_of(&self, pod: &PodKey, container: &str) -> Option<(String, Run)> {
+        let running = lock(&self.running);
+        let runs = running.get(pod)?;
+        Some((runs.uid.clone(), runs.containers.get(container)?.clone()))
+    }
+
+    fn set_run(&self, pod: &PodKey, uid: &str, container: &str, run: Run) {
+        let mut running = lock(&self.running);
+        let runs = running.entry(pod.clone()).or_default();
+        runs.uid = uid.to_owned();
+        runs.containers.insert(container.to_owned(), run);
+    }
+
+    /// kubelet's log directory of one container of a pod.
+    pub fn log_dir(&self, pod: &PodKey, uid: &str, container: &str) -> PathBuf {
+        self.config
+            .log_root
+            .join(format!("{}_{}_{}", pod.namespace, pod.name, uid))
+            .join(container)
+    }
+}
+
+/// A container's run directory and runc id, from its pod and run number. runc ids are kept
+/// short: the pod's uid is unique on the node, and names are DNS labels.
+fn run_paths(pod_dir: &Path, uid: &str, container: &str, run: u32) -> (PathBuf, String) {
+    let dir = pod_dir.join("containers").join(container).join(run.to_string());
+    (dir, format!("{uid}-{container}-{run}"))
+}
+
+// === The pod task ===
+
+/// One container of the pod, as its task tracks it.
+struct Tracked {
+    spec: Value,
+    init: bool,
+    status: ContainerStatus,
+    /// The run under way (started, or being started).
+    run: Option<ActiveRun>,
+    /// When the back-off of a failed run ends.
+    backoff_until: Option<Instant>,
+    backoff: Duration,
+    /// The image this container runs.
+    image: Option<Image>,
+    /// The last run ended for good (restart policy says no more).
+    done: bool,
+    /// This run's probes, made when it starts.
+    startup: Option<Probe>,
+    liveness: Option<Probe>,
+    readiness: Option<Probe>,
+}
+
+struct ActiveRun {
+    number: u32,
+    runc_id: String,
+    dir: PathBuf,
+    started: Instant,
+}
+
+struct PodRunner {
+    shared: Arc<Shared>,
+    pod: PodAssignment,
+    spec: Value,
+    dir: PathBuf,
+    key: PodKey,
+    containers: Vec<Tracked>,
+    start_time: String,
+    ready_since: String,
+    was_ready: bool,
+    /// Why the pod cannot start yet (sandbox or volume trouble), shown as a waiting message.
+    setup_error: Option<String>,
+    /// The pod's namespaces and volumes, once set up.
+    sandbox: Option<(super::sandbox::Sandbox, super::volumes::Volumes)>,
+}
+
+impl PodRunner {
+    fn new(shared: Arc<Shared>, pod: PodAssignment) -> PodRunner {
+        let spec: Value = serde_json::from_str(&pod.pod).unwrap_or(Value::Null);
+        let dir = shared.config.root.join("pods").join(&pod.uid);
+        let mut containers = Vec::new();
+        for (field, init) in [("initContainers", true), ("containers", false)] {
+            for c in spec
+                .pointer(&format!("/spec/{field}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let name = c["name"].as_str().unwrap_or_default().to_owned();
+                let image = c["image"].as_str().unwrap_or_default().to_owned();
+                containers.push(Tracked {
+                    spec: c.clone(),
+                    init,
+                    status: ContainerStatus {
+                        name,
+                        image,
+                        image_id: String::new(),
+                        container_id: String::new(),
+                        ready: false,
+                        restart_count: 0,
+                        state: waiting(if init { "PodInitializing" } else { "ContainerCreating" }, ""),
+                        last_state: None,
+                    },
+                    run: None,
+                    backoff_until: None,
+                    backoff: BACKOFF_MIN,
+                    image: None,
+                    done: false,
+                    startup: None,
+                    liveness: None,
+                    readiness: None,
+                });
+            }
+        }
+        let now = now_rfc3339();
+        PodRunner {
+            key: pod.key.clone(),
+            shared,
+            pod,
+            spec,
+            dir,
+            containers,
+            start_time: now.clone(),
+            ready_since: now,
+            was_ready: false,
+            setup_error: None,
+            sandbox: None,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        self.adopt();
+        self.publish();
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                c = commands.recv() => match c {
+                    Some(Command::Update(pod)) => {
+                        self.pod = *pod;
+                        if self.pod.finished {
+                            self.stop().await;
+                            return;
+                        }
+                    }
+                    Some(Command::Stop) | None => {
+                        self.stop().await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.step().await;
+                    self.publish();
+                }
+            }
+        }
+    }
+
+    /// Reads what an earlier process of this node left for this pod: the runs it started.
+    fn adopt(&mut self) {
+        if !self.dir.join("pod.json").exists() {
+            return;
+        }
+        let uid = self.pod.uid.clone();
+        for c in &mut self.containers {
+            let base = self.dir.join("containers").join(&c.status.name);
+            let Some(last) = std::fs::read_dir(&base)
+                .ok()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .max()
+            else {
+                continue;
+            };
+            let (dir, runc_id) = run_paths(&self.dir, &uid, &c.status.name, last);
+            c.status.restart_count = last;
+            reset_probes(c);
+            tracing::info!(pod = %self.key.name, container = %c.status.name, run = last, "adopting a container run of an earlier process");
+            c.run = Some(ActiveRun {
+                number: last,
+                runc_id,
+                dir,
+                started: Instant::now(),
+            });
+        }
+    }
+
+    /// One look at every container: notice exits, start what should run.
+    async fn step(&mut self) {
+        if self.sandbox.is_none() {
+            match self.set_up_pod().await {
+                Ok(parts) => {
+                    self.sandbox = Some(parts);
+                    self.setup_error = None;
+                }
+                Err(why) => {
+                    if self.setup_error.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(pod = %self.key.name, namespace = %self.key.namespace, error = %why, "cannot set the pod up");
+                    }
+                    self.setup_error = Some(why);
+                    return;
+                }
+            }
+        }
+        let policy = self.pod.restart_policy;
+        for i in 0..self.containers.len() {
+            self.observe(i, policy).await;
+            self.probe(i).await;
+        }
+        // Init containers run one at a time, in order; app containers once all succeeded.
+        let next_init = self
+            .containers
+            .iter()
+            .position(|c| c.init && !init_succeeded(c));
+        let startable: Vec<usize> = match next_init {
+            Some(i) => vec![i],
+            None => (0..self.containers.len())
+                .filter(|&i| !self.containers[i].init)
+                .collect(),
+        };
+        for i in startable {
+            let c = &self.containers[i];
+            if c.run.is_some() || c.done {
+                continue;
+            }
+            if let Some(until) = c.backoff_until
+                && Instant::now() < until
+            {
+                continue;
+            }
+            self.start(i).await;
+        }
+    }
+
+    async fn set_up_pod(
+        &mut self,
+    ) -> Result<(super::sandbox::Sandbox, super::volumes::Volumes), String> {
+        let dir = self.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        write_atomic(&dir.join("pod.json"), self.pod.pod.as_bytes())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let objects = self.fetch_objects(true).await?;
+        let host = super::sandbox::host_files().map_err(|e| e.to_string())?;
+        let spec = self.spec.clone();
+        let ips = self.shared.config.host_ips.clone();
+        tokio::task::spawn_blocking(move || {
+            let sandbox = super::sandbox::create(&dir, &spec, &host).map_err(|e| e.to_string())?;
+            let ctx = pod_context(&spec, &ips);
+            let sources = super::volumes::Sources {
+                pod: ctx,
+                objects: &objects,
+            };
+            let volumes = super::volumes::set_up(&dir, &sources).map_err(|e| e.to_string())?;
+            Ok((sandbox, volumes))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// The ConfigMaps and Secrets the pod references; `volumes` includes those its volumes
+    /// need, otherwise only env references. A missing one is left out (the consumer decides
+    /// whether it was optional); any other failure is an error.
+    async fn fetch_objects(&self, volumes: bool) -> Result<super::env::Prefetched, String> {
+        let ns = self.key.namespace.clone();
+        let mut out = super::env::Prefetched::default();
+        let mut wanted: HashSet<Wanted> = HashSet::new();
+        for name in referenced(&self.spec, "configmap", volumes) {
+            wanted.insert(Wanted::ConfigMap {
+                namespace: ns.clone(),
+                name,
+            });
+        }
+        for name in referenced(&self.spec, "secret", volumes) {
+            wanted.insert(Wanted::Secret {
+                namespace: ns.clone(),
+                name,
+            });
+        }
+        for w in wanted {
+            match self.shared.objects.get(&w).await {
+                Ok(obj) => {
+                    out = match w {
+                        Wanted::ConfigMap { .. } => out.with_config_map(obj),
+                        Wanted::Secret { .. } => out.with_secret(obj),
+                    }
+                }
+                Err(ObjectError::NotFound(_)) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Looks at container `i`'s run: has it exited? Then decide about a restart.
+    async fn observe(&mut self, i: usize, policy: RestartPolicy) {
+        let Some(run) = &self.containers[i].run else {
+            return;
+        };
+        let state_dir = run.dir.join("state");
+        let observed = match monitor::observe(&state_dir) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(pod = %self.key.name, error = %e, "cannot read a container's monitor files");
+                return;
+            }
+        };
+        let exit = match observed {
+            Observed::Absent | Observed::Starting { .. } => return,
+            Observed::Running { started_at, .. } => {
+                let c = &mut self.containers[i];
+                let started = started_at.map(rfc3339).unwrap_or_else(now_rfc3339);
+                if !matches!(c.status.state, ContainerState::Running { .. }) {
+                    c.status.state = ContainerState::Running { started_at: started };
+                    c.status.container_id = format!("keelson://{}", run.runc_id);
+                }
+                c.status.ready = !c.init && is_ready(c);
+                return;
+            }
+            Observed::Exited(record) => record,
+            Observed::Lost { container_pid } => {
+                // The monitor is gone (killed, or the machine rebooted): nobody holds the
+                // container's pipes or will reap it. Stop it and count it as a failed run.
+                let runc = self.shared.config.runc.clone();
+                let id = run.runc_id.clone();
+                if container_pid.is_some() {
+                    let _ = runc.kill(&id, Signal::SIGKILL, true).await;
+                }
+                ExitRecord {
+                    exit_code: 137,
+                    signal: Some(9),
+                    started_at: None,
+                    finished_at: time::OffsetDateTime::now_utc(),
+                    oom_killed: false,
+                    start_error: Some("the container's monitor was lost (node restarted?)".into()),
+                }
+            }
+        };
+        self.finish_run(i, exit, policy).await;
+    }
+
+    /// Runs container `i`'s probes that are due: startup first, then liveness and readiness.
+    /// A failed startup or liveness probe kills the container (it restarts per policy).
+    async fn probe(&mut self, i: usize) {
+        let now = Instant::now();
+        let c = &self.containers[i];
+        let (Some(run), ContainerState::Running { .. }) = (&c.run, &c.status.state) else {
+            return;
+        };
+        let runc_id = run.runc_id.clone();
+        let netns = match self.sandbox.as_ref().map(|(s, _)| &s.network) {
+            Some(super::sandbox::Namespace::Path(p)) => Some(p.clone()),
+            _ => None,
+        };
+        let runc = self.shared.config.runc.clone();
+        let target = probes::Target {
+            runc: &runc,
+            runc_id: &runc_id,
+            netns: netns.as_deref(),
+        };
+        let name = c.status.name.clone();
+        let started = c.startup.as_ref().is_none_or(|p| p.healthy == Some(true));
+        let mut kill = None;
+        for which in ["startup", "liveness", "readiness"] {
+            if which != "startup" && !started {
+                break;
+            }
+            let c = &mut self.containers[i];
+            let probe = match which {
+                "startup" => c.startup.as_mut(),
+                "liveness" => c.liveness.as_mut(),
+                _ => c.readiness.as_mut(),
+            };
+            let Some(probe) = probe.filter(|p| p.due(now)) else {
+                continue;
+            };
+            if which == "startup" && probe.healthy == Some(true) {
+                continue;
+            }
+            let outcome = probes::run(&probe.spec, &target).await;
+            let verdict = probe.record(&outcome, Instant::now());
+            if let probes::Outcome::Failure(why) = &outcome {
+                let label = format!("{}{}", which[..1].to_uppercase(), &which[1..]);
+                let msg = format!("{label} probe failed: {why}");
+                self.note(true, "Unhealthy", msg);
+            }
+            if verdict == Some(false) && which != "readiness" {
+                kill = Some(format!(
+                    "Container {name} failed {which} probe, will be restarted"
+                ));
+            }
+        }
+        let c = &mut self.containers[i];
+        c.status.ready = !c.init && is_ready(c);
+        if let Some(why) = kill {
+            tracing::info!(pod = %self.key.name, container = %name, "{why}");
+            self.note(false, "Killing", why);
+            let _ = runc.kill(&runc_id, Signal::SIGKILL, true).await;
+        }
+    }
+
+    async fn finish_run(&mut self, i: usize, exit: ExitRecord, policy: RestartPolicy) {
+        let shared = self.shared.clone();
+        let c = &mut self.containers[i];
+        let Some(run) = c.run.take() else { return };
+        let ran_for = run.started.elapsed();
+        let _ = shared.config.runc.delete(&run.runc_id, true).await;
+        let rootfs = run.dir.join("bundle").join("rootfs");
+        unmount_quietly(&rootfs);
+        // Keep the run directory: its number is the restart count, and its exit file the
+        // last state. Only its bulky parts go.
+        let _ = std::fs::remove_dir_all(run.dir.join("upper"));
+        let _ = std::fs::remove_dir_all(run.dir.join("work"));
+        let started_at = exit
+            .started_at
+            .map(rfc3339)
+            .or_else(|| match &c.status.state {
+                ContainerState::Running { started_at } => Some(started_at.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let message = termination_message(&run.dir, &c.spec, exit.exit_code, &shared, &self.key, &self.pod.uid, run.number)
+            .or_else(|| exit.start_error.clone())
+            .unwrap_or_default();
+        let reason = if exit.oom_killed {
+            "OOMKilled"
+        } else if exit.start_error.is_some() {
+            "StartError"
+        } else if exit.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        let terminated = ContainerState::Terminated {
+            exit_code: exit.exit_code,
+            reason: reason.into(),
+            message,
+            started_at,
+            finished_at: rfc3339(exit.finished_at),
+        };
+        tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, container = %c.status.name, exit_code = exit.exit_code, reason, "container exited");
+        c.status.ready = false;
+        let restart = match policy {
+            RestartPolicy::Always => !c.init || exit.exit_code != 0,
+            RestartPolicy::OnFailure => exit.exit_code != 0,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            c.status.state = terminated;
+            c.done = true;
+            return;
+        }
+        if ran_for >= BACKOFF_RESET {
+            c.backoff = BACKOFF_MIN;
+        }
+        let wait = c.backoff;
+        c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
+        c.backoff_until = Some(Instant::now() + wait);
+        c.status.last_state = Some(terminated);
+        c.status.restart_count = run.number + 1;
+        let back_off_note = format!("Back-off restarting failed container {} in pod {}_{}({})", c.status.name, self.key.name, self.key.namespace, self.pod.uid);
+        c.status.state = waiting(
+            "CrashLoopBackOff",
+            &format!(
+                "back-off {}s restarting failed container={} pod={}_{}({})",
+                wait.as_secs(),
+                c.status.name,
+                self.key.name,
+                self.key.namespace,
+                self.pod.uid
+            ),
+        );
+        self.note(true, "BackOff", back_off_note);
+    }
+
+    /// Starts container `i`'s next run: image, environment, rootfs, bundle, monitor.
+    async fn start(&mut self, i: usize) {
+        let number = self.containers[i].status.restart_count;
+        let name = self.containers[i].status.name.clone();
+        let image = match self.image(i).await {
+            Some(image) => image,
+            None => return,
+        };
+        let (dir, runc_id) = run_paths(&self.dir, &self.pod.uid, &name, number);
+        let spec = self.containers[i].spec.clone();
+        match self.create_run(&spec, &image, &dir, &runc_id, number).await {
+            Ok(()) => {
+                let c = &mut self.containers[i];
+                c.run = Some(ActiveRun {
+                    number,
+                    runc_id: runc_id.clone(),
+                    dir: dir.clone(),
+                    started: Instant::now(),
+                });
+                c.backoff_until = None;
+                reset_probes(c);
+                c.status.container_id = format!("keelson://{runc_id}");
+                c.status.state = ContainerState::Running {
+                    started_at: now_rfc3339(),
+                };
+                c.status.ready = !c.init && is_ready(c);
+                self.note(false, "Started", format!("Started container {name}"));
+                self.shared.set_run(
+                    &self.key,
+                    &self.pod.uid,
+                    &name,
+                    Run {
+                        number,
+                        runc_id: Some(runc_id),
+                        state_dir: dir.join("state"),
+                        state: c.status.state.clone(),
+                    },
+                );
+            }
+            Err(Failure::Config(why)) => {
+                // Nothing ran: kubelet's CreateContainerConfigError; tried again shortly.
+                self.note(true, "Failed", format!("Error: {why}"));
+                let c = &mut self.containers[i];
+                c.status.state = waiting("CreateContainerConfigError", &why);
+                c.backoff_until = Some(Instant::now() + Duration::from_secs(2));
+            }
+            Err(Failure::Start(why)) => {
+                tracing::warn!(pod = %self.key.name, container = %name, error = %why, "cannot start a container");
+                let exit = ExitRecord {
+                    exit_code: monitor::START_ERROR_EXIT_CODE,
+                    signal: None,
+                    started_at: None,
+                    finished_at: time::OffsetDateTime::now_utc(),
+                    oom_killed: false,
+                    start_error: Some(why),
+                };
+                let c = &mut self.containers[i];
+                c.run = Some(ActiveRun {
+                    number,
+                    runc_id,
+                    dir,
+                    started: Instant::now(),
+                });
+                let policy = self.pod.restart_policy;
+                self.finish_run(i, exit, policy).await;
+            }
+        }
+    }
+
+    /// The container's image, pulled per its `imagePullPolicy`; `None` (with the waiting
+    /// state set) while it cannot be had.
+    async fn image(&mut self, i: usize) -> Option<Image> {
+        if let Some(image) = &self.containers[i].image {
+            return Some(image.clone());
+        }
+        let c = &self.containers[i];
+        let reference = c.status.image.clone();
+        let policy = c.spec["imagePullPolicy"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| default_pull_policy(&reference).into());
+        let local = self.shared.images.get(&reference);
+        let result = match (policy.as_str(), local) {
+            ("Never", Some(image)) | ("IfNotPresent", Some(image)) => Ok(image),
+            ("Never", None) => Err((
+                "ErrImageNeverPull",
+                format!("Container image \"{reference}\" is not present with pull policy of Never"),
+            )),
+            _ => {
+                self.containers[i].status.state = waiting("ContainerCreating", "");
+                self.publish();
+                let auths = self.pull_secrets().await;
+                let key = self.key.clone();
+                let progress = move |p: super::images::Progress| {
+                    tracing::debug!(pod = %key.name, progress = ?p, "pulling");
+                };
+                tracing::info!(pod = %self.key.name, image = %reference, "pulling image");
+                self.note(false, "Pulling", format!("Pulling image \"{reference}\""));
+                let pull_started = Instant::now();
+                match self.shared.images.pull(&reference, &auths, &progress).await {
+                    Ok(image) => {
+                        tracing::info!(pod = %self.key.name, image = %reference, id = %image.id, "pulled image");
+                        self.note(
+                            false,
+                            "Pulled",
+                            format!(
+                                "Successfully pulled image \"{reference}\" in {:.3}s",
+                                pull_started.elapsed().as_secs_f64()
+                            ),
+                        );
+                        Ok(image)
+                    }
+                    Err(e) => Err(("ErrImagePull", pull_message(&reference, &e))),
+                }
+            }
+        };
+        let c = &mut self.containers[i];
+        match result {
+            Ok(image) => {
+                c.status.image_id = image.repo_digest.clone();
+                c.image = Some(image.clone());
+                Some(image)
+            }
+            Err((reason, message)) => {
+                // ErrImagePull now, ImagePullBackOff while waiting for the next try.
+                let again = c.backoff;
+                c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
+                c.backoff_until = Some(Instant::now() + again);
+                let shown = if matches!(c.status.state, ContainerState::Waiting { ref reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff")
+                {
+                    "ImagePullBackOff"
+                } else {
+                    reason
+                };
+                tracing::warn!(pod = %self.key.name, image = %c.status.image, "{message}");
+                c.status.state = waiting(shown, &message);
+                let image = c.status.image.clone();
+                if shown == "ImagePullBackOff" {
+                    self.note(true, "BackOff", format!("Back-off pulling image \"{image}\""));
+                } else {
+                    self.note(true, "Failed", message);
+                }
+                None
+            }
+        }
+    }
+
+    async fn pull_secrets(&self) -> Vec<super::images::RegistryAuth> {
+        let mut out = Vec::new();
+        for s in self.spec["spec"]["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let Some(name) = s["name"].as_str() else { continue };
+            let w = Wanted::Secret {
+                namespace: self.key.namespace.clone(),
+                name: name.to_owned(),
+            };
+            let Ok(secret) = self.shared.objects.get(&w).await else {
+                continue;
+            };
+            for (key, bytes) in super::env::secret_bytes(&secret) {
+                if key == ".dockerconfigjson" || key == ".dockercfg" {
+                    if let Ok(auths) = super::images::auths_from_dockerconfigjson(&bytes) {
+                        out.extend(auths);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn create_run(
+        &self,
+        spec: &Value,
+        image: &Image,
+        dir: &Path,
+        runc_id: &str,
+        number: u32,
+    ) -> Result<(), Failure> {
+        let objects = self
+            .fetch_objects(false)
+            .await
+            .map_err(Failure::Config)?;
+        let ctx = pod_context(&self.spec, &self.shared.config.host_ips);
+        let env = super::env::resolve(&ctx, spec, &objects).map_err(|e| Failure::Config(e.to_string()))?;
+        for w in &env.warnings {
+            tracing::warn!(pod = %self.key.name, "{w}");
+        }
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
+            std::fs::create_dir_all(d).map_err(|e| Failure::Start(format!("{}: {e}", d.display())))?;
+        }
+        mount_overlay(&image.layers, &dir.join("upper"), &dir.join("work"), &rootfs)
+            .map_err(Failure::Start)?;
+        let Some((sandbox, volumes)) = &self.sandbox else {
+            unmount_quietly(&rootfs);
+            return Err(Failure::Start("the pod's sandbox is not set up".into()));
+        };
+        // kubelet's termination message: a file of the node's, bind-mounted where the
+        // container writes it, read when the container ends.
+        let message_file = dir.join("termination-log");
+        let _ = std::fs::write(&message_file, b"");
+        let message_path = spec["terminationMessagePath"]
+            .as_str()
+            .unwrap_or("/dev/termination-log");
+        let extra = [super::bundle::Mount {
+            destination: message_path.to_owned(),
+            kind: "bind".into(),
+            source: message_file.display().to_string(),
+            options: vec!["rbind".into(), "rw".into()],
+        }];
+        let image_config = super::bundle::ImageConfig {
+            entrypoint: image.config.entrypoint.clone(),
+            cmd: image.config.cmd.clone(),
+            env: image.config.env.clone(),
+            working_dir: image.config.working_dir.clone(),
+            user: image.config.user.clone(),
+        };
+        let input = super::bundle::ContainerInput {
+            pod: &self.spec,
+            container: spec,
+            image: &image_config,
+            env: &env.vars,
+            rootfs: &rootfs,
+            sandbox,
+            volumes,
+            node: &self.shared.node_settings,
+            pod_pid_namespace: None,
+            extra_mounts: &extra,
+        };
+        if let Err(e) = super::bundle::write(&bundle, &input) {
+            unmount_quietly(&rootfs);
+            return Err(Failure::Config(e.to_string()));
+        }
+        let name = spec["name"].as_str().unwrap_or_default();
+        let log_path = self
+            .shared
+            .log_dir(&self.key, &self.pod.uid, name)
+            .join(format!("{number}.log"));
+        let monitor_spec = MonitorSpec {
+            id: runc_id.to_owned(),
+            bundle: bundle.clone(),
+            state_dir: dir.join("state"),
+            log_path,
+            rotation: self.shared.config.rotation,
+            runc: self.shared.config.runc.clone(),
+        };
+        match monitor::spawn(&monitor_spec).await {
+            Ok(s) => {
+                tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, container = name, pid = s.container_pid, "container started");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.shared.config.runc.delete(runc_id, true).await;
+                unmount_quietly(&rootfs);
+                Err(Failure::Start(e.to_string()))
+            }
+        }
+    }
+
+    /// Records an event about the pod (best effort).
+    fn note(&self, warning: bool, reason: &str, message: String) {
+        let _ = self.shared.notes.try_send(PodNote {
+            key: self.key.clone(),
+            uid: self.pod.uid.clone(),
+            warning,
+            reason: reason.into(),
+            message,
+        });
+    }
+
+    fn publish(&mut self) {
+        let state = self.state();
+        if state.ready != self.was_ready {
+            self.was_ready = state.ready;
+            self.ready_since = now_rfc3339();
+        }
+        let mut state = state;
+        state.ready_since = self.ready_since.clone();
+        self.shared.publish(&self.key, state);
+    }
+
+    fn state(&self) -> PodState {
+        let mut init = Vec::new();
+        let mut main = Vec::new();
+        for c in &self.containers {
+            let mut status = c.status.clone();
+            if let Some(why) = &self.setup_error
+                && matches!(status.state, ContainerState::Waiting { .. })
+            {
+                status.state = waiting("ContainerCreating", why);
+            }
+            if c.init {
+                init.push(status);
+            } else {
+                main.push(status);
+            }
+        }
+        let initialized = self.containers.iter().filter(|c| c.init).all(init_succeeded);
+        let phase = phase(self.pod.restart_policy, initialized, &init, &main);
+        let ready = phase == Phase::Running && initialized && main.iter().all(|c| c.ready);
+        let host_network = self.spec["spec"]["hostNetwork"].as_bool().unwrap_or(false);
+        PodState {
+            phase,
+            pod_ip: host_network
+                .then(|| self.shared.config.host_ips.first().copied())
+                .flatten(),
+            start_time: self.start_time.clone(),
+            ready,
+            ready_since: self.ready_since.clone(),
+            containers: main,
+            init_containers: init,
+            initialized,
+        }
+    }
+
+    /// Stops every container (SIGTERM, the grace period, SIGKILL) and removes the pod.
+    async fn stop(&mut self) {
+        let grace = self
+            .spec
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .or_else(|| self.spec.pointer("/spec/terminationGracePeriodSeconds"))
+            .and_then(Value::as_u64)
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_GRACE);
+        let runc = self.shared.config.runc.clone();
+        let runs: Vec<(String, PathBuf)> = self
+            .containers
+            .iter()
+            .filter_map(|c| c.run.as_ref().map(|r| (r.runc_id.clone(), r.dir.clone())))
+            .collect();
+        for c in self.containers.iter().filter(|c| c.run.is_some()) {
+            self.note(false, "Killing", format!("Stopping container {}", c.status.name));
+        }
+        for (id, _) in &runs {
+            let _ = runc.kill(id, Signal::SIGTERM, false).await;
+        }
+        let deadline = Instant::now() + grace;
+        for (id, dir) in &runs {
+            while Instant::now() < deadline {
+                match monitor::observe(&dir.join("state")) {
+                    Ok(Observed::Running { .. } | Observed::Starting { .. }) => {
+                        tokio::time::sleep(WATCH_INTERVAL).await;
+                    }
+                    _ => break,
+                }
+            }
+            let _ = runc.kill(id, Signal::SIGKILL, true).await;
+        }
+        for (id, dir) in &runs {
+            // The monitor writes the exit file once the container is gone; wait for it
+            // briefly so no process of the pod outlives its directory.
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until
+                && matches!(monitor::observe(&dir.join("state")), Ok(Observed::Running { .. } | Observed::Starting { .. }))
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = runc.delete(id, true).await;
+        }
+        lock(&self.shared.running).remove(&self.key);
+        remove_pod_dir(&self.shared, &self.dir).await;
+        let log_dir = self
+            .shared
+            .config
+            .log_root
+            .join(format!("{}_{}_{}", self.key.namespace, self.key.name, self.pod.uid));
+        let _ = std::fs::remove_dir_all(log_dir);
+        tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, "pod stopped and removed");
+    }
+}
+
+/// What the container left at its termination message path, or with
+/// `FallbackToLogsOnError` and a failure, the end of its log (kubelet: at most 4 KiB, 80 lines).
+fn termination_message(
+    run_dir: &Path,
+    spec: &Value,
+    exit_code: i32,
+    shared: &Shared,
+    pod: &PodKey,
+    uid: &str,
+    number: u32,
+) -> Option<String> {
+    const MAX: usize = 4096;
+    let read_tail = |bytes: Vec<u8>| {
+        let start = bytes.len().saturating_sub(MAX);
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    };
+    if let Ok(bytes) = std::fs::read(run_dir.join("termination-log"))
+        && !bytes.is_empty()
+    {
+        return Some(read_tail(bytes));
+    }
+    if exit_code != 0 && spec["terminationMessagePolicy"].as_str() == Some("FallbackToLogsOnError") {
+        let name = spec["name"].as_str().unwrap_or_default();
+        let log = shared.log_dir(pod, uid, name).join(format!("{number}.log"));
+        let text = std::fs::read(log).ok()?;
+        let lines: Vec<String> = String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_owned))
+            .collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        return Some(read_tail(tail.into_bytes()));
+    }
+    None
+}
+
+enum Failure {
+    /// The container's configuration cannot be made (a missing ConfigMap key...).
+    Config(String),
+    /// runc or the rootfs failed.
+    Start(String),
+}
+
+fn waiting(reason: &str, message: &str) -> ContainerState {
+    ContainerState::Waiting {
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+/// A running container is ready once its startup probe (if any) and readiness probe (if
+/// any) have succeeded.
+fn is_ready(c: &Tracked) -> bool {
+    c.startup.as_ref().is_none_or(|p| p.healthy == Some(true))
+        && c.readiness.as_ref().is_none_or(|p| p.healthy == Some(true))
+}
+
+/// Fresh probes for a new run of `c` (a probe that cannot be parsed is logged and left out:
+/// the API validated it, so this is a node that knows less than the server).
+fn reset_probes(c: &mut Tracked) {
+    let now = Instant::now();
+    let make = |field: &str| match probes::Spec::of(&c.spec, field) {
+        Ok(spec) => spec.map(|s| Probe::new(s, now)),
+        Err(e) => {
+            tracing::warn!(container = %c.status.name, "{e}");
+            None
+        }
+    };
+    let (startup, liveness, readiness) = (make("startupProbe"), make("livenessProbe"), make("readinessProbe"));
+    c.startup = startup;
+    c.liveness = liveness;
+    c.readiness = readiness;
+}
+
+fn init_succeeded(c: &Tracked) -> bool {
+    matches!(c.status.state, ContainerState::Terminated { exit_code: 0, .. })
+}
+
+/// Kubernetes' pod phase from its containers (kubelet's `getPhase`).
+fn phase(
+    policy: RestartPolicy,
+    initialized: bool,
+    init: &[ContainerStatus],
+    main: &[ContainerStatus],
+) -> Phase {
+    let failed = |c: &ContainerStatus| {
+        matches!(c.state, ContainerState::Terminated { exit_code, .. } if exit_code != 0)
+    };
+    if !initialized {
+        // An init container that failed for good fails the pod.
+        if policy == RestartPolicy::Never && init.iter().any(failed) {
+            return Phase::Failed;
+        }
+        return Phase::Pending;
+    }
+    let running = main
+        .iter()
+        .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+        .count();
+    let waiting = main
+        .iter()
+        .filter(|c| matches!(c.state, ContainerState::Waiting { .. }))
+        .count();
+    let terminated = main.len() - running - waiting;
+    let restarting = main
+        .iter()
+        .filter(|c| matches!(c.state, ContainerState::Waiting { .. }) && c.last_state.is_some())
+        .count();
+    if waiting > restarting {
+        return Phase::Pending;
+    }
+    if running > 0 || restarting > 0 {
+        return Phase::Running;
+    }
+    if terminated == main.len() && !main.is_empty() {
+        if main.iter().any(failed) {
+            return Phase::Failed;
+        }
+        return Phase::Succeeded;
+    }
+    Phase::Pending
+}
+
+/// kubelet's default: `Always` for `:latest` or no tag, `IfNotPresent` otherwise.
+fn default_pull_policy(reference: &str) -> &'static str {
+    if reference.contains('@') {
+        return "IfNotPresent";
+    }
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn pull_message(reference: &str, e: &PullError) -> String {
+    format!("Failed to pull image \"{reference}\": {e}")
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn pod_context<'a>(pod: &'a Value, ips: &'a [IpAddr]) -> super::env::PodContext<'a> {
+    let host_network = pod["spec"]["hostNetwork"].as_bool().unwrap_or(false);
+    super::env::PodContext {
+        pod,
+        pod_ips: if host_network { ips } else { &[] },
+        host_ips: ips,
+        allocatable: super::env::Allocatable::default(),
+    }
+}
+
+/// Names of ConfigMaps (`kind` "configmap") or Secrets a pod's env (and, with `volumes`, its
+/// volumes) reference.
+fn referenced(pod: &Value, kind: &str, volumes: bool) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let spec = &pod["spec"];
+    let (vol_field, vol_name, key_ref, from_ref) = match kind {
+        "configmap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
+        _ => ("secret", "secretName", "secretKeyRef", "secretRef"),
+    };
+    let list = |v: &Value, f: &str| v.get(f).and_then(Value::as_array).cloned().unwrap_or_default();
+    if volumes {
+        for vol in list(spec, "volumes") {
+            if let Some(n) = vol.get(vol_field).and_then(|v| v[vol_name].as_str()) {
+                names.push(n.to_owned());
+            }
+            for src in list(&vol["projected"], "sources") {
+                if let Some(n) = src.get(vol_field).and_then(|v| v["name"].as_str()) {
+                    names.push(n.to_owned());
+                }
+            }
+        }
+    }
+    for c in list(spec, "initContainers").into_iter().chain(list(spec, "containers")) {
+        for e in list(&c, "env") {
+            if let Some(n) = e.pointer("/valueFrom").and_then(|v| v.get(key_ref)).and_then(|r| r["name"].as_str()) {
+                names.push(n.to_owned());
+            }
+        }
+        for e in list(&c, "envFrom") {
+            if let Some(n) = e.get(from_ref).and_then(|r| r["name"].as_str()) {
+                names.push(n.to_owned());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Mounts an overlay of `layers` (lowest first) with `upper` on top at `target`.
+fn mount_overlay(layers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    if layers.is_empty() {
+        return Err("the image has no layers".into());
+    }
+    // overlayfs lists lower layers top first.
+    let lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    if options.len() >= 4096 {
+        return Err(format!(
+            "the image has too many layers ({}) for one overlay mount",
+            layers.len()
+        ));
+    }
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|e| format!("cannot mount the container's root filesystem at {}: {e}", target.display()))
+}
+
+/// Writes `path` whole or not at all (temp file, then rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn unmount_quietly(target: &Path) {
+    let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+}
+
+/// Removes a pod's directory: volumes and sandbox first (they hold mounts), never following
+/// a symlink out of it.
+async fn remove_pod_dir(_shared: &Shared, dir: &Path) {
+    let dir = dir.to_owned();
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = super::volumes::tear_down(&dir);
+        let _ = super::sandbox::tear_down(&dir);
+        let _ = super::volumes::unmount_below(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// Stops whatever an earlier process left running for a pod no longer assigned here.
+async fn remove_orphan(shared: &Shared, dir: &Path) {
+    let containers = dir.join("containers");
+    for c in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
+        for run in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+            let uid = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = c.file_name().to_string_lossy().into_owned();
+            let number = run.file_name().to_string_lossy().parse::<u32>().unwrap_or(0);
+            let (_, id) = run_paths(dir, uid, &name, number);
+            let _ = shared.config.runc.kill(&id, Signal::SIGKILL, true).await;
+            let _ = shared.config.runc.delete(&id, true).await;
+            unmount_quietly(&run.path().join("bundle").join("rootfs"));
+        }
+    }
+    remove_pod_dir(shared, dir).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: ContainerState, last: Option<ContainerState>) -> ContainerStatus {
+        ContainerStatus {
+            name: "c".into(),
+            image: "busybox".into(),
+            image_id: String::new(),
+            container_id: String::new(),
+            ready: false,
+            restart_count: 0,
+            state,
+            last_state: last,
+        }
+    }
+
+    fn exited(code: i32) -> ContainerState {
+        ContainerState::Terminated {
+            exit_code: code,
+            reason: "x".into(),
+            message: String::new(),
+            started_at: String::new(),
+            finished_at: String::new(),
+        }
+    }
+
+    fn running() -> ContainerState {
+        ContainerState::Running {
+            started_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn phases_follow_kubelet() {
+        use RestartPolicy::*;
+        let creating = status(waiting("ContainerCreating", ""), None);
+        assert_eq!(phase(Always, true, &[], &[creating.clone()]), Phase::Pending);
+        assert_eq!(phase(Always, true, &[], &[status(running(), None)]), Phase::Running);
+        let backoff = status(waiting("CrashLoopBackOff", ""), Some(exited(1)));
+        assert_eq!(phase(Always, true, &[], &[backoff]), Phase::Running);
+        assert_eq!(phase(Never, true, &[], &[status(exited(0), None)]), Phase::Succeeded);
+        assert_eq!(
+            phase(Never, true, &[], &[status(exited(0), None), status(exited(2), None)]),
+            Phase::Failed
+        );
+        assert_eq!(
+            phase(Never, true, &[], &[status(exited(0), None), status(running(), None)]),
+            Phase::Running
+        );
+        // Init containers: pending until they succeed; one failed for good fails the pod.
+        assert_eq!(phase(Always, false, &[creating.clone()], &[creating.clone()]), Phase::Pending);
+        assert_eq!(phase(Never, false, &[status(exited(1), None)], &[creating]), Phase::Failed);
+    }
+
+    #[test]
+    fn pull_policy_defaults_like_kubelet() {
+        assert_eq!(default_pull_policy("nginx"), "Always");
+        assert_eq!(default_pull_policy("nginx:latest"), "Always");
+        assert_eq!(default_pull_policy("nginx:1.27"), "IfNotPresent");
+        assert_eq!(default_pull_policy("registry:5000/nginx"), "Always");
+        assert_eq!(default_pull_policy("registry:5000/nginx:1"), "IfNotPresent");
+        assert_eq!(default_pull_policy("nginx@sha256:abcd"), "IfNotPresent");
+    }
+
+    #[test]
+    fn env_references_exclude_volumes_unless_asked() {
+        let pod = serde_json::json!({"spec": {
+            "volumes": [{"name": "v", "configMap": {"name": "vol-cm"}}],
+            "containers": [{"name": "c", "envFrom": [{"configMapRef": {"name": "env-cm"}}]}]}});
+        assert_eq!(referenced(&pod, "configmap", false), ["env-cm"]);
+        assert_eq!(referenced(&pod, "configmap", true), ["env-cm", "vol-cm"]);
+        assert!(referenced(&pod, "secret", true).is_empty());
+    }
+}

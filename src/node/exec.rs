@@ -1,0 +1,317 @@
+//! A runc node's streams: `kubectl logs` from the CRI log files, `kubectl exec` through
+//! `runc exec`, framed as Kubernetes' channel protocol (see [`super::streams`]).
+//!
+//! Invariants: every stream opens with exactly one [`super::streams::Opened`]; an exec's
+//! process is killed when its client goes away (runc's end of the pipes is dropped with the
+//! child, which is spawned `kill_on_drop`), and its exit status is sent on channel 3 before
+//! the stream closes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::containers::Shared;
+use super::logs::{self, LogSource};
+use super::pods::{ContainerState, PodKey};
+use super::runc::ExecProcess;
+use super::streams::{LogOptions, MAX_MESSAGE, Message, Pipe, StreamIo, StreamRequest, StreamServer};
+
+/// Channels of `v4/v5.channel.k8s.io`.
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+/// Serves logs and exec from the pods a [`super::containers::Containers`] runs.
+pub struct RuncStreams {
+    pub shared: Arc<Shared>,
+}
+
+impl StreamServer for RuncStreams {
+    fn serve(&self, request: StreamRequest, pipe: Pipe) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            match request {
+                StreamRequest::Logs {
+                    pod,
+                    uid,
+                    container,
+                    options,
+                } => serve_logs(&shared, &pod, &uid, &container, &options, pipe).await,
+                StreamRequest::Exec {
+                    pod,
+                    uid,
+                    container,
+                    command,
+                    io,
+                } => serve_exec(&shared, &pod, &uid, &container, command, io, pipe).await,
+                StreamRequest::Attach { .. } => {
+                    pipe.open(400, "attach is not supported by this node yet: use kubectl logs -f, or exec")
+                        .await;
+                }
+            }
+        })
+    }
+}
+
+/// Why a container's stream cannot open: kubelet's messages.
+fn not_started(shared: &Shared, pod: &PodKey, container: &str) -> String {
+    let reason = shared
+        .waiting_reason(pod, container)
+        .unwrap_or_else(|| "ContainerCreating".into());
+    format!(
+        "container \"{container}\" in pod \"{}\" is waiting to start: {reason}",
+        pod.name
+    )
+}
+
+async fn serve_logs(
+    shared: &Shared,
+    pod: &PodKey,
+    uid: &str,
+    container: &str,
+    options: &LogOptions,
+    pipe: Pipe,
+) {
+    let Some((run_uid, run)) = shared.run_of(pod, container).filter(|(u, _)| u == uid) else {
+        pipe.open(400, &not_started(shared, pod, container)).await;
+        return;
+    };
+    let number = if options.previous {
+        match run.number.checked_sub(1) {
+            Some(n) => n,
+            None => {
+                let msg = format!(
+                    "previous terminated container \"{container}\" in pod \"{}\" not found",
+                    pod.name
+                );
+                pipe.open(400, &msg).await;
+                return;
+            }
+        }
+    } else {
+        run.number
+    };
+    let current = shared
+        .log_dir(pod, &run_uid, container)
+        .join(format!("{number}.log"));
+    let files = if options.previous {
+        vec![current]
+    } else {
+        logs::log_files(&current).unwrap_or_else(|_| vec![current])
+    };
+    // A run's state directory sits beside the others: <container>/<run>/state.
+    let exit_file = run
+        .state_dir
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|c| c.join(number.to_string()).join("state").join(super::monitor::EXIT_FILE));
+    let source = LogSource { files, exit_file };
+    let since = match options.since.as_deref().map(|s| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+    }) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            pipe.open(400, &format!("bad since time: {e}")).await;
+            return;
+        }
+    };
+    let opts = logs::LogOptions {
+        follow: options.follow && !options.previous,
+        tail_lines: options.tail_lines,
+        since,
+        timestamps: options.timestamps,
+        limit_bytes: options.limit_bytes,
+    };
+    if !pipe.open(200, "").await {
+        return;
+    }
+    let (mut writer, reader) = tokio::io::duplex(MAX_MESSAGE);
+    let copy = async move {
+        if let Err(e) = logs::copy_logs(&source, &opts, &mut writer).await {
+            tracing::debug!(error = %e, "log stream ended");
+        }
+        let _ = writer.shutdown().await;
+    };
+    let Pipe { tx, rx: _rx } = pipe;
+    tokio::select! {
+        _ = copy => {}
+        _ = forward(reader, tx.clone(), None) => {}
+    }
+    // Whatever the copy wrote last is still in the duplex buffer only if forward ended
+    // first, which means the client is gone.
+}
+
+/// Sends what `from` yields as binary messages, each prefixed with `channel` if given, until
+/// it ends or the other side is gone.
+async fn forward(mut from: impl AsyncRead + Unpin, tx: mpsc::Sender<Message>, channel: Option<u8>) {
+    let mut buf = vec![0u8; MAX_MESSAGE - 1];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut msg = Vec::with_capacity(n + 1);
+        if let Some(c) = channel {
+            msg.push(c);
+        }
+        msg.extend_from_slice(&buf[..n]);
+        if tx.send(Message::Binary(msg)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_exec(
+    shared: &Shared,
+    pod: &PodKey,
+    uid: &str,
+    container: &str,
+    command: Vec<String>,
+    io: StreamIo,
+    pipe: Pipe,
+) {
+    let run = shared.run_of(pod, container).filter(|(u, _)| u == uid);
+    let Some((_, run)) = run else {
+        pipe.open(400, &not_started(shared, pod, container)).await;
+        return;
+    };
+    let (Some(id), ContainerState::Running { .. }) = (run.runc_id.clone(), &run.state) else {
+        let msg = format!("container \"{container}\" in pod \"{}\" is not running", pod.name);
+        pipe.open(400, &msg).await;
+        return;
+    };
+    let process = ExecProcess::Args {
+        argv: command.clone(),
+        env: Vec::new(),
+        cwd: None,
+        user: None,
+    };
+    let mut exec = match shared.config.runc.exec(&id, &process, io.tty).await {
+        Ok(e) => e,
+        Err(e) => {
+            pipe.open(500, &format!("cannot exec in container \"{container}\": {e}")).await;
+            return;
+        }
+    };
+    if !pipe.open(200, "").await {
+        return;
+    }
+    let Pipe { tx, mut rx } = pipe;
+    let mut stdin: Option<Box<dyn AsyncWrite + Unpin + Send>> = None;
+    let mut outputs = Vec::new();
+    let console = exec.console.take();
+    let mut resize: Option<Arc<super::runc::Console>> = None;
+    match console {
+        Some(console) => {
+            // One terminal carries input and output; stderr is merged into it.
+            let console = Arc::new(console);
+            resize = Some(console.clone());
+            let (r, w) = tokio::io::split(ConsoleIo(console));
+            if io.stdin {
+                stdin = Some(Box::new(w));
+            }
+            outputs.push(tokio::spawn(forward(r, tx.clone(), Some(STDOUT))));
+        }
+        None => {
+            if let Some(w) = exec.child.stdin.take() {
+                if io.stdin {
+                    stdin = Some(Box::new(w));
+                }
+            }
+            if let Some(r) = exec.child.stdout.take() {
+                outputs.push(tokio::spawn(forward(r, tx.clone(), Some(STDOUT))));
+            }
+            if let Some(r) = exec.child.stderr.take() {
+                outputs.push(tokio::spawn(forward(r, tx.clone(), Some(STDERR))));
+            }
+        }
+    }
+    let status = loop {
+        tokio::select! {
+            s = exec.child.wait() => break s,
+            m = rx.recv() => match m {
+                Some(Message::Binary(b)) if !b.is_empty() => match b[0] {
+                    STDIN => {
+                        if let Some(w) = stdin.as_mut()
+                            && w.write_all(&b[1..]).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    RESIZE => {
+                        if let (Some(c), Ok(size)) = (&resize, serde_json::from_slice::<serde_json::Value>(&b[1..])) {
+                            let w = size["Width"].as_u64().unwrap_or(80) as u16;
+                            let h = size["Height"].as_u64().unwrap_or(24) as u16;
+                            let _ = c.resize(h, w);
+                        }
+                    }
+                    CLOSE if b.get(1) == Some(&STDIN) => {
+                        if let Some(mut w) = stdin.take() {
+                            let _ = w.shutdown().await;
+                        }
+                    }
+                    _ => {}
+                },
+                Some(_) => {}
+                // The client is gone: the exec goes with it.
+                None => return,
+            },
+        }
+    };
+    drop(stdin);
+    for o in outputs {
+        let _ = o.await;
+    }
+    let code = status.ok().and_then(|s| s.code()).unwrap_or(1);
+    let message = if code == 0 {
+        json!({"metadata": {}, "status": "Success"})
+    } else {
+        json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        })
+    };
+    let mut frame = vec![ERROR];
+    frame.extend_from_slice(message.to_string().as_bytes());
+    let _ = tx.send(Message::Binary(frame)).await;
+}
+
+/// The terminal of an exec, shared by its reader, its writer and resizes.
+struct ConsoleIo(Arc<super::runc::Console>);
+
+impl AsyncRead for ConsoleIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ConsoleIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_shutdown(cx)
+    }
+}

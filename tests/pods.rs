@@ -1,0 +1,432 @@
+//! Pods run: real runc containers from images in a local registry, on a server's own node and
+//! on a real agent, with `kubectl logs` and `kubectl exec` through the tunnel's dial-back.
+//!
+//! Needs root, runc, Debian's docker-registry and busybox-static (`.ci/run` installs them);
+//! without them each test says so loudly and is skipped, or fails under CI=true.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::agent::Agent;
+use common::registry::Registry;
+use common::{Options, Server, wait_until};
+use serde_json::Value;
+
+/// The image every test runs: busybox from the local registry, reached as docker.io's mirror.
+const IMAGE: &str = "busybox:1.36";
+
+/// Whether this machine can run the tests: root, runc and the registry's tools.
+fn available(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if Command::new("runc").arg("--version").output().is_err() {
+        missing.push("runc");
+    }
+    if !missing.is_empty() {
+        let msg = format!("the pod tests need {}", missing.join(", "));
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("\n\n!!! {msg}\n!!! CI=true: refusing to skip `{test}`\n");
+        }
+        eprintln!("\n!!! SKIPPING `{test}`: {msg}\n");
+        return false;
+    }
+    Registry::available(test)
+}
+
+/// A registry holding busybox, and a `registries.yaml` making it docker.io's mirror.
+struct Images {
+    registry: Registry,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Images {
+    fn new() -> Images {
+        let registry = Registry::start_plain();
+        registry.push_busybox("library/busybox:1.36");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("registries.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "mirrors:\n  docker.io:\n    endpoint:\n      - \"http://{}\"\n",
+                registry.addr
+            ),
+        )
+        .expect("write registries.yaml");
+        Images {
+            registry,
+            config,
+            _dir: dir,
+        }
+    }
+
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--runtime=runc".into(),
+            format!("--private-registry={}", self.config.display()),
+        ]
+    }
+}
+
+fn server_with_runtime(images: &Images) -> Server {
+    let mut opts = Options::default();
+    for f in images.flags() {
+        opts = opts.flag(&f);
+    }
+    Server::start(opts)
+}
+
+fn pod(s: &Server, name: &str) -> Value {
+    s.kubectl_json(&["get", "pod", name, "-o", "json"])
+}
+
+fn phase(s: &Server, name: &str) -> String {
+    pod(s, name)["status"]["phase"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn wait_running(s: &Server, name: &str) {
+    let limit = Duration::from_secs(60);
+    let start = Instant::now();
+    loop {
+        let p = pod(s, name);
+        if p["status"]["phase"] == "Running" {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "pod {name} not Running within {limit:?}: {}\n{}",
+            p["status"],
+            s.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A pod (JSON) running `script` in busybox's shell, on `node` if given.
+fn apply_pod(s: &Server, name: &str, script: &str, policy: &str, node: Option<&str>) {
+    let mut spec = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": policy,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{"name": "c", "image": IMAGE, "command": ["sh", "-c", script]}],
+        },
+    });
+    if let Some(n) = node {
+        spec["spec"]["nodeName"] = n.into();
+    }
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), spec.to_string()).expect("write pod");
+    s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+}
+
+/// Runs kubectl against `s`, returning (exit code, stdout, stderr).
+fn kubectl(s: &Server, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new("kubectl");
+    cmd.arg(format!("--kubeconfig={}", s.kubeconfig().display()))
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn kubectl");
+    if let Some(input) = stdin {
+        let mut w = child.stdin.take().expect("stdin");
+        w.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_pod_runs_and_serves_logs_and_exec() {
+    if !available("a_pod_runs_and_serves_logs_and_exec") {
+        return;
+    }
+    let images = Images::new();
+    let s = server_with_runtime(&images);
+    apply_pod(
+        &s,
+        "web",
+        "i=0; while true; do echo line $i; i=$((i+1)); sleep 1; done",
+        "Always",
+        None,
+    );
+    wait_running(&s, "web");
+    let p = pod(&s, "web");
+    let c = &p["status"]["containerStatuses"][0];
+    assert_eq!(c["ready"], true, "{c}");
+    assert!(c["state"]["running"]["startedAt"].is_string(), "{c}");
+    assert!(
+        c["containerID"].as_str().unwrap_or_default().starts_with("keelson://"),
+        "{c}"
+    );
+    assert!(
+        c["imageID"].as_str().unwrap_or_default().contains("@sha256:"),
+        "{c}"
+    );
+    let conditions = p["status"]["conditions"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(conditions >= 4, "{}", p["status"]);
+
+    // Logs: what the container wrote, and a line seen by `logs -f` soon after its write.
+    wait_until("the first log line", Duration::from_secs(10), || {
+        String::from_utf8_lossy(&s.kubectl(&["logs", "web"]).stdout).contains("line 0")
+    });
+    let mut follow = Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", s.kubeconfig().display()))
+        .args(["logs", "-f", "web", "--tail=0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    std::thread::sleep(Duration::from_millis(500));
+    let written = Instant::now();
+    // Writes to the container's own stdout (its PID 1's), as the app would.
+    let (code, _, err) = kubectl(&s, &["exec", "web", "--", "sh", "-c", "echo MARK-1 > /proc/1/fd/1"], None);
+    assert_eq!(code, 0, "{err}");
+    let mut out = follow.stdout.take().expect("stdout");
+    let seen = read_until(&mut out, "MARK-1", Duration::from_secs(5));
+    let latency = written.elapsed();
+    let _ = follow.kill();
+    assert!(seen, "logs -f never showed the line written by exec");
+    eprintln!("logs -f latency (exec round trip included): {latency:?}");
+    assert!(latency < Duration::from_secs(2), "logs -f took {latency:?}");
+
+    // Exec: exit codes, stdin, and a terminal.
+    let (code, _, _) = kubectl(&s, &["exec", "web", "--", "sh", "-c", "exit 3"], None);
+    assert_eq!(code, 3, "kubectl exec should exit with the command's code");
+    let (code, out, err) = kubectl(&s, &["exec", "-i", "web", "--", "sh", "-c", "read x; echo got $x"], Some("hello\n"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "got hello");
+    let tty = exec_with_pty(&s, "web", "echo $((6*7)); tty; exit\n");
+    assert!(tty.contains("42"), "the shell over the terminal did not answer: {tty:?}");
+    assert!(tty.contains("/dev/pts/"), "no terminal in the container: {tty:?}");
+
+    // Errors a user can act on.
+    let (code, _, err) = kubectl(&s, &["logs", "web", "-c", "nope"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("container nope is not valid for pod web"), "{err}");
+
+    // Deleting the pod stops its container and removes its files.
+    let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let pod_dir = s.data_dir().join("agent/pods").join(&uid);
+    assert!(pod_dir.exists(), "{} should exist while the pod runs", pod_dir.display());
+    s.kubectl_ok(&["delete", "pod", "web", "--wait=false"]);
+    wait_until("the pod's directory to go", Duration::from_secs(20), || !pod_dir.exists());
+    let runc = runc_list(&s.data_dir());
+    assert!(!runc.contains(&uid), "a container of the deleted pod is left: {runc}");
+}
+
+#[test]
+fn containers_end_restart_and_fail_as_kubelet_reports() {
+    if !available("containers_end_restart_and_fail_as_kubelet_reports") {
+        return;
+    }
+    let images = Images::new();
+    let s = server_with_runtime(&images);
+    apply_pod(&s, "done", "echo bye; exit 0", "Never", None);
+    apply_pod(&s, "broken", "exit 2", "Never", None);
+    apply_pod(&s, "crashy", "echo crashing; exit 1", "Always", None);
+    wait_until("done to succeed", Duration::from_secs(60), || phase(&s, "done") == "Succeeded");
+    wait_until("broken to fail", Duration::from_secs(30), || phase(&s, "broken") == "Failed");
+    let broken = pod(&s, "broken");
+    assert_eq!(
+        broken["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 2,
+        "{}",
+        broken["status"]
+    );
+    assert_eq!(
+        broken["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
+        "Error"
+    );
+    wait_until("crashy to restart", Duration::from_secs(30), || {
+        pod(&s, "crashy")["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    let crashy = pod(&s, "crashy");
+    let c = &crashy["status"]["containerStatuses"][0];
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
+    assert_eq!(c["state"]["waiting"]["reason"], "CrashLoopBackOff", "{c}");
+    let (_, out, _) = kubectl(&s, &["logs", "crashy", "--previous"], None);
+    assert!(out.contains("crashing"), "logs --previous: {out:?}");
+
+    // An image the registry does not have.
+    let spec = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ghost"},
+        "spec": {"containers": [{"name": "c", "image": "busybox:does-not-exist"}]}});
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), spec.to_string()).expect("write pod");
+    s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+    wait_until("ghost to say why it waits", Duration::from_secs(30), || {
+        let w = &pod(&s, "ghost")["status"]["containerStatuses"][0]["state"]["waiting"];
+        matches!(w["reason"].as_str(), Some("ErrImagePull" | "ImagePullBackOff"))
+            && w["message"].as_str().unwrap_or_default().contains("not found")
+    });
+    drop(images);
+}
+
+#[test]
+fn an_agents_containers_outlive_its_process() {
+    if !available("an_agents_containers_outlive_its_process") {
+        return;
+    }
+    let images = Images::new();
+    let s = server_with_runtime(&images);
+    let flags = images.flags();
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(&s.url(), &s.token(), "pi-1", &extra);
+    wait_until("the agent's node", Duration::from_secs(30), || {
+        s.kubectl(&["get", "node", "pi-1"]).status.success()
+    });
+    apply_pod(&s, "steady", "while true; do sleep 1; done", "Always", Some("pi-1"));
+    apply_pod(&s, "finisher", "sleep 4; exit 7", "Never", Some("pi-1"));
+    wait_running(&s, "steady");
+    wait_running(&s, "finisher");
+    let before = container_pid(&agent.data_dir(), &s, "steady");
+    // The logs of a pod on an agent come through the agent's dial-back.
+    let (code, _, err) = kubectl(&s, &["exec", "steady", "--", "sh", "-c", "exit 5"], None);
+    assert_eq!(code, 5, "{err}");
+
+    agent.kill();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        Path::new(&format!("/proc/{before}")).exists(),
+        "the container (pid {before}) died with the agent"
+    );
+    agent.spawn();
+    wait_until("the finisher's exit code to be reported", Duration::from_secs(30), || {
+        phase(&s, "finisher") == "Failed"
+    });
+    let f = pod(&s, "finisher");
+    assert_eq!(
+        f["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 7,
+        "{}",
+        f["status"]
+    );
+    let after = container_pid(&agent.data_dir(), &s, "steady");
+    assert_eq!(before, after, "the container was started again instead of adopted");
+    let steady = pod(&s, "steady");
+    assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(steady["status"]["phase"], "Running");
+    s.kubectl_ok(&["delete", "pod", "steady", "finisher", "--wait=false"]);
+    let uid = steady["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    wait_until("the agent to remove the pod", Duration::from_secs(20), || {
+        !runc_list(&agent.data_dir()).contains(&uid)
+    });
+}
+
+/// The host PID of a pod's container `c`, from runc's state on the node that runs it.
+fn container_pid(data_dir: &Path, s: &Server, pod_name: &str) -> u32 {
+    let p = pod(s, pod_name);
+    let id = p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("keelson://"))
+        .unwrap_or_default()
+        .to_owned();
+    let out = Command::new("runc")
+        .arg(format!("--root={}", data_dir.join("agent/runc").display()))
+        .args(["state", &id])
+        .output()
+        .expect("runc state");
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    state["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid for {id}: {}", String::from_utf8_lossy(&out.stderr))) as u32
+}
+
+fn runc_list(data_dir: &Path) -> String {
+    let out = Command::new("runc")
+        .arg(format!("--root={}", data_dir.join("agent/runc").display()))
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads `from` until `needle` shows up or `limit` passes.
+fn read_until(from: &mut impl std::io::Read, needle: &str, limit: Duration) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Reading blocks; a thread reports each chunk so the deadline holds.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while let Ok(n) = from.read(&mut chunk) {
+                if n == 0 || tx.send(chunk[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + limit;
+        let found = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(bytes) => {
+                    buf.extend(bytes);
+                    if String::from_utf8_lossy(&buf).contains(needle) {
+                        break true;
+                    }
+                }
+                Err(_) => break false,
+            }
+        };
+        drop(rx);
+        found
+    })
+}
+
+/// Runs `kubectl exec -it POD -- sh` under a pseudo-terminal (python's pty module), typing
+/// `input`; returns what the terminal showed.
+fn exec_with_pty(s: &Server, pod: &str, input: &str) -> String {
+    let script = r#"
+import os, pty, sys, time, select
+argv = sys.argv[1:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(argv[0], argv)
+time.sleep(1.5)
+os.write(fd, sys.stdin.read().encode())
+out = b""
+end = time.time() + 15
+while time.time() < end:
+    r, _, _ = select.select([fd], [], [], 0.5)
+    if fd in r:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    elif os.waitpid(pid, os.WNOHANG) != (0, 0):
+        break
+sys.stdout.write(out.decode(errors="replace"))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, "kubectl"])
+        .arg(format!("--kubeconfig={}", s.kubeconfig().display()))
+        .args(["exec", "-it", pod, "--", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 pty");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("pty output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
