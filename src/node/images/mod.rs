@@ -372,7 +372,9 @@ impl ImageStore {
                 (None, None) => {}
             }
             if index.images.len() == before {
-                return Err(StoreError::NotFound(reference.to_owned()));
+                return Err(StoreError::NotFound(
+                    name.clone().unwrap_or_else(|| reference.to_owned()),
+                ));
             }
             Ok(())
         })?;
