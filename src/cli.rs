@@ -33,6 +33,8 @@ pub enum Command {
     /// Benchmark helper: run only the layer-4 load balancer in front of given backends
     #[command(hide = true)]
     Lb(LbArgs),
+    /// Manage this node's container images: list, pull, import, remove (like `k3s crictl images`)
+    Images(ImagesArgs),
     /// Run the system kubectl against this node's admin kubeconfig
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -314,6 +316,66 @@ pub struct RuntimeArgs {
     /// Most log files kept per container, the current one included (kubelet's flag)
     #[arg(long, default_value_t = 5)]
     pub container_log_max_files: usize,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ImagesArgs {
+    /// Directory for state; images live under <data-dir>/agent/images [default: /var/lib/keelson as root, ~/.local/share/keelson otherwise]
+    #[arg(short = 'd', long, env = "KEELSON_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Registry mirrors and credentials, in K3s's registries.yaml format
+    #[arg(
+        long,
+        env = "KEELSON_PRIVATE_REGISTRY",
+        default_value = crate::node::images::registries::DEFAULT_PATH,
+        global = true
+    )]
+    pub private_registry: PathBuf,
+
+    /// Pull only from the mirrors in registries.yaml, never from a registry's own endpoint
+    #[arg(long, global = true)]
+    pub disable_default_registry_endpoint: bool,
+
+    /// Turn on debug logs
+    #[arg(long, env = "KEELSON_DEBUG", global = true)]
+    pub debug: bool,
+
+    #[command(subcommand)]
+    pub command: ImagesCommand,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum ImagesCommand {
+    /// List the images in the store
+    #[command(alias = "ls")]
+    List {
+        /// Print only image IDs
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Pull an image for this node's platform (progress on stderr)
+    Pull {
+        /// Image reference, e.g. busybox:1.36 or registry.local:5000/app@sha256:...
+        image: String,
+        /// USER:PASSWORD for the image's registry
+        #[arg(long, hide_env_values = true)]
+        creds: Option<String>,
+        /// Pull for another platform, os/arch[/variant] (e.g. linux/arm/v7) [default: this node's]
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Import image tarballs (docker-archive or OCI layout; .tar, .tar.gz, .tar.zst) [default: every tarball in <data-dir>/agent/images]
+    Import {
+        /// Tarballs, or directories whose tarballs to import
+        paths: Vec<PathBuf>,
+    },
+    /// Remove images by reference or image ID, and the layers nothing else uses
+    #[command(alias = "rmi")]
+    Remove {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args, Clone)]

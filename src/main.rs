@@ -13,6 +13,7 @@ mod cli;
 mod config;
 mod controllers;
 mod datastore;
+mod images_cli;
 mod loadgen;
 #[allow(unsafe_code)]
 mod memory;
@@ -83,6 +84,10 @@ fn main() -> ExitCode {
             run(Threads::Two, async {
                 vip::lb::standalone(args, stop_on_signal()).await
             })
+        }
+        Command::Images(args) => {
+            init_logging(args.debug);
+            run(Threads::One, images_cli::run(args))
         }
         Command::Kubectl { args } => run_kubectl(args),
     }

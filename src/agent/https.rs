@@ -235,8 +235,10 @@ pub fn unverified_tls() -> Result<Arc<rustls::ClientConfig>, Error> {
     Ok(Arc::new(config))
 }
 
+/// Accepts any server certificate (still checking the handshake signatures); also used by
+/// the image puller for registries configured with `insecure_skip_verify`.
 #[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AcceptAny(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     fn verify_server_cert(

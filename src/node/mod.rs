@@ -9,6 +9,7 @@
 pub mod containers;
 pub mod exec;
 pub mod hollow;
+pub mod images;
 pub mod objects;
 pub mod pods;
 pub mod probes;

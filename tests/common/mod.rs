@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod db;
 pub mod lab;
+pub mod registry;
 pub mod tlsdb;
 
 use std::ffi::OsString;
