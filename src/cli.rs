@@ -316,6 +316,18 @@ pub struct RuntimeArgs {
     /// Most log files kept per container, the current one included (kubelet's flag)
     #[arg(long, default_value_t = 5)]
     pub container_log_max_files: usize,
+
+    /// Resources set aside for keelson and the node's agents, e.g. cpu=100m,memory=256Mi (kubelet's flag)
+    #[arg(long, default_value = "")]
+    pub kube_reserved: String,
+
+    /// Resources set aside for the operating system, e.g. memory=128Mi (kubelet's flag)
+    #[arg(long, default_value = "")]
+    pub system_reserved: String,
+
+    /// Hard eviction thresholds, e.g. memory.available<100Mi,nodefs.available<10% (kubelet's flag and default)
+    #[arg(long, default_value = crate::node::resources::DEFAULT_EVICTION_HARD)]
+    pub eviction_hard: String,
 }
 
 #[derive(Debug, Args, Clone)]

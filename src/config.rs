@@ -442,6 +442,9 @@ impl ServerConfig {
         }
 
         let runtime = crate::node::RuntimeOptions::from_args(&args.node_runtime, &mut problems);
+        let mut node = node;
+        node.reservations = runtime.reservations;
+        node.data_dir = data_dir.clone();
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
@@ -659,6 +662,8 @@ fn node_options(
         labels,
         taints,
         ips,
+        reservations: Default::default(),
+        data_dir: Default::default(),
     }
 }
 
@@ -784,12 +789,16 @@ impl AgentConfig {
             }
         }
         let runtime = crate::node::RuntimeOptions::from_args(&args.node_runtime, &mut problems);
+        let mut node = node;
+        node.reservations = runtime.reservations;
+        let data_dir = args.data_dir.unwrap_or_else(|| host.default_data_dir());
+        node.data_dir = data_dir.clone();
         match (server, token) {
             (Some(server), Some(token)) if problems.is_empty() => Ok(AgentConfig {
                 server,
                 token,
                 unsafe_skip_ca_verification: args.unsafe_skip_ca_verification,
-                data_dir: args.data_dir.unwrap_or_else(|| host.default_data_dir()),
+                data_dir,
                 node,
                 with_node_id: args.with_node_id,
                 runtime,

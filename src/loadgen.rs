@@ -41,8 +41,11 @@ pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Resu
                 labels: Default::default(),
                 taints: Vec::new(),
                 ips: vec![ip],
+                reservations: Default::default(),
+                data_dir: args.data_dir.clone(),
             },
             with_node_id: false,
+            runtime: crate::node::RuntimeOptions::none(),
             debug: args.debug,
         };
         let stop = stop.clone();

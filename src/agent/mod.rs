@@ -74,7 +74,28 @@ pub async fn run(
         opts.name = files.name_with_id(&opts.name)?;
     }
     let password = files.node_password()?;
-    let report = registration::report(&opts, sysinfo::SystemInfo::read());
+    let info = sysinfo::SystemInfo::read();
+    let report = registration::report(&opts, info.clone());
+    let (report_tx, mut reports) = watch::channel(report.clone());
+    // Measures the node again now and then; a changed report (pressure, addresses) goes up
+    // the tunnel. Ends with the agent (the receiver goes).
+    tokio::spawn({
+        let opts = opts.clone();
+        async move {
+            loop {
+                tokio::time::sleep(registration::REPORT_INTERVAL).await;
+                let next = registration::report(&opts, info.clone());
+                report_tx.send_if_modified(|r| {
+                    let changed = *r != next;
+                    *r = next;
+                    changed
+                });
+                if report_tx.is_closed() {
+                    return;
+                }
+            }
+        }
+    });
     let (worker, mut pods, pod_events, pod_reports) =
         PodWorker::start(runtime, report.addresses.first().copied());
     // Ends when `stop` flips or when this function returns (dropping `pods`).
@@ -155,7 +176,7 @@ pub async fn run(
             let outcome = client::session(
                 &mut ws,
                 &target,
-                &report,
+                &mut reports,
                 |list| {
                     connected.send_if_modified(|up| !std::mem::replace(up, true));
                     balancer.learn(list)

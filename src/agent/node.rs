@@ -15,6 +15,10 @@ pub struct NodeOptions {
     /// Applied when the node object is first created (like kubelet's `--register-with-taints`).
     pub taints: Vec<Taint>,
     pub ips: Vec<IpAddr>,
+    /// What is set aside from pods (`--kube-reserved`, `--system-reserved`, `--eviction-hard`).
+    pub reservations: crate::node::resources::Reservations,
+    /// The data dir, whose filesystem is the node's ephemeral storage (kubelet's nodefs).
+    pub data_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,6 +27,10 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// (as Kubernetes's NodeRestriction).
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 
+/// How often a node measures itself again (pressure, addresses); a changed report is sent.
+/// Above the server's shortest interval between two reports.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A server's own node: registered in-process, heartbeated like any tunnelled agent.
 pub struct NodeAgent {
     pub api: Arc<Api>,
@@ -40,16 +44,17 @@ impl NodeAgent {
     /// Registers (retrying with capped backoff), then stays present until `shutdown`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let report = report(&self.opts, SystemInfo::read());
+        let info = SystemInfo::read();
+        let mut current = report(&self.opts, info.clone());
         let mut delay = RETRY_MIN;
         loop {
             let store = self.api.registry.store();
             // The name is claimed first, so no agent can join with it (and get a certificate
             // for this server's node); then the server record agents learn the address from.
             let registered = async {
-                crate::bootstrap::join::claim_for_server(store, &report.name).await?;
-                register(&self.api.registry, &report, Some(&self.server_address)).await?;
-                record_server(store, &report.name, &self.server_address).await?;
+                crate::bootstrap::join::claim_for_server(store, &current.name).await?;
+                register(&self.api.registry, &current, Some(&self.server_address)).await?;
+                record_server(store, &current.name, &self.server_address).await?;
                 Ok::<_, ApiError>(())
             };
             match registered.await {
@@ -67,12 +72,26 @@ impl NodeAgent {
         let _presence = self.sessions.enter(&self.opts.name);
         self.api.node_registered.store(true, Ordering::Relaxed);
         tracing::info!(node = %self.opts.name, "node registered");
-        shutdown.await;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(REPORT_INTERVAL) => {}
+            }
+            let next = report(&self.opts, info.clone());
+            if next != current {
+                match register(&self.api.registry, &next, Some(&self.server_address)).await {
+                    Ok(()) => current = next,
+                    Err(e) => tracing::warn!(error = %e, "cannot update this server's node"),
+                }
+            }
+        }
     }
 }
 
 /// What a node built from `opts` reports.
-pub fn report(opts: &NodeOptions, info: SystemInfo) -> NodeReport {
+pub fn report(opts: &NodeOptions, mut info: SystemInfo) -> NodeReport {
+    let usage = crate::node::resources::Usage::measure(&opts.data_dir);
+    info.nodefs_bytes = usage.nodefs_total;
     NodeReport {
         name: opts.name.clone(),
         labels: opts
@@ -83,6 +102,8 @@ pub fn report(opts: &NodeOptions, info: SystemInfo) -> NodeReport {
         taints: opts.taints.clone(),
         addresses: sysinfo::node_ips(&opts.ips),
         info,
+        reservations: opts.reservations,
+        pressure: usage.pressure(&opts.reservations.eviction),
     }
 }
 
@@ -138,7 +159,7 @@ pub async fn register(
             }) {
                 old
             } else {
-                healthy_conditions(&old)
+                conditions(&old, Some(report.pressure))
             };
             node["status"] = next;
         })
@@ -178,18 +199,49 @@ fn status(report: &NodeReport) -> Value {
         .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
         .collect();
     addresses.push(json!({"type": "Hostname", "address": report.name}));
+    let (capacity, allocatable) = report.info.capacity(&report.reservations);
+    // No kubelet port is advertised: nothing listens on the node (streams dial back).
     json!({
         "addresses": addresses,
-        "capacity": report.info.capacity(),
-        "allocatable": report.info.capacity(),
+        "capacity": capacity,
+        "allocatable": allocatable,
         "nodeInfo": report.info.node_info(),
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
     })
 }
 
 /// The conditions of a healthy node, keeping transition times that did not change.
-pub fn healthy_conditions(old: &Value) -> Value {
+/// `pressure` is the node's latest measurement; `None` keeps each pressure condition's status
+/// as it is (the lifecycle controller knows the node is back, not what it measures).
+pub fn conditions(old: &Value, pressure: Option<crate::node::resources::Pressure>) -> Value {
     let now = now_rfc3339();
+    let prior = |kind: &str| {
+        old.as_array()
+            .and_then(|a| a.iter().find(|c| c["type"] == kind))
+            .is_some_and(|c| c["status"] == "True")
+    };
+    let p = pressure.unwrap_or(crate::node::resources::Pressure {
+        memory: prior("MemoryPressure"),
+        disk: prior("DiskPressure"),
+        pid: prior("PIDPressure"),
+    });
+    let pick = |on: bool, yes: (&'static str, &'static str), no: (&'static str, &'static str)| {
+        if on { ("True", yes.0, yes.1) } else { ("False", no.0, no.1) }
+    };
+    let (ms, mr, mm) = pick(
+        p.memory,
+        ("KubeletHasInsufficientMemory", "keelson has insufficient memory available"),
+        ("KubeletHasSufficientMemory", "keelson has sufficient memory available"),
+    );
+    let (ds, dr, dm) = pick(
+        p.disk,
+        ("KubeletHasDiskPressure", "keelson has disk pressure"),
+        ("KubeletHasNoDiskPressure", "keelson has no disk pressure"),
+    );
+    let (ps, pr, pm) = pick(
+        p.pid,
+        ("KubeletHasInsufficientPID", "keelson has insufficient PID available"),
+        ("KubeletHasSufficientPID", "keelson has sufficient PID available"),
+    );
     let want = [
         (
             "Ready",
@@ -197,24 +249,9 @@ pub fn healthy_conditions(old: &Value) -> Value {
             "KubeletReady",
             "keelson is posting ready status",
         ),
-        (
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "keelson has sufficient memory available",
-        ),
-        (
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "keelson has no disk pressure",
-        ),
-        (
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "keelson has sufficient PID available",
-        ),
+        ("MemoryPressure", ms, mr, mm),
+        ("DiskPressure", ds, dr, dm),
+        ("PIDPressure", ps, pr, pm),
     ];
     let list: Vec<Value> = want
         .iter()

@@ -17,6 +17,9 @@ pub struct SystemInfo {
     pub boot_id: String,
     pub cpus: usize,
     pub memory_kib: u64,
+    /// Size of the filesystem holding the data dir (0 until measured).
+    #[serde(default)]
+    pub nodefs_bytes: u64,
 }
 
 /// `kubernetes.io/arch` for this build, in Go's GOARCH spelling.
@@ -57,6 +60,7 @@ impl SystemInfo {
             boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_kib,
+            nodefs_bytes: 0,
         }
     }
 
@@ -76,14 +80,14 @@ impl SystemInfo {
         })
     }
 
-    /// `status.capacity` (and allocatable, which keelson does not reserve from).
-    pub fn capacity(&self) -> Value {
-        json!({
-            "cpu": self.cpus.to_string(),
-            "memory": format!("{}Ki", self.memory_kib),
-            "pods": "110",
-            "ephemeral-storage": "0",
-        })
+    /// `status.capacity` and `status.allocatable` after `reservations`.
+    pub fn capacity(&self, reservations: &crate::node::resources::Reservations) -> (Value, Value) {
+        let usage = crate::node::resources::Usage {
+            memory_total: self.memory_kib * 1024,
+            nodefs_total: self.nodefs_bytes,
+            ..Default::default()
+        };
+        crate::node::resources::capacity_and_allocatable(self.cpus, &usage, reservations)
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::agent::registration::healthy_conditions;
+use crate::agent::registration::conditions;
 use crate::apiserver::registry::{Part, now_rfc3339};
 use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
@@ -148,7 +148,7 @@ impl NodeLifecycle {
                     ctx.registry
                         .modify(&r, Part::Status, |n| {
                             n["status"]["conditions"] =
-                                healthy_conditions(&n["status"]["conditions"]);
+                                conditions(&n["status"]["conditions"], None);
                         })
                         .await?;
                 }
@@ -239,7 +239,7 @@ mod tests {
             && t["key"] == UNREACHABLE_TAINT
             && t["timeAdded"].is_string()));
         remove_unreachable_taints(&mut node);
-        node["status"]["conditions"] = healthy_conditions(&node["status"]["conditions"]);
+        node["status"]["conditions"] = conditions(&node["status"]["conditions"], None);
         assert!(!is_unreachable(&node));
         assert_eq!(
             node["spec"]["taints"].as_array().unwrap().len(),

@@ -13,6 +13,7 @@ pub mod images;
 pub mod objects;
 pub mod pods;
 pub mod probes;
+pub mod resources;
 pub mod status;
 pub mod streams;
 
@@ -56,6 +57,7 @@ pub struct RuntimeOptions {
     pub runtime: Option<PathBuf>,
     pub registries: PathBuf,
     pub rotation: logs::Rotation,
+    pub reservations: resources::Reservations,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,25 @@ impl RuntimeOptions {
         if args.container_log_max_files < 1 {
             problems.push("--container-log-max-files: at least 1 (the current file)".into());
         }
+        let mut reserved = resources::Reserved::default();
+        for (flag, text) in [
+            ("--kube-reserved", &args.kube_reserved),
+            ("--system-reserved", &args.system_reserved),
+        ] {
+            match resources::parse_reserved(flag, text) {
+                Ok(r) => {
+                    reserved.cpu_milli += r.cpu_milli;
+                    reserved.memory += r.memory;
+                    reserved.ephemeral_storage += r.ephemeral_storage;
+                    reserved.pids += r.pids;
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        let eviction = resources::parse_eviction(&args.eviction_hard).unwrap_or_else(|e| {
+            problems.push(e);
+            resources::Eviction::default()
+        });
         RuntimeOptions {
             runtime,
             registries: args.private_registry.clone(),
@@ -99,6 +120,17 @@ impl RuntimeOptions {
                 max_size,
                 max_files: args.container_log_max_files.max(1) as u32,
             },
+            reservations: resources::Reservations { reserved, eviction },
+        }
+    }
+
+    /// A node that runs no containers (`keelson loadgen`'s simulated nodes).
+    pub fn none() -> RuntimeOptions {
+        RuntimeOptions {
+            runtime: None,
+            registries: PathBuf::new(),
+            rotation: logs::Rotation::default(),
+            reservations: resources::Reservations::default(),
         }
     }
 

@@ -68,12 +68,13 @@ pub async fn connect(target: &Target) -> Result<Tunnel, ConnectError> {
 pub async fn session(
     ws: &mut Tunnel,
     target: &Target,
-    report: &NodeReport,
+    reports: &mut watch::Receiver<NodeReport>,
     mut servers: impl FnMut(Vec<String>),
     renew_at: Instant,
     stop: &mut watch::Receiver<bool>,
     pods: &mut PodLink,
 ) -> Outcome {
+    let report = reports.borrow_and_update().clone();
     let hello = Up::Hello {
         version: PROTOCOL_VERSION,
         report: report.clone(),
@@ -112,6 +113,21 @@ pub async fn session(
             _ = ping.tick() => {
                 if let Err(e) = ws.send(Message::Ping(Default::default())).await {
                     return Outcome::Lost(e.to_string());
+                }
+            }
+            r = reports.changed() => {
+                if r.is_err() {
+                    continue;
+                }
+                // A new measurement (pressure) or address: at most every REPORT_INTERVAL.
+                let next = reports.borrow_and_update().clone();
+                match encode(&Up::Report(next)) {
+                    Ok(frame) => {
+                        if let Err(e) = ws.send(Message::Binary(frame.into())).await {
+                            return Outcome::Lost(e.to_string());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the node's report does not fit in a tunnel frame"),
                 }
             }
             r = pods.reports.recv(), if reports_open => match r {

@@ -122,6 +122,10 @@ pub struct NodeReport {
     pub taints: Vec<Taint>,
     pub addresses: Vec<IpAddr>,
     pub info: SystemInfo,
+    /// What is set aside from pods: allocatable is capacity less this.
+    pub reservations: crate::node::resources::Reservations,
+    /// The pressure conditions measured last.
+    pub pressure: crate::node::resources::Pressure,
 }
 
 #[derive(Debug, thiserror::Error)]
