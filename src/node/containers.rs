@@ -106,6 +106,8 @@ pub struct PodRuns {
     pub uid: String,
     /// Container name → the current run and its runc id (if it ever started).
     pub containers: HashMap<String, Run>,
+    /// The pod's network namespace file; `None` for `hostNetwork` (or not set up yet).
+    pub netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -273,11 +275,26 @@ impl Shared {
             })
     }
 
+    /// The pod's network namespace file (`Some(None)` for a `hostNetwork` pod), if the pod
+    /// with `uid` runs here.
+    pub fn netns_of(&self, pod: &PodKey, uid: &str) -> Option<Option<PathBuf>> {
+        let running = lock(&self.running);
+        let runs = running.get(pod).filter(|r| r.uid == uid)?;
+        Some(runs.netns.clone())
+    }
+
     /// Where `pod`'s container runs now, if the pod is here.
     pub fn run_of(&self, pod: &PodKey, container: &str) -> Option<(String, Run)> {
         let running = lock(&self.running);
         let runs = running.get(pod)?;
         Some((runs.uid.clone(), runs.containers.get(container)?.clone()))
+    }
+
+    fn set_netns(&self, pod: &PodKey, uid: &str, netns: Option<PathBuf>) {
+        let mut running = lock(&self.running);
+        let runs = running.entry(pod.clone()).or_default();
+        runs.uid = uid.to_owned();
+        runs.netns = netns;
     }
 
     fn set_run(&self, pod: &PodKey, uid: &str, container: &str, run: Run) {
@@ -466,6 +483,11 @@ impl PodRunner {
         if self.sandbox.is_none() {
             match self.set_up_pod().await {
                 Ok(parts) => {
+                    let netns = match &parts.0.network {
+                        super::sandbox::Namespace::Path(p) => Some(p.clone()),
+                        super::sandbox::Namespace::Host => None,
+                    };
+                    self.shared.set_netns(&self.key, &self.pod.uid, netns);
                     self.sandbox = Some(parts);
                     self.setup_error = None;
                 }

@@ -51,6 +51,9 @@ impl StreamServer for RuncStreams {
                     command,
                     io,
                 } => serve_exec(&shared, &pod, &uid, &container, command, io, pipe).await,
+                StreamRequest::PortForward { pod, uid, port } => {
+                    serve_port_forward(&shared, &pod, &uid, port, pipe).await
+                }
                 StreamRequest::Attach { .. } => {
                     pipe.open(400, "attach is not supported by this node yet: use kubectl logs -f, or exec")
                         .await;
@@ -285,6 +288,43 @@ async fn serve_exec(
     let mut frame = vec![ERROR];
     frame.extend_from_slice(message.to_string().as_bytes());
     let _ = tx.send(Message::Binary(frame)).await;
+}
+
+/// Connects to `port` in the pod's network namespace (the node's, for `hostNetwork`) and
+/// relays the connection's bytes until either side ends.
+async fn serve_port_forward(shared: &Shared, pod: &PodKey, uid: &str, port: u16, pipe: Pipe) {
+    let Some(netns) = shared.netns_of(pod, uid) else {
+        pipe.open(404, &format!("pod {}/{} is not running on this node", pod.namespace, pod.name))
+            .await;
+        return;
+    };
+    let stream = match super::probes::connect(netns.as_deref(), None, port).await {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!(
+                "error forwarding port {port} to pod {}, uid {uid}: failed to connect to localhost:{port} inside namespace: {e}",
+                pod.name
+            );
+            pipe.open(500, &msg).await;
+            return;
+        }
+    };
+    if !pipe.open(200, "").await {
+        return;
+    }
+    let (read, mut write) = stream.into_split();
+    let Pipe { tx, mut rx } = pipe;
+    let upstream = async move {
+        while let Some(m) = rx.recv().await {
+            if let Message::Binary(b) = m
+                && write.write_all(&b).await.is_err()
+            {
+                break;
+            }
+        }
+        let _ = write.shutdown().await;
+    };
+    tokio::join!(upstream, forward(read, tx, None));
 }
 
 /// The terminal of an exec, shared by its reader, its writer and resizes.

@@ -279,7 +279,7 @@ async fn act(action: &Action, target: &Target<'_>) -> Outcome {
 }
 
 /// A TCP connection to `host` (default 127.0.0.1) from inside `netns` (or the node's).
-async fn connect(netns: Option<&Path>, host: Option<&str>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+pub async fn connect(netns: Option<&Path>, host: Option<&str>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
     let ip: IpAddr = match host {
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Some(h) => h.parse().map_err(|_| {
