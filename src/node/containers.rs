@@ -797,17 +797,7 @@ impl PodRunner {
                 };
                 c.status.ready = !c.init && is_ready(c);
                 self.note(false, "Started", format!("Started container {name}"));
-                self.shared.set_run(
-                    &self.key,
-                    &self.pod.uid,
-                    &name,
-                    Run {
-                        number,
-                        runc_id: Some(runc_id),
-                        state_dir: dir.join("state"),
-                        state: c.status.state.clone(),
-                    },
-                );
+                self.publish();
             }
             Err(Failure::Config(why)) => {
                 // Nothing ran: kubelet's CreateContainerConfigError; tried again shortly.
@@ -1033,6 +1023,30 @@ impl PodRunner {
         }
     }
 
+    /// Tells the stream server where each container's current (or last) run is.
+    fn sync_runs(&self) {
+        for c in &self.containers {
+            let (number, runc_id) = match &c.run {
+                Some(r) => (r.number, Some(r.runc_id.clone())),
+                None if c.done => (c.status.restart_count, None),
+                None if c.status.restart_count > 0 => (c.status.restart_count - 1, None),
+                None => continue,
+            };
+            let (dir, _) = run_paths(&self.dir, &self.pod.uid, &c.status.name, number);
+            self.shared.set_run(
+                &self.key,
+                &self.pod.uid,
+                &c.status.name,
+                Run {
+                    number,
+                    runc_id,
+                    state_dir: dir.join("state"),
+                    state: c.status.state.clone(),
+                },
+            );
+        }
+    }
+
     /// Records an event about the pod (best effort).
     fn note(&self, warning: bool, reason: &str, message: String) {
         let _ = self.shared.notes.try_send(PodNote {
@@ -1045,6 +1059,7 @@ impl PodRunner {
     }
 
     fn publish(&mut self) {
+        self.sync_runs();
         let state = self.state();
         if state.ready != self.was_ready {
             self.was_ready = state.ready;
