@@ -48,6 +48,8 @@ const BACKOFF_MIN: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long without exiting starts its next back-off from the minimum.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// Where pods' cgroups go (cgroupfs style): `/keelson/pod<uid>/<container>`.
+const CGROUP_PARENT: &str = "/keelson";
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
@@ -126,6 +128,8 @@ pub enum SetupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read what this node allows containers (capabilities, cgroups): {0}")]
+    Node(std::io::Error),
 }
 
 // === impl Containers ===
@@ -151,8 +155,9 @@ impl Containers {
                 }
             }
         }
-        let mut node_settings = super::bundle::NodeSettings::detect();
-        node_settings.pids_limit = (config.pids_limit > 0).then_some(config.pids_limit);
+        let pids_limit = (config.pids_limit > 0).then_some(config.pids_limit);
+        let node_settings = super::bundle::NodeSettings::detect(CGROUP_PARENT, pids_limit)
+            .map_err(SetupError::Node)?;
         if !found.is_empty() {
             tracing::info!(pods = found.len(), "found pods of an earlier run; adopting those still assigned here");
         }
@@ -595,6 +600,7 @@ impl PodRunner {
             return;
         };
         let state_dir = run.dir.join("state");
+        let runc_id = run.runc_id.clone();
         let observed = match monitor::observe(&state_dir) {
             Ok(o) => o,
             Err(e) => {
@@ -609,7 +615,7 @@ impl PodRunner {
                 let started = started_at.map(rfc3339).unwrap_or_else(now_rfc3339);
                 if !matches!(c.status.state, ContainerState::Running { .. }) {
                     c.status.state = ContainerState::Running { started_at: started };
-                    c.status.container_id = format!("keelson://{}", run.runc_id);
+                    c.status.container_id = format!("keelson://{runc_id}");
                 }
                 c.status.ready = !c.init && is_ready(c);
                 return;
@@ -619,9 +625,8 @@ impl PodRunner {
                 // The monitor is gone (killed, or the machine rebooted): nobody holds the
                 // container's pipes or will reap it. Stop it and count it as a failed run.
                 let runc = self.shared.config.runc.clone();
-                let id = run.runc_id.clone();
                 if container_pid.is_some() {
-                    let _ = runc.kill(&id, Signal::SIGKILL, true).await;
+                    let _ = runc.kill(&runc_id, Signal::SIGKILL, true).await;
                 }
                 ExitRecord {
                     exit_code: 137,

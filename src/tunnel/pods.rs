@@ -248,8 +248,6 @@ impl PodRoutes {
         }
     }
 
-    /// Bound pods known.
-    #[cfg(test)]
     /// Whether the pod `key` with `uid` is bound to `node` now.
     pub fn is_bound(&self, node: &str, key: &PodKey, uid: &str) -> bool {
         let state = self.lock();
@@ -261,6 +259,8 @@ impl PodRoutes {
                 .is_some_and(|a| a.uid == uid)
     }
 
+    /// Bound pods known.
+    #[cfg(test)]
     pub fn pod_count(&self) -> usize {
         self.lock().node_of.len()
     }
