@@ -4,8 +4,15 @@
 //! So far only the reporting half exists: [`pods`] tracks the pods the server assigns to this
 //! node and writes their status; [`hollow`] is a simulated runtime for `keelson loadgen`. The
 //! real runtime (images, runc) is a later step and plugs in as another
-//! [`pods::PodRuntime`].
+//! [`pods::PodRuntime`]. Its container-configuration half exists: [`env`] resolves a
+//! container's environment, [`volumes`] materialises a pod's volumes, [`sandbox`] holds a
+//! pod's shared namespaces and `/etc` files, and [`bundle`] writes the OCI spec runc runs.
 
 pub mod hollow;
 pub mod pods;
 pub mod status;
+
+// The container-configuration half of the runc runtime: called by the pod runtime, which is
+// written beside these modules (issue 13); until it lands nothing in the binary calls them.
+#[allow(dead_code)]
+pub mod env;
