@@ -16,3 +16,5 @@ pub mod status;
 // written beside these modules (issue 13); until it lands nothing in the binary calls them.
 #[allow(dead_code)]
 pub mod env;
+#[allow(dead_code)]
+pub mod volumes;
