@@ -17,4 +17,6 @@ pub mod status;
 #[allow(dead_code)]
 pub mod env;
 #[allow(dead_code)]
+pub mod sandbox;
+#[allow(dead_code)]
 pub mod volumes;
