@@ -15,6 +15,8 @@ pub mod status;
 // The container-configuration half of the runc runtime: called by the pod runtime, which is
 // written beside these modules (issue 13); until it lands nothing in the binary calls them.
 #[allow(dead_code)]
+pub mod bundle;
+#[allow(dead_code)]
 pub mod env;
 #[allow(dead_code)]
 pub mod sandbox;
