@@ -5,8 +5,12 @@
 //! a [`pods::PodRuntime`]; [`streams`] serves `kubectl logs`/`exec` from the runtime;
 //! [`objects`] reads the ConfigMaps and Secrets pods use. [`hollow`] is a simulated runtime
 //! for `keelson loadgen`.
+//! The runc runtime ([`containers`]) is built from [`images`] (the image store), [`env`],
+//! [`volumes`], [`sandbox`] and [`bundle`] (a container's OCI spec), [`monitor`] and [`runc`].
 
+pub mod bundle;
 pub mod containers;
+pub mod env;
 pub mod exec;
 pub mod hollow;
 pub mod images;
@@ -14,8 +18,10 @@ pub mod objects;
 pub mod pods;
 pub mod probes;
 pub mod resources;
+pub mod sandbox;
 pub mod status;
 pub mod streams;
+pub mod volumes;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
