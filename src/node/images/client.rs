@@ -412,10 +412,13 @@ impl Client {
                 .map_err(|e| self.network(format!("{authority}: {e}")))?;
             // Ends when the response body is read or dropped.
             tokio::spawn(conn);
-            sender
-                .send_request(req)
-                .await
-                .map_err(|e| self.network(format!("{authority}: {e}")))
+            sender.send_request(req).await.map_err(|e| {
+                if e.is_parse() {
+                    self.bad(format!("{authority} does not speak HTTP: {e}"))
+                } else {
+                    self.network(format!("{authority}: {e}"))
+                }
+            })
         };
         tokio::time::timeout(RESPONSE_TIMEOUT, work)
             .await
