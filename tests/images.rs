@@ -649,3 +649,44 @@ fn list_and_remove() {
         r.stderr
     );
 }
+
+#[test]
+fn two_pulls_of_one_image_at_once_both_succeed_with_one_copy() {
+    if !Registry::available("concurrent pulls") {
+        return;
+    }
+    let reg = Registry::start_plain();
+    reg.push_busybox("library/busybox:1.36");
+    let node = Node::mirroring(&reg.url());
+    let pulls: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_keelson"))
+                .arg("images")
+                .arg("--data-dir")
+                .arg(node.data())
+                .arg("--private-registry")
+                .arg(node.dir.path().join("registries.yaml"))
+                .args([
+                    "--disable-default-registry-endpoint",
+                    "pull",
+                    "busybox:1.36",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start keelson images pull")
+        })
+        .collect();
+    for p in pulls {
+        let out = p.wait_with_output().expect("wait for the pull");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(node.layers().len(), 1);
+    let tmp = fs::read_dir(node.store().join("tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "debris left in tmp/");
+    assert_eq!(node.images(&["list", "-q"]).stdout.lines().count(), 1);
+}
