@@ -136,7 +136,7 @@ fn pulls_by_short_name_through_a_docker_io_mirror_and_a_second_pull_downloads_no
         return;
     }
     let reg = Registry::start_plain();
-    reg.push_busybox("library/busybox:1.36");
+    let pushed = reg.push_busybox("library/busybox:1.36");
     let node = Node::mirroring(&reg.url());
 
     let first = node.pull_ok("busybox:1.36", &[]);
@@ -180,6 +180,17 @@ fn pulls_by_short_name_through_a_docker_io_mirror_and_a_second_pull_downloads_no
         second.stderr
     );
     assert_eq!(reg.blob_gets(), blob_gets, "the second pull fetched blobs");
+
+    // By digest, a complete local copy answers without the registry.
+    let by_digest = format!("busybox@{}", pushed.digest);
+    node.pull_ok(&by_digest, &[]);
+    drop(reg);
+    let offline = node.pull_ok(&by_digest, &[]);
+    assert!(
+        offline.stderr.contains("done, 0B downloaded"),
+        "{}",
+        offline.stderr
+    );
 }
 
 #[test]
