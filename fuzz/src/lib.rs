@@ -1,8 +1,9 @@
 //! The harness the fuzz targets share. The patch targets split the fuzzer's bytes into a
 //! target object and a patch, apply the patch, and check what every stored object must
-//! satisfy; the protobuf target feeds bytes to the protobuf body reader. The code under test
-//! (`src/apiserver/patch.rs`, `src/apiserver/protobuf/`) is built here from source because
-//! keelson is a binary without a library.
+//! satisfy; the protobuf target feeds bytes to the protobuf body reader; the image targets
+//! feed registry answers to the manifest decoder and layer tarballs to the unpacker. The code
+//! under test (`src/apiserver/patch.rs`, `src/apiserver/protobuf/`, `src/node/images/`) is
+//! built here from source because keelson is a binary without a library.
 
 use serde_json::{Value, json};
 
@@ -12,6 +13,18 @@ pub mod patch;
 #[allow(dead_code)] // The server uses parts of the module this harness does not.
 #[path = "../../src/apiserver/protobuf/mod.rs"]
 pub mod protobuf;
+
+// The IO-free and file-system-only parts of the image store, at the crate root because they
+// name each other as `super::digest`.
+#[allow(dead_code)] // The node uses parts these harnesses do not.
+#[path = "../../src/node/images/digest.rs"]
+pub mod digest;
+#[allow(dead_code)]
+#[path = "../../src/node/images/manifest.rs"]
+pub mod manifest;
+#[allow(dead_code)]
+#[path = "../../src/node/images/unpack.rs"]
+pub mod unpack;
 
 pub use patch::Kind;
 
@@ -60,4 +73,85 @@ pub fn check_protobuf(data: &[u8]) {
     let bytes = serde_json::to_vec(&obj).expect("a Value always encodes");
     let back: Value = serde_json::from_slice(&bytes).expect("the result decodes");
     assert_eq!(back, obj);
+}
+
+/// Bytes as a registry's manifest answer: the first byte picks a Content-Type, the rest is the
+/// body. Decoding must never panic; an index must choose only entries that run on the wanted
+/// platform; a config must match the layer count it is checked against.
+pub fn check_manifest(data: &[u8]) {
+    use manifest::{Manifest, Platform};
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let content_type = match selector % 5 {
+        0 => None,
+        1 => Some(manifest::OCI_INDEX),
+        2 => Some(manifest::DOCKER_MANIFEST),
+        3 => Some("text/html"),
+        _ => Some("application/json"),
+    };
+    match manifest::decode(content_type, body) {
+        Ok(Manifest::Index(entries)) => {
+            assert!(entries.len() <= manifest::MAX_ENTRIES);
+            for wanted in ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6"] {
+                let wanted: Platform = wanted.parse().expect("a valid platform");
+                if let Ok(chosen) = manifest::select(&entries, &wanted) {
+                    let p = chosen
+                        .platform
+                        .as_ref()
+                        .expect("chosen entries have a platform");
+                    let p = Platform::new(&p.os, &p.architecture, p.variant.as_deref());
+                    assert_eq!((&p.os, &p.architecture), (&wanted.os, &wanted.architecture));
+                }
+            }
+        }
+        Ok(Manifest::Image(m)) => {
+            assert!(!m.layers.is_empty() && m.layers.len() <= manifest::MAX_ENTRIES);
+        }
+        Err(_) => {}
+    }
+    for layers in [0, 1, 3] {
+        if let Ok(c) = manifest::decode_config(body, layers) {
+            assert_eq!(c.diff_ids.len(), layers);
+        }
+    }
+}
+
+/// Bytes as a layer blob, unpacked into a fresh directory beside a sentinel file. Whatever the
+/// bytes, the unpacker must not panic and must not touch anything outside its directory.
+pub fn check_unpack(data: &[u8]) {
+    use std::fs;
+    // /dev/shm keeps the file system work in memory where there is one.
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm")
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("a scratch directory");
+    let layer = base.path().join("layer");
+    fs::create_dir(&layer).expect("the layer directory");
+    let sentinel = base.path().join("sentinel");
+    fs::write(&sentinel, b"untouched").expect("the sentinel");
+    let result = unpack::unpack(data, &layer);
+    let names: Vec<_> = fs::read_dir(base.path())
+        .expect("list the scratch directory")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "something was created beside the layer: {names:?}"
+    );
+    assert_eq!(
+        fs::read(&sentinel).expect("read the sentinel"),
+        b"untouched"
+    );
+    if let Ok(u) = result {
+        // The diff ID is the digest of the tar stream, which for an uncompressed layer is
+        // the input itself.
+        if unpack::detect(data) == unpack::Compression::None {
+            assert_eq!(u.diff_id, digest::Digest::of(data));
+        }
+    }
 }

@@ -37,6 +37,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause between two chunks of a body.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a bounded body (manifest, config, token) may take in all, so a registry dripping
+/// a byte every few seconds cannot hold a pull for hours.
+pub const SMALL_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REDIRECTS: usize = 5;
 /// Token answers are a few KiB; error bodies are only shown in part.
 const MAX_TOKEN_BYTES: usize = 64 * 1024;
@@ -136,14 +139,24 @@ impl Client {
             )));
         }
         let mut body = resp.into_body();
-        let mut out = Vec::new();
-        while let Some(chunk) = self.next_chunk(&mut body).await? {
-            if out.len() + chunk.len() > limit {
-                return Err(self.bad(format!("answer is over the {limit}-byte limit")));
+        let read = async {
+            let mut out = Vec::new();
+            while let Some(chunk) = self.next_chunk(&mut body).await? {
+                if out.len() + chunk.len() > limit {
+                    return Err(self.bad(format!("answer is over the {limit}-byte limit")));
+                }
+                out.extend_from_slice(&chunk);
             }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(Bytes::from(out))
+            Ok(Bytes::from(out))
+        };
+        tokio::time::timeout(SMALL_BODY_TIMEOUT, read)
+            .await
+            .map_err(|_| {
+                self.network(format!(
+                    "an answer of at most {limit} bytes took over {}s",
+                    SMALL_BODY_TIMEOUT.as_secs()
+                ))
+            })?
     }
 
     /// GET with authentication and redirects; a non-success status becomes the matching
@@ -419,10 +432,13 @@ impl Client {
                 .map_err(|e| self.network(format!("{authority}: {e}")))?;
             // Ends when the response body is read or dropped.
             tokio::spawn(conn);
-            sender
-                .send_request(req)
-                .await
-                .map_err(|e| self.network(format!("{authority}: {e}")))
+            sender.send_request(req).await.map_err(|e| {
+                if e.is_parse() {
+                    self.bad(format!("{authority} does not speak HTTP: {e}"))
+                } else {
+                    self.network(format!("{authority}: {e}"))
+                }
+            })
         };
         tokio::time::timeout(RESPONSE_TIMEOUT, work)
             .await

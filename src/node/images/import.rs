@@ -72,6 +72,12 @@ pub fn import_dir(images: &ImageStore, dir: &Path) -> Result<ImportReport, Store
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
+    // Forget files that are gone, so the record stays as small as the directory.
+    let present: std::collections::HashSet<String> =
+        files.iter().map(|f| f.display().to_string()).collect();
+    imported
+        .files
+        .retain(|k, _| present.contains(k) || !k.starts_with(&dir.display().to_string()));
     for file in files {
         let key = file.display().to_string();
         let Some(print) = fingerprint(&file) else {

@@ -80,7 +80,7 @@ pub struct ConfigFile {
 pub enum ManifestError {
     #[error("not valid JSON for a manifest: {0}")]
     Json(String),
-    #[error("manifest media type {0:?} is not an OCI or Docker schema 2 manifest or index")]
+    #[error("answered {0:?}, which is not an OCI or Docker schema 2 manifest or index")]
     UnknownType(String),
     #[error(
         "Docker schema 1 manifests are not supported (push the image again with a current tool)"
@@ -120,13 +120,22 @@ pub fn decode(content_type: Option<&str>, bytes: &[u8]) -> Result<Manifest, Mani
         #[serde(rename = "fsLayers", default)]
         fs_layers: Option<serde::de::IgnoredAny>,
     }
-    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
-    if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
-        return Err(ManifestError::Schema1);
-    }
     let header = content_type
         .map(|c| c.split(';').next().unwrap_or_default().trim())
         .filter(|c| !c.is_empty() && *c != "application/json" && *c != "text/plain");
+    let raw: Raw = match serde_json::from_slice(bytes) {
+        Ok(raw) => raw,
+        // A web page or a file where a manifest should be: say what came instead.
+        Err(_) if header.is_some_and(|h| !h.contains("json")) => {
+            return Err(ManifestError::UnknownType(
+                header.unwrap_or_default().to_owned(),
+            ));
+        }
+        Err(e) => return Err(ManifestError::Json(e.to_string())),
+    };
+    if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
+        return Err(ManifestError::Schema1);
+    }
     let media_type = raw.media_type.as_deref().or(header);
     let is_index = match media_type {
         Some(OCI_INDEX | DOCKER_LIST) => true,

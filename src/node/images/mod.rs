@@ -31,9 +31,9 @@ pub mod registries;
 pub mod store;
 pub mod unpack;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -55,6 +55,8 @@ use store::{Record, Store};
 /// Chunks of a layer in flight between the download and the unpacker (~16 KiB each as hyper
 /// reads them), so a slow disk slows the download instead of filling memory.
 const LAYER_CHANNEL_CHUNKS: usize = 64;
+/// Layer downloads at once, across all pulls of this store.
+const MAX_CONCURRENT_DOWNLOADS: usize = 3;
 /// Progress for a layer is reported at most once per this many bytes.
 const PROGRESS_STEP: u64 = 8 << 20;
 
@@ -68,6 +70,11 @@ struct Inner {
     store: Store,
     registries: Registries,
     platform: Platform,
+    /// Layer downloads running at once across all pulls (containerd's default is 3 too).
+    downloads: tokio::sync::Semaphore,
+    /// One lock per layer being fetched, so two pulls sharing a layer download it once: the
+    /// second waits, then finds it in the store. Entries go when their last holder drops.
+    fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// An image ready to run.
@@ -270,6 +277,8 @@ impl ImageStore {
                 store: Store::open(root)?,
                 registries,
                 platform,
+                downloads: tokio::sync::Semaphore::new(MAX_CONCURRENT_DOWNLOADS),
+                fetching: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -297,6 +306,17 @@ impl ImageStore {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Image, PullError> {
         let r = Reference::parse(reference)?;
+        // Content named by digest cannot change: a complete copy needs no registry (and so
+        // works on a node cut off from it).
+        if r.digest.is_some()
+            && let Some(image) = self.get(&r.to_string())
+        {
+            progress(Progress::Done {
+                reference: image.reference.clone(),
+                downloaded: 0,
+            });
+            return Ok(image);
+        }
         let candidates = self.inner.registries.candidates(&r);
         if candidates.is_empty() {
             return Err(PullError::NoEndpoint {
@@ -605,6 +625,8 @@ impl ImageStore {
 
         let mut size = 0;
         for (desc, diff_id) in image.layers.iter().zip(&config.diff_ids) {
+            let lock = self.layer_lock(diff_id);
+            let _fetching = lock.lock().await;
             if store.has_layer(diff_id) {
                 progress(Progress::LayerCached {
                     digest: desc.digest.to_string(),
@@ -612,7 +634,10 @@ impl ImageStore {
                 size += store::dir_size(&store.layer_path(diff_id));
                 continue;
             }
-            let (fetched, bytes) = self.fetch_layer(&client, desc, diff_id, progress).await?;
+            let permit = self.inner.downloads.acquire().await;
+            let fetched = self.fetch_layer(&client, desc, diff_id, progress).await;
+            drop(permit);
+            let (fetched, bytes) = fetched?;
             downloaded += fetched;
             size += bytes;
         }
@@ -633,6 +658,18 @@ impl ImageStore {
             downloaded,
         });
         Ok(out)
+    }
+
+    /// The lock for fetching one layer; dropping the last `Arc` outside the map lets the
+    /// next call remove the entry.
+    fn layer_lock(&self, diff_id: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self
+            .inner
+            .fetching
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        map.entry(diff_id.clone()).or_default().clone()
     }
 
     /// Streams one layer blob into the unpacker, verifying its digest on the way and its

@@ -520,7 +520,7 @@ pub(crate) mod tests {
         assert_eq!(m.rdev(), 0);
         assert!(!layer.join("etc/.wh.passwd").exists());
         let v =
-            rustix::fs::lgetxattr(&layer.join("var/cache"), OPAQUE_XATTR, &mut [0u8; 8]).unwrap();
+            rustix::fs::lgetxattr(layer.join("var/cache"), OPAQUE_XATTR, &mut [0u8; 8]).unwrap();
         assert_eq!(v, 1);
         assert!(!layer.join("var/cache/.wh..wh..opq").exists());
     }
