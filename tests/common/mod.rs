@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod db;
 pub mod lab;
+pub mod rootfs;
 pub mod tlsdb;
 
 use std::ffi::OsString;
