@@ -1116,5 +1116,7 @@ fn invalid(field: &str, reason: &str) -> BundleError {
     }
 }
 
+// Named by path so the file resolves the same when tests/bundle.rs compiles this module.
 #[cfg(test)]
+#[path = "bundle/tests.rs"]
 mod tests;

@@ -609,5 +609,7 @@ fn is_dns_label(s: &str) -> bool {
         && s.bytes().last().is_some_and(ok)
 }
 
+// Named by path so the file resolves the same when tests/bundle.rs compiles this module.
 #[cfg(test)]
+#[path = "sandbox/tests.rs"]
 mod tests;

@@ -1065,5 +1065,7 @@ fn unescape_mount_path(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+// Named by path so the file resolves the same when tests/bundle.rs compiles this module.
 #[cfg(test)]
+#[path = "volumes/tests.rs"]
 mod tests;

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod db;
 pub mod lab;
 pub mod registry;
+pub mod rootfs;
 pub mod tlsdb;
 
 use std::ffi::OsString;
