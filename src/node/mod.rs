@@ -7,5 +7,6 @@
 //! [`pods::PodRuntime`].
 
 pub mod hollow;
+pub mod logs;
 pub mod pods;
 pub mod status;
