@@ -33,6 +33,9 @@ pub enum Command {
     /// Benchmark helper: run only the layer-4 load balancer in front of given backends
     #[command(hide = true)]
     Lb(LbArgs),
+    /// Test hook: drives the node's monitor, runc and log code from whole-binary tests
+    #[command(hide = true, subcommand)]
+    NodeTest(crate::node::hook::NodeTest),
     /// Run the system kubectl against this node's admin kubeconfig
     #[command(disable_help_flag = true)]
     Kubectl {

@@ -453,10 +453,7 @@ pub async fn copy_logs<W: AsyncWrite + Unpin>(
     for (i, file) in files.into_iter().enumerate().skip(first) {
         let start = if i == first { offset } else { 0 };
         let following = opts.follow && i == last;
-        let file = match file {
-            Some((path, f)) => Some((path, tokio::fs::File::from_std(f))),
-            None => None,
-        };
+        let file = file.map(|(path, f)| (path, tokio::fs::File::from_std(f)));
         if following {
             let path = src.files.get(i).cloned().unwrap_or_default();
             return follow(file, &path, start, src.exit_file.as_deref(), &mut sink).await;

@@ -5,8 +5,10 @@
 //! node and writes their status; [`hollow`] is a simulated runtime for `keelson loadgen`. The
 //! real runtime (images, runc) is a later step and plugs in as another
 //! [`pods::PodRuntime`].
-
 pub mod hollow;
+pub mod hook;
 pub mod logs;
+pub mod monitor;
 pub mod pods;
+pub mod runc;
 pub mod status;
