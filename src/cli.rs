@@ -35,6 +35,9 @@ pub enum Command {
     Lb(LbArgs),
     /// Manage this node's container images: list, pull, import, remove (like `k3s crictl images`)
     Images(ImagesArgs),
+    /// Test hook: drives the node's monitor, runc and log code from whole-binary tests
+    #[command(hide = true, subcommand)]
+    NodeTest(crate::node::hook::NodeTest),
     /// Run the system kubectl against this node's admin kubeconfig
     #[command(disable_help_flag = true)]
     Kubectl {

@@ -34,9 +34,15 @@ pub const KUBE_VERSION: &str = concat!("v1.32.0+keelson.", env!("CARGO_PKG_VERSI
 pub const VERSION_STRING: &str = concat!(env!("CARGO_PKG_VERSION"), " (Kubernetes v1.32.0)");
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The per-container monitor: single-threaded and tiny, so before anything else starts
+    // (no runtime, no threads, no allocator tuning, no flag parsing). Not in --help.
+    if args.get(1).is_some_and(|a| a == "monitor") {
+        return node::monitor::main(&args[2..]);
+    }
     // Before the runtime starts any thread.
     memory::configure_malloc();
-    let cli = match config::parse_command_line(std::env::args_os().collect()) {
+    let cli = match config::parse_command_line(args) {
         Ok(cli) => cli,
         Err(config::Error::Clap(e)) => e.exit(),
         Err(e) => return usage_error(&e),
@@ -90,6 +96,10 @@ fn main() -> ExitCode {
             run(Threads::One, images_cli::run(args))
         }
         Command::Kubectl { args } => run_kubectl(args),
+        Command::NodeTest(args) => {
+            init_logging(false);
+            run(Threads::One, node::hook::run(args))
+        }
     }
 }
 

@@ -89,8 +89,9 @@ impl FilePages {
     }
 
     /// Drops the page-table entries of every mapping; the pages stay in the page cache and
-    /// are mapped again on first touch. Returns the bytes of address space covered.
-    fn release(&self) -> std::io::Result<u64> {
+    /// are mapped again on first touch. Returns the bytes of address space covered. Callable
+    /// from a single-threaded process directly (the container monitor does, once started).
+    pub fn release(&self) -> std::io::Result<u64> {
         // Only mappings that are, right now, still exactly what was recorded: the same
         // range of the same file, read-only, with no anonymous page.
         let smaps = std::fs::read_to_string("/proc/self/smaps")?;
@@ -151,7 +152,7 @@ async fn trimmer() {
     }
 }
 
-fn trim() {
+pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers; it walks malloc's free lists under each
     // arena's lock and only returns pages no allocation occupies (MT-Safe).
