@@ -309,7 +309,11 @@ pub struct RuntimeArgs {
     pub runtime: String,
 
     /// Private registry configuration file (K3s's registries.yaml format)
-    #[arg(long, env = "KEELSON_PRIVATE_REGISTRY", default_value = "/etc/keelson/registries.yaml")]
+    #[arg(
+        long,
+        env = "KEELSON_PRIVATE_REGISTRY",
+        default_value = "/etc/keelson/registries.yaml"
+    )]
     pub private_registry: PathBuf,
 
     /// Largest container log file before it is rotated, e.g. 10Mi (kubelet's flag)

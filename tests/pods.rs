@@ -38,7 +38,8 @@ fn available(test: &str) -> bool {
 
 /// A registry holding busybox, and a `registries.yaml` making it docker.io's mirror.
 struct Images {
-    registry: Registry,
+    /// Kept for its lifetime: the registry stops when this drops.
+    _registry: Registry,
     config: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -58,7 +59,7 @@ impl Images {
         )
         .expect("write registries.yaml");
         Images {
-            registry,
+            _registry: registry,
             config,
             _dir: dir,
         }
@@ -133,7 +134,11 @@ fn kubectl(s: &Server, args: &[&str], stdin: Option<&str>) -> (i32, String, Stri
     let mut cmd = Command::new("kubectl");
     cmd.arg(format!("--kubeconfig={}", s.kubeconfig().display()))
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn kubectl");
@@ -169,14 +174,23 @@ fn a_pod_runs_and_serves_logs_and_exec() {
     assert_eq!(c["ready"], true, "{c}");
     assert!(c["state"]["running"]["startedAt"].is_string(), "{c}");
     assert!(
-        c["containerID"].as_str().unwrap_or_default().starts_with("keelson://"),
+        c["containerID"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("keelson://"),
         "{c}"
     );
     assert!(
-        c["imageID"].as_str().unwrap_or_default().contains("@sha256:"),
+        c["imageID"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("@sha256:"),
         "{c}"
     );
-    let conditions = p["status"]["conditions"].as_array().map(Vec::len).unwrap_or(0);
+    let conditions = p["status"]["conditions"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
     assert!(conditions >= 4, "{}", p["status"]);
 
     // Logs: what the container wrote, and a line seen by `logs -f` soon after its write.
@@ -192,12 +206,24 @@ fn a_pod_runs_and_serves_logs_and_exec() {
     std::thread::sleep(Duration::from_millis(500));
     let written = Instant::now();
     // Writes to the container's own stdout (its PID 1's), as the app would.
-    let (code, _, err) = kubectl(&s, &["exec", "web", "--", "sh", "-c", "echo MARK-1 > /proc/1/fd/1"], None);
+    let (code, _, err) = kubectl(
+        &s,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo MARK-1 > /proc/1/fd/1",
+        ],
+        None,
+    );
     assert_eq!(code, 0, "{err}");
     let mut out = follow.stdout.take().expect("stdout");
     let seen = read_until(&mut out, "MARK-1", Duration::from_secs(5));
     let latency = written.elapsed();
     let _ = follow.kill();
+    let _ = follow.wait();
     assert!(seen, "logs -f never showed the line written by exec");
     eprintln!("logs -f latency (exec round trip included): {latency:?}");
     assert!(latency < Duration::from_secs(2), "logs -f took {latency:?}");
@@ -205,26 +231,48 @@ fn a_pod_runs_and_serves_logs_and_exec() {
     // Exec: exit codes, stdin, and a terminal.
     let (code, _, _) = kubectl(&s, &["exec", "web", "--", "sh", "-c", "exit 3"], None);
     assert_eq!(code, 3, "kubectl exec should exit with the command's code");
-    let (code, out, err) = kubectl(&s, &["exec", "-i", "web", "--", "sh", "-c", "read x; echo got $x"], Some("hello\n"));
+    let (code, out, err) = kubectl(
+        &s,
+        &["exec", "-i", "web", "--", "sh", "-c", "read x; echo got $x"],
+        Some("hello\n"),
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "got hello");
     let tty = exec_with_pty(&s, "web", "echo $((6*7)); tty; exit\n");
-    assert!(tty.contains("42"), "the shell over the terminal did not answer: {tty:?}");
-    assert!(tty.contains("/dev/pts/"), "no terminal in the container: {tty:?}");
+    assert!(
+        tty.contains("42"),
+        "the shell over the terminal did not answer: {tty:?}"
+    );
+    assert!(
+        tty.contains("/dev/pts/"),
+        "no terminal in the container: {tty:?}"
+    );
 
     // Errors a user can act on.
     let (code, _, err) = kubectl(&s, &["logs", "web", "-c", "nope"], None);
     assert_ne!(code, 0);
-    assert!(err.contains("container nope is not valid for pod web"), "{err}");
+    assert!(
+        err.contains("container nope is not valid for pod web"),
+        "{err}"
+    );
 
     // Deleting the pod stops its container and removes its files.
     let uid = p["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
     let pod_dir = s.data_dir().join("agent/pods").join(&uid);
-    assert!(pod_dir.exists(), "{} should exist while the pod runs", pod_dir.display());
+    assert!(
+        pod_dir.exists(),
+        "{} should exist while the pod runs",
+        pod_dir.display()
+    );
     s.kubectl_ok(&["delete", "pod", "web", "--wait=false"]);
-    wait_until("the pod's directory to go", Duration::from_secs(20), || !pod_dir.exists());
+    wait_until("the pod's directory to go", Duration::from_secs(20), || {
+        !pod_dir.exists()
+    });
     let runc = runc_list(&s.data_dir());
-    assert!(!runc.contains(&uid), "a container of the deleted pod is left: {runc}");
+    assert!(
+        !runc.contains(&uid),
+        "a container of the deleted pod is left: {runc}"
+    );
 }
 
 #[test]
@@ -237,8 +285,12 @@ fn containers_end_restart_and_fail_as_kubelet_reports() {
     apply_pod(&s, "done", "echo bye; exit 0", "Never", None);
     apply_pod(&s, "broken", "exit 2", "Never", None);
     apply_pod(&s, "crashy", "echo crashing; exit 1", "Always", None);
-    wait_until("done to succeed", Duration::from_secs(60), || phase(&s, "done") == "Succeeded");
-    wait_until("broken to fail", Duration::from_secs(30), || phase(&s, "broken") == "Failed");
+    wait_until("done to succeed", Duration::from_secs(60), || {
+        phase(&s, "done") == "Succeeded"
+    });
+    wait_until("broken to fail", Duration::from_secs(30), || {
+        phase(&s, "broken") == "Failed"
+    });
     let broken = pod(&s, "broken");
     assert_eq!(
         broken["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 2,
@@ -270,8 +322,13 @@ fn containers_end_restart_and_fail_as_kubelet_reports() {
     s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
     wait_until("ghost to say why it waits", Duration::from_secs(30), || {
         let w = &pod(&s, "ghost")["status"]["containerStatuses"][0]["state"]["waiting"];
-        matches!(w["reason"].as_str(), Some("ErrImagePull" | "ImagePullBackOff"))
-            && w["message"].as_str().unwrap_or_default().contains("not found")
+        matches!(
+            w["reason"].as_str(),
+            Some("ErrImagePull" | "ImagePullBackOff")
+        ) && w["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not found")
     });
     drop(images);
 }
@@ -289,7 +346,13 @@ fn an_agents_containers_outlive_its_process() {
     wait_until("the agent's node", Duration::from_secs(30), || {
         s.kubectl(&["get", "node", "pi-1"]).status.success()
     });
-    apply_pod(&s, "steady", "while true; do sleep 1; done", "Always", Some("pi-1"));
+    apply_pod(
+        &s,
+        "steady",
+        "while true; do sleep 1; done",
+        "Always",
+        Some("pi-1"),
+    );
     apply_pod(&s, "finisher", "sleep 4; exit 7", "Never", Some("pi-1"));
     wait_running(&s, "steady");
     wait_running(&s, "finisher");
@@ -305,9 +368,11 @@ fn an_agents_containers_outlive_its_process() {
         "the container (pid {before}) died with the agent"
     );
     agent.spawn();
-    wait_until("the finisher's exit code to be reported", Duration::from_secs(30), || {
-        phase(&s, "finisher") == "Failed"
-    });
+    wait_until(
+        "the finisher's exit code to be reported",
+        Duration::from_secs(30),
+        || phase(&s, "finisher") == "Failed",
+    );
     let f = pod(&s, "finisher");
     assert_eq!(
         f["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 7,
@@ -315,15 +380,23 @@ fn an_agents_containers_outlive_its_process() {
         f["status"]
     );
     let after = container_pid(&agent.data_dir(), &s, "steady");
-    assert_eq!(before, after, "the container was started again instead of adopted");
+    assert_eq!(
+        before, after,
+        "the container was started again instead of adopted"
+    );
     let steady = pod(&s, "steady");
     assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(steady["status"]["phase"], "Running");
     s.kubectl_ok(&["delete", "pod", "steady", "finisher", "--wait=false"]);
-    let uid = steady["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
-    wait_until("the agent to remove the pod", Duration::from_secs(20), || {
-        !runc_list(&agent.data_dir()).contains(&uid)
-    });
+    let uid = steady["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    wait_until(
+        "the agent to remove the pod",
+        Duration::from_secs(20),
+        || !runc_list(&agent.data_dir()).contains(&uid),
+    );
 }
 
 /// The host PID of a pod's container `c`, from runc's state on the node that runs it.
@@ -342,7 +415,8 @@ fn container_pid(data_dir: &Path, s: &Server, pod_name: &str) -> u32 {
     let state: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     state["pid"]
         .as_u64()
-        .unwrap_or_else(|| panic!("no pid for {id}: {}", String::from_utf8_lossy(&out.stderr))) as u32
+        .unwrap_or_else(|| panic!("no pid for {id}: {}", String::from_utf8_lossy(&out.stderr)))
+        as u32
 }
 
 fn runc_list(data_dir: &Path) -> String {
@@ -355,7 +429,7 @@ fn runc_list(data_dir: &Path) -> String {
 }
 
 /// Reads `from` until `needle` shows up or `limit` passes.
-fn read_until(from: &mut impl std::io::Read, needle: &str, limit: Duration) -> bool {
+fn read_until(from: &mut (impl std::io::Read + Send), needle: &str, limit: Duration) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];

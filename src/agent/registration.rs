@@ -225,12 +225,22 @@ pub fn conditions(old: &Value, pressure: Option<crate::node::resources::Pressure
         pid: prior("PIDPressure"),
     });
     let pick = |on: bool, yes: (&'static str, &'static str), no: (&'static str, &'static str)| {
-        if on { ("True", yes.0, yes.1) } else { ("False", no.0, no.1) }
+        if on {
+            ("True", yes.0, yes.1)
+        } else {
+            ("False", no.0, no.1)
+        }
     };
     let (ms, mr, mm) = pick(
         p.memory,
-        ("KubeletHasInsufficientMemory", "keelson has insufficient memory available"),
-        ("KubeletHasSufficientMemory", "keelson has sufficient memory available"),
+        (
+            "KubeletHasInsufficientMemory",
+            "keelson has insufficient memory available",
+        ),
+        (
+            "KubeletHasSufficientMemory",
+            "keelson has sufficient memory available",
+        ),
     );
     let (ds, dr, dm) = pick(
         p.disk,
@@ -239,8 +249,14 @@ pub fn conditions(old: &Value, pressure: Option<crate::node::resources::Pressure
     );
     let (ps, pr, pm) = pick(
         p.pid,
-        ("KubeletHasInsufficientPID", "keelson has insufficient PID available"),
-        ("KubeletHasSufficientPID", "keelson has sufficient PID available"),
+        (
+            "KubeletHasInsufficientPID",
+            "keelson has insufficient PID available",
+        ),
+        (
+            "KubeletHasSufficientPID",
+            "keelson has sufficient PID available",
+        ),
     );
     let want = [
         (

@@ -33,11 +33,11 @@ use super::images::{Image, ImageStore, PullError};
 use super::logs::Rotation;
 use super::monitor::{self, ExitRecord, MonitorSpec, Observed};
 use super::objects::{ObjectClient, ObjectError, Wanted};
-use super::probes::{self, Probe};
 use super::pods::{
-    ContainerState, ContainerStatus, Phase, PodAssignment, PodKey, PodNote, PodRuntime,
-    PodState, RestartPolicy,
+    ContainerState, ContainerStatus, Phase, PodAssignment, PodKey, PodNote, PodRuntime, PodState,
+    RestartPolicy,
 };
+use super::probes::{self, Probe};
 use super::runc::Runc;
 use super::status::now_rfc3339;
 
@@ -48,6 +48,16 @@ const BACKOFF_MIN: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long without exiting starts its next back-off from the minimum.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often ConfigMap and Secret volumes are brought up to date (kubelet: its sync period,
+/// a minute, plus its cache's TTL).
+const VOLUME_REFRESH: Duration = Duration::from_secs(30);
+/// The cluster's DNS domain, for pods' `/etc/hosts` (cluster DNS comes with the pod network).
+const CLUSTER_DOMAIN: &str = "cluster.local";
+/// How often unused images are looked at for garbage collection, and kubelet's thresholds
+/// (`--image-gc-high-threshold`, `--image-gc-low-threshold`).
+const IMAGE_GC_INTERVAL: Duration = Duration::from_secs(300);
+const IMAGE_GC_HIGH: u8 = 85;
+const IMAGE_GC_LOW: u8 = 80;
 /// Where pods' cgroups go (cgroupfs style): `/keelson/pod<uid>/<container>`.
 const CGROUP_PARENT: &str = "/keelson";
 /// Kubernetes' default `terminationGracePeriodSeconds`.
@@ -159,7 +169,10 @@ impl Containers {
         let node_settings = super::bundle::NodeSettings::detect(CGROUP_PARENT, pids_limit)
             .map_err(SetupError::Node)?;
         if !found.is_empty() {
-            tracing::info!(pods = found.len(), "found pods of an earlier run; adopting those still assigned here");
+            tracing::info!(
+                pods = found.len(),
+                "found pods of an earlier run; adopting those still assigned here"
+            );
         }
         Ok(Containers {
             shared: Arc::new(Shared {
@@ -180,6 +193,38 @@ impl Containers {
 
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// Removes images no pod here uses when the disk passes kubelet's threshold, every
+    /// [`IMAGE_GC_INTERVAL`], until the runtime is dropped.
+    pub fn collect_images(&self) {
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IMAGE_GC_INTERVAL).await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let in_use: HashSet<String> = lock(&shared.states)
+                    .values()
+                    .flat_map(|s| s.containers.iter().chain(&s.init_containers))
+                    .flat_map(|c| [c.image.clone(), c.image_id.clone()])
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                let images = shared.images.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    images.gc(&in_use, IMAGE_GC_HIGH, IMAGE_GC_LOW)
+                })
+                .await;
+                match result {
+                    Ok(Ok(report)) if !report.removed.is_empty() => {
+                        tracing::info!(removed = ?report.removed, freed = report.freed_bytes, "image garbage collection")
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "image garbage collection failed"),
+                    _ => {}
+                }
+            }
+        });
     }
 
     fn spawn(&mut self, pod: &PodAssignment) {
@@ -321,7 +366,10 @@ impl Shared {
 /// A container's run directory and runc id, from its pod and run number. runc ids are kept
 /// short: the pod's uid is unique on the node, and names are DNS labels.
 fn run_paths(pod_dir: &Path, uid: &str, container: &str, run: u32) -> (PathBuf, String) {
-    let dir = pod_dir.join("containers").join(container).join(run.to_string());
+    let dir = pod_dir
+        .join("containers")
+        .join(container)
+        .join(run.to_string());
     (dir, format!("{uid}-{container}-{run}"))
 }
 
@@ -368,6 +416,8 @@ struct PodRunner {
     setup_error: Option<String>,
     /// The pod's namespaces and volumes, once set up.
     sandbox: Option<(super::sandbox::Sandbox, super::volumes::Volumes)>,
+    /// When ConfigMap and Secret volumes were last brought up to date.
+    volumes_refreshed: Instant,
 }
 
 impl PodRunner {
@@ -394,7 +444,14 @@ impl PodRunner {
                         container_id: String::new(),
                         ready: false,
                         restart_count: 0,
-                        state: waiting(if init { "PodInitializing" } else { "ContainerCreating" }, ""),
+                        state: waiting(
+                            if init {
+                                "PodInitializing"
+                            } else {
+                                "ContainerCreating"
+                            },
+                            "",
+                        ),
                         last_state: None,
                     },
                     run: None,
@@ -421,6 +478,7 @@ impl PodRunner {
             was_ready: false,
             setup_error: None,
             sandbox: None,
+            volumes_refreshed: Instant::now(),
         }
     }
 
@@ -505,6 +563,10 @@ impl PodRunner {
                 }
             }
         }
+        if self.volumes_refreshed.elapsed() >= VOLUME_REFRESH {
+            self.volumes_refreshed = Instant::now();
+            self.refresh_volumes().await;
+        }
         let policy = self.pod.restart_policy;
         for i in 0..self.containers.len() {
             self.observe(i, policy).await;
@@ -549,6 +611,8 @@ impl PodRunner {
         tokio::task::spawn_blocking(move || {
             let sandbox = super::sandbox::create(&dir, &spec, &host).map_err(|e| e.to_string())?;
             let ctx = pod_context(&spec, &ips);
+            super::sandbox::write_files(&sandbox, &spec, ctx.pod_ips, &host, CLUSTER_DOMAIN)
+                .map_err(|e| e.to_string())?;
             let sources = super::volumes::Sources {
                 pod: ctx,
                 objects: &objects,
@@ -558,6 +622,50 @@ impl PodRunner {
         })
         .await
         .map_err(|e| e.to_string())?
+    }
+
+    /// Brings ConfigMap, Secret and projected volumes up to date with their objects (as
+    /// kubelet's periodic sync does); a container sees the new files at once (atomic swap).
+    async fn refresh_volumes(&mut self) {
+        let has_api_volumes = self.spec["spec"]["volumes"].as_array().is_some_and(|v| {
+            v.iter().any(|v| {
+                v.get("configMap").is_some()
+                    || v.get("secret").is_some()
+                    || v.get("projected").is_some()
+            })
+        });
+        if !has_api_volumes {
+            return;
+        }
+        let objects = match self.fetch_objects(true).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(pod = %self.key.name, error = %e, "cannot refresh the pod's volumes now");
+                return;
+            }
+        };
+        let (dir, spec, ips) = (
+            self.dir.clone(),
+            self.spec.clone(),
+            self.shared.config.host_ips.clone(),
+        );
+        let updated = tokio::task::spawn_blocking(move || {
+            let sources = super::volumes::Sources {
+                pod: pod_context(&spec, &ips),
+                objects: &objects,
+            };
+            super::volumes::update(&dir, &sources)
+        })
+        .await;
+        match updated {
+            Ok(Ok(names)) if !names.is_empty() => {
+                tracing::info!(pod = %self.key.name, volumes = ?names, "volumes updated from their objects")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(pod = %self.key.name, error = %e, "cannot update the pod's volumes")
+            }
+            _ => {}
+        }
     }
 
     /// The ConfigMaps and Secrets the pod references; `volumes` includes those its volumes
@@ -614,7 +722,9 @@ impl PodRunner {
                 let c = &mut self.containers[i];
                 let started = started_at.map(rfc3339).unwrap_or_else(now_rfc3339);
                 if !matches!(c.status.state, ContainerState::Running { .. }) {
-                    c.status.state = ContainerState::Running { started_at: started };
+                    c.status.state = ContainerState::Running {
+                        started_at: started,
+                    };
                     c.status.container_id = format!("keelson://{runc_id}");
                 }
                 c.status.ready = !c.init && is_ready(c);
@@ -650,8 +760,11 @@ impl PodRunner {
             return;
         };
         let runc_id = run.runc_id.clone();
-        let netns = match self.sandbox.as_ref().map(|(s, _)| &s.network) {
-            Some(super::sandbox::Namespace::Path(p)) => Some(p.clone()),
+        let netns = match self.sandbox.as_ref() {
+            Some((s, _)) if !s.host_network() => match &s.network {
+                super::sandbox::Namespace::Path(p) => Some(p.clone()),
+                super::sandbox::Namespace::Host => None,
+            },
             _ => None,
         };
         let runc = self.shared.config.runc.clone();
@@ -721,9 +834,17 @@ impl PodRunner {
                 _ => None,
             })
             .unwrap_or_default();
-        let message = termination_message(&run.dir, &c.spec, exit.exit_code, &shared, &self.key, &self.pod.uid, run.number)
-            .or_else(|| exit.start_error.clone())
-            .unwrap_or_default();
+        let message = termination_message(
+            &run.dir,
+            &c.spec,
+            exit.exit_code,
+            &shared,
+            &self.key,
+            &self.pod.uid,
+            run.number,
+        )
+        .or_else(|| exit.start_error.clone())
+        .unwrap_or_default();
         let reason = if exit.oom_killed {
             "OOMKilled"
         } else if exit.start_error.is_some() {
@@ -760,7 +881,10 @@ impl PodRunner {
         c.backoff_until = Some(Instant::now() + wait);
         c.status.last_state = Some(terminated);
         c.status.restart_count = run.number + 1;
-        let back_off_note = format!("Back-off restarting failed container {} in pod {}_{}({})", c.status.name, self.key.name, self.key.namespace, self.pod.uid);
+        let back_off_note = format!(
+            "Back-off restarting failed container {} in pod {}_{}({})",
+            c.status.name, self.key.name, self.key.namespace, self.pod.uid
+        );
         c.status.state = waiting(
             "CrashLoopBackOff",
             &format!(
@@ -903,7 +1027,11 @@ impl PodRunner {
                 c.status.state = waiting(shown, &message);
                 let image = c.status.image.clone();
                 if shown == "ImagePullBackOff" {
-                    self.note(true, "BackOff", format!("Back-off pulling image \"{image}\""));
+                    self.note(
+                        true,
+                        "BackOff",
+                        format!("Back-off pulling image \"{image}\""),
+                    );
                 } else {
                     self.note(true, "Failed", message);
                 }
@@ -919,7 +1047,9 @@ impl PodRunner {
             .into_iter()
             .flatten()
         {
-            let Some(name) = s["name"].as_str() else { continue };
+            let Some(name) = s["name"].as_str() else {
+                continue;
+            };
             let w = Wanted::Secret {
                 namespace: self.key.namespace.clone(),
                 name: name.to_owned(),
@@ -928,10 +1058,10 @@ impl PodRunner {
                 continue;
             };
             for (key, bytes) in super::env::secret_bytes(&secret) {
-                if key == ".dockerconfigjson" || key == ".dockercfg" {
-                    if let Ok(auths) = super::images::auths_from_dockerconfigjson(&bytes) {
-                        out.extend(auths);
-                    }
+                if (key == ".dockerconfigjson" || key == ".dockercfg")
+                    && let Ok(auths) = super::images::auths_from_dockerconfigjson(&bytes)
+                {
+                    out.extend(auths);
                 }
             }
         }
@@ -946,22 +1076,26 @@ impl PodRunner {
         runc_id: &str,
         number: u32,
     ) -> Result<(), Failure> {
-        let objects = self
-            .fetch_objects(false)
-            .await
-            .map_err(Failure::Config)?;
+        let objects = self.fetch_objects(false).await.map_err(Failure::Config)?;
         let ctx = pod_context(&self.spec, &self.shared.config.host_ips);
-        let env = super::env::resolve(&ctx, spec, &objects).map_err(|e| Failure::Config(e.to_string()))?;
+        let env = super::env::resolve(&ctx, spec, &objects)
+            .map_err(|e| Failure::Config(e.to_string()))?;
         for w in &env.warnings {
             tracing::warn!(pod = %self.key.name, "{w}");
         }
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
         for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
-            std::fs::create_dir_all(d).map_err(|e| Failure::Start(format!("{}: {e}", d.display())))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| Failure::Start(format!("{}: {e}", d.display())))?;
         }
-        mount_overlay(&image.layers, &dir.join("upper"), &dir.join("work"), &rootfs)
-            .map_err(Failure::Start)?;
+        mount_overlay(
+            &image.layers,
+            &dir.join("upper"),
+            &dir.join("work"),
+            &rootfs,
+        )
+        .map_err(Failure::Start)?;
         let Some((sandbox, volumes)) = &self.sandbox else {
             unmount_quietly(&rootfs);
             return Err(Failure::Start("the pod's sandbox is not set up".into()));
@@ -1091,7 +1225,11 @@ impl PodRunner {
                 main.push(status);
             }
         }
-        let initialized = self.containers.iter().filter(|c| c.init).all(init_succeeded);
+        let initialized = self
+            .containers
+            .iter()
+            .filter(|c| c.init)
+            .all(init_succeeded);
         let phase = phase(self.pod.restart_policy, initialized, &init, &main);
         let ready = phase == Phase::Running && initialized && main.iter().all(|c| c.ready);
         let host_network = self.spec["spec"]["hostNetwork"].as_bool().unwrap_or(false);
@@ -1125,7 +1263,11 @@ impl PodRunner {
             .filter_map(|c| c.run.as_ref().map(|r| (r.runc_id.clone(), r.dir.clone())))
             .collect();
         for c in self.containers.iter().filter(|c| c.run.is_some()) {
-            self.note(false, "Killing", format!("Stopping container {}", c.status.name));
+            self.note(
+                false,
+                "Killing",
+                format!("Stopping container {}", c.status.name),
+            );
         }
         for (id, _) in &runs {
             let _ = runc.kill(id, Signal::SIGTERM, false).await;
@@ -1147,7 +1289,10 @@ impl PodRunner {
             // briefly so no process of the pod outlives its directory.
             let until = Instant::now() + Duration::from_secs(5);
             while Instant::now() < until
-                && matches!(monitor::observe(&dir.join("state")), Ok(Observed::Running { .. } | Observed::Starting { .. }))
+                && matches!(
+                    monitor::observe(&dir.join("state")),
+                    Ok(Observed::Running { .. } | Observed::Starting { .. })
+                )
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -1155,11 +1300,13 @@ impl PodRunner {
         }
         lock(&self.shared.running).remove(&self.key);
         remove_pod_dir(&self.shared, &self.dir).await;
-        let log_dir = self
-            .shared
-            .config
-            .log_root
-            .join(format!("{}_{}_{}", self.key.namespace, self.key.name, self.pod.uid));
+        if let Err(e) = super::bundle::remove_pod_cgroup(CGROUP_PARENT, &self.pod.uid) {
+            tracing::debug!(pod = %self.key.name, error = %e, "cannot remove the pod's cgroup");
+        }
+        let log_dir = self.shared.config.log_root.join(format!(
+            "{}_{}_{}",
+            self.key.namespace, self.key.name, self.pod.uid
+        ));
         let _ = std::fs::remove_dir_all(log_dir);
         tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, "pod stopped and removed");
     }
@@ -1186,7 +1333,8 @@ fn termination_message(
     {
         return Some(read_tail(bytes));
     }
-    if exit_code != 0 && spec["terminationMessagePolicy"].as_str() == Some("FallbackToLogsOnError") {
+    if exit_code != 0 && spec["terminationMessagePolicy"].as_str() == Some("FallbackToLogsOnError")
+    {
         let name = spec["name"].as_str().unwrap_or_default();
         let log = shared.log_dir(pod, uid, name).join(format!("{number}.log"));
         let text = std::fs::read(log).ok()?;
@@ -1232,14 +1380,21 @@ fn reset_probes(c: &mut Tracked) {
             None
         }
     };
-    let (startup, liveness, readiness) = (make("startupProbe"), make("livenessProbe"), make("readinessProbe"));
+    let (startup, liveness, readiness) = (
+        make("startupProbe"),
+        make("livenessProbe"),
+        make("readinessProbe"),
+    );
     c.startup = startup;
     c.liveness = liveness;
     c.readiness = readiness;
 }
 
 fn init_succeeded(c: &Tracked) -> bool {
-    matches!(c.status.state, ContainerState::Terminated { exit_code: 0, .. })
+    matches!(
+        c.status.state,
+        ContainerState::Terminated { exit_code: 0, .. }
+    )
 }
 
 /// Kubernetes' pod phase from its containers (kubelet's `getPhase`).
@@ -1249,9 +1404,7 @@ fn phase(
     init: &[ContainerStatus],
     main: &[ContainerStatus],
 ) -> Phase {
-    let failed = |c: &ContainerStatus| {
-        matches!(c.state, ContainerState::Terminated { exit_code, .. } if exit_code != 0)
-    };
+    let failed = |c: &ContainerStatus| matches!(c.state, ContainerState::Terminated { exit_code, .. } if exit_code != 0);
     if !initialized {
         // An init container that failed for good fails the pod.
         if policy == RestartPolicy::Never && init.iter().any(failed) {
@@ -1329,7 +1482,12 @@ fn referenced(pod: &Value, kind: &str, volumes: bool) -> Vec<String> {
         "configmap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
         _ => ("secret", "secretName", "secretKeyRef", "secretRef"),
     };
-    let list = |v: &Value, f: &str| v.get(f).and_then(Value::as_array).cloned().unwrap_or_default();
+    let list = |v: &Value, f: &str| {
+        v.get(f)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
     if volumes {
         for vol in list(spec, "volumes") {
             if let Some(n) = vol.get(vol_field).and_then(|v| v[vol_name].as_str()) {
@@ -1342,9 +1500,16 @@ fn referenced(pod: &Value, kind: &str, volumes: bool) -> Vec<String> {
             }
         }
     }
-    for c in list(spec, "initContainers").into_iter().chain(list(spec, "containers")) {
+    for c in list(spec, "initContainers")
+        .into_iter()
+        .chain(list(spec, "containers"))
+    {
         for e in list(&c, "env") {
-            if let Some(n) = e.pointer("/valueFrom").and_then(|v| v.get(key_ref)).and_then(|r| r["name"].as_str()) {
+            if let Some(n) = e
+                .pointer("/valueFrom")
+                .and_then(|v| v.get(key_ref))
+                .and_then(|r| r["name"].as_str())
+            {
                 names.push(n.to_owned());
             }
         }
@@ -1360,13 +1525,22 @@ fn referenced(pod: &Value, kind: &str, volumes: bool) -> Vec<String> {
 }
 
 /// Mounts an overlay of `layers` (lowest first) with `upper` on top at `target`.
-fn mount_overlay(layers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), String> {
+fn mount_overlay(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), String> {
     use nix::mount::{MsFlags, mount};
     if layers.is_empty() {
         return Err("the image has no layers".into());
     }
     // overlayfs lists lower layers top first.
-    let lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
@@ -1386,7 +1560,12 @@ fn mount_overlay(layers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -
         MsFlags::empty(),
         Some(options.as_str()),
     )
-    .map_err(|e| format!("cannot mount the container's root filesystem at {}: {e}", target.display()))
+    .map_err(|e| {
+        format!(
+            "cannot mount the container's root filesystem at {}: {e}",
+            target.display()
+        )
+    })
 }
 
 /// Writes `path` whole or not at all (temp file, then rename).
@@ -1416,11 +1595,19 @@ async fn remove_pod_dir(_shared: &Shared, dir: &Path) {
 /// Stops whatever an earlier process left running for a pod no longer assigned here.
 async fn remove_orphan(shared: &Shared, dir: &Path) {
     let containers = dir.join("containers");
-    for c in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
+    for c in std::fs::read_dir(&containers)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         for run in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
             let uid = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             let name = c.file_name().to_string_lossy().into_owned();
-            let number = run.file_name().to_string_lossy().parse::<u32>().unwrap_or(0);
+            let number = run
+                .file_name()
+                .to_string_lossy()
+                .parse::<u32>()
+                .unwrap_or(0);
             let (_, id) = run_paths(dir, uid, &name, number);
             let _ = shared.config.runc.kill(&id, Signal::SIGKILL, true).await;
             let _ = shared.config.runc.delete(&id, true).await;
@@ -1467,22 +1654,47 @@ mod tests {
     fn phases_follow_kubelet() {
         use RestartPolicy::*;
         let creating = status(waiting("ContainerCreating", ""), None);
-        assert_eq!(phase(Always, true, &[], &[creating.clone()]), Phase::Pending);
-        assert_eq!(phase(Always, true, &[], &[status(running(), None)]), Phase::Running);
+        assert_eq!(
+            phase(Always, true, &[], &[creating.clone()]),
+            Phase::Pending
+        );
+        assert_eq!(
+            phase(Always, true, &[], &[status(running(), None)]),
+            Phase::Running
+        );
         let backoff = status(waiting("CrashLoopBackOff", ""), Some(exited(1)));
         assert_eq!(phase(Always, true, &[], &[backoff]), Phase::Running);
-        assert_eq!(phase(Never, true, &[], &[status(exited(0), None)]), Phase::Succeeded);
         assert_eq!(
-            phase(Never, true, &[], &[status(exited(0), None), status(exited(2), None)]),
+            phase(Never, true, &[], &[status(exited(0), None)]),
+            Phase::Succeeded
+        );
+        assert_eq!(
+            phase(
+                Never,
+                true,
+                &[],
+                &[status(exited(0), None), status(exited(2), None)]
+            ),
             Phase::Failed
         );
         assert_eq!(
-            phase(Never, true, &[], &[status(exited(0), None), status(running(), None)]),
+            phase(
+                Never,
+                true,
+                &[],
+                &[status(exited(0), None), status(running(), None)]
+            ),
             Phase::Running
         );
         // Init containers: pending until they succeed; one failed for good fails the pod.
-        assert_eq!(phase(Always, false, &[creating.clone()], &[creating.clone()]), Phase::Pending);
-        assert_eq!(phase(Never, false, &[status(exited(1), None)], &[creating]), Phase::Failed);
+        assert_eq!(
+            phase(Always, false, &[creating.clone()], &[creating.clone()]),
+            Phase::Pending
+        );
+        assert_eq!(
+            phase(Never, false, &[status(exited(1), None)], &[creating]),
+            Phase::Failed
+        );
     }
 
     #[test]

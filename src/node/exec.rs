@@ -18,7 +18,9 @@ use super::containers::Shared;
 use super::logs::{self, LogSource};
 use super::pods::{ContainerState, PodKey};
 use super::runc::ExecProcess;
-use super::streams::{LogOptions, MAX_MESSAGE, Message, Pipe, StreamIo, StreamRequest, StreamServer};
+use super::streams::{
+    LogOptions, MAX_MESSAGE, Message, Pipe, StreamIo, StreamRequest, StreamServer,
+};
 
 /// Channels of `v4/v5.channel.k8s.io`.
 const STDIN: u8 = 0;
@@ -34,7 +36,11 @@ pub struct RuncStreams {
 }
 
 impl StreamServer for RuncStreams {
-    fn serve(&self, request: StreamRequest, pipe: Pipe) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn serve(
+        &self,
+        request: StreamRequest,
+        pipe: Pipe,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let shared = self.shared.clone();
         Box::pin(async move {
             match request {
@@ -55,8 +61,11 @@ impl StreamServer for RuncStreams {
                     serve_port_forward(&shared, &pod, &uid, port, pipe).await
                 }
                 StreamRequest::Attach { .. } => {
-                    pipe.open(400, "attach is not supported by this node yet: use kubectl logs -f, or exec")
-                        .await;
+                    pipe.open(
+                        400,
+                        "attach is not supported by this node yet: use kubectl logs -f, or exec",
+                    )
+                    .await;
                 }
             }
         })
@@ -110,15 +119,17 @@ async fn serve_logs(
         logs::log_files(&current).unwrap_or_else(|_| vec![current])
     };
     // A run's state directory sits beside the others: <container>/<run>/state.
-    let exit_file = run
-        .state_dir
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|c| c.join(number.to_string()).join("state").join(super::monitor::EXIT_FILE));
+    let exit_file = run.state_dir.parent().and_then(|d| d.parent()).map(|c| {
+        c.join(number.to_string())
+            .join("state")
+            .join(super::monitor::EXIT_FILE)
+    });
     let source = LogSource { files, exit_file };
-    let since = match options.since.as_deref().map(|s| {
-        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-    }) {
+    let since = match options
+        .since
+        .as_deref()
+        .map(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339))
+    {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
@@ -187,7 +198,10 @@ async fn serve_exec(
         return;
     };
     let (Some(id), ContainerState::Running { .. }) = (run.runc_id.clone(), &run.state) else {
-        let msg = format!("container \"{container}\" in pod \"{}\" is not running", pod.name);
+        let msg = format!(
+            "container \"{container}\" in pod \"{}\" is not running",
+            pod.name
+        );
         pipe.open(400, &msg).await;
         return;
     };
@@ -200,7 +214,11 @@ async fn serve_exec(
     let mut exec = match shared.config.runc.exec(&id, &process, io.tty).await {
         Ok(e) => e,
         Err(e) => {
-            pipe.open(500, &format!("cannot exec in container \"{container}\": {e}")).await;
+            pipe.open(
+                500,
+                &format!("cannot exec in container \"{container}\": {e}"),
+            )
+            .await;
             return;
         }
     };
@@ -224,10 +242,10 @@ async fn serve_exec(
             outputs.push(tokio::spawn(forward(r, tx.clone(), Some(STDOUT))));
         }
         None => {
-            if let Some(w) = exec.child.stdin.take() {
-                if io.stdin {
-                    stdin = Some(Box::new(w));
-                }
+            if let Some(w) = exec.child.stdin.take()
+                && io.stdin
+            {
+                stdin = Some(Box::new(w));
             }
             if let Some(r) = exec.child.stdout.take() {
                 outputs.push(tokio::spawn(forward(r, tx.clone(), Some(STDOUT))));
@@ -294,8 +312,14 @@ async fn serve_exec(
 /// relays the connection's bytes until either side ends.
 async fn serve_port_forward(shared: &Shared, pod: &PodKey, uid: &str, port: u16, pipe: Pipe) {
     let Some(netns) = shared.netns_of(pod, uid) else {
-        pipe.open(404, &format!("pod {}/{} is not running on this node", pod.namespace, pod.name))
-            .await;
+        pipe.open(
+            404,
+            &format!(
+                "pod {}/{} is not running on this node",
+                pod.namespace, pod.name
+            ),
+        )
+        .await;
         return;
     };
     let stream = match super::probes::connect(netns.as_deref(), None, port).await {
@@ -336,7 +360,7 @@ impl AsyncRead for ConsoleIo {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
+        self.0.poll_read_shared(cx, buf)
     }
 }
 
@@ -346,12 +370,18 @@ impl AsyncWrite for ConsoleIo {
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, data)
+        self.0.poll_write_shared(cx, data)
     }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_shutdown(cx)
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }

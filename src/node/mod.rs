@@ -158,10 +158,11 @@ impl RuntimeOptions {
             why: e.to_string(),
         })?;
         tracing::info!(runtime = %binary.display(), %version, "running containers with this OCI runtime");
-        let registries = images::Registries::load(&self.registries).map_err(|e| RuntimeError::Registries {
-            path: self.registries.clone(),
-            why: e.to_string(),
-        })?;
+        let registries =
+            images::Registries::load(&self.registries).map_err(|e| RuntimeError::Registries {
+                path: self.registries.clone(),
+                why: e.to_string(),
+            })?;
         let images_dir = root.join("images");
         let store = images::ImageStore::open(&images_dir, registries)
             .map_err(|e| RuntimeError::Images(e.to_string()))?;
@@ -180,6 +181,7 @@ impl RuntimeOptions {
             pids_limit: 0,
         };
         let pods = containers::Containers::new(config, store, client, notes_tx)?;
+        pods.collect_images();
         let shared = pods.shared();
         Ok(Runtime {
             pods: Box::new(pods),

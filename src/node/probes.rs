@@ -83,9 +83,7 @@ impl Spec {
         let Some(p) = container.get(field).filter(|p| p.is_object()) else {
             return Ok(None);
         };
-        let secs = |k: &str, default: u64| {
-            Duration::from_secs(p[k].as_u64().unwrap_or(default))
-        };
+        let secs = |k: &str, default: u64| Duration::from_secs(p[k].as_u64().unwrap_or(default));
         let count = |k: &str, default: u64| p[k].as_u64().unwrap_or(default).max(1) as u32;
         let port = |v: &Value| -> Result<u16, String> {
             if let Some(n) = v.as_u64() {
@@ -114,24 +112,41 @@ impl Spec {
             Action::Exec(command)
         } else if let Some(h) = p.get("httpGet") {
             Action::Http {
-                host: h["host"].as_str().filter(|s| !s.is_empty()).map(str::to_owned),
+                host: h["host"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
                 port: port(&h["port"])?,
-                path: h["path"].as_str().filter(|s| !s.is_empty()).unwrap_or("/").to_owned(),
+                path: h["path"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("/")
+                    .to_owned(),
                 https: h["scheme"].as_str() == Some("HTTPS"),
                 headers: h["httpHeaders"]
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|hd| Some((hd["name"].as_str()?.to_owned(), hd["value"].as_str()?.to_owned())))
+                    .filter_map(|hd| {
+                        Some((
+                            hd["name"].as_str()?.to_owned(),
+                            hd["value"].as_str()?.to_owned(),
+                        ))
+                    })
                     .collect(),
             }
         } else if let Some(t) = p.get("tcpSocket") {
             Action::Tcp {
-                host: t["host"].as_str().filter(|s| !s.is_empty()).map(str::to_owned),
+                host: t["host"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
                 port: port(&t["port"])?,
             }
         } else {
-            return Err(format!("{field}: no handler (exec, httpGet or tcpSocket); grpc probes are not supported yet"));
+            return Err(format!(
+                "{field}: no handler (exec, httpGet or tcpSocket); grpc probes are not supported yet"
+            ));
         };
         Ok(Some(Spec {
             action,
@@ -183,14 +198,6 @@ impl Probe {
         }
         None
     }
-
-    /// After a failure verdict acted on (a restart): count afresh.
-    pub fn reset(&mut self, now: Instant) {
-        self.successes = 0;
-        self.failures = 0;
-        self.healthy = None;
-        self.next = now + self.spec.initial_delay;
-    }
 }
 
 /// Runs the probe's action once, within its timeout.
@@ -230,7 +237,10 @@ async fn act(action: &Action, target: &Target<'_>) -> Outcome {
         }
         Action::Tcp { host, port } => match connect(target.netns, host.as_deref(), *port).await {
             Ok(_) => Outcome::Success,
-            Err(e) => Outcome::Failure(format!("dial tcp {}:{port}: {e}", host.as_deref().unwrap_or("127.0.0.1"))),
+            Err(e) => Outcome::Failure(format!(
+                "dial tcp {}:{port}: {e}",
+                host.as_deref().unwrap_or("127.0.0.1")
+            )),
         },
         Action::Http {
             host,
@@ -242,7 +252,10 @@ async fn act(action: &Action, target: &Target<'_>) -> Outcome {
             if *https {
                 return Outcome::Failure("HTTPS probes are not supported yet".into());
             }
-            let where_ = format!("http://{}:{port}{path}", host.as_deref().unwrap_or("127.0.0.1"));
+            let where_ = format!(
+                "http://{}:{port}{path}",
+                host.as_deref().unwrap_or("127.0.0.1")
+            );
             let mut stream = match connect(target.netns, host.as_deref(), *port).await {
                 Ok(s) => s,
                 Err(e) => return Outcome::Failure(format!("Get \"{where_}\": {e}")),
@@ -279,11 +292,17 @@ async fn act(action: &Action, target: &Target<'_>) -> Outcome {
 }
 
 /// A TCP connection to `host` (default 127.0.0.1) from inside `netns` (or the node's).
-pub async fn connect(netns: Option<&Path>, host: Option<&str>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+pub async fn connect(
+    netns: Option<&Path>,
+    host: Option<&str>,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
     let ip: IpAddr = match host {
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Some(h) => h.parse().map_err(|_| {
-            std::io::Error::other(format!("host {h:?} is not an IP address (names are not resolved)"))
+            std::io::Error::other(format!(
+                "host {h:?} is not an IP address (names are not resolved)"
+            ))
         })?,
     };
     let addr = SocketAddr::new(ip, port);
@@ -325,20 +344,29 @@ mod tests {
         assert_eq!(r.period, Duration::from_secs(10));
         assert_eq!(r.timeout, Duration::from_secs(1));
         assert_eq!((r.success_threshold, r.failure_threshold), (1, 3));
-        assert!(matches!(r.action, Action::Http { port: 8080, ref path, .. } if path == "/healthz"));
+        assert!(
+            matches!(r.action, Action::Http { port: 8080, ref path, .. } if path == "/healthz")
+        );
         let l = Spec::of(&c, "livenessProbe").unwrap().unwrap();
         assert_eq!(l.period, Duration::from_secs(2));
         assert_eq!(l.action, Action::Exec(vec!["cat".into(), "/tmp/ok".into()]));
         assert!(Spec::of(&c, "nope").unwrap().is_none());
         let bad = json!({"readinessProbe": {"httpGet": {"port": "web"}}});
-        assert!(Spec::of(&bad, "readinessProbe").unwrap_err().contains("no port named \"web\""));
+        assert!(
+            Spec::of(&bad, "readinessProbe")
+                .unwrap_err()
+                .contains("no port named \"web\"")
+        );
     }
 
     #[test]
     fn verdicts_change_only_at_thresholds() {
         let now = Instant::now();
         let spec = Spec {
-            action: Action::Tcp { host: None, port: 1 },
+            action: Action::Tcp {
+                host: None,
+                port: 1,
+            },
             initial_delay: Duration::from_secs(5),
             period: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
@@ -350,7 +378,11 @@ mod tests {
         assert!(p.due(now + Duration::from_secs(5)));
         assert_eq!(p.record(&Outcome::Success, now), None);
         assert_eq!(p.record(&Outcome::Success, now), Some(true));
-        assert_eq!(p.record(&Outcome::Success, now), None, "no change, no verdict");
+        assert_eq!(
+            p.record(&Outcome::Success, now),
+            None,
+            "no change, no verdict"
+        );
         let fail = Outcome::Failure("x".into());
         assert_eq!(p.record(&fail, now), None);
         assert_eq!(p.record(&fail, now), None);

@@ -72,10 +72,11 @@ pub fn parse_reserved(flag: &str, text: &str) -> Result<Reserved, String> {
     let mut out = Reserved::default();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((k, v)) = part.split_once('=') else {
-            return Err(format!("{flag} {part:?}: expected NAME=QUANTITY, e.g. memory=256Mi"));
+            return Err(format!(
+                "{flag} {part:?}: expected NAME=QUANTITY, e.g. memory=256Mi"
+            ));
         };
-        let q = crate::api::quantity::parse(v)
-            .map_err(|e| format!("{flag} {k}={v:?}: {e}"))?;
+        let q = crate::api::quantity::parse(v).map_err(|e| format!("{flag} {k}={v:?}: {e}"))?;
         let n = |x: i64| x.max(0) as u64;
         match k {
             "cpu" => out.cpu_milli = n(q.milli()),
@@ -106,7 +107,11 @@ pub fn parse_eviction(text: &str) -> Result<Eviction, String> {
         let threshold = match value.strip_suffix('%') {
             Some(p) => match p.parse::<f64>() {
                 Ok(p) if (0.0..=100.0).contains(&p) => Threshold::Percent(p.round() as u8),
-                _ => return Err(format!("--eviction-hard {signal}: {value:?} is not a percentage")),
+                _ => {
+                    return Err(format!(
+                        "--eviction-hard {signal}: {value:?} is not a percentage"
+                    ));
+                }
             },
             None => Threshold::Bytes(
                 crate::api::quantity::parse(value)
@@ -152,6 +157,8 @@ impl Usage {
                 .unwrap_or(0)
                 * 1024
         };
+        // The casts are needed where statvfs's counts are 32 bits (armv7).
+        #[allow(clippy::unnecessary_cast)]
         let (nodefs_total, nodefs_available) = nix::sys::statvfs::statvfs(data_dir)
             .map(|s| {
                 let frag = s.fragment_size() as u64;
@@ -165,7 +172,11 @@ impl Usage {
         let pids_used = std::fs::read_dir("/proc")
             .map(|d| {
                 d.flatten()
-                    .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                    })
                     .count() as u64
             })
             .unwrap_or(0);
@@ -185,8 +196,16 @@ impl Usage {
             total > 0 && t.is_some_and(|t| available < t.bytes_of(total))
         };
         Pressure {
-            memory: under(self.memory_available, self.memory_total, eviction.memory_available),
-            disk: under(self.nodefs_available, self.nodefs_total, eviction.nodefs_available),
+            memory: under(
+                self.memory_available,
+                self.memory_total,
+                eviction.memory_available,
+            ),
+            disk: under(
+                self.nodefs_available,
+                self.nodefs_total,
+                eviction.nodefs_available,
+            ),
             pid: under(
                 self.pids_max.saturating_sub(self.pids_used),
                 self.pids_max,
@@ -220,7 +239,7 @@ pub fn capacity_and_allocatable(
         "ephemeral-storage": format!("{}Ki", usage.nodefs_total / 1024),
         "pods": MAX_PODS.to_string(),
     });
-    let cpu = if alloc_cpu % 1000 == 0 {
+    let cpu = if alloc_cpu.is_multiple_of(1000) {
         (alloc_cpu / 1000).to_string()
     } else {
         format!("{alloc_cpu}m")
@@ -242,15 +261,34 @@ mod tests {
 
     #[test]
     fn reservations_parse_like_kubelets() {
-        let r = parse_reserved("--kube-reserved", "cpu=250m, memory=256Mi,ephemeral-storage=1Gi").unwrap();
-        assert_eq!((r.cpu_milli, r.memory, r.ephemeral_storage), (250, 256 * MI, 1024 * MI));
-        assert!(parse_reserved("--system-reserved", "gpu=1").unwrap_err().contains("unknown resource"));
-        assert!(parse_reserved("--system-reserved", "memory").unwrap_err().contains("NAME=QUANTITY"));
+        let r = parse_reserved(
+            "--kube-reserved",
+            "cpu=250m, memory=256Mi,ephemeral-storage=1Gi",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.cpu_milli, r.memory, r.ephemeral_storage),
+            (250, 256 * MI, 1024 * MI)
+        );
+        assert!(
+            parse_reserved("--system-reserved", "gpu=1")
+                .unwrap_err()
+                .contains("unknown resource")
+        );
+        assert!(
+            parse_reserved("--system-reserved", "memory")
+                .unwrap_err()
+                .contains("NAME=QUANTITY")
+        );
         let e = parse_eviction(DEFAULT_EVICTION_HARD).unwrap();
         assert_eq!(e.memory_available, Some(Threshold::Bytes(100 * MI)));
         assert_eq!(e.nodefs_available, Some(Threshold::Percent(10)));
         assert!(parse_eviction("memory.available>1Gi").is_err());
-        assert!(parse_eviction("swap.available<1Gi").unwrap_err().contains("unknown signal"));
+        assert!(
+            parse_eviction("swap.available<1Gi")
+                .unwrap_err()
+                .contains("unknown signal")
+        );
     }
 
     #[test]
@@ -288,6 +326,9 @@ mod tests {
     #[test]
     fn the_machine_can_be_measured() {
         let u = Usage::measure(Path::new("/"));
-        assert!(u.memory_total > 0 && u.nodefs_total > 0 && u.pids_used > 0, "{u:?}");
+        assert!(
+            u.memory_total > 0 && u.nodefs_total > 0 && u.pids_used > 0,
+            "{u:?}"
+        );
     }
 }

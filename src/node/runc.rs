@@ -484,9 +484,11 @@ impl Console {
     }
 }
 
-impl AsyncRead for Console {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl Console {
+    /// Reads the process's output; takes `&self` so one terminal can be read, written and
+    /// resized from different tasks.
+    pub fn poll_read_shared(
+        &self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
@@ -507,14 +509,9 @@ impl AsyncRead for Console {
             }
         }
     }
-}
 
-impl AsyncWrite for Console {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    /// Writes the process's input (see [`Console::poll_read_shared`]).
+    pub fn poll_write_shared(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
             match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from))
@@ -523,6 +520,26 @@ impl AsyncWrite for Console {
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+impl AsyncRead for Console {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_read_shared(cx, buf)
+    }
+}
+
+impl AsyncWrite for Console {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_shared(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

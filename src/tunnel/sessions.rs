@@ -161,7 +161,12 @@ impl Sessions {
     }
 
     /// Records an event a node reports about one of its pods, if that pod is bound to it.
-    pub async fn record_note(&self, registry: &Registry, node: &str, note: crate::node::pods::PodNote) {
+    pub async fn record_note(
+        &self,
+        registry: &Registry,
+        node: &str,
+        note: crate::node::pods::PodNote,
+    ) {
         if !self.pods.is_bound(node, &note.key, &note.uid) {
             tracing::debug!(%node, pod = %note.key.name, "dropped an event about a pod not bound to the node");
             return;
@@ -179,7 +184,13 @@ impl Sessions {
         };
         let message: String = note.message.chars().take(1024).collect();
         recorder
-            .record(&crate::apiserver::resources::PODS, &pod, kind, &note.reason, &message)
+            .record(
+                &crate::apiserver::resources::PODS,
+                &pod,
+                kind,
+                &note.reason,
+                &message,
+            )
             .await;
     }
 
