@@ -1655,7 +1655,7 @@ mod tests {
         use RestartPolicy::*;
         let creating = status(waiting("ContainerCreating", ""), None);
         assert_eq!(
-            phase(Always, true, &[], &[creating.clone()]),
+            phase(Always, true, &[], std::slice::from_ref(&creating)),
             Phase::Pending
         );
         assert_eq!(
@@ -1688,7 +1688,12 @@ mod tests {
         );
         // Init containers: pending until they succeed; one failed for good fails the pod.
         assert_eq!(
-            phase(Always, false, &[creating.clone()], &[creating.clone()]),
+            phase(
+                Always,
+                false,
+                std::slice::from_ref(&creating),
+                std::slice::from_ref(&creating)
+            ),
             Phase::Pending
         );
         assert_eq!(

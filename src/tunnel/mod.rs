@@ -219,6 +219,8 @@ mod tests {
             taints: vec![],
             addresses: vec!["198.18.0.5".parse().unwrap()],
             info: SystemInfo::read(),
+            reservations: Default::default(),
+            pressure: Default::default(),
         }
     }
 
