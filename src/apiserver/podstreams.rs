@@ -328,17 +328,23 @@ fn log_body(pipe: Pipe) -> Response<Body> {
     resp
 }
 
-/// Relays kubectl's websocket and the node's stream, message for message, until either ends.
+/// Relays kubectl's websocket and the node's stream, message for message, until the node
+/// ends the stream (everything it sent, its exit status last, reaches the client first) or
+/// the client goes.
 async fn relay<S>(mut ws: WebSocketStream<S>, mut pipe: Pipe)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    // Set once the node stops taking input: its output is still drained.
+    let mut upstream_open = true;
     loop {
         tokio::select! {
             m = ws.next() => match m {
                 Some(Ok(WsMessage::Binary(b))) => {
-                    if b.len() > MAX_MESSAGE || pipe.tx.send(Message::Binary(b.to_vec())).await.is_err() {
-                        break;
+                    if upstream_open
+                        && (b.len() > MAX_MESSAGE || pipe.tx.send(Message::Binary(b.to_vec())).await.is_err())
+                    {
+                        upstream_open = false;
                     }
                 }
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) | WsMessage::Text(_))) => {
@@ -356,7 +362,12 @@ where
             },
         }
     }
-    let _ = ws.close(None).await;
+    let _ = ws
+        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .await;
 }
 
 #[cfg(test)]
