@@ -95,7 +95,12 @@ async fn serve_logs(
         pipe.open(400, &not_started(shared, pod, container)).await;
         return;
     };
-    let number = if options.previous {
+    // kubelet's rule: while a container waits to restart, both its current and its previous
+    // log are the last run's; otherwise `previous` is the run before the current one.
+    let backing_off = run.runc_id.is_none() && matches!(run.state, ContainerState::Waiting { .. });
+    let number = if options.previous && backing_off {
+        run.number
+    } else if options.previous {
         match run.number.checked_sub(1) {
             Some(n) => n,
             None => {
