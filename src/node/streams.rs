@@ -52,6 +52,9 @@ pub enum StreamRequest {
         container: String,
         io: StreamIo,
     },
+    /// A TCP connection to `port` inside the pod's network namespace: after `Opened`, binary
+    /// messages carry the connection's bytes both ways; either end closing ends it.
+    PortForward { pod: PodKey, uid: String, port: u16 },
 }
 
 /// Which of an exec's or attach's streams the client asked for.
@@ -84,7 +87,8 @@ impl StreamRequest {
         match self {
             StreamRequest::Logs { pod, .. }
             | StreamRequest::Exec { pod, .. }
-            | StreamRequest::Attach { pod, .. } => pod,
+            | StreamRequest::Attach { pod, .. }
+            | StreamRequest::PortForward { pod, .. } => pod,
         }
     }
 }
