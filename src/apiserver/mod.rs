@@ -26,6 +26,7 @@ pub mod resources;
 pub mod routes;
 pub mod scale;
 pub mod selector;
+pub mod spdy;
 pub mod status;
 pub mod table;
 pub mod upgrade;
