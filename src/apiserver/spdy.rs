@@ -14,8 +14,8 @@
 //! dictionary id are checked here and the deflate data is inflated into a buffer that starts
 //! out holding the dictionary, as if the dictionary had been decompressed before it. Encoding
 //! writes deflate *stored* blocks (no compression: the blocks this side sends are a few bytes),
-//! the first after a zlib header naming the dictionary; a stored block ends on a byte boundary,
-//! so each header block is complete in its frame, as a sync flush would leave it.
+//! the first after a zlib header naming the dictionary, and ends each header block with an
+//! empty stored block, as zlib's sync flush does, so each block is complete in its frame.
 //!
 //! Invariants: a frame's length is checked against [`MAX_DATA`] / [`MAX_CONTROL`] before its
 //! body is waited for; a header block inflates to at most [`MAX_HEADER_BLOCK`] bytes; the
@@ -548,17 +548,17 @@ impl Deflater {
             self.started = true;
         }
         // RFC 1951 §3.2.4: BFINAL 0, BTYPE 00, padding to the byte, LEN and its complement.
-        let mut chunks = block.chunks(usize::from(u16::MAX)).peekable();
-        if chunks.peek().is_none() {
-            out.extend_from_slice(&[0, 0, 0, 0xff, 0xff]);
-        }
-        for chunk in chunks {
+        for chunk in block.chunks(usize::from(u16::MAX)) {
             let len = chunk.len() as u16;
             out.push(0);
             out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(&(!len).to_le_bytes());
             out.extend_from_slice(chunk);
         }
+        // Then an empty stored block, as zlib's sync flush ends a block. Go's inflater (in
+        // kubectl) hands out a stored block's bytes only when the next block begins: without
+        // this it reads on into the next frame, fails, and drops the connection.
+        out.extend_from_slice(&SYNC_FLUSH);
     }
 }
 
@@ -678,6 +678,8 @@ const FLAG_FIN: u8 = 0x01;
 const FLAG_UNIDIRECTIONAL: u8 = 0x02;
 const FLAG_CLEAR_SETTINGS: u8 = 0x01;
 const ZLIB_FDICT: u8 = 0x20;
+/// An empty non-final stored block: what zlib's `Z_SYNC_FLUSH` writes.
+const SYNC_FLUSH: [u8; 5] = [0, 0, 0, 0xff, 0xff];
 
 /// SPDY/3's header compression dictionary: "SPDY Protocol - Draft 3" §2.6.10.1
 /// (draft-mbelshe-httpbis-spdy-00 §2.6.10.1) lists it as these words, each preceded by its

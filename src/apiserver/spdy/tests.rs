@@ -1,5 +1,5 @@
-//! The SPDY codec against bytes other implementations made: header blocks compressed by
-//! Python's zlib (`zlib.compressobj(9, zdict=<SPDY/3 dictionary>)`, `Z_SYNC_FLUSH` after each
+//! The SPDY codec against bytes other implementations made: frames kubectl (Go) sent, header
+//! blocks compressed by Python's zlib (`zlib.compressobj(9, zdict=<SPDY/3 dictionary>)`, `Z_SYNC_FLUSH` after each
 //! block, as Go's framer does), and our encoder's blocks, which Python's
 //! `zlib.decompressobj(zdict=...)` read back to the same bytes when these fixtures were made.
 
@@ -153,8 +153,45 @@ fn header_blocks_compressed_by_python_zlib_decode() {
     assert_eq!(got[1].get("StreamType"), Some("data"));
 }
 
+/// Each block ends with an empty stored block (a sync flush): Go's inflater, in kubectl, hands
+/// out a stored block's bytes only when the next block begins, and without it read on into the
+/// next frame and dropped the connection.
 #[test]
-fn our_header_blocks_are_what_python_zlib_read() {
+fn frames_kubectl_sent_decode() {
+    // Captured from kubectl 1.32 (Go's zlib at BestCompression, SPDY's dictionary) opening
+    // the error stream, ending its half of it, and opening the data stream.
+    let wire = unhex(concat!(
+        "800300010000003e0000000100000000000078f9e3c6a7c202253a060606ce2248fc6482d22da30138e5",
+        "9514a526e6420b17d65450d0430aea22709eb030b03000000000ffff",
+        "0000000101000000",
+        "800300010000001c00000003000000000000826a46550a2a8712b1a844b302000000ffff",
+    ));
+    let frames = decode_all(&wire).unwrap();
+    let sorted = |f: &Frame| match f {
+        Frame::SynStream { headers, .. } => {
+            let mut h = headers.0.clone();
+            h.sort();
+            h
+        }
+        other => panic!("not a SYN_STREAM: {other:?}"),
+    };
+    let pairs =
+        |kind: &str| headers(&[("port", "8080"), ("requestid", "0"), ("streamtype", kind)]).0;
+    assert_eq!(sorted(&frames[0]), pairs("error"));
+    assert_eq!(
+        frames[1],
+        Frame::Data {
+            stream: 1,
+            fin: true,
+            data: vec![]
+        }
+    );
+    assert_eq!(sorted(&frames[2]), pairs("data"));
+    assert_eq!(frames.len(), 3);
+}
+
+#[test]
+fn our_header_blocks_end_in_a_sync_flush_and_python_zlib_reads_them() {
     let mut e = Encoder::new();
     let mut first = Vec::new();
     e.encode(
@@ -177,11 +214,14 @@ fn our_header_blocks_are_what_python_zlib_read() {
     )
     .unwrap();
     // Frame header (8 bytes) and stream id (4), then the compressed block.
-    assert_eq!(first[12..], unhex("7820e3c6a7c2000400fbff00000000"));
+    assert_eq!(
+        first[12..],
+        unhex("7820e3c6a7c2000400fbff00000000000000ffff")
+    );
     assert_eq!(
         second[12..],
         unhex(
-            "003700c8ff0000000100000019782d73747265616d2d70726f746f636f6c2d76657273696f6e00000012706f7274666f72776172642e6b38732e696f"
+            "003700c8ff0000000100000019782d73747265616d2d70726f746f636f6c2d76657273696f6e00000012706f7274666f72776172642e6b38732e696f000000ffff"
         )
     );
 }
