@@ -20,6 +20,7 @@ pub mod kinds;
 pub mod openapi;
 pub mod patch;
 pub mod podstreams;
+pub mod portforward;
 pub mod protobuf;
 pub mod registry;
 pub mod resources;
