@@ -11,7 +11,8 @@
 //! `streamtype`, `port`, `requestid`) and waits for each one's SYN_REPLY. This side answers
 //! both at once, asks the node for one connection per pair, and relays the data stream's bytes
 //! to and from it; if the node refuses or the connection fails, the reason goes on the error
-//! stream (kubectl prints it) and both streams end.
+//! stream (kubectl prints it) and both streams end. Other clients may use the websocket
+//! channel form instead (`v4.channel.k8s.io`, ports in the query): see [`channels`].
 //!
 //! Flow control: kubectl's SPDY library (moby/spdystream) neither sends WINDOW_UPDATE nor
 //! honours one, so this side never waits for the client's window (kubectl never grows it) and
@@ -49,6 +50,8 @@ use super::{Api, Body, podstreams, upgrade};
 use crate::node::pods::PodKey;
 use crate::node::streams::{MAX_MESSAGE, Message, Pipe, StreamRequest};
 use crate::tunnel::streams::StreamError;
+
+mod channels;
 
 /// The port-forward protocol kubectl asks for, in `X-Stream-Protocol-Version`.
 pub const PROTOCOL: &str = "portforward.k8s.io";
@@ -112,11 +115,7 @@ pub async fn serve(
         let accept = upgrade::accept_key(req.headers())?;
         let offered = listed(req.headers(), header::SEC_WEBSOCKET_PROTOCOL.as_str());
         if !offered.iter().any(|p| p == TUNNEL_PROTOCOL) {
-            // kubectl falls back to the SPDY upgrade when this one fails.
-            return Err(ApiError::BadRequest(format!(
-                "none of the offered websocket subprotocols ({}) is supported; port-forward speaks {TUNNEL_PROTOCOL} here",
-                offered.join(", ")
-            )));
+            return channels(req, &accept, &offered, dialer, label);
         }
         tokio::spawn(async move {
             match hyper::upgrade::on(req).await {
@@ -151,11 +150,49 @@ pub async fn serve(
     }
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => finish(run(RawWire(TokioIo::new(upgraded)), dialer, label).await),
+            Ok(upgraded) => finish(run(RawWire::new(TokioIo::new(upgraded)), dialer, label).await),
             Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
         }
     });
     Ok(spdy_switching_protocols())
+}
+
+/// The websocket channel form: checked here, served by [`channels::run`]. kubectl never gets
+/// here (it offers the tunnel), and falls back to the SPDY upgrade if this refuses.
+fn channels(
+    req: Request<Incoming>,
+    accept: &str,
+    offered: &[String],
+    dialer: Arc<NodeDialer>,
+    label: String,
+) -> Result<Response<Body>, ApiError> {
+    let chosen = offered
+        .iter()
+        .find(|p| channels::PROTOCOLS.contains(&p.as_str()))
+        .cloned();
+    if chosen.is_none() && !offered.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "none of the offered websocket subprotocols ({}) is supported; port-forward speaks {TUNNEL_PROTOCOL}, {}",
+            offered.join(", "),
+            channels::PROTOCOLS.join(", ")
+        )));
+    }
+    let ports = channels::ports(req.uri().query()).map_err(ApiError::BadRequest)?;
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config()),
+                )
+                .await;
+                channels::run(ws, dialer, ports, label).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
+        }
+    });
+    Ok(upgrade::switching_protocols(accept, chosen.as_deref()))
 }
 
 /// Serves one port-forward connection until the client leaves (or breaks the protocol).
@@ -489,7 +526,7 @@ impl<W: Wire, D: Dialer> Session<W, D> {
         let (error, data, port) = (f.error, f.data, f.port);
         if let Some(stream) = error {
             let message = reason
-                .map(|r| format!("error forwarding port {port} to {}: {r}", self.label))
+                .map(|r| refusal(port, &self.label, &r))
                 .unwrap_or_default();
             self.send(Frame::Data {
                 stream,
@@ -534,6 +571,11 @@ impl<W: Wire, D: Dialer> Session<W, D> {
         let bytes = std::mem::take(&mut self.out);
         self.wire.write(bytes).await
     }
+}
+
+/// What the client reads on a forward's error stream: kubelet's words.
+fn refusal(port: u16, label: &str, reason: &str) -> String {
+    format!("error forwarding port {port} to {label}: {reason}")
 }
 
 /// Waits for room in the blocked forward's queue; never resolves when nothing is blocked.
@@ -643,19 +685,30 @@ impl Dialer for NodeDialer {
 }
 
 /// SPDY straight on the upgraded connection.
-struct RawWire<S>(S);
+struct RawWire<S> {
+    io: S,
+    /// Reused for every read (a read that loses a `select!` leaves nothing in it).
+    buf: Box<[u8]>,
+}
+
+impl<S> RawWire<S> {
+    fn new(io: S) -> RawWire<S> {
+        RawWire {
+            io,
+            buf: vec![0; READ_CHUNK].into_boxed_slice(),
+        }
+    }
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Wire for RawWire<S> {
     async fn read(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let mut buf = vec![0; READ_CHUNK];
-        let n = self.0.read(&mut buf).await?;
-        buf.truncate(n);
-        Ok((n > 0).then_some(buf))
+        let n = self.io.read(&mut self.buf).await?;
+        Ok((n > 0).then(|| self.buf[..n].to_vec()))
     }
 
     async fn write(&mut self, bytes: Vec<u8>) -> io::Result<()> {
-        self.0.write_all(&bytes).await?;
-        self.0.flush().await
+        self.io.write_all(&bytes).await?;
+        self.io.flush().await
     }
 }
 

@@ -7,9 +7,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
 
-const LABEL: &str = "pod default/web, uid u1";
+pub(super) const LABEL: &str = "pod default/web, uid u1";
 
-struct EchoNode;
+pub(super) struct EchoNode;
 
 impl Dialer for EchoNode {
     fn dial(&self, port: u16) -> Pin<Box<dyn Future<Output = Result<Pipe, String>> + Send>> {
@@ -68,7 +68,7 @@ type Client = Kubectl<tokio::io::ReadHalf<DuplexStream>, tokio::io::WriteHalf<Du
 
 fn connect() -> (Client, tokio::task::JoinHandle<Result<(), Error>>) {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let session = tokio::spawn(run(RawWire(server), Arc::new(EchoNode), LABEL.into()));
+    let session = tokio::spawn(run(RawWire::new(server), Arc::new(EchoNode), LABEL.into()));
     let (read, write) = tokio::io::split(client);
     let k = Kubectl {
         read,
