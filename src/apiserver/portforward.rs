@@ -42,6 +42,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::Instrument;
 
 use super::resources::ObjectRef;
 use super::spdy::{self, Decoder, Encoder, Frame, Headers, StreamId};
@@ -117,7 +118,8 @@ pub async fn serve(
         if !offered.iter().any(|p| p == TUNNEL_PROTOCOL) {
             return channels(req, &accept, &offered, dialer, label);
         }
-        tokio::spawn(async move {
+        let span = tracing::info_span!("port-forward", pod = %label, wire = "websocket");
+        let session = async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
@@ -130,7 +132,8 @@ pub async fn serve(
                 }
                 Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
             }
-        });
+        };
+        tokio::spawn(session.instrument(span));
         return Ok(upgrade::switching_protocols(&accept, Some(TUNNEL_PROTOCOL)));
     }
     if !listed(req.headers(), header::UPGRADE.as_str())
@@ -148,12 +151,14 @@ pub async fn serve(
             "unable to upgrade: unable to negotiate protocol: client supports {versions:?}, server supports [\"{PROTOCOL}\"]"
         )));
     }
-    tokio::spawn(async move {
+    let span = tracing::info_span!("port-forward", pod = %label, wire = "spdy");
+    let session = async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => finish(run(RawWire::new(TokioIo::new(upgraded)), dialer, label).await),
             Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
         }
-    });
+    };
+    tokio::spawn(session.instrument(span));
     Ok(spdy_switching_protocols())
 }
 
@@ -178,7 +183,8 @@ fn channels(
         )));
     }
     let ports = channels::ports(req.uri().query()).map_err(ApiError::BadRequest)?;
-    tokio::spawn(async move {
+    let span = tracing::info_span!("port-forward", pod = %label, wire = "channels");
+    let session = async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
@@ -191,7 +197,8 @@ fn channels(
             }
             Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
         }
-    });
+    };
+    tokio::spawn(session.instrument(span));
     Ok(upgrade::switching_protocols(accept, chosen.as_deref()))
 }
 
@@ -333,6 +340,8 @@ impl<W: Wire, D: Dialer> Session<W, D> {
                     }
                 }
                 Some(event) = self.events_rx.recv() => self.event(event),
+                // Reap finished forwards so the set holds only running ones.
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
         }
     }
@@ -449,8 +458,9 @@ impl<W: Wire, D: Dialer> Session<W, D> {
         let port = forward.port;
         let dialer = self.dialer.clone();
         let events = self.events_tx.clone();
+        let span = tracing::debug_span!("forward", port, request = %request);
         self.tasks
-            .spawn(relay(dialer, port, request, from_client, events));
+            .spawn(relay(dialer, port, request, from_client, events).instrument(span));
     }
 
     /// Queues client bytes for the node, or blocks the session until there is room.

@@ -68,13 +68,9 @@ where
     for (i, &port) in ports.iter().enumerate() {
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
         to_node.push(Some(tx));
-        tasks.spawn(relay(
-            dialer.clone(),
-            port,
-            i.to_string(),
-            rx,
-            events_tx.clone(),
-        ));
+        let span = tracing::debug_span!("forward", port);
+        let forward = relay(dialer.clone(), port, i.to_string(), rx, events_tx.clone());
+        tasks.spawn(tracing::Instrument::instrument(forward, span));
     }
     drop(events_tx);
     // Client to node. Waiting for room in one port's queue stops only this direction, so the
