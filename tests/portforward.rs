@@ -58,6 +58,60 @@ fn port_forward_to_a_pod_on_no_node_prints_kubernetes_message() {
     );
 }
 
+#[test]
+fn port_forward_over_websocket_channels_opens_the_ports_channels() {
+    // The form other clients than kubectl use: ports in the query, `v4.channel.k8s.io`. curl
+    // cannot speak websocket, but shows the answer and the first frames the server sends.
+    let s = Server::start(Options::default());
+    let uid = running_pod(&s, Some(s.node_name()));
+    let upgrade = |query: &str| {
+        let url = format!(
+            "{}/api/v1/namespaces/default/pods/web/portforward{query}",
+            s.url()
+        );
+        s.curl(&[
+            "--http1.1",
+            "--max-time",
+            "3",
+            "--include",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "-H",
+            "Sec-WebSocket-Protocol: v4.channel.k8s.io",
+            &url,
+        ])
+    };
+    let r = upgrade("");
+    assert_eq!(r.status, Some(400), "{}", r.body);
+    assert!(
+        r.body.contains(r#"query parameter \"ports\" is required"#),
+        "{}",
+        r.body
+    );
+    let r = upgrade("?ports=8080");
+    assert_eq!(r.status, Some(101), "{}", r.body);
+    assert!(
+        r.body
+            .to_ascii_lowercase()
+            .contains("sec-websocket-protocol: v4.channel.k8s.io"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains(&format!(
+            "error forwarding port 8080 to pod default/web, uid {uid}: pod default/web has no containers on this node"
+        )),
+        "the error channel did not carry the node's refusal:\n{}",
+        r.body
+    );
+}
+
 /// Creates pod `web` on `node` (or on none: a selector no node matches) and marks it Running,
 /// which kubectl checks before it forwards; nothing here runs it. Returns its uid.
 fn running_pod(s: &Server, node: Option<&str>) -> String {
