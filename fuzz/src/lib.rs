@@ -1,6 +1,7 @@
 //! The harness the fuzz targets share. The patch targets split the fuzzer's bytes into a
 //! target object and a patch, apply the patch, and check what every stored object must
-//! satisfy; the protobuf target feeds bytes to the protobuf body reader. The code under test
+//! satisfy; the protobuf target feeds bytes to the protobuf body reader; the spdy target
+//! feeds bytes to the SPDY frame decoder. The code under test
 //! (`src/apiserver/patch.rs`, `src/apiserver/protobuf/`) is built here from source because
 //! keelson is a binary without a library.
 
@@ -12,6 +13,9 @@ pub mod patch;
 #[allow(dead_code)] // The server uses parts of the module this harness does not.
 #[path = "../../src/apiserver/protobuf/mod.rs"]
 pub mod protobuf;
+
+#[path = "../../src/apiserver/spdy.rs"]
+pub mod spdy;
 
 pub use patch::Kind;
 
@@ -60,4 +64,35 @@ pub fn check_protobuf(data: &[u8]) {
     let bytes = serde_json::to_vec(&obj).expect("a Value always encodes");
     let back: Value = serde_json::from_slice(&bytes).expect("the result decodes");
     assert_eq!(back, obj);
+}
+
+/// Feeds `data` to a SPDY decoder in pieces (the first byte sets their size, as websocket
+/// messages and socket reads cut a stream anywhere). Panics (a finding) if the decoder panics,
+/// or if a frame it accepted does not encode and decode back to itself.
+pub fn check_spdy(data: &[u8]) {
+    let Some((&size, bytes)) = data.split_first() else {
+        return;
+    };
+    let mut decoder = spdy::Decoder::new();
+    let mut frames = Vec::new();
+    'feed: for piece in bytes.chunks(usize::from(size).max(1)) {
+        decoder.push(piece);
+        loop {
+            match decoder.next() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(_) => break 'feed,
+            }
+        }
+    }
+    let mut encoder = spdy::Encoder::new();
+    let mut wire = Vec::new();
+    for frame in &frames {
+        encoder.encode(frame, &mut wire).expect("a decoded frame encodes");
+    }
+    let mut again = spdy::Decoder::new();
+    again.push(&wire);
+    for frame in &frames {
+        assert_eq!(again.next().expect("it decodes again").as_ref(), Some(frame));
+    }
 }
