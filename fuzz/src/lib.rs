@@ -1,9 +1,11 @@
 //! The harness the fuzz targets share. The patch targets split the fuzzer's bytes into a
 //! target object and a patch, apply the patch, and check what every stored object must
 //! satisfy; the protobuf target feeds bytes to the protobuf body reader; the image targets
-//! feed registry answers to the manifest decoder and layer tarballs to the unpacker. The code
-//! under test (`src/apiserver/patch.rs`, `src/apiserver/protobuf/`, `src/node/images/`) is
-//! built here from source because keelson is a binary without a library.
+//! feed registry answers to the manifest decoder and layer tarballs to the unpacker; the spdy
+//! target feeds bytes to the SPDY frame decoder. The code under test
+//! (`src/apiserver/patch.rs`, `src/apiserver/protobuf/`, `src/node/images/`,
+//! `src/apiserver/spdy.rs`) is built here from source because keelson is a binary without a
+//! library.
 
 use serde_json::{Value, json};
 
@@ -25,6 +27,8 @@ pub mod manifest;
 #[allow(dead_code)]
 #[path = "../../src/node/images/unpack.rs"]
 pub mod unpack;
+#[path = "../../src/apiserver/spdy.rs"]
+pub mod spdy;
 
 pub use patch::Kind;
 
@@ -153,5 +157,33 @@ pub fn check_unpack(data: &[u8]) {
         if unpack::detect(data) == unpack::Compression::None {
             assert_eq!(u.diff_id, digest::Digest::of(data));
         }
+/// Feeds `data` to a SPDY decoder in pieces (the first byte sets their size, as websocket
+/// messages and socket reads cut a stream anywhere). Panics (a finding) if the decoder panics,
+/// or if a frame it accepted does not encode and decode back to itself.
+pub fn check_spdy(data: &[u8]) {
+    let Some((&size, bytes)) = data.split_first() else {
+        return;
+    };
+    let mut decoder = spdy::Decoder::new();
+    let mut frames = Vec::new();
+    'feed: for piece in bytes.chunks(usize::from(size).max(1)) {
+        decoder.push(piece);
+        loop {
+            match decoder.next() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(_) => break 'feed,
+            }
+        }
+    }
+    let mut encoder = spdy::Encoder::new();
+    let mut wire = Vec::new();
+    for frame in &frames {
+        encoder.encode(frame, &mut wire).expect("a decoded frame encodes");
+    }
+    let mut again = spdy::Decoder::new();
+    again.push(&wire);
+    for frame in &frames {
+        assert_eq!(again.next().expect("it decodes again").as_ref(), Some(frame));
     }
 }

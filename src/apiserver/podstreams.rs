@@ -1,5 +1,6 @@
 //! `pods/<name>/log`, `pods/<name>/exec` and `pods/<name>/attach`: checked here, served by the
 //! pod's node through a stream the tunnel brokers (see [`crate::tunnel::streams`]).
+//! `pods/<name>/portforward` is routed here too and handed to [`super::portforward`].
 //!
 //! Authorisation is the API server's (the caller must be allowed the subresource; a node's
 //! certificate never is), never the node's. Everything a client can get wrong — a container
@@ -35,6 +36,8 @@ pub enum Subresource {
     Log,
     Exec,
     Attach,
+    /// Served by [`super::portforward`].
+    PortForward,
 }
 
 impl Subresource {
@@ -43,6 +46,7 @@ impl Subresource {
             "log" => Some(Subresource::Log),
             "exec" => Some(Subresource::Exec),
             "attach" => Some(Subresource::Attach),
+            "portforward" => Some(Subresource::PortForward),
             _ => None,
         }
     }
@@ -57,6 +61,9 @@ pub async fn serve(
     what: Subresource,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    if what == Subresource::PortForward {
+        return super::portforward::serve(api, r, req).await;
+    }
     let query: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
@@ -69,28 +76,19 @@ pub async fn serve(
             .map(|(_, v)| v.as_str())
     };
     let flag = |k: &str| matches!(get(k), Some("true" | "1"));
-    let pod = api.registry.get(&r).await?;
-    let container = container(&pod, &r.name, get("container"))?;
-    let key = PodKey {
-        namespace: r.namespace.clone().unwrap_or_default(),
-        name: r.name.clone(),
-    };
-    let uid = pod
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let node = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "container \"{container}\" in pod \"{}\" is waiting to start: the pod is not scheduled to a node yet",
-                r.name
-            ))
-        })?
-        .to_owned();
+    let Pod {
+        key,
+        uid,
+        node,
+        object,
+    } = pod(&api, &r).await?;
+    let container = container(&object, &r.name, get("container"))?;
+    let node = node.ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "container \"{container}\" in pod \"{}\" is waiting to start: the pod is not scheduled to a node yet",
+            r.name
+        ))
+    })?;
     match what {
         Subresource::Log => {
             let options = log_options(&get)?;
@@ -103,6 +101,10 @@ pub async fn serve(
             let pipe = open(&api, &node, request).await?;
             Ok(log_body(pipe))
         }
+        // Answered at the top, before any container is looked for.
+        Subresource::PortForward => Err(ApiError::Internal(
+            "port-forward reached the container streams".into(),
+        )),
         Subresource::Exec | Subresource::Attach => {
             let websocket = upgrade::is_websocket(req.headers());
             let accept = if websocket {
@@ -196,6 +198,37 @@ pub async fn serve(
             Ok(upgrade::switching_protocols(&accept, Some(protocol)))
         }
     }
+}
+
+/// A pod a stream is asked of, as stored.
+pub(super) struct Pod {
+    pub key: PodKey,
+    pub uid: String,
+    /// The node it is bound to; `None` until the scheduler binds it.
+    pub node: Option<String>,
+    pub object: Value,
+}
+
+/// Reads the pod a stream is for (a missing pod is Kubernetes' NotFound).
+pub(super) async fn pod(api: &Api, r: &ObjectRef) -> Result<Pod, ApiError> {
+    let object = api.registry.get(r).await?;
+    let text = |pointer: &str| {
+        object
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let node = Some(text("/spec/nodeName")).filter(|n| !n.is_empty());
+    Ok(Pod {
+        key: PodKey {
+            namespace: r.namespace.clone().unwrap_or_default(),
+            name: r.name.clone(),
+        },
+        uid: text("/metadata/uid"),
+        node,
+        object,
+    })
 }
 
 /// The container a request names, or the pod's only one; Kubernetes' messages otherwise.

@@ -55,7 +55,7 @@ enum Target {
     Binding(ObjectRef),
     /// `pods/<name>/eviction`: a deletion that honours disruption budgets.
     Eviction(ObjectRef),
-    /// `pods/<name>/log`, `exec`, `attach`: served by the pod's node.
+    /// `pods/<name>/log`, `exec`, `attach`, `portforward`: served by the pod's node.
     PodStream(ObjectRef, super::podstreams::Subresource),
 }
 

@@ -429,7 +429,8 @@ impl Server {
         files
     }
 
-    fn kubectl_command(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+    /// A kubectl command against this server, to spawn (for one that runs until stopped).
+    pub fn kubectl_command(&self, kubeconfig: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new("kubectl");
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
             .args(args)
