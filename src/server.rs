@@ -220,6 +220,14 @@ async fn start(
         api.feed.clone(),
         when_stopped(stop.clone()),
     ));
+    // Streams (`kubectl logs`/`exec`) for nodes tunnelled to another server go through the
+    // datastore; this server passes on those for its own tunnels.
+    sessions.streams.set_remote(store.clone(), &server_address);
+    tasks.spawn(sessions.streams.clone().run_relay(
+        store.clone(),
+        api.feed.clone(),
+        when_stopped(stop.clone()),
+    ));
     tasks.spawn(sessions.clone().run_server_list(
         api.registry.clone(),
         api.feed.clone(),

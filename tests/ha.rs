@@ -1039,3 +1039,43 @@ spec:
         "one ReplicaSet"
     );
 }
+
+/// `kubectl logs` through a server the pod's node is not tunnelled to still reaches the node:
+/// the request goes through the datastore to the server that holds the tunnel, and the node
+/// dials the asking server back. (The agent runs no containers, so the node's own refusal is
+/// what proves the request reached it.)
+#[test]
+fn pod_streams_reach_a_node_tunnelled_to_another_server() {
+    use common::agent::Agent;
+    let Some(db) = TestDb::new(Db::Postgres, "streams") else {
+        return;
+    };
+    let a = Server::start(opts("srv-a", &db));
+    let token = a.token_path().display().to_string();
+    let b = Server::start(opts("srv-b", &db).arg("--token-file", &token));
+    let agent = Agent::start(&a.url(), &a.token(), "edge-s", &[]);
+    agent.wait_log("tunnel connected", Duration::from_secs(60));
+    wait_until("the agent's node is Ready", Duration::from_secs(30), || {
+        ready_and_untainted(&b, "edge-s")
+    });
+    let (holder, other) = if metric(&a, "keelson_tunnels") == 1 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    other.kubectl_ok(&[
+        "run",
+        "far",
+        "--image=busybox",
+        "--restart=Never",
+        "--overrides={\"spec\":{\"nodeName\":\"edge-s\"}}",
+    ]);
+    for (s, what) in [(other, "the other server"), (holder, "the tunnel's server")] {
+        let out = s.kubectl(&["logs", "far"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("the node runs no container runtime"),
+            "logs through {what} should reach the node and carry its answer: {err}"
+        );
+    }
+}

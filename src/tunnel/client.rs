@@ -198,8 +198,18 @@ pub async fn session(
                                 let _ = reply.send(result);
                             }
                         }
-                        Ok(Down::Dial { id, request }) => {
-                            tokio::spawn(dial(target.clone(), id, request, pods.streams.clone()));
+                        Ok(Down::Dial { id, request, server }) => {
+                            // Another server's client: dial that server, with the same trust.
+                            let to = match server {
+                                None => Ok(target.clone()),
+                                Some(addr) => Target::new(&addr, target.tls.clone()),
+                            };
+                            match to {
+                                Ok(to) => {
+                                    tokio::spawn(dial(to, id, request, pods.streams.clone()));
+                                }
+                                Err(e) => tracing::warn!(error = %e, "cannot dial the server a stream is for"),
+                            }
                         }
                         Err(e) => return Outcome::Lost(format!("bad frame from the server: {e}")),
                     },

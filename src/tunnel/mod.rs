@@ -100,10 +100,12 @@ pub enum Down {
     PodGone(PodKey),
     /// The listing ended: pods it did not name are not bound to the node.
     PodsListed,
-    /// Dial back to `STREAM_PATH/<id>` and serve `request` there.
+    /// Dial `STREAM_PATH/<id>` on `server` (`host:port`; this tunnel's server when `None`)
+    /// and serve `request` there.
     Dial {
         id: u64,
         request: StreamRequest,
+        server: Option<String>,
     },
     /// The answer to [`Up::Get`]: the object's JSON, or why the node may not have it (404 for
     /// one that does not exist, so a pod with an optional reference can go on).

@@ -4,9 +4,15 @@
 //! A request for a node tunnelled here gets an id and a [`Down::Dial`] on that node's tunnel;
 //! the node opens `STREAM_PATH/<id>` with its own certificate, and [`Broker::arrive`] gives
 //! the waiting request that connection as a [`Pipe`]. The server's own node is served
-//! in-process. Invariants: a dialled connection is accepted only from the node the request
-//! was for, and only once; a request waits at most [`DIAL_TIMEOUT`], after which its id is
-//! forgotten and a late dial is refused.
+//! in-process. A node tunnelled to another server is asked through the datastore, the only
+//! thing servers share: the request is written under [`DIALS`], the server holding the
+//! node's tunnel sees it in its change feed ([`Broker::relay`]) and passes the dial on with
+//! this server's address, and the node dials this server directly.
+//!
+//! Invariants: a dialled connection is accepted only from the node the request was for, and
+//! only once; a request waits at most [`DIAL_TIMEOUT`], after which its id is forgotten and a
+//! late dial is refused; a request written to the datastore is deleted by the server that
+//! wrote it once answered or timed out.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +25,23 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::Down;
+use crate::datastore::feed::Feed;
+use crate::datastore::{EventKind, Store};
 use crate::node::streams::{self, MAX_MESSAGE, Message, Pipe, StreamRequest, StreamServer};
+
+/// Where servers leave dial requests for nodes tunnelled to other servers (outside every API
+/// resource's prefix, so no client can read or write them).
+pub const DIALS: &str = "/registry/keelson.io/dials/";
+
+/// A dial request as written to the datastore.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct DialRecord {
+    node: String,
+    /// `host:port` of the server whose client waits.
+    server: String,
+    id: u64,
+    request: StreamRequest,
+}
 
 /// How long a request waits for its node to dial back.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,9 +50,7 @@ const CONTROL_QUEUE: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error(
-        "node {0:?} is not connected to this server (it may be down, or tunnelled to another server: try again through that one)"
-    )]
+    #[error("node {0:?} is not connected to any server (it may be down, or just reconnecting)")]
     NotConnected(String),
     #[error("node {0:?} did not answer within {DIAL_TIMEOUT:?}")]
     NoAnswer(String),
@@ -45,6 +65,8 @@ pub struct Broker {
     next: AtomicU64,
     /// This server's own node and what serves its streams, once it runs.
     local: Mutex<Option<(String, Arc<dyn StreamServer>)>>,
+    /// The datastore and this server's address, for nodes tunnelled elsewhere.
+    remote: Mutex<Option<(Store, String)>>,
 }
 
 #[derive(Default)]
@@ -87,6 +109,66 @@ impl Broker {
     /// Serves this server's own node's streams in-process.
     pub fn set_local(&self, node: &str, server: Arc<dyn StreamServer>) {
         *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Some((node.to_owned(), server));
+    }
+
+    /// Lets requests reach nodes tunnelled to other servers, through `store`; `address` is
+    /// where nodes reach this server.
+    pub fn set_remote(&self, store: Store, address: &str) {
+        *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = Some((store, address.to_owned()));
+    }
+
+    /// Runs [`Broker::relay`] until `shutdown`, following the feed again after a failure.
+    pub async fn run_relay(
+        self: Arc<Self>,
+        store: Store,
+        feed: Feed,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.relay(&store, &feed) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "stream dial relay lost the change feed; following it again");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Passes on the dial requests other servers leave for nodes tunnelled here, until the
+    /// feed fails (the caller starts it again).
+    pub async fn relay(&self, store: &Store, feed: &Feed) -> Result<(), crate::datastore::Error> {
+        let start = store.current_revision().await?;
+        let mut sub = feed.subscribe(start).await?;
+        loop {
+            let ev = sub.next().await?;
+            if ev.kind != EventKind::Added || !ev.path.starts_with(DIALS) {
+                continue;
+            }
+            let Ok(rec) = serde_json::from_slice::<DialRecord>(&ev.value) else {
+                continue;
+            };
+            let tunnel = self
+                .lock()
+                .tunnels
+                .get(&rec.node)
+                .and_then(|list| list.last())
+                .map(|(_, t)| t.clone());
+            if let Some(tunnel) = tunnel {
+                let dial = Down::Dial {
+                    id: rec.id,
+                    request: rec.request,
+                    server: Some(rec.server),
+                };
+                let _ = tunnel.send(dial).await;
+            }
+        }
     }
 
     /// Called by a tunnel session once its node is registered.
@@ -133,7 +215,9 @@ impl Broker {
     }
 
     async fn dial(&self, node: &str, request: StreamRequest) -> Result<Pipe, StreamError> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        // Ids are random: they also name requests other servers pass on, and a dial-back must
+        // not be guessable by another node.
+        let id = random_id();
         let (tx, rx) = oneshot::channel();
         let tunnel = {
             let mut state = self.lock();
@@ -141,8 +225,7 @@ impl Broker {
                 .tunnels
                 .get(node)
                 .and_then(|list| list.last())
-                .map(|(_, t)| t.clone())
-                .ok_or_else(|| StreamError::NotConnected(node.to_owned()))?;
+                .map(|(_, t)| t.clone());
             state.waiting.insert(
                 id,
                 Waiting {
@@ -153,11 +236,50 @@ impl Broker {
             tunnel
         };
         let forget = |broker: &Broker| broker.lock().waiting.remove(&id);
-        if tunnel.send(Down::Dial { id, request }).await.is_err() {
-            forget(self);
-            return Err(StreamError::NotConnected(node.to_owned()));
+        let mut written = None;
+        match tunnel {
+            Some(tunnel) => {
+                let dial = Down::Dial {
+                    id,
+                    request,
+                    server: None,
+                };
+                if tunnel.send(dial).await.is_err() {
+                    forget(self);
+                    return Err(StreamError::NotConnected(node.to_owned()));
+                }
+            }
+            None => {
+                let remote = self
+                    .remote
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let Some((store, server)) = remote else {
+                    forget(self);
+                    return Err(StreamError::NotConnected(node.to_owned()));
+                };
+                let path = format!("{DIALS}{id:016x}");
+                let rec = DialRecord {
+                    node: node.to_owned(),
+                    server,
+                    id,
+                    request,
+                };
+                let value = serde_json::to_vec(&rec).unwrap_or_default();
+                if let Err(e) = store.create(&path, &value).await {
+                    forget(self);
+                    tracing::warn!(%node, error = %e, "cannot pass a stream request on through the datastore");
+                    return Err(StreamError::NotConnected(node.to_owned()));
+                }
+                written = Some((store, path));
+            }
         }
-        match tokio::time::timeout(DIAL_TIMEOUT, rx).await {
+        let answer = tokio::time::timeout(DIAL_TIMEOUT, rx).await;
+        if let Some((store, path)) = written {
+            let _ = store.delete(&path, None).await;
+        }
+        match answer {
             Ok(Ok(pipe)) => Ok(pipe),
             _ => {
                 forget(self);
@@ -175,6 +297,13 @@ impl Broker {
             _ => None,
         }
     }
+}
+
+fn random_id() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u64::from_le_bytes(b)
 }
 
 /// A dial the broker matched to its request.
@@ -270,7 +399,7 @@ mod tests {
         let mut tunnel = broker.attach("pi-1");
         let b = broker.clone();
         let opening = tokio::spawn(async move { b.open("pi-1", logs()).await });
-        let Some(Down::Dial { id, request }) = tunnel.rx.recv().await else {
+        let Some(Down::Dial { id, request, .. }) = tunnel.rx.recv().await else {
             panic!("no dial request");
         };
         assert_eq!(request, logs());
