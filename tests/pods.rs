@@ -504,3 +504,173 @@ sys.stdout.write(out.decode(errors="replace"))
     let out = child.wait_with_output().expect("pty output");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn workloads_roll_out_with_probes_on_servers_and_agents() {
+    if !available("workloads_roll_out_with_probes_on_servers_and_agents") {
+        return;
+    }
+    let images = Images::new();
+    let s = server_with_runtime(&images);
+    let flags = images.flags();
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let _agent = Agent::start(&s.url(), &s.token(), "pi-2", &extra);
+    wait_until("the agent's node", Duration::from_secs(30), || {
+        s.kubectl(&["get", "node", "pi-2"]).status.success()
+    });
+    // Ready only once the readiness probe sees the file the container makes after a second;
+    // one replica per node (required anti-affinity), so both nodes run it.
+    let manifests = format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {{matchLabels: {{app: web}}}}
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - name: web
+        image: {IMAGE}
+        command: ["sh", "-c", "sleep 1; touch /tmp/ready; while true; do sleep 1; done"]
+        readinessProbe:
+          exec: {{command: ["sh", "-c", "cat /tmp/ready"]}}
+          periodSeconds: 1
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: agent
+        image: {IMAGE}
+        command: ["sh", "-c", "while true; do sleep 1; done"]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: once}}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: once
+        image: {IMAGE}
+        command: ["sh", "-c", "echo job done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: sick}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: sick
+    image: {IMAGE}
+    command: ["sh", "-c", "while true; do sleep 1; done"]
+    livenessProbe:
+      exec: {{command: ["sh", "-c", "cat /nonexistent"]}}
+      periodSeconds: 1
+      failureThreshold: 2
+"#
+    );
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), manifests).expect("write manifests");
+    s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+    let (code, out, err) = kubectl(
+        &s,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+        None,
+    );
+    assert_eq!(code, 0, "rollout status: {out}\n{err}\n{}", s.log_tail());
+    let (code, out, err) = kubectl(
+        &s,
+        &["rollout", "status", "daemonset/agent", "--timeout=60s"],
+        None,
+    );
+    assert_eq!(code, 0, "daemonset rollout: {out}\n{err}");
+    let nodes: Vec<String> =
+        s.kubectl_json(&["get", "pods", "-l", "app=web", "-o", "json"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+            .collect();
+    assert!(
+        nodes.contains(&"pi-2".to_owned()) && nodes.len() == 2,
+        "one web replica on each node: {nodes:?}"
+    );
+    let (code, out, err) = kubectl(
+        &s,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/once",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "job: {out}\n{err}");
+    let (_, out, _) = kubectl(&s, &["logs", "job/once"], None);
+    assert!(out.contains("job done"), "job logs: {out:?}");
+    // The failing liveness probe restarts the container, with back-off and events.
+    wait_until(
+        "the sick pod to be restarted",
+        Duration::from_secs(60),
+        || {
+            pod(&s, "sick")["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    let events = String::from_utf8_lossy(
+        &s.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=sick",
+        ])
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        events.contains("Unhealthy") && events.contains("Liveness probe failed"),
+        "events: {events}"
+    );
+}
+
+#[test]
+fn a_memory_hog_is_oom_killed_and_reported() {
+    if !available("a_memory_hog_is_oom_killed_and_reported") {
+        return;
+    }
+    let images = Images::new();
+    let s = server_with_runtime(&images);
+    let spec = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hog"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "hog", "image": IMAGE,
+            "command": ["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"],
+            "resources": {"limits": {"memory": "32Mi"}}}]}});
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), spec.to_string()).expect("write pod");
+    s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+    wait_until("the hog to end", Duration::from_secs(60), || {
+        matches!(phase(&s, "hog").as_str(), "Failed" | "Succeeded")
+    });
+    let p = pod(&s, "hog");
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{}", p["status"]);
+    assert_eq!(t["exitCode"], 137, "{t}");
+}

@@ -1269,10 +1269,50 @@ impl PodRunner {
                 format!("Stopping container {}", c.status.name),
             );
         }
+        let deadline = Instant::now() + grace;
+        // preStop hooks run first, within the grace period (kubelet's order), all at once.
+        let netns = match self.sandbox.as_ref() {
+            Some((s, _)) if !s.host_network() => match &s.network {
+                super::sandbox::Namespace::Path(p) => Some(p.clone()),
+                super::sandbox::Namespace::Host => None,
+            },
+            _ => None,
+        };
+        let hooks: Vec<(String, probes::Spec)> = self
+            .containers
+            .iter()
+            .filter_map(|c| {
+                let run = c.run.as_ref()?;
+                let spec = probes::Spec::of(&c.spec["lifecycle"], "preStop")
+                    .ok()
+                    .flatten()?;
+                Some((
+                    run.runc_id.clone(),
+                    probes::Spec {
+                        timeout: grace,
+                        ..spec
+                    },
+                ))
+            })
+            .collect();
+        let runs_hooks = hooks.iter().map(|(id, spec)| {
+            let runc = &runc;
+            let netns = netns.as_deref();
+            async move {
+                let target = probes::Target {
+                    runc,
+                    runc_id: id,
+                    netns,
+                };
+                if let probes::Outcome::Failure(why) = probes::run(spec, &target).await {
+                    tracing::info!(container = %id, "preStop hook failed: {why}");
+                }
+            }
+        });
+        futures_util::future::join_all(runs_hooks).await;
         for (id, _) in &runs {
             let _ = runc.kill(id, Signal::SIGTERM, false).await;
         }
-        let deadline = Instant::now() + grace;
         for (id, dir) in &runs {
             while Instant::now() < deadline {
                 match monitor::observe(&dir.join("state")) {
