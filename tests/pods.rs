@@ -129,6 +129,13 @@ fn apply_pod(s: &Server, name: &str, script: &str, policy: &str, node: Option<&s
     s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// Runs kubectl against `s`, returning (exit code, stdout, stderr).
 fn kubectl(s: &Server, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     let mut cmd = Command::new("kubectl");
@@ -247,6 +254,49 @@ fn a_pod_runs_and_serves_logs_and_exec() {
         tty.contains("/dev/pts/"),
         "no terminal in the container: {tty:?}"
     );
+
+    // Port-forward: busybox's httpd in the pod, reached from the test through kubectl.
+    let (code, _, err) = kubectl(
+        &s,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /tmp/www && echo hello-from-the-pod > /tmp/www/index.html && httpd -p 8080 -h /tmp/www",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "start httpd: {err}");
+    let local = free_port();
+    let mut forward = Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", s.kubeconfig().display()))
+        .args(["port-forward", "pod/web", &format!("{local}:8080")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl port-forward");
+    let mut page = String::new();
+    wait_until(
+        "a page through port-forward",
+        Duration::from_secs(20),
+        || {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "--max-time",
+                    "3",
+                    &format!("http://127.0.0.1:{local}/"),
+                ])
+                .output()
+                .expect("curl");
+            page = String::from_utf8_lossy(&out.stdout).into_owned();
+            page.contains("hello-from-the-pod")
+        },
+    );
+    let _ = forward.kill();
+    let _ = forward.wait();
 
     // Errors a user can act on.
     let (code, _, err) = kubectl(&s, &["logs", "web", "-c", "nope"], None);

@@ -256,6 +256,16 @@ impl PodRuntime for Containers {
         }
     }
 
+    fn finished(&mut self, pod: &PodAssignment) {
+        // Its containers have all ended; the task keeps their logs until the pod is deleted.
+        match self.tasks.get(&pod.key) {
+            Some(t) if t.uid == pod.uid => {
+                let _ = t.commands.send(Command::Update(Box::new(pod.clone())));
+            }
+            _ => self.remove(&pod.key),
+        }
+    }
+
     fn remove(&mut self, key: &PodKey) {
         if let Some(t) = self.tasks.remove(key) {
             let _ = t.commands.send(Command::Stop);
@@ -492,17 +502,14 @@ impl PodRunner {
                 c = commands.recv() => match c {
                     Some(Command::Update(pod)) => {
                         self.pod = *pod;
-                        if self.pod.finished {
-                            self.stop().await;
-                            return;
-                        }
                     }
                     Some(Command::Stop) | None => {
                         self.stop().await;
                         return;
                     }
                 },
-                _ = tick.tick() => {
+                // A finished pod starts nothing again; it waits (logs kept) for its deletion.
+                _ = tick.tick(), if !self.pod.finished => {
                     self.step().await;
                     self.publish();
                 }

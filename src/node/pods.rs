@@ -181,6 +181,11 @@ pub trait PodRuntime: Send {
     fn sync(&mut self, pod: &PodAssignment, now: Instant);
     /// Stops and forgets the pod.
     fn remove(&mut self, key: &PodKey);
+    /// The pod's end is stored (Succeeded or Failed): nothing of it may run again. A runtime
+    /// may keep what kubelet keeps of a finished pod (its logs) until the pod is deleted.
+    fn finished(&mut self, pod: &PodAssignment) {
+        self.remove(&pod.key);
+    }
     /// The earliest time [`PodRuntime::poll`] has something to do, if any.
     fn next_wake(&self) -> Option<Instant>;
     /// Moves every pod forward to `now`; returns the pods whose state changed.
@@ -305,7 +310,7 @@ impl PodWorker {
                 }
                 if pod.finished {
                     // Its end was reported (and stored): nothing is left to run.
-                    self.runtime.remove(&key);
+                    self.runtime.finished(&pod);
                 } else {
                     self.runtime.sync(&pod, now);
                 }
