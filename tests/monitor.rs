@@ -302,8 +302,10 @@ fn output_lines_land_in_the_cri_log_and_the_exit_code_is_recorded() {
     let Some(lab) = lab("output_lines_land_in_the_cri_log_and_the_exit_code_is_recorded") else {
         return;
     };
+    // A line that waits more than a second for its end is logged as a partial record
+    // first, so `kubectl logs -f` shows prompts and progress.
     let script = "echo hello; echo oops >&2; head -c 40000 /dev/zero | tr '\\0' x; echo; \
-                  printf 'no newline'; exit 3";
+                  printf 'wait'; sleep 1.5; echo ' done'; printf 'no newline'; exit 3";
     let c = lab.container(
         "exit3",
         Bundle {
@@ -343,13 +345,20 @@ fn output_lines_land_in_the_cri_log_and_the_exit_code_is_recorded() {
         shape,
         [("P", 16384), ("P", 16384), ("F", 40000 - 2 * 16384)]
     );
+    let waited = records
+        .iter()
+        .position(|r| r.2 == "wait")
+        .expect("a partial record");
+    assert_eq!(records[waited].1, "P");
+    assert_eq!(records[waited + 1], ("stdout", "F", " done"));
     // The last line had no newline: complete at the end of the stream.
     assert_eq!(records.last(), Some(&("stdout", "F", "no newline")));
 
     // What `kubectl logs` shows: partial records joined, both streams.
     let shown = c.logs(&[]);
     let lines: Vec<&str> = shown.lines().collect();
-    assert_eq!(lines.len(), 4, "{shown}");
+    assert_eq!(lines.len(), 5, "{shown}");
+    assert!(lines.contains(&"wait done"), "{shown}");
     assert!(
         lines.contains(&"hello") && lines.contains(&"oops"),
         "{shown}"

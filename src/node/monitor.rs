@@ -10,6 +10,10 @@
 //! process group), stdio on /dev/null, and is re-parented once the launcher exits. It is a
 //! child subreaper, so the container's init, whose runc parents exit, becomes its child.
 //!
+//! The monitor stays in the caller's cgroup: under systemd, the unit that runs keelson needs
+//! `KillMode=process` (as K3s's units have for containerd's shims), or stopping the unit kills
+//! every monitor with it (the containers, in their own cgroups, would run on unwatched).
+//!
 //! The monitor is single-threaded, uses std and nix only (no async runtime, no allocator
 //! tuning: it is dispatched in `main` before either starts) and allocates a few small buffers.
 //!
@@ -27,7 +31,10 @@
 //!   that sees it can finish;
 //! - a pid in `monitor.json` is trusted only together with its start time and boot id, so a
 //!   recycled pid is never taken for the monitor or the container;
-//! - the monitor never deletes the runc container: whoever reads the exit file does.
+//! - the monitor never deletes the runc container: whoever reads the exit file does;
+//! - after [`IDLE_AFTER`] without work, the monitor has unmapped the pages of the executable
+//!   and libc that start-up and its last output touched, so an idle monitor keeps resident
+//!   only its loop (measured: 0.97 MiB RSS, 0.74 MiB PSS for a release build on x86_64).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
