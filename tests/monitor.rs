@@ -526,6 +526,22 @@ fn exec_runs_commands_with_and_without_a_terminal() {
     assert_eq!(got["stdout"], "piped in\nout\n", "{got}");
     assert_eq!(got["stderr"], "err\n", "{got}");
 
+    // The OCI process form (runc's --process).
+    let process = lab.dir.path().join("process.json");
+    let spec = json!({
+        "terminal": false, "user": { "uid": 0, "gid": 0 }, "cwd": "/tmp",
+        "env": ["PATH=/bin", "WHO=spec"], "args": ["sh", "-c", "echo $WHO in $PWD; exit 4"]
+    });
+    fs::write(&process, spec.to_string()).unwrap();
+    let got = c.exec(
+        false,
+        "",
+        &["--process", &process.display().to_string()],
+        &[],
+    );
+    assert_eq!(got["exitCode"], 4, "{got}");
+    assert_eq!(got["stdout"], "spec in /tmp\n", "{got}");
+
     let got = c.exec(
         true,
         "stty size; tty; exit 5\n",
