@@ -152,6 +152,7 @@ async fn trimmer() {
     }
 }
 
+/// Gives free heap pages back to the kernel now (glibc only; a no-op elsewhere).
 pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers; it walks malloc's free lists under each

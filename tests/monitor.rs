@@ -302,8 +302,10 @@ fn output_lines_land_in_the_cri_log_and_the_exit_code_is_recorded() {
     let Some(lab) = lab("output_lines_land_in_the_cri_log_and_the_exit_code_is_recorded") else {
         return;
     };
+    // A line that waits more than a second for its end is logged as a partial record
+    // first, so `kubectl logs -f` shows prompts and progress.
     let script = "echo hello; echo oops >&2; head -c 40000 /dev/zero | tr '\\0' x; echo; \
-                  printf 'no newline'; exit 3";
+                  printf 'wait'; sleep 1.5; echo ' done'; printf 'no newline'; exit 3";
     let c = lab.container(
         "exit3",
         Bundle {
@@ -343,13 +345,20 @@ fn output_lines_land_in_the_cri_log_and_the_exit_code_is_recorded() {
         shape,
         [("P", 16384), ("P", 16384), ("F", 40000 - 2 * 16384)]
     );
+    let waited = records
+        .iter()
+        .position(|r| r.2 == "wait")
+        .expect("a partial record");
+    assert_eq!(records[waited].1, "P");
+    assert_eq!(records[waited + 1], ("stdout", "F", " done"));
     // The last line had no newline: complete at the end of the stream.
     assert_eq!(records.last(), Some(&("stdout", "F", "no newline")));
 
     // What `kubectl logs` shows: partial records joined, both streams.
     let shown = c.logs(&[]);
     let lines: Vec<&str> = shown.lines().collect();
-    assert_eq!(lines.len(), 4, "{shown}");
+    assert_eq!(lines.len(), 5, "{shown}");
+    assert!(lines.contains(&"wait done"), "{shown}");
     assert!(
         lines.contains(&"hello") && lines.contains(&"oops"),
         "{shown}"
@@ -446,6 +455,14 @@ fn containers_outlive_a_killed_spawner_and_their_exit_is_kept() {
     assert_eq!(seen["state"], "running", "{seen}");
     assert_eq!(pid_of(&seen, "containerPid"), container);
     assert_eq!(c.logs(&[]), "up\n");
+    // A restarted agent that tried to start it again would run it twice: refused.
+    let again = keelson(&c.spawn_args());
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already has a running monitor"),
+        "{}",
+        text(&again.stderr)
+    );
 
     // The container exits while no keelson process exists; its code is on disk afterwards.
     fs::write(c.shared.join("go"), "").unwrap();
@@ -508,6 +525,22 @@ fn exec_runs_commands_with_and_without_a_terminal() {
     assert_eq!(got["exitCode"], 7, "{got}");
     assert_eq!(got["stdout"], "piped in\nout\n", "{got}");
     assert_eq!(got["stderr"], "err\n", "{got}");
+
+    // The OCI process form (runc's --process).
+    let process = lab.dir.path().join("process.json");
+    let spec = json!({
+        "terminal": false, "user": { "uid": 0, "gid": 0 }, "cwd": "/tmp",
+        "env": ["PATH=/bin", "WHO=spec"], "args": ["sh", "-c", "echo $WHO in $PWD; exit 4"]
+    });
+    fs::write(&process, spec.to_string()).unwrap();
+    let got = c.exec(
+        false,
+        "",
+        &["--process", &process.display().to_string()],
+        &[],
+    );
+    assert_eq!(got["exitCode"], 4, "{got}");
+    assert_eq!(got["stdout"], "spec in /tmp\n", "{got}");
 
     let got = c.exec(
         true,
@@ -577,6 +610,25 @@ fn a_log_follower_sees_lines_as_they_come_and_ends_with_the_container() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(follower.stdout.take().unwrap());
+    // A follower that never ends would hang the test: a watchdog owns the process, kills it
+    // after WAIT, and reports whether it had ended by itself.
+    let (ended_tx, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = follower.try_wait().unwrap() {
+                let _ = ended_tx.send(status.success());
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = follower.kill();
+                let _ = follower.wait();
+                let _ = ended_tx.send(false);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "one\n");
@@ -594,7 +646,7 @@ fn a_log_follower_sees_lines_as_they_come_and_ends_with_the_container() {
     // Then the follower ends by itself: the exit file is there and the log is drained.
     line.clear();
     assert_eq!(out.read_line(&mut line).unwrap(), 0, "{line:?}");
-    assert!(follower.wait().unwrap().success());
+    assert!(ended.recv().unwrap(), "the follower did not end by itself");
 }
 
 #[test]
@@ -611,28 +663,51 @@ fn an_idle_monitor_holds_well_under_a_mebibyte() {
     );
     let spawned = c.spawn();
     let monitor = pid_of(&spawned, "monitorPid");
-    // The monitor releases start-up pages after 3 s without work (monitor::IDLE_AFTER).
-    std::thread::sleep(Duration::from_secs(4));
-    let rollup = fs::read_to_string(format!("/proc/{monitor}/smaps_rollup")).unwrap();
-    let field = |name: &str| -> u64 {
-        rollup
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {name} in {rollup}"))
+    let memory = || -> (u64, u64, u64) {
+        let rollup = fs::read_to_string(format!("/proc/{monitor}/smaps_rollup")).unwrap();
+        let field = |name: &str| -> u64 {
+            rollup
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {name} in {rollup}"))
+        };
+        (field("Rss:"), field("Pss:"), field("Pss_Anon:"))
     };
-    let (rss, pss, anon) = (field("Rss:"), field("Pss:"), field("Pss_Anon:"));
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = memory();
+    // After 3 s without work (monitor::IDLE_AFTER) the monitor unmaps the executable's and
+    // libc's pages that start-up touched.
+    std::thread::sleep(Duration::from_secs(4));
+    let (rss, pss, anon) = memory();
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     eprintln!(
-        "idle monitor (debug build unless run with --release): RSS {rss} kB, PSS {pss} kB, anonymous {anon} kB"
+        "idle monitor, {build} build: RSS {rss} kB, PSS {pss} kB, anonymous {anon} kB \
+         (RSS {} kB before it went idle)",
+        busy.0
     );
-    // Everything the monitor has to itself (anonymous memory) must stay under 1 MiB; file
-    // pages are shared with every other keelson process.
-    assert!(anon < 1024, "{rollup}");
-    assert!(rss < 2048, "{rollup}");
+    assert!(
+        rss * 2 < busy.0,
+        "start-up pages were not released: {busy:?} -> {rss} kB"
+    );
+    if cfg!(debug_assertions) {
+        // A debug executable is 200 MB with 1 MiB of relocated constants; only a sanity bound.
+        assert!(anon < 2048, "anonymous {anon} kB");
+    } else {
+        // The goal: under 1 MiB of everything keelson adds per running container.
+        assert!(
+            pss < 1024 && anon < 1024,
+            "PSS {pss} kB, anonymous {anon} kB"
+        );
+    }
 }

@@ -231,7 +231,8 @@ pub struct Rotation {
     /// Rotate before the current file would pass this many bytes (at least one record
     /// is always written to a fresh file, so a file can exceed a tiny bound by one record).
     pub max_size: u64,
-    /// Files kept, the current one included (at least 1: then rotation just truncates).
+    /// Files kept, the current one included (1: rotation starts a new file and deletes the
+    /// old one).
     pub max_files: u32,
 }
 
@@ -314,15 +315,13 @@ impl CriWriter {
     /// Renames the current file to `<file>.<time>`, starts an empty one and deletes the
     /// oldest rotated files beyond the count bound.
     fn rotate(&mut self, now: &Timestamp) -> io::Result<()> {
-        if self.rotation.max_files > 1 {
-            let mut name = self.path.as_os_str().to_owned();
-            name.push(".");
-            name.push(std::str::from_utf8(&now.file_suffix()).unwrap_or("0"));
-            fs::rename(&self.path, PathBuf::from(name))?;
-            self.file = open_append(&self.path)?;
-        } else {
-            self.file.set_len(0)?;
-        }
+        // Always a new file (a new inode), even when no old one is kept: a follower tells a
+        // rotation by the inode, which truncating in place would not change.
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".");
+        name.push(std::str::from_utf8(&now.file_suffix()).unwrap_or("0"));
+        fs::rename(&self.path, PathBuf::from(name))?;
+        self.file = open_append(&self.path)?;
         self.size = 0;
         let rotated = rotated_files(&self.path)?;
         let keep = self.rotation.max_files.saturating_sub(1) as usize;
@@ -495,9 +494,10 @@ async fn follow<W: AsyncWrite + Unpin>(
             }
         }
         // Rotated (or created) under us: read the old file to its end (done above), then
-        // go on with the new one from its start.
+        // go on with the new one from its start. A file truncated in place by someone else
+        // (shorter than what we read) is read again from its start too.
         let replaced = match (&reader, fs::metadata(path)) {
-            (Some(r), Ok(now)) => Some(now.ino()) != r.inode,
+            (Some(r), Ok(now)) => Some(now.ino()) != r.inode || now.len() < r.pos,
             (None, Ok(_)) => true,
             (_, Err(_)) => false,
         };
@@ -654,6 +654,8 @@ struct Records {
     reader: tokio::io::BufReader<tokio::fs::File>,
     path: PathBuf,
     inode: Option<u64>,
+    /// Offset in the file of the end of what has been read.
+    pos: u64,
     /// The record being read. Invariant: between calls, holds only the start of a record
     /// whose `\n` has not been written yet (a follower waits for the rest).
     line: Vec<u8>,
@@ -675,6 +677,7 @@ impl Records {
             reader: tokio::io::BufReader::with_capacity(8 * 1024, file),
             path,
             inode: Some(inode),
+            pos: start,
             line: Vec::new(),
             current: Vec::new(),
         })
@@ -693,6 +696,7 @@ impl Records {
                     path: self.path.clone(),
                     source,
                 })?;
+            self.pos += n as u64;
             let complete = self.line.last() == Some(&b'\n');
             let overlong = self.line.len() as u64 >= MAX_RECORD;
             if !complete && !overlong {

@@ -397,3 +397,55 @@ async fn read_within(rx: &mut tokio::io::DuplexStream, got: &mut Vec<u8>, want: 
         got.extend_from_slice(&buf[..n]);
     }
 }
+
+#[tokio::test]
+async fn a_follower_survives_truncation_when_only_one_file_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.log");
+    let exit = dir.path().join("exit.json");
+    // One file kept: each rotation replaces the only file.
+    let rotation = Rotation {
+        max_size: 100,
+        max_files: 1,
+    };
+    let mut w = CriWriter::open(&path, rotation).unwrap();
+    w.record(&at(0), Stream::Stdout, Tag::Full, b"first-line")
+        .unwrap();
+    w.flush().unwrap();
+    let (tx, mut rx) = tokio::io::duplex(4096);
+    let src = LogSource {
+        files: vec![path.clone()],
+        exit_file: Some(exit.clone()),
+    };
+    let follower = tokio::spawn(async move {
+        let opts = LogOptions {
+            follow: true,
+            ..LogOptions::default()
+        };
+        let mut tx = tx;
+        copy_logs(&src, &opts, &mut tx).await
+    });
+    let mut got = Vec::new();
+    read_within(&mut rx, &mut got, "first-line\n").await;
+    for text in ["second-line", "third"] {
+        w.record(&at(1), Stream::Stdout, Tag::Full, text.as_bytes())
+            .unwrap();
+        w.flush().unwrap();
+        read_within(&mut rx, &mut got, &format!("{text}\n")).await;
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "first-line\nsecond-line\nthird\n"
+    );
+    assert_eq!(
+        log_files(&path).unwrap(),
+        vec![path.clone()],
+        "only one file is kept"
+    );
+    std::fs::write(&exit, "{}").unwrap();
+    tokio::time::timeout(Duration::from_secs(2), follower)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
