@@ -1161,6 +1161,12 @@ impl PodRunner {
                 tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, container = name, pid = s.container_pid, "container started");
                 Ok(())
             }
+            // A monitor already runs this very run (started by an earlier process): the
+            // container is live and is adopted, never deleted.
+            Err(monitor::Error::AlreadyMonitored { pid, .. }) => {
+                tracing::info!(pod = %self.key.name, container = name, monitor = pid, "adopting a container whose monitor already runs");
+                Ok(())
+            }
             Err(e) => {
                 let _ = self.shared.config.runc.delete(runc_id, true).await;
                 unmount_quietly(&rootfs);
