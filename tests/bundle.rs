@@ -435,10 +435,16 @@ fn a_config_map_volume_shows_its_content_and_an_atomic_update() {
         }))
     };
     let pod = pod(
-        json!([{"name": "reader", "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]}]),
+        json!([
+            {"name": "reader", "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]},
+            // A subPath through the volume's `name -> ..data/name` symlinks.
+            {"name": "pinned", "volumeMounts": [
+                {"name": "cfg", "mountPath": "/etc/greeting", "subPath": "greeting"}]},
+        ]),
         json!([{"name": "cfg", "configMap": {"name": "settings"}}]),
     );
     let mut run = PodRun::new(tools, pod, config("v1"));
+    assert_eq!(ok(&run.run("pinned", &shell("cat /etc/greeting"))), "v1");
     // The reader waits (at most 20 s) for the update and checks that both files move together.
     let script = "cat /etc/cfg/greeting; echo; \
         i=0; while [ \"$(cat /etc/cfg/greeting)\" != v2 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; \
