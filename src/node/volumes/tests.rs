@@ -70,6 +70,8 @@ fn item_paths_that_escape_are_refused() {
         "/etc/passwd",
         "..data",
         "..x/y",
+        "./..data",
+        ".//..x",
         "",
         ".",
     ] {
