@@ -377,3 +377,26 @@ fn mountinfo_paths_are_unescaped() {
     assert_eq!(unescape_mount_path("/a\\040b\\011c\\134d"), "/a b\tc\\d");
     assert_eq!(unescape_mount_path("/plain\\04"), "/plain\\04");
 }
+
+#[test]
+fn teardown_never_follows_symlinks_out_of_the_pod_dir() {
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("precious"), "keep").unwrap();
+    // A container planted links in its emptyDir; one pod even has `volumes` itself a link.
+    let tmp = tempfile::tempdir().unwrap();
+    let pod = pod(json!([{"name": "scratch", "emptyDir": {}}]));
+    let v = set_up_with(tmp.path(), &pod, &objects(json!({}))).unwrap();
+    let scratch = &v.get("scratch").unwrap().path;
+    std::os::unix::fs::symlink(outside.path(), scratch.join("dir-link")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("precious"), scratch.join("file-link")).unwrap();
+    tear_down(tmp.path()).unwrap();
+    assert!(!tmp.path().join("volumes").exists());
+    let other = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), other.path().join("volumes")).unwrap();
+    tear_down(other.path()).unwrap();
+    assert!(fs::symlink_metadata(other.path().join("volumes")).is_err());
+    assert_eq!(
+        fs::read_to_string(outside.path().join("precious")).unwrap(),
+        "keep"
+    );
+}
