@@ -27,7 +27,7 @@ use tempfile::TempDir;
 use bundle::{ContainerInput, ImageConfig, NodeSettings};
 use common::rootfs::{self, ContainerTools};
 use env::{Allocatable, PodContext, Prefetched};
-use sandbox::{HostFiles, Namespace, Sandbox};
+use sandbox::{Namespace, Sandbox};
 use volumes::{Sources, Volumes};
 
 // The node modules, compiled from their source files. `#[path]` inside an inline module would
@@ -98,11 +98,7 @@ impl PodRun {
         rootfs::busybox(&rootfs, &tools).unwrap();
         let pod_dir = tmp.path().join("pod");
         fs::create_dir_all(&pod_dir).unwrap();
-        let host = HostFiles {
-            hostname: "test-node".into(),
-            hosts: "127.0.0.1 localhost\n".into(),
-            resolv_conf: "nameserver 192.0.2.53\n".into(),
-        };
+        let host = sandbox::host_files().unwrap();
         let sandbox = sandbox::create(&pod_dir, &pod, &host).unwrap();
         sandbox::write_files(&sandbox, &pod, &[POD_IP], &host, "cluster.local").unwrap();
         let volumes = volumes::set_up(
@@ -517,4 +513,32 @@ fn two_containers_of_a_pod_share_network_hostname_ipc_and_an_empty_dir() {
     assert_eq!(b[3], "bundle-test");
     assert_eq!(a[5], b[5], "the same /proc/net/dev (lo only)");
     assert_eq!(b[6], "first-was-here");
+}
+
+#[test]
+fn a_host_network_pod_uses_the_nodes_network_and_hostname() {
+    let Some(tools) =
+        rootfs::container_prerequisites("a_host_network_pod_uses_the_nodes_network_and_hostname")
+    else {
+        return;
+    };
+    let mut pod = pod(json!([{"name": "host"}]), json!([]));
+    pod["spec"]["hostNetwork"] = json!(true);
+    let run = PodRun::new(tools, pod, Prefetched::default());
+    assert_eq!(run.sandbox.network, Namespace::Host);
+    let out = ok(&run.run(
+        "host",
+        &shell(
+            "readlink /proc/self/ns/net; readlink /proc/self/ns/uts; hostname; head -1 /etc/hosts",
+        ),
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    let host_ns = |kind: &str| fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+    assert_eq!(lines[0], host_ns("net").to_string_lossy());
+    assert_eq!(lines[1], host_ns("uts").to_string_lossy());
+    assert_eq!(
+        lines[2],
+        nix::unistd::gethostname().unwrap().to_string_lossy()
+    );
+    assert_eq!(lines[3], "# Kubernetes-managed hosts file (host network).");
 }
