@@ -542,3 +542,32 @@ fn a_host_network_pod_uses_the_nodes_network_and_hostname() {
     );
     assert_eq!(lines[3], "# Kubernetes-managed hosts file (host network).");
 }
+
+#[test]
+fn a_privileged_container_gets_the_nodes_capabilities_and_devices() {
+    let Some(tools) = rootfs::container_prerequisites(
+        "a_privileged_container_gets_the_nodes_capabilities_and_devices",
+    ) else {
+        return;
+    };
+    let pod = pod(
+        json!([{"name": "priv", "securityContext": {"privileged": true}}]),
+        json!([]),
+    );
+    let run = PodRun::new(tools, pod, Prefetched::default());
+    let out = ok(&run.run(
+        "priv",
+        &shell("grep '^CapEff:' /proc/self/status; [ -c /dev/null ] && echo null-ok; grep -c . /proc/self/mountinfo; cat /proc/sys/kernel/hostname > /proc/sys/kernel/hostname && echo proc-sys-writable"),
+    ));
+    let own = fs::read_to_string("/proc/self/status").unwrap();
+    assert_eq!(
+        status_hex(&out, "CapEff:"),
+        status_hex(&own, "CapBnd:"),
+        "{out}"
+    );
+    assert!(out.contains("null-ok\n"), "{out}");
+    assert!(
+        out.contains("proc-sys-writable\n"),
+        "no read-only /proc/sys: {out}"
+    );
+}
