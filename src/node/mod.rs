@@ -7,6 +7,8 @@
 //! [`pods::PodRuntime`]. Its container-configuration half exists: [`env`] resolves a
 //! container's environment, [`volumes`] materialises a pod's volumes, [`sandbox`] holds a
 //! pod's shared namespaces and `/etc` files, and [`bundle`] writes the OCI spec runc runs.
+//! They are synchronous and touch the filesystem and the kernel briefly (mounts, a short-lived
+//! thread for namespaces): call them from `spawn_blocking`, not on an async worker.
 
 pub mod hollow;
 pub mod pods;
