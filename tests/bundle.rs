@@ -27,7 +27,7 @@ use tempfile::TempDir;
 use bundle::{ContainerInput, ImageConfig, NodeSettings};
 use common::rootfs::{self, ContainerTools};
 use env::{Allocatable, PodContext, Prefetched};
-use sandbox::{HostFiles, Namespace, Sandbox};
+use sandbox::{Namespace, Sandbox};
 use volumes::{Sources, Volumes};
 
 // The node modules, compiled from their source files. `#[path]` inside an inline module would
@@ -98,11 +98,7 @@ impl PodRun {
         rootfs::busybox(&rootfs, &tools).unwrap();
         let pod_dir = tmp.path().join("pod");
         fs::create_dir_all(&pod_dir).unwrap();
-        let host = HostFiles {
-            hostname: "test-node".into(),
-            hosts: "127.0.0.1 localhost\n".into(),
-            resolv_conf: "nameserver 192.0.2.53\n".into(),
-        };
+        let host = sandbox::host_files().unwrap();
         let sandbox = sandbox::create(&pod_dir, &pod, &host).unwrap();
         sandbox::write_files(&sandbox, &pod, &[POD_IP], &host, "cluster.local").unwrap();
         let volumes = volumes::set_up(
@@ -435,10 +431,16 @@ fn a_config_map_volume_shows_its_content_and_an_atomic_update() {
         }))
     };
     let pod = pod(
-        json!([{"name": "reader", "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]}]),
+        json!([
+            {"name": "reader", "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]},
+            // A subPath through the volume's `name -> ..data/name` symlinks.
+            {"name": "pinned", "volumeMounts": [
+                {"name": "cfg", "mountPath": "/etc/greeting", "subPath": "greeting"}]},
+        ]),
         json!([{"name": "cfg", "configMap": {"name": "settings"}}]),
     );
     let mut run = PodRun::new(tools, pod, config("v1"));
+    assert_eq!(ok(&run.run("pinned", &shell("cat /etc/greeting"))), "v1");
     // The reader waits (at most 20 s) for the update and checks that both files move together.
     let script = "cat /etc/cfg/greeting; echo; \
         i=0; while [ \"$(cat /etc/cfg/greeting)\" != v2 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; \
@@ -511,4 +513,61 @@ fn two_containers_of_a_pod_share_network_hostname_ipc_and_an_empty_dir() {
     assert_eq!(b[3], "bundle-test");
     assert_eq!(a[5], b[5], "the same /proc/net/dev (lo only)");
     assert_eq!(b[6], "first-was-here");
+}
+
+#[test]
+fn a_host_network_pod_uses_the_nodes_network_and_hostname() {
+    let Some(tools) =
+        rootfs::container_prerequisites("a_host_network_pod_uses_the_nodes_network_and_hostname")
+    else {
+        return;
+    };
+    let mut pod = pod(json!([{"name": "host"}]), json!([]));
+    pod["spec"]["hostNetwork"] = json!(true);
+    let run = PodRun::new(tools, pod, Prefetched::default());
+    assert_eq!(run.sandbox.network, Namespace::Host);
+    let out = ok(&run.run(
+        "host",
+        &shell(
+            "readlink /proc/self/ns/net; readlink /proc/self/ns/uts; hostname; head -1 /etc/hosts",
+        ),
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    let host_ns = |kind: &str| fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+    assert_eq!(lines[0], host_ns("net").to_string_lossy());
+    assert_eq!(lines[1], host_ns("uts").to_string_lossy());
+    assert_eq!(
+        lines[2],
+        nix::unistd::gethostname().unwrap().to_string_lossy()
+    );
+    assert_eq!(lines[3], "# Kubernetes-managed hosts file (host network).");
+}
+
+#[test]
+fn a_privileged_container_gets_the_nodes_capabilities_and_devices() {
+    let Some(tools) = rootfs::container_prerequisites(
+        "a_privileged_container_gets_the_nodes_capabilities_and_devices",
+    ) else {
+        return;
+    };
+    let pod = pod(
+        json!([{"name": "priv", "securityContext": {"privileged": true}}]),
+        json!([]),
+    );
+    let run = PodRun::new(tools, pod, Prefetched::default());
+    let out = ok(&run.run(
+        "priv",
+        &shell("grep '^CapEff:' /proc/self/status; [ -c /dev/null ] && echo null-ok; grep -c . /proc/self/mountinfo; cat /proc/sys/kernel/hostname > /proc/sys/kernel/hostname && echo proc-sys-writable"),
+    ));
+    let own = fs::read_to_string("/proc/self/status").unwrap();
+    assert_eq!(
+        status_hex(&out, "CapEff:"),
+        status_hex(&own, "CapBnd:"),
+        "{out}"
+    );
+    assert!(out.contains("null-ok\n"), "{out}");
+    assert!(
+        out.contains("proc-sys-writable\n"),
+        "no read-only /proc/sys: {out}"
+    );
 }

@@ -22,7 +22,9 @@
 //! Not done yet, plainly: seccomp — `RuntimeDefault` (and `Unconfined`) run without a seccomp
 //! filter; a `Localhost` profile is refused. AppArmor and SELinux options are not applied.
 //! `oomScoreAdj` by QoS class is not set (the process inherits keelson's). Pod-level cgroup
-//! limits are not set (only each container's). `setHostnameAsFQDN` is not applied.
+//! limits are not set (only each container's). `setHostnameAsFQDN` is not applied. No
+//! `rlimits` are written, so a container inherits keelson's. A container with `tty: true`
+//! gets `terminal: true`, and runc then needs `--console-socket` (the monitor's job).
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -18,7 +18,7 @@
 //! - This module (like `volumes`, `sandbox` and `bundle`) imports only its siblings and
 //!   `crate::api::quantity`: `tests/bundle.rs` compiles these files by path to drive runc.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use base64::Engine;
@@ -120,6 +120,53 @@ pub struct ResolvedEnv {
     /// What kubelet reports as a Warning event but does not fail on: `envFrom` keys that are
     /// no valid variable name and were skipped.
     pub warnings: Vec<String>,
+}
+
+/// The ConfigMaps and Secrets a pod names (in its own namespace), for prefetching them into
+/// [`Prefetched`]: env and envFrom of every container and init container, and configMap,
+/// secret and projected volumes. Image pull secrets are not included (they are the image
+/// puller's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct References {
+    pub config_maps: BTreeSet<String>,
+    pub secrets: BTreeSet<String>,
+}
+
+/// What [`References`] a pod has.
+pub fn references(pod: &Value) -> References {
+    let mut out = References::default();
+    let note = |set: &mut BTreeSet<String>, name: Option<&str>| {
+        if let Some(n) = name.filter(|n| !n.is_empty()) {
+            set.insert(n.to_string());
+        }
+    };
+    let spec = &pod["spec"];
+    for c in ["containers", "initContainers"]
+        .iter()
+        .flat_map(|f| array(spec, f))
+    {
+        for e in array(c, "env") {
+            let from = &e["valueFrom"];
+            note(
+                &mut out.config_maps,
+                from["configMapKeyRef"]["name"].as_str(),
+            );
+            note(&mut out.secrets, from["secretKeyRef"]["name"].as_str());
+        }
+        for e in array(c, "envFrom") {
+            note(&mut out.config_maps, e["configMapRef"]["name"].as_str());
+            note(&mut out.secrets, e["secretRef"]["name"].as_str());
+        }
+    }
+    for v in array(spec, "volumes") {
+        note(&mut out.config_maps, v["configMap"]["name"].as_str());
+        note(&mut out.secrets, v["secret"]["secretName"].as_str());
+        for source in array(&v["projected"], "sources") {
+            note(&mut out.config_maps, source["configMap"]["name"].as_str());
+            note(&mut out.secrets, source["secret"]["name"].as_str());
+        }
+    }
+    out
 }
 
 /// Resolves `container`'s `envFrom` and `env` against the pod and the prefetched objects.

@@ -7,6 +7,8 @@
 //! for `keelson loadgen`.
 //! The runc runtime ([`containers`]) is built from [`images`] (the image store), [`env`],
 //! [`volumes`], [`sandbox`] and [`bundle`] (a container's OCI spec), [`monitor`] and [`runc`].
+//! The configuration modules are synchronous and touch the filesystem and the kernel briefly
+//! (mounts, a short-lived thread for namespaces): call them from `spawn_blocking`.
 
 pub mod bundle;
 pub mod containers;

@@ -174,8 +174,10 @@ pub fn create(pod_dir: &Path, pod: &Value, host: &HostFiles) -> Result<Sandbox> 
     })
 }
 
-/// Writes the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (atomically each:
-/// a running container sees the old or the new file). Call after the pod has its addresses.
+/// Writes the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, each replaced by a
+/// rename. Call after the pod has its addresses and before its containers start: a running
+/// container keeps the file it was started with (its bind mount holds the old inode), as with
+/// kubelet, which writes them once.
 pub fn write_files(
     sandbox: &Sandbox,
     pod: &Value,

@@ -179,9 +179,7 @@ pub fn set_up(pod_dir: &Path, sources: &Sources) -> Result<Volumes> {
             volume: name.to_string(),
             cause: Box::new(cause),
         };
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(fail(Cause::Invalid(format!("bad volume name {name:?}"))));
-        }
+        check_volume_name(name).map_err(fail)?;
         let kind = kind_of(spec).map_err(fail)?;
         let path = match kind {
             Kind::HostPath => host_path(&spec["hostPath"]).map_err(fail)?,
@@ -220,6 +218,7 @@ pub fn update(pod_dir: &Path, sources: &Sources) -> Result<Vec<String>> {
             volume: name.to_string(),
             cause: Box::new(cause),
         };
+        check_volume_name(name).map_err(fail)?;
         let kind = kind_of(spec).map_err(fail)?;
         if matches!(kind, Kind::EmptyDir { .. } | Kind::HostPath) {
             continue;
@@ -382,11 +381,13 @@ pub fn check_item_path(path: &str) -> Result<(), Cause> {
     if parts.iter().any(|p| p.len() > MAX_NAME_LENGTH) {
         return bad("must not have a part longer than 255 characters");
     }
-    if parts.first().is_some_and(|p| p.starts_with("..")) {
-        return bad("must not start with '..'");
-    }
-    if parts.iter().all(|p| p.is_empty() || *p == ".") {
-        return bad("must name a file");
+    // `..data`, `..<timestamp>` are the writer's own names: no item may land among them, even
+    // spelt `./..x`.
+    let mut named = parts.iter().filter(|p| !p.is_empty() && **p != ".");
+    match named.next() {
+        None => return bad("must name a file"),
+        Some(first) if first.starts_with("..") => return bad("must not start with '..'"),
+        Some(_) => {}
     }
     Ok(())
 }
@@ -564,6 +565,14 @@ impl Volume {
             Kind::ConfigMap | Kind::Secret | Kind::Projected | Kind::DownwardApi
         )
     }
+}
+
+/// A volume name becomes a directory name: it must be one plain path part.
+fn check_volume_name(name: &str) -> Result<(), Cause> {
+    if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
+        return Err(Cause::Invalid(format!("bad volume name {name:?}")));
+    }
+    Ok(())
 }
 
 fn kind_of(spec: &Value) -> Result<Kind, Cause> {

@@ -305,3 +305,33 @@ fn env_var_names_follow_kubernetes() {
         assert!(!is_env_var_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn references_name_every_object_a_pod_needs() {
+    let pod = json!({"spec": {
+        "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "init-secret"}}]}],
+        "containers": [{"name": "c",
+            "env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cm-env", "key": "k"}}},
+                    {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s-env", "key": "k"}}},
+                    {"name": "C", "value": "plain"}],
+            "envFrom": [{"configMapRef": {"name": "cm-from"}}]}],
+        "volumes": [
+            {"name": "v1", "configMap": {"name": "cm-vol"}},
+            {"name": "v2", "secret": {"secretName": "s-vol"}},
+            {"name": "v3", "projected": {"sources": [{"configMap": {"name": "cm-proj"}},
+                                                     {"secret": {"name": "s-proj"}}]}},
+            {"name": "v4", "emptyDir": {}},
+        ],
+        "imagePullSecrets": [{"name": "registry"}],
+    }});
+    let r = references(&pod);
+    let names = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        names(&r.config_maps),
+        ["cm-env", "cm-from", "cm-proj", "cm-vol"]
+    );
+    assert_eq!(
+        names(&r.secrets),
+        ["init-secret", "s-env", "s-proj", "s-vol"]
+    );
+}

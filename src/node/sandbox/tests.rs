@@ -15,6 +15,27 @@ fn root(test: &str) -> bool {
     false
 }
 
+/// A temporary pod directory that is torn down (unmounted) before it is removed, also when a
+/// test fails half-way.
+struct PodDir(tempfile::TempDir);
+
+impl std::ops::Deref for PodDir {
+    type Target = tempfile::TempDir;
+    fn deref(&self) -> &tempfile::TempDir {
+        &self.0
+    }
+}
+
+impl Drop for PodDir {
+    fn drop(&mut self) {
+        let _ = tear_down(self.0.path());
+    }
+}
+
+fn pod_dir() -> PodDir {
+    PodDir(tempfile::tempdir().unwrap())
+}
+
 const HOST_RESOLV: &str = "# generated\nnameserver 192.168.1.1\nnameserver 192.168.1.2 # second\n\
     search old.example\nsearch lan example.com\noptions ndots:2 edns0\n";
 
@@ -77,7 +98,7 @@ fn namespaces_are_pinned_set_up_and_torn_down() {
     if !root("namespaces_are_pinned_set_up_and_torn_down") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = pod_dir();
     let pod = json!({"metadata": {"name": "box", "namespace": "ns"}, "spec": {}});
     let host = HostFiles {
         hostname: "node-1".into(),
@@ -151,7 +172,7 @@ fn host_network_pods_use_the_nodes_namespaces() {
     if !root("host_network_pods_use_the_nodes_namespaces") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = pod_dir();
     let pod = json!({"metadata": {"name": "h"}, "spec": {"hostNetwork": true, "hostIPC": true}});
     let host = HostFiles {
         hostname: "node-1".into(),

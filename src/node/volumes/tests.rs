@@ -17,6 +17,27 @@ fn root(test: &str) -> bool {
     false
 }
 
+/// A temporary pod directory that is torn down (unmounted) before it is removed, also when a
+/// test fails half-way.
+struct PodDir(tempfile::TempDir);
+
+impl std::ops::Deref for PodDir {
+    type Target = tempfile::TempDir;
+    fn deref(&self) -> &tempfile::TempDir {
+        &self.0
+    }
+}
+
+impl Drop for PodDir {
+    fn drop(&mut self) {
+        let _ = tear_down(self.0.path());
+    }
+}
+
+fn pod_dir() -> PodDir {
+    PodDir(tempfile::tempdir().unwrap())
+}
+
 fn pod(volumes: Value) -> Value {
     json!({
         "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "a"}},
@@ -70,6 +91,8 @@ fn item_paths_that_escape_are_refused() {
         "/etc/passwd",
         "..data",
         "..x/y",
+        "./..data",
+        ".//..x",
         "",
         ".",
     ] {
@@ -79,7 +102,7 @@ fn item_paths_that_escape_are_refused() {
         assert!(check_item_path(good).is_ok(), "{good:?} must be accepted");
     }
     // Through a whole volume: refused, and nothing is written.
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = pod_dir();
     let pod = pod(json!([{"name": "v", "configMap": {"name": "cfg",
         "items": [{"key": "a", "path": "../../escaped"}]}}]));
     let err = set_up_with(tmp.path(), &pod, &objects(json!({"a": "1"}))).unwrap_err();
@@ -104,7 +127,7 @@ fn sub_paths_are_relative_without_dot_dot() {
 
 #[test]
 fn host_path_types_are_checked_like_kubelet() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = pod_dir();
     let base = tmp.path();
     fs::write(base.join("file"), "x").unwrap();
     fs::create_dir(base.join("dir")).unwrap();
@@ -151,7 +174,7 @@ fn host_path_types_are_checked_like_kubelet() {
 
 #[test]
 fn config_map_volume_is_updated_atomically() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = pod_dir();
     let pod = pod(json!([{"name": "cfg-vol", "configMap": {"name": "cfg", "defaultMode": 0o640}}]));
     let v = set_up_with(tmp.path(), &pod, &objects(json!({"a": "one", "b": "bee"}))).unwrap();
     let dir = &v.get("cfg-vol").unwrap().path;
@@ -202,7 +225,7 @@ fn config_map_volume_is_updated_atomically() {
 
 #[test]
 fn secret_items_pick_keys_paths_and_modes() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = pod_dir();
     let pod = pod(json!([
         {"name": "s", "secret": {"secretName": "sec", "items": [
             {"key": "token", "path": "deep/dir/tok", "mode": 0o400}]}},
@@ -262,7 +285,7 @@ fn secret_items_pick_keys_paths_and_modes() {
 
 #[test]
 fn projected_and_downward_api_volumes() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = pod_dir();
     let pod = pod(json!([
         {"name": "all", "projected": {"defaultMode": 0o444, "sources": [
             {"configMap": {"name": "cfg", "items": [{"key": "a", "path": "cfg/a"}]}},
@@ -309,7 +332,7 @@ fn sub_paths_stay_inside_their_volume() {
     if !root("sub_paths_stay_inside_their_volume") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = pod_dir();
     let pod = pod(json!([{"name": "scratch", "emptyDir": {}}]));
     let v = set_up_with(tmp.path(), &pod, &objects(json!({}))).unwrap();
     let vol = v.get("scratch").unwrap();
@@ -346,7 +369,7 @@ fn memory_empty_dir_is_a_sized_tmpfs_and_teardown_unmounts_it() {
     if !root("memory_empty_dir_is_a_sized_tmpfs_and_teardown_unmounts_it") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = pod_dir();
     let pod = pod(json!([
         {"name": "ram", "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
         {"name": "ram2", "emptyDir": {"medium": "Memory"}},
@@ -374,4 +397,27 @@ fn memory_empty_dir_is_a_sized_tmpfs_and_teardown_unmounts_it() {
 fn mountinfo_paths_are_unescaped() {
     assert_eq!(unescape_mount_path("/a\\040b\\011c\\134d"), "/a b\tc\\d");
     assert_eq!(unescape_mount_path("/plain\\04"), "/plain\\04");
+}
+
+#[test]
+fn teardown_never_follows_symlinks_out_of_the_pod_dir() {
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("precious"), "keep").unwrap();
+    // A container planted links in its emptyDir; one pod even has `volumes` itself a link.
+    let tmp = pod_dir();
+    let pod = pod(json!([{"name": "scratch", "emptyDir": {}}]));
+    let v = set_up_with(tmp.path(), &pod, &objects(json!({}))).unwrap();
+    let scratch = &v.get("scratch").unwrap().path;
+    std::os::unix::fs::symlink(outside.path(), scratch.join("dir-link")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("precious"), scratch.join("file-link")).unwrap();
+    tear_down(tmp.path()).unwrap();
+    assert!(!tmp.path().join("volumes").exists());
+    let other = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), other.path().join("volumes")).unwrap();
+    tear_down(other.path()).unwrap();
+    assert!(fs::symlink_metadata(other.path().join("volumes")).is_err());
+    assert_eq!(
+        fs::read_to_string(outside.path().join("precious")).unwrap(),
+        "keep"
+    );
 }
