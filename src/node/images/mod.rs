@@ -382,7 +382,10 @@ impl ImageStore {
                     .to_string(),
             ),
         };
-        self.inner.store.update_index(|index| {
+        // The index is written through tmp/, which another process's open would otherwise
+        // be free to clear.
+        let guard = self.inner.store.write_guard()?;
+        let updated = self.inner.store.update_index(|index| {
             let before = index.images.len();
             match (&by_id, &name) {
                 (Some(id), _) => index.images.retain(|_, r| r.config != *id),
@@ -397,7 +400,9 @@ impl ImageStore {
                 ));
             }
             Ok(())
-        })?;
+        });
+        drop(guard);
+        updated?;
         self.inner.store.sweep()?;
         Ok(())
     }
@@ -464,10 +469,13 @@ impl ImageStore {
             if current <= low_pct {
                 break;
             }
-            self.inner.store.update_index(|index| {
+            let guard = self.inner.store.write_guard()?;
+            let updated = self.inner.store.update_index(|index| {
                 index.images.remove(&reference);
                 Ok(())
-            })?;
+            });
+            drop(guard);
+            updated?;
             let (freed, _) = self.inner.store.sweep()?;
             report.freed_bytes += freed;
             report.removed.push(reference);
