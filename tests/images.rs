@@ -863,3 +863,19 @@ fn a_pull_killed_midway_leaves_no_image_and_the_next_start_clears_its_debris() {
         fs::read("/bin/busybox").unwrap()
     );
 }
+
+#[test]
+fn blobs_redirected_elsewhere_are_followed() {
+    if !Registry::available("redirects") {
+        return;
+    }
+    let reg = Registry::start_plain();
+    reg.push_busybox("library/busybox:1.36");
+    let cdn = Proxy::start(&reg.addr, ProxyMode::RedirectBlobs);
+    let node = Node::mirroring(&cdn.url());
+    node.pull_ok("busybox:1.36", &[]);
+    assert_eq!(node.layers().len(), 1);
+    // The proxy answers every blob request with a 307 only, so the layer came from the
+    // redirect's target.
+    assert!(reg.blob_gets() >= 2, "{}", reg.log());
+}

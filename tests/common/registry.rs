@@ -567,6 +567,9 @@ pub enum ProxyMode {
         token: String,
         credentials: Option<(String, String)>,
     },
+    /// Answers blob requests with a 307 to the registry itself (as Docker Hub sends blobs to
+    /// a CDN); forwards the rest.
+    RedirectBlobs,
     /// Answers every request 200 with an HTML page (a captive portal, a misrouted proxy).
     Html,
     /// Answers every connection with bytes that are not HTTP.
@@ -687,6 +690,13 @@ fn serve(mut client: TcpStream, upstream: &str, mode: &ProxyMode, me: &str) {
             forward(client, upstream, &head, usize::MAX);
         }
         ProxyMode::CutAfter(n) => forward(client, upstream, &head, *n),
+        ProxyMode::RedirectBlobs if path.contains("/blobs/") => {
+            let _ = write!(
+                client,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{upstream}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+        ProxyMode::RedirectBlobs => forward(client, upstream, &head, usize::MAX),
         ProxyMode::StallAfter(n) => forward_then(client, upstream, &head, *n, true),
     }
 }
