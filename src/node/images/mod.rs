@@ -899,6 +899,17 @@ mod tests {
     }
 
     #[test]
+    fn the_store_and_a_pull_in_flight_can_move_between_threads() {
+        fn send_sync<T: Send + Sync + Clone>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let (_d, s) = store_with(&[]);
+        send_sync(&s);
+        let quiet = |_: Progress| {};
+        // Never polled: this only has to compile (tokio::spawn needs a Send future).
+        send(s.pull("busybox", &[], &quiet));
+    }
+
+    #[test]
     fn get_finds_by_any_spelling_and_list_shows_ids() {
         let (_d, s) = store_with(&[("busybox:1.36", 1)]);
         let img = s.get("docker.io/library/busybox:1.36").unwrap();
