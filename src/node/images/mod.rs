@@ -910,6 +910,26 @@ mod tests {
     }
 
     #[test]
+    fn a_registry_definite_answer_beats_an_unreachable_one() {
+        let net = |r: &str| PullError::Network {
+            registry: r.into(),
+            why: "cannot connect".into(),
+        };
+        let missing = PullError::NotFound {
+            registry: "http://mirror".into(),
+            what: "library/x: manifest latest".into(),
+        };
+        let e = combine(vec![net("https://a"), missing, net("https://b")]);
+        assert_eq!(e.kind(), PullErrorKind::NotFound);
+        let text = e.to_string();
+        assert!(text.starts_with("http://mirror: library/x: manifest latest: not found (also tried: https://a: cannot connect; https://b"), "{text}");
+        assert_eq!(
+            combine(vec![net("https://a")]).kind(),
+            PullErrorKind::Network
+        );
+    }
+
+    #[test]
     fn get_finds_by_any_spelling_and_list_shows_ids() {
         let (_d, s) = store_with(&[("busybox:1.36", 1)]);
         let img = s.get("docker.io/library/busybox:1.36").unwrap();
