@@ -800,3 +800,82 @@ fn rewrite_rules_map_the_repository_on_the_mirror() {
     let err = plain.pull_err("busybox:1.36", &[]);
     assert!(err.contains("not found"), "{err}");
 }
+
+#[test]
+fn a_pull_killed_midway_leaves_no_image_and_the_next_start_clears_its_debris() {
+    if !Registry::available("killed pull") {
+        return;
+    }
+    let reg = Registry::start_plain();
+    reg.push_busybox("library/busybox:1.36");
+    let stall = Proxy::start(&reg.addr, ProxyMode::StallAfter(256 * 1024));
+    let node = Node::mirroring(&stall.url());
+    let mut pull = Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .arg("images")
+        .arg("--data-dir")
+        .arg(node.data())
+        .arg("--private-registry")
+        .arg(node.dir.path().join("registries.yaml"))
+        .args([
+            "--disable-default-registry-endpoint",
+            "pull",
+            "busybox:1.36",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start keelson images pull");
+    // Wait until the layer is being unpacked (a file appears under tmp/), then kill -9.
+    let tmp = node.store().join("tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !registry::dir_has_file(&tmp) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never started unpacking"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    pull.kill().expect("kill the pull");
+    pull.wait().expect("reap the pull");
+    assert!(node.layers().is_empty(), "a half layer is in the store");
+    assert!(
+        fs::read_dir(&tmp).unwrap().count() > 0,
+        "expected debris from the kill"
+    );
+    // The next run (any `keelson images` command) clears the debris; the image is absent.
+    assert_eq!(node.images(&["list", "-q"]).stdout.trim(), "");
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "debris survived the next start"
+    );
+    fs::write(
+        node.dir.path().join("registries.yaml"),
+        format!(
+            "mirrors:\n  docker.io:\n    endpoint: [\"{}\"]\n",
+            reg.url()
+        ),
+    )
+    .unwrap();
+    node.pull_ok("busybox:1.36", &[]);
+    assert_eq!(
+        fs::read(node.layers()[0].join("bin/busybox")).unwrap(),
+        fs::read("/bin/busybox").unwrap()
+    );
+}
+
+#[test]
+fn blobs_redirected_elsewhere_are_followed() {
+    if !Registry::available("redirects") {
+        return;
+    }
+    let reg = Registry::start_plain();
+    reg.push_busybox("library/busybox:1.36");
+    let cdn = Proxy::start(&reg.addr, ProxyMode::RedirectBlobs);
+    let node = Node::mirroring(&cdn.url());
+    node.pull_ok("busybox:1.36", &[]);
+    assert_eq!(node.layers().len(), 1);
+    // The proxy answers every blob request with a 307 only, so the layer came from the
+    // redirect's target.
+    assert!(reg.blob_gets() >= 2, "{}", reg.log());
+}

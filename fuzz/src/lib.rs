@@ -25,6 +25,9 @@ pub mod digest;
 #[path = "../../src/node/images/manifest.rs"]
 pub mod manifest;
 #[allow(dead_code)]
+#[path = "../../src/node/images/reference.rs"]
+pub mod reference;
+#[allow(dead_code)]
 #[path = "../../src/node/images/unpack.rs"]
 pub mod unpack;
 #[path = "../../src/apiserver/spdy.rs"]
@@ -113,6 +116,14 @@ pub fn check_manifest(data: &[u8]) {
             assert!(!m.layers.is_empty() && m.layers.len() <= manifest::MAX_ENTRIES);
         }
         Err(_) => {}
+    }
+    // The same bytes as an image reference: parsing never panics, and the normalised form
+    // parses back to the same reference.
+    if let Ok(text) = std::str::from_utf8(body)
+        && let Ok(r) = reference::Reference::parse(text)
+    {
+        let again = reference::Reference::parse(&r.to_string());
+        assert_eq!(again.as_ref().ok(), Some(&r), "{text:?} → {r}");
     }
     for layers in [0, 1, 3] {
         if let Ok(c) = manifest::decode_config(body, layers) {

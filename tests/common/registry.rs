@@ -558,12 +558,18 @@ fn header(head: &str, name: &str) -> Option<String> {
 pub enum ProxyMode {
     /// Forwards, but closes a connection once `n` bytes of answer went through.
     CutAfter(usize),
+    /// Forwards `n` bytes of answer, then sends nothing more for a minute (a pull stuck
+    /// midway, to be killed by the test).
+    StallAfter(usize),
     /// Requires `Authorization: Bearer <token>`; answers 401 with a Bearer challenge naming
     /// its own `/token` endpoint, which hands out the token to `credentials` (or anyone).
     Bearer {
         token: String,
         credentials: Option<(String, String)>,
     },
+    /// Answers blob requests with a 307 to the registry itself (as Docker Hub sends blobs to
+    /// a CDN); forwards the rest.
+    RedirectBlobs,
     /// Answers every request 200 with an HTML page (a captive portal, a misrouted proxy).
     Html,
     /// Answers every connection with bytes that are not HTTP.
@@ -684,11 +690,24 @@ fn serve(mut client: TcpStream, upstream: &str, mode: &ProxyMode, me: &str) {
             forward(client, upstream, &head, usize::MAX);
         }
         ProxyMode::CutAfter(n) => forward(client, upstream, &head, *n),
+        ProxyMode::RedirectBlobs if path.contains("/blobs/") => {
+            let _ = write!(
+                client,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{upstream}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+        ProxyMode::RedirectBlobs => forward(client, upstream, &head, usize::MAX),
+        ProxyMode::StallAfter(n) => forward_then(client, upstream, &head, *n, true),
     }
 }
 
 /// Sends the request head upstream and copies the answer back, at most `limit` bytes.
-fn forward(mut client: TcpStream, upstream: &str, head: &[u8], limit: usize) {
+fn forward(client: TcpStream, upstream: &str, head: &[u8], limit: usize) {
+    forward_then(client, upstream, head, limit, false)
+}
+
+/// [`forward`], then (if `stall`) holding the connection open without a byte more.
+fn forward_then(mut client: TcpStream, upstream: &str, head: &[u8], limit: usize, stall: bool) {
     let Ok(mut up) = TcpStream::connect(upstream) else {
         return;
     };
@@ -711,6 +730,9 @@ fn forward(mut client: TcpStream, upstream: &str, head: &[u8], limit: usize) {
             break;
         }
     }
+    if stall {
+        thread::sleep(Duration::from_secs(60));
+    }
     let _ = client.shutdown(Shutdown::Both);
 }
 
@@ -728,4 +750,16 @@ fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
         }
     }
     Some(head)
+}
+
+/// Whether any regular file exists under `dir` (at any depth).
+pub fn dir_has_file(dir: &Path) -> bool {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().any(|e| match e.file_type() {
+        Ok(t) if t.is_dir() => dir_has_file(&e.path()),
+        Ok(t) => t.is_file(),
+        Err(_) => false,
+    })
 }

@@ -298,14 +298,14 @@ impl Client {
         if !matches!(realm_uri.scheme_str(), Some("https" | "http")) {
             return Err(self.bad(format!("token realm {realm:?} is not http(s)")));
         }
-        // The query is built before any await: the serializer is not Send.
-        let query = |refresh: Option<&str>| {
+        // Built into a String before any await: the serializer is not Send.
+        let query = {
             let mut query = form_urlencoded::Serializer::new(String::new());
             if let Some(s) = service {
                 query.append_pair("service", s);
             }
             query.append_pair("scope", scope);
-            if let Some(t) = refresh {
+            if let Some(Credentials::IdentityToken(t)) = &self.credentials {
                 query.append_pair("grant_type", "refresh_token");
                 query.append_pair("refresh_token", t);
                 query.append_pair("client_id", "keelson");
@@ -313,14 +313,13 @@ impl Client {
             query.finish()
         };
         let resp = match &self.credentials {
-            Some(Credentials::IdentityToken(t)) => {
-                let body = query(Some(t));
-                self.send(Method::POST, &realm_uri, None, None, Some(body))
+            Some(Credentials::IdentityToken(_)) => {
+                self.send(Method::POST, &realm_uri, None, None, Some(query))
                     .await?
             }
             creds => {
                 let sep = if realm.contains('?') { '&' } else { '?' };
-                let uri: Uri = format!("{realm}{sep}{}", query(None))
+                let uri: Uri = format!("{realm}{sep}{query}")
                     .parse()
                     .map_err(|_| self.bad("bad token URL".into()))?;
                 let auth = match creds {

@@ -382,7 +382,10 @@ impl ImageStore {
                     .to_string(),
             ),
         };
-        self.inner.store.update_index(|index| {
+        // The index is written through tmp/, which another process's open would otherwise
+        // be free to clear.
+        let guard = self.inner.store.write_guard()?;
+        let updated = self.inner.store.update_index(|index| {
             let before = index.images.len();
             match (&by_id, &name) {
                 (Some(id), _) => index.images.retain(|_, r| r.config != *id),
@@ -397,7 +400,9 @@ impl ImageStore {
                 ));
             }
             Ok(())
-        })?;
+        });
+        drop(guard);
+        updated?;
         self.inner.store.sweep()?;
         Ok(())
     }
@@ -464,10 +469,13 @@ impl ImageStore {
             if current <= low_pct {
                 break;
             }
-            self.inner.store.update_index(|index| {
+            let guard = self.inner.store.write_guard()?;
+            let updated = self.inner.store.update_index(|index| {
                 index.images.remove(&reference);
                 Ok(())
-            })?;
+            });
+            drop(guard);
+            updated?;
             let (freed, _) = self.inner.store.sweep()?;
             report.freed_bytes += freed;
             report.removed.push(reference);
@@ -888,6 +896,37 @@ mod tests {
             s.commit(&r, rec).unwrap();
         }
         (dir, s)
+    }
+
+    #[test]
+    fn the_store_and_a_pull_in_flight_can_move_between_threads() {
+        fn send_sync<T: Send + Sync + Clone>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let (_d, s) = store_with(&[]);
+        send_sync(&s);
+        let quiet = |_: Progress| {};
+        // Never polled: this only has to compile (tokio::spawn needs a Send future).
+        send(s.pull("busybox", &[], &quiet));
+    }
+
+    #[test]
+    fn a_registry_definite_answer_beats_an_unreachable_one() {
+        let net = |r: &str| PullError::Network {
+            registry: r.into(),
+            why: "cannot connect".into(),
+        };
+        let missing = PullError::NotFound {
+            registry: "http://mirror".into(),
+            what: "library/x: manifest latest".into(),
+        };
+        let e = combine(vec![net("https://a"), missing, net("https://b")]);
+        assert_eq!(e.kind(), PullErrorKind::NotFound);
+        let text = e.to_string();
+        assert!(text.starts_with("http://mirror: library/x: manifest latest: not found (also tried: https://a: cannot connect; https://b"), "{text}");
+        assert_eq!(
+            combine(vec![net("https://a")]).kind(),
+            PullErrorKind::Network
+        );
     }
 
     #[test]
