@@ -611,7 +611,7 @@ impl PodRunner {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         write_atomic(&dir.join("pod.json"), self.pod.pod.as_bytes())
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let objects = self.fetch_objects(true).await?;
+        let objects = self.fetch_objects().await?;
         let host = super::sandbox::host_files().map_err(|e| e.to_string())?;
         let spec = self.spec.clone();
         let ips = self.shared.config.host_ips.clone();
@@ -644,7 +644,7 @@ impl PodRunner {
         if !has_api_volumes {
             return;
         }
-        let objects = match self.fetch_objects(true).await {
+        let objects = match self.fetch_objects().await {
             Ok(o) => o,
             Err(e) => {
                 tracing::debug!(pod = %self.key.name, error = %e, "cannot refresh the pod's volumes now");
@@ -675,25 +675,23 @@ impl PodRunner {
         }
     }
 
-    /// The ConfigMaps and Secrets the pod references; `volumes` includes those its volumes
-    /// need, otherwise only env references. A missing one is left out (the consumer decides
-    /// whether it was optional); any other failure is an error.
-    async fn fetch_objects(&self, volumes: bool) -> Result<super::env::Prefetched, String> {
+    /// The ConfigMaps and Secrets the pod references. A missing one is left out (the consumer
+    /// decides whether it was optional); any other failure is an error.
+    async fn fetch_objects(&self) -> Result<super::env::Prefetched, String> {
         let ns = self.key.namespace.clone();
         let mut out = super::env::Prefetched::default();
-        let mut wanted: HashSet<Wanted> = HashSet::new();
-        for name in referenced(&self.spec, "configmap", volumes) {
-            wanted.insert(Wanted::ConfigMap {
+        let refs = super::env::references(&self.spec);
+        let wanted = refs
+            .config_maps
+            .into_iter()
+            .map(|name| Wanted::ConfigMap {
                 namespace: ns.clone(),
                 name,
-            });
-        }
-        for name in referenced(&self.spec, "secret", volumes) {
-            wanted.insert(Wanted::Secret {
+            })
+            .chain(refs.secrets.into_iter().map(|name| Wanted::Secret {
                 namespace: ns.clone(),
                 name,
-            });
-        }
+            }));
         for w in wanted {
             match self.shared.objects.get(&w).await {
                 Ok(obj) => {
@@ -1083,7 +1081,7 @@ impl PodRunner {
         runc_id: &str,
         number: u32,
     ) -> Result<(), Failure> {
-        let objects = self.fetch_objects(false).await.map_err(Failure::Config)?;
+        let objects = self.fetch_objects().await.map_err(Failure::Config)?;
         let ctx = pod_context(&self.spec, &self.shared.config.host_ips);
         let env = super::env::resolve(&ctx, spec, &objects)
             .map_err(|e| Failure::Config(e.to_string()))?;
@@ -1526,57 +1524,6 @@ fn pod_context<'a>(pod: &'a Value, ips: &'a [IpAddr]) -> super::env::PodContext<
     }
 }
 
-/// Names of ConfigMaps (`kind` "configmap") or Secrets a pod's env (and, with `volumes`, its
-/// volumes) reference.
-fn referenced(pod: &Value, kind: &str, volumes: bool) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    let spec = &pod["spec"];
-    let (vol_field, vol_name, key_ref, from_ref) = match kind {
-        "configmap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
-        _ => ("secret", "secretName", "secretKeyRef", "secretRef"),
-    };
-    let list = |v: &Value, f: &str| {
-        v.get(f)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    if volumes {
-        for vol in list(spec, "volumes") {
-            if let Some(n) = vol.get(vol_field).and_then(|v| v[vol_name].as_str()) {
-                names.push(n.to_owned());
-            }
-            for src in list(&vol["projected"], "sources") {
-                if let Some(n) = src.get(vol_field).and_then(|v| v["name"].as_str()) {
-                    names.push(n.to_owned());
-                }
-            }
-        }
-    }
-    for c in list(spec, "initContainers")
-        .into_iter()
-        .chain(list(spec, "containers"))
-    {
-        for e in list(&c, "env") {
-            if let Some(n) = e
-                .pointer("/valueFrom")
-                .and_then(|v| v.get(key_ref))
-                .and_then(|r| r["name"].as_str())
-            {
-                names.push(n.to_owned());
-            }
-        }
-        for e in list(&c, "envFrom") {
-            if let Some(n) = e.get(from_ref).and_then(|r| r["name"].as_str()) {
-                names.push(n.to_owned());
-            }
-        }
-    }
-    names.sort();
-    names.dedup();
-    names
-}
-
 /// Mounts an overlay of `layers` (lowest first) with `upper` on top at `target`.
 fn mount_overlay(
     layers: &[PathBuf],
@@ -1763,15 +1710,5 @@ mod tests {
         assert_eq!(default_pull_policy("registry:5000/nginx"), "Always");
         assert_eq!(default_pull_policy("registry:5000/nginx:1"), "IfNotPresent");
         assert_eq!(default_pull_policy("nginx@sha256:abcd"), "IfNotPresent");
-    }
-
-    #[test]
-    fn env_references_exclude_volumes_unless_asked() {
-        let pod = serde_json::json!({"spec": {
-            "volumes": [{"name": "v", "configMap": {"name": "vol-cm"}}],
-            "containers": [{"name": "c", "envFrom": [{"configMapRef": {"name": "env-cm"}}]}]}});
-        assert_eq!(referenced(&pod, "configmap", false), ["env-cm"]);
-        assert_eq!(referenced(&pod, "configmap", true), ["env-cm", "vol-cm"]);
-        assert!(referenced(&pod, "secret", true).is_empty());
     }
 }

@@ -355,47 +355,18 @@ pub async fn object_for_node(
 /// through a volume, a projected source, an env or envFrom reference, or (Secrets) an image
 /// pull secret.
 pub fn references(pod: &Value, kind: &str, name: &str) -> bool {
-    let spec = &pod["spec"];
-    let named = |v: &Value, field: &str| v.get(field).and_then(Value::as_str) == Some(name);
-    let (volume_field, volume_name, env_ref, from_ref) = match kind {
-        "configmap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
-        _ => ("secret", "secretName", "secretKeyRef", "secretRef"),
-    };
-    let list = |v: &Value, field: &str| -> Vec<Value> {
-        v.get(field)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    for vol in list(spec, "volumes") {
-        if vol.get(volume_field).is_some_and(|v| named(v, volume_name)) {
-            return true;
-        }
-        for source in list(&vol["projected"], "sources") {
-            if source.get(volume_field).is_some_and(|v| named(v, "name")) {
-                return true;
-            }
+    let refs = crate::node::env::references(pod);
+    match kind {
+        "configmap" => refs.config_maps.contains(name),
+        _ => {
+            refs.secrets.contains(name)
+                || pod["spec"]["imagePullSecrets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["name"].as_str() == Some(name))
         }
     }
-    if kind == "secret"
-        && list(spec, "imagePullSecrets")
-            .iter()
-            .any(|s| named(s, "name"))
-    {
-        return true;
-    }
-    ["containers", "initContainers", "ephemeralContainers"]
-        .iter()
-        .flat_map(|f| list(spec, f))
-        .any(|c| {
-            list(&c, "env").iter().any(|e| {
-                e.pointer("/valueFrom")
-                    .and_then(|v| v.get(env_ref))
-                    .is_some_and(|r| named(r, "name"))
-            }) || list(&c, "envFrom")
-                .iter()
-                .any(|e| e.get(from_ref).is_some_and(|r| named(r, "name")))
-        })
 }
 
 /// A report for a pod that is gone, or for an earlier pod of the same name, is dropped; one
