@@ -17,11 +17,9 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::resources::ObjectRef;
 use super::status::ApiError;
@@ -181,18 +179,9 @@ pub async fn serve(
                 )));
             }
             tokio::spawn(async move {
-                match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => {
-                        let config = crate::tunnel::streams::ws_config();
-                        let ws = WebSocketStream::from_raw_socket(
-                            TokioIo::new(upgraded),
-                            Role::Server,
-                            Some(config),
-                        )
-                        .await;
-                        relay(ws, pipe).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
+                let config = crate::tunnel::streams::ws_config();
+                if let Some(ws) = upgrade::server_websocket(req, config, "exec").await {
+                    relay(ws, pipe).await;
                 }
             });
             Ok(upgrade::switching_protocols(&accept, Some(protocol)))

@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument;
 
 use super::resources::ObjectRef;
@@ -120,17 +120,8 @@ pub async fn serve(
         }
         let span = tracing::info_span!("port-forward", pod = %label, wire = "websocket");
         let session = async move {
-            match hyper::upgrade::on(req).await {
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(ws_config()),
-                    )
-                    .await;
-                    finish(run(WsWire(ws), dialer, label).await);
-                }
-                Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
+            if let Some(ws) = upgrade::server_websocket(req, ws_config(), "port-forward").await {
+                finish(run(WsWire(ws), dialer, label).await);
             }
         };
         tokio::spawn(session.instrument(span));
@@ -185,17 +176,8 @@ fn channels(
     let ports = channels::ports(req.uri().query()).map_err(ApiError::BadRequest)?;
     let span = tracing::info_span!("port-forward", pod = %label, wire = "channels");
     let session = async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config()),
-                )
-                .await;
-                channels::run(ws, dialer, ports, label).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
+        if let Some(ws) = upgrade::server_websocket(req, ws_config(), "port-forward").await {
+            channels::run(ws, dialer, ports, label).await;
         }
     };
     tokio::spawn(session.instrument(span));

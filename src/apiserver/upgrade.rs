@@ -34,6 +34,29 @@ pub fn accept_key(h: &HeaderMap) -> Result<String, ApiError> {
     Ok(crate::tunnel::accept_key(key.as_bytes()))
 }
 
+/// The server's end of the websocket a request upgraded to, once hyper hands the connection
+/// over; `None` (logged as `what`) if the upgrade did not complete.
+pub async fn server_websocket(
+    req: hyper::Request<hyper::body::Incoming>,
+    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    what: &str,
+) -> Option<tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>> {
+    match hyper::upgrade::on(req).await {
+        Ok(upgraded) => Some(
+            tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                Some(config),
+            )
+            .await,
+        ),
+        Err(e) => {
+            tracing::debug!(error = %e, "{what} upgrade failed");
+            None
+        }
+    }
+}
+
 /// Whether a request asks for a websocket at all (kubectl falls back to SPDY otherwise).
 pub fn is_websocket(h: &HeaderMap) -> bool {
     h.get_all(header::UPGRADE)

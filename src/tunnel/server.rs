@@ -12,13 +12,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::pods::Push;
 use super::{
@@ -69,17 +68,10 @@ pub fn accept(
     };
     let generation = id.generation().map(str::to_owned);
     tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config()),
-                )
-                .await;
-                serve(api, node, generation, ws, (permit, share)).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
+        if let Some(ws) =
+            crate::apiserver::upgrade::server_websocket(req, ws_config(), "tunnel").await
+        {
+            serve(api, node, generation, ws, (permit, share)).await;
         }
     });
     Ok(crate::apiserver::upgrade::switching_protocols(
@@ -111,17 +103,11 @@ pub fn accept_dial(
             ))
         })?;
     tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(super::streams::ws_config()),
-                )
-                .await;
-                arrival.deliver(ws).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "stream dial-back upgrade failed"),
+        let config = super::streams::ws_config();
+        if let Some(ws) =
+            crate::apiserver::upgrade::server_websocket(req, config, "stream dial-back").await
+        {
+            arrival.deliver(ws).await;
         }
     });
     Ok(crate::apiserver::upgrade::switching_protocols(

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 pub(super) const LABEL: &str = "pod default/web, uid u1";
 
