@@ -124,8 +124,13 @@ fn apply_pod(s: &Server, name: &str, script: &str, policy: &str, node: Option<&s
     if let Some(n) = node {
         spec["spec"]["nodeName"] = n.into();
     }
+    apply(s, &spec.to_string());
+}
+
+/// `kubectl apply -f` of `manifests` (JSON or YAML).
+fn apply(s: &Server, manifests: &str) {
     let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), spec.to_string()).expect("write pod");
+    std::fs::write(file.path(), manifests).expect("write manifests");
     s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
 }
 
@@ -367,9 +372,7 @@ fn containers_end_restart_and_fail_as_kubelet_reports() {
     // An image the registry does not have.
     let spec = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ghost"},
         "spec": {"containers": [{"name": "c", "image": "busybox:does-not-exist"}]}});
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), spec.to_string()).expect("write pod");
-    s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+    apply(&s, &spec.to_string());
     wait_until("ghost to say why it waits", Duration::from_secs(30), || {
         let w = &pod(&s, "ghost")["status"]["containerStatuses"][0]["state"]["waiting"];
         matches!(
@@ -636,9 +639,7 @@ spec:
       failureThreshold: 2
 "#
     );
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), manifests).expect("write manifests");
-    s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+    apply(&s, &manifests);
     let (code, out, err) = kubectl(
         &s,
         &["rollout", "status", "deployment/web", "--timeout=90s"],
@@ -713,9 +714,7 @@ fn a_memory_hog_is_oom_killed_and_reported() {
         "spec": {"restartPolicy": "Never", "containers": [{"name": "hog", "image": IMAGE,
             "command": ["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"],
             "resources": {"limits": {"memory": "32Mi"}}}]}});
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), spec.to_string()).expect("write pod");
-    s.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+    apply(&s, &spec.to_string());
     wait_until("the hog to end", Duration::from_secs(60), || {
         matches!(phase(&s, "hog").as_str(), "Failed" | "Succeeded")
     });
