@@ -26,7 +26,7 @@ pub enum Command {
     /// Run a server: API, datastore client and controllers (and this board as a node)
     Server(Box<ServerArgs>),
     /// Run an agent: join a cluster through a server's address and register this board as a node
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Benchmark helper: run many simulated agents' real join and tunnel code in one process
     #[command(hide = true)]
     Loadgen(LoadgenArgs),
@@ -331,6 +331,14 @@ pub struct RuntimeArgs {
     /// Resources set aside for the operating system, e.g. memory=128Mi (kubelet's flag)
     #[arg(long, default_value = "")]
     pub system_reserved: String,
+
+    /// Disk usage (percent) past which unused images are removed (kubelet's flag)
+    #[arg(long, default_value_t = 85)]
+    pub image_gc_high_threshold: u8,
+
+    /// Disk usage (percent) image garbage collection brings the disk down to (kubelet's flag)
+    #[arg(long, default_value_t = 80)]
+    pub image_gc_low_threshold: u8,
 
     /// Hard eviction thresholds, e.g. memory.available<100Mi,nodefs.available<10% (kubelet's flag and default)
     #[arg(long, default_value = crate::node::resources::DEFAULT_EVICTION_HARD)]

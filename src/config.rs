@@ -1098,7 +1098,7 @@ mod tests {
         let crate::cli::Command::Agent(a) = parse_command_line(argv).unwrap().command else {
             panic!("not agent")
         };
-        let cfg = AgentConfig::from_args(a, &host()).unwrap();
+        let cfg = AgentConfig::from_args(*a, &host()).unwrap();
         assert!(cfg.unsafe_skip_ca_verification);
     }
 

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Agent(args) => {
-            let cfg = match AgentConfig::from_args(args, &Host::current()) {
+            let cfg = match AgentConfig::from_args(*args, &Host::current()) {
                 Ok(cfg) => cfg,
                 Err(e) => return usage_error_for("agent", &e),
             };

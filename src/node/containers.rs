@@ -53,11 +53,8 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 const VOLUME_REFRESH: Duration = Duration::from_secs(30);
 /// The cluster's DNS domain, for pods' `/etc/hosts` (cluster DNS comes with the pod network).
 const CLUSTER_DOMAIN: &str = "cluster.local";
-/// How often unused images are looked at for garbage collection, and kubelet's thresholds
-/// (`--image-gc-high-threshold`, `--image-gc-low-threshold`).
+/// How often unused images are looked at for garbage collection.
 const IMAGE_GC_INTERVAL: Duration = Duration::from_secs(300);
-const IMAGE_GC_HIGH: u8 = 85;
-const IMAGE_GC_LOW: u8 = 80;
 /// Where pods' cgroups go (cgroupfs style): `/keelson/pod<uid>/<container>`.
 const CGROUP_PARENT: &str = "/keelson";
 /// Kubernetes' default `terminationGracePeriodSeconds`.
@@ -75,6 +72,9 @@ pub struct Config {
     pub host_ips: Vec<IpAddr>,
     /// Most processes one container may run (`--pod-max-pids`, kubelet's flag; none if 0).
     pub pids_limit: i64,
+    /// Disk usage (percent) at which unused images go, and down to which
+    /// (`--image-gc-high-threshold`, `--image-gc-low-threshold`).
+    pub image_gc: (u8, u8),
 }
 
 /// The node's pods and their tasks.
@@ -212,10 +212,9 @@ impl Containers {
                     .filter(|s| !s.is_empty())
                     .collect();
                 let images = shared.images.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    images.gc(&in_use, IMAGE_GC_HIGH, IMAGE_GC_LOW)
-                })
-                .await;
+                let (high, low) = shared.config.image_gc;
+                let result =
+                    tokio::task::spawn_blocking(move || images.gc(&in_use, high, low)).await;
                 match result {
                     Ok(Ok(report)) if !report.removed.is_empty() => {
                         tracing::info!(removed = ?report.removed, freed = report.freed_bytes, "image garbage collection")

@@ -70,6 +70,8 @@ pub struct RuntimeOptions {
     pub registries: PathBuf,
     pub rotation: logs::Rotation,
     pub reservations: resources::Reservations,
+    /// `--image-gc-high-threshold`, `--image-gc-low-threshold` (percent of the disk).
+    pub image_gc: (u8, u8),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,12 @@ impl RuntimeOptions {
                 Err(e) => problems.push(e),
             }
         }
+        let (high, low) = (args.image_gc_high_threshold, args.image_gc_low_threshold);
+        if high > 100 || low > high {
+            problems.push(format!(
+                "--image-gc-high-threshold {high} / --image-gc-low-threshold {low}: expected percentages with low <= high <= 100"
+            ));
+        }
         let eviction = resources::parse_eviction(&args.eviction_hard).unwrap_or_else(|e| {
             problems.push(e);
             resources::Eviction::default()
@@ -133,6 +141,7 @@ impl RuntimeOptions {
                 max_files: args.container_log_max_files.max(1) as u32,
             },
             reservations: resources::Reservations { reserved, eviction },
+            image_gc: (high.min(100), low.min(high.min(100))),
         }
     }
 
@@ -143,6 +152,7 @@ impl RuntimeOptions {
             registries: PathBuf::new(),
             rotation: logs::Rotation::default(),
             reservations: resources::Reservations::default(),
+            image_gc: (85, 80),
         }
     }
 
@@ -181,6 +191,7 @@ impl RuntimeOptions {
             rotation: self.rotation,
             host_ips,
             pids_limit: 0,
+            image_gc: self.image_gc,
         };
         let pods = containers::Containers::new(config, store, client, notes_tx)?;
         pods.collect_images();
