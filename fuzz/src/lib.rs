@@ -168,6 +168,9 @@ pub fn check_unpack(data: &[u8]) {
         if unpack::detect(data) == unpack::Compression::None {
             assert_eq!(u.diff_id, digest::Digest::of(data));
         }
+    }
+}
+
 /// Feeds `data` to a SPDY decoder in pieces (the first byte sets their size, as websocket
 /// messages and socket reads cut a stream anywhere). Panics (a finding) if the decoder panics,
 /// or if a frame it accepted does not encode and decode back to itself.
