@@ -366,8 +366,8 @@ fn containers_end_restart_and_fail_as_kubelet_reports() {
     let c = &crashy["status"]["containerStatuses"][0];
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
     assert_eq!(c["state"]["waiting"]["reason"], "CrashLoopBackOff", "{c}");
-    let (_, out, _) = kubectl(&s, &["logs", "crashy", "--previous"], None);
-    assert!(out.contains("crashing"), "logs --previous: {out:?}");
+    let (_, out, err) = kubectl(&s, &["logs", "crashy", "--previous"], None);
+    assert!(out.contains("crashing"), "logs --previous: {out:?} {err}");
 
     // An image the registry does not have.
     let spec = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ghost"},

@@ -160,12 +160,14 @@ async fn serve_logs(
         let _ = writer.shutdown().await;
     };
     let Pipe { tx, rx: _rx } = pipe;
+    let sent = forward(reader, tx, None);
+    tokio::pin!(copy, sent);
     tokio::select! {
-        _ = copy => {}
-        _ = forward(reader, tx.clone(), None) => {}
+        // All written: the rest of it is still in the duplex buffer; send it to the end.
+        _ = &mut copy => sent.await,
+        // The client is gone: the copy (a follower) stops with it.
+        _ = &mut sent => {}
     }
-    // Whatever the copy wrote last is still in the duplex buffer only if forward ended
-    // first, which means the client is gone.
 }
 
 /// Sends what `from` yields as binary messages, each prefixed with `channel` if given, until

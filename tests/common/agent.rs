@@ -166,6 +166,7 @@ impl Drop for Agent {
             eprintln!("{}", self.log_tail());
         }
         self.kill();
+        super::remove_containers(&self.data_dir());
     }
 }
 

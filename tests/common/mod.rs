@@ -536,6 +536,58 @@ impl Drop for Server {
             eprintln!("{}", self.log_tail());
         }
         self.wait_exit();
+        remove_containers(&self.data_dir());
+    }
+}
+
+/// Stops every container a test node left (containers outlive keelson by design) and
+/// unmounts what the node mounted under `data_dir` (overlays, pod namespaces, tmpfs), so a
+/// test run leaves no processes or mounts behind and its temporary directory can go.
+pub fn remove_containers(data_dir: &Path) {
+    let root = data_dir.join("agent/runc");
+    if root.is_dir() {
+        let list = Command::new("runc")
+            .arg(format!("--root={}", root.display()))
+            .args(["list", "-q"])
+            .output();
+        if let Ok(out) = list {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("runc")
+                    .arg(format!("--root={}", root.display()))
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+    }
+    // Their logs, which a node removes only when a pod is deleted.
+    let uids: Vec<String> = fs::read_dir(data_dir.join("agent/pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for e in fs::read_dir("/var/log/pods")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if uids.iter().any(|u| name.ends_with(&format!("_{u}"))) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+    let prefix = format!("{}/", data_dir.display());
+    let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    // Deepest first; lazily, so a busy one still goes once its last user does.
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").args(["-l", &m]).output();
     }
 }
 
