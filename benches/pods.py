@@ -244,7 +244,7 @@ def main():
         # Idle with pods running (N >= 10 of them), memory.
         time.sleep(10)
         pods_rss = rss_kib(agent.pid)
-        monitors = [int(p) for p in subprocess.run(["pgrep", "-f", "keelson monitor"], capture_output=True, text=True).stdout.split()]
+        monitors = [int(p) for p in subprocess.run(["pgrep", "-f", " monitor container "], capture_output=True, text=True).stdout.split()]
         mon = [smaps(p) for p in monitors]
 
         # kubectl round trips.
@@ -255,7 +255,7 @@ def main():
                 subprocess.run(kubectl + args, check=True, capture_output=True)
                 xs.append((time.monotonic() - t0) * 1000)
             return xs
-        exec_rt = timed(["exec", "p0", "--", "true"])
+        exec_rt = timed(["exec", "p0", "--", "sh", "-c", "true"])
         get_rt = timed(["get", "pod", "p0"])
 
         # logs -f: the container prints the node's uptime every 0.2 s.
@@ -280,7 +280,7 @@ def main():
             print(f"monitors: {len(mon)}, per monitor RSS {statistics.mean(m['Rss'] for m in mon):.0f} KiB, "
                   f"PSS {statistics.mean(m['Pss'] for m in mon):.0f} KiB, private "
                   f"{statistics.mean(m.get('Private_Clean', 0) + m.get('Private_Dirty', 0) for m in mon):.0f} KiB")
-        print(f"kubectl exec -- true: p50 {pct(exec_rt, 50):.0f} ms (kubectl get pod: p50 {pct(get_rt, 50):.0f} ms)")
+        print(f"kubectl exec -- sh -c true: p50 {pct(exec_rt, 50):.0f} ms (kubectl get pod: p50 {pct(get_rt, 50):.0f} ms)")
         if follow:
             print(f"kubectl logs -f line latency: p50 {pct(follow, 50):.0f} ms, p90 {pct(follow, 90):.0f} ms "
                   f"(/proc/uptime resolution 10 ms)")
@@ -296,6 +296,8 @@ def main():
         if keep:
             shutil.copytree(tmp, keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("agent", "server"))
         subprocess.run(["sh", "-c", f"for c in $(runc --root {tmp}/agent/agent/runc list -q 2>/dev/null); do runc --root {tmp}/agent/agent/runc delete -f $c; done"], check=False)
+        for uid in os.listdir(os.path.join(tmp, "agent/agent/pods")) if os.path.isdir(os.path.join(tmp, "agent/agent/pods")) else []:
+            subprocess.run(["sh", "-c", f"rm -rf /var/log/pods/*_{uid}"], check=False)
         subprocess.run(["sh", "-c", f"grep ' {tmp}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l"], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
