@@ -280,6 +280,9 @@ def main():
             print(f"monitors: {len(mon)}, per monitor RSS {statistics.mean(m['Rss'] for m in mon):.0f} KiB, "
                   f"PSS {statistics.mean(m['Pss'] for m in mon):.0f} KiB, private "
                   f"{statistics.mean(m.get('Private_Clean', 0) + m.get('Private_Dirty', 0) for m in mon):.0f} KiB")
+            per_pod = (pods_rss - idle_rss) / N
+            print(f"per running container, monitor PSS + agent growth: "
+                  f"{(statistics.mean(m['Pss'] for m in mon) + per_pod) / 1024:.2f} MiB")
         print(f"kubectl exec -- sh -c true: p50 {pct(exec_rt, 50):.0f} ms (kubectl get pod: p50 {pct(get_rt, 50):.0f} ms)")
         if follow:
             print(f"kubectl logs -f line latency: p50 {pct(follow, 50):.0f} ms, p90 {pct(follow, 90):.0f} ms "
