@@ -303,6 +303,43 @@ fn a_pod_runs_and_serves_logs_and_exec() {
     let _ = forward.kill();
     let _ = forward.wait();
 
+    // kubectl cp both ways (tar over exec, stdin closed by the client when the archive ends).
+    let work = tempfile::tempdir().expect("tempdir");
+    let sent = work.path().join("sent.txt");
+    let body: String = (0..2000)
+        .map(|i| format!("line {i} of the copy\n"))
+        .collect();
+    std::fs::write(&sent, &body).expect("write the file to copy");
+    let (code, _, err) = kubectl(
+        &s,
+        &["cp", &sent.display().to_string(), "web:/tmp/copied.txt"],
+        None,
+    );
+    assert_eq!(code, 0, "kubectl cp into the pod: {err}");
+    let (code, out, err) = kubectl(
+        &s,
+        &["exec", "web", "--", "sh", "-c", "wc -c < /tmp/copied.txt"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        body.len().to_string(),
+        "the copy in the pod has another size"
+    );
+    let back = work.path().join("back.txt");
+    let (code, _, err) = kubectl(
+        &s,
+        &["cp", "web:/tmp/copied.txt", &back.display().to_string()],
+        None,
+    );
+    assert_eq!(code, 0, "kubectl cp out of the pod: {err}");
+    assert_eq!(
+        std::fs::read_to_string(&back).unwrap_or_default(),
+        body,
+        "the round trip changed the file"
+    );
+
     // Errors a user can act on.
     let (code, _, err) = kubectl(&s, &["logs", "web", "-c", "nope"], None);
     assert_ne!(code, 0);
@@ -414,33 +451,51 @@ fn an_agents_containers_outlive_its_process() {
     let (code, _, err) = kubectl(&s, &["exec", "steady", "--", "sh", "-c", "exit 5"], None);
     assert_eq!(code, 5, "{err}");
 
-    agent.kill();
-    std::thread::sleep(Duration::from_secs(5));
-    assert!(
-        Path::new(&format!("/proc/{before}")).exists(),
-        "the container (pid {before}) died with the agent"
-    );
-    agent.spawn();
-    wait_until(
-        "the finisher's exit code to be reported",
-        Duration::from_secs(30),
-        || phase(&s, "finisher") == "Failed",
-    );
-    let f = pod(&s, "finisher");
-    assert_eq!(
-        f["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 7,
-        "{}",
-        f["status"]
-    );
-    let after = container_pid(&agent.data_dir(), &s, "steady");
-    assert_eq!(
-        before, after,
-        "the container was started again instead of adopted"
-    );
+    // A stop as systemd does it (SIGTERM), then a power cut of the process (SIGKILL); each
+    // time a container ends while the agent is away and is reported when it is back.
+    for (stop, finisher, code) in [("SIGTERM", "finisher", 7), ("SIGKILL", "finisher-2", 9)] {
+        if stop == "SIGTERM" {
+            agent.terminate(Duration::from_secs(20));
+        } else {
+            apply_pod(&s, finisher, "sleep 3; exit 9", "Never", Some("pi-1"));
+            wait_running(&s, finisher);
+            agent.kill();
+        }
+        std::thread::sleep(Duration::from_secs(5));
+        assert!(
+            Path::new(&format!("/proc/{before}")).exists(),
+            "the container (pid {before}) died with the agent ({stop})"
+        );
+        agent.spawn();
+        wait_until(
+            &format!("{finisher}'s exit code to be reported after {stop}"),
+            Duration::from_secs(30),
+            || phase(&s, finisher) == "Failed",
+        );
+        let f = pod(&s, finisher);
+        assert_eq!(
+            f["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], code,
+            "{}",
+            f["status"]
+        );
+        let after = container_pid(&agent.data_dir(), &s, "steady");
+        assert_eq!(
+            before, after,
+            "the container was started again instead of adopted ({stop})"
+        );
+        let steady = pod(&s, "steady");
+        assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
+        assert_eq!(steady["status"]["phase"], "Running");
+    }
     let steady = pod(&s, "steady");
-    assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
-    assert_eq!(steady["status"]["phase"], "Running");
-    s.kubectl_ok(&["delete", "pod", "steady", "finisher", "--wait=false"]);
+    s.kubectl_ok(&[
+        "delete",
+        "pod",
+        "steady",
+        "finisher",
+        "finisher-2",
+        "--wait=false",
+    ]);
     let uid = steady["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()

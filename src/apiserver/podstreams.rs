@@ -19,7 +19,10 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode, header};
 use serde_json::Value;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::resources::ObjectRef;
 use super::status::ApiError;
@@ -373,7 +376,17 @@ where
                     // tungstenite queues the pong; flush it out. Text is not part of the protocol.
                     if ws.flush().await.is_err() { return; }
                 }
-                Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return,
+                Some(Ok(WsMessage::Close(_))) | None => return,
+                Some(Err(e)) => {
+                    // Tell the client why (a bare TCP close reads as "1006 abnormal closure").
+                    tracing::debug!(error = %e, "a stream's client broke the protocol");
+                    let code = match e {
+                        WsError::Capacity(_) => CloseCode::Size,
+                        _ => CloseCode::Protocol,
+                    };
+                    let _ = ws.close(Some(CloseFrame { code, reason: e.to_string().into() })).await;
+                    return;
+                }
             },
             m = pipe.rx.recv() => match m {
                 Some(Message::Binary(b)) => {
@@ -385,8 +398,8 @@ where
         }
     }
     let _ = ws
-        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
             reason: "".into(),
         }))
         .await;

@@ -18,9 +18,7 @@ use super::containers::Shared;
 use super::logs::{self, LogSource};
 use super::pods::{ContainerState, PodKey};
 use super::runc::ExecProcess;
-use super::streams::{
-    LogOptions, MAX_MESSAGE, Message, Pipe, StreamIo, StreamRequest, StreamServer,
-};
+use super::streams::{CHUNK, LogOptions, Message, Pipe, StreamIo, StreamRequest, StreamServer};
 
 /// Channels of `v4/v5.channel.k8s.io`.
 const STDIN: u8 = 0;
@@ -152,7 +150,7 @@ async fn serve_logs(
     if !pipe.open(200, "").await {
         return;
     }
-    let (mut writer, reader) = tokio::io::duplex(MAX_MESSAGE);
+    let (mut writer, reader) = tokio::io::duplex(CHUNK);
     let copy = async move {
         if let Err(e) = logs::copy_logs(&source, &opts, &mut writer).await {
             tracing::debug!(error = %e, "log stream ended");
@@ -173,7 +171,7 @@ async fn serve_logs(
 /// Sends what `from` yields as binary messages, each prefixed with `channel` if given, until
 /// it ends or the other side is gone.
 async fn forward(mut from: impl AsyncRead + Unpin, tx: mpsc::Sender<Message>, channel: Option<u8>) {
-    let mut buf = vec![0u8; MAX_MESSAGE - 1];
+    let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,

@@ -15,7 +15,8 @@
 //! 0 stdin, 1 stdout, 2 stderr, 3 error/exit status, 4 terminal resize, 255 close), relayed by
 //! the API server unchanged in both directions.
 //!
-//! Invariant: every message on a pipe is at most [`MAX_MESSAGE`] bytes.
+//! Invariant: every message on a pipe is at most [`MAX_MESSAGE`] bytes; what keelson itself
+//! sends is cut at [`CHUNK`] (+1 for the channel byte).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,8 +26,11 @@ use tokio::sync::mpsc;
 
 use super::pods::PodKey;
 
-/// Largest message either end of a stream sends.
-pub const MAX_MESSAGE: usize = 32 * 1024;
+/// Largest message a stream accepts. kubectl sends stdin in reads of 32 KiB plus its channel
+/// byte (`kubectl cp` fills every one), so this must exceed 32 KiB + 1.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest piece of output keelson puts in one message.
+pub const CHUNK: usize = 32 * 1024;
 /// Messages queued in each direction of an in-process pipe.
 const PIPE_QUEUE: usize = 16;
 

@@ -151,6 +151,16 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// SIGTERM, as `systemctl stop` does, then waits for the exit (which must come within
+    /// `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let pid = self.pid().expect("the agent runs");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the agent");
+        self.wait_exit(limit)
+            .unwrap_or_else(|| panic!("the agent ignored SIGTERM\n{}", self.log_tail()))
+    }
+
     /// SIGKILL, as a power cut.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -474,12 +474,15 @@ pub fn busybox_layer(platform: &str, real: bool) -> Vec<u8> {
     h.set_size(busybox.len() as u64);
     b.append_data(&mut h, "bin/busybox", &busybox[..])
         .expect("tar busybox");
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    h.set_mode(0o777);
-    b.append_link(&mut h, "bin/sh", "busybox")
-        .expect("tar link");
+    // The applets clients run directly rather than through `sh -c` (`kubectl cp` runs `tar`).
+    for applet in ["sh", "tar", "test"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .expect("tar link");
+    }
     let marker = format!("{platform}\n");
     let mut h = tar::Header::new_gnu();
     h.set_mode(0o644);
