@@ -29,6 +29,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+use super::exitwatch::{ExitWatch, Watch};
 use super::images::{Image, ImageStore, PullError};
 use super::logs::Rotation;
 use super::monitor::{self, ExitRecord, MonitorSpec, Observed};
@@ -43,6 +44,9 @@ use super::status::now_rfc3339;
 
 /// How often a pod's task looks at its monitors' files.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a pod whose containers all run looks at them anyway (kubelet's relist period):
+/// exits wake it at once through [`ExitWatch`], so this only bounds a missed wake-up.
+const RELIST_INTERVAL: Duration = Duration::from_secs(1);
 /// kubelet's container restart back-off: 10 s, doubling, at most 5 minutes.
 const BACKOFF_MIN: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -110,6 +114,8 @@ pub struct Shared {
     notify: Arc<Notify>,
     /// Where each pod's containers run now, for logs and exec.
     running: Mutex<HashMap<PodKey, PodRuns>>,
+    /// Wakes a pod's task when a monitor writes its files.
+    exits: ExitWatch,
 }
 
 /// A pod's containers as the stream server finds them.
@@ -185,6 +191,7 @@ impl Containers {
                 changed: Mutex::new(Vec::new()),
                 notify: Arc::new(Notify::new()),
                 running: Mutex::new(HashMap::new()),
+                exits: ExitWatch::start(),
             }),
             tasks: HashMap::new(),
             found,
@@ -409,6 +416,27 @@ struct ActiveRun {
     runc_id: String,
     dir: PathBuf,
     started: Instant,
+    /// Wakes the pod's task when the monitor writes its state (held for the run's life).
+    _watch: Option<Watch>,
+}
+
+impl ActiveRun {
+    fn new(
+        number: u32,
+        runc_id: String,
+        dir: PathBuf,
+        exits: &ExitWatch,
+        wake: &Arc<Notify>,
+    ) -> Self {
+        let _watch = exits.watch(&dir.join("state"), wake.clone());
+        ActiveRun {
+            number,
+            runc_id,
+            dir,
+            started: Instant::now(),
+            _watch,
+        }
+    }
 }
 
 struct PodRunner {
@@ -427,6 +455,8 @@ struct PodRunner {
     sandbox: Option<(super::sandbox::Sandbox, super::volumes::Volumes)>,
     /// When ConfigMap and Secret volumes were last brought up to date.
     volumes_refreshed: Instant,
+    /// Notified by the [`ExitWatch`] when one of this pod's monitors writes its files.
+    wake: Arc<Notify>,
 }
 
 impl PodRunner {
@@ -488,15 +518,16 @@ impl PodRunner {
             setup_error: None,
             sandbox: None,
             volumes_refreshed: Instant::now(),
+            wake: Arc::new(Notify::new()),
         }
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         self.adopt();
         self.publish();
-        let mut tick = tokio::time::interval(WATCH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wake = self.wake.clone();
         loop {
+            let next = self.next_look();
             tokio::select! {
                 c = commands.recv() => match c {
                     Some(Command::Update(pod)) => {
@@ -508,12 +539,35 @@ impl PodRunner {
                     }
                 },
                 // A finished pod starts nothing again; it waits (logs kept) for its deletion.
-                _ = tick.tick(), if !self.pod.finished => {
+                _ = tokio::time::sleep_until(next), if !self.pod.finished => {
+                    self.step().await;
+                    self.publish();
+                }
+                _ = wake.notified(), if !self.pod.finished => {
                     self.step().await;
                     self.publish();
                 }
             }
         }
+    }
+
+    /// When the task should look at its containers next: soon while something is to be
+    /// started or set up, at the next probe that falls due, else after the relist period (an
+    /// exit wakes it earlier). Without inotify it keeps the short interval throughout.
+    fn next_look(&self) -> Instant {
+        let now = Instant::now();
+        let waiting =
+            self.sandbox.is_none() || self.containers.iter().any(|c| c.run.is_none() && !c.done);
+        if waiting || !self.shared.exits.active() {
+            return now + WATCH_INTERVAL;
+        }
+        self.containers
+            .iter()
+            .flat_map(|c| [&c.startup, &c.liveness, &c.readiness])
+            .flatten()
+            .map(Probe::next_due)
+            .fold(now + RELIST_INTERVAL, Instant::min)
+            .max(now)
     }
 
     /// Reads what an earlier process of this node left for this pod: the runs it started.
@@ -522,6 +576,7 @@ impl PodRunner {
             return;
         }
         let uid = self.pod.uid.clone();
+        let (exits, wake) = (self.shared.exits.clone(), self.wake.clone());
         for c in &mut self.containers {
             let base = self.dir.join("containers").join(&c.status.name);
             let Some(last) = std::fs::read_dir(&base)
@@ -538,12 +593,7 @@ impl PodRunner {
             c.status.restart_count = last;
             reset_probes(c);
             tracing::info!(pod = %self.key.name, container = %c.status.name, run = last, "adopting a container run of an earlier process");
-            c.run = Some(ActiveRun {
-                number: last,
-                runc_id,
-                dir,
-                started: Instant::now(),
-            });
+            c.run = Some(ActiveRun::new(last, runc_id, dir, &exits, &wake));
         }
     }
 
@@ -915,13 +965,10 @@ impl PodRunner {
         let spec = self.containers[i].spec.clone();
         match self.create_run(&spec, &image, &dir, &runc_id, number).await {
             Ok(()) => {
+                let run =
+                    ActiveRun::new(number, runc_id.clone(), dir, &self.shared.exits, &self.wake);
                 let c = &mut self.containers[i];
-                c.run = Some(ActiveRun {
-                    number,
-                    runc_id: runc_id.clone(),
-                    dir: dir.clone(),
-                    started: Instant::now(),
-                });
+                c.run = Some(run);
                 c.backoff_until = None;
                 reset_probes(c);
                 c.status.container_id = format!("keelson://{runc_id}");
@@ -949,12 +996,14 @@ impl PodRunner {
                     oom_killed: false,
                     start_error: Some(why),
                 };
+                // Nothing to watch: the run ends here.
                 let c = &mut self.containers[i];
                 c.run = Some(ActiveRun {
                     number,
                     runc_id,
                     dir,
                     started: Instant::now(),
+                    _watch: None,
                 });
                 let policy = self.pod.restart_policy;
                 self.finish_run(i, exit, policy).await;

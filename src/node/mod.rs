@@ -14,6 +14,7 @@ pub mod bundle;
 pub mod containers;
 pub mod env;
 pub mod exec;
+pub mod exitwatch;
 pub mod hollow;
 pub mod hook;
 pub mod images;

@@ -171,6 +171,11 @@ impl Probe {
         }
     }
 
+    /// When the probe falls due next.
+    pub fn next_due(&self) -> Instant {
+        self.next
+    }
+
     pub fn due(&self, now: Instant) -> bool {
         now >= self.next
     }
