@@ -62,6 +62,14 @@ impl NodeLifecycle {
                     ),
                     Err(e) => tracing::warn!(error = %e, "cannot sweep node registrations"),
                 }
+                match crate::tunnel::streams::sweep_dials(ctx.registry.store()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        swept = n,
+                        "removed stream requests left by servers that stopped while waiting"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot sweep stale stream requests"),
+                }
             }
             let trusted = failed_at.is_none_or(|t| t.elapsed() > self.grace);
             pause = match self.reconcile(&ctx, leader_since, trusted).await {

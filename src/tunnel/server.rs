@@ -32,6 +32,10 @@ use crate::node::pods::PodAssignment;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most pod events one node may have recorded per second; more are dropped.
 const MAX_NOTES_PER_SECOND: u32 = 20;
+/// Most object reads (ConfigMaps, Secrets for its pods) one node may make per second; more
+/// are answered 429 and the node asks again on its next look. A pod start needs a few; a
+/// node starting 100 pods at once spreads over a few seconds instead of loading the database.
+const MAX_GETS_PER_SECOND: u32 = 50;
 /// Shortest time between two node reports that change something.
 const REPORT_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -219,8 +223,8 @@ where
     let mut control = api.sessions.streams.attach(node);
     let mut last_heard = Instant::now();
     let mut last_report = Instant::now();
-    let mut notes_window = Instant::now();
-    let mut notes_in_window: u32 = 0;
+    let mut notes = Budget::new(MAX_NOTES_PER_SECOND);
+    let mut gets = Budget::new(MAX_GETS_PER_SECOND);
     loop {
         let silence = tokio::time::sleep_until(last_heard + DEAD_AFTER);
         tokio::select! {
@@ -278,17 +282,16 @@ where
                         }
                         Ok(Up::Event(note)) => {
                             // Events are datastore writes: a node gets a budget per second.
-                            if notes_window.elapsed() >= Duration::from_secs(1) {
-                                notes_window = Instant::now();
-                                notes_in_window = 0;
-                            }
-                            notes_in_window += 1;
-                            if notes_in_window <= MAX_NOTES_PER_SECOND {
+                            if notes.take() {
                                 Box::pin(api.sessions.record_note(&api.registry, node, note)).await;
                             }
                         }
                         Ok(Up::Get { id, object }) => {
-                            let result = Box::pin(super::pods::object_for_node(&api.registry, &api.sessions.pods, node, &object)).await;
+                            let result = if gets.take() {
+                                Box::pin(super::pods::object_for_node(&api.registry, &api.sessions.pods, node, &object)).await
+                            } else {
+                                Err((429, format!("node {node} reads objects faster than {MAX_GETS_PER_SECOND}/s; ask again later")))
+                            };
                             if let Err(e) = send(ws, &Down::Object { id, result }).await { return End::Bad(e); }
                         }
                         Ok(Up::Hello { .. }) => return End::Bad("a second Hello frame".into()),
@@ -298,6 +301,34 @@ where
                 }
             }
         }
+    }
+}
+
+/// A per-second allowance of datastore work for one tunnel (a fixed one-second window: a
+/// node's steady rate is what matters, not smoothness at the window's edge).
+struct Budget {
+    per_second: u32,
+    window: Instant,
+    used: u32,
+}
+
+impl Budget {
+    fn new(per_second: u32) -> Budget {
+        Budget {
+            per_second,
+            window: Instant::now(),
+            used: 0,
+        }
+    }
+
+    /// Takes one unit; `false` when this second's allowance is spent.
+    fn take(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = Instant::now();
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= self.per_second
     }
 }
 
@@ -371,4 +402,18 @@ fn check(node: &str, report: &NodeReport) -> Result<(), String> {
         node::validate_taint(t).map_err(|e| format!("taint {}: {e}", t.key))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_refuses_past_its_allowance_until_the_next_second() {
+        let mut b = Budget::new(3);
+        assert!((0..3).all(|_| b.take()));
+        assert!(!b.take(), "a fourth unit within the second");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(b.take(), "a new second brings a new allowance");
+    }
 }

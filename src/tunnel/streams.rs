@@ -12,7 +12,8 @@
 //! Invariants: a dialled connection is accepted only from the node the request was for, and
 //! only once; a request waits at most [`DIAL_TIMEOUT`], after which its id is forgotten and a
 //! late dial is refused; a request written to the datastore is deleted by the server that
-//! wrote it once answered or timed out.
+//! wrote it once answered or timed out, or, if that server died meanwhile, by the controllers'
+//! periodic sweep ([`sweep_dials`]) once older than [`DIAL_ROW_MAX_AGE`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,32 @@ struct DialRecord {
     server: String,
     id: u64,
     request: StreamRequest,
+    /// Unix seconds when written, for the sweep (0 in rows of earlier versions: swept).
+    #[serde(default)]
+    written_at: i64,
+}
+
+/// A dial row older than this is left from a server that died while its client waited.
+pub const DIAL_ROW_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Deletes dial rows whose writer can no longer be waiting; returns how many went.
+pub async fn sweep_dials(store: &Store) -> crate::datastore::Result<usize> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (_, rows) = store.list(DIALS).await?;
+    let mut swept = 0;
+    for row in rows {
+        let stale = serde_json::from_slice::<DialRecord>(&row.value)
+            .map_or(true, |r| stale_at(r.written_at, now));
+        // Deleted only if unchanged since listed (a row is never rewritten, but be exact).
+        if stale && store.delete(&row.path, Some(row.revision)).await.is_ok() {
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
+fn stale_at(written_at: i64, now: i64) -> bool {
+    now.saturating_sub(written_at) > DIAL_ROW_MAX_AGE.as_secs() as i64
 }
 
 /// How long a request waits for its node to dial back.
@@ -265,6 +292,7 @@ impl Broker {
                     server,
                     id,
                     request,
+                    written_at: time::OffsetDateTime::now_utc().unix_timestamp(),
                 };
                 let value = serde_json::to_vec(&rec).unwrap_or_default();
                 if let Err(e) = store.create(&path, &value).await {
@@ -412,6 +440,38 @@ mod tests {
         NoContainers.serve(request, far).await;
         let e = opening.await.unwrap().err().unwrap();
         assert!(matches!(e, StreamError::Refused { code: 400, .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_only_rows_no_server_can_still_be_waiting_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let ep = crate::datastore::Endpoint::parse(&format!(
+            "sqlite://{}/state.db",
+            dir.path().display()
+        ))
+        .unwrap();
+        let store = Store::open(&ep, &crate::datastore::PoolConfig::default())
+            .await
+            .unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for (id, written_at) in [(1u64, now), (2, now - 3600), (3, 0)] {
+            let rec = DialRecord {
+                node: "pi-1".into(),
+                server: "127.0.0.1:6443".into(),
+                id,
+                request: logs(),
+                written_at,
+            };
+            let path = format!("{DIALS}{id:016x}");
+            store
+                .create(&path, &serde_json::to_vec(&rec).unwrap())
+                .await
+                .unwrap();
+        }
+        assert_eq!(sweep_dials(&store).await.unwrap(), 2);
+        let (_, left) = store.list(DIALS).await.unwrap();
+        let left: Vec<&str> = left.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(left, [format!("{DIALS}{:016x}", 1)]);
     }
 
     #[tokio::test]
