@@ -241,8 +241,15 @@ def main():
             bare.append((time.monotonic() - t0) * 1000)
             subprocess.run(["runc", "--root", rroot, "delete", "-f", f"bench-{i}"], check=False)
 
-        # Idle with pods running (N >= 10 of them), memory.
-        time.sleep(10)
+        # Idle with pods running (N >= 10 of them), memory, and the agent's system calls while
+        # nothing happens (what watching N containers costs a board at rest).
+        time.sleep(5)
+        def syscalls(pid):
+            io = dict(l.split(": ") for l in open(f"/proc/{pid}/io").read().splitlines())
+            return int(io["syscr"]) + int(io["syscw"])
+        sc0 = syscalls(agent.pid)
+        time.sleep(5)
+        idle_calls = (syscalls(agent.pid) - sc0) / 5
         pods_rss = rss_kib(agent.pid)
         monitors = [int(p) for p in subprocess.run(["pgrep", "-f", " monitor container "], capture_output=True, text=True).stdout.split()]
         mon = [smaps(p) for p in monitors]
@@ -283,6 +290,7 @@ def main():
             per_pod = (pods_rss - idle_rss) / N
             print(f"per running container, monitor PSS + agent growth: "
                   f"{(statistics.mean(m['Pss'] for m in mon) + per_pod) / 1024:.2f} MiB")
+        print(f"agent at rest with {N} running pods: {idle_calls:.0f} read/write system calls per second")
         print(f"kubectl exec -- sh -c true: p50 {pct(exec_rt, 50):.0f} ms (kubectl get pod: p50 {pct(get_rt, 50):.0f} ms)")
         if follow:
             print(f"kubectl logs -f line latency: p50 {pct(follow, 50):.0f} ms, p90 {pct(follow, 90):.0f} ms "

@@ -526,8 +526,9 @@ impl PodRunner {
         self.adopt();
         self.publish();
         let wake = self.wake.clone();
+        // The first look is at once: a new pod has everything still to do.
+        let mut next = Instant::now();
         loop {
-            let next = self.next_look();
             tokio::select! {
                 c = commands.recv() => match c {
                     Some(Command::Update(pod)) => {
@@ -542,10 +543,12 @@ impl PodRunner {
                 _ = tokio::time::sleep_until(next), if !self.pod.finished => {
                     self.step().await;
                     self.publish();
+                    next = self.next_look();
                 }
                 _ = wake.notified(), if !self.pod.finished => {
                     self.step().await;
                     self.publish();
+                    next = self.next_look();
                 }
             }
         }
