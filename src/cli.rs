@@ -343,6 +343,10 @@ pub struct RuntimeArgs {
     /// Hard eviction thresholds, e.g. memory.available<100Mi,nodefs.available<10% (kubelet's flag and default)
     #[arg(long, default_value = crate::node::resources::DEFAULT_EVICTION_HARD)]
     pub eviction_hard: String,
+
+    /// How long a pressure condition stays True after its threshold was last crossed (kubelet's flag and default)
+    #[arg(long, default_value = "5m")]
+    pub eviction_pressure_transition_period: String,
 }
 
 #[derive(Debug, Args, Clone)]

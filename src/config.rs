@@ -444,6 +444,7 @@ impl ServerConfig {
         let runtime = crate::node::RuntimeOptions::from_args(&args.node_runtime, &mut problems);
         let mut node = node;
         node.reservations = runtime.reservations;
+        node.pressure_transition = runtime.pressure_transition;
         node.data_dir = data_dir.clone();
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
@@ -664,6 +665,7 @@ fn node_options(
         ips,
         reservations: Default::default(),
         data_dir: Default::default(),
+        pressure_transition: crate::node::resources::DEFAULT_PRESSURE_TRANSITION,
     }
 }
 
@@ -791,6 +793,7 @@ impl AgentConfig {
         let runtime = crate::node::RuntimeOptions::from_args(&args.node_runtime, &mut problems);
         let mut node = node;
         node.reservations = runtime.reservations;
+        node.pressure_transition = runtime.pressure_transition;
         let data_dir = args.data_dir.unwrap_or_else(|| host.default_data_dir());
         node.data_dir = data_dir.clone();
         match (server, token) {

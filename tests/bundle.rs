@@ -571,3 +571,52 @@ fn a_privileged_container_gets_the_nodes_capabilities_and_devices() {
         "no read-only /proc/sys: {out}"
     );
 }
+
+#[test]
+fn runtime_default_seccomp_refuses_namespaces_and_mounts_unless_capabilities_allow() {
+    let Some(tools) = rootfs::container_prerequisites(
+        "runtime_default_seccomp_refuses_namespaces_and_mounts_unless_capabilities_allow",
+    ) else {
+        return;
+    };
+    let runtime_default = json!({"seccompProfile": {"type": "RuntimeDefault"}});
+    let pod = pod(
+        json!([
+            {"name": "unconfined"},
+            {"name": "confined", "securityContext": runtime_default},
+            {"name": "admin", "securityContext": {
+                "seccompProfile": {"type": "RuntimeDefault"},
+                "capabilities": {"add": ["SYS_ADMIN"]}}},
+            {"name": "privileged", "securityContext": {
+                "seccompProfile": {"type": "RuntimeDefault"}, "privileged": true}},
+        ]),
+        json!([]),
+    );
+    // A new user namespace needs no capability, so only a seccomp filter refuses it; mounting
+    // a tmpfs needs CAP_SYS_ADMIN, which `admin` has and the profile then lets through.
+    let script = "grep '^Seccomp:' /proc/self/status; \
+                  unshare -U true 2>&1; echo unshare=$?; \
+                  mkdir -p /tmp/m && mount -t tmpfs none /tmp/m 2>&1; echo mount=$?";
+    let field = |out: &str, key: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+            .trim()
+            .to_owned()
+    };
+    let run = PodRun::new(tools, pod, Prefetched::default());
+    let out = ok(&run.run("unconfined", &shell(script)));
+    assert_eq!(field(&out, "Seccomp:"), "0", "{out}");
+    assert_eq!(field(&out, "unshare="), "0", "{out}");
+    let out = ok(&run.run("confined", &shell(script)));
+    assert_eq!(field(&out, "Seccomp:"), "2", "{out}");
+    assert_eq!(field(&out, "unshare="), "1", "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert_ne!(field(&out, "mount="), "0", "{out}");
+    let out = ok(&run.run("admin", &shell(script)));
+    assert_eq!(field(&out, "Seccomp:"), "2", "{out}");
+    assert_eq!(field(&out, "unshare="), "0", "{out}");
+    assert_eq!(field(&out, "mount="), "0", "{out}");
+    let out = ok(&run.run("privileged", &shell(script)));
+    assert_eq!(field(&out, "Seccomp:"), "0", "{out}");
+}

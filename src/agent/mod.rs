@@ -75,7 +75,8 @@ pub async fn run(
     }
     let password = files.node_password()?;
     let info = sysinfo::SystemInfo::read();
-    let report = registration::report(&opts, info.clone());
+    let mut pressure = crate::node::resources::Conditions::new(opts.pressure_transition);
+    let report = registration::report(&opts, info.clone(), &mut pressure);
     let (report_tx, mut reports) = watch::channel(report.clone());
     // Measures the node again now and then; a changed report (pressure, addresses) goes up
     // the tunnel. Ends with the agent (the receiver goes).
@@ -84,7 +85,7 @@ pub async fn run(
         async move {
             loop {
                 tokio::time::sleep(registration::REPORT_INTERVAL).await;
-                let next = registration::report(&opts, info.clone());
+                let next = registration::report(&opts, info.clone(), &mut pressure);
                 report_tx.send_if_modified(|r| {
                     let changed = *r != next;
                     *r = next;

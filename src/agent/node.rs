@@ -19,6 +19,8 @@ pub struct NodeOptions {
     pub reservations: crate::node::resources::Reservations,
     /// The data dir, whose filesystem is the node's ephemeral storage (kubelet's nodefs).
     pub data_dir: std::path::PathBuf,
+    /// `--eviction-pressure-transition-period`.
+    pub pressure_transition: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,7 @@ use crate::apiserver::Api;
 use crate::apiserver::registry::{Part, Registry, now_rfc3339};
 use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
+use crate::node::resources::Conditions;
 use crate::tunnel::NodeReport;
 use crate::tunnel::sessions::{SERVER_ADDRESS_ANNOTATION, Sessions, record_server};
 
@@ -45,7 +46,8 @@ impl NodeAgent {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let info = SystemInfo::read();
-        let mut current = report(&self.opts, info.clone());
+        let mut pressure = Conditions::new(self.opts.pressure_transition);
+        let mut current = report(&self.opts, info.clone(), &mut pressure);
         let mut delay = RETRY_MIN;
         loop {
             let store = self.api.registry.store();
@@ -77,7 +79,7 @@ impl NodeAgent {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(REPORT_INTERVAL) => {}
             }
-            let next = report(&self.opts, info.clone());
+            let next = report(&self.opts, info.clone(), &mut pressure);
             if next != current {
                 match register(&self.api.registry, &next, Some(&self.server_address)).await {
                     Ok(()) => current = next,
@@ -88,9 +90,11 @@ impl NodeAgent {
     }
 }
 
-/// What a node built from `opts` reports.
-pub fn report(opts: &NodeOptions, mut info: SystemInfo) -> NodeReport {
+/// What a node built from `opts` reports; `pressure` keeps the pressure conditions between
+/// reports (they outlast the measurement by `--eviction-pressure-transition-period`).
+pub fn report(opts: &NodeOptions, mut info: SystemInfo, pressure: &mut Conditions) -> NodeReport {
     let usage = crate::node::resources::Usage::measure(&opts.data_dir);
+    let measured = usage.pressure(&opts.reservations.eviction);
     info.nodefs_bytes = usage.nodefs_total;
     NodeReport {
         name: opts.name.clone(),
@@ -103,7 +107,7 @@ pub fn report(opts: &NodeOptions, mut info: SystemInfo) -> NodeReport {
         addresses: sysinfo::node_ips(&opts.ips),
         info,
         reservations: opts.reservations,
-        pressure: usage.pressure(&opts.reservations.eviction),
+        pressure: pressure.observe(measured, tokio::time::Instant::now()),
     }
 }
 

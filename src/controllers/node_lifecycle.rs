@@ -1,4 +1,5 @@
-//! Node lifecycle: marks nodes whose heartbeats stopped as unreachable, and back.
+//! Node lifecycle: marks nodes whose heartbeats stopped as unreachable, and back; taints
+//! nodes by their pressure conditions.
 //!
 //! Runs only while this server holds the controllers lease. At least every [`MONITOR_PERIOD`],
 //! and as soon as the next node would pass its grace period, it reads all heartbeat ages (one
@@ -7,6 +8,12 @@
 //! NoExecute effects, as Kubernetes's node lifecycle controller does; when its heartbeats
 //! resume, the taints go and it is Ready again. Level-triggered and idempotent: it looks at
 //! the current objects, never at events, so a new leader simply carries on.
+//! Each pass also gives a node the `node.kubernetes.io/{memory,disk,pid}-pressure` NoSchedule
+//! taint while its MemoryPressure, DiskPressure or PIDPressure condition is True, and takes it
+//! away when the condition is not (Kubernetes' TaintNodesByCondition, which lives in this
+//! controller, not in the kubelet: a node reports conditions, and NodeRestriction keeps it
+//! from editing its own taints). The scheduler reads these conditions too, so a pod is kept
+//! off a node under pressure even before this pass tainted it.
 //! After a failed pass (datastore out of reach, so heartbeats could not be written either) it
 //! marks nothing unreachable for one grace period, so a database outage does not flap every
 //! node NotReady. Every [`REGISTRATION_SWEEP`] it also forgets agent registrations (node
@@ -35,6 +42,12 @@ const MIN_PAUSE: Duration = Duration::from_millis(500);
 /// How often orphaned registrations are looked for.
 pub const REGISTRATION_SWEEP: Duration = Duration::from_secs(600);
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+/// Each pressure condition and the NoSchedule taint it puts on its node while True.
+pub const PRESSURE_TAINTS: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
 
 pub struct NodeLifecycle {
     /// `--node-monitor-grace-period`.
@@ -162,6 +175,11 @@ impl NodeLifecycle {
                 }
                 _ => {}
             }
+            if pressure_taints_stale(&node) {
+                ctx.registry
+                    .modify(&r, Part::Main, set_pressure_taints)
+                    .await?;
+            }
         }
         Ok(next_due)
     }
@@ -225,6 +243,50 @@ fn remove_unreachable_taints(node: &mut Value) {
     }
 }
 
+/// The pressure taints the node's conditions call for (`true`: the taint should be there).
+fn wanted_pressure_taints(node: &Value) -> [(&'static str, bool); 3] {
+    let conditions = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    PRESSURE_TAINTS.map(|(kind, key)| {
+        let on = conditions
+            .iter()
+            .any(|c| c["type"] == kind && c["status"] == "True");
+        (key, on)
+    })
+}
+
+fn has_taint(node: &Value, key: &str) -> bool {
+    node.pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == key && t["effect"] == "NoSchedule")
+        })
+}
+
+fn pressure_taints_stale(node: &Value) -> bool {
+    wanted_pressure_taints(node)
+        .iter()
+        .any(|(key, on)| has_taint(node, key) != *on)
+}
+
+fn set_pressure_taints(node: &mut Value) {
+    for (key, on) in wanted_pressure_taints(node) {
+        if on && !has_taint(node, key) {
+            if !node["spec"]["taints"].is_array() {
+                node["spec"]["taints"] = json!([]);
+            }
+            if let Some(taints) = node["spec"]["taints"].as_array_mut() {
+                taints.push(json!({"key": key, "effect": "NoSchedule"}));
+            }
+        } else if !on && let Some(taints) = node["spec"]["taints"].as_array_mut() {
+            taints.retain(|t| !(t["key"] == key && t["effect"] == "NoSchedule"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +316,39 @@ mod tests {
             1,
             "the user's taint stays"
         );
+    }
+
+    #[test]
+    fn pressure_conditions_taint_their_node_while_true() {
+        let mut node = json!({
+            "spec": {"taints": [{"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}]},
+            "status": {"conditions": [
+                {"type": "Ready", "status": "True"},
+                {"type": "MemoryPressure", "status": "True"},
+                {"type": "DiskPressure", "status": "False"},
+            ]}
+        });
+        assert!(pressure_taints_stale(&node));
+        set_pressure_taints(&mut node);
+        set_pressure_taints(&mut node);
+        assert!(!pressure_taints_stale(&node));
+        let keys = |n: &Value| -> Vec<String> {
+            n["spec"]["taints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["key"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            keys(&node),
+            ["CriticalAddonsOnly", "node.kubernetes.io/memory-pressure"]
+        );
+        node["status"]["conditions"][1]["status"] = json!("False");
+        assert!(pressure_taints_stale(&node));
+        set_pressure_taints(&mut node);
+        assert_eq!(keys(&node), ["CriticalAddonsOnly"]);
+        // A node without conditions or taints needs nothing.
+        assert!(!pressure_taints_stale(&json!({"spec": {}})));
     }
 }

@@ -19,8 +19,14 @@
 //! - `runAsNonRoot` is checked before anything is resolved, with kubelet's messages.
 //! - Like `env`, this module imports only its siblings and `crate::api::quantity`.
 //!
-//! Not done yet, plainly: seccomp — `RuntimeDefault` (and `Unconfined`) run without a seccomp
-//! filter; a `Localhost` profile is refused. AppArmor and SELinux options are not applied.
+//! Seccomp: `RuntimeDefault` (the pod's or the container's `seccompProfile`) gets keelson's
+//! own profile ([`seccomp`]: everything but the calls containerd's and Docker's defaults keep
+//! from unprivileged containers, which fail with `EPERM`; capabilities let theirs through);
+//! `Unconfined`, no profile (kubelet's default without `--seccomp-default`) and privileged
+//! containers run without a filter.
+//!
+//! Not done yet, plainly: a `Localhost` seccomp profile is refused. AppArmor and SELinux
+//! options are not applied.
 //! `oomScoreAdj` by QoS class is not set (the process inherits keelson's). Pod-level cgroup
 //! limits are not set (only each container's). `setHostnameAsFQDN` is not applied. No
 //! `rlimits` are written, so a container inherits keelson's. A container with `tty: true`
@@ -42,6 +48,10 @@ use super::env;
 use super::sandbox::{Namespace, Sandbox};
 use super::volumes::{self, VolumeError, Volumes};
 use crate::api::quantity;
+
+// By path, as `tests` below, so tests/bundle.rs finds it when it compiles this module.
+#[path = "bundle/seccomp.rs"]
+pub mod seccomp;
 
 /// The runtime-spec version written; runc 1.1.5 implements 1.0.2.
 pub const OCI_VERSION: &str = "1.0.2";
@@ -308,6 +318,17 @@ pub fn spec(input: &ContainerInput) -> Result<Value> {
         &input.node.capabilities,
         privileged,
     )?;
+    let seccomp = match sc.seccomp_type() {
+        _ if privileged => None,
+        Some("RuntimeDefault") => Some(seccomp::runtime_default(&caps)),
+        Some("Unconfined") | None => None,
+        Some(other) => {
+            return Err(invalid(
+                "securityContext.seccompProfile.type",
+                &format!("unknown type {other:?}"),
+            ));
+        }
+    };
     let args = process_args(input.container, input.image, input.env)?;
     let env = process_env(input);
     let cwd = match input.container["workingDir"].as_str() {
@@ -330,6 +351,9 @@ pub fn spec(input: &ContainerInput) -> Result<Value> {
     });
     if let Some(p) = root_propagation {
         linux["rootfsPropagation"] = json!(p);
+    }
+    if let Some(profile) = seccomp {
+        linux["seccomp"] = profile;
     }
     if privileged {
         linux["devices"] = Value::Array(host_devices());

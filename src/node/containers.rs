@@ -6,7 +6,9 @@
 //! ([`super::monitor`]) so containers outlive this process. It watches the monitors' files,
 //! restarts containers per `restartPolicy` with kubelet's back-off, and publishes the pod's
 //! [`PodState`] for the worker to report. Removing a pod stops its containers (SIGTERM, the
-//! grace period, SIGKILL) and removes everything it had on disk.
+//! grace period, SIGKILL) and removes everything it had on disk. Evicting a pod
+//! ([`super::eviction`]) kills its containers at once and reports it Failed, keeping its
+//! files until the pod is deleted.
 //!
 //! On disk, under `<data-dir>/agent/pods/<uid>/`: `pod.json` (the assignment being run, so a
 //! restarted process knows what it finds), the sandbox and volumes, and per container
@@ -21,6 +23,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +102,8 @@ enum Command {
     /// The assignment changed (a new deletion time, new annotations).
     Update(Box<PodAssignment>),
     Stop,
+    /// Node-pressure eviction: end the pod now, with this message.
+    Evict(String),
 }
 
 /// What the pod tasks share with the runtime and with the stream server.
@@ -116,6 +121,17 @@ pub struct Shared {
     running: Mutex<HashMap<PodKey, PodRuns>>,
     /// Wakes a pod's task when a monitor writes its files.
     exits: ExitWatch,
+    /// The pods that have not ended, for the eviction manager: added when a pod's task
+    /// starts, removed when the pod is removed or its end is stored.
+    evictable: Mutex<HashMap<PodKey, Evictable>>,
+    /// The server's first listing has been applied (every pod assigned here has a task).
+    listed: AtomicBool,
+}
+
+struct Evictable {
+    uid: String,
+    pod: Arc<Value>,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 /// A pod's containers as the stream server finds them.
@@ -192,6 +208,8 @@ impl Containers {
                 notify: Arc::new(Notify::new()),
                 running: Mutex::new(HashMap::new()),
                 exits: ExitWatch::start(),
+                evictable: Mutex::new(HashMap::new()),
+                listed: AtomicBool::new(false),
             }),
             tasks: HashMap::new(),
             found,
@@ -233,8 +251,31 @@ impl Containers {
         });
     }
 
+    /// Evicts pods when the node crosses `thresholds` (`--eviction-hard`), until the runtime
+    /// is dropped.
+    pub fn evict_under_pressure(&self, thresholds: super::resources::Eviction) {
+        let manager = super::eviction::Manager {
+            thresholds,
+            layout: super::eviction::Layout {
+                root: self.shared.config.root.clone(),
+                log_root: self.shared.config.log_root.clone(),
+                cgroup_parent: CGROUP_PARENT.into(),
+            },
+        };
+        let shared: Arc<dyn super::eviction::Pods> = self.shared.clone();
+        tokio::spawn(manager.run(Arc::downgrade(&shared)));
+    }
+
     fn spawn(&mut self, pod: &PodAssignment) {
         let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.shared.evictable).insert(
+            pod.key.clone(),
+            Evictable {
+                uid: pod.uid.clone(),
+                pod: Arc::new(serde_json::from_str(&pod.pod).unwrap_or(Value::Null)),
+                commands: tx.clone(),
+            },
+        );
         self.found.remove(&pod.uid);
         let task = PodRunner::new(self.shared.clone(), pod.clone());
         tokio::spawn(task.run(rx));
@@ -263,6 +304,7 @@ impl PodRuntime for Containers {
     }
 
     fn finished(&mut self, pod: &PodAssignment) {
+        lock(&self.shared.evictable).remove(&pod.key);
         // Its containers have all ended; the task keeps their logs until the pod is deleted.
         match self.tasks.get(&pod.key) {
             Some(t) if t.uid == pod.uid => {
@@ -276,6 +318,7 @@ impl PodRuntime for Containers {
         if let Some(t) = self.tasks.remove(key) {
             let _ = t.commands.send(Command::Stop);
         }
+        lock(&self.shared.evictable).remove(key);
         lock(&self.shared.states).remove(key);
     }
 
@@ -296,6 +339,7 @@ impl PodRuntime for Containers {
     }
 
     fn listed(&mut self) {
+        self.shared.listed.store(true, Ordering::Relaxed);
         // Pods left on disk by an earlier process that the server no longer assigns here.
         for (uid, dir) in std::mem::take(&mut self.found) {
             let shared = self.shared.clone();
@@ -312,6 +356,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 // === impl Shared ===
+
+impl super::eviction::Pods for Shared {
+    fn active(&self) -> Option<Vec<super::eviction::Active>> {
+        if !self.listed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let pods = lock(&self.evictable);
+        Some(
+            pods.iter()
+                .map(|(key, e)| super::eviction::Active {
+                    key: key.clone(),
+                    uid: e.uid.clone(),
+                    pod: e.pod.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    fn evict(&self, key: &PodKey, uid: &str, message: String) {
+        let mut pods = lock(&self.evictable);
+        // Once asked, the pod is no candidate any more (its end is on its way).
+        if let Some(e) = pods.remove(key).filter(|e| e.uid == uid) {
+            let _ = e.commands.send(Command::Evict(message));
+        }
+    }
+}
 
 impl Shared {
     fn publish(&self, key: &PodKey, state: PodState) {
@@ -457,6 +527,8 @@ struct PodRunner {
     volumes_refreshed: Instant,
     /// Notified by the [`ExitWatch`] when one of this pod's monitors writes its files.
     wake: Arc<Notify>,
+    /// The node evicted the pod (kubelet's message): nothing of it runs again.
+    evicted: Option<String>,
 }
 
 impl PodRunner {
@@ -519,6 +591,7 @@ impl PodRunner {
             sandbox: None,
             volumes_refreshed: Instant::now(),
             wake: Arc::new(Notify::new()),
+            evicted: None,
         }
     }
 
@@ -537,6 +610,10 @@ impl PodRunner {
                     Some(Command::Stop) | None => {
                         self.stop().await;
                         return;
+                    }
+                    Some(Command::Evict(message)) => {
+                        self.evict(message).await;
+                        self.publish();
                     }
                 },
                 // A finished pod starts nothing again; it waits (logs kept) for its deletion.
@@ -559,6 +636,10 @@ impl PodRunner {
     /// exit wakes it earlier). Without inotify it keeps the short interval throughout.
     fn next_look(&self) -> Instant {
         let now = Instant::now();
+        if self.evicted.is_some() {
+            // Nothing of it starts again; it waits for its deletion.
+            return now + RELIST_INTERVAL;
+        }
         let waiting =
             self.sandbox.is_none() || self.containers.iter().any(|c| c.run.is_none() && !c.done);
         if waiting || !self.shared.exits.active() {
@@ -602,6 +683,9 @@ impl PodRunner {
 
     /// One look at every container: notice exits, start what should run.
     async fn step(&mut self) {
+        if self.evicted.is_some() {
+            return;
+        }
         if self.sandbox.is_none() {
             match self.set_up_pod().await {
                 Ok(parts) => {
@@ -1292,7 +1376,10 @@ impl PodRunner {
             .iter()
             .filter(|c| c.init)
             .all(init_succeeded);
-        let phase = phase(self.pod.restart_policy, initialized, &init, &main);
+        let mut phase = phase(self.pod.restart_policy, initialized, &init, &main);
+        if self.evicted.is_some() {
+            phase = Phase::Failed;
+        }
         let ready = phase == Phase::Running && initialized && main.iter().all(|c| c.ready);
         let host_network = self.spec["spec"]["hostNetwork"].as_bool().unwrap_or(false);
         PodState {
@@ -1306,6 +1393,52 @@ impl PodRunner {
             containers: main,
             init_containers: init,
             initialized,
+            ended_by_node: self
+                .evicted
+                .as_ref()
+                .map(|message| super::pods::StatusReason {
+                    reason: super::eviction::REASON.into(),
+                    message: message.clone(),
+                }),
+        }
+    }
+
+    /// Node-pressure eviction: kills every container at once (kubelet's grace period 0 for a
+    /// hard threshold), records their ends and marks the pod evicted, so it reports Failed
+    /// and nothing of it starts again. Its files stay until the pod is deleted.
+    async fn evict(&mut self, message: String) {
+        if self.evicted.is_some() || self.pod.finished {
+            return;
+        }
+        self.note(true, "Evicted", message.clone());
+        self.evicted = Some(message);
+        let runc = self.shared.config.runc.clone();
+        for c in self.containers.iter().filter(|c| c.run.is_some()) {
+            self.note(
+                false,
+                "Killing",
+                format!("Stopping container {}", c.status.name),
+            );
+        }
+        for c in &self.containers {
+            if let Some(run) = &c.run {
+                let _ = runc.kill(&run.runc_id, Signal::SIGKILL, true).await;
+            }
+        }
+        // The monitors record the ends; wait for them briefly so the Failed report carries
+        // each container's exit.
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && self.containers.iter().any(|c| c.run.is_some()) {
+            for i in 0..self.containers.len() {
+                self.observe(i, RestartPolicy::Never).await;
+            }
+            if self.containers.iter().any(|c| c.run.is_some()) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        for c in &mut self.containers {
+            c.done = true;
+            c.status.ready = false;
         }
     }
 

@@ -140,6 +140,7 @@ impl PodRuntime for Hollow {
                 .collect(),
             init_containers: Vec::new(),
             initialized: true,
+            ended_by_node: None,
         };
         self.pods.insert(
             pod.key.clone(),

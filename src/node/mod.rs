@@ -7,12 +7,14 @@
 //! for `keelson loadgen`.
 //! The runc runtime ([`containers`]) is built from [`images`] (the image store), [`env`],
 //! [`volumes`], [`sandbox`] and [`bundle`] (a container's OCI spec), [`monitor`] and [`runc`].
+//! [`resources`] measures the node; [`eviction`] ends pods when it runs short.
 //! The configuration modules are synchronous and touch the filesystem and the kernel briefly
 //! (mounts, a short-lived thread for namespaces): call them from `spawn_blocking`.
 
 pub mod bundle;
 pub mod containers;
 pub mod env;
+pub mod eviction;
 pub mod exec;
 pub mod exitwatch;
 pub mod hollow;
@@ -73,6 +75,8 @@ pub struct RuntimeOptions {
     pub reservations: resources::Reservations,
     /// `--image-gc-high-threshold`, `--image-gc-low-threshold` (percent of the disk).
     pub image_gc: (u8, u8),
+    /// `--eviction-pressure-transition-period`.
+    pub pressure_transition: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +138,14 @@ impl RuntimeOptions {
             problems.push(e);
             resources::Eviction::default()
         });
+        let pressure_transition = crate::config::parse_duration(
+            "--eviction-pressure-transition-period",
+            &args.eviction_pressure_transition_period,
+        )
+        .unwrap_or_else(|e| {
+            problems.push(e);
+            resources::DEFAULT_PRESSURE_TRANSITION
+        });
         RuntimeOptions {
             runtime,
             registries: args.private_registry.clone(),
@@ -143,6 +155,7 @@ impl RuntimeOptions {
             },
             reservations: resources::Reservations { reserved, eviction },
             image_gc: (high.min(100), low.min(high.min(100))),
+            pressure_transition,
         }
     }
 
@@ -154,6 +167,7 @@ impl RuntimeOptions {
             rotation: logs::Rotation::default(),
             reservations: resources::Reservations::default(),
             image_gc: (85, 80),
+            pressure_transition: resources::DEFAULT_PRESSURE_TRANSITION,
         }
     }
 
@@ -196,6 +210,7 @@ impl RuntimeOptions {
         };
         let pods = containers::Containers::new(config, store, client, notes_tx)?;
         pods.collect_images();
+        pods.evict_under_pressure(self.reservations.eviction);
         let shared = pods.shared();
         Ok(Runtime {
             pods: Box::new(pods),

@@ -139,6 +139,16 @@ pub struct PodState {
     pub init_containers: Vec<ContainerStatus>,
     /// Every init container has succeeded (true for a pod without them).
     pub initialized: bool,
+    /// Why the node itself ended the pod (an eviction); `None` for a pod that ran its course.
+    pub ended_by_node: Option<StatusReason>,
+}
+
+/// kubelet's `status.reason` and `status.message` (e.g. `Evicted`, "The node was low on
+/// resource: memory. ").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReason {
+    pub reason: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,15 +4,21 @@
 //!
 //! Invariants: allocatable never exceeds capacity nor goes below zero; a pressure condition
 //! is reported only from a measurement (a value that cannot be read counts as no pressure,
-//! never as pressure).
+//! never as pressure); once reported, a condition stays True until no measurement has crossed
+//! its threshold for the pressure-transition period ([`Conditions`]), so it does not flap.
 
 use std::path::Path;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 /// kubelet's default `--eviction-hard` (Linux).
 pub const DEFAULT_EVICTION_HARD: &str =
     "memory.available<100Mi,nodefs.available<10%,imagefs.available<15%,nodefs.inodesFree<5%";
+/// kubelet's `--eviction-pressure-transition-period` default.
+pub const DEFAULT_PRESSURE_TRANSITION: Duration = Duration::from_secs(300);
 /// kubelet's `--max-pods` default.
 pub const MAX_PODS: u32 = 110;
 
@@ -65,6 +71,44 @@ pub struct Pressure {
     pub memory: bool,
     pub disk: bool,
     pub pid: bool,
+}
+
+/// The node's pressure conditions over time (kubelet's eviction manager keeps them so): a
+/// condition turns True at the first measurement past its threshold and turns False only after
+/// `transition` without one. IO-free: measurements and the clock come in.
+#[derive(Debug, Clone)]
+pub struct Conditions {
+    transition: Duration,
+    /// When each signal (memory, disk, pid) last crossed its threshold.
+    last_crossed: [Option<Instant>; 3],
+}
+
+impl Conditions {
+    pub fn new(transition: Duration) -> Conditions {
+        Conditions {
+            transition,
+            last_crossed: [None; 3],
+        }
+    }
+
+    /// Takes in the measurement made at `now`; returns the conditions to report.
+    pub fn observe(&mut self, measured: Pressure, now: Instant) -> Pressure {
+        let crossed = [measured.memory, measured.disk, measured.pid];
+        for (last, on) in self.last_crossed.iter_mut().zip(crossed) {
+            if on {
+                *last = Some(now);
+            }
+        }
+        let holds = |i: usize| {
+            self.last_crossed[i].is_some_and(|t| now.saturating_duration_since(t) < self.transition)
+                || crossed[i]
+        };
+        Pressure {
+            memory: holds(0),
+            disk: holds(1),
+            pid: holds(2),
+        }
+    }
 }
 
 /// Parses `cpu=100m,memory=256Mi,ephemeral-storage=1Gi,pid=1000` (kubelet's reserved format).
@@ -321,6 +365,32 @@ mod tests {
         assert!(p.memory && p.disk && !p.pid);
         // A value that could not be read is never pressure.
         assert_eq!(Usage::default().pressure(&r.eviction), Pressure::default());
+    }
+
+    #[test]
+    fn a_condition_holds_for_the_transition_period() {
+        let mut c = Conditions::new(Duration::from_secs(300));
+        let t0 = Instant::now();
+        let memory = Pressure {
+            memory: true,
+            ..Pressure::default()
+        };
+        assert_eq!(c.observe(Pressure::default(), t0), Pressure::default());
+        assert_eq!(c.observe(memory, t0), memory);
+        // The measurement is back under the threshold: still True for 5 minutes.
+        let later = t0 + Duration::from_secs(299);
+        assert_eq!(c.observe(Pressure::default(), later), memory);
+        assert_eq!(
+            c.observe(Pressure::default(), t0 + Duration::from_secs(300)),
+            Pressure::default()
+        );
+        // A zero period reports the measurement as it is.
+        let mut now_only = Conditions::new(Duration::ZERO);
+        assert_eq!(now_only.observe(memory, t0), memory);
+        assert_eq!(
+            now_only.observe(Pressure::default(), t0),
+            Pressure::default()
+        );
     }
 
     #[test]

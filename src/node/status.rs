@@ -50,6 +50,19 @@ pub fn pod_status(state: &PodState, host_ip: Option<IpAddr>) -> Value {
         status["hostIP"] = json!(ip.to_string());
         status["hostIPs"] = json!([{"ip": ip.to_string()}]);
     }
+    if let Some(ended) = &state.ended_by_node {
+        // kubelet's eviction manager: the reason and message, and a DisruptionTarget
+        // condition saying the kubelet ended the pod.
+        status["reason"] = json!(ended.reason);
+        status["message"] = json!(ended.message);
+        if let Some(conditions) = status["conditions"].as_array_mut() {
+            conditions.push(json!({
+                "type": "DisruptionTarget", "status": "True",
+                "reason": "TerminationByKubelet", "message": ended.message,
+                "lastProbeTime": null, "lastTransitionTime": state.ready_since,
+            }));
+        }
+    }
     if let Some(ip) = state.pod_ip {
         status["podIP"] = json!(ip.to_string());
         status["podIPs"] = json!([{"ip": ip.to_string()}]);
@@ -153,6 +166,7 @@ mod tests {
             }],
             init_containers: vec![],
             initialized: true,
+            ended_by_node: None,
         };
         let s = pod_status(&state, Some("198.18.0.1".parse().unwrap()));
         assert_eq!(s["phase"], "Running");

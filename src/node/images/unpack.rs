@@ -12,16 +12,27 @@
 //! stored as written (`/bin/sh` is normal in an image): they are only ever resolved inside
 //! the container's root.
 //!
+//! Invariant: a compressed layer never expands past [`MAX_EXPANSION`] times the compressed
+//! bytes read so far plus [`EXPANSION_ALLOWANCE`]; past that it is refused
+//! ([`UnpackError::TooLarge`]) before more is written, so a decompression bomb (a few MiB of
+//! gzip or zstd that inflate to terabytes) cannot fill the node's disk. Real layers compress
+//! 2–10×; deflate itself cannot exceed about 1032×, zstd can go far beyond. The price: a
+//! layer that is mostly one huge run of zeros (a preallocated file) is refused too, with an
+//! error that says why. The caller discards the directory of a refused layer, as of any
+//! failed one. containerd and kubelet have no such limit; an SD card needs one.
+//!
 //! Xattrs from the archive are applied only in the `user.` and `security.` namespaces:
 //! `trusted.overlay.*` from a layer could forge opaque directories or redirects.
 //!
 //! Needs root (CAP_MKNOD for whiteouts, CAP_CHOWN, CAP_SYS_ADMIN for `trusted.` xattrs),
 //! as any container runtime does.
 
+use std::cell::Cell;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use super::digest::{Digest, Hasher};
 
@@ -32,6 +43,11 @@ const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const COPY_BUFFER: usize = 256 * 1024;
 /// Read-ahead over the (compressed) layer stream, so the decompressor reads in large pieces.
 const READ_BUFFER: usize = 256 * 1024;
+/// How many times its compressed size a layer may expand to (see the module doc).
+pub const MAX_EXPANSION: u64 = 100;
+/// Expansion every compressed layer is allowed on top, so small layers holding a few
+/// zero-filled files are not refused for their ratio alone.
+pub const EXPANSION_ALLOWANCE: u64 = 64 << 20;
 
 /// What unpacking a layer found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +82,12 @@ pub enum UnpackError {
     /// Reading the (possibly compressed) stream failed: cut off, or bad compression.
     #[error("reading the layer failed: {0}")]
     Read(io::Error),
+    /// The layer decompresses to far more than its compressed size: a decompression bomb,
+    /// or a layer of mostly zeros. Refused as published (pulling again gives the same).
+    #[error(
+        "layer expands to more than {uncompressed} bytes from {compressed} compressed bytes          (the limit is {MAX_EXPANSION}× plus {EXPANSION_ALLOWANCE} bytes): refused as a          decompression bomb"
+    )]
+    TooLarge { compressed: u64, uncompressed: u64 },
 }
 
 /// Unpacks the layer read from `reader` into `dest`, an existing empty directory.
@@ -74,9 +96,13 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
     let mut head = [0u8; 4];
     let n = read_up_to(&mut reader, &mut head).map_err(UnpackError::Read)?;
     let compression = detect(&head[..n]);
+    let compressed = Rc::new(Cell::new(0u64));
     let mut raw = io::BufReader::with_capacity(
         READ_BUFFER,
-        io::Cursor::new(head[..n].to_vec()).chain(reader),
+        CountingReader {
+            inner: io::Cursor::new(head[..n].to_vec()).chain(reader),
+            count: compressed.clone(),
+        },
     );
     let decoded: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(&mut raw),
@@ -89,23 +115,37 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
     let mut hashing = HashingReader {
         inner: decoded,
         hasher: Hasher::new(),
+        limit: (compression != Compression::None).then_some(compressed),
+        read: 0,
+        exceeded: None,
     };
     let mut stats = (0u64, 0u64);
     // One buffer for every file of the layer (a fresh 256 KiB per file would be an mmap each).
     let mut buf = vec![0u8; COPY_BUFFER];
-    {
-        let mut archive = tar::Archive::new(&mut hashing);
-        let entries = archive
-            .entries()
-            .map_err(|e| UnpackError::Malformed(e.to_string()))?;
-        for entry in entries {
-            let mut entry = entry.map_err(read_or_malformed)?;
-            stats.0 += 1;
-            stats.1 += apply(&mut entry, dest, &mut buf)?;
+    let entries = (|| {
+        {
+            let mut archive = tar::Archive::new(&mut hashing);
+            let entries = archive
+                .entries()
+                .map_err(|e| UnpackError::Malformed(e.to_string()))?;
+            for entry in entries {
+                let mut entry = entry.map_err(read_or_malformed)?;
+                stats.0 += 1;
+                stats.1 += apply(&mut entry, dest, &mut buf)?;
+            }
         }
+        // tar stops at its end-of-archive blocks; the diff ID covers the padding after them.
+        io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Read)?;
+        Ok(())
+    })();
+    // The limit surfaces inside tar as an I/O error; report it as what it is.
+    if let Some((compressed, uncompressed)) = hashing.exceeded {
+        return Err(UnpackError::TooLarge {
+            compressed,
+            uncompressed,
+        });
     }
-    // tar stops at its end-of-archive blocks; the diff ID covers the padding after them.
-    io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Read)?;
+    entries?;
     let diff_id = hashing.hasher.finish();
     Ok(Unpacked {
         diff_id,
@@ -433,15 +473,50 @@ fn remove_existing(path: &Path, keep_dir: bool) -> io::Result<()> {
     }
 }
 
+/// The decompressed stream: hashed for the diff ID, and held to the expansion limit.
 struct HashingReader<R> {
     inner: R,
     hasher: Hasher,
+    /// The compressed bytes read so far, for a compressed layer (`None`: no limit).
+    limit: Option<Rc<Cell<u64>>>,
+    /// Decompressed bytes read so far.
+    read: u64,
+    /// (compressed, decompressed) when the limit was passed; every read fails from then on.
+    exceeded: Option<(u64, u64)>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.exceeded.is_some() {
+            return Err(io::Error::other("the layer expands too much"));
+        }
         let n = self.inner.read(buf)?;
+        self.read = self.read.saturating_add(n as u64);
+        if let Some(compressed) = &self.limit {
+            let compressed = compressed.get();
+            let allowed = compressed
+                .saturating_mul(MAX_EXPANSION)
+                .saturating_add(EXPANSION_ALLOWANCE);
+            if self.read > allowed {
+                self.exceeded = Some((compressed, self.read));
+                return Err(io::Error::other("the layer expands too much"));
+            }
+        }
         self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Counts the bytes of the compressed stream the decompressor has taken.
+struct CountingReader<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get().saturating_add(n as u64));
         Ok(n)
     }
 }
@@ -610,6 +685,61 @@ pub(crate) mod tests {
         r.unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"original");
         assert_eq!(fs::read(dir.path().join("layer/f")).unwrap(), b"replaced");
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_it_fills_the_disk() {
+        use std::io::Write;
+        // 1 GiB of zeros in one file: about 1 MiB of gzip, far past 100× plus 64 MiB.
+        let size: u64 = 1 << 30;
+        let mut header = tar::Header::new_ustar();
+        header.set_path("bomb").unwrap();
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        let member = |bytes: &[u8]| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            gz.write_all(bytes).unwrap();
+            gz.finish().unwrap()
+        };
+        // Concatenated gzip members are one stream (as `cat a.gz b.gz`): the header, then the
+        // same compressed MiB of zeros over and over, then the end-of-archive blocks.
+        let mib = member(&vec![0u8; 1 << 20]);
+        let mut gz = member(header.as_bytes());
+        for _ in 0..(size >> 20) {
+            gz.extend_from_slice(&mib);
+        }
+        gz.extend_from_slice(&member(&[0u8; 1024]));
+        assert!(gz.len() < 2 << 20, "{}", gz.len());
+        let (dir, r) = unpack_into(&gz);
+        match r {
+            Err(UnpackError::TooLarge {
+                compressed,
+                uncompressed,
+            }) => {
+                assert!(compressed <= gz.len() as u64, "{compressed}");
+                assert!(
+                    uncompressed <= compressed * MAX_EXPANSION + EXPANSION_ALLOWANCE + (1 << 20),
+                    "{uncompressed}"
+                );
+            }
+            other => panic!("the bomb was not refused: {other:?}"),
+        }
+        // What was written before the refusal is bounded by the limit, not by the bomb.
+        let written = fs::metadata(dir.path().join("layer/bomb")).map_or(0, |m| m.len());
+        assert!(
+            written <= gz.len() as u64 * MAX_EXPANSION + EXPANSION_ALLOWANCE,
+            "{written}"
+        );
+        // An uncompressed layer has no ratio to keep, and an ordinary gzip layer passes.
+        let tar = tar_of(&[E::File("a", &[0u8; 200_000])]);
+        let (_d, r) = unpack_into(&tar);
+        r.unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&tar).unwrap();
+        let (_d, r) = unpack_into(&gz.finish().unwrap());
+        r.unwrap();
     }
 
     #[test]
