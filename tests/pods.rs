@@ -348,6 +348,7 @@ fn an_agents_containers_outlive_its_process() {
     wait_running(&s, "steady");
     wait_running(&s, "finisher");
     let before = container_pid(&agent.data_dir(), &s, "steady");
+    let started = pod(&s, "steady")["status"]["startTime"].clone();
     // The logs of a pod on an agent come through the agent's dial-back.
     let (code, _, err) = kubectl(&s, &["exec", "steady", "--", "sh", "-c", "exit 5"], None);
     assert_eq!(code, 5, "{err}");
@@ -386,6 +387,28 @@ fn an_agents_containers_outlive_its_process() {
         );
         let steady = pod(&s, "steady");
         assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
+        assert!(
+            steady["status"]["containerStatuses"][0]["imageID"]
+                .as_str()
+                .is_some_and(|id| id.contains("@sha256:")),
+            "an adopted container lost its imageID ({stop}): {}",
+            steady["status"]
+        );
+        assert_eq!(
+            steady["status"]["startTime"], started,
+            "the pod's startTime moved with the restart ({stop})"
+        );
+        let ready = steady["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            ready["status"] == "True" && ready.get("reason").is_none_or(Value::is_null),
+            "Ready after adoption: {ready}"
+        );
         assert_eq!(steady["status"]["phase"], "Running");
     }
     let steady = pod(&s, "steady");

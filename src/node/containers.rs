@@ -50,6 +50,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// How often a pod whose containers all run looks at them anyway (kubelet's relist period):
 /// exits wake it at once through [`ExitWatch`], so this only bounds a missed wake-up.
 const RELIST_INTERVAL: Duration = Duration::from_secs(1);
+/// In a run's directory: the image's repo digest (`imageID`), for a process that adopts it.
+const IMAGE_ID_FILE: &str = "image-id";
 /// kubelet's container restart back-off: 10 s, doubling, at most 5 minutes.
 const BACKOFF_MIN: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -656,8 +658,13 @@ impl PodRunner {
 
     /// Reads what an earlier process of this node left for this pod: the runs it started.
     fn adopt(&mut self) {
-        if !self.dir.join("pod.json").exists() {
+        let Ok(first_set_up) = std::fs::metadata(self.dir.join("pod.json")) else {
             return;
+        };
+        // The pod started here when its directory was first set up, not now (kubelet keeps
+        // `startTime` across its restarts too).
+        if let Ok(at) = first_set_up.modified() {
+            self.start_time = rfc3339(time::OffsetDateTime::from(at));
         }
         let uid = self.pod.uid.clone();
         let (exits, wake) = (self.shared.exits.clone(), self.wake.clone());
@@ -675,6 +682,9 @@ impl PodRunner {
             };
             let (dir, runc_id) = run_paths(&self.dir, &uid, &c.status.name, last);
             c.status.restart_count = last;
+            if let Ok(id) = std::fs::read_to_string(dir.join(IMAGE_ID_FILE)) {
+                c.status.image_id = id;
+            }
             reset_probes(c);
             tracing::info!(pod = %self.key.name, container = %c.status.name, run = last, "adopting a container run of an earlier process");
             c.run = Some(ActiveRun::new(last, runc_id, dir, &exits, &wake));
@@ -745,8 +755,12 @@ impl PodRunner {
     ) -> Result<(super::sandbox::Sandbox, super::volumes::Volumes), String> {
         let dir = self.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        write_atomic(&dir.join("pod.json"), self.pod.pod.as_bytes())
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Written once: its time is the pod's startTime for a process that adopts it.
+        let marker = dir.join("pod.json");
+        if !marker.exists() {
+            write_atomic(&marker, self.pod.pod.as_bytes())
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
         let objects = self.fetch_objects().await?;
         let host = super::sandbox::host_files().map_err(|e| e.to_string())?;
         let spec = self.spec.clone();
@@ -1052,6 +1066,8 @@ impl PodRunner {
         let spec = self.containers[i].spec.clone();
         match self.create_run(&spec, &image, &dir, &runc_id, number).await {
             Ok(()) => {
+                // For a later process that adopts this run: which image it runs.
+                let _ = write_atomic(&dir.join(IMAGE_ID_FILE), image.repo_digest.as_bytes());
                 let run =
                     ActiveRun::new(number, runc_id.clone(), dir, &self.shared.exits, &self.wake);
                 let c = &mut self.containers[i];

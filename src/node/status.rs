@@ -19,14 +19,14 @@ pub fn pod_status(state: &PodState, host_ip: Option<IpAddr>) -> Value {
         (false, false) => ("False", Some("ContainersNotReady")),
     };
     let condition = |kind: &str, status: &str, since: &str, reason: Option<&str>| {
-        let mut c = json!({
+        // The server merges conditions by type (a strategic merge, as for kubelet's patches):
+        // a reason that no longer applies must be sent as null, or the old one would stay
+        // ("True" with reason ContainersNotReady).
+        json!({
             "type": kind, "status": status,
             "lastProbeTime": null, "lastTransitionTime": since,
-        });
-        if let Some(r) = reason {
-            c["reason"] = json!(r);
-        }
-        c
+            "reason": reason, "message": null,
+        })
     };
     let mut status = json!({
         "phase": phase(state.phase),
@@ -184,5 +184,35 @@ mod tests {
         assert_eq!(c["started"], true);
         assert_eq!(c["state"]["running"]["startedAt"], "2026-01-01T00:00:01Z");
         assert_eq!(c["restartCount"], 0);
+    }
+
+    /// What the server stores after a pod went from not ready to ready: the statuses are
+    /// applied as strategic merges (conditions merge by type), as `tunnel::pods` does.
+    #[test]
+    fn a_ready_condition_loses_the_reason_it_had_while_not_ready() {
+        use crate::apiserver::patch;
+        let mut state = PodState {
+            phase: Phase::Running,
+            pod_ip: None,
+            start_time: "2026-01-01T00:00:00Z".into(),
+            ready: false,
+            ready_since: "2026-01-01T00:00:00Z".into(),
+            containers: vec![],
+            init_containers: vec![],
+            initialized: true,
+            ended_by_node: None,
+        };
+        let pod = serde_json::json!({"metadata": {"name": "p"}, "status": {}});
+        let before = serde_json::json!({ "status": pod_status(&state, None) });
+        let stored = patch::apply(patch::Kind::Strategic, &pod, &before).unwrap();
+        state.ready = true;
+        let after = serde_json::json!({ "status": pod_status(&state, None) });
+        let stored = patch::apply(patch::Kind::Strategic, &stored, &after).unwrap();
+        for c in stored["status"]["conditions"].as_array().unwrap() {
+            if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                assert_eq!(c["status"], "True", "{c}");
+                assert!(c.get("reason").is_none_or(Value::is_null), "{c}");
+            }
+        }
     }
 }
