@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod db;
 pub mod lab;
+pub mod pods;
 pub mod registry;
 pub mod rootfs;
 pub mod tlsdb;
