@@ -126,12 +126,15 @@ fn kubectl_run_interactive_feeds_stdin_once_and_removes_the_pod() {
             "--",
             "sh",
             "-c",
-            "read l; echo got $l",
+            // `cat` ends only at EOF: stdinOnce closes the container's stdin when kubectl's
+            // ends.
+            "read l; echo got $l; cat; echo stdin ended",
         ],
         Some("hello\n"),
     );
     assert_eq!(code, 0, "kubectl run -i: {out}\n{err}\n{}", s.log_tail());
     assert!(out.contains("got hello"), "kubectl run -i: {out:?} {err}");
+    assert!(out.contains("stdin ended"), "no EOF on stdin: {out:?} {err}");
     wait_until("the pod to be removed", Duration::from_secs(30), || {
         !s.kubectl(&["get", "pod", "once"]).status.success()
     });
