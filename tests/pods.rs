@@ -6,14 +6,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::agent::Agent;
 use common::pods::{
-    IMAGE, Images, apply, available, phase, pod, server_with_runtime, wait_running,
+    IMAGE, Images, Step, apply, available, kubectl, kubectl_with_pty, phase, pod, read_until,
+    server_with_runtime, wait_running,
 };
 use common::{Server, wait_until};
 use serde_json::Value;
@@ -40,31 +40,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-/// Runs kubectl against `s`, returning (exit code, stdout, stderr).
-fn kubectl(s: &Server, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut cmd = Command::new("kubectl");
-    cmd.arg(format!("--kubeconfig={}", s.kubeconfig().display()))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn kubectl");
-    if let Some(input) = stdin {
-        let mut w = child.stdin.take().expect("stdin");
-        w.write_all(input.as_bytes()).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("kubectl output");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -460,81 +435,15 @@ fn runc_list(data_dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Reads `from` until `needle` shows up or `limit` passes.
-fn read_until(from: &mut (impl std::io::Read + Send), needle: &str, limit: Duration) -> bool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    // Reading blocks; a thread reports each chunk so the deadline holds.
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while let Ok(n) = from.read(&mut chunk) {
-                if n == 0 || tx.send(chunk[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + limit;
-        let found = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(bytes) => {
-                    buf.extend(bytes);
-                    if String::from_utf8_lossy(&buf).contains(needle) {
-                        break true;
-                    }
-                }
-                Err(_) => break false,
-            }
-        };
-        drop(rx);
-        found
-    })
-}
-
-/// Runs `kubectl exec -it POD -- sh` under a pseudo-terminal (python's pty module), typing
-/// `input`; returns what the terminal showed.
+/// Runs `kubectl exec -it POD -- sh` under a pseudo-terminal, typing `input`; returns what
+/// the terminal showed.
 fn exec_with_pty(s: &Server, pod: &str, input: &str) -> String {
-    let script = r#"
-import os, pty, sys, time, select
-argv = sys.argv[1:]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp(argv[0], argv)
-time.sleep(1.5)
-os.write(fd, sys.stdin.read().encode())
-out = b""
-end = time.time() + 15
-while time.time() < end:
-    r, _, _ = select.select([fd], [], [], 0.5)
-    if fd in r:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        out += data
-    elif os.waitpid(pid, os.WNOHANG) != (0, 0):
-        break
-sys.stdout.write(out.decode(errors="replace"))
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", script, "kubectl"])
-        .arg(format!("--kubeconfig={}", s.kubeconfig().display()))
-        .args(["exec", "-it", pod, "--", "sh"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 pty");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("pty output");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    kubectl_with_pty(
+        s,
+        &["exec", "-it", pod, "--", "sh"],
+        &[Step::Sleep(Duration::from_millis(1500)), Step::Type(input)],
+        Duration::from_secs(15),
+    )
 }
 
 #[test]

@@ -30,7 +30,8 @@
 //! `oomScoreAdj` by QoS class is not set (the process inherits keelson's). Pod-level cgroup
 //! limits are not set (only each container's). `setHostnameAsFQDN` is not applied. No
 //! `rlimits` are written, so a container inherits keelson's. A container with `tty: true`
-//! gets `terminal: true`, and runc then needs `--console-socket` (the monitor's job).
+//! gets `terminal: true`; the monitor passes runc `--console-socket` and keeps the terminal
+//! (see [`super::monitor`]).
 
 use std::collections::BTreeSet;
 use std::fs;

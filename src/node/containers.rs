@@ -1304,6 +1304,11 @@ impl PodRunner {
             log_path,
             rotation: self.shared.config.rotation,
             runc: self.shared.config.runc.clone(),
+            input: monitor::Input {
+                stdin: spec["stdin"].as_bool().unwrap_or(false),
+                stdin_once: spec["stdinOnce"].as_bool().unwrap_or(false),
+                tty: spec["tty"].as_bool().unwrap_or(false),
+            },
         };
         match monitor::spawn(&monitor_spec).await {
             Ok(s) => {

@@ -1,10 +1,18 @@
 //! A runc node's streams: `kubectl logs` from the CRI log files, `kubectl exec` through
-//! `runc exec`, framed as Kubernetes' channel protocol (see [`super::streams`]).
+//! `runc exec`, `kubectl attach` through the container's monitor, framed as Kubernetes'
+//! channel protocol (see [`super::streams`]).
+//!
+//! Attach reads the container's output from its CRI log, from the log's end at the moment
+//! of attaching (a terminal's output is all `stdout`), and sends stdin bytes and resizes to
+//! the monitor's attach socket ([`super::attach`]), which holds the container's stdin pipe or
+//! terminal; so an attach works the same after keelson restarted.
 //!
 //! Invariants: every stream opens with exactly one [`super::streams::Opened`]; an exec's
 //! process is killed when its client goes away (runc's end of the pipes is dropped with the
 //! child, which is spawned `kill_on_drop`), and its exit status is sent on channel 3 before
-//! the stream closes.
+//! the stream closes; an attach never outlives its client (its log follower is aborted with
+//! it) and ends, with a Success status on channel 3, once the container has exited and its
+//! output was sent.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +22,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::attach;
 use super::containers::Shared;
 use super::logs::{self, LogSource};
 use super::pods::{ContainerState, PodKey};
@@ -58,13 +67,12 @@ impl StreamServer for RuncStreams {
                 StreamRequest::PortForward { pod, uid, port } => {
                     serve_port_forward(&shared, &pod, &uid, port, pipe).await
                 }
-                StreamRequest::Attach { .. } => {
-                    pipe.open(
-                        400,
-                        "attach is not supported by this node yet: use kubectl logs -f, or exec",
-                    )
-                    .await;
-                }
+                StreamRequest::Attach {
+                    pod,
+                    uid,
+                    container,
+                    io,
+                } => serve_attach(&shared, &pod, &uid, &container, io, pipe).await,
             }
         })
     }
@@ -311,6 +319,244 @@ async fn serve_exec(
     let mut frame = vec![ERROR];
     frame.extend_from_slice(message.to_string().as_bytes());
     let _ = tx.send(Message::Binary(frame)).await;
+}
+
+/// Attach: the container's output from now on, stdin and resizes to its monitor.
+async fn serve_attach(
+    shared: &Shared,
+    pod: &PodKey,
+    uid: &str,
+    container: &str,
+    io: StreamIo,
+    pipe: Pipe,
+) {
+    let run = shared.run_of(pod, container).filter(|(u, _)| u == uid);
+    let Some((run_uid, run)) = run else {
+        pipe.open(400, &not_started(shared, pod, container)).await;
+        return;
+    };
+    if !matches!(run.state, ContainerState::Running { .. }) || run.runc_id.is_none() {
+        let msg = format!(
+            "cannot attach to container \"{container}\" in pod \"{}\": the container is not running",
+            pod.name
+        );
+        pipe.open(400, &msg).await;
+        return;
+    }
+    let monitor = match attach_socket(&run.state_dir).await {
+        Ok(m) => m,
+        Err(e) => {
+            let msg = format!(
+                "cannot attach to container \"{container}\" in pod \"{}\": {e}",
+                pod.name
+            );
+            pipe.open(500, &msg).await;
+            return;
+        }
+    };
+    let hello = monitor.as_ref().map(|(_, h)| *h).unwrap_or_default();
+    if io.stdin && !hello.stdin {
+        // kubectl checks `tty` itself ("Unable to use a TTY - container … did not allocate
+        // one") but sends stdin regardless; refuse rather than swallow the input.
+        let msg = format!(
+            "cannot attach to the stdin of container \"{container}\" in pod \"{}\": stdin is not enabled for this container (its spec has no \"stdin: true\"); attach without -i to see its output",
+            pod.name
+        );
+        pipe.open(400, &msg).await;
+        return;
+    }
+    if io.stdin && !hello.stdin_open {
+        let msg = format!(
+            "cannot attach to the stdin of container \"{container}\" in pod \"{}\": its stdin was closed when the first attach session ended (stdinOnce)",
+            pod.name
+        );
+        pipe.open(400, &msg).await;
+        return;
+    }
+    let current = shared
+        .log_dir(pod, &run_uid, container)
+        .join(format!("{}.log", run.number));
+    let exit_file = run.state_dir.join(super::monitor::EXIT_FILE);
+    let (out_tx, mut output) = mpsc::channel(ATTACH_OUTPUT_QUEUE);
+    // Started before the stream opens, so nothing written after the client is told "open"
+    // is missed.
+    let follower = AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = logs::follow_output(&current, Some(&exit_file), out_tx).await {
+            tracing::debug!(error = %e, "attach output ended");
+        }
+    }));
+    if !pipe.open(200, "").await {
+        return;
+    }
+    let Pipe { tx, mut rx } = pipe;
+    let (mut socket, mut frames) = match monitor {
+        Some((socket, _)) => (Some(socket), Vec::with_capacity(attach::MAX_FRAME)),
+        None => (None, Vec::new()),
+    };
+    let mut feeds_stdin = false;
+    // When this session ends: set once its client closed stdin (see the loop).
+    let mut ends_at: Option<tokio::time::Instant> = None;
+    if io.stdin {
+        frames.clear();
+        attach::encode(&attach::Frame::StdinOpen, &mut frames);
+        feeds_stdin = send_frames(&mut socket, &frames).await;
+    }
+    loop {
+        let linger = async {
+            match ends_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = linger => break,
+            chunk = output.recv() => match chunk {
+                Some((stream, text)) => {
+                    let channel = match stream {
+                        _ if hello.tty => STDOUT,
+                        logs::Stream::Stdout => STDOUT,
+                        logs::Stream::Stderr => STDERR,
+                    };
+                    let wanted = if channel == STDOUT { io.stdout } else { io.stderr };
+                    if !wanted {
+                        continue;
+                    }
+                    for part in text.chunks(CHUNK) {
+                        let mut msg = Vec::with_capacity(part.len() + 1);
+                        msg.push(channel);
+                        msg.extend_from_slice(part);
+                        if tx.send(Message::Binary(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // The container exited and all it wrote was sent.
+                None => break,
+            },
+            m = rx.recv() => {
+                let Some(m) = m else {
+                    // The client is gone; dropping the socket ends its stdin at the monitor.
+                    return;
+                };
+                let Message::Binary(b) = m else { continue };
+                let Some((&channel, data)) = b.split_first() else { continue };
+                frames.clear();
+                match channel {
+                    STDIN if feeds_stdin => {
+                        attach::encode(&attach::Frame::Stdin(data), &mut frames);
+                    }
+                    RESIZE if hello.tty => {
+                        if let Some((rows, cols)) = terminal_size(data) {
+                            attach::encode(&attach::Frame::Resize { rows, cols }, &mut frames);
+                        }
+                    }
+                    CLOSE if data.first() == Some(&STDIN) && feeds_stdin => {
+                        feeds_stdin = false;
+                        attach::encode(&attach::Frame::StdinClose, &mut frames);
+                        // As containerd does: with stdinOnce the container's stdin closes
+                        // and the session lasts until the container ends; otherwise the
+                        // session ends with its client's stdin (after what the container
+                        // answered to the last input had a moment to arrive).
+                        if !hello.stdin_once {
+                            ends_at = Some(tokio::time::Instant::now() + ATTACH_LINGER);
+                        }
+                    }
+                    _ => {}
+                }
+                if !frames.is_empty() && !send_frames(&mut socket, &frames).await {
+                    feeds_stdin = false;
+                }
+            }
+        }
+    }
+    drop(follower);
+    let mut frame = vec![ERROR];
+    frame.extend_from_slice(
+        json!({"metadata": {}, "status": "Success"})
+            .to_string()
+            .as_bytes(),
+    );
+    let _ = tx.send(Message::Binary(frame)).await;
+}
+
+/// How long a session whose client closed stdin still relays output.
+const ATTACH_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Output records queued between an attach's log follower and its client.
+const ATTACH_OUTPUT_QUEUE: usize = 16;
+/// Longest wait for a monitor's hello on its attach socket.
+const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why the monitor's attach socket could not be used.
+#[derive(Debug, thiserror::Error)]
+enum AttachError {
+    #[error("cannot reach the container's monitor: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("the container's monitor did not answer: {0}")]
+    Hello(#[source] std::io::Error),
+    #[error("the container's monitor answered with something other than a hello")]
+    Protocol,
+}
+
+/// Connects to the monitor's attach socket in `state_dir` and reads its hello; `None` when
+/// it has none (the container has neither stdin nor a terminal).
+async fn attach_socket(
+    state_dir: &std::path::Path,
+) -> Result<Option<(tokio::net::UnixStream, attach::Hello)>, AttachError> {
+    use std::io::ErrorKind;
+    let dir = match attach::Dir::open(state_dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AttachError::Connect(e)),
+    };
+    let mut socket = match tokio::net::UnixStream::connect(dir.path(attach::SOCKET)).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AttachError::Connect(e)),
+    };
+    drop(dir);
+    let mut buf = [0u8; attach::HEADER + 1];
+    tokio::time::timeout(HELLO_WAIT, socket.read_exact(&mut buf))
+        .await
+        .map_err(|_| AttachError::Hello(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(AttachError::Hello)?;
+    match attach::decode(&buf) {
+        Ok((attach::Frame::Hello(hello), _)) => Ok(Some((socket, hello))),
+        _ => Err(AttachError::Protocol),
+    }
+}
+
+/// Writes frames to the monitor; `false` (and the socket dropped) if it is gone.
+async fn send_frames(socket: &mut Option<tokio::net::UnixStream>, frames: &[u8]) -> bool {
+    let Some(s) = socket.as_mut() else {
+        return false;
+    };
+    if s.write_all(frames).await.is_ok() {
+        return true;
+    }
+    *socket = None;
+    false
+}
+
+/// A resize message's `{"Width": …, "Height": …}` as (rows, cols).
+fn terminal_size(json: &[u8]) -> Option<(u16, u16)> {
+    #[derive(serde::Deserialize)]
+    struct Size {
+        #[serde(rename = "Width")]
+        width: u16,
+        #[serde(rename = "Height")]
+        height: u16,
+    }
+    let size: Size = serde_json::from_slice(json).ok()?;
+    Some((size.height, size.width))
+}
+
+/// Aborts a task when dropped: the attach's log follower ends with its stream.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Connects to `port` in the pod's network namespace (the node's, for `hostNetwork`) and

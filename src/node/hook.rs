@@ -81,6 +81,15 @@ pub struct SpawnArgs {
     /// After reporting, stay until killed (plays an agent that dies with its monitors running)
     #[arg(long)]
     hold: bool,
+    /// The container's `stdin: true`
+    #[arg(long)]
+    stdin: bool,
+    /// The container's `stdinOnce: true`
+    #[arg(long)]
+    stdin_once: bool,
+    /// The container's `tty: true`
+    #[arg(long)]
+    tty: bool,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +143,11 @@ pub async fn run(cmd: NodeTest) -> anyhow::Result<()> {
                     max_files: a.log_max_files,
                 },
                 runc: Runc::new(a.runc.runtime, a.runc.runc_root),
+                input: monitor::Input {
+                    stdin: a.stdin,
+                    stdin_once: a.stdin_once,
+                    tty: a.tty,
+                },
             };
             spec.runc.check()?;
             let spawned = monitor::spawn(&spec).await?;

@@ -16,7 +16,8 @@
 //!   backwards from the end, everything else streams forwards.
 //!
 //! The splitter ([`LineSplitter`]) is IO-free; [`CriWriter`] owns the file and its rotation;
-//! [`copy_logs`] is the reader (async, for the API server's side).
+//! [`copy_logs`] is the reader (async, for the API server's side), and [`follow_output`] the
+//! same follower handing attach the new records with their streams.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -26,6 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 /// Longest text of one record; longer lines are split, like kubelet's runtimes do (16 KiB).
 pub const MAX_LINE: usize = 16 * 1024;
@@ -455,7 +457,8 @@ pub async fn copy_logs<W: AsyncWrite + Unpin>(
         let file = file.map(|(path, f)| (path, tokio::fs::File::from_std(f)));
         if following {
             let path = src.files.get(i).cloned().unwrap_or_default();
-            return follow(file, &path, start, src.exit_file.as_deref(), &mut sink).await;
+            follow(file, &path, start, src.exit_file.as_deref(), &mut sink).await?;
+            return Ok(sink.written);
         }
         if let Some((path, f)) = file {
             let mut reader = Records::new(f, start, path).await?;
@@ -469,15 +472,44 @@ pub async fn copy_logs<W: AsyncWrite + Unpin>(
     Ok(sink.written)
 }
 
+/// A container's output from now on, for `kubectl attach`: the records appended to its
+/// current log file `current` (across rotations) after this call, sent to `out` as the
+/// stream they came from and their text (a line's with its `\n`, a partial record's
+/// without), until the exit file exists and everything before it was sent, or `out` is
+/// closed.
+pub async fn follow_output(
+    current: &Path,
+    exit_file: Option<&Path>,
+    out: mpsc::Sender<(Stream, Vec<u8>)>,
+) -> Result<()> {
+    let read_err = |source| Error::Read {
+        path: current.to_owned(),
+        source,
+    };
+    let (file, start) = match File::open(current) {
+        Ok(f) => {
+            let end = f.metadata().map_err(read_err)?.len();
+            (
+                Some((current.to_owned(), tokio::fs::File::from_std(f))),
+                end,
+            )
+        }
+        // Not written yet: it is read from its start once it appears.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (None, 0),
+        Err(e) => return Err(read_err(e)),
+    };
+    follow(file, current, start, exit_file, &mut Output { out }).await
+}
+
 /// Streams `path` from `start`, then keeps reading what is appended, across rotations,
-/// until the exit file exists and everything before it is read.
-async fn follow<W: AsyncWrite + Unpin>(
+/// until the exit file exists and everything before it is read (or the consumer stops).
+async fn follow(
     file: Option<(PathBuf, tokio::fs::File)>,
     path: &Path,
     start: u64,
     exit_file: Option<&Path>,
-    sink: &mut Sink<'_, W>,
-) -> Result<u64> {
+    sink: &mut impl Consumer,
+) -> Result<()> {
     let mut reader = match file {
         Some((p, f)) => Some(Records::new(f, start, p).await?),
         None => None,
@@ -489,7 +521,7 @@ async fn follow<W: AsyncWrite + Unpin>(
         if let Some(r) = reader.as_mut() {
             while let Some(record) = r.next().await? {
                 if sink.record(&record).await? == Flow::Stop {
-                    return Ok(sink.written);
+                    return Ok(());
                 }
             }
         }
@@ -518,9 +550,9 @@ async fn follow<W: AsyncWrite + Unpin>(
             }
         }
         if exited {
-            return Ok(sink.written);
+            return Ok(());
         }
-        sink.out.flush().await.map_err(Error::Write)?;
+        sink.idle().await?;
         tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
@@ -529,6 +561,36 @@ async fn follow<W: AsyncWrite + Unpin>(
 enum Flow {
     Continue,
     Stop,
+}
+
+/// What a follower hands the records it reads to.
+trait Consumer {
+    async fn record(&mut self, r: &Record<'_>) -> Result<Flow>;
+    /// Nothing new for now: push out what is buffered.
+    async fn idle(&mut self) -> Result<()>;
+}
+
+/// Records as (stream, text) messages, for attach.
+struct Output {
+    out: mpsc::Sender<(Stream, Vec<u8>)>,
+}
+
+impl Consumer for Output {
+    async fn record(&mut self, r: &Record<'_>) -> Result<Flow> {
+        let mut text = Vec::with_capacity(r.text.len() + 1);
+        text.extend_from_slice(r.text);
+        if r.tag == Tag::Full {
+            text.push(b'\n');
+        }
+        Ok(match self.out.send((r.stream, text)).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        })
+    }
+
+    async fn idle(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where log text goes: applies `since`, `timestamps` and `limit_bytes`.
@@ -541,6 +603,16 @@ struct Sink<'a, W> {
 }
 
 // === impl Sink ===
+
+impl<W: AsyncWrite + Unpin> Consumer for Sink<'_, W> {
+    async fn record(&mut self, r: &Record<'_>) -> Result<Flow> {
+        Sink::record(self, r).await
+    }
+
+    async fn idle(&mut self) -> Result<()> {
+        self.out.flush().await.map_err(Error::Write)
+    }
+}
 
 impl<W: AsyncWrite + Unpin> Sink<'_, W> {
     async fn record(&mut self, r: &Record<'_>) -> Result<Flow> {

@@ -11,6 +11,7 @@
 //! The configuration modules are synchronous and touch the filesystem and the kernel briefly
 //! (mounts, a short-lived thread for namespaces): call them from `spawn_blocking`.
 
+pub mod attach;
 pub mod bundle;
 pub mod containers;
 pub mod env;

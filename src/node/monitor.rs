@@ -17,18 +17,29 @@
 //! The monitor is single-threaded, uses std and nix only (no async runtime, no allocator
 //! tuning: it is dispatched in `main` before either starts) and allocates a few small buffers.
 //!
+//! Input ([`Input`]): a container has stdin on /dev/null unless it asked for `stdin: true`
+//! (then a pipe whose write end the monitor holds) or `tty: true` (runc makes a terminal and
+//! passes its master over `--console-socket`; the monitor copies the master's output to the
+//! log as `stdout`, as containerd does for terminals). Either way the monitor listens on the
+//! attach socket ([`crate::node::attach`], served by [`sessions`]) for the node's stdin bytes
+//! and resizes; the socket is the monitor's, so attaching works again after keelson restarts.
+//! Sockets are bound through `/proc/self/fd/<state dir>/…`, so a state directory's length
+//! never meets the 108-byte limit of a socket path.
+//!
 //! State directory (one per container, chosen by the caller), all written atomically
 //! (temporary file, then rename):
 //! - `monitor.json`: the monitor's pid, process start time and boot id; after a successful
 //!   start also the container's init pid, start time and `startedAt`;
 //! - `exit.json` ([`ExitRecord`]): written once, after the log is complete; its existence
 //!   means the monitor is done (or is just exiting);
-//! - `container.pid` (runc's pid file) and `runc.log` (runc's own JSON log).
+//! - `container.pid` (runc's pid file) and `runc.log` (runc's own JSON log);
+//! - `attach.sock` while the container runs, if it has stdin or a terminal, and
+//!   `console.sock` while runc creates a container with a terminal.
 //!
 //! Invariants:
 //! - the exit file is written only after the container's init was reaped and the pipes were
 //!   drained (EOF, or [`DRAIN_LIMIT`] after the exit) into the log file, so a log follower
-//!   that sees it can finish;
+//!   that sees it can finish; the attach socket is removed before it;
 //! - a pid in `monitor.json` is trusted only together with its start time and boot id, so a
 //!   recycled pid is never taken for the monitor or the container;
 //! - the monitor never deletes the runc container: whoever reads the exit file does;
@@ -53,8 +64,11 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::attach;
 use super::logs::{CriWriter, LineSplitter, Rotation, Stream, Tag, Timestamp};
 use super::runc::{self, Runc};
+
+mod sessions;
 
 /// The monitor's own state, in the container's state directory.
 pub const MONITOR_FILE: &str = "monitor.json";
@@ -69,6 +83,13 @@ const RUNC_LOG: &str = "runc.log";
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// A line without its newline waits this long before it is logged as a partial record.
 const PARTIAL_FLUSH_AFTER: Duration = Duration::from_secs(1);
+/// The same while someone is attached: a prompt or a typed key's echo shows at once.
+const ATTACHED_FLUSH_AFTER: Duration = Duration::from_millis(10);
+/// runc's `--console-socket`, in the state directory, while a terminal is created.
+const CONSOLE_SOCKET: &str = "console.sock";
+/// Longest wait for runc's terminal message once its connection is accepted (it was sent
+/// before `runc create` returned, so this only bounds a broken runc).
+const CONSOLE_WAIT: Duration = Duration::from_secs(5);
 /// After this long without output or children exiting, a monitor unmaps the file pages its
 /// last work touched (see the loop).
 pub const IDLE_AFTER: Duration = Duration::from_secs(3);
@@ -128,6 +149,18 @@ pub struct MonitorSpec {
     pub log_path: PathBuf,
     pub rotation: Rotation,
     pub runc: Runc,
+    pub input: Input,
+}
+
+/// The container's input, from its spec (`stdin`, `stdinOnce`, `tty`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Input {
+    /// Keep a pipe to the container's stdin (or, with `tty`, take input on the terminal).
+    pub stdin: bool,
+    /// The first attach session that feeds stdin closes it when it ends.
+    pub stdin_once: bool,
+    /// Give the container a terminal.
+    pub tty: bool,
 }
 
 /// A started container.
@@ -290,7 +323,8 @@ fn usage(problem: &str) -> ExitCode {
     eprintln!(
         "error: {problem}\nkeelson monitor is started by keelson itself:\n  \
          keelson monitor container --id ID --bundle DIR --state-dir DIR --log FILE \
-         --runtime RUNC --runc-root DIR [--log-max-size BYTES] [--log-max-files N]\n  \
+         --runtime RUNC --runc-root DIR [--log-max-size BYTES] [--log-max-files N] \
+         [--stdin true] [--stdin-once true] [--tty true]\n  \
          keelson monitor exec --pid-file FILE -- RUNC-EXEC-COMMAND…"
     );
     ExitCode::from(2)
@@ -329,6 +363,7 @@ struct MonitorArgs {
     rotation: Rotation,
     runtime: PathBuf,
     runc_root: PathBuf,
+    input: Input,
 }
 
 fn spec_args(spec: &MonitorSpec) -> Vec<OsString> {
@@ -353,6 +388,18 @@ fn spec_args(spec: &MonitorSpec) -> Vec<OsString> {
             _ => value.to_owned(),
         });
     }
+    // Only when set, so a container without input is started exactly as before.
+    let input = spec.input;
+    for (flag, on) in [
+        ("--stdin", input.stdin),
+        ("--stdin-once", input.stdin_once),
+        ("--tty", input.tty),
+    ] {
+        if on {
+            out.push(OsString::from(flag));
+            out.push(OsString::from("true"));
+        }
+    }
     out
 }
 
@@ -367,6 +414,7 @@ impl MonitorArgs {
         let mut runtime = None;
         let mut runc_root = None;
         let mut rotation = Rotation::default();
+        let mut input = Input::default();
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let value = it
@@ -378,7 +426,15 @@ impl MonitorArgs {
                     .and_then(|v| v.parse::<u64>().ok())
                     .ok_or_else(|| format!("{} needs a number", flag.to_string_lossy()))
             };
+            let boolean = || match value.to_str() {
+                Some("true") => Ok(true),
+                Some("false") => Ok(false),
+                _ => Err(format!("{} needs true or false", flag.to_string_lossy())),
+            };
             match flag.to_str().unwrap_or("") {
+                "--stdin" => input.stdin = boolean()?,
+                "--stdin-once" => input.stdin_once = boolean()?,
+                "--tty" => input.tty = boolean()?,
                 "--id" => id = value.to_str().map(str::to_owned),
                 "--bundle" => bundle = Some(PathBuf::from(value)),
                 "--state-dir" => state_dir = Some(PathBuf::from(value)),
@@ -401,6 +457,7 @@ impl MonitorArgs {
             rotation,
             runtime: runtime.ok_or_else(|| missing("--runtime"))?,
             runc_root: runc_root.ok_or_else(|| missing("--runc-root"))?,
+            input,
         })
     }
 }
@@ -547,32 +604,69 @@ fn run_container(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("cannot make a pipe: {e}"))
     };
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    // runc's "pass-through" mode: its stdio become the container's; its own messages go
-    // to runc.log.
-    let created = runc
-        .command()
+    let input = args.input;
+    // The state directory, for sockets: only a container with input has any.
+    let sockets = if input.stdin || input.tty {
+        let d = attach::Dir::open(dir)
+            .map_err(|e| format!("cannot open the state directory {}: {e}", dir.display()))?;
+        Some(d)
+    } else {
+        None
+    };
+    let bind = |d: &attach::Dir, name: &str| {
+        let path = d.path(name);
+        let _ = fs::remove_file(&path);
+        std::os::unix::net::UnixListener::bind(&path)
+            .map_err(|e| format!("cannot listen on {}: {e}", dir.join(name).display()))
+    };
+    let mut create = runc.command();
+    create
         .arg("--log")
         .arg(&runc_log)
         .args(["--log-format", "json", "create", "--bundle"])
         .arg(&args.bundle)
         .arg("--pid-file")
-        .arg(&pid_file)
-        .arg(&args.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .status()
-        .map_err(|e| {
-            runc::Error::Missing {
-                binary: args.runtime.clone(),
-                source: e,
+        .arg(&pid_file);
+    let mut outputs = (None, None);
+    let mut stdin = None;
+    let mut console = None;
+    match &sockets {
+        Some(d) if input.tty => {
+            // runc makes the terminal and sends its master here (runc runs in its own
+            // process, so it reaches the directory through our pid, not `self`).
+            console = Some(bind(d, CONSOLE_SOCKET)?);
+            create
+                .arg("--console-socket")
+                .arg(d.path_for_others(CONSOLE_SOCKET))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        }
+        _ => {
+            // runc's "pass-through" mode: its stdio become the container's; its own
+            // messages go to runc.log.
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            outputs = (Some(out_r), Some(err_r));
+            create.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+            if input.stdin {
+                let (in_r, in_w) = pipe()?;
+                stdin = Some(in_w);
+                create.stdin(Stdio::from(in_r));
+            } else {
+                create.stdin(Stdio::null());
             }
-            .to_string()
-        })?;
-    // The Command dropped our copies of the write ends: EOF comes when the container's
-    // processes have closed theirs.
+        }
+    }
+    let created = create.arg(&args.id).status().map_err(|e| {
+        runc::Error::Missing {
+            binary: args.runtime.clone(),
+            source: e,
+        }
+        .to_string()
+    })?;
+    // The Command dropped our copies of the pipes' container ends: EOF comes when the
+    // container's processes have closed theirs.
     if !created.success() {
         let mut message = runc_error(&runc_log);
         if message.is_empty() {
@@ -584,6 +678,35 @@ fn run_container(
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
         .ok_or_else(|| format!("runc create wrote no pid to {}", pid_file.display()))?;
+    let mut terminal = None;
+    if let (Some(listener), Some(d)) = (console, &sockets) {
+        // runc connected and sent the master before `create` returned: it waits in the
+        // backlog.
+        let master = receive_terminal(&listener);
+        let _ = fs::remove_file(d.path(CONSOLE_SOCKET));
+        terminal = Some(master?);
+    }
+    let attach = match &sockets {
+        Some(d) => {
+            let listener = bind(d, attach::SOCKET)?;
+            let copy = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| format!("cannot copy the terminal's descriptor: {e}"))
+            };
+            let (input_fd, resize_fd) = match &terminal {
+                Some(t) => (input.stdin.then(|| copy(t)).transpose()?, Some(copy(t)?)),
+                None => (stdin.take(), None),
+            };
+            let s = sessions::Sessions::new(listener, input_fd, resize_fd, input.stdin_once)
+                .map_err(|e| format!("cannot set up the attach socket: {e}"))?;
+            Some(s)
+        }
+        None => None,
+    };
+    if let Some(t) = terminal {
+        // Its output is the container's stdout (a terminal merges stderr into it).
+        outputs = (Some(t), None);
+    }
     // The init waits in runc's exec fifo until `start`: its cgroup is settled now.
     let oom = OomCounter::find(container_pid);
     let container = ProcessStamp::of(container_pid);
@@ -615,7 +738,11 @@ fn run_container(
         let _ = writeln!(r, "started {container_pid}");
     }
 
-    let status = copy_until_exit(container_pid, out_r, err_r, &signals, &mut log);
+    let status = copy_until_exit(container_pid, outputs, attach, &signals, &mut log);
+    if let Some(d) = &sockets {
+        // Before the exit file: whoever sees that finds no socket of a finished monitor.
+        let _ = fs::remove_file(d.path(attach::SOCKET));
+    }
     let (exit_code, signal) = match status {
         Some(WaitStatus::Signaled(_, sig, _)) => (128 + sig as i32, Some(sig as i32)),
         Some(WaitStatus::Exited(_, code)) => (code, None),
@@ -644,24 +771,25 @@ struct Pipe {
     waiting_since: Option<Instant>,
 }
 
-/// The loop: copies both pipes into the log and reaps children until the init has exited
-/// and the pipes are drained. Returns the init's status.
+/// The loop: copies the pipes (or the terminal) into the log, serves attach sessions and
+/// reaps children until the init has exited and the output is drained. Returns the init's
+/// status.
 fn copy_until_exit(
     init: i32,
-    out: OwnedFd,
-    err: OwnedFd,
+    (out, err): (Option<OwnedFd>, Option<OwnedFd>),
+    mut attach: Option<sessions::Sessions>,
     signals: &SignalFd,
     log: &mut CriWriter,
 ) -> Option<WaitStatus> {
     let mut pipes = [
         Pipe {
-            fd: Some(out),
+            fd: out,
             stream: Stream::Stdout,
             lines: LineSplitter::default(),
             waiting_since: None,
         },
         Pipe {
-            fd: Some(err),
+            fd: err,
             stream: Stream::Stderr,
             lines: LineSplitter::default(),
             waiting_since: None,
@@ -694,9 +822,13 @@ fn copy_until_exit(
         }
         // Wake for: an unfinished line that has waited long enough, the drain limit.
         let now = Instant::now();
+        let flush_after = match &attach {
+            Some(a) if a.attached() => ATTACHED_FLUSH_AFTER,
+            _ => PARTIAL_FLUSH_AFTER,
+        };
         let mut wake: Option<Instant> = exited.map(|(_, at)| at + DRAIN_LIMIT);
         for since in pipes.iter().filter_map(|p| p.waiting_since) {
-            let at = since + PARTIAL_FLUSH_AFTER;
+            let at = since + flush_after;
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
         let timeout = match wake {
@@ -712,8 +844,8 @@ fn copy_until_exit(
             (true, false) => PollTimeout::try_from(IDLE_AFTER).unwrap_or(PollTimeout::MAX),
             _ => timeout,
         };
-        let (ready_pipes, ready_signal) = {
-            let mut fds: Vec<PollFd> = Vec::with_capacity(3);
+        let (ready_pipes, ready_signal, ready_attach) = {
+            let mut fds: Vec<PollFd> = Vec::with_capacity(4);
             fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
             let mut which = [None, None];
             for (i, p) in pipes.iter().enumerate() {
@@ -722,6 +854,7 @@ fn copy_until_exit(
                     fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                 }
             }
+            let registered = attach.as_ref().map(|a| a.register(&mut fds));
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(0) if exited.is_none() && pipes.iter().all(|p| p.waiting_since.is_none()) => {
                     // Quiet for IDLE_AFTER. Start-up (argument parsing, JSON, spawning runc)
@@ -742,9 +875,13 @@ fn copy_until_exit(
                     .and_then(PollFd::revents)
                     .is_some_and(|r| !r.is_empty())
             };
-            (which.map(|w| w.is_some_and(ready)), ready(0))
+            let ready_attach = registered.map(|r| r.ready(&fds));
+            (which.map(|w| w.is_some_and(ready)), ready(0), ready_attach)
         };
         released = false;
+        if let (Some(a), Some(ready)) = (attach.as_mut(), ready_attach) {
+            a.handle(ready);
+        }
         if ready_signal {
             // Drain the queued SIGCHLDs; the reap loop below collects every child.
             while let Ok(Some(_)) = signals.read_signal() {}
@@ -756,7 +893,7 @@ fn copy_until_exit(
                 read_pipe(p, &mut buf, &ts, log);
             }
             if let Some(since) = p.waiting_since
-                && since.elapsed() >= PARTIAL_FLUSH_AFTER
+                && since.elapsed() >= flush_after
             {
                 let stream = p.stream;
                 p.lines.flush_partial(&mut |tag, text| {
@@ -800,6 +937,14 @@ fn finish_pipe(p: &mut Pipe, log: &mut CriWriter) {
     });
     p.waiting_since = None;
     p.fd = None;
+}
+
+/// The terminal master runc sent to the console socket while it created the container.
+fn receive_terminal(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd, String> {
+    let failed = |e: io::Error| format!("cannot receive the container's terminal from runc: {e}");
+    listener.set_nonblocking(true).map_err(failed)?;
+    let (stream, _) = listener.accept().map_err(failed)?;
+    runc::receive_fd_blocking(&stream, CONSOLE_WAIT).map_err(failed)
 }
 
 /// Reaps every child that has exited; returns the init's status if it was among them.

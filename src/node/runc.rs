@@ -387,50 +387,61 @@ pub fn error_text(stderr: &[u8]) -> String {
 }
 
 /// Receives the one file descriptor runc sends over its console socket.
-#[allow(unsafe_code)]
 async fn receive_fd(stream: &tokio::net::UnixStream) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     loop {
         stream.readable().await?;
-        let got = stream.try_io(tokio::io::Interest::READABLE, || {
-            // runc sends the terminal's name as the data; the fd rides as SCM_RIGHTS.
-            let mut name = [0u8; 256];
-            let mut iov = [io::IoSliceMut::new(&mut name)];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-            let msg = recvmsg::<()>(
-                stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .map_err(io::Error::from)?;
-            let mut fds = Vec::new();
-            for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(received) = cmsg {
-                    fds.extend(received);
-                }
-            }
-            Ok(fds)
-        });
-        let fds = match got {
-            Ok(fds) => fds,
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            receive_fds(stream.as_raw_fd())
+        }) {
+            Ok(fds) => return only_one(fds),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
-        };
-        let mut owned: Vec<OwnedFd> = fds
-            .into_iter()
-            // SAFETY: the kernel just installed each of these descriptors in our table for
-            // this message (SCM_RIGHTS); nothing else in the process knows their numbers, so
-            // each OwnedFd is their sole owner and closes it exactly once.
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-            .collect();
-        return match owned.len() {
-            1 => Ok(owned.remove(0)),
-            n => Err(io::Error::other(format!(
-                "expected one terminal descriptor from runc, got {n}"
-            ))),
-        };
+        }
     }
+}
+
+/// [`receive_fd`] for a caller without a runtime (the monitor): waits at most `limit`.
+pub fn receive_fd_blocking(
+    stream: &std::os::unix::net::UnixStream,
+    limit: std::time::Duration,
+) -> io::Result<OwnedFd> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(limit))?;
+    only_one(receive_fds(stream.as_raw_fd())?)
+}
+
+fn only_one(mut fds: Vec<OwnedFd>) -> io::Result<OwnedFd> {
+    match fds.len() {
+        1 => Ok(fds.remove(0)),
+        n => Err(io::Error::other(format!(
+            "expected one terminal descriptor from runc, got {n}"
+        ))),
+    }
+}
+
+/// One `recvmsg` on runc's console connection: the descriptors it carried, owned.
+#[allow(unsafe_code)]
+fn receive_fds(fd: std::os::fd::RawFd) -> io::Result<Vec<OwnedFd>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    // runc sends the terminal's name as the data; the fd rides as SCM_RIGHTS.
+    let mut name = [0u8; 256];
+    let mut iov = [io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut raw = Vec::new();
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            raw.extend(received);
+        }
+    }
+    Ok(raw
+        .into_iter()
+        // SAFETY: the kernel just installed each of these descriptors in our table for
+        // this message (SCM_RIGHTS); nothing else in the process knows their numbers, so
+        // each OwnedFd is their sole owner and closes it exactly once.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect())
 }
 
 struct RemoveOnDrop(Vec<PathBuf>);

@@ -11,6 +11,7 @@ fn spec(dir: &Path) -> MonitorSpec {
             max_files: 3,
         },
         runc: Runc::new("/usr/sbin/runc", dir.join("runc")),
+        input: Input::default(),
     }
 }
 
