@@ -148,11 +148,13 @@ def main():
         busybox_layout(os.path.join(adir, "agent/images/busybox.tar"), "docker.io/library/busybox:bench")
         kc = os.path.join(tmp, "kc.yaml")
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
+        # DEBUG=1: both processes log at debug level (kept with KEEP=dir), for a timeline.
+        debug = ["--debug"] if os.environ.get("DEBUG") else []
         slog = open(os.path.join(tmp, "server.log"), "w")
         procs.append(subprocess.Popen([binary, "server", "-d", sdir, "--https-listen-port", str(port),
                                        "--bind-address", "127.0.0.1", "--write-kubeconfig", kc,
                                        "--config", "/dev/null", "--runtime", "none", "--node-name", "bench-server",
-                                       "--node-taint", "CriticalAddonsOnly=true:NoExecute"],
+                                       "--node-taint", "CriticalAddonsOnly=true:NoExecute"] + debug,
                                       stdout=slog, stderr=slog, env=env))
         for _ in range(300):
             if os.path.exists(os.path.join(sdir, "server/token")) and os.path.exists(kc):
@@ -162,7 +164,7 @@ def main():
         alog = open(os.path.join(tmp, "agent.log"), "w")
         agent = subprocess.Popen([binary, "agent", "--server", f"https://127.0.0.1:{port}", "--token", token,
                                   "-d", adir, "--node-name", "bench-agent", "--config", "/dev/null",
-                                  "--runtime", "runc"], stdout=alog, stderr=alog, env=env)
+                                  "--runtime", "runc"] + debug, stdout=alog, stderr=alog, env=env)
         procs.append(agent)
         kubectl = ["kubectl", f"--kubeconfig={kc}"]
         for _ in range(300):

@@ -598,6 +598,7 @@ impl PodRunner {
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        tracing::debug!(pod = %self.key.name, namespace = %self.key.namespace, "pod task starts");
         self.adopt();
         self.publish();
         let wake = self.wake.clone();
@@ -704,6 +705,7 @@ impl PodRunner {
                         super::sandbox::Namespace::Host => None,
                     };
                     self.shared.set_netns(&self.key, &self.pod.uid, netns);
+                    tracing::debug!(pod = %self.key.name, "pod sandbox set up");
                     self.sandbox = Some(parts);
                     self.setup_error = None;
                 }

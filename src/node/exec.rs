@@ -378,10 +378,18 @@ async fn serve_attach(
         .join(format!("{}.log", run.number));
     let exit_file = run.state_dir.join(super::monitor::EXIT_FILE);
     let (out_tx, mut output) = mpsc::channel(ATTACH_OUTPUT_QUEUE);
-    // Started before the stream opens, so nothing written after the client is told "open"
-    // is missed.
+    // The log's end is taken here, before the stream opens and any input is passed on, so
+    // nothing the container writes in answer falls before the follower's start.
+    let from = match logs::LogEnd::of(&current) {
+        Ok(f) => f,
+        Err(e) => {
+            pipe.open(500, &format!("cannot read the container's log: {e}"))
+                .await;
+            return;
+        }
+    };
     let follower = AbortOnDrop(tokio::spawn(async move {
-        if let Err(e) = logs::follow_output(&current, Some(&exit_file), out_tx).await {
+        if let Err(e) = logs::follow_output(from, Some(&exit_file), out_tx).await {
             tracing::debug!(error = %e, "attach output ended");
         }
     }));

@@ -478,27 +478,45 @@ pub async fn copy_logs<W: AsyncWrite + Unpin>(
 /// without), until the exit file exists and everything before it was sent, or `out` is
 /// closed.
 pub async fn follow_output(
-    current: &Path,
+    from: LogEnd,
     exit_file: Option<&Path>,
     out: mpsc::Sender<(Stream, Vec<u8>)>,
 ) -> Result<()> {
-    let read_err = |source| Error::Read {
-        path: current.to_owned(),
-        source,
-    };
-    let (file, start) = match File::open(current) {
-        Ok(f) => {
-            let end = f.metadata().map_err(read_err)?.len();
-            (
-                Some((current.to_owned(), tokio::fs::File::from_std(f))),
-                end,
-            )
-        }
-        // Not written yet: it is read from its start once it appears.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => (None, 0),
-        Err(e) => return Err(read_err(e)),
-    };
-    follow(file, current, start, exit_file, &mut Output { out }).await
+    let file = from
+        .file
+        .map(|f| (from.path.clone(), tokio::fs::File::from_std(f)));
+    follow(file, &from.path, from.start, exit_file, &mut Output { out }).await
+}
+
+/// Where a log ends now: taken before anything can make the container write (an attach's
+/// input), so none of its answer falls before the point a follower starts from.
+pub struct LogEnd {
+    path: PathBuf,
+    file: Option<File>,
+    start: u64,
+}
+
+impl LogEnd {
+    pub fn of(current: &Path) -> Result<LogEnd> {
+        let read_err = |source| Error::Read {
+            path: current.to_owned(),
+            source,
+        };
+        let (file, start) = match File::open(current) {
+            Ok(f) => {
+                let end = f.metadata().map_err(read_err)?.len();
+                (Some(f), end)
+            }
+            // Not written yet: it is read from its start once it appears.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, 0),
+            Err(e) => return Err(read_err(e)),
+        };
+        Ok(LogEnd {
+            path: current.to_owned(),
+            file,
+            start,
+        })
+    }
 }
 
 /// Streams `path` from `start`, then keeps reading what is appended, across rotations,

@@ -658,15 +658,17 @@ fn run_container(
             }
         }
     }
-    let created = create.arg(&args.id).status().map_err(|e| {
+    let created = create.arg(&args.id).status();
+    // The Command holds our copies of the pipes' container ends: drop it, so EOF comes when
+    // the container's processes have closed theirs (not only at the drain limit).
+    drop(create);
+    let created = created.map_err(|e| {
         runc::Error::Missing {
             binary: args.runtime.clone(),
             source: e,
         }
         .to_string()
     })?;
-    // The Command dropped our copies of the pipes' container ends: EOF comes when the
-    // container's processes have closed theirs.
     if !created.success() {
         let mut message = runc_error(&runc_log);
         if message.is_empty() {
