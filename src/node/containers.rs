@@ -1254,6 +1254,7 @@ impl PodRunner {
             &rootfs,
         )
         .map_err(Failure::Start)?;
+        tracing::debug!(pod = %self.key.name, "container rootfs mounted");
         let Some((sandbox, volumes)) = &self.sandbox else {
             unmount_quietly(&rootfs);
             return Err(Failure::Start("the pod's sandbox is not set up".into()));
@@ -1294,6 +1295,7 @@ impl PodRunner {
             unmount_quietly(&rootfs);
             return Err(Failure::Config(e.to_string()));
         }
+        tracing::debug!(pod = %self.key.name, "container bundle written");
         let name = spec["name"].as_str().unwrap_or_default();
         let log_path = self
             .shared

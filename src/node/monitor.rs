@@ -88,7 +88,7 @@ const ATTACHED_FLUSH_AFTER: Duration = Duration::from_millis(10);
 /// runc's `--console-socket`, in the state directory, while a terminal is created.
 const CONSOLE_SOCKET: &str = "console.sock";
 /// Longest wait for runc's terminal message once its connection is accepted (it was sent
-/// before `runc create` returned, so this only bounds a broken runc).
+/// before `runc run` returned, so this only bounds a broken runc).
 const CONSOLE_WAIT: Duration = Duration::from_secs(5);
 /// After this long without output or children exiting, a monitor unmaps the file pages its
 /// last work touched (see the loop).
@@ -623,7 +623,9 @@ fn run_container(
     create
         .arg("--log")
         .arg(&runc_log)
-        .args(["--log-format", "json", "create", "--bundle"])
+        // One `runc run --detach` rather than `create` then `start`: a Go process fewer on
+        // every start (8–20 ms on this machine, a third of a bare `runc run`).
+        .args(["--log-format", "json", "run", "--detach", "--bundle"])
         .arg(&args.bundle)
         .arg("--pid-file")
         .arg(&pid_file);
@@ -672,14 +674,14 @@ fn run_container(
     if !created.success() {
         let mut message = runc_error(&runc_log);
         if message.is_empty() {
-            message = format!("runc create exited with {created}");
+            message = format!("runc run exited with {created}");
         }
         return Err(message);
     }
     let container_pid = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
-        .ok_or_else(|| format!("runc create wrote no pid to {}", pid_file.display()))?;
+        .ok_or_else(|| format!("runc run wrote no pid to {}", pid_file.display()))?;
     let mut terminal = None;
     if let (Some(listener), Some(d)) = (console, &sockets) {
         // runc connected and sent the master before `create` returned: it waits in the
@@ -709,24 +711,10 @@ fn run_container(
         // Its output is the container's stdout (a terminal merges stderr into it).
         outputs = (Some(t), None);
     }
-    // The init waits in runc's exec fifo until `start`: its cgroup is settled now.
-    let oom = OomCounter::find(container_pid);
+    // The container runs already (it may even have ended): its cgroup is found through its
+    // pid while it lives, else from the bundle (a new cgroup: its OOM count started at 0).
+    let oom = OomCounter::find(container_pid).or_else(|| OomCounter::of_bundle(&args.bundle));
     let container = ProcessStamp::of(container_pid);
-    let started = runc
-        .command()
-        .args(["start", &args.id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("cannot run runc start: {e}"))?;
-    if !started.status.success() {
-        return Err(format!(
-            "runc start failed ({}): {}",
-            started.status,
-            runc::error_text(&started.stderr)
-        ));
-    }
     let started_at = SystemTime::now();
     state.container = Some(container.unwrap_or(ProcessStamp {
         pid: container_pid,
@@ -1012,6 +1000,28 @@ impl OomCounter {
         Some(OomCounter { file, key, before })
     }
 
+    /// The counter of the cgroup the bundle's `linux.cgroupsPath` names (cgroupfs style,
+    /// as keelson writes it), counting from 0: for a container that ended before its pid
+    /// could be looked up.
+    fn of_bundle(bundle: &Path) -> Option<OomCounter> {
+        let config: serde_json::Value =
+            serde_json::from_slice(&fs::read(bundle.join("config.json")).ok()?).ok()?;
+        let path = config.pointer("/linux/cgroupsPath")?.as_str()?;
+        let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        // The same shape as /proc/<pid>/cgroup: the v1 memory line, else the v2 line.
+        let proc_cgroup = if unified {
+            format!("0::{path}\n")
+        } else {
+            format!("4:memory:{path}\n")
+        };
+        let (file, key) = oom_file(&proc_cgroup, unified)?;
+        Some(OomCounter {
+            file,
+            key,
+            before: 0,
+        })
+    }
+
     fn fired(&self) -> bool {
         read_counter(&self.file, self.key).is_some_and(|now| now > self.before)
     }
@@ -1124,7 +1134,7 @@ struct MonitorFile {
     monitor: ProcessStamp,
     #[serde(default)]
     container: Option<ProcessStamp>,
-    /// RFC 3339, when `runc start` returned.
+    /// RFC 3339, when `runc run` returned.
     #[serde(default)]
     started_at: Option<String>,
 }
