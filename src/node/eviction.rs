@@ -124,8 +124,17 @@ impl Manager {
             let Some(active) = pods.active() else {
                 continue;
             };
+            // The node's own figures are a few cheap reads, taken here; the pods' (cgroup files,
+            // a walk of their directories) only under pressure, off the runtime's thread. An
+            // idle node so keeps no blocking thread alive (an agent runs on one thread).
+            let usage = Usage::measure(&this.layout.root);
+            let Some(signal) = crossed(&usage, &this.thresholds) else {
+                continue;
+            };
             let this = this.clone();
-            let chosen = tokio::task::spawn_blocking(move || this.choose(&active)).await;
+            let chosen =
+                tokio::task::spawn_blocking(move || this.choose_under(signal, &usage, &active))
+                    .await;
             if let Ok(Some((key, uid, message))) = chosen {
                 tracing::warn!(pod = %key.name, namespace = %key.namespace, "evicting a pod: {message}");
                 pods.evict(&key, &uid, message);
@@ -133,10 +142,13 @@ impl Manager {
         }
     }
 
-    /// One pass: the pod to evict now and kubelet's message, if a threshold is crossed.
-    pub fn choose(&self, active: &[Active]) -> Option<(PodKey, String, String)> {
-        let usage = Usage::measure(&self.layout.root);
-        let signal = crossed(&usage, &self.thresholds)?;
+    /// The pod to evict for `signal`, crossed in `usage`, and kubelet's message.
+    fn choose_under(
+        &self,
+        signal: Signal,
+        usage: &Usage,
+        active: &[Active],
+    ) -> Option<(PodKey, String, String)> {
         let mut candidates: Vec<Candidate> = active
             .iter()
             .filter(|a| !is_critical(&a.pod))
@@ -151,7 +163,7 @@ impl Manager {
             );
         }
         let chosen = chosen?;
-        let message = message(signal, &usage, &self.thresholds, &chosen);
+        let message = message(signal, usage, &self.thresholds, &chosen);
         Some((chosen.key, chosen.uid, message))
     }
 
