@@ -592,6 +592,80 @@ spec:
 }
 
 #[test]
+fn a_pods_containers_share_one_process_namespace() {
+    if !available("a_pods_containers_share_one_process_namespace") {
+        return;
+    }
+    let images = Images::new();
+    let s = server_with_runtime(&images);
+    apply(
+        &s,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: shared}}
+spec:
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: a
+    image: {IMAGE}
+    command: ["sh", "-c", "while true; do sleep 1; done # marker-of-a"]
+  - name: b
+    image: {IMAGE}
+    command: ["sh", "-c", "while true; do sleep 1; done"]
+"#
+        ),
+    );
+    wait_running(&s, "shared");
+    let cmdlines = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done";
+    let (code, out, err) = kubectl(
+        &s,
+        &["exec", "shared", "-c", "b", "--", "sh", "-c", cmdlines],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("marker-of-a"),
+        "container b does not see container a's processes:\n{out}"
+    );
+    // PID 1 is the pod's own init (as the pause container is for kubelet), not a container.
+    let (_, init, _) = kubectl(
+        &s,
+        &[
+            "exec",
+            "shared",
+            "-c",
+            "b",
+            "--",
+            "sh",
+            "-c",
+            "tr '\\0' ' ' < /proc/1/cmdline",
+        ],
+        None,
+    );
+    assert!(init.contains("pod-init"), "PID 1 of the pod: {init:?}");
+    // Deleting the pod ends its init too.
+    let uid = pod(&s, "shared")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let inits = || {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("pod-init --ns-dir .*{uid}")])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert!(!inits().is_empty(), "no init process for the pod");
+    s.kubectl_ok(&["delete", "pod", "shared", "--wait=false"]);
+    wait_until("the pod's init to end", Duration::from_secs(20), || {
+        inits().is_empty()
+    });
+}
+
+#[test]
 fn a_memory_hog_is_oom_killed_and_reported() {
     if !available("a_memory_hog_is_oom_killed_and_reported") {
         return;

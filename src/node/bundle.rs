@@ -257,8 +257,8 @@ pub struct ContainerInput<'a> {
     pub sandbox: &'a Sandbox,
     pub volumes: &'a Volumes,
     pub node: &'a NodeSettings,
-    /// The pod's PID namespace for `shareProcessNamespace` (held by the runtime, e.g. its
-    /// monitor). Without it such a pod is refused.
+    /// The pod's PID namespace for `shareProcessNamespace` (held by its init, see
+    /// `monitor::podinit`). Without it such a pod is refused.
     pub pod_pid_namespace: Option<&'a Path>,
     /// More mounts from the runtime (e.g. `/dev/termination-log`), after the volumes.
     pub extra_mounts: &'a [Mount],

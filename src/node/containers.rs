@@ -525,6 +525,8 @@ struct PodRunner {
     setup_error: Option<String>,
     /// The pod's namespaces and volumes, once set up.
     sandbox: Option<(super::sandbox::Sandbox, super::volumes::Volumes)>,
+    /// The pod's shared PID namespace (`shareProcessNamespace`), once set up.
+    pid_namespace: Option<PathBuf>,
     /// When ConfigMap and Secret volumes were last brought up to date.
     volumes_refreshed: Instant,
     /// Notified by the [`ExitWatch`] when one of this pod's monitors writes its files.
@@ -591,6 +593,7 @@ impl PodRunner {
             was_ready: false,
             setup_error: None,
             sandbox: None,
+            pid_namespace: None,
             volumes_refreshed: Instant::now(),
             wake: Arc::new(Notify::new()),
             evicted: None,
@@ -699,7 +702,9 @@ impl PodRunner {
         }
         if self.sandbox.is_none() {
             match self.set_up_pod().await {
-                Ok(parts) => {
+                Ok((sandbox, volumes, pid_namespace)) => {
+                    let parts = (sandbox, volumes);
+                    self.pid_namespace = pid_namespace;
                     let netns = match &parts.0.network {
                         super::sandbox::Namespace::Path(p) => Some(p.clone()),
                         super::sandbox::Namespace::Host => None,
@@ -754,7 +759,14 @@ impl PodRunner {
 
     async fn set_up_pod(
         &mut self,
-    ) -> Result<(super::sandbox::Sandbox, super::volumes::Volumes), String> {
+    ) -> Result<
+        (
+            super::sandbox::Sandbox,
+            super::volumes::Volumes,
+            Option<PathBuf>,
+        ),
+        String,
+    > {
         let dir = self.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // Written once: its time is the pod's startTime for a process that adopts it.
@@ -777,7 +789,15 @@ impl PodRunner {
                 objects: &objects,
             };
             let volumes = super::volumes::set_up(&dir, &sources).map_err(|e| e.to_string())?;
-            Ok((sandbox, volumes))
+            // shareProcessNamespace: one PID namespace for the pod, held by its own init.
+            let shared_pid = spec["spec"]["shareProcessNamespace"].as_bool() == Some(true)
+                && spec["spec"]["hostPID"].as_bool() != Some(true);
+            let pid_namespace = if shared_pid {
+                Some(monitor::podinit::ensure(&dir.join("ns"))?)
+            } else {
+                None
+            };
+            Ok((sandbox, volumes, pid_namespace))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -1288,7 +1308,7 @@ impl PodRunner {
             sandbox,
             volumes,
             node: &self.shared.node_settings,
-            pod_pid_namespace: None,
+            pod_pid_namespace: self.pid_namespace.as_deref(),
             extra_mounts: &extra,
         };
         if let Err(e) = super::bundle::write(&bundle, &input) {
@@ -1794,6 +1814,8 @@ async fn remove_pod_dir(_shared: &Shared, dir: &Path) {
     let dir = dir.to_owned();
     let _ = tokio::task::spawn_blocking(move || {
         let _ = super::volumes::tear_down(&dir);
+        // The shared PID namespace's init first (its containers are gone by now).
+        let _ = monitor::podinit::tear_down(&dir.join("ns"));
         let _ = super::sandbox::tear_down(&dir);
         let _ = super::volumes::unmount_below(&dir);
         let _ = std::fs::remove_dir_all(&dir);

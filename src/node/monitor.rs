@@ -68,6 +68,7 @@ use super::attach;
 use super::logs::{CriWriter, LineSplitter, Rotation, Stream, Tag, Timestamp};
 use super::runc::{self, Runc};
 
+pub mod podinit;
 mod sessions;
 
 /// The monitor's own state, in the container's state directory.
@@ -315,7 +316,8 @@ pub fn main(args: &[OsString]) -> ExitCode {
             Err(e) => usage(&e),
         },
         "exec" => exec_reaper(rest),
-        _ => usage("expected `container` or `exec`"),
+        "pod-init" => podinit::main(rest),
+        _ => usage("expected `container`, `exec` or `pod-init`"),
     }
 }
 
@@ -325,7 +327,8 @@ fn usage(problem: &str) -> ExitCode {
          keelson monitor container --id ID --bundle DIR --state-dir DIR --log FILE \
          --runtime RUNC --runc-root DIR [--log-max-size BYTES] [--log-max-files N] \
          [--stdin true] [--stdin-once true] [--tty true]\n  \
-         keelson monitor exec --pid-file FILE -- RUNC-EXEC-COMMAND…"
+         keelson monitor exec --pid-file FILE -- RUNC-EXEC-COMMAND…\n  \
+         keelson monitor pod-init --ns-dir DIR"
     );
     ExitCode::from(2)
 }

@@ -221,6 +221,7 @@ pub fn write_files(
 /// Idempotent; a namespace lives on while a container still runs in it.
 pub fn tear_down(pod_dir: &Path) -> Result<()> {
     let ns_dir = pod_dir.join("ns");
+
     for kind in [Kind::Net, Kind::Ipc, Kind::Uts] {
         let file = ns_dir.join(kind.file());
         unmount(&file)?;

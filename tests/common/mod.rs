@@ -560,6 +560,14 @@ pub fn remove_containers(data_dir: &Path) {
             }
         }
     }
+    // The inits of shared PID namespaces (shareProcessNamespace pods), which outlive nodes.
+    let _ = Command::new("pkill")
+        .args([
+            "-KILL",
+            "-f",
+            &format!("monitor pod-init --ns-dir {}/", data_dir.display()),
+        ])
+        .output();
     // Their logs, which a node removes only when a pod is deleted.
     let uids: Vec<String> = fs::read_dir(data_dir.join("agent/pods"))
         .into_iter()
