@@ -406,6 +406,73 @@ fn an_agents_containers_outlive_its_process() {
     );
 }
 
+#[test]
+fn a_node_cut_off_from_its_server_keeps_running_and_reports_afterwards() {
+    if !available("a_node_cut_off_from_its_server_keeps_running_and_reports_afterwards") {
+        return;
+    }
+    let images = Images::new();
+    let mut s = server_with_runtime(&images);
+    let flags = images.flags();
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let agent = Agent::start(&s.url(), &s.token(), "pi-3", &extra);
+    wait_until("the agent's node", Duration::from_secs(30), || {
+        s.kubectl(&["get", "node", "pi-3"]).status.success()
+    });
+    apply_pod(
+        &s,
+        "steady",
+        "while true; do sleep 1; done",
+        "Always",
+        Some("pi-3"),
+    );
+    apply_pod(&s, "crasher", "sleep 1; exit 1", "Always", Some("pi-3"));
+    wait_running(&s, "steady");
+    wait_running(&s, "crasher");
+    let before = container_pid(&agent.data_dir(), &s, "steady");
+    // Started only now, so it ends while the node has no server.
+    apply_pod(&s, "finisher", "sleep 3; exit 7", "Never", Some("pi-3"));
+    wait_running(&s, "finisher");
+    let restarts_before = pod(&s, "crasher")["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // The only server goes away (a power cut of its board) for long enough that the
+    // finisher ends and the crasher restarts at least once on their own.
+    s.kill();
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(
+        Path::new(&format!("/proc/{before}")).exists(),
+        "the container stopped while the node was cut off"
+    );
+    s.restart();
+    wait_until(
+        "the finisher's end to be reported after the outage",
+        Duration::from_secs(60),
+        || phase(&s, "finisher") == "Failed",
+    );
+    let f = pod(&s, "finisher");
+    assert_eq!(
+        f["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 7,
+        "{}",
+        f["status"]
+    );
+    wait_until(
+        "the crasher's restarts during the outage to be reported",
+        Duration::from_secs(30),
+        || {
+            pod(&s, "crasher")["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .unwrap_or(0)
+                > restarts_before
+        },
+    );
+    assert_eq!(container_pid(&agent.data_dir(), &s, "steady"), before);
+    let steady = pod(&s, "steady");
+    assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(steady["status"]["phase"], "Running");
+}
+
 /// The host PID of a pod's container `c`, from runc's state on the node that runs it.
 fn container_pid(data_dir: &Path, s: &Server, pod_name: &str) -> u32 {
     let p = pod(s, pod_name);
