@@ -32,6 +32,8 @@ pub mod reference;
 pub mod unpack;
 #[path = "../../src/apiserver/spdy.rs"]
 pub mod spdy;
+#[path = "../../src/node/attach.rs"]
+pub mod attach;
 
 pub use patch::Kind;
 
@@ -199,5 +201,25 @@ pub fn check_spdy(data: &[u8]) {
     again.push(&wire);
     for frame in &frames {
         assert_eq!(again.next().expect("it decodes again").as_ref(), Some(frame));
+    }
+}
+
+/// Decodes `data` as a stream of attach-socket frames (what a monitor reads from a node's
+/// connection) until the first error. Panics (a finding) if the decoder panics, takes more
+/// than it was given or more than one frame's worth, or if a frame does not encode and
+/// decode back to itself.
+pub fn check_attach(data: &[u8]) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let Ok((frame, used)) = attach::decode(rest) else {
+            return;
+        };
+        assert!(used <= rest.len() && used <= attach::MAX_FRAME && used >= attach::HEADER);
+        let mut wire = Vec::new();
+        attach::encode(&frame, &mut wire);
+        let (again, again_used) = attach::decode(&wire).expect("an encoded frame decodes");
+        assert_eq!(again, frame);
+        assert_eq!(again_used, wire.len());
+        rest = &rest[used..];
     }
 }
