@@ -194,9 +194,21 @@ pub struct ServerArgs {
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
 
-    /// Pod network CIDR (must agree across servers)
+    /// Pod network CIDR, or an IPv4,IPv6 pair for dual-stack; each node gets a block of it (must agree across servers)
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
+
+    /// Prefix length of each node's block of a single-stack --cluster-cidr (kube-controller-manager's flag) [default: 24 for IPv4, 64 for IPv6]
+    #[arg(long)]
+    pub node_cidr_mask_size: Option<u8>,
+
+    /// Prefix length of each node's IPv4 block (kube-controller-manager's flag) [default: 24]
+    #[arg(long)]
+    pub node_cidr_mask_size_ipv4: Option<u8>,
+
+    /// Prefix length of each node's IPv6 block (kube-controller-manager's flag) [default: 64]
+    #[arg(long)]
+    pub node_cidr_mask_size_ipv6: Option<u8>,
 
     /// Service network CIDR (must agree across servers)
     #[arg(long, default_value = "10.43.0.0/16")]

@@ -16,6 +16,7 @@ use clap::{CommandFactory, FromArgMatches};
 use crate::agent::node::{self, Taint};
 use crate::bootstrap::{ClusterSettings, Token};
 use crate::cli::{Cli, ServerArgs};
+use crate::controllers::node_ipam::{MaskFlags, PodNetwork};
 use crate::datastore::endpoint::{TlsFiles, TlsMode};
 use crate::datastore::{Endpoint, PoolConfig};
 
@@ -183,6 +184,8 @@ pub struct ServerConfig {
     pub cluster_domain: String,
     /// Settings every server of the cluster must agree on.
     pub settings: ClusterSettings,
+    /// `--cluster-cidr` and `--node-cidr-mask-size*`: where nodes' pod CIDRs come from.
+    pub pod_network: PodNetwork,
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
@@ -310,14 +313,20 @@ impl ServerConfig {
             Err(e) => check(Err(e.to_string())),
         }
 
-        for (flag, raw) in [
-            ("--cluster-cidr", &args.cluster_cidr),
-            ("--service-cidr", &args.service_cidr),
-        ] {
-            check(parse_cidr(raw).map_err(|why| {
-                format!("{flag} {raw:?} is not a CIDR such as 10.42.0.0/16: {why}")
-            }));
-        }
+        let pod_network = PodNetwork::parse(
+            &args.cluster_cidr,
+            MaskFlags {
+                general: args.node_cidr_mask_size,
+                ipv4: args.node_cidr_mask_size_ipv4,
+                ipv6: args.node_cidr_mask_size_ipv6,
+            },
+        )
+        .map_err(|e| check(Err(e.to_string())))
+        .ok();
+        let raw = &args.service_cidr;
+        check(parse_cidr(raw).map_err(|why| {
+            format!("--service-cidr {raw:?} is not a CIDR such as 10.43.0.0/16: {why}")
+        }));
         if args.cluster_dns.parse::<IpAddr>().is_err() {
             check(Err(format!(
                 "--cluster-dns {:?} is not an IP address",
@@ -446,9 +455,9 @@ impl ServerConfig {
         node.reservations = runtime.reservations;
         node.pressure_transition = runtime.pressure_transition;
         node.data_dir = data_dir.clone();
-        if !problems.is_empty() {
+        let Some(pod_network) = pod_network.filter(|_| problems.is_empty()) else {
             return Err(Error::Invalid(problems));
-        }
+        };
         if let Some(host) = endpoint.downgradable() {
             warnings.push(format!(
                 "the connection to the datastore at {host} uses TLS mode prefer: TLS only if the database offers it, so anyone on the \
@@ -475,6 +484,14 @@ impl ServerConfig {
             tls_sans,
             settings: ClusterSettings {
                 cluster_cidr: args.cluster_cidr,
+                node_cidr_mask_sizes: Some(
+                    pod_network
+                        .pools()
+                        .iter()
+                        .map(|p| p.mask.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
                 service_cidr: args.service_cidr,
                 cluster_dns: args.cluster_dns,
                 cluster_domain: args.cluster_domain.clone(),
@@ -483,6 +500,7 @@ impl ServerConfig {
             },
             cluster_domain: args.cluster_domain,
             kubeconfig_mode,
+            pod_network,
             compact_interval,
             node_monitor_grace_period,
             event_ttl,
@@ -956,6 +974,7 @@ mod tests {
             "--write-kubeconfig-mode=999",
             "--token=K10zz::server:x",
             "--datastore-endpoint=redis://x",
+            "--node-cidr-mask-size=8",
         ]))
         .unwrap();
         let Err(Error::Invalid(problems)) = ServerConfig::from_args(server(cli), &host()) else {
@@ -969,6 +988,7 @@ mod tests {
             "--write-kubeconfig-mode",
             "--token",
             "--datastore-endpoint",
+            "--node-cidr-mask-size 8",
         ] {
             assert!(all.contains(flag), "{flag} missing from:\n{all}");
         }

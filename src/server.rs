@@ -262,8 +262,11 @@ async fn start(
         }
         .run(when_stopped(stop.clone())),
     );
-    let (kinds, starter) =
-        crate::controllers::under_lease(cfg.node_monitor_grace_period, cfg.event_ttl);
+    let (kinds, starter) = crate::controllers::under_lease(
+        cfg.node_monitor_grace_period,
+        cfg.event_ttl,
+        cfg.pod_network.clone(),
+    );
     tasks.spawn(runtime::controller::lead(
         role_rx,
         api.registry.clone(),

@@ -1,6 +1,6 @@
 //! Cluster-wide settings that every server must agree on (`--cluster-cidr`,
-//! `--service-cidr`, `--cluster-dns`, `--cluster-domain`, `--disable`,
-//! `--secrets-encryption`).
+//! `--node-cidr-mask-size*`, `--service-cidr`, `--cluster-dns`, `--cluster-domain`,
+//! `--disable`, `--secrets-encryption`).
 //!
 //! The first server records them in the datastore; a later server compares its own and
 //! refuses to start on any difference, naming every mismatched flag with both values. K3s
@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSettings {
     pub cluster_cidr: String,
+    /// Each pod network's node block size, in `--cluster-cidr` order (`24`, `24,64`). `None`
+    /// in settings recorded before it existed: not compared then.
+    #[serde(default)]
+    pub node_cidr_mask_sizes: Option<String>,
     pub service_cidr: String,
     pub cluster_dns: String,
     pub cluster_domain: String,
@@ -70,8 +74,15 @@ impl ClusterSettings {
                 cluster.secrets_encryption.to_string(),
             ),
         ];
+        let masks = match (&self.node_cidr_mask_sizes, &cluster.node_cidr_mask_sizes) {
+            (Some(ours), Some(theirs)) => {
+                Some(("--node-cidr-mask-size", ours.clone(), theirs.clone()))
+            }
+            _ => None,
+        };
         pairs
             .into_iter()
+            .chain(masks)
             .filter(|(_, a, b)| a != b)
             .map(|(flag, ours, cluster)| Mismatch {
                 flag,
@@ -89,6 +100,7 @@ mod tests {
     fn settings() -> ClusterSettings {
         ClusterSettings {
             cluster_cidr: "10.42.0.0/16".into(),
+            node_cidr_mask_sizes: Some("24".into()),
             service_cidr: "10.43.0.0/16".into(),
             cluster_dns: "10.43.0.10".into(),
             cluster_domain: "cluster.local".into(),
@@ -112,5 +124,27 @@ mod tests {
             ]
         );
         assert!(settings().mismatches(&settings()).is_empty());
+    }
+
+    #[test]
+    fn node_block_sizes_are_compared_once_recorded() {
+        let mut ours = settings();
+        ours.node_cidr_mask_sizes = Some("26".into());
+        let text: Vec<String> = ours
+            .mismatches(&settings())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            text,
+            vec!["--node-cidr-mask-size is \"26\" here but \"24\" in the cluster"]
+        );
+        // Settings recorded by a server that did not know the flag have none to compare.
+        let old: ClusterSettings = serde_json::from_str(
+            r#"{"cluster_cidr":"10.42.0.0/16","service_cidr":"10.43.0.0/16","cluster_dns":"10.43.0.10","cluster_domain":"cluster.local","disable":[],"secrets_encryption":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.node_cidr_mask_sizes, None);
+        assert!(ours.mismatches(&old).is_empty());
     }
 }

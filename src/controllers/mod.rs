@@ -1,7 +1,8 @@
 //! Controllers that must run on exactly one server at a time: the holder of a database lease.
 //!
 //! [`lease`] elects the holder and fences it; the rest run under it, on the shared runtime
-//! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`scheduler`] places pods,
+//! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`node_ipam`] gives nodes
+//! their pod CIDRs, [`scheduler`] places pods,
 //! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
 //! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
 //! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`statefulset`] keeps pods
@@ -19,6 +20,7 @@ pub mod events;
 pub mod garbage_collector;
 pub mod job;
 pub mod lease;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod owner;
 pub mod replicaset;
@@ -33,8 +35,13 @@ use crate::runtime::controller::{self, Starter};
 
 /// What runs under the controllers lease: the kinds their cache holds, and what starts them
 /// once it is synced.
-pub fn under_lease(grace: Duration, event_ttl: Duration) -> (Vec<&'static Resource>, Starter) {
+pub fn under_lease(
+    grace: Duration,
+    event_ttl: Duration,
+    pod_network: node_ipam::PodNetwork,
+) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
+    kinds.extend(node_ipam::NodeIpam::KINDS);
     kinds.extend(replicaset::ReplicaSets::KINDS);
     kinds.extend(deployment::Deployments::KINDS);
     kinds.extend(daemonset::DaemonSets::KINDS);
@@ -50,6 +57,10 @@ pub fn under_lease(grace: Duration, event_ttl: Duration) -> (Vec<&'static Resour
         let recorder = |component| events::Recorder::new(ctx.registry.clone(), component);
         set.spawn(node_lifecycle::NodeLifecycle { grace }.run(ctx.clone()));
         set.spawn(events::Expiry { ttl: event_ttl }.run(ctx.clone()));
+        set.spawn(controller::run(
+            node_ipam::NodeIpam::new(pod_network.clone(), recorder(node_ipam::COMPONENT)),
+            ctx.clone(),
+        ));
         set.spawn(
             scheduler::Scheduler {
                 events: recorder("default-scheduler"),

@@ -1,9 +1,10 @@
-//! core/v1 Node: taints validated; columns with status, roles and the node's software.
+//! core/v1 Node: taints and pod CIDRs validated, pod CIDRs fixed once set; columns with status, roles and the node's software.
 
 use serde_json::{Value, json};
 
 use super::{AGE, Column, NAME, Strategy, plain, text};
 use crate::agent::node as node_fields;
+use crate::api::cidr::Cidr;
 
 pub struct Nodes;
 
@@ -12,9 +13,25 @@ impl Strategy for Nodes {
         if !obj["spec"].is_object() {
             obj["spec"] = json!({});
         }
+        // The two fields are one value in Kubernetes' internal Node (podCIDRs; podCIDR is
+        // its first entry), so a client that sets either gets both.
+        let spec = &mut obj["spec"];
+        let single = spec["podCIDR"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let first = spec["podCIDRs"].get(0).cloned();
+        match (single, first) {
+            (Some(single), None) if is_empty_list(&spec["podCIDRs"]) => {
+                spec["podCIDRs"] = json!([single]);
+            }
+            (None, Some(first)) => spec["podCIDR"] = first,
+            _ => {}
+        }
     }
 
     fn validate(&self, obj: &Value, causes: &mut Vec<String>) {
+        validate_pod_cidrs(&obj["spec"], causes);
         match obj.pointer("/spec/taints") {
             None | Some(Value::Null) => {}
             Some(Value::Array(taints)) => {
@@ -32,8 +49,60 @@ impl Strategy for Nodes {
         }
     }
 
+    fn validate_update(&self, old: &Value, new: &Value, causes: &mut Vec<String>) {
+        // Kubernetes' ValidateNodeUpdate: the controller manager may assign CIDRs to a node
+        // that has none; after that they are fixed (pods hold addresses from them).
+        let old_cidrs = &old["spec"]["podCIDRs"];
+        if !is_empty_list(old_cidrs) && old_cidrs != &new["spec"]["podCIDRs"] {
+            causes.push(
+                "spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid"
+                    .into(),
+            );
+        }
+    }
+
     fn columns(&self) -> &'static [Column] {
         &COLUMNS
+    }
+}
+
+fn is_empty_list(v: &Value) -> bool {
+    v.is_null() || v.as_array().is_some_and(Vec::is_empty)
+}
+
+/// Kubernetes' ValidateNode rules for `spec.podCIDRs`: each a CIDR, at most one per family,
+/// and `spec.podCIDR` its first entry.
+fn validate_pod_cidrs(spec: &Value, causes: &mut Vec<String>) {
+    let cidrs = match &spec["podCIDRs"] {
+        Value::Null => return,
+        Value::Array(a) => a,
+        _ => {
+            causes.push("spec.podCIDRs: Invalid value: must be a list of strings".into());
+            return;
+        }
+    };
+    let mut families = Vec::new();
+    for (i, c) in cidrs.iter().enumerate() {
+        match c.as_str().map(Cidr::parse) {
+            Some(Ok(cidr)) => families.push(cidr.family()),
+            _ => causes.push(format!(
+                "spec.podCIDRs[{i}]: Invalid value: {c}: must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+            )),
+        }
+    }
+    if cidrs.len() > 2 || (families.len() == 2 && families[0] == families[1]) {
+        causes.push(format!(
+            "spec.podCIDRs: Invalid value: {}: may specify no more than one CIDR for each IP family",
+            Value::Array(cidrs.clone())
+        ));
+    }
+    if let (Some(single), Some(first)) = (spec["podCIDR"].as_str(), cidrs.first())
+        && !single.is_empty()
+        && first.as_str() != Some(single)
+    {
+        causes.push(format!(
+            "spec.podCIDR: Invalid value: {single:?}: must be the first entry of spec.podCIDRs"
+        ));
     }
 }
 
@@ -146,5 +215,67 @@ fn roles(node: &Value) -> String {
         "<none>".into()
     } else {
         roles.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn causes(old: Option<Value>, mut new: Value) -> Vec<String> {
+        let mut causes = Vec::new();
+        Nodes.default("n", &mut new);
+        Nodes.validate(&new, &mut causes);
+        if let Some(mut old) = old {
+            Nodes.default("n", &mut old);
+            Nodes.validate_update(&old, &new, &mut causes);
+        }
+        causes
+    }
+
+    #[test]
+    fn pod_cidrs_may_be_set_once_and_never_changed() {
+        let none = json!({"spec": {}});
+        let set = json!({"spec": {"podCIDR": "10.42.1.0/24"}});
+        assert!(causes(Some(none.clone()), set.clone()).is_empty());
+        assert!(causes(Some(set.clone()), set.clone()).is_empty());
+        let forbidden = vec![
+            "spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid"
+                .to_owned(),
+        ];
+        let other = json!({"spec": {"podCIDR": "10.42.2.0/24", "podCIDRs": ["10.42.2.0/24"]}});
+        assert_eq!(causes(Some(set.clone()), other), forbidden);
+        assert_eq!(causes(Some(set.clone()), none), forbidden);
+        let added = json!({"spec": {"podCIDRs": ["10.42.1.0/24", "fd00::/64"]}});
+        assert_eq!(causes(Some(set), added), forbidden);
+    }
+
+    #[test]
+    fn pod_cidrs_are_valid_cidrs_one_per_family() {
+        let mut node = json!({"spec": {"podCIDRs": ["10.42.1.0/24", "fd00::/64"]}});
+        assert!(causes(None, node.clone()).is_empty());
+        Nodes.default("n", &mut node);
+        assert_eq!(node["spec"]["podCIDR"], "10.42.1.0/24");
+        let bad = causes(None, json!({"spec": {"podCIDRs": ["10.42.1.0"]}}));
+        assert!(
+            bad[0].starts_with("spec.podCIDRs[0]: Invalid value"),
+            "{bad:?}"
+        );
+        let twice = causes(
+            None,
+            json!({"spec": {"podCIDRs": ["10.42.1.0/24", "10.42.2.0/24"]}}),
+        );
+        assert!(
+            twice[0].contains("no more than one CIDR for each IP family"),
+            "{twice:?}"
+        );
+        let apart = causes(
+            None,
+            json!({"spec": {"podCIDR": "10.42.9.0/24", "podCIDRs": ["10.42.1.0/24"]}}),
+        );
+        assert!(
+            apart[0].starts_with("spec.podCIDR: Invalid value"),
+            "{apart:?}"
+        );
     }
 }
