@@ -115,7 +115,8 @@ pod_counts() {
 log "starting a release server on SQLite"
 "$bin" server --config "$tmp/none.yaml" --data-dir "$data" --bind-address 127.0.0.1 \
   --https-listen-port "$port" --write-kubeconfig "$tmp/kubeconfig.yaml" --node-name bench \
-  --node-taint CriticalAddonsOnly=true:NoExecute ${SERVER_ARGS:-} >"$tmp/server.log" 2>&1 &
+  --node-taint CriticalAddonsOnly=true:NoExecute --cluster-cidr 10.0.0.0/8 \
+  ${SERVER_ARGS:-} >"$tmp/server.log" 2>&1 &
 srv=$!
 pids+=("$srv")
 deadline=$((SECONDS + 60))

@@ -152,6 +152,24 @@ fn a_full_cluster_cidr_leaves_a_node_without_a_block_until_one_is_freed() {
         "{}",
         s.log_tail()
     );
+    // Its own updates free nothing: they are not told again (no event per status change).
+    for i in 0..3 {
+        s.kubectl_ok(&[
+            "label",
+            "node",
+            left_out.as_str(),
+            &format!("touch={i}"),
+            "--overwrite",
+        ]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let events = cidr_events(&s);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0]["count"].as_i64().unwrap_or(1) == 1,
+        "told again: {}",
+        events[0]
+    );
 
     // An agent holding a block goes and its Node is deleted: the node left out gets the block.
     let left_out = left_out.clone();

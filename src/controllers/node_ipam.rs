@@ -16,7 +16,7 @@
 //! [`crate::apiserver::kinds::node`]). Blocks this controller wrote but its cache does not
 //! show yet count as taken, so a slow change feed cannot make it hand one block out twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
@@ -117,6 +117,9 @@ pub struct NodeIpam {
     /// Pruned at every reconcile, so it holds at most the nodes written since the cache last
     /// caught up.
     written: Mutex<HashMap<String, Vec<Cidr>>>,
+    /// Nodes already told the range is full (one event and one log line each): their own
+    /// updates cannot free a block, so only a node going away looks at them again.
+    waiting: Mutex<HashSet<String>>,
 }
 
 // === impl PodNetwork ===
@@ -215,7 +218,14 @@ impl NodeIpam {
             network,
             events,
             written: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Every block a cached node holds, and those written but not cached yet.
@@ -247,7 +257,9 @@ impl Reconciler for NodeIpam {
             return vec![];
         }
         match change.new.as_deref() {
-            Some(node) if needs_cidrs(node) => vec![name(node).to_owned()],
+            Some(node) if needs_cidrs(node) && !self.waiting().contains(name(node)) => {
+                vec![name(node).to_owned()]
+            }
             Some(_) => vec![],
             // A node went away and took its blocks along: whoever waits may get one now.
             None => self.all(cache),
@@ -266,15 +278,21 @@ impl Reconciler for NodeIpam {
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {
         let r = ObjectRef::cluster(&NODES, key);
         let Some(node) = ctx.cache.get(&r) else {
+            self.waiting().remove(key);
             return Ok(Action::Done);
         };
         if !needs_cidrs(&node) {
+            self.waiting().remove(key);
             return Ok(Action::Done);
         }
         let used = self.used(&ctx.cache);
         let blocks = match self.network.allocate(&used) {
             Ok(blocks) => blocks,
             Err(e) => {
+                if !self.waiting().insert(key.to_owned()) {
+                    // Told already; looked at again when a node goes away.
+                    return Ok(Action::Done);
+                }
                 tracing::warn!(node = key, error = %e, "no pod CIDR for the node: the cluster CIDR is full");
                 self.events
                     .record(
@@ -305,6 +323,7 @@ impl Reconciler for NodeIpam {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(key.to_owned(), blocks);
+        self.waiting().remove(key);
         tracing::info!(node = key, pod_cidrs = ?texts, "allocated the node's pod CIDRs");
         Ok(Action::Done)
     }
