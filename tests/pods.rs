@@ -35,6 +35,17 @@ fn apply_pod(s: &Server, name: &str, script: &str, policy: &str, node: Option<&s
     apply(s, &spec.to_string());
 }
 
+/// A real agent named `name` pulling from the test registry, once its Node exists.
+fn agent_with_images(s: &Server, images: &Images, name: &str) -> Agent {
+    let flags = images.flags();
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let agent = Agent::start(&s.url(), &s.token(), name, &extra);
+    wait_until("the agent's node", Duration::from_secs(30), || {
+        s.kubectl(&["get", "node", name]).status.success()
+    });
+    agent
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -306,12 +317,7 @@ fn an_agents_containers_outlive_its_process() {
     }
     let images = Images::new();
     let s = server_with_runtime(&images);
-    let flags = images.flags();
-    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut agent = Agent::start(&s.url(), &s.token(), "pi-1", &extra);
-    wait_until("the agent's node", Duration::from_secs(30), || {
-        s.kubectl(&["get", "node", "pi-1"]).status.success()
-    });
+    let mut agent = agent_with_images(&s, &images, "pi-1");
     apply_pod(
         &s,
         "steady",
@@ -413,12 +419,7 @@ fn a_node_cut_off_from_its_server_keeps_running_and_reports_afterwards() {
     }
     let images = Images::new();
     let mut s = server_with_runtime(&images);
-    let flags = images.flags();
-    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let agent = Agent::start(&s.url(), &s.token(), "pi-3", &extra);
-    wait_until("the agent's node", Duration::from_secs(30), || {
-        s.kubectl(&["get", "node", "pi-3"]).status.success()
-    });
+    let agent = agent_with_images(&s, &images, "pi-3");
     apply_pod(
         &s,
         "steady",
@@ -520,12 +521,7 @@ fn workloads_roll_out_with_probes_on_servers_and_agents() {
     }
     let images = Images::new();
     let s = server_with_runtime(&images);
-    let flags = images.flags();
-    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let _agent = Agent::start(&s.url(), &s.token(), "pi-2", &extra);
-    wait_until("the agent's node", Duration::from_secs(30), || {
-        s.kubectl(&["get", "node", "pi-2"]).status.success()
-    });
+    let _agent = agent_with_images(&s, &images, "pi-2");
     // Ready only once the readiness probe sees the file the container makes after a second;
     // one replica per node (required anti-affinity), so both nodes run it.
     let manifests = format!(

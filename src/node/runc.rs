@@ -470,28 +470,8 @@ impl Console {
     }
 
     /// Sets the terminal's size (TIOCSWINSZ); the process gets SIGWINCH.
-    #[allow(unsafe_code)]
     pub fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
-        let size = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points at a
-        // live, initialised local for the whole call; the descriptor is ours and open (the
-        // AsyncFd owns it). The kernel validates the descriptor and the request.
-        let rc = unsafe {
-            libc::ioctl(
-                self.fd.get_ref().as_raw_fd(),
-                libc::TIOCSWINSZ,
-                &size as *const libc::winsize,
-            )
-        };
-        if rc == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        set_terminal_size(std::os::fd::AsFd::as_fd(self.fd.get_ref()), rows, cols)
     }
 }
 
@@ -560,6 +540,35 @@ impl AsyncWrite for Console {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+/// Sets a terminal's size (TIOCSWINSZ); its foreground process gets SIGWINCH.
+#[allow(unsafe_code)]
+pub fn set_terminal_size(
+    terminal: std::os::fd::BorrowedFd<'_>,
+    rows: u16,
+    cols: u16,
+) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points at a live,
+    // initialised local for the whole call; the descriptor is borrowed, so it stays open
+    // across the call. The kernel validates the descriptor and the request.
+    let rc = unsafe {
+        libc::ioctl(
+            terminal.as_raw_fd(),
+            libc::TIOCSWINSZ,
+            &size as *const libc::winsize,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

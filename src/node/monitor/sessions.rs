@@ -252,7 +252,7 @@ impl Sessions {
                         }
                         Frame::Resize { rows, cols } => {
                             if let Some(t) = &self.terminal {
-                                let _ = resize(t, rows, cols);
+                                let _ = super::runc::set_terminal_size(t.as_fd(), rows, cols);
                             }
                         }
                         // Only monitors say hello.
@@ -333,31 +333,5 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    Ok(())
-}
-
-/// Sets the terminal's size (TIOCSWINSZ); the container's foreground process gets SIGWINCH.
-#[allow(unsafe_code)]
-fn resize(terminal: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let size = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points at a live,
-    // initialised local for the whole call; the descriptor is borrowed from an OwnedFd that
-    // stays open across the call. The kernel validates the descriptor and the request.
-    let rc = unsafe {
-        libc::ioctl(
-            terminal.as_raw_fd(),
-            libc::TIOCSWINSZ,
-            &size as *const libc::winsize,
-        )
-    };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
     Ok(())
 }
