@@ -327,6 +327,11 @@ impl ServerConfig {
         check(parse_cidr(raw).map_err(|why| {
             format!("--service-cidr {raw:?} is not a CIDR such as 10.43.0.0/16: {why}")
         }));
+        // Node blocks keep off the Services' range where the two overlap.
+        let pod_network = match (pod_network, crate::api::cidr::Cidr::parse(raw)) {
+            (Some(n), Ok(service)) => Some(n.reserve(service)),
+            (n, _) => n,
+        };
         if args.cluster_dns.parse::<IpAddr>().is_err() {
             check(Err(format!(
                 "--cluster-dns {:?} is not an IP address",

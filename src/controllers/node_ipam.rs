@@ -93,6 +93,9 @@ pub struct PodNetwork {
     /// Invariant: one or two pools, of different families; each mask lies within its family
     /// and is at least the pool's prefix.
     pools: Vec<Pool>,
+    /// Ranges no node block may overlap: the Services' (`--service-cidr`), as
+    /// kube-controller-manager's allocator marks it taken when it lies inside the cluster CIDR.
+    reserved: Vec<Cidr>,
 }
 
 /// One family's range and the size of the blocks cut from it.
@@ -187,7 +190,16 @@ impl PodNetwork {
                 Ok(Pool { cluster, mask })
             })
             .collect::<Result<_, _>>()?;
-        Ok(PodNetwork { pools })
+        Ok(PodNetwork {
+            pools,
+            reserved: Vec::new(),
+        })
+    }
+
+    /// Keeps node blocks off `range` (the Services' range, if it lies in the cluster CIDR).
+    pub fn reserve(mut self, range: Cidr) -> PodNetwork {
+        self.reserved.push(range);
+        self
     }
 
     pub fn pools(&self) -> &[Pool] {
@@ -196,6 +208,13 @@ impl PodNetwork {
 
     /// One block per pool, in pool order, each overlapping none of `used`; all or none.
     pub fn allocate(&self, used: &[Cidr]) -> Result<Vec<Cidr>, Exhausted> {
+        let with_reserved: Vec<Cidr>;
+        let used = if self.reserved.is_empty() {
+            used
+        } else {
+            with_reserved = used.iter().chain(&self.reserved).copied().collect();
+            &with_reserved
+        };
         self.pools
             .iter()
             .map(|pool| {
@@ -381,6 +400,19 @@ mod tests {
 
     fn network(cidr: &str, masks: MaskFlags) -> PodNetwork {
         PodNetwork::parse(cidr, masks).unwrap()
+    }
+
+    #[test]
+    fn no_block_overlaps_the_service_range() {
+        // --cluster-cidr 10.42.0.0/15 holds the default --service-cidr 10.43.0.0/16.
+        let net = network("10.42.0.0/15", MaskFlags::default()).reserve(c("10.43.0.0/16"));
+        let mut used = Vec::new();
+        let blocks = allocate_n(&net, &mut used, 256);
+        assert_eq!(blocks.last().unwrap(), "10.42.255.0/24");
+        assert!(
+            net.allocate(&used).is_err(),
+            "a block was cut from the Services' range"
+        );
     }
 
     /// Allocates for `n` nodes in turn, each seeing the ones before it.
