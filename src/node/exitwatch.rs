@@ -3,8 +3,8 @@
 //!
 //! One inotify instance per node (the kernel's default limit is 128 instances per user, so
 //! one per pod would not do); one watch per container run's state directory. A monitor writes
-//! its files by renaming a temporary file into place, so `IN_MOVED_TO` is the signal (also
-//! `IN_CLOSE_WRITE` for writers that do not rename).
+//! its files by renaming a temporary file into place, so `IN_MOVED_TO` is the signal (a
+//! close-after-write would wake the task twice per state change, once for the temporary file).
 //!
 //! Invariants:
 //! - a wake-up is a hint, never the only way a change is seen: pod tasks still look at their
@@ -92,7 +92,7 @@ impl ExitWatch {
     /// `None` when inotify is off or the directory cannot be watched (the caller polls).
     pub fn watch(&self, dir: &Path, waker: Arc<Notify>) -> Option<Watch> {
         let inner = self.inner.as_ref()?;
-        let flags = AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE;
+        let flags = AddWatchFlags::IN_MOVED_TO;
         let wd = match inner.fd.get_ref().0.add_watch(dir, flags) {
             Ok(wd) => wd,
             Err(e) => {
