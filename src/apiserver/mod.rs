@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod allocator;
+pub mod apply;
 pub mod auth;
 pub mod discovery;
 pub mod eviction;

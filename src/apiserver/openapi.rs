@@ -239,7 +239,7 @@ pub fn definition(r: &Resource) -> String {
 pub const SCALE: &str = "io.k8s.api.autoscaling.v1.Scale";
 
 /// Every group version with embedded schemas, core first.
-fn served() -> impl Iterator<Item = &'static GroupVersion> {
+pub(crate) fn served() -> impl Iterator<Item = &'static GroupVersion> {
     SCHEMAS.iter().map(|(gv, _)| *gv)
 }
 

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 use super::admission::{self, Writer};
 use super::allocator::{self, ServiceCidr};
+use super::apply;
 use super::kinds::NameRule;
+use super::openapi;
 use super::patch;
 use super::resources::{
     LEASES, NAMESPACES, NODES, ObjectRef, Resource, SECRETS, SERVICEACCOUNTS, SERVICES,
@@ -86,6 +88,9 @@ pub struct Registry {
     dry_run: bool,
     /// Where Services' cluster IPs come from (`--service-cidr`); none: not allocated.
     service_cidr: Option<ServiceCidr>,
+    /// The field manager of this request's updates (`fieldManager`, else the User-Agent's).
+    /// In-process writers have none, so their writes move no field ownership.
+    manager: Option<Arc<str>>,
 }
 
 // === impl Registry ===
@@ -97,6 +102,16 @@ impl Registry {
             encryption: None,
             dry_run: false,
             service_cidr: None,
+            manager: None,
+        }
+    }
+
+    /// This registry for a client's request: its updates move field ownership (of objects
+    /// someone has applied) to `manager`.
+    pub fn managed_by(&self, manager: &str) -> Registry {
+        Registry {
+            manager: Some(Arc::from(manager)),
+            ..self.clone()
         }
     }
 
@@ -385,6 +400,7 @@ impl Registry {
         }
         obj = prepare_update(r, part, &current, obj)?;
         admission::admit(writer, r.resource.kind, &current, &obj)?;
+        obj = self.track(r, part, &current, obj).await?;
         self.put(r, expected.or(revision_of(&current)), &current, &mut obj)
             .await?;
         Ok(obj)
@@ -416,8 +432,9 @@ impl Registry {
             } else {
                 revision_of(&current)
             };
-            let mut obj = prepare_update(r, part, &current, patched)?;
+            let obj = prepare_update(r, part, &current, patched)?;
             admission::admit(writer, r.resource.kind, &current, &obj)?;
+            let mut obj = self.track(r, part, &current, obj).await?;
             match self.put(r, expected, &current, &mut obj).await {
                 Err(ApiError::Conflict { .. }) if !precondition => continue,
                 other => return other.map(|_| obj),
@@ -427,6 +444,145 @@ impl Registry {
             resource: r.resource.group_resource(),
             name: r.name.clone(),
         })
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`): merges `config` into the object as
+    /// `manager`'s fields (see [`apply`]), creating the object when there is none. Retried
+    /// against the newest object on a conflict, unless the configuration names a
+    /// resourceVersion. Returns the object and whether it was created.
+    pub async fn apply(
+        &self,
+        r: &ObjectRef,
+        writer: Writer<'_>,
+        config: Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<(Value, bool)> {
+        if !config.is_object() {
+            return Err(ApiError::BadRequest(format!(
+                "the applied configuration must be a {} object",
+                r.resource.kind
+            )));
+        }
+        check_type_meta(r.resource, &config)?;
+        match config.pointer("/metadata/name").and_then(Value::as_str) {
+            Some(name) if name == r.name => {}
+            Some(name) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({name}) does not match the name on the URL ({})",
+                    r.name
+                )));
+            }
+            None => {
+                return Err(ApiError::Invalid {
+                    kind: r.resource.kind.into(),
+                    name: r.name.clone(),
+                    causes: vec![
+                        "metadata.name: Required value: an applied configuration names its object"
+                            .into(),
+                    ],
+                });
+            }
+        }
+        if let (Some(body_ns), Some(ns)) = (
+            config
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str),
+            &r.namespace,
+        ) && body_ns != ns
+        {
+            return Err(ApiError::BadRequest(format!(
+                "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
+            )));
+        }
+        let precondition = resource_version(&config)?;
+        let config = Arc::new(config);
+        let applier_manager: Arc<str> = Arc::from(manager);
+        for _ in 0..PATCH_RETRIES {
+            let current = match self.get(r).await {
+                Ok(c) => Some(Arc::new(c)),
+                Err(ApiError::NotFound { .. }) if precondition.is_none() => None,
+                Err(e) => return Err(e),
+            };
+            let (resource, cur, cfg, m) = (
+                r.resource,
+                current.clone(),
+                config.clone(),
+                applier_manager.clone(),
+            );
+            // Inflating the kind's schemas and walking both objects is a few milliseconds:
+            // off the async workers.
+            let merged = tokio::task::spawn_blocking(move || {
+                let schemas = schemas_of(resource);
+                let types = apply::Types::new(schemas.as_ref());
+                let root = types.root(&openapi::definition(resource));
+                let now = now_rfc3339();
+                let applier = apply::Applier {
+                    manager: &m,
+                    api_version: &resource.api_version(),
+                    force,
+                    now: &now,
+                };
+                apply::apply(&types, root, cur.as_deref(), &cfg, &applier)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("the apply worker failed: {e}")))?
+            .map_err(apply_error)?;
+            let Some(current) = current else {
+                match Box::pin(self.create(r.resource, r.namespace.as_deref(), merged)).await {
+                    // Created by someone else meanwhile: apply to theirs.
+                    Err(ApiError::AlreadyExists { .. }) => continue,
+                    other => return other.map(|obj| (obj, true)),
+                }
+            };
+            let expected = precondition.or(revision_of(&current));
+            let mut obj = prepare_update(r, Part::Main, &current, merged)?;
+            admission::admit(writer, r.resource.kind, &current, &obj)?;
+            // Applying what is already there writes nothing, so revisions and watchers stay
+            // quiet when a GitOps tool re-applies every few minutes.
+            if obj == *current {
+                return Ok((obj, false));
+            }
+            match self.put(r, expected, &current, &mut obj).await {
+                Err(ApiError::Conflict { .. }) if precondition.is_none() => continue,
+                other => return other.map(|_| (obj, false)),
+            }
+        }
+        Err(ApiError::Conflict {
+            resource: r.resource.group_resource(),
+            name: r.name.clone(),
+        })
+    }
+
+    /// Moves field ownership to this request's manager for an update of the main resource of
+    /// an object someone has applied; everything else passes through untouched.
+    async fn track(&self, r: &ObjectRef, part: Part, old: &Value, new: Value) -> Result<Value> {
+        let Some(manager) = self.manager.clone() else {
+            return Ok(new);
+        };
+        if part != Part::Main || new.pointer("/metadata/managedFields").is_none() {
+            return Ok(new);
+        }
+        let (resource, old) = (r.resource, old.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut new = new;
+            let schemas = schemas_of(resource);
+            let types = apply::Types::new(schemas.as_ref());
+            let root = types.root(&openapi::definition(resource));
+            apply::track_update(
+                &types,
+                root,
+                &old,
+                &mut new,
+                &manager,
+                &resource.api_version(),
+                &now_rfc3339(),
+            )
+            .map(|()| new)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the apply worker failed: {e}")))?
+        .map_err(apply_error)
     }
 
     /// Read-modify-write for in-process writers; `change` must be idempotent.
@@ -963,6 +1119,32 @@ fn check_limits(resource: &Resource, name: &str, obj: &Value) -> Result<()> {
     })
 }
 
+/// The embedded schemas of `resource`'s group version, if it has any (a kind without them is
+/// applied with every object granular and every list atomic).
+fn schemas_of(resource: &Resource) -> Option<serde_json::Map<String, Value>> {
+    let gv = openapi::group_version(resource)?;
+    match openapi::schemas(gv) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "server-side apply without schemas");
+            None
+        }
+    }
+}
+
+fn apply_error(e: apply::Error) -> ApiError {
+    match e {
+        apply::Error::Conflicts(ref conflicts) => ApiError::ApplyConflict {
+            message: e.to_string(),
+            causes: conflicts
+                .iter()
+                .map(|c| (c.field.clone(), c.to_string()))
+                .collect(),
+        },
+        other => ApiError::Unprocessable(other.to_string()),
+    }
+}
+
 /// A patch that cannot be applied: too large is 413, too deep or too many operations 422,
 /// anything else a malformed patch (400).
 fn patch_error(e: patch::Error) -> ApiError {
@@ -1011,6 +1193,17 @@ fn resource_version(obj: &Value) -> Result<Option<i64>> {
 }
 
 /// Carries over what the client may not change, per the part being written.
+fn keep_managed_fields(current: &Value, obj: &mut Value) {
+    match current.pointer("/metadata/managedFields") {
+        Some(m) => obj["metadata"]["managedFields"] = m.clone(),
+        None => {
+            obj["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("managedFields"));
+        }
+    }
+}
+
 fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) -> Result<Value> {
     if !obj.is_object() {
         return Err(ApiError::BadRequest(format!(
@@ -1041,6 +1234,23 @@ fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) ->
     set_type_meta(r.resource, &mut obj);
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
+    }
+    // A body without managedFields (kubectl replace) keeps the object's, as does an empty
+    // list; `[{}]` is how a client clears them.
+    let sent = obj["metadata"].get("managedFields").cloned();
+    match sent {
+        None | Some(Value::Null) => keep_managed_fields(current, &mut obj),
+        Some(Value::Array(list)) if list.is_empty() => keep_managed_fields(current, &mut obj),
+        Some(Value::Array(list))
+            if list
+                .iter()
+                .all(|e| e.as_object().is_some_and(|m| m.is_empty())) =>
+        {
+            obj["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("managedFields"));
+        }
+        Some(_) => {}
     }
     // Once an object is being deleted, no finalizer may be added to it.
     if is_terminating(current) {

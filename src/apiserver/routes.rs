@@ -23,7 +23,7 @@ use super::selector::Selector;
 use super::status::{ApiError, Result};
 use super::table::{self, Include};
 use super::watch::{self, Start, WatchRequest};
-use super::{Api, Body, discovery, openapi, scale};
+use super::{Api, Body, apply, discovery, openapi, scale};
 
 /// Largest request body accepted, as the Kubernetes API server (3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -352,6 +352,32 @@ async fn resource(
             )));
         }
     };
+    // Whose fields a write changes: `fieldManager`, else the client's product name.
+    let manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(m) if m.chars().count() > 128 => {
+            return Err(ApiError::Invalid {
+                kind: "Status".into(),
+                name: String::new(),
+                causes: vec![format!(
+                    "fieldManager: Too long: may not be more than 128 characters (got {})",
+                    m.chars().count()
+                )],
+            });
+        }
+        Some(m) => m.to_owned(),
+        None => apply::default_manager(
+            req.headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        ),
+    };
+    let registry = registry.managed_by(&manager);
+    let force = query.flag("force");
+    if force && !(req.method() == Method::PATCH && is_apply(&req)) {
+        return Err(ApiError::Unprocessable(
+            "force: Invalid value: true: may not be specified for non-apply patch".into(),
+        ));
+    }
     match (target, req.method().clone()) {
         (Target::PodStream(r, what), Method::GET | Method::POST) => {
             super::podstreams::serve(api.clone(), r, what, req).await
@@ -590,6 +616,40 @@ async fn resource(
                 &warnings,
             ))
         }
+        (Target::Object { r, part }, Method::PATCH) if is_apply(&req) => {
+            if part != Part::Main {
+                return Err(ApiError::UnsupportedMediaType(
+                    "server-side apply of a subresource is not supported; apply the object itself"
+                        .into(),
+                ));
+            }
+            if query.get("fieldManager").is_none_or(str::is_empty) {
+                return Err(ApiError::BadRequest(
+                    "PATCH request is invalid: fieldManager: Required value: is required for apply patch"
+                        .into(),
+                ));
+            }
+            let body = read_body(req, MAX_BODY).await?;
+            let config: Value = serde_yaml::from_slice(&body).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "the applied configuration is not valid YAML or JSON: {e}"
+                ))
+            })?;
+            let warnings = field_validation::check(
+                fields,
+                r.resource,
+                false,
+                Write::Patch,
+                field_validation::Body::MergePatch(&config),
+            )?;
+            let (obj, created) = registry.apply(&r, writer, config, &manager, force).await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(warn(json(code, &obj), &warnings))
+        }
         (Target::Object { r, part }, Method::PATCH) => {
             let kind = patch_kind(&req)?;
             let body = read_json(req).await?;
@@ -718,13 +778,21 @@ fn patch_kind(req: &Request<Incoming>) -> Result<patch::Kind> {
         "application/strategic-merge-patch+json" => Ok(patch::Kind::Strategic),
         "application/json-patch+json" => Ok(patch::Kind::Json),
         "application/apply-patch+yaml" => Err(ApiError::UnsupportedMediaType(
-            "server-side apply is not supported yet; use kubectl apply without --server-side"
-                .into(),
+            "server-side apply is served for objects, not for this subresource".into(),
         )),
         other => Err(ApiError::UnsupportedMediaType(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
         ))),
     }
+}
+
+/// Whether a PATCH is a server-side apply.
+fn is_apply(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|ct| ct.trim() == "application/apply-patch+yaml")
 }
 
 /// The body, at most `limit` bytes, within [`BODY_TIMEOUT`].

@@ -21,6 +21,14 @@ pub enum ApiError {
     /// 409 with its own message (a pod already bound, being deleted).
     #[error("{0}")]
     ConflictWith(String),
+    /// 409: a server-side apply would change fields other managers own; one cause per field
+    /// (`FieldManagerConflict`), which kubectl prints with its `--force-conflicts` advice.
+    #[error("{message}")]
+    ApplyConflict {
+        message: String,
+        /// (field, "conflict with \"manager\" using apps/v1")
+        causes: Vec<(String, String)>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{kind} \"{name}\" is invalid: {}", .causes.join(", "))]
@@ -78,7 +86,8 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::UnknownPath => 404,
             ApiError::AlreadyExists { .. }
             | ApiError::Conflict { .. }
-            | ApiError::ConflictWith(_) => 409,
+            | ApiError::ConflictWith(_)
+            | ApiError::ApplyConflict { .. } => 409,
             ApiError::BadRequest(_) => 400,
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => 422,
             ApiError::Unauthorized => 401,
@@ -98,7 +107,9 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownPath => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } | ApiError::ConflictWith(_) => "Conflict",
+            ApiError::Conflict { .. }
+            | ApiError::ConflictWith(_)
+            | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => "Invalid",
             ApiError::Unauthorized => "Unauthorized",
@@ -140,6 +151,16 @@ impl ApiError {
             }
             ApiError::TooManyRequests(_) => Some(json!({"retryAfterSeconds": 5})),
             ApiError::DisruptionBudget { cause, .. } => Some(json!({"causes": [cause]})),
+            ApiError::ApplyConflict { causes, .. } => Some(json!({
+                "causes": causes
+                    .iter()
+                    .map(|(field, message)| json!({
+                        "reason": "FieldManagerConflict",
+                        "message": message,
+                        "field": field,
+                    }))
+                    .collect::<Vec<_>>(),
+            })),
             _ => None,
         };
         if let Some(d) = details {
