@@ -828,6 +828,19 @@ pub fn apply(
     for p in before.difference(&applied) {
         if !covers(&others, p) && !covers(&applied, p) && !is_key_field(p) {
             remove_at(&mut merged, p);
+            // A map the removal emptied (the last label) goes too, unless someone owns it
+            // as it is.
+            for depth in (1..p.len()).rev() {
+                let up = &p[..depth];
+                let emptied = value_at(&merged, up)
+                    .and_then(Value::as_object)
+                    .is_some_and(Map::is_empty);
+                let owned = |set: &FieldSet| set.contains(&up.to_vec());
+                if !emptied || owned(&others) || owned(&applied) {
+                    break;
+                }
+                remove_at(&mut merged, up);
+            }
         }
     }
 
