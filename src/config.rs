@@ -13,7 +13,8 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
-use crate::agent::node::{self, Taint};
+use crate::agent::node;
+use crate::api::labels::{self, Taint};
 use crate::bootstrap::{ClusterSettings, Token};
 use crate::cli::{Cli, ServerArgs};
 use crate::controllers::node_ipam::{MaskFlags, PodNetwork};
@@ -409,7 +410,8 @@ impl ServerConfig {
 
         let mut tls_sans = Vec::new();
         for san in args.tls_san.iter().filter(|s| !s.is_empty()) {
-            if san.parse::<IpAddr>().is_ok() || node::is_dns_subdomain(san.trim_start_matches("*."))
+            if san.parse::<IpAddr>().is_ok()
+                || labels::is_dns_subdomain(san.trim_start_matches("*."))
             {
                 tls_sans.push(san.clone());
             } else {
@@ -439,7 +441,7 @@ impl ServerConfig {
             &mut check,
         );
         let vip = parse_vip(&args, &mut check);
-        if !node::is_dns_subdomain(&args.cluster_domain) {
+        if !labels::is_dns_subdomain(&args.cluster_domain) {
             check(Err(format!(
                 "--cluster-domain {:?} is not a DNS name",
                 args.cluster_domain
@@ -657,13 +659,13 @@ fn node_options(
 ) -> node::NodeOptions {
     let mut labels = BTreeMap::new();
     for raw in flags.labels {
-        check(node::parse_label(raw).map(|(k, v)| {
+        check(labels::parse_label(raw).map(|(k, v)| {
             labels.insert(k, v);
         }));
     }
     let mut taints: Vec<Taint> = Vec::new();
     for raw in flags.taints {
-        check(node::parse_taint(raw).map(|t| taints.push(t)));
+        check(labels::parse_taint(raw).map(|t| taints.push(t)));
     }
     let mut ips = Vec::new();
     for raw in flags.ips.iter().filter(|s| !s.is_empty()) {
@@ -676,7 +678,7 @@ fn node_options(
         .name
         .map(str::to_owned)
         .unwrap_or_else(|| host.hostname.to_lowercase());
-    if !node::is_dns_subdomain(&name) {
+    if !labels::is_dns_subdomain(&name) {
         check(Err(format!(
             "--node-name {name:?} is not a valid node name (lowercase letters, digits, '-' and '.', at most 253 characters)"
         )));
@@ -743,7 +745,7 @@ impl ServerUrl {
         if host.is_empty() {
             return Err(err("the host is missing"));
         }
-        if host.parse::<IpAddr>().is_err() && !node::is_dns_subdomain(&host.to_lowercase()) {
+        if host.parse::<IpAddr>().is_err() && !labels::is_dns_subdomain(&host.to_lowercase()) {
             return Err(err("the host is neither an IP address nor a DNS name"));
         }
         let port = match port {

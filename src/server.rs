@@ -197,7 +197,7 @@ async fn start(
         node_registered: AtomicBool::new(false),
         shutdown: stop.clone(),
         joiner,
-        sessions: sessions.clone(),
+        tunnels: Arc::new(crate::tunnel::Tunnels(sessions.clone())),
         lb_stats: std::sync::Mutex::new(None),
     });
     tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API serving");
@@ -236,6 +236,7 @@ async fn start(
     // The server is a node too: its pods run here, with the same worker as an agent's.
     tasks.spawn(crate::tunnel::local::run(
         api.clone(),
+        sessions.clone(),
         cfg.node.name.clone(),
         node_ips.first().copied(),
         node_runtime,
@@ -326,7 +327,7 @@ fn serving_names(cfg: &ServerConfig) -> Vec<String> {
     ];
     if let Ok(host) = nix::unistd::gethostname()
         && let Some(h) = host.to_str()
-        && crate::agent::node::is_dns_subdomain(&h.to_lowercase())
+        && crate::api::labels::is_dns_subdomain(&h.to_lowercase())
     {
         names.push(h.to_lowercase());
     }

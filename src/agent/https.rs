@@ -166,7 +166,7 @@ impl Target {
                     .unwrap_or_default();
                 return Ok(Err((status, body)));
             }
-            let expected = crate::tunnel::accept_key(key.as_bytes());
+            let expected = crate::apiserver::upgrade::websocket_accept(key.as_bytes());
             let got = resp
                 .headers()
                 .get(hyper::header::SEC_WEBSOCKET_ACCEPT)

@@ -175,7 +175,7 @@ fn labels(report: &NodeReport, server: bool) -> Value {
     let arch = &report.info.architecture;
     // A label value has at most 63 characters, a node name up to 253: a longer name's host
     // part (its first DNS label, at most 63) stands for it, as a hostname would.
-    let hostname = if crate::agent::node::validate_label_value(&report.name).is_ok() {
+    let hostname = if crate::api::labels::validate_label_value(&report.name).is_ok() {
         report.name.as_str()
     } else {
         report.name.split('.').next().unwrap_or_default()

@@ -22,15 +22,7 @@ pub struct SystemInfo {
     pub nodefs_bytes: u64,
 }
 
-/// `kubernetes.io/arch` for this build, in Go's GOARCH spelling.
-pub const ARCH: &str = match std::env::consts::ARCH.as_bytes() {
-    b"aarch64" => "arm64",
-    b"arm" => "arm",
-    b"x86_64" => "amd64",
-    b"x86" => "386",
-    b"riscv64" => "riscv64",
-    _ => std::env::consts::ARCH,
-};
+pub use crate::api::labels::ARCH;
 
 impl SystemInfo {
     pub fn read() -> SystemInfo {

@@ -6,4 +6,5 @@
 
 pub mod cidr;
 pub mod cron;
+pub mod labels;
 pub mod quantity;

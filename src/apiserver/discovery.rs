@@ -19,7 +19,7 @@ pub fn version() -> Value {
         "buildDate": "",
         "goVersion": "",
         "compiler": "rustc",
-        "platform": format!("linux/{}", crate::agent::sysinfo::ARCH),
+        "platform": format!("linux/{}", crate::api::labels::ARCH),
     })
 }
 

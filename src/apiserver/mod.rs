@@ -16,6 +16,7 @@ pub mod apply;
 pub mod auth;
 pub mod discovery;
 pub mod eviction;
+pub mod features;
 pub mod field_validation;
 pub mod kinds;
 pub mod openapi;
@@ -102,9 +103,10 @@ pub struct Api {
     /// Flips to `true` when the server begins shutting down.
     pub shutdown: signal::Receiver<bool>,
     pub joiner: crate::bootstrap::join::Joiner,
-    pub sessions: Arc<crate::tunnel::sessions::Sessions>,
-    /// The virtual IP's load balancer, while this server runs it.
-    pub lb_stats: std::sync::Mutex<Option<crate::vip::lb::Stats>>,
+    /// The node tunnels, wired in by the server.
+    pub tunnels: Arc<dyn features::NodeTunnels>,
+    /// The virtual IP's load balancer's figures, while this server runs it.
+    pub lb_stats: std::sync::Mutex<Option<Arc<dyn features::Metrics>>>,
 }
 
 impl Api {

@@ -28,8 +28,9 @@ use super::resources::ObjectRef;
 use super::status::ApiError;
 use super::{Api, Body, upgrade};
 use crate::node::pods::PodKey;
-use crate::node::streams::{LogOptions, MAX_MESSAGE, Message, Pipe, StreamIo, StreamRequest};
-use crate::tunnel::streams::StreamError;
+use crate::node::streams::{
+    LogOptions, MAX_MESSAGE, Message, Pipe, StreamError, StreamIo, StreamRequest,
+};
 
 /// The streaming subresources of a pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,7 +183,7 @@ pub async fn serve(
                 )));
             }
             tokio::spawn(async move {
-                let config = crate::tunnel::streams::ws_config();
+                let config = crate::node::streams::ws_config();
                 if let Some(ws) = upgrade::server_websocket(req, config, "exec").await {
                     relay(ws, pipe).await;
                 }
@@ -317,19 +318,15 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 async fn open(api: &Api, node: &str, request: StreamRequest) -> Result<Pipe, ApiError> {
-    api.sessions
-        .streams
-        .open(node, request)
-        .await
-        .map_err(|e| match e {
-            StreamError::Refused { code, message } => match code {
-                400 | 404 => ApiError::BadRequest(message),
-                403 => ApiError::Forbidden(message),
-                503 => ApiError::Unavailable(message),
-                _ => ApiError::Internal(message),
-            },
-            other => ApiError::Unavailable(other.to_string()),
-        })
+    api.tunnels.open(node, request).await.map_err(|e| match e {
+        StreamError::Refused { code, message } => match code {
+            400 | 404 => ApiError::BadRequest(message),
+            403 => ApiError::Forbidden(message),
+            503 => ApiError::Unavailable(message),
+            _ => ApiError::Internal(message),
+        },
+        other => ApiError::Unavailable(other.to_string()),
+    })
 }
 
 /// The log text as a chunked body, ending when the node closes the stream.

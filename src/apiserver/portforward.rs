@@ -49,8 +49,7 @@ use super::spdy::{self, Decoder, Encoder, Frame, Headers, StreamId};
 use super::status::ApiError;
 use super::{Api, Body, podstreams, upgrade};
 use crate::node::pods::PodKey;
-use crate::node::streams::{MAX_MESSAGE, Message, Pipe, StreamRequest};
-use crate::tunnel::streams::StreamError;
+use crate::node::streams::{MAX_MESSAGE, Message, Pipe, StreamError, StreamRequest};
 
 mod channels;
 
@@ -664,14 +663,10 @@ impl Dialer for NodeDialer {
             port,
         };
         Box::pin(async move {
-            api.sessions
-                .streams
-                .open(&node, request)
-                .await
-                .map_err(|e| match e {
-                    StreamError::Refused { message, .. } => message,
-                    other => other.to_string(),
-                })
+            api.tunnels.open(&node, request).await.map_err(|e| match e {
+                StreamError::Refused { message, .. } => message,
+                other => other.to_string(),
+            })
         })
     }
 }

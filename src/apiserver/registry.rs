@@ -23,7 +23,7 @@ use super::resources::{
     SYSTEM_NAMESPACES,
 };
 use super::status::{ApiError, Result};
-use crate::agent::node;
+use crate::api::labels;
 use crate::bootstrap::encryption::{Encryption, decrypt_with};
 use crate::datastore::{Record, Store};
 use std::sync::Arc;
@@ -1328,10 +1328,10 @@ fn default(resource: &Resource, name: &str, obj: &mut Value) {
 fn validate(resource: &Resource, name: &str, obj: &Value, old: Option<&Value>) -> Result<()> {
     let mut causes = Vec::new();
     let (name_ok, what) = match resource.strategy.name_rule() {
-        NameRule::Subdomain => (node::is_dns_subdomain(name), "RFC 1123 subdomain"),
-        NameRule::Label => (node::is_dns_label(name), "RFC 1123 label"),
+        NameRule::Subdomain => (labels::is_dns_subdomain(name), "RFC 1123 subdomain"),
+        NameRule::Label => (labels::is_dns_label(name), "RFC 1123 label"),
         NameRule::Dns1035 => (
-            node::is_dns_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()),
+            labels::is_dns_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()),
             "RFC 1035 label",
         ),
     };
@@ -1346,7 +1346,7 @@ fn validate(resource: &Resource, name: &str, obj: &Value, old: Option<&Value>) -
             for (k, v) in labels {
                 let v = v.as_str().unwrap_or("\u{0}");
                 if let Err(e) =
-                    node::validate_label_key(k).and_then(|_| node::validate_label_value(v))
+                    labels::validate_label_key(k).and_then(|_| labels::validate_label_value(v))
                 {
                     causes.push(format!("metadata.labels: Invalid value: {e}"));
                 }

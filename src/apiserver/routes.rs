@@ -121,11 +121,11 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
         // Authenticated by the node's certificate; the tunnel checks it itself.
         ["v1-keelson", "connect"] if get => {
             current_node_certificate(&api, id).await?;
-            return crate::tunnel::server::accept(api, id, req);
+            return api.tunnels.clone().accept(api, id, req);
         }
         ["v1-keelson", "stream", stream] if get => {
             current_node_certificate(&api, id).await?;
-            return crate::tunnel::server::accept_dial(&api, id, stream, req);
+            return api.tunnels.accept_dial(id, stream, req);
         }
         _ => {}
     }
@@ -198,7 +198,7 @@ async fn join(
         .and_then(|v| v.to_str().ok());
     let checked = api.joiner.authenticate(auth, source)?;
     let body = read_body(req, crate::bootstrap::join::MAX_BODY).await?;
-    let servers = api.sessions.servers().borrow().clone();
+    let servers = api.tunnels.servers().borrow().clone();
     let resp = api
         .joiner
         .join(api.registry.store(), checked, &body, servers)
@@ -212,7 +212,6 @@ async fn join(
 /// Prometheus text: what an operator needs to see the datastore cost of this server.
 fn metrics(api: &Api) -> String {
     let store = api.registry.store();
-    let (opened, refused) = api.sessions.counters();
     let mut out = format!(
         "# HELP keelson_datastore_statements_total SQL statements this server sent to the datastore.\n\
          # TYPE keelson_datastore_statements_total counter\n\
@@ -223,15 +222,6 @@ fn metrics(api: &Api) -> String {
          # HELP keelson_feed_revision The newest revision the change feed delivered.\n\
          # TYPE keelson_feed_revision gauge\n\
          keelson_feed_revision {}\n\
-         # HELP keelson_tunnels Agent tunnels open on this server.\n\
-         # TYPE keelson_tunnels gauge\n\
-         keelson_tunnels {}\n\
-         # HELP keelson_tunnels_opened_total Agent tunnels opened since start.\n\
-         # TYPE keelson_tunnels_opened_total counter\n\
-         keelson_tunnels_opened_total {}\n\
-         # HELP keelson_tunnels_refused_total Tunnels refused because this server held the most it may.\n\
-         # TYPE keelson_tunnels_refused_total counter\n\
-         keelson_tunnels_refused_total {}\n\
          # HELP keelson_api_connections_total Connections the API listener accepted since start.\n\
          # TYPE keelson_api_connections_total counter\n\
          keelson_api_connections_total {}\n\
@@ -250,15 +240,13 @@ fn metrics(api: &Api) -> String {
         store.statements(),
         u8::from(api.feed.reachable()),
         api.feed.latest(),
-        api.sessions.tunnels(),
-        opened,
-        refused,
         super::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
         api.joiner.requests(),
         api.joiner.refusals().0,
         api.joiner.refusals().1,
         super::REFUSED.load(std::sync::atomic::Ordering::Relaxed),
     );
+    api.tunnels.render_metrics(&mut out);
     if let Ok(slot) = api.lb_stats.lock()
         && let Some(stats) = slot.as_ref()
     {

@@ -31,7 +31,17 @@ pub fn accept_key(h: &HeaderMap) -> Result<String, ApiError> {
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(ApiError::BadRequest("Sec-WebSocket-Key is missing".into()));
     };
-    Ok(crate::tunnel::accept_key(key.as_bytes()))
+    Ok(websocket_accept(key.as_bytes()))
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2); the agent checks the
+/// server's answer with it too.
+pub fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
 }
 
 /// The server's end of the websocket a request upgraded to, once hyper hands the connection
@@ -88,4 +98,17 @@ pub fn switching_protocols(accept: &str, protocol: Option<&str>) -> Response<Bod
         hs.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 }

@@ -262,7 +262,7 @@ impl Joiner {
     ) -> Result<JoinResponse, ApiError> {
         let req: JoinRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the join request is not valid: {e}")))?;
-        if !crate::agent::node::is_dns_subdomain(&req.node_name) {
+        if !crate::api::labels::is_dns_subdomain(&req.node_name) {
             return Err(ApiError::BadRequest(format!(
                 "node name {:?} is not a valid node name (at most 253 lower-case letters, digits, '-' and '.')",
                 req.node_name

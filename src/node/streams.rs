@@ -26,6 +26,27 @@ use tokio::sync::mpsc;
 
 use super::pods::PodKey;
 
+/// Why a stream to a node's pod could not be opened; the API maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("node {0:?} is not connected to any server (it may be down, or just reconnecting)")]
+    NotConnected(String),
+    #[error("node {node:?} did not answer within {waited:?}")]
+    NoAnswer {
+        node: String,
+        waited: std::time::Duration,
+    },
+    #[error("the node refused the stream: {message}")]
+    Refused { code: u16, message: String },
+}
+
+/// The websocket settings of a stream connection (either end).
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
 /// Largest message a stream accepts. kubectl sends stdin in reads of 32 KiB plus its channel
 /// byte (`kubectl cp` fills every one), so this must exceed 32 KiB + 1.
 pub const MAX_MESSAGE: usize = 64 * 1024;

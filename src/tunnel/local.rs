@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::pods::Push;
+use super::sessions::Sessions;
 use crate::apiserver::Api;
 use crate::node::Runtime;
 use crate::node::pods::{PodEvent, PodWorker};
@@ -20,22 +21,23 @@ use crate::node::pods::{PodEvent, PodWorker};
 /// Runs the server's own node's pods until `stop` flips.
 pub async fn run(
     api: Arc<Api>,
+    sessions: Arc<Sessions>,
     node: String,
     host_ip: Option<IpAddr>,
     runtime: Runtime,
     mut stop: watch::Receiver<bool>,
 ) {
     let (worker, mut link, events, reports) = PodWorker::start(runtime, host_ip);
-    api.sessions.streams.set_local(&node, link.streams.clone());
+    sessions.streams.set_local(&node, link.streams.clone());
     tokio::spawn(worker.run(events, reports, stop.clone()));
-    let mut pods = api.sessions.pods.listen(&node);
+    let mut pods = sessions.pods.listen(&node);
     loop {
         tokio::select! {
             _ = crate::apiserver::stopped(&mut stop) => return,
             push = pods.rx.recv() => {
                 let Some(push) = push else {
                     // Fell behind: listen again, which starts with a fresh listing.
-                    pods = api.sessions.pods.listen(&node);
+                    pods = sessions.pods.listen(&node);
                     continue;
                 };
                 let evs = match push {
@@ -62,13 +64,14 @@ pub async fn run(
                 }
             }
             Some(note) = link.notes.recv() => {
-                api.sessions.record_note(&api.registry, &node, note).await;
+                sessions.record_note(&api.registry, &node, note).await;
             }
             Some(req) = link.objects.recv() => {
                 let api = api.clone();
+                let sessions = sessions.clone();
                 let node = node.clone();
                 tokio::spawn(async move {
-                    let answer = super::pods::object_for_node(&api.registry, &api.sessions.pods, &node, &req.wanted).await;
+                    let answer = super::pods::object_for_node(&api.registry, &sessions.pods, &node, &req.wanted).await;
                     let _ = req.reply.send(answer);
                 });
             }

@@ -34,14 +34,17 @@ pub mod server;
 pub mod sessions;
 pub mod streams;
 
+pub use service::Tunnels;
+mod service;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::agent::node::Taint;
 use crate::agent::sysinfo::SystemInfo;
+use crate::api::labels::Taint;
 use crate::node::objects::Wanted;
 use crate::node::pods::{PodAssignment, PodKey, PodNote, PodReport};
 use crate::node::streams::StreamRequest;
@@ -201,15 +204,6 @@ pub fn agent_ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_DOWN_FRAME))
 }
 
-/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
-pub fn accept_key(key: &[u8]) -> String {
-    use base64::Engine;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(key);
-    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,13 +243,5 @@ mod tests {
         ));
         // A length prefix promising more than the frame holds.
         assert!(decode::<Down>(&[2, 0xff, 0xff, 0xff, 0x0f]).is_err());
-    }
-
-    #[test]
-    fn accept_key_matches_rfc_6455_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
     }
 }

@@ -20,11 +20,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::pods::Push;
+use super::sessions::Sessions;
 use super::{
     DEAD_AFTER, Down, NodeReport, PROTOCOL_VERSION, Up, decode, encode, encode_down, ws_config,
 };
-use crate::agent::node;
 use crate::agent::registration::{self, CONTROL_PLANE_LABEL};
+use crate::api::labels;
 use crate::apiserver::status::ApiError;
 use crate::apiserver::{Api, Body, auth::Identity};
 use crate::node::pods::PodAssignment;
@@ -42,6 +43,7 @@ const REPORT_MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Answers a tunnel request: 101 and a spawned session, or an error status.
 pub fn accept(
     api: Arc<Api>,
+    sessions: Arc<Sessions>,
     id: &Identity,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -55,16 +57,16 @@ pub fn accept(
         }
     };
     let accept = crate::apiserver::upgrade::accept_key(req.headers())?;
-    let Some(share) = api.sessions.node_tunnel(&node) else {
-        api.sessions.tunnel_refused();
+    let Some(share) = sessions.node_tunnel(&node) else {
+        sessions.tunnel_refused();
         tracing::warn!(%node, limit = super::sessions::MAX_TUNNELS_PER_NODE, "tunnel refused: the node holds the most tunnels one node may");
         return Err(ApiError::TooManyRequests(format!(
             "node {node:?} already holds {} tunnels to this server, the most one node may; close one first",
             super::sessions::MAX_TUNNELS_PER_NODE
         )));
     };
-    let Ok(permit) = api.sessions.tunnel_permits.clone().try_acquire_owned() else {
-        api.sessions.tunnel_refused();
+    let Ok(permit) = sessions.tunnel_permits.clone().try_acquire_owned() else {
+        sessions.tunnel_refused();
         tracing::warn!(%node, limit = super::sessions::MAX_TUNNELS, "tunnel refused: this server holds the most tunnels it may");
         return Err(ApiError::Unavailable(
             "this server holds as many tunnels as it may; connect to another server".into(),
@@ -75,7 +77,7 @@ pub fn accept(
         if let Some(ws) =
             crate::apiserver::upgrade::server_websocket(req, ws_config(), "tunnel").await
         {
-            serve(api, node, generation, ws, (permit, share)).await;
+            serve(api, sessions, node, generation, ws, (permit, share)).await;
         }
     });
     Ok(crate::apiserver::upgrade::switching_protocols(
@@ -86,7 +88,7 @@ pub fn accept(
 /// Answers a node's dial-back for stream `id` (see [`super::streams`]): 101 and the stream
 /// relayed to the API request waiting for it, or 404 if no request of this node waits.
 pub fn accept_dial(
-    api: &Api,
+    sessions: &Sessions,
     id: &Identity,
     stream: &str,
     req: Request<Incoming>,
@@ -100,7 +102,7 @@ pub fn accept_dial(
     let arrival = stream
         .parse::<u64>()
         .ok()
-        .and_then(|n| api.sessions.streams.arrive(node, n))
+        .and_then(|n| sessions.streams.arrive(node, n))
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "no stream {stream:?} waits for node {node:?} (it timed out, or was for another node)"
@@ -130,6 +132,7 @@ enum End {
 
 async fn serve<S>(
     api: Arc<Api>,
+    sessions: Arc<Sessions>,
     node: String,
     generation: Option<String>,
     mut ws: WebSocketStream<S>,
@@ -137,8 +140,8 @@ async fn serve<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    api.sessions.tunnel_opened();
-    let end = session(&api, &node, generation.as_deref(), &mut ws).await;
+    sessions.tunnel_opened();
+    let end = session(&api, &sessions, &node, generation.as_deref(), &mut ws).await;
     let close = |code, reason: &str| {
         Message::Close(Some(CloseFrame {
             code,
@@ -171,6 +174,7 @@ async fn serve<S>(
 
 async fn session<S>(
     api: &Arc<Api>,
+    sessions: &Arc<Sessions>,
     node: &str,
     generation: Option<&str>,
     ws: &mut WebSocketStream<S>,
@@ -209,8 +213,8 @@ where
     if let Err(e) = Box::pin(registration::register(&api.registry, &report, None)).await {
         return End::Refused(format!("cannot register the node: {e}"));
     }
-    let _presence = api.sessions.enter(node);
-    let mut servers = api.sessions.servers();
+    let _presence = sessions.enter(node);
+    let mut servers = sessions.servers();
     let welcome = Down::Welcome {
         version: PROTOCOL_VERSION,
         servers: servers.borrow_and_update().clone(),
@@ -219,8 +223,8 @@ where
         return End::Bad(e);
     }
     tracing::info!(%node, "tunnel open");
-    let mut pods = api.sessions.pods.listen(node);
-    let mut control = api.sessions.streams.attach(node);
+    let mut pods = sessions.pods.listen(node);
+    let mut control = sessions.streams.attach(node);
     let mut last_heard = Instant::now();
     let mut last_report = Instant::now();
     let mut notes = Budget::new(MAX_NOTES_PER_SECOND);
@@ -243,7 +247,7 @@ where
                     if let Err(e) = Box::pin(send_pods(ws, push)).await { return End::Bad(e); }
                 }
                 // Fell behind: listen again, which starts with a fresh listing.
-                None => pods = api.sessions.pods.listen(node),
+                None => pods = sessions.pods.listen(node),
             },
             m = ws.next() => {
                 last_heard = Instant::now();
@@ -283,12 +287,12 @@ where
                         Ok(Up::Event(note)) => {
                             // Events are datastore writes: a node gets a budget per second.
                             if notes.take() {
-                                Box::pin(api.sessions.record_note(&api.registry, node, note)).await;
+                                Box::pin(sessions.record_note(&api.registry, node, note)).await;
                             }
                         }
                         Ok(Up::Get { id, object }) => {
                             let result = if gets.take() {
-                                Box::pin(super::pods::object_for_node(&api.registry, &api.sessions.pods, node, &object)).await
+                                Box::pin(super::pods::object_for_node(&api.registry, &sessions.pods, node, &object)).await
                             } else {
                                 Err((429, format!("node {node} reads objects faster than {MAX_GETS_PER_SECOND}/s; ask again later")))
                             };
@@ -390,8 +394,8 @@ fn check(node: &str, report: &NodeReport) -> Result<(), String> {
         ));
     }
     for (k, v) in &report.labels {
-        node::validate_label_key(k).map_err(|e| format!("label {k}: {e}"))?;
-        node::validate_label_value(v).map_err(|e| format!("label {k}: {e}"))?;
+        labels::validate_label_key(k).map_err(|e| format!("label {k}: {e}"))?;
+        labels::validate_label_value(v).map_err(|e| format!("label {k}: {e}"))?;
         if crate::apiserver::admission::is_restricted_label(k) || k == CONTROL_PLANE_LABEL {
             return Err(format!(
                 "label {k}: agents may not set node-role.kubernetes.io or node-restriction.kubernetes.io labels"
@@ -399,7 +403,7 @@ fn check(node: &str, report: &NodeReport) -> Result<(), String> {
         }
     }
     for t in &report.taints {
-        node::validate_taint(t).map_err(|e| format!("taint {}: {e}", t.key))?;
+        labels::validate_taint(t).map_err(|e| format!("taint {}: {e}", t.key))?;
     }
     Ok(())
 }

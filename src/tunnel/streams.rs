@@ -28,7 +28,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use super::Down;
 use crate::datastore::feed::Feed;
 use crate::datastore::{EventKind, Store};
-use crate::node::streams::{self, MAX_MESSAGE, Message, Pipe, StreamRequest, StreamServer};
+pub use crate::node::streams::ws_config;
+use crate::node::streams::{
+    self, MAX_MESSAGE, Message, Pipe, StreamError, StreamRequest, StreamServer,
+};
 
 /// Where servers leave dial requests for nodes tunnelled to other servers (outside every API
 /// resource's prefix, so no client can read or write them).
@@ -74,16 +77,6 @@ fn stale_at(written_at: i64, now: i64) -> bool {
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Control frames queued for one tunnel.
 const CONTROL_QUEUE: usize = 16;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error("node {0:?} is not connected to any server (it may be down, or just reconnecting)")]
-    NotConnected(String),
-    #[error("node {0:?} did not answer within {DIAL_TIMEOUT:?}")]
-    NoAnswer(String),
-    #[error("the node refused the stream: {message}")]
-    Refused { code: u16, message: String },
-}
 
 /// Waiting stream requests and the tunnels that carry dial requests.
 #[derive(Default)]
@@ -311,7 +304,10 @@ impl Broker {
             Ok(Ok(pipe)) => Ok(pipe),
             _ => {
                 forget(self);
-                Err(StreamError::NoAnswer(node.to_owned()))
+                Err(StreamError::NoAnswer {
+                    node: node.to_owned(),
+                    waited: DIAL_TIMEOUT,
+                })
             }
         }
     }
@@ -387,13 +383,6 @@ where
         }
     }
     let _ = ws.close(None).await;
-}
-
-/// The websocket settings of a stream connection (either end).
-pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE))
 }
 
 #[cfg(test)]

@@ -994,6 +994,12 @@ impl Every {
     }
 }
 
+impl crate::apiserver::features::Metrics for Stats {
+    fn render_metrics(&self, out: &mut String) {
+        Stats::render_metrics(self, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicU16;

@@ -269,9 +269,9 @@ impl Vip {
             return Err("no API".into());
         };
         if let Ok(mut slot) = api.lb_stats.lock() {
-            *slot = Some(balancer.stats());
+            *slot = Some(Arc::new(balancer.stats()));
         }
-        let backends = with_self(api.sessions.servers(), api.server_address.clone());
+        let backends = with_self(api.tunnels.servers(), api.server_address.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(balancer.run(backends, lb::Check::Readyz(tls), async {
             let _ = stop_rx.await;

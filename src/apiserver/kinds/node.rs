@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 
 use super::{AGE, Column, NAME, Strategy, plain, text};
-use crate::agent::node as node_fields;
 use crate::api::cidr::Cidr;
+use crate::api::labels as node_fields;
 
 pub struct Nodes;
 

@@ -145,7 +145,7 @@ pub fn validate_spec(spec: Option<&Value>, at: &str, causes: &mut Vec<String>) {
                 let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
                 if name.is_empty() {
                     causes.push(format!("{at}.containers[{i}].name: Required value"));
-                } else if !crate::agent::node::is_dns_label(name) {
+                } else if !crate::api::labels::is_dns_label(name) {
                     causes.push(format!(
                         "{at}.containers[{i}].name: Invalid value: {name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'"
                     ));

@@ -125,8 +125,8 @@ pub fn validate_selector(selector: &Value, at: &str, causes: &mut Vec<String>) {
         Some(Value::Object(labels)) => {
             for (k, v) in labels {
                 let v = v.as_str().unwrap_or("\u{0}");
-                if let Err(e) = crate::agent::node::validate_label_key(k)
-                    .and_then(|_| crate::agent::node::validate_label_value(v))
+                if let Err(e) = crate::api::labels::validate_label_key(k)
+                    .and_then(|_| crate::api::labels::validate_label_value(v))
                 {
                     causes.push(format!("{at}.matchLabels: Invalid value: {e}"));
                 }

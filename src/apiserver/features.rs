@@ -1,0 +1,100 @@
+//! What the server wires into the API: features built on top of it that the API serves or
+//! reports but may not name, because they import the API (the node tunnels write Nodes and
+//! Pods through its registry; the virtual IP's load balancer reads its feed).
+//!
+//! Invariant: no module under `apiserver` imports `crate::tunnel`, `crate::vip` or
+//! `crate::agent`; `server.rs` hands their implementations in through these traits, so the
+//! API builds, and reads, without them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::sync::watch;
+
+use super::auth::Identity;
+use super::status::ApiError;
+use super::{Api, Body};
+use crate::node::streams::{Pipe, StreamError, StreamRequest};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The node tunnels, as the API sees them: the endpoints nodes connect to, streams to their
+/// pods (`kubectl logs`/`exec`/`attach`/`port-forward`), and what they report.
+pub trait NodeTunnels: Send + Sync {
+    /// Answers `GET /v1-keelson/connect`: a node opening its tunnel (101, or an error status).
+    fn accept(
+        &self,
+        api: Arc<Api>,
+        id: &Identity,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError>;
+
+    /// Answers `GET /v1-keelson/stream/<id>`: a node dialling back for a stream it was asked
+    /// to open.
+    fn accept_dial(
+        &self,
+        id: &Identity,
+        stream: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError>;
+
+    /// Opens a stream to a pod on `node`, through whichever server holds its tunnel.
+    fn open<'a>(
+        &'a self,
+        node: &'a str,
+        request: StreamRequest,
+    ) -> BoxFuture<'a, Result<Pipe, StreamError>>;
+
+    /// The servers agents may use, kept current (sent in join answers, balanced over by the
+    /// virtual IP's load balancer).
+    fn servers(&self) -> watch::Receiver<Vec<String>>;
+
+    /// Its lines of `/metrics`.
+    fn render_metrics(&self, out: &mut String);
+}
+
+/// A feature that contributes lines to `/metrics` while it runs (the load balancer, on the
+/// holder of the virtual IP only).
+pub trait Metrics: Send + Sync {
+    fn render_metrics(&self, out: &mut String);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The layering this module exists for: the API names none of the features built on it
+    /// (comments and doc links may).
+    #[test]
+    fn the_api_imports_no_feature_built_on_it() {
+        let mut offending = Vec::new();
+        let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src/apiserver")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read src/apiserver") {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("read a source file");
+                for (i, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or_default();
+                    // Spelled in two parts so this test does not find itself.
+                    if ["tunnel", "vip", "agent"]
+                        .iter()
+                        .any(|m| code.contains(&format!("crate::{m}")))
+                    {
+                        offending.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(offending.is_empty(), "{}", offending.join("\n"));
+    }
+}

@@ -1,0 +1,69 @@
+//! The tunnels as the API sees them ([`crate::apiserver::features::NodeTunnels`]): the server
+//! wires one in at start, so the API reaches the tunnels without importing this module.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::sync::watch;
+
+use super::server;
+use super::sessions::Sessions;
+use crate::apiserver::auth::Identity;
+use crate::apiserver::features::{BoxFuture, NodeTunnels};
+use crate::apiserver::status::ApiError;
+use crate::apiserver::{Api, Body};
+use crate::node::streams::{Pipe, StreamError, StreamRequest};
+
+/// This server's tunnels.
+pub struct Tunnels(pub Arc<Sessions>);
+
+impl NodeTunnels for Tunnels {
+    fn accept(
+        &self,
+        api: Arc<Api>,
+        id: &Identity,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError> {
+        server::accept(api, self.0.clone(), id, req)
+    }
+
+    fn accept_dial(
+        &self,
+        id: &Identity,
+        stream: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError> {
+        server::accept_dial(&self.0, id, stream, req)
+    }
+
+    fn open<'a>(
+        &'a self,
+        node: &'a str,
+        request: StreamRequest,
+    ) -> BoxFuture<'a, Result<Pipe, StreamError>> {
+        Box::pin(self.0.streams.open(node, request))
+    }
+
+    fn servers(&self) -> watch::Receiver<Vec<String>> {
+        self.0.servers()
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        let (opened, refused) = self.0.counters();
+        let _ = write!(
+            out,
+            "# HELP keelson_tunnels Agent tunnels open on this server.\n\
+             # TYPE keelson_tunnels gauge\n\
+             keelson_tunnels {}\n\
+             # HELP keelson_tunnels_opened_total Agent tunnels opened since start.\n\
+             # TYPE keelson_tunnels_opened_total counter\n\
+             keelson_tunnels_opened_total {opened}\n\
+             # HELP keelson_tunnels_refused_total Tunnels refused because this server held the most it may.\n\
+             # TYPE keelson_tunnels_refused_total counter\n\
+             keelson_tunnels_refused_total {refused}\n",
+            self.0.tunnels(),
+        );
+    }
+}
