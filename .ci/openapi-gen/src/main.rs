@@ -39,6 +39,7 @@ const MERGE_KEYS: &[(&str, &str, &str)] = &[
     ("io.k8s.api.core.v1.Container", "env", "name"),
     ("io.k8s.api.core.v1.Container", "ports", "containerPort"),
     ("io.k8s.api.core.v1.NodeStatus", "addresses", "type"),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", "port"),
     (
         "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
         "ownerReferences",
