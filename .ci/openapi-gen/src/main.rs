@@ -20,7 +20,7 @@ mod protobuf;
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, policy, rbac};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, policy, rbac};
 use k8s_openapi::{Resource, api::autoscaling};
 use schemars::JsonSchema;
 use schemars::r#gen::{SchemaGenerator, SchemaSettings};
@@ -148,6 +148,11 @@ fn generate() -> Output {
     let mut gv = GroupVersion::new();
     gv.kind::<discovery::v1::EndpointSlice>();
     gv.finish(&mut out, "discovery.k8s.io_v1");
+
+    // The same stored objects as core/v1 Events, in the newer API's field names.
+    let mut gv = GroupVersion::new();
+    gv.kind::<events::v1::Event>();
+    gv.finish(&mut out, "events.k8s.io_v1");
     out
 }
 
