@@ -8,9 +8,10 @@ deserialize every answer into the client's models (and raise on a wrong type). M
 `watch.Watch().stream(...)` on ConfigMaps, a list-then-watch loop written the way the client's
 users write informers (list, watch from the list's resourceVersion, relist on 410 Gone), and the
 client's own `SharedInformer` (when the installed client has one) must each see every ConfigMap
-change in order. Prints one line per check; exits non-zero with the reason on the first failure.
+change in order. Events written through events.k8s.io/v1 read through core/v1, and the reverse. Prints one line per check; exits non-zero with the reason on the first failure.
 """
 
+import datetime
 import ipaddress
 import sys
 import threading
@@ -20,6 +21,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 NS = "pyclient"
+# Where the Events test writes; nothing else does.
+EV_NS = "pyclient-events"
 # Longest any watcher may take to see the last change, in seconds.
 WATCH_DEADLINE = 60
 
@@ -251,7 +254,7 @@ def deployments(apps, core):
         d = apps.read_namespaced_deployment("web", NS)
         owned = [rs for rs in apps.list_namespaced_replica_set(NS, label_selector="app=web").items
                  if any(o.name == "web" and o.controller for o in rs.metadata.owner_references or [])]
-        if d.status.observed_generation == d.metadata.generation and owned:
+        if d.status and d.status.observed_generation == d.metadata.generation and owned:
             break
         if time.monotonic() > deadline:
             raise AssertionError(f"the Deployment controller did not act: {d.status}, {owned}")
@@ -361,6 +364,48 @@ def jobs(batch):
     check(gone(lambda: batch.read_namespaced_job("once", NS)), "a deleted Job reads as 404")
 
 
+def events(core, ev):
+    """An Event written through events.k8s.io/v1 reads through core/v1, and the reverse. In a
+    namespace of their own: the controllers' core Events elsewhere have no eventTime, which
+    events.k8s.io answers as null, as kube-apiserver does, and this client's EventsV1Event
+    refuses (kubernetes-client/python#1221)."""
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=EV_NS)))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    body = client.EventsV1Event(
+        metadata=client.V1ObjectMeta(name="boot"), event_time=now,
+        reporting_controller="example.com/boot", reporting_instance="pi-1",
+        action="Start", reason="Booted", type="Normal", note="board up",
+        regarding=client.V1ObjectReference(kind="Pod", name="web", namespace=EV_NS))
+    e = ev.create_namespaced_event(EV_NS, body)
+    check(e.note == "board up" and e.event_time is not None,
+          "events.k8s.io Event create answers in its own field names")
+    c = core.read_namespaced_event("boot", EV_NS)
+    check(c.message == "board up" and c.involved_object.name == "web"
+          and c.reporting_component == "example.com/boot",
+          "the events.k8s.io Event reads through CoreV1Api (message, involved_object)")
+
+    core.create_namespaced_event(EV_NS, client.CoreV1Event(
+        metadata=client.V1ObjectMeta(name="pulled"), event_time=now,
+        reporting_component="example.com/puller", reporting_instance="pi-1",
+        action="Pull", reason="Pulled", type="Normal", message="pulled busybox",
+        involved_object=client.V1ObjectReference(kind="Pod", name="web", namespace=EV_NS)))
+    e = ev.read_namespaced_event("pulled", EV_NS)
+    check(e.note == "pulled busybox" and e.regarding.name == "web"
+          and e.reporting_controller == "example.com/puller",
+          "a core Event reads through EventsV1Api (note, regarding)")
+    names = sorted(x.metadata.name for x in ev.list_namespaced_event(EV_NS).items)
+    check(names == ["boot", "pulled"], f"EventsV1Api lists both ({names})")
+    try:
+        ev.create_namespaced_event(EV_NS, {
+            "metadata": {"name": "bad"}, "eventTime": now.isoformat(),
+            "reportingInstance": "pi-1", "action": "Start", "reason": "Booted",
+            "type": "Normal"})
+        raise AssertionError("an events.k8s.io Event without reportingController was accepted")
+    except ApiException as e:
+        check(e.status == 422 and "reportingController" in e.body,
+              "an events.k8s.io Event without reportingController gets 422 naming it")
+
+
 def check_seen(seen, expected):
     check(seen.error is None, f"{seen.who}: no error ({seen.error!r})")
     got = [(k, n) for k, n, _ in seen.events]
@@ -408,6 +453,7 @@ def main():
     deployments(apps, core)
     services(core)
     jobs(batch)
+    events(core, client.EventsV1Api())
 
     for seen in (streamed, looped) + ((shared,) if informer is not None else ()):
         if not seen.done.wait(WATCH_DEADLINE):
@@ -420,6 +466,7 @@ def main():
         check(informer.cache.list() == [], "SharedInformer: its cache ends empty")
 
     core.delete_namespace(NS)
+    core.delete_namespace(EV_NS)
     print("PASS: the Python client round trip", flush=True)
 
 
