@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The official Kubernetes Python client (`pip install kubernetes`) against a keelson server.
 
-Run by tests/python_client.rs as `python3 client_roundtrip.py KUBECONFIG`. Creates, reads,
+Run by tests/python_client.rs as `python3 client_roundtrip.py KUBECONFIG COMPACT_SECONDS` against a
+server started with `--compact-interval` COMPACT_SECONDS. Creates, reads,
 patches (the client's default for a dict body: a strategic merge patch), replaces, lists by
 label and deletes a Deployment, a Service, a ConfigMap and a Job through the typed APIs, which
 deserialize every answer into the client's models (and raise on a wrong type). Meanwhile a
@@ -70,6 +71,10 @@ class Seen:
         self.events = []
         self.error = None
         self.done = threading.Event()
+        # Set after each list (the list-then-watch loop): changes from then on are events.
+        self.listed = threading.Event()
+        # How many times the server answered 410 Gone.
+        self.gone = 0
 
     def add(self, kind, cm, last_name):
         self.events.append((kind, cm.metadata.name, rv(cm)))
@@ -94,17 +99,23 @@ def stream_watch(core, start_rv, seen, last_name):
         seen.done.set()
 
 
-def informer_loop(core, seen, last_name, cache):
+def informer_loop(core, seen, last_name, cache, resume_from=None):
     """List, then watch from the list's resourceVersion; on 410 Gone, list again. `cache` holds
-    name -> ConfigMap as the loop believes the server has them."""
+    name -> ConfigMap as the loop believes the server has them. With `resume_from`, the loop
+    starts by watching from that resourceVersion, as after a long disconnection."""
     try:
         deadline = time.monotonic() + WATCH_DEADLINE
         while not seen.done.is_set() and time.monotonic() < deadline:
-            listed = core.list_namespaced_config_map(NS)
-            cache.clear()
-            cache.update({cm.metadata.name: cm for cm in listed.items})
-            start = listed.metadata.resource_version
-            check(start and int(start) > 0, f"{seen.who}: the list has a resourceVersion ({start})")
+            if resume_from is not None:
+                start, resume_from = resume_from, None
+            else:
+                listed = core.list_namespaced_config_map(NS)
+                cache.clear()
+                cache.update({cm.metadata.name: cm for cm in listed.items})
+                start = listed.metadata.resource_version
+                check(start and int(start) > 0,
+                      f"{seen.who}: the list has a resourceVersion ({start})")
+                seen.listed.set()
             try:
                 w = watch.Watch()
                 for ev in w.stream(core.list_namespaced_config_map, NS, resource_version=start,
@@ -122,6 +133,7 @@ def informer_loop(core, seen, last_name, cache):
             except ApiException as e:
                 if e.status != 410:
                     raise
+                seen.gone += 1
                 print(f"{seen.who}: 410 Gone, listing again", flush=True)
     except Exception as e:
         seen.error = e
@@ -406,6 +418,28 @@ def events(core, ev):
               "an events.k8s.io Event without reportingController gets 422 naming it")
 
 
+def relist_after_gone(core, stale_rv, compact_seconds):
+    """The informer loop's recovery: a watch resumed from a resourceVersion the server has
+    compacted away (`--compact-interval`) gets 410 Gone; the loop lists again and sees the
+    changes after that list."""
+    # History older than one interval goes at each tick: after three, `stale_rv` is gone.
+    time.sleep(3 * compact_seconds)
+    seen = Seen("list-then-watch resumed after compaction")
+    cache = {}
+    t = threading.Thread(target=informer_loop, args=(core, seen, "cm-late", cache, stale_rv),
+                         daemon=True)
+    t.start()
+    check(seen.listed.wait(WATCH_DEADLINE), f"{seen.who}: lists again ({seen.error!r})")
+    check(seen.gone == 1, f"{seen.who}: the stale resourceVersion {stale_rv} got 410 Gone")
+    a = core.create_namespaced_config_map(NS, {"metadata": {"name": "cm-late"}})
+    core.delete_namespaced_config_map("cm-late", NS)
+    t.join(WATCH_DEADLINE)
+    check(seen.error is None, f"{seen.who}: no error ({seen.error!r})")
+    check([(k, n) for k, n, _ in seen.events] == [("ADDED", "cm-late"), ("DELETED", "cm-late")]
+          and seen.events[0][2] == rv(a),
+          f"{seen.who}: sees the changes after its new list ({seen.events})")
+
+
 def check_seen(seen, expected):
     check(seen.error is None, f"{seen.who}: no error ({seen.error!r})")
     got = [(k, n) for k, n, _ in seen.events]
@@ -464,6 +498,8 @@ def main():
     if informer is not None:
         informer.stop()
         check(informer.cache.list() == [], "SharedInformer: its cache ends empty")
+
+    relist_after_gone(core, start_rv, float(sys.argv[2]))
 
     core.delete_namespace(NS)
     core.delete_namespace(EV_NS)
