@@ -151,7 +151,8 @@ mod tests {
                 "coordination.k8s.io",
                 "rbac.authorization.k8s.io",
                 "policy",
-                "discovery.k8s.io"
+                "discovery.k8s.io",
+                "events.k8s.io"
             ]
         );
         let list = resource_list(&APPS_V1);

@@ -25,8 +25,8 @@ use serde_json::{Map, Value, json};
 
 use super::Body;
 use super::resources::{
-    APPS_V1, BATCH_V1, COORDINATION_V1, CORE_V1, DISCOVERY_V1, GroupVersion, POLICY_V1, RBAC_V1,
-    Resource,
+    APPS_V1, BATCH_V1, COORDINATION_V1, CORE_V1, DISCOVERY_V1, EVENTS_K8S_IO_V1, GroupVersion,
+    POLICY_V1, RBAC_V1, Resource,
 };
 use super::routes;
 use super::status::ApiError;
@@ -35,7 +35,7 @@ use super::status::ApiError;
 pub const MAX_INFLATED: usize = 8 * 1024 * 1024;
 
 /// The embedded schemas of each served group version.
-static SCHEMAS: [(&GroupVersion, &[u8]); 7] = [
+static SCHEMAS: [(&GroupVersion, &[u8]); 8] = [
     (&CORE_V1, include_bytes!("openapi/core_v1.json.deflate")),
     (&APPS_V1, include_bytes!("openapi/apps_v1.json.deflate")),
     (&BATCH_V1, include_bytes!("openapi/batch_v1.json.deflate")),
@@ -51,6 +51,10 @@ static SCHEMAS: [(&GroupVersion, &[u8]); 7] = [
     (
         &DISCOVERY_V1,
         include_bytes!("openapi/discovery.k8s.io_v1.json.deflate"),
+    ),
+    (
+        &EVENTS_K8S_IO_V1,
+        include_bytes!("openapi/events.k8s.io_v1.json.deflate"),
     ),
 ];
 

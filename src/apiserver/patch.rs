@@ -136,6 +136,9 @@ pub(crate) fn merge_key(path: Option<&str>) -> Option<&'static str> {
         .unwrap_or(path);
     match path {
         ".status.conditions" | ".status.addresses" => Some("type"),
+        // A Service's ports (`kubectl patch svc` and the Python client's default patch name
+        // one port and expect its name and the others kept).
+        ".spec.ports" => Some("port"),
         // Init containers are Containers too: the OpenAPI schema (one `Container`
         // definition) tells kubectl their lists merge alike.
         ".spec.containers"

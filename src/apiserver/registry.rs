@@ -135,14 +135,16 @@ impl Registry {
         self
     }
 
-    /// The stored object with its resourceVersion; Secrets decrypted.
+    /// The stored object with its resourceVersion, in `resource`'s form (a view converts
+    /// it); Secrets decrypted.
     pub fn decode(&self, resource: &Resource, rec: &Record) -> Result<Value> {
         if resource == &SECRETS {
             let plain = decrypt_with(self.encryption.as_deref(), &rec.path, &rec.value)
                 .map_err(|e| ApiError::Internal(format!("{}: {e}", rec.path)))?;
             return decode_json(resource, &rec.path, &plain, rec.revision);
         }
-        decode_json(resource, &rec.path, &rec.value, rec.revision)
+        let obj = decode_json(resource, &rec.path, &rec.value, rec.revision)?;
+        Ok(resource.strategy.to_served(obj))
     }
 
     /// The decodable ones of `records`. One object that cannot be decoded (written by an
@@ -163,7 +165,7 @@ impl Registry {
 
     /// The stored form of `obj` at `path`: JSON, encrypted for Secrets when encryption is on.
     fn encode(&self, resource: &Resource, path: &str, obj: &Value) -> Result<Vec<u8>> {
-        let bytes = encode(obj)?;
+        let bytes = encode(&resource.strategy.to_stored(obj))?;
         match &self.encryption {
             Some(e) if resource == &SECRETS => Ok(e.encrypt(path, &bytes)),
             _ => Ok(bytes),
@@ -769,7 +771,7 @@ impl Registry {
         }
         if r.resource == &NAMESPACES {
             // Namespaced objects go with their namespace.
-            for resource in Resource::all().filter(|res| res.namespaced) {
+            for resource in Resource::stored().filter(|res| res.namespaced) {
                 let (_, objects) = self.store.list(&resource.prefix(Some(&r.name))).await?;
                 for obj in objects {
                     match self.store.delete(&obj.path, None).await {
@@ -1355,8 +1357,9 @@ fn validate(resource: &Resource, name: &str, obj: &Value, old: Option<&Value>) -
         Some(_) => causes.push("metadata.labels: Invalid value: must be a map of strings".into()),
     }
     resource.strategy.validate(obj, &mut causes);
-    if let Some(old) = old {
-        resource.strategy.validate_update(old, obj, &mut causes);
+    match old {
+        Some(old) => resource.strategy.validate_update(old, obj, &mut causes),
+        None => resource.strategy.validate_create(obj, &mut causes),
     }
     if causes.is_empty() {
         Ok(())

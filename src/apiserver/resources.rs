@@ -3,8 +3,10 @@
 //! A [`GroupVersion`] lists the resources served under one API path (`/api/v1`, or
 //! `/apis/<group>/<version>`); a [`Resource`] describes one kind for discovery, routing and
 //! storage; an [`ObjectRef`] names one object and knows its datastore path. Nothing here
-//! touches the datastore. Invariant: plurals are unique across all served groups, so a
-//! datastore path (`/registry/<plural>/…`) names its resource without the group.
+//! touches the datastore. Invariant: plurals are unique across the stored resources, so a
+//! datastore path (`/registry/<plural>/…`) names its resource without the group. A view
+//! (`stored_as`: events.k8s.io's `events`) serves another resource's stored objects in its
+//! own group's form; it shares that resource's plural and paths, and its strategy converts.
 
 use std::fmt;
 
@@ -26,6 +28,10 @@ pub struct Resource {
     pub categories: &'static [&'static str],
     /// Defaults, validation and `kubectl get` columns of the kind.
     pub strategy: &'static dyn Strategy,
+    /// `Some` for a view of another resource's stored objects: reads and writes go to that
+    /// resource's paths, converted by this resource's strategy (`to_stored`,
+    /// `to_served`). Invariant: the stored resource has the same plural and is no view.
+    pub stored_as: Option<&'static Resource>,
 }
 
 // A resource is identified by its group and plural (unique across groups, see the test).
@@ -75,6 +81,7 @@ pub static NODES: Resource = Resource {
     has_scale: false,
     categories: &[],
     strategy: &kinds::node::Nodes,
+    stored_as: None,
 };
 
 pub static NAMESPACES: Resource = Resource {
@@ -89,6 +96,7 @@ pub static NAMESPACES: Resource = Resource {
     has_scale: false,
     categories: &[],
     strategy: &kinds::namespace::Namespaces,
+    stored_as: None,
 };
 
 pub static PODS: Resource = Resource {
@@ -103,6 +111,7 @@ pub static PODS: Resource = Resource {
     has_scale: false,
     categories: &["all"],
     strategy: &kinds::pod::Pods,
+    stored_as: None,
 };
 
 /// `coordination.k8s.io/v1` leases: the servers' leader elections are recorded here (see
@@ -119,6 +128,7 @@ pub static LEASES: Resource = Resource {
     has_scale: false,
     categories: &[],
     strategy: &kinds::lease::Leases,
+    stored_as: None,
 };
 
 /// A v1 kind: namespaced, with no short names, status, scale or categories unless the row
@@ -142,6 +152,7 @@ const fn kind(
         has_scale: false,
         categories: &[],
         strategy,
+        stored_as: None,
     }
 }
 
@@ -367,6 +378,26 @@ pub static PODDISRUPTIONBUDGETS: Resource = Resource {
     )
 };
 
+/// `events.k8s.io/v1` events: the core Events, in the newer API's field names (`note`,
+/// `regarding`, `reportingController`, …) and with its stricter checks on create.
+pub static EVENTS_V1: Resource = Resource {
+    short_names: &["ev"],
+    stored_as: Some(&EVENTS),
+    ..kind(
+        "events.k8s.io",
+        "events",
+        "event",
+        "Event",
+        &kinds::events_v1::EventsV1,
+    )
+};
+
+pub static EVENTS_K8S_IO_V1: GroupVersion = GroupVersion {
+    group: "events.k8s.io",
+    version: "v1",
+    resources: &[&EVENTS_V1],
+};
+
 pub static POLICY_V1: GroupVersion = GroupVersion {
     group: "policy",
     version: "v1",
@@ -406,13 +437,14 @@ pub static BATCH_V1: GroupVersion = GroupVersion {
 };
 
 /// The named groups served under `/apis`, in discovery order (one version each).
-pub static GROUPS: [&GroupVersion; 6] = [
+pub static GROUPS: [&GroupVersion; 7] = [
     &APPS_V1,
     &BATCH_V1,
     &COORDINATION_V1,
     &RBAC_V1,
     &POLICY_V1,
     &DISCOVERY_V1,
+    &EVENTS_K8S_IO_V1,
 ];
 
 /// The namespaces every cluster has; they cannot be deleted.
@@ -455,9 +487,19 @@ impl Resource {
             .flat_map(|gv| gv.resources.iter().copied())
     }
 
-    /// The resource stored under `/registry/<plural>/` (plurals are unique across groups).
+    /// Every resource whose objects are stored under its own paths (no views).
+    pub fn stored() -> impl Iterator<Item = &'static Resource> {
+        Resource::all().filter(|r| r.stored_as.is_none())
+    }
+
+    /// The resource stored under `/registry/<plural>/` (plurals are unique among them).
     pub fn by_plural(plural: &str) -> Option<&'static Resource> {
-        Resource::all().find(|r| r.plural == plural)
+        Resource::stored().find(|r| r.plural == plural)
+    }
+
+    /// The resource whose paths hold this one's objects: itself, or the one it is a view of.
+    pub fn storage(&'static self) -> &'static Resource {
+        self.stored_as.unwrap_or(self)
     }
 
     pub fn verbs(&self) -> &'static [&'static str] {
@@ -480,9 +522,10 @@ impl Resource {
 
     /// The datastore prefix of all objects of this resource, or of one namespace's.
     pub fn prefix(&'static self, namespace: Option<&str>) -> String {
+        let plural = self.storage().plural;
         match namespace {
-            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.plural),
-            _ => format!("/registry/{}/", self.plural),
+            Some(ns) if self.namespaced => format!("/registry/{plural}/{ns}/"),
+            _ => format!("/registry/{plural}/"),
         }
     }
 }
@@ -579,12 +622,36 @@ mod tests {
     }
 
     #[test]
-    fn plurals_are_unique_across_groups() {
-        let mut plurals: Vec<&str> = Resource::all().map(|r| r.plural).collect();
+    fn plurals_are_unique_across_stored_resources() {
+        let mut plurals: Vec<&str> = Resource::stored().map(|r| r.plural).collect();
         let n = plurals.len();
         plurals.sort();
         plurals.dedup();
         assert_eq!(plurals.len(), n, "{plurals:?}");
+    }
+
+    #[test]
+    fn a_view_shares_its_stored_resources_paths() {
+        for view in Resource::all().filter(|r| r.stored_as.is_some()) {
+            let stored = view.storage();
+            assert!(stored.stored_as.is_none(), "{view:?} is a view of a view");
+            assert_eq!(
+                (view.plural, view.namespaced),
+                (stored.plural, stored.namespaced)
+            );
+        }
+        let r = ObjectRef {
+            resource: &EVENTS_V1,
+            namespace: Some("default".into()),
+            name: "boot".into(),
+        };
+        assert_eq!(r.path(), "/registry/events/default/boot");
+        // A datastore path names the stored resource, never the view.
+        assert_eq!(
+            ObjectRef::from_path(&r.path()).map(|r| r.resource),
+            Some(&EVENTS)
+        );
+        assert_eq!(EVENTS_V1.group_resource(), "events.events.k8s.io");
     }
 
     #[test]

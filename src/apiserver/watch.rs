@@ -122,8 +122,9 @@ async fn run(api: &Api, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
                 return;
             }
         }
+        // A view's watch sees its stored resource's changes (converted by `decode`).
         let ours = ev.path.starts_with(&prefix)
-            && ObjectRef::from_path(&ev.path).is_some_and(|r| r.resource == req.resource);
+            && ObjectRef::from_path(&ev.path).is_some_and(|r| r.resource == req.resource.storage());
         if !ours {
             continue;
         }

@@ -20,7 +20,7 @@ mod protobuf;
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, policy, rbac};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, policy, rbac};
 use k8s_openapi::{Resource, api::autoscaling};
 use schemars::JsonSchema;
 use schemars::r#gen::{SchemaGenerator, SchemaSettings};
@@ -39,6 +39,7 @@ const MERGE_KEYS: &[(&str, &str, &str)] = &[
     ("io.k8s.api.core.v1.Container", "env", "name"),
     ("io.k8s.api.core.v1.Container", "ports", "containerPort"),
     ("io.k8s.api.core.v1.NodeStatus", "addresses", "type"),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", "port"),
     (
         "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
         "ownerReferences",
@@ -147,6 +148,11 @@ fn generate() -> Output {
     let mut gv = GroupVersion::new();
     gv.kind::<discovery::v1::EndpointSlice>();
     gv.finish(&mut out, "discovery.k8s.io_v1");
+
+    // The same stored objects as core/v1 Events, in the newer API's field names.
+    let mut gv = GroupVersion::new();
+    gv.kind::<events::v1::Event>();
+    gv.finish(&mut out, "events.k8s.io_v1");
     out
 }
 

@@ -1,7 +1,8 @@
 //! One description per served kind: how its objects are defaulted, validated (on create and
 //! against the stored object on update) and printed as `kubectl get` columns.
 //!
-//! Adding a kind is a file here with a [`Strategy`] and a row in [`super::resources`]. The
+//! Adding a kind is a file here with a [`Strategy`] and a row in [`super::resources`]; so is
+//! adding a view of a stored kind in another group (its strategy converts). The
 //! registry applies the strategy to every write, whoever makes it; checks common to every kind
 //! (names, labels, the body's kind, size bounds) stay in the registry. Invariant: strategies
 //! are pure functions of the objects they are given.
@@ -14,6 +15,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod event;
+pub mod events_v1;
 pub mod job;
 pub mod lease;
 pub mod namespace;
@@ -27,6 +29,8 @@ pub mod service;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod workload;
+
+use std::borrow::Cow;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -57,6 +61,20 @@ pub trait Strategy: Sync {
 
     /// Checks against the stored object: immutable fields.
     fn validate_update(&self, _old: &Value, _new: &Value, _causes: &mut Vec<String>) {}
+
+    /// Checks only a new object gets (events.k8s.io's stricter rules for new Events).
+    fn validate_create(&self, _obj: &Value, _causes: &mut Vec<String>) {}
+
+    /// A view's object (in its group's form) as the stored resource keeps it. Stored kinds
+    /// keep what they are given.
+    fn to_stored<'a>(&self, obj: &'a Value) -> Cow<'a, Value> {
+        Cow::Borrowed(obj)
+    }
+
+    /// A stored object in a view's form: the inverse of [`Strategy::to_stored`].
+    fn to_served(&self, obj: Value) -> Value {
+        obj
+    }
 
     /// Whether the server keeps `metadata.generation`: 1 on create, one more each time an
     /// update changes `spec` (not on status or metadata-only writes).
