@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value, json};
 
 use super::{Column, Strategy, age, plain, text};
-use crate::agent::node;
+use crate::api::labels;
 
 pub struct EventsV1;
 
@@ -78,7 +78,7 @@ impl Strategy for EventsV1 {
             causes.push(
                 "reportingController: Required value: the controller that emitted the event, e.g. `kubernetes.io/kubelet`".into(),
             );
-        } else if node::validate_label_key(&controller).is_err() {
+        } else if labels::validate_label_key(&controller).is_err() {
             causes.push(format!(
                 "reportingController: Invalid value: {controller:?}: must be a qualified name (an optional DNS subdomain and '/', then at most 63 letters, digits, '-', '_' or '.')"
             ));
