@@ -233,6 +233,8 @@ async fn start(
         api.feed.clone(),
         when_stopped(stop.clone()),
     ));
+    // What the controllers lease holder lists as the `kubernetes` Service's endpoints.
+    let live_servers = sessions.servers();
     // The server is a node too: its pods run here, with the same worker as an agent's.
     tasks.spawn(crate::tunnel::local::run(
         api.clone(),
@@ -266,6 +268,7 @@ async fn start(
         cfg.node_monitor_grace_period,
         cfg.event_ttl,
         cfg.pod_network.clone(),
+        live_servers,
     );
     tasks.spawn(runtime::controller::lead(
         role_rx,
