@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::db::{Db, TestDb};
-use common::{Options, Server, wait_until};
+use common::{Options, Server, cell, create, get_rows, refused, wait_until};
 
 /// `address:port` of each endpoint in the `kubernetes` Endpoints (every subset), sorted.
 fn endpoint_addresses(s: &Server) -> Vec<String> {
@@ -135,6 +135,23 @@ fn both_servers_listed_and_a_dead_one_dropped(db: Db) {
     let slices = kubernetes_slices(&b);
     assert_eq!(slices.len(), 2, "{slices:?}");
 
+    // A server with another service range may not join: addresses would be handed out twice.
+    let mut other = Options::default()
+        .arg("--datastore-endpoint", &db.endpoint())
+        .arg("--token-file", &a.token_path().display().to_string())
+        .arg("--service-cidr", "10.43.0.0/16,fd00:43::/112");
+    other.node_name = "server-c".into();
+    match Server::try_start(other) {
+        Ok(_) => panic!("a server with a different --service-cidr joined"),
+        Err(e) => assert!(
+            e.log.contains(
+                r#"--service-cidr is "10.43.0.0/16,fd00:43::/112" here but "10.43.0.0/16" in the cluster"#
+            ),
+            "{}",
+            e.log
+        ),
+    }
+
     b.kill();
     let killed = Instant::now();
     wait_until(
@@ -157,4 +174,148 @@ fn both_servers_listed_and_a_dead_one_dropped(db: Db) {
 #[test]
 fn two_servers_on_postgres_are_both_endpoints_and_a_dead_one_leaves() {
     both_servers_listed_and_a_dead_one_dropped(Db::Postgres);
+}
+
+fn service(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{spec}  selector:\n    app: {name}\n  ports:\n  - port: 80\n"
+    )
+}
+
+fn spec_of(s: &Server, name: &str) -> Value {
+    s.kubectl_json(&["get", "svc", name, "-o", "json"])["spec"].clone()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_dual_stack_cluster_gives_dual_stack_services_an_address_in_each_family() {
+    let s = Server::start(Options::default().arg("--service-cidr", "10.43.0.0/16,fd00:43::/112"));
+    let k = spec_of(&s, "kubernetes");
+    assert_eq!(k["clusterIP"], "10.43.0.1", "{k}");
+    assert_eq!(strings(&k["ipFamilies"]), ["IPv4"], "{k}");
+
+    create(
+        &s,
+        "both",
+        &service("both", "  ipFamilyPolicy: PreferDualStack\n"),
+    );
+    let both = spec_of(&s, "both");
+    let ips = strings(&both["clusterIPs"]);
+    assert_eq!(ips.len(), 2, "{both}");
+    assert!(
+        ips[0].starts_with("10.43.") && ips[1].starts_with("fd00:43::"),
+        "{both}"
+    );
+    assert_eq!(both["clusterIP"], ips[0].as_str());
+    assert_eq!(strings(&both["ipFamilies"]), ["IPv4", "IPv6"]);
+    assert_eq!(both["ipFamilyPolicy"], "PreferDualStack");
+    let rows = get_rows(&s, &["get", "svc", "both"]);
+    assert_eq!(
+        cell(&rows[0], "CLUSTER-IP"),
+        ips[0],
+        "kubectl shows the primary address"
+    );
+
+    // IPv6 first, by ipFamilies.
+    create(
+        &s,
+        "six",
+        &service(
+            "six",
+            "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n",
+        ),
+    );
+    let six = spec_of(&s, "six");
+    let six_ips = strings(&six["clusterIPs"]);
+    assert!(
+        six_ips[0].starts_with("fd00:43::") && six_ips[1].starts_with("10.43."),
+        "{six}"
+    );
+    let rows = get_rows(&s, &["get", "svc", "six"]);
+    assert_eq!(cell(&rows[0], "CLUSTER-IP"), six_ips[0]);
+
+    // A chosen IPv6 address: inside the range it is taken, outside refused as Kubernetes does.
+    create(
+        &s,
+        "pinned",
+        &service("pinned", "  clusterIP: fd00:43::beef\n"),
+    );
+    let pinned = spec_of(&s, "pinned");
+    assert_eq!(strings(&pinned["clusterIPs"]), ["fd00:43::beef"]);
+    assert_eq!(strings(&pinned["ipFamilies"]), ["IPv6"]);
+    let path = s.dir().join("outside.yaml");
+    std::fs::write(&path, service("outside", "  clusterIP: fd00:99::1\n")).unwrap();
+    let err = refused(&s, &["create", "-f", &path.display().to_string()]);
+    assert!(
+        err.contains("spec.clusterIPs: Invalid value: []string{\"fd00:99::1\"}: failed to allocate IP fd00:99::1: the provided IP (fd00:99::1) is not in the valid range. The range of valid IPs is fd00:43::/112"),
+        "{err}"
+    );
+
+    // Deleting a dual-stack Service frees both of its addresses.
+    s.kubectl_ok(&["delete", "svc", "both"]);
+    create(
+        &s,
+        "again",
+        &service(
+            "again",
+            &format!(
+                "  ipFamilyPolicy: RequireDualStack\n  clusterIPs: [{}, {}]\n",
+                ips[0], ips[1]
+            ),
+        ),
+    );
+    assert_eq!(strings(&spec_of(&s, "again")["clusterIPs"]), ips);
+    let path = s.dir().join("copy.yaml");
+    std::fs::write(
+        &path,
+        service("copy", &format!("  clusterIP: {}\n", ips[1])),
+    )
+    .unwrap();
+    let err = refused(&s, &["create", "-f", &path.display().to_string()]);
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+}
+
+#[test]
+fn a_single_stack_ipv6_cluster_works_and_refuses_dual_stack_requirements() {
+    let s = Server::start(Options::default().arg("--service-cidr", "fd00:43::/112"));
+    let k = spec_of(&s, "kubernetes");
+    assert_eq!(k["clusterIP"], "fd00:43::1", "{k}");
+    assert_eq!(strings(&k["ipFamilies"]), ["IPv6"], "{k}");
+    create(&s, "web", &service("web", ""));
+    let web = spec_of(&s, "web");
+    let ip = web["clusterIP"].as_str().unwrap_or_default();
+    assert!(ip.starts_with("fd00:43::") && ip != "fd00:43::1", "{web}");
+    assert_eq!(strings(&web["ipFamilies"]), ["IPv6"]);
+    assert_eq!(web["ipFamilyPolicy"], "SingleStack");
+    // PreferDualStack settles for the one family there is; RequireDualStack is refused.
+    create(
+        &s,
+        "prefer",
+        &service("prefer", "  ipFamilyPolicy: PreferDualStack\n"),
+    );
+    assert_eq!(strings(&spec_of(&s, "prefer")["clusterIPs"]).len(), 1);
+    let path = s.dir().join("require.yaml");
+    std::fs::write(
+        &path,
+        service("require", "  ipFamilyPolicy: RequireDualStack\n"),
+    )
+    .unwrap();
+    let err = refused(&s, &["create", "-f", &path.display().to_string()]);
+    assert!(
+        err.contains("spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services"),
+        "{err}"
+    );
+    // The `kubernetes` endpoints still list the server (its address is IPv4 here).
+    wait_until(
+        "the kubernetes Endpoints list this server",
+        Duration::from_secs(20),
+        || endpoint_addresses(&s) == [format!("127.0.0.1:{}", s.port())],
+    );
 }
