@@ -1,6 +1,7 @@
 //! The Service network as in-cluster clients see it, through the real kubectl: the
 //! `default/kubernetes` Service's Endpoints and EndpointSlice listing every live server (one
-//! server, and two on the real PostgreSQL, one of them killed), written only when they change;
+//! server, and two on the real PostgreSQL and MariaDB, one of them killed), written only when
+//! they change;
 //! IPv6 and dual-stack `--service-cidr` ranges and the Services' `ipFamilies`, `clusterIPs`.
 
 mod common;
@@ -318,4 +319,9 @@ fn a_single_stack_ipv6_cluster_works_and_refuses_dual_stack_requirements() {
         Duration::from_secs(20),
         || endpoint_addresses(&s) == [format!("127.0.0.1:{}", s.port())],
     );
+}
+
+#[test]
+fn two_servers_on_mariadb_are_both_endpoints_and_a_dead_one_leaves() {
+    both_servers_listed_and_a_dead_one_dropped(Db::MariaDb);
 }
