@@ -210,13 +210,13 @@ pub struct ServerArgs {
     #[arg(long)]
     pub node_cidr_mask_size_ipv6: Option<u8>,
 
-    /// Service network CIDR (must agree across servers)
+    /// Service network CIDRs: one IPv4, one IPv6, or one of each, comma-separated; the first is the primary family (must agree across servers)
     #[arg(long, default_value = "10.43.0.0/16")]
     pub service_cidr: String,
 
-    /// Cluster DNS service IP (must agree across servers)
-    #[arg(long, default_value = "10.43.0.10")]
-    pub cluster_dns: String,
+    /// Cluster DNS service IP [default: the 10th address of the first --service-cidr range, 10.43.0.10] (must agree across servers)
+    #[arg(long)]
+    pub cluster_dns: Option<String>,
 
     /// Do not deploy a packaged component: coredns, servicelb, traefik, local-storage, metrics-server, runtimes (repeatable; must agree across servers)
     #[arg(long, value_delimiter = ',')]

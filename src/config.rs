@@ -325,20 +325,26 @@ impl ServerConfig {
         .map_err(|e| check(Err(e.to_string())))
         .ok();
         let raw = &args.service_cidr;
-        check(parse_cidr(raw).map_err(|why| {
-            format!("--service-cidr {raw:?} is not a CIDR such as 10.43.0.0/16: {why}")
-        }));
-        // Node blocks keep off the Services' range where the two overlap.
-        let pod_network = match (pod_network, crate::api::cidr::Cidr::parse(raw)) {
-            (Some(n), Ok(service)) => Some(n.reserve(service)),
+        let service_cidrs = crate::apiserver::allocator::ServiceCidrs::parse(raw)
+            .map_err(|e| check(Err(format!("--service-cidr {raw:?}: {e}"))))
+            .ok();
+        // Node blocks keep off the Services' ranges where they overlap.
+        let pod_network = match (pod_network, &service_cidrs) {
+            (Some(n), Some(ranges)) => Some(ranges.cidrs().fold(n, |n, range| n.reserve(range))),
             (n, _) => n,
         };
-        if args.cluster_dns.parse::<IpAddr>().is_err() {
-            check(Err(format!(
-                "--cluster-dns {:?} is not an IP address",
-                args.cluster_dns
-            )));
-        }
+        // K3s's default: the 10th address of the first service range.
+        let cluster_dns = match &args.cluster_dns {
+            Some(dns) => {
+                if dns.parse::<IpAddr>().is_err() {
+                    check(Err(format!("--cluster-dns {dns:?} is not an IP address")));
+                }
+                dns.clone()
+            }
+            None => service_cidrs
+                .map(|r| r.primary.nth(10).to_string())
+                .unwrap_or_default(),
+        };
         let mut disable = std::collections::BTreeSet::new();
         for item in args
             .disable
@@ -500,7 +506,7 @@ impl ServerConfig {
                         .join(","),
                 ),
                 service_cidr: args.service_cidr,
-                cluster_dns: args.cluster_dns,
+                cluster_dns,
                 cluster_domain: args.cluster_domain.clone(),
                 disable,
                 secrets_encryption: args.secrets_encryption,
@@ -847,22 +853,6 @@ pub const DISABLEABLE: [&str; 6] = [
     "runtimes",
 ];
 
-/// `ADDRESS/PREFIX`, with the prefix no longer than the address.
-fn parse_cidr(raw: &str) -> Result<(), String> {
-    let (addr, prefix) = raw.split_once('/').ok_or("no /PREFIX")?;
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an IP address"))?;
-    let prefix: u8 = prefix
-        .parse()
-        .map_err(|_| format!("{prefix:?} is not a prefix length"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if prefix > max {
-        return Err(format!("prefix /{prefix} is longer than {max}"));
-    }
-    Ok(())
-}
-
 /// Parses `90s`, `5m`, `1h`, `250ms`, `1h30m` or a bare number of seconds.
 pub fn parse_duration(flag: &str, raw: &str) -> Result<Duration, String> {
     let err = || format!("{flag} {raw:?} is not a duration (expected e.g. 30s, 5m, 1h, 250ms)");
@@ -956,6 +946,28 @@ mod tests {
         assert_eq!(cfg.bind.port(), 6443);
         assert_eq!(cfg.node.name, "pi-1");
         assert_eq!(cfg.kubeconfig_mode, 0o600);
+    }
+
+    #[test]
+    fn cluster_dns_defaults_to_the_10th_address_of_the_first_service_range() {
+        let dns = |extra: &[&str]| {
+            let cli = parse_command_line(args(extra)).unwrap();
+            ServerConfig::from_args(server(cli), &host())
+                .unwrap()
+                .settings
+                .cluster_dns
+        };
+        assert_eq!(dns(&[]), "10.43.0.10");
+        assert_eq!(dns(&["--service-cidr=fd00:43::/112"]), "fd00:43::a");
+        assert_eq!(
+            dns(&["--service-cidr=fd00:43::/112,10.43.0.0/16"]),
+            "fd00:43::a"
+        );
+        assert_eq!(
+            dns(&["--service-cidr=10.96.0.0/12,fd00:43::/112"]),
+            "10.96.0.10"
+        );
+        assert_eq!(dns(&["--cluster-dns=10.43.0.53"]), "10.43.0.53");
     }
 
     #[test]

@@ -102,13 +102,11 @@ async fn start(
     let cluster =
         bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
     let mut registry = Registry::new(store.clone());
-    match crate::apiserver::allocator::ServiceCidr::parse(&cfg.settings.service_cidr) {
-        Some(cidr) => registry = registry.with_service_cidr(cidr),
-        None => tracing::warn!(
-            service_cidr = %cfg.settings.service_cidr,
-            "Services get no cluster IPs: only IPv4 --service-cidr ranges of /8 to /30 are allocated from"
-        ),
-    }
+    // Checked when the flags were read; the datastore's record of them agrees (bootstrap).
+    let service_cidrs =
+        crate::apiserver::allocator::ServiceCidrs::parse(&cfg.settings.service_cidr)
+            .with_context(|| format!("--service-cidr {:?}", cfg.settings.service_cidr))?;
+    registry = registry.with_service_cidrs(service_cidrs);
     if cfg.settings.secrets_encryption {
         let keys = bootstrap::encryption::Encryption::load_or_create(&store, &cluster.token.secret)
             .await
@@ -136,6 +134,8 @@ async fn start(
     let mut cert_ips = serving_ips(cfg, &node_ips);
     cert_ips.push(advertise_ip);
     cert_ips.extend(cfg.vip.as_ref().map(|v| v.ip));
+    // In-cluster clients reach the API at the `kubernetes` Service's address.
+    cert_ips.push(service_cidrs.primary.first());
     cert_ips.sort();
     cert_ips.dedup();
     let serving = cluster.ca.issue_serving(&serving_names(cfg), &cert_ips)?;
@@ -233,6 +233,8 @@ async fn start(
         api.feed.clone(),
         when_stopped(stop.clone()),
     ));
+    // What the controllers lease holder lists as the `kubernetes` Service's endpoints.
+    let live_servers = sessions.servers();
     // The server is a node too: its pods run here, with the same worker as an agent's.
     tasks.spawn(crate::tunnel::local::run(
         api.clone(),
@@ -267,6 +269,7 @@ async fn start(
         cfg.node_monitor_grace_period,
         cfg.event_ttl,
         cfg.pod_network.clone(),
+        live_servers,
     );
     tasks.spawn(runtime::controller::lead(
         role_rx,

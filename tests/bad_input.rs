@@ -46,6 +46,36 @@ fn each_bad_flag_value_exits_2_with_an_error_naming_the_flag() {
 }
 
 #[test]
+fn bad_service_cidrs_exit_2_naming_the_flag_and_what_is_wrong() {
+    let cases = [
+        ("10.43.0.0/16,10.44.0.0/16", "are both IPv4"),
+        (
+            "fd00:43::/64",
+            "for 128-bit addresses, the mask must be >= 108",
+        ),
+        ("10.0.0.0/8", "for 32-bit addresses, the mask must be >= 12"),
+        ("10.43.0.0/16,fd00::/112,fd01::/112", "3 ranges given"),
+        ("10.43.0.0", "has no /PREFIX"),
+        ("fd00:43::/127", "too small"),
+    ];
+    let mut wrong = Vec::new();
+    for (value, expected) in cases {
+        let case = tempfile::tempdir().expect("temporary directory");
+        let stderr = refused(case.path(), &[&format!("--service-cidr={value}")], "");
+        let named = format!("--service-cidr {value:?}");
+        if !stderr
+            .lines()
+            .any(|l| l.starts_with("error:") && l.contains(&named) && l.contains(expected))
+        {
+            wrong.push(format!(
+                "{value}: no `error:` line with {named} and {expected:?} in:\n{stderr}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+#[test]
 fn every_bad_flag_is_reported_not_just_the_first() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let stderr = refused(

@@ -1,5 +1,6 @@
 //! IP networks in CIDR notation (`10.42.0.0/16`, `fd00:10:244::/56`) and the arithmetic the
-//! node IPAM needs: containment, overlap and the lowest free block of a size.
+//! node IPAM and the Service allocator need: containment, overlap, the lowest free block of a
+//! size, and addresses by their index in a network.
 //!
 //! Parsing follows Go's `net.ParseCIDR`, which Kubernetes uses for `--cluster-cidr` and
 //! `spec.podCIDRs`: the host bits of the address are dropped (`10.42.1.7/16` is
@@ -153,6 +154,26 @@ impl Cidr {
         (candidate.checked_add(span)? <= end).then(|| Cidr::from_bits(family, candidate, prefix))
     }
 
+    /// The address `index` places past the network address; `None` past the network's end.
+    pub fn nth(&self, index: u128) -> Option<IpAddr> {
+        if index > size_minus_one(self.family(), self.prefix) {
+            return None;
+        }
+        let bits = self.first() + index;
+        Some(match self.family() {
+            // At most 32 bits for V4: the index is within the network.
+            Family::V4 => IpAddr::V4(Ipv4Addr::from(bits as u32)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::from(bits)),
+        })
+    }
+
+    /// How far `addr` lies past the network address; `None` if it is outside the network.
+    pub fn index_of(&self, addr: IpAddr) -> Option<u128> {
+        (family_of(addr) == self.family()
+            && bits_of(addr) & mask(self.family(), self.prefix) == self.first())
+        .then(|| bits_of(addr) - self.first())
+    }
+
     fn from_bits(family: Family, bits: u128, prefix: u8) -> Cidr {
         let network = match family {
             // Only called with a value of at most 32 bits for V4.
@@ -262,6 +283,24 @@ mod tests {
         assert!(c("10.42.3.0/24").overlaps(&c("10.42.0.0/16")));
         assert!(!c("10.42.0.0/16").overlaps(&c("10.43.0.0/24")));
         assert!(!c("10.42.0.0/16").overlaps(&c("::/0")));
+    }
+
+    #[test]
+    fn addresses_by_index_and_back() {
+        let v6 = c("fd00:43::/112");
+        assert_eq!(v6.nth(10), Some("fd00:43::a".parse().unwrap()));
+        assert_eq!(v6.nth(0xffff), Some("fd00:43::ffff".parse().unwrap()));
+        assert_eq!(v6.nth(0x1_0000), None);
+        assert_eq!(v6.index_of("fd00:43::ffff".parse().unwrap()), Some(0xffff));
+        assert_eq!(v6.index_of("fd00:43::1:0".parse().unwrap()), None);
+        assert_eq!(v6.index_of("10.43.0.1".parse().unwrap()), None);
+        let v4 = c("10.43.0.0/16");
+        assert_eq!(v4.nth(1), Some("10.43.0.1".parse().unwrap()));
+        assert_eq!(v4.index_of("10.43.255.255".parse().unwrap()), Some(0xffff));
+        assert_eq!(
+            c("::/0").nth(u128::MAX),
+            Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap())
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ring::rand::SecureRandom;
 use serde_json::{Value, json};
 
 use super::admission::{self, Writer};
-use super::allocator::{self, ServiceCidr};
+use super::allocator::{self, ServiceCidrs};
 use super::apply;
 use super::kinds::NameRule;
 use super::openapi;
@@ -87,7 +87,7 @@ pub struct Registry {
     /// `dryRun=All`: every write is defaulted, validated and answered, but nothing is stored.
     dry_run: bool,
     /// Where Services' cluster IPs come from (`--service-cidr`); none: not allocated.
-    service_cidr: Option<ServiceCidr>,
+    service_cidrs: Option<ServiceCidrs>,
     /// The field manager of this request's updates (`fieldManager`, else the User-Agent's).
     /// In-process writers have none, so their writes move no field ownership.
     manager: Option<Arc<str>>,
@@ -101,7 +101,7 @@ impl Registry {
             store,
             encryption: None,
             dry_run: false,
-            service_cidr: None,
+            service_cidrs: None,
             manager: None,
         }
     }
@@ -115,9 +115,9 @@ impl Registry {
         }
     }
 
-    /// Allocates Services' cluster IPs from `cidr` from now on.
-    pub fn with_service_cidr(mut self, cidr: ServiceCidr) -> Registry {
-        self.service_cidr = Some(cidr);
+    /// Allocates Services' cluster IPs from `ranges` from now on.
+    pub fn with_service_cidrs(mut self, ranges: ServiceCidrs) -> Registry {
+        self.service_cidrs = Some(ranges);
         self
     }
 
@@ -828,8 +828,8 @@ impl Registry {
         }
     }
 
-    /// Reserves the cluster IP and node ports a new Service asks for, or allocates them, and
-    /// writes them into it.
+    /// Reserves the cluster IPs and node ports a new Service asks for, or allocates them, and
+    /// writes them into it with its IP families (see [`allocator::Plan`]).
     async fn allocate_service(&self, r: &ObjectRef, obj: &mut Value) -> Result<Taken> {
         let owner = format!("{}/{}", r.namespace.as_deref().unwrap_or_default(), r.name);
         let kind = obj
@@ -839,30 +839,39 @@ impl Registry {
             .to_owned();
         let mut taken = Taken::default();
         let result = async {
-            if let Some(cidr) = &self.service_cidr
+            if let Some(ranges) = &self.service_cidrs
                 && kind != "ExternalName"
             {
-                let asked = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("");
-                let ip = match asked {
-                    "None" => None,
-                    "" => Some(allocator::allocate_ip(&self.store, cidr, &owner).await?),
-                    given => {
-                        let ip: std::net::Ipv4Addr = given.parse().map_err(|_| {
-                            ApiError::Unprocessable(format!(
-                                "spec.clusterIP: Invalid value: {given:?}: must be an IPv4 address in --service-cidr, \"None\" or empty"
-                            ))
-                        })?;
-                        allocator::reserve_ip(&self.store, cidr, ip, &owner).await?;
-                        Some(ip)
+                let plan = allocator::Plan::of(ranges, &obj["spec"]).map_err(|causes| {
+                    ApiError::Invalid {
+                        kind: "Service".into(),
+                        name: r.name.clone(),
+                        causes,
                     }
-                };
-                if let Some(ip) = ip {
-                    taken.ip = Some(ip);
-                    obj["spec"]["clusterIP"] = json!(ip.to_string());
-                    obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
-                    obj["spec"]["ipFamilies"] = json!(["IPv4"]);
-                    obj["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+                })?;
+                let mut ips = Vec::new();
+                for (family, asked) in plan.families.iter().zip(&plan.asked) {
+                    let Some(range) = ranges.of(*family).filter(|_| !plan.headless) else {
+                        continue;
+                    };
+                    let ip = match asked {
+                        Some(ip) => {
+                            allocator::reserve_ip(&self.store, range, *ip, &owner).await?;
+                            *ip
+                        }
+                        None => allocator::allocate_ip(&self.store, range, &owner).await?,
+                    };
+                    taken.ips.push(ip);
+                    ips.push(ip.to_string());
                 }
+                if plan.headless {
+                    ips.push("None".into());
+                }
+                let families: Vec<&str> = plan.families.iter().map(|f| f.name()).collect();
+                obj["spec"]["clusterIP"] = json!(ips.first());
+                obj["spec"]["clusterIPs"] = json!(ips);
+                obj["spec"]["ipFamilies"] = json!(families);
+                obj["spec"]["ipFamilyPolicy"] = json!(plan.policy);
             }
             if matches!(kind.as_str(), "NodePort" | "LoadBalancer")
                 && let Some(Value::Array(ports)) = obj.pointer_mut("/spec/ports")
@@ -887,7 +896,15 @@ impl Registry {
             Ok(()) => Ok(taken),
             Err(e) => {
                 taken.release(&self.store).await;
-                Err(e)
+                // An address or port refused is the Service's field error, as in Kubernetes.
+                Err(match e {
+                    ApiError::Unprocessable(cause) => ApiError::Invalid {
+                        kind: "Service".into(),
+                        name: r.name.clone(),
+                        causes: vec![cause],
+                    },
+                    e => e,
+                })
             }
         }
     }
@@ -984,7 +1001,7 @@ impl Registry {
     /// The `default/kubernetes` Service every cluster has, at the first address of the
     /// service range, for in-cluster clients (its endpoints come with the service networking).
     async fn ensure_kubernetes_service(&self) -> Result<()> {
-        let Some(cidr) = &self.service_cidr else {
+        let Some(ranges) = &self.service_cidrs else {
             return Ok(());
         };
         let r = ObjectRef {
@@ -1000,7 +1017,7 @@ impl Registry {
         let svc = json!({
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {
-                "clusterIP": cidr.first().to_string(),
+                "clusterIP": ranges.primary.first().to_string(),
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
                 "sessionAffinity": "None",
             },
@@ -1034,18 +1051,25 @@ impl Registry {
 /// What a Service holds in the allocators.
 #[derive(Default)]
 struct Taken {
-    ip: Option<std::net::Ipv4Addr>,
+    ips: Vec<std::net::IpAddr>,
     ports: Vec<u16>,
 }
 
 impl Taken {
-    /// What a stored Service holds.
+    /// What a stored Service holds: every address in `clusterIPs` (or the `clusterIP` of one
+    /// stored before there were two).
     fn of(svc: &Value) -> Taken {
-        Taken {
-            ip: svc
+        let listed = svc.pointer("/spec/clusterIPs").and_then(Value::as_array);
+        let ips = match listed {
+            Some(list) => list.iter().filter_map(Value::as_str).collect(),
+            None => svc
                 .pointer("/spec/clusterIP")
                 .and_then(Value::as_str)
-                .and_then(|ip| ip.parse().ok()),
+                .into_iter()
+                .collect::<Vec<_>>(),
+        };
+        Taken {
+            ips: ips.into_iter().filter_map(|ip| ip.parse().ok()).collect(),
             ports: svc
                 .pointer("/spec/ports")
                 .and_then(Value::as_array)
@@ -1058,8 +1082,8 @@ impl Taken {
     }
 
     async fn release(&self, store: &Store) {
-        if self.ip.is_some() || !self.ports.is_empty() {
-            allocator::release(store, self.ip, &self.ports).await;
+        if !self.ips.is_empty() || !self.ports.is_empty() {
+            allocator::release(store, &self.ips, &self.ports).await;
         }
     }
 }

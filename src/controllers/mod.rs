@@ -9,8 +9,10 @@
 //! with stable names in order, [`job`] runs pods to completion, [`cronjob`] starts Jobs on a
 //! cron schedule ([`crate::api::cron`]), [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
 //! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners, and
-//! [`events`] records what they did. [`owner`] holds what they share about objects.
+//! [`events`] records what they did, and [`apiserver_endpoints`] lists the live servers
+//! behind the `default/kubernetes` Service. [`owner`] holds what they share about objects.
 
+pub mod apiserver_endpoints;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -39,6 +41,7 @@ pub fn under_lease(
     grace: Duration,
     event_ttl: Duration,
     pod_network: node_ipam::PodNetwork,
+    servers: tokio::sync::watch::Receiver<Vec<String>>,
 ) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(node_ipam::NodeIpam::KINDS);
@@ -51,6 +54,7 @@ pub fn under_lease(
     kinds.extend(disruption::Disruption::KINDS);
     kinds.extend(taint_eviction::TaintEviction::KINDS);
     kinds.extend(cronjob::CronJobs::KINDS);
+    kinds.extend(apiserver_endpoints::ApiserverEndpoints::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -104,6 +108,12 @@ pub fn under_lease(
             ctx.clone(),
         ));
         set.spawn(controller::run(endpoints::Endpoints, ctx.clone()));
+        set.spawn(
+            apiserver_endpoints::ApiserverEndpoints {
+                servers: servers.clone(),
+            }
+            .run(ctx.clone()),
+        );
         set.spawn(controller::run(disruption::Disruption, ctx.clone()));
         set.spawn(controller::run(
             cronjob::CronJobs {

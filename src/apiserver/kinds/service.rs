@@ -77,6 +77,17 @@ impl Strategy for Services {
         if !ip(old).is_empty() && ip(old) != ip(new) {
             causes.push("spec.clusterIP: Invalid value: field is immutable".into());
         }
+        // The reservations a deleted Service gives back are read from `clusterIPs`, so it may
+        // not change; moving a Service between single- and dual-stack is not done yet.
+        for field in ["clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            let was = &old["spec"][field];
+            if !was.is_null() && *was != new["spec"][field] {
+                causes.push(format!(
+                    "spec.{field}: Invalid value: {}: field is immutable (delete and re-create the Service to change it)",
+                    new["spec"][field]
+                ));
+            }
+        }
     }
 
     fn columns(&self) -> &'static [Column] {
