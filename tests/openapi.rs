@@ -323,6 +323,47 @@ spec:
         "{}",
         reply.body
     );
+    // A field named twice in a JSON body: Strict refuses it naming the field, the default
+    // stores the last value and warns (a parser keeps the last; a user meant one of them).
+    let twice = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"twice"},"data":{"a":"1","a":"2"}}"#;
+    let post = |query: &str| {
+        s.curl(&[
+            "-i",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            twice,
+            &format!("{}/api/v1/namespaces/default/configmaps{query}", s.url()),
+        ])
+    };
+    let reply = post("?fieldValidation=Strict");
+    assert!(
+        reply
+            .body
+            .contains(r#"strict decoding error: duplicate field \"data.a\""#),
+        "{}",
+        reply.body
+    );
+    let reply = post("");
+    assert!(
+        reply.body.starts_with("HTTP/1.1 201") || reply.body.starts_with("HTTP/2 201"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply
+            .body
+            .to_lowercase()
+            .contains(r#"warning: 299 - "duplicate field \"data.a\"""#),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        s.kubectl_ok(&["get", "cm", "twice", "-o", "jsonpath={.data.a}"]),
+        "2"
+    );
     // Ignore: accepted silently.
     let out = s.kubectl(&["apply", "--validate=false", "-f", &file]);
     assert!(out.status.success());

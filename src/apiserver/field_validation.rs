@@ -71,13 +71,15 @@ impl Directive {
 }
 
 /// Checks `body`, written to `resource` (or, with `scale`, to its scale subresource), as
-/// `directive` says: the warnings to send back, or the 400 that refuses it.
+/// `directive` says: the warnings to send back, or the 400 that refuses it. `duplicates` are
+/// the fields the raw body named twice ([`duplicate_fields`]).
 pub fn check(
     directive: Directive,
     resource: &Resource,
     scale: bool,
     write: Write,
     body: Body<'_>,
+    duplicates: &[String],
 ) -> Result<Vec<String>, ApiError> {
     if directive == Directive::Ignore {
         return Ok(Vec::new());
@@ -99,9 +101,10 @@ pub fn check(
         )
     };
     let fields = unknown_fields(&schemas, &definition, body);
-    let problems: Vec<String> = fields
+    let problems: Vec<String> = duplicates
         .iter()
-        .map(|f| format!("unknown field {f:?}"))
+        .map(|f| format!("duplicate field {f:?}"))
+        .chain(fields.iter().map(|f| format!("unknown field {f:?}")))
         .collect();
     if directive == Directive::Warn || problems.is_empty() {
         return Ok(problems);
@@ -286,6 +289,98 @@ impl<'a> Walk<'a> {
     }
 }
 
+/// The fields a JSON body names twice, in kube-apiserver's form (`data.a`,
+/// `spec.containers[0].name`). A JSON object may legally repeat a key and the parser keeps the
+/// last value, so a second walk over the bytes finds them; strict decoding refuses them and
+/// the default warns, as kube-apiserver does. Recurses as deep as the body, which the parser
+/// that already read it bounds (128 levels); a body that does not parse yields nothing here.
+pub fn duplicate_fields(json: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let _ = serde::de::DeserializeSeed::deserialize(
+        Duplicates {
+            path: String::new(),
+            out: &mut out,
+        },
+        &mut de,
+    );
+    out
+}
+
+/// One level of [`duplicate_fields`]' walk.
+struct Duplicates<'a> {
+    path: String,
+    out: &'a mut Vec<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Duplicates<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Duplicates<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if !seen.insert(key) {
+                self.out.push(path.clone());
+            }
+            map.next_value_seed(Duplicates {
+                path,
+                out: &mut *self.out,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while seq
+            .next_element_seed(Duplicates {
+                path: format!("{}[{i}]", self.path),
+                out: &mut *self.out,
+            })?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,7 +530,8 @@ mod tests {
                 &PODS,
                 false,
                 Write::Create,
-                Body::Object(&pod)
+                Body::Object(&pod),
+                &[],
             )
             .unwrap()
             .is_empty()
@@ -447,6 +543,7 @@ mod tests {
             false,
             Write::Create,
             Body::Object(&pod),
+            &[],
         )
         .unwrap_err();
         assert_eq!(err.code(), 400);
@@ -460,6 +557,7 @@ mod tests {
             false,
             Write::Patch,
             Body::MergePatch(&pod),
+            &[],
         )
         .unwrap_err();
         assert_eq!(
@@ -472,7 +570,8 @@ mod tests {
                 &PODS,
                 false,
                 Write::Update,
-                Body::Object(&pod)
+                Body::Object(&pod),
+                &[],
             )
             .unwrap(),
             ["unknown field \"spec.foo\""]
@@ -483,7 +582,8 @@ mod tests {
                 &PODS,
                 false,
                 Write::Update,
-                Body::Object(&pod)
+                Body::Object(&pod),
+                &[],
             )
             .unwrap()
             .is_empty()
@@ -495,7 +595,8 @@ mod tests {
                 &DEPLOYMENTS,
                 true,
                 Write::Patch,
-                Body::MergePatch(&scale)
+                Body::MergePatch(&scale),
+                &[],
             )
             .unwrap(),
             ["unknown field \"spec.replica\""]
@@ -507,10 +608,26 @@ mod tests {
                 &CONFIGMAPS,
                 false,
                 Write::Update,
-                Body::Object(&cm)
+                Body::Object(&cm),
+                &[],
             )
             .unwrap(),
             ["unknown field \"dta\""]
+        );
+        // Fields named twice in the raw body are refused alike, before unknown ones.
+        let err = check(
+            Directive::Strict,
+            &PODS,
+            false,
+            Write::Create,
+            Body::Object(&pod),
+            &["metadata.name".to_owned()],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("strict decoding error: duplicate field \"metadata.name\", unknown field \"spec.foo\""),
+            "{err}"
         );
     }
 
@@ -520,5 +637,12 @@ mod tests {
         assert_eq!(Directive::parse(Some("Strict")).unwrap(), Directive::Strict);
         assert_eq!(Directive::parse(Some("Ignore")).unwrap(), Directive::Ignore);
         assert_eq!(Directive::parse(Some("strict")).unwrap_err().code(), 400);
+    }
+
+    #[test]
+    fn repeated_keys_are_found_with_their_paths() {
+        let body = br#"{"data":{"a":"1","a":"2"},"items":[{"name":"x","name":"y"}],"kind":"A"}"#;
+        assert_eq!(super::duplicate_fields(body), ["data.a", "items[0].name"]);
+        assert!(super::duplicate_fields(br#"{"a":{"b":1},"c":{"b":2}}"#).is_empty());
     }
 }

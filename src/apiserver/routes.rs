@@ -488,13 +488,14 @@ async fn resource(
             },
             Method::POST,
         ) => {
-            let body = read_json(req).await?;
+            let (body, duplicates) = read_json(req).await?;
             let warnings = field_validation::check(
                 fields,
                 resource,
                 false,
                 Write::Create,
                 field_validation::Body::Object(&body),
+                &duplicates,
             )?;
             let obj = registry
                 .create(resource, namespace.as_deref(), body)
@@ -508,7 +509,7 @@ async fn resource(
                     r.name
                 )));
             }
-            let body = read_json(req).await?;
+            let (body, _) = read_json(req).await?;
             let node = body
                 .pointer("/target/name")
                 .and_then(Value::as_str)
@@ -527,7 +528,7 @@ async fn resource(
                     r.name
                 )));
             }
-            let body = read_json(req).await?;
+            let (body, _) = read_json(req).await?;
             Ok(json(
                 StatusCode::CREATED,
                 &super::eviction::evict(&registry, &r, &body).await?,
@@ -537,13 +538,14 @@ async fn resource(
             Ok(json(StatusCode::OK, &scale::get(&api.registry, &r).await?))
         }
         (Target::Scale(r), Method::PUT) => {
-            let body = read_json(req).await?;
+            let (body, duplicates) = read_json(req).await?;
             let warnings = field_validation::check(
                 fields,
                 r.resource,
                 true,
                 Write::Update,
                 field_validation::Body::Object(&body),
+                &duplicates,
             )?;
             Ok(warn(
                 json(
@@ -555,13 +557,14 @@ async fn resource(
         }
         (Target::Scale(r), Method::PATCH) => {
             let kind = patch_kind(&req)?;
-            let body = read_json(req).await?;
+            let (body, duplicates) = read_json(req).await?;
             let warnings = field_validation::check(
                 fields,
                 r.resource,
                 true,
                 Write::Patch,
                 patch_body(kind, &body),
+                &duplicates,
             )?;
             Ok(warn(
                 json(
@@ -588,13 +591,14 @@ async fn resource(
             ))
         }
         (Target::Object { r, part }, Method::PUT) => {
-            let body = read_json(req).await?;
+            let (body, duplicates) = read_json(req).await?;
             let warnings = field_validation::check(
                 fields,
                 r.resource,
                 false,
                 Write::Update,
                 field_validation::Body::Object(&body),
+                &duplicates,
             )?;
             Ok(warn(
                 json(
@@ -629,6 +633,7 @@ async fn resource(
                 false,
                 Write::Patch,
                 field_validation::Body::MergePatch(&config),
+                &[],
             )?;
             let (obj, created) = registry.apply(&r, writer, config, &manager, force).await?;
             let code = if created {
@@ -640,13 +645,14 @@ async fn resource(
         }
         (Target::Object { r, part }, Method::PATCH) => {
             let kind = patch_kind(&req)?;
-            let body = read_json(req).await?;
+            let (body, duplicates) = read_json(req).await?;
             let warnings = field_validation::check(
                 fields,
                 r.resource,
                 false,
                 Write::Patch,
                 patch_body(kind, &body),
+                &duplicates,
             )?;
             Ok(warn(
                 json(
@@ -807,7 +813,8 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
     }
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<Value> {
+/// The body as JSON, and the fields it names twice (which the parse kept the last of).
+async fn read_json(req: Request<Incoming>) -> Result<(Value, Vec<String>)> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -816,10 +823,11 @@ async fn read_json(req: Request<Incoming>) -> Result<Value> {
     let protobuf = ct.contains("protobuf");
     let body = read_body(req, MAX_BODY).await?;
     if protobuf {
-        return Ok(super::protobuf::decode(&body)?);
+        return Ok((super::protobuf::decode(&body)?, Vec::new()));
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+    let value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
+    Ok((value, field_validation::duplicate_fields(&body)))
 }
 
 /// Decoded query parameters.
