@@ -14,6 +14,7 @@ pub mod admission;
 pub mod allocator;
 pub mod auth;
 pub mod discovery;
+pub mod encrypt;
 pub mod eviction;
 pub mod field_validation;
 pub mod kinds;
