@@ -281,7 +281,8 @@ fn rotation_under_writes_on_two_servers(db: Db) {
         .lock()
         .unwrap()
         .insert(("zz-hot".into(), "k0".into()), "0".into());
-    let writer = {
+    // Two writers through B: one creates Secrets, one keeps adding keys to the hot one.
+    let writer = |creates: bool| {
         let (stop, acked) = (stop.clone(), acked.clone());
         let kubeconfig = b.kubeconfig();
         let server = b.url();
@@ -289,8 +290,6 @@ fn rotation_under_writes_on_two_servers(db: Db) {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let name = format!("new-{n}");
-                let value = format!("new-{n}");
                 let kubectl = |args: &[&str]| {
                     std::process::Command::new("kubectl")
                         .arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -298,33 +297,28 @@ fn rotation_under_writes_on_two_servers(db: Db) {
                         .args(args)
                         .output()
                         .expect("run kubectl")
+                        .status
+                        .success()
                 };
-                if kubectl(&[
-                    "create",
-                    "secret",
-                    "generic",
-                    &name,
-                    &format!("--from-literal=v={value}"),
-                ])
-                .status
-                .success()
-                {
-                    acked.lock().unwrap().insert((name, "v".into()), value);
-                }
-                let patch = format!(r#"{{"stringData":{{"k{n}":"{n}"}}}}"#);
-                if kubectl(&["patch", "secret", "zz-hot", "--type=merge", "-p", &patch])
-                    .status
-                    .success()
-                {
-                    acked
-                        .lock()
-                        .unwrap()
-                        .insert(("zz-hot".into(), format!("k{n}")), n.to_string());
+                if creates {
+                    let name = format!("new-{n}");
+                    let value = format!("new-{n}");
+                    let literal = format!("--from-literal=v={value}");
+                    if kubectl(&["create", "secret", "generic", &name, &literal]) {
+                        acked.lock().unwrap().insert((name, "v".into()), value);
+                    }
+                } else {
+                    let patch = format!(r#"{{"stringData":{{"k{n}":"{n}"}}}}"#);
+                    if kubectl(&["patch", "secret", "zz-hot", "--type=merge", "-p", &patch]) {
+                        let key = ("zz-hot".into(), format!("k{n}"));
+                        acked.lock().unwrap().insert(key, n.to_string());
+                    }
                 }
             }
             n
         })
     };
+    let writers = [writer(true), writer(false)];
     thread::sleep(Duration::from_secs(2));
     let started = std::time::Instant::now();
     let out = ok(&a, &["rotate-keys"]);
@@ -333,9 +327,12 @@ fn rotation_under_writes_on_two_servers(db: Db) {
     assert!(!out.contains("warning"), "{out}");
     thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
-    let rounds = writer.join().expect("the writer thread");
+    let rounds: Vec<usize> = writers
+        .into_iter()
+        .map(|w| w.join().expect("a writer thread"))
+        .collect();
     eprintln!(
-        "{}: rotation in {took:?} under {rounds} write rounds through B: {out}",
+        "{}: rotation in {took:?} under {rounds:?} creates/updates through B: {out}",
         db.db
     );
 
