@@ -35,6 +35,8 @@ pub enum Command {
     Lb(LbArgs),
     /// Manage this node's container images: list, pull, import, remove (like `k3s crictl images`)
     Images(ImagesArgs),
+    /// Rotate the keys Secrets are encrypted with, or show their state (like `k3s secrets-encrypt`)
+    SecretsEncrypt(SecretsEncryptArgs),
     /// Test hook: drives the node's monitor, runc and log code from whole-binary tests
     #[command(hide = true, subcommand)]
     NodeTest(crate::node::hook::NodeTest),
@@ -419,6 +421,48 @@ pub enum ImagesCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecretsEncryptArgs {
+    /// Directory for state; the token is read from <data-dir>/server/token [default: /var/lib/keelson as root, ~/.local/share/keelson otherwise]
+    #[arg(short = 'd', long, env = "KEELSON_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// The server to ask, https://HOST[:PORT]
+    #[arg(
+        short = 's',
+        long,
+        env = "KEELSON_URL",
+        default_value = "https://127.0.0.1:6443",
+        global = true
+    )]
+    pub server: String,
+
+    /// The server token (K10 form) [default: read from <data-dir>/server/token]
+    #[arg(
+        short = 't',
+        long,
+        env = "KEELSON_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+
+    /// Print the server's answer as JSON
+    #[arg(short = 'o', long, value_parser = ["text", "json"], default_value = "text", global = true)]
+    pub output: String,
+
+    #[command(subcommand)]
+    pub command: SecretsEncryptCommand,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum SecretsEncryptCommand {
+    /// Show whether Secrets are encrypted, the active key, and how many Secrets each key holds
+    Status,
+    /// Add a new key, make it active on every server, and re-encrypt every Secret under it
+    RotateKeys,
 }
 
 #[derive(Debug, Args, Clone)]

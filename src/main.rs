@@ -19,6 +19,7 @@ mod loadgen;
 mod memory;
 mod node;
 mod runtime;
+mod secrets_cli;
 mod server;
 mod tunnel;
 mod vip;
@@ -95,6 +96,7 @@ fn main() -> ExitCode {
             init_logging(args.debug);
             run(Threads::One, images_cli::run(args))
         }
+        Command::SecretsEncrypt(args) => run(Threads::One, secrets_cli::run(args)),
         Command::Kubectl { args } => run_kubectl(args),
         Command::NodeTest(args) => {
             init_logging(false);

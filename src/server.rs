@@ -107,13 +107,17 @@ async fn start(
         crate::apiserver::allocator::ServiceCidrs::parse(&cfg.settings.service_cidr)
             .with_context(|| format!("--service-cidr {:?}", cfg.settings.service_cidr))?;
     registry = registry.with_service_cidrs(service_cidrs);
-    if cfg.settings.secrets_encryption {
+    let encryption = if cfg.settings.secrets_encryption {
         let keys = bootstrap::encryption::Encryption::load_or_create(&store, &cluster.token.secret)
             .await
             .context("opening the secrets-encryption keys")?;
-        registry = registry.with_encryption(Arc::new(keys));
-        tracing::info!("Secrets are encrypted at rest");
-    }
+        let keys = Arc::new(keys);
+        registry = registry.with_encryption(keys.clone());
+        tracing::info!(active_key = %keys.summary().active, "Secrets are encrypted at rest");
+        Some(keys)
+    } else {
+        None
+    };
     registry
         .ensure_system_namespaces()
         .await
@@ -203,6 +207,15 @@ async fn start(
     tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API serving");
 
     tasks.spawn(poller.run(when_stopped(stop.clone())));
+    if let Some(keys) = encryption {
+        // Key rotations by any server reach this one through the change feed.
+        tasks.spawn(keys.follow(
+            store.clone(),
+            api.feed.clone(),
+            cfg.node.name.clone(),
+            when_stopped(stop.clone()),
+        ));
+    }
     tasks.spawn(
         Compactor {
             store: store.clone(),

@@ -106,6 +106,16 @@ impl Target {
 
     /// Sends `req` on a fresh connection and reads the whole (bounded) answer.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), Error> {
+        self.send_within(req, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Target::send`] for a request the server may take longer than [`REQUEST_TIMEOUT`] to
+    /// answer (a key rotation re-encrypts every Secret before it answers).
+    pub async fn send_within(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), Error> {
         let io = TokioIo::new(self.connect().await?);
         let work = async {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
@@ -124,7 +134,7 @@ impl Target {
                 .to_bytes();
             Ok((status, body))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, work)
+        tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| self.http_err("timed out"))?
     }

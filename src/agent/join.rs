@@ -226,7 +226,7 @@ pub async fn join(
 
 /// The CA `/cacerts` shows, asked without verifying the server: only for a first join, and
 /// the answer is checked (against the token's hash) or explicitly taken on trust by the caller.
-async fn fetch_ca(addr: &str) -> Result<String, Error> {
+pub(crate) async fn fetch_ca(addr: &str) -> Result<String, Error> {
     let anon = Target::new(addr, https::unverified_tls()?)?;
     let (status, body) = anon.send(get("/cacerts", addr)).await?;
     if status != StatusCode::OK {

@@ -15,6 +15,7 @@ pub mod allocator;
 pub mod apply;
 pub mod auth;
 pub mod discovery;
+pub mod encrypt;
 pub mod eviction;
 pub mod features;
 pub mod field_validation;

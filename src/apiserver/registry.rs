@@ -135,6 +135,28 @@ impl Registry {
         self
     }
 
+    /// Secrets' keys, while `--secrets-encryption` is on.
+    pub fn encryption(&self) -> Option<&Arc<Encryption>> {
+        self.encryption.as_ref()
+    }
+
+    /// Like [`Registry::decode`], but a Secret under a key this server does not hold yet
+    /// (another server rotated) makes it reload the keys first.
+    pub async fn decode_fresh(&self, resource: &Resource, rec: &Record) -> Result<Value> {
+        self.learn_keys(resource, std::iter::once(rec)).await;
+        self.decode(resource, rec)
+    }
+
+    /// Reloads the keys if any of `records`, Secrets, names a key this server lacks.
+    async fn learn_keys<'a>(&self, resource: &Resource, records: impl Iterator<Item = &'a Record>) {
+        if resource == &SECRETS
+            && let Some(e) = &self.encryption
+        {
+            e.learn(&self.store, records.map(|r| r.value.as_slice()))
+                .await;
+        }
+    }
+
     /// The stored object with its resourceVersion, in `resource`'s form (a view converts
     /// it); Secrets decrypted.
     pub fn decode(&self, resource: &Resource, rec: &Record) -> Result<Value> {
@@ -178,7 +200,7 @@ impl Registry {
 
     pub async fn get(&self, r: &ObjectRef) -> Result<Value> {
         match self.store.get(&r.path()).await {
-            Ok(Some(rec)) => self.decode(r.resource, &rec),
+            Ok(Some(rec)) => self.decode_fresh(r.resource, &rec).await,
             Ok(None) => Err(not_found(r)),
             Err(e) => Err(ApiError::from_store(
                 e,
@@ -195,6 +217,7 @@ impl Registry {
         namespace: Option<&str>,
     ) -> Result<(i64, Vec<Value>)> {
         let (rev, records) = self.store.list(&resource.prefix(namespace)).await?;
+        self.learn_keys(resource, records.iter()).await;
         let items = self.decode_all(resource, &records);
         Ok((rev, items))
     }
@@ -234,6 +257,7 @@ impl Registry {
             .store
             .list_page(&prefix, start.as_deref(), limit)
             .await?;
+        self.learn_keys(resource, records.iter()).await;
         let items = self.decode_all(resource, &records);
         let continue_token = next.map(|start| {
             ContinueToken {

@@ -118,6 +118,15 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
         ["v1-keelson", "join"] if req.method() == Method::POST => {
             return join(api, caller.source, req).await;
         }
+        // Authenticated by the server token in the request (`keelson secrets-encrypt`).
+        ["v1-keelson", "encrypt", "status"] if get => {
+            let status = super::encrypt::status(api, caller.source, &req).await?;
+            return Ok(json(StatusCode::OK, &to_value(status)?));
+        }
+        ["v1-keelson", "encrypt", "rotate-keys"] if req.method() == Method::POST => {
+            let rotation = super::encrypt::rotate_keys(api, caller.source, &req).await?;
+            return Ok(json(StatusCode::OK, &to_value(rotation)?));
+        }
         // Authenticated by the node's certificate; the tunnel checks it itself.
         ["v1-keelson", "connect"] if get => {
             current_node_certificate(&api, id).await?;
@@ -857,6 +866,11 @@ impl Query {
             _ => Include::Metadata,
         }
     }
+}
+
+fn to_value(v: impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(v)
+        .map_err(|e| ApiError::Internal(format!("cannot serialise an answer: {e}")))
 }
 
 pub fn json(status: StatusCode, v: &Value) -> Response<Body> {

@@ -134,7 +134,7 @@ async fn run(api: &Api, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
             revision: ev.revision,
             value: ev.value.clone(),
         };
-        let Ok(obj) = api.registry.decode(req.resource, &rec) else {
+        let Ok(obj) = api.registry.decode_fresh(req.resource, &rec).await else {
             continue;
         };
         if !req.selector.matches(&obj) {

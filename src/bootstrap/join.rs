@@ -210,6 +210,27 @@ impl Joiner {
         authorization: Option<&str>,
         source: IpAddr,
     ) -> Result<Authenticated, ApiError> {
+        self.check(authorization, source, &self.accepted, true)
+    }
+
+    /// Checks a request that only the server token may make (`keelson secrets-encrypt`): the
+    /// agent token is refused. Wrong tokens are throttled like joins.
+    pub fn authenticate_server(
+        &self,
+        authorization: Option<&str>,
+        source: IpAddr,
+    ) -> Result<Authenticated, ApiError> {
+        // Invariant: `accepted` starts with the server token's hash (see `new`).
+        self.check(authorization, source, &self.accepted[..1], false)
+    }
+
+    fn check(
+        &self,
+        authorization: Option<&str>,
+        source: IpAddr,
+        accepted: &[[u8; 32]],
+        join: bool,
+    ) -> Result<Authenticated, ApiError> {
         let now = Instant::now();
         if let Some(wait) = self.lock_throttle().blocked(source, now) {
             self.throttled.fetch_add(1, Ordering::Relaxed);
@@ -219,16 +240,13 @@ impl Joiner {
             )));
         }
         let secret = basic_password(authorization);
-        if secret.is_some() {
+        if secret.is_some() && join {
             self.requests.fetch_add(1, Ordering::Relaxed);
         }
         let given = sha256(secret.unwrap_or_default().as_bytes());
         // Every candidate is compared in full, so the time taken does not depend on which
         // (if any) matched.
-        let ok = self
-            .accepted
-            .iter()
-            .fold(false, |ok, a| ok | ring_eq(a, &given));
+        let ok = accepted.iter().fold(false, |ok, a| ok | ring_eq(a, &given));
         let mut throttle = self.lock_throttle();
         if ok {
             throttle.forgive(source);

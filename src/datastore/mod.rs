@@ -652,6 +652,19 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Replaces a secret only if it still holds `old` (a compare-and-swap on the whole
+    /// value); returns whether this call replaced it.
+    pub async fn replace_secret(&self, name: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        self.count(1);
+        let done = sqlx::query(self.inner.sql.replace_secret)
+            .bind(new)
+            .bind(name)
+            .bind(old)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn delete_secret(&self, name: &str) -> Result<()> {
         self.count(1);
         sqlx::query(self.inner.sql.delete_secret)
@@ -827,6 +840,7 @@ struct Statements {
     get_secret: &'static str,
     secrets_with_prefix: &'static str,
     insert_secret: &'static str,
+    replace_secret: &'static str,
     delete_secret: &'static str,
     lease_ensure: &'static str,
     lease_take: &'static str,
@@ -915,6 +929,9 @@ impl Statements {
                 "SELECT name, value FROM keelson_secrets WHERE name LIKE $1 ORDER BY name",
             ),
             insert_secret,
+            replace_secret: s(
+                "UPDATE keelson_secrets SET value = $1 WHERE name = $2 AND value = $3",
+            ),
             delete_secret: s("DELETE FROM keelson_secrets WHERE name = $1"),
             lease_ensure,
             // The epoch is assigned first: MySQL evaluates SET left to right.

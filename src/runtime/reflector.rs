@@ -59,7 +59,7 @@ async fn follow(registry: &Registry, feed: &Feed, cache: &Cache) -> Result<(), A
             let obj = match ev.kind {
                 EventKind::Deleted => None,
                 EventKind::Added | EventKind::Modified => {
-                    match registry.decode(r.resource, &record) {
+                    match registry.decode_fresh(r.resource, &record).await {
                         Ok(obj) => Some(obj),
                         Err(e) => {
                             // Leave it out, as lists do; the next valid write brings it back.
