@@ -6,7 +6,7 @@ writes), driven by the real kubectl. Prints:
   - `kubectl apply -f` of a 20-object multi-document manifest (Namespace, ConfigMaps, Secrets,
     Deployments, Services, DaemonSet, Job, CronJob, Role, RoleBinding, ServiceAccount): wall time,
     median of 5, each into a fresh namespace; then the same 5 re-applied unchanged;
-  - `kubectl get pods` of 5000 pods (created with concurrent POSTs and the admin client
+  - `kubectl get pods` (and `-w` until it has printed them all) of 5000 pods (created with concurrent POSTs and the admin client
     certificate, bound to the server's node): wall time, median of 3; the server's RSS idle
     before the pods, after creating them, and its peak (VmHWM) during the gets and overall.
 
@@ -184,6 +184,12 @@ def main():
         for path in paths:
             reapplies.append(timed(kubectl + ["apply", "-f", path]))
         log(f"apply: {[round(t * 1000) for t in applies]} ms; re-apply: {[round(t * 1000) for t in reapplies]} ms")
+        ssa = []
+        for i in range(RUNS):
+            path = os.path.join(tmp, f"manifest-ssa-{i}.yaml")
+            open(path, "w").write(manifest(f"bench-ssa-{i}"))
+            ssa.append(timed(kubectl + ["apply", "--server-side", "-f", path]))
+            settle(api)
 
         settle(api)
         time.sleep(5)
@@ -228,6 +234,23 @@ def main():
         out = subprocess.run(kubectl + ["get", "pods", "-n", ns, "--no-headers"], capture_output=True, text=True).stdout
         listed = len(out.splitlines())
 
+        def watch_start():
+            """Time until `kubectl get pods -w` has printed every current pod (its start)."""
+            start = time.monotonic()
+            w = subprocess.Popen(kubectl + ["get", "pods", "-n", ns, "-w", "--no-headers"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            seen = 0
+            for _ in w.stdout:
+                seen += 1
+                if seen >= listed:
+                    break
+            took = time.monotonic() - start
+            w.kill()
+            w.wait()
+            return took
+
+        watches = [watch_start() for _ in range(GETS)]
+
         ms = lambda xs: f"{statistics.median(xs) * 1000:.0f} ms"
         print(f"keelson API figures ({os.path.basename(binary)}: {binary}, {os.uname().machine}, "
               f"{time.strftime('%Y-%m-%d')}, SQLite)")
@@ -235,9 +258,13 @@ def main():
               f"(min {min(applies) * 1000:.0f}, max {max(applies) * 1000:.0f})")
         print(f"kubectl apply -f, same 20 objects unchanged (median of {RUNS}): {ms(reapplies)} "
               f"(min {min(reapplies) * 1000:.0f}, max {max(reapplies) * 1000:.0f})")
+        print(f"kubectl apply --server-side -f, 20 objects, fresh namespace (median of {RUNS}): {ms(ssa)} "
+              f"(min {min(ssa) * 1000:.0f}, max {max(ssa) * 1000:.0f})")
         print(f"{PODS} pods created by {WRITERS} concurrent POSTs: {created_in:.1f} s ({PODS / created_in:.0f}/s)")
         print(f"kubectl get pods, {listed} pods (median of {GETS}): {ms(gets)} "
               f"(min {min(gets) * 1000:.0f}, max {max(gets) * 1000:.0f})")
+        print(f"kubectl get pods -w, until all {listed} pods are printed (median of {GETS}): {ms(watches)} "
+              f"(min {min(watches) * 1000:.0f}, max {max(watches) * 1000:.0f})")
         print(f"server RSS: idle before the pods {mib(idle)}; after creating them {mib(after_create)}; "
               f"peak during the gets (VmHWM) {mib(peak_gets)}; peak overall {mib(peak_overall)}")
     finally:
