@@ -8,7 +8,7 @@
 //! own task, so a client that goes away does not stop it halfway; one runs per server at a
 //! time. The keys themselves are [`crate::bootstrap::encryption`]'s.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,18 +222,7 @@ async fn secrets_by_key(api: &Api) -> Result<BTreeMap<String, usize>> {
 async fn server_hashes(api: &Api) -> Result<Vec<ServerHash>> {
     let (_, records) = api.registry.store().list(SERVER_HASHES).await?;
     let (_, nodes) = api.registry.list(&NODES, None).await?;
-    let up: HashSet<&str> = nodes
-        .iter()
-        .filter(|n| {
-            !n.pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] != "True")
-                })
-        })
-        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
-        .collect();
+    let up = super::kinds::node::not_known_down(&nodes);
     Ok(records
         .iter()
         .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok())

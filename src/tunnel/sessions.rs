@@ -322,18 +322,7 @@ impl Sessions {
 
 /// Addresses of recorded servers whose Node exists and is not known to be down, sorted.
 fn server_addresses(records: &[crate::datastore::Record], nodes: &[Value]) -> Vec<String> {
-    let up: std::collections::HashSet<&str> = nodes
-        .iter()
-        .filter(|n| {
-            !n.pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] != "True")
-                })
-        })
-        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
-        .collect();
+    let up = crate::apiserver::kinds::node::not_known_down(nodes);
     let mut list: Vec<String> = records
         .iter()
         .filter_map(|rec| serde_json::from_slice::<Value>(&rec.value).ok())

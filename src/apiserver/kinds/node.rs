@@ -171,6 +171,23 @@ fn address(node: &Value, kind: &str) -> String {
 
 /// `Ready`, `NotReady` (Ready False or Unknown, as kubectl prints a silent node) or `Unknown`
 /// (no Ready condition at all), plus `,SchedulingDisabled` when cordoned.
+/// The names of the Nodes not known to be down (Ready, or not reported yet): whose servers
+/// agents may use and whose key hashes a rotation waits for.
+pub fn not_known_down(nodes: &[Value]) -> std::collections::HashSet<&str> {
+    nodes
+        .iter()
+        .filter(|n| {
+            !n.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] != "True")
+                })
+        })
+        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
+        .collect()
+}
+
 pub fn status(node: &Value) -> String {
     let ready = node
         .pointer("/status/conditions")
