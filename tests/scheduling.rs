@@ -837,3 +837,157 @@ fn events_expire_after_the_event_ttl() {
     let took = wait_until("the events expired", SETTLE, || events() == 0);
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
+
+/// Plays the kubelet for one pod: Running and Ready from now on (the transition time in
+/// whole seconds, as Kubernetes writes it, so a pod is never seen Ready for longer than it is).
+fn mark_ready_now(s: &Server, name: &str) {
+    let now = time::OffsetDateTime::now_utc();
+    let since = now
+        .replace_nanosecond(0)
+        .unwrap_or(now)
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format a timestamp");
+    // Ignore failures: the pod may have been deleted meanwhile.
+    let _ = s.kubectl(&[
+        "patch",
+        "pod",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status":{{"phase":"Running","conditions":[{{"type":"Ready","status":"True","lastTransitionTime":"{since}"}}]}}}}"#
+        ),
+    ]);
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Seconds since a Ready pod's `lastTransitionTime`.
+fn ready_for(pod: &Value) -> f64 {
+    let since = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .expect("a Ready pod has a transition time");
+    (time::OffsetDateTime::now_utc() - since).as_seconds_f64()
+}
+
+#[test]
+fn a_daemonset_with_max_surge_keeps_every_node_served_through_an_update() {
+    let s = Server::start(Options::default());
+    let agents: Vec<Agent> = ["board-1", "board-2"]
+        .iter()
+        .map(|n| Agent::start(&s.url(), &s.token(), n, &[]))
+        .collect();
+    for a in &agents {
+        a.wait_log("tunnel connected", JOIN_TIMEOUT);
+    }
+    wait_until("three Ready nodes", JOIN_TIMEOUT, || ready_nodes(&s) == 3);
+    let daemonset = |rolling: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: surge}}
+spec:
+  selector: {{matchLabels: {{app: surge}}}}
+  minReadySeconds: 5
+  updateStrategy: {{type: RollingUpdate, rollingUpdate: {rolling}}}
+  template:
+    metadata: {{labels: {{app: surge}}}}
+    spec:
+      containers: [{{name: c, image: "busybox:1.36"}}]
+"#
+        )
+    };
+
+    // Kubernetes' rule: exactly one of maxSurge and maxUnavailable is not zero.
+    let path = s.dir().join("zero.yaml");
+    std::fs::write(&path, daemonset("{maxSurge: 0, maxUnavailable: 0}")).unwrap();
+    let err = common::refused(&s, &["apply", "-f", path.to_str().unwrap()]);
+    assert!(
+        err.contains(
+            "spec.updateStrategy.rollingUpdate.maxUnavailable: Required value: cannot be 0 when maxSurge is 0"
+        ),
+        "{err}"
+    );
+    std::fs::write(&path, daemonset("{maxSurge: 1}")).unwrap();
+    let err = common::refused(&s, &["apply", "-f", path.to_str().unwrap()]);
+    assert!(
+        err.contains("spec.updateStrategy.rollingUpdate.maxSurge: Invalid value: 1: may not be set when maxUnavailable is non-zero"),
+        "{err}"
+    );
+
+    apply(&s, "surge", &daemonset("{maxSurge: 1, maxUnavailable: 0}"));
+    wait_until("a Ready daemon pod on each node", SETTLE, || {
+        for p in pods(&s, "app=surge") {
+            if !is_ready(&p) && !node_of(&p).is_empty() {
+                mark_ready_now(&s, p["metadata"]["name"].as_str().unwrap_or_default());
+            }
+        }
+        let p = pods(&s, "app=surge");
+        p.len() == 3 && p.iter().all(is_ready)
+    });
+    wait_until("all 3 available after minReadySeconds", SETTLE, || {
+        s.kubectl_json(&["get", "daemonset", "surge", "-o", "json"])["status"]["numberAvailable"]
+            == 3
+    });
+
+    s.kubectl_ok(&["set", "image", "daemonset/surge", "c=busybox:1.37"]);
+    let is_new = |p: &Value| p["spec"]["containers"][0]["image"] == "busybox:1.37";
+    let mut most_doubled = 0;
+    let mut replaced = std::collections::BTreeSet::new();
+    wait_until("the update finishes", Duration::from_secs(120), || {
+        let live: Vec<Value> = pods(&s, "app=surge")
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        let mut by_node: std::collections::BTreeMap<String, Vec<&Value>> = Default::default();
+        for p in &live {
+            by_node.entry(node_of(p).to_owned()).or_default().push(p);
+        }
+        for node in [s.node_name(), "board-1", "board-2"] {
+            let here = by_node.get(node).cloned().unwrap_or_default();
+            assert!(
+                here.iter().any(|p| is_ready(p)),
+                "{node} has no Ready daemon pod during the update: {by_node:#?}"
+            );
+            // An old pod went: its successor had been available (minReadySeconds 5).
+            if let [only] = here.as_slice()
+                && is_new(only)
+                && replaced.insert(node.to_owned())
+            {
+                let age = ready_for(only);
+                assert!(
+                    age >= 4.0,
+                    "{node}'s old pod went when its new one had been Ready {age:.1} s"
+                );
+            }
+        }
+        let doubled = by_node.values().filter(|h| h.len() == 2).count();
+        assert!(
+            doubled <= 1 && by_node.values().all(|h| h.len() <= 2),
+            "maxSurge 1, yet: {by_node:#?}"
+        );
+        most_doubled = most_doubled.max(doubled);
+        // One new pod at a time becomes Ready, so each surge is seen.
+        if let Some(p) = live.iter().find(|p| !is_ready(p) && !node_of(p).is_empty()) {
+            mark_ready_now(&s, p["metadata"]["name"].as_str().unwrap_or_default());
+        }
+        live.len() == 3 && live.iter().all(|p| is_new(p) && is_ready(p))
+    });
+    assert_eq!(most_doubled, 1, "the new pods started beside the old ones");
+    s.kubectl_ok(&["rollout", "status", "daemonset/surge", "--timeout=30s"]);
+}

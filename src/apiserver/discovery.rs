@@ -72,6 +72,12 @@ pub fn resource_list(gv: &GroupVersion) -> Value {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.plural == "namespaces" && r.group.is_empty() {
+            resources.push(json!({
+                "name": "namespaces/finalize", "singularName": "", "namespaced": false,
+                "kind": "Namespace", "verbs": ["update"],
+            }));
+        }
         if r.plural == "pods" && r.group.is_empty() {
             // kubectl drain looks for eviction here before it evicts.
             resources.push(json!({
@@ -199,6 +205,7 @@ mod tests {
                 "events",
                 "namespaces",
                 "namespaces/status",
+                "namespaces/finalize",
                 "nodes",
                 "nodes/status",
                 "pods",

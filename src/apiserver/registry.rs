@@ -73,11 +73,17 @@ pub const ORPHAN_FINALIZER: &str = "orphan";
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
-    /// Everything but `status`.
+    /// Everything but `status` (and a Namespace's `spec.finalizers`).
     Main,
     /// Only `status`.
     Status,
+    /// Only a Namespace's `spec.finalizers` (`namespaces/<name>/finalize`), which the
+    /// namespace controller empties once the namespace's content is gone.
+    Finalize,
 }
+
+/// The finalizer a Namespace's `spec.finalizers` holds it by while its content is deleted.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 
 #[derive(Clone)]
 pub struct Registry {
@@ -327,7 +333,8 @@ impl Registry {
                     "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
                 )));
             }
-            self.get(&ObjectRef::cluster(&NAMESPACES, &ns))
+            let holder = self
+                .get(&ObjectRef::cluster(&NAMESPACES, &ns))
                 .await
                 .map_err(|e| match e {
                     ApiError::NotFound { .. } => ApiError::NotFound {
@@ -336,6 +343,14 @@ impl Registry {
                     },
                     other => other,
                 })?;
+            // What the namespace controller is deleting must not grow behind it.
+            if is_terminating(&holder) {
+                return Err(ApiError::NamespaceTerminating {
+                    resource: resource.group_resource(),
+                    name,
+                    namespace: ns,
+                });
+            }
             Some(ns)
         } else {
             None
@@ -355,6 +370,7 @@ impl Registry {
         if let Some(ns) = &r.namespace {
             meta.insert("namespace".into(), json!(ns));
         }
+        resource.strategy.prepare_create(&mut obj);
         default(resource, &r.name, &mut obj);
         if resource.strategy.has_generation() {
             obj["metadata"]["generation"] = json!(1);
@@ -725,6 +741,12 @@ impl Registry {
         precondition: Option<i64>,
         propagation: Propagation,
     ) -> Result<Value> {
+        if r.resource == &NAMESPACES && SYSTEM_NAMESPACES.contains(&r.name.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{}\" is forbidden: this namespace may not be deleted",
+                r.name
+            )));
+        }
         if let Some(finalizer) = propagation.finalizer() {
             if self.dry_run {
                 return self.get(r).await;
@@ -748,8 +770,7 @@ impl Registry {
                     list.push(json!(finalizer));
                 }
                 if !is_terminating(&obj) {
-                    obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-                    obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                    mark_deleted(r.resource, &mut obj);
                 }
                 if obj == current {
                     return Ok(current);
@@ -764,17 +785,12 @@ impl Registry {
                 name: r.name.clone(),
             });
         }
-        if r.resource == &NAMESPACES && SYSTEM_NAMESPACES.contains(&r.name.as_str()) {
-            return Err(ApiError::Forbidden(format!(
-                "namespaces \"{}\" is forbidden: this namespace may not be deleted",
-                r.name
-            )));
-        }
         if self.dry_run {
             return self.get(r).await;
         }
         // An object with finalizers is only marked for deletion; it goes when the last
-        // finalizer is removed (see `put`).
+        // finalizer is removed (see `put`). A Namespace's `kubernetes` finalizer is one: the
+        // namespace controller deletes its content, then finalizes it.
         let current = self.get(r).await?;
         if precondition.is_some_and(|want| revision_of(&current) != Some(want)) {
             return Err(ApiError::Conflict {
@@ -782,19 +798,19 @@ impl Registry {
                 name: r.name.clone(),
             });
         }
-        if has_finalizers(&current) {
+        if is_held(r.resource, &current) {
             if is_terminating(&current) {
                 return Ok(current);
             }
             let mut obj = current.clone();
-            obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            mark_deleted(r.resource, &mut obj);
             self.store_update(r, revision_of(&current), &mut obj)
                 .await?;
             return Ok(obj);
         }
         if r.resource == &NAMESPACES {
-            // Namespaced objects go with their namespace.
+            // A namespace without the `kubernetes` finalizer (made with `spec.finalizers: []`)
+            // has no controller to empty it: its objects go with it, at once.
             for resource in Resource::stored().filter(|res| res.namespaced) {
                 let (_, objects) = self.store.list(&resource.prefix(Some(&r.name))).await?;
                 for obj in objects {
@@ -942,7 +958,7 @@ impl Registry {
     ) -> Result<()> {
         validate(r.resource, &r.name, obj, Some(old))?;
         check_limits(r.resource, &r.name, obj)?;
-        if is_terminating(obj) && !has_finalizers(obj) && !self.dry_run {
+        if is_terminating(obj) && !is_held(r.resource, obj) && !self.dry_run {
             // The last finalizer is gone: the deletion asked for earlier happens now.
             let (rev, _) = self
                 .store
@@ -1261,9 +1277,31 @@ fn prepare_update(r: &ObjectRef, part: Part, current: &Value, mut obj: Value) ->
             r.resource.kind
         )));
     }
+    if r.resource == &NAMESPACES {
+        // Only `finalize` changes a Namespace's `spec.finalizers`, and only them, as in
+        // Kubernetes: an ordinary update cannot drop the finalizer its content is held by.
+        let finalizers = match part {
+            Part::Finalize => obj.pointer("/spec/finalizers").cloned(),
+            Part::Main | Part::Status => current.pointer("/spec/finalizers").cloned(),
+        };
+        if part == Part::Finalize {
+            obj = current.clone();
+        }
+        if !obj["spec"].is_object() {
+            obj["spec"] = json!({});
+        }
+        match finalizers {
+            Some(f) => obj["spec"]["finalizers"] = f,
+            None => {
+                obj["spec"].as_object_mut().map(|m| m.remove("finalizers"));
+            }
+        }
+    } else if part == Part::Finalize {
+        return Err(ApiError::MethodNotAllowed);
+    }
     if r.resource.has_status {
         match part {
-            Part::Main => match current.get("status") {
+            Part::Main | Part::Finalize => match current.get("status") {
                 Some(s) => obj["status"] = s.clone(),
                 None => {
                     obj.as_object_mut().map(|m| m.remove("status"));
@@ -1353,6 +1391,29 @@ fn finalizers(obj: &Value) -> impl Iterator<Item = &Value> {
 
 fn has_finalizers(obj: &Value) -> bool {
     finalizers(obj).next().is_some()
+}
+
+/// Whether a deletion of `obj` must wait: for its finalizers, and a Namespace also for those
+/// in its `spec.finalizers`.
+fn is_held(resource: &Resource, obj: &Value) -> bool {
+    has_finalizers(obj)
+        || (resource == &NAMESPACES
+            && obj
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty()))
+}
+
+/// Marks `obj` for deletion; a Namespace turns `Terminating`, which refuses new content.
+fn mark_deleted(resource: &Resource, obj: &mut Value) {
+    obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+    obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    if resource == &NAMESPACES {
+        if !obj["status"].is_object() {
+            obj["status"] = json!({});
+        }
+        obj["status"]["phase"] = json!("Terminating");
+    }
 }
 
 /// Whether a deletion was asked for and waits for finalizers.
@@ -1792,22 +1853,78 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deleting_a_namespace_deletes_its_leases() {
+    async fn a_deleted_namespace_terminates_refuses_content_and_goes_when_finalized() {
         let dir = tempfile::tempdir().unwrap();
         let registry = registry(&dir).await;
+        let ns = ObjectRef::cluster(&NAMESPACES, "scratch");
         registry
-            .create(&NAMESPACES, None, json!({"metadata": {"name": "scratch"}}))
+            .create(
+                &NAMESPACES,
+                None,
+                json!({"metadata": {"name": "scratch"}, "status": {"phase": "Terminating"}}),
+            )
             .await
             .unwrap();
+        assert_eq!(
+            registry.get(&ns).await.unwrap()["status"]["phase"],
+            "Active"
+        );
         registry
             .create(&LEASES, Some("scratch"), json!({"metadata": {"name": "l"}}))
             .await
             .unwrap();
-        registry
-            .delete(&ObjectRef::cluster(&NAMESPACES, "scratch"), None)
+        let marked = registry.delete(&ns, None).await.unwrap();
+        assert_eq!(marked["status"]["phase"], "Terminating");
+        assert!(is_terminating(&marked));
+        // The content stays for the namespace controller; nothing new may join it.
+        let (_, left) = registry.list(&LEASES, Some("scratch")).await.unwrap();
+        assert_eq!(left.len(), 1);
+        let refused = registry
+            .create(&LEASES, Some("scratch"), json!({"metadata": {"name": "m"}}))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), 403);
+        assert_eq!(
+            refused.to_string(),
+            "leases.coordination.k8s.io \"m\" is forbidden: unable to create new content in namespace scratch because it is being terminated"
+        );
+        assert_eq!(
+            refused.to_status()["details"]["causes"][0]["reason"],
+            "NamespaceTerminating"
+        );
+        // An ordinary update cannot drop the finalizer, nor revive the namespace.
+        let updated = registry
+            .modify(&ns, Part::Main, |n| {
+                n["spec"]["finalizers"] = json!([]);
+                n["metadata"]["labels"]["x"] = json!("y");
+            })
             .await
             .unwrap();
-        let (_, left) = registry.list(&LEASES, None).await.unwrap();
-        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(updated["spec"]["finalizers"], json!(["kubernetes"]));
+        assert_eq!(updated["status"]["phase"], "Terminating");
+        // `finalize` changes only the finalizers; emptied, the namespace goes.
+        registry
+            .modify(&ns, Part::Finalize, |n| {
+                n["spec"]["finalizers"] = json!([]);
+                n["metadata"]["labels"]["x"] = json!("z");
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            registry.get(&ns).await,
+            Err(ApiError::NotFound { .. })
+        ));
+        // The system namespaces stay, however they are deleted.
+        for propagation in [Propagation::Background, Propagation::Foreground] {
+            let kube_system = ObjectRef::cluster(&NAMESPACES, "kube-system");
+            assert_eq!(
+                registry
+                    .delete_with(&kube_system, None, propagation)
+                    .await
+                    .unwrap_err()
+                    .code(),
+                403
+            );
+        }
     }
 }

@@ -285,6 +285,7 @@ fn target(gv: &GroupVersion, segs: &[&str]) -> Option<Target> {
         // Namespace objects, in the core group only (`by` finds no `namespaces` elsewhere).
         ["namespaces", ns] => obj(by("namespaces")?, None, ns, Part::Main),
         ["namespaces", ns, "status"] => obj(by("namespaces")?, None, ns, Part::Status),
+        ["namespaces", ns, "finalize"] => obj(by("namespaces")?, None, ns, Part::Finalize),
         ["namespaces", ns, p] if by(p)?.namespaced => Target::Collection {
             resource: by(p)?,
             namespace: Some(ns.to_string()),
@@ -376,6 +377,14 @@ async fn resource(
         ));
     }
     match (target, req.method().clone()) {
+        // `finalize` is written whole (PUT), never read or patched, as in Kubernetes.
+        (
+            Target::Object {
+                part: Part::Finalize,
+                ..
+            },
+            method,
+        ) if method != Method::PUT => Err(ApiError::MethodNotAllowed),
         (Target::PodStream(r, what), Method::GET | Method::POST) => {
             super::podstreams::serve(api.clone(), r, what, req).await
         }

@@ -48,6 +48,16 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
+    /// 403: a create in a namespace that is being deleted; the `NamespaceTerminating` cause
+    /// lets clients tell it from a refusal of their rights, as in Kubernetes.
+    #[error(
+        "{resource} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated"
+    )]
+    NamespaceTerminating {
+        resource: String,
+        name: String,
+        namespace: String,
+    },
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
     #[error("the server could not find the requested resource")]
@@ -92,7 +102,7 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => 422,
             ApiError::Unauthorized => 401,
             ApiError::RequestTimeout(_) => 408,
-            ApiError::Forbidden(_) => 403,
+            ApiError::Forbidden(_) | ApiError::NamespaceTerminating { .. } => 403,
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::TooLarge(_) => 413,
@@ -114,7 +124,7 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::Unprocessable(_) => "Invalid",
             ApiError::Unauthorized => "Unauthorized",
             ApiError::RequestTimeout(_) => "Timeout",
-            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::Forbidden(_) | ApiError::NamespaceTerminating { .. } => "Forbidden",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
@@ -150,6 +160,19 @@ impl ApiError {
                 Some(json!({"retryAfterSeconds": 1}))
             }
             ApiError::TooManyRequests(_) => Some(json!({"retryAfterSeconds": 5})),
+            ApiError::NamespaceTerminating {
+                resource,
+                name,
+                namespace,
+            } => Some(json!({
+                "name": name,
+                "kind": resource,
+                "causes": [{
+                    "reason": "NamespaceTerminating",
+                    "message": format!("namespace {namespace} is being terminated"),
+                    "field": "metadata.namespace",
+                }],
+            })),
             ApiError::DisruptionBudget { cause, .. } => Some(json!({"causes": [cause]})),
             ApiError::ApplyConflict { causes, .. } => Some(json!({
                 "causes": causes

@@ -10,15 +10,20 @@
 //! under pressure or cordoned.
 //!
 //! Updates: each pod carries the `controller-revision-hash` of its template; with
-//! RollingUpdate, pods of an old template are deleted while at most `maxUnavailable` of the
-//! DaemonSet's pods are unavailable, and the replacements come from the current template;
-//! with OnDelete, only pods deleted by someone else are replaced.
+//! RollingUpdate and `maxUnavailable`, pods of an old template are deleted while at most
+//! `maxUnavailable` of the DaemonSet's nodes are without an available pod, and the
+//! replacements come from the current template; with `maxSurge` instead, a node's new pod
+//! starts beside its old one, which goes once the new one is available (`minReadySeconds`
+//! honoured), on at most `maxSurge` nodes at a time; with OnDelete, only pods deleted by
+//! someone else are replaced.
 //!
-//! Invariant: at most one active pod per node (extras are deleted, newest first), and none on
-//! a node that should not run it.
+//! Invariant: at most one active pod per node (extras are deleted, newest first) — two, one
+//! of the current template and one older, while a surge replaces it — and none on a node
+//! that should not run it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -90,6 +95,8 @@ impl Reconciler for DaemonSets {
         .await?;
         let nodes = ctx.cache.list(&NODES);
         let hash = super::deployment::template_hash(&ds["spec"]["template"], None);
+        let min_ready = owner::int(&ds, "/spec/minReadySeconds", 0);
+        let now = OffsetDateTime::now_utc();
         let mut by_node: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
         for pod in pods.iter().filter(|p| owner::is_active(p)) {
             by_node
@@ -98,28 +105,47 @@ impl Reconciler for DaemonSets {
                 .push(pod.clone());
         }
         let probe = eligibility_probe(&ds);
+        let eligible: Vec<&Arc<Value>> = nodes.iter().filter(|n| should_run(&probe, n)).collect();
+        let desired = eligible.len() as i64;
+        let rolling = ds
+            .pointer("/spec/updateStrategy/type")
+            .and_then(Value::as_str)
+            != Some("OnDelete");
+        let max_surge = if rolling {
+            owner::scaled(
+                &ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"],
+                desired,
+                true,
+                "0",
+            )
+        } else {
+            0
+        };
+        let surge = Surge {
+            max: max_surge,
+            hash: &hash,
+            min_ready,
+            now,
+        };
+
+        // Each eligible node with the pods that stay on it.
+        let mut placed: Vec<(String, Vec<Arc<Value>>)> = vec![];
         let mut wanted = vec![];
         let mut to_delete: Vec<Arc<Value>> = vec![];
-        let mut desired = 0;
-        for node in &nodes {
+        for node in &eligible {
             let name = owner::name(node);
-            let should_run = should_run(&probe, node);
             let mut here = by_node.remove(name).unwrap_or_default();
-            if should_run {
-                desired += 1;
-                if here.is_empty() {
-                    wanted.push(name.to_owned());
-                } else if here.len() > 1 {
-                    // Keep the oldest.
-                    here.sort_by_key(|p| owner::timestamp(p, "/metadata/creationTimestamp"));
-                    to_delete.extend(here.drain(1..));
-                }
-            } else {
-                to_delete.extend(here);
+            if here.is_empty() {
+                wanted.push(name.to_owned());
+            } else if here.len() > 1 {
+                to_delete.extend(surge.extras(&mut here));
             }
+            placed.push((name.to_owned(), here));
         }
-        // Pods of nodes that are gone (or never pinned).
-        to_delete.extend(by_node.into_values().flatten());
+        // Pods of nodes that should not run one, that are gone, or that were never pinned.
+        let misscheduled: Vec<Arc<Value>> = by_node.into_values().flatten().collect();
+        let misscheduled_count = misscheduled.len();
+        to_delete.extend(misscheduled);
 
         let terminating = owner::is_terminating(&ds);
         if !terminating {
@@ -132,66 +158,156 @@ impl Reconciler for DaemonSets {
             }
         }
 
-        // The pods that stay, for the rolling update and the status.
-        let current: Vec<&Arc<Value>> = pods
-            .iter()
-            .filter(|p| owner::is_active(p) && !to_delete.iter().any(|d| Arc::ptr_eq(d, p)))
-            .collect();
-        let min_ready = owner::int(&ds, "/spec/minReadySeconds", 0);
-        let now = OffsetDateTime::now_utc();
-        let available = current
-            .iter()
-            .filter(|p| owner::is_available(p, min_ready, now))
-            .count() as i64;
-        let updated = current
-            .iter()
-            .filter(|p| owner::labels(p)[REVISION_HASH] == hash.as_str())
-            .count() as i64;
-        let rolling = ds
-            .pointer("/spec/updateStrategy/type")
-            .and_then(Value::as_str)
-            != Some("OnDelete");
-        if rolling && !terminating {
-            let max_unavailable = owner::scaled(
-                &ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
-                desired,
-                true,
-                "1",
-            )
-            .max(1);
-            let unavailable = desired - available;
-            let mut budget = (max_unavailable - unavailable).max(0);
-            // Old pods that serve nobody go first; they cost no availability.
-            let mut old: Vec<&&Arc<Value>> = current
+        let on_nodes = |test: &dyn Fn(&Value) -> bool| {
+            placed
                 .iter()
-                .filter(|p| owner::labels(p)[REVISION_HASH] != hash.as_str())
-                .collect();
-            old.sort_by_key(|p| owner::is_available(p, min_ready, now));
-            for p in old {
-                if owner::is_available(p, min_ready, now) {
-                    if budget == 0 {
-                        break;
-                    }
-                    budget -= 1;
+                .filter(|(_, here)| here.iter().any(|p| test(p)))
+                .count() as i64
+        };
+        let available = on_nodes(&|p| owner::is_available(p, min_ready, now));
+        if rolling && !terminating {
+            if surge.max > 0 {
+                for node in surge.nodes_to_surge(&placed) {
+                    let pod = daemon_pod(&ds, node, &hash);
+                    create_pod(ctx, &self.events, &DAEMONSETS, &ds, pod).await?;
                 }
-                self.delete(ctx, &ds, p).await?;
+            } else {
+                let max_unavailable = owner::scaled(
+                    &ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+                    desired,
+                    true,
+                    "1",
+                )
+                .max(1);
+                let unavailable = desired - available;
+                let mut budget = (max_unavailable - unavailable).max(0);
+                // Old pods that serve nobody go first; they cost no availability.
+                let mut old: Vec<&Arc<Value>> = placed
+                    .iter()
+                    .flat_map(|(_, here)| here)
+                    .filter(|p| !surge.is_current(p))
+                    .collect();
+                old.sort_by_key(|p| owner::is_available(p, min_ready, now));
+                for p in old {
+                    if owner::is_available(p, min_ready, now) {
+                        if budget == 0 {
+                            break;
+                        }
+                        budget -= 1;
+                    }
+                    self.delete(ctx, &ds, p).await?;
+                }
             }
         }
-        let ready = current.iter().filter(|p| owner::is_ready(p)).count() as i64;
-        let scheduled = current.len() as i64;
         let status = json!({
             "desiredNumberScheduled": desired,
-            "currentNumberScheduled": scheduled,
-            "numberMisscheduled": to_delete.len(),
-            "numberReady": ready,
-            "updatedNumberScheduled": updated,
+            "currentNumberScheduled": on_nodes(&|_| true),
+            "numberMisscheduled": misscheduled_count,
+            "numberReady": on_nodes(&owner::is_ready),
+            "updatedNumberScheduled": on_nodes(&|p| surge.is_current(p)),
             "numberAvailable": available,
             "numberUnavailable": (desired - available).max(0),
             "observedGeneration": owner::generation(&ds),
         });
         owner::write_status(ctx, &DAEMONSETS, &ds, &status).await?;
-        Ok(Action::Done)
+        // A pod Ready but not yet for minReadySeconds becomes available with no change to
+        // wake this key: look again then.
+        Ok(placed
+            .iter()
+            .flat_map(|(_, here)| here)
+            .filter_map(|p| until_available(p, min_ready, now))
+            .min()
+            .map_or(Action::Done, Action::RequeueAfter))
     }
+}
+
+/// A surging rolling update (`maxSurge` > 0), as Kubernetes' DaemonSet controller runs one:
+/// a node's new pod starts beside its old one, and the old one goes once the new one is
+/// available.
+struct Surge<'a> {
+    /// Nodes that may have two pods at once (`maxSurge` of the desired nodes, rounded up).
+    max: i64,
+    hash: &'a str,
+    min_ready: i64,
+    now: OffsetDateTime,
+}
+
+impl Surge<'_> {
+    fn is_current(&self, pod: &Value) -> bool {
+        owner::labels(pod)[REVISION_HASH] == self.hash
+    }
+
+    /// Which of a node's several pods go. Without a surge, all but the oldest. With one, the
+    /// oldest of the current template and the oldest of an older one may both stay while the
+    /// old one is ready and the new one not yet available; otherwise the old one goes too.
+    fn extras(&self, here: &mut Vec<Arc<Value>>) -> Vec<Arc<Value>> {
+        here.sort_by_key(|p| owner::timestamp(p, "/metadata/creationTimestamp"));
+        if self.max == 0 {
+            return here.drain(1..).collect();
+        }
+        let (mut new, mut old, mut extra) = (None, None, vec![]);
+        for p in here.drain(..) {
+            let slot = if self.is_current(&p) {
+                &mut new
+            } else {
+                &mut old
+            };
+            match slot {
+                None => *slot = Some(p),
+                Some(_) => extra.push(p),
+            }
+        }
+        if let (Some(n), Some(o)) = (&new, &old)
+            && (!owner::is_ready(o) || owner::is_available(n, self.min_ready, self.now))
+        {
+            extra.extend(old.take());
+        }
+        here.extend(new.into_iter().chain(old));
+        extra
+    }
+
+    /// The nodes that get a pod of the current template beside their old one now: every node
+    /// whose old pod is unavailable anyway, and as many others (in name order) as keep the
+    /// nodes with a new pod not yet available within `max`.
+    fn nodes_to_surge<'p>(&self, placed: &'p [(String, Vec<Arc<Value>>)]) -> Vec<&'p str> {
+        let available = |p: &Value| owner::is_available(p, self.min_ready, self.now);
+        let (mut surging, mut replace, mut candidates) = (0, vec![], vec![]);
+        for (node, here) in placed {
+            let new = here.iter().find(|p| self.is_current(p));
+            let old = here.iter().find(|p| !self.is_current(p));
+            match (new, old) {
+                (_, None) => {}
+                (None, Some(o)) if !available(o) => replace.push(node.as_str()),
+                (None, Some(_)) => candidates.push(node.as_str()),
+                (Some(n), Some(_)) => surging += i64::from(!available(n)),
+            }
+        }
+        candidates.sort_unstable();
+        let room = usize::try_from((self.max - surging).max(0)).unwrap_or(0);
+        replace.extend(candidates.into_iter().take(room));
+        replace
+    }
+}
+
+/// How long until a Ready pod has been Ready for `min_ready` seconds, if it is not yet.
+fn until_available(pod: &Value, min_ready: i64, now: OffsetDateTime) -> Option<Duration> {
+    if min_ready <= 0 || !owner::is_ready(pod) || owner::is_available(pod, min_ready, now) {
+        return None;
+    }
+    let since = pod
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .get("lastTransitionTime")?
+        .as_str()
+        .and_then(|t| {
+            OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })?;
+    let left = min_ready
+        .saturating_sub((now - since).whole_seconds())
+        .max(1);
+    Some(Duration::from_secs(u64::try_from(left).unwrap_or(1)))
 }
 
 impl DaemonSets {
@@ -347,6 +463,89 @@ mod tests {
         unreachable["spec"]["taints"] =
             json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]);
         assert!(should_run(&plain, &unreachable));
+    }
+
+    fn pod(name: &str, hash: &str, created: &str, ready: Option<&str>) -> Arc<Value> {
+        let mut p = json!({"metadata": {"name": name, "creationTimestamp": created,
+                                        "labels": {REVISION_HASH: hash}}});
+        if let Some(since) = ready {
+            p["status"]["conditions"] =
+                json!([{"type": "Ready", "status": "True", "lastTransitionTime": since}]);
+        }
+        Arc::new(p)
+    }
+
+    #[test]
+    fn a_surge_keeps_the_old_pod_until_the_new_one_is_available() {
+        let now = time::macros::datetime!(2026-12-06 12:00:10 UTC);
+        let surge = Surge {
+            max: 1,
+            hash: "new",
+            min_ready: 5,
+            now,
+        };
+        let old = pod(
+            "old",
+            "old",
+            "2026-12-06T11:00:00Z",
+            Some("2026-12-06T11:00:01Z"),
+        );
+        // New and Ready for 3 s of 5: both stay.
+        let mut here = vec![
+            old.clone(),
+            pod(
+                "n",
+                "new",
+                "2026-12-06T12:00:00Z",
+                Some("2026-12-06T12:00:07Z"),
+            ),
+        ];
+        assert!(surge.extras(&mut here).is_empty());
+        assert_eq!(
+            until_available(&here[0], 5, now).or(until_available(&here[1], 5, now)),
+            Some(Duration::from_secs(2))
+        );
+        // Ready for 5 s: the old one goes.
+        let mut here = vec![
+            old.clone(),
+            pod(
+                "n",
+                "new",
+                "2026-12-06T12:00:00Z",
+                Some("2026-12-06T12:00:05Z"),
+            ),
+        ];
+        let gone = surge.extras(&mut here);
+        assert_eq!(owner::name(&gone[0]), "old");
+        // An old pod not ready goes at once.
+        let mut here = vec![
+            pod("o", "old", "2026-12-06T11:00:00Z", None),
+            pod("n", "new", "2026-12-06T12:00:00Z", None),
+        ];
+        assert_eq!(owner::name(&surge.extras(&mut here)[0]), "o");
+
+        // Three nodes with available old pods: one surges at a time; a node whose old pod
+        // is unavailable is replaced besides.
+        let placed = vec![
+            ("c".to_owned(), vec![old.clone()]),
+            ("a".to_owned(), vec![old.clone()]),
+            (
+                "b".to_owned(),
+                vec![pod("o", "old", "2026-12-06T11:00:00Z", None)],
+            ),
+        ];
+        assert_eq!(surge.nodes_to_surge(&placed), ["b", "a"]);
+        let placed = vec![
+            (
+                "a".to_owned(),
+                vec![old.clone(), pod("n", "new", "2026-12-06T12:00:00Z", None)],
+            ),
+            ("c".to_owned(), vec![old.clone()]),
+        ];
+        assert!(
+            surge.nodes_to_surge(&placed).is_empty(),
+            "a is still surging"
+        );
     }
 
     #[test]

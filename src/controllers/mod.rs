@@ -8,9 +8,10 @@
 //! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`statefulset`] keeps pods
 //! with stable names in order, [`job`] runs pods to completion, [`cronjob`] starts Jobs on a
 //! cron schedule ([`crate::api::cron`]), [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
-//! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners, and
-//! [`events`] records what they did, and [`apiserver_endpoints`] lists the live servers
-//! behind the `default/kubernetes` Service. [`owner`] holds what they share about objects.
+//! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners,
+//! [`namespace`] empties deleted namespaces before they go, [`events`] records what they
+//! did, and [`apiserver_endpoints`] lists the live servers behind the `default/kubernetes`
+//! Service. [`owner`] holds what they share about objects.
 
 pub mod apiserver_endpoints;
 pub mod cronjob;
@@ -22,6 +23,7 @@ pub mod events;
 pub mod garbage_collector;
 pub mod job;
 pub mod lease;
+pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod owner;
@@ -55,6 +57,7 @@ pub fn under_lease(
     kinds.extend(taint_eviction::TaintEviction::KINDS);
     kinds.extend(cronjob::CronJobs::KINDS);
     kinds.extend(apiserver_endpoints::ApiserverEndpoints::KINDS);
+    kinds.extend(namespace::Namespaces::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -128,6 +131,7 @@ pub fn under_lease(
             garbage_collector::GarbageCollector,
             ctx.clone(),
         ));
+        set.spawn(controller::run(namespace::Namespaces, ctx.clone()));
     });
     (kinds, starter)
 }

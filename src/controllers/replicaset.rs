@@ -113,6 +113,10 @@ impl ReplicaSets {
                 }
             }
             if let Some(e) = failed {
+                // A namespace being deleted takes this ReplicaSet with it: nothing to retry.
+                if matches!(e, ApiError::NamespaceTerminating { .. }) {
+                    return Ok(());
+                }
                 self.events
                     .record(
                         &REPLICASETS,

@@ -1,6 +1,7 @@
 //! apps/v1 DaemonSet: Kubernetes' defaults (a rolling update of one node at a time, history,
-//! the template's pod defaults), a selector that selects the template and may not change, and
-//! the `kubectl get daemonsets` columns. `controllers::daemonset` makes their pods.
+//! the template's pod defaults), a selector that selects the template and may not change, a
+//! rolling update with exactly one of `maxUnavailable` and `maxSurge` non-zero (Kubernetes'
+//! rule), and the `kubectl get daemonsets` columns. `controllers::daemonset` makes their pods.
 
 use serde_json::{Value, json};
 
@@ -39,6 +40,9 @@ impl Strategy for DaemonSets {
             &["OnDelete", "RollingUpdate"],
             causes,
         );
+        if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
+            validate_rolling_update(obj, causes);
+        }
     }
 
     fn validate_update(&self, old: &Value, new: &Value, causes: &mut Vec<String>) {
@@ -98,6 +102,71 @@ static COLUMNS: [Column; 11] = [
     SELECTOR,
 ];
 
+const ROLLING: &str = "spec.updateStrategy.rollingUpdate";
+
+/// Each of `maxUnavailable` and `maxSurge` a non-negative count or a percentage of at most
+/// 100 %, and exactly one of them non-zero, with Kubernetes' messages. Whether a value is
+/// zero is judged as Kubernetes does, even for one refused otherwise (`-1` and `150%` are not).
+fn validate_rolling_update(obj: &Value, causes: &mut Vec<String>) {
+    let mut non_zero = |field: &str| -> bool {
+        let Some(v) = obj.pointer(&format!("/spec/updateStrategy/rollingUpdate/{field}")) else {
+            return false;
+        };
+        let at = format!("{ROLLING}.{field}");
+        match v {
+            Value::Number(n) => match n.as_i64() {
+                Some(i) if i >= 0 => i != 0,
+                other => {
+                    causes.push(format!(
+                        "{at}: Invalid value: {n}: must be greater than or equal to 0"
+                    ));
+                    other.is_some()
+                }
+            },
+            Value::String(text) => match text
+                .strip_suffix('%')
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .map(str::parse::<u64>)
+            {
+                Some(Ok(p)) if p <= 100 => p != 0,
+                Some(_) => {
+                    causes.push(format!(
+                        "{at}: Invalid value: {text:?}: must not be greater than 100%"
+                    ));
+                    true
+                }
+                None => {
+                    causes.push(format!(
+                        "{at}: Invalid value: {text:?}: a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"
+                    ));
+                    false
+                }
+            },
+            Value::Null => false,
+            other => {
+                causes.push(format!(
+                    "{at}: Invalid value: {other}: must be an integer or a percentage"
+                ));
+                false
+            }
+        }
+    };
+    let unavailable = non_zero("maxUnavailable");
+    let surge = non_zero("maxSurge");
+    match (unavailable, surge) {
+        (true, true) => causes.push(format!(
+            "{ROLLING}.maxSurge: Invalid value: {}: may not be set when maxUnavailable is non-zero",
+            obj.pointer("/spec/updateStrategy/rollingUpdate/maxSurge")
+                .map(Value::to_string)
+                .unwrap_or_default()
+        )),
+        (false, false) => causes.push(format!(
+            "{ROLLING}.maxUnavailable: Required value: cannot be 0 when maxSurge is 0"
+        )),
+        _ => {}
+    }
+}
+
 /// `spec.template.spec.nodeSelector` as `k=v,…` sorted by key, or `<none>`.
 fn node_selector(d: &Value) -> String {
     let mut pairs: Vec<String> = d
@@ -145,5 +214,51 @@ mod tests {
             [json!(0), json!(0), json!(0), json!(0), json!(0)]
         );
         assert_eq!(cells[6], "kubernetes.io/os=linux");
+    }
+
+    #[test]
+    fn exactly_one_of_max_unavailable_and_max_surge_is_non_zero() {
+        let with = |rolling: Value| {
+            let mut ds = json!({"spec": {
+                "selector": {"matchLabels": {"app": "agent"}},
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
+                "template": {"metadata": {"labels": {"app": "agent"}},
+                             "spec": {"containers": [{"name": "agent", "image": "agent:1"}]}}}});
+            DaemonSets.default("agent", &mut ds);
+            let mut causes = Vec::new();
+            DaemonSets.validate(&ds, &mut causes);
+            causes
+        };
+        assert_eq!(
+            with(json!({"maxUnavailable": 0, "maxSurge": 1})),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            with(json!({"maxUnavailable": 0, "maxSurge": "25%"})),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            with(json!({"maxUnavailable": 0, "maxSurge": "0%"})),
+            [
+                "spec.updateStrategy.rollingUpdate.maxUnavailable: Required value: cannot be 0 when maxSurge is 0"
+            ]
+        );
+        // maxUnavailable defaults to 1, so a surge alone needs maxUnavailable: 0 spelled out.
+        assert_eq!(
+            with(json!({"maxSurge": 1})),
+            [
+                "spec.updateStrategy.rollingUpdate.maxSurge: Invalid value: 1: may not be set when maxUnavailable is non-zero"
+            ]
+        );
+        assert_eq!(
+            with(json!({"maxUnavailable": "150%", "maxSurge": 0})).len(),
+            1
+        );
+        // -1 is refused, and is not zero either, as Kubernetes judges it.
+        assert_eq!(with(json!({"maxUnavailable": -1, "maxSurge": 1})).len(), 2);
+        assert_eq!(
+            with(json!({"maxUnavailable": "x%", "maxSurge": 1})).len(),
+            1
+        );
     }
 }

@@ -56,6 +56,10 @@ pub trait Strategy: Sync {
     /// defaults every decoded body).
     fn default(&self, _name: &str, _obj: &mut Value) {}
 
+    /// What the server sets on a new object whatever the client sent (a Namespace starts
+    /// `Active`), before the defaults.
+    fn prepare_create(&self, _obj: &mut Value) {}
+
     /// Field checks; one cause per problem, as `field.path: Invalid value: …`.
     fn validate(&self, _obj: &Value, _causes: &mut Vec<String>) {}
 

@@ -1,4 +1,6 @@
-//! core/v1 Namespace: label names, the `kubernetes` finalizer and `Active` phase.
+//! core/v1 Namespace: label names, the `kubernetes` finalizer and the `Active` phase of a new
+//! one. `Terminating` is set by the registry when a deletion is asked for; who may change
+//! `spec.finalizers` (only `namespaces/<name>/finalize`) is the registry's rule too.
 
 use serde_json::{Value, json};
 
@@ -16,6 +18,16 @@ impl Strategy for Namespaces {
         if obj.pointer("/spec/finalizers").is_none() {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
         }
+        // A replaced namespace keeps its phase: the registry carries the stored status over.
+        if obj.pointer("/status/phase").is_none() {
+            if !obj["status"].is_object() {
+                obj["status"] = json!({});
+            }
+            obj["status"]["phase"] = json!("Active");
+        }
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
         obj["status"] = json!({"phase": "Active"});
     }
 
