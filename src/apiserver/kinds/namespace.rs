@@ -14,7 +14,15 @@ impl Strategy for Namespaces {
     }
 
     fn default(&self, name: &str, obj: &mut Value) {
-        obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+        // Labels that are not a map are left for validation to refuse (indexing into them
+        // would panic).
+        let labels = &mut obj["metadata"]["labels"];
+        if labels.is_null() {
+            *labels = json!({});
+        }
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+        }
         if obj.pointer("/spec/finalizers").is_none() {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
         }
@@ -43,3 +51,21 @@ static COLUMNS: [Column; 3] = [
     }),
     AGE,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_that_are_not_a_map_are_left_for_validation() {
+        let mut ns = json!({"metadata": {"name": "bad", "labels": "x"}});
+        Namespaces.default("bad", &mut ns);
+        assert_eq!(ns["metadata"]["labels"], "x");
+        let mut ns = json!({"metadata": {"name": "ok"}});
+        Namespaces.default("ok", &mut ns);
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "ok"
+        );
+    }
+}
