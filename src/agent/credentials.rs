@@ -7,8 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use ring::rand::SecureRandom;
-
 use crate::apiserver::auth::not_after;
 use crate::bootstrap::pki::pem_to_der;
 use crate::bootstrap::write_private;
@@ -167,13 +165,7 @@ pub fn due_for_renewal(cert_pem: &str) -> bool {
     ((after - now) as f64) < life * RENEW_WHEN_LEFT
 }
 
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    ring::rand::SystemRandom::new()
-        .fill(&mut buf)
-        .expect("system random number generator failed");
-    hex::encode(buf)
-}
+pub use crate::bootstrap::pki::random_hex;
 
 #[cfg(test)]
 mod tests {

@@ -10,8 +10,7 @@ use crate::bootstrap::pki::NODE_GENERATION_PREFIX;
 
 pub const MASTERS: &str = "system:masters";
 /// The group of node client certificates, and the prefix of their user names (Kubernetes's).
-pub const NODES_GROUP: &str = "system:nodes";
-pub const NODE_USER_PREFIX: &str = "system:node:";
+pub use crate::bootstrap::pki::{NODE_USER_PREFIX, NODES_GROUP};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {

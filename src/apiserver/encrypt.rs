@@ -192,7 +192,8 @@ fn authenticate(api: &Api, source: std::net::IpAddr, req: &Request<Incoming>) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    api.joiner.authenticate_server(auth, source).map(drop)
+    api.joiner.authenticate_server(auth, source)?;
+    Ok(())
 }
 
 fn internal(e: encryption::Error) -> ApiError {

@@ -183,7 +183,10 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
 async fn current_node_certificate(api: &Api, id: &Identity) -> Result<()> {
     match id.node_name() {
         Some(node) => {
-            crate::bootstrap::join::verify_node(api.registry.store(), node, id.generation()).await
+            Ok(
+                crate::bootstrap::join::verify_node(api.registry.store(), node, id.generation())
+                    .await?,
+            )
         }
         None => Ok(()),
     }

@@ -252,6 +252,20 @@ impl From<datastore::Error> for ApiError {
     }
 }
 
+impl From<crate::bootstrap::join::JoinError> for ApiError {
+    fn from(e: crate::bootstrap::join::JoinError) -> Self {
+        use crate::bootstrap::join::JoinError as J;
+        match e {
+            J::Unauthorized => ApiError::Unauthorized,
+            J::Forbidden(m) => ApiError::Forbidden(m),
+            J::BadRequest(m) => ApiError::BadRequest(m),
+            J::TooManyRequests(m) => ApiError::TooManyRequests(m),
+            J::Internal(m) => ApiError::Internal(m),
+            J::Datastore(e) => ApiError::from(e),
+        }
+    }
+}
+
 impl From<protobuf::Error> for ApiError {
     fn from(e: protobuf::Error) -> Self {
         use protobuf::Error as E;

@@ -22,9 +22,32 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::pki::ClusterCa;
-use crate::apiserver::auth::{NODE_USER_PREFIX, NODES_GROUP};
-use crate::apiserver::status::ApiError;
-use crate::datastore::Store;
+use super::pki::{NODE_USER_PREFIX, NODES_GROUP};
+use crate::datastore::{self, Store};
+
+/// Why a join, a node's certificate check or a name claim was refused. The API answers each
+/// with its HTTP status (`From<JoinError> for ApiError`); this module knows nothing of HTTP
+/// beyond that, so the API may build on it without a circle.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// 401: no token, a wrong one, or a node certificate of an older registration.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// 403, with what the caller may not do.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 400: the request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 429: this source sent too many wrong tokens.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// 500: signing failed.
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Datastore(#[from] datastore::Error),
+}
 
 pub const PATH: &str = "/v1-keelson/join";
 /// Largest join body read: a name of at most 253 characters and a password.
@@ -105,7 +128,7 @@ impl Registration {
     fn new_agent(password: &str) -> Registration {
         Registration::Agent {
             hash: sha256(password.as_bytes()),
-            generation: Some(crate::agent::credentials::random_hex(8)),
+            generation: Some(super::pki::random_hex(8)),
             created: Some(unix_now()),
         }
     }
@@ -209,7 +232,7 @@ impl Joiner {
         &self,
         authorization: Option<&str>,
         source: IpAddr,
-    ) -> Result<Authenticated, ApiError> {
+    ) -> Result<Authenticated, JoinError> {
         self.check(authorization, source, &self.accepted, true)
     }
 
@@ -219,7 +242,7 @@ impl Joiner {
         &self,
         authorization: Option<&str>,
         source: IpAddr,
-    ) -> Result<Authenticated, ApiError> {
+    ) -> Result<Authenticated, JoinError> {
         // Invariant: `accepted` starts with the server token's hash (see `new`).
         self.check(authorization, source, &self.accepted[..1], false)
     }
@@ -230,11 +253,11 @@ impl Joiner {
         source: IpAddr,
         accepted: &[[u8; 32]],
         join: bool,
-    ) -> Result<Authenticated, ApiError> {
+    ) -> Result<Authenticated, JoinError> {
         let now = Instant::now();
         if let Some(wait) = self.lock_throttle().blocked(source, now) {
             self.throttled.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::TooManyRequests(format!(
+            return Err(JoinError::TooManyRequests(format!(
                 "too many failed joins from this address; try again in {} s",
                 wait.as_secs().max(1)
             )));
@@ -263,7 +286,7 @@ impl Joiner {
                 FAILURE_LOG_INTERVAL.as_secs()
             );
         }
-        Err(ApiError::Unauthorized)
+        Err(JoinError::Unauthorized)
     }
 
     fn lock_throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
@@ -277,17 +300,17 @@ impl Joiner {
         _token_checked: Authenticated,
         body: &[u8],
         servers: Vec<String>,
-    ) -> Result<JoinResponse, ApiError> {
+    ) -> Result<JoinResponse, JoinError> {
         let req: JoinRequest = serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("the join request is not valid: {e}")))?;
+            .map_err(|e| JoinError::BadRequest(format!("the join request is not valid: {e}")))?;
         if !crate::api::labels::is_dns_subdomain(&req.node_name) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(JoinError::BadRequest(format!(
                 "node name {:?} is not a valid node name (at most 253 lower-case letters, digits, '-' and '.')",
                 req.node_name
             )));
         }
         if req.node_password.len() < 16 {
-            return Err(ApiError::BadRequest(
+            return Err(JoinError::BadRequest(
                 "the node password is missing or too short".into(),
             ));
         }
@@ -303,7 +326,7 @@ impl Joiner {
             match Registration::decode(&stored) {
                 Some((_, Registration::Server)) => {
                     tracing::warn!(node = %req.node_name, "join refused: the name belongs to a server");
-                    return Err(ApiError::Forbidden(format!(
+                    return Err(JoinError::Forbidden(format!(
                         "node name {:?} belongs to a server of this cluster; an agent may not join with it. \
                          Give this agent another --node-name (or --with-node-id)",
                         req.node_name
@@ -316,7 +339,7 @@ impl Joiner {
                 }
                 _ => {
                     tracing::warn!(node = %req.node_name, "join refused: node password differs from the one this node name registered with");
-                    return Err(ApiError::Forbidden(format!(
+                    return Err(JoinError::Forbidden(format!(
                         "node {:?} is already registered by another board (its node password differs). \
                          Start this agent with --with-node-id to give it a unique name, or, if the board \
                          was replaced, delete the old node first (kubectl delete node {})",
@@ -333,7 +356,7 @@ impl Joiner {
             } => self.ca.issue_node_client(&user, NODES_GROUP, g),
             _ => self.ca.issue_client(&user, NODES_GROUP),
         }
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| JoinError::Internal(e.to_string()))?;
         tracing::info!(node = %req.node_name, "agent joined; issued its client certificate");
         Ok(JoinResponse {
             certificate: issued.cert_pem,
@@ -345,7 +368,7 @@ impl Joiner {
 
 /// Claims `node` for a server (its own node registers in-process, without a password): from
 /// then on no join may take the name. Fails if an agent board registered the name first.
-pub async fn claim_for_server(store: &Store, node: &str) -> Result<(), ApiError> {
+pub async fn claim_for_server(store: &Store, node: &str) -> Result<(), JoinError> {
     let key = node_password_secret(node);
     if store
         .insert_secret(&key, &Registration::Server.encode(node))
@@ -360,7 +383,7 @@ pub async fn claim_for_server(store: &Store, node: &str) -> Result<(), ApiError>
         .map(Registration::decode)
     {
         Some(Some((_, Registration::Server))) => Ok(()),
-        _ => Err(ApiError::Forbidden(format!(
+        _ => Err(JoinError::Forbidden(format!(
             "node name {node:?} is registered by an agent board; this server cannot use it. \
              Start the server with another --node-name, or delete that node first (kubectl delete node {node})"
         ))),
@@ -374,7 +397,7 @@ pub async fn verify_node(
     store: &Store,
     node: &str,
     generation: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), JoinError> {
     let stored = store.secret(&node_password_secret(node)).await?;
     let current = stored.as_deref().and_then(Registration::decode);
     match current {
@@ -391,14 +414,14 @@ pub async fn verify_node(
                 Some(_) => "it was issued for an earlier registration of this name",
             };
             tracing::info!(%node, reason = why, "refused a node certificate");
-            Err(ApiError::Unauthorized)
+            Err(JoinError::Unauthorized)
         }
     }
 }
 
 /// Frees a deleted node's name for a replacement board (as K3s does). A server's claim on
 /// its name stays: only its own start or an admin's database work can change that.
-pub async fn forget_node(store: &Store, node: &str) -> Result<(), ApiError> {
+pub async fn forget_node(store: &Store, node: &str) -> Result<(), JoinError> {
     let key = node_password_secret(node);
     if let Some(raw) = store.secret(&key).await?
         && matches!(Registration::decode(&raw), Some((_, Registration::Server)))
@@ -415,7 +438,7 @@ pub async fn forget_node(store: &Store, node: &str) -> Result<(), ApiError> {
 pub async fn forget_orphans(
     store: &Store,
     is_node: impl Fn(&str) -> bool,
-) -> Result<usize, ApiError> {
+) -> Result<usize, JoinError> {
     let now = unix_now();
     let mut forgotten = 0;
     for (key, raw) in store.secrets_with_prefix(PASSWORD_PREFIX).await? {
@@ -632,7 +655,7 @@ mod tests {
         let auth = basic_authorization("wrong");
         assert!(matches!(
             j.authenticate(Some(&auth), HOME),
-            Err(ApiError::Unauthorized)
+            Err(JoinError::Unauthorized)
         ));
         let auth = basic_authorization("agent-secret");
         let ok = || j.authenticate(Some(&auth), HOME).unwrap();
@@ -647,7 +670,7 @@ mod tests {
             .join(&store, ok(), &body("pi-1", &"b".repeat(32)), vec![])
             .await
         {
-            Err(ApiError::Forbidden(m)) => assert!(m.contains("--with-node-id"), "{m}"),
+            Err(JoinError::Forbidden(m)) => assert!(m.contains("--with-node-id"), "{m}"),
             other => panic!("{other:?}"),
         }
         assert_eq!(j.requests(), 4);
@@ -671,7 +694,7 @@ mod tests {
             )
             .await
         {
-            Err(ApiError::Forbidden(m)) => assert!(m.contains("belongs to a server"), "{m}"),
+            Err(JoinError::Forbidden(m)) => assert!(m.contains("belongs to a server"), "{m}"),
             other => panic!("{other:?}"),
         }
         j.join(
@@ -684,7 +707,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             claim_for_server(&store, "pi-1").await,
-            Err(ApiError::Forbidden(_))
+            Err(JoinError::Forbidden(_))
         ));
         // Deleting a server's Node leaves its claim; an agent's is freed.
         forget_node(&store, "server-1").await.unwrap();
@@ -733,7 +756,7 @@ mod tests {
         forget_node(&store, "pi-1").await.unwrap();
         assert!(matches!(
             verify_node(&store, "pi-1", first.generation()).await,
-            Err(ApiError::Unauthorized)
+            Err(JoinError::Unauthorized)
         ));
         let replacement = j
             .join(&store, ok(), &body("pi-1", &"b".repeat(32)), vec![])
@@ -746,11 +769,11 @@ mod tests {
             .unwrap();
         assert!(matches!(
             verify_node(&store, "pi-1", first.generation()).await,
-            Err(ApiError::Unauthorized)
+            Err(JoinError::Unauthorized)
         ));
         assert!(matches!(
             verify_node(&store, "pi-1", None).await,
-            Err(ApiError::Unauthorized)
+            Err(JoinError::Unauthorized)
         ));
     }
 

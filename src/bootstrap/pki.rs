@@ -132,6 +132,20 @@ impl ClusterCa {
 }
 
 /// How a node certificate's OU names the registration it belongs to.
+/// The group of node client certificates (Kubernetes' NodeRestriction names it so).
+pub const NODES_GROUP: &str = "system:nodes";
+/// A node client certificate's user is this and the node's name.
+pub const NODE_USER_PREFIX: &str = "system:node:";
+
+/// Random bytes as lower-case hex (registration generations, websocket keys).
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .expect("system random number generator failed");
+    hex::encode(buf)
+}
+
 pub const NODE_GENERATION_PREFIX: &str = "keelson-node-generation:";
 
 /// The CA's parameters. Rebuilt identically from the common name to sign with a stored CA:

@@ -111,7 +111,10 @@ impl NodeLifecycle {
             .iter()
             .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
             .collect();
-        crate::bootstrap::join::forget_orphans(ctx.registry.store(), |n| names.contains(n)).await
+        Ok(
+            crate::bootstrap::join::forget_orphans(ctx.registry.store(), |n| names.contains(n))
+                .await?,
+        )
     }
 
     /// `trusted`: heartbeat ages can be believed (no recent datastore failure); otherwise
