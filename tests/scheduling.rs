@@ -722,8 +722,11 @@ spec:
         stderr.contains("disruption budget"),
         "the second eviction had to wait for the budget: {stderr}"
     );
-    let by_node = spread(&s, "app=web");
-    assert_eq!(by_node.get("board-2"), Some(&4), "{by_node:?}");
+    // The last evicted pod's replacement may still be on its way to the scheduler when
+    // kubectl drain returns.
+    wait_until("all 4 web pods on board-2", SETTLE, || {
+        spread(&s, "app=web").get("board-2") == Some(&4)
+    });
     let node = s.kubectl_json(&["get", "node", "board-1", "-o", "json"]);
     assert_eq!(node["spec"]["unschedulable"], true, "drain cordons");
     s.kubectl_ok(&["uncordon", "board-1"]);
