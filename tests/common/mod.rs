@@ -686,12 +686,17 @@ pub fn keelson(args: &[OsString], timeout: Duration) -> Output {
 
 /// Runs curl with `args` against a URL given in `args`, reporting the HTTP status separately.
 pub fn curl(args: &[String]) -> Reply {
+    curl_within(args, COMMAND_TIMEOUT)
+}
+
+/// [`curl`] for a run of many requests (a `-K` file of thousands): `timeout` for them all.
+pub fn curl_within(args: &[String], timeout: Duration) -> Reply {
     let out = run(
         Command::new("curl")
             .args(["--silent", "--show-error", "--max-time", "30"])
             .args(["--write-out", "\n%{http_code}"])
             .args(args),
-        COMMAND_TIMEOUT,
+        timeout,
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
