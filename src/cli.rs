@@ -248,6 +248,10 @@ pub struct ServerArgs {
     #[arg(long, default_value = "5m")]
     pub compact_interval: String,
 
+    /// How often a watch that allows bookmarks gets one, changes or not (tests shorten it)
+    #[arg(long, default_value = "1m", hide = true)]
+    pub watch_bookmark_interval: String,
+
     #[command(flatten)]
     pub node_runtime: RuntimeArgs,
 

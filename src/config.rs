@@ -190,6 +190,8 @@ pub struct ServerConfig {
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
+    /// `--watch-bookmark-interval`.
+    pub watch_bookmark_interval: Duration,
     pub node_monitor_grace_period: Duration,
     /// `--event-ttl`: Events not seen again for this long are deleted.
     pub event_ttl: Duration,
@@ -404,6 +406,18 @@ impl ServerConfig {
             parse_duration("--compact-interval", &args.compact_interval)
                 .map(|d| compact_interval = d),
         );
+        let mut watch_bookmark_interval = Duration::from_secs(60);
+        check(
+            parse_duration("--watch-bookmark-interval", &args.watch_bookmark_interval).and_then(
+                |d| match d.is_zero() {
+                    true => Err("--watch-bookmark-interval must be more than 0".into()),
+                    false => {
+                        watch_bookmark_interval = d;
+                        Ok(())
+                    }
+                },
+            ),
+        );
 
         let mut bind = SocketAddr::from(([0, 0, 0, 0], args.https_listen_port));
         match args.bind_address.parse::<IpAddr>() {
@@ -515,6 +529,7 @@ impl ServerConfig {
             kubeconfig_mode,
             pod_network,
             compact_interval,
+            watch_bookmark_interval,
             node_monitor_grace_period,
             event_ttl,
             runtime,

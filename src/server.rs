@@ -201,6 +201,7 @@ async fn start(
         node_registered: AtomicBool::new(false),
         shutdown: stop.clone(),
         joiner,
+        bookmark_interval: cfg.watch_bookmark_interval,
         tunnels: Arc::new(crate::tunnel::Tunnels(sessions.clone())),
         lb_stats: std::sync::Mutex::new(None),
     });

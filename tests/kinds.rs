@@ -663,3 +663,57 @@ fn pages_of_a_large_list_hold_each_object_once_while_writes_go_on() {
     assert!(seen.values().all(|n| *n == 1), "no object twice");
     assert!(pages >= 25, "{pages} pages of 100");
 }
+
+#[test]
+fn watches_get_bookmarks_on_an_idle_cluster_and_can_resume_from_them() {
+    let s = Server::start(Options::default().arg("--watch-bookmark-interval", "1s"));
+    let url = |q: &str| format!("{}/api/v1/namespaces/default/configmaps?{q}", s.url());
+    let list = s.curl(&[&url("")]).json();
+    let listed: i64 = list["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("list resourceVersion");
+    // Nothing changes for 3.5 s: bookmarks still come, each at the revision reached.
+    let r = s.curl(&[&url(&format!(
+        "watch=true&allowWatchBookmarks=true&resourceVersion={listed}&timeoutSeconds=3"
+    ))]);
+    let events = common::watch_events(&r.body);
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(
+        kinds.len() >= 2 && kinds.iter().all(|k| *k == "BOOKMARK"),
+        "{}",
+        r.body
+    );
+    let at: i64 = events[0]["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("bookmark resourceVersion");
+    assert!(at >= listed, "{at} < {listed}");
+    assert_eq!(events[0]["object"]["kind"], "ConfigMap");
+    // A change, then a watch resumed from the old bookmark sees it, and its next bookmark
+    // is at or past the change.
+    create(
+        &s,
+        "b",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: after-bookmark\n",
+    );
+    let r = s.curl(&[&url(&format!(
+        "watch=true&allowWatchBookmarks=true&resourceVersion={at}&timeoutSeconds=2"
+    ))]);
+    let events = common::watch_events(&r.body);
+    assert_eq!(events[0]["type"], "ADDED", "{}", r.body);
+    assert_eq!(events[0]["object"]["metadata"]["name"], "after-bookmark");
+    let changed: i64 = events[0]["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("object resourceVersion");
+    let bookmark = events
+        .iter()
+        .find(|e| e["type"] == "BOOKMARK")
+        .unwrap_or_else(|| panic!("no bookmark in {}", r.body));
+    let at: i64 = bookmark["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("bookmark resourceVersion");
+    assert!(at >= changed, "bookmark {at} before the change {changed}");
+}

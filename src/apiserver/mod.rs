@@ -104,6 +104,8 @@ pub struct Api {
     /// Flips to `true` when the server begins shutting down.
     pub shutdown: signal::Receiver<bool>,
     pub joiner: crate::bootstrap::join::Joiner,
+    /// How often watches that allow bookmarks get one (`--watch-bookmark-interval`).
+    pub bookmark_interval: std::time::Duration,
     /// The node tunnels, wired in by the server.
     pub tunnels: Arc<dyn features::NodeTunnels>,
     /// The virtual IP's load balancer's figures, while this server runs it.

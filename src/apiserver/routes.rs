@@ -441,6 +441,7 @@ async fn resource(
                         timeout,
                         table,
                         bookmarks,
+                        bookmark_interval: api.bookmark_interval,
                         initial_events,
                     },
                 );

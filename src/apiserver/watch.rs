@@ -44,15 +44,14 @@ pub struct WatchRequest {
     pub timeout: Duration,
     /// `Some` when the client asked for Table output.
     pub table: Option<Include>,
-    /// `allowWatchBookmarks`: BOOKMARK events carry the newest revision at least every
-    /// [`BOOKMARK_INTERVAL`] while the cluster changes (best effort, as Kubernetes says).
+    /// `allowWatchBookmarks`: a BOOKMARK with the revision the watch has reached every
+    /// `bookmark_interval`, whether or not anything changed.
     pub bookmarks: bool,
+    /// How often bookmarks go out (`--watch-bookmark-interval`; kube-apiserver: about a minute).
+    pub bookmark_interval: Duration,
     /// `sendInitialEvents`: the current objects as ADDED, then a BOOKMARK marking their end.
     pub initial_events: bool,
 }
-
-/// Least time between two bookmarks of one watch.
-pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Starts the watch task; the receiver yields the encoded lines for the response body.
 pub fn spawn(api: Arc<Api>, req: WatchRequest) -> mpsc::Receiver<Bytes> {
@@ -107,21 +106,25 @@ async fn run(api: &Api, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
         Err(e) => return writer.error(&ApiError::from(e)).await,
     };
     let prefix = req.resource.prefix(req.namespace.as_deref());
-    let mut bookmarked = tokio::time::Instant::now();
+    let mut bookmark_due = tokio::time::Instant::now() + req.bookmark_interval;
     loop {
-        let ev = match sub.next().await {
+        // `next` is cancel-safe, so the timer may win the race at any moment.
+        let ev = tokio::select! {
+            ev = sub.next() => ev,
+            _ = tokio::time::sleep_until(bookmark_due), if req.bookmarks => {
+                bookmark_due = tokio::time::Instant::now() + req.bookmark_interval;
+                // Every change up to the subscription's position was sent or filtered out
+                // (revisions are gapless and in order): the client may resume from it.
+                if !writer.bookmark(sub.position(), false).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let ev = match ev {
             Ok(ev) => ev,
             Err(e) => return writer.error(&ApiError::from(e)).await,
         };
-        // Bookmarks ride on the feed (changes to any object), so waiting for one never races
-        // the subscription. Everything before this event was sent (revisions are gapless and
-        // in order), so the client may resume from the one before it.
-        if req.bookmarks && bookmarked.elapsed() >= BOOKMARK_INTERVAL {
-            bookmarked = tokio::time::Instant::now();
-            if !writer.bookmark(ev.revision - 1, false).await {
-                return;
-            }
-        }
         // A view's watch sees its stored resource's changes (converted by `decode`).
         let ours = ev.path.starts_with(&prefix)
             && ObjectRef::from_path(&ev.path).is_some_and(|r| r.resource == req.resource.storage());

@@ -102,6 +102,7 @@ impl Feed {
             page: VecDeque::new(),
             last: after,
             history_until: latest,
+            lagged: false,
         })
     }
 }
@@ -116,6 +117,10 @@ pub struct Subscription {
     last: i64,
     /// History up to here is read from the database; after it, from the live queue.
     history_until: i64,
+    /// The live queue overran this subscriber: the next call catches up from the database
+    /// first. A flag rather than a step inside one call, so a call dropped midway (a watch
+    /// racing its bookmark timer) leaves it set and skips nothing.
+    lagged: bool,
 }
 
 // === impl Subscription ===
@@ -123,8 +128,22 @@ pub struct Subscription {
 impl Subscription {
     /// The next event, in revision order. `Err` means this subscription cannot continue
     /// (history it needs was compacted, or the database is unreachable while catching up).
+    ///
+    /// Cancel-safe: every await leaves the subscription as it was or at a consistent later
+    /// point (a page read is kept only once complete; a catch-up is redone until it finishes),
+    /// so a caller may drop the future between events and call again.
     pub async fn next(&mut self) -> Result<Arc<Event>> {
         loop {
+            if self.lagged {
+                // Subscribe before reading the revision: anything published in between is
+                // both in the queue and in history, and the revision check drops the copy.
+                let live = self.live.resubscribe();
+                let until = self.live_latest().await?;
+                self.live = live;
+                self.history_until = until;
+                self.lagged = false;
+                continue;
+            }
             if let Some(ev) = self.page.pop_front() {
                 self.last = ev.revision;
                 return Ok(ev);
@@ -152,14 +171,18 @@ impl Subscription {
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Too slow for the in-memory queue: catch up from the database.
-                    self.live = self.live.resubscribe();
-                    self.history_until = self.live_latest().await?;
+                    self.lagged = true;
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     return Err(Error::NotFound("change feed (server shutting down)".into()));
                 }
             }
         }
+    }
+
+    /// The last revision handed out: every change up to it has been seen.
+    pub fn position(&self) -> i64 {
+        self.last
     }
 
     async fn live_latest(&self) -> Result<i64> {
