@@ -1,6 +1,6 @@
 //! Placement and workload control with a real server, real agents and the real kubectl: the
-//! taint-aware scheduler on a dedicated control plane, ReplicaSets and Deployments turning
-//! templates into pods, and rollouts. Nothing runs containers yet (the node runtime is its own
+//! taint-aware scheduler on a dedicated control plane, ReplicaSets, ReplicationControllers and
+//! Deployments turning templates into pods, and rollouts. Nothing runs containers yet (the node runtime is its own
 //! issue), so where a test needs pods to be Ready it plays the kubelet's part by writing pod
 //! status as an admin, and says so.
 
@@ -441,6 +441,133 @@ fn deleting_a_deployment_cascades_in_the_background_the_foreground_or_not_at_all
     s.kubectl_ok(&["delete", "rs", "-l", "app=keep"]);
     wait_until("keep's pods are gone", SETTLE, || {
         count(&s, "pods", "app=keep") == 0
+    });
+}
+
+const REPLICATION_CONTROLLER: &str = r#"apiVersion: v1
+kind: ReplicationController
+metadata:
+  name: old
+spec:
+  replicas: 3
+  selector:
+    app: old
+  template:
+    metadata:
+      labels:
+        app: old
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+"#;
+
+/// Names of the pods matching `selector`.
+fn pod_names(s: &Server, selector: &str) -> Vec<String> {
+    pods(s, selector)
+        .iter()
+        .map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_replication_controller_keeps_its_pods_scales_and_takes_them_when_deleted() {
+    let s = Server::start(Options::default());
+    // A pod its label map does not select is left alone.
+    s.kubectl_ok(&["run", "stray", "--image=busybox:1.36", "--labels=app=other"]);
+    apply(&s, "old", REPLICATION_CONTROLLER);
+    wait_until("3 pods of the ReplicationController", SETTLE, || {
+        count(&s, "pods", "app=old") == 3
+    });
+    let uid = s.kubectl_ok(&["get", "rc", "old", "-o", "jsonpath={.metadata.uid}"]);
+    for pod in pods(&s, "app=old") {
+        let owner = &pod["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "ReplicationController", "{owner}");
+        assert_eq!(owner["apiVersion"], "v1", "{owner}");
+        assert_eq!(owner["controller"], true, "{owner}");
+        assert_eq!(owner["uid"].as_str(), Some(uid.as_str()), "{owner}");
+    }
+    wait_until("the status counts 3 pods", SETTLE, || {
+        s.kubectl_ok(&["get", "rc", "old", "-o", "jsonpath={.status.replicas}"]) == "3"
+    });
+    let stray = s.kubectl_json(&["get", "pod", "stray", "-o", "json"]);
+    assert!(
+        stray["metadata"].get("ownerReferences").is_none(),
+        "{}",
+        stray["metadata"]
+    );
+    let out = s.kubectl_ok(&["get", "rc"]);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+        "{out}"
+    );
+    let rows = common::table(&out);
+    assert_eq!(common::cell(&rows[0], "DESIRED"), "3", "{out}");
+    assert_eq!(common::cell(&rows[0], "CURRENT"), "3", "{out}");
+    let wide = common::get_rows(&s, &["get", "rc", "old", "-o", "wide"]);
+    assert_eq!(common::cell(&wide[0], "SELECTOR"), "app=old", "{wide:?}");
+
+    // kubectl scale goes through the scale subresource.
+    s.kubectl_ok(&["scale", "rc", "old", "--replicas=1"]);
+    wait_until("1 pod left", SETTLE, || count(&s, "pods", "app=old") == 1);
+    let scale = s.kubectl_json(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/replicationcontrollers/old/scale",
+    ]);
+    assert_eq!(scale["spec"]["replicas"], 1, "{scale}");
+    assert_eq!(scale["status"]["selector"], "app=old", "{scale}");
+
+    // A pod deleted by hand is replaced.
+    let first = pod_names(&s, "app=old");
+    s.kubectl_ok(&["delete", "pod", &first[0], "--wait=false"]);
+    wait_until("a new pod replaces the deleted one", SETTLE, || {
+        let now = pod_names(&s, "app=old");
+        now.len() == 1 && now[0] != first[0]
+    });
+
+    // Orphan: the ReplicationController goes, its pod stays, released.
+    s.kubectl_ok(&["delete", "rc", "old", "--cascade=orphan"]);
+    wait_until("the pod is released", SETTLE, || {
+        !s.kubectl(&["get", "rc", "old"]).status.success()
+            && pods(&s, "app=old").iter().all(|p| {
+                p["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+            })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let kept = pod_names(&s, "app=old");
+    assert_eq!(kept.len(), 1, "the pod stays: {kept:?}");
+
+    // A new ReplicationController of 1 adopts the orphan instead of making a pod.
+    let one = REPLICATION_CONTROLLER.replace("replicas: 3", "replicas: 1");
+    apply(&s, "old", &one);
+    let uid = s.kubectl_ok(&["get", "rc", "old", "-o", "jsonpath={.metadata.uid}"]);
+    wait_until("the orphan is adopted", SETTLE, || {
+        pods(&s, "app=old")
+            .iter()
+            .any(|p| p["metadata"]["ownerReferences"][0]["uid"].as_str() == Some(uid.as_str()))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pod_names(&s, "app=old"), kept, "adopted, not replaced");
+
+    // Deleting it (background, kubectl's default) takes its pods.
+    s.kubectl_ok(&["delete", "rc", "old"]);
+    wait_until("the pods are gone", SETTLE, || {
+        count(&s, "pods", "app=old") == 0
     });
 }
 

@@ -212,6 +212,9 @@ mod tests {
                 "pods/status",
                 "pods/eviction",
                 "pods/binding",
+                "replicationcontrollers",
+                "replicationcontrollers/status",
+                "replicationcontrollers/scale",
                 "secrets",
                 "serviceaccounts",
                 "services",
@@ -228,6 +231,7 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(entry("nodes")["shortNames"], json!(["no"]));
+        assert_eq!(entry("replicationcontrollers")["shortNames"], json!(["rc"]));
         // `kubectl get all` expands the `all` category.
         assert_eq!(entry("pods")["categories"], json!(["all"]));
         assert_eq!(entry("services")["categories"], json!(["all"]));

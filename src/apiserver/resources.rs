@@ -237,10 +237,23 @@ pub static CORE_V1: GroupVersion = GroupVersion {
         &NAMESPACES,
         &NODES,
         &PODS,
+        &REPLICATIONCONTROLLERS,
         &SECRETS,
         &SERVICEACCOUNTS,
         &SERVICES,
     ],
+};
+
+/// ReplicationControllers: a workload kind served in the core group.
+pub static REPLICATIONCONTROLLERS: Resource = Resource {
+    short_names: &["rc"],
+    ..workload(
+        "",
+        "replicationcontrollers",
+        "replicationcontroller",
+        "ReplicationController",
+        &kinds::replicationcontroller::ReplicationControllers,
+    )
 };
 
 pub static DEPLOYMENTS: Resource = Resource {
@@ -673,11 +686,19 @@ mod tests {
         assert_eq!(DEPLOYMENTS.api_version(), "apps/v1");
         assert_eq!(CRONJOBS.group_resource(), "cronjobs.batch");
         assert_eq!(APPS_V1.resource("jobs"), None);
-        // Only apps/v1 kinds with replicas have a scale subresource.
+        // Only the kinds with replicas have a scale subresource.
         let scaled: Vec<&str> = Resource::all()
             .filter(|r| r.has_scale)
             .map(|r| r.plural)
             .collect();
-        assert_eq!(scaled, ["deployments", "replicasets", "statefulsets"]);
+        assert_eq!(
+            scaled,
+            [
+                "replicationcontrollers",
+                "deployments",
+                "replicasets",
+                "statefulsets"
+            ]
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! The `scale` subresource of the kinds with replicas (Deployments, ReplicaSets,
-//! StatefulSets): an `autoscaling/v1 Scale` read from the parent object, and writes of it
+//! ReplicationControllers, StatefulSets): an `autoscaling/v1 Scale` read from the parent object, and writes of it
 //! turned into a merge patch of the parent's `spec.replicas`.
 //!
 //! Nothing is stored here: every write goes through [`Registry::patch`], so the parent's
@@ -20,7 +20,7 @@ const RETRIES: usize = 16;
 
 /// `GET …/scale`.
 pub async fn get(registry: &Registry, r: &ObjectRef) -> Result<Value> {
-    Ok(view(&registry.get(r).await?))
+    Ok(view(r, &registry.get(r).await?))
 }
 
 /// `PUT …/scale`: sets the parent's replicas to the body's `spec.replicas`. With
@@ -43,7 +43,7 @@ pub async fn update(
     let parent = registry
         .patch(r, Part::Main, writer, patch::Kind::Merge, change)
         .await?;
-    Ok(view(&parent))
+    Ok(view(r, &parent))
 }
 
 /// `PATCH …/scale` (what `kubectl scale` sends): the patch applies to the Scale, and the
@@ -58,7 +58,7 @@ pub async fn patch(
 ) -> Result<Value> {
     let precondition = body.pointer("/metadata/resourceVersion").is_some();
     for _ in 0..RETRIES {
-        let scale = view(&registry.get(r).await?);
+        let scale = view(r, &registry.get(r).await?);
         let patched =
             patch::apply(kind, &scale, &body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         check_body(r, &patched)?;
@@ -71,7 +71,7 @@ pub async fn patch(
             .await
         {
             Err(ApiError::Conflict { .. }) if !precondition => continue,
-            other => return other.map(|parent| view(&parent)),
+            other => return other.map(|parent| view(r, &parent)),
         }
     }
     Err(ApiError::Conflict {
@@ -81,8 +81,8 @@ pub async fn patch(
 }
 
 /// The Scale of a parent object: its identity, `spec.replicas`, and the replicas and
-/// selector its status reports.
-pub fn view(parent: &Value) -> Value {
+/// selector its status reports (in the string form, whatever form the parent's kind has).
+pub fn view(r: &ObjectRef, parent: &Value) -> Value {
     let meta = &parent["metadata"];
     let mut metadata = json!({});
     for field in [
@@ -103,7 +103,9 @@ pub fn view(parent: &Value) -> Value {
         "spec": {"replicas": workload::count(parent, "/spec/replicas")},
         "status": {
             "replicas": workload::count(parent, "/status/replicas"),
-            "selector": workload::selector_string(parent.pointer("/spec/selector")),
+            "selector": workload::selector_string(
+                r.resource.strategy.label_selector(parent).as_deref(),
+            ),
         },
     })
 }
@@ -156,7 +158,7 @@ fn replicas(scale: &Value) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::DEPLOYMENTS;
+    use crate::apiserver::resources::{DEPLOYMENTS, REPLICATIONCONTROLLERS};
     use crate::datastore::{Endpoint, PoolConfig, Store};
 
     #[test]
@@ -164,12 +166,19 @@ mod tests {
         let d = json!({"metadata": {"name": "web", "namespace": "default", "uid": "u", "resourceVersion": "7", "labels": {"a": "b"}},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}},
             "status": {"replicas": 2}});
-        assert_eq!(
-            view(&d),
-            json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
-                "metadata": {"name": "web", "namespace": "default", "uid": "u", "resourceVersion": "7"},
-                "spec": {"replicas": 3}, "status": {"replicas": 2, "selector": "app=web"}})
-        );
+        let web = |resource| ObjectRef {
+            resource,
+            namespace: Some("default".into()),
+            name: "web".into(),
+        };
+        let scale = json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {"name": "web", "namespace": "default", "uid": "u", "resourceVersion": "7"},
+            "spec": {"replicas": 3}, "status": {"replicas": 2, "selector": "app=web"}});
+        assert_eq!(view(&web(&DEPLOYMENTS), &d), scale);
+        // A ReplicationController's selector is a plain label map.
+        let mut rc = d.clone();
+        rc["spec"]["selector"] = json!({"app": "web"});
+        assert_eq!(view(&web(&REPLICATIONCONTROLLERS), &rc), scale);
     }
 
     #[tokio::test]

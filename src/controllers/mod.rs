@@ -4,7 +4,7 @@
 //! ([`crate::runtime`]): [`node_lifecycle`] marks silent nodes, [`node_ipam`] gives nodes
 //! their pod CIDRs, [`scheduler`] places pods,
 //! [`taint_eviction`] moves them off nodes whose NoExecute taints they do not tolerate,
-//! [`replicaset`] keeps pods of a template, [`deployment`] rolls templates out through
+//! [`replicaset`] keeps pods of a template (for ReplicaSets and ReplicationControllers), [`deployment`] rolls templates out through
 //! ReplicaSets, [`daemonset`] runs a pod on every eligible node, [`statefulset`] keeps pods
 //! with stable names in order, [`job`] runs pods to completion, [`cronjob`] starts Jobs on a
 //! cron schedule ([`crate::api::cron`]), [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
@@ -75,9 +75,11 @@ pub fn under_lease(
             .run(ctx.clone()),
         );
         set.spawn(controller::run(
-            replicaset::ReplicaSets {
-                events: recorder("replicaset-controller"),
-            },
+            replicaset::ReplicaSets::new(recorder("replicaset-controller")),
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            replicaset::ReplicaSets::replication_controllers(recorder("replication-controller")),
             ctx.clone(),
         ));
         set.spawn(controller::run(

@@ -4,6 +4,8 @@
 //! A key is `namespace/name`. A controller reference is the one `ownerReferences` entry with
 //! `controller: true`; an object has at most one, and only its controller may act on it.
 
+use std::borrow::Cow;
+
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -83,6 +85,16 @@ pub fn controller_ref(resource: &Resource, owner: &Value) -> Value {
         "controller": true,
         "blockOwnerDeletion": true,
     })
+}
+
+/// The `LabelSelector` that picks `obj`'s pods (`obj` of `resource`), whatever form its kind
+/// writes it in; null (which selects everything) when it has none.
+pub fn selector<'a>(resource: &Resource, obj: &'a Value) -> Cow<'a, Value> {
+    static NONE: Value = Value::Null;
+    resource
+        .strategy
+        .label_selector(obj)
+        .unwrap_or(Cow::Borrowed(&NONE))
 }
 
 pub fn labels(obj: &Value) -> &Value {
@@ -213,7 +225,7 @@ pub fn owner_keys(
                 cache
                     .list_in(owners, namespace(o))
                     .iter()
-                    .filter(|x| selects(&x["spec"]["selector"], labels(o)))
+                    .filter(|x| selects(&selector(owners, x), labels(o)))
                     .filter_map(|x| key_of(x)),
             ),
         }

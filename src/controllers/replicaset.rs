@@ -7,7 +7,12 @@
 //! batches that double (1, 2, 4, …) while creates succeed, so a broken template fails once,
 //! not `replicas` times.
 //!
-//! Invariant: it acts only on pods whose controller reference carries the ReplicaSet's uid.
+//! ReplicationControllers run through the same code, as in kube-controller-manager: a second
+//! instance keyed by [`REPLICATIONCONTROLLERS`] reads their plain-map selector through the
+//! kind's [`label_selector`](crate::apiserver::kinds::Strategy::label_selector) and
+//! writes the same status.
+//!
+//! Invariant: it acts only on pods whose controller reference carries the owner's uid.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +24,7 @@ use super::events::{Recorder, Type};
 use super::owner::{self, controller_of, controller_ref, is_controlled_by, ref_of};
 use crate::apiserver::kinds::workload::selects;
 use crate::apiserver::registry::Part;
-use crate::apiserver::resources::{ObjectRef, PODS, REPLICASETS, Resource};
+use crate::apiserver::resources::{ObjectRef, PODS, REPLICASETS, REPLICATIONCONTROLLERS, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
@@ -28,35 +33,55 @@ use crate::runtime::controller::{Action, Context, Reconciler};
 const MAX_BATCH: usize = 256;
 
 pub struct ReplicaSets {
-    pub events: Recorder,
+    /// The kind it keeps pods for: [`REPLICASETS`] or [`REPLICATIONCONTROLLERS`].
+    resource: &'static Resource,
+    events: Recorder,
 }
 
 impl ReplicaSets {
-    /// What it reads from the cache.
-    pub const KINDS: [&'static Resource; 2] = [&REPLICASETS, &PODS];
+    /// What it reads from the cache (both instances).
+    pub const KINDS: [&'static Resource; 3] = [&REPLICASETS, &REPLICATIONCONTROLLERS, &PODS];
+
+    pub fn new(events: Recorder) -> ReplicaSets {
+        ReplicaSets {
+            resource: &REPLICASETS,
+            events,
+        }
+    }
+
+    pub fn replication_controllers(events: Recorder) -> ReplicaSets {
+        ReplicaSets {
+            resource: &REPLICATIONCONTROLLERS,
+            events,
+        }
+    }
 }
 
 impl Reconciler for ReplicaSets {
     fn name(&self) -> &'static str {
-        "replicaset"
+        if self.resource == &REPLICATIONCONTROLLERS {
+            "replicationcontroller"
+        } else {
+            "replicaset"
+        }
     }
 
     fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {
-        owner::owner_keys(change, cache, &REPLICASETS, &PODS)
+        owner::owner_keys(change, cache, self.resource, &PODS)
     }
 
     fn all(&self, cache: &Cache) -> Vec<String> {
-        owner::all_keys(cache, &REPLICASETS)
+        owner::all_keys(cache, self.resource)
     }
 
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {
-        let r = ref_of(&REPLICASETS, key);
+        let r = ref_of(self.resource, key);
         let Some(rs) = ctx.cache.get(&r) else {
             return Ok(Action::Done);
         };
         let pods = claim(
             ctx,
-            &REPLICASETS,
+            self.resource,
             &rs,
             &ctx.cache.list_in(&PODS, owner::namespace(&rs)),
         )
@@ -83,7 +108,7 @@ impl Reconciler for ReplicaSets {
 
 impl ReplicaSets {
     async fn create_pods(&self, ctx: &Context, rs: &Value, missing: usize) -> Result<(), ApiError> {
-        let pod = pod_from_template(&REPLICASETS, rs);
+        let pod = pod_from_template(self.resource, rs);
         let mut created = 0;
         let mut batch = 1;
         while created < missing {
@@ -101,7 +126,7 @@ impl ReplicaSets {
                         created += 1;
                         self.events
                             .record(
-                                &REPLICASETS,
+                                self.resource,
                                 rs,
                                 Type::Normal,
                                 "SuccessfulCreate",
@@ -119,7 +144,7 @@ impl ReplicaSets {
                 }
                 self.events
                     .record(
-                        &REPLICASETS,
+                        self.resource,
                         rs,
                         Type::Warning,
                         "FailedCreate",
@@ -153,7 +178,7 @@ impl ReplicaSets {
                     ctx.wrote(&last);
                     self.events
                         .record(
-                            &REPLICASETS,
+                            self.resource,
                             rs,
                             Type::Normal,
                             "SuccessfulDelete",
@@ -177,10 +202,10 @@ pub async fn claim(
     owner_obj: &Value,
     pods: &[Arc<Value>],
 ) -> Result<Vec<Arc<Value>>, ApiError> {
-    let selector = &owner_obj["spec"]["selector"];
+    let selector = owner::selector(resource, owner_obj);
     let mut mine = vec![];
     for pod in pods {
-        let matches = selects(selector, owner::labels(pod));
+        let matches = selects(&selector, owner::labels(pod));
         let r = ObjectRef {
             resource: &PODS,
             namespace: Some(owner::namespace(pod).to_owned()),
@@ -433,5 +458,20 @@ mod tests {
         assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "u1");
         assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
         assert_eq!(pod["spec"]["containers"][0]["image"], "nginx");
+        let rc = pod_from_template(&REPLICATIONCONTROLLERS, &rs);
+        assert_eq!(
+            rc["metadata"]["ownerReferences"][0],
+            json!({"apiVersion": "v1", "kind": "ReplicationController", "name": "web-abc",
+                   "uid": "u1", "controller": true, "blockOwnerDeletion": true})
+        );
+    }
+
+    #[test]
+    fn a_replication_controllers_label_map_selects_like_match_labels() {
+        let rc = json!({"spec": {"selector": {"app": "web"}}});
+        let selector = owner::selector(&REPLICATIONCONTROLLERS, &rc);
+        assert!(selects(&selector, &json!({"app": "web", "x": "y"})));
+        assert!(!selects(&selector, &json!({"app": "db"})));
+        assert!(!selects(&selector, &json!({})));
     }
 }

@@ -110,9 +110,12 @@ fn generate() -> Output {
     gv.kind::<core::v1::Namespace>();
     gv.kind::<core::v1::Node>();
     gv.kind::<core::v1::Pod>();
+    gv.kind::<core::v1::ReplicationController>();
     gv.kind::<core::v1::Secret>();
     gv.kind::<core::v1::ServiceAccount>();
     gv.kind::<core::v1::Service>();
+    // The scale subresource's body (ReplicationControllers').
+    gv.kind::<autoscaling::v1::Scale>();
     gv.finish(&mut out, "core_v1");
 
     let mut gv = GroupVersion::new();

@@ -24,6 +24,7 @@ pub mod pod;
 pub mod poddisruptionbudget;
 pub mod rbac;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
@@ -84,6 +85,13 @@ pub trait Strategy: Sync {
     /// update changes `spec` (not on status or metadata-only writes).
     fn has_generation(&self) -> bool {
         false
+    }
+
+    /// The `LabelSelector` at `spec.selector` that picks the object's pods, for the kinds
+    /// that have one. A kind whose selector has another form converts it here, so one
+    /// selector code path serves every kind.
+    fn label_selector<'a>(&self, obj: &'a Value) -> Option<Cow<'a, Value>> {
+        obj.pointer("/spec/selector").map(Cow::Borrowed)
     }
 
     /// The `kubectl get` columns, as the Kubernetes API server prints them.

@@ -1,6 +1,5 @@
 //! apps/v1 ReplicaSet: one replica by default, the template's pod defaults, a selector that
 //! selects the template and may not change, and the `kubectl get replicasets` columns.
-//! Nothing keeps their pods running yet.
 
 use serde_json::{Value, json};
 
@@ -36,21 +35,21 @@ impl Strategy for ReplicaSets {
 }
 
 static COLUMNS: [Column; 8] = [
-    NAME,
-    integer("Desired", "Number of desired pods.", 0, |r, _| {
-        json!(count(r, "/spec/replicas"))
-    }),
-    integer("Current", "Number of actual running pods.", 0, |r, _| {
-        json!(count(r, "/status/replicas"))
-    }),
-    integer("Ready", "Number of ready pods.", 0, |r, _| {
-        json!(count(r, "/status/readyReplicas"))
-    }),
-    AGE,
-    CONTAINERS,
-    IMAGES,
-    SELECTOR,
+    NAME, DESIRED, CURRENT, READY, AGE, CONTAINERS, IMAGES, SELECTOR,
 ];
+
+/// The counts ReplicaSets and ReplicationControllers print.
+pub const DESIRED: Column = integer("Desired", "Number of desired pods.", 0, |r, _| {
+    json!(count(r, "/spec/replicas"))
+});
+
+pub const CURRENT: Column = integer("Current", "Number of actual running pods.", 0, |r, _| {
+    json!(count(r, "/status/replicas"))
+});
+
+pub const READY: Column = integer("Ready", "Number of ready pods.", 0, |r, _| {
+    json!(count(r, "/status/readyReplicas"))
+});
 
 #[cfg(test)]
 mod tests {
