@@ -154,7 +154,7 @@ fn everyday_kubectl_commands_work_with_default_flags_and_say_nothing_on_stderr()
         &s,
         &["expose", "deployment", "web", "--port=80", "-n", "shop"],
     );
-    let yaml = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\n  namespace: shop\nspec:\n  selector:\n    matchLabels: {app: agent}\n  template:\n    metadata:\n      labels: {app: agent}\n    spec:\n      containers:\n      - {name: agent, image: busybox}\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: shop\nspec:\n  serviceName: db\n  replicas: 1\n  selector:\n    matchLabels: {app: db}\n  template:\n    metadata:\n      labels: {app: db}\n    spec:\n      containers:\n      - {name: db, image: busybox}\n---\napiVersion: apps/v1\nkind: ControllerRevision\nmetadata:\n  name: agent-1\n  namespace: shop\nrevision: 1\ndata: {}\n";
+    let yaml = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\n  namespace: shop\nspec:\n  selector:\n    matchLabels: {app: agent}\n  template:\n    metadata:\n      labels: {app: agent}\n    spec:\n      containers:\n      - {name: agent, image: busybox}\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: shop\nspec:\n  serviceName: db\n  replicas: 1\n  selector:\n    matchLabels: {app: db}\n  template:\n    metadata:\n      labels: {app: db}\n    spec:\n      containers:\n      - {name: db, image: busybox}\n---\napiVersion: v1\nkind: ReplicationController\nmetadata:\n  name: old\n  namespace: shop\nspec:\n  replicas: 1\n  selector: {app: old}\n  template:\n    metadata:\n      labels: {app: old}\n    spec:\n      containers:\n      - {name: old, image: busybox}\n---\napiVersion: apps/v1\nkind: ControllerRevision\nmetadata:\n  name: agent-1\n  namespace: shop\nrevision: 1\ndata: {}\n";
     let file = dir.join("more.yaml");
     fs::write(&file, yaml).expect("write a manifest");
     quiet(&s, &["apply", "-f", &file.display().to_string()]);
@@ -262,6 +262,7 @@ fn everyday_kubectl_commands_work_with_default_flags_and_say_nothing_on_stderr()
     let all = quiet(&s, &["get", "all", "-n", "shop"]);
     for kind in [
         "deployment.apps/web",
+        "replicationcontroller/old",
         "service/web",
         "daemonset.apps/agent",
         "statefulset.apps/db",
@@ -296,6 +297,7 @@ fn everyday_kubectl_commands_work_with_default_flags_and_say_nothing_on_stderr()
         ("cronjob", "nightly", true),
         ("daemonset", "agent", true),
         ("statefulset", "db", true),
+        ("replicationcontroller", "old", true),
         ("controllerrevision", "", true),
         ("role", "reader", true),
         ("rolebinding", "robot-reads", true),
