@@ -67,10 +67,10 @@ pub struct Conflict {
 
 /// How a list's items are told apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum ListKind {
+enum ListKind<'a> {
     Atomic,
     /// Items are objects keyed by these fields (with their defaults when missing).
-    Map(Vec<&'static str>),
+    Map(Vec<&'a str>),
     Set,
 }
 
@@ -166,7 +166,7 @@ impl<'a> Types<'a> {
     }
 
     /// `field` is the list's name in its parent (ObjectMeta's finalizers are a set).
-    fn list_kind(&self, ty: Ty<'a>, field: Option<&str>) -> ListKind {
+    fn list_kind(&self, ty: Ty<'a>, field: Option<&str>) -> ListKind<'a> {
         let Some(node) = ty.0 else {
             return ListKind::Atomic;
         };
@@ -187,30 +187,12 @@ impl<'a> Types<'a> {
             return ListKind::Map(keys.to_vec());
         }
         match (merges, key) {
-            (true, Some(key)) => ListKind::Map(vec![static_key(key)]),
+            (true, Some(key)) => ListKind::Map(vec![key]),
             (true, None) => ListKind::Set,
             _ if field == Some("finalizers") => ListKind::Set,
             _ => ListKind::Atomic,
         }
     }
-}
-
-/// The merge keys the served schemas name, as static strings (a key not listed here is
-/// treated as `name`, the common one; the unit tests keep the list complete).
-fn static_key(key: &str) -> &'static str {
-    const KNOWN: [&str; 10] = [
-        "name",
-        "type",
-        "uid",
-        "containerPort",
-        "port",
-        "mountPath",
-        "devicePath",
-        "ip",
-        "topologyKey",
-        "key",
-    ];
-    KNOWN.iter().find(|k| **k == key).copied().unwrap_or("name")
 }
 
 /// The value a key field has when an item leaves it out (kube's `+default` on list keys).
@@ -284,7 +266,7 @@ fn collect(
 }
 
 /// An item's key fields as compact JSON with sorted keys (`serde_json`'s maps are sorted).
-fn key_of(item: &Value, keys: &[&'static str], path: &Path) -> Result<String, Error> {
+fn key_of(item: &Value, keys: &[&str], path: &Path) -> Result<String, Error> {
     let Some(obj) = item.as_object() else {
         return Err(Error::NotAnObject(display(path)));
     };
@@ -537,6 +519,15 @@ pub fn entries(obj: &Value) -> Result<Vec<Entry>, Error> {
     Ok(out)
 }
 
+/// The entries an object carries; none if they cannot be read, so a malformed list (written
+/// by a client through a plain update) is replaced rather than blocking every later write.
+fn entries_or_reset(obj: &Value) -> Vec<Entry> {
+    entries(obj).unwrap_or_else(|e| {
+        tracing::info!(error = %e, "managedFields unreadable; field ownership starts over");
+        Vec::new()
+    })
+}
+
 fn decode_trie(node: &Value, path: &mut Path, out: &mut FieldSet) -> Result<(), Error> {
     let node = node
         .as_object()
@@ -770,10 +761,7 @@ pub fn apply(
     config: &Value,
     applier: &Applier<'_>,
 ) -> Result<Value, Error> {
-    let mut entries = match live {
-        Some(l) => entries(l)?,
-        None => Vec::new(),
-    };
+    let mut entries = live.map(entries_or_reset).unwrap_or_default();
     let applied = field_set(types, root, config)?;
     let mut cfg = config.clone();
     if let Some(meta) = cfg.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -881,8 +869,12 @@ pub fn track_update(
     api_version: &str,
     now: &str,
 ) -> Result<(), Error> {
-    let mut entries = entries(new)?;
+    let mut entries = entries_or_reset(new);
     if entries.is_empty() {
+        // None, or unreadable (a client wrote garbage there): start over, as kube does.
+        if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
         return Ok(());
     }
     let before = field_set(types, root, old)?;

@@ -288,22 +288,26 @@ fn service_ports_are_keyed_by_port_and_protocol() {
 }
 
 #[test]
-fn every_merge_key_in_the_schemas_is_known() {
-    for gv in openapi::served() {
-        let Ok(schemas) = openapi::schemas(gv) else {
-            continue;
-        };
-        let text = serde_json::to_string(&schemas).expect("json");
-        for part in text.split("\"x-kubernetes-patch-merge-key\":\"").skip(1) {
-            let key = part.split('"').next().unwrap_or_default();
-            assert_eq!(
-                static_key(key),
-                key,
-                "merge key {key} of {} not listed",
-                gv.api_version()
-            );
-        }
-    }
+fn unreadable_managed_fields_are_reset_not_fatal() {
+    with_apps(|types, root| {
+        let mut live = deployment(2, "x");
+        live["metadata"]["managedFields"] =
+            json!([{"manager": "m", "operation": "Apply", "fieldsV1": "not a trie"}]);
+        let out = apply(
+            types,
+            root,
+            Some(&live),
+            &deployment(3, "x"),
+            &applier("a", false),
+        )
+        .expect("applies over garbage");
+        assert_eq!(out["spec"]["replicas"], 3);
+        assert!(fields_of(&out, "a").contains(&".spec.replicas".to_owned()));
+        let mut new = live.clone();
+        new["spec"]["replicas"] = json!(4);
+        track_update(types, root, &live, &mut new, "k", "apps/v1", "now").expect("update");
+        assert_eq!(new["metadata"].get("managedFields"), None, "{new}");
+    })
 }
 
 #[test]
