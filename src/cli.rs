@@ -220,6 +220,10 @@ pub struct ServerArgs {
     #[arg(long)]
     pub cluster_dns: Option<String>,
 
+    /// How pod traffic reaches other nodes: vxlan (UDP 8472, for routed networks), host-gw (routes, for nodes on one LAN) or none (another CNI makes the pod network) (must agree across servers)
+    #[arg(long, env = "KEELSON_FLANNEL_BACKEND", default_value = "vxlan")]
+    pub flannel_backend: String,
+
     /// Do not deploy a packaged component: coredns, servicelb, traefik, local-storage, metrics-server, runtimes (repeatable; must agree across servers)
     #[arg(long, value_delimiter = ',')]
     pub disable: Vec<String>,

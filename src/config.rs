@@ -15,6 +15,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::agent::node;
 use crate::api::labels::{self, Taint};
+use crate::api::network::{Backend, ClusterNetwork};
 use crate::bootstrap::{ClusterSettings, Token};
 use crate::cli::{Cli, ServerArgs};
 use crate::controllers::node_ipam::{MaskFlags, PodNetwork};
@@ -187,6 +188,8 @@ pub struct ServerConfig {
     pub settings: ClusterSettings,
     /// `--cluster-cidr` and `--node-cidr-mask-size*`: where nodes' pod CIDRs come from.
     pub pod_network: PodNetwork,
+    /// `--flannel-backend`.
+    pub flannel_backend: Backend,
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
@@ -238,6 +241,23 @@ impl Host {
 }
 
 // === impl ServerConfig ===
+
+impl ServerConfig {
+    /// The network settings every node is told (see [`crate::tunnel::network`]).
+    pub fn cluster_network(&self) -> ClusterNetwork {
+        ClusterNetwork {
+            cluster_cidrs: self.pod_network.pools().iter().map(|p| p.cluster).collect(),
+            service_cidrs: crate::apiserver::allocator::ServiceCidrs::parse(
+                &self.settings.service_cidr,
+            )
+            .map(|r| r.cidrs().collect())
+            .unwrap_or_default(),
+            cluster_dns: self.settings.cluster_dns.parse().ok(),
+            cluster_domain: self.cluster_domain.clone(),
+            backend: self.flannel_backend,
+        }
+    }
+}
 
 impl ServerConfig {
     pub fn from_args(args: ServerArgs, host: &Host) -> Result<ServerConfig, Error> {
@@ -347,6 +367,14 @@ impl ServerConfig {
                 .map(|r| r.primary.nth(10).to_string())
                 .unwrap_or_default(),
         };
+        let flannel_backend = Backend::parse(&args.flannel_backend).unwrap_or_else(|| {
+            check(Err(format!(
+                "--flannel-backend {:?}: expected one of {}",
+                args.flannel_backend,
+                Backend::NAMES
+            )));
+            Backend::Vxlan
+        });
         let mut disable = std::collections::BTreeSet::new();
         for item in args
             .disable
@@ -519,6 +547,7 @@ impl ServerConfig {
                         .collect::<Vec<_>>()
                         .join(","),
                 ),
+                flannel_backend: Some(flannel_backend.name().to_owned()),
                 service_cidr: args.service_cidr,
                 cluster_dns,
                 cluster_domain: args.cluster_domain.clone(),
@@ -528,6 +557,7 @@ impl ServerConfig {
             cluster_domain: args.cluster_domain,
             kubeconfig_mode,
             pod_network,
+            flannel_backend,
             compact_interval,
             watch_bookmark_interval,
             node_monitor_grace_period,

@@ -126,7 +126,9 @@ async fn start(
 
     let node_ips = crate::agent::sysinfo::node_ips(&cfg.node.ips);
     // Before serving: a node that cannot run containers as configured says so at once.
-    let node_runtime = cfg.runtime.build(&cfg.data_dir, node_ips.clone())?;
+    let node_runtime = cfg
+        .runtime
+        .build(&cfg.data_dir, &cfg.node.name, node_ips.clone())?;
     // A server bound to one address can only be reached there.
     let advertise_ip = cfg
         .advertise_address
@@ -186,7 +188,7 @@ async fn start(
             Some((manager, parts))
         }
     };
-    let sessions = Sessions::new();
+    let sessions = Sessions::new(cfg.cluster_network());
     let ca_pem = cluster.ca.cert_pem.clone();
     let joiner = Joiner::new(
         cluster.ca,
@@ -230,6 +232,11 @@ async fn start(
             .run_heartbeats(api.registry.clone(), when_stopped(stop.clone())),
     );
     tasks.spawn(sessions.pods.clone().run(
+        api.registry.clone(),
+        api.feed.clone(),
+        when_stopped(stop.clone()),
+    ));
+    tasks.spawn(sessions.network.clone().run(
         api.registry.clone(),
         api.feed.clone(),
         when_stopped(stop.clone()),

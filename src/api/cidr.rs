@@ -198,6 +198,21 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// On the wire (the tunnel's frames) a network travels as its text, so a peer never has to
+/// trust bits past the prefix: parsing restores the invariant.
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Cidr, D::Error> {
+        let raw = String::deserialize(d)?;
+        Cidr::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::str::FromStr for Cidr {
     type Err = Error;
 

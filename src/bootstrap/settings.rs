@@ -17,6 +17,9 @@ pub struct ClusterSettings {
     /// in settings recorded before it existed: not compared then.
     #[serde(default)]
     pub node_cidr_mask_sizes: Option<String>,
+    /// `--flannel-backend`; `None` in settings recorded before it existed: not compared then.
+    #[serde(default)]
+    pub flannel_backend: Option<String>,
     pub service_cidr: String,
     pub cluster_dns: String,
     pub cluster_domain: String,
@@ -80,9 +83,14 @@ impl ClusterSettings {
             }
             _ => None,
         };
+        let backend = match (&self.flannel_backend, &cluster.flannel_backend) {
+            (Some(ours), Some(theirs)) => Some(("--flannel-backend", ours.clone(), theirs.clone())),
+            _ => None,
+        };
         pairs
             .into_iter()
             .chain(masks)
+            .chain(backend)
             .filter(|(_, a, b)| a != b)
             .map(|(flag, ours, cluster)| Mismatch {
                 flag,
@@ -101,6 +109,7 @@ mod tests {
         ClusterSettings {
             cluster_cidr: "10.42.0.0/16".into(),
             node_cidr_mask_sizes: Some("24".into()),
+            flannel_backend: Some("vxlan".into()),
             service_cidr: "10.43.0.0/16".into(),
             cluster_dns: "10.43.0.10".into(),
             cluster_domain: "cluster.local".into(),

@@ -23,6 +23,7 @@ pub mod hook;
 pub mod images;
 pub mod logs;
 pub mod monitor;
+pub mod network;
 pub mod objects;
 pub mod pods;
 pub mod probes;
@@ -47,6 +48,8 @@ pub struct Runtime {
     pub objects: mpsc::Receiver<objects::ObjectRequest>,
     /// Events about pods, for the transport to record.
     pub notes: mpsc::Receiver<pods::PodNote>,
+    /// The cluster network as this node knows it; `None` when the node runs no containers.
+    pub network: Option<Arc<network::Network>>,
 }
 
 /// Events queued for the transport; past this the runtime drops them (events are best effort).
@@ -62,6 +65,7 @@ impl Runtime {
             streams: Arc::new(streams::NoContainers),
             objects,
             notes,
+            network: None,
         }
     }
 }
@@ -174,7 +178,12 @@ impl RuntimeOptions {
 
     /// The runtime for this node: runc with the image store under `<data_dir>/agent`, or
     /// none. Imports image tarballs found in `<data_dir>/agent/images` (air-gapped installs).
-    pub fn build(&self, data_dir: &Path, host_ips: Vec<IpAddr>) -> Result<Runtime, RuntimeError> {
+    pub fn build(
+        &self,
+        data_dir: &Path,
+        node_name: &str,
+        host_ips: Vec<IpAddr>,
+    ) -> Result<Runtime, RuntimeError> {
         let Some(binary) = &self.runtime else {
             tracing::info!("--runtime none: this node runs no containers");
             return Ok(Runtime::without_containers(Box::new(pods::Absent)));
@@ -218,6 +227,7 @@ impl RuntimeOptions {
             streams: Arc::new(exec::RuncStreams { shared }),
             objects: requests,
             notes,
+            network: Some(network::Network::new(node_name)),
         })
     }
 }

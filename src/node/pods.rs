@@ -242,6 +242,9 @@ pub struct PodLink {
     pub notes: mpsc::Receiver<PodNote>,
     /// What serves the streams the server asks for.
     pub streams: std::sync::Arc<dyn super::streams::StreamServer>,
+    /// The node's network view, fed by the transport; `None` for a node that runs no pods of
+    /// its own (simulated, `--runtime none`).
+    pub network: Option<std::sync::Arc<super::network::Network>>,
 }
 
 /// The node's pod tracking: the set of pods bound here, and their runtime.
@@ -292,6 +295,7 @@ impl PodWorker {
             objects: runtime.objects,
             notes: runtime.notes,
             streams: runtime.streams,
+            network: runtime.network,
         };
         (
             PodWorker::new(runtime.pods, host_ip),

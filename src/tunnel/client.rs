@@ -78,6 +78,7 @@ pub async fn session(
     let hello = Up::Hello {
         version: PROTOCOL_VERSION,
         report: report.clone(),
+        network: pods.network.is_some(),
     };
     let frame = match encode(&hello) {
         Ok(f) => f,
@@ -193,6 +194,11 @@ pub async fn session(
                         Ok(Down::Pod(a)) => forward(pods, PodEvent::Assigned(a)).await,
                         Ok(Down::PodGone(key)) => forward(pods, PodEvent::Gone(key)).await,
                         Ok(Down::PodsListed) => forward(pods, PodEvent::Listed).await,
+                        Ok(Down::Net(ev)) => {
+                            if let Some(network) = &pods.network {
+                                network.apply(ev);
+                            }
+                        }
                         Ok(Down::Object { id, result }) => {
                             if let Some(reply) = gets.remove(&id) {
                                 let _ = reply.send(result);

@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::network::Push as NetPush;
 use super::pods::Push;
 use super::sessions::Sessions;
 use crate::apiserver::Api;
 use crate::node::Runtime;
+use crate::node::network::NetEvent;
 use crate::node::pods::{PodEvent, PodWorker};
 
 /// Runs the server's own node's pods until `stop` flips.
@@ -31,6 +33,7 @@ pub async fn run(
     sessions.streams.set_local(&node, link.streams.clone());
     tokio::spawn(worker.run(events, reports, stop.clone()));
     let mut pods = sessions.pods.listen(&node);
+    let mut net = link.network.is_some().then(|| sessions.network.listen());
     loop {
         tokio::select! {
             _ = crate::apiserver::stopped(&mut stop) => return,
@@ -54,6 +57,22 @@ pub async fn run(
                 for ev in evs {
                     if link.events.send(ev).await.is_err() {
                         return;
+                    }
+                }
+            }
+            push = super::network::next(&mut net) => {
+                let Some(push) = push else {
+                    net = Some(sessions.network.listen());
+                    continue;
+                };
+                if let Some(network) = &link.network {
+                    match push {
+                        NetPush::List(snapshot) => {
+                            for ev in snapshot.events(&sessions.network.cluster) {
+                                network.apply(ev);
+                            }
+                        }
+                        NetPush::Change(ev) => network.apply(NetEvent::clone(&ev)),
                     }
                 }
             }

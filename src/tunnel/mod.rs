@@ -18,6 +18,7 @@
 //! | agent → server | [`Up::Event`] | something happened to a pod (pulled, started, backing off): an Event, written as `kubelet` |
 //! | agent → server | [`Up::Get`] | the node needs a ConfigMap or Secret one of its pods uses |
 //! | server → agent | [`Down::Object`] | the answer: the object, or why not (only objects its pods reference) |
+//! | server → agent | [`Down::Net`]… | after `Welcome`, to nodes that asked: the cluster's network settings, a listing of every node's addresses and pod blocks, Services and EndpointSlices (compact), then each change |
 //!
 //! Keepalive is websocket ping/pong: the agent pings every [`PING_INTERVAL`]; either side
 //! that hears nothing for [`DEAD_AFTER`] drops the connection (dead-peer detection), and the
@@ -29,6 +30,7 @@
 
 pub mod client;
 pub mod local;
+pub mod network;
 pub mod pods;
 pub mod server;
 pub mod sessions;
@@ -50,7 +52,7 @@ use crate::node::pods::{PodAssignment, PodKey, PodNote, PodReport};
 use crate::node::streams::StreamRequest;
 
 /// Bumped on any incompatible change to the frames below.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Where servers accept tunnels.
 pub const PATH: &str = "/v1-keelson/connect";
 /// Where a node dials back to serve one stream (`<STREAM_PATH>/<id>`).
@@ -74,6 +76,9 @@ pub enum Up {
     Hello {
         version: u16,
         report: NodeReport,
+        /// The node runs pods and wants the network view ([`Down::Net`]); simulated nodes and
+        /// nodes without containers do not, which spares the server a frame per node each.
+        network: bool,
     },
     Report(NodeReport),
     PodStatus(PodReport),
@@ -116,6 +121,8 @@ pub enum Down {
         id: u32,
         result: Result<String, (u16, String)>,
     },
+    /// The network view changed (see [`network`]); only to nodes that asked in `Hello`.
+    Net(crate::node::network::NetEvent),
 }
 
 /// What a node says about itself; the server turns it into the Node object.
@@ -225,6 +232,7 @@ mod tests {
         let hello = Up::Hello {
             version: PROTOCOL_VERSION,
             report: report(),
+            network: true,
         };
         assert_eq!(decode::<Up>(&encode(&hello).unwrap()).unwrap(), hello);
         let down = Down::Servers(vec!["198.18.0.1:6443".into()]);

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::network::Push as NetPush;
 use super::pods::Push;
 use super::sessions::Sessions;
 use super::{
@@ -28,6 +29,7 @@ use crate::agent::registration::{self, CONTROL_PLANE_LABEL};
 use crate::api::labels;
 use crate::apiserver::status::ApiError;
 use crate::apiserver::{Api, Body, auth::Identity};
+use crate::node::network::NetEvent;
 use crate::node::pods::PodAssignment;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,12 +189,16 @@ where
         m = tokio::time::timeout(HELLO_TIMEOUT, ws.next()) => m,
         _ = crate::apiserver::stopped(&mut stop) => return End::Shutdown,
     };
-    let mut report = match first {
+    let (mut report, wants_network) = match first {
         Err(_) => return End::Bad("no Hello frame within 10 s".into()),
         Ok(None) => return End::Closed,
         Ok(Some(Err(e))) => return End::Bad(e.to_string()),
         Ok(Some(Ok(Message::Binary(b)))) => match decode::<Up>(&b) {
-            Ok(Up::Hello { version, report }) if version == PROTOCOL_VERSION => report,
+            Ok(Up::Hello {
+                version,
+                report,
+                network,
+            }) if version == PROTOCOL_VERSION => (report, network),
             Ok(Up::Hello { version, .. }) => {
                 return End::Refused(format!(
                     "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION} (upgrade the agent or the server)"
@@ -224,6 +230,7 @@ where
     }
     tracing::info!(%node, "tunnel open");
     let mut pods = sessions.pods.listen(node);
+    let mut net = wants_network.then(|| sessions.network.listen());
     let mut control = sessions.streams.attach(node);
     let mut last_heard = Instant::now();
     let mut last_report = Instant::now();
@@ -248,6 +255,12 @@ where
                 }
                 // Fell behind: listen again, which starts with a fresh listing.
                 None => pods = sessions.pods.listen(node),
+            },
+            p = super::network::next(&mut net) => match p {
+                Some(push) => {
+                    if let Err(e) = Box::pin(send_net(ws, &sessions.network.cluster, push)).await { return End::Bad(e); }
+                }
+                None => net = Some(sessions.network.listen()),
             },
             m = ws.next() => {
                 last_heard = Instant::now();
@@ -361,6 +374,34 @@ where
                 .map_err(|e| e.to_string())?,
             Err(e) => {
                 tracing::error!(error = %e, "a pod assignment does not fit in a tunnel frame; the node will not see it")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends one push of the network view as frames. A value too large for a frame (a Service
+/// slice of thousands of endpoints) is left out, with a log line.
+async fn send_net<S>(
+    ws: &mut WebSocketStream<S>,
+    cluster: &crate::api::network::ClusterNetwork,
+    push: NetPush,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let events = match push {
+        NetPush::List(snapshot) => snapshot.events(cluster),
+        NetPush::Change(ev) => vec![NetEvent::clone(&ev)],
+    };
+    for ev in events {
+        match encode_down(&Down::Net(ev)) {
+            Ok(bytes) => ws
+                .send(Message::Binary(bytes.into()))
+                .await
+                .map_err(|e| e.to_string())?,
+            Err(e) => {
+                tracing::error!(error = %e, "a network change does not fit in a tunnel frame; nodes will not see it")
             }
         }
     }

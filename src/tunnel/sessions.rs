@@ -77,6 +77,8 @@ pub struct Sessions {
     pub tunnel_permits: Arc<Semaphore>,
     /// Pods bound to nodes, pushed to their tunnels (see [`super::pods`]).
     pub pods: Arc<super::pods::PodRoutes>,
+    /// The network view, pushed to the tunnels of nodes that run pods (see [`super::network`]).
+    pub network: Arc<super::network::NetRoutes>,
     /// Streams (`kubectl logs`, `exec`) waiting for their node to dial back.
     pub streams: Arc<super::streams::Broker>,
     /// Records the events nodes report about their pods (made at the first one).
@@ -144,7 +146,7 @@ impl Sessions {
         })
     }
 
-    pub fn new() -> Arc<Sessions> {
+    pub fn new(cluster: crate::api::network::ClusterNetwork) -> Arc<Sessions> {
         Arc::new(Sessions {
             present: Mutex::new(HashMap::new()),
             tunnels_by_node: Mutex::new(HashMap::new()),
@@ -153,6 +155,7 @@ impl Sessions {
             servers: watch::Sender::new(Vec::new()),
             tunnel_permits: Arc::new(Semaphore::new(MAX_TUNNELS)),
             pods: super::pods::PodRoutes::new(),
+            network: super::network::NetRoutes::new(cluster),
             streams: Arc::new(super::streams::Broker::default()),
             notes: std::sync::OnceLock::new(),
             tunnels_opened: AtomicU64::new(0),
@@ -341,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_node_stays_present_until_its_last_session_ends() {
-        let s = Sessions::new();
+        let s = Sessions::new(test_network());
         let a = s.enter("pi-1");
         let b = s.enter("pi-1");
         drop(a);
@@ -352,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_node_holds_at_most_its_share_of_tunnels() {
-        let s = Sessions::new();
+        let s = Sessions::new(test_network());
         let held: Vec<_> = (0..MAX_TUNNELS_PER_NODE)
             .map(|_| s.node_tunnel("pi-1").unwrap())
             .collect();
@@ -392,5 +395,15 @@ mod tests {
             server_addresses(&records, &nodes),
             vec!["198.18.0.1:6443".to_owned(), "198.18.0.2:6443".to_owned()]
         );
+    }
+
+    fn test_network() -> crate::api::network::ClusterNetwork {
+        crate::api::network::ClusterNetwork {
+            cluster_cidrs: vec![],
+            service_cidrs: vec![],
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
+            backend: crate::api::network::Backend::Vxlan,
+        }
     }
 }
