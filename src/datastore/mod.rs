@@ -12,6 +12,7 @@ pub mod compactor;
 mod doorbell;
 pub mod endpoint;
 pub mod feed;
+mod group_commit;
 pub mod leases;
 mod notify;
 pub mod schema;
@@ -215,6 +216,8 @@ struct Inner {
     doorbell: Option<doorbell::Doorbell>,
     /// Closes idle connections beyond `--datastore-max-idle-connections`; aborted likewise.
     trimmer: Option<tokio::task::AbortHandle>,
+    /// SQLite's single writer ([`group_commit`]); it ends when the last handle drops.
+    writer: Option<tokio::sync::mpsc::Sender<group_commit::Queued>>,
 }
 
 impl Drop for Inner {
@@ -317,17 +320,27 @@ impl Store {
         });
         let trimmer =
             (pool_cfg.max_idle < max).then(|| spawn_idle_trimmer(pool.clone(), pool_cfg.max_idle));
+        let sql = Statements::for_dialect(dialect);
+        let writer = (dialect == Dialect::Sqlite).then(|| {
+            group_commit::spawn(group_commit::Writer {
+                pool: pool.clone(),
+                sql,
+                committed: committed.clone(),
+                statements: statements.clone(),
+            })
+        });
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
                 dialect,
-                sql: Statements::for_dialect(dialect),
+                sql,
                 committed,
                 statements,
                 lease_rows: Default::default(),
                 listener,
                 doorbell,
                 trimmer,
+                writer,
             }),
         })
     }
@@ -435,46 +448,33 @@ impl Store {
     }
 
     pub async fn create(&self, path: &str, value: &[u8]) -> Result<i64> {
-        self.write(path, |current| match current {
-            Some(_) => Err(Error::AlreadyExists(path.to_owned())),
-            None => Ok(Write::Put(value)),
-        })
-        .await
-        .map(|(rev, _)| rev)
+        self.write(path, Op::Create(value.to_vec()))
+            .await
+            .map(|(rev, _)| rev)
     }
 
     /// Replaces an object; with `expected` set, only if its revision still matches.
     pub async fn update(&self, path: &str, expected: Option<i64>, value: &[u8]) -> Result<i64> {
-        self.write(path, |current| {
-            let current = current.ok_or_else(|| Error::NotFound(path.to_owned()))?;
-            check_expected(path, expected, current.revision)?;
-            Ok(Write::Put(value))
-        })
-        .await
-        .map(|(rev, _)| rev)
+        self.write(path, Op::Update(expected, value.to_vec()))
+            .await
+            .map(|(rev, _)| rev)
     }
 
     /// Deletes an object, returning the deletion's revision and the object's last state.
     pub async fn delete(&self, path: &str, expected: Option<i64>) -> Result<(i64, Record)> {
-        let (rev, last) = self
-            .write(path, |current| {
-                let current = current.ok_or_else(|| Error::NotFound(path.to_owned()))?;
-                check_expected(path, expected, current.revision)?;
-                Ok(Write::Delete)
-            })
-            .await?;
+        let (rev, last) = self.write(path, Op::Delete(expected)).await?;
         // `write` only returns Ok for Delete after it found the object.
         let last = last.ok_or_else(|| Error::NotFound(path.to_owned()))?;
         Ok((rev, last))
     }
 
-    /// The one write path. `decide` sees the current object inside the transaction, after the
-    /// revision counter is locked, so no other writer can change it in between.
-    async fn write<'v>(
-        &self,
-        path: &str,
-        decide: impl FnOnce(Option<&Record>) -> Result<Write<'v>>,
-    ) -> Result<(i64, Option<Record>)> {
+    /// The one write path. The operation is decided against the current object inside the
+    /// transaction, after the revision counter is locked, so no other writer can change it in
+    /// between. On SQLite the writes of many callers share a transaction ([`group_commit`]).
+    async fn write(&self, path: &str, op: Op) -> Result<(i64, Option<Record>)> {
+        if let Some(queue) = &self.inner.writer {
+            return group_commit::submit(queue, path, op).await;
+        }
         let sql = &self.inner.sql;
         // BEGIN, bump (+ read on MySQL), read, write, event, NOTIFY on PostgreSQL, COMMIT.
         self.count(match self.inner.dialect {
@@ -501,7 +501,7 @@ impl Store {
             .map(|r| record(path, &r))
             .transpose()?;
         // On a refusal the transaction drops and rolls back, returning the revision number.
-        let write = decide(current.as_ref())?;
+        let write = op.decide(path, current.as_ref())?;
         let (kind, create_revision, value) = match (write, &current) {
             (Write::Put(value), None) => {
                 sqlx::query(sql.insert_object)
@@ -747,9 +747,37 @@ async fn create_database(endpoint: &Endpoint) -> std::result::Result<(), sqlx::E
     }
 }
 
+/// What a caller asks of one object.
+enum Op {
+    Create(Vec<u8>),
+    /// Replace, only if the revision is still the expected one (when given).
+    Update(Option<i64>, Vec<u8>),
+    Delete(Option<i64>),
+}
+
+/// What the transaction does once the operation was decided.
 enum Write<'v> {
     Put(&'v [u8]),
     Delete,
+}
+
+impl Op {
+    /// The write this operation makes of `current`, or why it is refused.
+    fn decide<'v>(&'v self, path: &str, current: Option<&Record>) -> Result<Write<'v>> {
+        match (self, current) {
+            (Op::Create(_), Some(_)) => Err(Error::AlreadyExists(path.to_owned())),
+            (Op::Create(value), None) => Ok(Write::Put(value)),
+            (Op::Update(..) | Op::Delete(_), None) => Err(Error::NotFound(path.to_owned())),
+            (Op::Update(expected, value), Some(cur)) => {
+                check_expected(path, *expected, cur.revision)?;
+                Ok(Write::Put(value))
+            }
+            (Op::Delete(expected), Some(cur)) => {
+                check_expected(path, *expected, cur.revision)?;
+                Ok(Write::Delete)
+            }
+        }
+    }
 }
 
 fn check_expected(path: &str, expected: Option<i64>, current: i64) -> Result<()> {
@@ -1098,5 +1126,80 @@ mod sqlite_tests {
         let events = store.events_after(0, 1000).await.unwrap();
         let revs: Vec<i64> = events.iter().map(|e| e.revision).collect();
         assert_eq!(revs, (1..=80).collect::<Vec<i64>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_writes_shares_transactions_and_each_gets_its_own_answer() {
+        let (_dir, store) = temp_store().await;
+        let base = store.create("/registry/x/base", b"{}").await.unwrap();
+        let before = store.statements();
+        let mut tasks = Vec::new();
+        // 200 distinct creates, 20 creates racing for one name, 20 updates expecting a
+        // revision that is gone: one burst.
+        for i in 0..240 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                match i {
+                    0..200 => store
+                        .create(&format!("/registry/x/{i}"), b"{}")
+                        .await
+                        .map(|_| ()),
+                    200..220 => store.create("/registry/x/race", b"{}").await.map(|_| ()),
+                    _ => store
+                        .update("/registry/x/base", Some(base - 1), b"{}")
+                        .await
+                        .map(|_| ()),
+                }
+            }));
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        assert!(results[..200].iter().all(Result::is_ok));
+        let race_won = results[200..220].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(race_won, 1, "exactly one create of a name succeeds");
+        assert!(
+            results[200..220]
+                .iter()
+                .filter(|r| r.is_err())
+                .all(|r| matches!(r, Err(Error::AlreadyExists(_))))
+        );
+        assert!(
+            results[220..]
+                .iter()
+                .all(|r| matches!(r, Err(Error::Conflict { .. })))
+        );
+        // Refusals took no revision: 1 + 200 + 1, gapless.
+        let revs: Vec<i64> = store
+            .events_after(0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(revs, (1..=202).collect::<Vec<i64>>());
+        // One transaction per write would be 6 statements each (BEGIN, read, bump, write,
+        // event, COMMIT); shared transactions save the BEGIN/COMMIT pairs.
+        let used = store.statements() - before;
+        assert!(
+            used < 240 * 5,
+            "{used} statements: the writes were not grouped"
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_to_one_path_in_one_batch_see_each_other() {
+        let (_dir, store) = temp_store().await;
+        let (a, b, c) = tokio::join!(
+            store.create("/registry/x/p", b"1"),
+            store.update("/registry/x/p", None, b"2"),
+            store.delete("/registry/x/p", None),
+        );
+        // Queued in this order, so applied in this order, in one transaction or several.
+        let (a, b, (c, last)) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert!(a < b && b < c);
+        assert_eq!(last.value, b"2");
+        assert!(store.get("/registry/x/p").await.unwrap().is_none());
     }
 }

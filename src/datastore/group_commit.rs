@@ -1,0 +1,216 @@
+//! Group commit for SQLite: writes queued by many callers go to disk in one transaction.
+//!
+//! SQLite has one writer at a time, and with `synchronous=FULL` every commit waits for the disk
+//! (an fsync of the WAL). Written one transaction each, a burst of writes (a ReplicaSet
+//! creating a thousand pods, the scheduler binding them) costs one disk flush per object and
+//! the writers queue on SQLite's lock. Here one task owns writing: it takes every write waiting
+//! at that moment (at most [`MAX_BATCH`]), applies them in order inside one `BEGIN IMMEDIATE`
+//! transaction, and commits once. A lone write is not delayed: nothing waits for company.
+//!
+//! Invariants: each write in a batch is decided against the state the writes before it left
+//! (same path twice in one batch behaves as two transactions would); a refused write (conflict,
+//! not found, already exists) takes no revision and does not disturb the others; no caller is
+//! answered before the batch committed; if the batch fails as a whole, every write in it is
+//! tried again in a transaction of its own, so each caller gets its own answer and one bad
+//! write cannot fail its neighbours.
+
+use sqlx::{AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Error, EventKind, Op, Record, Result, Statements, Write, record};
+
+/// Most writes in one transaction: enough to amortise the flush, small enough that the first
+/// caller of a batch is not kept long.
+pub const MAX_BATCH: usize = 128;
+/// Writes waiting for the writer before callers wait to queue.
+const QUEUE: usize = 1024;
+
+/// One write waiting for the writer, and where its answer goes.
+pub(super) struct Queued {
+    pub path: String,
+    pub op: Op,
+    pub reply: oneshot::Sender<Result<(i64, Option<Record>)>>,
+}
+
+/// What the writer needs of the store.
+pub(super) struct Writer {
+    pub pool: AnyPool,
+    pub sql: &'static Statements,
+    pub committed: std::sync::Arc<tokio::sync::Notify>,
+    pub statements: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Starts the writer; it ends when every sender is gone.
+pub(super) fn spawn(writer: Writer) -> mpsc::Sender<Queued> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(writer.run(rx));
+    tx
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Queued>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+            // Callers that gave up (their request was cancelled) are still written: the write
+            // was asked for, and an unanswered write is one whose answer was lost.
+            match self.commit(&batch).await {
+                Ok(results) => {
+                    for (q, r) in batch.drain(..).zip(results) {
+                        let _ = q.reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, writes = batch.len(), "a group commit failed; writing its writes one by one");
+                    for q in batch.drain(..) {
+                        let r = self.commit(std::slice::from_ref(&q)).await;
+                        let r = r.and_then(|mut rs| rs.pop().unwrap_or_else(|| Err(lost())));
+                        let _ = q.reply.send(r);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&self, n: usize) {
+        self.statements
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Applies `batch` in one transaction: per write, its own answer; `Err` when the
+    /// transaction itself failed (nothing of it was written).
+    async fn commit(&self, batch: &[Queued]) -> Result<Vec<Result<(i64, Option<Record>)>>> {
+        let mut conn = self.pool.acquire().await?;
+        // IMMEDIATE takes the write lock now, so what each write reads cannot change before
+        // it writes, and no revision is taken for a write that is then refused.
+        self.count(1);
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let applied = self.apply_all(&mut conn, batch).await;
+        let finished = match applied {
+            Ok(results) => {
+                self.count(1);
+                match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+                    Ok(_) => Ok(results),
+                    Err(e) => Err(Error::from(e)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if finished.is_err() {
+            // A connection left inside a transaction must not go back to the pool.
+            if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                let _ = conn.detach();
+            }
+            return finished;
+        }
+        self.committed.notify_one();
+        finished
+    }
+
+    async fn apply_all(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        batch: &[Queued],
+    ) -> Result<Vec<Result<(i64, Option<Record>)>>> {
+        let sql = self.sql;
+        let mut results = Vec::with_capacity(batch.len());
+        for q in batch {
+            self.count(1);
+            let current = sqlx::query(sql.get)
+                .bind(q.path.as_str())
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(|r| record(&q.path, &r))
+                .transpose()?;
+            let write = match q.op.decide(&q.path, current.as_ref()) {
+                Ok(w) => w,
+                Err(refused) => {
+                    results.push(Err(refused));
+                    continue;
+                }
+            };
+            self.count(3);
+            let bump = sql
+                .bump_returning
+                .ok_or_else(|| Error::Unavailable(sqlx::Error::Protocol("no RETURNING".into())))?;
+            let revision: i64 = sqlx::query(bump).fetch_one(&mut *conn).await?.try_get(0)?;
+            let (kind, create_revision, value) = match (write, &current) {
+                (Write::Put(value), None) => {
+                    sqlx::query(sql.insert_object)
+                        .bind(q.path.as_str())
+                        .bind(revision)
+                        .bind(revision)
+                        .bind(value)
+                        .execute(&mut *conn)
+                        .await?;
+                    (EventKind::Added, revision, value)
+                }
+                (Write::Put(value), Some(cur)) => {
+                    sqlx::query(sql.update_object)
+                        .bind(revision)
+                        .bind(value)
+                        .bind(q.path.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                    (EventKind::Modified, cur.create_revision, value)
+                }
+                (Write::Delete, Some(cur)) => {
+                    sqlx::query(sql.delete_object)
+                        .bind(q.path.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                    (
+                        EventKind::Deleted,
+                        cur.create_revision,
+                        cur.value.as_slice(),
+                    )
+                }
+                // `decide` refuses a delete of nothing.
+                (Write::Delete, None) => {
+                    results.push(Err(Error::NotFound(q.path.clone())));
+                    continue;
+                }
+            };
+            sqlx::query(sql.insert_event)
+                .bind(revision)
+                .bind(q.path.as_str())
+                .bind(kind.code())
+                .bind(create_revision)
+                .bind(value)
+                .execute(&mut *conn)
+                .await?;
+            results.push(Ok((revision, current)));
+        }
+        Ok(results)
+    }
+}
+
+fn lost() -> Error {
+    Error::Unavailable(sqlx::Error::Protocol(
+        "the datastore writer gave no answer".into(),
+    ))
+}
+
+/// Hands a write to the writer and waits for its answer.
+pub(super) async fn submit(
+    queue: &mpsc::Sender<Queued>,
+    path: &str,
+    op: Op,
+) -> Result<(i64, Option<Record>)> {
+    let (reply, answer) = oneshot::channel();
+    queue
+        .send(Queued {
+            path: path.to_owned(),
+            op,
+            reply,
+        })
+        .await
+        .map_err(|_| lost())?;
+    answer.await.map_err(|_| lost())?
+}
