@@ -2,7 +2,7 @@
 # Hollow-node figures for keelson — SIMULATION (a benchmark, not a timed test: it prints, it
 # asserts nothing).
 #
-# A fresh release server on SQLite (its own node tainted, so every pod lands on a hollow node)
+# A fresh release server on SQLite or PostgreSQL (its own node tainted, so every pod lands on a hollow node)
 # gets $NODES hollow nodes from `keelson loadgen`: the real agent code (join, certificate,
 # tunnel, pod assignments, status reports) for every node, in one process, with the simulated
 # runtime instead of containers (Running and Ready $POD_START_DELAY after binding). Once all
@@ -10,7 +10,7 @@
 #   - seconds from apply until every pod is bound, and until every pod is Running and Ready,
 #   - server RSS: peak (VmHWM over the whole run) and idle ($SETTLE s after all are Ready),
 #   - server CPU and datastore statements/s over the next $WINDOW s of idle.
-# Progress is read from the SQLite file with the sqlite3 CLI (read-only queries on the
+# Progress is read from the SQLite file with the sqlite3 CLI, or with psql (read-only queries on the
 # object table), so polling does not load the server being measured.
 #
 # Usage: benches/hollow.sh
@@ -19,6 +19,8 @@
 #   TIMEOUT=600                seconds to wait for nodes, then for pods
 #   KEELSON_BIN=path           prebuilt binary (default: cargo build --release)
 #   SERVER_ARGS="--debug"      further server flags
+#   DATASTORE=postgres         the machine's PostgreSQL (127.0.0.1:5432, user postgres, trust) in a
+#                              database of its own, dropped afterwards (default: sqlite)
 #   KEEP_LOGS=dir              copy the logs there before cleaning up
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +34,14 @@ timeout=${TIMEOUT:-600}
 
 log() { printf '[hollow] %s\n' "$*" >&2; }
 die() { printf '[hollow] ERROR: %s\n' "$*" >&2; exit 1; }
-command -v sqlite3 >/dev/null || die "sqlite3 (the CLI) is needed to read progress"
+datastore=${DATASTORE:-sqlite}
+case "$datastore" in
+  sqlite) command -v sqlite3 >/dev/null || die "sqlite3 (the CLI) is needed to read progress" ;;
+  postgres) command -v psql >/dev/null || die "psql is needed for DATASTORE=postgres" ;;
+  *) die "DATASTORE=$datastore: expected sqlite or postgres" ;;
+esac
+pgdb=keelson_hollow_$$
+pg() { psql -h 127.0.0.1 -U postgres -At -F'|' -v ON_ERROR_STOP=1 "$@"; }
 command -v jq >/dev/null || die "jq is needed"
 
 # ------------------------------------------------------------------ cleanup
@@ -62,6 +71,7 @@ cleanup() {
     log "logs copied to $KEEP_LOGS"
   fi
   rm -rf "$tmp"
+  if [ "$datastore" = postgres ]; then pg -d postgres -c "DROP DATABASE IF EXISTS $pgdb" >/dev/null 2>&1; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -94,26 +104,48 @@ data=$tmp/data
 db=$data/server/db/state.db
 api() { curl -s --max-time 20 --cacert "$tmp/ca.pem" --cert "$tmp/cert.pem" --key "$tmp/key.pem" "https://127.0.0.1:$port$1"; }
 metric() { { api /metrics || true; } | awk -v m="$1" '$1 == m {print $2}'; }
-sql() { sqlite3 -readonly -cmd '.timeout 5000' "file:$db?mode=ro" "$1" 2>/dev/null || echo "0|0|0|0"; }
+sql() {
+  if [ "$datastore" = postgres ]; then
+    pg -d "$pgdb" -c "$1" 2>/dev/null || echo "0|0|0|0"
+  else
+    sqlite3 -readonly -cmd '.timeout 5000' "file:$db?mode=ro" "$1" 2>/dev/null || echo "0|0|0|0"
+  fi
+}
+# The stored JSON and its functions, per database.
+if [ "$datastore" = postgres ]; then
+  obj="convert_from(o.value, 'UTF8')::jsonb"
+  conds() { echo "jsonb_array_elements(coalesce($obj->'status'->'conditions', '[]'::jsonb)) c"; }
+  cfield() { echo "(c.value->>'$1')"; }
+  ofield() { echo "($obj$1)"; }
+  is_true() { echo "(CASE WHEN $1 THEN 1 ELSE 0 END)"; }
+else
+  obj="CAST(o.value AS TEXT)"
+  conds() { echo "json_each($obj, '\$.status.conditions') c"; }
+  cfield() { echo "json_extract(c.value, '\$.$1')"; }
+  ofield() { local p=${1//->>/.}; p=${p//->/.}; p=${p//\'/}; echo "json_extract($obj, '\$$p')"; }
+  is_true() { echo "($1)"; }
+fi
+ready_cond="EXISTS (SELECT 1 FROM $(conds) WHERE $(cfield type) = 'Ready' AND $(cfield status) = 'True')"
 # Ready nodes, from the object table.
 ready_nodes() {
-  sql "SELECT count(*) FROM keelson_objects o WHERE o.path LIKE '/registry/nodes/%' AND EXISTS (
-         SELECT 1 FROM json_each(CAST(o.value AS TEXT), '\$.status.conditions') c
-         WHERE json_extract(c.value, '\$.type') = 'Ready' AND json_extract(c.value, '\$.status') = 'True')"
+  sql "SELECT count(*) FROM keelson_objects o WHERE o.path LIKE '/registry/nodes/%' AND $ready_cond"
 }
 # pods | bound | Running and Ready, of the benchmark's Deployment.
 pod_counts() {
   sql "SELECT count(*),
-              coalesce(sum(json_extract(CAST(o.value AS TEXT), '\$.spec.nodeName') IS NOT NULL), 0),
-              coalesce(sum(json_extract(CAST(o.value AS TEXT), '\$.status.phase') = 'Running' AND EXISTS (
-                SELECT 1 FROM json_each(CAST(o.value AS TEXT), '\$.status.conditions') c
-                WHERE json_extract(c.value, '\$.type') = 'Ready' AND json_extract(c.value, '\$.status') = 'True')), 0)
+              coalesce(sum($(is_true "$(ofield "->'spec'->>'nodeName'") IS NOT NULL")), 0),
+              coalesce(sum($(is_true "$(ofield "->'status'->>'phase'") = 'Running' AND $ready_cond")), 0)
        FROM keelson_objects o WHERE o.path LIKE '/registry/pods/default/hollow-%'"
 }
 
 # ------------------------------------------------------------------ server
-log "starting a release server on SQLite"
-"$bin" server --config "$tmp/none.yaml" --data-dir "$data" --bind-address 127.0.0.1 \
+datastore_args=()
+if [ "$datastore" = postgres ]; then
+  pg -d postgres -c "CREATE DATABASE $pgdb" >/dev/null || die "cannot create database $pgdb on 127.0.0.1:5432"
+  datastore_args=(--datastore-endpoint "postgres://postgres@127.0.0.1:5432/$pgdb")
+fi
+log "starting a release server on $datastore"
+"$bin" server --config "$tmp/none.yaml" --data-dir "$data" --bind-address 127.0.0.1 "${datastore_args[@]}" \
   --https-listen-port "$port" --write-kubeconfig "$tmp/kubeconfig.yaml" --node-name bench \
   --node-taint CriticalAddonsOnly=true:NoExecute --cluster-cidr 10.0.0.0/8 \
   ${SERVER_ARGS:-} >"$tmp/server.log" 2>&1 &
@@ -192,9 +224,9 @@ lwarns=$(grep -cE ' (WARN|ERROR) ' "$tmp/loadgen.log" || true)
 
 # ------------------------------------------------------------------ report
 echo "hollow nodes (simulation): no containers run; loadgen's simulated nodes report pods Running and Ready $start_delay after binding"
-echo "machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -m), $(date -u +%Y-%m-%d); binary $("$bin" --version | head -n1); SQLite"
+echo "machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -m), $(date -u +%Y-%m-%d); binary $("$bin" --version | head -n1); $datastore"
 echo
-echo "| hollow nodes (simulation), SQLite | value |"
+echo "| hollow nodes (simulation), $datastore | value |"
 echo "|---|---|"
 echo "| nodes, pods | $nodes hollow + 1 server (tainted), one Deployment of $replicas |"
 echo "| loadgen start → all nodes Ready | $(secs "$t_nodes") (server RSS then $(mib "$rss_nodes")) |"
