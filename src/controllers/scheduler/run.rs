@@ -187,8 +187,9 @@ impl Scheduler {
         let events = &self.events;
         let results: Vec<Result<Value, FailedBind>> = futures_util::stream::iter(binds)
             .map(|(r, pod, node)| async move {
-                let uid = owner::uid(&pod).to_owned();
-                match registry.bind(&r, &node, Some(&uid)).await {
+                // The cached pod's revision makes the binding a compare-and-swap: a pod that
+                // changed since the snapshot is not bound, and is decided again next round.
+                match registry.bind_from(&r, &pod, &node).await {
                     Ok(bound) => {
                         events
                             .record(
