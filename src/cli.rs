@@ -224,6 +224,10 @@ pub struct ServerArgs {
     #[arg(long, env = "KEELSON_FLANNEL_BACKEND", default_value = "vxlan")]
     pub flannel_backend: String,
 
+    /// Addresses for LoadBalancer Services: ranges FIRST-LAST or CIDRs (repeatable, comma-separated) [default: none — like K3s's ServiceLB, a LoadBalancer's addresses are its nodes'] (must agree across servers)
+    #[arg(long, value_delimiter = ',')]
+    pub service_lb_pool: Vec<String>,
+
     /// Do not deploy a packaged component: coredns, servicelb, traefik, local-storage, metrics-server, runtimes (repeatable; must agree across servers)
     #[arg(long, value_delimiter = ',')]
     pub disable: Vec<String>,

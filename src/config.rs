@@ -190,6 +190,8 @@ pub struct ServerConfig {
     pub pod_network: PodNetwork,
     /// `--flannel-backend`.
     pub flannel_backend: Backend,
+    /// `--service-lb-pool`.
+    pub service_lb_pools: crate::controllers::service_lb::Pools,
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
@@ -375,6 +377,13 @@ impl ServerConfig {
             )));
             Backend::Vxlan
         });
+        let service_lb_pools = crate::controllers::service_lb::Pools::parse(
+            args.service_lb_pool.iter().map(String::as_str),
+        )
+        .unwrap_or_else(|e| {
+            check(Err(format!("--service-lb-pool {e}")));
+            Default::default()
+        });
         let mut disable = std::collections::BTreeSet::new();
         for item in args
             .disable
@@ -548,6 +557,7 @@ impl ServerConfig {
                         .join(","),
                 ),
                 flannel_backend: Some(flannel_backend.name().to_owned()),
+                service_lb_pools: Some(service_lb_pools.describe()),
                 service_cidr: args.service_cidr,
                 cluster_dns,
                 cluster_domain: args.cluster_domain.clone(),
@@ -558,6 +568,7 @@ impl ServerConfig {
             kubeconfig_mode,
             pod_network,
             flannel_backend,
+            service_lb_pools,
             compact_interval,
             watch_bookmark_interval,
             node_monitor_grace_period,

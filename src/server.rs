@@ -291,6 +291,7 @@ async fn start(
         cfg.event_ttl,
         cfg.pod_network.clone(),
         live_servers,
+        cfg.service_lb_pools.clone(),
     );
     tasks.spawn(runtime::controller::lead(
         role_rx,

@@ -2,7 +2,8 @@
 //! `default/kubernetes` Service's Endpoints and EndpointSlice listing every live server (one
 //! server, and two on the real PostgreSQL and MariaDB, one of them killed), written only when
 //! they change;
-//! IPv6 and dual-stack `--service-cidr` ranges and the Services' `ipFamilies`, `clusterIPs`.
+//! IPv6 and dual-stack `--service-cidr` ranges and the Services' `ipFamilies`, `clusterIPs`;
+//! LoadBalancer Services' addresses from `--service-lb-pool`, or their nodes' without one.
 
 mod common;
 
@@ -324,4 +325,121 @@ fn a_single_stack_ipv6_cluster_works_and_refuses_dual_stack_requirements() {
 #[test]
 fn two_servers_on_mariadb_are_both_endpoints_and_a_dead_one_leaves() {
     both_servers_listed_and_a_dead_one_dropped(Db::MariaDb);
+}
+
+fn lb_service(name: &str, extra: &str) -> String {
+    service(name, &format!("  type: LoadBalancer\n{extra}"))
+}
+
+/// The addresses `kubectl get svc` shows under EXTERNAL-IP (`<pending>` while there are none).
+fn external_ip(s: &Server, name: &str) -> String {
+    let rows = get_rows(s, &["get", "svc", name]);
+    cell(&rows[0], "EXTERNAL-IP").to_owned()
+}
+
+fn events_of(s: &Server, name: &str) -> String {
+    s.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+    ])
+}
+
+#[test]
+fn load_balancers_get_addresses_from_the_pool_and_wait_when_it_runs_out() {
+    let s =
+        Server::start(Options::default().arg("--service-lb-pool", "198.18.200.10-198.18.200.11"));
+    create(&s, "first", &lb_service("first", ""));
+    create(&s, "second", &lb_service("second", ""));
+    let limit = Duration::from_secs(20);
+    wait_until("both Services get an address", limit, || {
+        external_ip(&s, "first") != "<pending>" && external_ip(&s, "second") != "<pending>"
+    });
+    let mut got = [external_ip(&s, "first"), external_ip(&s, "second")];
+    got.sort();
+    assert_eq!(got, ["198.18.200.10", "198.18.200.11"]);
+    let status = s.kubectl_json(&["get", "svc", "first", "-o", "json"])["status"].clone();
+    assert_eq!(
+        status["loadBalancer"]["ingress"][0]["ipMode"], "VIP",
+        "{status}"
+    );
+
+    // The pool is used up: the third waits, and says why.
+    create(&s, "third", &lb_service("third", ""));
+    wait_until("the third Service explains why it waits", limit, || {
+        events_of(&s, "third").contains(
+            "no available IPv4 address in --service-lb-pool (198.18.200.10-198.18.200.11)",
+        )
+    });
+    assert_eq!(external_ip(&s, "third"), "<pending>");
+    // An address no one may have, and one outside the pool: refused with the reason.
+    create(
+        &s,
+        "outside",
+        &lb_service("outside", "  loadBalancerIP: 198.18.9.9\n"),
+    );
+    wait_until("an address outside the pool is refused", limit, || {
+        events_of(&s, "outside")
+            .contains("spec.loadBalancerIP 198.18.9.9 is not in --service-lb-pool")
+    });
+
+    // A freed address goes to the one waiting; the others keep theirs.
+    let first = external_ip(&s, "first");
+    let second = external_ip(&s, "second");
+    s.kubectl_ok(&["delete", "svc", "first"]);
+    wait_until("the waiting Service gets the freed address", limit, || {
+        external_ip(&s, "third") == first
+    });
+    assert_eq!(external_ip(&s, "second"), second);
+    assert!(events_of(&s, "third").contains(&format!("Assigned IP [{first}]")));
+
+    // A LoadBalancer that becomes a ClusterIP gives its address back.
+    s.kubectl_ok(&[
+        "patch",
+        "svc",
+        "second",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ]);
+    wait_until("a former LoadBalancer loses its address", limit, || {
+        s.kubectl_json(&["get", "svc", "second", "-o", "json"])["status"]["loadBalancer"]
+            .get("ingress")
+            .is_none()
+    });
+}
+
+#[test]
+fn without_a_pool_a_load_balancer_is_reached_at_its_nodes_and_bad_pools_are_refused() {
+    let s = Server::start(Options::default());
+    create(&s, "web", &lb_service("web", ""));
+    let node_ip = s.node()["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .expect("the server's node has an InternalIP")
+        .to_owned();
+    wait_until(
+        "the Service shows its node's address",
+        Duration::from_secs(20),
+        || external_ip(&s, "web") == node_ip,
+    );
+
+    let bad = Server::try_start(
+        Options::default().arg("--service-lb-pool", "198.18.200.20-198.18.200.10"),
+    );
+    let Err(exited) = bad else {
+        panic!("a pool whose first address is after its last was accepted");
+    };
+    assert!(
+        exited.log.contains(
+            "--service-lb-pool \"198.18.200.20-198.18.200.10\": the first address is after the last"
+        ),
+        "{}",
+        exited.log
+    );
 }

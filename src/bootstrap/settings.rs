@@ -20,6 +20,9 @@ pub struct ClusterSettings {
     /// `--flannel-backend`; `None` in settings recorded before it existed: not compared then.
     #[serde(default)]
     pub flannel_backend: Option<String>,
+    /// `--service-lb-pool`, normalised; `None` in settings recorded before it existed.
+    #[serde(default)]
+    pub service_lb_pools: Option<String>,
     pub service_cidr: String,
     pub cluster_dns: String,
     pub cluster_domain: String,
@@ -87,10 +90,15 @@ impl ClusterSettings {
             (Some(ours), Some(theirs)) => Some(("--flannel-backend", ours.clone(), theirs.clone())),
             _ => None,
         };
+        let pools = match (&self.service_lb_pools, &cluster.service_lb_pools) {
+            (Some(ours), Some(theirs)) => Some(("--service-lb-pool", ours.clone(), theirs.clone())),
+            _ => None,
+        };
         pairs
             .into_iter()
             .chain(masks)
             .chain(backend)
+            .chain(pools)
             .filter(|(_, a, b)| a != b)
             .map(|(flag, ours, cluster)| Mismatch {
                 flag,
@@ -110,6 +118,7 @@ mod tests {
             cluster_cidr: "10.42.0.0/16".into(),
             node_cidr_mask_sizes: Some("24".into()),
             flannel_backend: Some("vxlan".into()),
+            service_lb_pools: Some(String::new()),
             service_cidr: "10.43.0.0/16".into(),
             cluster_dns: "10.43.0.10".into(),
             cluster_domain: "cluster.local".into(),

@@ -11,7 +11,8 @@
 //! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners,
 //! [`namespace`] empties deleted namespaces before they go, [`events`] records what they
 //! did, and [`apiserver_endpoints`] lists the live servers behind the `default/kubernetes`
-//! Service. [`owner`] holds what they share about objects.
+//! Service, and [`service_lb`] gives LoadBalancer Services their addresses. [`owner`] holds
+//! what they share about objects.
 
 pub mod apiserver_endpoints;
 pub mod cronjob;
@@ -29,6 +30,7 @@ pub mod node_lifecycle;
 pub mod owner;
 pub mod replicaset;
 pub mod scheduler;
+pub mod service_lb;
 pub mod statefulset;
 pub mod taint_eviction;
 
@@ -44,6 +46,7 @@ pub fn under_lease(
     event_ttl: Duration,
     pod_network: node_ipam::PodNetwork,
     servers: tokio::sync::watch::Receiver<Vec<String>>,
+    lb_pools: service_lb::Pools,
 ) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(node_ipam::NodeIpam::KINDS);
@@ -58,6 +61,7 @@ pub fn under_lease(
     kinds.extend(cronjob::CronJobs::KINDS);
     kinds.extend(apiserver_endpoints::ApiserverEndpoints::KINDS);
     kinds.extend(namespace::Namespaces::KINDS);
+    kinds.extend(service_lb::ServiceLb::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -134,6 +138,13 @@ pub fn under_lease(
             ctx.clone(),
         ));
         set.spawn(controller::run(namespace::Namespaces, ctx.clone()));
+        set.spawn(controller::run(
+            service_lb::ServiceLb {
+                pools: lb_pools.clone(),
+                events: recorder("service-lb-controller"),
+            },
+            ctx.clone(),
+        ));
     });
     (kinds, starter)
 }
