@@ -1445,8 +1445,19 @@ fn validate(resource: &Resource, name: &str, obj: &Value, old: Option<&Value>) -
             labels::is_dns_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()),
             "RFC 1035 label",
         ),
+        NameRule::PathSegment => (true, "path segment"),
     };
-    if !name_ok {
+    if resource.strategy.name_rule() == NameRule::PathSegment {
+        if let Some(bad) = ["/", "%"].iter().find(|c| name.contains(**c)) {
+            causes.push(format!(
+                "metadata.name: Invalid value: {name:?}: may not contain '{bad}'"
+            ));
+        } else if name == "." || name == ".." {
+            causes.push(format!(
+                "metadata.name: Invalid value: {name:?}: may not be '{name}'"
+            ));
+        }
+    } else if !name_ok {
         causes.push(format!(
             "metadata.name: Invalid value: {name:?}: a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.'"
         ));
@@ -1533,7 +1544,7 @@ fn random_suffix() -> String {
         .collect()
 }
 
-fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     let mut b = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut b)

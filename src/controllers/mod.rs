@@ -9,11 +9,12 @@
 //! with stable names in order, [`job`] runs pods to completion, [`cronjob`] starts Jobs on a
 //! cron schedule ([`crate::api::cron`]), [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
 //! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners,
-//! [`namespace`] empties deleted namespaces before they go, [`events`] records what they
-//! did, and [`apiserver_endpoints`] lists the live servers behind the `default/kubernetes`
+//! [`namespace`] empties deleted namespaces before they go, [`clusterrole_aggregation`]
+//! fills aggregated ClusterRoles, [`events`] records what they did, and [`apiserver_endpoints`] lists the live servers behind the `default/kubernetes`
 //! Service. [`owner`] holds what they share about objects.
 
 pub mod apiserver_endpoints;
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -58,6 +59,7 @@ pub fn under_lease(
     kinds.extend(cronjob::CronJobs::KINDS);
     kinds.extend(apiserver_endpoints::ApiserverEndpoints::KINDS);
     kinds.extend(namespace::Namespaces::KINDS);
+    kinds.extend(clusterrole_aggregation::ClusterRoleAggregation::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -134,6 +136,10 @@ pub fn under_lease(
             ctx.clone(),
         ));
         set.spawn(controller::run(namespace::Namespaces, ctx.clone()));
+        set.spawn(controller::run(
+            clusterrole_aggregation::ClusterRoleAggregation,
+            ctx.clone(),
+        ));
     });
     (kinds, starter)
 }

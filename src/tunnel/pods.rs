@@ -259,6 +259,14 @@ impl PodRoutes {
                 .is_some_and(|a| a.uid == uid)
     }
 
+    /// The uid of the pod `key` if it is bound to a node now; `None` also before the first
+    /// listing is in.
+    pub fn bound_uid(&self, key: &PodKey) -> Option<String> {
+        let state = self.lock();
+        let node = state.node_of.get(key)?;
+        state.by_node.get(node)?.get(key).map(|a| a.uid.clone())
+    }
+
     /// Bound pods known.
     #[cfg(test)]
     pub fn pod_count(&self) -> usize {
