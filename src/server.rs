@@ -207,6 +207,7 @@ async fn start(
         &cluster.token.secret,
         cfg.agent_token.as_ref().map(|t| t.secret.as_str()),
     );
+    let registry = registry.with_service_accounts(Arc::new(access_view.clone()));
     let api = Arc::new(Api {
         registry,
         feed,
@@ -316,6 +317,7 @@ async fn start(
         cfg.event_ttl,
         cfg.pod_network.clone(),
         live_servers,
+        ca_pem.clone(),
     );
     tasks.spawn(runtime::controller::lead(
         role_rx,

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::pods::{
+    IMAGE, Images, apply, available, kubectl, pod, server_with_runtime, wait_running,
+};
 use common::{Options, Reply, Server, wait_until};
 use serde_json::Value;
 
@@ -355,6 +358,160 @@ fn default_cluster_roles_exist_and_aggregate_labelled_roles() {
         };
         has("view") && has("edit") && has("admin")
     });
+}
+
+/// A real runc pod gets its service account's token, the CA and its namespace at Kubernetes'
+/// path, and the token works against the API from the host (needs root, runc and the test
+/// registry's tools, as tests/pods.rs).
+#[test]
+fn a_pod_gets_a_bound_token_that_lists_pods_once_a_role_binding_allows() {
+    if !available("a_pod_gets_a_bound_token_that_lists_pods_once_a_role_binding_allows") {
+        return;
+    }
+    let images = Images::new();
+    let s = server_with_runtime(&images);
+    s.kubectl_ok(&["create", "serviceaccount", "robot"]);
+    let spec = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {
+            "serviceAccountName": "robot",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": IMAGE, "command": ["sh", "-c", "sleep 3600"]}],
+        },
+    });
+    apply(&s, &spec.to_string());
+    // What admission added: the projected volume, mounted read-only at Kubernetes' path.
+    let p = pod(&s, "client");
+    let volume = p["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| {
+            v["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("kube-api-access-"))
+        })
+        .unwrap_or_else(|| panic!("no kube-api-access volume: {}", p["spec"]))
+        .clone();
+    let name = volume["name"].as_str().unwrap().to_owned();
+    assert_eq!(name.len(), "kube-api-access-".len() + 5, "{name}");
+    assert_eq!(
+        volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"],
+        3607
+    );
+    assert_eq!(
+        p["spec"]["containers"][0]["volumeMounts"][0],
+        serde_json::json!({"name": name, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"})
+    );
+    wait_running(&s, "client");
+
+    // The files, inside the container and under the pod's volume directory on the node.
+    let read = |file: &str| {
+        let (code, out, err) = kubectl(
+            &s,
+            &[
+                "exec",
+                "client",
+                "--",
+                "/bin/busybox",
+                "cat",
+                &format!("/var/run/secrets/kubernetes.io/serviceaccount/{file}"),
+            ],
+            None,
+        );
+        assert_eq!(code, 0, "{file}: {err}");
+        out
+    };
+    let token = read("token");
+    assert_eq!(read("namespace"), "default");
+    let ca = std::fs::read_to_string(s.admin_credentials().0).unwrap();
+    assert_eq!(read("ca.crt").trim(), ca.trim());
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let on_node = find_file(
+        &s.data_dir(),
+        &format!("pods/{uid}/volumes/kubernetes.io~projected/{name}/token"),
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "no token file for pod {uid} under {}",
+            s.data_dir().display()
+        )
+    });
+    assert_eq!(std::fs::read_to_string(on_node).unwrap(), token);
+    let cm = s.kubectl_json(&["get", "configmap", "kube-root-ca.crt", "-o", "json"]);
+    assert_eq!(cm["data"]["ca.crt"].as_str().unwrap().trim(), ca.trim());
+
+    // Bound to the pod, for its service account.
+    let (_, claims) = decode(&token);
+    assert_eq!(claims["sub"], "system:serviceaccount:default:robot");
+    assert_eq!(claims["kubernetes.io"]["pod"]["name"], "client");
+    assert_eq!(claims["kubernetes.io"]["pod"]["uid"], uid);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3607
+    );
+
+    // From the host: 403 until a RoleBinding allows it, then the pod list.
+    let r = bearer(&s, &token, "/api/v1/namespaces/default/pods");
+    assert_eq!(r.status, Some(403), "{}", r.body);
+    s.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "robot-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:robot",
+    ]);
+    wait_until("the pod's token lists pods", PROPAGATION, || {
+        bearer(&s, &token, "/api/v1/namespaces/default/pods").status == Some(200)
+    });
+    assert!(
+        bearer(&s, &token, "/api/v1/namespaces/default/pods")
+            .body
+            .contains("\"client\"")
+    );
+
+    // A pod that opts out gets no volume.
+    let quiet = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "quiet"},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "c", "image": IMAGE, "command": ["sh", "-c", "sleep 3600"]}],
+        },
+    });
+    apply(&s, &quiet.to_string());
+    assert!(
+        pod(&s, "quiet")["spec"]["volumes"].is_null(),
+        "{}",
+        pod(&s, "quiet")["spec"]
+    );
+
+    // The pod's token dies with the pod.
+    s.kubectl_ok(&["delete", "pod", "client", "--wait=false"]);
+    wait_until(
+        "the deleted pod's token is refused",
+        Duration::from_secs(30),
+        || bearer(&s, &token, "/api/v1/namespaces/default/pods").status == Some(401),
+    );
+}
+
+/// The first file under `root` whose path ends with `suffix`.
+fn find_file(root: &Path, suffix: &str) -> Option<PathBuf> {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            if path.to_string_lossy().ends_with(suffix) {
+                return Some(path);
+            }
+            if meta.is_dir() {
+                dirs.push(path);
+            }
+        }
+    }
+    None
 }
 
 /// `kubectl create token <args>`'s token.

@@ -102,6 +102,54 @@ pub async fn create(api: &Api, namespace: &str, name: &str, body: Value) -> Resu
     }))
 }
 
+/// What a node asks for one of its pods (the node-side checks are the tunnel's).
+pub struct PodToken<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub pod_uid: &'a str,
+    pub service_account: &'a str,
+    /// Empty for the API's own audience.
+    pub audience: &'a str,
+    pub seconds: i64,
+}
+
+/// A token of `request.service_account` bound to the pod, as kubelet gets one for a
+/// projected `serviceAccountToken` source: `{"token", "expirationSeconds"}`. The lifetime is
+/// what the pod asked for, but not under the server's minimum.
+pub async fn for_pod(api: &Api, request: PodToken<'_>) -> Result<Value> {
+    let ns = request.namespace;
+    let account = api
+        .registry
+        .get(&ObjectRef::namespaced(
+            &SERVICEACCOUNTS,
+            ns,
+            request.service_account,
+        ))
+        .await?;
+    let account = Bound {
+        name: request.service_account.to_owned(),
+        uid: uid_of(&account),
+    };
+    let pod = Bound {
+        name: request.pod.to_owned(),
+        uid: request.pod_uid.to_owned(),
+    };
+    let seconds = request
+        .seconds
+        .clamp(api.access.min_token_seconds, MAX_SECONDS);
+    let audiences = match request.audience {
+        "" => Vec::new(),
+        a => vec![a.to_owned()],
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signer = &api.access.signer;
+    let claims = signer.claims(ns, account, Some(pod), audiences, now, seconds);
+    let token = signer
+        .sign(&claims)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(json!({"token": token, "expirationSeconds": seconds}))
+}
+
 /// The pod a token is to be bound to; only Pods are supported as bound objects.
 async fn bound_pod(api: &Api, namespace: &str, reference: &Value) -> Result<Bound> {
     let field = |f: &str| reference.get(f).and_then(Value::as_str).unwrap_or_default();

@@ -10,7 +10,8 @@
 //! cron schedule ([`crate::api::cron`]), [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
 //! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners,
 //! [`namespace`] empties deleted namespaces before they go, [`clusterrole_aggregation`]
-//! fills aggregated ClusterRoles, [`events`] records what they did, and [`apiserver_endpoints`] lists the live servers behind the `default/kubernetes`
+//! fills aggregated ClusterRoles, [`root_ca_publisher`] puts the CA in every
+//! namespace, [`events`] records what they did, and [`apiserver_endpoints`] lists the live servers behind the `default/kubernetes`
 //! Service. [`owner`] holds what they share about objects.
 
 pub mod apiserver_endpoints;
@@ -29,6 +30,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod owner;
 pub mod replicaset;
+pub mod root_ca_publisher;
 pub mod scheduler;
 pub mod statefulset;
 pub mod taint_eviction;
@@ -45,6 +47,7 @@ pub fn under_lease(
     event_ttl: Duration,
     pod_network: node_ipam::PodNetwork,
     servers: tokio::sync::watch::Receiver<Vec<String>>,
+    ca_pem: String,
 ) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(node_ipam::NodeIpam::KINDS);
@@ -60,6 +63,7 @@ pub fn under_lease(
     kinds.extend(apiserver_endpoints::ApiserverEndpoints::KINDS);
     kinds.extend(namespace::Namespaces::KINDS);
     kinds.extend(clusterrole_aggregation::ClusterRoleAggregation::KINDS);
+    kinds.extend(root_ca_publisher::RootCaPublisher::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -138,6 +142,12 @@ pub fn under_lease(
         set.spawn(controller::run(namespace::Namespaces, ctx.clone()));
         set.spawn(controller::run(
             clusterrole_aggregation::ClusterRoleAggregation,
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            root_ca_publisher::RootCaPublisher {
+                ca_pem: ca_pem.clone(),
+            },
             ctx.clone(),
         ));
     });
