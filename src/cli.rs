@@ -260,6 +260,11 @@ pub struct ServerArgs {
     #[arg(long, default_value = "1m", hide = true)]
     pub watch_bookmark_interval: String,
 
+    /// Shortest lifetime a TokenRequest may ask for (Kubernetes' 10 minutes; tests shorten it
+    /// to see tokens expire)
+    #[arg(long, default_value = "10m", hide = true)]
+    pub service_account_min_token_expiration: String,
+
     #[command(flatten)]
     pub node_runtime: RuntimeArgs,
 

@@ -197,6 +197,8 @@ pub struct ServerConfig {
     pub compact_interval: Duration,
     /// `--watch-bookmark-interval`.
     pub watch_bookmark_interval: Duration,
+    /// `--service-account-min-token-expiration` (hidden, for tests).
+    pub min_token_expiration: Duration,
     pub node_monitor_grace_period: Duration,
     /// `--event-ttl`: Events not seen again for this long are deleted.
     pub event_ttl: Duration,
@@ -443,6 +445,14 @@ impl ServerConfig {
             parse_duration("--compact-interval", &args.compact_interval)
                 .map(|d| compact_interval = d),
         );
+        let mut min_token_expiration = Duration::from_secs(600);
+        check(
+            parse_duration(
+                "--service-account-min-token-expiration",
+                &args.service_account_min_token_expiration,
+            )
+            .map(|d| min_token_expiration = d),
+        );
         let mut watch_bookmark_interval = Duration::from_secs(60);
         check(
             parse_duration("--watch-bookmark-interval", &args.watch_bookmark_interval).and_then(
@@ -571,6 +581,7 @@ impl ServerConfig {
             service_lb_pools,
             compact_interval,
             watch_bookmark_interval,
+            min_token_expiration,
             node_monitor_grace_period,
             event_ttl,
             runtime,

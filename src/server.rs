@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::agent::registration::NodeAgent;
-use crate::apiserver::{self, Api, registry::Registry};
+use crate::apiserver::{self, Api, registry::Registry, resources};
 use crate::bootstrap::join::Joiner;
 use crate::bootstrap::{self, kubeconfig};
 use crate::config::ServerConfig;
@@ -122,6 +122,20 @@ async fn start(
         .ensure_system_namespaces()
         .await
         .context("creating the system namespaces")?;
+    crate::apiserver::rbac::defaults::ensure(&registry)
+        .await
+        .context("creating the default ClusterRoles and bindings")?;
+    let signer =
+        crate::apiserver::tokens::Signer::new(&cluster.service_account_key, &cfg.cluster_domain)
+            .context("opening the service account token key")?;
+    // This server's own view of what authentication and RBAC read, kept from the feed.
+    let access_view = runtime::cache::Cache::new(&[
+        &resources::SERVICEACCOUNTS,
+        &resources::ROLES,
+        &resources::ROLEBINDINGS,
+        &resources::CLUSTERROLES,
+        &resources::CLUSTERROLEBINDINGS,
+    ]);
     let (feed, poller) = Feed::new(store.clone()).await?;
 
     let node_ips = crate::agent::sysinfo::node_ips(&cfg.node.ips);
@@ -195,6 +209,7 @@ async fn start(
         &cluster.token.secret,
         cfg.agent_token.as_ref().map(|t| t.secret.as_str()),
     );
+    let registry = registry.with_service_accounts(Arc::new(access_view.clone()));
     let api = Arc::new(Api {
         registry,
         feed,
@@ -206,10 +221,28 @@ async fn start(
         bookmark_interval: cfg.watch_bookmark_interval,
         tunnels: Arc::new(crate::tunnel::Tunnels(sessions.clone())),
         lb_stats: std::sync::Mutex::new(None),
+        access: crate::apiserver::access::Access::new(
+            signer,
+            Arc::new(access_view.clone()),
+            i64::try_from(cfg.min_token_expiration.as_secs()).unwrap_or(i64::MAX),
+        ),
     });
     tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API serving");
 
     tasks.spawn(poller.run(when_stopped(stop.clone())));
+    {
+        let (registry, feed, stopped) = (
+            api.registry.clone(),
+            api.feed.clone(),
+            when_stopped(stop.clone()),
+        );
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = runtime::reflector::run(registry, feed, access_view) => {}
+                _ = stopped => {}
+            }
+        });
+    }
     if let Some(keys) = encryption {
         // Key rotations by any server reach this one through the change feed.
         tasks.spawn(keys.follow(
@@ -292,6 +325,7 @@ async fn start(
         cfg.pod_network.clone(),
         live_servers,
         cfg.service_lb_pools.clone(),
+        ca_pem.clone(),
     );
     tasks.spawn(runtime::controller::lead(
         role_rx,

@@ -1,4 +1,6 @@
-//! Who is calling, and may they: client-certificate authentication and the authorisation rule.
+//! Who is calling, and may they: client-certificate authentication and the fixed rules for
+//! `system:masters` and nodes (bearer tokens, impersonation and RBAC for everyone else are
+//! [`super::access`]'s).
 //!
 //! rustls has already verified the chain against the cluster CA before a request is seen;
 //! here we only read the subject (CN = user, O = groups) from the verified certificate, as the

@@ -54,6 +54,11 @@ pub trait NodeTunnels: Send + Sync {
     /// virtual IP's load balancer).
     fn servers(&self) -> watch::Receiver<Vec<String>>;
 
+    /// The uid of a pod bound to a node, from the in-memory index the tunnels keep (`None`
+    /// for a pod not bound, or not known yet): checks bound service account tokens without
+    /// a datastore read.
+    fn bound_pod_uid(&self, namespace: &str, name: &str) -> Option<String>;
+
     /// Its lines of `/metrics`.
     fn render_metrics(&self, out: &mut String);
 }

@@ -10,6 +10,7 @@
 //! shutdown no new connection is accepted, watches end, and in-flight requests get
 //! [`DRAIN_GRACE`] to finish.
 
+pub mod access;
 pub mod admission;
 pub mod allocator;
 pub mod apply;
@@ -25,14 +26,18 @@ pub mod patch;
 pub mod podstreams;
 pub mod portforward;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod resources;
+pub mod reviews;
 pub mod routes;
 pub mod scale;
 pub mod selector;
 pub mod spdy;
 pub mod status;
 pub mod table;
+pub mod token_request;
+pub mod tokens;
 pub mod upgrade;
 pub mod watch;
 
@@ -110,6 +115,8 @@ pub struct Api {
     pub tunnels: Arc<dyn features::NodeTunnels>,
     /// The virtual IP's load balancer's figures, while this server runs it.
     pub lb_stats: std::sync::Mutex<Option<Arc<dyn features::Metrics>>>,
+    /// Bearer tokens, impersonation and RBAC.
+    pub access: access::Access,
 }
 
 impl Api {
@@ -119,6 +126,9 @@ impl Api {
         }
         if !self.node_registered.load(Ordering::Relaxed) {
             return Err("node not registered yet");
+        }
+        if !self.access.synced() {
+            return Err("authorization cache not loaded yet");
         }
         Ok(())
     }

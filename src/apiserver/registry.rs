@@ -19,7 +19,7 @@ use super::kinds::NameRule;
 use super::openapi;
 use super::patch;
 use super::resources::{
-    LEASES, NAMESPACES, NODES, ObjectRef, Resource, SECRETS, SERVICEACCOUNTS, SERVICES,
+    LEASES, NAMESPACES, NODES, ObjectRef, PODS, Resource, SECRETS, SERVICEACCOUNTS, SERVICES,
     SYSTEM_NAMESPACES,
 };
 use super::status::{ApiError, Result};
@@ -82,6 +82,11 @@ pub enum Part {
     Finalize,
 }
 
+/// Where a pod's service account token, CA and namespace are mounted (Kubernetes' path).
+pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The ConfigMap with the cluster CA that every namespace has (`ca.crt`).
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+
 /// The finalizer a Namespace's `spec.finalizers` holds it by while its content is deleted.
 pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 
@@ -97,6 +102,8 @@ pub struct Registry {
     /// The field manager of this request's updates (`fieldManager`, else the User-Agent's).
     /// In-process writers have none, so their writes move no field ownership.
     manager: Option<Arc<str>>,
+    /// The server's in-memory ServiceAccounts, which pod admission reads (else the store).
+    accounts: Option<Arc<dyn super::access::View>>,
 }
 
 // === impl Registry ===
@@ -109,7 +116,14 @@ impl Registry {
             dry_run: false,
             service_cidrs: None,
             manager: None,
+            accounts: None,
         }
+    }
+
+    /// Reads ServiceAccounts for pod admission from `view` (while it is synced) from now on.
+    pub fn with_service_accounts(mut self, view: Arc<dyn super::access::View>) -> Registry {
+        self.accounts = Some(view);
+        self
     }
 
     /// This registry for a client's request: its updates move field ownership (of objects
@@ -372,6 +386,11 @@ impl Registry {
         }
         resource.strategy.prepare_create(&mut obj);
         default(resource, &r.name, &mut obj);
+        if resource == &PODS
+            && let Some(ns) = &r.namespace
+        {
+            self.mount_service_account_token(ns, &mut obj).await?;
+        }
         if resource.strategy.has_generation() {
             obj["metadata"]["generation"] = json!(1);
         }
@@ -410,6 +429,92 @@ impl Registry {
             self.ensure_default_service_account(&r.name).await?;
         }
         Ok(obj)
+    }
+
+    /// Kubernetes' ServiceAccount admission: unless the pod (or else its service account)
+    /// sets `automountServiceAccountToken: false`, a `kube-api-access-<5 chars>` projected
+    /// volume (a bound token of 3607 s, the `kube-root-ca.crt` ConfigMap's `ca.crt`, the
+    /// namespace) mounted read-only at [`SERVICE_ACCOUNT_MOUNT`] in every container that has
+    /// nothing mounted there. A pod whose service account does not exist (yet) gets no
+    /// volume (Kubernetes refuses such a pod).
+    async fn mount_service_account_token(&self, namespace: &str, pod: &mut Value) -> Result<()> {
+        let spec = &pod["spec"];
+        if spec["automountServiceAccountToken"] == json!(false) {
+            return Ok(());
+        }
+        let name = spec["serviceAccountName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+            .to_owned();
+        let account = match self.accounts.as_ref().filter(|v| v.synced()) {
+            Some(view) => view
+                .get(&SERVICEACCOUNTS, Some(namespace), &name)
+                .map(|a| (*a).clone()),
+            None => match self
+                .get(&ObjectRef {
+                    resource: &SERVICEACCOUNTS,
+                    namespace: Some(namespace.to_owned()),
+                    name,
+                })
+                .await
+            {
+                Ok(a) => Some(a),
+                Err(ApiError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            },
+        };
+        let Some(account) = account else {
+            return Ok(());
+        };
+        if spec["automountServiceAccountToken"].is_null()
+            && account["automountServiceAccountToken"] == json!(false)
+        {
+            return Ok(());
+        }
+        let volume = format!("kube-api-access-{}", random_suffix());
+        let mut added = false;
+        for field in ["initContainers", "containers"] {
+            let Some(list) = pod["spec"][field].as_array_mut() else {
+                continue;
+            };
+            for c in list {
+                let taken = c["volumeMounts"].as_array().is_some_and(|mounts| {
+                    mounts
+                        .iter()
+                        .any(|m| m["mountPath"].as_str() == Some(SERVICE_ACCOUNT_MOUNT))
+                });
+                if taken || !c.is_object() {
+                    continue;
+                }
+                let mount =
+                    json!({"name": volume, "readOnly": true, "mountPath": SERVICE_ACCOUNT_MOUNT});
+                match c["volumeMounts"].as_array_mut() {
+                    Some(mounts) => mounts.push(mount),
+                    None => c["volumeMounts"] = json!([mount]),
+                }
+                added = true;
+            }
+        }
+        if !added {
+            return Ok(());
+        }
+        let source = json!({
+            "name": volume,
+            "projected": {
+                "defaultMode": 420,
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {"configMap": {"name": ROOT_CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+                ],
+            },
+        });
+        match pod["spec"]["volumes"].as_array_mut() {
+            Some(volumes) => volumes.push(source),
+            None => pod["spec"]["volumes"] = json!([source]),
+        }
+        Ok(())
     }
 
     /// Every namespace has a `default` ServiceAccount, which pods use when they name none.
@@ -1464,8 +1569,19 @@ fn validate(resource: &Resource, name: &str, obj: &Value, old: Option<&Value>) -
             labels::is_dns_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()),
             "RFC 1035 label",
         ),
+        NameRule::PathSegment => (true, "path segment"),
     };
-    if !name_ok {
+    if resource.strategy.name_rule() == NameRule::PathSegment {
+        if let Some(bad) = ["/", "%"].iter().find(|c| name.contains(**c)) {
+            causes.push(format!(
+                "metadata.name: Invalid value: {name:?}: may not contain '{bad}'"
+            ));
+        } else if name == "." || name == ".." {
+            causes.push(format!(
+                "metadata.name: Invalid value: {name:?}: may not be '{name}'"
+            ));
+        }
+    } else if !name_ok {
         causes.push(format!(
             "metadata.name: Invalid value: {name:?}: a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.'"
         ));
@@ -1552,7 +1668,7 @@ fn random_suffix() -> String {
         .collect()
 }
 
-fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     let mut b = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut b)

@@ -571,6 +571,14 @@ impl ObjectRef {
         }
     }
 
+    pub fn namespaced(resource: &'static Resource, namespace: &str, name: &str) -> ObjectRef {
+        ObjectRef {
+            resource,
+            namespace: Some(namespace.to_owned()),
+            name: name.to_owned(),
+        }
+    }
+
     pub fn path(&self) -> String {
         format!(
             "{}{}",

@@ -17,6 +17,7 @@ use super::admission::Writer;
 use super::auth::Identity;
 use super::field_validation::{self, Directive, Write};
 use super::patch;
+use super::rbac::Attributes;
 use super::registry::{Part, Propagation};
 use super::resources::{CORE_V1, GroupVersion, ObjectRef, Resource};
 use super::selector::Selector;
@@ -138,9 +139,48 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
         }
         _ => {}
     }
-    id.authorize(verb(req.method()), &path)?;
+    let id = &api
+        .access
+        .identify(&api, &caller.identity, req.headers())
+        .await?;
+    let attrs = Attributes::of_request(req.method(), &path, req.uri().query());
+    api.access.authorize(id, req.method(), &path, &attrs)?;
     current_node_certificate(&api, id).await?;
+    let post = req.method() == Method::POST;
     match segs.as_slice() {
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] if post => {
+            let (body, _) = read_json(req).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &super::reviews::access(&api.access, id, body)?,
+            ))
+        }
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectrulesreviews"] if post => {
+            let (body, _) = read_json(req).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &super::reviews::rules(&api.access, id, body)?,
+            ))
+        }
+        ["apis", "authentication.k8s.io", version @ ("v1" | "v1beta1"), "selfsubjectreviews"]
+            if post =>
+        {
+            let version = format!("authentication.k8s.io/{version}");
+            Ok(json(
+                StatusCode::CREATED,
+                &super::reviews::whoami(id, &version),
+            ))
+        }
+        ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]
+            if post && api.feed.reachable() =>
+        {
+            let (ns, name) = (ns.to_string(), name.to_string());
+            let (body, _) = read_json(req).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &super::token_request::create(&api, &ns, &name, body).await?,
+            ))
+        }
         ["metrics"] if get => Ok(text(StatusCode::OK, &metrics(&api))),
         ["api"] if get => Ok(json(
             StatusCode::OK,
@@ -753,17 +793,6 @@ fn warn(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
         }
     }
     resp
-}
-
-fn verb(m: &Method) -> &'static str {
-    match *m {
-        Method::GET | Method::HEAD => "get",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE => "delete",
-        _ => "access",
-    }
 }
 
 fn parse_rv(rv: &str) -> Result<i64> {

@@ -17,6 +17,8 @@ pub mod token;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 use crate::datastore::{self, Store};
@@ -74,6 +76,8 @@ pub struct Cluster {
     pub ca: ClusterCa,
     /// The server token in its secure (K10) form.
     pub token: Token,
+    /// The PKCS#8 P-256 key that signs service account tokens (the same on every server).
+    pub service_account_key: Vec<u8>,
 }
 
 /// The cluster data as sealed in the datastore. Versioned so later releases can add fields.
@@ -83,6 +87,10 @@ struct ClusterData {
     ca_common_name: String,
     ca_cert: String,
     ca_key: String,
+    /// Base64 PKCS#8 of the service account token key. Absent in data sealed before tokens
+    /// existed: the first server to open such data adds one (see [`bootstrap`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    service_account_key: Option<String>,
 }
 
 /// Opens the cluster data with `given` (or the token file), or creates it on a fresh
@@ -101,7 +109,7 @@ pub async fn bootstrap(
     let cluster = match store.secret(CLUSTER_SECRET).await? {
         Some(sealed) => {
             let token = token.ok_or_else(|| Error::NoToken(token_file.display().to_string()))?;
-            let cluster = open(&sealed, token)?;
+            let cluster = open_or_upgrade(store, &sealed, token).await?;
             check_settings(store, ours).await?;
             cluster
         }
@@ -109,26 +117,32 @@ pub async fn bootstrap(
             check_settings(store, ours).await?;
             let token = token.unwrap_or_else(Token::generate);
             let ca = ClusterCa::generate()?;
+            let service_account_key = generate_service_account_key()?;
             let data = ClusterData {
                 version: 1,
                 ca_common_name: ca.common_name.clone(),
                 ca_cert: ca.cert_pem.clone(),
                 ca_key: ca.key_pem(),
+                service_account_key: Some(BASE64.encode(&service_account_key)),
             };
             // Serialising a struct of strings cannot fail.
             let plain = serde_json::to_vec(&data).expect("cluster data serialises");
             let sealed = seal::seal(&token.secret, &plain);
             if store.insert_secret(CLUSTER_SECRET, &sealed).await? {
-                tracing::info!("created the cluster CA");
+                tracing::info!("created the cluster CA and service account key");
                 check_ca_hash(&token, &ca.cert_pem)?;
                 let token = token.secure(&ca.cert_pem, "server");
-                Cluster { ca, token }
+                Cluster {
+                    ca,
+                    token,
+                    service_account_key,
+                }
             } else {
                 // Another server won the race: use its data, like any later server.
                 let sealed = store.secret(CLUSTER_SECRET).await?.ok_or_else(|| {
                     Error::Corrupt("the cluster data vanished after a concurrent insert".into())
                 })?;
-                open(&sealed, token)?
+                open_or_upgrade(store, &sealed, token).await?
             }
         }
     };
@@ -161,17 +175,69 @@ async fn check_settings(store: &Store, ours: &ClusterSettings) -> Result<()> {
     }
 }
 
-fn open(sealed: &[u8], token: Token) -> Result<Cluster> {
+/// Opens the sealed cluster data; data sealed before service account tokens existed gets a
+/// key added (sealed again and swapped in only if the row is still what was read, so two
+/// servers upgrading at once agree on one key). Everything else in the data is kept as it was.
+async fn open_or_upgrade(store: &Store, sealed: &[u8], token: Token) -> Result<Cluster> {
+    let mut sealed = sealed.to_vec();
+    // Twice at most: a lost swap means another server added a key, which the second read has.
+    for _ in 0..2 {
+        let mut data = open_data(&sealed, &token)?;
+        let key = match &data.service_account_key {
+            Some(k) => BASE64
+                .decode(k)
+                .map_err(|e| Error::Corrupt(format!("service account key: {e}")))?,
+            None => {
+                check_ca_hash(&token, &data.ca_cert)?;
+                let key = generate_service_account_key()?;
+                data.service_account_key = Some(BASE64.encode(&key));
+                // Serialising a struct of strings cannot fail.
+                let plain = serde_json::to_vec(&data).expect("cluster data serialises");
+                let resealed = seal::seal(&token.secret, &plain);
+                if !store
+                    .replace_secret(CLUSTER_SECRET, &sealed, &resealed)
+                    .await?
+                {
+                    sealed = store.secret(CLUSTER_SECRET).await?.ok_or_else(|| {
+                        Error::Corrupt("the cluster data vanished while adding a key".into())
+                    })?;
+                    continue;
+                }
+                tracing::info!("added a service account token key to the cluster data");
+                key
+            }
+        };
+        let ca = ClusterCa::from_parts(data.ca_common_name, data.ca_cert, &data.ca_key)?;
+        check_ca_hash(&token, &ca.cert_pem)?;
+        let token = token.secure(&ca.cert_pem, "server");
+        return Ok(Cluster {
+            ca,
+            token,
+            service_account_key: key,
+        });
+    }
+    Err(Error::Corrupt(
+        "the cluster data kept changing while a service account key was added".into(),
+    ))
+}
+
+fn open_data(sealed: &[u8], token: &Token) -> Result<ClusterData> {
     let plain = seal::open(&token.secret, sealed).map_err(|e| match e {
         seal::Error::WrongToken => Error::WrongToken,
         seal::Error::Malformed(m) => Error::Corrupt(m.into()),
     })?;
-    let data: ClusterData =
-        serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let ca = ClusterCa::from_parts(data.ca_common_name, data.ca_cert, &data.ca_key)?;
-    check_ca_hash(&token, &ca.cert_pem)?;
-    let token = token.secure(&ca.cert_pem, "server");
-    Ok(Cluster { ca, token })
+    serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// A PKCS#8 P-256 key for ES256 service account tokens.
+fn generate_service_account_key() -> Result<Vec<u8>> {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .map(|k| k.as_ref().to_vec())
+    .map_err(|_| Error::Corrupt("cannot generate the service account key".into()))
 }
 
 fn check_ca_hash(token: &Token, ca_pem: &str) -> Result<()> {
@@ -273,6 +339,49 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        Store::open(
+            &crate::datastore::Endpoint::sqlite(dir.path().join("s.db")),
+            &crate::datastore::PoolConfig::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Cluster data sealed before service account tokens existed gets a key, keeps its CA,
+    /// and every later open (any server) finds the same key.
+    #[tokio::test]
+    async fn an_old_cluster_gets_one_service_account_key_and_keeps_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let token = Token::generate();
+        let ca = ClusterCa::generate().unwrap();
+        let old = serde_json::json!({
+            "version": 1,
+            "ca_common_name": ca.common_name,
+            "ca_cert": ca.cert_pem,
+            "ca_key": ca.key_pem(),
+        });
+        let sealed = seal::seal(&token.secret, &serde_json::to_vec(&old).unwrap());
+        assert!(store.insert_secret(CLUSTER_SECRET, &sealed).await.unwrap());
+
+        let first = open_or_upgrade(&store, &sealed, token.clone())
+            .await
+            .unwrap();
+        assert_eq!(first.ca.cert_pem, ca.cert_pem, "the CA is kept");
+        assert!(!first.service_account_key.is_empty());
+        let now = store.secret(CLUSTER_SECRET).await.unwrap().unwrap();
+        assert_ne!(now, sealed, "the key was sealed into the cluster data");
+        // A second server that read the old row before the upgrade loses the swap and
+        // takes the stored key.
+        let second = open_or_upgrade(&store, &sealed, token.clone())
+            .await
+            .unwrap();
+        assert_eq!(second.service_account_key, first.service_account_key);
+        let third = open_or_upgrade(&store, &now, token).await.unwrap();
+        assert_eq!(third.service_account_key, first.service_account_key);
     }
 
     #[test]

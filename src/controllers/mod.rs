@@ -9,12 +9,14 @@
 //! with stable names in order, [`job`] runs pods to completion, [`cronjob`] starts Jobs on a
 //! cron schedule ([`crate::api::cron`]), [`endpoints`] lists the pods behind each Service, [`disruption`] keeps
 //! disruption budgets' allowances, [`garbage_collector`] deletes what lost its owners,
-//! [`namespace`] empties deleted namespaces before they go, [`events`] records what they
-//! did, and [`apiserver_endpoints`] lists the live servers behind the `default/kubernetes`
-//! Service, and [`service_lb`] gives LoadBalancer Services their addresses. [`owner`] holds
-//! what they share about objects.
+//! [`namespace`] empties deleted namespaces before they go, [`clusterrole_aggregation`]
+//! fills aggregated ClusterRoles, [`root_ca_publisher`] puts the CA in every namespace,
+//! [`events`] records what they did, [`apiserver_endpoints`] lists the live servers behind
+//! the `default/kubernetes` Service, and [`service_lb`] gives LoadBalancer Services their
+//! addresses. [`owner`] holds what they share about objects.
 
 pub mod apiserver_endpoints;
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -29,6 +31,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod owner;
 pub mod replicaset;
+pub mod root_ca_publisher;
 pub mod scheduler;
 pub mod service_lb;
 pub mod statefulset;
@@ -47,6 +50,7 @@ pub fn under_lease(
     pod_network: node_ipam::PodNetwork,
     servers: tokio::sync::watch::Receiver<Vec<String>>,
     lb_pools: service_lb::Pools,
+    ca_pem: String,
 ) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(node_ipam::NodeIpam::KINDS);
@@ -62,6 +66,8 @@ pub fn under_lease(
     kinds.extend(apiserver_endpoints::ApiserverEndpoints::KINDS);
     kinds.extend(namespace::Namespaces::KINDS);
     kinds.extend(service_lb::ServiceLb::KINDS);
+    kinds.extend(clusterrole_aggregation::ClusterRoleAggregation::KINDS);
+    kinds.extend(root_ca_publisher::RootCaPublisher::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -142,6 +148,16 @@ pub fn under_lease(
             service_lb::ServiceLb {
                 pools: lb_pools.clone(),
                 events: recorder("service-lb-controller"),
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            clusterrole_aggregation::ClusterRoleAggregation,
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            root_ca_publisher::RootCaPublisher {
+                ca_pem: ca_pem.clone(),
             },
             ctx.clone(),
         ));

@@ -533,6 +533,16 @@ struct PodRunner {
     wake: Arc<Notify>,
     /// The node evicted the pod (kubelet's message): nothing of it runs again.
     evicted: Option<String>,
+    /// Service account tokens for the pod's projected volumes, by (audience, lifetime asked
+    /// for); fetched again once 80% of a token's lifetime has passed (kubelet's rule).
+    tokens: std::sync::Mutex<HashMap<(String, i64), HeldToken>>,
+}
+
+/// A service account token the node holds for a pod.
+struct HeldToken {
+    token: String,
+    fetched: Instant,
+    lifetime: Duration,
 }
 
 impl PodRunner {
@@ -597,6 +607,7 @@ impl PodRunner {
             volumes_refreshed: Instant::now(),
             wake: Arc::new(Notify::new()),
             evicted: None,
+            tokens: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -870,11 +881,73 @@ impl PodRunner {
                     out = match w {
                         Wanted::ConfigMap { .. } => out.with_config_map(obj),
                         Wanted::Secret { .. } => out.with_secret(obj),
+                        Wanted::ServiceAccountToken { .. } => out,
                     }
                 }
                 Err(ObjectError::NotFound(_)) => {}
                 Err(e) => return Err(e.to_string()),
             }
+        }
+        out.tokens = self.fetch_tokens().await?;
+        Ok(out)
+    }
+
+    /// The pod's service account tokens: those held while under 80% of their lifetime, the
+    /// others asked of the server again (bound to this pod, for its own service account).
+    async fn fetch_tokens(&self) -> Result<HashMap<(String, i64), String>, String> {
+        let mut out = HashMap::new();
+        let account = self.spec["spec"]["serviceAccountName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+            .to_owned();
+        for (audience, seconds) in super::env::token_sources(&self.spec) {
+            let key = (audience.clone(), seconds);
+            let fresh = {
+                let held = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                held.get(&key)
+                    .filter(|t| t.fetched.elapsed() < t.lifetime.mul_f64(0.8))
+                    .map(|t| t.token.clone())
+            };
+            if let Some(token) = fresh {
+                out.insert(key, token);
+                continue;
+            }
+            let wanted = Wanted::ServiceAccountToken {
+                namespace: self.key.namespace.clone(),
+                pod: self.key.name.clone(),
+                pod_uid: self.pod.uid.clone(),
+                service_account: account.clone(),
+                audience,
+                seconds,
+            };
+            let answer = self
+                .shared
+                .objects
+                .get(&wanted)
+                .await
+                .map_err(|e| e.to_string())?;
+            let token = answer["token"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| format!("the server's answer for {wanted} holds no token"))?
+                .to_owned();
+            let lifetime = answer["expirationSeconds"]
+                .as_u64()
+                .map_or(Duration::from_secs(600), Duration::from_secs);
+            tracing::debug!(pod = %self.key.name, ?lifetime, "fetched a service account token");
+            self.tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    key.clone(),
+                    HeldToken {
+                        token: token.clone(),
+                        fetched: Instant::now(),
+                        lifetime,
+                    },
+                );
+            out.insert(key, token);
         }
         Ok(out)
     }

@@ -74,6 +74,11 @@ pub type Result<T, E = EnvError> = std::result::Result<T, E>;
 pub trait Objects {
     fn config_map(&self, namespace: &str, name: &str) -> Option<&Value>;
     fn secret(&self, namespace: &str, name: &str) -> Option<&Value>;
+    /// The pod's service account token for `audience` (empty: the API's) asked for with a
+    /// lifetime of `seconds`, if the caller got one.
+    fn service_account_token(&self, _audience: &str, _seconds: i64) -> Option<&str> {
+        None
+    }
 }
 
 /// A ready-made [`Objects`]: what the caller fetched, keyed by namespace and name.
@@ -81,6 +86,8 @@ pub trait Objects {
 pub struct Prefetched {
     pub config_maps: HashMap<ObjectKey, Value>,
     pub secrets: HashMap<ObjectKey, Value>,
+    /// Service account tokens by (audience, requested lifetime in seconds).
+    pub tokens: HashMap<(String, i64), String>,
 }
 
 /// A namespaced object's identity.
@@ -483,6 +490,31 @@ impl Objects for Prefetched {
     fn secret(&self, namespace: &str, name: &str) -> Option<&Value> {
         self.secrets.get(&ObjectKey::new(namespace, name))
     }
+
+    fn service_account_token(&self, audience: &str, seconds: i64) -> Option<&str> {
+        self.tokens
+            .get(&(audience.to_owned(), seconds))
+            .map(String::as_str)
+    }
+}
+
+/// Kubernetes' default lifetime of a projected service account token.
+pub const DEFAULT_TOKEN_SECONDS: i64 = 3600;
+
+/// The (audience, lifetime) of every projected `serviceAccountToken` source of a pod.
+pub fn token_sources(pod: &Value) -> BTreeSet<(String, i64)> {
+    array(&pod["spec"], "volumes")
+        .flat_map(|v| array(&v["projected"], "sources"))
+        .filter_map(|s| s.get("serviceAccountToken"))
+        .map(|t| {
+            (
+                t["audience"].as_str().unwrap_or_default().to_owned(),
+                t["expirationSeconds"]
+                    .as_i64()
+                    .unwrap_or(DEFAULT_TOKEN_SECONDS),
+            )
+        })
+        .collect()
 }
 
 // === impl ObjectKey ===

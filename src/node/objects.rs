@@ -1,4 +1,5 @@
-//! How a node reads the ConfigMaps and Secrets its pods use (for env and volumes).
+//! How a node reads the ConfigMaps and Secrets its pods use (for env and volumes), and gets
+//! its pods' service account tokens.
 //!
 //! An agent asks its server over the tunnel ([`crate::tunnel::Up::Get`]); the server answers
 //! only for objects a pod bound to that node references (NodeRestriction), so a node's
@@ -25,8 +26,25 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// An object a node may read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Wanted {
-    ConfigMap { namespace: String, name: String },
-    Secret { namespace: String, name: String },
+    ConfigMap {
+        namespace: String,
+        name: String,
+    },
+    Secret {
+        namespace: String,
+        name: String,
+    },
+    /// A token of the pod's own service account, bound to the pod (a projected
+    /// `serviceAccountToken` source); `audience` empty for the API's own. The answer is
+    /// `{"token": …, "expirationSeconds": …}`.
+    ServiceAccountToken {
+        namespace: String,
+        pod: String,
+        pod_uid: String,
+        service_account: String,
+        audience: String,
+        seconds: i64,
+    },
 }
 
 impl std::fmt::Display for Wanted {
@@ -34,6 +52,15 @@ impl std::fmt::Display for Wanted {
         match self {
             Wanted::ConfigMap { namespace, name } => write!(f, "configmap {namespace}/{name}"),
             Wanted::Secret { namespace, name } => write!(f, "secret {namespace}/{name}"),
+            Wanted::ServiceAccountToken {
+                namespace,
+                pod,
+                service_account,
+                ..
+            } => write!(
+                f,
+                "a token of serviceaccount {namespace}/{service_account} for pod {pod}"
+            ),
         }
     }
 }

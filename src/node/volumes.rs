@@ -23,10 +23,12 @@
 //!   without following symlinks, and deletes nothing while a mount below remains.
 //! - Like `env`, this module imports only its siblings and `crate::api::quantity`.
 //!
+//! Projected `serviceAccountToken` sources are written from the tokens the caller fetched
+//! (through [`Objects`], like ConfigMaps).
+//!
 //! Not done: a non-memory emptyDir's `sizeLimit` is not enforced (kubelet does it by eviction);
-//! projected `serviceAccountToken` and `clusterTrustBundle` sources are refused (tokens need
-//! the TokenRequest API); volume types that need storage (persistentVolumeClaim, nfs, csi, …)
-//! are refused.
+//! projected `clusterTrustBundle` sources are refused; volume types that need storage
+//! (persistentVolumeClaim, nfs, csi, …) are refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -114,6 +116,9 @@ pub enum Cause {
     },
     #[error("{0} is not supported by keelson yet")]
     Unsupported(String),
+    /// The node has no token for a projected serviceAccountToken source (yet).
+    #[error("no service account token for the pod yet (the server did not issue one)")]
+    NoToken,
     #[error("invalid volume: {0}")]
     Invalid(String),
     #[error("{op} {path}: {source}")]
@@ -510,10 +515,8 @@ pub fn payload(spec: &Value, kind: Kind, sources: &Sources) -> Result<Vec<FileEn
                     secret_files(c, "name", namespace, mode, sources)?
                 } else if let Some(c) = s.get("downwardAPI") {
                     downward_files(c, mode, sources)?
-                } else if s.get("serviceAccountToken").is_some() {
-                    return Err(Cause::Unsupported(
-                        "a projected serviceAccountToken source (service account tokens)".into(),
-                    ));
+                } else if let Some(t) = s.get("serviceAccountToken") {
+                    token_file(t, mode, sources)?
                 } else if s.get("clusterTrustBundle").is_some() {
                     return Err(Cause::Unsupported(
                         "a projected clusterTrustBundle source".into(),
@@ -737,6 +740,30 @@ fn host_path(spec: &Value) -> Result<PathBuf, Cause> {
         other => return Err(Cause::Invalid(format!("unknown hostPath type {other:?}"))),
     }
     Ok(path)
+}
+
+/// A projected `serviceAccountToken` source: the token the caller fetched for its audience
+/// and lifetime, at its `path`.
+fn token_file(s: &Value, default_mode: u32, sources: &Sources) -> Result<Vec<FileEntry>, Cause> {
+    let path = s["path"].as_str().unwrap_or("");
+    if path.is_empty() {
+        return Err(Cause::Invalid(
+            "a serviceAccountToken source needs a path".into(),
+        ));
+    }
+    let audience = s["audience"].as_str().unwrap_or("");
+    let seconds = s["expirationSeconds"]
+        .as_i64()
+        .unwrap_or(env::DEFAULT_TOKEN_SECONDS);
+    let token = sources
+        .objects
+        .service_account_token(audience, seconds)
+        .ok_or(Cause::NoToken)?;
+    Ok(vec![FileEntry {
+        path: path.to_owned(),
+        data: token.as_bytes().to_vec(),
+        mode: default_mode,
+    }])
 }
 
 fn config_map_files(

@@ -154,6 +154,11 @@ impl Cache {
         )
     }
 
+    /// Whether the first list of every kind is in.
+    pub fn is_synced(&self) -> bool {
+        *self.inner.synced.borrow()
+    }
+
     /// Waits until the first list of every kind is in.
     pub async fn synced(&self) {
         let mut rx = self.inner.synced.subscribe();
@@ -247,6 +252,38 @@ impl Cache {
                 .filter_map(|plural| Resource::by_plural(plural))
                 .collect()
         })
+    }
+}
+
+// The API server's own cache of service accounts and RBAC objects is one of these.
+impl crate::apiserver::rbac::Objects for Cache {
+    fn get(
+        &self,
+        resource: &'static Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Arc<Value>> {
+        Cache::get(
+            self,
+            &ObjectRef {
+                resource,
+                namespace: namespace.filter(|_| resource.namespaced).map(str::to_owned),
+                name: name.to_owned(),
+            },
+        )
+    }
+
+    fn list(&self, resource: &'static Resource, namespace: Option<&str>) -> Vec<Arc<Value>> {
+        match namespace {
+            Some(ns) => self.list_in(resource, ns),
+            None => Cache::list(self, resource),
+        }
+    }
+}
+
+impl crate::apiserver::access::View for Cache {
+    fn synced(&self) -> bool {
+        self.is_synced()
     }
 }
 

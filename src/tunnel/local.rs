@@ -90,7 +90,7 @@ pub async fn run(
                 let sessions = sessions.clone();
                 let node = node.clone();
                 tokio::spawn(async move {
-                    let answer = super::pods::object_for_node(&api.registry, &sessions.pods, &node, &req.wanted).await;
+                    let answer = super::pods::object_for_node(&api, &sessions.pods, &node, &req.wanted).await;
                     let _ = req.reply.send(answer);
                 });
             }

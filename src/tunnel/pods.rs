@@ -259,6 +259,14 @@ impl PodRoutes {
                 .is_some_and(|a| a.uid == uid)
     }
 
+    /// The uid of the pod `key` if it is bound to a node now; `None` also before the first
+    /// listing is in.
+    pub fn bound_uid(&self, key: &PodKey) -> Option<String> {
+        let state = self.lock();
+        let node = state.node_of.get(key)?;
+        state.by_node.get(node)?.get(key).map(|a| a.uid.clone())
+    }
+
     /// Bound pods known.
     #[cfg(test)]
     pub fn pod_count(&self) -> usize {
@@ -311,18 +319,38 @@ impl State {
 /// object that does not exist, so the node can tell a missing optional reference from a
 /// refusal (403).
 pub async fn object_for_node(
-    registry: &Registry,
+    api: &crate::apiserver::Api,
     routes: &PodRoutes,
     node: &str,
     wanted: &crate::node::objects::Wanted,
 ) -> Result<String, (u16, String)> {
     use crate::apiserver::resources::{CONFIGMAPS, SECRETS};
+    use crate::node::objects::Wanted;
+    let registry = &api.registry;
     let (resource, kind, namespace, name) = match wanted {
-        crate::node::objects::Wanted::ConfigMap { namespace, name } => {
-            (&CONFIGMAPS, "configmap", namespace, name)
-        }
-        crate::node::objects::Wanted::Secret { namespace, name } => {
-            (&SECRETS, "secret", namespace, name)
+        Wanted::ConfigMap { namespace, name } => (&CONFIGMAPS, "configmap", namespace, name),
+        Wanted::Secret { namespace, name } => (&SECRETS, "secret", namespace, name),
+        Wanted::ServiceAccountToken {
+            namespace,
+            pod,
+            pod_uid,
+            service_account,
+            audience,
+            seconds,
+        } => {
+            let key = PodKey {
+                namespace: namespace.clone(),
+                name: pod.clone(),
+            };
+            let request = crate::apiserver::token_request::PodToken {
+                namespace,
+                pod,
+                pod_uid,
+                service_account,
+                audience,
+                seconds: *seconds,
+            };
+            return token_for_node(api, routes, node, &key, request).await;
         }
     };
     let referenced = routes
@@ -347,6 +375,52 @@ pub async fn object_for_node(
     match registry.get(&r).await {
         Ok(obj) => Ok(obj.to_string()),
         Err(ApiError::NotFound { .. }) => Err((404, format!("{kind} \"{name}\" not found"))),
+        Err(e) => Err((503, e.to_string())),
+    }
+}
+
+/// A token for a pod bound to `node`, of the pod's own service account (NodeRestriction:
+/// a node gets tokens only for its pods, and only as the accounts they run as).
+async fn token_for_node(
+    api: &crate::apiserver::Api,
+    routes: &PodRoutes,
+    node: &str,
+    key: &PodKey,
+    request: crate::apiserver::token_request::PodToken<'_>,
+) -> Result<String, (u16, String)> {
+    let refused = |why: String| Err((403, why));
+    if !routes.is_bound(node, key, request.pod_uid) {
+        return refused(format!(
+            "pod {}/{} (uid {}) is not bound to node {node:?}",
+            key.namespace, key.name, request.pod_uid
+        ));
+    }
+    let assignment = routes
+        .lock()
+        .by_node
+        .get(node)
+        .and_then(|pods| pods.get(key))
+        .cloned();
+    let runs_as = assignment
+        .and_then(|a| serde_json::from_str::<Value>(&a.pod).ok())
+        .map(|pod| {
+            pod["spec"]["serviceAccountName"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default")
+                .to_owned()
+        });
+    if runs_as.as_deref() != Some(request.service_account) {
+        return refused(format!(
+            "pod {}/{} does not run as serviceaccount {:?}",
+            key.namespace, key.name, request.service_account
+        ));
+    }
+    match crate::apiserver::token_request::for_pod(api, request).await {
+        Ok(answer) => Ok(answer.to_string()),
+        Err(ApiError::NotFound { resource, name }) => {
+            Err((404, format!("{resource} \"{name}\" not found")))
+        }
         Err(e) => Err((503, e.to_string())),
     }
 }

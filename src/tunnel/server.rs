@@ -305,7 +305,7 @@ where
                         }
                         Ok(Up::Get { id, object }) => {
                             let result = if gets.take() {
-                                Box::pin(super::pods::object_for_node(&api.registry, &sessions.pods, node, &object)).await
+                                Box::pin(super::pods::object_for_node(api, &sessions.pods, node, &object)).await
                             } else {
                                 Err((429, format!("node {node} reads objects faster than {MAX_GETS_PER_SECOND}/s; ask again later")))
                             };

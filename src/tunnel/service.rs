@@ -50,6 +50,13 @@ impl NodeTunnels for Tunnels {
         self.0.servers()
     }
 
+    fn bound_pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        self.0.pods.bound_uid(&crate::node::pods::PodKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
     fn render_metrics(&self, out: &mut String) {
         let (opened, refused) = self.0.counters();
         let _ = write!(

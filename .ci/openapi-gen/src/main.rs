@@ -21,7 +21,10 @@ mod protobuf;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, policy, rbac};
-use k8s_openapi::{Resource, api::autoscaling};
+use k8s_openapi::{
+    Resource,
+    api::{authentication, authorization, autoscaling},
+};
 use schemars::JsonSchema;
 use schemars::r#gen::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
@@ -86,13 +89,26 @@ impl Output {
         let mut generator = SchemaGenerator::new(SchemaSettings::openapi3());
         generator.subschema_for::<policy::v1::Eviction>();
         generator.subschema_for::<core::v1::Binding>();
+        // Bodies that are answered, never stored: `serviceaccounts/<name>/token`
+        // (`kubectl create token`) and the self reviews of `kubectl auth can-i`. (`whoami`'s
+        // SelfSubjectReview body is never read: it asks nothing.)
+        generator.subschema_for::<authentication::v1::TokenRequest>();
+        generator.subschema_for::<authorization::v1::SelfSubjectAccessReview>();
+        generator.subschema_for::<authorization::v1::SelfSubjectRulesReview>();
+        const BODIES: [&str; 5] = [
+            ".Eviction",
+            ".Binding",
+            ".TokenRequest",
+            ".SelfSubjectAccessReview",
+            ".SelfSubjectRulesReview",
+        ];
         let mut definitions = self.definitions.clone();
         let mut kinds = self.kinds.clone();
         for (name, schema) in generator.take_definitions() {
             definitions
                 .entry(name.clone())
                 .or_insert_with(|| serde_json::to_value(schema).expect("schemas are JSON"));
-            if name.ends_with(".Eviction") || name.ends_with(".Binding") {
+            if BODIES.iter().any(|b| name.ends_with(b)) {
                 kinds.push(name);
             }
         }

@@ -45,6 +45,9 @@ pub enum NameRule {
     Label,
     /// RFC 1035 label (starts with a letter): services.
     Dns1035,
+    /// Anything usable as one path segment (not `.` or `..`, no `/` or `%`): RBAC objects,
+    /// whose names are like `system:basic-user`.
+    PathSegment,
 }
 
 /// The per-kind behaviour the registry and the table printer use.

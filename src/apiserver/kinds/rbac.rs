@@ -1,11 +1,11 @@
 //! rbac.authorization.k8s.io/v1 Role, ClusterRole, RoleBinding, ClusterRoleBinding: stored and
 //! validated the Kubernetes way (rules need verbs and a target; a binding's `roleRef` is
-//! required and immutable). Not enforced yet: every caller today is an admin or a node, whose
-//! rights are fixed (see `apiserver::auth`); they apply once in-cluster identities exist.
+//! required and immutable; names are path segments, like `system:basic-user`). Enforced by
+//! [`crate::apiserver::rbac`] for every caller but `system:masters` and nodes.
 
 use serde_json::{Value, json};
 
-use super::{AGE, Column, NAME, Strategy, plain, text};
+use super::{AGE, Column, NAME, NameRule, Strategy, plain, text};
 
 const GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -20,6 +20,10 @@ pub struct Bindings {
 }
 
 impl Strategy for Roles {
+    fn name_rule(&self) -> NameRule {
+        NameRule::PathSegment
+    }
+
     fn validate(&self, obj: &Value, causes: &mut Vec<String>) {
         for (i, rule) in obj
             .get("rules")
@@ -60,6 +64,10 @@ impl Strategy for Roles {
 }
 
 impl Strategy for Bindings {
+    fn name_rule(&self) -> NameRule {
+        NameRule::PathSegment
+    }
+
     fn validate(&self, obj: &Value, causes: &mut Vec<String>) {
         let role_kind = text(obj, "/roleRef/kind");
         if text(obj, "/roleRef/apiGroup") != GROUP {

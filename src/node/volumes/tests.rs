@@ -313,15 +313,32 @@ fn projected_and_downward_api_volumes() {
     assert_eq!(fs::read_to_string(down.join("mem")).unwrap(), "64");
 
     let token = self::pod(
-        json!([{"name": "kube-api-access", "projected": {"sources": [
-        {"serviceAccountToken": {"path": "token"}}]}}]),
+        json!([{"name": "kube-api-access", "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}]),
     );
     let err = set_up_with(tmp.path(), &token, &objects(json!({}))).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "MountVolume.SetUp failed for volume \"kube-api-access\" : a projected \
-         serviceAccountToken source (service account tokens) is not supported by keelson yet"
+        "MountVolume.SetUp failed for volume \"kube-api-access\" : no service account token \
+         for the pod yet (the server did not issue one)"
     );
+    let mut with_token = objects(json!({}));
+    // Only a token for the source's audience and lifetime is the source's.
+    with_token
+        .tokens
+        .insert((String::new(), 3600), "wrong-lifetime".into());
+    assert!(set_up_with(tmp.path(), &token, &with_token).is_err());
+    with_token
+        .tokens
+        .insert((String::new(), 3607), "eyJ.token.sig".into());
+    let v = set_up_with(tmp.path(), &token, &with_token).unwrap();
+    let dir = &v.get("kube-api-access").unwrap().path;
+    assert_eq!(
+        fs::read_to_string(dir.join("token")).unwrap(),
+        "eyJ.token.sig"
+    );
+    assert_eq!(fs::read_to_string(dir.join("namespace")).unwrap(), "ns");
     let status = self::pod(json!([{"name": "d", "downwardAPI": {"items": [
         {"path": "ip", "fieldRef": {"fieldPath": "status.podIP"}}]}}]));
     assert!(set_up_with(tmp.path(), &status, &objects(json!({}))).is_err());
