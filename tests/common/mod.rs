@@ -9,6 +9,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod agent;
+pub mod boards;
 pub mod db;
 pub mod lab;
 pub mod pods;

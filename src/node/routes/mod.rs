@@ -59,6 +59,8 @@ pub enum Error {
         "cannot tell which interface carries pod traffic (no interface holds the node's address and there is no default route); pass --flannel-iface"
     )]
     NoDefaultInterface,
+    #[error("this node's addresses are not known yet")]
+    NoOwnAddress,
     #[error("interface {0} has no IPv4 address for pod traffic to leave from")]
     NoAddress(String),
     #[error(transparent)]
@@ -124,7 +126,9 @@ impl Routes {
             });
             drop(network);
             let mut programmer = self.programmer;
+            let span = tracing::Span::current();
             let pass = tokio::task::spawn_blocking(move || {
+                let _span = span.enter();
                 let result = programmer.pass(&snapshot);
                 (programmer, result)
             })
@@ -188,7 +192,10 @@ impl Programmer {
             .get(&snap.me)
             .map(|n| n.addresses.clone())
             .unwrap_or_default();
-        let (iface, local) = self.local(&own_addresses)?;
+        let (iface, local) = match self.local(&own_addresses) {
+            Err(Error::NoOwnAddress) => return Ok(()),
+            other => other?,
+        };
         let want = plan::desired(cluster.backend, &snap.me, &snap.nodes, &local);
         self.log_skipped(&want);
         enable_forwarding();
@@ -286,7 +293,12 @@ impl Programmer {
                 .find_map(|ip| addrs.iter().find(|(_, a, _)| IpAddr::V4(*a) == *ip))
                 .map(|(name, _, _)| name.clone())
                 .or_else(default_route_interface)
-                .ok_or(Error::NoDefaultInterface)?,
+                .ok_or(if own.is_empty() {
+                    // The node's addresses are not in the view yet: the next change brings them.
+                    Error::NoOwnAddress
+                } else {
+                    Error::NoDefaultInterface
+                })?,
         };
         // The node's own address first when it is on this interface (it is the one peers
         // were told about).
@@ -311,8 +323,9 @@ impl Programmer {
                 continue;
             }
             match why {
+                // Usual for a moment while a node registers.
                 Skipped::NoAddress => {
-                    tracing::warn!(%peer, "node reports no IPv4 address: no route to its pods")
+                    tracing::debug!(%peer, "node reports no IPv4 address (yet): no route to its pods")
                 }
                 Skipped::NotOnLink(addresses) => tracing::warn!(
                     %peer, ?addresses,
