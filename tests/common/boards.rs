@@ -339,6 +339,15 @@ impl Boards {
             self.spawn(i);
         }
         self.wait_nodes(READY_TIMEOUT);
+        for i in 0..self.boards.len() {
+            // Logged before the node registers, so it is there once the node is Ready.
+            assert!(
+                self.log(i).contains(BUSYBOX),
+                "{} did not import {BUSYBOX} from its images directory:\n{}",
+                self.boards[i].name,
+                self.log_tail(i)
+            );
+        }
         started.elapsed()
     }
 
@@ -506,6 +515,30 @@ impl Boards {
             .env("HOME", self.dir.path().join("client-home"))
             .env("KUBECACHEDIR", self.dir.path().join("kube-cache"));
         run(&mut cmd, COMMAND_TIMEOUT)
+    }
+
+    /// Runs `program ARGS` in the client namespace (198.18.2.100, on the bridge, no keelson):
+    /// where a test stands for a machine on the boards' LAN.
+    pub fn client(&self, program: &Path, args: &[&str]) -> Output {
+        self.in_ns(&self.client_ns, program, args)
+    }
+
+    /// The server's admin kubeconfig pointed at its 198.18 address (for kubectl in the
+    /// client namespace; the serving certificate names the node's address).
+    pub fn client_kubeconfig(&self) -> PathBuf {
+        let server = &self.boards[0];
+        let text = fs::read_to_string(server.kubeconfig())
+            .unwrap_or_else(|e| panic!("read {}: {e}", server.kubeconfig().display()));
+        let path = self.dir.path().join("client-kubeconfig.yaml");
+        fs::write(
+            &path,
+            text.replace(
+                &format!("https://127.0.0.1:{API_PORT}"),
+                &format!("https://{}:{API_PORT}", server.ip),
+            ),
+        )
+        .expect("write the client kubeconfig");
+        path
     }
 
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
