@@ -163,6 +163,16 @@ fn routes_follow_the_boards(backend: &str) {
             .contains("198.19.120.0/24")
     );
 
+    if backend == "vxlan" {
+        // The device is compared, not re-created, on every pass (its routes would blink).
+        assert_eq!(
+            lab.log(0).matches("created the vxlan device").count(),
+            1,
+            "board 1 re-created keelson.1:\n{}",
+            lab.log_tail(0)
+        );
+    }
+
     // A board that leaves: killed and deleted; the others drop its routes.
     lab.kill(2);
     // Deleted by kubectl on the LAN (the client namespace), through the server's address.

@@ -59,8 +59,18 @@ pub struct Link {
     pub index: u32,
     pub mtu: u32,
     pub mac: Vec<u8>,
-    /// vxlan devices only: VNI, local address, port, underlay link.
-    pub vxlan: Option<(u32, Option<Ipv4Addr>, u16, u32)>,
+    /// vxlan devices only.
+    pub vxlan: Option<VxlanSettings>,
+}
+
+/// The settings of a vxlan device that keelson compares with what it wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VxlanSettings {
+    pub vni: u32,
+    pub local: Option<Ipv4Addr>,
+    pub port: u16,
+    /// The underlay link's index.
+    pub link: u32,
 }
 
 /// The link called `name`; `None` if there is none.
@@ -84,7 +94,12 @@ pub fn link(name: &str) -> Result<Option<Link>> {
 /// learning off, with the VTEP address as /32. A device that differs is replaced (its routes,
 /// neighbours and FDB entries go with it and are added back by the same pass).
 pub fn ensure_vxlan(vtep: &Vtep, underlay_index: u32, mtu: u32) -> Result<u32> {
-    let want_vxlan = Some((VNI, Some(vtep.underlay), VXLAN_PORT, underlay_index));
+    let want_vxlan = Some(VxlanSettings {
+        vni: VNI,
+        local: Some(vtep.underlay),
+        port: VXLAN_PORT,
+        link: underlay_index,
+    });
     let current = link(DEVICE)?;
     let index = match current {
         Some(l) if l.vxlan == want_vxlan && l.mac == vtep.mac && l.mtu == mtu => l.index,
@@ -404,17 +419,17 @@ impl Link {
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Data(InfoData::Vxlan(data)) = info {
-                            let (mut id, mut local, mut port, mut under) = (0, None, 0, 0);
+                            let mut settings = VxlanSettings::default();
                             for d in data {
                                 match d {
-                                    InfoVxlan::Id(v) => id = *v,
-                                    InfoVxlan::Local(v) => local = Some(*v),
-                                    InfoVxlan::Port(v) => port = *v,
-                                    InfoVxlan::Link(v) => under = *v,
+                                    InfoVxlan::Id(v) => settings.vni = *v,
+                                    InfoVxlan::Local(v) => settings.local = Some(*v),
+                                    InfoVxlan::Port(v) => settings.port = *v,
+                                    InfoVxlan::Link(v) => settings.link = *v,
                                     _ => {}
                                 }
                             }
-                            link.vxlan = Some((id, local, port, under));
+                            link.vxlan = Some(settings);
                         }
                     }
                 }
@@ -535,7 +550,12 @@ mod tests {
             assert_eq!(dev.mtu, 1400);
             assert_eq!(
                 dev.vxlan,
-                Some((VNI, Some(vtep.underlay), VXLAN_PORT, lo.index))
+                Some(VxlanSettings {
+                    vni: VNI,
+                    local: Some(vtep.underlay),
+                    port: VXLAN_PORT,
+                    link: lo.index,
+                })
             );
 
             let peer = Neighbour {
