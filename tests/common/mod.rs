@@ -677,6 +677,10 @@ pub fn keelson_command() -> Command {
     // a flag's precedence over the environment lets it do): control-plane tests play the
     // kubelet's part themselves and must not race a real one.
     cmd.env("KEELSON_RUNTIME", "none");
+    // Nodes in the machine's own network namespace must not program pod routes, a vxlan
+    // device or the masquerade table there (and parallel tests would fight over them); the
+    // board lab (`boards.rs`), in namespaces of its own, passes `--flannel-backend`.
+    cmd.env("KEELSON_FLANNEL_BACKEND", "none");
     cmd
 }
 
