@@ -371,6 +371,10 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 80)]
     pub image_gc_low_threshold: u8,
 
+    /// Interface whose address other nodes reach this node's pods through (K3s's flag) [default: the interface holding the node's address, else the default route's]
+    #[arg(long, env = "KEELSON_FLANNEL_IFACE")]
+    pub flannel_iface: Option<String>,
+
     /// Hard eviction thresholds, e.g. memory.available<100Mi,nodefs.available<10% (kubelet's flag and default)
     #[arg(long, default_value = crate::node::resources::DEFAULT_EVICTION_HARD)]
     pub eviction_hard: String,

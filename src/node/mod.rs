@@ -28,6 +28,7 @@ pub mod objects;
 pub mod pods;
 pub mod probes;
 pub mod resources;
+pub mod routes;
 pub mod runc;
 pub mod sandbox;
 pub mod status;
@@ -82,6 +83,8 @@ pub struct RuntimeOptions {
     pub image_gc: (u8, u8),
     /// `--eviction-pressure-transition-period`.
     pub pressure_transition: std::time::Duration,
+    /// `--flannel-iface`: the interface pod traffic to other nodes leaves through.
+    pub flannel_iface: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +164,7 @@ impl RuntimeOptions {
             reservations: resources::Reservations { reserved, eviction },
             image_gc: (high.min(100), low.min(high.min(100))),
             pressure_transition,
+            flannel_iface: args.flannel_iface.clone(),
         }
     }
 
@@ -173,6 +177,7 @@ impl RuntimeOptions {
             reservations: resources::Reservations::default(),
             image_gc: (85, 80),
             pressure_transition: resources::DEFAULT_PRESSURE_TRANSITION,
+            flannel_iface: None,
         }
     }
 
@@ -222,12 +227,21 @@ impl RuntimeOptions {
         pods.collect_images();
         pods.evict_under_pressure(self.reservations.eviction);
         let shared = pods.shared();
+        let network = network::Network::new(node_name);
+        // Runs for as long as the node holds its network view.
+        routes::spawn(
+            &network,
+            routes::Options {
+                iface: self.flannel_iface.clone(),
+                nft: "nft".to_owned(),
+            },
+        );
         Ok(Runtime {
             pods: Box::new(pods),
             streams: Arc::new(exec::RuncStreams { shared }),
             objects: requests,
             notes,
-            network: Some(network::Network::new(node_name)),
+            network: Some(network),
         })
     }
 }

@@ -9,6 +9,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod agent;
+pub mod boards;
 pub mod db;
 pub mod lab;
 pub mod pods;
@@ -676,6 +677,10 @@ pub fn keelson_command() -> Command {
     // a flag's precedence over the environment lets it do): control-plane tests play the
     // kubelet's part themselves and must not race a real one.
     cmd.env("KEELSON_RUNTIME", "none");
+    // Nodes in the machine's own network namespace must not program pod routes, a vxlan
+    // device or the masquerade table there (and parallel tests would fight over them); the
+    // board lab (`boards.rs`), in namespaces of its own, passes `--flannel-backend`.
+    cmd.env("KEELSON_FLANNEL_BACKEND", "none");
     cmd
 }
 
