@@ -30,6 +30,7 @@ pub mod probes;
 pub mod resources;
 pub mod runc;
 pub mod sandbox;
+pub mod services;
 pub mod status;
 pub mod streams;
 pub mod volumes;
@@ -50,6 +51,9 @@ pub struct Runtime {
     pub notes: mpsc::Receiver<pods::PodNote>,
     /// The cluster network as this node knows it; `None` when the node runs no containers.
     pub network: Option<Arc<network::Network>>,
+    /// The Service rules' task, for the transport to run with the node; `None` without a
+    /// network view or with `--disable-kube-proxy`.
+    pub services: Option<services::ServiceRules>,
 }
 
 /// Events queued for the transport; past this the runtime drops them (events are best effort).
@@ -66,6 +70,7 @@ impl Runtime {
             objects,
             notes,
             network: None,
+            services: None,
         }
     }
 }
@@ -82,6 +87,8 @@ pub struct RuntimeOptions {
     pub image_gc: (u8, u8),
     /// `--eviction-pressure-transition-period`.
     pub pressure_transition: std::time::Duration,
+    /// Program Service rules (not `--disable-kube-proxy`).
+    pub services: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +168,7 @@ impl RuntimeOptions {
             reservations: resources::Reservations { reserved, eviction },
             image_gc: (high.min(100), low.min(high.min(100))),
             pressure_transition,
+            services: !args.disable_kube_proxy,
         }
     }
 
@@ -173,6 +181,7 @@ impl RuntimeOptions {
             reservations: resources::Reservations::default(),
             image_gc: (85, 80),
             pressure_transition: resources::DEFAULT_PRESSURE_TRANSITION,
+            services: false,
         }
     }
 
@@ -222,12 +231,20 @@ impl RuntimeOptions {
         pods.collect_images();
         pods.evict_under_pressure(self.reservations.eviction);
         let shared = pods.shared();
+        let network = network::Network::new(node_name);
+        let services = if self.services {
+            Some(services::ServiceRules::new(network.clone()))
+        } else {
+            tracing::info!("--disable-kube-proxy: this node programs no Service rules");
+            None
+        };
         Ok(Runtime {
             pods: Box::new(pods),
             streams: Arc::new(exec::RuncStreams { shared }),
             objects: requests,
             notes,
-            network: Some(network::Network::new(node_name)),
+            network: Some(network),
+            services,
         })
     }
 }
