@@ -27,9 +27,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::api::cidr::{Cidr, Family};
-use crate::api::network::{
-    Key, Protocol, ServiceInfo, ServiceKind, ServicePort, SliceInfo, TargetPort,
-};
+use crate::api::network::{Key, Protocol, ServiceInfo, ServiceKind, ServicePort, SliceInfo};
 
 /// The table's name (family `inet`).
 pub const TABLE: &str = "keelson-services";
@@ -561,7 +559,8 @@ impl std::fmt::Display for SkipReason {
 
 /// The endpoints of `port` in `family` from the Service's slices: the slice port of the same
 /// name and protocol gives the number (the endpoint controller resolved named target ports
-/// into it, per pod); duplicates across slices count once.
+/// into it, per pod; a slice without that port adds nothing, as in kube-proxy); duplicates
+/// across slices count once.
 fn targets(
     ctx: &Context<'_>,
     port: &ServicePort,
@@ -575,13 +574,6 @@ fn targets(
             .iter()
             .find(|p| p.name == port.name && p.protocol == port.protocol)
             .map(|p| p.port)
-            .or_else(|| {
-                // A slice without ports (hand-written) serves a numeric target port as is.
-                match (&port.target_port, slice.ports.is_empty()) {
-                    (TargetPort::Number(n), true) => Some(*n),
-                    _ => None,
-                }
-            })
         else {
             continue;
         };

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::network::{Endpoint, SlicePort};
+use crate::api::network::{Endpoint, SlicePort, TargetPort};
 
 const NODE: &str = "pi1";
 
