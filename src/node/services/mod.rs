@@ -204,14 +204,14 @@ mod tests {
     };
     use crate::node::network::NetEvent;
 
-    /// A fake `nft` that records each transaction in `dir` (whole, by renaming) and fails while
-    /// `dir/fail` exists.
+    /// A fake `nft` that records each transaction in `dir` (whole, by renaming) and fails if
+    /// `dir/fail` existed when it started.
     fn fake_nft(dir: &std::path::Path) -> nft::Nft {
         let script = dir.join("nft");
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\nd={}\nn=$(ls $d/tx-* 2>/dev/null | wc -l)\ncat > $d/partial\nmv $d/partial $d/tx-$n\n[ -e $d/fail ] && {{ echo 'Error: Could not process rule: File exists' >&2; exit 1; }}\nexit 0\n",
+                "#!/bin/sh\nd={}\nfail=no; [ -e $d/fail ] && fail=yes\nn=$(ls $d/tx-* 2>/dev/null | wc -l)\ncat > $d/partial\nmv $d/partial $d/tx-$n\n[ $fail = yes ] && {{ echo 'Error: Could not process rule: File exists' >&2; exit 1; }}\nexit 0\n",
                 dir.display()
             ),
         )
@@ -281,7 +281,7 @@ mod tests {
     }
 
     async fn settle(dir: &std::path::Path, count: usize) -> Vec<String> {
-        for _ in 0..200 {
+        for _ in 0..500 {
             let tx = transactions(dir);
             if tx.len() >= count {
                 return tx;
