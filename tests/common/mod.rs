@@ -676,6 +676,10 @@ pub fn keelson_command() -> Command {
     // a flag's precedence over the environment lets it do): control-plane tests play the
     // kubelet's part themselves and must not race a real one.
     cmd.env("KEELSON_RUNTIME", "none");
+    // Nodes that do run containers here live in the machine's own network namespace: they
+    // must not program Service rules into it (tests/services.rs runs its nodes in namespaces
+    // of their own, without this).
+    cmd.env("KEELSON_DISABLE_KUBE_PROXY", "true");
     cmd
 }
 
