@@ -382,6 +382,10 @@ pub struct RuntimeArgs {
     /// How long a pressure condition stays True after its threshold was last crossed (kubelet's flag and default)
     #[arg(long, default_value = "5m")]
     pub eviction_pressure_transition_period: String,
+
+    /// Do not program Service rules (the nftables table keelson-services) on this node, e.g. when another proxy does (K3s's flag)
+    #[arg(long, env = "KEELSON_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -56,7 +56,7 @@ struct Credentials {
 /// streams; only `keelson loadgen` passes the simulated [`crate::node::hollow::Hollow`].
 pub async fn run(
     cfg: AgentConfig,
-    runtime: Runtime,
+    mut runtime: Runtime,
     mut stop: watch::Receiver<bool>,
     connected: watch::Sender<bool>,
 ) -> Result<(), Error> {
@@ -97,6 +97,8 @@ pub async fn run(
             }
         }
     });
+    // Service rules follow the network view the tunnel feeds; they end when `stop` flips.
+    let _services = runtime.services.take().map(|s| s.spawn(stop.clone()));
     let (worker, mut pods, pod_events, pod_reports) =
         PodWorker::start(runtime, report.addresses.first().copied());
     // Ends when `stop` flips or when this function returns (dropping `pods`).

@@ -31,6 +31,7 @@ pub mod resources;
 pub mod routes;
 pub mod runc;
 pub mod sandbox;
+pub mod services;
 pub mod status;
 pub mod streams;
 pub mod volumes;
@@ -51,6 +52,9 @@ pub struct Runtime {
     pub notes: mpsc::Receiver<pods::PodNote>,
     /// The cluster network as this node knows it; `None` when the node runs no containers.
     pub network: Option<Arc<network::Network>>,
+    /// The Service rules' task, for the transport to run with the node; `None` without a
+    /// network view or with `--disable-kube-proxy`.
+    pub services: Option<services::ServiceRules>,
 }
 
 /// Events queued for the transport; past this the runtime drops them (events are best effort).
@@ -67,6 +71,7 @@ impl Runtime {
             objects,
             notes,
             network: None,
+            services: None,
         }
     }
 }
@@ -85,6 +90,8 @@ pub struct RuntimeOptions {
     pub pressure_transition: std::time::Duration,
     /// `--flannel-iface`: the interface pod traffic to other nodes leaves through.
     pub flannel_iface: Option<String>,
+    /// Program Service rules (not `--disable-kube-proxy`).
+    pub services: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +172,7 @@ impl RuntimeOptions {
             image_gc: (high.min(100), low.min(high.min(100))),
             pressure_transition,
             flannel_iface: args.flannel_iface.clone(),
+            services: !args.disable_kube_proxy,
         }
     }
 
@@ -178,6 +186,7 @@ impl RuntimeOptions {
             image_gc: (85, 80),
             pressure_transition: resources::DEFAULT_PRESSURE_TRANSITION,
             flannel_iface: None,
+            services: false,
         }
     }
 
@@ -236,12 +245,19 @@ impl RuntimeOptions {
                 nft: "nft".to_owned(),
             },
         );
+        let services = if self.services {
+            Some(services::ServiceRules::new(network.clone()))
+        } else {
+            tracing::info!("--disable-kube-proxy: this node programs no Service rules");
+            None
+        };
         Ok(Runtime {
             pods: Box::new(pods),
             streams: Arc::new(exec::RuncStreams { shared }),
             objects: requests,
             notes,
             network: Some(network),
+            services,
         })
     }
 }

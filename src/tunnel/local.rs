@@ -26,9 +26,11 @@ pub async fn run(
     sessions: Arc<Sessions>,
     node: String,
     host_ip: Option<IpAddr>,
-    runtime: Runtime,
+    mut runtime: Runtime,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Service rules follow the network view fed below; they end when `stop` flips.
+    let _services = runtime.services.take().map(|s| s.spawn(stop.clone()));
     let (worker, mut link, events, reports) = PodWorker::start(runtime, host_ip);
     sessions.streams.set_local(&node, link.streams.clone());
     tokio::spawn(worker.run(events, reports, stop.clone()));

@@ -681,6 +681,10 @@ pub fn keelson_command() -> Command {
     // device or the masquerade table there (and parallel tests would fight over them); the
     // board lab (`boards.rs`), in namespaces of its own, passes `--flannel-backend`.
     cmd.env("KEELSON_FLANNEL_BACKEND", "none");
+    // Nodes that do run containers here live in the machine's own network namespace: they
+    // must not program Service rules into it (tests/services.rs runs its nodes in namespaces
+    // of their own, without this).
+    cmd.env("KEELSON_DISABLE_KUBE_PROXY", "true");
     cmd
 }
 
