@@ -362,6 +362,10 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 80)]
     pub image_gc_low_threshold: u8,
 
+    /// The node's resolver file: upstreams for cluster DNS and what pods with dnsPolicy Default get (kubelet's and K3s's flag)
+    #[arg(long, env = "KEELSON_RESOLV_CONF", default_value = crate::node::DEFAULT_RESOLV_CONF)]
+    pub resolv_conf: PathBuf,
+
     /// Hard eviction thresholds, e.g. memory.available<100Mi,nodefs.available<10% (kubelet's flag and default)
     #[arg(long, default_value = crate::node::resources::DEFAULT_EVICTION_HARD)]
     pub eviction_hard: String,

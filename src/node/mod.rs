@@ -14,6 +14,7 @@
 pub mod attach;
 pub mod bundle;
 pub mod containers;
+pub mod dns;
 pub mod env;
 pub mod eviction;
 pub mod exec;
@@ -52,6 +53,9 @@ pub struct Runtime {
     pub network: Option<Arc<network::Network>>,
 }
 
+/// kubelet's and K3s's default `--resolv-conf`.
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// Events queued for the transport; past this the runtime drops them (events are best effort).
 pub const NOTE_QUEUE: usize = 64;
 
@@ -82,6 +86,8 @@ pub struct RuntimeOptions {
     pub image_gc: (u8, u8),
     /// `--eviction-pressure-transition-period`.
     pub pressure_transition: std::time::Duration,
+    /// `--resolv-conf`: the node's resolvers, for cluster DNS forwarding and `Default` pods.
+    pub resolv_conf: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +167,7 @@ impl RuntimeOptions {
             reservations: resources::Reservations { reserved, eviction },
             image_gc: (high.min(100), low.min(high.min(100))),
             pressure_transition,
+            resolv_conf: args.resolv_conf.clone(),
         }
     }
 
@@ -173,6 +180,7 @@ impl RuntimeOptions {
             reservations: resources::Reservations::default(),
             image_gc: (85, 80),
             pressure_transition: resources::DEFAULT_PRESSURE_TRANSITION,
+            resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
         }
     }
 
@@ -207,6 +215,9 @@ impl RuntimeOptions {
             Ok(report) => tracing::info!(?report, "imported image tarballs"),
             Err(e) => tracing::warn!(error = %e, "cannot import image tarballs"),
         }
+        let network = network::Network::new(node_name);
+        // Cluster DNS lives as long as the node's network view (see node::dns).
+        dns::spawn(&network, self.resolv_conf.clone());
         let (client, requests) = objects::channel();
         let (notes_tx, notes) = mpsc::channel(NOTE_QUEUE);
         let config = containers::Config {
@@ -217,6 +228,8 @@ impl RuntimeOptions {
             host_ips,
             pids_limit: 0,
             image_gc: self.image_gc,
+            resolv_conf: self.resolv_conf.clone(),
+            network: Some(network.clone()),
         };
         let pods = containers::Containers::new(config, store, client, notes_tx)?;
         pods.collect_images();
@@ -227,7 +240,7 @@ impl RuntimeOptions {
             streams: Arc::new(exec::RuncStreams { shared }),
             objects: requests,
             notes,
-            network: Some(network::Network::new(node_name)),
+            network: Some(network),
         })
     }
 }
