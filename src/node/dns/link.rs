@@ -1,11 +1,12 @@
 //! The cluster DNS address on the node: a dummy link (`keelson-dns`) holding the address, so
 //! packets from pods (routed to the node by their default route) are delivered locally and
-//! the server can bind it. Each call is one short netlink exchange (microseconds).
+//! the server can bind it; on a kernel built without the dummy driver, the address goes on
+//! `lo`. Each call is one short netlink exchange (microseconds).
 //!
 //! Invariants: the address is added with a host prefix and a preferred lifetime of 0 (no
 //! subnet route, never picked as a source address for the node's own traffic); a
-//! [`DnsLink`] that made the link removes it, and so the address, when dropped (keelson
-//! stopping); an adopted link (left by a killed keelson) stays.
+//! [`DnsLink`] removes what it made (the link, or its address on `lo`) when dropped (keelson
+//! stopping); what it adopted (left by a killed keelson, or another process's) stays.
 
 use std::io;
 use std::net::IpAddr;
@@ -38,19 +39,31 @@ pub enum Error {
     },
 }
 
-/// The link holding the cluster DNS address; removed on drop.
+/// The link holding the cluster DNS address; what this process added is removed on drop.
 #[derive(Debug)]
 pub struct DnsLink {
+    ip: IpAddr,
     index: u32,
-    /// Made by this process (not adopted from an earlier run or another process): only then
-    /// is it removed on drop, so a second keelson that fails to bind never takes the first's.
-    created: bool,
+    held: Held,
+}
+
+/// What this process made, and so takes away again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// The dummy link (and with it the address).
+    Link,
+    /// The address on `lo` (a kernel without the dummy driver).
+    LoopbackAddress,
+    /// Nothing: adopted from an earlier run or another process, so a second keelson that
+    /// fails to bind never takes the first's address away.
+    Nothing,
 }
 
 // === impl DnsLink ===
 
 impl DnsLink {
-    /// Creates (or adopts) the link, brings it up and puts `ip` on it.
+    /// Creates (or adopts) the link, brings it up and puts `ip` on it. Without the kernel's
+    /// dummy driver the address goes on `lo` instead (the same local delivery).
     pub fn ensure(ip: IpAddr) -> Result<DnsLink, Error> {
         let err = |action| move |source| Error::Netlink { action, ip, source };
         let mut create = LinkMessage::default();
@@ -62,43 +75,75 @@ impl DnsLink {
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Dummy,
             )]));
-        let created = match request(
+        let (name, mut held) = match request(
             RouteNetlinkMessage::NewLink(create),
             NLM_F_CREATE | NLM_F_EXCL,
         ) {
-            Ok(()) => true,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+            Ok(()) => (LINK, Held::Link),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => (LINK, Held::Nothing),
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                tracing::info!(
+                    "no dummy link driver in this kernel: the cluster DNS address goes on lo"
+                );
+                ("lo", Held::Nothing)
+            }
             Err(e) => return Err(err("create the link keelson-dns")(e)),
         };
-        let index = nix::net::if_::if_nametoindex(LINK)
+        let index = nix::net::if_::if_nametoindex(name)
             .map_err(|e| err("find the link keelson-dns")(io::Error::from(e)))?;
         let mut up = LinkMessage::default();
         up.header.index = index;
         up.header.flags = LinkFlags::Up;
         up.header.change_mask = LinkFlags::Up;
-        request(RouteNetlinkMessage::SetLink(up), 0).map_err(err("bring keelson-dns up"))?;
+        request(RouteNetlinkMessage::SetLink(up), 0).map_err(err("bring the link up"))?;
+        if name == "lo" && !present(name, ip) {
+            held = Held::LoopbackAddress;
+        }
         request(
             RouteNetlinkMessage::NewAddress(address(index, ip)),
             NLM_F_CREATE | NLM_F_REPLACE,
         )
-        .map_err(err("add the address to keelson-dns"))?;
-        Ok(DnsLink { index, created })
+        .map_err(err("add the address"))?;
+        Ok(DnsLink { ip, index, held })
     }
 }
 
 impl Drop for DnsLink {
     fn drop(&mut self) {
-        if !self.created {
-            return;
-        }
-        let mut del = LinkMessage::default();
-        del.header.index = self.index;
-        if let Err(e) = request(RouteNetlinkMessage::DelLink(del), 0)
-            && e.raw_os_error() != Some(libc::ENODEV)
+        let done = match self.held {
+            Held::Nothing => return,
+            Held::Link => {
+                let mut del = LinkMessage::default();
+                del.header.index = self.index;
+                request(RouteNetlinkMessage::DelLink(del), 0)
+            }
+            Held::LoopbackAddress => request(
+                RouteNetlinkMessage::DelAddress(address(self.index, self.ip)),
+                0,
+            ),
+        };
+        if let Err(e) = done
+            && !matches!(
+                e.raw_os_error(),
+                Some(libc::ENODEV | libc::EADDRNOTAVAIL | libc::ENOENT)
+            )
         {
-            tracing::warn!(error = %e, "cannot remove the link keelson-dns");
+            tracing::warn!(error = %e, ip = %self.ip, "cannot remove the cluster DNS address");
         }
     }
+}
+
+/// Whether `iface` holds `ip` now.
+fn present(iface: &str, ip: IpAddr) -> bool {
+    nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+        addrs.any(|a| {
+            a.interface_name == iface
+                && a.address.as_ref().is_some_and(|s| {
+                    s.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())) == Some(ip)
+                        || s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())) == Some(ip)
+                })
+        })
+    })
 }
 
 fn address(index: u32, ip: IpAddr) -> AddressMessage {

@@ -67,6 +67,8 @@ async fn run(network: Weak<Network>, mut changes: watch::Receiver<u64>, resolv_c
     let (zone_tx, zone_rx) = watch::channel(Arc::new(Zone::default()));
     let resolver = Arc::new(Resolver::new(zone_rx, forwarder));
     let mut serving: Option<Serving> = None;
+    // Said once per distinct failure, not on every retry.
+    let mut last_error = String::new();
     loop {
         let Some(net) = network.upgrade() else { return };
         changes.borrow_and_update();
@@ -83,10 +85,13 @@ async fn run(network: Weak<Network>, mut changes: watch::Receiver<u64>, resolv_c
                     Ok(s) => {
                         tracing::info!(%ip, "serving cluster DNS");
                         serving = Some(s);
+                        last_error.clear();
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?RETRY, "cannot serve cluster DNS")
+                    Err(e) if e.to_string() != last_error => {
+                        last_error = e.to_string();
+                        tracing::warn!(error = %e, retry_every = ?RETRY, "cannot serve cluster DNS");
                     }
+                    Err(e) => tracing::debug!(error = %e, "cannot serve cluster DNS yet"),
                 }
             }
         }
