@@ -303,13 +303,13 @@ spec: {type: ExternalName, externalName: www.example.test}
     );
     let web = cluster_ip(&s, "web");
     wait_until("web is answered", Duration::from_secs(10), || {
-        short(&["web.default.svc.cluster.local"]) == [web.clone()]
+        short(&["web.default.svc.cluster.local"]) == [web.as_str()]
     });
     // A, case-insensitively, over UDP and TCP.
-    assert_eq!(short(&["WEB.Default.svc.Cluster.Local"]), [web.clone()]);
+    assert_eq!(short(&["WEB.Default.svc.Cluster.Local"]), [web.as_str()]);
     assert_eq!(
         short(&["+tcp", "web.default.svc.cluster.local"]),
-        [web.clone()]
+        [web.as_str()]
     );
     // SRV for the named port.
     assert_eq!(
@@ -405,12 +405,12 @@ spec: {type: ExternalName, externalName: www.example.test}
     eprintln!("{} idle TCP connections open", idle.len());
     assert_eq!(
         short(&["web.default.svc.cluster.local"]),
-        [web.clone()],
+        [web.as_str()],
         "UDP still answers while TCP is saturated"
     );
     drop(idle);
     wait_until("TCP answers again", Duration::from_secs(15), || {
-        short(&["+tcp", "web.default.svc.cluster.local"]) == [web.clone()]
+        short(&["+tcp", "web.default.svc.cluster.local"]) == [web.as_str()]
     });
     assert_eq!(short(&["www.example.test"]), ["198.18.9.9"]);
 

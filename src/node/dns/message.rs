@@ -97,10 +97,10 @@ impl Request {
     }
 
     /// An ExternalName's CNAME followed by what its target resolved to (if it did).
-    pub fn alias_reply(&self, cname: Record, target: Option<Message>) -> Message {
+    pub fn alias_reply(&self, cname: Box<Record>, target: Option<Message>) -> Message {
         let mut r = self.reply(ResponseCode::NoError);
         r.metadata.authoritative = true;
-        r.answers.push(cname);
+        r.answers.push(*cname);
         if let Some(t) = target {
             r.metadata.response_code = t.metadata.response_code;
             r.answers.extend(t.answers);

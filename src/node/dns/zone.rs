@@ -49,7 +49,7 @@ pub enum Lookup {
     /// Inside the cluster domain, and no such name: NXDOMAIN with the SOA.
     NxDomain,
     /// An ExternalName Service: this CNAME, then whatever the target resolves to.
-    Alias { cname: Record, target: Name },
+    Alias { cname: Box<Record>, target: Name },
     /// Not ours: for the upstream resolvers.
     Outside,
 }
@@ -194,11 +194,11 @@ impl Zone {
         };
         if let Some(Data::Alias(target)) = data.first() {
             return Lookup::Alias {
-                cname: Record::from_rdata(
+                cname: Box::new(Record::from_rdata(
                     name.clone(),
                     TTL,
                     RData::CNAME(CNAME(self.name(target))),
-                ),
+                )),
                 target: self.name(target),
             };
         }
