@@ -581,3 +581,58 @@ fn one_source_cannot_flood_the_upstreams() {
         "refilled at the rate"
     );
 }
+
+/// An upstream that truncates every UDP reply and answers in full over TCP on the same port.
+#[tokio::test]
+async fn a_truncated_upstream_reply_is_asked_again_over_tcp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let udp = UdpSocket::bind(addr).await.unwrap();
+    let reply_to = |q: &Message, truncated: bool| {
+        let mut r = Message::response(q.metadata.id, OpCode::Query);
+        r.queries = q.queries.clone();
+        r.metadata.truncation = truncated;
+        if !truncated {
+            r.answers.push(Record::from_rdata(
+                q.queries[0].name().clone(),
+                60,
+                RData::A(A::new(198, 18, 7, 7)),
+            ));
+        }
+        r.to_vec().unwrap()
+    };
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = udp.recv_from(&mut buf).await {
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            udp.send_to(&reply_to(&q, true), peer).await.unwrap();
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            let len = s.read_u16().await.unwrap();
+            let mut buf = vec![0u8; usize::from(len)];
+            s.read_exact(&mut buf).await.unwrap();
+            let bytes = reply_to(&Message::from_vec(&buf).unwrap(), false);
+            s.write_all(&(bytes.len() as u16).to_be_bytes())
+                .await
+                .unwrap();
+            s.write_all(&bytes).await.unwrap();
+        }
+    });
+    let r = resolver(Zone::build(&view()), vec![addr]);
+    let bytes = r
+        .handle(
+            &query_bytes("big.example.test.", RecordType::A, None),
+            client(),
+            512,
+        )
+        .await
+        .unwrap();
+    let reply = Message::from_vec(&bytes).unwrap();
+    assert!(!reply.metadata.truncation);
+    assert_eq!(rdata(&reply.answers), ["198.18.7.7"]);
+}
