@@ -25,6 +25,9 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// The dummy link's name.
 pub const LINK: &str = "keelson-dns";
+/// The label of an IPv4 address keelson puts on `lo`: an address with it is keelson's (left by
+/// a keelson that was killed), one without it someone else's.
+const LOOPBACK_LABEL: &str = "lo:keelson-dns";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,6 +46,8 @@ pub enum Error {
 #[derive(Debug)]
 pub struct DnsLink {
     ip: IpAddr,
+    /// `keelson-dns`, or `lo` without the dummy driver.
+    pub interface: &'static str,
     index: u32,
     held: Held,
 }
@@ -82,7 +87,7 @@ impl DnsLink {
             Ok(()) => (LINK, Held::Link),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => (LINK, Held::Nothing),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                tracing::info!(
+                tracing::debug!(
                     "no dummy link driver in this kernel: the cluster DNS address goes on lo"
                 );
                 ("lo", Held::Nothing)
@@ -96,15 +101,27 @@ impl DnsLink {
         up.header.flags = LinkFlags::Up;
         up.header.change_mask = LinkFlags::Up;
         request(RouteNetlinkMessage::SetLink(up), 0).map_err(err("bring the link up"))?;
-        if name == "lo" && !present(name, ip) {
+        let on_lo = name == "lo";
+        if on_lo && !present(name, ip) {
             held = Held::LoopbackAddress;
         }
         request(
-            RouteNetlinkMessage::NewAddress(address(index, ip)),
+            RouteNetlinkMessage::NewAddress(address(index, ip, on_lo)),
             NLM_F_CREATE | NLM_F_REPLACE,
         )
         .map_err(err("add the address"))?;
-        Ok(DnsLink { ip, index, held })
+        Ok(DnsLink {
+            ip,
+            interface: name,
+            index,
+            held,
+        })
+    }
+
+    /// Leaves the address in place when this is dropped: for a process that could not bind
+    /// it because another one serves there.
+    pub fn release(mut self) {
+        self.held = Held::Nothing;
     }
 }
 
@@ -118,7 +135,7 @@ impl Drop for DnsLink {
                 request(RouteNetlinkMessage::DelLink(del), 0)
             }
             Held::LoopbackAddress => request(
-                RouteNetlinkMessage::DelAddress(address(self.index, self.ip)),
+                RouteNetlinkMessage::DelAddress(address(self.index, self.ip, true)),
                 0,
             ),
         };
@@ -133,7 +150,8 @@ impl Drop for DnsLink {
     }
 }
 
-/// Whether `iface` holds `ip` now.
+/// Whether `iface` holds `ip` now (an address labelled [`LOOPBACK_LABEL`] shows under its
+/// label, so it is not counted as `lo`'s).
 fn present(iface: &str, ip: IpAddr) -> bool {
     nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
         addrs.any(|a| {
@@ -146,7 +164,7 @@ fn present(iface: &str, ip: IpAddr) -> bool {
     })
 }
 
-fn address(index: u32, ip: IpAddr) -> AddressMessage {
+fn address(index: u32, ip: IpAddr, on_lo: bool) -> AddressMessage {
     let mut msg = AddressMessage::default();
     msg.header.index = index;
     let (family, prefix) = match ip {
@@ -158,6 +176,10 @@ fn address(index: u32, ip: IpAddr) -> AddressMessage {
     if ip.is_ipv6() {
         // No duplicate-address detection: the address would be unusable ("tentative") at first.
         msg.header.flags = AddressHeaderFlags::Nodad;
+    }
+    if on_lo && ip.is_ipv4() {
+        msg.attributes
+            .push(AddressAttribute::Label(LOOPBACK_LABEL.to_owned()));
     }
     msg.attributes.push(AddressAttribute::Local(ip));
     msg.attributes.push(AddressAttribute::Address(ip));

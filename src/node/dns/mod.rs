@@ -58,7 +58,7 @@ struct Serving {
     ip: IpAddr,
     /// Dropped before the link, so no task outlives the address it answers on.
     _tasks: JoinSet<()>,
-    _link: link::DnsLink,
+    link: link::DnsLink,
 }
 
 async fn run(network: Weak<Network>, mut changes: watch::Receiver<u64>, resolv_conf: PathBuf) {
@@ -83,7 +83,7 @@ async fn run(network: Weak<Network>, mut changes: watch::Receiver<u64>, resolv_c
             if let Some(ip) = wanted {
                 match Serving::start(ip, &resolver).await {
                     Ok(s) => {
-                        tracing::info!(%ip, "serving cluster DNS");
+                        tracing::info!(%ip, interface = s.link.interface, "serving cluster DNS");
                         serving = Some(s);
                         last_error.clear();
                     }
@@ -109,16 +109,28 @@ impl Serving {
     async fn start(ip: IpAddr, resolver: &Arc<Resolver>) -> Result<Serving, Error> {
         let link = link::DnsLink::ensure(ip)?;
         let addr = SocketAddr::new(ip, 53);
-        let listen = |source| Error::Listen { addr, source };
-        let udp = UdpSocket::bind(addr).await.map_err(listen)?;
-        let tcp = TcpListener::bind(addr).await.map_err(listen)?;
+        let bound = async {
+            let udp = UdpSocket::bind(addr).await?;
+            Ok::<_, std::io::Error>((udp, TcpListener::bind(addr).await?))
+        };
+        let (udp, tcp) = match bound.await {
+            Ok(sockets) => sockets,
+            Err(source) => {
+                // Port 53 is someone else's (another keelson on this host, or a resolver):
+                // the address they answer on stays.
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    link.release();
+                }
+                return Err(Error::Listen { addr, source });
+            }
+        };
         let mut tasks = JoinSet::new();
         tasks.spawn(server::serve_udp(Arc::new(udp), resolver.clone()).in_current_span());
         tasks.spawn(server::serve_tcp(tcp, resolver.clone()).in_current_span());
         Ok(Serving {
             ip,
             _tasks: tasks,
-            _link: link,
+            link,
         })
     }
 }
