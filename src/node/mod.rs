@@ -186,6 +186,7 @@ impl RuntimeOptions {
 
     /// The runtime for this node: runc with the image store under `<data_dir>/agent`, or
     /// none. Imports image tarballs found in `<data_dir>/agent/images` (air-gapped installs).
+    /// Starts the node's cluster DNS task ([`dns`]), so it must run inside the tokio runtime.
     pub fn build(
         &self,
         data_dir: &Path,
