@@ -374,6 +374,9 @@ pub struct RuntimeArgs {
     /// Interface whose address other nodes reach this node's pods through (K3s's flag) [default: the interface holding the node's address, else the default route's]
     #[arg(long, env = "KEELSON_FLANNEL_IFACE")]
     pub flannel_iface: Option<String>,
+    /// The node's resolver file: upstreams for cluster DNS and what pods with dnsPolicy Default get (kubelet's and K3s's flag)
+    #[arg(long, env = "KEELSON_RESOLV_CONF", default_value = crate::node::DEFAULT_RESOLV_CONF)]
+    pub resolv_conf: PathBuf,
 
     /// Hard eviction thresholds, e.g. memory.available<100Mi,nodefs.available<10% (kubelet's flag and default)
     #[arg(long, default_value = crate::node::resources::DEFAULT_EVICTION_HARD)]

@@ -98,9 +98,19 @@ impl PodRun {
         rootfs::busybox(&rootfs, &tools).unwrap();
         let pod_dir = tmp.path().join("pod");
         fs::create_dir_all(&pod_dir).unwrap();
-        let host = sandbox::host_files().unwrap();
+        let host = sandbox::host_files(std::path::Path::new("/etc/resolv.conf")).unwrap();
         let sandbox = sandbox::create(&pod_dir, &pod, &host).unwrap();
-        sandbox::write_files(&sandbox, &pod, &[POD_IP], &host, "cluster.local").unwrap();
+        sandbox::write_files(
+            &sandbox,
+            &pod,
+            &[POD_IP],
+            &host,
+            &sandbox::ClusterDns {
+                server: None,
+                domain: "cluster.local".into(),
+            },
+        )
+        .unwrap();
         let volumes = volumes::set_up(
             &pod_dir,
             &Sources {

@@ -60,7 +60,7 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often ConfigMap and Secret volumes are brought up to date (kubelet: its sync period,
 /// a minute, plus its cache's TTL).
 const VOLUME_REFRESH: Duration = Duration::from_secs(30);
-/// The cluster's DNS domain, for pods' `/etc/hosts` (cluster DNS comes with the pod network).
+/// The cluster's DNS domain until the node's network view says otherwise.
 const CLUSTER_DOMAIN: &str = "cluster.local";
 /// How often unused images are looked at for garbage collection.
 const IMAGE_GC_INTERVAL: Duration = Duration::from_secs(300);
@@ -84,6 +84,11 @@ pub struct Config {
     /// Disk usage (percent) at which unused images go, and down to which
     /// (`--image-gc-high-threshold`, `--image-gc-low-threshold`).
     pub image_gc: (u8, u8),
+    /// The node's resolver file (`--resolv-conf`), for pods with `dnsPolicy: Default`.
+    pub resolv_conf: PathBuf,
+    /// The cluster network as the node knows it: the cluster DNS server and domain pods'
+    /// `resolv.conf` names.
+    pub network: Option<Arc<super::network::Network>>,
 }
 
 /// The node's pods and their tasks.
@@ -787,13 +792,24 @@ impl PodRunner {
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let objects = self.fetch_objects().await?;
-        let host = super::sandbox::host_files().map_err(|e| e.to_string())?;
+        let config = &self.shared.config;
+        let host = super::sandbox::host_files(&config.resolv_conf).map_err(|e| e.to_string())?;
+        let cluster = config
+            .network
+            .as_ref()
+            .and_then(|n| n.read(|v| v.cluster.clone()));
+        let dns = super::sandbox::ClusterDns {
+            server: cluster.as_ref().and_then(|c| c.cluster_dns),
+            domain: cluster
+                .map(|c| c.cluster_domain.trim_end_matches('.').to_ascii_lowercase())
+                .unwrap_or_else(|| CLUSTER_DOMAIN.to_owned()),
+        };
         let spec = self.spec.clone();
         let ips = self.shared.config.host_ips.clone();
         tokio::task::spawn_blocking(move || {
             let sandbox = super::sandbox::create(&dir, &spec, &host).map_err(|e| e.to_string())?;
             let ctx = pod_context(&spec, &ips);
-            super::sandbox::write_files(&sandbox, &spec, ctx.pod_ips, &host, CLUSTER_DOMAIN)
+            super::sandbox::write_files(&sandbox, &spec, ctx.pod_ips, &host, &dns)
                 .map_err(|e| e.to_string())?;
             let sources = super::volumes::Sources {
                 pod: ctx,

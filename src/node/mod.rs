@@ -14,6 +14,7 @@
 pub mod attach;
 pub mod bundle;
 pub mod containers;
+pub mod dns;
 pub mod env;
 pub mod eviction;
 pub mod exec;
@@ -57,6 +58,9 @@ pub struct Runtime {
     pub services: Option<services::ServiceRules>,
 }
 
+/// kubelet's and K3s's default `--resolv-conf`.
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// Events queued for the transport; past this the runtime drops them (events are best effort).
 pub const NOTE_QUEUE: usize = 64;
 
@@ -92,6 +96,8 @@ pub struct RuntimeOptions {
     pub flannel_iface: Option<String>,
     /// Program Service rules (not `--disable-kube-proxy`).
     pub services: bool,
+    /// `--resolv-conf`: the node's resolvers, for cluster DNS forwarding and `Default` pods.
+    pub resolv_conf: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +179,7 @@ impl RuntimeOptions {
             pressure_transition,
             flannel_iface: args.flannel_iface.clone(),
             services: !args.disable_kube_proxy,
+            resolv_conf: args.resolv_conf.clone(),
         }
     }
 
@@ -187,11 +194,13 @@ impl RuntimeOptions {
             pressure_transition: resources::DEFAULT_PRESSURE_TRANSITION,
             flannel_iface: None,
             services: false,
+            resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
         }
     }
 
     /// The runtime for this node: runc with the image store under `<data_dir>/agent`, or
     /// none. Imports image tarballs found in `<data_dir>/agent/images` (air-gapped installs).
+    /// Starts the node's cluster DNS task ([`dns`]), so it must run inside the tokio runtime.
     pub fn build(
         &self,
         data_dir: &Path,
@@ -221,6 +230,9 @@ impl RuntimeOptions {
             Ok(report) => tracing::info!(?report, "imported image tarballs"),
             Err(e) => tracing::warn!(error = %e, "cannot import image tarballs"),
         }
+        let network = network::Network::new(node_name);
+        // Cluster DNS lives as long as the node's network view (see node::dns).
+        dns::spawn(&network, self.resolv_conf.clone());
         let (client, requests) = objects::channel();
         let (notes_tx, notes) = mpsc::channel(NOTE_QUEUE);
         let config = containers::Config {
@@ -231,12 +243,13 @@ impl RuntimeOptions {
             host_ips,
             pids_limit: 0,
             image_gc: self.image_gc,
+            resolv_conf: self.resolv_conf.clone(),
+            network: Some(network.clone()),
         };
         let pods = containers::Containers::new(config, store, client, notes_tx)?;
         pods.collect_images();
         pods.evict_under_pressure(self.reservations.eviction);
         let shared = pods.shared();
-        let network = network::Network::new(node_name);
         // Runs for as long as the node holds its network view.
         routes::spawn(
             &network,

@@ -7,8 +7,8 @@
 //! 64 MiB tmpfs, like containerd's sandbox shm), `etc-hosts`, `etc-hostname`, `resolv.conf`.
 //! What it leaves to others: the pod's network interface and address (CNI, after [`create`]:
 //! the caller runs it in [`Sandbox::network`], then calls [`write_files`] with the address),
-//! cluster DNS (a later step: `ClusterFirst` falls back to the node's resolver, as kubelet does
-//! when no cluster DNS is configured), and the pod directory itself.
+//! the cluster DNS server itself (`node::dns`; this module only names it in `resolv.conf`), and
+//! the pod directory itself.
 //!
 //! Invariants:
 //! - A namespace file exists under the pod dir only while it is a mount of a live namespace:
@@ -93,6 +93,16 @@ pub enum Namespace {
     Host,
     /// The pod's, held by this bind-mounted namespace file.
     Path(PathBuf),
+}
+
+/// The cluster DNS pods with `dnsPolicy: ClusterFirst` use (`--cluster-dns`,
+/// `--cluster-domain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    /// `None` when the node does not know one (yet): pods get the node's resolver.
+    pub server: Option<IpAddr>,
+    /// Lower-case, without a final dot (`cluster.local`).
+    pub domain: String,
 }
 
 /// What the node's own files say, for pods that take the node's resolver or hosts.
@@ -183,7 +193,7 @@ pub fn write_files(
     pod: &Value,
     pod_ips: &[IpAddr],
     host: &HostFiles,
-    cluster_domain: &str,
+    cluster: &ClusterDns,
 ) -> Result<()> {
     let host_network = pod["spec"]["hostNetwork"].as_bool().unwrap_or(false);
     let hosts = if host_network {
@@ -198,7 +208,7 @@ pub fn write_files(
         let (name, domain) = pod_hostname(pod)?;
         hosts_file(
             &name,
-            domain_of(pod, cluster_domain, domain).as_deref(),
+            domain_of(pod, &cluster.domain, domain).as_deref(),
             pod_ips,
             pod,
         )
@@ -212,7 +222,7 @@ pub fn write_files(
     write_replace(&sandbox.hostname_file, format!("{hostname}\n").as_bytes())?;
     write_replace(
         &sandbox.resolv_conf,
-        resolv_conf(pod, &host.resolv_conf).as_bytes(),
+        resolv_conf(pod, &host.resolv_conf, cluster).as_bytes(),
     )?;
     Ok(())
 }
@@ -265,15 +275,15 @@ pub fn pod_hostname(pod: &Value) -> Result<(String, Option<String>)> {
 }
 
 /// The node's files: `/etc/hostname` (or the kernel's), `/etc/hosts`, and the resolver
-/// configuration, K3s's way: when `/etc/resolv.conf` names only loopback servers (a local
+/// configuration (`--resolv-conf`), K3s's way: when it names only loopback servers (a local
 /// stub such as systemd-resolved's, unreachable from a pod's network), systemd-resolved's
 /// upstream list in `/run/systemd/resolve/resolv.conf` instead, if it exists.
-pub fn host_files() -> io::Result<HostFiles> {
+pub fn host_files(resolv_conf_path: &Path) -> io::Result<HostFiles> {
     let hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .map_err(io::Error::from)?;
     let hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
-    let mut resolv_conf = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut resolv_conf = fs::read_to_string(resolv_conf_path).unwrap_or_default();
     let servers = parse_resolv_conf(&resolv_conf).nameservers;
     let loopback_only = !servers.is_empty()
         && servers
@@ -289,13 +299,40 @@ pub fn host_files() -> io::Result<HostFiles> {
     })
 }
 
-/// The pod's `/etc/resolv.conf` by its `dnsPolicy` and `dnsConfig`. Cluster DNS does not
-/// exist yet, so `ClusterFirst` and `ClusterFirstWithHostNet` use the node's resolver, as
-/// kubelet does without `--cluster-dns`; `None` uses `dnsConfig` alone.
-pub fn resolv_conf(pod: &Value, host_resolv_conf: &str) -> String {
+/// The pod's `/etc/resolv.conf` by its `dnsPolicy` and `dnsConfig`, as kubelet writes it:
+/// `ClusterFirst` (the default; `ClusterFirstWithHostNet` for `hostNetwork` pods) gets the
+/// cluster DNS server, the search list `<ns>.svc.<domain> svc.<domain> <domain>` followed by
+/// the node's, and `options ndots:5`; `ClusterFirst` on the host network, and `Default`, get the
+/// node's resolver; `None` only `dnsConfig`. Without a cluster DNS server `ClusterFirst` falls
+/// back to the node's resolver, as kubelet does without `--cluster-dns`. `dnsConfig` is then
+/// merged in: nameservers and searches appended without duplicates, options replacing the
+/// node's of the same name.
+pub fn resolv_conf(pod: &Value, host_resolv_conf: &str, cluster: &ClusterDns) -> String {
     let spec = &pod["spec"];
-    let mut conf = match spec["dnsPolicy"].as_str() {
-        Some("None") => ResolvConf::default(),
+    let host_network = spec["hostNetwork"].as_bool().unwrap_or(false);
+    let cluster_first = match spec["dnsPolicy"].as_str() {
+        Some("ClusterFirstWithHostNet") => true,
+        Some("Default") | Some("None") => false,
+        _ => !host_network,
+    };
+    let mut conf = match (spec["dnsPolicy"].as_str(), cluster.server) {
+        (Some("None"), _) => ResolvConf::default(),
+        (_, Some(server)) if cluster_first => {
+            let host = parse_resolv_conf(host_resolv_conf);
+            let namespace = env::str_at(pod, &["metadata", "namespace"]).unwrap_or("default");
+            let domain = &cluster.domain;
+            let mut searches = vec![
+                format!("{namespace}.svc.{domain}"),
+                format!("svc.{domain}"),
+                domain.clone(),
+            ];
+            searches.extend(host.searches);
+            ResolvConf {
+                nameservers: vec![server.to_string()],
+                searches,
+                options: vec!["ndots:5".to_string()],
+            }
+        }
         _ => parse_resolv_conf(host_resolv_conf),
     };
     let dns = &spec["dnsConfig"];

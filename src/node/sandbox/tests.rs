@@ -39,14 +39,71 @@ fn pod_dir() -> PodDir {
 const HOST_RESOLV: &str = "# generated\nnameserver 192.168.1.1\nnameserver 192.168.1.2 # second\n\
     search old.example\nsearch lan example.com\noptions ndots:2 edns0\n";
 
+fn no_cluster_dns() -> ClusterDns {
+    ClusterDns {
+        server: None,
+        domain: "cluster.local".into(),
+    }
+}
+
+fn cluster_dns() -> ClusterDns {
+    ClusterDns {
+        server: Some("10.43.0.10".parse().unwrap()),
+        domain: "cluster.local".into(),
+    }
+}
+
 #[test]
 fn resolv_conf_follows_dns_policy_and_dns_config() {
-    let pod = |spec: serde_json::Value| json!({"metadata": {"name": "p"}, "spec": spec});
-    // ClusterFirst (the default) falls back to the node's resolver until cluster DNS exists.
+    let pod = |spec: serde_json::Value| json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": spec});
+    // ClusterFirst (the default): the cluster's server, search list and ndots:5 (not the
+    // node's options), the node's search list after the cluster's.
+    let cluster_first = "search shop.svc.cluster.local svc.cluster.local cluster.local lan \
+        example.com\nnameserver 10.43.0.10\noptions ndots:5\n";
     assert_eq!(
-        resolv_conf(&pod(json!({})), HOST_RESOLV),
-        "search lan example.com\nnameserver 192.168.1.1\nnameserver 192.168.1.2\n\
-         options ndots:2 edns0\n"
+        resolv_conf(&pod(json!({})), HOST_RESOLV, &cluster_dns()),
+        cluster_first
+    );
+    assert_eq!(
+        resolv_conf(
+            &pod(json!({"dnsPolicy": "ClusterFirst"})),
+            HOST_RESOLV,
+            &cluster_dns()
+        ),
+        cluster_first
+    );
+    // On the host network ClusterFirst means the node's resolver; ClusterFirstWithHostNet
+    // asks for the cluster's.
+    let node = "search lan example.com\nnameserver 192.168.1.1\nnameserver 192.168.1.2\n\
+         options ndots:2 edns0\n";
+    assert_eq!(
+        resolv_conf(
+            &pod(json!({"hostNetwork": true})),
+            HOST_RESOLV,
+            &cluster_dns()
+        ),
+        node
+    );
+    assert_eq!(
+        resolv_conf(
+            &pod(json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"})),
+            HOST_RESOLV,
+            &cluster_dns()
+        ),
+        cluster_first
+    );
+    // Without a cluster DNS server ClusterFirst falls back to the node's resolver.
+    assert_eq!(
+        resolv_conf(&pod(json!({})), HOST_RESOLV, &no_cluster_dns()),
+        node
+    );
+    assert_eq!(
+        resolv_conf(
+            &pod(json!({"dnsPolicy": "Default"})),
+            HOST_RESOLV,
+            &cluster_dns()
+        ),
+        node
     );
     let merged = resolv_conf(
         &pod(json!({"dnsPolicy": "Default", "dnsConfig": {
@@ -55,6 +112,7 @@ fn resolv_conf_follows_dns_policy_and_dns_config() {
             "options": [{"name": "ndots", "value": "5"}, {"name": "single-request"}],
         }})),
         HOST_RESOLV,
+        &cluster_dns(),
     );
     assert_eq!(
         merged,
@@ -62,9 +120,25 @@ fn resolv_conf_follows_dns_policy_and_dns_config() {
          nameserver 9.9.9.9\noptions edns0 ndots:5 single-request\n",
         "duplicates dropped, three nameservers at most, the pod's option wins"
     );
+    let merged = resolv_conf(
+        &pod(json!({"dnsConfig": {
+            "nameservers": ["10.43.0.10", "198.18.0.1"],
+            "searches": ["extra.example"],
+            "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}],
+        }})),
+        HOST_RESOLV,
+        &cluster_dns(),
+    );
+    assert_eq!(
+        merged,
+        "search shop.svc.cluster.local svc.cluster.local cluster.local lan example.com \
+         extra.example\nnameserver 10.43.0.10\nnameserver 198.18.0.1\noptions ndots:2 edns0\n",
+        "ClusterFirst merged with dnsConfig"
+    );
     let none = resolv_conf(
         &pod(json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["10.0.0.10"]}})),
         HOST_RESOLV,
+        &cluster_dns(),
     );
     assert_eq!(none, "nameserver 10.0.0.10\n");
 }
@@ -153,7 +227,7 @@ fn namespaces_are_pinned_set_up_and_torn_down() {
     );
 
     let ips: [IpAddr; 1] = ["10.42.0.9".parse().unwrap()];
-    write_files(&sandbox, &pod, &ips, &host, "cluster.local").unwrap();
+    write_files(&sandbox, &pod, &ips, &host, &no_cluster_dns()).unwrap();
     assert_eq!(fs::read_to_string(&sandbox.hostname_file).unwrap(), "box\n");
     assert!(
         fs::read_to_string(&sandbox.hosts)
@@ -185,7 +259,7 @@ fn host_network_pods_use_the_nodes_namespaces() {
     assert_eq!(sandbox.ipc, Namespace::Host);
     assert_eq!(sandbox.shm, None);
     assert_eq!(sandbox.hostname, "node-1");
-    write_files(&sandbox, &pod, &[], &host, "cluster.local").unwrap();
+    write_files(&sandbox, &pod, &[], &host, &no_cluster_dns()).unwrap();
     assert_eq!(
         fs::read_to_string(&sandbox.hosts).unwrap(),
         "# Kubernetes-managed hosts file (host network).\n127.0.0.1 localhost\n"
