@@ -13,6 +13,7 @@
 
 pub mod attach;
 pub mod bundle;
+pub mod cni;
 pub mod containers;
 pub mod env;
 pub mod eviction;
@@ -82,6 +83,8 @@ pub struct RuntimeOptions {
     pub image_gc: (u8, u8),
     /// `--eviction-pressure-transition-period`.
     pub pressure_transition: std::time::Duration,
+    /// `--cni-conf-dir`, `--cni-bin-dir`, `--cni-plugin-timeout`.
+    pub cni: cni::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +154,12 @@ impl RuntimeOptions {
             problems.push(e);
             resources::DEFAULT_PRESSURE_TRANSITION
         });
+        let cni_timeout =
+            crate::config::parse_duration("--cni-plugin-timeout", &args.cni_plugin_timeout)
+                .unwrap_or_else(|e| {
+                    problems.push(e);
+                    cni::DEFAULT_TIMEOUT
+                });
         RuntimeOptions {
             runtime,
             registries: args.private_registry.clone(),
@@ -161,6 +170,11 @@ impl RuntimeOptions {
             reservations: resources::Reservations { reserved, eviction },
             image_gc: (high.min(100), low.min(high.min(100))),
             pressure_transition,
+            cni: cni::Settings {
+                conf_dir: args.cni_conf_dir.clone(),
+                bin_dirs: args.cni_bin_dir.clone(),
+                timeout: cni_timeout,
+            },
         }
     }
 
@@ -173,6 +187,14 @@ impl RuntimeOptions {
             reservations: resources::Reservations::default(),
             image_gc: (85, 80),
             pressure_transition: resources::DEFAULT_PRESSURE_TRANSITION,
+            cni: cni::Settings {
+                conf_dir: PathBuf::from(cni::DEFAULT_CONF_DIR),
+                bin_dirs: cni::DEFAULT_BIN_DIRS
+                    .split(',')
+                    .map(PathBuf::from)
+                    .collect(),
+                timeout: cni::DEFAULT_TIMEOUT,
+            },
         }
     }
 
@@ -209,6 +231,10 @@ impl RuntimeOptions {
         }
         let (client, requests) = objects::channel();
         let (notes_tx, notes) = mpsc::channel(NOTE_QUEUE);
+        let network = network::Network::new(node_name);
+        // Stops when the node's network view is dropped with the runtime.
+        let pod_network = cni::PodNetwork::new(self.cni.clone(), root.join("cni"), network.clone());
+        pod_network.spawn_config_writer();
         let config = containers::Config {
             root,
             log_root: PathBuf::from("/var/log/pods"),
@@ -217,6 +243,7 @@ impl RuntimeOptions {
             host_ips,
             pids_limit: 0,
             image_gc: self.image_gc,
+            network: pod_network,
         };
         let pods = containers::Containers::new(config, store, client, notes_tx)?;
         pods.collect_images();
@@ -227,7 +254,7 @@ impl RuntimeOptions {
             streams: Arc::new(exec::RuncStreams { shared }),
             objects: requests,
             notes,
-            network: Some(network::Network::new(node_name)),
+            network: Some(network),
         })
     }
 }
