@@ -621,6 +621,30 @@ fn pods_get_addresses_reach_each_other_and_give_them_back() {
         &["-s", "--max-time", "5", &format!("http://{one}:8080/")],
     );
     assert_eq!(String::from_utf8_lossy(&fetched.stdout).trim(), "hello-one");
+    // A pod that ran to completion gives its address back (kubelet stops its sandbox).
+    b.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: done}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: busybox:1.36, imagePullPolicy: Never, command: ["sh", "-c", "exit 0"]}
+"#,
+    );
+    b.wait("pod done Succeeded", |b| {
+        b.pod("done")["status"]["phase"] == "Succeeded"
+    });
+    let done = b.pod("done")["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(within(&done, &block), "{done}");
+    b.wait("done's address released", |_| {
+        !Board::held(&held).contains(&done)
+    });
+    b.wait("done's veth removed", |b| b.veths().len() == 2);
+    b.kubectl_ok(&["delete", "pod", "done", "--wait=true"]);
     // A new pod never gets an address that is in use.
     b.apply(&web_pod("four", None));
     let four = b.wait_running("four");
@@ -710,6 +734,7 @@ exec {portmap}
             b.events_of(&name).contains(says)
         });
         let events = b.events_of(&name);
+        println!("{which}: events of {name}:\n{events}");
         assert!(
             events.contains("FailedCreatePodSandBox") && events.contains("\"steered\""),
             "{events}"

@@ -410,7 +410,15 @@ impl PodNetwork {
         });
         let next = match backend {
             None => Readiness::Waiting("the cluster's network settings have not arrived".into()),
-            Some(Backend::None) => Readiness::Delegated,
+            Some(Backend::None) => {
+                // Another CNI makes the network: a file keelson wrote earlier must not shadow
+                // its configuration (keelson's name sorts first).
+                let ours = self.settings.conf_dir.join(DEFAULT_CONFIG);
+                if std::fs::remove_file(&ours).is_ok() {
+                    tracing::info!(file = %ours.display(), "--flannel-backend none: removed keelson's pod network config");
+                }
+                Readiness::Delegated
+            }
             Some(_) if cidrs.is_empty() => {
                 Readiness::Waiting(format!("node {} has no pod CIDR yet", self.network.node()))
             }

@@ -626,7 +626,13 @@ impl PodRunner {
             tokio::select! {
                 c = commands.recv() => match c {
                     Some(Command::Update(pod)) => {
+                        let ended = pod.finished && !self.pod.finished;
                         self.pod = *pod;
+                        if ended && self.sandbox.is_some() {
+                            // Nothing of it runs again: its addresses go back now, as kubelet
+                            // stops a finished pod's sandbox (its status keeps the podIP).
+                            detach_network(&self.shared, &self.dir, &self.key.name).await;
+                        }
                     }
                     Some(Command::Stop) | None => {
                         self.stop().await;
