@@ -693,6 +693,28 @@ exec {portmap}
     fs::set_permissions(bin.join("steered"), fs::Permissions::from_mode(0o755)).unwrap();
     let held = b.dir.path().join("ipam");
     fs::create_dir_all(b.conf_dir()).unwrap();
+    b.flags.push(format!(
+        "--cni-bin-dir={},{}",
+        bin.display(),
+        plugins.display()
+    ));
+    b.start();
+
+    // No configuration yet: the pod waits with kubelet's message, and starts once one exists.
+    b.apply(&web_pod("fine", None));
+    b.wait("the NetworkNotReady event", |b| {
+        b.events_of("fine").contains("NetworkNotReady")
+    });
+    let events = b.events_of("fine");
+    println!("before any config: events of fine:\n{events}");
+    assert!(events.contains("cni config uninitialized"), "{events}");
+    let waiting = b.pod("fine")["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+    assert!(
+        waiting["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("network is not ready")),
+        "{waiting}"
+    );
     fs::write(
         b.conf_dir().join("50-other.conflist"),
         serde_json::json!({
@@ -706,15 +728,7 @@ exec {portmap}
         .to_string(),
     )
     .unwrap();
-    b.flags.push(format!(
-        "--cni-bin-dir={},{}",
-        bin.display(),
-        plugins.display()
-    ));
-    b.start();
-
-    // The plugins work: a pod gets an address from the test's configuration.
-    b.apply(&web_pod("fine", None));
+    // The plugins work: the pod gets an address from the test's configuration.
     let fine = b.wait_running("fine");
     assert!(within(&fine, OWN_SUBNET), "{fine}");
     assert!(

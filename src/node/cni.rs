@@ -431,7 +431,13 @@ impl PodNetwork {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot write the pod network config");
+                        let why = format!(
+                            "cannot write {}: {e}",
+                            self.settings.conf_dir.join(DEFAULT_CONFIG).display()
+                        );
+                        tracing::warn!("{why}; give a writable --cni-conf-dir");
+                        *self.readiness.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Readiness::Waiting(why);
                         return None;
                     }
                 }

@@ -562,4 +562,29 @@ fn keelson_writes_its_config_once_the_node_has_a_block_and_follows_changes() {
         list["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
         "198.19.5.0/24"
     );
+
+    // A conf dir that cannot be written is the reason pods wait, not a stale config.
+    std::fs::remove_dir_all(dir.path().join("net.d")).unwrap();
+    std::fs::write(dir.path().join("net.d"), "a file, not a directory").unwrap();
+    network.apply(node("198.19.6.0/24"));
+    assert_eq!(net.reconcile(), None);
+    let why = not_ready(&net);
+    assert!(
+        why.contains("cannot write") && why.contains("10-keelson.conflist"),
+        "{why}"
+    );
+
+    // With another CNI, keelson's own file goes (it would sort first and shadow theirs).
+    std::fs::remove_file(dir.path().join("net.d")).unwrap();
+    net.reconcile();
+    assert!(dir.path().join("net.d/10-keelson.conflist").exists());
+    network.apply(NetEvent::Cluster(ClusterNetwork {
+        cluster_cidrs: vec![cidr("198.19.0.0/17")],
+        service_cidrs: vec![],
+        cluster_dns: None,
+        cluster_domain: "cluster.local".into(),
+        backend: Backend::None,
+    }));
+    assert_eq!(net.reconcile(), None);
+    assert!(!dir.path().join("net.d/10-keelson.conflist").exists());
 }
