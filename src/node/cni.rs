@@ -848,6 +848,8 @@ fn result_ips(result: &Value) -> Vec<IpAddr> {
         .flatten()
         .filter(|i| in_pod(i))
         .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+        // The loopback plugin reports lo's addresses; a pod's address is never one of them.
+        .filter(|ip: &IpAddr| !ip.is_loopback())
         .filter(|ip: &IpAddr| seen.insert(*ip, ()).is_none())
         .collect()
 }

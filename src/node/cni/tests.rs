@@ -130,6 +130,11 @@ fn results_of_1_0_0_and_0_4_0_give_the_pods_addresses() {
         ],
         "only the pod's interface counts, in the result's order"
     );
+    // The loopback plugin's result: lo's addresses are no pod IPs.
+    let lo = br#"{"cniVersion": "1.0.0", "interfaces": [{"name": "lo", "sandbox": "/x/ns/net"}],
+        "ips": [{"address": "127.0.0.1/8", "interface": 0}, {"address": "::1/128", "interface": 0}]}"#;
+    let r = parse_result("loopback", Command::Add, lo).unwrap();
+    assert!(result_ips(&r).is_empty());
     let v04 = br#"{"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "198.19.0.6/24"}]}"#;
     let r = parse_result("bridge", Command::Add, v04).unwrap();
     assert_eq!(
