@@ -752,11 +752,14 @@ impl PodRunner {
                     let why = e.to_string();
                     let new = self.setup_error.as_deref() != Some(why.as_str());
                     if let super::cni::CniError::NotReady(_) = e {
-                        // Waiting for the node's pod block: checked again shortly.
+                        // Waiting for the node's pod block: checked again shortly (not at
+                        // once: each try also fetches the pod's objects).
                         if new {
                             tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, "{why}");
                             self.note(true, "NetworkNotReady", why.clone());
                         }
+                        self.setup_retry =
+                            Some((Instant::now() + NETWORK_BACKOFF_MIN, NETWORK_BACKOFF_MIN));
                     } else {
                         // kubelet's event for a sandbox whose network set-up failed.
                         tracing::warn!(pod = %self.key.name, namespace = %self.key.namespace, error = %why, "cannot set up the pod's network");
