@@ -389,6 +389,17 @@ pub struct RuntimeArgs {
     /// Do not program Service rules (the nftables table keelson-services) on this node, e.g. when another proxy does (K3s's flag)
     #[arg(long, env = "KEELSON_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
+    /// Directory of CNI network configurations: keelson writes 10-keelson.conflist there unless --flannel-backend=none; the first file in lexical order is used
+    #[arg(long, env = "KEELSON_CNI_CONF_DIR", default_value = crate::node::cni::DEFAULT_CONF_DIR)]
+    pub cni_conf_dir: PathBuf,
+
+    /// Directories searched for CNI plugins, in order (comma-separated)
+    #[arg(long, env = "KEELSON_CNI_BIN_DIR", value_delimiter = ',', default_value = crate::node::cni::DEFAULT_BIN_DIRS)]
+    pub cni_bin_dir: Vec<PathBuf>,
+
+    /// Longest one CNI plugin call may take before the plugin is killed and the pod's network set-up fails
+    #[arg(long, default_value = "30s")]
+    pub cni_plugin_timeout: String,
 }
 
 #[derive(Debug, Args, Clone)]

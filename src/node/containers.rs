@@ -68,6 +68,12 @@ const IMAGE_GC_INTERVAL: Duration = Duration::from_secs(300);
 const CGROUP_PARENT: &str = "/keelson";
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Back-off between tries of a pod network set-up that failed (a plugin error or timeout):
+/// from the first, doubling, up to the last.
+const NETWORK_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const NETWORK_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Tries of a pod's network removal (CNI DEL) before the pod is removed anyway.
+const DETACH_TRIES: u32 = 3;
 
 /// Where and how this node runs containers.
 #[derive(Clone)]
@@ -88,7 +94,9 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// The cluster network as the node knows it: the cluster DNS server and domain pods'
     /// `resolv.conf` names.
-    pub network: Option<Arc<super::network::Network>>,
+    pub view: Option<Arc<super::network::Network>>,
+    /// Gives pods with their own network namespace an interface and addresses (CNI).
+    pub network: Arc<super::cni::PodNetwork>,
 }
 
 /// The node's pods and their tasks.
@@ -526,8 +534,13 @@ struct PodRunner {
     start_time: String,
     ready_since: String,
     was_ready: bool,
-    /// Why the pod cannot start yet (sandbox or volume trouble), shown as a waiting message.
+    /// Why the pod cannot start yet (sandbox, network or volume trouble), shown as a
+    /// waiting message.
     setup_error: Option<String>,
+    /// When a failed network set-up is tried again, and the back-off after that.
+    setup_retry: Option<(Instant, Duration)>,
+    /// The pod's addresses: from CNI, or the node's with `hostNetwork`; empty until set up.
+    pod_ips: Vec<IpAddr>,
     /// The pod's namespaces and volumes, once set up.
     sandbox: Option<(super::sandbox::Sandbox, super::volumes::Volumes)>,
     /// The pod's shared PID namespace (`shareProcessNamespace`), once set up.
@@ -607,6 +620,8 @@ impl PodRunner {
             ready_since: now,
             was_ready: false,
             setup_error: None,
+            setup_retry: None,
+            pod_ips: Vec::new(),
             sandbox: None,
             pid_namespace: None,
             volumes_refreshed: Instant::now(),
@@ -627,7 +642,13 @@ impl PodRunner {
             tokio::select! {
                 c = commands.recv() => match c {
                     Some(Command::Update(pod)) => {
+                        let ended = pod.finished && !self.pod.finished;
                         self.pod = *pod;
+                        if ended && self.sandbox.is_some() {
+                            // Nothing of it runs again: its addresses go back now, as kubelet
+                            // stops a finished pod's sandbox (its status keeps the podIP).
+                            detach_network(&self.shared, &self.dir, &self.key.name).await;
+                        }
                     }
                     Some(Command::Stop) | None => {
                         self.stop().await;
@@ -717,6 +738,11 @@ impl PodRunner {
             return;
         }
         if self.sandbox.is_none() {
+            if let Some((at, _)) = self.setup_retry
+                && Instant::now() < at
+            {
+                return;
+            }
             match self.set_up_pod().await {
                 Ok((sandbox, volumes, pid_namespace)) => {
                     let parts = (sandbox, volumes);
@@ -729,10 +755,41 @@ impl PodRunner {
                     tracing::debug!(pod = %self.key.name, "pod sandbox set up");
                     self.sandbox = Some(parts);
                     self.setup_error = None;
+                    self.setup_retry = None;
                 }
-                Err(why) => {
+                Err(SetUpError::Other(why)) => {
                     if self.setup_error.as_deref() != Some(why.as_str()) {
                         tracing::warn!(pod = %self.key.name, namespace = %self.key.namespace, error = %why, "cannot set the pod up");
+                    }
+                    self.setup_error = Some(why);
+                    return;
+                }
+                Err(SetUpError::Network(e)) => {
+                    let why = e.to_string();
+                    let new = self.setup_error.as_deref() != Some(why.as_str());
+                    if let super::cni::CniError::NotReady(_) = e {
+                        // Waiting for the node's pod block: checked again shortly (not at
+                        // once: each try also fetches the pod's objects).
+                        if new {
+                            tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, "{why}");
+                            self.note(true, "NetworkNotReady", why.clone());
+                        }
+                        self.setup_retry =
+                            Some((Instant::now() + NETWORK_BACKOFF_MIN, NETWORK_BACKOFF_MIN));
+                    } else {
+                        // kubelet's event for a sandbox whose network set-up failed.
+                        tracing::warn!(pod = %self.key.name, namespace = %self.key.namespace, error = %why, "cannot set up the pod's network");
+                        self.note(
+                            true,
+                            "FailedCreatePodSandBox",
+                            format!(
+                                "Failed to create pod sandbox: failed to set up network for pod {:?}: {why}",
+                                self.pod.uid
+                            ),
+                        );
+                        let wait = self.setup_retry.map_or(NETWORK_BACKOFF_MIN, |(_, w)| w);
+                        self.setup_retry =
+                            Some((Instant::now() + wait, (wait * 2).min(NETWORK_BACKOFF_MAX)));
                     }
                     self.setup_error = Some(why);
                     return;
@@ -773,6 +830,9 @@ impl PodRunner {
         }
     }
 
+    /// Sets the pod up: namespaces, its network interface (CNI ADD, or the record of an
+    /// earlier process's), its etc files with its addresses, volumes, the shared PID
+    /// namespace.
     async fn set_up_pod(
         &mut self,
     ) -> Result<
@@ -781,7 +841,7 @@ impl PodRunner {
             super::volumes::Volumes,
             Option<PathBuf>,
         ),
-        String,
+        SetUpError,
     > {
         let dir = self.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -795,7 +855,7 @@ impl PodRunner {
         let config = &self.shared.config;
         let host = super::sandbox::host_files(&config.resolv_conf).map_err(|e| e.to_string())?;
         let cluster = config
-            .network
+            .view
             .as_ref()
             .and_then(|n| n.read(|v| v.cluster.clone()));
         let dns = super::sandbox::ClusterDns {
@@ -805,10 +865,45 @@ impl PodRunner {
                 .unwrap_or_else(|| CLUSTER_DOMAIN.to_owned()),
         };
         let spec = self.spec.clone();
-        let ips = self.shared.config.host_ips.clone();
+        let host_ips = self.shared.config.host_ips.clone();
+        let sandbox = {
+            let (dir, spec, host) = (dir.clone(), spec.clone(), host.clone());
+            tokio::task::spawn_blocking(move || super::sandbox::create(&dir, &spec, &host))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+        };
+        let pod_ips = match &sandbox.network {
+            super::sandbox::Namespace::Host => host_ips.clone(),
+            super::sandbox::Namespace::Path(netns) => {
+                let identity = super::cni::PodIdentity {
+                    namespace: self.key.namespace.clone(),
+                    name: self.key.name.clone(),
+                    uid: self.pod.uid.clone(),
+                };
+                let ports = super::cni::port_mappings(&spec);
+                let network = &self.shared.config.network;
+                let attached = network
+                    .attach(&dir, &identity, netns, ports)
+                    .await
+                    .map_err(SetUpError::Network)?;
+                if attached.adopted {
+                    tracing::info!(pod = %self.key.name, ips = ?attached.ips, "adopting the pod's network interface of an earlier process");
+                    // The spec's CHECK tells whether it is still as ADD left it; a pod whose
+                    // network broke while no keelson ran is reported, not rebuilt under it.
+                    if let Err(e) = network.check(&dir).await {
+                        tracing::warn!(pod = %self.key.name, error = %e, "the pod's network fails its CNI CHECK");
+                        self.note(true, "NetworkCheckFailed", e.to_string());
+                    }
+                } else {
+                    tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, ips = ?attached.ips, "pod network interface set up");
+                }
+                attached.ips
+            }
+        };
+        self.pod_ips = pod_ips.clone();
         tokio::task::spawn_blocking(move || {
-            let sandbox = super::sandbox::create(&dir, &spec, &host).map_err(|e| e.to_string())?;
-            let ctx = pod_context(&spec, &ips);
+            let ctx = pod_context(&spec, &pod_ips, &host_ips);
             super::sandbox::write_files(&sandbox, &spec, ctx.pod_ips, &host, &dns)
                 .map_err(|e| e.to_string())?;
             let sources = super::volumes::Sources {
@@ -828,6 +923,7 @@ impl PodRunner {
         })
         .await
         .map_err(|e| e.to_string())?
+        .map_err(SetUpError::Other)
     }
 
     /// Brings ConfigMap, Secret and projected volumes up to date with their objects (as
@@ -850,14 +946,15 @@ impl PodRunner {
                 return;
             }
         };
-        let (dir, spec, ips) = (
+        let (dir, spec, pod_ips, host_ips) = (
             self.dir.clone(),
             self.spec.clone(),
+            self.pod_ips.clone(),
             self.shared.config.host_ips.clone(),
         );
         let updated = tokio::task::spawn_blocking(move || {
             let sources = super::volumes::Sources {
-                pod: pod_context(&spec, &ips),
+                pod: pod_context(&spec, &pod_ips, &host_ips),
                 objects: &objects,
             };
             super::volumes::update(&dir, &sources)
@@ -1344,7 +1441,7 @@ impl PodRunner {
         number: u32,
     ) -> Result<(), Failure> {
         let objects = self.fetch_objects().await.map_err(Failure::Config)?;
-        let ctx = pod_context(&self.spec, &self.shared.config.host_ips);
+        let ctx = pod_context(&self.spec, &self.pod_ips, &self.shared.config.host_ips);
         let env = super::env::resolve(&ctx, spec, &objects)
             .map_err(|e| Failure::Config(e.to_string()))?;
         for w in &env.warnings {
@@ -1515,12 +1612,9 @@ impl PodRunner {
             phase = Phase::Failed;
         }
         let ready = phase == Phase::Running && initialized && main.iter().all(|c| c.ready);
-        let host_network = self.spec["spec"]["hostNetwork"].as_bool().unwrap_or(false);
         PodState {
             phase,
-            pod_ip: host_network
-                .then(|| self.shared.config.host_ips.first().copied())
-                .flatten(),
+            pod_ips: self.pod_ips.clone(),
             start_time: self.start_time.clone(),
             ready,
             ready_since: self.ready_since.clone(),
@@ -1668,6 +1762,7 @@ impl PodRunner {
             let _ = runc.delete(id, true).await;
         }
         lock(&self.shared.running).remove(&self.key);
+        detach_network(&self.shared, &self.dir, &self.key.name).await;
         remove_pod_dir(&self.shared, &self.dir).await;
         if let Err(e) = super::bundle::remove_pod_cgroup(CGROUP_PARENT, &self.pod.uid) {
             tracing::debug!(pod = %self.key.name, error = %e, "cannot remove the pod's cgroup");
@@ -1832,12 +1927,15 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-fn pod_context<'a>(pod: &'a Value, ips: &'a [IpAddr]) -> super::env::PodContext<'a> {
-    let host_network = pod["spec"]["hostNetwork"].as_bool().unwrap_or(false);
+fn pod_context<'a>(
+    pod: &'a Value,
+    pod_ips: &'a [IpAddr],
+    host_ips: &'a [IpAddr],
+) -> super::env::PodContext<'a> {
     super::env::PodContext {
         pod,
-        pod_ips: if host_network { ips } else { &[] },
-        host_ips: ips,
+        pod_ips,
+        host_ips,
         allocatable: super::env::Allocatable::default(),
     }
 }
@@ -1934,7 +2032,43 @@ async fn remove_orphan(shared: &Shared, dir: &Path) {
             unmount_quietly(&run.path().join("bundle").join("rootfs"));
         }
     }
+    let uid = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    detach_network(shared, dir, uid).await;
     remove_pod_dir(shared, dir).await;
+}
+
+/// Removes the pod's network interface and releases its addresses (CNI DEL) while its
+/// network namespace still exists, tried a few times; a DEL that keeps failing is logged and
+/// the pod removed anyway (its namespace, and with it the interface, goes with the pod).
+async fn detach_network(shared: &Shared, dir: &Path, pod: &str) {
+    let mut wait = NETWORK_BACKOFF_MIN;
+    for attempt in 1..=DETACH_TRIES {
+        match shared.config.network.detach(dir).await {
+            Ok(()) => return,
+            Err(e) if attempt == DETACH_TRIES => {
+                tracing::error!(%pod, error = %e, "cannot remove the pod's network (CNI DEL); its addresses may stay allocated");
+            }
+            Err(e) => {
+                tracing::warn!(%pod, error = %e, "cannot remove the pod's network (CNI DEL); trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+}
+
+/// Why a pod could not be set up.
+enum SetUpError {
+    /// Its network (CNI): waiting for the node's pod block, or a plugin failed.
+    Network(super::cni::CniError),
+    /// Anything else (namespaces, volumes, objects), as a message for the pod's status.
+    Other(String),
+}
+
+impl From<String> for SetUpError {
+    fn from(why: String) -> SetUpError {
+        SetUpError::Other(why)
+    }
 }
 
 #[cfg(test)]

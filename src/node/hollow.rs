@@ -117,7 +117,7 @@ impl PodRuntime for Hollow {
         let ip = self.next_address();
         let state = PodState {
             phase: Phase::Pending,
-            pod_ip: Some(ip),
+            pod_ips: vec![ip],
             start_time: start.clone(),
             ready: false,
             ready_since: start,
@@ -314,8 +314,8 @@ mod tests {
         let s = h.state(&key("web")).unwrap();
         assert_eq!((s.phase, s.ready), (Phase::Running, true));
         assert_eq!(
-            s.pod_ip,
-            Some(IpAddr::from([198, 19, 0, 3 * ADDRESSES_PER_NODE as u8]))
+            s.pod_ips,
+            vec![IpAddr::from([198, 19, 0, 3 * ADDRESSES_PER_NODE as u8])]
         );
         assert_eq!(h.next_wake(), None);
         assert!(h.poll(t0 + Duration::from_secs(3600)).is_empty());

@@ -13,6 +13,7 @@
 
 pub mod attach;
 pub mod bundle;
+pub mod cni;
 pub mod containers;
 pub mod dns;
 pub mod env;
@@ -98,6 +99,8 @@ pub struct RuntimeOptions {
     pub services: bool,
     /// `--resolv-conf`: the node's resolvers, for cluster DNS forwarding and `Default` pods.
     pub resolv_conf: PathBuf,
+    /// `--cni-conf-dir`, `--cni-bin-dir`, `--cni-plugin-timeout`.
+    pub cni: cni::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +170,12 @@ impl RuntimeOptions {
             problems.push(e);
             resources::DEFAULT_PRESSURE_TRANSITION
         });
+        let cni_timeout =
+            crate::config::parse_duration("--cni-plugin-timeout", &args.cni_plugin_timeout)
+                .unwrap_or_else(|e| {
+                    problems.push(e);
+                    cni::DEFAULT_TIMEOUT
+                });
         RuntimeOptions {
             runtime,
             registries: args.private_registry.clone(),
@@ -180,6 +189,11 @@ impl RuntimeOptions {
             flannel_iface: args.flannel_iface.clone(),
             services: !args.disable_kube_proxy,
             resolv_conf: args.resolv_conf.clone(),
+            cni: cni::Settings {
+                conf_dir: args.cni_conf_dir.clone(),
+                bin_dirs: args.cni_bin_dir.clone(),
+                timeout: cni_timeout,
+            },
         }
     }
 
@@ -195,6 +209,14 @@ impl RuntimeOptions {
             flannel_iface: None,
             services: false,
             resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
+            cni: cni::Settings {
+                conf_dir: PathBuf::from(cni::DEFAULT_CONF_DIR),
+                bin_dirs: cni::DEFAULT_BIN_DIRS
+                    .split(',')
+                    .map(PathBuf::from)
+                    .collect(),
+                timeout: cni::DEFAULT_TIMEOUT,
+            },
         }
     }
 
@@ -235,6 +257,10 @@ impl RuntimeOptions {
         dns::spawn(&network, self.resolv_conf.clone());
         let (client, requests) = objects::channel();
         let (notes_tx, notes) = mpsc::channel(NOTE_QUEUE);
+        let network = network::Network::new(node_name);
+        // Stops when the node's network view is dropped with the runtime.
+        let pod_network = cni::PodNetwork::new(self.cni.clone(), root.join("cni"), network.clone());
+        pod_network.spawn_config_writer();
         let config = containers::Config {
             root,
             log_root: PathBuf::from("/var/log/pods"),
@@ -244,7 +270,8 @@ impl RuntimeOptions {
             pids_limit: 0,
             image_gc: self.image_gc,
             resolv_conf: self.resolv_conf.clone(),
-            network: Some(network.clone()),
+            view: Some(network.clone()),
+            network: pod_network,
         };
         let pods = containers::Containers::new(config, store, client, notes_tx)?;
         pods.collect_images();

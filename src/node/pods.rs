@@ -128,7 +128,8 @@ pub enum Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodState {
     pub phase: Phase,
-    pub pod_ip: Option<IpAddr>,
+    /// The pod's addresses, `status.podIP` first; empty until its network is set up.
+    pub pod_ips: Vec<IpAddr>,
     /// When the node accepted the pod (RFC 3339).
     pub start_time: String,
     pub ready: bool,

@@ -63,9 +63,13 @@ pub fn pod_status(state: &PodState, host_ip: Option<IpAddr>) -> Value {
             }));
         }
     }
-    if let Some(ip) = state.pod_ip {
+    if let Some(ip) = state.pod_ips.first() {
         status["podIP"] = json!(ip.to_string());
-        status["podIPs"] = json!([{"ip": ip.to_string()}]);
+        status["podIPs"] = state
+            .pod_ips
+            .iter()
+            .map(|ip| json!({"ip": ip.to_string()}))
+            .collect();
     }
     status
 }
@@ -148,7 +152,7 @@ mod tests {
     fn a_running_pod_reads_as_kubelet_writes_it() {
         let state = PodState {
             phase: Phase::Running,
-            pod_ip: Some("198.19.0.7".parse().unwrap()),
+            pod_ips: vec!["198.19.0.7".parse().unwrap()],
             start_time: "2026-01-01T00:00:00Z".into(),
             ready: true,
             ready_since: "2026-01-01T00:00:01Z".into(),
@@ -193,7 +197,7 @@ mod tests {
         use crate::apiserver::patch;
         let mut state = PodState {
             phase: Phase::Running,
-            pod_ip: None,
+            pod_ips: vec![],
             start_time: "2026-01-01T00:00:00Z".into(),
             ready: false,
             ready_since: "2026-01-01T00:00:00Z".into(),

@@ -1,6 +1,11 @@
 //! Helpers of the tests that run real pods (tests/pods.rs, tests/attach.rs): the busybox
 //! image in a local registry, a server with the runc runtime, kubectl with piped input or
 //! under a pseudo-terminal.
+//!
+//! These nodes run in the machine's own network namespace, so their pods must not get
+//! keelson's bridge and addresses there: the server runs with `--flannel-backend none` and
+//! every node with a `--cni-conf-dir` holding only the `loopback` plugin (pods keep loopback
+//! only and no pod IP; tests/pod_network.rs covers the pod network in namespaces of its own).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,6 +26,9 @@ pub fn available(test: &str) -> bool {
     if Command::new("runc").arg("--version").output().is_err() {
         missing.push("runc");
     }
+    if loopback_plugin_dir().is_none() {
+        missing.push("the CNI loopback plugin (containernetworking-plugins)");
+    }
     if !missing.is_empty() {
         let msg = format!("the pod tests need {}", missing.join(", "));
         if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -37,6 +45,8 @@ pub struct Images {
     /// Kept for its lifetime: the registry stops when this drops.
     _registry: Registry,
     config: PathBuf,
+    /// `--cni-conf-dir`: a loopback-only network configuration.
+    cni_conf: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -54,9 +64,17 @@ impl Images {
             ),
         )
         .expect("write registries.yaml");
+        let cni_conf = dir.path().join("net.d");
+        std::fs::create_dir_all(&cni_conf).expect("create the CNI conf dir");
+        std::fs::write(
+            cni_conf.join("99-loopback.conflist"),
+            r#"{"cniVersion": "1.0.0", "name": "loopback-only", "plugins": [{"type": "loopback"}]}"#,
+        )
+        .expect("write the loopback-only CNI config");
         Images {
             _registry: registry,
             config,
+            cni_conf,
             _dir: dir,
         }
     }
@@ -65,12 +83,22 @@ impl Images {
         vec![
             "--runtime=runc".into(),
             format!("--private-registry={}", self.config.display()),
+            format!("--cni-conf-dir={}", self.cni_conf.display()),
         ]
     }
 }
 
+/// Where Debian (or the CNI project's layout) keeps the `loopback` plugin.
+fn loopback_plugin_dir() -> Option<PathBuf> {
+    ["/opt/cni/bin", "/usr/lib/cni"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|d| d.join("loopback").exists())
+}
+
 pub fn server_with_runtime(images: &Images) -> Server {
-    let mut opts = Options::default();
+    // keelson's own pod network would put a bridge into the machine's namespace.
+    let mut opts = Options::default().flag("--flannel-backend=none");
     for f in images.flags() {
         opts = opts.flag(&f);
     }
