@@ -228,8 +228,8 @@ pub struct ServerArgs {
     #[arg(long, value_delimiter = ',')]
     pub service_lb_pool: Vec<String>,
 
-    /// Do not deploy a packaged component: coredns, servicelb, traefik, local-storage, metrics-server, runtimes (repeatable; must agree across servers)
-    #[arg(long, value_delimiter = ',')]
+    /// Do not deploy a packaged component: coredns (keelson's cluster DNS on every node), servicelb, traefik, local-storage, metrics-server, runtimes (repeatable; must agree across servers)
+    #[arg(long, env = "KEELSON_DISABLE", value_delimiter = ',')]
     pub disable: Vec<String>,
 
     /// Encrypt secrets at rest (must agree across servers)

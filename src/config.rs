@@ -256,7 +256,10 @@ impl ServerConfig {
             )
             .map(|r| r.cidrs().collect())
             .unwrap_or_default(),
-            cluster_dns: self.settings.cluster_dns.parse().ok(),
+            // `--disable coredns`: no cluster DNS anywhere; pods get their node's resolver.
+            cluster_dns: (!self.settings.disable.contains("coredns"))
+                .then(|| self.settings.cluster_dns.parse().ok())
+                .flatten(),
             cluster_domain: self.cluster_domain.clone(),
             backend: self.flannel_backend,
         }

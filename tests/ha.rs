@@ -186,7 +186,8 @@ fn refused_servers_leave_no_trace(db: Db) {
     for want in [
         r#"--cluster-cidr is "10.99.0.0/16" here but "10.42.0.0/16" in the cluster"#,
         r#"--cluster-domain is "example.internal" here but "cluster.local" in the cluster"#,
-        r#"--disable is "traefik" here but "" in the cluster"#,
+        // The harness gives every server `--disable coredns` (KEELSON_DISABLE).
+        r#"--disable is "traefik" here but "coredns" in the cluster"#,
     ] {
         assert!(e.log.contains(want), "missing {want:?} in:\n{}", e.log);
     }

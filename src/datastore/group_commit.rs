@@ -1,11 +1,14 @@
-//! Group commit for SQLite: writes queued by many callers go to disk in one transaction.
+//! Group commit: writes queued by many callers of one server go to disk in one transaction.
 //!
-//! SQLite has one writer at a time, and with `synchronous=FULL` every commit waits for the disk
-//! (an fsync of the WAL). Written one transaction each, a burst of writes (a ReplicaSet
-//! creating a thousand pods, the scheduler binding them) costs one disk flush per object and
-//! the writers queue on SQLite's lock. Here one task owns writing: it takes every write waiting
-//! at that moment (at most [`MAX_BATCH`]), applies them in order inside one `BEGIN IMMEDIATE`
-//! transaction, and commits once. A lone write is not delayed: nothing waits for company.
+//! Every write takes the next revision, so writers queue on one lock anyway (SQLite's write
+//! lock; the revision row on PostgreSQL and MySQL), and every commit waits for the disk (an
+//! fsync; SQLite runs with `synchronous=FULL`). Written one transaction each, a burst (a
+//! ReplicaSet creating a thousand pods, the scheduler binding them) costs one flush and one
+//! lock hand-over per object. Here one task per server owns writing: it takes every write
+//! waiting at that moment (at most [`MAX_BATCH`]), applies them in order inside one
+//! transaction that holds the lock from its start (`BEGIN IMMEDIATE` on SQLite, the revision
+//! row `FOR UPDATE` elsewhere), and commits once (with one `NOTIFY` on PostgreSQL). A lone
+//! write is not delayed: nothing waits for company.
 //!
 //! Invariants: each write in a batch is decided against the state the writes before it left
 //! (same path twice in one batch behaves as two transactions would); a refused write (conflict,
@@ -17,7 +20,7 @@
 use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Error, EventKind, Op, Record, Result, Statements, Write, record};
+use super::{Dialect, Error, EventKind, Op, Record, Result, Statements, Write, record};
 
 /// Most writes in one transaction: enough to amortise the flush, small enough that the first
 /// caller of a batch is not kept long.
@@ -35,6 +38,7 @@ pub(super) struct Queued {
 /// What the writer needs of the store.
 pub(super) struct Writer {
     pub pool: AnyPool,
+    pub dialect: Dialect,
     pub sql: &'static Statements,
     pub committed: std::sync::Arc<tokio::sync::Notify>,
     pub statements: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -87,17 +91,51 @@ impl Writer {
     /// transaction itself failed (nothing of it was written).
     async fn commit(&self, batch: &[Queued]) -> Result<Vec<Result<(i64, Option<Record>)>>> {
         let mut conn = self.pool.acquire().await?;
-        // IMMEDIATE takes the write lock now, so what each write reads cannot change before
-        // it writes, and no revision is taken for a write that is then refused.
-        self.count(1);
-        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let applied = self.apply_all(&mut conn, batch).await;
+        // The lock is taken first, so what each write reads cannot change before it writes
+        // (no other server writes meanwhile), and no revision is taken for a refused write.
+        let begun = match self.dialect {
+            Dialect::Sqlite => {
+                self.count(1);
+                sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await
+            }
+            Dialect::Postgres | Dialect::Mysql => {
+                self.count(2);
+                match sqlx::raw_sql("BEGIN").execute(&mut *conn).await {
+                    Ok(_) => {
+                        sqlx::raw_sql(
+                            "SELECT value FROM keelson_meta WHERE name = 'revision' FOR UPDATE",
+                        )
+                        .execute(&mut *conn)
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let applied = match begun {
+            Ok(_) => self.apply_all(&mut conn, batch).await,
+            Err(e) => Err(Error::from(e)),
+        };
         let finished = match applied {
             Ok(results) => {
+                let notified =
+                    if self.dialect == Dialect::Postgres && results.iter().any(Result::is_ok) {
+                        // Delivered at commit, to every server's LISTEN connection.
+                        self.count(1);
+                        sqlx::raw_sql(super::notify::NOTIFY)
+                            .execute(&mut *conn)
+                            .await
+                            .map(|_| ())
+                    } else {
+                        Ok(())
+                    };
                 self.count(1);
-                match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
-                    Ok(_) => Ok(results),
+                match notified {
                     Err(e) => Err(Error::from(e)),
+                    Ok(()) => match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+                        Ok(_) => Ok(results),
+                        Err(e) => Err(Error::from(e)),
+                    },
                 }
             }
             Err(e) => Err(e),
@@ -135,11 +173,22 @@ impl Writer {
                     continue;
                 }
             };
-            self.count(3);
-            let bump = sql
-                .bump_returning
-                .ok_or_else(|| Error::Unavailable(sqlx::Error::Protocol("no RETURNING".into())))?;
-            let revision: i64 = sqlx::query(bump).fetch_one(&mut *conn).await?.try_get(0)?;
+            let revision: i64 = match sql.bump_returning {
+                Some(bump) => {
+                    self.count(3);
+                    sqlx::query(bump).fetch_one(&mut *conn).await?.try_get(0)?
+                }
+                // MySQL: no RETURNING; the row is ours until commit, so read it back.
+                None => {
+                    self.count(4);
+                    sqlx::query(sql.bump).execute(&mut *conn).await?;
+                    sqlx::query(sql.meta)
+                        .bind("revision")
+                        .fetch_one(&mut *conn)
+                        .await?
+                        .try_get(0)?
+                }
+            };
             let (kind, create_revision, value) = match (write, &current) {
                 (Write::Put(value), None) => {
                     sqlx::query(sql.insert_object)

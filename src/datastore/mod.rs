@@ -216,8 +216,8 @@ struct Inner {
     doorbell: Option<doorbell::Doorbell>,
     /// Closes idle connections beyond `--datastore-max-idle-connections`; aborted likewise.
     trimmer: Option<tokio::task::AbortHandle>,
-    /// SQLite's single writer ([`group_commit`]); it ends when the last handle drops.
-    writer: Option<tokio::sync::mpsc::Sender<group_commit::Queued>>,
+    /// The server's single writer ([`group_commit`]); it ends when the last handle drops.
+    writer: tokio::sync::mpsc::Sender<group_commit::Queued>,
 }
 
 impl Drop for Inner {
@@ -321,13 +321,12 @@ impl Store {
         let trimmer =
             (pool_cfg.max_idle < max).then(|| spawn_idle_trimmer(pool.clone(), pool_cfg.max_idle));
         let sql = Statements::for_dialect(dialect);
-        let writer = (dialect == Dialect::Sqlite).then(|| {
-            group_commit::spawn(group_commit::Writer {
-                pool: pool.clone(),
-                sql,
-                committed: committed.clone(),
-                statements: statements.clone(),
-            })
+        let writer = group_commit::spawn(group_commit::Writer {
+            pool: pool.clone(),
+            dialect,
+            sql,
+            committed: committed.clone(),
+            statements: statements.clone(),
         });
         Ok(Store {
             inner: Arc::new(Inner {
@@ -470,89 +469,15 @@ impl Store {
 
     /// The one write path. The operation is decided against the current object inside the
     /// transaction, after the revision counter is locked, so no other writer can change it in
-    /// between. On SQLite the writes of many callers share a transaction ([`group_commit`]).
+    /// between. The writes of many callers share a transaction ([`group_commit`]).
     async fn write(&self, path: &str, op: Op) -> Result<(i64, Option<Record>)> {
-        if let Some(queue) = &self.inner.writer {
-            return group_commit::submit(queue, path, op).await;
-        }
-        let sql = &self.inner.sql;
-        // BEGIN, bump (+ read on MySQL), read, write, event, NOTIFY on PostgreSQL, COMMIT.
-        self.count(match self.inner.dialect {
-            Dialect::Sqlite => 6,
-            Dialect::Postgres => 7,
-            Dialect::Mysql => 7,
-        });
-        let mut tx = self.inner.pool.begin().await?;
-        let revision: i64 = match sql.bump_returning {
-            Some(stmt) => sqlx::query(stmt).fetch_one(&mut *tx).await?.try_get(0)?,
-            None => {
-                sqlx::query(sql.bump).execute(&mut *tx).await?;
-                sqlx::query(sql.meta)
-                    .bind("revision")
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?
-            }
-        };
-        let current = sqlx::query(sql.get)
-            .bind(path)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| record(path, &r))
-            .transpose()?;
-        // On a refusal the transaction drops and rolls back, returning the revision number.
-        let write = op.decide(path, current.as_ref())?;
-        let (kind, create_revision, value) = match (write, &current) {
-            (Write::Put(value), None) => {
-                sqlx::query(sql.insert_object)
-                    .bind(path)
-                    .bind(revision)
-                    .bind(revision)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await?;
-                (EventKind::Added, revision, value)
-            }
-            (Write::Put(value), Some(cur)) => {
-                sqlx::query(sql.update_object)
-                    .bind(revision)
-                    .bind(value)
-                    .bind(path)
-                    .execute(&mut *tx)
-                    .await?;
-                (EventKind::Modified, cur.create_revision, value)
-            }
-            (Write::Delete, Some(cur)) => {
-                sqlx::query(sql.delete_object)
-                    .bind(path)
-                    .execute(&mut *tx)
-                    .await?;
-                (
-                    EventKind::Deleted,
-                    cur.create_revision,
-                    cur.value.as_slice(),
-                )
-            }
-            (Write::Delete, None) => return Err(Error::NotFound(path.to_owned())),
-        };
-        sqlx::query(sql.insert_event)
-            .bind(revision)
-            .bind(path)
-            .bind(kind.code())
-            .bind(create_revision)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
-        if self.inner.dialect == Dialect::Postgres {
-            // Delivered at commit, to every server's LISTEN connection.
-            sqlx::query(notify::NOTIFY).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        self.inner.committed.notify_one();
-        if let Some(doorbell) = &self.inner.doorbell {
+        let written = group_commit::submit(&self.inner.writer, path, op).await;
+        if written.is_ok()
+            && let Some(doorbell) = &self.inner.doorbell
+        {
             doorbell.ring();
         }
-        Ok((revision, current))
+        written
     }
 
     /// Up to `limit` events after `after`, in revision order. One statement when nothing

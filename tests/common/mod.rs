@@ -681,6 +681,9 @@ pub fn keelson_command() -> Command {
     // device or the masquerade table there (and parallel tests would fight over them); the
     // board lab (`boards.rs`), in namespaces of its own, passes `--flannel-backend`.
     cmd.env("KEELSON_FLANNEL_BACKEND", "none");
+    // Nor put the cluster DNS address on its loopback and take port 53 there (tests/dns.rs,
+    // in a namespace of its own, turns it back on with an empty `--disable`).
+    cmd.env("KEELSON_DISABLE", "coredns");
     // Nodes that do run containers here live in the machine's own network namespace: they
     // must not program Service rules into it (tests/services.rs runs its nodes in namespaces
     // of their own, without this).
