@@ -250,7 +250,7 @@ pub struct ContainerInput<'a> {
     /// This container's entry of `spec.containers` (or `initContainers`).
     pub container: &'a Value,
     pub image: &'a ImageConfig,
-    /// The container's environment from [`env::resolve`].
+    /// The container's environment from [`env::resolve_with`].
     pub env: &'a [(String, String)],
     /// The mounted root filesystem.
     pub rootfs: &'a Path,

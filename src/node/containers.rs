@@ -1442,7 +1442,22 @@ impl PodRunner {
     ) -> Result<(), Failure> {
         let objects = self.fetch_objects().await.map_err(Failure::Config)?;
         let ctx = pod_context(&self.spec, &self.pod_ips, &self.shared.config.host_ips);
-        let env = super::env::resolve(&ctx, spec, &objects)
+        let services: Vec<super::env::ServiceLink> = self
+            .shared
+            .config
+            .view
+            .as_ref()
+            .map(|v| {
+                v.read(|v| {
+                    v.services
+                        .values()
+                        .filter_map(|s| service_link(s))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        let base = super::env::service_vars(&self.spec, &services);
+        let env = super::env::resolve_with(&ctx, spec, &objects, base)
             .map_err(|e| Failure::Config(e.to_string()))?;
         for w in &env.warnings {
             tracing::warn!(pod = %self.key.name, "{w}");
@@ -1925,6 +1940,20 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// A Service as containers' environment sees it: only those with a cluster IP.
+fn service_link(s: &crate::api::network::ServiceInfo) -> Option<super::env::ServiceLink> {
+    Some(super::env::ServiceLink {
+        namespace: s.key.namespace.clone(),
+        name: s.key.name.clone(),
+        ip: *s.cluster_ips.first()?,
+        ports: s
+            .ports
+            .iter()
+            .map(|p| (p.name.clone(), p.protocol.name(), p.port))
+            .collect(),
+    })
 }
 
 fn pod_context<'a>(

@@ -177,9 +177,25 @@ pub fn references(pod: &Value) -> References {
 }
 
 /// Resolves `container`'s `envFrom` and `env` against the pod and the prefetched objects.
+// Tests resolve without Services; the runtime always passes the node's (`resolve_with`).
+#[cfg(test)]
 pub fn resolve(ctx: &PodContext, container: &Value, objects: &dyn Objects) -> Result<ResolvedEnv> {
+    resolve_with(ctx, container, objects, Vec::new())
+}
+
+/// [`resolve`], starting from `base` (the Services' variables, [`service_vars`]): the
+/// container's own `envFrom` and `env` override them and may refer to them with `$(NAME)`.
+pub fn resolve_with(
+    ctx: &PodContext,
+    container: &Value,
+    objects: &dyn Objects,
+    base: Vec<(String, String)>,
+) -> Result<ResolvedEnv> {
     let namespace = str_at(ctx.pod, &["metadata", "namespace"]).unwrap_or("default");
-    let mut out = ResolvedEnv::default();
+    let mut out = ResolvedEnv {
+        vars: base,
+        warnings: Vec::new(),
+    };
     for source in array(container, "envFrom") {
         let prefix = source["prefix"].as_str().unwrap_or("");
         let (data, kind, name) = if let Some(r) = source.get("configMapRef") {
@@ -660,6 +676,81 @@ fn go_quote(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// A Service as the variables of [`service_vars`] see it (one with a cluster IP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLink {
+    pub namespace: String,
+    pub name: String,
+    /// The primary cluster IP.
+    pub ip: IpAddr,
+    /// Name (may be empty), protocol in lower case (`tcp`), port; in the Service's order.
+    pub ports: Vec<(String, &'static str, u16)>,
+}
+
+/// The variables kubelet gives every container about Services, as Docker links did: for the
+/// `default/kubernetes` Service always, and for every Service of the pod's namespace unless
+/// the pod says `enableServiceLinks: false` — `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT`,
+/// `<NAME>_SERVICE_PORT_<PORT NAME>`, `<NAME>_PORT`, `<NAME>_PORT_<port>_<PROTO>` and its
+/// `_PROTO`, `_PORT`, `_ADDR`. Names are upper-cased with `-` as `_`. A Service of the pod's
+/// namespace wins over `default/kubernetes` for the same names, as in kubelet.
+pub fn service_vars(pod: &Value, services: &[ServiceLink]) -> Vec<(String, String)> {
+    let namespace = str_at(pod, &["metadata", "namespace"]).unwrap_or("default");
+    let links = pod["spec"]["enableServiceLinks"].as_bool().unwrap_or(true);
+    let mut chosen: Vec<&ServiceLink> = services
+        .iter()
+        .filter(|s| {
+            (s.namespace == "default" && s.name == "kubernetes")
+                || (links && s.namespace == namespace)
+        })
+        .collect();
+    // The pod's own namespace last, so its Services' values win.
+    chosen.sort_by_key(|s| (s.namespace == namespace, s.name.clone()));
+    let mut vars = Vec::new();
+    for s in chosen {
+        let Some((_, first_proto, first_port)) = s.ports.first() else {
+            continue;
+        };
+        let name = s.name.to_ascii_uppercase().replace('-', "_");
+        let host = s.ip.to_string();
+        set(&mut vars, format!("{name}_SERVICE_HOST"), host.clone());
+        set(
+            &mut vars,
+            format!("{name}_SERVICE_PORT"),
+            first_port.to_string(),
+        );
+        for (port_name, _, port) in s.ports.iter().filter(|p| !p.0.is_empty()) {
+            let port_name = port_name.to_ascii_uppercase().replace('-', "_");
+            set(
+                &mut vars,
+                format!("{name}_SERVICE_PORT_{port_name}"),
+                port.to_string(),
+            );
+        }
+        // Docker link variables; an IPv6 address in brackets, as kubelet writes it.
+        let addr = match s.ip {
+            IpAddr::V6(_) => format!("[{host}]"),
+            IpAddr::V4(_) => host.clone(),
+        };
+        set(
+            &mut vars,
+            format!("{name}_PORT"),
+            format!("{first_proto}://{addr}:{first_port}"),
+        );
+        for (_, proto, port) in &s.ports {
+            let prefix = format!("{name}_PORT_{port}_{}", proto.to_ascii_uppercase());
+            set(
+                &mut vars,
+                prefix.clone(),
+                format!("{proto}://{addr}:{port}"),
+            );
+            set(&mut vars, format!("{prefix}_PROTO"), (*proto).to_owned());
+            set(&mut vars, format!("{prefix}_PORT"), port.to_string());
+            set(&mut vars, format!("{prefix}_ADDR"), host.clone());
+        }
+    }
+    vars
 }
 
 fn set(vars: &mut Vec<(String, String)>, name: String, value: String) {

@@ -335,3 +335,73 @@ fn references_name_every_object_a_pod_needs() {
         ["init-secret", "s-env", "s-proj", "s-vol"]
     );
 }
+
+#[test]
+fn containers_learn_the_kubernetes_service_and_their_namespace_services_like_kubelet_gives() {
+    let svc = |ns: &str, name: &str, ip: &str, ports: &[(&str, &'static str, u16)]| ServiceLink {
+        namespace: ns.into(),
+        name: name.into(),
+        ip: ip.parse().unwrap(),
+        ports: ports
+            .iter()
+            .map(|(n, p, port)| (n.to_string(), *p, *port))
+            .collect(),
+    };
+    let services = vec![
+        svc(
+            "default",
+            "kubernetes",
+            "10.43.0.1",
+            &[("https", "tcp", 443)],
+        ),
+        svc(
+            "shop",
+            "web-front",
+            "10.43.0.7",
+            &[("http", "tcp", 80), ("dns", "udp", 53)],
+        ),
+        svc("other", "web", "10.43.0.9", &[("", "tcp", 80)]),
+    ];
+    let pod = json!({"metadata": {"namespace": "shop", "name": "p"}, "spec": {}});
+    let vars = service_vars(&pod, &services);
+    let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.43.0.1"));
+    assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
+    assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
+    assert_eq!(get("KUBERNETES_PORT"), Some("tcp://10.43.0.1:443"));
+    assert_eq!(get("KUBERNETES_PORT_443_TCP_ADDR"), Some("10.43.0.1"));
+    assert_eq!(get("WEB_FRONT_SERVICE_HOST"), Some("10.43.0.7"));
+    assert_eq!(get("WEB_FRONT_PORT_53_UDP"), Some("udp://10.43.0.7:53"));
+    assert_eq!(get("WEB_FRONT_SERVICE_PORT_DNS"), Some("53"));
+    assert_eq!(
+        get("WEB_SERVICE_HOST"),
+        None,
+        "another namespace's Services give none"
+    );
+
+    // enableServiceLinks: false keeps only the kubernetes Service.
+    let quiet = json!({"metadata": {"namespace": "shop"}, "spec": {"enableServiceLinks": false}});
+    let vars = service_vars(&quiet, &services);
+    assert!(
+        vars.iter().all(|(n, _)| n.starts_with("KUBERNETES_")),
+        "{vars:?}"
+    );
+    assert!(!vars.is_empty());
+
+    // The container's own env overrides them and may refer to them.
+    let pod = json!({"metadata": {"namespace": "shop", "name": "p"}, "spec": {}});
+    let ctx = PodContext {
+        pod: &pod,
+        pod_ips: &[],
+        host_ips: &[],
+        allocatable: Allocatable::default(),
+    };
+    let container = json!({"env": [
+        {"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"},
+        {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}
+    ]});
+    let r = resolve_with(&ctx, &container, &objects(), service_vars(&pod, &services)).unwrap();
+    let get = |k: &str| r.vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(get("API").as_deref(), Some("https://10.43.0.1:443"));
+    assert_eq!(get("KUBERNETES_SERVICE_PORT").as_deref(), Some("6443"));
+}
