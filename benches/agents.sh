@@ -24,6 +24,9 @@
 #   PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres   the PostgreSQL to use (trust auth)
 #   KEEP_LOGS=dir              copy the servers' and agents' logs there before cleaning up
 set -euo pipefail
+# Benchmarks run keelson in the machine's own network namespace: its nodes must not program
+# the machine's networking (pod routes and vxlan, Service rules, the cluster DNS address).
+export KEELSON_FLANNEL_BACKEND=none KEELSON_DISABLE_KUBE_PROXY=true KEELSON_DISABLE=coredns
 cd "$(dirname "$0")/.."
 repo=$PWD
 

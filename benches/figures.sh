@@ -5,6 +5,9 @@
 #   - stripped binary size for every target built under target/<triple>/release
 # Usage: benches/figures.sh [idle-seconds]   (builds the host release binary first)
 set -euo pipefail
+# Benchmarks run keelson in the machine's own network namespace: its nodes must not program
+# the machine's networking (pod routes and vxlan, Service rules, the cluster DNS address).
+export KEELSON_FLANNEL_BACKEND=none KEELSON_DISABLE_KUBE_PROXY=true KEELSON_DISABLE=coredns
 cd "$(dirname "$0")/.."
 idle=${1:-30}
 cargo build --release --quiet

@@ -23,6 +23,9 @@
 #                              database of its own, dropped afterwards (default: sqlite)
 #   KEEP_LOGS=dir              copy the logs there before cleaning up
 set -euo pipefail
+# Benchmarks run keelson in the machine's own network namespace: its nodes must not program
+# the machine's networking (pod routes and vxlan, Service rules, the cluster DNS address).
+export KEELSON_FLANNEL_BACKEND=none KEELSON_DISABLE_KUBE_PROXY=true KEELSON_DISABLE=coredns
 cd "$(dirname "$0")/.."
 
 nodes=${NODES:-1000}

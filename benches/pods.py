@@ -148,6 +148,15 @@ def main():
         busybox_layout(os.path.join(adir, "agent/images/busybox.tar"), "docker.io/library/busybox:bench")
         kc = os.path.join(tmp, "kc.yaml")
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEELSON_")}
+        # The agent runs in the machine's own network namespace: it must not program the
+        # machine's networking (bridge, routes, Service rules, the cluster DNS address), so its
+        # pods get loopback only, through a loopback-only CNI configuration.
+        cni_conf = os.path.join(tmp, "net.d")
+        os.makedirs(cni_conf)
+        with open(os.path.join(cni_conf, "99-loopback.conflist"), "w") as f:
+            f.write('{"cniVersion": "1.0.0", "name": "loopback-only", "plugins": [{"type": "loopback"}]}')
+        env.update({"KEELSON_FLANNEL_BACKEND": "none", "KEELSON_DISABLE_KUBE_PROXY": "true",
+                    "KEELSON_DISABLE": "coredns", "KEELSON_CNI_CONF_DIR": cni_conf})
         # DEBUG=1: both processes log at debug level (kept with KEEP=dir), for a timeline.
         debug = ["--debug"] if os.environ.get("DEBUG") else []
         slog = open(os.path.join(tmp, "server.log"), "w")
