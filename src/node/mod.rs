@@ -257,7 +257,6 @@ impl RuntimeOptions {
         dns::spawn(&network, self.resolv_conf.clone());
         let (client, requests) = objects::channel();
         let (notes_tx, notes) = mpsc::channel(NOTE_QUEUE);
-        let network = network::Network::new(node_name);
         // Stops when the node's network view is dropped with the runtime.
         let pod_network = cni::PodNetwork::new(self.cni.clone(), root.join("cni"), network.clone());
         pod_network.spawn_config_writer();
