@@ -343,9 +343,15 @@ fn kubectl_follows_continue_tokens_through_small_pages() {
     let s = Server::start(Options::default());
     // Every namespace holds the cluster CA's ConfigMap (as on Kubernetes), published by a
     // controller just after start: waited for, so the pages below are the same every run.
-    common::wait_until("kube-root-ca.crt is published", Duration::from_secs(20), || {
-        s.kubectl(&["get", "cm", "kube-root-ca.crt"]).status.success()
-    });
+    common::wait_until(
+        "kube-root-ca.crt is published",
+        Duration::from_secs(20),
+        || {
+            s.kubectl(&["get", "cm", "kube-root-ca.crt"])
+                .status
+                .success()
+        },
+    );
     let manifest: String = (0..7)
         .map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: page-{i}\n---\n"))
         .collect();
