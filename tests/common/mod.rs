@@ -390,14 +390,31 @@ impl Server {
         ])
     }
 
-    /// A counter or gauge from `/metrics`.
+    /// A counter or gauge from `/metrics`. A scrape that fails is tried again for a few
+    /// seconds: tests that start hundreds of agents from 127.0.0.1 fill this address's share
+    /// of TLS handshakes, and the server ends the oldest — sometimes the scrape's.
     pub fn metric(&self, name: &str) -> u64 {
-        let r = self.curl(&[&format!("{}/metrics", self.url())]);
+        let mut tries = 0;
+        let r = loop {
+            let r = self.curl(&[&format!("{}/metrics", self.url())]);
+            tries += 1;
+            if r.status == Some(200) || tries == 20 {
+                break r;
+            }
+            thread::sleep(Duration::from_millis(250));
+        };
         r.body
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in:\n{}", r.body))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no metric {name} (status {:?}, curl said {:?}) in:\n{}",
+                    r.status,
+                    String::from_utf8_lossy(&r.curl.stderr),
+                    r.body
+                )
+            })
     }
 
     /// Sends an HTTP request with curl and no client certificate (the server is still verified).
