@@ -297,3 +297,74 @@ Anonymous:             0 kB
         assert_eq!(format!("{TABLE:?}"), before);
     }
 }
+
+/// The unit tests' allocator: the system's, counting the bytes each thread has live, so a
+/// test can measure what a value costs in memory (not only how long its text is).
+#[cfg(test)]
+pub mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Counting;
+
+    thread_local! {
+        // A const-initialised `Cell` has no destructor and never allocates, so touching it
+        // from inside the allocator cannot recurse into the allocator.
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn count(delta: isize) {
+        // During thread teardown the slot may be gone; those bytes are nobody's measurement.
+        let _ = LIVE.try_with(|live| live.set(live.get() + delta));
+    }
+
+    // SAFETY: every method forwards to `System` with the caller's own arguments, so the
+    // contract `GlobalAlloc` requires is `System`'s; counting touches only a thread-local
+    // integer and neither allocates nor frees.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                count(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: as for `alloc`.
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                count(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from this allocator, i.e. from `System`, with `layout`.
+            unsafe { System.dealloc(ptr, layout) };
+            count(-(layout.size() as isize));
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: `ptr` came from `System` with `layout`; the caller upholds the rest.
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                count(new_size as isize - layout.size() as isize);
+            }
+            p
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// Runs `f` and says how many bytes what it returned (and anything else it left live)
+    /// holds, as allocated on this thread.
+    pub fn live_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let before = LIVE.with(Cell::get);
+        let value = f();
+        let after = LIVE.with(Cell::get);
+        (value, after.saturating_sub(before).max(0) as usize)
+    }
+}

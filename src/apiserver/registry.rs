@@ -207,6 +207,13 @@ impl Registry {
 
     /// The stored form of `obj` at `path`: JSON, encrypted for Secrets when encryption is on.
     fn encode(&self, resource: &Resource, path: &str, obj: &Value) -> Result<Vec<u8>> {
+        if crate::runtime::trim::is_trimmed(obj) {
+            // A bug, not bad input: writing a cache's copy back whole would lose the fields
+            // the cache leaves out.
+            return Err(ApiError::Internal(format!(
+                "refusing to store {path}: it is a controller cache's trimmed copy"
+            )));
+        }
         let bytes = encode(&resource.strategy.to_stored(obj))?;
         match &self.encryption {
             Some(e) if resource == &SECRETS => Ok(e.encrypt(path, &bytes)),
@@ -796,11 +803,25 @@ impl Registry {
         self.bind_from(r, &current, node).await
     }
 
-    /// Binds the pod `current` (as the caller last saw it, e.g. from a cache) to `node`: one
-    /// compare-and-swap on its revision, so a pod that changed meanwhile is not bound (409)
-    /// and the caller decides again from the newer pod. Saves the read [`Registry::bind`]
-    /// makes, which is most of a binding's cost on a busy scheduler.
-    pub async fn bind_from(&self, r: &ObjectRef, current: &Value, node: &str) -> Result<Value> {
+    /// Binds the pod the caller decided on from `seen` (its copy in a cache, which may be
+    /// trimmed) to `node`: the stored pod is read and bound with one compare-and-swap on the
+    /// revision `seen` has, so a pod that changed since is not bound (409) and the caller
+    /// decides again from the newer pod.
+    pub async fn bind_seen(&self, r: &ObjectRef, seen: &Value, node: &str) -> Result<Value> {
+        let conflict = || ApiError::Conflict {
+            resource: r.resource.group_resource(),
+            name: r.name.clone(),
+        };
+        let expected = revision_of(seen).ok_or_else(conflict)?;
+        let current = self.get(r).await?;
+        if revision_of(&current) != Some(expected) {
+            return Err(conflict());
+        }
+        self.bind_from(r, &current, node).await
+    }
+
+    /// Binds the stored pod `current` to `node`: one compare-and-swap on its revision.
+    async fn bind_from(&self, r: &ObjectRef, current: &Value, node: &str) -> Result<Value> {
         if node.is_empty() {
             return Err(invalid(
                 r.resource,

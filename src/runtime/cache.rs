@@ -2,7 +2,8 @@
 //!
 //! Written only by the [`super::reflector`]; read by controllers, which never query the
 //! database for what the cache holds. Each change is also published as a [`Change`], so a
-//! controller can map it to the keys it must look at again.
+//! controller can map it to the keys it must look at again. Pods are cached trimmed of what
+//! only their node reads ([`super::trim`]).
 //!
 //! Invariants: an object's entry only ever moves forward in revision (an event at or below the
 //! revision a kind was listed at is already in the list and is dropped); [`Cache::revision`]
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
+use super::trim::trim;
 use crate::apiserver::resources::{ObjectRef, Resource};
 
 /// Changes buffered for a controller busy reconciling; one further behind resyncs. The ring
@@ -171,7 +173,8 @@ impl Cache {
     /// publishes the difference (so a controller also hears of deletions it missed).
     pub(super) fn replace(&self, resource: &'static Resource, revision: i64, items: Vec<Value>) {
         let mut fresh: BTreeMap<String, Arc<Value>> = BTreeMap::new();
-        for obj in items {
+        for mut obj in items {
+            trim(resource, &mut obj);
             if let Some(path) = path_of(resource, &obj) {
                 fresh.insert(path, Arc::new(obj));
             }
@@ -202,7 +205,10 @@ impl Cache {
         revision: i64,
         obj: Option<Value>,
     ) {
-        let obj = obj.map(Arc::new);
+        let obj = obj.map(|mut o| {
+            trim(resource, &mut o);
+            Arc::new(o)
+        });
         let old = self.write(|k| {
             let kind = k.get_mut(resource.plural)?;
             if revision <= kind.listed_at {

@@ -17,3 +17,4 @@ pub mod cache;
 pub mod controller;
 pub mod queue;
 pub mod reflector;
+pub mod trim;

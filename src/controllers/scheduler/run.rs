@@ -189,7 +189,7 @@ impl Scheduler {
             .map(|(r, pod, node)| async move {
                 // The cached pod's revision makes the binding a compare-and-swap: a pod that
                 // changed since the snapshot is not bound, and is decided again next round.
-                match registry.bind_from(&r, &pod, &node).await {
+                match registry.bind_seen(&r, &pod, &node).await {
                     Ok(bound) => {
                         events
                             .record(
