@@ -368,11 +368,13 @@ impl Boards {
     fn command(&self, i: usize) -> Command {
         let b = &self.boards[i];
         let mut cmd = Command::new(&self.tools.ip);
-        // A private mount namespace with tmpfs over the per-node directories, then keelson.
-        let mounts: String = PRIVATE_DIRS
+        // A private mount namespace with tmpfs over the per-node directories and the
+        // machine's cgroup mounts back, then keelson.
+        let mut mounts: String = PRIVATE_DIRS
             .iter()
             .map(|d| format!("mkdir -p {d} && mount -t tmpfs tmpfs {d} && "))
             .collect();
+        mounts.push_str(&cgroup_mounts());
         cmd.args(["netns", "exec", &b.ns])
             .arg(&self.tools.unshare)
             .args(["-m", "--propagation", "private", "--", "/bin/sh", "-c"])
@@ -706,6 +708,30 @@ pub fn busybox_archive() -> Vec<u8> {
             .expect("tar an archive entry");
     }
     b.into_inner().expect("tar")
+}
+
+/// The machine's cgroup mounts (from this process's mountinfo) as `mkdir -p … && mount … && `
+/// commands. `ip netns exec` mounts a fresh `/sys` for the board's network namespace, which
+/// hides `/sys/fs/cgroup` and its mounts, and runc finds no cgroups to put a pod's containers
+/// in without them. Mounting a cgroup hierarchy again with its own options joins the existing
+/// one, so a board's pods are in the machine's cgroups, where `runc delete` finds them.
+fn cgroup_mounts() -> String {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL…] - TYPE SOURCE SUPER-OPTIONS`
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?;
+            if point != "/sys/fs/cgroup" && !point.starts_with("/sys/fs/cgroup/") {
+                return None;
+            }
+            let mut right = right.split_whitespace();
+            let (kind, source, options) = (right.next()?, right.next()?, right.next()?);
+            Some(format!(
+                "mkdir -p {point} && mount -t {kind} -o {options} {source} {point} && "
+            ))
+        })
+        .collect()
 }
 
 /// Kills what still runs in `ns` and deletes it (its veth end, and so the pair, goes too).
