@@ -506,17 +506,24 @@ impl Boards {
     /// The real kubectl, run in the server's namespace with the admin kubeconfig (the
     /// machine's own namespace cannot reach the boards).
     pub fn kubectl(&self, args: &[&str]) -> Output {
+        let mut cmd = self.kubectl_command();
+        cmd.args(["--request-timeout=20s"]).args(args);
+        run(&mut cmd, COMMAND_TIMEOUT)
+    }
+
+    /// The command [`Boards::kubectl`] runs, without its arguments or a request timeout: for
+    /// tests that keep kubectl running (`get -w`, a long `exec`) and read its output as it
+    /// comes.
+    pub fn kubectl_command(&self) -> Command {
         let server = &self.boards[0];
         let mut cmd = Command::new(&self.tools.ip);
         cmd.args(["netns", "exec", &server.ns])
             .arg(&self.tools.kubectl)
             .arg(format!("--kubeconfig={}", server.kubeconfig().display()))
-            .args(["--request-timeout=20s"])
-            .args(args)
             .env_remove("KUBECONFIG")
             .env("HOME", self.dir.path().join("client-home"))
             .env("KUBECACHEDIR", self.dir.path().join("kube-cache"));
-        run(&mut cmd, COMMAND_TIMEOUT)
+        cmd
     }
 
     /// Runs `program ARGS` in the client namespace (198.18.2.100, on the bridge, no keelson):
