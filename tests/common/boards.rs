@@ -640,6 +640,11 @@ impl Drop for Boards {
         for i in 0..self.boards.len() {
             self.kill(i);
         }
+        // Containers outlive keelson by design, and their processes are in the pods'
+        // namespaces, not the boards': without this a lab that ran pods would leave them.
+        for b in &self.boards {
+            super::remove_containers(&b.data_dir());
+        }
         for ns in self.namespaces.iter().rev() {
             kill_namespace(&self.tools.ip, ns);
         }
