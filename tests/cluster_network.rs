@@ -223,35 +223,20 @@ fn user_view(lab: &Boards, backend: &str) {
         unready = ready.first(removed, |l| l == "False").unwrap_or(0.0);
         unready > 0.0
     });
-    let mut sliced = 0.0;
-    let slice_lines = || {
-        format!(
-            "{:?}\nstderr: {}\nnow: {}\npods: {}",
-            slices.lines(),
-            slices.stderr(),
-            String::from_utf8_lossy(&lab.kubectl(&["get", "endpointslices", "-o", "yaml"]).stdout),
-            String::from_utf8_lossy(&lab.kubectl(&["get", "pods", "-o", "wide"]).stdout)
-        )
-    };
-    wait_or(
-        "web's EndpointSlice to drop the replica",
-        CHANGE,
-        || {
-            sliced = slices.first(removed, |l| !victim_ready(l)).unwrap_or(0.0);
-            sliced > 0.0
-        },
-        slice_lines,
-    );
-    let mut ruled = 0.0;
-    wait_until("b1's rules to pick among one endpoint", CHANGE, || {
-        ruled = rules.first_without_two(removed).unwrap_or(0.0);
-        ruled > 0.0
-    });
+    // The requests say whether the replica left rotation; the slice and the rules say where
+    // the time went, or where it stopped.
     while uptime() < unready + WATCH_AFTER {
         requests.assert_running();
         thread::sleep(Duration::from_millis(100));
     }
     rules.stop();
+    let sliced = slices.first(removed, |l| !victim_ready(l));
+    let ruled = rules.first_without_two(removed);
+    let since_unready = |at: Option<f64>| {
+        at.map_or(format!("not within {WATCH_AFTER} s"), |at| {
+            format!("{:+.2} s", at - unready)
+        })
+    };
     if backend == "vxlan" {
         let sent = vxlan_sent() - sent_before;
         let answered = replies(&requests)
@@ -279,11 +264,11 @@ fn user_view(lab: &Boards, backend: &str) {
         .collect();
     let breakdown = format!(
         "{backend}: after `rm /tmp/ready` at {removed:.2}: the API showed the replica unready \
-         {:+.2} s later; relative to that: EndpointSlice {:+.2} s, b1's nftables rules {:+.2} s, \
-         last request answered by it {out:+.2} s; then {} requests, all to {}",
+         {:+.2} s later; relative to that: EndpointSlice {}, b1's nftables rules {}, last \
+         request answered by it {out:+.2} s; then {} requests, all to {}",
         unready - removed,
-        sliced - unready,
-        ruled - unready,
+        since_unready(sliced),
+        since_unready(ruled),
         after.len(),
         other.name
     );
@@ -294,6 +279,12 @@ fn user_view(lab: &Boards, backend: &str) {
         out <= OUT_OF_ROTATION,
         "the unready replica still answered {out:.2} s after the API showed it unready (bound \
          {OUT_OF_ROTATION} s)\n{breakdown}"
+    );
+    assert!(
+        sliced.is_some() && ruled.is_some(),
+        "the replica left rotation, but not through the EndpointSlice and b1's rules\n\
+         {breakdown}\nslice watch: {:?}",
+        slices.lines()
     );
     assert!(
         after.len() >= 10
@@ -529,24 +520,6 @@ fn within(ip: &str, cidr: &str) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-/// Like [`wait_until`], with what `context` says in the failure message.
-fn wait_or(
-    what: &str,
-    limit: Duration,
-    mut ok: impl FnMut() -> bool,
-    context: impl Fn() -> String,
-) {
-    let deadline = std::time::Instant::now() + limit;
-    while !ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}\n{}",
-            context()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Seconds since boot (`/proc/uptime`, 10 ms steps): the one clock both the test and the
 /// pods can read, since they share the kernel.
 fn uptime() -> f64 {
@@ -645,7 +618,7 @@ impl Stream {
             panic!(
                 "{} exited ({status}); stderr:\n{}\nlast lines: {:?}",
                 self.what,
-                self.stderr.lock().unwrap_or_else(PoisonError::into_inner),
+                self.stderr(),
                 self.lines().iter().rev().take(5).collect::<Vec<_>>()
             );
         }
@@ -663,7 +636,7 @@ impl Stream {
             status.is_some_and(|s| s.success()),
             "{} exited with {status:?}; stderr:\n{}",
             self.what,
-            self.stderr.lock().unwrap_or_else(PoisonError::into_inner)
+            self.stderr()
         );
         self.lines().len()
     }
