@@ -9,14 +9,16 @@
 # nodes are Ready, one Deployment of $REPLICAS replicas is applied. Prints:
 #   - seconds from apply until every pod is bound, and until every pod is Running and Ready,
 #   - server RSS: peak (VmHWM over the whole run) and idle ($SETTLE s after all are Ready),
-#   - server CPU and datastore statements/s over the next $WINDOW s of idle.
+#   - server CPU and datastore statements/s over the next $WINDOW s of idle,
+#   - then the duration of a rolling update of the Deployment to a new image.
 # Progress is read from the SQLite file with the sqlite3 CLI, or with psql (read-only queries on the
 # object table), so polling does not load the server being measured.
 #
 # Usage: benches/hollow.sh
 #   NODES=1000 REPLICAS=3000 POD_START_DELAY=1s
 #   SETTLE=20 WINDOW=20        idle seconds before the RSS sample / of the CPU+statements window
-#   TIMEOUT=600                seconds to wait for nodes, then for pods
+#   TIMEOUT=600                seconds to wait for nodes, then for pods, then for the rollout
+#   ROLLOUT=0                  skip the rolling update measured after the idle window
 #   KEELSON_BIN=path           prebuilt binary (default: cargo build --release)
 #   SERVER_ARGS="--debug"      further server flags
 #   DATASTORE=postgres         the machine's PostgreSQL (127.0.0.1:5432, user postgres, trust) in a
@@ -34,6 +36,7 @@ start_delay=${POD_START_DELAY:-1s}
 settle=${SETTLE:-20}
 window=${WINDOW:-20}
 timeout=${TIMEOUT:-600}
+rollout=${ROLLOUT:-1}
 
 log() { printf '[hollow] %s\n' "$*" >&2; }
 die() { printf '[hollow] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -222,10 +225,40 @@ st1=$(metric keelson_datastore_statements_total); c1=$(ticks "$srv"); w1=$(ms)
 el=$(awk -v a="$w0" -v b="$w1" 'BEGIN {print (b - a) / 1000}')
 rate=$(awk -v a="$st0" -v b="$st1" -v s="$el" 'BEGIN {printf "%.2f", (b - a) / s}')
 deploy=$(api /apis/apps/v1/namespaces/default/deployments/hollow | jq -r '"\(.status.readyReplicas // 0)/\(.spec.replicas) ready, \(.status.availableReplicas // 0) available"')
-warns=$(grep -cE ' (WARN|ERROR) ' "$tmp/server.log" || true)
-lwarns=$(grep -cE ' (WARN|ERROR) ' "$tmp/loadgen.log" || true)
+
+# ------------------------------------------------------------------ rolling update
+# After the idle figures, so they are not disturbed: a new image in the template, rolled out
+# with the Deployment's defaults (maxSurge 25 %, maxUnavailable 25 %) until every replica is
+# the new template's, Ready and available, and the old ReplicaSet has no pods.
+t_roll=
+if [ "$rollout" = 1 ]; then
+  log "rolling update: a new image in the template"
+  t2=$(ms)
+  code=$(curl -s -o "$tmp/patch.out" -w '%{http_code}' --max-time 20 --cacert "$tmp/ca.pem" --cert "$tmp/cert.pem" --key "$tmp/key.pem" \
+    -X PATCH -H 'Content-Type: application/merge-patch+json' \
+    --data-binary '{"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.37", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}}' \
+    "https://127.0.0.1:$port/apis/apps/v1/namespaces/default/deployments/hollow")
+  [ "$code" = 200 ] || { cat "$tmp/patch.out" >&2; die "patching the Deployment answered $code"; }
+  dfield() { ofield "->'status'->>'$1'"; }
+  while :; do
+    kill -0 "$srv" 2>/dev/null || { tail -n 20 "$tmp/server.log" >&2; die "the server exited"; }
+    st=$(sql "SELECT coalesce($(dfield updatedReplicas), 0), coalesce($(dfield availableReplicas), 0), coalesce($(dfield replicas), 0),
+                     coalesce($(ofield "->'status'->>'observedGeneration'"), 0), coalesce($(ofield "->'metadata'->>'generation'"), 0)
+              FROM keelson_objects o WHERE o.path = '/registry/deployments/default/hollow'")
+    IFS='|' read -r updated available total observed generation <<<"$st"
+    now=$(($(ms) - t2))
+    if [ "$observed" -ge "$generation" ] && [ "$generation" -ge 2 ] && [ "$updated" -ge "$replicas" ] \
+      && [ "$available" -ge "$replicas" ] && [ "$total" -eq "$replicas" ]; then
+      t_roll=$now; log "rolled out after $(secs "$t_roll")"; break
+    fi
+    [ "$now" -lt $((timeout * 1000)) ] || { log "timed out: updated, available, replicas = $updated, $available, $total"; break; }
+    sleep 0.5
+  done
+fi
 
 # ------------------------------------------------------------------ report
+warns=$(grep -cE ' (WARN|ERROR) ' "$tmp/server.log" || true)
+lwarns=$(grep -cE ' (WARN|ERROR) ' "$tmp/loadgen.log" || true)
 echo "hollow nodes (simulation): no containers run; loadgen's simulated nodes report pods Running and Ready $start_delay after binding"
 echo "machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -m), $(date -u +%Y-%m-%d); binary $("$bin" --version | head -n1); $datastore"
 echo
@@ -241,4 +274,7 @@ echo "| server RSS: peak (whole run) / idle after ${settle} s | $(mib "$hwm") / 
 echo "| server CPU at idle (${window} s) | $(pct $((c1 - c0)) "$el") |"
 echo "| datastore statements/s at idle | $rate |"
 echo "| loadgen RSS (informative) | $(mib "$l_rss") (peak $(mib "$l_hwm")) |"
+if [ "$rollout" = 1 ]; then
+  echo "| rolling update (new image, maxSurge/maxUnavailable 25 %) → every replica updated and available, no old pod | $(if [ -n "$t_roll" ]; then secs "$t_roll"; else echo "not reached in $timeout s"; fi) |"
+fi
 echo "| WARN/ERROR lines: server, loadgen | $warns, $lwarns |"
