@@ -122,6 +122,10 @@ async fn start(
         .ensure_system_namespaces()
         .await
         .context("creating the system namespaces")?;
+    registry
+        .ensure_dns_service(cfg.cluster_network().cluster_dns)
+        .await
+        .context("reserving the cluster DNS address (kube-system/kube-dns)")?;
     crate::apiserver::rbac::defaults::ensure(&registry)
         .await
         .context("creating the default ClusterRoles and bindings")?;

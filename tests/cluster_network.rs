@@ -129,6 +129,25 @@ fn user_view(lab: &Boards, backend: &str) {
             "nslookup {name} in the client pod, want only {cluster_ip}:\n{answer}"
         );
     }
+    // The pod's nameserver is the address the `kube-system/kube-dns` Service holds, as in K3s
+    // (and that Service, which has no endpoints, must not make the nodes reject queries).
+    let dns_ip = lab
+        .kubectl_ok(&[
+            "get",
+            "service",
+            "kube-dns",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .trim()
+        .to_owned();
+    let resolv = lab.kubectl_ok(&["exec", "client", "--", "busybox", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains(&format!("nameserver {dns_ip}")),
+        "kube-dns holds {dns_ip:?}; the pod's resolv.conf:\n{resolv}"
+    );
 
     // Requests through the Service, by name, reach both replicas (so both other boards).
     let requests = Stream::spawn(

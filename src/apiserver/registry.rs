@@ -7,6 +7,7 @@
 //! objects are stored without `metadata.resourceVersion`; it is always the datastore revision,
 //! added on read.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ring::rand::SecureRandom;
@@ -89,6 +90,10 @@ pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
 
 /// The finalizer a Namespace's `spec.finalizers` holds it by while its content is deleted.
 pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+/// The Service that holds the cluster DNS address (see [`Registry::ensure_dns_service`]).
+pub const DNS_SERVICE: &str = "kube-dns";
+/// Marks the DNS Service as one keelson made and the nodes answer for.
+pub const DNS_SERVICE_LABEL: &str = "keelson.io/node-local-dns";
 
 #[derive(Clone)]
 pub struct Registry {
@@ -1214,6 +1219,75 @@ impl Registry {
         }
     }
 
+    /// The `kube-system/kube-dns` Service, as K3s's CoreDNS manifest makes it: the cluster DNS
+    /// address held in the Service range (so no other Service is given it) and shown where
+    /// clients look for it. Every node answers on that address itself, so the Service has no
+    /// selector and no endpoints, and nodes program no rules for it. With `cluster_dns` unset
+    /// (`--disable coredns`) a Service this made earlier is deleted.
+    pub async fn ensure_dns_service(&self, cluster_dns: Option<IpAddr>) -> Result<()> {
+        let r = ObjectRef {
+            resource: &SERVICES,
+            namespace: Some("kube-system".into()),
+            name: DNS_SERVICE.into(),
+        };
+        let current = match self.get(&r).await {
+            Ok(svc) => Some(svc),
+            Err(ApiError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let ours = |svc: &Value| {
+            svc.pointer("/metadata/labels")
+                .and_then(|l| l.get(DNS_SERVICE_LABEL))
+                .and_then(Value::as_str)
+                == Some("true")
+        };
+        let Some(ip) = cluster_dns else {
+            if let Some(svc) = current.filter(|svc| ours(svc)) {
+                match self.delete(&r, revision_of(&svc)).await {
+                    Ok(_) | Err(ApiError::NotFound { .. }) | Err(ApiError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(());
+        };
+        if let Some(svc) = current {
+            if svc.pointer("/spec/clusterIP").and_then(Value::as_str) != Some(&ip.to_string()) {
+                tracing::warn!(
+                    cluster_dns = %ip,
+                    "kube-system/kube-dns has another cluster IP than --cluster-dns; pods query {ip}, which the nodes answer"
+                );
+            }
+            return Ok(());
+        }
+        let svc = json!({
+            "metadata": {"name": DNS_SERVICE, "labels": {
+                "k8s-app": "kube-dns",
+                "kubernetes.io/cluster-service": "true",
+                "kubernetes.io/name": "KubeDNS",
+                DNS_SERVICE_LABEL: "true",
+            }},
+            "spec": {
+                "clusterIP": ip.to_string(),
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                ],
+                "sessionAffinity": "None",
+            },
+        });
+        match self.create(&SERVICES, Some("kube-system"), svc).await {
+            // Another server made it at the same moment.
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e @ (ApiError::Invalid { .. } | ApiError::Unprocessable(_))) => {
+                // The address is outside the Service range or another Service holds it: pods
+                // still get the node's answers there, but say what is in the way.
+                tracing::warn!(cluster_dns = %ip, reason = %e, "cannot reserve the cluster DNS address with the kube-system/kube-dns Service");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates the namespaces every cluster has, if missing.
     pub async fn ensure_system_namespaces(&self) -> Result<()> {
         for ns in SYSTEM_NAMESPACES {
@@ -1760,6 +1834,55 @@ mod tests {
             namespace: Some(LEASE_NAMESPACE.into()),
             name: name.into(),
         }
+    }
+
+    #[tokio::test]
+    async fn the_cluster_dns_address_is_held_by_kube_dns_and_given_to_no_other_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir)
+            .await
+            .with_service_cidrs(ServiceCidrs::parse("10.43.0.0/16").unwrap());
+        let dns: IpAddr = "10.43.0.10".parse().unwrap();
+        registry.ensure_dns_service(Some(dns)).await.unwrap();
+        // Twice is the same (every server start does it).
+        registry.ensure_dns_service(Some(dns)).await.unwrap();
+        let r = ObjectRef {
+            resource: &SERVICES,
+            namespace: Some("kube-system".into()),
+            name: DNS_SERVICE.into(),
+        };
+        let svc = registry.get(&r).await.unwrap();
+        assert_eq!(svc["spec"]["clusterIP"], "10.43.0.10");
+        assert_eq!(svc["spec"]["ports"][0]["port"], 53);
+        assert!(
+            svc["spec"].get("selector").is_none(),
+            "no endpoints: nodes answer"
+        );
+        let taken = registry
+            .create(
+                &SERVICES,
+                Some("default"),
+                json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "10.43.0.10", "ports": [{"port": 80}]}}),
+            )
+            .await;
+        assert!(
+            matches!(&taken, Err(ApiError::Invalid { causes, .. }) if causes[0].contains("already allocated")),
+            "{taken:?}"
+        );
+        // `--disable coredns`: the Service keelson made goes, and its address is free again.
+        registry.ensure_dns_service(None).await.unwrap();
+        assert!(matches!(
+            registry.get(&r).await,
+            Err(ApiError::NotFound { .. })
+        ));
+        registry
+            .create(
+                &SERVICES,
+                Some("default"),
+                json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "10.43.0.10", "ports": [{"port": 80}]}}),
+            )
+            .await
+            .unwrap();
     }
 
     #[test]

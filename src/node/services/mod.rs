@@ -44,6 +44,7 @@ pub struct ServiceRules {
 /// What a pass needs from the view, copied out so the view's lock is held only briefly.
 struct Snapshot {
     cluster_cidrs: Vec<crate::api::cidr::Cidr>,
+    cluster_dns: Option<std::net::IpAddr>,
     services: Vec<Arc<crate::api::network::ServiceInfo>>,
     slices: Vec<Arc<crate::api::network::SliceInfo>>,
 }
@@ -97,6 +98,7 @@ impl ServiceRules {
                     .as_ref()
                     .map(|c| c.cluster_cidrs.clone())
                     .unwrap_or_default(),
+                cluster_dns: v.cluster.as_ref().and_then(|c| c.cluster_dns),
                 services: v.services.values().cloned().collect(),
                 slices: v.slices.values().cloned().collect(),
             })
@@ -106,6 +108,7 @@ impl ServiceRules {
         let ctx = Context {
             cluster_cidrs: &snap.cluster_cidrs,
             node: self.network.node(),
+            cluster_dns: snap.cluster_dns,
         };
         let (desired, skips) = Ruleset::build(
             &ctx,

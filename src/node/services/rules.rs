@@ -119,6 +119,9 @@ pub struct Context<'a> {
     pub cluster_cidrs: &'a [Cidr],
     /// This node's name: `externalTrafficPolicy: Local` uses only endpoints on it.
     pub node: &'a str,
+    /// `--cluster-dns`: the node answers on it itself, so the Service holding it
+    /// (`kube-system/kube-dns`, without endpoints) gets no rules — they would reject queries.
+    pub cluster_dns: Option<IpAddr>,
 }
 
 /// One endpoint of a Service port, in one family.
@@ -157,6 +160,12 @@ impl Ruleset {
         for svc in services {
             if svc.cluster_ips.is_empty() || matches!(svc.kind, ServiceKind::ExternalName(_)) {
                 // Headless and ExternalName Services are DNS only.
+                continue;
+            }
+            if ctx
+                .cluster_dns
+                .is_some_and(|dns| svc.cluster_ips.contains(&dns))
+            {
                 continue;
             }
             let slices = by_service

@@ -2,6 +2,7 @@ use super::*;
 use crate::api::network::{Endpoint, SlicePort, TargetPort};
 
 const NODE: &str = "pi1";
+const CLUSTER_DNS: &str = "198.19.128.53";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -84,6 +85,7 @@ fn build(services: &[ServiceInfo], slices: &[SliceInfo]) -> (Ruleset, Vec<Skip>)
     let ctx = Context {
         cluster_cidrs: &cidrs,
         node: NODE,
+        cluster_dns: Some(CLUSTER_DNS.parse().unwrap()),
     };
     Ruleset::build(&ctx, services, slices)
 }
@@ -498,4 +500,20 @@ fn the_full_table_replaces_any_previous_one_in_one_transaction() {
     }
     assert!(full.contains("masquerade fully-random"));
     assert!(full.contains("add element inet keelson-services no-endpoint-nodeports-v4 { tcp . 30082 : goto reject-chain }"));
+}
+
+#[test]
+fn the_cluster_dns_service_gets_no_rules_as_the_node_answers_on_its_address() {
+    // Without endpoints, any other Service's address rejects; the DNS Service's must reach
+    // the node's own DNS server.
+    let dns = svc("kube-dns", &[CLUSTER_DNS]);
+    let other = svc("empty", &["198.19.128.54"]);
+    let (rs, skips) = build(&[dns, other], &[]);
+    assert!(skips.is_empty(), "{skips:?}");
+    let text = rs.diff(&Programmed::default()).unwrap_or_default();
+    assert!(!text.contains(CLUSTER_DNS), "{text}");
+    assert!(
+        text.contains("no-endpoint-services-v4 { 198.19.128.54 . tcp . 80 : goto reject-chain }"),
+        "{text}"
+    );
 }
