@@ -49,6 +49,27 @@ apiVersion: v1
 kind: Secret
 metadata: {{name: token, namespace: {ns}}}
 stringData: {{token: s3cret}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      containers: [{{name: c, image: "busybox:1.36"}}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: batch, namespace: {ns}}}
+spec:
+  parallelism: 2
+  completions: 50
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: c, image: "busybox:1.36"}}]
 "#
     )
 }
@@ -86,9 +107,9 @@ fn kubectl_delete_namespace_waits_until_its_deployment_pods_and_config_are_gone(
     s.kubectl_ok(&["create", "namespace", "shop"]);
     create(&s, "shop", &content("shop"));
     wait_until(
-        "the Deployment's 3 pods are bound to the server's node",
+        "the Deployment's 3 pods, the DaemonSet's and the Job's 2 are bound to the server's node",
         Duration::from_secs(30),
-        || pods_bound(&s, "shop") == 3,
+        || pods_bound(&s, "shop") == 6,
     );
     let before = everything(&s, "shop");
     assert!(
@@ -113,6 +134,14 @@ fn kubectl_delete_namespace_waits_until_its_deployment_pods_and_config_are_gone(
     let gone = refused(&s, &["get", "namespace", "shop"]);
     assert!(gone.contains("NotFound"), "{gone}");
     assert_eq!(everything(&s, "shop"), Vec::<String>::new());
+    // The controllers whose pods went with the namespace neither retried creating new ones
+    // nor logged each refusal while it terminated.
+    let log = s.log();
+    let retried: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reconcile failed") && l.contains("being terminated"))
+        .collect();
+    assert!(retried.is_empty(), "{retried:#?}");
 
     // The same name again is a new, empty namespace (but for the cluster CA's ConfigMap,
     // published in every namespace, as on Kubernetes).
@@ -127,9 +156,9 @@ fn kubectl_delete_namespace_waits_until_its_deployment_pods_and_config_are_gone(
     // A Service of the same name gets an address again (the old one's was released).
     create(&s, "shop-again", &content("shop"));
     wait_until(
-        "the new Deployment's pods are bound",
+        "the new workloads' pods are bound",
         Duration::from_secs(30),
-        || pods_bound(&s, "shop") == 3,
+        || pods_bound(&s, "shop") == 6,
     );
 }
 

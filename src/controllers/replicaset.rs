@@ -287,6 +287,8 @@ pub async fn create_pod(
                 .await;
             Ok(p)
         }
+        // The namespace is going, with its events: nothing to tell.
+        Err(e @ ApiError::NamespaceTerminating { .. }) => Err(e),
         Err(e) => {
             let message = format!("Error creating: {e}");
             events

@@ -133,7 +133,9 @@ pub async fn run<R: Reconciler>(r: R, ctx: Arc<Context>) {
             }
             key = queue.next() => {
                 match r.reconcile(&key, &ctx).await {
-                    Ok(Action::Done) => queue.forget(&key),
+                    // Nothing can be created in a namespace being deleted, and the owner goes
+                    // with it: retrying would only log until it is gone.
+                    Ok(Action::Done) | Err(ApiError::NamespaceTerminating { .. }) => queue.forget(&key),
                     Ok(Action::RequeueAfter(d)) => {
                         queue.forget(&key);
                         queue.add_after(key, d);
