@@ -825,8 +825,11 @@ impl Registry {
         self.bind_from(r, &current, node).await
     }
 
-    /// Binds the stored pod `current` to `node`: one compare-and-swap on its revision.
-    async fn bind_from(&self, r: &ObjectRef, current: &Value, node: &str) -> Result<Value> {
+    /// Binds the pod `current`, whole as the caller last saw it (e.g. from a cache), to
+    /// `node`: one compare-and-swap on its revision, so a pod that changed meanwhile is not
+    /// bound (409) and the caller decides again from the newer pod. Saves the read
+    /// [`Registry::bind_seen`] makes, which is most of a binding's cost on a busy scheduler.
+    pub async fn bind_from(&self, r: &ObjectRef, current: &Value, node: &str) -> Result<Value> {
         if node.is_empty() {
             return Err(invalid(
                 r.resource,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
-use super::trim::trim;
+use super::trim::split;
 use crate::apiserver::resources::{ObjectRef, Resource};
 
 /// Changes buffered for a controller busy reconciling; one further behind resyncs. The ring
@@ -58,6 +58,9 @@ struct Kind {
     listed_at: i64,
     /// By datastore path, so one namespace's objects are one range.
     objects: BTreeMap<String, Arc<Value>>,
+    /// Whole copies of the pods waiting for the scheduler, beside their trimmed entries in
+    /// `objects` (at the same revision); see [`super::trim::split`].
+    whole: HashMap<String, Arc<Value>>,
 }
 
 // === impl Cache ===
@@ -125,6 +128,14 @@ impl Cache {
         self.read(|k| k.get(r.resource.plural)?.objects.get(&r.path()).cloned())
     }
 
+    /// The untrimmed object, for a pod waiting for the scheduler (at the revision [`get`]
+    /// shows); `None` for everything else.
+    ///
+    /// [`get`]: Cache::get
+    pub fn whole(&self, r: &ObjectRef) -> Option<Arc<Value>> {
+        self.read(|k| k.get(r.resource.plural)?.whole.get(&r.path()).cloned())
+    }
+
     /// How many objects of `resource` are cached.
     #[cfg(test)]
     pub fn len(&self, resource: &'static Resource) -> usize {
@@ -173,15 +184,20 @@ impl Cache {
     /// publishes the difference (so a controller also hears of deletions it missed).
     pub(super) fn replace(&self, resource: &'static Resource, revision: i64, items: Vec<Value>) {
         let mut fresh: BTreeMap<String, Arc<Value>> = BTreeMap::new();
-        for mut obj in items {
-            trim(resource, &mut obj);
+        let mut whole = HashMap::new();
+        for obj in items {
+            let (obj, full) = split(resource, obj);
             if let Some(path) = path_of(resource, &obj) {
+                if let Some(full) = full {
+                    whole.insert(path.clone(), Arc::new(full));
+                }
                 fresh.insert(path, Arc::new(obj));
             }
         }
         let old = self.write(|k| {
             let kind = k.entry(resource.plural).or_default();
             kind.listed_at = revision;
+            kind.whole = whole;
             std::mem::replace(&mut kind.objects, fresh.clone())
         });
         for (path, obj) in &fresh {
@@ -205,15 +221,19 @@ impl Cache {
         revision: i64,
         obj: Option<Value>,
     ) {
-        let obj = obj.map(|mut o| {
-            trim(resource, &mut o);
-            Arc::new(o)
-        });
+        let (obj, full) = match obj.map(|o| split(resource, o)) {
+            Some((o, full)) => (Some(Arc::new(o)), full.map(Arc::new)),
+            None => (None, None),
+        };
         let old = self.write(|k| {
             let kind = k.get_mut(resource.plural)?;
             if revision <= kind.listed_at {
                 return None;
             }
+            match full {
+                Some(full) => kind.whole.insert(path.to_owned(), full),
+                None => kind.whole.remove(path),
+            };
             Some(match &obj {
                 Some(o) => kind.objects.insert(path.to_owned(), o.clone()),
                 None => kind.objects.remove(path),
@@ -358,6 +378,28 @@ mod tests {
         );
         assert_eq!(cache.list_in(&PODS, "default").len(), 2);
         assert!(cache.list_in(&PODS, "other").is_empty());
+    }
+
+    #[test]
+    fn a_pod_is_kept_whole_only_while_it_waits_for_the_scheduler() {
+        let cache = Cache::new(&[&PODS]);
+        let pending = json!({"metadata": {"name": "a", "namespace": "default", "resourceVersion": "5"},
+            "spec": {"containers": [{"name": "c", "env": [{"name": "X", "value": "1"}]}]}});
+        cache.replace(&PODS, 10, vec![pending.clone()]);
+        let r = ObjectRef::from_path("/registry/pods/default/a").unwrap();
+        assert_eq!(cache.whole(&r).as_deref(), Some(&pending));
+        assert!(
+            cache.get(&r).unwrap()["spec"]["containers"][0]
+                .get("env")
+                .is_none()
+        );
+        let mut bound = pending;
+        bound["metadata"]["resourceVersion"] = json!("11");
+        bound["spec"]["nodeName"] = json!("pi-1");
+        cache.apply(&PODS, "/registry/pods/default/a", 11, Some(bound));
+        assert!(cache.whole(&r).is_none(), "bound: trimmed only");
+        cache.apply(&PODS, "/registry/pods/default/a", 12, None);
+        assert!(cache.get(&r).is_none() && cache.whole(&r).is_none());
     }
 
     #[tokio::test]

@@ -10,7 +10,9 @@
 //! Invariants: trimming only removes; it never changes a value that remains, so any read a
 //! controller makes answers as it would on the whole pod. A trimmed pod carries [`MARK`],
 //! and the registry refuses to store an object that carries it: a cached pod is never
-//! written back whole (writers read the stored pod first, or patch it).
+//! written back whole (writers read the stored pod first, or patch it). The one writer that
+//! needs a pod whole without reading it, the scheduler's binding, gets a whole copy of each
+//! pod still waiting for it ([`split`]): those are few once a burst is placed.
 
 use serde_json::{Map, Value};
 
@@ -103,6 +105,23 @@ fn trim_spec(spec: &mut Map<String, Value>) {
             spec.remove("volumes");
         }
     }
+}
+
+/// Trims `obj` for the cache, and also returns it whole when it is a pod waiting for the
+/// default scheduler (unbound, not being deleted): binding writes it back with its node.
+pub fn split(resource: &'static Resource, mut obj: Value) -> (Value, Option<Value>) {
+    let whole = (resource == &PODS && awaits_scheduler(&obj)).then(|| obj.clone());
+    trim(resource, &mut obj);
+    (obj, whole)
+}
+
+fn awaits_scheduler(pod: &Value) -> bool {
+    let spec = &pod["spec"];
+    spec["nodeName"].as_str().is_none_or(str::is_empty)
+        && spec["schedulerName"]
+            .as_str()
+            .is_none_or(|s| s == "default-scheduler")
+        && pod.pointer("/metadata/deletionTimestamp").is_none()
 }
 
 /// Whether `obj` is a trimmed copy, which must not be stored.
@@ -222,6 +241,22 @@ mod tests {
             pod["spec"]["volumes"],
             json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-0"}}])
         );
+    }
+
+    #[test]
+    fn only_pods_waiting_for_the_scheduler_are_also_kept_whole() {
+        let mut pending = running_pod();
+        pending["spec"].as_object_mut().unwrap().remove("nodeName");
+        let (trimmed, whole) = split(&PODS, pending.clone());
+        assert!(is_trimmed(&trimmed));
+        assert_eq!(whole, Some(pending.clone()));
+        assert_eq!(split(&PODS, running_pod()).1, None, "bound");
+        let mut other = pending.clone();
+        other["spec"]["schedulerName"] = json!("my-scheduler");
+        assert_eq!(split(&PODS, other).1, None, "another scheduler's");
+        let mut going = pending;
+        going["metadata"]["deletionTimestamp"] = json!("2026-12-07T01:00:00Z");
+        assert_eq!(split(&PODS, going).1, None, "being deleted");
     }
 
     #[test]

@@ -185,11 +185,21 @@ impl Scheduler {
         }
         let registry = &ctx.registry;
         let events = &self.events;
+        let cache = &ctx.cache;
         let results: Vec<Result<Value, FailedBind>> = futures_util::stream::iter(binds)
             .map(|(r, pod, node)| async move {
                 // The cached pod's revision makes the binding a compare-and-swap: a pod that
                 // changed since the snapshot is not bound, and is decided again next round.
-                match registry.bind_seen(&r, &pod, &node).await {
+                // The cache keeps waiting pods whole, so binding needs no read; a whole copy
+                // at another revision than the one decided on is not used.
+                let whole = cache.whole(&r).filter(|w| {
+                    w["metadata"]["resourceVersion"] == pod["metadata"]["resourceVersion"]
+                });
+                let bound = match whole {
+                    Some(whole) => registry.bind_from(&r, &whole, &node).await,
+                    None => registry.bind_seen(&r, &pod, &node).await,
+                };
+                match bound {
                     Ok(bound) => {
                         events
                             .record(
