@@ -38,7 +38,13 @@ pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Resu
             data_dir: args.data_dir.join(&name),
             node: agent::node::NodeOptions {
                 name,
-                labels: Default::default(),
+                // Simulated nodes cannot hold a LoadBalancer address (they have no network
+                // view and add no address), so they must never rank as its candidates.
+                labels: [(
+                    crate::api::network::EXCLUDE_LB_LABEL.to_owned(),
+                    "true".to_owned(),
+                )]
+                .into(),
                 taints: Vec::new(),
                 ips: vec![ip],
                 reservations: Default::default(),

@@ -57,7 +57,31 @@ pub struct NodeNet {
     pub addresses: Vec<IpAddr>,
     /// `spec.podCIDRs`; empty until the controllers gave the node a block.
     pub pod_cidrs: Vec<Cidr>,
+    /// The `Ready` condition is `True`.
+    pub ready: bool,
+    /// What the node's labels say about holding LoadBalancer addresses.
+    pub lb: LbLabel,
 }
+
+/// A node's labels as far as LoadBalancer addresses go (see [`lb_candidates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum LbLabel {
+    /// Neither label: eligible unless some node carries [`ENABLE_LB_LABEL`].
+    #[default]
+    Unlabelled,
+    /// [`EXCLUDE_LB_LABEL`] is set (any value): never eligible.
+    Excluded,
+    /// [`ENABLE_LB_LABEL`] is set; eligible only when it says `"true"`.
+    EnableLb(bool),
+}
+
+/// The standard label that keeps a node out of external load balancing.
+pub const EXCLUDE_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// K3s's ServiceLB label: once any node carries it, only nodes with `"true"` take part.
+pub const ENABLE_LB_LABEL: &str = "svccontroller.k3s.cattle.io/enablelb";
+/// How many nodes contend for one LoadBalancer address: the one that should hold it and a
+/// standby, so the database never sees more than this many contenders per address.
+pub const LB_CANDIDATES: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Protocol {
@@ -198,14 +222,91 @@ impl NodeNet {
                 .filter_map(|a| a["address"].as_str()?.parse::<IpAddr>().ok())
         };
         let addresses = of_type("InternalIP").chain(of_type("ExternalIP")).collect();
+        let ready = node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let labels = &node["metadata"]["labels"];
+        let lb = if !labels[EXCLUDE_LB_LABEL].is_null() {
+            LbLabel::Excluded
+        } else if let Some(v) = labels[ENABLE_LB_LABEL].as_str() {
+            LbLabel::EnableLb(v == "true")
+        } else {
+            LbLabel::Unlabelled
+        };
         Some(NodeNet {
             name,
             addresses,
             pod_cidrs: strings(&node["spec"]["podCIDRs"])
                 .filter_map(|c| Cidr::parse(c).ok())
                 .collect(),
+            ready,
+            lb,
         })
     }
+}
+
+/// The nodes that contend for LoadBalancer address `address`, best first: at most
+/// [`LB_CANDIDATES`] of the ready, eligible nodes, ranked by a rendezvous hash of the address
+/// and the node's name. Every node and every server computes this from its own network view
+/// and gets the same answer once the views agree; a node joining or leaving moves only the
+/// addresses it ranks high for. Eligibility follows K3s's ServiceLB: never a node labelled
+/// [`EXCLUDE_LB_LABEL`]; when any node carries [`ENABLE_LB_LABEL`], only those set to `"true"`.
+pub fn lb_candidates<'a>(
+    address: IpAddr,
+    nodes: impl Iterator<Item = &'a NodeNet> + Clone,
+) -> Vec<&'a str> {
+    let opt_in = nodes.clone().any(|n| matches!(n.lb, LbLabel::EnableLb(_)));
+    let key = address.to_string();
+    let mut ranked: Vec<(u64, &str)> = nodes
+        .filter(|n| n.ready)
+        .filter(|n| match n.lb {
+            LbLabel::Excluded => false,
+            LbLabel::EnableLb(on) => on,
+            LbLabel::Unlabelled => !opt_in,
+        })
+        .map(|n| (rendezvous(&key, &n.name), n.name.as_str()))
+        .collect();
+    // Highest score first; the name breaks (unlikely) ties so the order is total.
+    ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    ranked
+        .into_iter()
+        .take(LB_CANDIDATES)
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// The addresses nodes hold for LoadBalancer Services: every `status.loadBalancer.ingress`
+/// IP of a `LoadBalancer` Service, except nodes' own addresses (without a pool the ingress is
+/// the nodes' addresses, K3s's way, and those are never moved).
+pub fn lb_addresses<'a>(
+    services: impl Iterator<Item = &'a ServiceInfo>,
+    nodes: impl Iterator<Item = &'a NodeNet>,
+) -> std::collections::BTreeSet<IpAddr> {
+    let own: std::collections::HashSet<IpAddr> =
+        nodes.flat_map(|n| n.addresses.iter().copied()).collect();
+    services
+        .filter(|s| s.kind == ServiceKind::LoadBalancer)
+        .flat_map(|s| s.load_balancer_ips.iter().copied())
+        .filter(|a| !own.contains(a))
+        .collect()
+}
+
+/// A score for (address, node) that every build computes alike: FNV-1a over both strings
+/// (std's hasher may change between Rust releases, and servers and agents need not be built
+/// by the same one), finished with splitmix64's mixer so close names spread apart.
+fn rendezvous(address: &str, node: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in address.bytes().chain([0]).chain(node.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 // === impl Protocol ===
@@ -477,6 +578,126 @@ mod tests {
             ]
         );
         assert_eq!(n.pod_cidrs, vec![Cidr::parse("10.42.1.0/24").unwrap()]);
+        assert!(!n.ready, "no Ready condition means not ready");
+        assert_eq!(n.lb, LbLabel::Unlabelled);
+    }
+
+    fn lb_node(name: &str, ready: bool, lb: LbLabel) -> NodeNet {
+        NodeNet {
+            name: name.into(),
+            addresses: vec![],
+            pod_cidrs: vec![],
+            ready,
+            lb,
+        }
+    }
+
+    #[test]
+    fn a_node_reads_ready_and_its_load_balancer_labels() {
+        let node = |labels: Value, ready: &str| {
+            NodeNet::from_node(&json!({
+                "metadata": {"name": "pi1", "labels": labels},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]}
+            }))
+            .unwrap()
+        };
+        let n = node(json!({}), "True");
+        assert!(n.ready);
+        assert_eq!(n.lb, LbLabel::Unlabelled);
+        assert!(!node(json!({}), "Unknown").ready);
+        assert_eq!(
+            node(
+                json!({EXCLUDE_LB_LABEL: "", ENABLE_LB_LABEL: "true"}),
+                "True"
+            )
+            .lb,
+            LbLabel::Excluded,
+            "exclusion wins"
+        );
+        assert_eq!(
+            node(json!({ENABLE_LB_LABEL: "false"}), "True").lb,
+            LbLabel::EnableLb(false)
+        );
+    }
+
+    #[test]
+    fn lb_candidates_are_stable_ready_eligible_and_at_most_two() {
+        let ip: IpAddr = "198.18.3.10".parse().unwrap();
+        let nodes: Vec<NodeNet> = (0..6)
+            .map(|i| lb_node(&format!("pi{i}"), true, LbLabel::Unlabelled))
+            .collect();
+        let top = lb_candidates(ip, nodes.iter());
+        assert_eq!(top.len(), LB_CANDIDATES);
+        // Any order of the same nodes gives the same answer.
+        assert_eq!(lb_candidates(ip, nodes.iter().rev()), top);
+        // Taking out a node that is not a candidate changes nothing (rendezvous hashing).
+        let others: Vec<NodeNet> = nodes
+            .iter()
+            .filter(|n| n.name == top[0] || n.name == top[1] || n.name == "pi9")
+            .cloned()
+            .collect();
+        assert_eq!(lb_candidates(ip, others.iter()), top);
+        // Different addresses spread over the nodes.
+        let firsts: std::collections::BTreeSet<&str> = (10..40)
+            .map(|i| lb_candidates(IpAddr::from([198, 18, 3, i]), nodes.iter())[0])
+            .collect();
+        assert!(firsts.len() >= 3, "{firsts:?}");
+
+        // The first candidate unready or excluded: the standby moves up.
+        let mut changed = nodes.clone();
+        changed.iter_mut().for_each(|n| {
+            if n.name == top[0] {
+                n.ready = false;
+            }
+        });
+        assert_eq!(lb_candidates(ip, changed.iter())[0], top[1]);
+        changed.iter_mut().for_each(|n| {
+            if n.name == top[1] {
+                n.lb = LbLabel::Excluded;
+            }
+        });
+        let now = lb_candidates(ip, changed.iter());
+        assert!(!now.contains(&top[0]) && !now.contains(&top[1]));
+        assert_eq!(now.len(), 2);
+    }
+
+    #[test]
+    fn lb_addresses_leave_out_node_addresses_and_other_kinds() {
+        let svc = |name: &str, kind: &str, ips: &[&str]| {
+            ServiceInfo::from_object(&json!({
+                "metadata": {"namespace": "a", "name": name},
+                "spec": {"type": kind},
+                "status": {"loadBalancer": {"ingress":
+                    ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()}}
+            }))
+            .unwrap()
+        };
+        let services = [
+            svc("pool", "LoadBalancer", &["198.18.3.10"]),
+            svc("nodes", "LoadBalancer", &["198.18.2.2"]),
+            svc("stale", "ClusterIP", &["198.18.3.11"]),
+        ];
+        let mut node = lb_node("b2", true, LbLabel::Unlabelled);
+        node.addresses = vec!["198.18.2.2".parse().unwrap()];
+        let got = lb_addresses(services.iter(), std::iter::once(&node));
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec!["198.18.3.10".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn lb_candidates_follow_k3s_enablelb_once_any_node_has_it() {
+        let ip: IpAddr = "198.18.3.11".parse().unwrap();
+        let nodes = [
+            lb_node("a", true, LbLabel::Unlabelled),
+            lb_node("b", true, LbLabel::EnableLb(true)),
+            lb_node("c", true, LbLabel::EnableLb(false)),
+            lb_node("d", false, LbLabel::EnableLb(true)),
+        ];
+        assert_eq!(lb_candidates(ip, nodes.iter()), vec!["b"]);
+        assert!(lb_candidates(ip, nodes[..1].iter()).contains(&"a"));
+        assert!(lb_candidates(ip, std::iter::empty()).is_empty());
     }
 
     #[test]

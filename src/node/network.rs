@@ -176,6 +176,8 @@ mod tests {
             name: name.into(),
             addresses: vec![],
             pod_cidrs: vec![Cidr::parse(cidr).unwrap()],
+            ready: true,
+            lb: Default::default(),
         })
     }
 

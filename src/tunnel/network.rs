@@ -319,6 +319,8 @@ mod tests {
             name: name.into(),
             addresses: vec![addr.parse().unwrap()],
             pod_cidrs: vec![],
+            ready: true,
+            lb: Default::default(),
         })
     }
 

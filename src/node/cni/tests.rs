@@ -547,6 +547,8 @@ fn keelson_writes_its_config_once_the_node_has_a_block_and_follows_changes() {
             name: "pi1".into(),
             addresses: vec![],
             pod_cidrs: vec![cidr(block)],
+            ready: true,
+            lb: Default::default(),
         })
     };
     network.apply(node("198.19.4.0/24"));

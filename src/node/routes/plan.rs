@@ -256,6 +256,8 @@ mod tests {
                 name: name.into(),
                 addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
                 pod_cidrs: cidr.map(|c| Cidr::parse(c).unwrap()).into_iter().collect(),
+                ready: true,
+                lb: Default::default(),
             }),
         )
     }
