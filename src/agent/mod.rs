@@ -99,8 +99,11 @@ pub async fn run(
     });
     // Service rules follow the network view the tunnel feeds; they end when `stop` flips.
     let _services = runtime.services.take().map(|s| s.spawn(stop.clone()));
+    // LoadBalancer addresses too; the tunnel sessions carry its requests and grants.
+    let lb = runtime.loadbalancer.take().map(|h| h.spawn(stop.clone()));
     let (worker, mut pods, pod_events, pod_reports) =
         PodWorker::start(runtime, report.addresses.first().copied());
+    pods.lb = lb;
     // Ends when `stop` flips or when this function returns (dropping `pods`).
     tokio::spawn(worker.run(pod_events, pod_reports, stop.clone()));
     let mut balancer = Balancer::new(cfg.server.address(), files.clone());

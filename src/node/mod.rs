@@ -23,6 +23,7 @@ pub mod exitwatch;
 pub mod hollow;
 pub mod hook;
 pub mod images;
+pub mod loadbalancer;
 pub mod logs;
 pub mod monitor;
 pub mod network;
@@ -57,6 +58,9 @@ pub struct Runtime {
     /// The Service rules' task, for the transport to run with the node; `None` without a
     /// network view or with `--disable-kube-proxy`.
     pub services: Option<services::ServiceRules>,
+    /// The task that holds LoadBalancer addresses, for the transport to run with the node
+    /// (it carries the task's [`loadbalancer::Link`]); `None` whenever `services` is.
+    pub loadbalancer: Option<loadbalancer::Holder>,
 }
 
 /// kubelet's and K3s's default `--resolv-conf`.
@@ -77,6 +81,7 @@ impl Runtime {
             notes,
             network: None,
             services: None,
+            loadbalancer: None,
         }
     }
 }
@@ -252,6 +257,7 @@ impl RuntimeOptions {
             Ok(report) => tracing::info!(?report, "imported image tarballs"),
             Err(e) => tracing::warn!(error = %e, "cannot import image tarballs"),
         }
+        let host_ip = host_ips.first().copied();
         let network = network::Network::new(node_name);
         // Cluster DNS lives as long as the node's network view (see node::dns).
         dns::spawn(&network, self.resolv_conf.clone());
@@ -284,11 +290,20 @@ impl RuntimeOptions {
                 nft: "nft".to_owned(),
             },
         );
-        let services = if self.services {
-            Some(services::ServiceRules::new(network.clone()))
+        let (services, loadbalancer) = if self.services {
+            (
+                Some(services::ServiceRules::new(network.clone())),
+                Some(loadbalancer::Holder::new(
+                    network.clone(),
+                    self.flannel_iface.clone(),
+                    host_ip,
+                )),
+            )
         } else {
-            tracing::info!("--disable-kube-proxy: this node programs no Service rules");
-            None
+            tracing::info!(
+                "--disable-kube-proxy: this node programs no Service rules and holds no LoadBalancer addresses"
+            );
+            (None, None)
         };
         Ok(Runtime {
             pods: Box::new(pods),
@@ -297,6 +312,7 @@ impl RuntimeOptions {
             notes,
             network: Some(network),
             services,
+            loadbalancer,
         })
     }
 }

@@ -246,6 +246,9 @@ pub struct PodLink {
     /// The node's network view, fed by the transport; `None` for a node that runs no pods of
     /// its own (simulated, `--runtime none`).
     pub network: Option<std::sync::Arc<super::network::Network>>,
+    /// The LoadBalancer address holder's requests and grants; set by the transport once it
+    /// spawned the holder, `None` where no holder runs.
+    pub lb: Option<super::loadbalancer::Link>,
 }
 
 /// The node's pod tracking: the set of pods bound here, and their runtime.
@@ -297,6 +300,7 @@ impl PodWorker {
             notes: runtime.notes,
             streams: runtime.streams,
             network: runtime.network,
+            lb: None,
         };
         (
             PodWorker::new(runtime.pods, host_ip),

@@ -21,6 +21,8 @@ use super::{
     agent_ws_config, decode_down, encode,
 };
 use crate::agent::https::{self, Target};
+use crate::node::loadbalancer::Link;
+use crate::node::loadbalancer::claims::Request;
 use crate::node::objects::Answer;
 use crate::node::pods::{PodEvent, PodLink};
 use crate::node::streams::{Pipe, StreamRequest, StreamServer};
@@ -101,6 +103,15 @@ pub async fn session(
     loop {
         tokio::select! {
             _ = crate::apiserver::stopped(stop) => {
+                // The node's LoadBalancer addresses go first, then their leases, so the
+                // standby takes over at once instead of after the lease expires.
+                if let Some(lb) = pods.lb.as_mut() {
+                    for req in lb.let_go().await {
+                        if let Some(frame) = lb_frame(req) {
+                            let _ = ws.send(Message::Binary(frame.into())).await;
+                        }
+                    }
+                }
                 let _ = ws.close(None).await;
                 return Outcome::Shutdown;
             }
@@ -142,6 +153,13 @@ pub async fn session(
                 },
                 None => reports_open = false,
             },
+            req = Link::next(&mut pods.lb) => {
+                if let Some(frame) = lb_frame(req)
+                    && let Err(e) = ws.send(Message::Binary(frame.into())).await
+                {
+                    return Outcome::Lost(e.to_string());
+                }
+            }
             Some(note) = pods.notes.recv() => {
                 match encode(&Up::Event(note)) {
                     Ok(frame) => {
@@ -199,6 +217,12 @@ pub async fn session(
                                 network.apply(ev);
                             }
                         }
+                        Ok(Down::LbGrant(grant)) => {
+                            if let Some(lb) = &pods.lb {
+                                // A grant that does not fit only shortens the node's hold.
+                                let _ = lb.grants.try_send(grant);
+                            }
+                        }
                         Ok(Down::Object { id, result }) => {
                             if let Some(reply) = gets.remove(&id) {
                                 let _ = reply.send(result);
@@ -248,6 +272,17 @@ async fn dial(target: Target, id: u64, request: StreamRequest, server: Arc<dyn S
         WebSocketStream::from_raw_socket(io, Role::Client, Some(super::streams::ws_config())).await;
     let (near, far) = Pipe::pair();
     tokio::join!(super::streams::pump(ws, near), server.serve(request, far));
+}
+
+/// The frame for a request of the node's LoadBalancer holder.
+fn lb_frame(req: Request) -> Option<Vec<u8>> {
+    let up = match req {
+        Request::Renew { address, seq } => Up::LbRenew { address, seq },
+        Request::Release { address } => Up::LbRelease { address },
+    };
+    encode(&up)
+        .inspect_err(|e| tracing::warn!(error = %e, "a load-balancer request does not fit in a tunnel frame"))
+        .ok()
 }
 
 /// Hands a pod event to the node's worker. Waiting here holds the tunnel's reads back, which

@@ -17,6 +17,8 @@ use super::pods::Push;
 use super::sessions::Sessions;
 use crate::apiserver::Api;
 use crate::node::Runtime;
+use crate::node::loadbalancer::Link;
+use crate::node::loadbalancer::claims::Request;
 use crate::node::network::NetEvent;
 use crate::node::pods::{PodEvent, PodWorker};
 
@@ -31,14 +33,37 @@ pub async fn run(
 ) {
     // Service rules follow the network view fed below; they end when `stop` flips.
     let _services = runtime.services.take().map(|s| s.spawn(stop.clone()));
+    let lb = runtime.loadbalancer.take().map(|h| h.spawn(stop.clone()));
     let (worker, mut link, events, reports) = PodWorker::start(runtime, host_ip);
+    link.lb = lb;
+    let mut leases = super::lb::Leases::new(&node, api.registry.clone());
     sessions.streams.set_local(&node, link.streams.clone());
     tokio::spawn(worker.run(events, reports, stop.clone()));
     let mut pods = sessions.pods.listen(&node);
     let mut net = link.network.is_some().then(|| sessions.network.listen());
     loop {
         tokio::select! {
-            _ = crate::apiserver::stopped(&mut stop) => return,
+            _ = crate::apiserver::stopped(&mut stop) => {
+                // The node's LoadBalancer addresses go first, then their leases.
+                if let Some(lb) = link.lb.as_mut() {
+                    for req in lb.let_go().await {
+                        if let Request::Release { address } = req {
+                            leases.release(address).await;
+                        }
+                    }
+                }
+                return;
+            }
+            req = Link::next(&mut link.lb) => match req {
+                Request::Renew { address, seq } => {
+                    if let Some(grant) = leases.renew(&sessions.network, address, seq).await
+                        && let Some(lb) = &link.lb
+                    {
+                        let _ = lb.grants.try_send(grant);
+                    }
+                }
+                Request::Release { address } => leases.release(address).await,
+            },
             push = pods.rx.recv() => {
                 let Some(push) = push else {
                     // Fell behind: listen again, which starts with a fresh listing.

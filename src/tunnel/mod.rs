@@ -19,6 +19,9 @@
 //! | agent → server | [`Up::Get`] | the node needs a ConfigMap or Secret one of its pods uses |
 //! | server → agent | [`Down::Object`] | the answer: the object, or why not (only objects its pods reference) |
 //! | server → agent | [`Down::Net`]… | after `Welcome`, to nodes that asked: the cluster's network settings, a listing of every node's addresses and pod blocks, Services and EndpointSlices (compact), then each change |
+//! | agent → server | [`Up::LbRenew`] | take or renew the lease on a LoadBalancer address the node is a candidate for (see [`lb`]) |
+//! | server → agent | [`Down::LbGrant`] | the answer: held or not, with the lease's epoch (none when the database failed) |
+//! | agent → server | [`Up::LbRelease`] | the node removed the address (stopping, or no longer a candidate): release the lease |
 //!
 //! Keepalive is websocket ping/pong: the agent pings every [`PING_INTERVAL`]; either side
 //! that hears nothing for [`DEAD_AFTER`] drops the connection (dead-peer detection), and the
@@ -29,6 +32,7 @@
 //! server's batched write (see [`sessions`]), never one statement per agent.
 
 pub mod client;
+pub mod lb;
 pub mod local;
 pub mod network;
 pub mod pods;
@@ -52,7 +56,7 @@ use crate::node::pods::{PodAssignment, PodKey, PodNote, PodReport};
 use crate::node::streams::StreamRequest;
 
 /// Bumped on any incompatible change to the frames below.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Where servers accept tunnels.
 pub const PATH: &str = "/v1-keelson/connect";
 /// Where a node dials back to serve one stream (`<STREAM_PATH>/<id>`).
@@ -90,6 +94,16 @@ pub enum Up {
         id: u32,
         object: Wanted,
     },
+    /// Take or renew the lease on a LoadBalancer address; answered by [`Down::LbGrant`] with
+    /// the same `seq`. The node counts its hold from before this frame left.
+    LbRenew {
+        address: IpAddr,
+        seq: u64,
+    },
+    /// The node no longer has `address` on its interface: release its lease.
+    LbRelease {
+        address: IpAddr,
+    },
 }
 
 /// Frames from server to agent.
@@ -123,6 +137,8 @@ pub enum Down {
     },
     /// The network view changed (see [`network`]); only to nodes that asked in `Hello`.
     Net(crate::node::network::NetEvent),
+    /// The answer to [`Up::LbRenew`].
+    LbGrant(crate::node::loadbalancer::claims::Grant),
 }
 
 /// What a node says about itself; the server turns it into the Node object.
@@ -237,6 +253,18 @@ mod tests {
         assert_eq!(decode::<Up>(&encode(&hello).unwrap()).unwrap(), hello);
         let down = Down::Servers(vec!["198.18.0.1:6443".into()]);
         assert_eq!(decode::<Down>(&encode(&down).unwrap()).unwrap(), down);
+        let renew = Up::LbRenew {
+            address: "198.18.3.10".parse().unwrap(),
+            seq: 7,
+        };
+        assert_eq!(decode::<Up>(&encode(&renew).unwrap()).unwrap(), renew);
+        let grant = Down::LbGrant(crate::node::loadbalancer::claims::Grant {
+            address: "fd00::10".parse().unwrap(),
+            seq: 7,
+            held: true,
+            epoch: 3,
+        });
+        assert_eq!(decode::<Down>(&encode(&grant).unwrap()).unwrap(), grant);
     }
 
     #[test]

@@ -126,6 +126,13 @@ impl NetRoutes {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reads the view (`None` before its first listing); keep `f` short, it holds the lock
+    /// every change is applied under.
+    pub fn read<R>(&self, f: impl FnOnce(Option<&Snapshot>) -> R) -> R {
+        let state = self.lock();
+        f(state.synced.then_some(&state.now))
+    }
+
     pub fn listen(self: &Arc<Self>) -> Listener {
         let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
         let mut state = self.lock();
@@ -223,7 +230,7 @@ impl NetRoutes {
         }
     }
 
-    fn replace(&self, now: Snapshot) {
+    pub(super) fn replace(&self, now: Snapshot) {
         let mut state = self.lock();
         state.now = now;
         state.synced = true;

@@ -39,6 +39,9 @@ const MAX_NOTES_PER_SECOND: u32 = 20;
 /// are answered 429 and the node asks again on its next look. A pod start needs a few; a
 /// node starting 100 pods at once spreads over a few seconds instead of loading the database.
 const MAX_GETS_PER_SECOND: u32 = 50;
+/// Most load-balancer lease requests one node may make per second: one per retry period per
+/// address it contends for (5/s each), so room for 20 addresses on one node.
+const MAX_LB_PER_SECOND: u32 = 100;
 /// Shortest time between two node reports that change something.
 const REPORT_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -236,6 +239,8 @@ where
     let mut last_report = Instant::now();
     let mut notes = Budget::new(MAX_NOTES_PER_SECOND);
     let mut gets = Budget::new(MAX_GETS_PER_SECOND);
+    let mut lb_budget = Budget::new(MAX_LB_PER_SECOND);
+    let mut leases = super::lb::Leases::new(node, api.registry.clone());
     loop {
         let silence = tokio::time::sleep_until(last_heard + DEAD_AFTER);
         tokio::select! {
@@ -310,6 +315,24 @@ where
                                 Err((429, format!("node {node} reads objects faster than {MAX_GETS_PER_SECOND}/s; ask again later")))
                             };
                             if let Err(e) = send(ws, &Down::Object { id, result }).await { return End::Bad(e); }
+                        }
+                        Ok(Up::LbRenew { address, seq }) => {
+                            // Each renewal is a database statement: a node gets a budget per
+                            // second. Over it, no answer: the node's deadline lets it go.
+                            if !lb_budget.take() {
+                                tracing::debug!(%node, %address, "load-balancer renewals over budget; not answered");
+                                continue;
+                            }
+                            if let Some(grant) = Box::pin(leases.renew(&sessions.network, address, seq)).await
+                                && let Err(e) = send(ws, &Down::LbGrant(grant)).await
+                            {
+                                return End::Bad(e);
+                            }
+                        }
+                        Ok(Up::LbRelease { address }) => {
+                            if lb_budget.take() {
+                                Box::pin(leases.release(address)).await;
+                            }
                         }
                         Ok(Up::Hello { .. }) => return End::Bad("a second Hello frame".into()),
                         Err(e) => return End::Bad(e.to_string()),

@@ -31,7 +31,7 @@ use crate::datastore::Store;
 /// Re-announce this often while holding, for hosts and switches that missed the burst.
 pub const ANNOUNCE_REFRESH: Duration = Duration::from_secs(10);
 /// The burst on taking over: announcements at these offsets.
-const BURST: [Duration; 4] = [
+pub const BURST: [Duration; 4] = [
     Duration::ZERO,
     Duration::from_millis(100),
     Duration::from_millis(300),
