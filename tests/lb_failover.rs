@@ -11,7 +11,9 @@
 //! down, and the test measures how long the client goes without answers (the figure), checks
 //! with a poller of both agents' addresses and an ARP capture on the bridge that the two never
 //! held or announced the address at the same time, and, with the link back, that the address
-//! stays where it went (no flapping). Afterwards the machine's own namespace holds nothing new.
+//! stays where it went (no flapping). Last, SIGTERM to the new holder hands the address back
+//! at once (it removes the address, then releases the lease, so nobody waits for the lease
+//! to expire). Afterwards the machine's own namespace holds nothing new.
 //!
 //! Needs what the board lab needs, plus the CNI plugins bridge, host-local and portmap.
 
@@ -35,6 +37,10 @@ const LB_IP: &str = "198.18.3.10";
 const FAILOVER_BOUND: f64 = 5.0;
 /// How long the restored link is watched for the address moving back.
 const WATCH_RESTORED: Duration = Duration::from_secs(10);
+/// From the address leaving a stopping holder to it arriving on the other: one retry period
+/// (0.2 s) and a round trip after the release, where waiting out the lease would take up to
+/// the lease's 1 s.
+const HANDOVER_BOUND: f64 = 0.8;
 const PODS_READY: Duration = Duration::from_secs(120);
 const CHANGE: Duration = Duration::from_secs(30);
 
@@ -51,13 +57,13 @@ fn lb_address_moves_to_the_standby_without_split_brain() {
         };
         let took = lab.start(&["--service-lb-pool=198.18.3.10-198.18.3.20"], &[]);
         eprintln!("{test}: three boards up in {took:?}");
-        failover(&lab);
+        failover(&mut lab);
     }
     let after = RootView::now();
     after.assert_nothing_new(&before);
 }
 
-fn failover(lab: &Boards) {
+fn failover(lab: &mut Boards) {
     lab.kubectl_ok(&[
         "label",
         "node",
@@ -248,7 +254,9 @@ fn failover(lab: &Boards) {
         requests.answered_since(restored + 1.0).is_some(),
         "no answers after the link came back"
     );
-    // The lease shows the new holder.
+    handover(lab, new, old);
+
+    // The lease shows the holder.
     let lease = lab.kubectl_ok(&[
         "get",
         "lease",
@@ -258,7 +266,63 @@ fn failover(lab: &Boards) {
         "-o",
         "jsonpath={.spec.holderIdentity}",
     ]);
-    assert_eq!(lease.trim(), lab.boards[new].name);
+    assert_eq!(lease.trim(), lab.boards[old].name);
+}
+
+/// SIGTERM to the holder `from`: it removes the address, then releases the lease, so `to`
+/// takes over at its next try instead of after the lease expires.
+fn handover(lab: &mut Boards, from: usize, to: usize) {
+    let presence = Presence::start(lab);
+    thread::sleep(Duration::from_millis(200));
+    let stopped = uptime();
+    let status = lab.stop(from);
+    let mut polls = Vec::new();
+    wait_until(
+        "the other agent taking the address after a graceful stop",
+        CHANGE,
+        || {
+            polls = presence.polls();
+            polls.iter().any(|p| p.has[to - 1])
+        },
+    );
+    presence.stop();
+    let polls = presence.polls();
+    let gone = polls
+        .iter()
+        .find(|p| !p.has[from - 1])
+        .map_or(f64::NAN, |p| p.at);
+    let there = polls
+        .iter()
+        .find(|p| p.has[to - 1])
+        .map_or(f64::NAN, |p| p.at);
+    eprintln!(
+        "FIGURE load-balancer address graceful handover: on {} {:.2} s after SIGTERM to {}, \
+         {:.2} s after it left",
+        lab.boards[to].name,
+        there - stopped,
+        lab.boards[from].name,
+        there - gone
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{} did not stop cleanly: {status:?}",
+        lab.boards[from].name
+    );
+    assert!(
+        polls.iter().all(|p| !(p.has[0] && p.has[1])) && gone <= there,
+        "the address was on both agents during the handover: {polls:?}"
+    );
+    assert!(
+        there - gone <= HANDOVER_BOUND,
+        "{:.2} s between the address leaving and arriving: was the lease released?",
+        there - gone
+    );
+    assert!(
+        lab.log(from).lines().any(|l| l.contains("gave up the load-balancer address")
+            && l.contains("shutting down")),
+        "{}",
+        lab.log_tail(from)
+    );
 }
 
 /// A web server on the server board, behind a LoadBalancer Service on port 80.
