@@ -71,6 +71,7 @@ fn failover(lab: &mut Boards) {
         "b3",
         "svccontroller.k3s.cattle.io/enablelb=true",
     ]);
+    let idle = statement_rate(lab);
     let manifest = lab.dir().join("web.yaml");
     fs::write(&manifest, MANIFEST.replace("{BUSYBOX}", BUSYBOX)).expect("write the manifest");
     lab.kubectl_ok(&["apply", "-f", &manifest.display().to_string()]);
@@ -125,6 +126,11 @@ fn failover(lab: &mut Boards) {
         lab.boards[old].name, lab.boards[new].name
     );
 
+    let holding = statement_rate(lab);
+    eprintln!(
+        "FIGURE datastore statements/s with one LoadBalancer address held (holder and standby \
+         renewing): {holding:.1}, before the Service: {idle:.1}"
+    );
     let presence = Presence::start(lab);
     let capture = Capture::start(lab);
     thread::sleep(Duration::from_millis(500));
@@ -358,6 +364,23 @@ spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: http}]
 "#;
+
+/// The server's datastore statements per second over a few seconds (`/metrics`).
+fn statement_rate(lab: &Boards) -> f64 {
+    const WINDOW: Duration = Duration::from_secs(4);
+    let read = || -> u64 {
+        lab.kubectl_ok(&["get", "--raw", "/metrics"])
+            .lines()
+            .find(|l| l.starts_with("keelson_datastore_statements_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .expect("keelson_datastore_statements_total in /metrics")
+    };
+    let (before, started) = (read(), std::time::Instant::now());
+    thread::sleep(WINDOW);
+    let after = read();
+    (after - before) as f64 / started.elapsed().as_secs_f64()
+}
 
 /// Whether board `i` has the load-balancer address on its interface.
 fn has_address(lab: &Boards, i: usize) -> bool {
