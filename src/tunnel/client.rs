@@ -100,6 +100,21 @@ pub async fn session(
     let mut reports_open = true;
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Renewals queued while no tunnel was open are stale: their grants would only shorten
+    // the hold, and each costs the server a statement. Releases still count.
+    if let Some(lb) = pods.lb.as_mut() {
+        let mut releases = Vec::new();
+        while let Ok(req) = lb.requests.try_recv() {
+            if matches!(req, Request::Release { .. }) {
+                releases.push(req);
+            }
+        }
+        for frame in releases.into_iter().filter_map(lb_frame) {
+            if let Err(e) = ws.send(Message::Binary(frame.into())).await {
+                return Outcome::Lost(e.to_string());
+            }
+        }
+    }
     loop {
         tokio::select! {
             _ = crate::apiserver::stopped(stop) => {

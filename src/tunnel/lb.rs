@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::network::{NetRoutes, Snapshot};
 use crate::api::network::{lb_addresses, lb_candidates};
 use crate::apiserver::registry::Registry;
@@ -48,8 +50,12 @@ pub enum Refusal {
 pub struct Leases {
     node: String,
     registry: Registry,
-    /// What the database last granted this node, per address: renewing it costs one statement.
-    held: HashMap<IpAddr, Held>,
+    /// What the database last granted this node, per address, and when that attempt
+    /// started: renewing it costs one statement. Invariant: only passed on to the database
+    /// while younger than the renew deadline, as the controllers' elector does: an older one
+    /// may have expired and changed hands since, and the store would answer a renewal of it
+    /// with the old epoch.
+    held: HashMap<IpAddr, (Held, Instant)>,
 }
 
 /// The database row's name for `address`'s lease.
@@ -101,7 +107,12 @@ impl Leases {
             return Some(refused);
         }
         let name = lease_name(address);
-        let before = self.held.get(&address).copied();
+        let started = Instant::now();
+        let before = self
+            .held
+            .get(&address)
+            .filter(|(_, at)| at.elapsed() < TIMING.renew_deadline)
+            .map(|(h, _)| *h);
         let attempt =
             self.store()
                 .acquire_lease(&name, &self.node, TIMING.lease.as_millis() as i64, before);
@@ -110,7 +121,7 @@ impl Leases {
                 if before != Some(held) {
                     self.record(&name, held.epoch);
                 }
-                self.held.insert(address, held);
+                self.held.insert(address, (held, started));
                 Some(Grant {
                     held: true,
                     epoch: held.epoch,
