@@ -13,7 +13,8 @@
 //! held or announced the address at the same time, and, with the link back, that the address
 //! stays where it went (no flapping). Last, SIGTERM to the new holder hands the address back
 //! at once (it removes the address, then releases the lease, so nobody waits for the lease
-//! to expire). Afterwards the machine's own namespace holds nothing new.
+//! to expire), and relabelling the nodes moves it to the server's own node (its in-process
+//! transport). Afterwards the machine's own namespace holds nothing new.
 //!
 //! Needs what the board lab needs, plus the CNI plugins bridge, host-local and portmap.
 
@@ -260,10 +261,17 @@ fn failover(lab: &mut Boards) {
         requests.answered_since(restored + 1.0).is_some(),
         "no answers after the link came back"
     );
+    // The Lease object shows the holder.
+    assert_eq!(lease_holder(lab), lab.boards[new].name);
     handover(lab, new, old);
+    to_the_server(lab, old);
+    wait_until("the Lease object showing the server board", CHANGE, || {
+        lease_holder(lab) == "b1"
+    });
+}
 
-    // The lease shows the holder.
-    let lease = lab.kubectl_ok(&[
+fn lease_holder(lab: &Boards) -> String {
+    lab.kubectl_ok(&[
         "get",
         "lease",
         "-n",
@@ -271,8 +279,9 @@ fn failover(lab: &mut Boards) {
         &format!("keelson-lb-{LB_IP}"),
         "-o",
         "jsonpath={.spec.holderIdentity}",
-    ]);
-    assert_eq!(lease.trim(), lab.boards[old].name);
+    ])
+    .trim()
+    .to_owned()
 }
 
 /// SIGTERM to the holder `from`: it removes the address, then releases the lease, so `to`
@@ -328,6 +337,49 @@ fn handover(lab: &mut Boards, from: usize, to: usize) {
             && l.contains("shutting down")),
         "{}",
         lab.log_tail(from)
+    );
+}
+
+/// Relabelled so that only the server board (and the stopped agent) may hold the address:
+/// `holder` drops out of the candidates and lets go, releasing the lease, and the server's own
+/// node takes the address through the in-process transport instead of a tunnel.
+fn to_the_server(lab: &Boards, holder: usize) {
+    let name = lab.boards[holder].name.clone();
+    lab.kubectl_ok(&[
+        "label",
+        "node",
+        "b1",
+        "svccontroller.k3s.cattle.io/enablelb=true",
+    ]);
+    lab.kubectl_ok(&[
+        "label",
+        "node",
+        &name,
+        "svccontroller.k3s.cattle.io/enablelb-",
+    ]);
+    wait_until("the server board holding the address", CHANGE, || {
+        has_address(lab, 0) && !has_address(lab, holder)
+    });
+    let answer = lab.client(
+        &lab.tools.curl,
+        &["-s", "--max-time", "2", &format!("http://{LB_IP}/")],
+    );
+    assert!(
+        String::from_utf8_lossy(&answer.stdout).contains("web-"),
+        "no answer through the server board: {answer:?}"
+    );
+    assert!(
+        lab.log(holder)
+            .lines()
+            .any(|l| l.contains("gave up the load-balancer address")
+                && l.contains("no longer a candidate")),
+        "{}",
+        lab.log_tail(holder)
+    );
+    assert!(
+        lab.log(0).contains("took the load-balancer address"),
+        "{}",
+        lab.log_tail(0)
     );
 }
 
