@@ -268,6 +268,20 @@ fn failover(lab: &mut Boards) {
     wait_until("the Lease object showing the server board", CHANGE, || {
         lease_holder(lab) == "b1"
     });
+    // Each holder left an Event on the Service.
+    let events = lab.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector=involvedObject.kind=Service,involvedObject.name=web,reason=NodeAssigned",
+        "-o",
+        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+    ]);
+    for board in ["b1", "b2", "b3"] {
+        assert!(
+            events.contains(&format!("from node {board} ")),
+            "no NodeAssigned event for {board}:\n{events}"
+        );
+    }
 }
 
 fn lease_holder(lab: &Boards) -> String {

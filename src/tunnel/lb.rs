@@ -10,6 +10,9 @@
 //! have. The fencing itself is the node's ([`crate::node::loadbalancer::claims`]): a database
 //! error or timeout gets no answer at all, and the node's deadline does the rest.
 //!
+//! Each new holder is shown, best effort, as the Lease `kube-system/keelson-lb-<address>` and
+//! as a `NodeAssigned` Event on the address's Services.
+//!
 //! Invariants: one [`Leases`] per tunnel session; it remembers only leases the database
 //! granted to this node, for addresses that passed the check (so its size is bounded by the
 //! number of LoadBalancer addresses).
@@ -21,15 +24,19 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::network::{NetRoutes, Snapshot};
-use crate::api::network::{lb_addresses, lb_candidates};
+use crate::api::network::{Key, lb_addresses, lb_candidates};
 use crate::apiserver::registry::Registry;
+use crate::apiserver::resources::{ObjectRef, SERVICES};
+use crate::controllers::events::{Recorder, Type};
 use crate::datastore::Store;
 use crate::datastore::leases::Held;
 use crate::node::loadbalancer::TIMING;
 use crate::node::loadbalancer::claims::Grant;
 
-/// Longest the `coordination.k8s.io` Lease write for a new holder may take (best effort).
+/// Longest showing a new holder (Lease object, Events) may take; best effort.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The `source.component` of the Events on Services.
+const EVENT_COMPONENT: &str = "keelson-lb";
 
 /// Why a node may not have an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +63,10 @@ pub struct Leases {
     /// may have expired and changed hands since, and the store would answer a renewal of it
     /// with the old epoch.
     held: HashMap<IpAddr, (Held, Instant)>,
+    /// The epoch last shown (Lease object, Service events) per address, so a renewal is not
+    /// shown again. Bounded like `held`.
+    recorded: HashMap<IpAddr, i64>,
+    events: Recorder,
 }
 
 /// The database row's name for `address`'s lease.
@@ -63,8 +74,8 @@ pub fn lease_name(address: IpAddr) -> String {
     format!("keelson-lb-{address}")
 }
 
-/// Whether `node` may contend for `address` by this view.
-pub fn check(view: Option<&Snapshot>, node: &str, address: IpAddr) -> Result<(), Refusal> {
+/// Whether `node` may contend for `address` by this view; the Services the address is for.
+pub fn check(view: Option<&Snapshot>, node: &str, address: IpAddr) -> Result<Vec<Key>, Refusal> {
     let view = view.ok_or(Refusal::Unlisted)?;
     let nodes = || view.nodes.values().map(|n| &**n);
     if !lb_addresses(view.services.values().map(|s| &**s), nodes()).contains(&address) {
@@ -78,7 +89,12 @@ pub fn check(view: Option<&Snapshot>, node: &str, address: IpAddr) -> Result<(),
             candidates: candidates.into_iter().map(str::to_owned).collect(),
         });
     }
-    Ok(())
+    Ok(view
+        .services
+        .values()
+        .filter(|s| s.load_balancer_ips.contains(&address))
+        .map(|s| s.key.clone())
+        .collect())
 }
 
 // === impl Leases ===
@@ -87,8 +103,10 @@ impl Leases {
     pub fn new(node: &str, registry: Registry) -> Leases {
         Leases {
             node: node.to_owned(),
+            events: Recorder::new(registry.clone(), EVENT_COMPONENT),
             registry,
             held: HashMap::new(),
+            recorded: HashMap::new(),
         }
     }
 
@@ -101,11 +119,14 @@ impl Leases {
             held: false,
             epoch: 0,
         };
-        if let Err(why) = routes.read(|v| check(v, &self.node, address)) {
-            tracing::debug!(node = %self.node, %address, reason = %why, "refused a load-balancer lease");
-            self.held.remove(&address);
-            return Some(refused);
-        }
+        let services = match routes.read(|v| check(v, &self.node, address)) {
+            Ok(services) => services,
+            Err(why) => {
+                tracing::debug!(node = %self.node, %address, reason = %why, "refused a load-balancer lease");
+                self.held.remove(&address);
+                return Some(refused);
+            }
+        };
         let name = lease_name(address);
         let started = Instant::now();
         let before = self
@@ -118,8 +139,9 @@ impl Leases {
                 .acquire_lease(&name, &self.node, TIMING.lease.as_millis() as i64, before);
         match tokio::time::timeout(TIMING.renew_deadline, attempt).await {
             Ok(Ok(Some(held))) => {
-                if before != Some(held) {
-                    self.record(&name, held.epoch);
+                if self.recorded.get(&address) != Some(&held.epoch) {
+                    self.recorded.insert(address, held.epoch);
+                    self.record(&name, address, held.epoch, services);
                 }
                 self.held.insert(address, (held, started));
                 Some(Grant {
@@ -146,6 +168,7 @@ impl Leases {
     /// Releases `address`'s lease, if this node holds it: the node has removed the address.
     pub async fn release(&mut self, address: IpAddr) {
         self.held.remove(&address);
+        self.recorded.remove(&address);
         let name = lease_name(address);
         let release = self.store().release_lease(&name, &self.node);
         match tokio::time::timeout(TIMING.lease, release).await {
@@ -166,19 +189,44 @@ impl Leases {
     }
 
     /// Shows the new holder as the Lease `kube-system/keelson-lb-<address>` (`:` of IPv6 as
-    /// `-`), in a task of its own: best effort, never in the way of a renewal.
-    fn record(&self, name: &str, epoch: i64) {
-        let registry = self.registry.clone();
+    /// `-`) and as a `NodeAssigned` Event on each Service of the address (MetalLB's reason), in
+    /// a task of its own: best effort, never in the way of a renewal, ended within
+    /// [`RECORD_TIMEOUT`].
+    fn record(&self, name: &str, address: IpAddr, epoch: i64, services: Vec<Key>) {
+        let (registry, events) = (self.registry.clone(), self.events.clone());
         let object = name.replace(':', "-");
         let node = self.node.clone();
         tokio::spawn(async move {
-            let write = registry.record_lease(&object, &node, TIMING.lease, epoch - 1);
-            match tokio::time::timeout(RECORD_TIMEOUT, write).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(lease = %object, error = %e, "could not record the lease as a Lease object")
+            let write = async {
+                if let Err(e) = registry
+                    .record_lease(&object, &node, TIMING.lease, epoch - 1)
+                    .await
+                {
+                    tracing::debug!(lease = %object, error = %e, "could not record the lease as a Lease object");
                 }
-                Err(_) => tracing::debug!(lease = %object, "recording the lease timed out"),
+                let message =
+                    format!("announcing {address} from node {node} (lease epoch {epoch})");
+                for key in services {
+                    let r = ObjectRef {
+                        resource: &SERVICES,
+                        namespace: Some(key.namespace),
+                        name: key.name,
+                    };
+                    // The Service's uid ties the Event to it (`kubectl describe service`).
+                    match registry.get(&r).await {
+                        Ok(svc) => {
+                            events
+                                .record(&SERVICES, &svc, Type::Normal, "NodeAssigned", &message)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no Event for a load-balancer holder")
+                        }
+                    }
+                }
+            };
+            if tokio::time::timeout(RECORD_TIMEOUT, write).await.is_err() {
+                tracing::debug!(lease = %object, "recording the new holder timed out");
             }
         });
     }
@@ -187,7 +235,7 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::network::{Key, LbLabel, NodeNet, ServiceInfo, ServiceKind};
+    use crate::api::network::{LbLabel, NodeNet, ServiceInfo, ServiceKind};
     use std::sync::Arc;
 
     fn view(lb_ip: &str, nodes: &[(&str, bool, LbLabel)]) -> Snapshot {
@@ -238,8 +286,10 @@ mod tests {
                 ("d", false, LbLabel::EnableLb(true)),
             ],
         );
-        assert_eq!(check(Some(&v), "a", ip), Ok(()));
-        assert_eq!(check(Some(&v), "b", ip), Ok(()));
+        let services = check(Some(&v), "a", ip).unwrap();
+        assert_eq!(services.len(), 1);
+        assert_eq!(services[0].name, "web");
+        assert!(check(Some(&v), "b", ip).is_ok());
         assert!(matches!(
             check(Some(&v), "c", ip),
             Err(Refusal::OtherCandidates { candidates, .. }) if candidates.len() == 2
