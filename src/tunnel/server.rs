@@ -240,7 +240,9 @@ where
     let mut notes = Budget::new(MAX_NOTES_PER_SECOND);
     let mut gets = Budget::new(MAX_GETS_PER_SECOND);
     let mut lb_budget = Budget::new(MAX_LB_PER_SECOND);
-    let mut leases = super::lb::Leases::new(node, api.registry.clone());
+    // Made on the first lease request: most tunnels (hollow nodes, nodes that are nobody's
+    // candidate) never send one, and every idle tunnel's task holds what is declared here.
+    let mut leases: Option<Box<super::lb::Leases>> = None;
     loop {
         let silence = tokio::time::sleep_until(last_heard + DEAD_AFTER);
         tokio::select! {
@@ -323,6 +325,7 @@ where
                                 tracing::debug!(%node, %address, "load-balancer renewals over budget; not answered");
                                 continue;
                             }
+                            let leases = leases.get_or_insert_with(|| Box::new(super::lb::Leases::new(node, api.registry.clone())));
                             if let Some(grant) = Box::pin(leases.renew(&sessions.network, address, seq)).await
                                 && let Err(e) = send(ws, &Down::LbGrant(grant)).await
                             {
@@ -331,6 +334,9 @@ where
                         }
                         Ok(Up::LbRelease { address }) => {
                             if lb_budget.take() {
+                                // Also without a renewal on this tunnel: the lease may have
+                                // been taken through an earlier one.
+                                let leases = leases.get_or_insert_with(|| Box::new(super::lb::Leases::new(node, api.registry.clone())));
                                 Box::pin(leases.release(address)).await;
                             }
                         }
