@@ -23,7 +23,9 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 pub enum Error {
     #[error("interface {0:?} does not exist")]
     NoInterface(String),
-    #[error("cannot {action} {ip} on {iface}: {source} (keelson needs CAP_NET_ADMIN for --vip)")]
+    #[error(
+        "cannot {action} {ip} on {iface}: {source} (keelson needs CAP_NET_ADMIN for --vip and load-balancer addresses)"
+    )]
     Netlink {
         action: &'static str,
         ip: IpAddr,

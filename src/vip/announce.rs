@@ -24,7 +24,7 @@ pub enum Error {
         source: io::Error,
     },
     #[error(
-        "cannot open a socket to announce the virtual IP: {0} (keelson needs CAP_NET_RAW for --vip)"
+        "cannot open a socket to announce an address: {0} (keelson needs CAP_NET_RAW for --vip and load-balancer addresses)"
     )]
     Socket(#[source] io::Error),
     #[error("cannot send an announcement for {ip} on {iface}: {source}")]
