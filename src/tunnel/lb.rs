@@ -4,7 +4,7 @@
 //! database's clock), answered by a [`Grant`].
 //!
 //! The server checks the request against its own network view first: the address must be a
-//! LoadBalancer address ([`lb_addresses`]) and the node one of its candidates
+//! LoadBalancer address ([`crate::api::network::lb_addresses`]) and the node one of its candidates
 //! ([`lb_candidates`]); otherwise the answer is `held: false` and nothing touches the
 //! database, so a confused or hostile node can neither take nor keep an address it should not
 //! have. The fencing itself is the node's ([`crate::node::loadbalancer::claims`]): a database
@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::network::{NetRoutes, Snapshot};
-use crate::api::network::{Key, lb_addresses, lb_candidates};
+use crate::api::network::{Key, ServiceKind, lb_candidates};
 use crate::apiserver::registry::Registry;
 use crate::apiserver::resources::{ObjectRef, SERVICES};
 use crate::controllers::events::{Recorder, Type};
@@ -78,7 +78,15 @@ pub fn lease_name(address: IpAddr) -> String {
 pub fn check(view: Option<&Snapshot>, node: &str, address: IpAddr) -> Result<Vec<Key>, Refusal> {
     let view = view.ok_or(Refusal::Unlisted)?;
     let nodes = || view.nodes.values().map(|n| &**n);
-    if !lb_addresses(view.services.values().map(|s| &**s), nodes()).contains(&address) {
+    // What `lb_addresses` says for this one address, without building the whole set: this
+    // runs under the view's lock for every renewal.
+    let services: Vec<Key> = view
+        .services
+        .values()
+        .filter(|s| s.kind == ServiceKind::LoadBalancer && s.load_balancer_ips.contains(&address))
+        .map(|s| s.key.clone())
+        .collect();
+    if services.is_empty() || nodes().any(|n| n.addresses.contains(&address)) {
         return Err(Refusal::NoLoadBalancer(address));
     }
     let candidates = lb_candidates(address, nodes());
@@ -89,12 +97,7 @@ pub fn check(view: Option<&Snapshot>, node: &str, address: IpAddr) -> Result<Vec
             candidates: candidates.into_iter().map(str::to_owned).collect(),
         });
     }
-    Ok(view
-        .services
-        .values()
-        .filter(|s| s.load_balancer_ips.contains(&address))
-        .map(|s| s.key.clone())
-        .collect())
+    Ok(services)
 }
 
 // === impl Leases ===
@@ -235,7 +238,7 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::network::{LbLabel, NodeNet, ServiceInfo, ServiceKind};
+    use crate::api::network::{LbLabel, NodeNet, ServiceInfo};
     use std::sync::Arc;
 
     fn view(lb_ip: &str, nodes: &[(&str, bool, LbLabel)]) -> Snapshot {
@@ -304,6 +307,12 @@ mod tests {
             Err(Refusal::NoLoadBalancer("198.19.128.5".parse().unwrap()))
         );
         assert_eq!(check(None, "a", ip), Err(Refusal::Unlisted));
+        // A node's own address (the ingress without a pool) is never moved.
+        let mut own = v.clone();
+        let mut c = NodeNet::clone(&own.nodes["c"]);
+        c.addresses = vec![ip];
+        own.nodes.insert("c".into(), Arc::new(c));
+        assert_eq!(check(Some(&own), "a", ip), Err(Refusal::NoLoadBalancer(ip)));
     }
 
     #[tokio::test]

@@ -146,13 +146,23 @@ impl Driver {
         let node = self.network.node().to_owned();
         let mut wake = self.network.subscribe();
         let mut claims = Claims::new(TIMING);
+        // The view's addresses and this node's candidacies, worked out again only when the
+        // view changes (passes run several times a second while renewing).
+        let mut seen: Option<(u64, BTreeSet<IpAddr>, BTreeSet<IpAddr>)> = None;
         loop {
-            wake.borrow_and_update();
-            let seen = self.network.read(|v| v.synced.then(|| wanted(v, &node)));
-            if let Some((all, wanted)) = seen {
-                let actions = claims.step(&wanted, Instant::now());
+            let generation = *wake.borrow_and_update();
+            if seen.as_ref().is_none_or(|(g, _, _)| *g != generation) {
+                seen = self.network.read(|v| {
+                    v.synced.then(|| {
+                        let (all, mine) = wanted(v, &node);
+                        (generation, all, mine)
+                    })
+                });
+            }
+            if let Some((_, all, wanted)) = &seen {
+                let actions = claims.step(wanted, Instant::now());
                 self.act(actions, &iface);
-                self.tend(&all, &iface);
+                self.tend(all, &iface);
             }
             let at = claims
                 .next_wake()
