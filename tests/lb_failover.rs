@@ -135,6 +135,13 @@ fn failover(lab: &mut Boards) {
     let presence = Presence::start(lab);
     let capture = Capture::start(lab);
     thread::sleep(Duration::from_millis(500));
+    // The client forgets the address's MAC and asks again: the holder's reply is in the capture,
+    // so the capture shows who answered before the cut, not only after.
+    lab.ip(&["-n", &lab.client_ns, "neigh", "flush", "dev", &client_if]);
+    let flushed = uptime();
+    wait_until("an answer after the client forgot the MAC", CHANGE, || {
+        requests.answered_since(flushed).is_some()
+    });
     let port = lab.boards[old].bridge_port.clone();
     let cut = uptime();
     lab.ip(&["-n", &lab.bridge_ns, "link", "set", &port, "down"]);
@@ -226,6 +233,11 @@ fn failover(lab: &mut Boards) {
     assert!(
         outage <= FAILOVER_BOUND,
         "the client went {outage:.2} s without answers (bound {FAILOVER_BOUND} s)\n{summary}"
+    );
+    let last_old = claims.iter().rfind(|(_, m)| *m == macs[0]).map(|(t, _)| *t);
+    assert!(
+        last_old.is_some(),
+        "the old holder's ARP reply before the cut is not in the capture\n{summary}\n{frames:#?}"
     );
     assert!(
         first_new.is_some(),
