@@ -124,12 +124,14 @@ if [ "$datastore" = postgres ]; then
   cfield() { echo "(c.value->>'$1')"; }
   ofield() { echo "($obj$1)"; }
   is_true() { echo "(CASE WHEN $1 THEN 1 ELSE 0 END)"; }
+  num() { echo "coalesce(($1)::bigint, 0)"; }
 else
   obj="CAST(o.value AS TEXT)"
   conds() { echo "json_each($obj, '\$.status.conditions') c"; }
   cfield() { echo "json_extract(c.value, '\$.$1')"; }
   ofield() { local p=${1//->>/.}; p=${p//->/.}; p=${p//\'/}; echo "json_extract($obj, '\$$p')"; }
   is_true() { echo "($1)"; }
+  num() { echo "coalesce($1, 0)"; }
 fi
 ready_cond="EXISTS (SELECT 1 FROM $(conds) WHERE $(cfield type) = 'Ready' AND $(cfield status) = 'True')"
 # Ready nodes, from the object table.
@@ -242,8 +244,8 @@ if [ "$rollout" = 1 ]; then
   dfield() { ofield "->'status'->>'$1'"; }
   while :; do
     kill -0 "$srv" 2>/dev/null || { tail -n 20 "$tmp/server.log" >&2; die "the server exited"; }
-    st=$(sql "SELECT coalesce($(dfield updatedReplicas), 0), coalesce($(dfield availableReplicas), 0), coalesce($(dfield replicas), 0),
-                     coalesce($(ofield "->'status'->>'observedGeneration'"), 0), coalesce($(ofield "->'metadata'->>'generation'"), 0)
+    st=$(sql "SELECT $(num "$(dfield updatedReplicas)"), $(num "$(dfield availableReplicas)"), $(num "$(dfield replicas)"),
+                     $(num "$(dfield observedGeneration)"), $(num "$(ofield "->'metadata'->>'generation'")")
               FROM keelson_objects o WHERE o.path = '/registry/deployments/default/hollow'")
     IFS='|' read -r updated available total observed generation <<<"$st"
     now=$(($(ms) - t2))
