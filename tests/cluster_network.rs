@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::boards::{BUSYBOX, Boards};
+use common::boards::{BUSYBOX, Boards, cni_plugins};
 use common::wait_until;
 
 /// The bound the issue sets: from the API showing a pod unready until no request reaches it.
@@ -831,26 +831,4 @@ impl RootView {
             self.ip_forward
         );
     }
-}
-
-/// The CNI plugins keelson's own configuration calls: a loud skip on a developer's machine,
-/// a panic under `CI=true` (the board lab checks the rest the same way).
-fn cni_plugins(test: &str) -> bool {
-    let found = ["/opt/cni/bin", "/usr/lib/cni"].iter().any(|d| {
-        ["bridge", "host-local", "portmap"]
-            .iter()
-            .all(|p| Path::new(d).join(p).exists())
-    });
-    if found {
-        return true;
-    }
-    let msg = "the CNI plugins bridge, host-local and portmap in /opt/cni/bin or /usr/lib/cni \
-               (apt-get install -y containernetworking-plugins)";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "\n\n!!! {test} needs {msg}\n!!! CI=true: refusing to skip the network test `{test}`\n"
-        );
-    }
-    eprintln!("\n!!! SKIPPING network test `{test}`: it needs {msg}\n");
-    false
 }

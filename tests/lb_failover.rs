@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use common::boards::{BUSYBOX, Boards};
+use common::boards::{BUSYBOX, Boards, cni_plugins};
 use common::wait_until;
 
 const LB_IP: &str = "198.18.3.10";
@@ -771,26 +771,4 @@ impl RootView {
             "the lab left something in the machine's own namespace: {new_addrs:?} {new_tables:?}"
         );
     }
-}
-
-/// The CNI plugins keelson's own configuration calls: a loud skip on a developer's machine,
-/// a panic under `CI=true` (the board lab checks the rest the same way).
-fn cni_plugins(test: &str) -> bool {
-    let found = ["/opt/cni/bin", "/usr/lib/cni"].iter().any(|d| {
-        ["bridge", "host-local", "portmap"]
-            .iter()
-            .all(|p| Path::new(d).join(p).exists())
-    });
-    if found {
-        return true;
-    }
-    let msg = "the CNI plugins bridge, host-local and portmap in /opt/cni/bin or /usr/lib/cni \
-               (apt-get install -y containernetworking-plugins)";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "\n\n!!! {test} needs {msg}\n!!! CI=true: refusing to skip the network test `{test}`\n"
-        );
-    }
-    eprintln!("\n!!! SKIPPING network test `{test}`: it needs {msg}\n");
-    false
 }

@@ -115,6 +115,28 @@ pub fn prerequisites(test: &str) -> Option<Tools> {
     None
 }
 
+/// The CNI plugins keelson's own configuration calls: a loud skip on a developer's machine,
+/// a panic under `CI=true`, as [`prerequisites`] does for the rest.
+pub fn cni_plugins(test: &str) -> bool {
+    let found = ["/opt/cni/bin", "/usr/lib/cni"].iter().any(|d| {
+        ["bridge", "host-local", "portmap"]
+            .iter()
+            .all(|p| Path::new(d).join(p).exists())
+    });
+    if found {
+        return true;
+    }
+    let msg = "the CNI plugins bridge, host-local and portmap in /opt/cni/bin or /usr/lib/cni \
+               (apt-get install -y containernetworking-plugins)";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "\n\n!!! {test} needs {msg}\n!!! CI=true: refusing to skip the network test `{test}`\n"
+        );
+    }
+    eprintln!("\n!!! SKIPPING network test `{test}`: it needs {msg}\n");
+    false
+}
+
 pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
