@@ -505,62 +505,44 @@ fn uptime() -> f64 {
         .expect("/proc/uptime holds the seconds since boot")
 }
 
-// === impl Requests ===
+// === impl Sampler ===
 
-/// HTTP requests from the client namespace to the address, one after another, each noted
-/// with the uptime it started at and whether the web pod answered.
-struct Requests {
+/// A thread that takes a sample, pauses and again, keeping every sample, until stopped or
+/// dropped.
+struct Sampler<T> {
     stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<(f64, bool)>>>,
+    samples: Arc<Mutex<Vec<T>>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
-impl Requests {
-    fn start(lab: &Boards) -> Requests {
+impl<T: Send + 'static> Sampler<T> {
+    fn start(pause: Duration, mut sample: impl FnMut() -> T + Send + 'static) -> Sampler<T> {
         let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ip, ns, curl) = (
-            lab.tools.ip.clone(),
-            lab.client_ns.clone(),
-            lab.tools.curl.clone(),
-        );
+        let samples = Arc::new(Mutex::new(Vec::new()));
         let thread = {
-            let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
+            let (stop, samples) = (Arc::clone(&stop), Arc::clone(&samples));
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let at = uptime();
-                    let out = Command::new(&ip)
-                        .args(["netns", "exec", &ns])
-                        .arg(&curl)
-                        .args(["-s", "--max-time", "0.5", &format!("http://{LB_IP}/")])
-                        .stdin(Stdio::null())
-                        .stderr(Stdio::null())
-                        .output();
-                    let ok = out.is_ok_and(|o| {
-                        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("web-")
-                    });
-                    log.lock()
+                    let taken = sample();
+                    samples
+                        .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .push((at, ok));
-                    thread::sleep(Duration::from_millis(20));
+                        .push(taken);
+                    thread::sleep(pause);
                 }
             })
         };
-        Requests {
+        Sampler {
             stop,
-            log,
+            samples,
             thread: Mutex::new(Some(thread)),
         }
     }
+}
 
-    /// When the first answered request that started at or after `since` started.
-    fn answered_since(&self, since: f64) -> Option<f64> {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|(at, ok)| *at >= since && *ok)
-            .map(|(at, _)| *at)
+impl<T> Sampler<T> {
+    fn with<R>(&self, f: impl FnOnce(&[T]) -> R) -> R {
+        f(&self.samples.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn stop(&self) {
@@ -576,20 +558,59 @@ impl Requests {
     }
 }
 
-impl Drop for Requests {
+impl<T> Drop for Sampler<T> {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+// === impl Requests ===
+
+/// HTTP requests from the client namespace to the address, one after another, each noted
+/// with the uptime it started at and whether the web pod answered.
+struct Requests(Sampler<(f64, bool)>);
+
+impl Requests {
+    fn start(lab: &Boards) -> Requests {
+        let (ip, ns, curl) = (
+            lab.tools.ip.clone(),
+            lab.client_ns.clone(),
+            lab.tools.curl.clone(),
+        );
+        Requests(Sampler::start(Duration::from_millis(20), move || {
+            let at = uptime();
+            let out = Command::new(&ip)
+                .args(["netns", "exec", &ns])
+                .arg(&curl)
+                .args(["-s", "--max-time", "0.5", &format!("http://{LB_IP}/")])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output();
+            let ok = out.is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("web-")
+            });
+            (at, ok)
+        }))
+    }
+
+    /// When the first answered request that started at or after `since` started.
+    fn answered_since(&self, since: f64) -> Option<f64> {
+        self.0.with(|log| {
+            log.iter()
+                .find(|(at, ok)| *at >= since && *ok)
+                .map(|(at, _)| *at)
+        })
+    }
+
+    fn stop(&self) {
+        self.0.stop();
     }
 }
 
 // === impl Presence ===
 
 /// Which agent has the address, read from both namespaces over and over.
-struct Presence {
-    stop: Arc<AtomicBool>,
-    polls: Arc<Mutex<Vec<Poll>>>,
-    thread: Mutex<Option<thread::JoinHandle<()>>>,
-}
+struct Presence(Sampler<Poll>);
 
 #[derive(Debug, Clone, Copy)]
 struct Poll {
@@ -601,68 +622,31 @@ struct Poll {
 
 impl Presence {
     fn start(lab: &Boards) -> Presence {
-        let stop = Arc::new(AtomicBool::new(false));
-        let polls = Arc::new(Mutex::new(Vec::new()));
         let ip = lab.tools.ip.clone();
         let agents: Vec<(String, String)> = lab.boards[1..=2]
             .iter()
             .map(|b| (b.ns.clone(), b.iface.clone()))
             .collect();
-        let thread = {
-            let (stop, polls) = (Arc::clone(&stop), Arc::clone(&polls));
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let at = uptime();
-                    let has = [
-                        address_present(&ip, &agents[0].0, &agents[0].1),
-                        address_present(&ip, &agents[1].0, &agents[1].1),
-                    ];
-                    polls
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(Poll { at, has });
-                    thread::sleep(Duration::from_millis(10));
-                }
-            })
-        };
-        Presence {
-            stop,
-            polls,
-            thread: Mutex::new(Some(thread)),
-        }
+        Presence(Sampler::start(Duration::from_millis(10), move || {
+            let at = uptime();
+            let has = [
+                address_present(&ip, &agents[0].0, &agents[0].1),
+                address_present(&ip, &agents[1].0, &agents[1].1),
+            ];
+            Poll { at, has }
+        }))
     }
 
     fn last(&self) -> Option<Poll> {
-        self.polls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last()
-            .copied()
+        self.0.with(|polls| polls.last().copied())
     }
 
     fn polls(&self) -> Vec<Poll> {
-        self.polls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.0.with(<[Poll]>::to_vec)
     }
 
     fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Presence {
-    fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
     }
 }
 
