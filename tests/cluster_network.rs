@@ -1,9 +1,10 @@
 //! The cluster network as a user sees it, on three boards (a server and two agents, each in a
 //! network namespace of the board lab), with host-gw and with vxlan: a Deployment of two
-//! busybox web servers, one on each agent, behind a ClusterIP Service `web`; a client pod on
+//! busybox web servers, one on each agent, behind a NodePort Service `web`; a client pod on
 //! the server board finds the Service by its DNS name (in full, and as `web` through the
-//! search list) and reaches both replicas through it, so its requests cross boards over the
-//! backend. A replica whose readiness probe starts failing is out of rotation within a second
+//! search list) and reaches both replicas through its cluster IP, so its requests cross boards
+//! over the backend; a client on the LAN reaches them at the node port of every board's
+//! address. A replica whose readiness probe starts failing is out of rotation within a second
 //! of the API showing it unready, and back in once it is ready again. Afterwards the machine's
 //! own namespace holds nothing new.
 //!
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::boards::{BUSYBOX, Boards, cni_plugins};
+use common::boards::{BUSYBOX, Boards, board_ip, cni_plugins};
 use common::wait_until;
 
 /// The bound the issue sets: from the API showing a pod unready until no request reaches it.
@@ -186,6 +187,27 @@ fn user_view(lab: &Boards, backend: &str) {
             p.node
         );
     }
+    // The same Service at its node port on every board's own address, from the client
+    // namespace on the LAN: each board forwards to the replicas, on the other boards too.
+    let node_port = lab
+        .kubectl_ok(&[
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ])
+        .trim()
+        .to_owned();
+    for i in 0..lab.boards.len() {
+        let url = format!("http://{}:{node_port}/", board_ip(i));
+        wait_until(&format!("{url} answered by a replica"), CHANGE, || {
+            let out = lab.client(&lab.tools.curl, &["-s", "--max-time", "2", &url]);
+            let body = String::from_utf8_lossy(&out.stdout);
+            names.iter().any(|n| body.contains(n.as_str()))
+        });
+    }
+
     let vxlan_sent = || -> u64 {
         lab.sh_ok(0, "cat /sys/class/net/keelson.1/statistics/tx_packets")
             .trim()
@@ -398,6 +420,7 @@ apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: default}}
 spec:
+  type: NodePort
   selector: {{app: web}}
   ports: [{{name: http, port: 80, targetPort: http}}]
 ---
