@@ -8,7 +8,8 @@
 #
 # Needs root, runc, iproute2, kubectl, dnsmasq and dnsperf (apt-get install -y dnsmasq-base
 # dnsperf). Everything lives in three namespaces of its own (198.18.60.0/24 links, the
-# 198.19.0.0/16 cluster ranges) and is removed at the end. Prints figures; asserts nothing.
+# 198.19.0.0/16 cluster ranges) and its work directory (the node's CNI configuration too, not
+# the machine's /etc/cni/net.d), and is removed at the end. Prints figures; asserts nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEELSON=${KEELSON:-target/release/keelson}
@@ -44,7 +45,8 @@ echo "nameserver 198.18.60.1" > "$WORK/resolv.conf"
 ip netns exec $B env KEELSON_RUNTIME=runc "$KEELSON" server \
   --data-dir "$WORK/data" --write-kubeconfig "$WORK/kubeconfig" --bind-address 127.0.0.1 \
   --node-name dns-bench --cluster-cidr 198.19.0.0/17 --service-cidr 198.19.128.0/17 \
-  --cluster-dns $CLUSTER_DNS --resolv-conf "$WORK/resolv.conf" > "$WORK/server.log" 2>&1 &
+  --cluster-dns $CLUSTER_DNS --resolv-conf "$WORK/resolv.conf" \
+  --cni-conf-dir "$WORK/cni" > "$WORK/server.log" 2>&1 &
 SERVER=$!
 PIDS+=($SERVER)
 kc() { ip netns exec $B kubectl --kubeconfig "$WORK/kubeconfig" "$@"; }
