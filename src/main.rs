@@ -17,6 +17,7 @@ mod images_cli;
 mod loadgen;
 #[allow(unsafe_code)]
 mod memory;
+mod netlink;
 mod node;
 mod runtime;
 mod secrets_cli;

@@ -11,17 +11,15 @@
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
+
+use crate::netlink::request;
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, CacheInfo,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// The dummy link's name.
 pub const LINK: &str = "keelson-dns";
@@ -188,28 +186,4 @@ fn address(index: u32, ip: IpAddr, on_lo: bool) -> AddressMessage {
     lifetimes.ifa_valid = u32::MAX;
     msg.attributes.push(AddressAttribute::CacheInfo(lifetimes));
     msg
-}
-
-/// Sends one request and waits for the kernel's acknowledgement.
-fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut nl = NetlinkMessage::from(msg);
-    nl.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-    nl.header.sequence_number = 1;
-    nl.finalize();
-    let mut buf = vec![0; nl.buffer_len()];
-    nl.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-    let (reply, _) = socket.recv_from_full()?;
-    let ack = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    match ack.payload {
-        NetlinkPayload::Error(e) => match e.code {
-            None => Ok(()),
-            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-        },
-        _ => Ok(()),
-    }
 }

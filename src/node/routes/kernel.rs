@@ -11,10 +11,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -27,7 +24,6 @@ use netlink_packet_route::route::{
     RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::plan::{Fdb, Neighbour, Net4, Route, Via, Vtep};
 
@@ -77,7 +73,7 @@ pub struct VxlanSettings {
 pub fn link(name: &str) -> Result<Option<Link>> {
     let mut msg = LinkMessage::default();
     msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-    match exchange(RouteNetlinkMessage::GetLink(msg), 0) {
+    match crate::netlink::exchange(RouteNetlinkMessage::GetLink(msg), 0) {
         Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
             RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(&l)),
             _ => None,
@@ -175,8 +171,8 @@ pub fn delete_link(index: u32) -> Result<()> {
 pub fn routes(vxlan_index: Option<u32>) -> Result<Vec<Route>> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = AddressFamily::Inet;
-    let replies =
-        exchange(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP).map_err(|source| Error {
+    let replies = crate::netlink::exchange(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)
+        .map_err(|source| Error {
             op: "listing routes".into(),
             source,
         })?;
@@ -375,8 +371,8 @@ fn neighbour_message(
 fn neighbour_dump(family: AddressFamily, index: u32) -> Result<Vec<NeighbourMessage>> {
     let mut msg = NeighbourMessage::default();
     msg.header.family = family;
-    let replies =
-        exchange(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP).map_err(|source| Error {
+    let replies = crate::netlink::exchange(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)
+        .map_err(|source| Error {
             op: format!("listing the neighbours of {DEVICE}"),
             source,
         })?;
@@ -456,56 +452,7 @@ fn ignore_missing(r: Result<()>) -> Result<()> {
 
 /// Sends one change and waits for the kernel's acknowledgement.
 fn request(msg: RouteNetlinkMessage, flags: u16, op: impl FnOnce() -> String) -> Result<()> {
-    exchange(msg, flags)
-        .map(drop)
-        .map_err(|source| Error { op: op(), source })
-}
-
-/// Sends one request (with `flags` besides REQUEST and ACK) and collects the kernel's
-/// answers until its acknowledgement, its error, or the end of a dump.
-fn exchange(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut nl = NetlinkMessage::from(msg);
-    nl.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-    nl.header.sequence_number = 1;
-    nl.finalize();
-    let mut buf = vec![0; nl.buffer_len()];
-    nl.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-    let mut out = Vec::new();
-    loop {
-        let (datagram, _) = socket.recv_from_full()?;
-        if datagram.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "netlink closed before its answer ended",
-            ));
-        }
-        let mut offset = 0;
-        while offset < datagram.len() {
-            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = reply.header.length as usize;
-            match reply.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => {
-                    return match e.code {
-                        None => Ok(out),
-                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                    };
-                }
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            // Messages are aligned to 4 bytes (NLMSG_ALIGN).
-            offset += (len + 3) & !3;
-        }
-    }
+    crate::netlink::request(msg, flags).map_err(|source| Error { op: op(), source })
 }
 
 #[cfg(test)]
