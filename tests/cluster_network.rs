@@ -22,7 +22,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::boards::{BUSYBOX, Boards, board_ip, cni_plugins};
+use common::boards::{BUSYBOX, Boards, RootView, board_ip, cni_plugins};
 use common::wait_until;
 
 /// The bound the issue sets: from the API showing a pod unready until no request reaches it.
@@ -785,73 +785,4 @@ fn list_services_table(ip: &Path, ns: &str, nft: &Path) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-// === impl RootView ===
-
-/// What a lab could leave in the machine's own namespace if it leaked: links, nftables
-/// tables, CNI configurations, the forwarding switch.
-#[derive(Debug, PartialEq, Eq)]
-struct RootView {
-    links: BTreeSet<String>,
-    tables: BTreeSet<String>,
-    cni_configs: BTreeSet<String>,
-    ip_forward: String,
-}
-
-impl RootView {
-    fn now() -> RootView {
-        let lines = |program: &str, args: &[&str]| -> BTreeSet<String> {
-            let path = common::boards::find_tool(program).unwrap_or_else(|| PathBuf::from(program));
-            let out = Command::new(path)
-                .args(args)
-                .output()
-                .unwrap_or_else(|e| panic!("run {program}: {e}"));
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        };
-        RootView {
-            links: lines("ip", &["-br", "link"])
-                .iter()
-                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-                .collect(),
-            tables: lines("nft", &["list", "tables"]),
-            cni_configs: fs::read_dir("/etc/cni/net.d")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect(),
-            ip_forward: fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-        }
-    }
-
-    fn assert_nothing_new(&self, before: &RootView) {
-        let new = |now: &BTreeSet<String>, then: &BTreeSet<String>| -> Vec<String> {
-            now.difference(then).cloned().collect()
-        };
-        let leaked = (
-            new(&self.links, &before.links),
-            new(&self.tables, &before.tables),
-            new(&self.cni_configs, &before.cni_configs),
-        );
-        assert!(
-            leaked.0.is_empty()
-                && leaked.1.is_empty()
-                && leaked.2.is_empty()
-                && self.ip_forward == before.ip_forward,
-            "the lab left something in the machine's own namespace: links {:?}, nftables \
-             tables {:?}, CNI configs {:?}, ip_forward {} → {}",
-            leaked.0,
-            leaked.1,
-            leaked.2,
-            before.ip_forward,
-            self.ip_forward
-        );
-    }
 }

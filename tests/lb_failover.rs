@@ -20,17 +20,16 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use common::boards::{BUSYBOX, Boards, cni_plugins};
+use common::boards::{BUSYBOX, Boards, RootView, cni_plugins};
 use common::wait_until;
 
 const LB_IP: &str = "198.18.3.10";
@@ -712,47 +711,5 @@ impl Drop for Capture {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-// === impl RootView ===
-
-/// What a lab could leave in the machine's own namespace: links, addresses, nftables tables.
-#[derive(Debug, PartialEq, Eq)]
-struct RootView {
-    addrs: BTreeSet<String>,
-    tables: BTreeSet<String>,
-}
-
-impl RootView {
-    fn now() -> RootView {
-        let lines = |program: &str, args: &[&str]| -> BTreeSet<String> {
-            let path = common::boards::find_tool(program).unwrap_or_else(|| PathBuf::from(program));
-            let out = Command::new(path)
-                .args(args)
-                .output()
-                .unwrap_or_else(|e| panic!("run {program}: {e}"));
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        };
-        RootView {
-            // Only the pool's addresses: the machine's own may change beside the test.
-            addrs: lines("ip", &["-br", "addr"])
-                .into_iter()
-                .filter(|l| l.contains("198.18.3."))
-                .collect(),
-            tables: lines("nft", &["list", "tables"]),
-        }
-    }
-
-    fn assert_nothing_new(&self, before: &RootView) {
-        let new_addrs: Vec<&String> = self.addrs.difference(&before.addrs).collect();
-        let new_tables: Vec<&String> = self.tables.difference(&before.tables).collect();
-        assert!(
-            new_addrs.is_empty() && new_tables.is_empty(),
-            "the lab left something in the machine's own namespace: {new_addrs:?} {new_tables:?}"
-        );
     }
 }

@@ -821,3 +821,77 @@ fn remove_stale(tools: &Tools) {
         kill_namespace(&tools.ip, &ns);
     }
 }
+
+// === impl RootView ===
+
+/// What a lab could leave in the machine's own namespace if it leaked: links, addresses in the
+/// labs' 198.18.0.0/15, nftables tables, CNI configurations, the forwarding switch. Taken
+/// before and after a lab, so whatever else the machine does meanwhile is not counted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RootView {
+    links: BTreeSet<String>,
+    addrs: BTreeSet<String>,
+    tables: BTreeSet<String>,
+    cni_configs: BTreeSet<String>,
+    ip_forward: String,
+}
+
+impl RootView {
+    pub fn now() -> RootView {
+        let lines = |program: &str, args: &[&str]| -> BTreeSet<String> {
+            let path = find_tool(program).unwrap_or_else(|| PathBuf::from(program));
+            let out = Command::new(path)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("run {program}: {e}"));
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        RootView {
+            links: lines("ip", &["-br", "link"])
+                .iter()
+                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                .collect(),
+            addrs: lines("ip", &["-br", "addr"])
+                .into_iter()
+                .filter(|l| l.contains(" 198.18.") || l.contains(" 198.19."))
+                .collect(),
+            tables: lines("nft", &["list", "tables"]),
+            cni_configs: fs::read_dir("/etc/cni/net.d")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            ip_forward: fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        }
+    }
+
+    pub fn assert_nothing_new(&self, before: &RootView) {
+        let new = |now: &BTreeSet<String>, then: &BTreeSet<String>| -> Vec<String> {
+            now.difference(then).cloned().collect()
+        };
+        let leaked = [
+            new(&self.links, &before.links),
+            new(&self.addrs, &before.addrs),
+            new(&self.tables, &before.tables),
+            new(&self.cni_configs, &before.cni_configs),
+        ];
+        assert!(
+            leaked.iter().all(Vec::is_empty) && self.ip_forward == before.ip_forward,
+            "the lab left something in the machine's own namespace: links {:?}, addresses {:?}, \
+             nftables tables {:?}, CNI configs {:?}, ip_forward {} → {}",
+            leaked[0],
+            leaked[1],
+            leaked[2],
+            leaked[3],
+            before.ip_forward,
+            self.ip_forward
+        );
+    }
+}
