@@ -18,6 +18,7 @@ use super::rbac::{self, Attributes};
 use super::resources::{ObjectRef, PODS, SERVICEACCOUNTS};
 use super::status::{ApiError, Result};
 use super::tokens::{Claims, Signer};
+use crate::runtime::frozen::{AsJson, Json};
 
 /// Every authenticated user is in this group (Kubernetes adds it to every identity).
 pub const AUTHENTICATED: &str = "system:authenticated";
@@ -299,9 +300,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn uid_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/uid")
-        .and_then(Value::as_str)
+fn uid_of(obj: &impl AsJson) -> &str {
+    obj.json()
+        .pointer("/metadata/uid")
+        .and_then(Json::as_str)
         .unwrap_or_default()
 }
 

@@ -12,7 +12,9 @@ pub mod defaults;
 use std::sync::Arc;
 
 use hyper::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::runtime::frozen::{Frozen, Json};
 
 use super::resources::{CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES, Resource};
 
@@ -24,9 +26,9 @@ pub trait Objects: Send + Sync {
         resource: &'static Resource,
         namespace: Option<&str>,
         name: &str,
-    ) -> Option<Arc<Value>>;
+    ) -> Option<Arc<Frozen>>;
     /// Every object of `resource` (in `namespace` only, if given).
-    fn list(&self, resource: &'static Resource, namespace: Option<&str>) -> Vec<Arc<Value>>;
+    fn list(&self, resource: &'static Resource, namespace: Option<&str>) -> Vec<Arc<Frozen>>;
 }
 
 /// Namespace subresources: `namespaces/<name>/status` is a subresource of the namespace,
@@ -168,18 +170,18 @@ impl Attributes {
 
 /// Whether a binding's subjects name this user, as Kubernetes matches them: a ServiceAccount
 /// subject without a namespace means the binding's own.
-pub fn applies_to(binding: &Value, user: &str, groups: &[String]) -> bool {
+pub fn applies_to<J: Json>(binding: &J, user: &str, groups: &[String]) -> bool {
     let binding_ns = binding
         .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
+        .and_then(J::as_str)
         .unwrap_or_default();
     binding
         .get("subjects")
-        .and_then(Value::as_array)
+        .and_then(J::as_array)
         .into_iter()
         .flatten()
         .any(|s| {
-            let field = |f: &str| s.get(f).and_then(Value::as_str).unwrap_or_default();
+            let field = |f: &str| s.get(f).and_then(J::as_str).unwrap_or_default();
             match field("kind") {
                 "User" => field("name") == user,
                 "Group" => groups.iter().any(|g| g == field("name")),
@@ -200,13 +202,13 @@ pub fn applies_to(binding: &Value, user: &str, groups: &[String]) -> bool {
 }
 
 /// Whether one PolicyRule covers the request.
-pub fn rule_allows(rule: &Value, attrs: &Attributes) -> bool {
+pub fn rule_allows<J: Json>(rule: &J, attrs: &Attributes) -> bool {
     let list = |f: &str| -> Vec<&str> {
         rule.get(f)
-            .and_then(Value::as_array)
+            .and_then(J::as_array)
             .into_iter()
             .flatten()
-            .filter_map(Value::as_str)
+            .filter_map(J::as_str)
             .collect()
     };
     let verb_ok = list("verbs")
@@ -264,8 +266,9 @@ pub fn allows(objects: &dyn Objects, user: &str, groups: &[String], attrs: &Attr
 pub fn rules(objects: &dyn Objects, user: &str, groups: &[String], namespace: &str) -> Vec<Value> {
     let mut out = Vec::new();
     visit_rules(objects, user, groups, Some(namespace), |rule| {
-        if !out.contains(rule) {
-            out.push(rule.clone());
+        let rule = rule.thaw();
+        if !out.contains(&rule) {
+            out.push(rule);
         }
         false
     });
@@ -287,31 +290,31 @@ fn visit_rules(
     user: &str,
     groups: &[String],
     namespace: Option<&str>,
-    mut f: impl FnMut(&Value) -> bool,
+    mut f: impl FnMut(&Frozen) -> bool,
 ) {
-    let mut role_rules = |binding: &Value, namespace: Option<&str>| -> bool {
+    let mut role_rules = |binding: &Frozen, namespace: Option<&str>| -> bool {
         let name = binding
             .pointer("/roleRef/name")
-            .and_then(Value::as_str)
+            .and_then(Frozen::as_str)
             .unwrap_or_default();
-        let role = match binding.pointer("/roleRef/kind").and_then(Value::as_str) {
+        let role = match binding.pointer("/roleRef/kind").and_then(Frozen::as_str) {
             Some("ClusterRole") => objects.get(&CLUSTERROLES, None, name),
             Some("Role") if namespace.is_some() => objects.get(&ROLES, namespace, name),
             _ => None,
         };
         role.iter()
-            .flat_map(|r| r.get("rules").and_then(Value::as_array))
+            .flat_map(|r| r.get("rules").and_then(Frozen::as_array))
             .flatten()
             .any(&mut f)
     };
     for binding in objects.list(&CLUSTERROLEBINDINGS, None) {
-        if applies_to(&binding, user, groups) && role_rules(&binding, None) {
+        if applies_to(&*binding, user, groups) && role_rules(&binding, None) {
             return;
         }
     }
     if let Some(ns) = namespace {
         for binding in objects.list(&ROLEBINDINGS, Some(ns)) {
-            if applies_to(&binding, user, groups) && role_rules(&binding, Some(ns)) {
+            if applies_to(&*binding, user, groups) && role_rules(&binding, Some(ns)) {
                 return;
             }
         }
@@ -321,36 +324,37 @@ fn visit_rules(
 /// The rules an aggregated ClusterRole should hold: those of every other ClusterRole that
 /// one of its `aggregationRule.clusterRoleSelectors` selects, each once, in name order.
 /// `None` for a ClusterRole without an aggregation rule.
-pub fn aggregated_rules(role: &Value, all: &[Arc<Value>]) -> Option<Vec<Value>> {
+pub fn aggregated_rules(role: &Frozen, all: &[Arc<Frozen>]) -> Option<Vec<Value>> {
     let selectors = role
         .pointer("/aggregationRule/clusterRoleSelectors")
-        .and_then(Value::as_array)?;
+        .and_then(Frozen::as_array)?;
     let own = role.pointer("/metadata/name");
-    let mut sources: Vec<&Arc<Value>> = all
+    let mut sources: Vec<&Arc<Frozen>> = all
         .iter()
         .filter(|r| r.pointer("/metadata/name") != own)
         .filter(|r| {
-            let labels = r.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+            let labels = r.pointer("/metadata/labels").unwrap_or(Frozen::null());
             selectors
                 .iter()
-                .any(|s| super::kinds::workload::selects(s, &labels))
+                .any(|s| super::kinds::workload::selects(s, labels))
         })
         .collect();
     sources.sort_by_key(|r| {
         r.pointer("/metadata/name")
-            .and_then(Value::as_str)
+            .and_then(Frozen::as_str)
             .map(str::to_owned)
     });
     let mut rules: Vec<Value> = Vec::new();
     for r in sources {
         for rule in r
             .get("rules")
-            .and_then(Value::as_array)
+            .and_then(Frozen::as_array)
             .into_iter()
             .flatten()
         {
-            if !rules.contains(rule) {
-                rules.push(rule.clone());
+            let rule = rule.thaw();
+            if !rules.contains(&rule) {
+                rules.push(rule);
             }
         }
     }

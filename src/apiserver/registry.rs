@@ -27,6 +27,7 @@ use super::status::{ApiError, Result};
 use crate::api::labels;
 use crate::bootstrap::encryption::{Encryption, decrypt_with};
 use crate::datastore::{Record, Store};
+use crate::runtime::frozen::{AsJson, Json};
 use std::sync::Arc;
 
 /// Attempts at read-patch-write before a patch gives up under contention.
@@ -462,7 +463,7 @@ impl Registry {
         let account = match self.accounts.as_ref().filter(|v| v.synced()) {
             Some(view) => view
                 .get(&SERVICEACCOUNTS, Some(namespace), &name)
-                .map(|a| (*a).clone()),
+                .map(|a| a.thaw()),
             None => match self
                 .get(&ObjectRef {
                     resource: &SERVICEACCOUNTS,
@@ -812,7 +813,12 @@ impl Registry {
     /// trimmed) to `node`: the stored pod is read and bound with one compare-and-swap on the
     /// revision `seen` has, so a pod that changed since is not bound (409) and the caller
     /// decides again from the newer pod.
-    pub async fn bind_seen(&self, r: &ObjectRef, seen: &Value, node: &str) -> Result<Value> {
+    pub async fn bind_seen(
+        &self,
+        r: &ObjectRef,
+        seen: &(impl AsJson + Sync),
+        node: &str,
+    ) -> Result<Value> {
         let conflict = || ApiError::Conflict {
             resource: r.resource.group_resource(),
             name: r.name.clone(),
@@ -1459,9 +1465,10 @@ fn with_revision(obj: &mut Value, rev: i64) {
     }
 }
 
-fn revision_of(obj: &Value) -> Option<i64> {
-    obj.pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
+fn revision_of(obj: &impl AsJson) -> Option<i64> {
+    obj.json()
+        .pointer("/metadata/resourceVersion")
+        .and_then(Json::as_str)
         .and_then(|s| s.parse().ok())
 }
 

@@ -35,6 +35,7 @@ use crate::apiserver::resources::{ENDPOINTS, ENDPOINTSLICES, ObjectRef, SERVICES
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::Change;
 use crate::runtime::controller::Context;
+use crate::runtime::frozen::Frozen;
 
 const NAMESPACE: &str = "default";
 const NAME: &str = "kubernetes";
@@ -136,7 +137,7 @@ async fn write_endpoints(ctx: &Context, subsets: Value) -> Result<(), ApiError> 
 }
 
 async fn write_slices(ctx: &Context, want: Vec<(String, Value)>) -> Result<(), ApiError> {
-    let existing: Vec<Arc<Value>> = ctx
+    let existing: Vec<Arc<Frozen>> = ctx
         .cache
         .list_in(&ENDPOINTSLICES, NAMESPACE)
         .into_iter()
@@ -160,7 +161,7 @@ async fn write_slices(ctx: &Context, want: Vec<(String, Value)>) -> Result<(), A
     for (name, slice) in want {
         let current = existing
             .iter()
-            .find(|s| owner::name(s) == name && s["addressType"] == slice["addressType"]);
+            .find(|s| owner::name(*s) == name && s["addressType"] == slice["addressType"]);
         match current {
             Some(s)
                 if s["endpoints"] == slice["endpoints"]

@@ -6,7 +6,7 @@
 //! union in [`crate::apiserver::rbac::aggregated_rules`]), never edited in place; a change
 //! to any ClusterRole looks at every aggregated one again (there are a handful).
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::owner::{key_of, ref_of};
 use crate::apiserver::rbac::aggregated_rules;
@@ -15,6 +15,7 @@ use crate::apiserver::resources::{CLUSTERROLES, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::{Frozen, Json};
 
 pub struct ClusterRoleAggregation;
 
@@ -40,7 +41,7 @@ impl Reconciler for ClusterRoleAggregation {
             .list(&CLUSTERROLES)
             .iter()
             .filter(|r| r.get("aggregationRule").is_some_and(|a| !a.is_null()))
-            .filter_map(|r| key_of(r))
+            .filter_map(key_of)
             .collect()
     }
 
@@ -52,7 +53,7 @@ impl Reconciler for ClusterRoleAggregation {
         let Some(rules) = aggregated_rules(&role, &ctx.cache.list(&CLUSTERROLES)) else {
             return Ok(Action::Done);
         };
-        if role.get("rules").unwrap_or(&Value::Null) == &json!(rules) {
+        if *role.get("rules").unwrap_or(Frozen::null()) == json!(rules) {
             return Ok(Action::Done);
         }
         let written = ctx

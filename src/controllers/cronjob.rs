@@ -152,7 +152,7 @@ impl Reconciler for CronJobs {
         cache
             .list(&CRONJOBS)
             .iter()
-            .filter_map(|c| key_of(c))
+            .filter_map(key_of)
             .collect()
     }
 
@@ -161,12 +161,15 @@ impl Reconciler for CronJobs {
         let Some(cj) = ctx.cache.get(&r) else {
             return Ok(Action::Done);
         };
+        // A CronJob and its few Jobs (history limits keep them few) are read as values.
+        let cj = cj.thaw();
         let now = OffsetDateTime::now_utc();
         let jobs: Vec<Arc<Value>> = ctx
             .cache
             .list_in(&JOBS, owner::namespace(&cj))
             .into_iter()
             .filter(|j| is_controlled_by(j, &cj))
+            .map(|j| Arc::new(j.thaw()))
             .collect();
         let seen = observe(&cj, &jobs);
         for (name, condition) in &seen.completed {
@@ -529,7 +532,7 @@ fn observe(cj: &Value, jobs: &[Arc<Value>]) -> Seen {
     let was_listed = |job: &Value| listed.iter().any(|a| a["uid"] == owner::uid(job));
     let mut seen = Seen::default();
     let mut sorted: Vec<&Value> = jobs.iter().map(|j| &**j).collect();
-    sorted.sort_by_key(|j| owner::name(j));
+    sorted.sort_by_key(|j| owner::name(*j));
     let mut latest_success = cj
         .pointer("/status/lastSuccessfulTime")
         .and_then(Value::as_str)

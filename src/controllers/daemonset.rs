@@ -36,6 +36,7 @@ use crate::apiserver::resources::{DAEMONSETS, NODES, PODS, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::{AsJson, Frozen, Json};
 
 pub const REVISION_HASH: &str = "controller-revision-hash";
 
@@ -86,6 +87,8 @@ impl Reconciler for DaemonSets {
         let Some(ds) = ctx.cache.get(&r) else {
             return Ok(Action::Done);
         };
+        // One DaemonSet, read as a value: pods are made from its template.
+        let ds = ds.thaw();
         let pods = claim(
             ctx,
             &DAEMONSETS,
@@ -97,15 +100,18 @@ impl Reconciler for DaemonSets {
         let hash = super::deployment::template_hash(&ds["spec"]["template"], None);
         let min_ready = owner::int(&ds, "/spec/minReadySeconds", 0);
         let now = OffsetDateTime::now_utc();
-        let mut by_node: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
-        for pod in pods.iter().filter(|p| owner::is_active(p)) {
+        let mut by_node: HashMap<String, Vec<Arc<Frozen>>> = HashMap::new();
+        for pod in pods.iter().filter(owner::is_active) {
             by_node
                 .entry(pinned_node(pod).unwrap_or_default())
                 .or_default()
                 .push(pod.clone());
         }
         let probe = eligibility_probe(&ds);
-        let eligible: Vec<&Arc<Value>> = nodes.iter().filter(|n| should_run(&probe, n)).collect();
+        let eligible: Vec<&Arc<Frozen>> = nodes
+            .iter()
+            .filter(|n| should_run(&probe, n.as_ref()))
+            .collect();
         let desired = eligible.len() as i64;
         let rolling = ds
             .pointer("/spec/updateStrategy/type")
@@ -129,9 +135,9 @@ impl Reconciler for DaemonSets {
         };
 
         // Each eligible node with the pods that stay on it.
-        let mut placed: Vec<(String, Vec<Arc<Value>>)> = vec![];
+        let mut placed: Vec<(String, Vec<Arc<Frozen>>)> = vec![];
         let mut wanted = vec![];
-        let mut to_delete: Vec<Arc<Value>> = vec![];
+        let mut to_delete: Vec<Arc<Frozen>> = vec![];
         for node in &eligible {
             let name = owner::name(node);
             let mut here = by_node.remove(name).unwrap_or_default();
@@ -143,7 +149,7 @@ impl Reconciler for DaemonSets {
             placed.push((name.to_owned(), here));
         }
         // Pods of nodes that should not run one, that are gone, or that were never pinned.
-        let misscheduled: Vec<Arc<Value>> = by_node.into_values().flatten().collect();
+        let misscheduled: Vec<Arc<Frozen>> = by_node.into_values().flatten().collect();
         let misscheduled_count = misscheduled.len();
         to_delete.extend(misscheduled);
 
@@ -158,7 +164,7 @@ impl Reconciler for DaemonSets {
             }
         }
 
-        let on_nodes = |test: &dyn Fn(&Value) -> bool| {
+        let on_nodes = |test: &dyn Fn(&Frozen) -> bool| {
             placed
                 .iter()
                 .filter(|(_, here)| here.iter().any(|p| test(p)))
@@ -182,7 +188,7 @@ impl Reconciler for DaemonSets {
                 let unavailable = desired - available;
                 let mut budget = (max_unavailable - unavailable).max(0);
                 // Old pods that serve nobody go first; they cost no availability.
-                let mut old: Vec<&Arc<Value>> = placed
+                let mut old: Vec<&Arc<Frozen>> = placed
                     .iter()
                     .flat_map(|(_, here)| here)
                     .filter(|p| !surge.is_current(p))
@@ -203,7 +209,7 @@ impl Reconciler for DaemonSets {
             "desiredNumberScheduled": desired,
             "currentNumberScheduled": on_nodes(&|_| true),
             "numberMisscheduled": misscheduled_count,
-            "numberReady": on_nodes(&owner::is_ready),
+            "numberReady": on_nodes(&owner::is_ready::<Frozen>),
             "updatedNumberScheduled": on_nodes(&|p| surge.is_current(p)),
             "numberAvailable": available,
             "numberUnavailable": (desired - available).max(0),
@@ -233,14 +239,14 @@ struct Surge<'a> {
 }
 
 impl Surge<'_> {
-    fn is_current(&self, pod: &Value) -> bool {
+    fn is_current(&self, pod: &Frozen) -> bool {
         owner::labels(pod)[REVISION_HASH] == self.hash
     }
 
     /// Which of a node's several pods go. Without a surge, all but the oldest. With one, the
     /// oldest of the current template and the oldest of an older one may both stay while the
     /// old one is ready and the new one not yet available; otherwise the old one goes too.
-    fn extras(&self, here: &mut Vec<Arc<Value>>) -> Vec<Arc<Value>> {
+    fn extras(&self, here: &mut Vec<Arc<Frozen>>) -> Vec<Arc<Frozen>> {
         here.sort_by_key(|p| owner::timestamp(p, "/metadata/creationTimestamp"));
         if self.max == 0 {
             return here.drain(1..).collect();
@@ -269,8 +275,8 @@ impl Surge<'_> {
     /// The nodes that get a pod of the current template beside their old one now: every node
     /// whose old pod is unavailable anyway, and as many others (in name order) as keep the
     /// nodes with a new pod not yet available within `max`.
-    fn nodes_to_surge<'p>(&self, placed: &'p [(String, Vec<Arc<Value>>)]) -> Vec<&'p str> {
-        let available = |p: &Value| owner::is_available(p, self.min_ready, self.now);
+    fn nodes_to_surge<'p>(&self, placed: &'p [(String, Vec<Arc<Frozen>>)]) -> Vec<&'p str> {
+        let available = |p: &Frozen| owner::is_available(p, self.min_ready, self.now);
         let (mut surging, mut replace, mut candidates) = (0, vec![], vec![]);
         for (node, here) in placed {
             let new = here.iter().find(|p| self.is_current(p));
@@ -290,7 +296,7 @@ impl Surge<'_> {
 }
 
 /// How long until a Ready pod has been Ready for `min_ready` seconds, if it is not yet.
-fn until_available(pod: &Value, min_ready: i64, now: OffsetDateTime) -> Option<Duration> {
+fn until_available(pod: &Frozen, min_ready: i64, now: OffsetDateTime) -> Option<Duration> {
     if min_ready <= 0 || !owner::is_ready(pod) || owner::is_available(pod, min_ready, now) {
         return None;
     }
@@ -311,7 +317,7 @@ fn until_available(pod: &Value, min_ready: i64, now: OffsetDateTime) -> Option<D
 }
 
 impl DaemonSets {
-    async fn delete(&self, ctx: &Context, ds: &Value, pod: &Value) -> Result<(), ApiError> {
+    async fn delete(&self, ctx: &Context, ds: &Value, pod: &Frozen) -> Result<(), ApiError> {
         owner::delete(ctx, &PODS, pod).await?;
         self.events
             .record(
@@ -327,7 +333,8 @@ impl DaemonSets {
 }
 
 /// The node a daemon pod is for: its binding, or the node its affinity pins it to.
-fn pinned_node(pod: &Value) -> Option<String> {
+fn pinned_node(pod: &impl AsJson) -> Option<String> {
+    let pod = pod.json();
     if let Some(n) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
         return Some(n.to_owned());
     }
@@ -363,15 +370,17 @@ fn eligibility_probe(ds: &Value) -> Value {
     pod
 }
 
-fn should_run(probe: &Value, node: &Value) -> bool {
+fn should_run<N: Json + AsJson>(probe: &Value, node: &N) -> bool {
+    const NO_PODS: [&Value; 0] = [];
     // `spec.unschedulable` is tolerated by daemon pods (as its taint is in Kubernetes).
-    let mut node = node.clone();
-    if let Some(spec) = node["spec"].as_object_mut() {
-        spec.remove("unschedulable");
+    if node["spec"]["unschedulable"] == true {
+        let mut node = node.thaw();
+        if let Some(spec) = node["spec"].as_object_mut() {
+            spec.remove("unschedulable");
+        }
+        return Snapshot::new([&node], NO_PODS).schedule(probe).is_ok();
     }
-    Snapshot::new([&node], std::iter::empty())
-        .schedule(probe)
-        .is_ok()
+    Snapshot::new([node], NO_PODS).schedule(probe).is_ok()
 }
 
 fn add_daemon_tolerations(spec: &mut Value) {
@@ -465,14 +474,14 @@ mod tests {
         assert!(should_run(&plain, &unreachable));
     }
 
-    fn pod(name: &str, hash: &str, created: &str, ready: Option<&str>) -> Arc<Value> {
+    fn pod(name: &str, hash: &str, created: &str, ready: Option<&str>) -> Arc<Frozen> {
         let mut p = json!({"metadata": {"name": name, "creationTimestamp": created,
                                         "labels": {REVISION_HASH: hash}}});
         if let Some(since) = ready {
             p["status"]["conditions"] =
                 json!([{"type": "Ready", "status": "True", "lastTransitionTime": since}]);
         }
-        Arc::new(p)
+        Arc::new(Frozen::from(p))
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::apiserver::resources::{DEPLOYMENTS, ObjectRef, REPLICASETS, Resource}
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::AsJson;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
@@ -58,6 +59,9 @@ impl Reconciler for Deployments {
         let Some(d) = ctx.cache.get(&ref_of(&DEPLOYMENTS, key)) else {
             return Ok(Action::Done);
         };
+        // A deployment and its few ReplicaSets are worked on as values: the rollout below
+        // changes its copies of the sets as it writes them.
+        let d = d.thaw();
         if owner::is_terminating(&d) {
             return Ok(Action::Done);
         }
@@ -66,7 +70,7 @@ impl Reconciler for Deployments {
         let mut sets: Vec<Value> = vec![];
         for rs in candidates.iter() {
             if is_controlled_by(rs, &d) {
-                sets.push((**rs).clone());
+                sets.push(rs.thaw());
             } else if controller_of(rs).is_none()
                 && selects(&d["spec"]["selector"], owner::labels(rs))
             {
@@ -369,16 +373,16 @@ impl Deployments {
         let empty: Vec<&Value> = olds
             .iter()
             .filter(|rs| {
-                owner::int(rs, "/spec/replicas", 0) == 0
-                    && owner::int(rs, "/status/replicas", 0) == 0
-                    && !owner::is_terminating(rs)
+                owner::int(*rs, "/spec/replicas", 0) == 0
+                    && owner::int(*rs, "/status/replicas", 0) == 0
+                    && !owner::is_terminating(*rs)
             })
             .collect();
         if empty.len() <= limit {
             return Ok(());
         }
         for rs in &empty[..empty.len() - limit] {
-            match ctx.registry.delete(&rs_ref(rs), None).await {
+            match ctx.registry.delete(&rs_ref(*rs), None).await {
                 Ok(last) => ctx.wrote(&last),
                 Err(ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
@@ -397,7 +401,7 @@ impl Deployments {
         max_unavailable: i64,
     ) -> Result<Action, ApiError> {
         let all: Vec<&Value> = new.into_iter().chain(olds.iter()).collect();
-        let sum = |p: &str| all.iter().map(|rs| owner::int(rs, p, 0)).sum::<i64>();
+        let sum = |p: &str| all.iter().map(|rs| owner::int(*rs, p, 0)).sum::<i64>();
         let total = sum("/status/replicas");
         let ready = sum("/status/readyReplicas");
         let available = sum("/status/availableReplicas");
@@ -566,7 +570,7 @@ fn same_conditions(a: &Value, b: &Value) -> bool {
     strip(a) == strip(b)
 }
 
-fn rs_ref(rs: &Value) -> ObjectRef {
+fn rs_ref(rs: &impl AsJson) -> ObjectRef {
     ObjectRef {
         resource: &REPLICASETS,
         namespace: Some(owner::namespace(rs).to_owned()),

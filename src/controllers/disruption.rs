@@ -57,7 +57,7 @@ impl Reconciler for Disruption {
                     .flatten()
                     .any(|p| selects(&b["spec"]["selector"], owner::labels(p)))
             })
-            .filter_map(|b| key_of(b))
+            .filter_map(key_of)
             .collect()
     }
 
@@ -65,7 +65,7 @@ impl Reconciler for Disruption {
         cache
             .list(&PODDISRUPTIONBUDGETS)
             .iter()
-            .filter_map(|b| key_of(b))
+            .filter_map(key_of)
             .collect()
     }
 
@@ -74,12 +74,14 @@ impl Reconciler for Disruption {
         let Some(pdb) = ctx.cache.get(&r) else {
             return Ok(Action::Done);
         };
+        // The budget is read as a value (its status is rewritten from it).
+        let pdb = pdb.thaw();
         let pods: Vec<_> = ctx
             .cache
             .list_in(&PODS, owner::namespace(&pdb))
             .into_iter()
             .filter(|p| selects(&pdb["spec"]["selector"], owner::labels(p)))
-            .filter(|p| owner::is_active(p))
+            .filter(owner::is_active)
             .collect();
         let now = OffsetDateTime::now_utc();
         // Evictions still under way: their pods are unhealthy already.
@@ -123,7 +125,7 @@ impl Reconciler for Disruption {
                 .map_or(0, |m| m.len())
                 == disrupted.len();
         if !same {
-            let mut next = (*pdb).clone();
+            let mut next = pdb.clone();
             for (k, v) in status.as_object().into_iter().flatten() {
                 next["status"][k] = v.clone();
             }

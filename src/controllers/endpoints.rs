@@ -25,6 +25,7 @@ use crate::apiserver::resources::{ENDPOINTS, ENDPOINTSLICES, ObjectRef, PODS, Re
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::{AsJson, Frozen, Json};
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
@@ -71,7 +72,7 @@ impl Reconciler for Endpoints {
                         .flatten()
                         .any(|p| matches_selector(sel, owner::labels(p)))
             })
-            .filter_map(|svc| key_of(svc))
+            .filter_map(key_of)
             .collect();
         keys.dedup();
         keys
@@ -81,7 +82,7 @@ impl Reconciler for Endpoints {
         cache
             .list(&SERVICES)
             .iter()
-            .filter_map(|s| key_of(s))
+            .filter_map(key_of)
             .collect()
     }
 
@@ -90,6 +91,8 @@ impl Reconciler for Endpoints {
             // Its Endpoints and slices go with it (the garbage collector, by owner).
             return Ok(Action::Done);
         };
+        // The Service is read as a value; the pods it selects stay frozen.
+        let svc = svc.thaw();
         let selector = &svc["spec"]["selector"];
         if !has_selector(selector) || owner::is_terminating(&svc) {
             return Ok(Action::Done);
@@ -102,7 +105,7 @@ impl Reconciler for Endpoints {
             .filter(|p| matches_selector(selector, owner::labels(p)))
             .filter(|p| pod_ip(p).is_some() && owner::is_active_or_terminating(p))
             .collect();
-        let pods: Vec<&Value> = pods.iter().map(|p| &**p).collect();
+        let pods: Vec<&Frozen> = pods.iter().map(|p| &**p).collect();
         let subsets = subsets(&svc, &pods);
         self.write_endpoints(ctx, &svc, &ns, subsets).await?;
         self.write_slice(ctx, &svc, &ns, &pods).await?;
@@ -164,7 +167,7 @@ impl Endpoints {
         ctx: &Context,
         svc: &Value,
         ns: &str,
-        pods: &[&Value],
+        pods: &[&Frozen],
     ) -> Result<(), ApiError> {
         let svc_name = owner::name(svc);
         let ports: Vec<Value> = service_ports(svc)
@@ -253,17 +256,19 @@ fn owner_ref(svc: &Value) -> Value {
     r
 }
 
-fn has_selector(sel: &Value) -> bool {
-    sel.as_object().is_some_and(|m| !m.is_empty())
+fn has_selector(sel: &impl Json) -> bool {
+    sel.entries().is_some_and(|mut m| m.next().is_some())
 }
 
 /// A Service's selector is a plain map of labels.
-fn matches_selector(sel: &Value, labels: &Value) -> bool {
-    selects(&json!({"matchLabels": sel}), labels)
+fn matches_selector(sel: &impl Json, labels: &impl Json) -> bool {
+    selects(&json!({"matchLabels": sel.thaw()}), labels)
 }
 
-fn pod_ip(pod: &Value) -> Option<&str> {
-    pod["status"]["podIP"].as_str().filter(|ip| !ip.is_empty())
+fn pod_ip(pod: &impl AsJson) -> Option<&str> {
+    pod.json()["status"]["podIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty())
 }
 
 fn service_ports(svc: &Value) -> Vec<Value> {
@@ -271,7 +276,8 @@ fn service_ports(svc: &Value) -> Vec<Value> {
 }
 
 /// The pod's port a Service port sends to: a number, or a container port by name.
-fn target_port(port: &Value, pod: &Value) -> Option<i64> {
+fn target_port(port: &Value, pod: &impl AsJson) -> Option<i64> {
+    let pod = pod.json();
     match &port["targetPort"] {
         Value::Number(n) => n.as_i64(),
         Value::String(name) => pod["spec"]["containers"]
@@ -288,7 +294,7 @@ fn target_port(port: &Value, pod: &Value) -> Option<i64> {
 type ResolvedPort = (String, i64, String);
 
 /// Endpoints subsets: pods grouped by the ports they resolve to, ready ones apart.
-fn subsets(svc: &Value, pods: &[&Value]) -> Value {
+fn subsets(svc: &Value, pods: &[&Frozen]) -> Value {
     let ports = service_ports(svc);
     // Pods with the same resolved ports share a subset.
     let mut groups: BTreeMap<Vec<ResolvedPort>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
@@ -351,12 +357,12 @@ fn subsets(svc: &Value, pods: &[&Value]) -> Value {
 mod tests {
     use super::*;
 
-    fn pod(name: &str, ip: &str, ready: bool, port_name: &str, port: i64) -> Value {
-        json!({
+    fn pod(name: &str, ip: &str, ready: bool, port_name: &str, port: i64) -> Frozen {
+        Frozen::from(json!({
             "metadata": {"name": name, "namespace": "default", "uid": name, "labels": {"app": "web"}},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": port_name, "containerPort": port}]}]},
             "status": {"podIP": ip, "phase": "Running", "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}
-        })
+        }))
     }
 
     #[test]

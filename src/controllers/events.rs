@@ -17,6 +17,7 @@ use crate::apiserver::registry::{Part, Registry, now_rfc3339};
 use crate::apiserver::resources::{EVENTS, ObjectRef, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::controller::Context;
+use crate::runtime::frozen::{AsJson, Json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Type {
@@ -60,7 +61,7 @@ impl Recorder {
     pub async fn record(
         &self,
         resource: &'static Resource,
-        obj: &Value,
+        obj: &impl AsJson,
         kind: Type,
         reason: &str,
         message: &str,
@@ -70,7 +71,7 @@ impl Recorder {
             return;
         };
         let this = self.clone();
-        let obj = json!({"metadata": obj["metadata"].clone()});
+        let obj = json!({"metadata": obj.json()["metadata"].thaw()});
         let (reason, message) = (reason.to_owned(), message.to_owned());
         tokio::spawn(async move {
             let _permit = permit;

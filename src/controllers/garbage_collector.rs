@@ -22,6 +22,7 @@ use crate::apiserver::resources::{ObjectRef, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change, path_of};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::Frozen;
 
 const GONE: &str = "gone/";
 
@@ -102,11 +103,11 @@ impl GarbageCollector {
         &self,
         ctx: &Context,
         r: &ObjectRef,
-        obj: &Value,
+        obj: &Frozen,
     ) -> Result<Action, ApiError> {
-        let refs: Vec<&Value> = obj
+        let refs: Vec<&Frozen> = obj
             .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
+            .and_then(Frozen::as_array)
             .map(|a| a.iter().collect())
             .unwrap_or_default();
         if refs.is_empty() {
@@ -153,7 +154,7 @@ impl GarbageCollector {
         &self,
         ctx: &Context,
         r: &ObjectRef,
-        obj: &Value,
+        obj: &Frozen,
     ) -> Result<Action, ApiError> {
         let deps = dependents(&ctx.cache, owner::uid(obj));
         if deps.is_empty() {
@@ -181,7 +182,7 @@ impl GarbageCollector {
     }
 
     /// Orphan deletion: release the dependents, then let the owner go.
-    async fn orphan(&self, ctx: &Context, r: &ObjectRef, obj: &Value) -> Result<Action, ApiError> {
+    async fn orphan(&self, ctx: &Context, r: &ObjectRef, obj: &Frozen) -> Result<Action, ApiError> {
         let uid = owner::uid(obj).to_owned();
         for (dr, _) in dependents(&ctx.cache, &uid) {
             match ctx
@@ -218,25 +219,25 @@ async fn remove_finalizer(
         .await
 }
 
-fn has_owners(obj: &Value) -> bool {
+fn has_owners(obj: &Frozen) -> bool {
     obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
+        .and_then(Frozen::as_array)
         .is_some_and(|a| !a.is_empty())
 }
 
-fn has_finalizer(obj: &Value, finalizer: &str) -> bool {
+fn has_finalizer(obj: &Frozen, finalizer: &str) -> bool {
     obj.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
+        .and_then(Frozen::as_array)
         .is_some_and(|a| a.iter().any(|f| f == finalizer))
 }
 
-fn holds_deletion(obj: &Value) -> bool {
+fn holds_deletion(obj: &Frozen) -> bool {
     owner::is_terminating(obj)
         && (has_finalizer(obj, FOREGROUND_FINALIZER) || has_finalizer(obj, ORPHAN_FINALIZER))
 }
 
 /// The cached resource an owner reference names, by its apiVersion and kind.
-fn owner_resource(reference: &Value, cache: &Cache) -> Option<&'static Resource> {
+fn owner_resource(reference: &Frozen, cache: &Cache) -> Option<&'static Resource> {
     let api_version = reference["apiVersion"].as_str()?;
     let kind = reference["kind"].as_str()?;
     Resource::all()
@@ -246,7 +247,7 @@ fn owner_resource(reference: &Value, cache: &Cache) -> Option<&'static Resource>
 
 /// Whether the owner a reference names is surely gone: its kind is cached and no cached
 /// object of it has its uid.
-fn owner_known_dead(cache: &Cache, reference: &Value) -> bool {
+fn owner_known_dead(cache: &Cache, reference: &Frozen) -> bool {
     let Some(resource) = owner_resource(reference, cache) else {
         return false;
     };
@@ -262,13 +263,13 @@ fn alive(cache: &Cache, uid: &str) -> bool {
 }
 
 /// Every cached object naming `uid` among its owners.
-fn dependents(cache: &Cache, uid: &str) -> Vec<(ObjectRef, std::sync::Arc<Value>)> {
+fn dependents(cache: &Cache, uid: &str) -> Vec<(ObjectRef, std::sync::Arc<Frozen>)> {
     let mut out = vec![];
     for resource in cache.kinds() {
         for obj in cache.list(resource) {
             let names = obj
                 .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
+                .and_then(Frozen::as_array)
                 .is_some_and(|refs| refs.iter().any(|x| x["uid"] == uid));
             if names
                 && let Some(path) = path_of(resource, &obj)
@@ -282,9 +283,9 @@ fn dependents(cache: &Cache, uid: &str) -> Vec<(ObjectRef, std::sync::Arc<Value>
 }
 
 /// Paths of the cached owners `obj` names.
-fn owner_paths(obj: &Value, cache: &Cache) -> Vec<String> {
+fn owner_paths(obj: &Frozen, cache: &Cache) -> Vec<String> {
     obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
+        .and_then(Frozen::as_array)
         .into_iter()
         .flatten()
         .filter_map(|x| {

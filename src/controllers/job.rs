@@ -28,6 +28,7 @@ use crate::apiserver::resources::{JOBS, ObjectRef, PODS, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::{AsJson, Frozen, Json};
 
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 const BACKOFF_BASE: i64 = 10;
@@ -62,6 +63,8 @@ impl Reconciler for Jobs {
         let Some(job) = ctx.cache.get(&r) else {
             return Ok(Action::Done);
         };
+        // The Job is read as a value (its pods are made from it); its pods stay frozen.
+        let job = job.thaw();
         let now = OffsetDateTime::now_utc();
         if let Some(finished_at) = finished(&job) {
             return self.after_finish(ctx, &r, &job, finished_at, now).await;
@@ -76,11 +79,11 @@ impl Reconciler for Jobs {
             &ctx.cache.list_in(&PODS, owner::namespace(&job)),
         )
         .await?;
-        let phase = |p: &Value| p["status"]["phase"].as_str().unwrap_or("").to_owned();
-        let active: Vec<&Value> = pods
+        let phase = |p: &Frozen| p["status"]["phase"].as_str().unwrap_or("").to_owned();
+        let active: Vec<&Frozen> = pods
             .iter()
             .map(|p| &**p)
-            .filter(|p| owner::is_active(p))
+            .filter(owner::is_active)
             .collect();
         let failed_pods = pods.iter().filter(|p| phase(p) == "Failed").count() as i64;
         let indexed = job["spec"]["completionMode"] == "Indexed";
@@ -89,7 +92,7 @@ impl Reconciler for Jobs {
         let succeeded_indexes: BTreeSet<i64> = pods
             .iter()
             .filter(|p| phase(p) == "Succeeded")
-            .filter_map(|p| index_of(p))
+            .filter_map(index_of)
             .collect();
         let succeeded_pods = if indexed {
             succeeded_indexes.len() as i64
@@ -192,7 +195,7 @@ impl Reconciler for Jobs {
                 // pods made wake this Job again for the rest.
                 let missing = ((want - running) as usize).min(MAX_CREATES);
                 let indexes = if indexed {
-                    let taken: BTreeSet<i64> = active.iter().filter_map(|p| index_of(p)).collect();
+                    let taken: BTreeSet<i64> = active.iter().filter_map(index_of).collect();
                     (0..completions.unwrap_or(0))
                         .filter(|i| !succeeded_indexes.contains(i) && !taken.contains(i))
                         .take(missing)
@@ -289,15 +292,15 @@ fn finished(job: &Value) -> Option<OffsetDateTime> {
         })
 }
 
-fn index_of(pod: &Value) -> Option<i64> {
-    pod["metadata"]["annotations"][COMPLETION_INDEX]
+fn index_of(pod: &impl AsJson) -> Option<i64> {
+    pod.json()["metadata"]["annotations"][COMPLETION_INDEX]
         .as_str()
-        .and_then(|i| i.parse().ok())
+        .and_then(|i: &str| i.parse().ok())
 }
 
 /// Seconds the next pod must still wait after the last failure: 10 s doubling per failure
 /// in a row, at most 6 min.
-fn backoff_left(pods: &[std::sync::Arc<Value>], failed: i64, now: OffsetDateTime) -> i64 {
+fn backoff_left(pods: &[std::sync::Arc<Frozen>], failed: i64, now: OffsetDateTime) -> i64 {
     if failed == 0 {
         return 0;
     }
@@ -370,13 +373,13 @@ fn ranges(indexes: &BTreeSet<i64>) -> String {
 
 /// The status the pods show: `active` pods running now.
 fn status(
-    active: &[&Value],
+    active: &[&Frozen],
     succeeded: i64,
     failed: i64,
     succeeded_indexes: Option<&BTreeSet<i64>>,
     starting: bool,
 ) -> Value {
-    let ready = active.iter().filter(|p| owner::is_ready(p)).count();
+    let ready = active.iter().filter(owner::is_ready).count();
     let mut s = json!({
         "active": active.len(),
         "succeeded": succeeded,
@@ -448,9 +451,11 @@ mod tests {
     fn failures_back_off_doubling_from_ten_seconds() {
         let now = OffsetDateTime::parse("2026-01-01T00:01:00Z", &Rfc3339).unwrap();
         let failed_at = |t: &str| {
-            std::sync::Arc::new(json!({"status": {"phase": "Failed", "containerStatuses": [
-                {"state": {"terminated": {"finishedAt": t}}}
-            ]}}))
+            std::sync::Arc::new(Frozen::from(
+                json!({"status": {"phase": "Failed", "containerStatuses": [
+                    {"state": {"terminated": {"finishedAt": t}}}
+                ]}}),
+            ))
         };
         let pods = vec![failed_at("2026-01-01T00:00:55Z")];
         assert_eq!(backoff_left(&pods, 1, now), 5);

@@ -28,6 +28,7 @@ use crate::apiserver::resources::{NAMESPACES, ObjectRef, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::{AsJson, Json};
 
 /// How soon a namespace whose content is still held (by finalizers, or failed deletions) is
 /// looked at again when nothing cached wakes it sooner.
@@ -53,7 +54,7 @@ impl Reconciler for Namespaces {
             return change
                 .new
                 .as_deref()
-                .filter(|ns| is_finalizing(ns))
+                .filter(is_finalizing)
                 .map(|ns| owner::name(ns).to_owned())
                 .into_iter()
                 .collect();
@@ -76,7 +77,7 @@ impl Reconciler for Namespaces {
         cache
             .list(&NAMESPACES)
             .iter()
-            .filter(|ns| is_finalizing(ns))
+            .filter(is_finalizing)
             .map(|ns| owner::name(ns).to_owned())
             .collect()
     }
@@ -276,11 +277,12 @@ async fn delete_content(ctx: &Context, namespace: &str) -> Result<Pass, ApiError
 }
 
 /// Whether `ns` is being deleted and still held for its content.
-fn is_finalizing(ns: &Value) -> bool {
+fn is_finalizing(ns: &impl AsJson) -> bool {
     owner::is_terminating(ns)
         && ns
+            .json()
             .pointer("/spec/finalizers")
-            .and_then(Value::as_array)
+            .and_then(Json::as_array)
             .is_some_and(|f| f.iter().any(|f| f == NAMESPACE_FINALIZER))
 }
 

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::events::{Recorder, Type};
 use crate::api::cidr::{self, Cidr, Family};
@@ -29,6 +29,7 @@ use crate::apiserver::resources::{NODES, ObjectRef, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::{Frozen, Json};
 
 /// kube-controller-manager's default block sizes.
 pub const DEFAULT_MASK_IPV4: u8 = 24;
@@ -250,7 +251,7 @@ impl NodeIpam {
     /// Every block a cached node holds, and those written but not cached yet.
     fn used(&self, cache: &Cache) -> Vec<Cidr> {
         let nodes = cache.list(&NODES);
-        let mut used: Vec<Cidr> = nodes.iter().flat_map(|n| pod_cidrs(n)).collect();
+        let mut used: Vec<Cidr> = nodes.iter().flat_map(|n| pod_cidrs(&**n)).collect();
         let mut written = self
             .written
             .lock()
@@ -259,7 +260,7 @@ impl NodeIpam {
         written.retain(|name, _| {
             cache
                 .get(&ObjectRef::cluster(&NODES, name))
-                .is_some_and(|n| pod_cidrs(&n).is_empty())
+                .is_some_and(|n| pod_cidrs(&*n).is_empty())
         });
         used.extend(written.values().flatten().copied());
         used
@@ -289,7 +290,7 @@ impl Reconciler for NodeIpam {
         cache
             .list(&NODES)
             .iter()
-            .filter(|n| needs_cidrs(n))
+            .filter(|n| needs_cidrs(&***n))
             .map(|n| name(n).to_owned())
             .collect()
     }
@@ -300,7 +301,7 @@ impl Reconciler for NodeIpam {
             self.waiting().remove(key);
             return Ok(Action::Done);
         };
-        if !needs_cidrs(&node) {
+        if !needs_cidrs(&*node) {
             self.waiting().remove(key);
             return Ok(Action::Done);
         }
@@ -327,7 +328,7 @@ impl Reconciler for NodeIpam {
             }
         };
         let texts: Vec<String> = blocks.iter().map(Cidr::to_string).collect();
-        let mut next = (*node).clone();
+        let mut next = node.thaw();
         next["spec"]["podCIDR"] = json!(texts[0]);
         next["spec"]["podCIDRs"] = json!(texts);
         // `next` keeps the cached resourceVersion: the update is a compare-and-swap on it, so
@@ -350,13 +351,13 @@ impl Reconciler for NodeIpam {
 
 /// The node's `spec.podCIDRs` (or `spec.podCIDR` alone), parsed; unparsable entries are
 /// skipped (the API server refuses them, so they come only from older data).
-pub fn pod_cidrs(node: &Value) -> Vec<Cidr> {
+pub fn pod_cidrs<J: Json>(node: &J) -> Vec<Cidr> {
     let spec = &node["spec"];
     let listed: Vec<&str> = spec["podCIDRs"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(Value::as_str)
+        .filter_map(J::as_str)
         .collect();
     let texts = if listed.is_empty() {
         spec["podCIDR"].as_str().into_iter().collect()
@@ -370,23 +371,22 @@ pub fn pod_cidrs(node: &Value) -> Vec<Cidr> {
 }
 
 /// A node without pod CIDRs that is not being deleted.
-fn needs_cidrs(node: &Value) -> bool {
-    let empty = |v: &Value| match v {
-        Value::Null => true,
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
+fn needs_cidrs<J: Json>(node: &J) -> bool {
+    let empty = |v: &J| {
+        v.is_null()
+            || v.as_str().is_some_and(str::is_empty)
+            || v.as_array().is_some_and(<[J]>::is_empty)
     };
     empty(&node["spec"]["podCIDR"])
         && empty(&node["spec"]["podCIDRs"])
         && node
             .pointer("/metadata/deletionTimestamp")
-            .is_none_or(Value::is_null)
+            .is_none_or(J::is_null)
 }
 
-fn name(node: &Value) -> &str {
+fn name(node: &Frozen) -> &str {
     node.pointer("/metadata/name")
-        .and_then(Value::as_str)
+        .and_then(Frozen::as_str)
         .unwrap_or_default()
 }
 

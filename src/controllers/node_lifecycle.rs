@@ -33,6 +33,7 @@ use crate::apiserver::registry::{Part, now_rfc3339};
 use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
 use crate::runtime::controller::Context;
+use crate::runtime::frozen::{Frozen, Json};
 
 pub const MONITOR_PERIOD: Duration = Duration::from_secs(5);
 /// Added to a node's due time so its age has surely passed the grace period when looked at.
@@ -109,7 +110,7 @@ impl NodeLifecycle {
         let nodes = ctx.cache.list(&NODES);
         let names: std::collections::HashSet<&str> = nodes
             .iter()
-            .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
+            .filter_map(|n| n.pointer("/metadata/name").and_then(Frozen::as_str))
             .collect();
         Ok(
             crate::bootstrap::join::forget_orphans(ctx.registry.store(), |n| names.contains(n))
@@ -136,7 +137,7 @@ impl NodeLifecycle {
             .collect();
         let mut next_due: Option<Duration> = None;
         for node in ctx.cache.list(&NODES) {
-            let Some(name) = node.pointer("/metadata/name").and_then(Value::as_str) else {
+            let Some(name) = node.pointer("/metadata/name").and_then(Frozen::as_str) else {
                 continue;
             };
             let silent = trusted
@@ -150,7 +151,7 @@ impl NodeLifecycle {
                 next_due = Some(next_due.map_or(due, |d| d.min(due)));
             }
             let r = ObjectRef::cluster(&NODES, name);
-            match (silent, is_unreachable(&node)) {
+            match (silent, is_unreachable(&*node)) {
                 (true, false) => {
                     tracing::info!(
                         node = name,
@@ -178,7 +179,7 @@ impl NodeLifecycle {
                 }
                 _ => {}
             }
-            if pressure_taints_stale(&node) {
+            if pressure_taints_stale(&*node) {
                 ctx.registry
                     .modify(&r, Part::Main, set_pressure_taints)
                     .await?;
@@ -188,17 +189,17 @@ impl NodeLifecycle {
     }
 }
 
-fn is_unreachable(node: &Value) -> bool {
+fn is_unreachable<J: Json>(node: &J) -> bool {
     let ready_unknown = node
         .pointer("/status/conditions")
-        .and_then(Value::as_array)
+        .and_then(J::as_array)
         .is_some_and(|c| {
             c.iter()
                 .any(|c| c["type"] == "Ready" && c["status"] == "Unknown")
         });
     let tainted = node
         .pointer("/spec/taints")
-        .and_then(Value::as_array)
+        .and_then(J::as_array)
         .is_some_and(|t| t.iter().any(|t| t["key"] == UNREACHABLE_TAINT));
     ready_unknown || tainted
 }
@@ -247,11 +248,11 @@ fn remove_unreachable_taints(node: &mut Value) {
 }
 
 /// The pressure taints the node's conditions call for (`true`: the taint should be there).
-fn wanted_pressure_taints(node: &Value) -> [(&'static str, bool); 3] {
+fn wanted_pressure_taints<J: Json>(node: &J) -> [(&'static str, bool); 3] {
     let conditions = node
         .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
+        .and_then(J::as_array)
+        .unwrap_or(&[]);
     PRESSURE_TAINTS.map(|(kind, key)| {
         let on = conditions
             .iter()
@@ -260,16 +261,16 @@ fn wanted_pressure_taints(node: &Value) -> [(&'static str, bool); 3] {
     })
 }
 
-fn has_taint(node: &Value, key: &str) -> bool {
+fn has_taint<J: Json>(node: &J, key: &str) -> bool {
     node.pointer("/spec/taints")
-        .and_then(Value::as_array)
+        .and_then(J::as_array)
         .is_some_and(|t| {
             t.iter()
                 .any(|t| t["key"] == key && t["effect"] == "NoSchedule")
         })
 }
 
-fn pressure_taints_stale(node: &Value) -> bool {
+fn pressure_taints_stale<J: Json>(node: &J) -> bool {
     wanted_pressure_taints(node)
         .iter()
         .any(|(key, on)| has_taint(node, key) != *on)

@@ -4,8 +4,6 @@
 //! A key is `namespace/name`. A controller reference is the one `ownerReferences` entry with
 //! `controller: true`; an object has at most one, and only its controller may act on it.
 
-use std::borrow::Cow;
-
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -16,13 +14,15 @@ use crate::apiserver::resources::{ObjectRef, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::Context;
+use crate::runtime::frozen::{AsJson, Json};
 
 /// `namespace/name` of an object.
-pub fn key_of(obj: &Value) -> Option<String> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str)?;
+pub fn key_of<O: AsJson>(obj_: &O) -> Option<String> {
+    let obj = obj_.json();
+    let name = obj.pointer("/metadata/name").and_then(Json::as_str)?;
     let ns = obj
         .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .unwrap_or_default();
     Some(format!("{ns}/{name}"))
 }
@@ -37,26 +37,30 @@ pub fn ref_of(resource: &'static Resource, key: &str) -> ObjectRef {
     }
 }
 
-pub fn uid(obj: &Value) -> &str {
+pub fn uid<O: AsJson>(obj_: &O) -> &str {
+    let obj = obj_.json();
     obj.pointer("/metadata/uid")
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .unwrap_or_default()
 }
 
-pub fn name(obj: &Value) -> &str {
+pub fn name<O: AsJson>(obj_: &O) -> &str {
+    let obj = obj_.json();
     obj.pointer("/metadata/name")
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .unwrap_or_default()
 }
 
-pub fn namespace(obj: &Value) -> &str {
+pub fn namespace<O: AsJson>(obj_: &O) -> &str {
+    let obj = obj_.json();
     obj.pointer("/metadata/namespace")
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .unwrap_or_default()
 }
 
 /// The controller reference: `(kind, name, uid)`.
-pub fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
+pub fn controller_of<O: AsJson>(obj_: &O) -> Option<(&str, &str, &str)> {
+    let obj = obj_.json();
     obj.pointer("/metadata/ownerReferences")?
         .as_array()?
         .iter()
@@ -71,12 +75,12 @@ pub fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
 }
 
 /// Whether `obj` is controlled by `owner` (by uid: a namesake made later is another owner).
-pub fn is_controlled_by(obj: &Value, owner: &Value) -> bool {
+pub fn is_controlled_by(obj: &(impl AsJson + Sync), owner: &impl AsJson) -> bool {
     controller_of(obj).is_some_and(|(_, _, u)| u == uid(owner))
 }
 
 /// The controller reference `owner` (of `resource`) puts on what it makes or adopts.
-pub fn controller_ref(resource: &Resource, owner: &Value) -> Value {
+pub fn controller_ref(resource: &Resource, owner: &impl AsJson) -> Value {
     json!({
         "apiVersion": resource.api_version(),
         "kind": resource.kind,
@@ -89,83 +93,94 @@ pub fn controller_ref(resource: &Resource, owner: &Value) -> Value {
 
 /// The `LabelSelector` that picks `obj`'s pods (`obj` of `resource`), whatever form its kind
 /// writes it in; null (which selects everything) when it has none.
-pub fn selector<'a>(resource: &Resource, obj: &'a Value) -> Cow<'a, Value> {
-    static NONE: Value = Value::Null;
-    resource
-        .strategy
-        .label_selector(obj)
-        .unwrap_or(Cow::Borrowed(&NONE))
+pub fn selector(resource: &Resource, obj: &impl AsJson) -> Value {
+    // The kinds' strategies read `spec.selector` only: thaw that, not the whole object.
+    match obj.json().pointer("/spec/selector") {
+        None => Value::Null,
+        Some(selector) => resource
+            .strategy
+            .label_selector(&json!({"spec": {"selector": selector.thaw()}}))
+            .map(std::borrow::Cow::into_owned)
+            .unwrap_or(Value::Null),
+    }
 }
 
-pub fn labels(obj: &Value) -> &Value {
-    static EMPTY: Value = Value::Null;
-    obj.pointer("/metadata/labels").unwrap_or(&EMPTY)
+pub fn labels<O: AsJson>(obj_: &O) -> &O::J {
+    let obj = obj_.json();
+    obj.pointer("/metadata/labels").unwrap_or(Json::null())
 }
 
-pub fn is_terminating(obj: &Value) -> bool {
+pub fn is_terminating<O: AsJson>(obj_: &O) -> bool {
+    let obj = obj_.json();
     obj.pointer("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())
 }
 
-pub fn generation(obj: &Value) -> i64 {
+pub fn generation<O: AsJson>(obj_: &O) -> i64 {
+    let obj = obj_.json();
     obj.pointer("/metadata/generation")
-        .and_then(Value::as_i64)
+        .and_then(Json::as_i64)
         .unwrap_or(0)
 }
 
 /// A pod that counts toward its controller's replicas: not finished, not being deleted.
-pub fn is_active(pod: &Value) -> bool {
-    !is_terminating(pod)
+pub fn is_active<O: AsJson>(pod_: &O) -> bool {
+    let pod = pod_.json();
+    !is_terminating(pod_)
         && !matches!(
-            pod.pointer("/status/phase").and_then(Value::as_str),
+            pod.pointer("/status/phase").and_then(Json::as_str),
             Some("Succeeded" | "Failed")
         )
 }
 
 /// A pod that has not finished (it may be on its way out).
-pub fn is_active_or_terminating(pod: &Value) -> bool {
+pub fn is_active_or_terminating<O: AsJson>(pod_: &O) -> bool {
+    let pod = pod_.json();
     !matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
+        pod.pointer("/status/phase").and_then(Json::as_str),
         Some("Succeeded" | "Failed")
     )
 }
 
-fn ready_condition(pod: &Value) -> Option<&Value> {
+fn ready_condition<O: AsJson>(pod_: &O) -> Option<&O::J> {
+    let pod = pod_.json();
     pod.pointer("/status/conditions")?
         .as_array()?
         .iter()
         .find(|c| c["type"] == "Ready")
 }
 
-pub fn is_ready(pod: &Value) -> bool {
-    ready_condition(pod).is_some_and(|c| c["status"] == "True")
+pub fn is_ready<O: AsJson>(pod_: &O) -> bool {
+    ready_condition(pod_).is_some_and(|c| c["status"] == "True")
 }
 
 /// Ready for at least `min_ready_seconds` at `now`.
-pub fn is_available(pod: &Value, min_ready_seconds: i64, now: OffsetDateTime) -> bool {
-    if !is_ready(pod) {
+pub fn is_available<O: AsJson>(pod_: &O, min_ready_seconds: i64, now: OffsetDateTime) -> bool {
+    if !is_ready(pod_) {
         return false;
     }
     if min_ready_seconds <= 0 {
         return true;
     }
-    ready_condition(pod)
+    ready_condition(pod_)
         .and_then(|c| c["lastTransitionTime"].as_str())
         .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
         .is_some_and(|since| (now - since).whole_seconds() >= min_ready_seconds)
 }
 
 /// An RFC 3339 timestamp, or the epoch for one missing or malformed (sorts first).
-pub fn timestamp(obj: &Value, pointer: &str) -> OffsetDateTime {
+pub fn timestamp<O: AsJson>(obj_: &O, pointer: &str) -> OffsetDateTime {
+    let obj = obj_.json();
     obj.pointer(pointer)
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// An int-or-percent (`maxSurge: 1`, `maxUnavailable: "25%"`) in pods out of `total`,
 /// percentages rounded up or down; `default` when absent or malformed.
-pub fn scaled(v: &Value, total: i64, round_up: bool, default: &str) -> i64 {
+pub fn scaled<O: AsJson>(v_: &O, total: i64, round_up: bool, default: &str) -> i64 {
+    let v = v_.json();
     // Saturating: the percentage is the user's text, and an overflow must not wrap or panic.
     let percent = |p: i64| {
         let scaled = p.saturating_mul(total);
@@ -179,20 +194,18 @@ pub fn scaled(v: &Value, total: i64, round_up: bool, default: &str) -> i64 {
         Some(p) => p.parse::<i64>().ok().map(percent),
         None => s.parse::<i64>().ok(),
     };
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => from_text(s),
-        _ => None,
-    }
-    .or_else(|| from_text(default))
-    .unwrap_or(0)
-    .max(0)
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(from_text))
+        .or_else(|| from_text(default))
+        .unwrap_or(0)
+        .max(0)
 }
 
 /// An `int32` field, or `default` if absent.
-pub fn int(obj: &Value, pointer: &str, default: i64) -> i64 {
+pub fn int<O: AsJson>(obj_: &O, pointer: &str, default: i64) -> i64 {
+    let obj = obj_.json();
     obj.pointer(pointer)
-        .and_then(Value::as_i64)
+        .and_then(Json::as_i64)
         .unwrap_or(default)
 }
 
@@ -226,7 +239,7 @@ pub fn owner_keys(
                     .list_in(owners, namespace(o))
                     .iter()
                     .filter(|x| selects(&selector(owners, x), labels(o)))
-                    .filter_map(|x| key_of(x)),
+                    .filter_map(key_of),
             ),
         }
     }
@@ -240,12 +253,12 @@ pub fn all_keys(cache: &Cache, resource: &'static Resource) -> Vec<String> {
     cache
         .list(resource)
         .iter()
-        .filter_map(|o| key_of(o))
+        .filter_map(key_of)
         .collect()
 }
 
 /// The reference of a cached object of `resource`.
-pub fn ref_to(resource: &'static Resource, obj: &Value) -> ObjectRef {
+pub fn ref_to(resource: &'static Resource, obj: &impl AsJson) -> ObjectRef {
     ObjectRef {
         resource,
         namespace: resource.namespaced.then(|| namespace(obj).to_owned()),
@@ -257,7 +270,7 @@ pub fn ref_to(resource: &'static Resource, obj: &Value) -> ObjectRef {
 pub async fn delete(
     ctx: &Context,
     resource: &'static Resource,
-    obj: &Value,
+    obj: &(impl AsJson + Sync),
 ) -> Result<(), ApiError> {
     match ctx.registry.delete(&ref_to(resource, obj), None).await {
         Ok(last) => {
@@ -274,11 +287,14 @@ pub async fn delete(
 pub async fn write_status(
     ctx: &Context,
     resource: &'static Resource,
-    obj: &Value,
+    obj: &(impl AsJson + Sync),
     status: &Value,
 ) -> Result<(), ApiError> {
     let fields = status.as_object().into_iter().flatten();
-    if fields.clone().all(|(k, v)| obj["status"][k] == *v) {
+    if fields
+        .clone()
+        .all(|(k, v)| obj.json()["status"][k.as_str()] == *v)
+    {
         return Ok(());
     }
     match ctx

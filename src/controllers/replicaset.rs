@@ -28,6 +28,7 @@ use crate::apiserver::resources::{ObjectRef, PODS, REPLICASETS, REPLICATIONCONTR
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::{AsJson, Frozen, Json};
 
 /// Most pods created at once.
 const MAX_BATCH: usize = 256;
@@ -86,10 +87,10 @@ impl Reconciler for ReplicaSets {
             &ctx.cache.list_in(&PODS, owner::namespace(&rs)),
         )
         .await?;
-        let active: Vec<&Value> = pods
+        let active: Vec<&Frozen> = pods
             .iter()
             .map(|p| &**p)
-            .filter(|p| owner::is_active(p))
+            .filter(owner::is_active)
             .collect();
         let want = owner::int(&rs, "/spec/replicas", 1).max(0) as usize;
         if !owner::is_terminating(&rs) {
@@ -107,7 +108,12 @@ impl Reconciler for ReplicaSets {
 }
 
 impl ReplicaSets {
-    async fn create_pods(&self, ctx: &Context, rs: &Value, missing: usize) -> Result<(), ApiError> {
+    async fn create_pods(
+        &self,
+        ctx: &Context,
+        rs: &Frozen,
+        missing: usize,
+    ) -> Result<(), ApiError> {
         let pod = pod_from_template(self.resource, rs);
         let mut created = 0;
         let mut batch = 1;
@@ -161,12 +167,12 @@ impl ReplicaSets {
     async fn delete_pods(
         &self,
         ctx: &Context,
-        rs: &Value,
-        active: &[&Value],
+        rs: &Frozen,
+        active: &[&Frozen],
         excess: usize,
     ) -> Result<(), ApiError> {
-        let mut ranked: Vec<&Value> = active.to_vec();
-        ranked.sort_by_key(|p| deletion_rank(p));
+        let mut ranked: Vec<&Frozen> = active.to_vec();
+        ranked.sort_by_key(deletion_rank);
         for pod in ranked.into_iter().take(excess) {
             let r = ObjectRef {
                 resource: &PODS,
@@ -199,9 +205,9 @@ impl ReplicaSets {
 pub async fn claim(
     ctx: &Context,
     resource: &'static Resource,
-    owner_obj: &Value,
-    pods: &[Arc<Value>],
-) -> Result<Vec<Arc<Value>>, ApiError> {
+    owner_obj: &(impl AsJson + Sync),
+    pods: &[Arc<Frozen>],
+) -> Result<Vec<Arc<Frozen>>, ApiError> {
     let selector = owner::selector(resource, owner_obj);
     let mut mine = vec![];
     for pod in pods {
@@ -248,7 +254,7 @@ pub async fn claim(
                 Ok(p) => {
                     ctx.wrote(&p);
                     if is_controlled_by(&p, owner_obj) {
-                        mine.push(Arc::new(p));
+                        mine.push(Arc::new(Frozen::from(p)));
                     }
                 }
                 Err(ApiError::NotFound { .. }) => {}
@@ -265,7 +271,7 @@ pub async fn create_pod(
     ctx: &Context,
     events: &Recorder,
     resource: &'static Resource,
-    owner_obj: &Value,
+    owner_obj: &(impl AsJson + Sync),
     pod: Value,
 ) -> Result<Value, ApiError> {
     match ctx
@@ -301,12 +307,12 @@ pub async fn create_pod(
 
 /// A new pod of `owner`'s template (of `resource`): its labels and annotations, a generated
 /// name, and the controller reference.
-pub fn pod_from_template(resource: &'static Resource, owner_obj: &Value) -> Value {
-    let template = &owner_obj["spec"]["template"];
-    let mut meta = template["metadata"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+pub fn pod_from_template(resource: &'static Resource, owner_obj: &impl AsJson) -> Value {
+    let template = &owner_obj.json()["spec"]["template"];
+    let mut meta = match template["metadata"].thaw() {
+        Value::Object(meta) => meta,
+        _ => Default::default(),
+    };
     meta.remove("name");
     meta.remove("namespace");
     meta.insert(
@@ -321,17 +327,18 @@ pub fn pod_from_template(resource: &'static Resource, owner_obj: &Value) -> Valu
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": meta,
-        "spec": template["spec"],
+        "spec": template["spec"].thaw(),
     })
 }
 
 /// Sort key: the pods to delete first come first (Kubernetes' ActivePods order).
-fn deletion_rank(pod: &Value) -> (bool, u8, bool, std::cmp::Reverse<OffsetDateTime>) {
+fn deletion_rank(pod: &impl AsJson) -> (bool, u8, bool, std::cmp::Reverse<OffsetDateTime>) {
+    let pod = pod.json();
     let assigned = pod
         .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .is_some_and(|n| !n.is_empty());
-    let phase = match pod.pointer("/status/phase").and_then(Value::as_str) {
+    let phase = match pod.pointer("/status/phase").and_then(Json::as_str) {
         Some("Pending") | None => 0,
         Some("Unknown") => 1,
         _ => 2,
@@ -348,13 +355,13 @@ fn deletion_rank(pod: &Value) -> (bool, u8, bool, std::cmp::Reverse<OffsetDateTi
 async fn update_status(
     ctx: &Context,
     r: &ObjectRef,
-    rs: &Value,
-    active: &[&Value],
+    rs: &Frozen,
+    active: &[&Frozen],
     min_ready: i64,
 ) -> Result<Action, ApiError> {
     let now = OffsetDateTime::now_utc();
     let template_labels = &rs["spec"]["template"]["metadata"]["labels"];
-    let ready = active.iter().filter(|p| owner::is_ready(p)).count();
+    let ready = active.iter().filter(owner::is_ready).count();
     let available = active
         .iter()
         .filter(|p| owner::is_available(p, min_ready, now))
@@ -433,7 +440,7 @@ mod tests {
             &pending,
             &unscheduled,
         ];
-        pods.sort_by_key(|p| deletion_rank(p));
+        pods.sort_by_key(deletion_rank);
         let order: Vec<_> = pods.iter().map(|p| p["metadata"]["name"].clone()).collect();
         assert_eq!(
             order,

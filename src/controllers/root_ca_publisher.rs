@@ -46,7 +46,7 @@ impl Reconciler for RootCaPublisher {
         cache
             .list(&NAMESPACES)
             .iter()
-            .filter_map(|n| key_of(n))
+            .filter_map(key_of)
             .collect()
     }
 

@@ -28,6 +28,7 @@ use crate::apiserver::resources::{NODES, ObjectRef, Resource, SERVICES};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::Frozen;
 
 /// The `spec.loadBalancerClass` this controller answers for (besides none at all).
 pub const CLASS: &str = "keelson.io/service-lb";
@@ -214,8 +215,8 @@ impl Reconciler for ServiceLb {
                 }
             };
             let now = match &svc["status"]["loadBalancer"] {
-                Value::Null => json!({}),
-                v => v.clone(),
+                Frozen::Null => json!({}),
+                v => v.thaw(),
             };
             if now != want {
                 let ips: Vec<String> = want["ingress"]
@@ -243,7 +244,7 @@ impl Reconciler for ServiceLb {
 }
 
 impl ServiceLb {
-    async fn write(&self, ctx: &Context, svc: &Value, lb: Value) -> Result<(), ApiError> {
+    async fn write(&self, ctx: &Context, svc: &Frozen, lb: Value) -> Result<(), ApiError> {
         let r = ObjectRef {
             resource: &SERVICES,
             namespace: Some(owner::namespace(svc).to_owned()),
@@ -281,14 +282,14 @@ enum Outcome {
 /// Decides for every Service at once (in the order given), so no address goes to two.
 fn decide(
     pools: &Pools,
-    services: &[std::sync::Arc<Value>],
-    nodes: &[std::sync::Arc<Value>],
+    services: &[std::sync::Arc<Frozen>],
+    nodes: &[std::sync::Arc<Frozen>],
 ) -> Vec<Outcome> {
-    let ours = |s: &Value| match s["spec"]["loadBalancerClass"].as_str() {
+    let ours = |s: &Frozen| match s["spec"]["loadBalancerClass"].as_str() {
         None => true,
         Some(c) => c == CLASS,
     };
-    let is_lb = |s: &Value| s["spec"]["type"] == "LoadBalancer" && ours(s);
+    let is_lb = |s: &Frozen| s["spec"]["type"] == "LoadBalancer" && ours(s);
     if pools.is_empty() {
         let ips = node_addresses(nodes);
         return services
@@ -390,22 +391,22 @@ fn decide(
     out
 }
 
-fn has_ingress(s: &Value) -> bool {
+fn has_ingress(s: &Frozen) -> bool {
     s["status"]["loadBalancer"]["ingress"]
         .as_array()
         .is_some_and(|a| !a.is_empty())
 }
 
 /// ServiceLB's ingress without pools: the addresses of the nodes that carry traffic.
-fn node_addresses(nodes: &[std::sync::Arc<Value>]) -> Vec<IpAddr> {
-    let ready = |n: &Value| {
+fn node_addresses(nodes: &[std::sync::Arc<Frozen>]) -> Vec<IpAddr> {
+    let ready = |n: &Frozen| {
         n["status"]["conditions"]
             .as_array()
             .into_iter()
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     };
-    let label = |n: &Value, k: &str| n["metadata"]["labels"][k].as_str().map(str::to_owned);
+    let label = |n: &Frozen, k: &str| n["metadata"]["labels"][k].as_str().map(str::to_owned);
     let enabled_somewhere = nodes
         .iter()
         .any(|n| label(n, ENABLE_LABEL).as_deref() == Some("true"));
@@ -440,12 +441,12 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn svc(name: &str, created: &str, spec: Value, lb: Value) -> Arc<Value> {
-        Arc::new(json!({
+    fn svc(name: &str, created: &str, spec: Value, lb: Value) -> Arc<Frozen> {
+        Arc::new(Frozen::from(json!({
             "metadata": {"namespace": "default", "name": name, "creationTimestamp": created},
             "spec": spec,
             "status": {"loadBalancer": lb}
-        }))
+        })))
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -538,11 +539,11 @@ mod tests {
     #[test]
     fn without_pools_the_ingress_is_the_nodes_that_carry_traffic() {
         let node = |name: &str, ready: bool, labels: Value, addrs: Value| {
-            Arc::new(json!({
+            Arc::new(Frozen::from(json!({
                 "metadata": {"name": name, "labels": labels},
                 "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}],
                            "addresses": addrs}
-            }))
+            })))
         };
         let internal = |a: &str| json!([{"type": "InternalIP", "address": a}]);
         let nodes = vec![

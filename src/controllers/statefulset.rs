@@ -30,6 +30,7 @@ use crate::apiserver::resources::{PODS, Resource, STATEFULSETS};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::Frozen;
 
 const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
@@ -61,6 +62,8 @@ impl Reconciler for StatefulSets {
         let Some(set) = ctx.cache.get(&r) else {
             return Ok(Action::Done);
         };
+        // The set is read as a value (its pods are made from it); its pods stay frozen.
+        let set = set.thaw();
         let name = owner::name(&set).to_owned();
         let pods = claim(
             ctx,
@@ -82,9 +85,9 @@ impl Reconciler for StatefulSets {
         let now = OffsetDateTime::now_utc();
 
         // Pods by ordinal; a pod whose name is no ordinal of this set is not its to keep.
-        let mut by_ordinal: BTreeMap<i64, Arc<Value>> = BTreeMap::new();
+        let mut by_ordinal: BTreeMap<i64, Arc<Frozen>> = BTreeMap::new();
         let mut strays = vec![];
-        for p in pods.iter().filter(|p| owner::is_active_or_terminating(p)) {
+        for p in pods.iter().filter(owner::is_active_or_terminating) {
             match ordinal_of(&name, owner::name(p)) {
                 Some(i) if !by_ordinal.contains_key(&i) => {
                     by_ordinal.insert(i, p.clone());
@@ -96,7 +99,7 @@ impl Reconciler for StatefulSets {
         let claims = set["spec"]["volumeClaimTemplates"]
             .as_array()
             .is_some_and(|c| !c.is_empty());
-        let healthy = |p: &Value| {
+        let healthy = |p: &Frozen| {
             !owner::is_terminating(p) && p["status"]["phase"] == "Running" && owner::is_ready(p)
         };
         if claims && !terminating && by_ordinal.is_empty() {
@@ -115,7 +118,7 @@ impl Reconciler for StatefulSets {
                 owner::delete(ctx, &PODS, p).await?;
             }
             // Scale down first: the highest ordinal beyond the wanted range.
-            let beyond: Vec<(i64, Arc<Value>)> = by_ordinal
+            let beyond: Vec<(i64, Arc<Frozen>)> = by_ordinal
                 .range(end..)
                 .rev()
                 .map(|(i, p)| (*i, p.clone()))
@@ -191,7 +194,7 @@ impl Reconciler for StatefulSets {
             // once every pod is healthy.
             let rolling = set["spec"]["updateStrategy"]["type"] != "OnDelete";
             let partition = owner::int(&set, "/spec/updateStrategy/rollingUpdate/partition", 0);
-            let wanted: Vec<&Arc<Value>> = by_ordinal.range(start..end).map(|(_, p)| p).collect();
+            let wanted: Vec<&Arc<Frozen>> = by_ordinal.range(start..end).map(|(_, p)| p).collect();
             if rolling
                 && wanted.len() as i64 == replicas
                 && wanted.iter().all(|p| healthy(p))
@@ -205,11 +208,11 @@ impl Reconciler for StatefulSets {
         }
 
         // Status.
-        let active: Vec<&Arc<Value>> = by_ordinal
+        let active: Vec<&Arc<Frozen>> = by_ordinal
             .values()
             .filter(|p| !owner::is_terminating(p))
             .collect();
-        let count = |f: &dyn Fn(&Value) -> bool| active.iter().filter(|p| f(p)).count() as i64;
+        let count = |f: &dyn Fn(&Frozen) -> bool| active.iter().filter(|p| f(p)).count() as i64;
         let updated = count(&|p| owner::labels(p)[REVISION_HASH] == revision.as_str());
         let current_revision = if updated == replicas && active.len() as i64 == replicas {
             revision.clone()

@@ -22,6 +22,7 @@ use crate::apiserver::resources::{NODES, ObjectRef, PODS, Resource};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
+use crate::runtime::frozen::{Frozen, Json};
 
 pub struct TaintEviction {
     pub events: Recorder,
@@ -57,7 +58,7 @@ impl Reconciler for TaintEviction {
             .list(&NODES)
             .iter()
             .filter(|n| !no_execute_taints(n).is_empty())
-            .filter_map(|n| key_of(n))
+            .filter_map(key_of)
             .collect()
     }
 
@@ -76,7 +77,7 @@ impl Reconciler for TaintEviction {
             if pod["spec"]["nodeName"] != name || owner::is_terminating(&pod) {
                 continue;
             }
-            match eviction_due(&pod, &taints, now) {
+            match eviction_due(&*pod, &taints, now) {
                 Due::Never => {}
                 Due::In(d) => next = Some(next.map_or(d, |n| n.min(d))),
                 Due::Now(taint) => {
@@ -124,26 +125,29 @@ enum Due {
     Now(String),
 }
 
-fn no_execute_taints(node: &Value) -> Vec<Value> {
+fn no_execute_taints(node: &Frozen) -> Vec<Value> {
     node.pointer("/spec/taints")
-        .and_then(Value::as_array)
+        .and_then(Frozen::as_array)
         .into_iter()
         .flatten()
         .filter(|t| t["effect"] == "NoExecute")
-        .cloned()
+        .map(Frozen::thaw)
         .collect()
 }
 
 /// When `pod` must leave a node with `taints` (all NoExecute), seen at `now`.
-fn eviction_due(pod: &Value, taints: &[Value], now: OffsetDateTime) -> Due {
-    let tolerations: Vec<&Value> = pod
+fn eviction_due<J: Json>(pod: &J, taints: &[Value], now: OffsetDateTime) -> Due {
+    let tolerations: Vec<&J> = pod
         .pointer("/spec/tolerations")
-        .and_then(Value::as_array)
+        .and_then(J::as_array)
         .map(|a| a.iter().collect())
         .unwrap_or_default();
     let mut due = Due::Never;
     for taint in taints {
-        let matching: Vec<&&Value> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        let matching: Vec<&&J> = tolerations
+            .iter()
+            .filter(|t| tolerates(**t, taint))
+            .collect();
         if matching.is_empty() {
             return Due::Now(taint["key"].as_str().unwrap_or_default().to_owned());
         }

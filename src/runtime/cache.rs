@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
+use super::frozen::{AsJson, Frozen, Json};
 use super::trim::split;
 use crate::apiserver::resources::{ObjectRef, Resource};
 
@@ -28,13 +29,13 @@ const CHANGES: usize = 1024;
 #[derive(Debug)]
 pub struct Change {
     pub resource: &'static Resource,
-    pub old: Option<Arc<Value>>,
-    pub new: Option<Arc<Value>>,
+    pub old: Option<Arc<Frozen>>,
+    pub new: Option<Arc<Frozen>>,
 }
 
 impl Change {
     /// The object as it is now, or as it was last when it went away.
-    pub fn object(&self) -> Option<&Value> {
+    pub fn object(&self) -> Option<&Frozen> {
         self.new.as_deref().or(self.old.as_deref())
     }
 }
@@ -57,7 +58,7 @@ struct Kind {
     /// The revision of the last list: events at or below it are already in `objects`.
     listed_at: i64,
     /// By datastore path, so one namespace's objects are one range.
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Arc<Frozen>>,
     /// Whole copies of the pods waiting for the scheduler, beside their trimmed entries in
     /// `objects` (at the same revision); see [`super::trim::split`].
     whole: HashMap<String, Arc<Value>>,
@@ -100,7 +101,7 @@ impl Cache {
     }
 
     /// Every cached object of `resource`, in path order.
-    pub fn list(&self, resource: &'static Resource) -> Vec<Arc<Value>> {
+    pub fn list(&self, resource: &'static Resource) -> Vec<Arc<Frozen>> {
         self.read(|k| {
             k.get(resource.plural)
                 .map(|k| k.objects.values().cloned().collect())
@@ -109,7 +110,7 @@ impl Cache {
     }
 
     /// The cached objects of `resource` in one namespace.
-    pub fn list_in(&self, resource: &'static Resource, namespace: &str) -> Vec<Arc<Value>> {
+    pub fn list_in(&self, resource: &'static Resource, namespace: &str) -> Vec<Arc<Frozen>> {
         let prefix = resource.prefix(Some(namespace));
         self.read(|k| {
             k.get(resource.plural)
@@ -124,7 +125,7 @@ impl Cache {
         })
     }
 
-    pub fn get(&self, r: &ObjectRef) -> Option<Arc<Value>> {
+    pub fn get(&self, r: &ObjectRef) -> Option<Arc<Frozen>> {
         self.read(|k| k.get(r.resource.plural)?.objects.get(&r.path()).cloned())
     }
 
@@ -183,7 +184,7 @@ impl Cache {
     /// Replaces what is cached of `resource` by a fresh list taken at `revision`, and
     /// publishes the difference (so a controller also hears of deletions it missed).
     pub(super) fn replace(&self, resource: &'static Resource, revision: i64, items: Vec<Value>) {
-        let mut fresh: BTreeMap<String, Arc<Value>> = BTreeMap::new();
+        let mut fresh: BTreeMap<String, Arc<Frozen>> = BTreeMap::new();
         let mut whole = HashMap::new();
         for obj in items {
             let (obj, full) = split(resource, obj);
@@ -191,7 +192,7 @@ impl Cache {
                 if let Some(full) = full {
                     whole.insert(path.clone(), Arc::new(full));
                 }
-                fresh.insert(path, Arc::new(obj));
+                fresh.insert(path, Arc::new(Frozen::from(obj)));
             }
         }
         let old = self.write(|k| {
@@ -222,7 +223,7 @@ impl Cache {
         obj: Option<Value>,
     ) {
         let (obj, full) = match obj.map(|o| split(resource, o)) {
-            Some((o, full)) => (Some(Arc::new(o)), full.map(Arc::new)),
+            Some((o, full)) => (Some(Arc::new(Frozen::from(o))), full.map(Arc::new)),
             None => (None, None),
         };
         let old = self.write(|k| {
@@ -261,8 +262,8 @@ impl Cache {
     fn publish(
         &self,
         resource: &'static Resource,
-        old: Option<Arc<Value>>,
-        new: Option<Arc<Value>>,
+        old: Option<Arc<Frozen>>,
+        new: Option<Arc<Frozen>>,
     ) {
         // Nobody listening is fine: controllers start after the first sync.
         let _ = self
@@ -288,7 +289,7 @@ impl crate::apiserver::rbac::Objects for Cache {
         resource: &'static Resource,
         namespace: Option<&str>,
         name: &str,
-    ) -> Option<Arc<Value>> {
+    ) -> Option<Arc<Frozen>> {
         Cache::get(
             self,
             &ObjectRef {
@@ -299,7 +300,7 @@ impl crate::apiserver::rbac::Objects for Cache {
         )
     }
 
-    fn list(&self, resource: &'static Resource, namespace: Option<&str>) -> Vec<Arc<Value>> {
+    fn list(&self, resource: &'static Resource, namespace: Option<&str>) -> Vec<Arc<Frozen>> {
         match namespace {
             Some(ns) => self.list_in(resource, ns),
             None => Cache::list(self, resource),
@@ -313,15 +314,16 @@ impl crate::apiserver::access::View for Cache {
     }
 }
 
-fn version(obj: &Value) -> Option<&str> {
+fn version(obj: &Frozen) -> Option<&str> {
     obj.pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
+        .and_then(Frozen::as_str)
 }
 
 /// Where `obj` of `resource` is stored.
-pub fn path_of(resource: &'static Resource, obj: &Value) -> Option<String> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str)?;
-    let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+pub fn path_of(resource: &'static Resource, obj: &impl AsJson) -> Option<String> {
+    let obj = obj.json();
+    let name = obj.pointer("/metadata/name").and_then(Json::as_str)?;
+    let namespace = obj.pointer("/metadata/namespace").and_then(Json::as_str);
     Some(format!(
         "{}{name}",
         resource.prefix(namespace.filter(|_| resource.namespaced))
@@ -368,8 +370,8 @@ mod tests {
         let mut seen = vec![];
         while let Ok(ch) = changes.try_recv() {
             seen.push((
-                ch.old.as_ref().map(|o| o["metadata"]["name"].clone()),
-                ch.new.as_ref().map(|o| o["metadata"]["name"].clone()),
+                ch.old.as_ref().map(|o| o["metadata"]["name"].thaw()),
+                ch.new.as_ref().map(|o| o["metadata"]["name"].thaw()),
             ));
         }
         assert_eq!(

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod controller;
+pub mod frozen;
 pub mod queue;
 pub mod reflector;
 pub mod trim;

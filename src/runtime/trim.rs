@@ -134,6 +134,7 @@ mod tests {
     use super::*;
     use crate::apiserver::resources::NODES;
     use crate::memory::counting::live_bytes;
+    use crate::runtime::frozen::Frozen;
     use serde_json::json;
 
     /// A pod as a ReplicaSet's pod is stored once its node runs it: the API's defaults, the
@@ -278,14 +279,21 @@ mod tests {
             trim(&PODS, &mut pod);
             pod
         });
+        // What the cache holds: the trimmed pod, frozen.
+        let (cached, cached_bytes) = live_bytes(|| Frozen::from(trimmed.clone()));
         eprintln!(
-            "a running pod: {} B of JSON, {whole_bytes} B decoded, {trimmed_bytes} B trimmed",
+            "a running pod: {} B of JSON, {whole_bytes} B decoded, {trimmed_bytes} B trimmed, \
+             {cached_bytes} B trimmed and frozen",
             text.len()
         );
         assert!(
             trimmed_bytes * 10 <= whole_bytes * 7,
             "trimming saves less than 30%: {trimmed_bytes} of {whole_bytes} B"
         );
-        drop((whole, trimmed));
+        assert!(
+            cached_bytes * 4 <= whole_bytes,
+            "a cached pod costs more than a quarter of its decoded size: {cached_bytes} of {whole_bytes} B"
+        );
+        drop((whole, trimmed, cached));
     }
 }

@@ -3,6 +3,7 @@
 //! immutable fields, and the CONTAINERS/IMAGES/SELECTOR columns. Each kind's own rules stay in
 //! its file.
 
+use crate::runtime::frozen::Json;
 use serde_json::{Map, Value, json};
 
 use super::{Column, or_none, plain, pod};
@@ -190,29 +191,29 @@ pub fn is_empty_selector(selector: &Value) -> bool {
 }
 
 /// Whether `selector` (a `LabelSelector`) selects an object with `labels`.
-pub fn selects(selector: &Value, labels: &Value) -> bool {
-    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+pub fn selects<S: Json, L: Json>(selector: &S, labels: &L) -> bool {
+    let label = |k: &str| labels.get(k).and_then(L::as_str);
     let by_labels = selector
         .get("matchLabels")
-        .and_then(Value::as_object)
+        .and_then(S::entries)
         .into_iter()
         .flatten()
         .all(|(k, v)| label(k).is_some() && label(k) == v.as_str());
     let by_expressions = selector
         .get("matchExpressions")
-        .and_then(Value::as_array)
+        .and_then(S::as_array)
         .into_iter()
         .flatten()
         .all(|e| {
-            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+            let key = e.get("key").and_then(S::as_str).unwrap_or_default();
             let values: Vec<&str> = e
                 .get("values")
-                .and_then(Value::as_array)
+                .and_then(S::as_array)
                 .into_iter()
                 .flatten()
-                .filter_map(Value::as_str)
+                .filter_map(S::as_str)
                 .collect();
-            match e.get("operator").and_then(Value::as_str) {
+            match e.get("operator").and_then(S::as_str) {
                 Some("In") => label(key).is_some_and(|v| values.contains(&v)),
                 Some("NotIn") => label(key).is_none_or(|v| !values.contains(&v)),
                 Some("Exists") => label(key).is_some(),

@@ -1,10 +1,11 @@
+use serde_json::json;
 use std::collections::BTreeMap;
 
 use super::*;
 
 /// Policy objects in a map, by (plural, namespace, name).
 #[derive(Default)]
-struct Fake(BTreeMap<(&'static str, String, String), Arc<Value>>);
+struct Fake(BTreeMap<(&'static str, String, String), Arc<Frozen>>);
 
 impl Fake {
     fn add(mut self, resource: &'static Resource, obj: Value) -> Fake {
@@ -14,13 +15,19 @@ impl Fake {
             .unwrap_or_default()
             .to_owned();
         let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
-        self.0.insert((resource.plural, ns, name), Arc::new(obj));
+        self.0
+            .insert((resource.plural, ns, name), Arc::new(Frozen::from(obj)));
         self
     }
 }
 
 impl Objects for Fake {
-    fn get(&self, resource: &'static Resource, ns: Option<&str>, name: &str) -> Option<Arc<Value>> {
+    fn get(
+        &self,
+        resource: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Arc<Frozen>> {
         self.0
             .get(&(
                 resource.plural,
@@ -29,7 +36,7 @@ impl Objects for Fake {
             ))
             .cloned()
     }
-    fn list(&self, resource: &'static Resource, ns: Option<&str>) -> Vec<Arc<Value>> {
+    fn list(&self, resource: &'static Resource, ns: Option<&str>) -> Vec<Arc<Frozen>> {
         self.0
             .iter()
             .filter(|((p, n, _), _)| *p == resource.plural && ns.is_none_or(|ns| ns == n))
@@ -434,14 +441,14 @@ fn rules_review_lists_what_applies_in_a_namespace() {
 
 #[test]
 fn aggregation_collects_the_selected_roles_rules_once() {
-    let all: Vec<Arc<Value>> = [
+    let all: Vec<Arc<Frozen>> = [
         json!({"metadata": {"name": "admin"}, "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"agg/admin": "true"}}]}, "rules": []}),
         json!({"metadata": {"name": "edit", "labels": {"agg/admin": "true"}}, "rules": [{"verbs": ["create"], "apiGroups": [""], "resources": ["pods"]}]}),
         json!({"metadata": {"name": "extra", "labels": {"agg/admin": "true"}}, "rules": [{"verbs": ["create"], "apiGroups": [""], "resources": ["pods"]}, {"verbs": ["get"], "apiGroups": ["x"], "resources": ["y"]}]}),
         json!({"metadata": {"name": "unrelated"}, "rules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}]}),
     ]
     .into_iter()
-    .map(Arc::new)
+    .map(|r| Arc::new(Frozen::from(r)))
     .collect();
     assert_eq!(
         aggregated_rules(&all[0], &all),

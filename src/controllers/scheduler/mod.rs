@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
+use crate::runtime::frozen::{AsJson, Json};
 
 pub use run::Scheduler;
 use view::{
@@ -59,7 +59,8 @@ const MEMO_CAPACITY: usize = 64;
 /// Whether `pod` is this scheduler's to place: unbound, for `default-scheduler`, not
 /// finished, not being deleted, and with no scheduling gates left (kube-scheduler does not
 /// try a gated pod; it reports it as `SchedulingGated` until the gates are removed).
-pub fn wants(pod: &Value) -> bool {
+pub fn wants(pod: &impl AsJson) -> bool {
+    let pod = pod.json();
     let spec = &pod["spec"];
     spec["nodeName"].as_str().is_none_or(str::is_empty)
         && spec["schedulerName"]
@@ -67,12 +68,14 @@ pub fn wants(pod: &Value) -> bool {
             .is_none_or(|s| s.is_empty() || s == SCHEDULER_NAME)
         && !is_terminal(pod)
         && pod["metadata"]["deletionTimestamp"].is_null()
-        && spec["schedulingGates"].as_array().is_none_or(Vec::is_empty)
+        && spec["schedulingGates"]
+            .as_array()
+            .is_none_or(<[_]>::is_empty)
 }
 
 /// Whether one toleration tolerates one taint (both in their JSON form), as kube's
 /// `ToleratesTaint`; malformed ones tolerate and are nothing.
-pub fn tolerates(toleration: &Value, taint: &Value) -> bool {
+pub fn tolerates<T: Json, U: Json>(toleration: &T, taint: &U) -> bool {
     match (
         view::Toleration::parse(toleration),
         view::Taint::parse(taint),
@@ -186,9 +189,9 @@ impl Snapshot {
     /// (`spec.nodeName` names a node of the snapshot) and not finished (phase Succeeded or
     /// Failed); pods being deleted still hold their resources until they are gone. Nodes
     /// without a name are skipped; a second node of the same name replaces the first.
-    pub fn new<'a>(
-        nodes: impl IntoIterator<Item = &'a Value>,
-        pods: impl IntoIterator<Item = &'a Value>,
+    pub fn new<'a, N: AsJson + 'a, P: AsJson + 'a>(
+        nodes: impl IntoIterator<Item = &'a N>,
+        pods: impl IntoIterator<Item = &'a P>,
     ) -> Snapshot {
         let mut snapshot = Snapshot {
             nodes: Vec::new(),
@@ -197,7 +200,7 @@ impl Snapshot {
             memo: Mutex::new(Vec::new()),
             topologies: Mutex::new(HashMap::new()),
         };
-        for view in nodes.into_iter().filter_map(NodeView::parse) {
+        for view in nodes.into_iter().filter_map(|n| NodeView::parse(n.json())) {
             let info = NodeInfo {
                 view,
                 requested: Resources::default(),
@@ -217,6 +220,7 @@ impl Snapshot {
             }
         }
         for pod in pods {
+            let pod = pod.json();
             let Some(node) = pod["spec"]["nodeName"].as_str() else {
                 continue;
             };
@@ -228,8 +232,9 @@ impl Snapshot {
     }
 
     /// Picks the node for `pod`: the best-scoring node that every filter accepts.
-    pub fn schedule(&self, pod: &Value) -> Result<String, Unschedulable> {
-        let pod = PodView::parse(pod, Strictness::Strict).map_err(Unschedulable::InvalidPod)?;
+    pub fn schedule(&self, pod: &impl AsJson) -> Result<String, Unschedulable> {
+        let pod =
+            PodView::parse(pod.json(), Strictness::Strict).map_err(Unschedulable::InvalidPod)?;
         if self.nodes.is_empty() {
             return Err(Unschedulable::NoNodes);
         }
@@ -264,12 +269,12 @@ impl Snapshot {
 
     /// Records `pod` as bound to `node`, so later decisions from this snapshot count it.
     /// A node the snapshot does not have is ignored (the pod is not counted anywhere).
-    pub fn assume(&mut self, pod: &Value, node: &str) {
+    pub fn assume(&mut self, pod: &impl AsJson, node: &str) {
         let Some(&i) = self.index.get(node) else {
             return;
         };
         // Lossy: a bound pod occupies its node whatever its requests say.
-        let Ok(view) = PodView::parse(pod, Strictness::Lossy) else {
+        let Ok(view) = PodView::parse(pod.json(), Strictness::Lossy) else {
             return;
         };
         let info = &mut self.nodes[i];
@@ -428,7 +433,7 @@ impl fmt::Display for Reason {
     }
 }
 
-fn is_terminal(pod: &Value) -> bool {
+fn is_terminal<J: Json>(pod: &J) -> bool {
     matches!(
         pod["status"]["phase"].as_str(),
         Some("Succeeded" | "Failed")

@@ -26,12 +26,13 @@ use crate::controllers::events::{Recorder, Type};
 use crate::controllers::owner;
 use crate::runtime::cache::Change;
 use crate::runtime::controller::Context;
+use crate::runtime::frozen::Frozen;
 
 /// Bindings in flight at once.
 const PARALLEL_BINDS: usize = 32;
 
 /// A binding that did not happen: the pod and why.
-type FailedBind = (ObjectRef, Arc<Value>, ApiError);
+type FailedBind = (ObjectRef, Arc<Frozen>, ApiError);
 
 pub struct Scheduler {
     pub events: Recorder,
@@ -47,7 +48,7 @@ struct Queue {
 }
 
 impl Queue {
-    fn offer(&mut self, pod: &Value) {
+    fn offer(&mut self, pod: &Frozen) {
         let Some(path) = crate::runtime::cache::path_of(&PODS, pod) else {
             return;
         };
@@ -59,7 +60,7 @@ impl Queue {
         self.active.insert((created, path), ());
     }
 
-    fn forget(&mut self, pod: &Value) {
+    fn forget(&mut self, pod: &Frozen) {
         if let Some(path) = crate::runtime::cache::path_of(&PODS, pod) {
             let created = pod["metadata"]["creationTimestamp"]
                 .as_str()
@@ -242,10 +243,10 @@ impl Scheduler {
 
     /// Tells the pod's owner why it waits: the PodScheduled condition and an event, each
     /// written only when the message changed.
-    async fn refuse(&self, ctx: &Context, r: &ObjectRef, pod: &Value, message: &str) {
+    async fn refuse(&self, ctx: &Context, r: &ObjectRef, pod: &Frozen, message: &str) {
         let current = pod
             .pointer("/status/conditions")
-            .and_then(Value::as_array)
+            .and_then(Frozen::as_array)
             .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled"));
         if current.is_some_and(|c| c["status"] == "False" && c["message"] == message) {
             return;

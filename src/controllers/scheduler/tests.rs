@@ -53,6 +53,9 @@ fn with(mut v: Value, pointer: &str, value: Value) -> Value {
     v
 }
 
+const NO_PODS: [&Value; 0] = [];
+const NO_NODES: [&Value; 0] = [];
+
 enum Want {
     Node(&'static str),
     Message(&'static str),
@@ -894,7 +897,7 @@ fn reasons_are_counted_and_sorted_as_kubernetes_sorts_them() {
         )
     };
     let nodes = vec![tainted("a"), node("b"), node("c")];
-    let snap = Snapshot::new(&nodes, []);
+    let snap = Snapshot::new(&nodes, NO_PODS);
     let err = snap.schedule(&pod("p", None, Some("9Gi"))).unwrap_err();
     assert_eq!(
         err.message(),
@@ -903,7 +906,7 @@ fn reasons_are_counted_and_sorted_as_kubernetes_sorts_them() {
     // As strings: "10 ..." sorts before "2 ...".
     let mut nodes: Vec<Value> = (0..10).map(|i| tainted(&format!("t{i}"))).collect();
     nodes.extend((0..2).map(|i| node(&format!("n{i}"))));
-    let snap = Snapshot::new(&nodes, []);
+    let snap = Snapshot::new(&nodes, NO_PODS);
     assert_eq!(
         snap.schedule(&pod("p", None, Some("9Gi")))
             .unwrap_err()
@@ -914,7 +917,7 @@ fn reasons_are_counted_and_sorted_as_kubernetes_sorts_them() {
 
 #[test]
 fn zero_nodes_says_so_as_kube_scheduler_does() {
-    let snap = Snapshot::new([], []);
+    let snap = Snapshot::new(NO_NODES, NO_PODS);
     let err = snap.schedule(&pod("p", None, None)).unwrap_err();
     assert_eq!(err, Unschedulable::NoNodes);
     assert_eq!(err.message(), "no nodes available to schedule pods");
@@ -923,7 +926,7 @@ fn zero_nodes_says_so_as_kube_scheduler_does() {
 #[test]
 fn conflicting_node_name_terms_refuse_before_filtering() {
     let nodes = vec![node("a"), node("b")];
-    let snap = Snapshot::new(&nodes, []);
+    let snap = Snapshot::new(&nodes, NO_PODS);
     let p = with(
         pod("p", None, None),
         "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution",
@@ -944,7 +947,7 @@ fn assume_sends_the_next_pod_elsewhere_when_resources_run_out() {
         node("a"),
         with(node("b"), "/status/allocatable/cpu", json!("2")),
     ];
-    let mut snap = Snapshot::new(&nodes, []);
+    let mut snap = Snapshot::new(&nodes, NO_PODS);
     let first = pod("p1", Some("3"), None);
     assert_eq!(snap.schedule(&first).as_deref(), Ok("a"));
     snap.assume(&first, "a");
@@ -963,7 +966,7 @@ fn assume_sends_the_next_pod_elsewhere_when_resources_run_out() {
 #[test]
 fn assume_keeps_selector_counts_current() {
     let nodes = vec![node("a"), node("b")];
-    let mut snap = Snapshot::new(&nodes, []);
+    let mut snap = Snapshot::new(&nodes, NO_PODS);
     let replica = |i: usize| {
         with(
             with(
@@ -993,7 +996,7 @@ fn assume_keeps_selector_counts_current() {
 #[test]
 fn four_replicas_over_two_equal_nodes_go_two_and_two() {
     let nodes = vec![node("a"), node("b")];
-    let mut snap = Snapshot::new(&nodes, []);
+    let mut snap = Snapshot::new(&nodes, NO_PODS);
     let mut per_node = std::collections::BTreeMap::new();
     for i in 0..4 {
         let p = with(
@@ -1014,7 +1017,7 @@ fn four_replicas_over_two_equal_nodes_go_two_and_two() {
 #[test]
 fn equal_nodes_are_shared_not_taken_alphabetically() {
     let nodes: Vec<Value> = (0..4).map(|i| node(&format!("n{i}"))).collect();
-    let snap = Snapshot::new(&nodes, []);
+    let snap = Snapshot::new(&nodes, NO_PODS);
     let chosen: std::collections::BTreeSet<String> = (0..40)
         .map(|i| {
             snap.schedule(&pod(&format!("p{i}"), None, None))
@@ -1158,7 +1161,7 @@ fn bench_decisions() {
             p
         })
         .collect();
-    let mut snap = Snapshot::new(&nodes, []);
+    let mut snap = Snapshot::new(&nodes, NO_PODS);
     let start = std::time::Instant::now();
     let mut placed = 0;
     for p in &pods {

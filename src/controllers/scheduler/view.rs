@@ -9,9 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
 use crate::api::quantity;
+use crate::runtime::frozen::Json;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -175,11 +174,11 @@ pub struct NodeView {
 
 impl PodView {
     /// Reads `pod`; with [`Strictness::Strict`] a bad quantity is an error naming its field.
-    pub fn parse(pod: &Value, strictness: Strictness) -> Result<PodView, String> {
+    pub fn parse<J: Json>(pod: &J, strictness: Strictness) -> Result<PodView, String> {
         let meta = &pod["metadata"];
         let spec = &pod["spec"];
         let namespace = str_at(meta, "namespace").unwrap_or("default").to_string();
-        let owners = meta["ownerReferences"].as_array().map(Vec::as_slice);
+        let owners = meta["ownerReferences"].as_array();
         let owner = owners.and_then(|refs| {
             refs.iter()
                 .find(|r| r["controller"] == true)
@@ -191,9 +190,9 @@ impl PodView {
         let affinity = &spec["affinity"];
         let node_affinity = &affinity["nodeAffinity"];
         let required_terms = node_affinity["requiredDuringSchedulingIgnoredDuringExecution"]
-            .as_object()
-            .map(|req| {
-                array(&req["nodeSelectorTerms"])
+            .is_object()
+            .then(|| {
+                array(&node_affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"])
                     .iter()
                     .map(NodeSelectorTerm::parse)
                     .collect()
@@ -282,7 +281,10 @@ const FIELD_NAME: &str = "metadata.name";
 /// The pod's requests: the larger of the containers' sum (with sidecars) and any one init
 /// container's (with the sidecars started before it), plus `spec.overhead`; as the
 /// scheduler's `computePodResourceRequest`.
-fn pod_requests(spec: &Value, strictness: Strictness) -> Result<(Resources, (i64, i64)), String> {
+fn pod_requests<J: Json>(
+    spec: &J,
+    strictness: Strictness,
+) -> Result<(Resources, (i64, i64)), String> {
     let mut sum = Requests::default();
     for (i, c) in array(&spec["containers"]).iter().enumerate() {
         sum.add(&container_requests(
@@ -348,7 +350,11 @@ impl Requests {
     }
 }
 
-fn container_requests(c: &Value, at: &str, strictness: Strictness) -> Result<Requests, String> {
+fn container_requests<J: Json>(
+    c: &J,
+    at: &str,
+    strictness: Strictness,
+) -> Result<Requests, String> {
     let list = &c["resources"]["requests"];
     let actual = resource_list(list, &format!("{at}.resources.requests"), strictness)?;
     let has = |name: &str| !list[name].is_null();
@@ -370,7 +376,7 @@ fn container_requests(c: &Value, at: &str, strictness: Strictness) -> Result<Req
 }
 
 /// cpu, memory, ephemeral-storage and pods of a ResourceList (other names are ignored).
-fn resource_list(list: &Value, at: &str, strictness: Strictness) -> Result<Resources, String> {
+fn resource_list<J: Json>(list: &J, at: &str, strictness: Strictness) -> Result<Resources, String> {
     let read = |name: &str, milli: bool| -> Result<i64, String> {
         let v = &list[name];
         if v.is_null() {
@@ -382,7 +388,7 @@ fn resource_list(list: &Value, at: &str, strictness: Strictness) -> Result<Resou
             .and_then(|n| {
                 // The API refuses negative requests; one here must not free up a node.
                 if n < 0 {
-                    Err(format!("quantity {v} must not be negative"))
+                    Err(format!("quantity {} must not be negative", v.thaw()))
                 } else {
                     Ok(n)
                 }
@@ -403,15 +409,15 @@ fn resource_list(list: &Value, at: &str, strictness: Strictness) -> Result<Resou
 
 /// A quantity as the API serves it (a string), or as a client may have written it (a bare
 /// JSON number).
-fn parse_quantity(v: &Value) -> quantity::Result<quantity::Quantity> {
-    match v {
-        Value::String(s) => quantity::parse(s),
-        Value::Number(n) => quantity::parse(&n.to_string()),
-        other => quantity::parse(&other.to_string()),
+fn parse_quantity<J: Json>(v: &J) -> quantity::Result<quantity::Quantity> {
+    match (v.as_str(), v.as_number()) {
+        (Some(s), _) => quantity::parse(s),
+        (_, Some(n)) => quantity::parse(&n.to_string()),
+        _ => quantity::parse(&v.thaw().to_string()),
     }
 }
 
-fn host_ports(spec: &Value) -> Vec<HostPort> {
+fn host_ports<J: Json>(spec: &J) -> Vec<HostPort> {
     array(&spec["containers"])
         .iter()
         .flat_map(|c| array(&c["ports"]))
@@ -445,7 +451,7 @@ impl HostPort {
 // === impl Toleration ===
 
 impl Toleration {
-    pub fn parse(t: &Value) -> Option<Toleration> {
+    pub fn parse<J: Json>(t: &J) -> Option<Toleration> {
         let key = str_at(t, "key").unwrap_or_default().to_string();
         let op = match str_at(t, "operator").unwrap_or("Equal") {
             "Exists" => TolerationOp::Exists,
@@ -477,7 +483,7 @@ impl Toleration {
 }
 
 impl Taint {
-    pub fn parse(t: &Value) -> Option<Taint> {
+    pub fn parse<J: Json>(t: &J) -> Option<Taint> {
         Some(Taint {
             key: str_at(t, "key")?.to_string(),
             value: str_at(t, "value").unwrap_or_default().to_string(),
@@ -499,7 +505,7 @@ fn parse_effect(e: &str) -> Option<Effect> {
 
 impl LabelSelector {
     /// `None` for a missing or null selector, which matches nothing.
-    pub fn parse(v: &Value) -> Option<LabelSelector> {
+    pub fn parse<J: Json>(v: &J) -> Option<LabelSelector> {
         if !v.is_object() {
             return None;
         }
@@ -548,8 +554,8 @@ impl SetOp {
 // === impl NodeSelectorTerm ===
 
 impl NodeSelectorTerm {
-    fn parse(v: &Value) -> NodeSelectorTerm {
-        let reqs = |list: &Value| -> Vec<(String, NodeOp)> {
+    fn parse<J: Json>(v: &J) -> NodeSelectorTerm {
+        let reqs = |list: &J| -> Vec<(String, NodeOp)> {
             array(list)
                 .iter()
                 .map(|e| {
@@ -609,10 +615,13 @@ impl NodeOp {
 // === impl PodTerm ===
 
 impl PodTerm {
-    fn parse(t: &Value, own_namespace: &str) -> PodTerm {
+    fn parse<J: Json>(t: &J, own_namespace: &str) -> PodTerm {
         let listed = strings(&t["namespaces"]);
         let ns_selector = &t["namespaceSelector"];
-        let namespaces = if ns_selector.as_object().is_some_and(|m| m.is_empty()) {
+        let namespaces = if ns_selector
+            .entries()
+            .is_some_and(|mut m| m.next().is_none())
+        {
             // An empty namespaceSelector selects every namespace.
             Namespaces::All
         } else if listed.is_empty() {
@@ -647,7 +656,7 @@ impl Namespaces {
 // === impl SpreadConstraint ===
 
 impl SpreadConstraint {
-    fn parse(c: &Value) -> Option<SpreadConstraint> {
+    fn parse<J: Json>(c: &J) -> Option<SpreadConstraint> {
         Some(SpreadConstraint {
             // The API requires maxSkew ≥ 1; a constraint without it is ignored.
             max_skew: c["maxSkew"].as_i64().filter(|&s| s >= 1)?,
@@ -662,7 +671,7 @@ impl SpreadConstraint {
 // === impl NodeView ===
 
 impl NodeView {
-    pub fn parse(node: &Value) -> Option<NodeView> {
+    pub fn parse<J: Json>(node: &J) -> Option<NodeView> {
         let name = str_at(&node["metadata"], "name")?.to_string();
         let labels = string_map(&node["metadata"]["labels"]);
         let mut taints: Vec<Taint> = array(&node["spec"]["taints"])
@@ -725,7 +734,7 @@ impl NodeView {
 /// unreachable taints, so the scheduler reads the rest off the conditions itself. A node
 /// that has not reported Ready yet counts as not ready, as the kubelet registers nodes
 /// with the not-ready taint.
-fn condition_taints(conditions: &[Value]) -> Vec<Taint> {
+fn condition_taints<J: Json>(conditions: &[J]) -> Vec<Taint> {
     let status = |kind: &str| {
         conditions
             .iter()
@@ -759,26 +768,25 @@ fn condition_taints(conditions: &[Value]) -> Vec<Taint> {
     out
 }
 
-fn array(v: &Value) -> &[Value] {
-    v.as_array().map_or(&[], Vec::as_slice)
+fn array<J: Json>(v: &J) -> &[J] {
+    v.as_array().unwrap_or(&[])
 }
 
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
+fn str_at<'a, J: Json>(v: &'a J, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(J::as_str)
 }
 
-fn strings(v: &Value) -> Vec<String> {
+fn strings<J: Json>(v: &J) -> Vec<String> {
     array(v)
         .iter()
         .filter_map(|s| s.as_str().map(str::to_string))
         .collect()
 }
 
-fn string_map(v: &Value) -> Labels {
-    v.as_object()
+fn string_map<J: Json>(v: &J) -> Labels {
+    v.entries()
         .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            m.filter_map(|(k, v)| Some((k.to_string(), v.as_str()?.to_string())))
                 .collect()
         })
         .unwrap_or_default()
