@@ -149,11 +149,7 @@ impl Reconciler for CronJobs {
     }
 
     fn all(&self, cache: &Cache) -> Vec<String> {
-        cache
-            .list(&CRONJOBS)
-            .iter()
-            .filter_map(key_of)
-            .collect()
+        cache.list(&CRONJOBS).iter().filter_map(key_of).collect()
     }
 
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {

@@ -79,11 +79,7 @@ impl Reconciler for Endpoints {
     }
 
     fn all(&self, cache: &Cache) -> Vec<String> {
-        cache
-            .list(&SERVICES)
-            .iter()
-            .filter_map(key_of)
-            .collect()
+        cache.list(&SERVICES).iter().filter_map(key_of).collect()
     }
 
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {

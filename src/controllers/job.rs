@@ -80,11 +80,7 @@ impl Reconciler for Jobs {
         )
         .await?;
         let phase = |p: &Frozen| p["status"]["phase"].as_str().unwrap_or("").to_owned();
-        let active: Vec<&Frozen> = pods
-            .iter()
-            .map(|p| &**p)
-            .filter(owner::is_active)
-            .collect();
+        let active: Vec<&Frozen> = pods.iter().map(|p| &**p).filter(owner::is_active).collect();
         let failed_pods = pods.iter().filter(|p| phase(p) == "Failed").count() as i64;
         let indexed = job["spec"]["completionMode"] == "Indexed";
         let completions = job["spec"]["completions"].as_i64();

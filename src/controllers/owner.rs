@@ -250,11 +250,7 @@ pub fn owner_keys(
 
 /// Every cached object of `resource`, as keys.
 pub fn all_keys(cache: &Cache, resource: &'static Resource) -> Vec<String> {
-    cache
-        .list(resource)
-        .iter()
-        .filter_map(key_of)
-        .collect()
+    cache.list(resource).iter().filter_map(key_of).collect()
 }
 
 /// The reference of a cached object of `resource`.

@@ -87,11 +87,7 @@ impl Reconciler for ReplicaSets {
             &ctx.cache.list_in(&PODS, owner::namespace(&rs)),
         )
         .await?;
-        let active: Vec<&Frozen> = pods
-            .iter()
-            .map(|p| &**p)
-            .filter(owner::is_active)
-            .collect();
+        let active: Vec<&Frozen> = pods.iter().map(|p| &**p).filter(owner::is_active).collect();
         let want = owner::int(&rs, "/spec/replicas", 1).max(0) as usize;
         if !owner::is_terminating(&rs) {
             if active.len() < want {

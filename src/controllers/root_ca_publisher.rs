@@ -43,11 +43,7 @@ impl Reconciler for RootCaPublisher {
     }
 
     fn all(&self, cache: &Cache) -> Vec<String> {
-        cache
-            .list(&NAMESPACES)
-            .iter()
-            .filter_map(key_of)
-            .collect()
+        cache.list(&NAMESPACES).iter().filter_map(key_of).collect()
     }
 
     async fn reconcile(&self, key: &str, ctx: &Context) -> Result<Action, ApiError> {
