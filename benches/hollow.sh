@@ -221,6 +221,7 @@ log "idle ${settle} s, then a ${window} s window"
 sleep "$settle"
 rss=$(kib "$srv" VmRSS); hwm=$(kib "$srv" VmHWM)
 l_rss=$(kib "$lg" VmRSS); l_hwm=$(kib "$lg" VmHWM)
+heap_used=$(metric 'keelson_heap_bytes{state="in_use"}'); heap_free=$(metric 'keelson_heap_bytes{state="free"}')
 st0=$(metric keelson_datastore_statements_total); c0=$(ticks "$srv"); w0=$(ms)
 sleep "$window"
 st1=$(metric keelson_datastore_statements_total); c1=$(ticks "$srv"); w1=$(ms)
@@ -273,6 +274,9 @@ echo "| apply → every pod bound | $(either "$t_bound") |"
 echo "| apply → every pod Running and Ready | $(either "$t_ready") |"
 echo "| Deployment after settling | $deploy |"
 echo "| server RSS: peak (whole run) / idle after ${settle} s | $(mib "$hwm") / $(mib "$rss") |"
+if [ -n "$heap_used" ]; then
+  echo "| server heap at idle: in live allocations / freed but kept (malloc's own count) | $(mib $((heap_used / 1024))) / $(mib $((heap_free / 1024))) |"
+fi
 echo "| server CPU at idle (${window} s) | $(pct $((c1 - c0)) "$el") |"
 echo "| datastore statements/s at idle | $rate |"
 echo "| loadgen RSS (informative) | $(mib "$l_rss") (peak $(mib "$l_hwm")) |"

@@ -162,6 +162,32 @@ pub fn trim() {
     }
 }
 
+/// What malloc holds: bytes in live allocations, and bytes freed but kept (glibc only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heap {
+    pub in_use: u64,
+    pub free: u64,
+}
+
+/// malloc's own account of the heap; `None` where malloc is not glibc's. The difference
+/// between RSS and `in_use` is what fragmentation costs.
+pub fn heap() -> Option<Heap> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value; it reads
+        // malloc's statistics under each arena's lock (MT-Safe since glibc 2.33).
+        let info = unsafe { libc::mallinfo2() };
+        Some(Heap {
+            in_use: (info.uordblks + info.hblkhd) as u64,
+            free: info.fordblks as u64,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
 /// The process's resident set size, from `/proc/self/statm` (in pages).
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -225,6 +251,16 @@ fn mapping_header(line: &str) -> Option<(Mapping, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn mallocs_account_counts_a_live_allocation() {
+        let before = heap().expect("glibc reports its heap").in_use;
+        let block = vec![1u8; 8 << 20];
+        let during = heap().expect("glibc reports its heap").in_use;
+        assert!(during >= before + (8 << 20), "{before} -> {during}");
+        drop(block);
+    }
 
     #[test]
     fn only_read_only_private_file_mappings_without_anonymous_pages_are_released() {

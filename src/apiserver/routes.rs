@@ -298,6 +298,15 @@ fn metrics(api: &Api) -> String {
         api.joiner.refusals().1,
         super::REFUSED.load(std::sync::atomic::Ordering::Relaxed),
     );
+    if let Some(heap) = crate::memory::heap() {
+        out.push_str(&format!(
+            "# HELP keelson_heap_bytes Bytes malloc holds: in live allocations, and freed but kept for reuse (what RSS holds beyond in_use is fragmentation).\n\
+             # TYPE keelson_heap_bytes gauge\n\
+             keelson_heap_bytes{{state=\"in_use\"}} {}\n\
+             keelson_heap_bytes{{state=\"free\"}} {}\n",
+            heap.in_use, heap.free
+        ));
+    }
     api.tunnels.render_metrics(&mut out);
     if let Ok(slot) = api.lb_stats.lock()
         && let Some(stats) = slot.as_ref()

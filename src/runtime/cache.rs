@@ -61,7 +61,7 @@ struct Kind {
     objects: BTreeMap<String, Arc<Frozen>>,
     /// Whole copies of the pods waiting for the scheduler, beside their trimmed entries in
     /// `objects` (at the same revision); see [`super::trim::split`].
-    whole: HashMap<String, Arc<Value>>,
+    whole: HashMap<String, Arc<Frozen>>,
 }
 
 // === impl Cache ===
@@ -133,7 +133,7 @@ impl Cache {
     /// shows); `None` for everything else.
     ///
     /// [`get`]: Cache::get
-    pub fn whole(&self, r: &ObjectRef) -> Option<Arc<Value>> {
+    pub fn whole(&self, r: &ObjectRef) -> Option<Arc<Frozen>> {
         self.read(|k| k.get(r.resource.plural)?.whole.get(&r.path()).cloned())
     }
 
@@ -389,7 +389,7 @@ mod tests {
             "spec": {"containers": [{"name": "c", "env": [{"name": "X", "value": "1"}]}]}});
         cache.replace(&PODS, 10, vec![pending.clone()]);
         let r = ObjectRef::from_path("/registry/pods/default/a").unwrap();
-        assert_eq!(cache.whole(&r).as_deref(), Some(&pending));
+        assert_eq!(*cache.whole(&r).unwrap(), pending);
         assert!(
             cache.get(&r).unwrap()["spec"]["containers"][0]
                 .get("env")

@@ -161,6 +161,26 @@ impl From<Value> for Frozen {
     }
 }
 
+impl From<&Value> for Frozen {
+    /// A frozen copy, made without a decoded copy in between.
+    fn from(v: &Value) -> Frozen {
+        match v {
+            Value::Null => Frozen::Null,
+            Value::Bool(b) => Frozen::Bool(*b),
+            Value::Number(n) => Frozen::Number(n.clone()),
+            Value::String(s) => Frozen::String(CompactString::from(s.as_str())),
+            Value::Array(a) => Frozen::Array(a.iter().map(Frozen::from).collect()),
+            // serde_json's map iterates in key order (see `Object::from`), which `sorted`
+            // checks rather than trusts.
+            Value::Object(m) => Frozen::Object(Object::sorted(
+                m.iter()
+                    .map(|(k, v)| (CompactString::from(k.as_str()), Frozen::from(v)))
+                    .collect(),
+            )),
+        }
+    }
+}
+
 impl From<&Frozen> for Value {
     fn from(f: &Frozen) -> Value {
         f.thaw()
@@ -304,18 +324,24 @@ impl Object {
     }
 }
 
-impl From<Map<String, Value>> for Object {
-    fn from(m: Map<String, Value>) -> Object {
-        let mut entries: Vec<(CompactString, Frozen)> = m
-            .into_iter()
-            .map(|(k, v)| (CompactString::from(k), Frozen::from(v)))
-            .collect();
+impl Object {
+    fn sorted(mut entries: Vec<(CompactString, Frozen)>) -> Object {
         // serde_json's map iterates in key order unless its `preserve_order` feature is on
         // (another crate in the build could turn it on); sorting keeps lookups correct.
         if !entries.is_sorted_by(|a, b| a.0 < b.0) {
             entries.sort_by(|a, b| a.0.cmp(&b.0));
         }
         Object(entries.into_boxed_slice())
+    }
+}
+
+impl From<Map<String, Value>> for Object {
+    fn from(m: Map<String, Value>) -> Object {
+        Object::sorted(
+            m.into_iter()
+                .map(|(k, v)| (CompactString::from(k), Frozen::from(v)))
+                .collect(),
+        )
     }
 }
 

@@ -197,7 +197,7 @@ impl Scheduler {
                     w["metadata"]["resourceVersion"] == pod["metadata"]["resourceVersion"]
                 });
                 let bound = match whole {
-                    Some(whole) => registry.bind_from(&r, &whole, &node).await,
+                    Some(whole) => registry.bind_from(&r, &whole.thaw(), &node).await,
                     None => registry.bind_seen(&r, &pod, &node).await,
                 };
                 match bound {
