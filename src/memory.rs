@@ -346,12 +346,16 @@ pub mod counting {
     thread_local! {
         // A const-initialised `Cell` has no destructor and never allocates, so touching it
         // from inside the allocator cannot recurse into the allocator.
-        static LIVE: Cell<isize> = const { Cell::new(0) };
+        // Bytes and allocations live on this thread.
+        static LIVE: Cell<(isize, isize)> = const { Cell::new((0, 0)) };
     }
 
-    fn count(delta: isize) {
+    fn count(bytes: isize, allocations: isize) {
         // During thread teardown the slot may be gone; those bytes are nobody's measurement.
-        let _ = LIVE.try_with(|live| live.set(live.get() + delta));
+        let _ = LIVE.try_with(|live| {
+            let (b, n) = live.get();
+            live.set((b + bytes, n + allocations));
+        });
     }
 
     // SAFETY: every method forwards to `System` with the caller's own arguments, so the
@@ -362,7 +366,7 @@ pub mod counting {
             // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
             let p = unsafe { System.alloc(layout) };
             if !p.is_null() {
-                count(layout.size() as isize);
+                count(layout.size() as isize, 1);
             }
             p
         }
@@ -371,7 +375,7 @@ pub mod counting {
             // SAFETY: as for `alloc`.
             let p = unsafe { System.alloc_zeroed(layout) };
             if !p.is_null() {
-                count(layout.size() as isize);
+                count(layout.size() as isize, 1);
             }
             p
         }
@@ -379,14 +383,14 @@ pub mod counting {
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             // SAFETY: `ptr` came from this allocator, i.e. from `System`, with `layout`.
             unsafe { System.dealloc(ptr, layout) };
-            count(-(layout.size() as isize));
+            count(-(layout.size() as isize), -1);
         }
 
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
             // SAFETY: `ptr` came from `System` with `layout`; the caller upholds the rest.
             let p = unsafe { System.realloc(ptr, layout, new_size) };
             if !p.is_null() {
-                count(new_size as isize - layout.size() as isize);
+                count(new_size as isize - layout.size() as isize, 0);
             }
             p
         }
@@ -398,9 +402,18 @@ pub mod counting {
     /// Runs `f` and says how many bytes what it returned (and anything else it left live)
     /// holds, as allocated on this thread.
     pub fn live_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let (value, bytes, _) = live(f);
+        (value, bytes)
+    }
+
+    /// Runs `f` and says how many bytes and how many allocations what it returned (and
+    /// anything else it left live) holds, on this thread. Each allocation also costs malloc
+    /// a header and rounding, which the bytes do not show.
+    pub fn live<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
         let before = LIVE.with(Cell::get);
         let value = f();
         let after = LIVE.with(Cell::get);
-        (value, after.saturating_sub(before).max(0) as usize)
+        let grown = |a: isize, b: isize| a.saturating_sub(b).max(0) as usize;
+        (value, grown(after.0, before.0), grown(after.1, before.1))
     }
 }

@@ -104,7 +104,10 @@ pub fn view(r: &ObjectRef, parent: &Value) -> Value {
         "status": {
             "replicas": workload::count(parent, "/status/replicas"),
             "selector": workload::selector_string(
-                r.resource.strategy.label_selector(parent).as_deref(),
+                parent
+                    .pointer("/spec/selector")
+                    .and_then(|s| r.resource.strategy.label_selector(s))
+                    .as_deref(),
             ),
         },
     })

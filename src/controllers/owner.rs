@@ -17,8 +17,8 @@ use crate::runtime::controller::Context;
 use crate::runtime::frozen::{AsJson, Json};
 
 /// `namespace/name` of an object.
-pub fn key_of<O: AsJson>(obj_: &O) -> Option<String> {
-    let obj = obj_.json();
+pub fn key_of<O: AsJson>(obj: &O) -> Option<String> {
+    let obj = obj.json();
     let name = obj.pointer("/metadata/name").and_then(Json::as_str)?;
     let ns = obj
         .pointer("/metadata/namespace")
@@ -37,30 +37,30 @@ pub fn ref_of(resource: &'static Resource, key: &str) -> ObjectRef {
     }
 }
 
-pub fn uid<O: AsJson>(obj_: &O) -> &str {
-    let obj = obj_.json();
+pub fn uid<O: AsJson>(obj: &O) -> &str {
+    let obj = obj.json();
     obj.pointer("/metadata/uid")
         .and_then(Json::as_str)
         .unwrap_or_default()
 }
 
-pub fn name<O: AsJson>(obj_: &O) -> &str {
-    let obj = obj_.json();
+pub fn name<O: AsJson>(obj: &O) -> &str {
+    let obj = obj.json();
     obj.pointer("/metadata/name")
         .and_then(Json::as_str)
         .unwrap_or_default()
 }
 
-pub fn namespace<O: AsJson>(obj_: &O) -> &str {
-    let obj = obj_.json();
+pub fn namespace<O: AsJson>(obj: &O) -> &str {
+    let obj = obj.json();
     obj.pointer("/metadata/namespace")
         .and_then(Json::as_str)
         .unwrap_or_default()
 }
 
 /// The controller reference: `(kind, name, uid)`.
-pub fn controller_of<O: AsJson>(obj_: &O) -> Option<(&str, &str, &str)> {
-    let obj = obj_.json();
+pub fn controller_of<O: AsJson>(obj: &O) -> Option<(&str, &str, &str)> {
+    let obj = obj.json();
     obj.pointer("/metadata/ownerReferences")?
         .as_array()?
         .iter()
@@ -75,7 +75,7 @@ pub fn controller_of<O: AsJson>(obj_: &O) -> Option<(&str, &str, &str)> {
 }
 
 /// Whether `obj` is controlled by `owner` (by uid: a namesake made later is another owner).
-pub fn is_controlled_by(obj: &(impl AsJson + Sync), owner: &impl AsJson) -> bool {
+pub fn is_controlled_by(obj: &impl AsJson, owner: &impl AsJson) -> bool {
     controller_of(obj).is_some_and(|(_, _, u)| u == uid(owner))
 }
 
@@ -94,39 +94,38 @@ pub fn controller_ref(resource: &Resource, owner: &impl AsJson) -> Value {
 /// The `LabelSelector` that picks `obj`'s pods (`obj` of `resource`), whatever form its kind
 /// writes it in; null (which selects everything) when it has none.
 pub fn selector(resource: &Resource, obj: &impl AsJson) -> Value {
-    // The kinds' strategies read `spec.selector` only: thaw that, not the whole object.
-    match obj.json().pointer("/spec/selector") {
-        None => Value::Null,
-        Some(selector) => resource
-            .strategy
-            .label_selector(&json!({"spec": {"selector": selector.thaw()}}))
-            .map(std::borrow::Cow::into_owned)
-            .unwrap_or(Value::Null),
-    }
+    let Some(selector) = obj.json().pointer("/spec/selector").map(Json::thaw) else {
+        return Value::Null;
+    };
+    resource
+        .strategy
+        .label_selector(&selector)
+        .map(std::borrow::Cow::into_owned)
+        .unwrap_or(Value::Null)
 }
 
-pub fn labels<O: AsJson>(obj_: &O) -> &O::J {
-    let obj = obj_.json();
+pub fn labels<O: AsJson>(obj: &O) -> &O::J {
+    let obj = obj.json();
     obj.pointer("/metadata/labels").unwrap_or(Json::null())
 }
 
-pub fn is_terminating<O: AsJson>(obj_: &O) -> bool {
-    let obj = obj_.json();
+pub fn is_terminating<O: AsJson>(obj: &O) -> bool {
+    let obj = obj.json();
     obj.pointer("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())
 }
 
-pub fn generation<O: AsJson>(obj_: &O) -> i64 {
-    let obj = obj_.json();
+pub fn generation<O: AsJson>(obj: &O) -> i64 {
+    let obj = obj.json();
     obj.pointer("/metadata/generation")
         .and_then(Json::as_i64)
         .unwrap_or(0)
 }
 
 /// A pod that counts toward its controller's replicas: not finished, not being deleted.
-pub fn is_active<O: AsJson>(pod_: &O) -> bool {
-    let pod = pod_.json();
-    !is_terminating(pod_)
+pub fn is_active<O: AsJson>(pod: &O) -> bool {
+    let pod = pod.json();
+    !is_terminating(pod)
         && !matches!(
             pod.pointer("/status/phase").and_then(Json::as_str),
             Some("Succeeded" | "Failed")
@@ -134,43 +133,43 @@ pub fn is_active<O: AsJson>(pod_: &O) -> bool {
 }
 
 /// A pod that has not finished (it may be on its way out).
-pub fn is_active_or_terminating<O: AsJson>(pod_: &O) -> bool {
-    let pod = pod_.json();
+pub fn is_active_or_terminating<O: AsJson>(pod: &O) -> bool {
+    let pod = pod.json();
     !matches!(
         pod.pointer("/status/phase").and_then(Json::as_str),
         Some("Succeeded" | "Failed")
     )
 }
 
-fn ready_condition<O: AsJson>(pod_: &O) -> Option<&O::J> {
-    let pod = pod_.json();
+fn ready_condition<O: AsJson>(pod: &O) -> Option<&O::J> {
+    let pod = pod.json();
     pod.pointer("/status/conditions")?
         .as_array()?
         .iter()
         .find(|c| c["type"] == "Ready")
 }
 
-pub fn is_ready<O: AsJson>(pod_: &O) -> bool {
-    ready_condition(pod_).is_some_and(|c| c["status"] == "True")
+pub fn is_ready<O: AsJson>(pod: &O) -> bool {
+    ready_condition(pod).is_some_and(|c| c["status"] == "True")
 }
 
 /// Ready for at least `min_ready_seconds` at `now`.
-pub fn is_available<O: AsJson>(pod_: &O, min_ready_seconds: i64, now: OffsetDateTime) -> bool {
-    if !is_ready(pod_) {
+pub fn is_available<O: AsJson>(pod: &O, min_ready_seconds: i64, now: OffsetDateTime) -> bool {
+    if !is_ready(pod) {
         return false;
     }
     if min_ready_seconds <= 0 {
         return true;
     }
-    ready_condition(pod_)
+    ready_condition(pod)
         .and_then(|c| c["lastTransitionTime"].as_str())
         .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
         .is_some_and(|since| (now - since).whole_seconds() >= min_ready_seconds)
 }
 
 /// An RFC 3339 timestamp, or the epoch for one missing or malformed (sorts first).
-pub fn timestamp<O: AsJson>(obj_: &O, pointer: &str) -> OffsetDateTime {
-    let obj = obj_.json();
+pub fn timestamp<O: AsJson>(obj: &O, pointer: &str) -> OffsetDateTime {
+    let obj = obj.json();
     obj.pointer(pointer)
         .and_then(Json::as_str)
         .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
@@ -179,8 +178,8 @@ pub fn timestamp<O: AsJson>(obj_: &O, pointer: &str) -> OffsetDateTime {
 
 /// An int-or-percent (`maxSurge: 1`, `maxUnavailable: "25%"`) in pods out of `total`,
 /// percentages rounded up or down; `default` when absent or malformed.
-pub fn scaled<O: AsJson>(v_: &O, total: i64, round_up: bool, default: &str) -> i64 {
-    let v = v_.json();
+pub fn scaled<O: AsJson>(v: &O, total: i64, round_up: bool, default: &str) -> i64 {
+    let v = v.json();
     // Saturating: the percentage is the user's text, and an overflow must not wrap or panic.
     let percent = |p: i64| {
         let scaled = p.saturating_mul(total);
@@ -202,8 +201,8 @@ pub fn scaled<O: AsJson>(v_: &O, total: i64, round_up: bool, default: &str) -> i
 }
 
 /// An `int32` field, or `default` if absent.
-pub fn int<O: AsJson>(obj_: &O, pointer: &str, default: i64) -> i64 {
-    let obj = obj_.json();
+pub fn int<O: AsJson>(obj: &O, pointer: &str, default: i64) -> i64 {
+    let obj = obj.json();
     obj.pointer(pointer)
         .and_then(Json::as_i64)
         .unwrap_or(default)

@@ -17,6 +17,7 @@
 //! [`Frozen::thaw`] and serialisation give what the `Value` it was made from gives (the same
 //! keys in the same order).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Index;
 
@@ -57,7 +58,12 @@ impl Frozen {
         }
         let rest = pointer.strip_prefix('/')?;
         rest.split('/')
-            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            // Escapes are rare; unescaped tokens are read in place (this runs for every
+            // field a controller reads).
+            .map(|t| match t.contains('~') {
+                true => Cow::Owned(t.replace("~1", "/").replace("~0", "~")),
+                false => Cow::Borrowed(t),
+            })
             .try_fold(self, |v, token| match v {
                 Frozen::Object(o) => o.get(&token),
                 Frozen::Array(a) => token.parse::<usize>().ok().and_then(|i| a.get(i)),
@@ -86,20 +92,6 @@ impl Frozen {
         }
     }
 
-    pub fn as_u64(&self) -> Option<u64> {
-        match self {
-            Frozen::Number(n) => n.as_u64(),
-            _ => None,
-        }
-    }
-
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Frozen::Number(n) => n.as_f64(),
-            _ => None,
-        }
-    }
-
     pub fn as_array(&self) -> Option<&[Frozen]> {
         match self {
             Frozen::Array(a) => Some(a),
@@ -118,16 +110,8 @@ impl Frozen {
         matches!(self, Frozen::Null)
     }
 
-    pub fn is_string(&self) -> bool {
-        matches!(self, Frozen::String(_))
-    }
-
     pub fn is_object(&self) -> bool {
         matches!(self, Frozen::Object(_))
-    }
-
-    pub fn is_array(&self) -> bool {
-        matches!(self, Frozen::Array(_))
     }
 
     /// A `Value` equal to this one, to build a new object from.
@@ -140,11 +124,6 @@ impl Frozen {
             Frozen::Array(a) => Value::Array(a.iter().map(Frozen::thaw).collect()),
             Frozen::Object(o) => Value::Object(o.thaw()),
         }
-    }
-
-    /// Decodes this value as `T`, as `serde_json::from_value` does for a `Value`.
-    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_value(self.thaw())
     }
 }
 
@@ -291,21 +270,9 @@ impl Object {
             .map(|i| &self.0[i].1)
     }
 
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
-    }
-
     /// The entries in key order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Frozen)> {
         self.0.iter().map(|(k, v)| (&**k, v))
-    }
-
-    pub fn keys(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.0.iter().map(|(k, _)| &**k)
-    }
-
-    pub fn values(&self) -> impl ExactSizeIterator<Item = &Frozen> {
-        self.0.iter().map(|(_, v)| v)
     }
 
     pub fn len(&self) -> usize {
@@ -547,7 +514,7 @@ mod tests {
 
     fn sample() -> Value {
         json!({
-            "metadata": {"name": "web-1", "labels": {"app": "web", "tier": "a/b"}},
+            "metadata": {"name": "web-1", "labels": {"app": "web", "tier": "a/b", "kubernetes.io/hostname": "n1"}},
             "spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80}]}], "replicas": 3},
             "status": {"ready": true, "ratio": 0.5, "delta": -2, "gone": null}
         })
@@ -559,9 +526,9 @@ mod tests {
         let f = Frozen::from(v.clone());
         assert_eq!(f["metadata"]["name"].as_str(), Some("web-1"));
         assert_eq!(f["spec"]["containers"][0]["ports"][0]["containerPort"], 80);
-        assert_eq!(f["spec"]["replicas"].as_u64(), Some(3));
+        assert_eq!(f["spec"]["replicas"].as_i64(), Some(3));
         assert_eq!(f["status"]["delta"].as_i64(), Some(-2));
-        assert_eq!(f["status"]["ratio"].as_f64(), Some(0.5));
+        assert_eq!(f["status"]["ratio"], json!(0.5));
         assert_eq!(f["status"]["ready"], true);
         assert!(f["status"]["gone"].is_null() && f["status"].get("gone").is_some());
         assert!(f["no"]["such"][7].is_null() && f.get("no").is_none());
@@ -571,13 +538,18 @@ mod tests {
             Some(&Frozen::String("c".into()))
         );
         assert_eq!(f.pointer(""), Some(&f));
+        assert_eq!(
+            f.pointer("/metadata/labels/kubernetes.io~1hostname"),
+            Some(&Frozen::String("n1".into()))
+        );
         assert!(f.pointer("spec").is_none() && f.pointer("/spec/containers/9").is_none());
         let keys: Vec<&str> = f["metadata"]["labels"]
             .as_object()
             .unwrap()
-            .keys()
+            .iter()
+            .map(|(k, _)| k)
             .collect();
-        assert_eq!(keys, ["app", "tier"]);
+        assert_eq!(keys, ["app", "kubernetes.io/hostname", "tier"]);
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub fn is_trimmed(obj: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::apiserver::resources::NODES;
-    use crate::memory::counting::live_bytes;
+    use crate::memory::counting::live;
     use serde_json::json;
 
     /// A pod as a ReplicaSet's pod is stored once its node runs it: the API's defaults, the
@@ -276,17 +276,18 @@ mod tests {
     #[test]
     fn a_cached_pod_costs_well_under_its_whole_decoded_size() {
         let text = running_pod().to_string();
-        let (whole, whole_bytes) = live_bytes(|| serde_json::from_str::<Value>(&text).unwrap());
-        let (trimmed, trimmed_bytes) = live_bytes(|| {
+        let (whole, whole_bytes, whole_allocs) =
+            live(|| serde_json::from_str::<Value>(&text).unwrap());
+        let (trimmed, trimmed_bytes, _) = live(|| {
             let mut pod = serde_json::from_str::<Value>(&text).unwrap();
             trim(&PODS, &mut pod);
             pod
         });
         // What the cache holds: the trimmed pod, frozen.
-        let (cached, cached_bytes) = live_bytes(|| Frozen::from(trimmed.clone()));
+        let (cached, cached_bytes, cached_allocs) = live(|| Frozen::from(&trimmed));
         eprintln!(
-            "a running pod: {} B of JSON, {whole_bytes} B decoded, {trimmed_bytes} B trimmed, \
-             {cached_bytes} B trimmed and frozen",
+            "a running pod: {} B of JSON; decoded {whole_bytes} B in {whole_allocs} allocations, \
+             trimmed {trimmed_bytes} B, trimmed and frozen {cached_bytes} B in {cached_allocs} allocations",
             text.len()
         );
         assert!(
@@ -294,8 +295,9 @@ mod tests {
             "trimming saves less than 30%: {trimmed_bytes} of {whole_bytes} B"
         );
         assert!(
-            cached_bytes * 4 <= whole_bytes,
-            "a cached pod costs more than a quarter of its decoded size: {cached_bytes} of {whole_bytes} B"
+            cached_bytes * 4 <= whole_bytes && cached_allocs * 4 <= whole_allocs,
+            "a cached pod costs more than a quarter of its decoded size: {cached_bytes} of \
+             {whole_bytes} B, {cached_allocs} of {whole_allocs} allocations"
         );
         drop((whole, trimmed, cached));
     }

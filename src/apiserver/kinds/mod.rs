@@ -90,11 +90,11 @@ pub trait Strategy: Sync {
         false
     }
 
-    /// The `LabelSelector` at `spec.selector` that picks the object's pods, for the kinds
-    /// that have one. A kind whose selector has another form converts it here, so one
-    /// selector code path serves every kind.
-    fn label_selector<'a>(&self, obj: &'a Value) -> Option<Cow<'a, Value>> {
-        obj.pointer("/spec/selector").map(Cow::Borrowed)
+    /// The object's `spec.selector` (`selector`) as the `LabelSelector` that picks its pods.
+    /// A kind whose selector has another form converts it here, so one selector code path
+    /// serves every kind; `None` for one that selects nothing it can read.
+    fn label_selector<'a>(&self, selector: &'a Value) -> Option<Cow<'a, Value>> {
+        Some(Cow::Borrowed(selector))
     }
 
     /// The `kubectl get` columns, as the Kubernetes API server prints them.

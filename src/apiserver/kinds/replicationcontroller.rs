@@ -54,8 +54,8 @@ impl Strategy for ReplicationControllers {
                 causes.push("spec.selector: Required value".into());
                 None
             }
-            Some(Value::Object(m)) if m.values().all(Value::is_string) => {
-                Some(as_label_selector(obj))
+            Some(s @ Value::Object(m)) if m.values().all(Value::is_string) => {
+                Some(as_label_selector(s))
             }
             Some(other) => {
                 causes.push(format!(
@@ -77,10 +77,10 @@ impl Strategy for ReplicationControllers {
         true
     }
 
-    fn label_selector<'a>(&self, obj: &'a Value) -> Option<Cow<'a, Value>> {
-        obj.pointer("/spec/selector")
-            .filter(|s| s.is_object())
-            .map(|_| Cow::Owned(as_label_selector(obj)))
+    fn label_selector<'a>(&self, selector: &'a Value) -> Option<Cow<'a, Value>> {
+        selector
+            .is_object()
+            .then(|| Cow::Owned(as_label_selector(selector)))
     }
 
     fn columns(&self) -> &'static [Column] {
@@ -88,9 +88,9 @@ impl Strategy for ReplicationControllers {
     }
 }
 
-/// The selector as a `LabelSelector`: `{matchLabels: spec.selector}`.
-fn as_label_selector(obj: &Value) -> Value {
-    json!({"matchLabels": obj.pointer("/spec/selector")})
+/// The selector (a label map) as a `LabelSelector`: `{matchLabels: selector}`.
+fn as_label_selector(selector: &Value) -> Value {
+    json!({"matchLabels": selector})
 }
 
 static COLUMNS: [Column; 8] = [
@@ -106,7 +106,10 @@ static COLUMNS: [Column; 8] = [
         "Selector",
         "Label selector for pods; the pods it selects are the ones this controller manages.",
         1,
-        |o, _| json!(or_none(selector_string(Some(&as_label_selector(o))))),
+        |o, _| {
+            let selector = as_label_selector(o.pointer("/spec/selector").unwrap_or(&Value::Null));
+            json!(or_none(selector_string(Some(&selector))))
+        },
     ),
 ];
 
