@@ -20,7 +20,7 @@ mod protobuf;
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, policy, rbac};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, policy, rbac, storage};
 use k8s_openapi::{
     Resource,
     api::{authentication, authorization, autoscaling},
@@ -125,6 +125,8 @@ fn generate() -> Output {
     gv.kind::<core::v1::Event>();
     gv.kind::<core::v1::Namespace>();
     gv.kind::<core::v1::Node>();
+    gv.kind::<core::v1::PersistentVolumeClaim>();
+    gv.kind::<core::v1::PersistentVolume>();
     gv.kind::<core::v1::Pod>();
     gv.kind::<core::v1::ReplicationController>();
     gv.kind::<core::v1::Secret>();
@@ -172,6 +174,10 @@ fn generate() -> Output {
     let mut gv = GroupVersion::new();
     gv.kind::<events::v1::Event>();
     gv.finish(&mut out, "events.k8s.io_v1");
+
+    let mut gv = GroupVersion::new();
+    gv.kind::<storage::v1::StorageClass>();
+    gv.finish(&mut out, "storage.k8s.io_v1");
     out
 }
 
