@@ -113,7 +113,7 @@ fn group(gv: &GroupVersion) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::{APPS_V1, COORDINATION_V1};
+    use crate::apiserver::resources::{APPS_V1, COORDINATION_V1, STORAGE_V1};
 
     #[test]
     fn apis_lists_coordination_v1_with_leases() {
@@ -158,7 +158,8 @@ mod tests {
                 "rbac.authorization.k8s.io",
                 "policy",
                 "discovery.k8s.io",
-                "events.k8s.io"
+                "events.k8s.io",
+                "storage.k8s.io"
             ]
         );
         let list = resource_list(&APPS_V1);
@@ -188,6 +189,24 @@ mod tests {
     }
 
     #[test]
+    fn storage_v1_serves_cluster_wide_storage_classes_without_status() {
+        let list = resource_list(&STORAGE_V1);
+        assert_eq!(list["groupVersion"], "storage.k8s.io/v1");
+        assert_eq!(
+            list["resources"],
+            json!([{
+                "name": "storageclasses",
+                "singularName": "storageclass",
+                "namespaced": false,
+                "kind": "StorageClass",
+                "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                "shortNames": ["sc"],
+            }])
+        );
+        assert_eq!(api_group(&STORAGE_V1)["preferredVersion"]["version"], "v1");
+    }
+
+    #[test]
     fn core_v1_keeps_short_names_and_status_subresources() {
         let list = resource_list(&CORE_V1);
         assert_eq!(list["groupVersion"], "v1");
@@ -208,6 +227,10 @@ mod tests {
                 "namespaces/finalize",
                 "nodes",
                 "nodes/status",
+                "persistentvolumeclaims",
+                "persistentvolumeclaims/status",
+                "persistentvolumes",
+                "persistentvolumes/status",
                 "pods",
                 "pods/status",
                 "pods/eviction",
@@ -232,6 +255,13 @@ mod tests {
         };
         assert_eq!(entry("nodes")["shortNames"], json!(["no"]));
         assert_eq!(entry("replicationcontrollers")["shortNames"], json!(["rc"]));
+        assert_eq!(
+            entry("persistentvolumeclaims")["shortNames"],
+            json!(["pvc"])
+        );
+        assert_eq!(entry("persistentvolumeclaims")["namespaced"], true);
+        assert_eq!(entry("persistentvolumes")["shortNames"], json!(["pv"]));
+        assert_eq!(entry("persistentvolumes")["namespaced"], false);
         // `kubectl get all` expands the `all` category.
         assert_eq!(entry("pods")["categories"], json!(["all"]));
         assert_eq!(entry("services")["categories"], json!(["all"]));

@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 use super::Body;
 use super::resources::{
     APPS_V1, BATCH_V1, COORDINATION_V1, CORE_V1, DISCOVERY_V1, EVENTS_K8S_IO_V1, GroupVersion,
-    POLICY_V1, RBAC_V1, Resource,
+    POLICY_V1, RBAC_V1, Resource, STORAGE_V1,
 };
 use super::routes;
 use super::status::ApiError;
@@ -35,7 +35,7 @@ use super::status::ApiError;
 pub const MAX_INFLATED: usize = 8 * 1024 * 1024;
 
 /// The embedded schemas of each served group version.
-static SCHEMAS: [(&GroupVersion, &[u8]); 8] = [
+static SCHEMAS: [(&GroupVersion, &[u8]); 9] = [
     (&CORE_V1, include_bytes!("openapi/core_v1.json.deflate")),
     (&APPS_V1, include_bytes!("openapi/apps_v1.json.deflate")),
     (&BATCH_V1, include_bytes!("openapi/batch_v1.json.deflate")),
@@ -55,6 +55,10 @@ static SCHEMAS: [(&GroupVersion, &[u8]); 8] = [
     (
         &EVENTS_K8S_IO_V1,
         include_bytes!("openapi/events.k8s.io_v1.json.deflate"),
+    ),
+    (
+        &STORAGE_V1,
+        include_bytes!("openapi/storage.k8s.io_v1.json.deflate"),
     ),
 ];
 

@@ -17,11 +17,13 @@ use super::admission::{self, Writer};
 use super::allocator::{self, ServiceCidrs};
 use super::apply;
 use super::kinds::NameRule;
+use super::kinds::persistentvolume::BETA_CLASS_ANNOTATION;
+use super::kinds::storageclass;
 use super::openapi;
 use super::patch;
 use super::resources::{
-    LEASES, NAMESPACES, NODES, ObjectRef, PODS, Resource, SECRETS, SERVICEACCOUNTS, SERVICES,
-    SYSTEM_NAMESPACES,
+    LEASES, NAMESPACES, NODES, ObjectRef, PERSISTENTVOLUMECLAIMS, PODS, Resource, SECRETS,
+    SERVICEACCOUNTS, SERVICES, STORAGECLASSES, SYSTEM_NAMESPACES,
 };
 use super::status::{ApiError, Result};
 use crate::api::labels;
@@ -404,6 +406,9 @@ impl Registry {
         {
             self.mount_service_account_token(ns, &mut obj).await?;
         }
+        if resource == &PERSISTENTVOLUMECLAIMS {
+            self.default_storage_class(&mut obj).await?;
+        }
         if resource.strategy.has_generation() {
             obj["metadata"]["generation"] = json!(1);
         }
@@ -526,6 +531,31 @@ impl Registry {
         match pod["spec"]["volumes"].as_array_mut() {
             Some(volumes) => volumes.push(source),
             None => pod["spec"]["volumes"] = json!([source]),
+        }
+        Ok(())
+    }
+
+    /// Kubernetes' DefaultStorageClass admission: a claim that names no class (no
+    /// `spec.storageClassName`, not even an empty one, and no beta class annotation) gets the
+    /// default StorageClass's name, chosen by [`storageclass::default_class`]. Without a
+    /// default class it stays unset (the binder may fill it in later, as Kubernetes' does).
+    async fn default_storage_class(&self, claim: &mut Value) -> Result<()> {
+        let named = claim
+            .pointer("/spec/storageClassName")
+            .is_some_and(|c| !c.is_null())
+            || claim
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(BETA_CLASS_ANNOTATION))
+                .is_some();
+        if named {
+            return Ok(());
+        }
+        let (_, classes) = self.list(&STORAGECLASSES, None).await?;
+        if let Some(class) = storageclass::default_class(&classes) {
+            if !claim["spec"].is_object() {
+                claim["spec"] = json!({});
+            }
+            claim["spec"]["storageClassName"] = json!(class);
         }
         Ok(())
     }
@@ -1940,6 +1970,91 @@ mod tests {
         assert_eq!(stored["spec"]["holderIdentity"], "pi-2-9");
         assert_eq!(stored["spec"]["leaseTransitions"], 2);
         assert_eq!(stored["metadata"]["uid"], first["metadata"]["uid"]);
+    }
+
+    #[tokio::test]
+    async fn new_claims_get_the_default_class_and_claims_and_volumes_their_protection() {
+        use crate::apiserver::kinds::{persistentvolume, persistentvolumeclaim};
+        use crate::apiserver::resources::PERSISTENTVOLUMES;
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir).await;
+        let claim = |name: &str, class: Option<&str>| {
+            let mut c = json!({
+                "metadata": {"name": name},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                "status": {"phase": "Bound"},
+            });
+            if let Some(class) = class {
+                c["spec"]["storageClassName"] = json!(class);
+            }
+            c
+        };
+        let create = |c: Value| registry.create(&PERSISTENTVOLUMECLAIMS, Some("default"), c);
+        // No class at all: the claim names none.
+        let first = create(claim("first", None)).await.unwrap();
+        assert!(first["spec"].get("storageClassName").is_none(), "{first}");
+        assert_eq!(
+            first["metadata"]["finalizers"],
+            json!([persistentvolumeclaim::PROTECTION_FINALIZER])
+        );
+        assert_eq!(first["status"], json!({"phase": "Pending"}));
+        let class = |name: &str, default: bool| {
+            json!({
+                "metadata": {"name": name, "annotations": {storageclass::DEFAULT_CLASS_ANNOTATION: default.to_string()}},
+                "provisioner": "rancher.io/local-path",
+            })
+        };
+        registry
+            .create(&STORAGECLASSES, None, class("slow", false))
+            .await
+            .unwrap();
+        // Without a default class the claim still names none.
+        let second = create(claim("second", None)).await.unwrap();
+        assert!(second["spec"].get("storageClassName").is_none(), "{second}");
+        registry
+            .create(&STORAGECLASSES, None, class("local-path", true))
+            .await
+            .unwrap();
+        let third = create(claim("third", None)).await.unwrap();
+        assert_eq!(third["spec"]["storageClassName"], "local-path");
+        // A claim that names a class, even none ("") or one that does not exist, keeps it.
+        let none = create(claim("none", Some(""))).await.unwrap();
+        assert_eq!(none["spec"]["storageClassName"], "");
+        let missing = create(claim("missing", Some("gold"))).await.unwrap();
+        assert_eq!(missing["spec"]["storageClassName"], "gold");
+        // The binder may fill in the class of a claim made before there was a default one.
+        let r = ObjectRef::namespaced(&PERSISTENTVOLUMECLAIMS, "default", "first");
+        let mut bound = first.clone();
+        bound["spec"]["storageClassName"] = json!("local-path");
+        bound["spec"]["volumeName"] = json!("pvc-1");
+        registry
+            .update(&r, Part::Main, Writer::Trusted, bound)
+            .await
+            .unwrap();
+        let mut resized = registry.get(&r).await.unwrap();
+        resized["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+        let refused = registry
+            .update(&r, Part::Main, Writer::Trusted, resized)
+            .await;
+        assert!(
+            matches!(&refused, Err(ApiError::Invalid { causes, .. }) if causes[0].starts_with("spec: Forbidden")),
+            "{refused:?}"
+        );
+
+        let volume = json!({
+            "metadata": {"name": "pv-1", "finalizers": [persistentvolume::PROTECTION_FINALIZER]},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": "/srv/pv-1"}},
+        });
+        let volume = registry
+            .create(&PERSISTENTVOLUMES, None, volume)
+            .await
+            .unwrap();
+        assert_eq!(
+            volume["metadata"]["finalizers"],
+            json!([persistentvolume::PROTECTION_FINALIZER])
+        );
+        assert_eq!(volume["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(volume["status"]["phase"], "Pending");
     }
 
     #[tokio::test]

@@ -226,6 +226,33 @@ pub static EVENTS: Resource = Resource {
     ..kind("", "events", "event", "Event", &kinds::event::Events)
 };
 
+/// Cluster-wide storage: a volume is bound to at most one claim (its `spec.claimRef`).
+pub static PERSISTENTVOLUMES: Resource = Resource {
+    namespaced: false,
+    short_names: &["pv"],
+    has_status: true,
+    ..kind(
+        "",
+        "persistentvolumes",
+        "persistentvolume",
+        "PersistentVolume",
+        &kinds::persistentvolume::PersistentVolumes,
+    )
+};
+
+/// A request for storage, bound to a PersistentVolume (its `spec.volumeName`).
+pub static PERSISTENTVOLUMECLAIMS: Resource = Resource {
+    short_names: &["pvc"],
+    has_status: true,
+    ..kind(
+        "",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        &kinds::persistentvolumeclaim::PersistentVolumeClaims,
+    )
+};
+
 /// The core group, in discovery order.
 pub static CORE_V1: GroupVersion = GroupVersion {
     group: "",
@@ -236,6 +263,8 @@ pub static CORE_V1: GroupVersion = GroupVersion {
         &EVENTS,
         &NAMESPACES,
         &NODES,
+        &PERSISTENTVOLUMECLAIMS,
+        &PERSISTENTVOLUMES,
         &PODS,
         &REPLICATIONCONTROLLERS,
         &SECRETS,
@@ -431,6 +460,25 @@ pub static DISCOVERY_V1: GroupVersion = GroupVersion {
     resources: &[&ENDPOINTSLICES],
 };
 
+/// How volumes are provisioned: `provisioner`, `reclaimPolicy`, `volumeBindingMode`.
+pub static STORAGECLASSES: Resource = Resource {
+    namespaced: false,
+    short_names: &["sc"],
+    ..kind(
+        "storage.k8s.io",
+        "storageclasses",
+        "storageclass",
+        "StorageClass",
+        &kinds::storageclass::StorageClasses,
+    )
+};
+
+pub static STORAGE_V1: GroupVersion = GroupVersion {
+    group: "storage.k8s.io",
+    version: "v1",
+    resources: &[&STORAGECLASSES],
+};
+
 pub static APPS_V1: GroupVersion = GroupVersion {
     group: "apps",
     version: "v1",
@@ -450,7 +498,7 @@ pub static BATCH_V1: GroupVersion = GroupVersion {
 };
 
 /// The named groups served under `/apis`, in discovery order (one version each).
-pub static GROUPS: [&GroupVersion; 7] = [
+pub static GROUPS: [&GroupVersion; 8] = [
     &APPS_V1,
     &BATCH_V1,
     &COORDINATION_V1,
@@ -458,6 +506,7 @@ pub static GROUPS: [&GroupVersion; 7] = [
     &POLICY_V1,
     &DISCOVERY_V1,
     &EVENTS_K8S_IO_V1,
+    &STORAGE_V1,
 ];
 
 /// The namespaces every cluster has; they cannot be deleted.

@@ -446,6 +446,9 @@ fn every_served_group_has_its_messages() {
         ("policy/v1", "PodDisruptionBudget"),
         ("coordination.k8s.io/v1", "Lease"),
         ("discovery.k8s.io/v1", "EndpointSlice"),
+        ("v1", "PersistentVolume"),
+        ("v1", "PersistentVolumeClaim"),
+        ("storage.k8s.io/v1", "StorageClass"),
     ] {
         let obj = decode(&envelope(api_version, kind, Vec::new())).unwrap();
         assert_eq!(obj, json!({"apiVersion": api_version, "kind": kind}));
