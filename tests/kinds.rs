@@ -245,6 +245,162 @@ fn rbac_policy_and_discovery_kinds_are_stored_validated_and_listed() {
     }
 }
 
+#[test]
+fn storage_kinds_get_defaults_the_default_class_and_kubectl_columns() {
+    let s = Server::start(Options::default());
+    create(
+        &s,
+        "storage",
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: local-path\n  annotations:\n    storageclass.kubernetes.io/is-default-class: \"true\"\nprovisioner: rancher.io/local-path\nvolumeBindingMode: WaitForFirstConsumer\n---\napiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: slow\nprovisioner: example.com/nfs\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n---\napiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: pv-1\nspec:\n  capacity:\n    storage: 2Gi\n  accessModes: [ReadWriteOnce, ReadOnlyMany]\n  hostPath:\n    path: /srv/pv-1\n",
+    );
+    let header = |args: &[&str]| {
+        let out = s.kubectl_ok(args);
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        header(&["get", "sc"]),
+        [
+            "NAME",
+            "PROVISIONER",
+            "RECLAIMPOLICY",
+            "VOLUMEBINDINGMODE",
+            "ALLOWVOLUMEEXPANSION",
+            "AGE"
+        ]
+    );
+    let rows = get_rows(&s, &["get", "sc"]);
+    assert_eq!(cell(&rows[0], "NAME"), "local-path (default)", "{rows:?}");
+    assert_eq!(cell(&rows[0], "RECLAIMPOLICY"), "Delete", "{rows:?}");
+    assert_eq!(
+        cell(&rows[0], "VOLUMEBINDINGMODE"),
+        "WaitForFirstConsumer",
+        "{rows:?}"
+    );
+    assert_eq!(cell(&rows[0], "ALLOWVOLUMEEXPANSION"), "false", "{rows:?}");
+    assert_eq!(cell(&rows[1], "VOLUMEBINDINGMODE"), "Immediate", "{rows:?}");
+
+    assert_eq!(
+        header(&["get", "pvc", "-o", "wide"]),
+        [
+            "NAME",
+            "STATUS",
+            "VOLUME",
+            "CAPACITY",
+            "ACCESS",
+            "MODES",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "AGE",
+            "VOLUMEMODE"
+        ]
+    );
+    let rows = get_rows(&s, &["get", "pvc", "-o", "wide"]);
+    assert_eq!(cell(&rows[0], "STATUS"), "Pending", "{rows:?}");
+    assert_eq!(cell(&rows[0], "STORAGECLASS"), "local-path", "{rows:?}");
+    assert_eq!(
+        cell(&rows[0], "VOLUMEATTRIBUTESCLASS"),
+        "<unset>",
+        "{rows:?}"
+    );
+    assert_eq!(cell(&rows[0], "VOLUMEMODE"), "Filesystem", "{rows:?}");
+    let claim: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "pvc", "data", "-o", "json"])).unwrap();
+    assert_eq!(
+        claim["metadata"]["finalizers"],
+        serde_json::json!(["kubernetes.io/pvc-protection"])
+    );
+
+    assert_eq!(
+        header(&["get", "pv"]),
+        [
+            "NAME",
+            "CAPACITY",
+            "ACCESS",
+            "MODES",
+            "RECLAIM",
+            "POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "REASON",
+            "AGE"
+        ]
+    );
+    let rows = get_rows(&s, &["get", "pv"]);
+    assert_eq!(cell(&rows[0], "CAPACITY"), "2Gi", "{rows:?}");
+    assert_eq!(cell(&rows[0], "ACCESS"), "RWO,ROX", "{rows:?}");
+    assert_eq!(cell(&rows[0], "RECLAIM"), "Retain", "{rows:?}");
+    assert_eq!(cell(&rows[0], "STATUS"), "Pending", "{rows:?}");
+    for args in [
+        ["describe", "sc", "local-path"],
+        ["describe", "pvc", "data"],
+        ["describe", "pv", "pv-1"],
+    ] {
+        assert!(!s.kubectl_ok(&args).trim().is_empty(), "{args:?}");
+    }
+
+    // Kubernetes' causes, naming the field.
+    let err = refused(
+        &s,
+        &[
+            "patch",
+            "sc",
+            "slow",
+            "--type=merge",
+            "-p",
+            r#"{"provisioner":"example.com/other"}"#,
+        ],
+    );
+    assert!(
+        err.contains("updates to provisioner are forbidden"),
+        "{err}"
+    );
+    let err = refused(
+        &s,
+        &[
+            "patch",
+            "pvc",
+            "data",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"accessModes":["ReadWriteMany"]}}"#,
+        ],
+    );
+    assert!(err.contains("spec is immutable after creation"), "{err}");
+    let err = refused(
+        &s,
+        &[
+            "patch",
+            "pv",
+            "pv-1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hostPath":{"path":"/elsewhere"}}}"#,
+        ],
+    );
+    assert!(err.contains("spec.persistentvolumesource"), "{err}");
+
+    let resources = s.kubectl_ok(&["api-resources", "--no-headers"]);
+    for (name, short) in [
+        ("persistentvolumeclaims", "pvc"),
+        ("persistentvolumes", "pv"),
+        ("storageclasses", "sc"),
+    ] {
+        assert!(
+            resources
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq([name, short])),
+            "api-resources lacks {name}:\n{resources}"
+        );
+    }
+}
+
 /// The stored bytes of the Secret `default/db`, read straight from the datastore.
 fn stored_secret(s: &Server, db: Option<&common::db::TestDb>) -> Vec<u8> {
     const PATH: &str = "/registry/secrets/default/db";
