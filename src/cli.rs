@@ -397,6 +397,10 @@ pub struct RuntimeArgs {
     #[arg(long, env = "KEELSON_CNI_BIN_DIR", value_delimiter = ',', default_value = crate::node::cni::DEFAULT_BIN_DIRS)]
     pub cni_bin_dir: Vec<PathBuf>,
 
+    /// Directory of this node's local-path volumes, one directory per claim (K3s's flag) [default: <data-dir>/storage]
+    #[arg(long, env = "KEELSON_DEFAULT_LOCAL_STORAGE_PATH")]
+    pub default_local_storage_path: Option<PathBuf>,
+
     /// Longest one CNI plugin call may take before the plugin is killed and the pod's network set-up fails
     #[arg(long, default_value = "30s")]
     pub cni_plugin_timeout: String,

@@ -129,6 +129,11 @@ async fn start(
     crate::apiserver::rbac::defaults::ensure(&registry)
         .await
         .context("creating the default ClusterRoles and bindings")?;
+    // `--disable local-storage` turns off the built-in provisioner and its default class.
+    let local_storage = !cfg.settings.disable.contains("local-storage");
+    crate::controllers::persistentvolume::ensure_default_class(&registry, local_storage)
+        .await
+        .context("creating the default StorageClass (local-path)")?;
     let signer =
         crate::apiserver::tokens::Signer::new(&cluster.service_account_key, &cfg.cluster_domain)
             .context("opening the service account token key")?;
@@ -330,6 +335,7 @@ async fn start(
         live_servers,
         cfg.service_lb_pools.clone(),
         ca_pem.clone(),
+        local_storage,
     );
     tasks.spawn(runtime::controller::lead(
         role_rx,

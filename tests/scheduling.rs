@@ -924,7 +924,8 @@ spec:
         names == ["db-0"]
     });
 
-    // Claims need storage, which does not exist yet: said plainly, no pods.
+    // Each ordinal gets its own claim from the template, made before its pod, which mounts it
+    // (tests/storage.rs runs such a set on real nodes).
     apply(
         &s,
         "claims",
@@ -947,11 +948,24 @@ spec:
       resources: {requests: {storage: 1Gi}}
 "#,
     );
-    wait_until("the claims warning", SETTLE, || {
-        s.kubectl_ok(&["describe", "statefulset", "store"])
-            .contains("volumeClaimTemplates are not supported yet")
+    wait_until("store-0 with its claim", SETTLE, || {
+        pods(&s, "app=store").len() == 1
     });
-    assert!(pods(&s, "app=store").is_empty());
+    let claim = s.kubectl_json(&["get", "pvc", "data-store-0", "-o", "json"]);
+    assert_eq!(claim["metadata"]["labels"]["app"], "store", "{claim}");
+    assert_eq!(claim["spec"]["storageClassName"], "local-path", "{claim}");
+    let pod = s.kubectl_json(&["get", "pod", "store-0", "-o", "json"]);
+    let volumes = pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["name"] == "data"
+                && v["persistentVolumeClaim"]["claimName"] == "data-store-0"),
+        "{volumes:?}"
+    );
 }
 
 #[test]

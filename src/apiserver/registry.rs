@@ -1495,7 +1495,7 @@ fn with_revision(obj: &mut Value, rev: i64) {
     }
 }
 
-fn revision_of(obj: &impl AsJson) -> Option<i64> {
+pub fn revision_of(obj: &impl AsJson) -> Option<i64> {
     obj.json()
         .pointer("/metadata/resourceVersion")
         .and_then(Json::as_str)

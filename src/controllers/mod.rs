@@ -12,8 +12,10 @@
 //! [`namespace`] empties deleted namespaces before they go, [`clusterrole_aggregation`]
 //! fills aggregated ClusterRoles, [`root_ca_publisher`] puts the CA in every namespace,
 //! [`events`] records what they did, [`apiserver_endpoints`] lists the live servers behind
-//! the `default/kubernetes` Service, and [`service_lb`] gives LoadBalancer Services their
-//! addresses. [`owner`] holds what they share about objects.
+//! the `default/kubernetes` Service, [`service_lb`] gives LoadBalancer Services their
+//! addresses, [`persistentvolume`] binds claims to volumes and provisions local-path ones,
+//! and [`volume_protection`] keeps claims and volumes in use from going. [`owner`] holds
+//! what they share about objects.
 
 pub mod apiserver_endpoints;
 pub mod clusterrole_aggregation;
@@ -30,12 +32,14 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod owner;
+pub mod persistentvolume;
 pub mod replicaset;
 pub mod root_ca_publisher;
 pub mod scheduler;
 pub mod service_lb;
 pub mod statefulset;
 pub mod taint_eviction;
+pub mod volume_protection;
 
 use std::time::Duration;
 
@@ -51,6 +55,7 @@ pub fn under_lease(
     servers: tokio::sync::watch::Receiver<Vec<String>>,
     lb_pools: service_lb::Pools,
     ca_pem: String,
+    local_path: bool,
 ) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(node_ipam::NodeIpam::KINDS);
@@ -68,6 +73,8 @@ pub fn under_lease(
     kinds.extend(service_lb::ServiceLb::KINDS);
     kinds.extend(clusterrole_aggregation::ClusterRoleAggregation::KINDS);
     kinds.extend(root_ca_publisher::RootCaPublisher::KINDS);
+    kinds.extend(persistentvolume::PersistentVolumes::KINDS);
+    kinds.extend(volume_protection::VolumeProtection::KINDS);
     kinds.sort_by_key(|r| r.plural);
     kinds.dedup_by_key(|r| r.plural);
     let starter: Starter = Box::new(move |ctx, set| {
@@ -153,6 +160,17 @@ pub fn under_lease(
         ));
         set.spawn(controller::run(
             clusterrole_aggregation::ClusterRoleAggregation,
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            persistentvolume::PersistentVolumes {
+                events: recorder("persistentvolume-controller"),
+                local_path,
+            },
+            ctx.clone(),
+        ));
+        set.spawn(controller::run(
+            volume_protection::VolumeProtection,
             ctx.clone(),
         ));
         set.spawn(controller::run(

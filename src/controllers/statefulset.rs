@@ -10,8 +10,12 @@
 //! name and `subdomain` = `serviceName`, so the networking issue's DNS can give each a stable
 //! name.
 //!
-//! Storage does not exist yet: a StatefulSet with `volumeClaimTemplates` gets a Warning event
-//! saying so and no pods, rather than pods running without the storage they were promised.
+//! Each `volumeClaimTemplates` entry gives every ordinal its own claim,
+//! `<template>-<set>-<ordinal>`, made before the pod and mounted by it; a replica that is
+//! deleted, rescheduled or scaled away and back finds its claim (and so its data) again.
+//! Claims outlive their pods unless `persistentVolumeClaimRetentionPolicy` says otherwise:
+//! `whenDeleted: Delete` makes the set their owner (the garbage collector deletes them with
+//! it), `whenScaled: Delete` deletes an ordinal's claims when scaling down removes its pod.
 //!
 //! Invariant: never two active pods of one ordinal; an ordinal ≥ replicas is always deleted
 //! before anything is updated.
@@ -26,7 +30,9 @@ use super::daemonset::REVISION_HASH;
 use super::events::{Recorder, Type};
 use super::owner::{self, ref_of};
 use super::replicaset::{claim, pod_from_template};
-use crate::apiserver::resources::{PODS, Resource, STATEFULSETS};
+use crate::apiserver::resources::{
+    ObjectRef, PERSISTENTVOLUMECLAIMS, PODS, Resource, STATEFULSETS,
+};
 use crate::apiserver::status::ApiError;
 use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
@@ -41,7 +47,7 @@ pub struct StatefulSets {
 
 impl StatefulSets {
     /// What it reads from the cache.
-    pub const KINDS: [&'static Resource; 2] = [&STATEFULSETS, &PODS];
+    pub const KINDS: [&'static Resource; 3] = [&STATEFULSETS, &PODS, &PERSISTENTVOLUMECLAIMS];
 }
 
 impl Reconciler for StatefulSets {
@@ -96,24 +102,12 @@ impl Reconciler for StatefulSets {
             }
         }
         let terminating = owner::is_terminating(&set);
-        let claims = set["spec"]["volumeClaimTemplates"]
-            .as_array()
-            .is_some_and(|c| !c.is_empty());
         let healthy = |p: &Frozen| {
             !owner::is_terminating(p) && p["status"]["phase"] == "Running" && owner::is_ready(p)
         };
-        if claims && !terminating && by_ordinal.is_empty() {
-            self.events
-                .record(
-                    &STATEFULSETS,
-                    &set,
-                    Type::Warning,
-                    "FailedCreate",
-                    "volumeClaimTemplates are not supported yet (no storage provisioner): no pods are created",
-                )
-                .await;
-        }
-        if !terminating && !claims {
+        let delete_scaled_claims =
+            set["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete";
+        if !terminating {
             for p in &strays {
                 owner::delete(ctx, &PODS, p).await?;
             }
@@ -143,6 +137,19 @@ impl Reconciler for StatefulSets {
                     break;
                 }
                 owner::delete(ctx, &PODS, &p).await?;
+                if delete_scaled_claims {
+                    // In-use protection keeps each claim until the pod is gone.
+                    for claim in claim_names(&set, i) {
+                        let r = ObjectRef::namespaced(
+                            &PERSISTENTVOLUMECLAIMS,
+                            owner::namespace(&set),
+                            &claim,
+                        );
+                        if let Some(c) = ctx.cache.get(&r) {
+                            owner::delete(ctx, &PERSISTENTVOLUMECLAIMS, &c).await?;
+                        }
+                    }
+                }
                 self.events
                     .record(
                         &STATEFULSETS,
@@ -167,6 +174,10 @@ impl Reconciler for StatefulSets {
                         Some(p) if healthy(p) || parallel => continue,
                         Some(_) => break,
                         None => {
+                            // The ordinal's claims first: a pod never starts without them.
+                            if !self.ensure_claims(ctx, &set, i).await? {
+                                break;
+                            }
                             let pod = stateful_pod(&set, i, &revision);
                             match ctx
                                 .registry
@@ -239,6 +250,109 @@ impl Reconciler for StatefulSets {
     }
 }
 
+impl StatefulSets {
+    /// Makes the claims of `ordinal` that are missing. `false` while one of them is still
+    /// being deleted (the pod must wait for a fresh one rather than mount the old).
+    async fn ensure_claims(
+        &self,
+        ctx: &Context,
+        set: &Value,
+        ordinal: i64,
+    ) -> Result<bool, ApiError> {
+        let namespace = owner::namespace(set);
+        for template in set["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let claim = claim_for(set, template, ordinal);
+            let name = owner::name(&claim).to_owned();
+            let r = ObjectRef::namespaced(&PERSISTENTVOLUMECLAIMS, namespace, &name);
+            match ctx.cache.get(&r) {
+                Some(c) if owner::is_terminating(&c) => return Ok(false),
+                Some(_) => continue,
+                None => {}
+            }
+            match ctx
+                .registry
+                .create(&PERSISTENTVOLUMECLAIMS, Some(namespace), claim)
+                .await
+            {
+                Ok(c) => {
+                    ctx.wrote(&c);
+                    self.events
+                        .record(
+                            &STATEFULSETS,
+                            set,
+                            Type::Normal,
+                            "SuccessfulCreate",
+                            &format!(
+                                "create Claim {name} Pod {}-{ordinal} in StatefulSet {} success",
+                                owner::name(set),
+                                owner::name(set)
+                            ),
+                        )
+                        .await;
+                }
+                Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => {
+                    self.events
+                        .record(&STATEFULSETS, set, Type::Warning, "FailedCreate", &format!(
+                            "create Claim {name} for Pod {}-{ordinal} in StatefulSet {} failed error: {e}",
+                            owner::name(set),
+                            owner::name(set)
+                        ))
+                        .await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The names of `ordinal`'s claims: `<template>-<set>-<ordinal>`.
+fn claim_names(set: &Value, ordinal: i64) -> Vec<String> {
+    set["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["metadata"]["name"].as_str())
+        .map(|t| format!("{t}-{}-{ordinal}", owner::name(set)))
+        .collect()
+}
+
+/// The claim `template` gives `ordinal`: the template's metadata and spec, the set's
+/// selector labels, and the set as owner when `whenDeleted: Delete`.
+fn claim_for(set: &Value, template: &Value, ordinal: i64) -> Value {
+    let template_name = template["metadata"]["name"].as_str().unwrap_or_default();
+    let name = format!("{template_name}-{}-{ordinal}", owner::name(set));
+    let mut labels = template["metadata"]["labels"].clone();
+    if !labels.is_object() {
+        labels = json!({});
+    }
+    for (k, v) in set["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        labels[k] = v.clone();
+    }
+    let mut claim = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": owner::namespace(set), "labels": labels},
+        "spec": template["spec"].clone(),
+    });
+    if let Some(a) = template["metadata"]["annotations"].as_object() {
+        claim["metadata"]["annotations"] = json!(a);
+    }
+    if set["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete" {
+        claim["metadata"]["ownerReferences"] = json!([owner::controller_ref(&STATEFULSETS, set)]);
+    }
+    claim
+}
+
 /// The ordinal in a pod name `<set>-<n>`.
 fn ordinal_of(set: &str, pod: &str) -> Option<i64> {
     let n = pod.strip_prefix(set)?.strip_prefix('-')?;
@@ -260,6 +374,23 @@ fn stateful_pod(set: &Value, ordinal: i64, revision: &str) -> Value {
     pod["metadata"]["labels"][POD_INDEX] = json!(ordinal.to_string());
     pod["metadata"]["labels"][REVISION_HASH] = json!(revision);
     pod["spec"]["hostname"] = json!(name);
+    // Each claim template is mounted as the ordinal's own claim, in place of any pod
+    // volume of the same name.
+    for (template, claim) in set["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(claim_names(set, ordinal))
+    {
+        let volume = template["metadata"]["name"].clone();
+        if !pod["spec"]["volumes"].is_array() {
+            pod["spec"]["volumes"] = json!([]);
+        }
+        if let Some(list) = pod["spec"]["volumes"].as_array_mut() {
+            list.retain(|v| v["name"] != volume);
+            list.push(json!({"name": volume, "persistentVolumeClaim": {"claimName": claim}}));
+        }
+    }
     if let Some(svc) = set["spec"]["serviceName"]
         .as_str()
         .filter(|s| !s.is_empty())
@@ -296,5 +427,44 @@ mod tests {
         assert_eq!(pod["spec"]["subdomain"], "db");
         assert_eq!(pod["metadata"]["labels"][POD_INDEX], "2");
         assert_eq!(pod["metadata"]["labels"][REVISION_HASH], "db-abc");
+    }
+
+    #[test]
+    fn each_ordinal_mounts_its_own_claim_from_each_template() {
+        let set = json!({
+            "metadata": {"name": "db", "namespace": "apps", "uid": "u"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [],
+                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "cfg", "emptyDir": {}}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": {"tier": "disk"}},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+            }
+        });
+        let pod = stateful_pod(&set, 1, "db-abc");
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        assert_eq!(
+            volumes.len(),
+            2,
+            "the template's volume of the same name is replaced"
+        );
+        let data = volumes.iter().find(|v| v["name"] == "data").unwrap();
+        assert_eq!(data["persistentVolumeClaim"]["claimName"], "data-db-1");
+        let claim = claim_for(&set, &set["spec"]["volumeClaimTemplates"][0], 1);
+        assert_eq!(claim["metadata"]["name"], "data-db-1");
+        assert_eq!(claim["metadata"]["namespace"], "apps");
+        assert_eq!(
+            claim["metadata"]["labels"],
+            json!({"tier": "disk", "app": "db"})
+        );
+        assert!(
+            claim["metadata"]["ownerReferences"].is_null(),
+            "Retain by default"
+        );
+        let mut deleting = set.clone();
+        deleting["spec"]["persistentVolumeClaimRetentionPolicy"] = json!({"whenDeleted": "Delete"});
+        let owned = claim_for(&deleting, &set["spec"]["volumeClaimTemplates"][0], 1);
+        assert_eq!(owned["metadata"]["ownerReferences"][0]["uid"], "u");
+        assert_eq!(claim_names(&set, 3), ["data-db-3"]);
     }
 }

@@ -221,6 +221,20 @@ impl<'a> Cycle<'a> {
         if !out.is_empty() {
             return;
         }
+        // VolumeBinding: bound volumes' node affinity, then room to provision.
+        let volumes = &pod.volumes;
+        if !volumes
+            .affinity
+            .iter()
+            .all(|terms| terms.iter().any(|t| t.matches(node)))
+        {
+            out.push(Reason::VolumeNodeAffinity);
+            return;
+        }
+        if volumes.local_storage && !node.local_storage {
+            out.push(Reason::NoVolumeToBind);
+            return;
+        }
         // PodTopologySpread
         for c in &self.hard_spread {
             let Some(count) = c.domains.at(i) else {

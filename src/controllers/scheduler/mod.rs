@@ -32,6 +32,7 @@ mod scores;
 #[cfg(test)]
 mod tests;
 mod view;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -124,6 +125,8 @@ pub enum Reason {
     ExistingAntiAffinity,
     Affinity,
     AntiAffinity,
+    VolumeNodeAffinity,
+    NoVolumeToBind,
 }
 
 /// The nodes and the pods bound to them, as one decision needs them.
@@ -233,8 +236,18 @@ impl Snapshot {
 
     /// Picks the node for `pod`: the best-scoring node that every filter accepts.
     pub fn schedule(&self, pod: &impl AsJson) -> Result<String, Unschedulable> {
-        let pod =
+        self.schedule_with(pod, volumes::VolumeNeeds::default())
+    }
+
+    /// [`Snapshot::schedule`] for a pod whose claims ask `volumes` of its node.
+    pub fn schedule_with(
+        &self,
+        pod: &impl AsJson,
+        volumes: volumes::VolumeNeeds,
+    ) -> Result<String, Unschedulable> {
+        let mut pod =
             PodView::parse(pod.json(), Strictness::Strict).map_err(Unschedulable::InvalidPod)?;
+        pod.volumes = volumes;
         if self.nodes.is_empty() {
             return Err(Unschedulable::NoNodes);
         }
@@ -429,6 +442,10 @@ impl fmt::Display for Reason {
             }
             Reason::Affinity => f.write_str("node(s) didn't match pod affinity rules"),
             Reason::AntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
+            Reason::VolumeNodeAffinity => f.write_str("node(s) had volume node affinity conflict"),
+            Reason::NoVolumeToBind => {
+                f.write_str("node(s) didn't find available persistent volumes to bind")
+            }
         }
     }
 }

@@ -18,9 +18,12 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::{Snapshot, wants};
+use super::volumes::{self, SELECTED_NODE, VolumeNeeds};
+use super::{Snapshot, Unschedulable, wants};
 use crate::apiserver::registry::{Part, now_rfc3339};
-use crate::apiserver::resources::{NODES, ObjectRef, PODS};
+use crate::apiserver::resources::{
+    NODES, ObjectRef, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, PODS, STORAGECLASSES,
+};
 use crate::apiserver::status::ApiError;
 use crate::controllers::events::{Recorder, Type};
 use crate::controllers::owner;
@@ -79,7 +82,11 @@ impl Queue {
     }
 
     fn note(&mut self, change: &Change) {
-        if change.resource == &NODES {
+        // A claim, volume or class that came or changed may be what a waiting pod lacks.
+        let storage = change.resource == &PERSISTENTVOLUMECLAIMS
+            || change.resource == &PERSISTENTVOLUMES
+            || change.resource == &STORAGECLASSES;
+        if change.resource == &NODES || storage {
             // A node came, changed (uncordoned, untainted, relabelled) or went.
             if change.new.is_some() {
                 self.retry_unschedulable();
@@ -176,10 +183,16 @@ impl Scheduler {
             if !wants(&pod) {
                 continue;
             }
-            match snapshot.schedule(&pod) {
-                Ok(node) => {
+            let decided = volume_needs(ctx, &pod).and_then(|needs| {
+                let delayed = needs.delayed.clone();
+                snapshot
+                    .schedule_with(&pod, needs)
+                    .map(|node| (node, delayed))
+            });
+            match decided {
+                Ok((node, delayed)) => {
                     snapshot.assume(&pod, &node);
-                    binds.push((r, pod, node));
+                    binds.push((r, pod, node, delayed));
                 }
                 Err(why) => refused.push((created, path, r, pod, why.message())),
             }
@@ -188,7 +201,14 @@ impl Scheduler {
         let events = &self.events;
         let cache = &ctx.cache;
         let results: Vec<Result<Value, FailedBind>> = futures_util::stream::iter(binds)
-            .map(|(r, pod, node)| async move {
+            .map(|(r, pod, node, delayed)| async move {
+                // Claims waiting for their first consumer learn the node first, so the
+                // binder provisions where the pod goes.
+                for claim in &delayed {
+                    select_node(registry, &r, claim, &node)
+                        .await
+                        .map_err(|e| (r.clone(), pod.clone(), e))?;
+                }
                 // The cached pod's revision makes the binding a compare-and-swap: a pod that
                 // changed since the snapshot is not bound, and is decided again next round.
                 // The cache keeps waiting pods whole, so binding needs no read; a whole copy
@@ -279,6 +299,50 @@ impl Scheduler {
             .record(&PODS, pod, Type::Warning, "FailedScheduling", message)
             .await;
     }
+}
+
+/// What `pod`'s claims ask of its node, read from the cache; `Err` refuses the pod before any
+/// node is looked at.
+fn volume_needs(ctx: &Context, pod: &Frozen) -> Result<VolumeNeeds, Unschedulable> {
+    let namespace = owner::namespace(pod);
+    let cache = &ctx.cache;
+    volumes::needs(
+        pod,
+        |name| {
+            cache.get(&ObjectRef::namespaced(
+                &PERSISTENTVOLUMECLAIMS,
+                namespace,
+                name,
+            ))
+        },
+        |name| cache.get(&ObjectRef::cluster(&PERSISTENTVOLUMES, name)),
+        |name| cache.get(&ObjectRef::cluster(&STORAGECLASSES, name)),
+    )
+    .map_err(|message| Unschedulable::NoFit {
+        nodes: ctx.cache.list(&NODES).len(),
+        prefilter: Some(message),
+        reasons: Default::default(),
+    })
+}
+
+/// Names `node` on a delayed-binding claim of the pod `r` (once; a claim already given
+/// another node keeps it, as Kubernetes' binder would not move a provisioning claim).
+async fn select_node(
+    registry: &crate::apiserver::registry::Registry,
+    r: &ObjectRef,
+    claim: &str,
+    node: &str,
+) -> Result<(), ApiError> {
+    let namespace = r.namespace.as_deref().unwrap_or("default");
+    let claim_ref = ObjectRef::namespaced(&PERSISTENTVOLUMECLAIMS, namespace, claim);
+    registry
+        .modify(&claim_ref, Part::Main, |c| {
+            if c["metadata"]["annotations"][SELECTED_NODE].is_null() {
+                c["metadata"]["annotations"][SELECTED_NODE] = json!(node);
+            }
+        })
+        .await
+        .map(|_| ())
 }
 
 /// Changes were missed: every pod that wants a node is queued again.

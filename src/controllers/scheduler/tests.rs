@@ -1178,3 +1178,128 @@ fn bench_decisions() {
         PODS as f64 / elapsed.as_secs_f64()
     );
 }
+
+// === VolumeBinding ===
+
+mod volume_binding {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::controllers::scheduler::volumes::{VolumeNeeds, needs};
+    use crate::runtime::frozen::Frozen;
+
+    fn claim_pod() -> Value {
+        with(
+            pod("db-0", None, None),
+            "/spec/volumes",
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}]),
+        )
+    }
+
+    fn frozen(v: Value) -> Option<Arc<Frozen>> {
+        Some(Arc::new(Frozen::from(v)))
+    }
+
+    fn pinned(node: &str) -> Value {
+        json!({"metadata": {"name": "pv-1"}, "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
+    }
+
+    fn with_storage(n: Value) -> Value {
+        with(
+            n,
+            "/metadata/annotations",
+            json!({volumes::LOCAL_STORAGE_ANNOTATION: "/var/lib/keelson/storage"}),
+        )
+    }
+
+    #[test]
+    fn a_bound_volume_pins_the_pod_to_its_node() {
+        let p = claim_pod();
+        let got = needs(
+            &p,
+            |_| frozen(json!({"metadata": {"name": "data-db-0"}, "spec": {"volumeName": "pv-1"}})),
+            |_| frozen(pinned("b")),
+            |_| None,
+        )
+        .expect("readable claims");
+        let (a, b) = (node("a"), node("b"));
+        let snap = Snapshot::new([&a, &b], NO_PODS);
+        assert_eq!(snap.schedule_with(&p, got.clone()), Ok("b".to_string()));
+        let only_a = Snapshot::new([&a], NO_PODS);
+        assert_eq!(
+            only_a.schedule_with(&p, got).map_err(|e| e.message()),
+            Err("0/1 nodes are available: 1 node(s) had volume node affinity conflict.".into())
+        );
+    }
+
+    #[test]
+    fn a_waiting_claim_goes_where_local_storage_is_offered_and_is_named() {
+        let p = claim_pod();
+        let got = needs(
+            &p,
+            |_| frozen(json!({"metadata": {"name": "data-db-0"}, "spec": {"storageClassName": "local-path"}})),
+            |_| None,
+            |_| frozen(json!({"metadata": {"name": "local-path"}, "provisioner": volumes::LOCAL_PATH_PROVISIONER,
+                "volumeBindingMode": "WaitForFirstConsumer"})),
+        )
+        .expect("readable claims");
+        assert_eq!(got.delayed, ["data-db-0"]);
+        assert!(got.local_storage);
+        let (hollow, board) = (node("hollow"), with_storage(node("board")));
+        let snap = Snapshot::new([&hollow, &board], NO_PODS);
+        assert_eq!(snap.schedule_with(&p, got.clone()), Ok("board".to_string()));
+        let none = Snapshot::new([&hollow], NO_PODS);
+        assert_eq!(
+            none.schedule_with(&p, got).map_err(|e| e.message()),
+            Err("0/1 nodes are available: 1 node(s) didn't find available persistent volumes to bind.".into())
+        );
+    }
+
+    #[test]
+    fn unreadable_or_unbound_immediate_claims_refuse_before_any_node() {
+        let p = claim_pod();
+        let missing = needs(&p, |_| None, |_| None, |_| None);
+        assert_eq!(
+            missing,
+            Err("persistentvolumeclaim \"data-db-0\" not found".into())
+        );
+        let deleting = needs(
+            &p,
+            |_| {
+                frozen(
+                    json!({"metadata": {"name": "data-db-0", "deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+                )
+            },
+            |_| None,
+            |_| None,
+        );
+        assert_eq!(
+            deleting,
+            Err("persistentvolumeclaim \"data-db-0\" is being deleted".into())
+        );
+        let immediate = needs(
+            &p,
+            |_| {
+                frozen(
+                    json!({"metadata": {"name": "data-db-0"}, "spec": {"storageClassName": "fast"}}),
+                )
+            },
+            |_| None,
+            |_| {
+                frozen(
+                    json!({"metadata": {"name": "fast"}, "provisioner": "x", "volumeBindingMode": "Immediate"}),
+                )
+            },
+        );
+        assert_eq!(
+            immediate,
+            Err("pod has unbound immediate PersistentVolumeClaims".into())
+        );
+        // A pod without claims asks nothing.
+        assert_eq!(
+            needs(&pod("p", None, None), |_| None, |_| None, |_| None),
+            Ok(VolumeNeeds::default())
+        );
+    }
+}

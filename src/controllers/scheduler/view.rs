@@ -156,6 +156,9 @@ pub struct PodView {
     pub affinity: Vec<PodTerm>,
     pub anti_affinity: Vec<PodTerm>,
     pub spread: Vec<SpreadConstraint>,
+    /// What the pod's PersistentVolumeClaims ask of the node (filled from the claims by the
+    /// scheduling loop, not from the pod).
+    pub volumes: super::volumes::VolumeNeeds,
 }
 
 /// The scheduler's view of a node, without what is bound to it.
@@ -168,6 +171,8 @@ pub struct NodeView {
     pub taints: Vec<Taint>,
     pub unschedulable: bool,
     pub allocatable: Resources,
+    /// The node provisions local-path volumes (it reports its storage path).
+    pub local_storage: bool,
 }
 
 // === impl PodView ===
@@ -232,6 +237,7 @@ impl PodView {
                 .filter_map(SpreadConstraint::parse)
                 .collect(),
             namespace,
+            volumes: Default::default(),
         })
     }
 
@@ -551,6 +557,15 @@ impl SetOp {
     }
 }
 
+/// The terms of a `NodeSelector` (`{nodeSelectorTerms: [...]}`): a node matches when it
+/// matches any one of them.
+pub fn node_selector_terms<J: Json>(selector: &J) -> Vec<NodeSelectorTerm> {
+    array(&selector["nodeSelectorTerms"])
+        .iter()
+        .map(NodeSelectorTerm::parse)
+        .collect()
+}
+
 // === impl NodeSelectorTerm ===
 
 impl NodeSelectorTerm {
@@ -722,6 +737,10 @@ impl NodeView {
             taints,
             unschedulable: node["spec"]["unschedulable"] == true,
             allocatable,
+            local_storage: node["metadata"]["annotations"]
+                [super::volumes::LOCAL_STORAGE_ANNOTATION]
+                .as_str()
+                .is_some_and(|p| !p.is_empty()),
         })
     }
 }
