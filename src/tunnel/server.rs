@@ -455,6 +455,9 @@ fn kind(m: &Message) -> &'static str {
     }
 }
 
+/// Longest local storage path a node may report (Linux's `PATH_MAX`).
+const MAX_STORAGE_PATH: usize = 4096;
+
 /// What the server will not take from an agent, whatever its certificate says.
 fn check(node: &str, report: &NodeReport) -> Result<(), String> {
     if report.name != node {
@@ -474,6 +477,13 @@ fn check(node: &str, report: &NodeReport) -> Result<(), String> {
     }
     for t in &report.taints {
         labels::validate_taint(t).map_err(|e| format!("taint {}: {e}", t.key))?;
+    }
+    if let Some(path) = &report.local_storage
+        && (!path.starts_with('/') || path.len() > MAX_STORAGE_PATH || path.contains('\0'))
+    {
+        return Err(format!(
+            "local storage path {path:?}: expected an absolute path of at most {MAX_STORAGE_PATH} bytes"
+        ));
     }
     Ok(())
 }

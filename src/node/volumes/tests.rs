@@ -65,6 +65,7 @@ fn set_up_with(dir: &Path, pod: &Value, objects: &Prefetched) -> Result<Volumes>
             allocatable: Allocatable::default(),
         },
         objects,
+        local_storage: Path::new("/nonexistent/storage"),
     };
     set_up(dir, &sources)
 }
@@ -78,6 +79,7 @@ fn update_with(dir: &Path, pod: &Value, objects: &Prefetched) -> Result<Vec<Stri
             allocatable: Allocatable::default(),
         },
         objects,
+        local_storage: Path::new("/nonexistent/storage"),
     };
     update(dir, &sources)
 }
