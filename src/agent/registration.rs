@@ -315,3 +315,24 @@ pub fn conditions(old: &Value, pressure: Option<crate::node::resources::Pressure
         .collect();
     json!(list)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_storage_path_is_annotated_and_removed_when_no_longer_reported() {
+        let mut node = json!({"metadata": {"name": "n1"}});
+        set_storage_path(&mut node, Some("/var/lib/keelson/storage"));
+        assert_eq!(
+            node["metadata"]["annotations"][STORAGE_PATH_ANNOTATION],
+            "/var/lib/keelson/storage"
+        );
+        set_storage_path(&mut node, None);
+        assert!(
+            node["metadata"]["annotations"]
+                .get(STORAGE_PATH_ANNOTATION)
+                .is_none()
+        );
+    }
+}

@@ -777,4 +777,74 @@ mod tests {
         assert!(!references(&pod, "secret", "other"));
         assert!(!references(&pod, "configmap", "tls"));
     }
+
+    fn pod_with_claim(name: &str, node: &str, namespace: &str, claim: &str) -> Value {
+        json!({
+            "metadata": {"namespace": namespace, "name": name, "uid": format!("uid-{name}")},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}],
+                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]},
+            "status": {"phase": "Pending"},
+        })
+    }
+
+    #[test]
+    fn a_node_reads_only_the_claims_its_own_pods_use() {
+        let routes = PodRoutes::new();
+        routes.replace(&[
+            pod_with_claim("a", "n1", "default", "data"),
+            pod_with_claim("b", "n2", "prod", "other"),
+        ]);
+        assert!(references(
+            &pod_with_claim("a", "n1", "default", "data"),
+            CLAIM,
+            "data"
+        ));
+        assert!(referenced(&routes, "n1", "default", CLAIM, "data"));
+        // Another node's pod's claim, a claim of the same name in another namespace, a claim
+        // nobody uses, and a ConfigMap of the claim's name: all refused.
+        assert!(!referenced(&routes, "n1", "prod", CLAIM, "other"));
+        assert!(!referenced(&routes, "n2", "default", CLAIM, "data"));
+        assert!(!referenced(&routes, "n1", "default", CLAIM, "nobody"));
+        assert!(!referenced(&routes, "n1", "default", "configmap", "data"));
+    }
+
+    fn volume(values: Value) -> Value {
+        json!({
+            "metadata": {"name": "pvc-1"},
+            "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": values}]}]}}},
+        })
+    }
+
+    #[test]
+    fn a_volume_is_a_nodes_only_when_every_term_pins_it_there() {
+        assert!(pinned_to(&volume(json!(["n1"])), "n1"));
+        assert!(!pinned_to(&volume(json!(["n2"])), "n1"));
+        // A volume several nodes may use is no one node's to read or clean.
+        assert!(!pinned_to(&volume(json!(["n1", "n2"])), "n1"));
+        let mut not_in = volume(json!(["n1"]));
+        not_in["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+            ["operator"] = json!("NotIn");
+        assert!(!pinned_to(&not_in, "n1"));
+        // A second term lets the volume go anywhere with the label.
+        let mut two_terms = volume(json!(["n1"]));
+        two_terms["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+            .as_array_mut()
+            .unwrap()
+            .push(
+                json!({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}),
+            );
+        assert!(!pinned_to(&two_terms, "n1"));
+        assert!(!pinned_to(&json!({"spec": {}}), "n1"));
+    }
+
+    #[test]
+    fn a_node_clears_the_cleanup_finalizer_only_of_its_own_deleted_volumes() {
+        let mut deleting = volume(json!(["n1"]));
+        deleting["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
+        assert!(may_clean(&deleting, "n1").is_ok());
+        assert_eq!(may_clean(&deleting, "n2").map_err(|e| e.0), Err(403));
+        let live = volume(json!(["n1"]));
+        assert_eq!(may_clean(&live, "n1").map_err(|e| e.0), Err(403));
+    }
 }

@@ -500,4 +500,28 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(b.take(), "a new second brings a new allowance");
     }
+
+    #[test]
+    fn an_agent_reports_an_absolute_storage_path_or_none() {
+        let mut report = NodeReport {
+            name: "n1".into(),
+            labels: vec![],
+            taints: vec![],
+            addresses: vec![],
+            info: crate::agent::sysinfo::SystemInfo::read(),
+            reservations: Default::default(),
+            pressure: Default::default(),
+            local_storage: Some("/var/lib/keelson/storage".into()),
+        };
+        assert!(check("n1", &report).is_ok());
+        report.local_storage = None;
+        assert!(check("n1", &report).is_ok());
+        for bad in [
+            "storage".to_string(),
+            format!("/{}", "a".repeat(MAX_STORAGE_PATH)),
+        ] {
+            report.local_storage = Some(bad);
+            assert!(check("n1", &report).is_err());
+        }
+    }
 }
