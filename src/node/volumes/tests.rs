@@ -280,8 +280,11 @@ fn secret_items_pick_keys_paths_and_modes() {
     );
     assert_eq!(
         err(json!([{"name": "x", "persistentVolumeClaim": {"claimName": "c"}}])),
-        "MountVolume.SetUp failed for volume \"x\" : volume type persistentVolumeClaim is not \
-         supported by keelson yet"
+        "MountVolume.SetUp failed for volume \"x\" : persistentvolumeclaim \"c\" not found"
+    );
+    assert_eq!(
+        err(json!([{"name": "x", "nfs": {"server": "s", "path": "/"}}])),
+        "MountVolume.SetUp failed for volume \"x\" : volume type nfs is not supported by keelson yet"
     );
 }
 
