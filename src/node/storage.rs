@@ -15,7 +15,7 @@
 //!   still has the finalizer, and has this very directory as its path ([`decide`]).
 //! - Removal never follows a symlink, never crosses into another filesystem (a mount), never
 //!   leaves the storage path, and refuses a storage path that is itself a symlink; the server
-//!   is told only after the directory is gone.
+//!   is told only after the directory is gone, and told again next round if it did not hear.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -83,6 +83,10 @@ pub struct Sweeper {
     objects: ObjectClient,
     /// Directories whose [`Keep::VolumeGone`] or [`Keep::OtherPath`] was logged already.
     warned: HashSet<OsString>,
+    /// Volumes whose directory is gone but whose [`Wanted::LocalVolumeCleaned`] found no
+    /// answer: asked again each round (in memory only; a restarted node leaves them to the
+    /// controller). Bounded by the volumes this node ever held.
+    unconfirmed: HashSet<String>,
 }
 
 // === impl Sweeper ===
@@ -94,6 +98,7 @@ impl Sweeper {
             pods,
             objects,
             warned: HashSet::new(),
+            unconfirmed: HashSet::new(),
         }
     }
 
@@ -110,6 +115,9 @@ impl Sweeper {
     }
 
     async fn sweep(&mut self) {
+        for name in std::mem::take(&mut self.unconfirmed) {
+            self.confirm(&name).await;
+        }
         let (storage, pods) = (self.storage.clone(), self.pods.clone());
         let found = tokio::task::spawn_blocking(move || {
             let dirs = volume_dirs(&storage)?;
@@ -155,7 +163,7 @@ impl Sweeper {
         }
     }
 
-    async fn remove(&self, dir: OsString, name: &str) {
+    async fn remove(&mut self, dir: OsString, name: &str) {
         let (storage, entry) = (self.storage.clone(), dir.clone());
         let removed =
             tokio::task::spawn_blocking(move || remove_volume_dir(&storage, &entry)).await;
@@ -169,16 +177,23 @@ impl Sweeper {
             Err(_) => return,
         }
         tracing::info!(directory = %path.display(), volume = name, "removed a released local volume");
+        self.confirm(name).await;
+    }
+
+    /// Tells the server the directory of `name` is gone; kept for the next round if it
+    /// could not be told (refusals are final: the volume is not this node's to release).
+    async fn confirm(&mut self, name: &str) {
         let cleaned = Wanted::LocalVolumeCleaned {
             name: name.to_owned(),
         };
         match self.objects.get(&cleaned).await {
             Ok(_) | Err(ObjectError::NotFound(_)) => {}
-            // The directory is gone: the next round finds nothing to ask about, so the
-            // finalizer stays until the controller removes it (or the node asks again after
-            // a restart finds nothing either). Logged loudly.
-            Err(e) => {
-                tracing::warn!(volume = name, error = %e, "cannot tell the server a local volume was cleaned up")
+            Err(e @ ObjectError::Forbidden(_)) => {
+                tracing::warn!(volume = name, error = %e, "the server refused the cleanup of a local volume")
+            }
+            Err(e @ ObjectError::Unavailable(..)) => {
+                tracing::warn!(volume = name, error = %e, "cannot tell the server a local volume was cleaned up; trying again");
+                self.unconfirmed.insert(name.to_owned());
             }
         }
     }

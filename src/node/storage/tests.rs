@@ -218,3 +218,42 @@ async fn a_sweep_removes_then_confirms_and_asks_nothing_without_volume_directori
     assert_eq!(answers.await.unwrap().len(), 1);
     assert!(storage.join(DIR).exists());
 }
+
+#[tokio::test]
+async fn a_cleanup_the_server_did_not_hear_of_is_confirmed_next_round() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = tmp.path().join("storage");
+    fs::create_dir_all(storage.join(DIR)).unwrap();
+    let (client, mut requests) = super::super::objects::channel();
+    let pv = released(&storage);
+    let answers = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(r) = requests.recv().await {
+            let answer = match &r.wanted {
+                Wanted::LocalVolume { .. } => Ok(pv.to_string()),
+                // The first confirmation meets a server that cannot write.
+                _ if seen.len() == 1 => Err((503, "database down".into())),
+                _ => Ok("{}".into()),
+            };
+            seen.push(r.wanted);
+            let _ = r.reply.send(answer);
+        }
+        seen
+    });
+    let mut sweeper = Sweeper::new(storage.clone(), tmp.path().join("pods"), client);
+    sweeper.sweep().await;
+    assert!(!storage.join(DIR).exists());
+    assert_eq!(sweeper.unconfirmed.len(), 1);
+    sweeper.sweep().await;
+    assert!(sweeper.unconfirmed.is_empty());
+    drop(sweeper);
+    let name = "pvc-u1".to_string();
+    assert_eq!(
+        answers.await.unwrap(),
+        [
+            Wanted::LocalVolume { name: name.clone() },
+            Wanted::LocalVolumeCleaned { name: name.clone() },
+            Wanted::LocalVolumeCleaned { name }
+        ]
+    );
+}
