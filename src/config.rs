@@ -532,6 +532,7 @@ impl ServerConfig {
         node.reservations = runtime.reservations;
         node.pressure_transition = runtime.pressure_transition;
         node.data_dir = data_dir.clone();
+        node.local_storage = data_dir.join(crate::node::storage::DEFAULT_DIR);
         let Some(pod_network) = pod_network.filter(|_| problems.is_empty()) else {
             return Err(Error::Invalid(problems));
         };
@@ -766,6 +767,7 @@ fn node_options(
         ips,
         reservations: Default::default(),
         data_dir: Default::default(),
+        local_storage: Default::default(),
         pressure_transition: crate::node::resources::DEFAULT_PRESSURE_TRANSITION,
     }
 }
@@ -897,6 +899,7 @@ impl AgentConfig {
         node.pressure_transition = runtime.pressure_transition;
         let data_dir = args.data_dir.unwrap_or_else(|| host.default_data_dir());
         node.data_dir = data_dir.clone();
+        node.local_storage = data_dir.join(crate::node::storage::DEFAULT_DIR);
         match (server, token) {
             (Some(server), Some(token)) if problems.is_empty() => Ok(AgentConfig {
                 server,

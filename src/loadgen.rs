@@ -49,6 +49,7 @@ pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Resu
                 ips: vec![ip],
                 reservations: Default::default(),
                 data_dir: args.data_dir.clone(),
+                local_storage: args.data_dir.join(crate::node::storage::DEFAULT_DIR),
                 pressure_transition: crate::node::resources::DEFAULT_PRESSURE_TRANSITION,
             },
             with_node_id: false,

@@ -77,7 +77,12 @@ fn main() -> ExitCode {
                 let (connected, tunnel_up) = tokio::sync::watch::channel(false);
                 let _release = file_pages.release_once_up(tunnel_up);
                 let ips = agent::sysinfo::node_ips(&cfg.node.ips);
-                let runtime = cfg.runtime.build(&cfg.data_dir, &cfg.node.name, ips)?;
+                let runtime = cfg.runtime.build(
+                    &cfg.data_dir,
+                    &cfg.node.name,
+                    ips,
+                    &cfg.node.local_storage,
+                )?;
                 Ok(agent::run(cfg, runtime, stop_on_signal(), connected).await?)
             })
         }

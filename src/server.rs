@@ -149,9 +149,12 @@ async fn start(
 
     let node_ips = crate::agent::sysinfo::node_ips(&cfg.node.ips);
     // Before serving: a node that cannot run containers as configured says so at once.
-    let node_runtime = cfg
-        .runtime
-        .build(&cfg.data_dir, &cfg.node.name, node_ips.clone())?;
+    let node_runtime = cfg.runtime.build(
+        &cfg.data_dir,
+        &cfg.node.name,
+        node_ips.clone(),
+        &cfg.node.local_storage,
+    )?;
     // A server bound to one address can only be reached there.
     let advertise_ip = cfg
         .advertise_address

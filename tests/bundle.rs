@@ -116,6 +116,7 @@ impl PodRun {
             &Sources {
                 pod: context(&pod),
                 objects: &objects,
+                local_storage: Path::new("/nonexistent/storage"),
             },
         )
         .unwrap();
@@ -465,6 +466,7 @@ fn a_config_map_volume_shows_its_content_and_an_atomic_update() {
         &Sources {
             pod: context(&run.pod),
             objects: &run.objects,
+            local_storage: Path::new("/nonexistent/storage"),
         },
     )
     .unwrap();

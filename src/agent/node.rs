@@ -17,6 +17,9 @@ pub struct NodeOptions {
     pub reservations: crate::node::resources::Reservations,
     /// The data dir, whose filesystem is the node's ephemeral storage (kubelet's nodefs).
     pub data_dir: std::path::PathBuf,
+    /// `--default-local-storage-path`: where local-path volumes live (default
+    /// `<data-dir>/storage`); reported on the Node object for the provisioner.
+    pub local_storage: std::path::PathBuf,
     /// `--eviction-pressure-transition-period`.
     pub pressure_transition: std::time::Duration,
 }

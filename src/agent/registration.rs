@@ -19,6 +19,7 @@ use crate::apiserver::registry::{Part, Registry, now_rfc3339};
 use crate::apiserver::resources::{NODES, ObjectRef};
 use crate::apiserver::status::ApiError;
 use crate::node::resources::Conditions;
+use crate::node::storage::STORAGE_PATH_ANNOTATION;
 use crate::tunnel::NodeReport;
 use crate::tunnel::sessions::{SERVER_ADDRESS_ANNOTATION, Sessions, record_server};
 
@@ -108,6 +109,10 @@ pub fn report(opts: &NodeOptions, mut info: SystemInfo, pressure: &mut Condition
         info,
         reservations: opts.reservations,
         pressure: pressure.observe(measured, tokio::time::Instant::now()),
+        local_storage: Some(&opts.local_storage)
+            .filter(|p| p.is_absolute())
+            .and_then(|p| p.to_str())
+            .map(str::to_owned),
     }
 }
 
@@ -130,6 +135,7 @@ pub async fn register(
                     if let Some(addr) = server_address {
                         node["metadata"]["annotations"][SERVER_ADDRESS_ANNOTATION] = json!(addr);
                     }
+                    set_storage_path(node, report.local_storage.as_deref());
                 })
                 .await?;
         }
@@ -141,6 +147,7 @@ pub async fn register(
             if let Some(addr) = server_address {
                 node["metadata"]["annotations"] = json!({ SERVER_ADDRESS_ANNOTATION: addr });
             }
+            set_storage_path(&mut node, report.local_storage.as_deref());
             if !report.taints.is_empty() {
                 node["spec"]["taints"] = json!(report.taints);
             }
@@ -169,6 +176,19 @@ pub async fn register(
         })
         .await?;
     Ok(())
+}
+
+/// Sets (or, for a node that no longer reports one, removes) the Node's storage path
+/// annotation, which the local-path provisioner reads.
+fn set_storage_path(node: &mut Value, path: Option<&str>) {
+    match path {
+        Some(path) => node["metadata"]["annotations"][STORAGE_PATH_ANNOTATION] = json!(path),
+        None => {
+            if let Some(annotations) = node["metadata"]["annotations"].as_object_mut() {
+                annotations.remove(STORAGE_PATH_ANNOTATION);
+            }
+        }
+    }
 }
 
 fn labels(report: &NodeReport, server: bool) -> Value {
@@ -294,4 +314,25 @@ pub fn conditions(old: &Value, pressure: Option<crate::node::resources::Pressure
         })
         .collect();
     json!(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_storage_path_is_annotated_and_removed_when_no_longer_reported() {
+        let mut node = json!({"metadata": {"name": "n1"}});
+        set_storage_path(&mut node, Some("/var/lib/keelson/storage"));
+        assert_eq!(
+            node["metadata"]["annotations"][STORAGE_PATH_ANNOTATION],
+            "/var/lib/keelson/storage"
+        );
+        set_storage_path(&mut node, None);
+        assert!(
+            node["metadata"]["annotations"]
+                .get(STORAGE_PATH_ANNOTATION)
+                .is_none()
+        );
+    }
 }

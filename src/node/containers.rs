@@ -74,6 +74,11 @@ const NETWORK_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const NETWORK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Tries of a pod's network removal (CNI DEL) before the pod is removed anyway.
 const DETACH_TRIES: u32 = 3;
+/// Back-off between tries of a pod whose claims are missing or not bound yet: short at first,
+/// since the provisioner binds a claim right after the scheduler binds the pod; doubling up to
+/// the last.
+const CLAIM_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(16);
 
 /// Where and how this node runs containers.
 #[derive(Clone)]
@@ -97,6 +102,8 @@ pub struct Config {
     pub view: Option<Arc<super::network::Network>>,
     /// Gives pods with their own network namespace an interface and addresses (CNI).
     pub network: Arc<super::cni::PodNetwork>,
+    /// `--default-local-storage-path`: where local-path volumes live.
+    pub local_storage: PathBuf,
 }
 
 /// The node's pods and their tasks.
@@ -106,6 +113,8 @@ pub struct Containers {
     /// Pods found on disk at start, by uid: adopted when the server assigns them again,
     /// removed once the first listing shows it does not.
     found: HashMap<String, PathBuf>,
+    /// Held while the sweep of released local volumes runs; dropping it stops the sweep.
+    _sweep: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct PodTask {
@@ -228,6 +237,7 @@ impl Containers {
             }),
             tasks: HashMap::new(),
             found,
+            _sweep: None,
         })
     }
 
@@ -264,6 +274,20 @@ impl Containers {
                 }
             }
         });
+    }
+
+    /// Removes the directories of released local-path volumes ([`super::storage`]), now and
+    /// periodically, until the runtime is dropped.
+    pub fn sweep_local_volumes(&mut self) {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let sweeper = super::storage::Sweeper::new(
+            self.shared.config.local_storage.clone(),
+            self.shared.config.root.join("pods"),
+            self.shared.objects.clone(),
+        );
+        let span = tracing::info_span!("local-volume-sweep");
+        tokio::spawn(tracing::Instrument::instrument(sweeper.run(stopped), span));
+        self._sweep = Some(stop);
     }
 
     /// Evicts pods when the node crosses `thresholds` (`--eviction-hard`), until the runtime
@@ -757,6 +781,19 @@ impl PodRunner {
                     self.setup_error = None;
                     self.setup_retry = None;
                 }
+                Err(SetUpError::Claim(why)) => {
+                    // Waiting for a claim to exist or be bound: nothing of the pod is set up
+                    // meanwhile; tried again soon, then less often.
+                    if self.setup_error.as_deref() != Some(why.as_str()) {
+                        tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, "{why}");
+                        self.note(true, "FailedMount", why.clone());
+                    }
+                    let wait = self.setup_retry.map_or(CLAIM_BACKOFF_MIN, |(_, w)| w);
+                    self.setup_retry =
+                        Some((Instant::now() + wait, (wait * 2).min(CLAIM_BACKOFF_MAX)));
+                    self.setup_error = Some(why);
+                    return;
+                }
                 Err(SetUpError::Other(why)) => {
                     if self.setup_error.as_deref() != Some(why.as_str()) {
                         tracing::warn!(pod = %self.key.name, namespace = %self.key.namespace, error = %why, "cannot set the pod up");
@@ -851,7 +888,11 @@ impl PodRunner {
             write_atomic(&marker, self.pod.pod.as_bytes())
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let objects = self.fetch_objects().await?;
+        let objects = self.fetch_objects(true).await?;
+        // A claim not bound yet is waited for before the sandbox and network are made.
+        if let Err(e) = super::volumes::claims::check_bound(&self.spec, &objects) {
+            return Err(SetUpError::Claim(e.to_string()));
+        }
         let config = &self.shared.config;
         let host = super::sandbox::host_files(&config.resolv_conf).map_err(|e| e.to_string())?;
         let cluster = config
@@ -866,6 +907,7 @@ impl PodRunner {
         };
         let spec = self.spec.clone();
         let host_ips = self.shared.config.host_ips.clone();
+        let local_storage = self.shared.config.local_storage.clone();
         let sandbox = {
             let (dir, spec, host) = (dir.clone(), spec.clone(), host.clone());
             tokio::task::spawn_blocking(move || super::sandbox::create(&dir, &spec, &host))
@@ -909,6 +951,7 @@ impl PodRunner {
             let sources = super::volumes::Sources {
                 pod: ctx,
                 objects: &objects,
+                local_storage: &local_storage,
             };
             let volumes = super::volumes::set_up(&dir, &sources).map_err(|e| e.to_string())?;
             // shareProcessNamespace: one PID namespace for the pod, held by its own init.
@@ -939,23 +982,25 @@ impl PodRunner {
         if !has_api_volumes {
             return;
         }
-        let objects = match self.fetch_objects().await {
+        let objects = match self.fetch_objects(false).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::debug!(pod = %self.key.name, error = %e, "cannot refresh the pod's volumes now");
                 return;
             }
         };
-        let (dir, spec, pod_ips, host_ips) = (
+        let (dir, spec, pod_ips, host_ips, local_storage) = (
             self.dir.clone(),
             self.spec.clone(),
             self.pod_ips.clone(),
             self.shared.config.host_ips.clone(),
+            self.shared.config.local_storage.clone(),
         );
         let updated = tokio::task::spawn_blocking(move || {
             let sources = super::volumes::Sources {
                 pod: pod_context(&spec, &pod_ips, &host_ips),
                 objects: &objects,
+                local_storage: &local_storage,
             };
             super::volumes::update(&dir, &sources)
         })
@@ -971,12 +1016,21 @@ impl PodRunner {
         }
     }
 
-    /// The ConfigMaps and Secrets the pod references. A missing one is left out (the consumer
-    /// decides whether it was optional); any other failure is an error.
-    async fn fetch_objects(&self) -> Result<super::env::Prefetched, String> {
+    /// The ConfigMaps and Secrets the pod references, and with `claims` its
+    /// PersistentVolumeClaims (needed only to set the pod up). A missing one is left out (the
+    /// consumer decides whether it was optional); any other failure is an error.
+    async fn fetch_objects(&self, claims: bool) -> Result<super::env::Prefetched, String> {
         let ns = self.key.namespace.clone();
         let mut out = super::env::Prefetched::default();
         let refs = super::env::references(&self.spec);
+        let claims =
+            refs.claims
+                .into_iter()
+                .filter(|_| claims)
+                .map(|name| Wanted::PersistentVolumeClaim {
+                    namespace: ns.clone(),
+                    name,
+                });
         let wanted = refs
             .config_maps
             .into_iter()
@@ -987,14 +1041,22 @@ impl PodRunner {
             .chain(refs.secrets.into_iter().map(|name| Wanted::Secret {
                 namespace: ns.clone(),
                 name,
-            }));
+            }))
+            .chain(claims);
         for w in wanted {
             match self.shared.objects.get(&w).await {
                 Ok(obj) => {
                     out = match w {
                         Wanted::ConfigMap { .. } => out.with_config_map(obj),
                         Wanted::Secret { .. } => out.with_secret(obj),
-                        Wanted::ServiceAccountToken { .. } => out,
+                        Wanted::PersistentVolumeClaim { namespace, name } => {
+                            out.claims
+                                .insert(super::env::ObjectKey { namespace, name }, obj);
+                            out
+                        }
+                        Wanted::ServiceAccountToken { .. }
+                        | Wanted::LocalVolume { .. }
+                        | Wanted::LocalVolumeCleaned { .. } => out,
                     }
                 }
                 Err(ObjectError::NotFound(_)) => {}
@@ -1440,7 +1502,7 @@ impl PodRunner {
         runc_id: &str,
         number: u32,
     ) -> Result<(), Failure> {
-        let objects = self.fetch_objects().await.map_err(Failure::Config)?;
+        let objects = self.fetch_objects(false).await.map_err(Failure::Config)?;
         let ctx = pod_context(&self.spec, &self.pod_ips, &self.shared.config.host_ips);
         let services: Vec<super::env::ServiceLink> = self
             .shared
@@ -2090,6 +2152,8 @@ async fn detach_network(shared: &Shared, dir: &Path, pod: &str) {
 enum SetUpError {
     /// Its network (CNI): waiting for the node's pod block, or a plugin failed.
     Network(super::cni::CniError),
+    /// A claim the pod uses is missing or not bound yet: retried soon, with a back-off.
+    Claim(String),
     /// Anything else (namespaces, volumes, objects), as a message for the pod's status.
     Other(String),
 }

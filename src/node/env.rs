@@ -74,6 +74,11 @@ pub type Result<T, E = EnvError> = std::result::Result<T, E>;
 pub trait Objects {
     fn config_map(&self, namespace: &str, name: &str) -> Option<&Value>;
     fn secret(&self, namespace: &str, name: &str) -> Option<&Value>;
+    /// A PersistentVolumeClaim the pod uses and the volume it names, as the server answers
+    /// for it: `{"claim": <PVC>, "volume": <PV or null>}`.
+    fn claim(&self, _namespace: &str, _name: &str) -> Option<&Value> {
+        None
+    }
     /// The pod's service account token for `audience` (empty: the API's) asked for with a
     /// lifetime of `seconds`, if the caller got one.
     fn service_account_token(&self, _audience: &str, _seconds: i64) -> Option<&str> {
@@ -86,6 +91,8 @@ pub trait Objects {
 pub struct Prefetched {
     pub config_maps: HashMap<ObjectKey, Value>,
     pub secrets: HashMap<ObjectKey, Value>,
+    /// Claims with their volumes (see [`Objects::claim`]), by the claim's namespace and name.
+    pub claims: HashMap<ObjectKey, Value>,
     /// Service account tokens by (audience, requested lifetime in seconds).
     pub tokens: HashMap<(String, i64), String>,
 }
@@ -129,14 +136,15 @@ pub struct ResolvedEnv {
     pub warnings: Vec<String>,
 }
 
-/// The ConfigMaps and Secrets a pod names (in its own namespace), for prefetching them into
-/// [`Prefetched`]: env and envFrom of every container and init container, and configMap,
-/// secret and projected volumes. Image pull secrets are not included (they are the image
-/// puller's).
+/// The ConfigMaps, Secrets and PersistentVolumeClaims a pod names (in its own namespace), for
+/// prefetching them into [`Prefetched`]: env and envFrom of every container and init
+/// container, and configMap, secret, projected and persistentVolumeClaim volumes. Image pull
+/// secrets are not included (they are the image puller's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct References {
     pub config_maps: BTreeSet<String>,
     pub secrets: BTreeSet<String>,
+    pub claims: BTreeSet<String>,
 }
 
 /// What [`References`] a pod has.
@@ -168,6 +176,10 @@ pub fn references(pod: &Value) -> References {
     for v in array(spec, "volumes") {
         note(&mut out.config_maps, v["configMap"]["name"].as_str());
         note(&mut out.secrets, v["secret"]["secretName"].as_str());
+        note(
+            &mut out.claims,
+            v["persistentVolumeClaim"]["claimName"].as_str(),
+        );
         for source in array(&v["projected"], "sources") {
             note(&mut out.config_maps, source["configMap"]["name"].as_str());
             note(&mut out.secrets, source["secret"]["name"].as_str());
@@ -505,6 +517,10 @@ impl Objects for Prefetched {
 
     fn secret(&self, namespace: &str, name: &str) -> Option<&Value> {
         self.secrets.get(&ObjectKey::new(namespace, name))
+    }
+
+    fn claim(&self, namespace: &str, name: &str) -> Option<&Value> {
+        self.claims.get(&ObjectKey::new(namespace, name))
     }
 
     fn service_account_token(&self, audience: &str, seconds: i64) -> Option<&str> {

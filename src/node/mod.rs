@@ -3,7 +3,8 @@
 //!
 //! [`pods`] tracks the pods the server assigns to this node and reports their status through
 //! a [`pods::PodRuntime`]; [`streams`] serves `kubectl logs`/`exec` from the runtime;
-//! [`objects`] reads the ConfigMaps and Secrets pods use. [`hollow`] is a simulated runtime
+//! [`objects`] reads the ConfigMaps, Secrets and claims pods use; [`storage`] removes the
+//! directories of released local volumes. [`hollow`] is a simulated runtime
 //! for `keelson loadgen`.
 //! The runc runtime ([`containers`]) is built from [`images`] (the image store), [`env`],
 //! [`volumes`], [`sandbox`] and [`bundle`] (a container's OCI spec), [`monitor`] and [`runc`].
@@ -36,6 +37,7 @@ pub mod runc;
 pub mod sandbox;
 pub mod services;
 pub mod status;
+pub mod storage;
 pub mod streams;
 pub mod volumes;
 
@@ -228,11 +230,13 @@ impl RuntimeOptions {
     /// The runtime for this node: runc with the image store under `<data_dir>/agent`, or
     /// none. Imports image tarballs found in `<data_dir>/agent/images` (air-gapped installs).
     /// Starts the node's cluster DNS task ([`dns`]), so it must run inside the tokio runtime.
+    /// `local_storage` is where local-path volumes live (`--default-local-storage-path`).
     pub fn build(
         &self,
         data_dir: &Path,
         node_name: &str,
         host_ips: Vec<IpAddr>,
+        local_storage: &Path,
     ) -> Result<Runtime, RuntimeError> {
         let Some(binary) = &self.runtime else {
             tracing::info!("--runtime none: this node runs no containers");
@@ -277,9 +281,11 @@ impl RuntimeOptions {
             resolv_conf: self.resolv_conf.clone(),
             view: Some(network.clone()),
             network: pod_network,
+            local_storage: local_storage.to_path_buf(),
         };
-        let pods = containers::Containers::new(config, store, client, notes_tx)?;
+        let mut pods = containers::Containers::new(config, store, client, notes_tx)?;
         pods.collect_images();
+        pods.sweep_local_volumes();
         pods.evict_under_pressure(self.reservations.eviction);
         let shared = pods.shared();
         // Runs for as long as the node holds its network view.

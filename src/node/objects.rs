@@ -1,5 +1,6 @@
-//! How a node reads the ConfigMaps and Secrets its pods use (for env and volumes), and gets
-//! its pods' service account tokens.
+//! How a node reads the ConfigMaps, Secrets and PersistentVolumeClaims its pods use (for env
+//! and volumes), gets its pods' service account tokens, and reads and releases the local
+//! persistent volumes pinned to it (see [`super::storage`]).
 //!
 //! An agent asks its server over the tunnel ([`crate::tunnel::Up::Get`]); the server answers
 //! only for objects a pod bound to that node references (NodeRestriction), so a node's
@@ -45,6 +46,21 @@ pub enum Wanted {
         audience: String,
         seconds: i64,
     },
+    /// A claim a pod bound to the node uses, with the volume it names. The answer is
+    /// `{"claim": <PVC>, "volume": <PV or null>}` (null: no `spec.volumeName`, or no such PV).
+    PersistentVolumeClaim {
+        namespace: String,
+        name: String,
+    },
+    /// A PersistentVolume whose `spec.nodeAffinity` pins it to this node (403 otherwise).
+    LocalVolume {
+        name: String,
+    },
+    /// The node removed the directory of the local volume `name` (pinned to it, being
+    /// deleted): the server removes the volume's cleanup finalizer. The answer is `{}`.
+    LocalVolumeCleaned {
+        name: String,
+    },
 }
 
 impl std::fmt::Display for Wanted {
@@ -61,6 +77,13 @@ impl std::fmt::Display for Wanted {
                 f,
                 "a token of serviceaccount {namespace}/{service_account} for pod {pod}"
             ),
+            Wanted::PersistentVolumeClaim { namespace, name } => {
+                write!(f, "persistentvolumeclaim {namespace}/{name}")
+            }
+            Wanted::LocalVolume { name } => write!(f, "persistentvolume {name}"),
+            Wanted::LocalVolumeCleaned { name } => {
+                write!(f, "the cleanup of persistentvolume {name}")
+            }
         }
     }
 }

@@ -1,13 +1,16 @@
 //! A pod's volumes, materialised under its pod directory the way kubelet lays them out:
 //! `<pod dir>/volumes/<plugin>/<name>` (`kubernetes.io~empty-dir`, `kubernetes.io~configmap`,
 //! `kubernetes.io~secret`, `kubernetes.io~projected`, `kubernetes.io~downward-api`); a
-//! hostPath volume is the host path itself. Also the safe resolution of a volume mount's
+//! hostPath volume is the host path itself, and a persistentVolumeClaim volume the path of the
+//! PersistentVolume it is bound to ([`claims`]). Also the safe resolution of a volume mount's
 //! `subPath` ([`pin_subpath`]) and the teardown of all of it.
 //!
-//! What it owns: the files and mounts under `<pod dir>/volumes` and `<pod dir>/volume-subpaths`.
-//! What it leaves to others: fetching the ConfigMaps and Secrets (the caller prefetches them
-//! behind [`Objects`]), deciding when to call [`update`] (when a referenced object changes),
-//! the pod directory itself and the sandbox's files in it.
+//! What it owns: the files and mounts under `<pod dir>/volumes` and `<pod dir>/volume-subpaths`,
+//! and the creation of local-path volume directories under the node's storage path.
+//! What it leaves to others: fetching the ConfigMaps, Secrets and claims (the caller
+//! prefetches them behind [`Objects`]), deciding when to call [`update`] (when a referenced
+//! object changes), the pod directory itself and the sandbox's files in it, and removing
+//! released local volumes (`super::storage`).
 //!
 //! Invariants:
 //! - ConfigMap, Secret, projected and downwardAPI volumes are written kubelet's atomic way: the
@@ -27,8 +30,9 @@
 //! (through [`Objects`], like ConfigMaps).
 //!
 //! Not done: a non-memory emptyDir's `sizeLimit` is not enforced (kubelet does it by eviction);
-//! projected `clusterTrustBundle` sources are refused; volume types that need storage
-//! (persistentVolumeClaim, nfs, csi, …) are refused.
+//! projected `clusterTrustBundle` sources are refused; volume types that need a storage driver
+//! (nfs, csi, ephemeral, …) are refused, as are PersistentVolumes of other sources than
+//! `hostPath` and `local`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -51,6 +55,10 @@ pub const CONFIG_MAP: &str = "kubernetes.io~configmap";
 pub const SECRET: &str = "kubernetes.io~secret";
 pub const PROJECTED: &str = "kubernetes.io~projected";
 pub const DOWNWARD_API: &str = "kubernetes.io~downward-api";
+
+// Named by path so the file resolves the same when tests/bundle.rs compiles this module.
+#[path = "volumes/claims.rs"]
+pub mod claims;
 
 /// Kubernetes' default file mode for API-data volumes (0644).
 const DEFAULT_MODE: u32 = 0o644;
@@ -91,6 +99,22 @@ pub enum Cause {
     ConfigMapNotFound(String),
     #[error("secret {0:?} not found")]
     SecretNotFound(String),
+    /// Retryable: the claim may be created yet.
+    #[error("persistentvolumeclaim {0:?} not found")]
+    ClaimNotFound(String),
+    /// Retryable: the binder (or local-path provisioner) binds it soon after the scheduler
+    /// binds the pod.
+    #[error("persistentvolumeclaim {0:?} is not bound")]
+    ClaimNotBound(String),
+    /// A local-path volume whose directory is not safely under the node's storage path.
+    #[error(
+        "{path}: {reason} (local-path volumes live under the node's storage path {storage}, set with --default-local-storage-path)"
+    )]
+    Storage {
+        path: PathBuf,
+        storage: PathBuf,
+        reason: String,
+    },
     #[error("configmap references non-existent config key: {0}")]
     ConfigMapKey(String),
     #[error("references non-existent secret key: {0}")]
@@ -143,18 +167,25 @@ pub struct Volumes {
 pub struct Volume {
     pub name: String,
     pub kind: Kind,
-    /// What a container mounts: the directory under the pod dir, or the hostPath.
+    /// What a container mounts: the directory under the pod dir, the hostPath, or the path of
+    /// the claim's PersistentVolume.
     pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    EmptyDir { memory: bool },
+    EmptyDir {
+        memory: bool,
+    },
     HostPath,
     ConfigMap,
     Secret,
     Projected,
     DownwardApi,
+    /// `readOnly` is the pod volume's own (a mount may also ask for read-only).
+    PersistentVolumeClaim {
+        read_only: bool,
+    },
 }
 
 /// Everything a volume's content is computed from.
@@ -162,6 +193,8 @@ pub enum Kind {
 pub struct Sources<'a> {
     pub pod: PodContext<'a>,
     pub objects: &'a dyn Objects,
+    /// The node's storage path (`--default-local-storage-path`), where local-path volumes are.
+    pub local_storage: &'a Path,
 }
 
 /// One file of an API-data volume.
@@ -188,6 +221,9 @@ pub fn set_up(pod_dir: &Path, sources: &Sources) -> Result<Volumes> {
         let kind = kind_of(spec).map_err(fail)?;
         let path = match kind {
             Kind::HostPath => host_path(&spec["hostPath"]).map_err(fail)?,
+            Kind::PersistentVolumeClaim { read_only } => {
+                claims::set_up(&spec["persistentVolumeClaim"], read_only, sources).map_err(fail)?
+            }
             _ => pod_dir.join("volumes").join(plugin(kind)).join(name),
         };
         match kind {
@@ -195,7 +231,7 @@ pub fn set_up(pod_dir: &Path, sources: &Sources) -> Result<Volumes> {
                 empty_dir(&path, memory, &spec["emptyDir"], sources.pod.pod, fs_group)
                     .map_err(fail)?
             }
-            Kind::HostPath => {}
+            Kind::HostPath | Kind::PersistentVolumeClaim { .. } => {}
             _ => {
                 let files = payload(spec, kind, sources).map_err(fail)?;
                 write_atomic(&path, &files, fs_group).map_err(fail)?;
@@ -225,7 +261,10 @@ pub fn update(pod_dir: &Path, sources: &Sources) -> Result<Vec<String>> {
         };
         check_volume_name(name).map_err(fail)?;
         let kind = kind_of(spec).map_err(fail)?;
-        if matches!(kind, Kind::EmptyDir { .. } | Kind::HostPath) {
+        if matches!(
+            kind,
+            Kind::EmptyDir { .. } | Kind::HostPath | Kind::PersistentVolumeClaim { .. }
+        ) {
             continue;
         }
         let path = pod_dir.join("volumes").join(plugin(kind)).join(name);
@@ -535,7 +574,7 @@ pub fn payload(spec: &Value, kind: Kind, sources: &Sources) -> Result<Vec<FileEn
             }
             all
         }
-        Kind::EmptyDir { .. } | Kind::HostPath => Vec::new(),
+        Kind::EmptyDir { .. } | Kind::HostPath | Kind::PersistentVolumeClaim { .. } => Vec::new(),
     };
     for f in &files {
         check_item_path(&f.path)?;
@@ -561,11 +600,16 @@ impl Volumes {
 // === impl Volume ===
 
 impl Volume {
-    /// API-data volumes are always mounted read-only, as kubelet does.
+    /// API-data volumes are always mounted read-only, as kubelet does, and so is a claim the
+    /// pod's volume asks for `readOnly`.
     pub fn always_read_only(&self) -> bool {
         matches!(
             self.kind,
-            Kind::ConfigMap | Kind::Secret | Kind::Projected | Kind::DownwardApi
+            Kind::ConfigMap
+                | Kind::Secret
+                | Kind::Projected
+                | Kind::DownwardApi
+                | Kind::PersistentVolumeClaim { read_only: true }
         )
     }
 }
@@ -594,6 +638,10 @@ fn kind_of(spec: &Value) -> Result<Kind, Cause> {
         Kind::Projected
     } else if has("downwardAPI") {
         Kind::DownwardApi
+    } else if has("persistentVolumeClaim") {
+        Kind::PersistentVolumeClaim {
+            read_only: spec["persistentVolumeClaim"]["readOnly"].as_bool() == Some(true),
+        }
     } else {
         let other = spec
             .as_object()
@@ -613,6 +661,7 @@ fn plugin(kind: Kind) -> &'static str {
         Kind::DownwardApi => DOWNWARD_API,
         // Never joined to the pod dir.
         Kind::HostPath => "kubernetes.io~host-path",
+        Kind::PersistentVolumeClaim { .. } => "kubernetes.io~persistent-volume-claim",
     }
 }
 

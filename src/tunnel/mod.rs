@@ -16,8 +16,8 @@
 //! | agent → server | [`Up::PodStatus`] | a pod's status changed; the server writes it as the node (NodeRestriction applies) |
 //! | server → agent | [`Down::Dial`] | a client wants a pod's logs or an exec: the node dials [`STREAM_PATH`]`/<id>` on this server and serves it there (see [`streams`]) |
 //! | agent → server | [`Up::Event`] | something happened to a pod (pulled, started, backing off): an Event, written as `kubelet` |
-//! | agent → server | [`Up::Get`] | the node needs a ConfigMap or Secret one of its pods uses |
-//! | server → agent | [`Down::Object`] | the answer: the object, or why not (only objects its pods reference) |
+//! | agent → server | [`Up::Get`] | the node needs a ConfigMap, Secret or claim one of its pods uses, a local volume pinned to it, or reports one cleaned up |
+//! | server → agent | [`Down::Object`] | the answer: the object, or why not (only objects its pods reference, volumes pinned to it) |
 //! | server → agent | [`Down::Net`]… | after `Welcome`, to nodes that asked: the cluster's network settings, a listing of every node's addresses and pod blocks, Services and EndpointSlices (compact), then each change |
 //! | agent → server | [`Up::LbRenew`] | take or renew the lease on a LoadBalancer address the node is a candidate for (see [`lb`]) |
 //! | server → agent | [`Down::LbGrant`] | the answer: held or not, with the lease's epoch (none when the database failed) |
@@ -56,7 +56,7 @@ use crate::node::pods::{PodAssignment, PodKey, PodNote, PodReport};
 use crate::node::streams::StreamRequest;
 
 /// Bumped on any incompatible change to the frames below.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Where servers accept tunnels.
 pub const PATH: &str = "/v1-keelson/connect";
 /// Where a node dials back to serve one stream (`<STREAM_PATH>/<id>`).
@@ -154,6 +154,9 @@ pub struct NodeReport {
     pub reservations: crate::node::resources::Reservations,
     /// The pressure conditions measured last.
     pub pressure: crate::node::resources::Pressure,
+    /// Where local-path volumes live on the node (an absolute path), for the Node's
+    /// `keelson.io/local-storage-path` annotation; `None` when it is not known.
+    pub local_storage: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +243,7 @@ mod tests {
             info: SystemInfo::read(),
             reservations: Default::default(),
             pressure: Default::default(),
+            local_storage: Some("/var/lib/keelson/storage".into()),
         }
     }
 

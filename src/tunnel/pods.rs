@@ -29,6 +29,16 @@ use crate::apiserver::status::ApiError;
 use crate::datastore::feed::Feed;
 use crate::datastore::{EventKind, Record};
 use crate::node::pods::{PodAssignment, PodKey, PodReport};
+use crate::node::storage::CLEANUP_FINALIZER;
+
+/// The kinds a node reads for its pods' claims, as [`references`] and messages name them.
+const CLAIM: &str = "persistentvolumeclaim";
+const VOLUME: &str = "persistentvolume";
+/// Their resources' plurals.
+const CLAIMS: &str = "persistentvolumeclaims";
+const VOLUMES: &str = "persistentvolumes";
+/// The label a local volume's node affinity names its node by.
+const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Pushes queued for one tunnel before it counts as stuck and is made to list again.
 pub const LISTENER_QUEUE: usize = 256;
@@ -315,9 +325,9 @@ impl State {
 /// Writes the status `node` reports for a pod, as that node: a strategic-merge patch of
 /// `pods/<name>/status` (conditions merge by type, so the scheduler's `PodScheduled` stays).
 /// An object a node asked for, if a pod bound to it references it (NodeRestriction: a node
-/// reads only the ConfigMaps and Secrets its own pods use). `Err((404, …))` for a referenced
-/// object that does not exist, so the node can tell a missing optional reference from a
-/// refusal (403).
+/// reads only the ConfigMaps, Secrets and claims its own pods use, and only the local volumes
+/// pinned to it). `Err((404, …))` for a referenced object that does not exist, so the node can
+/// tell a missing optional reference from a refusal (403).
 pub async fn object_for_node(
     api: &crate::apiserver::Api,
     routes: &PodRoutes,
@@ -330,6 +340,16 @@ pub async fn object_for_node(
     let (resource, kind, namespace, name) = match wanted {
         Wanted::ConfigMap { namespace, name } => (&CONFIGMAPS, "configmap", namespace, name),
         Wanted::Secret { namespace, name } => (&SECRETS, "secret", namespace, name),
+        Wanted::PersistentVolumeClaim { namespace, name } => {
+            if !referenced(routes, node, namespace, CLAIM, name) {
+                return Err(not_referenced(CLAIM, namespace, name, node));
+            }
+            return claim_for_node(registry, namespace, name).await;
+        }
+        Wanted::LocalVolume { name } => return local_volume(registry, node, name).await,
+        Wanted::LocalVolumeCleaned { name } => {
+            return local_volume_cleaned(registry, node, name).await;
+        }
         Wanted::ServiceAccountToken {
             namespace,
             pod,
@@ -353,19 +373,8 @@ pub async fn object_for_node(
             return token_for_node(api, routes, node, &key, request).await;
         }
     };
-    let referenced = routes
-        .lock()
-        .pods_of(node)
-        .iter()
-        .filter(|a| &a.key.namespace == namespace)
-        .any(|a| {
-            serde_json::from_str::<Value>(&a.pod).is_ok_and(|pod| references(&pod, kind, name))
-        });
-    if !referenced {
-        return Err((
-            403,
-            format!("{kind} {namespace}/{name}: no pod bound to node {node:?} references it"),
-        ));
+    if !referenced(routes, node, namespace, kind, name) {
+        return Err(not_referenced(kind, namespace, name, node));
     }
     let r = ObjectRef {
         resource,
@@ -377,6 +386,158 @@ pub async fn object_for_node(
         Err(ApiError::NotFound { .. }) => Err((404, format!("{kind} \"{name}\" not found"))),
         Err(e) => Err((503, e.to_string())),
     }
+}
+
+/// Whether a pod bound to `node` in `namespace` references the object (see [`references`]).
+fn referenced(routes: &PodRoutes, node: &str, namespace: &str, kind: &str, name: &str) -> bool {
+    routes
+        .lock()
+        .pods_of(node)
+        .iter()
+        .filter(|a| a.key.namespace == namespace)
+        .any(|a| {
+            serde_json::from_str::<Value>(&a.pod).is_ok_and(|pod| references(&pod, kind, name))
+        })
+}
+
+fn not_referenced(kind: &str, namespace: &str, name: &str, node: &str) -> (u16, String) {
+    (
+        403,
+        format!("{kind} {namespace}/{name}: no pod bound to node {node:?} references it"),
+    )
+}
+
+/// `{"claim": <PVC>, "volume": <PV or null>}` for a claim a pod of the node references.
+async fn claim_for_node(
+    registry: &Registry,
+    namespace: &str,
+    name: &str,
+) -> Result<String, (u16, String)> {
+    let claims = storage_resource(CLAIMS)?;
+    let r = ObjectRef::namespaced(claims, namespace, name);
+    let claim = match registry.get(&r).await {
+        Ok(claim) => claim,
+        Err(ApiError::NotFound { .. }) => {
+            return Err((404, format!("{CLAIM} \"{name}\" not found")));
+        }
+        Err(e) => return Err((503, e.to_string())),
+    };
+    let volume = match claim["spec"]["volumeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+    {
+        Some(volume) => {
+            let r = ObjectRef::cluster(storage_resource(VOLUMES)?, volume);
+            match registry.get(&r).await {
+                Ok(pv) => pv,
+                Err(ApiError::NotFound { .. }) => Value::Null,
+                Err(e) => return Err((503, e.to_string())),
+            }
+        }
+        None => Value::Null,
+    };
+    Ok(json!({"claim": claim, "volume": volume}).to_string())
+}
+
+/// A PersistentVolume pinned to `node` (403 if it is not, 404 if there is none).
+async fn local_volume(
+    registry: &Registry,
+    node: &str,
+    name: &str,
+) -> Result<String, (u16, String)> {
+    let r = ObjectRef::cluster(storage_resource(VOLUMES)?, name);
+    match registry.get(&r).await {
+        Ok(pv) if pinned_to(&pv, node) => Ok(pv.to_string()),
+        Ok(_) => Err(not_pinned(name, node)),
+        Err(ApiError::NotFound { .. }) => Err((404, format!("{VOLUME} \"{name}\" not found"))),
+        Err(e) => Err((503, e.to_string())),
+    }
+}
+
+/// Removes [`CLEANUP_FINALIZER`] from the PersistentVolume `name`, as the system, if it is
+/// pinned to `node` and being deleted: the node removed its directory. The condition is
+/// checked on the very revision written, so a volume recreated meanwhile is left alone.
+async fn local_volume_cleaned(
+    registry: &Registry,
+    node: &str,
+    name: &str,
+) -> Result<String, (u16, String)> {
+    let r = ObjectRef::cluster(storage_resource(VOLUMES)?, name);
+    let mut refused = None;
+    let written = registry
+        .modify(&r, Part::Main, |pv| match may_clean(pv, node) {
+            Ok(()) => {
+                refused = None;
+                if let Some(list) = pv["metadata"]["finalizers"].as_array_mut() {
+                    list.retain(|f| f.as_str() != Some(CLEANUP_FINALIZER));
+                }
+            }
+            Err(why) => refused = Some(why),
+        })
+        .await;
+    match (written, refused) {
+        (_, Some(why)) => Err(why),
+        (Ok(_), None) => Ok("{}".to_owned()),
+        (Err(ApiError::NotFound { .. }), None) => {
+            Err((404, format!("{VOLUME} \"{name}\" not found")))
+        }
+        (Err(e), None) => Err((503, e.to_string())),
+    }
+}
+
+/// Whether `node` may have the cleanup finalizer of `pv` removed (NodeRestriction).
+fn may_clean(pv: &Value, node: &str) -> Result<(), (u16, String)> {
+    let name = pv["metadata"]["name"].as_str().unwrap_or_default();
+    if !pinned_to(pv, node) {
+        return Err(not_pinned(name, node));
+    }
+    if pv["metadata"]["deletionTimestamp"].as_str().is_none() {
+        return Err((
+            403,
+            format!(
+                "{VOLUME} {name:?} is not being deleted: its directory is not the node's to clean up"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn not_pinned(name: &str, node: &str) -> (u16, String) {
+    (
+        403,
+        format!("{VOLUME} {name:?} is not pinned to node {node:?}"),
+    )
+}
+
+/// Whether the PersistentVolume `pv` can only be used on `node`: its
+/// `spec.nodeAffinity.required` has terms, and every term requires
+/// `kubernetes.io/hostname In [<node>]` (terms are alternatives, so one without it would let
+/// the volume go elsewhere).
+pub fn pinned_to(pv: &Value, node: &str) -> bool {
+    let terms = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"].as_array();
+    terms.is_some_and(|terms| {
+        !terms.is_empty()
+            && terms.iter().all(|term| {
+                term["matchExpressions"].as_array().is_some_and(|exprs| {
+                    exprs.iter().any(|e| {
+                        e["key"].as_str() == Some(HOSTNAME_LABEL)
+                            && e["operator"].as_str() == Some("In")
+                            && e["values"]
+                                .as_array()
+                                .is_some_and(|v| v.len() == 1 && v[0].as_str() == Some(node))
+                    })
+                })
+            })
+    })
+}
+
+/// The storage resource stored under `plural`. Looked up by plural so this compiles before the
+/// storage kinds exist; a server without them answers 503.
+fn storage_resource(
+    plural: &str,
+) -> Result<&'static crate::apiserver::resources::Resource, (u16, String)> {
+    crate::apiserver::resources::Resource::by_plural(plural)
+        .ok_or_else(|| (503, format!("this server does not serve {plural}")))
 }
 
 /// A token for a pod bound to `node`, of the pod's own service account (NodeRestriction:
@@ -425,13 +586,14 @@ async fn token_for_node(
     }
 }
 
-/// Whether a pod's spec names the ConfigMap or Secret (`kind` is `configmap` or `secret`)
-/// through a volume, a projected source, an env or envFrom reference, or (Secrets) an image
-/// pull secret.
+/// Whether a pod's spec names the ConfigMap, Secret or PersistentVolumeClaim (`kind` is
+/// `configmap`, `secret` or [`CLAIM`]) through a volume, a projected source, an env or envFrom
+/// reference, or (Secrets) an image pull secret.
 pub fn references(pod: &Value, kind: &str, name: &str) -> bool {
     let refs = crate::node::env::references(pod);
     match kind {
         "configmap" => refs.config_maps.contains(name),
+        CLAIM => refs.claims.contains(name),
         _ => {
             refs.secrets.contains(name)
                 || pod["spec"]["imagePullSecrets"]
@@ -614,5 +776,75 @@ mod tests {
         }
         assert!(!references(&pod, "secret", "other"));
         assert!(!references(&pod, "configmap", "tls"));
+    }
+
+    fn pod_with_claim(name: &str, node: &str, namespace: &str, claim: &str) -> Value {
+        json!({
+            "metadata": {"namespace": namespace, "name": name, "uid": format!("uid-{name}")},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}],
+                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]},
+            "status": {"phase": "Pending"},
+        })
+    }
+
+    #[test]
+    fn a_node_reads_only_the_claims_its_own_pods_use() {
+        let routes = PodRoutes::new();
+        routes.replace(&[
+            pod_with_claim("a", "n1", "default", "data"),
+            pod_with_claim("b", "n2", "prod", "other"),
+        ]);
+        assert!(references(
+            &pod_with_claim("a", "n1", "default", "data"),
+            CLAIM,
+            "data"
+        ));
+        assert!(referenced(&routes, "n1", "default", CLAIM, "data"));
+        // Another node's pod's claim, a claim of the same name in another namespace, a claim
+        // nobody uses, and a ConfigMap of the claim's name: all refused.
+        assert!(!referenced(&routes, "n1", "prod", CLAIM, "other"));
+        assert!(!referenced(&routes, "n2", "default", CLAIM, "data"));
+        assert!(!referenced(&routes, "n1", "default", CLAIM, "nobody"));
+        assert!(!referenced(&routes, "n1", "default", "configmap", "data"));
+    }
+
+    fn volume(values: Value) -> Value {
+        json!({
+            "metadata": {"name": "pvc-1"},
+            "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": values}]}]}}},
+        })
+    }
+
+    #[test]
+    fn a_volume_is_a_nodes_only_when_every_term_pins_it_there() {
+        assert!(pinned_to(&volume(json!(["n1"])), "n1"));
+        assert!(!pinned_to(&volume(json!(["n2"])), "n1"));
+        // A volume several nodes may use is no one node's to read or clean.
+        assert!(!pinned_to(&volume(json!(["n1", "n2"])), "n1"));
+        let mut not_in = volume(json!(["n1"]));
+        not_in["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+            ["operator"] = json!("NotIn");
+        assert!(!pinned_to(&not_in, "n1"));
+        // A second term lets the volume go anywhere with the label.
+        let mut two_terms = volume(json!(["n1"]));
+        two_terms["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+            .as_array_mut()
+            .unwrap()
+            .push(
+                json!({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}),
+            );
+        assert!(!pinned_to(&two_terms, "n1"));
+        assert!(!pinned_to(&json!({"spec": {}}), "n1"));
+    }
+
+    #[test]
+    fn a_node_clears_the_cleanup_finalizer_only_of_its_own_deleted_volumes() {
+        let mut deleting = volume(json!(["n1"]));
+        deleting["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
+        assert!(may_clean(&deleting, "n1").is_ok());
+        assert_eq!(may_clean(&deleting, "n2").map_err(|e| e.0), Err(403));
+        let live = volume(json!(["n1"]));
+        assert_eq!(may_clean(&live, "n1").map_err(|e| e.0), Err(403));
     }
 }

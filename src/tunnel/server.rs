@@ -455,6 +455,9 @@ fn kind(m: &Message) -> &'static str {
     }
 }
 
+/// Longest local storage path a node may report (Linux's `PATH_MAX`).
+const MAX_STORAGE_PATH: usize = 4096;
+
 /// What the server will not take from an agent, whatever its certificate says.
 fn check(node: &str, report: &NodeReport) -> Result<(), String> {
     if report.name != node {
@@ -475,6 +478,13 @@ fn check(node: &str, report: &NodeReport) -> Result<(), String> {
     for t in &report.taints {
         labels::validate_taint(t).map_err(|e| format!("taint {}: {e}", t.key))?;
     }
+    if let Some(path) = &report.local_storage
+        && (!path.starts_with('/') || path.len() > MAX_STORAGE_PATH || path.contains('\0'))
+    {
+        return Err(format!(
+            "local storage path {path:?}: expected an absolute path of at most {MAX_STORAGE_PATH} bytes"
+        ));
+    }
     Ok(())
 }
 
@@ -489,5 +499,29 @@ mod tests {
         assert!(!b.take(), "a fourth unit within the second");
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(b.take(), "a new second brings a new allowance");
+    }
+
+    #[test]
+    fn an_agent_reports_an_absolute_storage_path_or_none() {
+        let mut report = NodeReport {
+            name: "n1".into(),
+            labels: vec![],
+            taints: vec![],
+            addresses: vec![],
+            info: crate::agent::sysinfo::SystemInfo::read(),
+            reservations: Default::default(),
+            pressure: Default::default(),
+            local_storage: Some("/var/lib/keelson/storage".into()),
+        };
+        assert!(check("n1", &report).is_ok());
+        report.local_storage = None;
+        assert!(check("n1", &report).is_ok());
+        for bad in [
+            "storage".to_string(),
+            format!("/{}", "a".repeat(MAX_STORAGE_PATH)),
+        ] {
+            report.local_storage = Some(bad);
+            assert!(check("n1", &report).is_err());
+        }
     }
 }

@@ -65,6 +65,7 @@ fn set_up_with(dir: &Path, pod: &Value, objects: &Prefetched) -> Result<Volumes>
             allocatable: Allocatable::default(),
         },
         objects,
+        local_storage: Path::new("/nonexistent/storage"),
     };
     set_up(dir, &sources)
 }
@@ -78,6 +79,7 @@ fn update_with(dir: &Path, pod: &Value, objects: &Prefetched) -> Result<Vec<Stri
             allocatable: Allocatable::default(),
         },
         objects,
+        local_storage: Path::new("/nonexistent/storage"),
     };
     update(dir, &sources)
 }
@@ -278,8 +280,11 @@ fn secret_items_pick_keys_paths_and_modes() {
     );
     assert_eq!(
         err(json!([{"name": "x", "persistentVolumeClaim": {"claimName": "c"}}])),
-        "MountVolume.SetUp failed for volume \"x\" : volume type persistentVolumeClaim is not \
-         supported by keelson yet"
+        "MountVolume.SetUp failed for volume \"x\" : persistentvolumeclaim \"c\" not found"
+    );
+    assert_eq!(
+        err(json!([{"name": "x", "nfs": {"server": "s", "path": "/"}}])),
+        "MountVolume.SetUp failed for volume \"x\" : volume type nfs is not supported by keelson yet"
     );
 }
 
