@@ -532,7 +532,7 @@ impl ServerConfig {
         node.reservations = runtime.reservations;
         node.pressure_transition = runtime.pressure_transition;
         node.data_dir = data_dir.clone();
-        node.local_storage = data_dir.join(crate::node::storage::DEFAULT_DIR);
+        node.local_storage = local_storage_path(&args.node_runtime, &data_dir, &mut problems);
         let Some(pod_network) = pod_network.filter(|_| problems.is_empty()) else {
             return Err(Error::Invalid(problems));
         };
@@ -899,7 +899,7 @@ impl AgentConfig {
         node.pressure_transition = runtime.pressure_transition;
         let data_dir = args.data_dir.unwrap_or_else(|| host.default_data_dir());
         node.data_dir = data_dir.clone();
-        node.local_storage = data_dir.join(crate::node::storage::DEFAULT_DIR);
+        node.local_storage = local_storage_path(&args.node_runtime, &data_dir, &mut problems);
         match (server, token) {
             (Some(server), Some(token)) if problems.is_empty() => Ok(AgentConfig {
                 server,
@@ -913,6 +913,26 @@ impl AgentConfig {
             }),
             _ => Err(Error::Invalid(problems)),
         }
+    }
+}
+
+/// `--default-local-storage-path`, or `<data-dir>/storage`; a relative path is refused (the
+/// servers write it into volumes other nodes' users read).
+fn local_storage_path(
+    args: &crate::cli::RuntimeArgs,
+    data_dir: &std::path::Path,
+    problems: &mut Vec<String>,
+) -> PathBuf {
+    match &args.default_local_storage_path {
+        Some(path) if !path.is_absolute() => {
+            problems.push(format!(
+                "--default-local-storage-path {:?} must be an absolute path",
+                path.display().to_string()
+            ));
+            data_dir.join(crate::node::storage::DEFAULT_DIR)
+        }
+        Some(path) => path.clone(),
+        None => data_dir.join(crate::node::storage::DEFAULT_DIR),
     }
 }
 

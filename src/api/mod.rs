@@ -10,3 +10,4 @@ pub mod cron;
 pub mod labels;
 pub mod network;
 pub mod quantity;
+pub mod storage;

@@ -19,8 +19,10 @@ use serde_json::{Value, json};
 
 use super::events::{Recorder, Type};
 use super::owner;
-use super::scheduler::volumes::{
-    LOCAL_PATH_PROVISIONER, LOCAL_STORAGE_ANNOTATION, SELECTED_NODE, volume_fits_node,
+use super::scheduler::volumes::volume_fits_node;
+use crate::api::storage::{
+    CLEANUP_FINALIZER, LOCAL_PATH_PROVISIONER, LOCAL_STORAGE_ANNOTATION, PROVISIONED_BY,
+    SELECTED_NODE,
 };
 use crate::apiserver::kinds::workload::selects;
 use crate::apiserver::registry::{Part, Registry};
@@ -32,10 +34,7 @@ use crate::runtime::cache::{Cache, Change};
 use crate::runtime::controller::{Action, Context, Reconciler};
 use crate::runtime::frozen::{Frozen, Json};
 
-/// The finalizer the node holding a local-path volume's directory removes once it is gone.
-pub const CLEANUP_FINALIZER: &str = "keelson.io/local-volume-cleanup";
 pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
-const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
 const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
 /// The default StorageClass servers create (K3s's name and settings).
@@ -130,7 +129,7 @@ impl Reconciler for PersistentVolumes {
                     cache
                         .list(&PERSISTENTVOLUMES)
                         .iter()
-                        .filter(|v| owner::is_terminating(v))
+                        .filter(owner::is_terminating)
                         .map(|v| volume_key(owner::name(v))),
                 );
             } else if offers(change.old.as_deref()) != offers(change.new.as_deref())
@@ -818,7 +817,7 @@ mod tests {
 
     fn pick<'a>(c: &Frozen, vs: &'a [Frozen], node: Option<&Frozen>) -> Option<&'a str> {
         let class = c["spec"]["storageClassName"].as_str().unwrap_or_default();
-        best_volume(c, class, vs.iter(), node).map(|v| owner::name(v))
+        best_volume(c, class, vs.iter(), node).map(owner::name)
     }
 
     #[test]

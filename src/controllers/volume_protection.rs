@@ -62,7 +62,7 @@ impl Reconciler for VolumeProtection {
             .filter(|name| {
                 cache
                     .get(&ObjectRef::namespaced(&PERSISTENTVOLUMECLAIMS, ns, name))
-                    .is_some_and(|c| guarded(&*c, PVC_PROTECTION))
+                    .is_some_and(|c| guarded(&c, PVC_PROTECTION))
             })
             .map(|name| format!("c/{ns}/{name}"))
             .collect()
@@ -72,12 +72,12 @@ impl Reconciler for VolumeProtection {
         let claims = cache
             .list(&PERSISTENTVOLUMECLAIMS)
             .into_iter()
-            .filter(|c| guarded(&**c, PVC_PROTECTION))
+            .filter(|c| guarded(c, PVC_PROTECTION))
             .map(|c| format!("c/{}/{}", owner::namespace(&c), owner::name(&c)));
         let volumes = cache
             .list(&PERSISTENTVOLUMES)
             .into_iter()
-            .filter(|v| guarded(&**v, PV_PROTECTION))
+            .filter(|v| guarded(v, PV_PROTECTION))
             .map(|v| format!("v/{}", owner::name(&v)));
         claims.chain(volumes).collect()
     }
@@ -89,7 +89,7 @@ impl Reconciler for VolumeProtection {
                 return Ok(Action::Done);
             };
             let free = pv["status"]["phase"] != "Bound";
-            (r, PV_PROTECTION, free && guarded(&*pv, PV_PROTECTION))
+            (r, PV_PROTECTION, free && guarded(&pv, PV_PROTECTION))
         } else if let Some((ns, name)) = key.strip_prefix("c/").and_then(|k| k.split_once('/')) {
             let r = ObjectRef::namespaced(&PERSISTENTVOLUMECLAIMS, ns, name);
             let Some(claim) = ctx.cache.get(&r) else {
@@ -101,7 +101,7 @@ impl Reconciler for VolumeProtection {
                 .iter()
                 .filter(|p| !is_finished(&***p))
                 .any(|p| claims_of(&**p).any(|c| c == name));
-            (r, PVC_PROTECTION, !used && guarded(&*claim, PVC_PROTECTION))
+            (r, PVC_PROTECTION, !used && guarded(&claim, PVC_PROTECTION))
         } else {
             return Ok(Action::Done);
         };

@@ -36,10 +36,9 @@ use super::env::ObjectKey;
 use super::objects::{ObjectClient, ObjectError, Wanted};
 use super::volumes::claims;
 
-/// The Node annotation with the node's storage path, for the provisioner to write volume paths.
-pub const STORAGE_PATH_ANNOTATION: &str = "keelson.io/local-storage-path";
-/// Held on a local-path volume until its node removed the directory.
-pub const CLEANUP_FINALIZER: &str = "keelson.io/local-volume-cleanup";
+pub use crate::api::storage::{
+    CLEANUP_FINALIZER, LOCAL_STORAGE_ANNOTATION as STORAGE_PATH_ANNOTATION,
+};
 /// The storage path's default, under the data dir.
 pub const DEFAULT_DIR: &str = "storage";
 /// How often the storage path is looked at.

@@ -15,12 +15,7 @@ use crate::runtime::frozen::Json;
 
 use super::view::{NodeSelectorTerm, node_selector_terms};
 
-/// The annotation the scheduler sets on a delayed-binding claim once it picked a node.
-pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
-/// The provisioner of keelson's built-in local-path volumes (K3s's name).
-pub const LOCAL_PATH_PROVISIONER: &str = "rancher.io/local-path";
-/// The node annotation that says where (and that) a node provisions local-path volumes.
-pub const LOCAL_STORAGE_ANNOTATION: &str = "keelson.io/local-storage-path";
+pub use crate::api::storage::{LOCAL_PATH_PROVISIONER, LOCAL_STORAGE_ANNOTATION, SELECTED_NODE};
 
 /// What a pod's claims ask of its node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

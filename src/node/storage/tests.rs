@@ -257,3 +257,13 @@ async fn a_cleanup_the_server_did_not_hear_of_is_confirmed_next_round() {
         ]
     );
 }
+
+#[test]
+fn the_volume_module_names_what_the_controllers_write() {
+    // volumes.rs compiles standalone (tests/bundle.rs), so it keeps its own copies.
+    assert_eq!(
+        claims::PROVISIONER,
+        crate::api::storage::LOCAL_PATH_PROVISIONER
+    );
+    assert_eq!(claims::PROVISIONED_BY, crate::api::storage::PROVISIONED_BY);
+}
