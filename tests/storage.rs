@@ -114,8 +114,11 @@ fn replicas(s: &Server, count: usize) -> Vec<(String, String, String)> {
     });
     for (name, _, who) in &mut out {
         wait_until(&format!("{name} wrote its token"), LIMIT, || {
-            let got = s.kubectl(&["exec", name.as_str(), "--", "cat", "/data/who"]);
+            let got = s.kubectl(&["exec", name.as_str(), "--", "sh", "-c", "cat /data/who"]);
             *who = String::from_utf8_lossy(&got.stdout).trim().to_owned();
+            if !got.status.success() {
+                eprintln!("exec {name}: {}", String::from_utf8_lossy(&got.stderr).trim());
+            }
             got.status.success() && !who.is_empty()
         });
         assert!(
