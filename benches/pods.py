@@ -9,7 +9,9 @@ dropped into the agent's <data-dir>/agent/images before it starts. Prints:
     with the API directly (POST, then a watch), beside `runc run -d` of an equivalent bundle;
   - agent RSS idle with no pods, and idle with 10 running pods; per-container monitor RSS/PSS;
   - `kubectl exec -- true` round trip p50 (beside `kubectl get pod` as the kubectl anchor);
-  - `kubectl logs -f` line latency p50 (the container prints /proc/uptime, read on the node).
+  - `kubectl logs -f` line latency p50 (the container prints /proc/uptime, read on the node);
+  - pod with a new local-path claim create -> Running, beside the pods without; server RSS
+    before and after the claims (the provisioner is a controller on its cache).
 
 Usage: benches/pods.py   (root; runc, kubectl, busybox-static)
   N=20 KEELSON_BIN=target/release/keelson KEEP=dir
@@ -288,6 +290,36 @@ def main():
                 pass
         f.kill()
 
+        # Pods with a claim each, made just before the pod (the built-in local-path class,
+        # WaitForFirstConsumer): the scheduler picks the node, the provisioner makes the
+        # volume, the node makes its directory. Measured last, so the idle figures above are
+        # of the plain pods only. The provisioner is a controller on the server's cache: its
+        # cost shows as the server's RSS before and after.
+        server_rss_before = rss_kib(procs[0].pid)
+        claim_lat = []
+        for i in range(N):
+            name = f"v{i}"
+            claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}}}
+            body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                    "spec": {"terminationGracePeriodSeconds": 1,
+                             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": name}}],
+                             "containers": [{"name": "c", "image": "busybox:bench", "command": ["sh", "-c", loop],
+                                             "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}}
+            t0 = time.monotonic()
+            for path, obj in (("persistentvolumeclaims", claim), ("pods", body)):
+                st, data = api.request("POST", f"/api/v1/namespaces/default/{path}", obj)
+                if st != 201:
+                    raise SystemExit(f"create {path}/{name}: {st} {data[:300]}")
+            while name not in running:
+                if time.monotonic() - t0 > 60:
+                    raise SystemExit(f"{name} (with a claim) not Running in 60 s")
+                time.sleep(0.005)
+            claim_lat.append((running[name] - t0) * 1000)
+        log(f"create (claim + pod) -> Running: {[round(x) for x in claim_lat]}")
+        time.sleep(5)
+        server_rss_after = rss_kib(procs[0].pid)
+
         print(f"pods measured: {N}, one at a time, image cached (air-gapped import)")
         print(f"create -> Running (keelson, API POST to watch event): p50 {pct(lat, 50):.0f} ms, p90 {pct(lat, 90):.0f} ms")
         print(f"bare `runc run -d` of a busybox bundle:              p50 {pct(bare, 50):.0f} ms, p90 {pct(bare, 90):.0f} ms"
@@ -306,6 +338,9 @@ def main():
         if follow:
             print(f"kubectl logs -f line latency: p50 {pct(follow, 50):.0f} ms, p90 {pct(follow, 90):.0f} ms "
                   f"(/proc/uptime resolution 10 ms)")
+        print(f"create (new local-path claim + pod) -> Running: p50 {pct(claim_lat, 50):.0f} ms, "
+              f"p90 {pct(claim_lat, 90):.0f} ms (+{pct(claim_lat, 50) - pct(lat, 50):.0f} ms p50 over a pod without a claim)")
+        print(f"server RSS before {N} claims {server_rss_before / 1024:.1f} MiB, after {server_rss_after / 1024:.1f} MiB")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

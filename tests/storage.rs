@@ -117,7 +117,10 @@ fn replicas(s: &Server, count: usize) -> Vec<(String, String, String)> {
             let got = s.kubectl(&["exec", name.as_str(), "--", "sh", "-c", "cat /data/who"]);
             *who = String::from_utf8_lossy(&got.stdout).trim().to_owned();
             if !got.status.success() {
-                eprintln!("exec {name}: {}", String::from_utf8_lossy(&got.stderr).trim());
+                eprintln!(
+                    "exec {name}: {}",
+                    String::from_utf8_lossy(&got.stderr).trim()
+                );
             }
             got.status.success() && !who.is_empty()
         });
@@ -459,4 +462,89 @@ fn disabling_local_storage_removes_the_default_class() {
     let s = Server::start(Options::default().flag("--disable=coredns,local-storage"));
     let classes = json_of(&s, &["get", "storageclass", "-o", "json"]);
     assert_eq!(classes["items"], json!([]), "{classes}");
+}
+
+#[test]
+fn a_storage_path_through_a_symlink_or_a_volume_outside_it_is_refused() {
+    let test = "a_storage_path_through_a_symlink_or_a_volume_outside_it_is_refused";
+    if !available(test) {
+        return;
+    }
+    let images = Images::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let real = dir.path().join("real");
+    let link = dir.path().join("link");
+    std::fs::create_dir(&real).expect("mkdir");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let outside = dir.path().join("outside");
+    let mut opts = Options::default().flag("--flannel-backend=none");
+    for f in images.flags() {
+        opts = opts.flag(&f);
+    }
+    let s = Server::start(opts.arg("--default-local-storage-path", &link.to_string_lossy()));
+    wait_ready(&s, s.node_name());
+
+    // A claim provisioned on this node: the node refuses the symlinked storage path.
+    let pod = |name: &str, claim: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+                "containers": [{"name": "c", "image": IMAGE, "command": ["sh", "-c", "sleep 3600"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}})
+        .to_string()
+    };
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "linked"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}})
+        .to_string(),
+    );
+    apply(&s, &pod("linked", "linked"));
+
+    // A volume claiming to be local-path's, pointing outside the storage path.
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "escape", "annotations": {"pv.kubernetes.io/provisioned-by": "rancher.io/local-path"}},
+            "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                "hostPath": {"path": outside.to_string_lossy(), "type": "DirectoryOrCreate"},
+                "claimRef": {"namespace": "default", "name": "escape"}}})
+        .to_string(),
+    );
+    apply(
+        &s,
+        &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "escape"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": "escape",
+                "resources": {"requests": {"storage": "1Mi"}}}})
+        .to_string(),
+    );
+    apply(&s, &pod("escape", "escape"));
+
+    for (name, says) in [
+        ("linked", "symlink"),
+        ("escape", "--default-local-storage-path"),
+    ] {
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            let events = s.kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={name}"),
+            ]);
+            if events.contains("FailedMount") && events.contains(says) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} not refused with {says:?}:\n{events}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let p = json_of(&s, &["get", "pod", name, "-o", "json"]);
+        assert_ne!(p["status"]["phase"], "Running", "{p}");
+    }
+    // Nothing was made through the link or outside the storage path.
+    assert_eq!(std::fs::read_dir(&real).map(|d| d.count()).unwrap_or(0), 0);
+    assert!(!outside.exists(), "{} was created", outside.display());
 }

@@ -781,9 +781,10 @@ impl PodRunner {
                     self.setup_error = None;
                     self.setup_retry = None;
                 }
-                Err(SetUpError::Claim(why)) => {
-                    // Waiting for a claim to exist or be bound: nothing of the pod is set up
-                    // meanwhile; tried again soon, then less often.
+                Err(SetUpError::Claim(why) | SetUpError::Mount(why)) => {
+                    // Waiting for a claim to exist or be bound (nothing of the pod is set up
+                    // meanwhile), or a volume that would not mount: tried again soon, then
+                    // less often, told once per distinct reason.
                     if self.setup_error.as_deref() != Some(why.as_str()) {
                         tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, "{why}");
                         self.note(true, "FailedMount", why.clone());
@@ -953,7 +954,9 @@ impl PodRunner {
                 objects: &objects,
                 local_storage: &local_storage,
             };
-            let volumes = super::volumes::set_up(&dir, &sources).map_err(|e| e.to_string())?;
+            // kubelet's FailedMount: told to the pod's events, tried again with a back-off.
+            let volumes = super::volumes::set_up(&dir, &sources)
+                .map_err(|e| SetUpError::Mount(e.to_string()))?;
             // shareProcessNamespace: one PID namespace for the pod, held by its own init.
             let shared_pid = spec["spec"]["shareProcessNamespace"].as_bool() == Some(true)
                 && spec["spec"]["hostPID"].as_bool() != Some(true);
@@ -966,7 +969,6 @@ impl PodRunner {
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(SetUpError::Other)
     }
 
     /// Brings ConfigMap, Secret and projected volumes up to date with their objects (as
@@ -2154,6 +2156,8 @@ enum SetUpError {
     Network(super::cni::CniError),
     /// A claim the pod uses is missing or not bound yet: retried soon, with a back-off.
     Claim(String),
+    /// A volume could not be set up (kubelet's `FailedMount`): retried with the same back-off.
+    Mount(String),
     /// Anything else (namespaces, volumes, objects), as a message for the pod's status.
     Other(String),
 }
