@@ -511,6 +511,25 @@ impl Deployments {
                 condition("Progressing", (progressing.0, progressing.1, &progressing.2), progressing.3),
             ],
         });
+        // A ReplicaSet that cannot create its pods says why on the Deployment too, as
+        // Kubernetes' controller does; gone once no ReplicaSet fails.
+        let failure = all.iter().find_map(|rs| {
+            rs["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == super::replicaset::REPLICA_FAILURE && c["status"] == "True")
+                .map(|c| c["message"].as_str().unwrap_or_default().to_owned())
+        });
+        let mut status = status;
+        if let (Some(message), Some(list)) = (failure, status["conditions"].as_array_mut()) {
+            let mut c = condition(
+                super::replicaset::REPLICA_FAILURE,
+                ("True", "FailedCreate", &message),
+                false,
+            );
+            c["message"] = json!(message);
+            list.push(c);
+        }
         let unchanged = [
             "observedGeneration",
             "replicas",

@@ -89,16 +89,22 @@ impl Reconciler for ReplicaSets {
         .await?;
         let active: Vec<&Frozen> = pods.iter().map(|p| &**p).filter(owner::is_active).collect();
         let want = owner::int(&rs, "/spec/replicas", 1).max(0) as usize;
+        let min_ready = owner::int(&rs, "/spec/minReadySeconds", 0);
         if !owner::is_terminating(&rs) {
             if active.len() < want {
-                self.create_pods(ctx, &rs, want - active.len()).await?;
+                if let Err(e) = self.create_pods(ctx, &rs, want - active.len()).await {
+                    // Kubernetes' ReplicaFailure condition says why the replicas are short
+                    // (`kubectl describe rs`); the pass is retried with a back-off.
+                    let failure = e.to_string();
+                    update_status(ctx, &r, &rs, &active, min_ready, Some(&failure)).await?;
+                    return Err(e);
+                }
             } else if active.len() > want {
                 self.delete_pods(ctx, &rs, &active, active.len() - want)
                     .await?;
             }
         }
-        let min_ready = owner::int(&rs, "/spec/minReadySeconds", 0);
-        let next = update_status(ctx, &r, &rs, &active, min_ready).await?;
+        let next = update_status(ctx, &r, &rs, &active, min_ready, None).await?;
         Ok(next)
     }
 }
@@ -327,6 +333,32 @@ pub fn pod_from_template(resource: &'static Resource, owner_obj: &impl AsJson) -
     })
 }
 
+/// The condition a ReplicaSet carries while it cannot create its pods.
+pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+
+/// Puts `condition` (a `ReplicaFailure`) into `status.conditions`, or takes it out (`None`);
+/// other conditions stay, and so does the time of one that did not change.
+fn set_replica_failure(status: &mut Value, condition: Option<&Value>) {
+    let mut list: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
+    let old = list.iter().position(|c| c["type"] == REPLICA_FAILURE);
+    match (old, condition) {
+        (Some(i), Some(new)) if list[i]["message"] == new["message"] => {}
+        (Some(i), Some(new)) => list[i] = new.clone(),
+        (None, Some(new)) => list.push(new.clone()),
+        (Some(i), None) => {
+            list.remove(i);
+        }
+        (None, None) => {}
+    }
+    if list.is_empty() {
+        if let Some(s) = status.as_object_mut() {
+            s.remove("conditions");
+        }
+    } else {
+        status["conditions"] = Value::Array(list);
+    }
+}
+
 /// Sort key: the pods to delete first come first (Kubernetes' ActivePods order).
 fn deletion_rank(pod: &impl AsJson) -> (bool, u8, bool, std::cmp::Reverse<OffsetDateTime>) {
     let pod = pod.json();
@@ -347,13 +379,16 @@ fn deletion_rank(pod: &impl AsJson) -> (bool, u8, bool, std::cmp::Reverse<Offset
     )
 }
 
-/// Writes the status the pods show; asks to look again when a pod will become available.
+/// Writes the status the pods show, with the `ReplicaFailure` condition while pods cannot be
+/// created (`failure`) and without it otherwise; asks to look again when a pod will become
+/// available.
 async fn update_status(
     ctx: &Context,
     r: &ObjectRef,
     rs: &Frozen,
     active: &[&Frozen],
     min_ready: i64,
+    failure: Option<&str>,
 ) -> Result<Action, ApiError> {
     let now = OffsetDateTime::now_utc();
     let template_labels = &rs["spec"]["template"]["metadata"]["labels"];
@@ -389,13 +424,24 @@ async fn update_status(
     ]
     .iter()
     .all(|k| current[k].as_i64().unwrap_or(0) == status[k].as_i64().unwrap_or(0));
-    if !same {
+    let shown = current["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == REPLICA_FAILURE))
+        .map(|c| c["message"].as_str().unwrap_or_default().to_owned());
+    if !same || shown.as_deref() != failure {
+        let condition = failure.map(|message| {
+            json!({
+                "type": REPLICA_FAILURE, "status": "True", "reason": "FailedCreate",
+                "message": message, "lastTransitionTime": crate::apiserver::registry::now_rfc3339(),
+            })
+        });
         match ctx
             .registry
             .modify(r, Part::Status, |o| {
                 for (k, v) in status.as_object().into_iter().flatten() {
                     o["status"][k] = v.clone();
                 }
+                set_replica_failure(&mut o["status"], condition.as_ref());
             })
             .await
         {
@@ -413,6 +459,32 @@ async fn update_status(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn replica_failure_is_set_replaced_and_cleared_leaving_other_conditions() {
+        let failed = |m: &str| json!({"type": REPLICA_FAILURE, "status": "True", "reason": "FailedCreate", "message": m, "lastTransitionTime": "t1"});
+        let mut status = json!({"replicas": 1});
+        set_replica_failure(&mut status, Some(&failed("quota")));
+        assert_eq!(status["conditions"][0]["message"], "quota");
+        // The same message keeps its time; another replaces it.
+        let mut again = failed("quota");
+        again["lastTransitionTime"] = json!("t2");
+        set_replica_failure(&mut status, Some(&again));
+        assert_eq!(status["conditions"][0]["lastTransitionTime"], "t1");
+        set_replica_failure(&mut status, Some(&failed("forbidden")));
+        assert_eq!(status["conditions"][0]["message"], "forbidden");
+        status["conditions"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "Other"}));
+        set_replica_failure(&mut status, None);
+        assert_eq!(status["conditions"], json!([{"type": "Other"}]));
+        set_replica_failure(&mut status, None);
+        status["conditions"] = json!([failed("x")]);
+        set_replica_failure(&mut status, None);
+        assert!(status.get("conditions").is_none(), "{status}");
+    }
+
     use super::*;
 
     #[test]
