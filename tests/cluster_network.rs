@@ -5,7 +5,8 @@
 //! search list) and reaches both replicas through its cluster IP, so its requests cross boards
 //! over the backend; a client on the LAN reaches them at the node port of every board's
 //! address. A replica whose readiness probe starts failing is out of rotation within a second
-//! of the API showing it unready, and back in once it is ready again. Afterwards the machine's
+//! of the API showing it unready, and back in once it is ready again; deleted, it is out within
+//! a second of the API showing it gone. Afterwards the machine's
 //! own namespace holds nothing new.
 //!
 //! The client is busybox-static, whose `wget` crashes in a rootfs without glibc's NSS modules
@@ -363,6 +364,60 @@ fn user_view(lab: &Boards, backend: &str) {
         back - ready_again,
         back - readied
     );
+
+    // Deleted: out of rotation within the same bound of the API showing it gone (keelson
+    // deletes a pod at once and its node stops it within the grace period). Its container is
+    // stopped at once (grace 1 s), so a request still sent its way fails rather than being
+    // answered by it: both count as still in rotation.
+    let deleting = Stream::spawn(
+        lab.kubectl_command().args([
+            "get",
+            "pod",
+            &victim.name,
+            "--watch",
+            "--output-watch-events",
+            "--output=jsonpath={.type}{\"\\n\"}",
+        ]),
+        "the watch of the replica's deletion",
+    );
+    wait_until("the deletion watch started", CHANGE, || {
+        deleting.first(0.0, |l| l == "ADDED").is_some()
+    });
+    let deleted = uptime();
+    lab.kubectl_ok(&["delete", "pod", &victim.name, "--wait=false"]);
+    let mut terminating = 0.0;
+    let limit = uptime() + CHANGE.as_secs_f64();
+    while terminating == 0.0 {
+        terminating = deleting.first(deleted, |l| l == "DELETED").unwrap_or(0.0);
+        assert!(
+            uptime() < limit,
+            "the API did not show the replica deleted: {:?} {}",
+            deleting.lines(),
+            deleting.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    while uptime() < terminating + WATCH_AFTER {
+        requests.assert_running();
+        thread::sleep(Duration::from_millis(100));
+    }
+    let to_victim: Vec<Reply> = replies(&requests)
+        .into_iter()
+        .filter(|r| r.at > deleted)
+        .filter(|r| r.by.as_deref().is_none_or(|by| by == victim.name))
+        .collect();
+    let gone = to_victim.iter().map(|r| r.at).fold(terminating, f64::max) - terminating;
+    eprintln!(
+        "FIGURE deleted replica out of rotation ({backend}): {gone:+.2} s after the API showed it \
+         deleted ({} requests went its way after the delete)",
+        to_victim.len()
+    );
+    assert!(
+        gone <= OUT_OF_ROTATION,
+        "requests still went to the deleted replica {gone:.2} s after the API showed it \
+         deleted (bound {OUT_OF_ROTATION} s): {to_victim:?}"
+    );
+    drop(deleting);
 
     // The loop ends by itself once told to; a loop that had died would have shown above.
     lab.kubectl_ok(&["exec", "client", "--", "busybox", "touch", "/tmp/stop"]);
