@@ -14,7 +14,9 @@
 //! stays where it went (no flapping). Last, SIGTERM to the new holder hands the address back
 //! at once (it removes the address, then releases the lease, so nobody waits for the lease
 //! to expire), and relabelling the nodes moves it to the server's own node (its in-process
-//! transport). Afterwards the machine's own namespace holds nothing new.
+//! transport). Then a holder killed with SIGKILL keeps the address on its interface; its
+//! Service deleted while it is down, the board removes the address when it comes back.
+//! Afterwards the machine's own namespace holds nothing new.
 //!
 //! Needs what the board lab needs, plus the CNI plugins bridge, host-local and portmap.
 
@@ -293,6 +295,48 @@ fn failover(lab: &mut Boards) {
             "no NodeAssigned event for {board}:\n{events}"
         );
     }
+    crashed_holder_cleans_up(lab, old);
+}
+
+/// The holder crashes (SIGKILL: the address stays on its interface) and its Service is
+/// deleted while it is down. Back up, the board removes the address it had recorded as held:
+/// no Service names it any more, so nothing else would.
+fn crashed_holder_cleans_up(lab: &mut Boards, agent: usize) {
+    let name = lab.boards[agent].name.clone();
+    lab.kubectl_ok(&[
+        "label",
+        "node",
+        &name,
+        "svccontroller.k3s.cattle.io/enablelb=true",
+    ]);
+    lab.kubectl_ok(&[
+        "label",
+        "node",
+        "b1",
+        "svccontroller.k3s.cattle.io/enablelb-",
+    ]);
+    wait_until(&format!("{name} holding the address again"), CHANGE, || {
+        has_address(lab, agent) && !has_address(lab, 0)
+    });
+    lab.kill(agent);
+    assert!(
+        has_address(lab, agent),
+        "a killed holder's address stays on its interface"
+    );
+    lab.kubectl_ok(&["delete", "service", "web"]);
+    lab.spawn(agent);
+    wait_until(
+        &format!("{name} back and its leftover address gone"),
+        CHANGE,
+        || !has_address(lab, agent),
+    );
+    assert!(
+        lab.log(agent).contains(
+            "removing a load-balancer address held before a restart whose Service is gone"
+        ),
+        "{}",
+        lab.log_tail(agent)
+    );
 }
 
 fn lease_holder(lab: &Boards) -> String {

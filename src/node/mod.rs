@@ -303,6 +303,7 @@ impl RuntimeOptions {
                     network.clone(),
                     self.flannel_iface.clone(),
                     host_ip,
+                    data_dir.join("agent").join("lb-addresses"),
                 )),
             )
         } else {

@@ -14,7 +14,9 @@
 //! while [`claims::Claims`] says it is held, which ends on this node's monotonic clock before
 //! the lease can expire for the standby; on stop every address is removed *before* any lease
 //! is released. An address of a LoadBalancer Service found on the interface without being held
-//! (left by a crash) is removed. Runs only where Service rules run (not with
+//! (left by a crash) is removed, and so is one this node recorded as held before a crash
+//! (`<data-dir>/agent/lb-addresses`, rewritten at each change) that no Service has any more:
+//! the Service may have been deleted while the node was down. Runs only where Service rules run (not with
 //! `--disable-kube-proxy`): holding an address is useless without the rules that forward it.
 
 pub mod claims;
@@ -55,6 +57,8 @@ pub const LET_GO_WAIT: Duration = Duration::from_secs(2);
 /// the transport, which keeps the [`Link`].
 pub struct Holder {
     network: Arc<Network>,
+    /// Where the held addresses are recorded, so a restart after a crash finds what it left.
+    record: std::path::PathBuf,
     /// `--flannel-iface`, else the interface that holds `host_ip`.
     iface: Option<String>,
     host_ip: Option<IpAddr>,
@@ -84,11 +88,17 @@ struct Announced {
 // === impl Holder ===
 
 impl Holder {
-    pub fn new(network: Arc<Network>, iface: Option<String>, host_ip: Option<IpAddr>) -> Holder {
+    pub fn new(
+        network: Arc<Network>,
+        iface: Option<String>,
+        host_ip: Option<IpAddr>,
+        record: std::path::PathBuf,
+    ) -> Holder {
         let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
         let (grants_tx, grants) = mpsc::channel(GRANT_QUEUE);
         Holder {
             network,
+            record,
             iface,
             host_ip,
             requests,
@@ -104,6 +114,7 @@ impl Holder {
     pub fn spawn(self, stop: watch::Receiver<bool>) -> Link {
         let Holder {
             network,
+            record,
             iface,
             host_ip,
             requests,
@@ -118,6 +129,8 @@ impl Holder {
                 requests,
                 grants,
                 on: BTreeMap::new(),
+                recorded: read_record(&record),
+                record,
             }
             .run(iface, stop)
             .instrument(span),
@@ -132,6 +145,9 @@ struct Driver {
     grants: mpsc::Receiver<Grant>,
     /// Invariant: exactly the addresses [`Claims`] holds.
     on: BTreeMap<IpAddr, Announced>,
+    record: std::path::PathBuf,
+    /// What the record says; `None` once written for this process (then it is `on`).
+    recorded: Option<BTreeSet<IpAddr>>,
 }
 
 impl Driver {
@@ -160,6 +176,10 @@ impl Driver {
                 });
             }
             if let Some((_, all, wanted)) = &seen {
+                // Held before a crash and no Service's any more: nothing else would remove it.
+                if let Some(before) = self.recorded.take() {
+                    self.forget_orphans(&before, all, &iface);
+                }
                 let actions = claims.step(wanted, Instant::now());
                 self.act(actions, &iface);
                 self.tend(all, &iface);
@@ -183,6 +203,42 @@ impl Driver {
     }
 
     fn act(&mut self, actions: Vec<Action>, iface: &str) {
+        let before: Vec<IpAddr> = self.on.keys().copied().collect();
+        self.carry_out(actions, iface);
+        if self.on.keys().copied().ne(before) {
+            self.write_record();
+        }
+    }
+
+    /// Removes the addresses a previous process recorded as held that are on the interface
+    /// and belong to no LoadBalancer Service now (those that do, `tend` looks after).
+    fn forget_orphans(&self, before: &BTreeSet<IpAddr>, all: &BTreeSet<IpAddr>, iface: &str) {
+        let present = addresses_on(iface);
+        for address in before
+            .iter()
+            .filter(|a| !all.contains(a) && present.contains(a))
+        {
+            tracing::warn!(%address, %iface, "removing a load-balancer address held before a restart whose Service is gone");
+            match VipAddress::new(*address, iface).map(|a| a.remove()) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot remove the address"),
+                Err(e) => tracing::error!(error = %e, "cannot remove the address"),
+            }
+        }
+    }
+
+    /// Records the held addresses (write beside, then rename: a crash leaves the old or the
+    /// new list, never half of one).
+    fn write_record(&self) {
+        let text: String = self.on.keys().map(|a| format!("{a}\n")).collect();
+        let tmp = self.record.with_extension("tmp");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.record));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, path = %self.record.display(), "cannot record the load-balancer addresses held");
+        }
+    }
+
+    fn carry_out(&mut self, actions: Vec<Action>, iface: &str) {
         for action in actions {
             match action {
                 Action::Send(req) => {
@@ -329,6 +385,13 @@ fn wanted(view: &View, node: &str) -> (BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
         .copied()
         .collect();
     (all, mine)
+}
+
+/// The addresses a previous process recorded as held (none if there is no record; lines that
+/// are no address are skipped).
+fn read_record(path: &std::path::Path) -> Option<BTreeSet<IpAddr>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 /// The addresses on `iface` now.
