@@ -228,6 +228,18 @@ pub struct ServerArgs {
     #[arg(long, value_delimiter = ',')]
     pub service_lb_pool: Vec<String>,
 
+    /// How long a LoadBalancer address's lease lasts without renewal: a lost holder is replaced about this much later (must agree across servers)
+    #[arg(long, default_value = "1s")]
+    pub service_lb_lease_duration: String,
+
+    /// A LoadBalancer address's holder that could not renew for this long lets it go (below the lease duration; must agree across servers)
+    #[arg(long, default_value = "700ms")]
+    pub service_lb_renew_deadline: String,
+
+    /// How often a LoadBalancer address's holder renews and its standby tries: one datastore statement each (must agree across servers)
+    #[arg(long, default_value = "200ms")]
+    pub service_lb_retry_period: String,
+
     /// Do not deploy a packaged component: coredns (keelson's cluster DNS on every node), servicelb, traefik, local-storage, metrics-server, runtimes (repeatable; must agree across servers)
     #[arg(long, env = "KEELSON_DISABLE", value_delimiter = ',')]
     pub disable: Vec<String>,

@@ -192,6 +192,8 @@ pub struct ServerConfig {
     pub flannel_backend: Backend,
     /// `--service-lb-pool`.
     pub service_lb_pools: crate::controllers::service_lb::Pools,
+    /// `--service-lb-lease-duration`, `--service-lb-renew-deadline`, `--service-lb-retry-period`.
+    pub service_lb_timing: crate::api::network::LbTiming,
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
@@ -262,6 +264,7 @@ impl ServerConfig {
                 .flatten(),
             cluster_domain: self.cluster_domain.clone(),
             backend: self.flannel_backend,
+            lb_timing: self.service_lb_timing,
         }
     }
 }
@@ -389,6 +392,7 @@ impl ServerConfig {
             check(Err(format!("--service-lb-pool {e}")));
             Default::default()
         });
+        let service_lb_timing = lb_timing(&args, &mut check);
         let mut disable = std::collections::BTreeSet::new();
         for item in args
             .disable
@@ -572,6 +576,12 @@ impl ServerConfig {
                 ),
                 flannel_backend: Some(flannel_backend.name().to_owned()),
                 service_lb_pools: Some(service_lb_pools.describe()),
+                service_lb_timing: Some(format!(
+                    "{}ms/{}ms/{}ms",
+                    service_lb_timing.lease_ms,
+                    service_lb_timing.renew_deadline_ms,
+                    service_lb_timing.retry_ms
+                )),
                 service_cidr: args.service_cidr,
                 cluster_dns,
                 cluster_domain: args.cluster_domain.clone(),
@@ -583,6 +593,7 @@ impl ServerConfig {
             pod_network,
             flannel_backend,
             service_lb_pools,
+            service_lb_timing,
             compact_interval,
             watch_bookmark_interval,
             min_token_expiration,
@@ -916,6 +927,45 @@ impl AgentConfig {
     }
 }
 
+/// The LoadBalancer lease timing flags; the default where one does not parse, with the problem
+/// told to `check`.
+fn lb_timing(
+    args: &crate::cli::ServerArgs,
+    check: &mut impl FnMut(Result<(), String>),
+) -> crate::api::network::LbTiming {
+    let mut t = crate::api::network::LbTiming::default();
+    let ms = |flag: &str, raw: &str| -> Result<u32, String> {
+        let d = parse_duration(flag, raw)?;
+        u32::try_from(d.as_millis())
+            .ok()
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| format!("{flag} {raw:?} must be from 1ms to about 49 days"))
+    };
+    check(
+        ms(
+            "--service-lb-lease-duration",
+            &args.service_lb_lease_duration,
+        )
+        .map(|v| t.lease_ms = v),
+    );
+    check(
+        ms(
+            "--service-lb-renew-deadline",
+            &args.service_lb_renew_deadline,
+        )
+        .map(|v| t.renew_deadline_ms = v),
+    );
+    check(ms("--service-lb-retry-period", &args.service_lb_retry_period).map(|v| t.retry_ms = v));
+    if t.retry_ms >= t.renew_deadline_ms || t.renew_deadline_ms >= t.lease_ms {
+        check(Err(format!(
+            "--service-lb-retry-period ({}ms) < --service-lb-renew-deadline ({}ms) < --service-lb-lease-duration ({}ms) must hold, \
+             so a holder lets its address go before anyone else can take it",
+            t.retry_ms, t.renew_deadline_ms, t.lease_ms
+        )));
+    }
+    t
+}
+
 /// `--default-local-storage-path`, or `<data-dir>/storage`; a relative path is refused (the
 /// servers write it into volumes other nodes' users read).
 fn local_storage_path(
@@ -1103,6 +1153,53 @@ mod tests {
             "--node-cidr-mask-size 8",
         ] {
             assert!(all.contains(flag), "{flag} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn load_balancer_lease_timing_is_read_checked_and_told_to_nodes() {
+        let cli = parse_command_line(args(&[
+            "--service-lb-lease-duration=5s",
+            "--service-lb-renew-deadline=3s",
+            "--service-lb-retry-period=1s",
+            "--default-local-storage-path=/srv/volumes",
+        ]))
+        .unwrap();
+        let cfg = ServerConfig::from_args(server(cli), &host()).unwrap();
+        let t = cfg.cluster_network().lb_timing;
+        assert_eq!(
+            (t.lease_ms, t.renew_deadline_ms, t.retry_ms),
+            (5000, 3000, 1000)
+        );
+        assert_eq!(
+            cfg.settings.service_lb_timing.as_deref(),
+            Some("5000ms/3000ms/1000ms")
+        );
+        assert_eq!(
+            cfg.node.local_storage,
+            std::path::PathBuf::from("/srv/volumes")
+        );
+        let defaults =
+            ServerConfig::from_args(server(parse_command_line(args(&[])).unwrap()), &host())
+                .unwrap();
+        assert_eq!(
+            defaults.cluster_network().lb_timing,
+            crate::api::network::LbTiming::default()
+        );
+        assert!(defaults.node.local_storage.ends_with("storage"));
+        for bad in [
+            vec!["--service-lb-renew-deadline=2s"],
+            vec!["--service-lb-retry-period=0s"],
+            vec!["--service-lb-lease-duration=soon"],
+            vec!["--default-local-storage-path=relative/dir"],
+        ] {
+            let cli = parse_command_line(args(&bad)).unwrap();
+            let Err(Error::Invalid(problems)) = ServerConfig::from_args(server(cli), &host())
+            else {
+                panic!("{bad:?} accepted")
+            };
+            let flag = bad[0].split('=').next().unwrap();
+            assert!(problems.join("\n").contains(flag), "{bad:?}: {problems:?}");
         }
     }
 

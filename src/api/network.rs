@@ -47,6 +47,29 @@ pub struct ClusterNetwork {
     pub cluster_dns: Option<IpAddr>,
     pub cluster_domain: String,
     pub backend: Backend,
+    /// How LoadBalancer address leases are timed: servers grant by it, nodes hold by it.
+    pub lb_timing: LbTiming,
+}
+
+/// `--service-lb-lease-duration`, `--service-lb-renew-deadline`, `--service-lb-retry-period`, in
+/// milliseconds. Invariant (checked where the flags are read): retry < renew deadline < lease,
+/// so a holder lets go before anyone else can take its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbTiming {
+    pub lease_ms: u32,
+    pub renew_deadline_ms: u32,
+    pub retry_ms: u32,
+}
+
+impl Default for LbTiming {
+    /// The virtual IP's: failover in about a second, 10 statements/s per address.
+    fn default() -> LbTiming {
+        LbTiming {
+            lease_ms: 1000,
+            renew_deadline_ms: 700,
+            retry_ms: 200,
+        }
+    }
 }
 
 /// One node as the others' routes see it.
@@ -708,6 +731,7 @@ mod tests {
             cluster_dns: Some("10.43.0.10".parse().unwrap()),
             cluster_domain: "cluster.local".into(),
             backend: Backend::HostGw,
+            lb_timing: Default::default(),
         };
         let bytes = postcard::to_stdvec(&net).unwrap();
         assert_eq!(postcard::from_bytes::<ClusterNetwork>(&bytes).unwrap(), net);

@@ -23,6 +23,10 @@ pub struct ClusterSettings {
     /// `--service-lb-pool`, normalised; `None` in settings recorded before it existed.
     #[serde(default)]
     pub service_lb_pools: Option<String>,
+    /// The `--service-lb-*` timing as `<lease>ms/<deadline>ms/<retry>ms`; `None` in settings
+    /// recorded before it existed.
+    #[serde(default)]
+    pub service_lb_timing: Option<String>,
     pub service_cidr: String,
     pub cluster_dns: String,
     pub cluster_domain: String,
@@ -94,11 +98,20 @@ impl ClusterSettings {
             (Some(ours), Some(theirs)) => Some(("--service-lb-pool", ours.clone(), theirs.clone())),
             _ => None,
         };
+        let lb_timing = match (&self.service_lb_timing, &cluster.service_lb_timing) {
+            (Some(ours), Some(theirs)) => Some((
+                "--service-lb-lease-duration/--service-lb-renew-deadline/--service-lb-retry-period",
+                ours.clone(),
+                theirs.clone(),
+            )),
+            _ => None,
+        };
         pairs
             .into_iter()
             .chain(masks)
             .chain(backend)
             .chain(pools)
+            .chain(lb_timing)
             .filter(|(_, a, b)| a != b)
             .map(|(flag, ours, cluster)| Mismatch {
                 flag,
@@ -119,6 +132,7 @@ mod tests {
             node_cidr_mask_sizes: Some("24".into()),
             flannel_backend: Some("vxlan".into()),
             service_lb_pools: Some(String::new()),
+            service_lb_timing: Some("1000ms/700ms/200ms".into()),
             service_cidr: "10.43.0.0/16".into(),
             cluster_dns: "10.43.0.10".into(),
             cluster_domain: "cluster.local".into(),

@@ -191,6 +191,7 @@ mod tests {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             backend: Backend::Vxlan,
+            lb_timing: Default::default(),
         }));
         net.apply(NetEvent::Listing);
         net.apply(node("pi1", "10.42.1.0/24"));

@@ -30,8 +30,8 @@ use crate::apiserver::resources::{ObjectRef, SERVICES};
 use crate::controllers::events::{Recorder, Type};
 use crate::datastore::Store;
 use crate::datastore::leases::Held;
-use crate::node::loadbalancer::TIMING;
 use crate::node::loadbalancer::claims::Grant;
+use crate::node::loadbalancer::claims::Timing;
 
 /// Longest showing a new holder (Lease object, Events) may take; best effort.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +67,8 @@ pub struct Leases {
     /// shown again. Bounded like `held`.
     recorded: HashMap<IpAddr, i64>,
     events: Recorder,
+    /// The cluster's `--service-lb-*` timing, as this server's network view last said.
+    timing: Timing,
 }
 
 /// The database row's name for `address`'s lease.
@@ -110,6 +112,7 @@ impl Leases {
             registry,
             held: HashMap::new(),
             recorded: HashMap::new(),
+            timing: Timing::from(crate::api::network::LbTiming::default()),
         }
     }
 
@@ -122,6 +125,7 @@ impl Leases {
             held: false,
             epoch: 0,
         };
+        self.timing = Timing::from(routes.cluster.lb_timing);
         let services = match routes.read(|v| check(v, &self.node, address)) {
             Ok(services) => services,
             Err(why) => {
@@ -135,12 +139,15 @@ impl Leases {
         let before = self
             .held
             .get(&address)
-            .filter(|(_, at)| at.elapsed() < TIMING.renew_deadline)
+            .filter(|(_, at)| at.elapsed() < self.timing.renew_deadline)
             .map(|(h, _)| *h);
-        let attempt =
-            self.store()
-                .acquire_lease(&name, &self.node, TIMING.lease.as_millis() as i64, before);
-        match tokio::time::timeout(TIMING.renew_deadline, attempt).await {
+        let attempt = self.store().acquire_lease(
+            &name,
+            &self.node,
+            self.timing.lease.as_millis() as i64,
+            before,
+        );
+        match tokio::time::timeout(self.timing.renew_deadline, attempt).await {
             Ok(Ok(Some(held))) => {
                 if self.recorded.get(&address) != Some(&held.epoch) {
                     self.recorded.insert(address, held.epoch);
@@ -174,7 +181,7 @@ impl Leases {
         self.recorded.remove(&address);
         let name = lease_name(address);
         let release = self.store().release_lease(&name, &self.node);
-        match tokio::time::timeout(TIMING.lease, release).await {
+        match tokio::time::timeout(self.timing.lease, release).await {
             Ok(Ok(())) => {
                 tracing::debug!(node = %self.node, %address, "released a load-balancer lease")
             }
@@ -199,10 +206,11 @@ impl Leases {
         let (registry, events) = (self.registry.clone(), self.events.clone());
         let object = name.replace(':', "-");
         let node = self.node.clone();
+        let lease = self.timing.lease;
         tokio::spawn(async move {
             let write = async {
                 if let Err(e) = registry
-                    .record_lease(&object, &node, TIMING.lease, epoch - 1)
+                    .record_lease(&object, &node, lease, epoch - 1)
                     .await
                 {
                     tracing::debug!(lease = %object, error = %e, "could not record the lease as a Lease object");
@@ -332,6 +340,7 @@ mod tests {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             backend: Backend::HostGw,
+            lb_timing: Default::default(),
         });
         routes.replace(view(
             "198.18.3.10",

@@ -318,6 +318,7 @@ mod tests {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             backend: Backend::Vxlan,
+            lb_timing: Default::default(),
         }
     }
 

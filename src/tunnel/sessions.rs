@@ -404,6 +404,7 @@ mod tests {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             backend: crate::api::network::Backend::Vxlan,
+            lb_timing: Default::default(),
         }
     }
 }

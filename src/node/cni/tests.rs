@@ -301,6 +301,7 @@ impl Fake {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             backend: Backend::None,
+            lb_timing: Default::default(),
         }));
         let net = PodNetwork::new(
             Settings {
@@ -532,6 +533,7 @@ fn keelson_writes_its_config_once_the_node_has_a_block_and_follows_changes() {
         cluster_dns: None,
         cluster_domain: "cluster.local".into(),
         backend: Backend::HostGw,
+        lb_timing: Default::default(),
     }));
     net.reconcile();
     let why = not_ready(&net);
@@ -591,6 +593,7 @@ fn keelson_writes_its_config_once_the_node_has_a_block_and_follows_changes() {
         cluster_dns: None,
         cluster_domain: "cluster.local".into(),
         backend: Backend::None,
+        lb_timing: Default::default(),
     }));
     assert_eq!(net.reconcile(), None);
     assert!(!dir.path().join("net.d/10-keelson.conflist").exists());

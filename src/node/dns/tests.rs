@@ -85,6 +85,7 @@ fn view() -> View {
             cluster_dns: Some(ip("198.19.128.10")),
             cluster_domain: "Cluster.Local".into(),
             backend: Backend::Vxlan,
+            lb_timing: Default::default(),
         }),
         synced: true,
         ..View::default()

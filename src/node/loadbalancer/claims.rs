@@ -37,6 +37,16 @@ pub struct Timing {
     pub retry: Duration,
 }
 
+impl From<crate::api::network::LbTiming> for Timing {
+    fn from(t: crate::api::network::LbTiming) -> Timing {
+        Timing {
+            lease: Duration::from_millis(t.lease_ms.into()),
+            renew_deadline: Duration::from_millis(t.renew_deadline_ms.into()),
+            retry: Duration::from_millis(t.retry_ms.into()),
+        }
+    }
+}
+
 /// What a node asks of its server about one address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -130,6 +140,16 @@ impl LetGo {
 // === impl Claims ===
 
 impl Claims {
+    /// The timing changed (the servers restarted with other `--service-lb-*` flags): what is
+    /// held keeps its deadlines; the next renewals and tries follow the new timing.
+    pub fn set_timing(&mut self, timing: Timing) {
+        self.timing = timing;
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
     pub fn new(timing: Timing) -> Claims {
         Claims {
             timing,

@@ -38,14 +38,6 @@ use crate::vip::address::VipAddress;
 use crate::vip::announce::Announcer;
 use crate::vip::{ANNOUNCE_REFRESH, BURST};
 
-/// The virtual IP's failover timing: a holder that vanishes is replaced about one lease
-/// duration (plus one retry period) later. Costs the database one statement per retry period
-/// per candidate: 10 statements/s per address (holder and standby).
-pub const TIMING: Timing = Timing {
-    lease: Duration::from_secs(1),
-    renew_deadline: Duration::from_millis(700),
-    retry: Duration::from_millis(200),
-};
 /// Requests queued for the transport; past this a renewal is dropped (it counts as lost).
 const REQUEST_QUEUE: usize = 64;
 /// Grants queued from the transport; past this one is dropped (the hold only gets shorter).
@@ -161,13 +153,23 @@ impl Driver {
         };
         let node = self.network.node().to_owned();
         let mut wake = self.network.subscribe();
-        let mut claims = Claims::new(TIMING);
+        // The servers' `--service-lb-*` timing, from the network view (the default until then):
+        // a holder that vanishes is replaced about one lease duration (plus one retry period)
+        // later, at one statement per retry period per candidate.
+        let mut claims = Claims::new(Timing::from(crate::api::network::LbTiming::default()));
         // The view's addresses and this node's candidacies, worked out again only when the
         // view changes (passes run several times a second while renewing).
         let mut seen: Option<(u64, BTreeSet<IpAddr>, BTreeSet<IpAddr>)> = None;
         loop {
             let generation = *wake.borrow_and_update();
             if seen.as_ref().is_none_or(|(g, _, _)| *g != generation) {
+                let timing = self
+                    .network
+                    .read(|v| v.cluster.as_ref().map(|c| Timing::from(c.lb_timing)));
+                if let Some(t) = timing.filter(|t| *t != claims.timing()) {
+                    tracing::info!(lease = ?t.lease, renew_deadline = ?t.renew_deadline, retry = ?t.retry, "load-balancer lease timing");
+                    claims.set_timing(t);
+                }
                 seen = self.network.read(|v| {
                     v.synced.then(|| {
                         let (all, mine) = wanted(v, &node);

@@ -316,6 +316,7 @@ mod tests {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             backend: Backend::None,
+            lb_timing: Default::default(),
         }));
         net.apply(NetEvent::Listing);
         net.apply(service("web", "198.19.128.10"));
