@@ -708,6 +708,13 @@ impl PodRunner {
             // Nothing of it starts again; it waits for its deletion.
             return now + RELIST_INTERVAL;
         }
+        // A set-up waiting out its back-off (a claim being bound, the network) is looked at
+        // when that ends: sooner than the watch interval for a claim's first tries.
+        if self.sandbox.is_none()
+            && let Some((at, _)) = self.setup_retry
+        {
+            return at.max(now);
+        }
         let waiting =
             self.sandbox.is_none() || self.containers.iter().any(|c| c.run.is_none() && !c.done);
         if waiting || !self.shared.exits.active() {
