@@ -1,5 +1,5 @@
-//! systemd integration: the unit files keelson ships, printed by the hidden `keelson unit`
-//! subcommand so the installer and the packages never carry their own copy.
+//! The unit files keelson ships, printed by the hidden `keelson unit` subcommand so the
+//! installer and the packages never carry their own copy.
 //!
 //! The units live in `targets/systemd/` and name the binary `/usr/local/bin/keelson`; the
 //! install location is substituted when they are printed.
@@ -38,8 +38,8 @@ pub fn parse_bin_dir(s: &str) -> Result<PathBuf, String> {
     }
 }
 
-const SERVER_UNIT: &str = include_str!("../targets/systemd/keelson.service");
-const AGENT_UNIT: &str = include_str!("../targets/systemd/keelson-agent.service");
+const SERVER_UNIT: &str = include_str!("../../targets/systemd/keelson.service");
+const AGENT_UNIT: &str = include_str!("../../targets/systemd/keelson-agent.service");
 
 #[cfg(test)]
 mod tests {
