@@ -202,14 +202,21 @@ fn init_logging(debug: bool) {
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target("keelson", level)
         .with_default(tracing::Level::WARN);
+    use tracing_subscriber::fmt::{format, layer};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    // Under systemd: priorities journald files lines by, and its timestamps instead of ours.
+    let journal = systemd::journal::stderr_is_journal();
+    let plain = (!journal).then(|| layer().with_writer(std::io::stderr).with_ansi(false));
+    let prefixed = journal.then(|| {
+        layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(systemd::journal::Prefixed(format().without_time()))
+    });
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(false),
-        )
+        .with(plain)
+        .with(prefixed)
         .with(filter)
         .init();
 }
