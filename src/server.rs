@@ -28,6 +28,8 @@ use crate::tunnel::sessions::Sessions;
 /// Backoff between attempts to reach the datastore at start.
 const OPEN_RETRY_MIN: Duration = Duration::from_secs(1);
 const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often start-up checks whether the server is ready, for systemd's `READY=1`.
+const READY_POLL: Duration = Duration::from_millis(100);
 
 /// Runs a server until `shutdown` resolves. `notify` hears how start-up goes and when the API
 /// serves (systemd's `READY=1`).
@@ -73,8 +75,13 @@ pub async fn run(
     };
     let store = match result {
         Ok(Some(started)) => {
+            tasks.spawn(notify_when_ready(
+                started.serving.api.clone(),
+                notify,
+                started.url,
+                stop_rx.clone(),
+            ));
             phase_tx.send_replace(apiserver::Phase::Serving(started.serving));
-            notify.ready(&format!("API serving at {}", started.url));
             Some(started.store)
         }
         Ok(None) => None,
@@ -90,6 +97,35 @@ pub async fn run(
     }
     tracing::info!("keelson server stopped");
     Ok(())
+}
+
+/// Tells systemd `READY=1` once `/readyz` would answer ok (the API serves, this server's
+/// node is registered, the authorization cache loaded), so whatever is ordered after the
+/// unit finds a working API; until then the status says what is missing. Ends at `stop`.
+async fn notify_when_ready(
+    api: Arc<Api>,
+    notify: Notify,
+    url: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut missing = None;
+    loop {
+        match api.readiness() {
+            Ok(()) => {
+                notify.ready(&format!("API serving at {url}"));
+                return;
+            }
+            Err(why) if missing != Some(why) => {
+                missing = Some(why);
+                notify.status(&format!("starting: {why}"));
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(READY_POLL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// A server whose background tasks run, ready to serve the API.
