@@ -12,6 +12,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::agent::Agent;
 use common::{Options, Server};
 
 /// Longest a notification may take to arrive after what it announces.
@@ -74,6 +75,55 @@ fn server_notifies_ready_once_its_api_answers_and_stopping_on_sigterm() {
 
     let stopped = server.stop();
     assert!(stopped.status.success(), "{}", server.log_tail());
+    next(&heard, &mut seen, "STOPPING=1", &server);
+    done.store(true, Ordering::Relaxed);
+    drop(heard);
+    seen.extend(listener.join().expect("the listener thread"));
+    let readies = seen.iter().filter(|m| m.starts_with("READY=1")).count();
+    assert_eq!(readies, 1, "READY=1 sent {readies} times: {seen:?}");
+}
+
+#[test]
+fn agent_notifies_ready_once_its_node_is_registered_and_stopping_on_sigterm() {
+    let server = Server::start(Options::default());
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).expect("bind the notification socket");
+    let (heard_tx, heard) = mpsc::channel();
+    let done = Arc::new(AtomicBool::new(false));
+    let listener = thread::spawn({
+        let done = done.clone();
+        move || listen(socket, heard_tx, &done)
+    });
+    let mut seen = Vec::new();
+
+    let mut agent = Agent::start_with_env(
+        &server.url(),
+        &server.token(),
+        "pi-notify",
+        &[],
+        &[("NOTIFY_SOCKET", path.as_os_str())],
+    );
+    let ready = next(&heard, &mut seen, "READY=1", &server);
+    assert_eq!(
+        ready.text,
+        "READY=1\nSTATUS=node registered; tunnel to the server up",
+        "{}",
+        agent.log_tail()
+    );
+    // Registered before READY=1: the node is there at once.
+    server.kubectl_ok(&["get", "node", "pi-notify"]);
+    assert!(
+        seen.first()
+            .is_some_and(|m| m == "STATUS=joining the cluster"),
+        "{seen:?}"
+    );
+
+    assert!(
+        agent.terminate(Duration::from_secs(15)).success(),
+        "{}",
+        agent.log_tail()
+    );
     next(&heard, &mut seen, "STOPPING=1", &server);
     done.store(true, Ordering::Relaxed);
     drop(heard);
