@@ -22,6 +22,7 @@ mod node;
 mod runtime;
 mod secrets_cli;
 mod server;
+mod systemd;
 mod tunnel;
 mod vip;
 
@@ -59,9 +60,11 @@ fn main() -> ExitCode {
             for w in &cfg.warnings {
                 tracing::warn!("{w}");
             }
+            let notify = systemd::Notify::from_env();
             run(Threads::Two, async {
                 let _trimmer = memory::spawn_trimmer();
-                server::run(cfg, shutdown_signal()).await
+                let _watchdog = notify.spawn_watchdog();
+                server::run(cfg, notify.clone(), shutdown_signal(notify)).await
             })
         }
         Command::Agent(args) => {
@@ -70,11 +73,14 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error_for("agent", &e),
             };
             init_logging(cfg.debug);
+            let notify = systemd::Notify::from_env();
             // While no other thread exists.
             let file_pages = memory::FilePages::mapped_now();
             // One thread: an agent is a handful of sockets and timers on a small board.
             run(Threads::One, async {
                 let (connected, tunnel_up) = tokio::sync::watch::channel(false);
+                let _ready = notify.spawn_follow_tunnel(connected.subscribe());
+                let _watchdog = notify.spawn_watchdog();
                 let _release = file_pages.release_once_up(tunnel_up);
                 let ips = agent::sysinfo::node_ips(&cfg.node.ips);
                 let runtime = cfg.runtime.build(
@@ -83,19 +89,19 @@ fn main() -> ExitCode {
                     ips,
                     &cfg.node.local_storage,
                 )?;
-                Ok(agent::run(cfg, runtime, stop_on_signal(), connected).await?)
+                Ok(agent::run(cfg, runtime, stop_on_signal(notify), connected).await?)
             })
         }
         Command::Loadgen(args) => {
             init_logging(args.debug);
             run(Threads::Two, async {
-                loadgen::run(args, stop_on_signal()).await
+                loadgen::run(args, stop_on_signal(systemd::Notify::default())).await
             })
         }
         Command::Lb(args) => {
             init_logging(args.debug);
             run(Threads::Two, async {
-                vip::lb::standalone(args, stop_on_signal()).await
+                vip::lb::standalone(args, stop_on_signal(systemd::Notify::default())).await
             })
         }
         Command::Images(args) => {
@@ -103,6 +109,10 @@ fn main() -> ExitCode {
             run(Threads::One, images_cli::run(args))
         }
         Command::SecretsEncrypt(args) => run(Threads::One, secrets_cli::run(args)),
+        Command::Unit(args) => {
+            print!("{}", systemd::unit(args.role, &args.bin_dir));
+            ExitCode::SUCCESS
+        }
         Command::Kubectl { args } => run_kubectl(args),
         Command::NodeTest(args) => {
             init_logging(false);
@@ -161,10 +171,10 @@ fn raise_open_files_limit() {
 }
 
 /// A stop flag that flips on the first SIGTERM or SIGINT. Must be called inside the runtime.
-fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+fn stop_on_signal(notify: systemd::Notify) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown_signal(notify).await;
         tx.send_replace(true);
     });
     rx
@@ -192,20 +202,27 @@ fn init_logging(debug: bool) {
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target("keelson", level)
         .with_default(tracing::Level::WARN);
+    use tracing_subscriber::fmt::{format, layer};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    // Under systemd: priorities journald files lines by, and its timestamps instead of ours.
+    let journal = systemd::journal::stderr_is_journal();
+    let plain = (!journal).then(|| layer().with_writer(std::io::stderr).with_ansi(false));
+    let prefixed = journal.then(|| {
+        layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(systemd::journal::Prefixed(format().without_time()))
+    });
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(false),
-        )
+        .with(plain)
+        .with(prefixed)
         .with(filter)
         .init();
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on the first SIGTERM or SIGINT, having told systemd the service is stopping.
+async fn shutdown_signal(notify: systemd::Notify) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -218,6 +235,7 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
     }
+    notify.stopping();
 }
 
 /// `keelson kubectl ...`: the system kubectl with this node's kubeconfig (unless KUBECONFIG

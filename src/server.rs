@@ -22,14 +22,20 @@ use crate::config::ServerConfig;
 use crate::controllers::lease::{Elector, Role};
 use crate::datastore::{Dialect, Store, compactor::Compactor, feed::Feed};
 use crate::runtime;
+use crate::systemd::Notify;
 use crate::tunnel::sessions::Sessions;
 
 /// Backoff between attempts to reach the datastore at start.
 const OPEN_RETRY_MIN: Duration = Duration::from_secs(1);
 const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often start-up checks whether the server is ready, for systemd's `READY=1`.
+const READY_POLL: Duration = Duration::from_millis(100);
 
+/// Runs a server until `shutdown` resolves. `notify` hears how start-up goes and when the API
+/// serves (systemd's `READY=1`).
 pub async fn run(
     cfg: ServerConfig,
+    notify: Notify,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(
@@ -62,14 +68,21 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server.run(stop_rx.clone()));
 
+    notify.status("starting: opening the datastore");
     let result = tokio::select! {
-        r = start(&cfg, port, stop_rx.clone(), &phase_tx, &mut tasks) => r,
+        r = start(&cfg, port, stop_rx.clone(), &phase_tx, &notify, &mut tasks) => r,
         _ = when_stopped(stop_rx.clone()) => Ok(None),
     };
     let store = match result {
-        Ok(Some((store, serving))) => {
-            phase_tx.send_replace(apiserver::Phase::Serving(serving));
-            Some(store)
+        Ok(Some(started)) => {
+            tasks.spawn(notify_when_ready(
+                started.serving.api.clone(),
+                notify,
+                started.url,
+                stop_rx.clone(),
+            ));
+            phase_tx.send_replace(apiserver::Phase::Serving(started.serving));
+            Some(started.store)
         }
         Ok(None) => None,
         Err(e) => {
@@ -86,6 +99,45 @@ pub async fn run(
     Ok(())
 }
 
+/// Tells systemd `READY=1` once `/readyz` would answer ok (the API serves, this server's
+/// node is registered, the authorization cache loaded), so whatever is ordered after the
+/// unit finds a working API; until then the status says what is missing. Ends at `stop`.
+async fn notify_when_ready(
+    api: Arc<Api>,
+    notify: Notify,
+    url: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut missing = None;
+    loop {
+        match api.readiness() {
+            Ok(()) => {
+                notify.ready(&format!("API serving at {url}"));
+                return;
+            }
+            Err(why) if missing != Some(why) => {
+                missing = Some(why);
+                notify.status(&format!("starting: {why}"));
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(READY_POLL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// A server whose background tasks run, ready to serve the API.
+struct Started {
+    /// Closed by [`run`] once every task has ended.
+    store: Store,
+    /// What the listener serves from now on.
+    serving: Arc<apiserver::Serving>,
+    /// Where this machine reaches the API (the admin kubeconfig's server).
+    url: String,
+}
+
 /// Opens the datastore (retrying while it is unreachable), establishes trust, and starts
 /// the background tasks. Returns what the listener should serve.
 async fn start(
@@ -93,12 +145,14 @@ async fn start(
     port: u16,
     stop: watch::Receiver<bool>,
     phase: &watch::Sender<apiserver::Phase>,
+    notify: &Notify,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> anyhow::Result<Option<(Store, Arc<apiserver::Serving>)>> {
+) -> anyhow::Result<Option<Started>> {
     let when_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let store = open_with_retry(cfg, phase).await?;
+    let store = open_with_retry(cfg, phase, notify).await?;
+    notify.status("starting: datastore open");
     let cluster =
         bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
     let mut registry = Registry::new(store.clone());
@@ -356,7 +410,11 @@ async fn start(
         tls: TlsAcceptor::from(Arc::new(tls)),
         api,
     });
-    Ok(Some((store, serving)))
+    Ok(Some(Started {
+        store,
+        serving,
+        url,
+    }))
 }
 
 /// Connects to the datastore, retrying with capped exponential backoff: a server that boots
@@ -365,6 +423,7 @@ async fn start(
 async fn open_with_retry(
     cfg: &ServerConfig,
     phase: &watch::Sender<apiserver::Phase>,
+    notify: &Notify,
 ) -> anyhow::Result<Store> {
     let mut delay = OPEN_RETRY_MIN;
     loop {
@@ -379,6 +438,7 @@ async fn open_with_retry(
                     "cannot open the datastore: {} (retrying)",
                     e.public_reason()
                 );
+                notify.status(&format!("starting: {why}"));
                 phase.send_replace(apiserver::Phase::Starting(why.into()));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(OPEN_RETRY_MAX);

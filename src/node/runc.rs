@@ -31,6 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_ERROR_TEXT: usize = 4096;
 /// Console sockets made so far by this process (part of their unique names).
 static CONSOLE_SOCKETS: AtomicU64 = AtomicU64::new(0);
+/// systemd's notification socket variable, never passed to runc (go-runc drops it too).
+const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
 /// What went wrong running runc. Retryable only where noted.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +184,9 @@ impl Runc {
     pub fn command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);
+        // Under a systemd notify unit keelson's environment names systemd's socket; runc would
+        // pass it into the container and make `start` wait for the container's READY=1.
+        cmd.env_remove(NOTIFY_SOCKET);
         cmd
     }
 
@@ -284,6 +289,8 @@ impl Runc {
         let _cleanup = RemoveOnDrop(vec![socket.clone(), pid_file.clone()]);
         let exe = std::env::current_exe().map_err(console_err)?;
         let mut cmd = tokio::process::Command::new(exe);
+        // The monitor runs runc: see `command`.
+        cmd.env_remove(NOTIFY_SOCKET);
         cmd.args(["monitor", "exec", "--pid-file"])
             .arg(&pid_file)
             .arg("--")

@@ -1,5 +1,6 @@
 //! A `keelson agent` process with its own throwaway data dir and log.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
@@ -20,12 +21,25 @@ pub struct Agent {
     token: String,
     child: Option<Child>,
     starts: u32,
+    /// Extra environment variables for the process.
+    env: Vec<(String, OsString)>,
 }
 
 impl Agent {
     /// Starts `keelson agent --server <server> --node-name <name> <extra>` with the token in
     /// `KEELSON_TOKEN`; does not wait for anything.
     pub fn start(server: &str, token: &str, name: &str, extra: &[&str]) -> Agent {
+        Agent::start_with_env(server, token, name, extra, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    pub fn start_with_env(
+        server: &str,
+        token: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &OsStr)],
+    ) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("keelson-agent-")
             .tempdir()
@@ -39,6 +53,10 @@ impl Agent {
             token: token.to_owned(),
             child: None,
             starts: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_os_string()))
+                .collect(),
         };
         agent.spawn();
         agent
@@ -59,6 +77,7 @@ impl Agent {
             .args(&self.args)
             .env("KEELSON_TOKEN", &self.token)
             .env("HOME", self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
