@@ -160,7 +160,8 @@ fn package_holds_binary_units_and_example_config() {
 }
 
 /// dpkg -i, -r and -P on this machine: nothing is enabled or started, remove keeps the
-/// configuration and state, purge leaves the machine as it was.
+/// configuration and state, purge leaves the machine as it was, except a state directory
+/// with something mounted below it.
 #[test]
 fn install_enables_nothing_remove_keeps_config_purge_restores_the_machine() {
     let test = "install_enables_nothing_remove_keeps_config_purge_restores_the_machine";
@@ -297,6 +298,45 @@ fn install_enables_nothing_remove_keeps_config_purge_restores_the_machine() {
         Vec::<String>::new(),
         "purge did not restore the machine"
     );
+
+    // Purge while something is mounted below the state directory (a pod's volume): the
+    // directory stays, with a warning, and nothing below the mount is touched.
+    dpkg(&["-i"], deb);
+    let volume = Path::new("/var/lib/keelson/storage/pvc-1");
+    fs::create_dir_all(volume).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "keelson-deb-test"])
+        .arg(volume)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "\n!!! not checking purge with a mount below /var/lib/keelson: cannot mount tmpfs here\n"
+        );
+        dpkg(&["-P"], "keelson");
+        return;
+    }
+    fs::write(volume.join("data"), "pod data").unwrap();
+    let out = run(Command::new("dpkg").args(["-P", "keelson"]));
+    eprintln!("dpkg -P with a mount:\n{}{}", stdout(&out), stderr(&out));
+    let umounted = Command::new("umount").arg(volume).status();
+    assert!(out.status.success(), "dpkg -P failed:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not removing /var/lib/keelson"),
+        "no warning:\n{}",
+        stderr(&out)
+    );
+    assert!(
+        umounted.is_ok_and(|s| s.success()),
+        "the volume was unmounted by purge"
+    );
+    assert!(
+        volume.is_dir(),
+        "purge removed the state directory with a mount below it"
+    );
+    assert_eq!(dpkg_status(), None);
+    fs::remove_dir_all("/var/lib/keelson").unwrap();
+    assert_eq!(diff(&before, &snapshot()), Vec::<String>::new());
 }
 
 /// Each role parses the example with its own section uncommented (a key it does not know would
@@ -397,6 +437,9 @@ struct PurgeOnDrop;
 
 impl Drop for PurgeOnDrop {
     fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("/var/lib/keelson/storage/pvc-1")
+            .output();
         if dpkg_status().is_some() {
             let _ = Command::new("dpkg").args(["-P", "keelson"]).output();
         }
