@@ -199,17 +199,9 @@ impl PersistentVolumes {
                 .get(&ObjectRef::cluster(&PERSISTENTVOLUMES, volume))
             else {
                 if claim["status"]["phase"] == "Bound" {
-                    self.events
-                        .record(&PERSISTENTVOLUMECLAIMS, &claim, Type::Warning, "ClaimLost",
-                            "Bound claim has lost reference to PersistentVolume. Data on the volume is lost!")
-                        .await;
-                    owner::write_status(
-                        ctx,
-                        &PERSISTENTVOLUMECLAIMS,
-                        &claim,
-                        &json!({"phase": "Lost"}),
-                    )
-                    .await?;
+                    self.lose(ctx, &claim, "ClaimLost",
+                        "Bound claim has lost reference to PersistentVolume. Data on the volume is lost!")
+                        .await?;
                 }
                 return Ok(Action::Done);
             };
@@ -218,20 +210,11 @@ impl PersistentVolumes {
                 // Pre-bound by the user (`volumeName`), or half-way through our own binding.
                 self.bind(ctx, &pv, &claim, false).await?;
             } else if claim["status"]["phase"] != "Lost" {
-                self.events
-                    .record(
-                        &PERSISTENTVOLUMECLAIMS,
-                        &claim,
-                        Type::Warning,
-                        "ClaimMisbound",
-                        "Two claims are bound to the same volume, this one is bound incorrectly",
-                    )
-                    .await;
-                owner::write_status(
+                self.lose(
                     ctx,
-                    &PERSISTENTVOLUMECLAIMS,
                     &claim,
-                    &json!({"phase": "Lost"}),
+                    "ClaimMisbound",
+                    "Two claims are bound to the same volume, this one is bound incorrectly",
                 )
                 .await?;
             }
@@ -637,6 +620,24 @@ impl PersistentVolumes {
             }
         }
         Ok(Action::Done)
+    }
+
+    /// The claim's volume is gone or another's: phase `Lost`, with a Warning saying why.
+    async fn lose(
+        &self,
+        ctx: &Context,
+        claim: &Frozen,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), ApiError> {
+        self.warn(claim, reason, message).await;
+        owner::write_status(
+            ctx,
+            &PERSISTENTVOLUMECLAIMS,
+            claim,
+            &json!({"phase": "Lost"}),
+        )
+        .await
     }
 
     async fn warn(&self, claim: &Frozen, reason: &str, message: &str) {

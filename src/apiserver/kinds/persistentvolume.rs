@@ -59,11 +59,7 @@ const HOST_PATH_TYPES: [&str; 8] = [
 
 impl Strategy for PersistentVolumes {
     fn prepare_create(&self, obj: &mut Value) {
-        // The status is the binder's: a new volume starts with none (then `Pending`).
-        if let Some(map) = obj.as_object_mut() {
-            map.insert("status".into(), json!({}));
-        }
-        add_finalizer(obj, PROTECTION_FINALIZER);
+        start_protected(obj, PROTECTION_FINALIZER);
     }
 
     fn default(&self, _name: &str, obj: &mut Value) {
@@ -445,6 +441,15 @@ fn validate_source(spec: &Value, causes: &mut Vec<String>) {
             "spec.hostPath.type: Unsupported value: {kind}: supported values: \"\", \"BlockDevice\", \"CharDevice\", \"Directory\", \"DirectoryOrCreate\", \"File\", \"FileOrCreate\", \"Socket\""
         ));
     }
+}
+
+/// What a new volume or claim starts as: no status but what the binder writes (then
+/// `Pending` by default) and its in-use protection finalizer (Kubernetes' admission).
+pub(super) fn start_protected(obj: &mut Value, finalizer: &str) {
+    if let Some(map) = obj.as_object_mut() {
+        map.insert("status".into(), json!({}));
+    }
+    add_finalizer(obj, finalizer);
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@
 use serde_json::{Map, Value, json};
 
 use super::persistentvolume::{
-    BETA_CLASS_ANNOTATION, access_modes_text, add_finalizer, class_text, default_phase,
-    default_volume_mode, parse_quantity, phase_text, quantity_text, unset_or,
-    validate_access_modes, validate_class_name, validate_positive, validate_volume_mode,
+    BETA_CLASS_ANNOTATION, access_modes_text, class_text, default_phase, default_volume_mode,
+    parse_quantity, phase_text, quantity_text, unset_or, validate_access_modes,
+    validate_class_name, validate_positive, validate_volume_mode,
 };
 use super::{AGE, Column, NAME, Strategy, plain, text};
 
@@ -24,11 +24,7 @@ pub const PROTECTION_FINALIZER: &str = "kubernetes.io/pvc-protection";
 
 impl Strategy for PersistentVolumeClaims {
     fn prepare_create(&self, obj: &mut Value) {
-        // The status is the binder's: a new claim starts with none (then `Pending`).
-        if let Some(map) = obj.as_object_mut() {
-            map.insert("status".into(), json!({}));
-        }
-        add_finalizer(obj, PROTECTION_FINALIZER);
+        super::persistentvolume::start_protected(obj, PROTECTION_FINALIZER);
     }
 
     fn default(&self, _name: &str, obj: &mut Value) {
