@@ -40,6 +40,9 @@ pub enum Command {
     /// Test hook: drives the node's monitor, runc and log code from whole-binary tests
     #[command(hide = true, subcommand)]
     NodeTest(crate::node::hook::NodeTest),
+    /// Print the systemd unit for a server or an agent (what install.sh and the packages install)
+    #[command(hide = true)]
+    Unit(UnitArgs),
     /// Run the system kubectl against this node's admin kubeconfig
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -506,6 +509,17 @@ pub enum SecretsEncryptCommand {
     Status,
     /// Add a new key, make it active on every server, and re-encrypt every Secret under it
     RotateKeys,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct UnitArgs {
+    /// Which unit: server (keelson.service) or agent (keelson-agent.service)
+    #[arg(value_enum)]
+    pub role: crate::systemd::Role,
+
+    /// Directory the unit runs the keelson binary from (absolute: systemd needs it so)
+    #[arg(long, default_value = crate::systemd::DEFAULT_BIN_DIR, value_parser = crate::systemd::parse_bin_dir)]
+    pub bin_dir: PathBuf,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -22,6 +22,7 @@ mod node;
 mod runtime;
 mod secrets_cli;
 mod server;
+mod systemd;
 mod tunnel;
 mod vip;
 
@@ -103,6 +104,10 @@ fn main() -> ExitCode {
             run(Threads::One, images_cli::run(args))
         }
         Command::SecretsEncrypt(args) => run(Threads::One, secrets_cli::run(args)),
+        Command::Unit(args) => {
+            print!("{}", systemd::unit(args.role, &args.bin_dir));
+            ExitCode::SUCCESS
+        }
         Command::Kubectl { args } => run_kubectl(args),
         Command::NodeTest(args) => {
             init_logging(false);
