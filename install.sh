@@ -186,11 +186,12 @@ exec_words() {
     return 0
 }
 
-# Sets DATA_DIR and KUBECONFIG_PATH from the extra flags (one a line in $1), then the env
-# file, then the defaults, as keelson itself resolves them.
+# Sets DATA_DIR, KUBECONFIG_PATH and CNI_CONF_DIR (for the generated scripts) from the extra
+# flags (one a line in $1), then the env file, then the defaults, as keelson resolves them.
 setup_paths() {
     DATA_DIR=$(env_value KEELSON_DATA_DIR)
     KUBECONFIG_PATH=$(env_value KEELSON_KUBECONFIG_OUTPUT)
+    CNI_CONF_DIR=$(env_value KEELSON_CNI_CONF_DIR)
     old_ifs=$IFS
     IFS='
 '
@@ -205,10 +206,13 @@ setup_paths() {
             --data-dir | -d) [ $# -lt 2 ] || DATA_DIR=$2 ;;
             --write-kubeconfig=* | -o=*) KUBECONFIG_PATH=${1#*=} ;;
             --write-kubeconfig | -o) [ $# -lt 2 ] || KUBECONFIG_PATH=$2 ;;
+            --cni-conf-dir=*) CNI_CONF_DIR=${1#*=} ;;
+            --cni-conf-dir) [ $# -lt 2 ] || CNI_CONF_DIR=$2 ;;
         esac
         shift
     done
     DATA_DIR=${DATA_DIR:-/var/lib/keelson}
+    CNI_CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
     if [ "$ROLE" = server ]; then
         KUBECONFIG_PATH=${KUBECONFIG_PATH:-/etc/keelson/keelson.yaml}
     else
@@ -389,6 +393,7 @@ BIN_DIR=$(sh_quote "$BIN_DIR")
 SYSTEMD_DIR=$(sh_quote "$SYSTEMD_DIR")
 DATA_DIR=$(sh_quote "$DATA_DIR")
 KUBECONFIG_PATH=$(sh_quote "$KUBECONFIG_PATH")
+CNI_CONF_DIR=$(sh_quote "$CNI_CONF_DIR")
 EOF
     cat >>"$UNINSTALL.new.$$" <<'EOF'
 
@@ -419,7 +424,8 @@ fi
 rm -f "$SYSTEMD_DIR/$SERVICE.service" "$SYSTEMD_DIR/$SERVICE.service.env"
 [ "$systemd" = false ] || systemctl daemon-reload
 
-rm -f /etc/cni/net.d/10-keelson.conflist
+# The pod network's configuration keelson wrote (someone else's files there stay).
+rm -f "$CNI_CONF_DIR/10-keelson.conflist"
 if [ "$purge" = true ]; then
     rm -rf "$DATA_DIR"
     [ -z "$KUBECONFIG_PATH" ] || rm -f "$KUBECONFIG_PATH"
