@@ -311,6 +311,86 @@ fn a_rerun_upgrades_the_binary_and_keeps_the_configuration() {
 }
 
 #[test]
+fn it_downloads_the_version_asked_for_and_verifies_it() {
+    let p = Prefix::new();
+    p.shim("uname", "#!/bin/sh\n[ \"$1\" = -m ] && echo aarch64\n");
+    // A release directory served on the loopback address: v1 is good, v2's checksum is not.
+    let site = p.path("site");
+    for version in ["v1", "v2"] {
+        fs::create_dir_all(site.join(version)).unwrap();
+        fs::copy(BINARY, site.join(version).join("keelson-arm64")).unwrap();
+    }
+    let good = p.checksum(Path::new(BINARY), "good.sha256");
+    let hash = fs::read_to_string(&good).unwrap();
+    let hash = hash.split_whitespace().next().unwrap();
+    fs::write(
+        site.join("v1/sha256sum-arm64.txt"),
+        format!("{}  keelson-armhf\n{hash}  keelson-arm64\n", "1".repeat(64)),
+    )
+    .unwrap();
+    fs::write(
+        site.join("v2/sha256sum-arm64.txt"),
+        format!("{}  keelson-arm64\n", "2".repeat(64)),
+    )
+    .unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let _site = Running(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .arg("--directory")
+            .arg(&site)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 serves the release directory"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until("the release directory is served", COMMAND_TIMEOUT, || {
+        run(
+            Command::new("curl").args(["-sf", &format!("{base}/v1/sha256sum-arm64.txt")]),
+            COMMAND_TIMEOUT,
+        )
+        .status
+        .success()
+    });
+    let download = |version: &str| {
+        p.install(&[
+            ("INSTALL_KEELSON_SKIP_DOWNLOAD", "false"),
+            ("INSTALL_KEELSON_DOWNLOAD_BASE", &base),
+            ("INSTALL_KEELSON_VERSION", version),
+            ("KEELSON_TOKEN", "t"),
+        ])
+    };
+
+    let out = download("v1");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("for arm64"), "{}", text(&out));
+    assert_eq!(fs::read(p.bin()).unwrap(), fs::read(BINARY).unwrap());
+
+    let out = download("v2");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("checksum mismatch"), "{}", text(&out));
+    let out = download("v3");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("cannot download"), "{}", text(&out));
+    assert_eq!(fs::read(p.bin()).unwrap(), fs::read(BINARY).unwrap());
+    assert_eq!(
+        Prefix::names(&p.bin_dir()),
+        ["keelson", "keelson-killall.sh", "keelson-uninstall.sh"],
+        "nothing staged is left behind"
+    );
+}
+
+#[test]
 fn a_checksum_mismatch_replaces_nothing() {
     let p = Prefix::new();
     p.install_ok(&[("KEELSON_TOKEN", "first")]);
@@ -481,16 +561,17 @@ fn killall_removes_keelson_processes_containers_mounts_links_and_tables() {
             runc_log.display()
         ),
     );
-    // In a namespace of its own: keelson's links, tables and mounts, and someone else's.
+    // In a namespace of its own: keelson's links, tables and mounts, and someone else's. The
+    // links are all bridges (some kernels make no dummy or vxlan links): killall goes by name.
     let setup = format!(
         "set -e
         mkdir -p {data}/agent/pods/x/volume
         mount -t tmpfs keelson-test {data}/agent/pods/x/volume
         mount -t tmpfs keelson-test {data}/agent/pods/x/volume
         ip link add cni0 type bridge
-        ip link add keelson.1 type dummy
-        ip link add keelson-dns type dummy
-        ip link add other0 type dummy
+        ip link add keelson.1 type bridge
+        ip link add keelson-dns type bridge
+        ip link add other0 type bridge
         ip link set lo up
         ip addr add 10.43.0.10/32 dev lo label lo:keelson-dns
         ip addr add 10.9.9.9/32 dev lo
