@@ -247,11 +247,12 @@ fn rbac_policy_and_discovery_kinds_are_stored_validated_and_listed() {
 
 #[test]
 fn storage_kinds_get_defaults_the_default_class_and_kubectl_columns() {
+    // The servers' own default class (`local-path`) is the default one here.
     let s = Server::start(Options::default());
     create(
         &s,
         "storage",
-        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: local-path\n  annotations:\n    storageclass.kubernetes.io/is-default-class: \"true\"\nprovisioner: rancher.io/local-path\nvolumeBindingMode: WaitForFirstConsumer\n---\napiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: slow\nprovisioner: example.com/nfs\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n---\napiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: pv-1\nspec:\n  capacity:\n    storage: 2Gi\n  accessModes: [ReadWriteOnce, ReadOnlyMany]\n  hostPath:\n    path: /srv/pv-1\n",
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: slow\nprovisioner: example.com/nfs\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n---\napiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: pv-1\nspec:\n  capacity:\n    storage: 2Gi\n  accessModes: [ReadWriteOnce, ReadOnlyMany]\n  hostPath:\n    path: /srv/pv-1\n",
     );
     let header = |args: &[&str]| {
         let out = s.kubectl_ok(args);
@@ -332,11 +333,15 @@ fn storage_kinds_get_defaults_the_default_class_and_kubectl_columns() {
             "AGE"
         ]
     );
-    let rows = get_rows(&s, &["get", "pv"]);
+    // A new volume starts Pending; the PersistentVolume controller makes a free one Available.
+    let mut rows = Vec::new();
+    common::wait_until("pv-1 Available", std::time::Duration::from_secs(10), || {
+        rows = get_rows(&s, &["get", "pv"]);
+        cell(&rows[0], "STATUS") == "Available"
+    });
     assert_eq!(cell(&rows[0], "CAPACITY"), "2Gi", "{rows:?}");
     assert_eq!(cell(&rows[0], "ACCESS"), "RWO,ROX", "{rows:?}");
     assert_eq!(cell(&rows[0], "RECLAIM"), "Retain", "{rows:?}");
-    assert_eq!(cell(&rows[0], "STATUS"), "Pending", "{rows:?}");
     for args in [
         ["describe", "sc", "local-path"],
         ["describe", "pvc", "data"],
