@@ -109,8 +109,18 @@ impl Reconciler for PersistentVolumes {
                     keys.push(claim_key(ns, name));
                 }
             }
-            // A new or freed volume may fit a waiting claim.
-            keys.extend(pending_claims(cache, |_| true));
+            // A new or freed volume may fit a waiting claim of its class (one it names is
+            // keyed above); a bound or deleted volume fits nobody else, so the pending claims
+            // are not looked at again on every status write.
+            if let Some(v) = change.new.as_deref()
+                && v["spec"]["claimRef"].is_null()
+                && !owner::is_terminating(v)
+            {
+                let class = v["spec"]["storageClassName"].as_str().unwrap_or_default();
+                keys.extend(pending_claims(cache, |c| {
+                    c["spec"]["storageClassName"].as_str().unwrap_or_default() == class
+                }));
+            }
         } else if change.resource == &STORAGECLASSES {
             if let Some(sc) = change.object() {
                 let class = owner::name(sc);

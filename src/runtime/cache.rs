@@ -138,7 +138,6 @@ impl Cache {
     }
 
     /// How many objects of `resource` are cached.
-    #[cfg(test)]
     pub fn len(&self, resource: &'static Resource) -> usize {
         self.read(|k| k.get(resource.plural).map_or(0, |k| k.objects.len()))
     }

@@ -319,7 +319,7 @@ fn volume_needs(ctx: &Context, pod: &Frozen) -> Result<VolumeNeeds, Unschedulabl
         |name| cache.get(&ObjectRef::cluster(&STORAGECLASSES, name)),
     )
     .map_err(|message| Unschedulable::NoFit {
-        nodes: ctx.cache.list(&NODES).len(),
+        nodes: ctx.cache.len(&NODES),
         prefilter: Some(message),
         reasons: Default::default(),
     })
