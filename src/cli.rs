@@ -43,6 +43,8 @@ pub enum Command {
     /// Print the systemd unit for a server or an agent (what install.sh and the packages install)
     #[command(hide = true)]
     Unit(UnitArgs),
+    /// Configure a flashed board from keelson.yaml on its boot partition (keelson-firstboot.service runs it)
+    Firstboot(FirstbootArgs),
     /// Run the system kubectl against this node's admin kubeconfig
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -532,6 +534,17 @@ pub struct UnitArgs {
     /// Directory the unit runs the keelson binary from (absolute: systemd needs it so)
     #[arg(long, default_value = crate::systemd::DEFAULT_BIN_DIR, value_parser = crate::systemd::parse_bin_dir)]
     pub bin_dir: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FirstbootArgs {
+    /// The mounted boot (FAT) partition holding keelson.yaml
+    #[arg(long, default_value = "/boot/firmware")]
+    pub boot: PathBuf,
+
+    /// The root of the system to configure (another directory for tests and image builds)
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
 }
 
 #[derive(Debug, Args, Clone)]

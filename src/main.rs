@@ -13,6 +13,7 @@ mod cli;
 mod config;
 mod controllers;
 mod datastore;
+mod firstboot;
 mod images_cli;
 mod loadgen;
 #[allow(unsafe_code)]
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
             print!("{}", systemd::unit(args.role, &args.bin_dir));
             ExitCode::SUCCESS
         }
+        Command::Firstboot(args) => firstboot::main(&args.boot, &args.root),
         Command::Kubectl { args } => run_kubectl(args),
         Command::NodeTest(args) => {
             init_logging(false);
