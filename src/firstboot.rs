@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::api::labels;
+use crate::apiserver::tokens::one_or_many;
 use crate::config::ServerUrl;
 
 /// The file a person writes on the boot partition.
@@ -130,20 +131,6 @@ struct WifiFile {
     ssid: Option<String>,
     password: Option<String>,
     country: Option<String>,
-}
-
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Option::<OneOrMany>::deserialize(d)? {
-        None => Vec::new(),
-        Some(OneOrMany::One(s)) => vec![s],
-        Some(OneOrMany::Many(v)) => v,
-    })
 }
 
 /// The board's configuration, validated.
