@@ -462,11 +462,11 @@ mod tests {
         struct Flaky;
         impl Target for Flaky {
             type Conn = ();
-            fn connect(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-                async { Ok(()) }
+            async fn connect(&mut self) -> Result<(), sqlx::Error> {
+                Ok(())
             }
-            fn ping(_: &mut ()) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-                async { Err(sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into())) }
+            async fn ping(_: &mut ()) -> Result<(), sqlx::Error> {
+                Err(sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into()))
             }
         }
         let health = Health::up();
