@@ -115,9 +115,9 @@ async fn notify_when_ready(
                 notify.ready(&format!("API serving at {url}"));
                 return;
             }
-            Err(why) if missing != Some(why) => {
-                missing = Some(why);
+            Err(why) if missing.as_ref() != Some(&why) => {
                 notify.status(&format!("starting: {why}"));
+                missing = Some(why);
             }
             Err(_) => {}
         }

@@ -120,17 +120,24 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn readiness(&self) -> Result<(), &'static str> {
-        if !self.feed.reachable() {
-            return Err("datastore failed: unreachable");
+    /// Ok when this server can serve the API; otherwise what is missing, for `/readyz` (which
+    /// answers anyone: the datastore's reason names no endpoint, see `datastore::health`).
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Some(why) = self.datastore_down() {
+            return Err(format!("datastore failed: {why}"));
         }
         if !self.node_registered.load(Ordering::Relaxed) {
-            return Err("node not registered yet");
+            return Err("node not registered yet".into());
         }
         if !self.access.synced() {
-            return Err("authorization cache not loaded yet");
+            return Err("authorization cache not loaded yet".into());
         }
         Ok(())
+    }
+
+    /// Why the datastore counts as down, and since when; `None` while it answers.
+    pub fn datastore_down(&self) -> Option<String> {
+        self.registry.store().health().down_reason()
     }
 }
 

@@ -148,32 +148,51 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
     current_node_certificate(&api, id).await?;
     let post = req.method() == Method::POST;
     match segs.as_slice() {
-        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] if post => {
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+        ] if post => {
             let (body, _) = read_json(req).await?;
             Ok(json(
                 StatusCode::CREATED,
                 &super::reviews::access(&api.access, id, body)?,
             ))
         }
-        ["apis", "authorization.k8s.io", "v1", "selfsubjectrulesreviews"] if post => {
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectrulesreviews",
+        ] if post => {
             let (body, _) = read_json(req).await?;
             Ok(json(
                 StatusCode::CREATED,
                 &super::reviews::rules(&api.access, id, body)?,
             ))
         }
-        ["apis", "authentication.k8s.io", version @ ("v1" | "v1beta1"), "selfsubjectreviews"]
-            if post =>
-        {
+        [
+            "apis",
+            "authentication.k8s.io",
+            version @ ("v1" | "v1beta1"),
+            "selfsubjectreviews",
+        ] if post => {
             let version = format!("authentication.k8s.io/{version}");
             Ok(json(
                 StatusCode::CREATED,
                 &super::reviews::whoami(id, &version),
             ))
         }
-        ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]
-            if post && api.feed.reachable() =>
-        {
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "serviceaccounts",
+            name,
+            "token",
+        ] if post && api.feed.reachable() => {
             let (ns, name) = (ns.to_string(), name.to_string());
             let (body, _) = read_json(req).await?;
             Ok(json(
@@ -199,9 +218,7 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
         ["openapi", "v3", rest @ ..] if get => Ok(openapi::serve(&req, rest)),
         ["openapi", "v2"] if get => Ok(openapi::serve_v2(&req)),
         ["api", "v1", _, ..] | ["apis", _, _, _, ..] if !api.feed.reachable() => {
-            Err(ApiError::Unavailable(
-                "the datastore is unreachable; this server retries every second and serves again as soon as it answers".into(),
-            ))
+            Err(datastore_down(&api))
         }
         ["api", "v1", rest @ ..] => match target(&CORE_V1, rest) {
             Some(t) => resource(api, id, t, req).await,
@@ -215,6 +232,18 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
         }
         _ => Err(ApiError::UnknownPath),
     }
+}
+
+/// The fast-fail gate's answer: 503 at once, naming the datastore and why, instead of waiting
+/// for a connection the pool cannot make.
+fn datastore_down(api: &Api) -> ApiError {
+    let why = api
+        .datastore_down()
+        .unwrap_or_else(|| "it stopped answering".into());
+    ApiError::DatastoreUnreachable(format!(
+        "{why}; this server checks it every {} ms and serves again as soon as it answers (another server may answer now)",
+        crate::datastore::health::RETRY.as_millis()
+    ))
 }
 
 /// Refuses a node certificate that belongs to an earlier registration of its name (the Node
@@ -240,9 +269,7 @@ async fn join(
     req: Request<Incoming>,
 ) -> Result<Response<Body>> {
     if !api.feed.reachable() {
-        return Err(ApiError::Unavailable(
-            "the datastore is unreachable; try another server or again shortly".into(),
-        ));
+        return Err(datastore_down(&api));
     }
     let auth = req
         .headers()
@@ -268,9 +295,15 @@ fn metrics(api: &Api) -> String {
         "# HELP keelson_datastore_statements_total SQL statements this server sent to the datastore.\n\
          # TYPE keelson_datastore_statements_total counter\n\
          keelson_datastore_statements_total {}\n\
-         # HELP keelson_datastore_reachable Whether the last change-feed poll reached the datastore.\n\
+         # HELP keelson_datastore_reachable Whether the datastore answers this server's health probe.\n\
          # TYPE keelson_datastore_reachable gauge\n\
          keelson_datastore_reachable {}\n\
+         # HELP keelson_datastore_probes_total Health pings and connection attempts this server sent to the datastore (protocol pings, not statements).\n\
+         # TYPE keelson_datastore_probes_total counter\n\
+         keelson_datastore_probes_total {}\n\
+         # HELP keelson_datastore_outages_total Times this server found the datastore down.\n\
+         # TYPE keelson_datastore_outages_total counter\n\
+         keelson_datastore_outages_total {}\n\
          # HELP keelson_feed_revision The newest revision the change feed delivered.\n\
          # TYPE keelson_feed_revision gauge\n\
          keelson_feed_revision {}\n\
@@ -291,6 +324,8 @@ fn metrics(api: &Api) -> String {
          keelson_connections_refused_total {}\n",
         store.statements(),
         u8::from(api.feed.reachable()),
+        store.health().probes(),
+        store.health().outages(),
         api.feed.latest(),
         super::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
         api.joiner.requests(),

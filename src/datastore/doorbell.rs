@@ -66,6 +66,7 @@ impl Doorbell {
         pool: AnyPool,
         wake: Arc<Notify>,
         statements: Arc<AtomicU64>,
+        health: super::Health,
     ) -> Doorbell {
         let shared = Arc::new(Shared {
             parked_id: AtomicU64::new(0),
@@ -73,7 +74,7 @@ impl Doorbell {
         });
         let ring = Arc::new(Notify::new());
         let parker = tokio::spawn(tracing::Instrument::instrument(
-            park_forever(url, wake, shared.clone()),
+            park_forever(url, wake, shared.clone(), health),
             tracing::debug_span!("doorbell-park"),
         ));
         let ringer = tokio::spawn(tracing::Instrument::instrument(
@@ -116,13 +117,17 @@ impl Drop for Doorbell {
     }
 }
 
-async fn park_forever(url: String, wake: Arc<Notify>, shared: Arc<Shared>) {
+/// Parks until aborted. The parked connection is the one that is always busy on the
+/// database, so losing it is the first sign of the database going away: `health` is told to
+/// look at once.
+async fn park_forever(url: String, wake: Arc<Notify>, shared: Arc<Shared>, health: super::Health) {
     // The revision last seen, kept across reconnects so a commit made while the parked
     // connection was down still wakes the feed.
     let seen = AtomicI64::new(-1);
     let mut delay = Duration::from_millis(250);
     loop {
         let Err(e) = park(&url, &wake, &shared, &seen, &mut delay).await;
+        health.suspect();
         shared.parked_id.store(0, Ordering::Relaxed);
         tracing::debug!(error = %e, retry_in = ?delay, "doorbell connection lost");
         tokio::time::sleep(delay).await;

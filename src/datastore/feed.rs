@@ -11,7 +11,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{broadcast, watch};
 
@@ -28,7 +27,6 @@ pub struct Feed {
     store: Store,
     events: broadcast::Sender<Arc<Event>>,
     latest: watch::Receiver<i64>,
-    reachable: Arc<AtomicBool>,
 }
 
 /// The poller task. Ends when `shutdown` resolves.
@@ -36,7 +34,6 @@ pub struct Poller {
     store: Store,
     events: broadcast::Sender<Arc<Event>>,
     latest: watch::Sender<i64>,
-    reachable: Arc<AtomicBool>,
 }
 
 // === impl Feed ===
@@ -47,18 +44,15 @@ impl Feed {
         let start = store.current_revision().await?;
         let (events, _) = broadcast::channel(QUEUE);
         let (latest_tx, latest) = watch::channel(start);
-        let reachable = Arc::new(AtomicBool::new(true));
         let feed = Feed {
             store: store.clone(),
             events: events.clone(),
             latest,
-            reachable: reachable.clone(),
         };
         let poller = Poller {
             store,
             events,
             latest: latest_tx,
-            reachable,
         };
         Ok((feed, poller))
     }
@@ -68,19 +62,15 @@ impl Feed {
         *self.latest.borrow()
     }
 
-    /// Records that a request could not reach the database: readiness and the API's fast-fail
-    /// gate close now instead of at the next poll, which reopens them once it succeeds.
+    /// Records that a request could not reach the database: the health prober looks now
+    /// instead of at its next period, and decides (a slow or busy database is not a down one).
     pub fn mark_unreachable(&self) {
-        if self.reachable.swap(false, Ordering::Relaxed) {
-            tracing::warn!(
-                "a request could not reach the datastore; answering 503 until the change feed reaches it again"
-            );
-        }
+        self.store.health().suspect();
     }
 
-    /// Whether the last poll reached the database.
+    /// Whether the database answers, by the store's health prober.
     pub fn reachable(&self) -> bool {
-        self.reachable.load(Ordering::Relaxed)
+        self.store.health().is_up()
     }
 
     /// Every event after `after`, first from history, then live.
@@ -197,7 +187,7 @@ impl Poller {
     /// resumes promptly when it returns.
     fn interval(&self) -> std::time::Duration {
         let normal = self.store.poll_interval();
-        if self.reachable.load(Ordering::Relaxed) {
+        if self.store.health().is_up() {
             normal
         } else {
             normal.min(std::time::Duration::from_secs(1))
@@ -216,9 +206,6 @@ impl Poller {
             loop {
                 match self.store.events_after(last, PAGE).await {
                     Ok(events) => {
-                        if !self.reachable.swap(true, Ordering::Relaxed) {
-                            tracing::info!("datastore reachable again");
-                        }
                         let full = events.len() as i64 == PAGE;
                         for ev in events {
                             if ev.revision != last + 1 {
@@ -247,9 +234,8 @@ impl Poller {
                         last = compacted;
                     }
                     Err(e) => {
-                        if self.reachable.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(error = %e, "change feed cannot reach the datastore");
-                        }
+                        // The store told the prober already if it was a connection error.
+                        tracing::debug!(error = %e, "the change feed's poll failed");
                         break;
                     }
                 }

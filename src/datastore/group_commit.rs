@@ -42,6 +42,9 @@ pub(super) struct Writer {
     pub sql: &'static Statements,
     pub committed: std::sync::Arc<tokio::sync::Notify>,
     pub statements: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Consulted before each transaction: writes waiting while the database is down are
+    /// refused unwritten, so a write whose caller was told 503 does not land minutes later.
+    pub health: super::Health,
 }
 
 /// Starts the writer; it ends when every sender is gone.
@@ -64,7 +67,7 @@ impl Writer {
             }
             // Callers that gave up (their request was cancelled) are still written: the write
             // was asked for, and an unanswered write is one whose answer was lost.
-            match self.commit(&batch).await {
+            match self.commit_unless_down(&batch).await {
                 Ok(results) => {
                     for (q, r) in batch.drain(..).zip(results) {
                         let _ = q.reply.send(r);
@@ -73,13 +76,23 @@ impl Writer {
                 Err(e) => {
                     tracing::debug!(error = %e, writes = batch.len(), "a group commit failed; writing its writes one by one");
                     for q in batch.drain(..) {
-                        let r = self.commit(std::slice::from_ref(&q)).await;
+                        let r = self.commit_unless_down(std::slice::from_ref(&q)).await;
                         let r = r.and_then(|mut rs| rs.pop().unwrap_or_else(|| Err(lost())));
                         let _ = q.reply.send(r);
                     }
                 }
             }
         }
+    }
+
+    async fn commit_unless_down(
+        &self,
+        batch: &[Queued],
+    ) -> Result<Vec<Result<(i64, Option<Record>)>>> {
+        if let super::health::State::Down { reason, .. } = self.health.state() {
+            return Err(Error::Down(reason));
+        }
+        self.commit(batch).await
     }
 
     fn count(&self, n: usize) {

@@ -46,107 +46,119 @@ impl Store {
         duration_ms: i64,
         held: Option<Held>,
     ) -> Result<Option<Held>> {
-        let sql = self.inner.sql;
-        let take = || {
-            sqlx::query(sql.lease_take)
-                .bind(holder)
-                .bind(holder)
-                .bind(duration_ms)
-                .bind(name)
-                .bind(holder)
-        };
-        self.count(1);
-        let done = take().execute(&self.inner.pool).await?;
-        if done.rows_affected() == 1 && held.is_some() {
-            // Renewed: neither the holder nor the epoch changed.
-            return Ok(held);
-        }
-        if done.rows_affected() == 0 {
-            // Either someone else holds it, or the row does not exist yet (once per cluster).
-            let known = self
-                .inner
-                .lease_rows
-                .lock()
-                .map(|rows| rows.contains(name))
-                .unwrap_or(false);
-            if known {
-                return Ok(None);
-            }
-            self.count(2);
-            let created = sqlx::query(sql.lease_ensure)
-                .bind(name)
-                .execute(&self.inner.pool)
-                .await?;
-            if let Ok(mut rows) = self.inner.lease_rows.lock() {
-                rows.insert(name.to_owned());
-            }
-            if created.rows_affected() == 0 {
-                return Ok(None);
-            }
+        self.guard(async move {
+            let sql = self.inner.sql;
+            let take = || {
+                sqlx::query(sql.lease_take)
+                    .bind(holder)
+                    .bind(holder)
+                    .bind(duration_ms)
+                    .bind(name)
+                    .bind(holder)
+            };
+            self.count(1);
             let done = take().execute(&self.inner.pool).await?;
-            if done.rows_affected() == 0 {
-                return Ok(None);
+            if done.rows_affected() == 1 && held.is_some() {
+                // Renewed: neither the holder nor the epoch changed.
+                return Ok(held);
             }
-        }
-        self.count(1);
-        let row = sqlx::query(sql.lease_epoch)
-            .bind(name)
-            .bind(holder)
-            .fetch_optional(&self.inner.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .map(|epoch| Held { epoch }))
+            if done.rows_affected() == 0 {
+                // Either someone else holds it, or the row does not exist yet (once per cluster).
+                let known = self
+                    .inner
+                    .lease_rows
+                    .lock()
+                    .map(|rows| rows.contains(name))
+                    .unwrap_or(false);
+                if known {
+                    return Ok(None);
+                }
+                self.count(2);
+                let created = sqlx::query(sql.lease_ensure)
+                    .bind(name)
+                    .execute(&self.inner.pool)
+                    .await?;
+                if let Ok(mut rows) = self.inner.lease_rows.lock() {
+                    rows.insert(name.to_owned());
+                }
+                if created.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                let done = take().execute(&self.inner.pool).await?;
+                if done.rows_affected() == 0 {
+                    return Ok(None);
+                }
+            }
+            self.count(1);
+            let row = sqlx::query(sql.lease_epoch)
+                .bind(name)
+                .bind(holder)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+            Ok(row
+                .map(|r| r.try_get(0))
+                .transpose()?
+                .map(|epoch| Held { epoch }))
+        })
+        .await
     }
 
     /// Gives the lease up at once (on shutdown), if `holder` still has it.
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        self.count(1);
-        sqlx::query(self.inner.sql.lease_release)
-            .bind(name)
-            .bind(holder)
-            .execute(&self.inner.pool)
-            .await?;
-        Ok(())
+        self.guard(async move {
+            self.count(1);
+            sqlx::query(self.inner.sql.lease_release)
+                .bind(name)
+                .bind(holder)
+                .execute(&self.inner.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records that `nodes` are alive, now by the database's clock: one statement for all.
     pub async fn heartbeat(&self, nodes: &[String]) -> Result<()> {
-        if nodes.is_empty() {
-            return Ok(());
-        }
-        let d = self.inner.dialect;
-        let now = now_ms(d);
-        let values: Vec<String> = (1..=nodes.len())
-            .map(|i| format!("({}, {now})", placeholder(d, i)))
-            .collect();
-        let upsert = match d {
-            Dialect::Mysql => " ON DUPLICATE KEY UPDATE seen_at = VALUES(seen_at)",
-            _ => " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at",
-        };
-        let sql = format!(
-            "INSERT INTO keelson_heartbeats (node, seen_at) VALUES {}{upsert}",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for n in nodes {
-            q = q.bind(n.as_str());
-        }
-        self.count(1);
-        q.execute(&self.inner.pool).await?;
-        Ok(())
+        self.guard(async move {
+            if nodes.is_empty() {
+                return Ok(());
+            }
+            let d = self.inner.dialect;
+            let now = now_ms(d);
+            let values: Vec<String> = (1..=nodes.len())
+                .map(|i| format!("({}, {now})", placeholder(d, i)))
+                .collect();
+            let upsert = match d {
+                Dialect::Mysql => " ON DUPLICATE KEY UPDATE seen_at = VALUES(seen_at)",
+                _ => " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at",
+            };
+            let sql = format!(
+                "INSERT INTO keelson_heartbeats (node, seen_at) VALUES {}{upsert}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for n in nodes {
+                q = q.bind(n.as_str());
+            }
+            self.count(1);
+            q.execute(&self.inner.pool).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Every node's time since its last heartbeat, in milliseconds of database time.
     pub async fn heartbeat_ages(&self) -> Result<Vec<(String, i64)>> {
-        self.count(1);
-        let rows = sqlx::query(self.inner.sql.heartbeat_ages)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        self.guard(async move {
+            self.count(1);
+            let rows = sqlx::query(self.inner.sql.heartbeat_ages)
+                .fetch_all(&self.inner.pool)
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        })
+        .await
     }
 }
 

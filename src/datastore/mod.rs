@@ -13,6 +13,7 @@ mod doorbell;
 pub mod endpoint;
 pub mod feed;
 mod group_commit;
+pub mod health;
 pub mod leases;
 mod notify;
 pub mod schema;
@@ -28,6 +29,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::Notify;
 
 pub use endpoint::{Dialect, Endpoint};
+pub use health::Health;
 
 /// How the pool is bounded; the defaults suit a Raspberry Pi and a shared database.
 #[derive(Debug, Clone)]
@@ -67,6 +69,15 @@ pub enum Error {
     Compacted { requested: i64, compacted: i64 },
     #[error("the datastore is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The health probe found the database gone ([`health`]); nothing was sent.
+    #[error("the datastore is down: {0}")]
+    Down(Arc<str>),
+    /// The database went down while this write was queued or in flight: it may or may not
+    /// have been applied.
+    #[error(
+        "the datastore went down while this write was in flight ({0}); it may or may not have been applied: read the object before retrying"
+    )]
+    InDoubt(Arc<str>),
     #[error("cannot open the datastore {endpoint}: {source}")]
     Open {
         endpoint: String,
@@ -93,7 +104,7 @@ impl Error {
     pub fn is_connection(&self) -> bool {
         match self {
             Error::Unavailable(e) | Error::Open { source: e, .. } => sqlx_is_connection(e),
-            Error::CreateDir { .. } => true,
+            Error::CreateDir { .. } | Error::Down(_) | Error::InDoubt(_) => true,
             _ => false,
         }
     }
@@ -105,6 +116,8 @@ impl Error {
         match self {
             Error::Unavailable(e) | Error::Open { source: e, .. } => sqlx_public_reason(e),
             Error::CreateDir { .. } => "cannot create the datastore directory".into(),
+            // The probe's reasons name no endpoint (see `health`).
+            Error::Down(reason) => reason.to_string(),
             other => other.to_string(),
         }
     }
@@ -216,13 +229,22 @@ struct Inner {
     doorbell: Option<doorbell::Doorbell>,
     /// Closes idle connections beyond `--datastore-max-idle-connections`; aborted likewise.
     trimmer: Option<tokio::task::AbortHandle>,
+    /// Whether the database answers. Every call fails fast while it is down, and a call in
+    /// flight when it goes down fails then ([`Store::guard`]).
+    health: Health,
+    /// The health prober ([`health::Prober`]); aborted when the last handle drops. `None` on
+    /// SQLite, which has no connection to lose: its health stays up.
+    prober: Option<tokio::task::AbortHandle>,
     /// The server's single writer ([`group_commit`]); it ends when the last handle drops.
     writer: tokio::sync::mpsc::Sender<group_commit::Queued>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for task in [&self.listener, &self.trimmer].into_iter().flatten() {
+        for task in [&self.listener, &self.trimmer, &self.prober]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
@@ -244,15 +266,18 @@ impl Store {
             set_mode(dir, 0o700);
         }
         let dialect = endpoint.dialect;
-        // One connection of the bound is the LISTEN connection on PostgreSQL, the parked
-        // doorbell connection on MySQL, when the bound leaves room for it.
-        let listen = dialect == Dialect::Postgres && pool.max_open >= 2;
-        let park = dialect == Dialect::Mysql && pool.max_open >= 2;
-        let max = if listen || park {
-            pool.max_open - 1
-        } else {
-            pool.max_open.max(1)
-        };
+        // The bound is shared out in order of need: the pool gets one connection, the health
+        // probe the next (a server must be able to say it cannot reach its database), the
+        // LISTEN connection on PostgreSQL or the parked doorbell connection on MySQL the next
+        // (without it the change feed polls), and the pool the rest.
+        let networked = dialect != Dialect::Sqlite;
+        let probe = networked && pool.max_open >= 2;
+        let listen = dialect == Dialect::Postgres && pool.max_open >= 3;
+        let park = dialect == Dialect::Mysql && pool.max_open >= 3;
+        let max = pool
+            .max_open
+            .saturating_sub(u32::from(probe) + u32::from(listen || park))
+            .max(1);
         let open_err = |source| Error::Open {
             endpoint: endpoint.redacted().to_owned(),
             source,
@@ -307,8 +332,30 @@ impl Store {
         }
         migrate(&pool, dialect).await.map_err(open_err)?;
         let committed = Arc::new(Notify::new());
-        let listener =
-            listen.then(|| notify::spawn_listener(endpoint.url.clone(), committed.clone()));
+        let health = Health::up();
+        let prober = networked.then(|| {
+            let task = if probe {
+                let target = health::Database {
+                    url: endpoint.url.clone(),
+                };
+                tokio::spawn(tracing::Instrument::instrument(
+                    health::Prober::new(target, health.clone()).run(),
+                    tracing::debug_span!("datastore-probe"),
+                ))
+            } else {
+                // A bound of one leaves the probe no connection of its own: it pings through
+                // the pool, where a busy pool can look like a silent database.
+                let target = health::Pooled { pool: pool.clone() };
+                tokio::spawn(tracing::Instrument::instrument(
+                    health::Prober::new(target, health.clone()).run(),
+                    tracing::debug_span!("datastore-probe"),
+                ))
+            };
+            task.abort_handle()
+        });
+        let listener = listen.then(|| {
+            notify::spawn_listener(endpoint.url.clone(), committed.clone(), health.clone())
+        });
         let statements = Arc::new(AtomicU64::new(0));
         let doorbell = park.then(|| {
             doorbell::Doorbell::spawn(
@@ -316,6 +363,7 @@ impl Store {
                 pool.clone(),
                 committed.clone(),
                 statements.clone(),
+                health.clone(),
             )
         });
         let trimmer =
@@ -327,6 +375,7 @@ impl Store {
             sql,
             committed: committed.clone(),
             statements: statements.clone(),
+            health: health.clone(),
         });
         Ok(Store {
             inner: Arc::new(Inner {
@@ -339,9 +388,38 @@ impl Store {
                 listener,
                 doorbell,
                 trimmer,
+                health,
+                prober,
                 writer,
             }),
         })
+    }
+
+    /// Whether the database answers ([`health`]).
+    pub fn health(&self) -> &Health {
+        &self.inner.health
+    }
+
+    /// Runs one datastore call unless the database is known to be down, and gives up on it
+    /// the moment it goes down: the call's own error would come only after the pool's acquire
+    /// timeout, or never on a blackholed route. A connection error makes the prober look at
+    /// once; only the prober changes the verdict. A statement abandoned midway may still
+    /// land: the ones guarded here are reads, or writes whose callers re-read or repeat them
+    /// (leases, heartbeats, sealed secrets); object writes go through [`Store::write`].
+    async fn guard<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let health = &self.inner.health;
+        if let health::State::Down { reason, .. } = health.state() {
+            return Err(Error::Down(reason));
+        }
+        let result = tokio::select! {
+            biased;
+            result = call => result,
+            reason = health.down() => Err(Error::Down(reason)),
+        };
+        if result.as_ref().is_err_and(Error::is_connection) {
+            health.suspect();
+        }
+        result
     }
 
     /// Connections open in the pool, and how many of them are idle.
@@ -370,34 +448,40 @@ impl Store {
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<Record>> {
-        self.count(1);
-        let row = sqlx::query(self.inner.sql.get)
-            .bind(path)
-            .fetch_optional(&self.inner.pool)
-            .await?;
-        row.map(|r| record(path, &r)).transpose()
+        self.guard(async move {
+            self.count(1);
+            let row = sqlx::query(self.inner.sql.get)
+                .bind(path)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+            row.map(|r| record(path, &r)).transpose()
+        })
+        .await
     }
 
     /// Every object whose path starts with `prefix`, sorted by path, and the revision the
     /// list is consistent with (one statement, so one snapshot).
     pub async fn list(&self, prefix: &str) -> Result<(i64, Vec<Record>)> {
-        self.count(1);
-        let rows = sqlx::query(self.inner.sql.list)
-            .bind(prefix)
-            .bind(prefix_end(prefix))
-            .fetch_all(&self.inner.pool)
-            .await?;
-        let mut revision = 0;
-        let mut out = Vec::with_capacity(rows.len().saturating_sub(1));
-        for row in rows {
-            let path: String = row.try_get(0)?;
-            if path.is_empty() {
-                revision = row.try_get(2)?;
-            } else {
-                out.push(record(&path, &row)?);
+        self.guard(async move {
+            self.count(1);
+            let rows = sqlx::query(self.inner.sql.list)
+                .bind(prefix)
+                .bind(prefix_end(prefix))
+                .fetch_all(&self.inner.pool)
+                .await?;
+            let mut revision = 0;
+            let mut out = Vec::with_capacity(rows.len().saturating_sub(1));
+            for row in rows {
+                let path: String = row.try_get(0)?;
+                if path.is_empty() {
+                    revision = row.try_get(2)?;
+                } else {
+                    out.push(record(&path, &row)?);
+                }
             }
-        }
-        Ok((revision, out))
+            Ok((revision, out))
+        })
+        .await
     }
 
     /// At most `limit` objects under `prefix` from `start` on (a path under the prefix), in
@@ -410,40 +494,46 @@ impl Store {
         start: Option<&str>,
         limit: usize,
     ) -> Result<(i64, Vec<Record>, Option<String>)> {
-        self.count(1);
-        let from = start.filter(|s| s.starts_with(prefix)).unwrap_or(prefix);
-        // One row for the revision, one to tell whether more follow.
-        let fetch = i64::try_from(limit.saturating_add(2)).unwrap_or(i64::MAX);
-        let rows = sqlx::query(self.inner.sql.list_page)
-            .bind(from)
-            .bind(prefix_end(prefix))
-            .bind(fetch)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        let mut revision = 0;
-        let mut out = Vec::with_capacity(limit.min(rows.len()));
-        let mut next = None;
-        for row in rows {
-            let path: String = row.try_get(0)?;
-            if path.is_empty() {
-                revision = row.try_get(2)?;
-            } else if out.len() == limit {
-                next = Some(path);
-            } else {
-                out.push(record(&path, &row)?);
+        self.guard(async move {
+            self.count(1);
+            let from = start.filter(|s| s.starts_with(prefix)).unwrap_or(prefix);
+            // One row for the revision, one to tell whether more follow.
+            let fetch = i64::try_from(limit.saturating_add(2)).unwrap_or(i64::MAX);
+            let rows = sqlx::query(self.inner.sql.list_page)
+                .bind(from)
+                .bind(prefix_end(prefix))
+                .bind(fetch)
+                .fetch_all(&self.inner.pool)
+                .await?;
+            let mut revision = 0;
+            let mut out = Vec::with_capacity(limit.min(rows.len()));
+            let mut next = None;
+            for row in rows {
+                let path: String = row.try_get(0)?;
+                if path.is_empty() {
+                    revision = row.try_get(2)?;
+                } else if out.len() == limit {
+                    next = Some(path);
+                } else {
+                    out.push(record(&path, &row)?);
+                }
             }
-        }
-        Ok((revision, out, next))
+            Ok((revision, out, next))
+        })
+        .await
     }
 
     /// The newest revision handed out.
     pub async fn current_revision(&self) -> Result<i64> {
-        self.count(1);
-        Ok(sqlx::query(self.inner.sql.meta)
-            .bind("revision")
-            .fetch_one(&self.inner.pool)
-            .await?
-            .try_get(0)?)
+        self.guard(async move {
+            self.count(1);
+            Ok(sqlx::query(self.inner.sql.meta)
+                .bind("revision")
+                .fetch_one(&self.inner.pool)
+                .await?
+                .try_get(0)?)
+        })
+        .await
     }
 
     pub async fn create(&self, path: &str, value: &[u8]) -> Result<i64> {
@@ -470,8 +560,23 @@ impl Store {
     /// The one write path. The operation is decided against the current object inside the
     /// transaction, after the revision counter is locked, so no other writer can change it in
     /// between. The writes of many callers share a transaction ([`group_commit`]).
+    ///
+    /// While the database is down nothing is queued. A write queued or in flight when it goes
+    /// down is answered at once with [`Error::InDoubt`]: the writer may still be waiting on
+    /// a connection that will deliver it later.
     async fn write(&self, path: &str, op: Op) -> Result<(i64, Option<Record>)> {
-        let written = group_commit::submit(&self.inner.writer, path, op).await;
+        let health = &self.inner.health;
+        if let health::State::Down { reason, .. } = health.state() {
+            return Err(Error::Down(reason));
+        }
+        let written = tokio::select! {
+            biased;
+            written = group_commit::submit(&self.inner.writer, path, op) => written,
+            reason = health.down() => Err(Error::InDoubt(reason)),
+        };
+        if written.as_ref().is_err_and(Error::is_connection) {
+            health.suspect();
+        }
         if written.is_ok()
             && let Some(doorbell) = &self.inner.doorbell
         {
@@ -484,23 +589,26 @@ impl Store {
     /// was compacted away: compaction keeps the event at its mark, so a missing `after + 1`
     /// shows up as a gap, and only then is the mark read.
     pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
-        self.count(1);
-        let rows = sqlx::query(self.inner.sql.events_after)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        let events: Vec<Event> = rows.iter().map(event).collect::<Result<_>>()?;
-        if events.first().is_some_and(|e| e.revision != after + 1) {
-            let compacted = self.compacted_revision().await?;
-            if after < compacted {
-                return Err(Error::Compacted {
-                    requested: after,
-                    compacted,
-                });
+        self.guard(async move {
+            self.count(1);
+            let rows = sqlx::query(self.inner.sql.events_after)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.inner.pool)
+                .await?;
+            let events: Vec<Event> = rows.iter().map(event).collect::<Result<_>>()?;
+            if events.first().is_some_and(|e| e.revision != after + 1) {
+                let compacted = self.compacted_revision().await?;
+                if after < compacted {
+                    return Err(Error::Compacted {
+                        requested: after,
+                        compacted,
+                    });
+                }
             }
-        }
-        Ok(events)
+            Ok(events)
+        })
+        .await
     }
 
     /// Statements this process has sent to the datastore (BEGIN and COMMIT included).
@@ -514,89 +622,110 @@ impl Store {
 
     /// The compaction mark: watchers may resume from any revision at or after it.
     pub async fn compacted_revision(&self) -> Result<i64> {
-        self.count(1);
-        Ok(sqlx::query(self.inner.sql.meta)
-            .bind("compact")
-            .fetch_one(&self.inner.pool)
-            .await?
-            .try_get(0)?)
+        self.guard(async move {
+            self.count(1);
+            Ok(sqlx::query(self.inner.sql.meta)
+                .bind("compact")
+                .fetch_one(&self.inner.pool)
+                .await?
+                .try_get(0)?)
+        })
+        .await
     }
 
     /// Drops history before `through` (never the current objects), keeping the event at
     /// `through` itself as the sentinel `events_after` detects gaps by. Afterwards watchers
     /// may resume from `through` on. Idempotent and safe to race: the mark only moves forward.
     pub async fn compact(&self, through: i64) -> Result<()> {
-        self.count(4);
-        let mut tx = self.inner.pool.begin().await?;
-        sqlx::query(self.inner.sql.compact_mark)
-            .bind(through)
-            .bind(through)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(self.inner.sql.compact_events)
-            .bind(through)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.guard(async move {
+            self.count(4);
+            let mut tx = self.inner.pool.begin().await?;
+            sqlx::query(self.inner.sql.compact_mark)
+                .bind(through)
+                .bind(through)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(self.inner.sql.compact_events)
+                .bind(through)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        self.count(1);
-        let row = sqlx::query(self.inner.sql.get_secret)
-            .bind(name)
-            .fetch_optional(&self.inner.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        self.guard(async move {
+            self.count(1);
+            let row = sqlx::query(self.inner.sql.get_secret)
+                .bind(name)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+            Ok(row.map(|r| r.try_get(0)).transpose()?)
+        })
+        .await
     }
 
     /// Every secret whose name starts with `prefix` (which may not contain `%`, `_` or `\\`).
     pub async fn secrets_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        debug_assert!(
-            !prefix.contains(['%', '_', '\\']),
-            "LIKE wildcard in {prefix:?}"
-        );
-        self.count(1);
-        let rows = sqlx::query(self.inner.sql.secrets_with_prefix)
-            .bind(format!("{prefix}%"))
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        self.guard(async move {
+            debug_assert!(
+                !prefix.contains(['%', '_', '\\']),
+                "LIKE wildcard in {prefix:?}"
+            );
+            self.count(1);
+            let rows = sqlx::query(self.inner.sql.secrets_with_prefix)
+                .bind(format!("{prefix}%"))
+                .fetch_all(&self.inner.pool)
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        })
+        .await
     }
 
     /// Stores a secret unless one of that name exists; returns whether this call stored it.
     pub async fn insert_secret(&self, name: &str, value: &[u8]) -> Result<bool> {
-        self.count(1);
-        let done = sqlx::query(self.inner.sql.insert_secret)
-            .bind(name)
-            .bind(value)
-            .execute(&self.inner.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.guard(async move {
+            self.count(1);
+            let done = sqlx::query(self.inner.sql.insert_secret)
+                .bind(name)
+                .bind(value)
+                .execute(&self.inner.pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
     }
 
     /// Replaces a secret only if it still holds `old` (a compare-and-swap on the whole
     /// value); returns whether this call replaced it.
     pub async fn replace_secret(&self, name: &str, old: &[u8], new: &[u8]) -> Result<bool> {
-        self.count(1);
-        let done = sqlx::query(self.inner.sql.replace_secret)
-            .bind(new)
-            .bind(name)
-            .bind(old)
-            .execute(&self.inner.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.guard(async move {
+            self.count(1);
+            let done = sqlx::query(self.inner.sql.replace_secret)
+                .bind(new)
+                .bind(name)
+                .bind(old)
+                .execute(&self.inner.pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
     }
 
     pub async fn delete_secret(&self, name: &str) -> Result<()> {
-        self.count(1);
-        sqlx::query(self.inner.sql.delete_secret)
-            .bind(name)
-            .execute(&self.inner.pool)
-            .await?;
-        Ok(())
+        self.guard(async move {
+            self.count(1);
+            sqlx::query(self.inner.sql.delete_secret)
+                .bind(name)
+                .execute(&self.inner.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn close(&self) {

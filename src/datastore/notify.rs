@@ -10,16 +10,22 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 
+use super::Health;
+
 pub const CHANNEL: &str = "keelson_revisions";
 pub const NOTIFY: &str = "NOTIFY keelson_revisions";
 
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
-pub fn spawn_listener(url: String, wake: Arc<Notify>) -> tokio::task::AbortHandle {
+/// Listens until aborted. A lost LISTEN connection is the first sign of a database going away
+/// (the others' connections sit idle in the pool): `health` is told to look at once.
+pub fn spawn_listener(url: String, wake: Arc<Notify>, health: Health) -> tokio::task::AbortHandle {
     let task = async move {
         let mut delay = Duration::from_millis(250);
         loop {
-            match listen(&url, &wake).await {
+            let lost = listen(&url, &wake).await;
+            health.suspect();
+            match lost {
                 Ok(()) => delay = Duration::from_millis(250),
                 Err(e) => {
                     tracing::debug!(error = %e, retry_in = ?delay, "datastore LISTEN connection lost");

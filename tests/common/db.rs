@@ -14,11 +14,17 @@ pub enum Db {
 }
 
 impl Db {
+    /// The machine's port, or `KEELSON_TEST_POSTGRES_PORT` / `KEELSON_TEST_MARIADB_PORT` for a
+    /// private instance (when the shared one cannot be used and must not be touched).
     pub fn port(self) -> u16 {
-        match self {
-            Db::Postgres => 5432,
-            Db::MariaDb => 3306,
-        }
+        let (var, default) = match self {
+            Db::Postgres => ("KEELSON_TEST_POSTGRES_PORT", 5432),
+            Db::MariaDb => ("KEELSON_TEST_MARIADB_PORT", 3306),
+        };
+        std::env::var(var)
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default)
     }
 }
 
@@ -151,7 +157,8 @@ pub fn run_sql(db: Db, database: Option<&str>, sql: &str) -> Result<String, Stri
         Db::Postgres => {
             let mut c = Command::new("psql");
             c.env("PGCONNECT_TIMEOUT", "5")
-                .args(["-qAt", "-h", "127.0.0.1", "-U", "postgres", "-d"])
+                .args(["-qAt", "-h", "127.0.0.1", "-U", "postgres"])
+                .args(["-p", &db.port().to_string(), "-d"])
                 .arg(database.unwrap_or("postgres"))
                 .args(["-c", sql]);
             c
@@ -162,6 +169,8 @@ pub fn run_sql(db: Db, database: Option<&str>, sql: &str) -> Result<String, Stri
                 "--connect-timeout=5",
                 "-h",
                 "127.0.0.1",
+                "-P",
+                &db.port().to_string(),
                 "-uroot",
                 "-N",
                 "-B",
