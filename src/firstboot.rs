@@ -38,6 +38,9 @@ const ENABLED: &str = "etc/keelson/enabled";
 const NETWORK: &str = "etc/systemd/network/10-keelson.network";
 const WIFI_NETWORK: &str = "etc/systemd/network/20-keelson-wifi.network";
 const WPA: &str = "etc/wpa_supplicant/wpa_supplicant-wlan0.conf";
+/// Enabled only on boards whose file asks for Wi-Fi: on others it would wait 90 s for wlan0.
+const WPA_UNIT: &str = "wpa_supplicant@wlan0.service";
+const WPA_WANTS: &str = "etc/systemd/system/multi-user.target.wants/wpa_supplicant@wlan0.service";
 /// Air-gapped images copied from the boot partition's `images/` (K3s's agent images dir).
 const IMAGES: &str = "var/lib/keelson/agent/images";
 const UNITS: [(Role, &str); 2] = [
@@ -465,7 +468,9 @@ impl Board {
 /// Runs the board's config through the same parser `keelson server|agent` will use, so a
 /// bad `config:` key or value is found now rather than by a service failing to start.
 fn check_flags(board: &Board) -> Result<(), Vec<String>> {
-    let dir = std::env::temp_dir().join(format!("keelson-firstboot-{}", std::process::id()));
+    static CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("keelson-firstboot-{}-{n}", std::process::id()));
     let file = dir.join("config.yaml");
     let written =
         std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, board.config_yaml()));
@@ -637,10 +642,24 @@ fn apply(board: &Board, boot: &Path, root: &Path) -> Result<(), Error> {
                 "# Written by keelson-firstboot from {BOOT_FILE} (wifi:).\n[Match]\nName=wlan0\n\n[Network]\nDHCP=yes\n"
             );
             write_file(&root.join(WIFI_NETWORK), net.as_bytes(), 0o644)?;
+            let wants = root.join(WPA_WANTS);
+            remove_file(&wants)?;
+            if let Some(parent) = wants.parent() {
+                create_dir(parent, 0o755)?;
+            }
+            std::os::unix::fs::symlink("/lib/systemd/system/wpa_supplicant@.service", &wants)
+                .map_err(io_err("enable Wi-Fi with", &wants))?;
+            if root == Path::new("/") && Path::new("/run/systemd/system").exists() {
+                // This boot's transaction is already made: queue the start, never wait for it.
+                let _ = std::process::Command::new("systemctl")
+                    .args(["--no-block", "start", WPA_UNIT])
+                    .status();
+            }
         }
         None => {
             remove_file(&root.join(WPA))?;
             remove_file(&root.join(WIFI_NETWORK))?;
+            remove_file(&root.join(WPA_WANTS))?;
         }
     }
     if !board.ssh_keys.is_empty() {
@@ -921,6 +940,8 @@ mod tests {
                 .unwrap()
                 .contains("psk=\"correct-horse\"")
         );
+        let wifi_enabled = std::fs::symlink_metadata(root.join(WPA_WANTS));
+        assert!(wifi_enabled.is_ok_and(|m| m.is_symlink()));
         assert!(root.join("root/.ssh/authorized_keys").exists());
         assert_eq!(
             std::fs::read(root.join(IMAGES).join("app.tar")).unwrap(),

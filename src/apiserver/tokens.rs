@@ -221,9 +221,7 @@ impl Signer {
 
 /// A field that may be one string or a list (`aud`, RFC 7519 §4.1.3; list keys of files
 /// people write, e.g. firstboot's `node-label`); null is the empty list.
-pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Vec<String>, D::Error> {
+pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
