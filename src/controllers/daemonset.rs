@@ -17,9 +17,14 @@
 //! honoured), on at most `maxSurge` nodes at a time; with OnDelete, only pods deleted by
 //! someone else are replaced.
 //!
+//! A node that only refuses *new* pods — not ready, unreachable (conditions the scheduler reads
+//! as NoSchedule taints), or given a NoSchedule taint — keeps the daemon pod it has
+//! (Kubernetes' `shouldContinueRunning`): a board that reboots or loses its link for a while
+//! gets no new pod meanwhile, but its pod is not deleted, and it counts again once Ready.
+//!
 //! Invariant: at most one active pod per node (extras are deleted, newest first) — two, one
 //! of the current template and one older, while a surge replaces it — and none on a node
-//! that should not run it.
+//! that should not run it and should not keep it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,10 +71,13 @@ impl Reconciler for DaemonSets {
 
     fn keys(&self, change: &Change, cache: &Cache) -> Vec<String> {
         if change.resource == &NODES {
-            // A node came, went, or changed labels or taints: every DaemonSet looks again.
+            // A node came, went, or changed labels, taints or the conditions the scheduler
+            // reads as taints (Ready, pressure): every DaemonSet looks again.
             let relevant = match (change.old.as_deref(), change.new.as_deref()) {
                 (Some(a), Some(b)) => {
-                    a["metadata"]["labels"] != b["metadata"]["labels"] || a["spec"] != b["spec"]
+                    a["metadata"]["labels"] != b["metadata"]["labels"]
+                        || a["spec"] != b["spec"]
+                        || condition_states(a) != condition_states(b)
                 }
                 _ => true,
             };
@@ -147,6 +155,12 @@ impl Reconciler for DaemonSets {
                 to_delete.extend(surge.extras(&mut here));
             }
             placed.push((name.to_owned(), here));
+        }
+        // Nodes that refuse new pods but keep the ones they have.
+        for node in nodes.iter().filter(|n| !should_run(&probe, n.as_ref())) {
+            if should_continue(&probe, node.as_ref()) {
+                by_node.remove(owner::name(node));
+            }
         }
         // Pods of nodes that should not run one, that are gone, or that were never pinned.
         let misscheduled: Vec<Arc<Frozen>> = by_node.into_values().flatten().collect();
@@ -383,6 +397,47 @@ fn should_run<N: Json + AsJson>(probe: &Value, node: &N) -> bool {
     Snapshot::new([node], NO_PODS).schedule(probe).is_ok()
 }
 
+/// Whether a node keeps a daemon pod it already has: only NoExecute taints and what the pod
+/// must match (selector, affinity) count; readiness and NoSchedule taints do not.
+fn should_continue<N: Json + AsJson>(probe: &Value, node: &N) -> bool {
+    const NO_PODS: [&Value; 0] = [];
+    let mut node = node.thaw();
+    if let Some(spec) = node["spec"].as_object_mut() {
+        spec.remove("unschedulable");
+        if let Some(taints) = spec.get_mut("taints").and_then(Value::as_array_mut) {
+            taints.retain(|t| t["effect"] == "NoExecute");
+        }
+    }
+    node["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+    Snapshot::new([&node], NO_PODS).schedule(probe).is_ok()
+}
+
+/// The node conditions eligibility depends on, for noticing a change.
+fn condition_states<N: Json>(node: &N) -> Vec<(String, String)> {
+    const KINDS: [&str; 5] = [
+        "Ready",
+        "MemoryPressure",
+        "DiskPressure",
+        "PIDPressure",
+        "NetworkUnavailable",
+    ];
+    let Some(conditions) = node["status"]["conditions"].as_array() else {
+        return Vec::new();
+    };
+    conditions
+        .iter()
+        .filter_map(|c| {
+            let kind = c["type"].as_str()?;
+            KINDS.contains(&kind).then(|| {
+                (
+                    kind.to_owned(),
+                    c["status"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
 fn add_daemon_tolerations(spec: &mut Value) {
     if !spec["tolerations"].is_array() {
         spec["tolerations"] = json!([]);
@@ -472,6 +527,28 @@ mod tests {
         unreachable["spec"]["taints"] =
             json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]);
         assert!(should_run(&plain, &unreachable));
+    }
+
+    #[test]
+    fn a_node_that_is_not_ready_keeps_its_daemon_pod_but_gets_no_new_one() {
+        let plain = eligibility_probe(&ds(json!({"containers": [{"name": "c", "image": "x"}]})));
+        let mut rebooting = node("board", json!({}), json!([]));
+        rebooting["status"]["conditions"] = json!([{"type": "Ready", "status": "Unknown"}]);
+        assert!(
+            !should_run(&plain, &rebooting),
+            "no new pod while unreachable"
+        );
+        assert!(should_continue(&plain, &rebooting), "the pod it has stays");
+        let mut tainted = node("board", json!({}), json!([]));
+        tainted["spec"]["taints"] = json!([{"key": "maintenance", "effect": "NoSchedule"}]);
+        assert!(!should_run(&plain, &tainted) && should_continue(&plain, &tainted));
+        tainted["spec"]["taints"] = json!([{"key": "maintenance", "effect": "NoExecute"}]);
+        assert!(
+            !should_continue(&plain, &tainted),
+            "an untolerated NoExecute taint evicts"
+        );
+        let ready = node("board", json!({}), json!([]));
+        assert_ne!(condition_states(&ready), condition_states(&rebooting));
     }
 
     fn pod(name: &str, hash: &str, created: &str, ready: Option<&str>) -> Arc<Frozen> {
