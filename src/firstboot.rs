@@ -549,6 +549,17 @@ pub fn run(boot: &Path, root: &Path) -> Result<Outcome, Error> {
     let boot_file = boot.join(BOOT_FILE);
     let applied_path = root.join(APPLIED);
     let applied = std::fs::read_to_string(&applied_path).ok();
+    // A person writes this file; anything larger than this is not a board's configuration
+    // (and must not be read whole into memory at boot).
+    const MAX_BYTES: u64 = 1 << 20;
+    if let Ok(meta) = std::fs::metadata(&boot_file)
+        && meta.len() > MAX_BYTES
+    {
+        return Err(Error::Invalid(vec![format!(
+            "{} bytes, more than a configuration file holds (at most {MAX_BYTES})",
+            meta.len()
+        )]));
+    }
     let text = match std::fs::read_to_string(&boot_file) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -970,6 +981,8 @@ mod tests {
         let (boot, root) = (dir.path().join("boot"), dir.path().join("root"));
         std::fs::create_dir_all(&boot).unwrap();
         assert!(matches!(run(&boot, &root), Err(Error::Invalid(p)) if p[0].contains("missing")));
+        std::fs::write(boot.join(BOOT_FILE), vec![b'#'; (1 << 20) + 1]).unwrap();
+        assert!(matches!(run(&boot, &root), Err(Error::Invalid(p)) if p[0].contains("at most")));
         std::fs::write(
             boot.join(BOOT_FILE),
             "role: agent\nserver: https://198.18.5.1\n",

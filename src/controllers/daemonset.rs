@@ -156,10 +156,12 @@ impl Reconciler for DaemonSets {
             }
             placed.push((name.to_owned(), here));
         }
-        // Nodes that refuse new pods but keep the ones they have.
-        for node in nodes.iter().filter(|n| !should_run(&probe, n.as_ref())) {
-            if should_continue(&probe, node.as_ref()) {
-                by_node.remove(owner::name(node));
+        // Nodes that refuse new pods but keep the ones they have (eligible nodes' pods have
+        // left `by_node` above, so only the others are looked at).
+        for node in &nodes {
+            let name = owner::name(node);
+            if by_node.contains_key(name) && should_continue(&probe, node.as_ref()) {
+                by_node.remove(name);
             }
         }
         // Pods of nodes that should not run one, that are gone, or that were never pinned.
