@@ -35,6 +35,8 @@ pub enum Command {
     Lb(LbArgs),
     /// Manage this node's container images: list, pull, import, remove (like `k3s crictl images`)
     Images(ImagesArgs),
+    /// Back up and restore the datastore: snapshots of SQLite, finishing a restore of MySQL/PostgreSQL (like `k3s etcd-snapshot`)
+    Datastore(DatastoreArgs),
     /// Rotate the keys Secrets are encrypted with, or show their state (like `k3s secrets-encrypt`)
     SecretsEncrypt(SecretsEncryptArgs),
     /// Test hook: drives the node's monitor, runc and log code from whole-binary tests
@@ -272,6 +274,22 @@ pub struct ServerArgs {
     /// Keep history for this long before compacting it (e.g. 5m); watches older than that get 410 Gone
     #[arg(long, default_value = "5m")]
     pub compact_interval: String,
+
+    /// When to snapshot the embedded SQLite datastore, as a cron schedule in UTC (K3s's etcd-snapshot-schedule-cron) [default: "0 */12 * * *" on SQLite; MySQL/PostgreSQL are backed up with their own tools]
+    #[arg(long, env = "KEELSON_DATASTORE_SNAPSHOT_SCHEDULE_CRON")]
+    pub datastore_snapshot_schedule_cron: Option<String>,
+
+    /// Scheduled snapshots to keep; older ones are deleted (K3s's etcd-snapshot-retention)
+    #[arg(long, default_value_t = 5)]
+    pub datastore_snapshot_retention: usize,
+
+    /// Directory for datastore snapshots [default: <data-dir>/server/db/snapshots]
+    #[arg(long, env = "KEELSON_DATASTORE_SNAPSHOT_DIR")]
+    pub datastore_snapshot_dir: Option<PathBuf>,
+
+    /// Take no scheduled snapshots of the SQLite datastore (K3s's etcd-disable-snapshots)
+    #[arg(long)]
+    pub datastore_disable_snapshots: bool,
 
     /// How often a watch that allows bookmarks gets one, changes or not (tests shorten it)
     #[arg(long, default_value = "1m", hide = true)]
@@ -611,4 +629,100 @@ pub struct LbArgs {
     /// Turn on debug logs
     #[arg(long)]
     pub debug: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DatastoreArgs {
+    /// Config file whose data-dir, datastore-endpoint, token, token-file, node-name and datastore-snapshot-dir are used unless given here
+    #[arg(
+        short = 'c',
+        long,
+        env = "KEELSON_CONFIG_FILE",
+        default_value = "/etc/keelson/config.yaml",
+        global = true
+    )]
+    pub config: PathBuf,
+
+    /// The server's data dir [default: /var/lib/keelson as root, ~/.local/share/keelson otherwise]
+    #[arg(short = 'd', long, env = "KEELSON_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// The server's datastore [default: sqlite://<data-dir>/server/db/state.db]
+    #[arg(long, env = "KEELSON_DATASTORE_ENDPOINT", global = true)]
+    pub datastore_endpoint: Option<String>,
+
+    /// Directory for snapshots [default: <data-dir>/server/db/snapshots]
+    #[arg(long, env = "KEELSON_DATASTORE_SNAPSHOT_DIR", global = true)]
+    pub datastore_snapshot_dir: Option<PathBuf>,
+
+    /// The cluster's server token: a restore checks that it opens the snapshot [default: read from <data-dir>/server/token]
+    #[arg(
+        short = 't',
+        long,
+        env = "KEELSON_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+
+    /// File holding the token
+    #[arg(long, env = "KEELSON_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+
+    /// Node name in snapshot names [default: the hostname]
+    #[arg(long, env = "KEELSON_NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+
+    #[command(subcommand)]
+    pub command: DatastoreCommand,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum DatastoreCommand {
+    /// Snapshots of the embedded SQLite datastore
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// After restoring MySQL/MariaDB or PostgreSQL with the database's own tools, and before
+    /// starting any server: move revisions past the old ones so every client relists
+    MarkRestored {
+        /// Revisions continue this far past the restored data's (past any a client can hold)
+        #[arg(long, default_value_t = crate::datastore::restore::DEFAULT_BUMP)]
+        bump_revision: i64,
+    },
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum SnapshotCommand {
+    /// Take a consistent snapshot now (safe while the server runs)
+    Save {
+        /// Name prefix; the file is <name>-<node>-<unix time>
+        #[arg(long, default_value = crate::datastore::snapshot::ON_DEMAND_PREFIX)]
+        name: String,
+    },
+    /// List snapshots
+    #[command(alias = "list")]
+    Ls,
+    /// Delete snapshots by name
+    #[command(alias = "rm")]
+    Delete {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Delete all but the newest N snapshots of one name prefix and this node
+    Prune {
+        /// Snapshots to keep
+        #[arg(long, default_value_t = 5)]
+        snapshot_retention: usize,
+        /// Name prefix [default: the scheduled snapshots']
+        #[arg(long, default_value = crate::datastore::snapshot::SCHEDULED_PREFIX)]
+        name: String,
+    },
+    /// Replace the datastore with a snapshot (the server must be stopped); the old database is kept beside it
+    Restore {
+        /// Snapshot name (see ls) or path to a snapshot file
+        snapshot: String,
+        /// Revisions continue this far past the snapshot's (past any a client can hold)
+        #[arg(long, default_value_t = crate::datastore::restore::DEFAULT_BUMP)]
+        bump_revision: i64,
+    },
 }

@@ -197,6 +197,8 @@ pub struct ServerConfig {
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
+    /// Scheduled snapshots of the SQLite datastore; `None` when off or not SQLite.
+    pub snapshots: Option<SnapshotSchedule>,
     /// `--watch-bookmark-interval`.
     pub watch_bookmark_interval: Duration,
     /// `--service-account-min-token-expiration` (hidden, for tests).
@@ -452,6 +454,7 @@ impl ServerConfig {
             parse_duration("--compact-interval", &args.compact_interval)
                 .map(|d| compact_interval = d),
         );
+        let snapshots = snapshot_schedule(&args, &endpoint, &data_dir, &mut check);
         let mut min_token_expiration = Duration::from_secs(600);
         check(
             parse_duration(
@@ -595,6 +598,7 @@ impl ServerConfig {
             service_lb_pools,
             service_lb_timing,
             compact_interval,
+            snapshots,
             watch_bookmark_interval,
             min_token_expiration,
             node_monitor_grace_period,
@@ -603,6 +607,63 @@ impl ServerConfig {
             debug: args.debug,
             warnings,
         })
+    }
+}
+
+/// `--datastore-snapshot-*`: when and where the server snapshots its SQLite datastore.
+#[derive(Debug, Clone)]
+pub struct SnapshotSchedule {
+    pub cron: crate::api::cron::Schedule,
+    pub retention: usize,
+    pub dir: PathBuf,
+}
+
+/// The default schedule of K3s's etcd snapshots: twice a day.
+pub const DEFAULT_SNAPSHOT_CRON: &str = "0 */12 * * *";
+
+fn snapshot_schedule(
+    args: &ServerArgs,
+    endpoint: &Endpoint,
+    data_dir: &Path,
+    check: &mut impl FnMut(Result<(), String>),
+) -> Option<SnapshotSchedule> {
+    let sqlite = endpoint.sqlite_path().is_some();
+    if !sqlite {
+        if args.datastore_snapshot_schedule_cron.is_some() {
+            check(Err(
+                "--datastore-snapshot-schedule-cron: scheduled snapshots are for the embedded SQLite datastore; back up MySQL/MariaDB or PostgreSQL with the database's own tools (README: \"Backups and restore\")".into(),
+            ));
+        }
+        return None;
+    }
+    if args.datastore_disable_snapshots {
+        return None;
+    }
+    if args.datastore_snapshot_retention == 0 {
+        check(Err(
+            "--datastore-snapshot-retention must be at least 1 (--datastore-disable-snapshots turns scheduled snapshots off)".into(),
+        ));
+        return None;
+    }
+    let raw = args
+        .datastore_snapshot_schedule_cron
+        .as_deref()
+        .unwrap_or(DEFAULT_SNAPSHOT_CRON);
+    match crate::api::cron::Schedule::parse(raw) {
+        Ok(cron) => Some(SnapshotSchedule {
+            cron,
+            retention: args.datastore_snapshot_retention,
+            dir: args
+                .datastore_snapshot_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("server/db/snapshots")),
+        }),
+        Err(e) => {
+            check(Err(format!(
+                "--datastore-snapshot-schedule-cron {raw:?}: {e} (five fields: minute hour day-of-month month day-of-week, e.g. \"0 */12 * * *\")"
+            )));
+            None
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod cli;
 mod config;
 mod controllers;
 mod datastore;
+mod datastore_cli;
 mod firstboot;
 mod images_cli;
 mod loadgen;
@@ -110,6 +111,7 @@ fn main() -> ExitCode {
             run(Threads::One, images_cli::run(args))
         }
         Command::SecretsEncrypt(args) => run(Threads::One, secrets_cli::run(args)),
+        Command::Datastore(args) => run(Threads::One, datastore_cli::run(args)),
         Command::Unit(args) => {
             print!("{}", systemd::unit(args.role, &args.bin_dir));
             ExitCode::SUCCESS

@@ -44,6 +44,11 @@ pub async fn run(
         datastore = cfg.endpoint.redacted(),
         "starting keelson server"
     );
+    // One server per SQLite file, and no restore under it (`keelson datastore snapshot restore`).
+    let _lock = match cfg.endpoint.sqlite_path() {
+        Some(db) => Some(crate::datastore::snapshot::ServerLock::acquire(db)?),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let signal_tx = stop_tx.clone();
@@ -68,6 +73,14 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server.run(stop_rx.clone()));
 
+    if let (Some(schedule), Some(db)) = (cfg.snapshots.clone(), cfg.endpoint.sqlite_path()) {
+        tasks.spawn(crate::datastore::snapshot::run_schedule(
+            schedule,
+            db.to_owned(),
+            cfg.node.name.clone(),
+            when_stopped(stop_rx.clone()),
+        ));
+    }
     notify.status("starting: opening the datastore");
     let result = tokio::select! {
         r = start(&cfg, port, stop_rx.clone(), &phase_tx, &notify, &mut tasks) => r,
@@ -153,6 +166,15 @@ async fn start(
     };
     let store = open_with_retry(cfg, phase, notify).await?;
     notify.status("starting: datastore open");
+    // After a restore every revision from before is compacted (see `datastore::restore`):
+    // say so, for whoever wonders why clients relisted.
+    if let Ok(epoch @ 1..) = store.restore_epoch().await {
+        tracing::info!(
+            restores = epoch,
+            compacted_through = store.compacted_revision().await.unwrap_or_default(),
+            "this datastore was restored from a backup; clients' watches from before the restore get 410 Gone and relist"
+        );
+    }
     let cluster =
         bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
     let mut registry = Registry::new(store.clone());

@@ -183,10 +183,6 @@ impl Schedule {
     }
 
     /// The first scheduled time after `after`, in UTC.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the controller always passes the CronJob's zone")
-    )]
     pub fn next_after(&self, after: OffsetDateTime) -> Option<OffsetDateTime> {
         self.next_after_in(&Zone::Utc, after)
     }

@@ -150,6 +150,16 @@ pub async fn bootstrap(
     Ok(cluster)
 }
 
+/// Whether `token` opens the cluster data in `store` (a snapshot being restored): the same
+/// check a starting server makes, without writing anything.
+pub async fn check_token(store: &Store, token: &Token) -> Result<()> {
+    let sealed = store.secret(CLUSTER_SECRET).await?.ok_or_else(|| {
+        Error::Corrupt("it holds no cluster data (a snapshot of a server that never started?)".into())
+    })?;
+    let data = open_data(&sealed, token)?;
+    check_ca_hash(token, &data.ca_cert)
+}
+
 /// Records `ours` if the cluster has no settings yet, else compares.
 async fn check_settings(store: &Store, ours: &ClusterSettings) -> Result<()> {
     let stored = match store.secret(SETTINGS).await? {

@@ -27,6 +27,9 @@ pub struct Feed {
     store: Store,
     events: broadcast::Sender<Arc<Event>>,
     latest: watch::Receiver<i64>,
+    /// The compaction mark the poller last had to jump to (0: never). A jump means live
+    /// subscribers missed history: each ends with `Compacted` and its client relists.
+    jumps: watch::Receiver<i64>,
 }
 
 /// The poller task. Ends when `shutdown` resolves.
@@ -34,6 +37,7 @@ pub struct Poller {
     store: Store,
     events: broadcast::Sender<Arc<Event>>,
     latest: watch::Sender<i64>,
+    jumps: watch::Sender<i64>,
 }
 
 // === impl Feed ===
@@ -44,15 +48,18 @@ impl Feed {
         let start = store.current_revision().await?;
         let (events, _) = broadcast::channel(QUEUE);
         let (latest_tx, latest) = watch::channel(start);
+        let (jumps_tx, jumps) = watch::channel(0);
         let feed = Feed {
             store: store.clone(),
             events: events.clone(),
             latest,
+            jumps,
         };
         let poller = Poller {
             store,
             events,
             latest: latest_tx,
+            jumps: jumps_tx,
         };
         Ok((feed, poller))
     }
@@ -78,6 +85,8 @@ impl Feed {
         // Subscribe before reading `latest`: anything published in between is both in the
         // queue and in history, and the revision check drops the second copy.
         let live = self.events.subscribe();
+        let mut jumps = self.jumps.clone();
+        jumps.mark_unchanged();
         let latest = self.latest();
         let compacted = self.store.compacted_revision().await?;
         if after < compacted {
@@ -89,6 +98,7 @@ impl Feed {
         Ok(Subscription {
             store: self.store.clone(),
             live,
+            jumps,
             page: VecDeque::new(),
             last: after,
             history_until: latest,
@@ -101,6 +111,8 @@ impl Feed {
 pub struct Subscription {
     store: Store,
     live: broadcast::Receiver<Arc<Event>>,
+    /// The poller's jumps over compacted history (see [`Feed`]).
+    jumps: watch::Receiver<i64>,
     /// Events read from the database and not yet handed out. Invariant: at most one page.
     page: VecDeque<Arc<Event>>,
     /// The last revision handed out.
@@ -153,8 +165,27 @@ impl Subscription {
                 }
                 continue;
             }
-            match self.live.recv().await {
+            let received = tokio::select! {
+                received = self.live.recv() => received,
+                changed = self.jumps.changed() => {
+                    let mark = *self.jumps.borrow_and_update();
+                    if changed.is_ok() && mark > self.last {
+                        return Err(Error::Compacted { requested: self.last, compacted: mark });
+                    }
+                    continue;
+                }
+            };
+            match received {
                 Ok(ev) if ev.revision <= self.last => continue,
+                // Live events come one revision after another; a hole means the feed skipped
+                // history (a restore, or compaction overtook it): never hand out what follows
+                // as if nothing was missed.
+                Ok(ev) if ev.revision != self.last + 1 => {
+                    return Err(Error::Compacted {
+                        requested: self.last,
+                        compacted: ev.revision - 1,
+                    });
+                }
                 Ok(ev) => {
                     self.last = ev.revision;
                     return Ok(ev);
@@ -226,12 +257,15 @@ impl Poller {
                         }
                     }
                     Err(Error::Compacted { compacted, .. }) => {
+                        // A restore (see `restore`) or compaction overtaking this poller.
                         tracing::warn!(
                             from = last,
                             to = compacted,
-                            "change feed fell behind compaction; skipping ahead"
+                            "the change feed's history was compacted past it (a restored datastore, or a poller far behind): every watch ends with 410 Gone and its client relists"
                         );
                         last = compacted;
+                        self.latest.send_replace(last);
+                        self.jumps.send_replace(compacted);
                     }
                     Err(e) => {
                         // The store told the prober already if it was a connection error.
@@ -275,6 +309,45 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((ev.revision, ev.path.as_str()), (4, "/r/live"));
+        let _ = stop_tx.send(());
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_restore_under_a_live_subscription_ends_it_as_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &Endpoint::sqlite(dir.path().join("s.db")),
+            &PoolConfig::default(),
+        )
+        .await
+        .unwrap();
+        store.create("/r/a", b"{}").await.unwrap();
+        let (feed, poller) = Feed::new(store.clone()).await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(poller.run(async {
+            let _ = stop_rx.await;
+        }));
+        let mut sub = feed.subscribe(1).await.unwrap();
+        // Nothing else is written: the jump alone must end the subscription.
+        let marked = store.mark_restored(100, 0).await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next())
+            .await
+            .expect("the subscription learned of the restore");
+        assert!(
+            matches!(got, Err(Error::Compacted { requested: 1, compacted }) if compacted == marked.to),
+            "{:?}",
+            got.map(|e| e.revision)
+        );
+        // A new subscription from before the restore is refused; from the mark it works.
+        assert!(matches!(feed.subscribe(1).await, Err(Error::Compacted { .. })));
+        let mut sub = feed.subscribe(marked.to).await.unwrap();
+        store.create("/r/b", b"{}").await.unwrap();
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((ev.revision, ev.path.as_str()), (marked.to + 1, "/r/b"));
         let _ = stop_tx.send(());
         task.await.unwrap();
     }

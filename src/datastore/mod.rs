@@ -16,7 +16,9 @@ mod group_commit;
 pub mod health;
 pub mod leases;
 mod notify;
+pub mod restore;
 pub mod schema;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 

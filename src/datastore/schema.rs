@@ -15,6 +15,10 @@
 
 use super::endpoint::Dialect;
 
+/// The schema version this build writes (`keelson_meta.schema`). A snapshot or database of a
+/// newer version is refused rather than half understood.
+pub const VERSION: i64 = 1;
+
 /// DDL statements, run in order; each is idempotent.
 pub fn ddl(dialect: Dialect) -> &'static [&'static str] {
     match dialect {
