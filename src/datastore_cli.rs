@@ -17,6 +17,9 @@ use crate::config::Host;
 use crate::datastore::snapshot::{self, Snapshots};
 use crate::datastore::{Endpoint, PoolConfig, Store};
 
+/// Longer than the controllers' lease retry (4 s): a running server renews within it.
+const ACTIVITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(6);
+
 /// The settings these commands share with the server, resolved.
 struct Target {
     endpoint: Endpoint,
@@ -48,12 +51,20 @@ async fn snapshot(target: &Target, cmd: SnapshotCommand) -> anyhow::Result<()> {
     match cmd {
         SnapshotCommand::Save { name } => {
             let s = target.snapshots.save(&db()?, &name, &target.node).await?;
-            println!("saved snapshot {} ({} bytes) at {}", s.name, s.size, s.path.display());
+            println!(
+                "saved snapshot {} ({} bytes) at {}",
+                s.name,
+                s.size,
+                s.path.display()
+            );
         }
         SnapshotCommand::Ls => {
             let all = target.snapshots.list()?;
             let width = all.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
-            println!("{:width$}  {:>12}  {:20}  LOCATION", "NAME", "SIZE", "CREATED");
+            println!(
+                "{:width$}  {:>12}  {:20}  LOCATION",
+                "NAME", "SIZE", "CREATED"
+            );
             for s in all {
                 let created = time::OffsetDateTime::from_unix_timestamp(s.created)
                     .ok()
@@ -145,12 +156,22 @@ async fn mark_restored(target: &Target, bump: i64) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("opening {}", target.endpoint.redacted()))?;
     let outcome = async {
-        let live = store.live_leases().await?;
-        if !live.is_empty() {
-            let who: Vec<String> = live.iter().map(ToString::to_string).collect();
+        let others = store.other_sessions().await?;
+        if others > 0 {
             bail!(
-                "refusing to mark the datastore restored while servers use it ({}); stop every server first (a crashed server's lease runs out on its own); nothing was changed",
-                who.join("; ")
+                "refusing to mark the datastore restored: {others} other session(s) are connected to it (servers still running?); stop every server first; nothing was changed"
+            );
+        }
+        // Servers renew leases every few seconds (4 s for the controllers' lease).
+        eprintln!(
+            "checking for {} s that no server writes to it…",
+            ACTIVITY_WINDOW.as_secs()
+        );
+        let first = store.activity().await?;
+        tokio::time::sleep(ACTIVITY_WINDOW).await;
+        if store.activity().await? != first {
+            bail!(
+                "refusing to mark the datastore restored: a server renewed a lease or wrote to it just now; stop every server first; nothing was changed"
             );
         }
         check_token(&store, &token)
@@ -215,7 +236,9 @@ fn resolve(args: &DatastoreArgs) -> anyhow::Result<Target> {
         .clone()
         .or_else(|| from_file("datastore-endpoint"))
     {
-        Some(raw) => Endpoint::parse(&raw).map_err(|e| anyhow::anyhow!("--datastore-endpoint: {e}"))?,
+        Some(raw) => {
+            Endpoint::parse(&raw).map_err(|e| anyhow::anyhow!("--datastore-endpoint: {e}"))?
+        }
         None => Endpoint::sqlite_default(&data_dir),
     };
     let snapshot_dir = args

@@ -742,47 +742,10 @@ fn watches_can_send_initial_events_and_lists_honour_resource_version_match() {
     assert_eq!(bad.status, Some(400), "{}", bad.body);
 }
 
-/// Writes `n` ConfigMaps named `<prefix>-<i>` with one curl process (a config file of requests).
-fn bulk_create_configmaps(s: &Server, prefix: &str, n: usize) {
-    let url = format!("{}/api/v1/namespaces/default/configmaps", s.url());
-    // Options do not carry over `next`: each request names the credentials.
-    let (ca, cert, key) = s.admin_credentials();
-    let tls = format!(
-        "cacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        ca.display(),
-        cert.display(),
-        key.display()
-    );
-    let mut config = String::new();
-    for i in 0..n {
-        if i > 0 {
-            config.push_str("next\n");
-        }
-        config.push_str(&tls);
-        config.push_str(&format!(
-            "url = \"{url}\"\nheader = \"Content-Type: application/json\"\ndata = \"{{\\\"metadata\\\":{{\\\"name\\\":\\\"{prefix}-{i:05}\\\"}}}}\"\noutput = \"/dev/null\"\n"
-        ));
-    }
-    let path = s.dir().join(format!("{prefix}.curl"));
-    std::fs::write(&path, config).unwrap();
-    // A debug build spends ~13 ms on a create (each inflates and reads the kind's schemas
-    // for field validation) and CI's machine is shared: the creates get minutes, the paging
-    // under test none of that.
-    let reply = common::curl_within(
-        &["--fail".into(), "-K".into(), path.display().to_string()],
-        Duration::from_secs(300),
-    );
-    assert!(
-        reply.body.is_empty() || !reply.body.contains("Failure"),
-        "{}",
-        reply.body
-    );
-}
-
 #[test]
 fn pages_of_a_large_list_hold_each_object_once_while_writes_go_on() {
     let s = Server::start(Options::default());
-    bulk_create_configmaps(&s, "pg", 2500);
+    common::bulk_create_configmaps(&s, "pg", 2500);
     // Writes while paging: new objects come and go, listed ones change.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {

@@ -154,7 +154,9 @@ pub async fn bootstrap(
 /// check a starting server makes, without writing anything.
 pub async fn check_token(store: &Store, token: &Token) -> Result<()> {
     let sealed = store.secret(CLUSTER_SECRET).await?.ok_or_else(|| {
-        Error::Corrupt("it holds no cluster data (a snapshot of a server that never started?)".into())
+        Error::Corrupt(
+            "it holds no cluster data (a snapshot of a server that never started?)".into(),
+        )
     })?;
     let data = open_data(&sealed, token)?;
     check_ca_hash(token, &data.ca_cert)

@@ -340,7 +340,10 @@ mod tests {
             got.map(|e| e.revision)
         );
         // A new subscription from before the restore is refused; from the mark it works.
-        assert!(matches!(feed.subscribe(1).await, Err(Error::Compacted { .. })));
+        assert!(matches!(
+            feed.subscribe(1).await,
+            Err(Error::Compacted { .. })
+        ));
         let mut sub = feed.subscribe(marked.to).await.unwrap();
         store.create("/r/b", b"{}").await.unwrap();
         let ev = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next())

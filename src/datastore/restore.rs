@@ -10,8 +10,7 @@
 //! `etcdutl snapshot restore --bump-revision --mark-compacted` does for Kubernetes.
 //!
 //! Invariants: the mark is one transaction; it keeps the event at the compaction mark (a
-//! sentinel, as compaction does) so a server that was behind sees the jump as a gap at once;
-//! it refuses while any server still holds a lease.
+//! sentinel, as compaction does) so a server that was behind sees the jump as a gap at once.
 
 use sqlx::Row;
 
@@ -37,34 +36,37 @@ pub struct Marked {
     pub epoch: i64,
 }
 
-/// A server still holds a lease in the database being marked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveServer {
-    pub lease: String,
-    pub holder: String,
-    /// How long until the lease expires if nobody renews it.
-    pub expires_in_ms: i64,
-}
-
 impl Store {
-    /// Unexpired leases: a server (or a crashed one whose leases have not run out yet) that
-    /// would keep serving the old revisions.
-    pub async fn live_leases(&self) -> Result<Vec<LiveServer>> {
-        let now = leases::now_ms(self.inner.dialect);
-        let rows = sqlx::query(sql(format!(
-            "SELECT name, holder, expires_at - {now} FROM keelson_leases WHERE holder <> '' AND expires_at > {now} ORDER BY name"
-        )))
-        .fetch_all(&self.inner.pool)
+    /// Other sessions connected to this database (a running server keeps at least its health
+    /// probe's), as far as this login may see them: MySQL shows only one's own sessions
+    /// without the PROCESS privilege, so there 0 proves little (see [`Store::activity`]).
+    pub async fn other_sessions(&self) -> Result<i64> {
+        let query = match self.inner.dialect {
+            Dialect::Postgres => {
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            }
+            Dialect::Mysql => {
+                "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            }
+            Dialect::Sqlite => return Ok(0),
+        };
+        let row = sqlx::query(query).fetch_one(&self.inner.pool).await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// A fingerprint of what running servers keep changing (lease renewals every few seconds,
+    /// node heartbeats, the revision): two that differ a lease's retry period apart mean a
+    /// server is still at work. Lease rows alone cannot tell: a dump taken a minute ago holds
+    /// leases that look unexpired.
+    pub async fn activity(&self) -> Result<(i64, i64, i64)> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(expires_at), 0) FROM keelson_leases), \
+                    (SELECT COALESCE(MAX(seen_at), 0) FROM keelson_heartbeats), \
+                    (SELECT value FROM keelson_meta WHERE name = 'revision')",
+        )
+        .fetch_one(&self.inner.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LiveServer {
-                    lease: r.try_get(0)?,
-                    holder: r.try_get(1)?,
-                    expires_in_ms: r.try_get(2)?,
-                })
-            })
-            .collect()
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
     }
 
     /// Marks the data as restored: revisions continue at `max(revision + bump, floor)`, all
@@ -84,7 +86,10 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-        let epoch: i64 = match sqlx::query(sql(meta("epoch"))).fetch_optional(&mut *tx).await? {
+        let epoch: i64 = match sqlx::query(sql(meta("epoch")))
+            .fetch_optional(&mut *tx)
+            .await?
+        {
             Some(row) => row.try_get::<i64, _>(0)? + 1,
             None => 1,
         };
@@ -126,9 +131,11 @@ impl Store {
         sqlx::query("UPDATE keelson_leases SET holder = '', expires_at = 0")
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql(format!("UPDATE keelson_heartbeats SET seen_at = {now}")))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(sql(format!(
+            "UPDATE keelson_heartbeats SET seen_at = {now}"
+        )))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Marked { from, to, epoch })
     }
@@ -150,18 +157,6 @@ impl Store {
             .fetch_one(&self.inner.pool)
             .await?;
         Ok(row.try_get(0)?)
-    }
-}
-
-impl std::fmt::Display for LiveServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} holds the lease {} for {:.1} s more",
-            self.holder,
-            self.lease,
-            self.expires_in_ms as f64 / 1000.0
-        )
     }
 }
 

@@ -51,7 +51,11 @@ pub enum Error {
     #[error(
         "{path} was written by a newer keelson (datastore schema {found}; this keelson knows up to {known}): restore it with that version"
     )]
-    NewerSchema { path: PathBuf, found: i64, known: i64 },
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("no snapshot named {name} in {dir} (see `keelson datastore snapshot ls`)")]
     NoSnapshot { name: String, dir: PathBuf },
     #[error(
@@ -171,6 +175,7 @@ impl Snapshots {
             path: db.to_owned(),
             source,
         };
+        sqlx::any::install_default_drivers();
         // `mode=rw`: never create a database where there was none.
         let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}?mode=rw", db.display()))
             .await
@@ -351,7 +356,11 @@ pub async fn run_schedule(
         }
         match snaps.prune(SCHEDULED_PREFIX, &node, schedule.retention) {
             Ok(deleted) if !deleted.is_empty() => {
-                tracing::info!(?deleted, retention = schedule.retention, "deleted old snapshots")
+                tracing::info!(
+                    ?deleted,
+                    retention = schedule.retention,
+                    "deleted old snapshots"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot delete old snapshots"),
@@ -450,6 +459,7 @@ where
         source,
     })?;
     // Check before opening it as a store (which would add tables to anything).
+    sqlx::any::install_default_drivers();
     {
         let mut conn =
             sqlx::AnyConnection::connect(&format!("sqlite://{}?mode=rw", staged.display()))
@@ -507,6 +517,7 @@ async fn live_revision(db: &Path) -> Option<i64> {
     if !db.is_file() {
         return None;
     }
+    sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
         .await
         .ok()?;
@@ -734,6 +745,9 @@ mod tests {
             snaps.delete("../etc/passwd"),
             Err(Error::BadName(_))
         ));
-        assert!(matches!(snaps.delete("nope"), Err(Error::NoSnapshot { .. })));
+        assert!(matches!(
+            snaps.delete("nope"),
+            Err(Error::NoSnapshot { .. })
+        ));
     }
 }
