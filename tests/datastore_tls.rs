@@ -16,7 +16,7 @@
 //!
 //! Against a private PostgreSQL without TLS, `--datastore-tls require` stays unready with
 //! "server does not support TLS" in `/readyz`, where `prefer` connects in plaintext. Missing
-//! database programs are a loud skip on a developer's machine and a failure under `CI=true`.
+//! database programs fail the test unless `KEELSON_ALLOW_SKIP=1` (see `common::skip`).
 
 mod common;
 

@@ -4,8 +4,8 @@
 //! pid and a counter) and its own database, and removes both, also when it fails.
 //!
 //! Needs root, `ip`, `tcpdump`, `socat`, `curl`, `kubectl`, `psql` and PostgreSQL on
-//! /var/run/postgresql with trust auth for `postgres`: a loud skip when something is missing on
-//! a developer's machine, a failure under `CI=true`.
+//! /var/run/postgresql with trust auth for `postgres`: when something is missing the test fails
+//! unless `KEELSON_ALLOW_SKIP=1` (see `common::skip`).
 //!
 //! Timings are printed (`cargo test --test vip -- --nocapture` shows them); the bounds asserted
 //! are generous, as the machines that run this are shared and noisy. `benches/vip.sh` measures

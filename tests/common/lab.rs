@@ -112,8 +112,8 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 }
 
 /// Checks everything the lab needs: root, `ip`, `tcpdump`, `socat`, `curl`, `kubectl`,
-/// `psql` and PostgreSQL answering on its Unix socket. When something is missing this is a
-/// loud skip (`None`) on a developer's machine and a panic under `CI=true`.
+/// `psql` and PostgreSQL answering on its Unix socket. When something is missing this fails
+/// the test, or is a loud skip (`None`) with `KEELSON_ALLOW_SKIP=1` (see [`super::skip`]).
 pub fn prerequisites(test: &str) -> Option<Tools> {
     let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
@@ -147,10 +147,7 @@ pub fn prerequisites(test: &str) -> Option<Tools> {
         return Some(tools);
     }
     let msg = format!("the virtual-IP lab needs: {}", missing.join("; "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("\n\n!!! {msg}\n!!! CI=true: refusing to skip the virtual-IP test `{test}`\n");
-    }
-    eprintln!("\n!!! SKIPPING virtual-IP test `{test}`: {msg}\n");
+    super::skip::missing(test, &msg);
     None
 }
 
