@@ -1065,6 +1065,9 @@ pub struct VipEvent {
     pub kind: VipEventKind,
     pub epoch: Option<i64>,
     pub reason: Option<String>,
+    /// "took": when the server began adding the address (`add_started`, taken before the
+    /// netlink call), seconds since the Unix epoch. The line itself is written after it.
+    pub add_started: Option<f64>,
     pub line: String,
 }
 
@@ -1078,24 +1081,27 @@ impl VipEvent {
         } else {
             return None;
         };
-        let stamp = line.split_whitespace().next()?;
-        let time =
-            time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
-                .ok()?
-                .unix_timestamp_nanos() as f64
-                / 1e9;
+        let time = unix_seconds(line.split_whitespace().next()?)?;
         Some(VipEvent {
             server,
             time,
             kind,
             epoch: field(line, "epoch").and_then(|e| e.parse().ok()),
             reason: field(line, "reason"),
+            add_started: field(line, "add_started").and_then(|t| unix_seconds(&t)),
             line: line.to_owned(),
         })
     }
 }
 
 /// The value of `key=value` in a tracing line (a quoted value loses its quotes).
+/// An RFC 3339 timestamp as seconds since the Unix epoch.
+fn unix_seconds(stamp: &str) -> Option<f64> {
+    let t =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(t.unix_timestamp_nanos() as f64 / 1e9)
+}
+
 fn field(line: &str, key: &str) -> Option<String> {
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
     let rest = &line[at..];
