@@ -16,7 +16,7 @@
 //!
 //! Against a private PostgreSQL without TLS, `--datastore-tls require` stays unready with
 //! "server does not support TLS" in `/readyz`, where `prefer` connects in plaintext. Missing
-//! database programs are a loud skip on a developer's machine and a failure under `CI=true`.
+//! database programs fail the test unless `KEELSON_ALLOW_SKIP=1` (see `common::skip`).
 
 mod common;
 
@@ -103,6 +103,16 @@ fn mariadb_tls_flags_verify_the_database_and_present_the_client_certificate() {
     // The instance itself: plaintext refused (require_secure_transport), TLS accepted.
     db.sql_tcp(&["-uprobe", "--skip-ssl"], "SELECT 1")
         .expect_err("the private MariaDB accepted a plaintext connection");
+    // ... and the refused plaintext attempt is on record, which is what
+    // `assert_never_connected` looks for.
+    let connects = db.connect_log();
+    assert!(
+        connects
+            .iter()
+            .any(|l| l.contains("probe@127.0.0.1") && l.contains("using TCP/IP")),
+        "the general log does not show the refused plaintext login:\n{}",
+        connects.join("\n")
+    );
     let ca = format!("--ssl-ca={}", pki.ca().display());
     db.sql_tcp(&["-uprobe", &ca, "--ssl-verify-server-cert"], "SELECT 1")
         .expect("mariadb over verified TLS");
@@ -406,11 +416,19 @@ impl Database for MariaDbCheck<'_> {
     }
 
     fn assert_never_connected(&self, user: &str) {
-        // With require_secure_transport a plaintext attempt is refused as access denied.
-        let log = self.0.log();
+        // With require_secure_transport a plaintext login is refused before any account
+        // counter moves; the general log has every attempt, refused or not, with its transport.
+        let attempts: Vec<String> = self
+            .0
+            .connect_log()
+            .into_iter()
+            .filter(|l| l.contains(&format!("{user}@")) || l.contains(&format!("'{user}'")))
+            .collect();
         assert!(
-            !log.contains(&format!("Access denied for user '{user}'")),
-            "{user} tried MariaDB without TLS:\n{log}"
+            attempts.is_empty(),
+            "{user} got as far as a login on MariaDB (a TLS handshake that failed leaves no \
+             line; `using TCP/IP` is plaintext):\n{}",
+            attempts.join("\n")
         );
         let connections = self
             .0

@@ -529,11 +529,7 @@ fn imports_docker_archives_and_oci_layouts_and_skips_unchanged_files() {
         || Command::new("zstd").arg("--version").output().is_err()
     {
         let msg = "the import test needs skopeo and zstd";
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "!!! {msg}; CI=true: refusing to skip"
-        );
-        eprintln!("!!! SKIPPING import: {msg}");
+        common::skip::missing("import", msg);
         return;
     }
     let reg = Registry::start_plain();

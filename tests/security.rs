@@ -2,8 +2,8 @@
 //! certificate, the agent token or an anonymous client, against the real binary; each test
 //! asserts the refusal (status and reason) and that nothing else changed.
 //!
-//! Tests on PostgreSQL and MariaDB need the machine's databases: a loud skip on a developer's
-//! machine without them, a failure under `CI=true` (see `common::db`).
+//! Tests on PostgreSQL and MariaDB need the machine's databases: without them a test fails
+//! unless `KEELSON_ALLOW_SKIP=1` (see `common::db`, `common::skip`).
 
 mod common;
 

@@ -195,6 +195,12 @@ impl Vip {
         announcer: &Arc<Announcer>,
         epoch: i64,
     ) -> Option<Holding> {
+        // Wall-clock time (the log's clock) before the netlink call: the address is nobody's
+        // here yet, so a log reader can order this holder's start against the old holder's
+        // "gave up" line, which is written after its address was gone.
+        let add_started = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         if let Err(e) = addr.add() {
             tracing::error!(error = %e, "cannot add the virtual IP; not acting as holder");
             return None;
@@ -211,7 +217,7 @@ impl Vip {
                 }
             })
         };
-        tracing::info!(vip = %addr.ip, iface = %addr.iface, epoch, "took the virtual IP");
+        tracing::info!(vip = %addr.ip, iface = %addr.iface, epoch, add_started, "took the virtual IP");
         let (lb_stop, lb) = match self.start_lb().await {
             Ok((stop, task)) => (Some(stop), Some(task)),
             Err(e) => {

@@ -78,8 +78,8 @@ pub struct Tools {
     pub runc: PathBuf,
 }
 
-/// Checks root and the programs; a loud skip (`None`) on a developer's machine, a panic under
-/// `CI=true`.
+/// Checks root and the programs; missing ones fail the test, or are a loud skip (`None`)
+/// with `KEELSON_ALLOW_SKIP=1` (see [`super::skip`]).
 pub fn prerequisites(test: &str) -> Option<Tools> {
     let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
@@ -108,15 +108,12 @@ pub fn prerequisites(test: &str) -> Option<Tools> {
         return Some(tools);
     }
     let msg = format!("the board lab needs: {}", missing.join("; "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("\n\n!!! {msg}\n!!! CI=true: refusing to skip the network test `{test}`\n");
-    }
-    eprintln!("\n!!! SKIPPING network test `{test}`: {msg}\n");
+    super::skip::missing(test, &msg);
     None
 }
 
-/// The CNI plugins keelson's own configuration calls: a loud skip on a developer's machine,
-/// a panic under `CI=true`, as [`prerequisites`] does for the rest.
+/// The CNI plugins keelson's own configuration calls: missing ones fail the test
+/// unless `KEELSON_ALLOW_SKIP=1`, as [`prerequisites`] does for the rest.
 pub fn cni_plugins(test: &str) -> bool {
     let found = ["/opt/cni/bin", "/usr/lib/cni"].iter().any(|d| {
         ["bridge", "host-local", "portmap"]
@@ -128,12 +125,7 @@ pub fn cni_plugins(test: &str) -> bool {
     }
     let msg = "the CNI plugins bridge, host-local and portmap in /opt/cni/bin or /usr/lib/cni \
                (apt-get install -y containernetworking-plugins)";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "\n\n!!! {test} needs {msg}\n!!! CI=true: refusing to skip the network test `{test}`\n"
-        );
-    }
-    eprintln!("\n!!! SKIPPING network test `{test}`: it needs {msg}\n");
+    super::skip::missing(test, &format!("it needs {msg}"));
     false
 }
 

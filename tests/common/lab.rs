@@ -112,8 +112,8 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 }
 
 /// Checks everything the lab needs: root, `ip`, `tcpdump`, `socat`, `curl`, `kubectl`,
-/// `psql` and PostgreSQL answering on its Unix socket. When something is missing this is a
-/// loud skip (`None`) on a developer's machine and a panic under `CI=true`.
+/// `psql` and PostgreSQL answering on its Unix socket. When something is missing this fails
+/// the test, or is a loud skip (`None`) with `KEELSON_ALLOW_SKIP=1` (see [`super::skip`]).
 pub fn prerequisites(test: &str) -> Option<Tools> {
     let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
@@ -147,10 +147,7 @@ pub fn prerequisites(test: &str) -> Option<Tools> {
         return Some(tools);
     }
     let msg = format!("the virtual-IP lab needs: {}", missing.join("; "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("\n\n!!! {msg}\n!!! CI=true: refusing to skip the virtual-IP test `{test}`\n");
-    }
-    eprintln!("\n!!! SKIPPING virtual-IP test `{test}`: {msg}\n");
+    super::skip::missing(test, &msg);
     None
 }
 
@@ -1068,6 +1065,9 @@ pub struct VipEvent {
     pub kind: VipEventKind,
     pub epoch: Option<i64>,
     pub reason: Option<String>,
+    /// "took": when the server began adding the address (`add_started`, taken before the
+    /// netlink call), seconds since the Unix epoch. The line itself is written after it.
+    pub add_started: Option<f64>,
     pub line: String,
 }
 
@@ -1081,24 +1081,27 @@ impl VipEvent {
         } else {
             return None;
         };
-        let stamp = line.split_whitespace().next()?;
-        let time =
-            time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
-                .ok()?
-                .unix_timestamp_nanos() as f64
-                / 1e9;
+        let time = unix_seconds(line.split_whitespace().next()?)?;
         Some(VipEvent {
             server,
             time,
             kind,
             epoch: field(line, "epoch").and_then(|e| e.parse().ok()),
             reason: field(line, "reason"),
+            add_started: field(line, "add_started").and_then(|t| unix_seconds(&t)),
             line: line.to_owned(),
         })
     }
 }
 
 /// The value of `key=value` in a tracing line (a quoted value loses its quotes).
+/// An RFC 3339 timestamp as seconds since the Unix epoch.
+fn unix_seconds(stamp: &str) -> Option<f64> {
+    let t =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(t.unix_timestamp_nanos() as f64 / 1e9)
+}
+
 fn field(line: &str, key: &str) -> Option<String> {
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
     let rest = &line[at..];

@@ -15,6 +15,7 @@ pub mod lab;
 pub mod pods;
 pub mod registry;
 pub mod rootfs;
+pub mod skip;
 pub mod tlsdb;
 
 use std::ffi::OsString;
