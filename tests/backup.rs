@@ -313,10 +313,11 @@ fn sqlite_snapshots_restore_the_cluster_and_refuse_what_would_break_it() {
         s.log_tail()
     );
     println!(
-        "FIGURE sqlite snapshot: {snap_objects} objects ({n} ConfigMaps created in {:.1} s): save {:.2} s while a client writes, restore {:.2} s (debug build)",
+        "FIGURE sqlite snapshot: {snap_objects} objects ({n} ConfigMaps created in {:.1} s): save {:.2} s while a client writes, restore {:.2} s ({} build)",
         created_in.as_secs_f64(),
         save_took.as_secs_f64(),
-        restore_took.as_secs_f64()
+        restore_took.as_secs_f64(),
+        if cfg!(debug_assertions) { "debug" } else { "release" }
     );
 
     // ls, delete, and a clear error for a name that is not there.
