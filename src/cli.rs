@@ -291,6 +291,10 @@ pub struct ServerArgs {
     #[arg(long)]
     pub datastore_disable_snapshots: bool,
 
+    /// How long the certificates this server issues are valid (365 days; tests shorten it to see renewals)
+    #[arg(long, default_value = "8760h", hide = true)]
+    pub leaf_certificate_validity: String,
+
     /// How often a watch that allows bookmarks gets one, changes or not (tests shorten it)
     #[arg(long, default_value = "1m", hide = true)]
     pub watch_bookmark_interval: String,

@@ -197,6 +197,8 @@ pub struct ServerConfig {
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
+    /// `--leaf-certificate-validity` (hidden): how long issued certificates are valid.
+    pub leaf_certificate_validity: Duration,
     /// Scheduled snapshots of the SQLite datastore; `None` when off or not SQLite.
     pub snapshots: Option<SnapshotSchedule>,
     /// `--watch-bookmark-interval`.
@@ -455,6 +457,14 @@ impl ServerConfig {
                 .map(|d| compact_interval = d),
         );
         let snapshots = snapshot_schedule(&args, &endpoint, &data_dir, &mut check);
+        let mut leaf_certificate_validity = Duration::from_secs(365 * 24 * 3600);
+        check(
+            parse_duration(
+                "--leaf-certificate-validity",
+                &args.leaf_certificate_validity,
+            )
+            .map(|d| leaf_certificate_validity = d),
+        );
         let mut min_token_expiration = Duration::from_secs(600);
         check(
             parse_duration(
@@ -599,6 +609,7 @@ impl ServerConfig {
             service_lb_timing,
             compact_interval,
             snapshots,
+            leaf_certificate_validity,
             watch_bookmark_interval,
             min_token_expiration,
             node_monitor_grace_period,

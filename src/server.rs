@@ -175,7 +175,7 @@ async fn start(
             "this datastore was restored from a backup; clients' watches from before the restore get 410 Gone and relist"
         );
     }
-    let cluster =
+    let mut cluster =
         bootstrap::bootstrap(&store, cfg.token.clone(), &cfg.token_path, &cfg.settings).await?;
     let mut registry = Registry::new(store.clone());
     // Checked when the flags were read; the datastore's record of them agrees (bootstrap).
@@ -246,8 +246,9 @@ async fn start(
     cert_ips.push(service_cidrs.primary.first());
     cert_ips.sort();
     cert_ips.dedup();
+    cluster.ca.set_leaf_validity(cfg.leaf_certificate_validity);
     let serving = cluster.ca.issue_serving(&serving_names(cfg), &cert_ips)?;
-    let tls = apiserver::tls_config(&cluster.ca, &serving)?;
+    let (tls, serving_cert) = apiserver::tls_config(&cluster.ca, &serving)?;
     let local = if cfg.bind.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
@@ -261,7 +262,23 @@ async fn start(
             local
         }
     );
-    kubeconfig::write(&cfg.kubeconfig, cfg.kubeconfig_mode, &url, &cluster.ca)?;
+    let admin_pem = kubeconfig::write(&cfg.kubeconfig, cfg.kubeconfig_mode, &url, &cluster.ca)?;
+    let cert_expiry = Arc::new(bootstrap::renewal::Expiry::default());
+    tasks.spawn(
+        bootstrap::renewal::Renewal {
+            ca: cluster.ca.try_clone()?,
+            dns: serving_names(cfg),
+            ips: cert_ips.clone(),
+            serving: serving_cert,
+            serving_pem: serving.cert_pem.clone(),
+            kubeconfig: cfg.kubeconfig.clone(),
+            kubeconfig_mode: cfg.kubeconfig_mode,
+            url: url.clone(),
+            admin_pem,
+            expiry: cert_expiry.clone(),
+        }
+        .run(when_stopped(stop.clone())),
+    );
     // Check everything the virtual IP needs before serving, so a misconfiguration stops the
     // server at once instead of surfacing at the first failover.
     let vip = match &cfg.vip {

@@ -317,7 +317,11 @@ fn sqlite_snapshots_restore_the_cluster_and_refuse_what_would_break_it() {
         created_in.as_secs_f64(),
         save_took.as_secs_f64(),
         restore_took.as_secs_f64(),
-        if cfg!(debug_assertions) { "debug" } else { "release" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
 
     // ls, delete, and a clear error for a name that is not there.

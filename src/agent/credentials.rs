@@ -7,12 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::apiserver::auth::not_after;
-use crate::bootstrap::pki::pem_to_der;
+use crate::bootstrap::pki::{self, pem_to_der};
 use crate::bootstrap::write_private;
 
-/// A certificate with less than this share of its life left is renewed.
-const RENEW_WHEN_LEFT: f64 = 1.0 / 3.0;
 /// The cluster CA, under `<data-dir>/agent/`.
 const CA_FILE: &str = "server-ca.crt";
 
@@ -155,14 +152,10 @@ impl Files {
     }
 }
 
-/// Whether less than a third of the certificate's life is left (or it cannot be read).
+/// Whether the certificate is due for renewal by the servers' rule ([`pki::renew_at`]: 90 days
+/// before expiry, or with a third of a short life left), or cannot be read.
 pub fn due_for_renewal(cert_pem: &str) -> bool {
-    let Some(after) = pem_to_der(cert_pem).and_then(|d| not_after(&d)) else {
-        return true;
-    };
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let life = crate::bootstrap::pki::LEAF_VALIDITY.whole_seconds() as f64;
-    ((after - now) as f64) < life * RENEW_WHEN_LEFT
+    pki::renew_at(cert_pem).is_none_or(|t| t <= time::OffsetDateTime::now_utc())
 }
 
 pub use crate::bootstrap::pki::random_hex;

@@ -152,6 +152,11 @@ fn subject(der: &[u8]) -> Option<Subject> {
 
 /// A certificate's notAfter, as seconds since the Unix epoch.
 pub fn not_after(der: &[u8]) -> Option<i64> {
+    validity(der).map(|(_, after)| after)
+}
+
+/// A certificate's notBefore and notAfter, as seconds since the Unix epoch.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
     let (_, cert, _) = read_tlv(der)?;
     let (_, tbs, _) = read_tlv(cert)?;
     let (tag, _, r) = read_tlv(tbs)?;
@@ -161,8 +166,13 @@ pub fn not_after(der: &[u8]) -> Option<i64> {
         rest = read_tlv(rest)?.2; // signature algorithm, issuer
     }
     let (_, validity, _) = read_tlv(rest)?;
-    let (_, _, after) = read_tlv(validity)?; // skip notBefore
-    let (tag, time, _) = read_tlv(after)?;
+    let (before_tag, before, after) = read_tlv(validity)?;
+    let (after_tag, after, _) = read_tlv(after)?;
+    Some((asn1_time(before_tag, before)?, asn1_time(after_tag, after)?))
+}
+
+/// An X.509 UTCTime or GeneralizedTime (the `Z` forms RFC 5280 requires), as Unix seconds.
+fn asn1_time(tag: u8, time: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(time).ok()?;
     let digits = text.strip_suffix('Z')?;
     let (year, rest) = match tag {

@@ -535,12 +535,15 @@ fn starting_tls_config() -> Result<rustls::ServerConfig, Error> {
 
 /// TLS for the API: the serving certificate, and client certificates verified against the
 /// cluster CA when offered (anonymous clients may only reach the public endpoints).
-pub fn tls_config(ca: &ClusterCa, serving: &Issued) -> Result<rustls::ServerConfig, Error> {
+pub fn tls_config(
+    ca: &ClusterCa,
+    serving: &Issued,
+) -> Result<(rustls::ServerConfig, Arc<ServingCert>), Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     let ca_der = ca.cert_der().map_err(|e| Error::Tls(e.to_string()))?;
     roots
-        .add(ca_der.clone().into())
+        .add(ca_der.into())
         .map_err(|e| Error::Tls(e.to_string()))?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
@@ -549,17 +552,71 @@ pub fn tls_config(ca: &ClusterCa, serving: &Issued) -> Result<rustls::ServerConf
     .allow_unauthenticated()
     .build()
     .map_err(|e| Error::Tls(e.to_string()))?;
+    let cert = Arc::new(ServingCert {
+        current: std::sync::RwLock::new(certified_key(&provider, ca, serving)?),
+        provider: provider.clone(),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((config, cert))
+}
+
+/// The API's serving certificate, replaced in place when it is renewed: new handshakes get
+/// the new one, connections already open keep theirs, and the listener never restarts.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServingCert {
+    /// From the next handshake on, serves `serving` (issued by `ca`).
+    pub fn replace(&self, ca: &ClusterCa, serving: &Issued) -> Result<(), Error> {
+        let key = certified_key(&self.provider, ca, serving)?;
+        // A poisoned lock only means a panic elsewhere while replacing: the value is whole.
+        let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *slot = key;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The serving certificate followed by the CA (clients that pinned only the CA still build
+/// the chain), with its key.
+fn certified_key(
+    provider: &rustls::crypto::CryptoProvider,
+    ca: &ClusterCa,
+    serving: &Issued,
+) -> Result<Arc<rustls::sign::CertifiedKey>, Error> {
+    let ca_der = ca.cert_der().map_err(|e| Error::Tls(e.to_string()))?;
     let cert = pem_to_der(&serving.cert_pem)
         .ok_or_else(|| Error::Tls("serving certificate is not PEM".into()))?;
     let key =
         pem_to_der(&serving.key_pem).ok_or_else(|| Error::Tls("serving key is not PEM".into()))?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert.into(), ca_der.into()], key)
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
         .map_err(|e| Error::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.into(), ca_der.into()],
+        signing,
+    )))
 }

@@ -10,8 +10,9 @@ use super::{ClusterCa, Result, write_private};
 pub const ADMIN_USER: &str = "system:admin";
 pub const ADMIN_GROUP: &str = "system:masters";
 
-/// Issues a fresh admin client certificate and writes a kubeconfig for `server_url`.
-pub fn write(path: &Path, mode: u32, server_url: &str, ca: &ClusterCa) -> Result<()> {
+/// Issues a fresh admin client certificate and writes a kubeconfig for `server_url`; returns
+/// the certificate (PEM), whose expiry the renewal task follows.
+pub fn write(path: &Path, mode: u32, server_url: &str, ca: &ClusterCa) -> Result<String> {
     let client = ca.issue_client(ADMIN_USER, ADMIN_GROUP)?;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let yaml = format!(
@@ -29,5 +30,6 @@ pub fn write(path: &Path, mode: u32, server_url: &str, ca: &ClusterCa) -> Result
         cert = b64(&client.cert_pem),
         key = b64(&client.key_pem),
     );
-    write_private(path, yaml.as_bytes(), mode)
+    write_private(path, yaml.as_bytes(), mode)?;
+    Ok(client.cert_pem)
 }

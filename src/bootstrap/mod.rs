@@ -10,6 +10,7 @@ pub mod encryption;
 pub mod join;
 pub mod kubeconfig;
 pub mod pki;
+pub mod renewal;
 pub mod seal;
 pub mod settings;
 pub mod token;

@@ -41,6 +41,8 @@ pub struct ClusterCa {
     pub common_name: String,
     pub cert_pem: String,
     key: KeyPair,
+    /// How long the certificates it issues are valid ([`LEAF_VALIDITY`]; tests shorten it).
+    leaf_validity: Duration,
 }
 
 // === impl ClusterCa ===
@@ -54,6 +56,7 @@ impl ClusterCa {
             common_name,
             cert_pem: cert.pem(),
             key,
+            leaf_validity: LEAF_VALIDITY,
         })
     }
 
@@ -63,7 +66,26 @@ impl ClusterCa {
             common_name,
             cert_pem,
             key,
+            leaf_validity: LEAF_VALIDITY,
         })
+    }
+
+    /// A second handle on the same CA (the key is copied through its PEM form).
+    pub fn try_clone(&self) -> Result<ClusterCa> {
+        let mut ca = ClusterCa::from_parts(
+            self.common_name.clone(),
+            self.cert_pem.clone(),
+            &self.key_pem(),
+        )?;
+        ca.leaf_validity = self.leaf_validity;
+        Ok(ca)
+    }
+
+    /// Issues certificates valid for `validity` from now on (at least one second).
+    pub fn set_leaf_validity(&mut self, validity: std::time::Duration) {
+        self.leaf_validity = Duration::try_from(validity)
+            .unwrap_or(LEAF_VALIDITY)
+            .max(Duration::SECOND);
     }
 
     pub fn key_pem(&self) -> String {
@@ -77,7 +99,7 @@ impl ClusterCa {
 
     /// A serving certificate for the API, valid for every DNS name and IP given.
     pub fn issue_serving(&self, dns: &[String], ips: &[IpAddr]) -> Result<Issued> {
-        let mut params = leaf_params("keelson-apiserver")?;
+        let mut params = leaf_params("keelson-apiserver", self.leaf_validity)?;
         for name in dns {
             let ia5 = name
                 .as_str()
@@ -95,7 +117,7 @@ impl ClusterCa {
     /// A client certificate for `user` in `group`. One group only: rcgen keeps one value
     /// per attribute type, and keelson's identities (admin, nodes) each need one.
     pub fn issue_client(&self, user: &str, group: &str) -> Result<Issued> {
-        let mut params = leaf_params(user)?;
+        let mut params = leaf_params(user, self.leaf_validity)?;
         params
             .distinguished_name
             .push(DnType::OrganizationName, group);
@@ -108,7 +130,7 @@ impl ClusterCa {
     /// refuses the certificate once the name's registration has another generation (the node
     /// was deleted and the name taken again).
     pub fn issue_node_client(&self, user: &str, group: &str, generation: &str) -> Result<Issued> {
-        let mut params = leaf_params(user)?;
+        let mut params = leaf_params(user, self.leaf_validity)?;
         params
             .distinguished_name
             .push(DnType::OrganizationName, group);
@@ -129,6 +151,26 @@ impl ClusterCa {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// A certificate is renewed this long before it expires at most (K3s's rule for its
+/// certificates: renewed within 90 days of expiry)...
+pub const RENEW_BEFORE: Duration = Duration::days(90);
+/// ...and with a third of its life left at least, for short-lived ones.
+const RENEW_SHARE: i64 = 3;
+/// Expiry this close is logged as a warning (and shows on `/metrics` at any time).
+pub const WARN_BEFORE: Duration = Duration::days(30);
+
+/// When a certificate this CA issued should be renewed: [`RENEW_BEFORE`] before it expires,
+/// or earlier for one whose whole life is shorter than three times that. `None` for a
+/// certificate that cannot be read.
+pub fn renew_at(cert_pem: &str) -> Option<OffsetDateTime> {
+    let (before, after) =
+        pem_to_der(cert_pem).and_then(|d| crate::apiserver::auth::validity(&d))?;
+    // Our certificates are back-dated; their life starts at issue.
+    let life = (after - before - BACKDATE.whole_seconds()).max(1);
+    let ahead = RENEW_BEFORE.whole_seconds().min(life / RENEW_SHARE);
+    OffsetDateTime::from_unix_timestamp(after - ahead).ok()
 }
 
 /// How a node certificate's OU names the registration it belongs to.
@@ -169,7 +211,7 @@ fn ca_params(common_name: &str) -> Result<CertificateParams> {
     Ok(params)
 }
 
-fn leaf_params(common_name: &str) -> Result<CertificateParams> {
+fn leaf_params(common_name: &str, validity: Duration) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
@@ -182,7 +224,7 @@ fn leaf_params(common_name: &str) -> Result<CertificateParams> {
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
-    params.not_after = now + LEAF_VALIDITY;
+    params.not_after = now + validity;
     params.serial_number = Some(random_serial());
     Ok(params)
 }
@@ -235,5 +277,27 @@ mod tests {
         verifier
             .verify_server_cert(&der.into(), &[], &"localhost".try_into().unwrap(), &[], now)
             .unwrap();
+    }
+
+    #[test]
+    fn certificates_are_renewed_90_days_ahead_or_with_a_third_of_a_short_life_left() {
+        let mut ca = ClusterCa::generate().unwrap();
+        let year = ca.issue_client("u", "g").unwrap();
+        let after =
+            |pem: &str| crate::apiserver::auth::not_after(&pem_to_der(pem).unwrap()).unwrap();
+        assert_eq!(
+            renew_at(&year.cert_pem).unwrap().unix_timestamp(),
+            after(&year.cert_pem) - RENEW_BEFORE.whole_seconds()
+        );
+        ca.set_leaf_validity(std::time::Duration::from_secs(30));
+        let short = ca.issue_serving(&[], &[]).unwrap();
+        assert_eq!(
+            renew_at(&short.cert_pem).unwrap().unix_timestamp(),
+            after(&short.cert_pem) - 10
+        );
+        assert!(renew_at("not a certificate").is_none());
+        // A clone issues with the same validity.
+        let twin = ca.try_clone().unwrap().issue_client("u", "g").unwrap();
+        assert!(after(&twin.cert_pem) - OffsetDateTime::now_utc().unix_timestamp() <= 31);
     }
 }

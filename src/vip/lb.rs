@@ -1526,7 +1526,7 @@ mod tests {
         let serving = ca
             .issue_serving(&[], &[std::net::IpAddr::from([127, 0, 0, 1])])
             .unwrap();
-        let server_tls = crate::apiserver::tls_config(&ca, &serving).unwrap();
+        let (server_tls, _) = crate::apiserver::tls_config(&ca, &serving).unwrap();
         let status = Arc::new(AtomicU16::new(200));
         let server = ReadyzServer::start(Arc::new(server_tls), status.clone()).await;
         let tls = https::tls_config(&ca.cert_pem, None).unwrap();
