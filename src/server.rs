@@ -469,6 +469,8 @@ async fn open_with_retry(
         match Store::open(&cfg.endpoint, &cfg.pool).await {
             Ok(store) => return Ok(store),
             Err(e) if cfg.endpoint.dialect == Dialect::Sqlite => return Err(e.into()),
+            // A schema too new for this server will not change by waiting.
+            Err(e @ crate::datastore::Error::Schema(_)) => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot open the datastore; /readyz reports not ready until it can");
                 // `/readyz` answers anyone: the class of the failure only; the driver's text

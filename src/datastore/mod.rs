@@ -80,6 +80,8 @@ pub enum Error {
         "the datastore went down while this write was in flight ({0}); it may or may not have been applied: read the object before retrying"
     )]
     InDoubt(Arc<str>),
+    #[error("refusing to start: {0}")]
+    Schema(schema::TooNew),
     #[error("cannot open the datastore {endpoint}: {source}")]
     Open {
         endpoint: String,
@@ -332,7 +334,10 @@ impl Store {
         if let Some(path) = endpoint.sqlite_path() {
             set_mode(path, 0o600);
         }
-        migrate(&pool, dialect).await.map_err(open_err)?;
+        migrate(&pool, dialect).await.map_err(|e| match e {
+            Error::Unavailable(source) => open_err(source),
+            other => other,
+        })?;
         let committed = Arc::new(Notify::new());
         let health = Health::up();
         let prober = networked.then(|| {
@@ -740,7 +745,7 @@ impl Store {
 
 /// Creates the schema, holding the database's migration lock so servers that start at the
 /// same moment do not race on DDL.
-async fn migrate(pool: &AnyPool, dialect: Dialect) -> std::result::Result<(), sqlx::Error> {
+async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<()> {
     let mut conn = pool.acquire().await?;
     let (lock, unlock) = match dialect {
         Dialect::Postgres => (
@@ -754,15 +759,71 @@ async fn migrate(pool: &AnyPool, dialect: Dialect) -> std::result::Result<(), sq
         Dialect::Sqlite => ("SELECT 1", "SELECT 1"),
     };
     sqlx::query(lock).execute(&mut *conn).await?;
-    let mut result = Ok(());
-    for stmt in schema::ddl(dialect).iter().chain(schema::seed(dialect)) {
-        if let Err(e) = sqlx::query(*stmt).execute(&mut *conn).await {
-            result = Err(e);
-            break;
-        }
-    }
+    let result = migrate_locked(&mut conn, dialect).await;
     sqlx::query(unlock).execute(&mut *conn).await?;
     result
+}
+
+/// The base tables, then the schema version check and any forward steps.
+async fn migrate_locked(conn: &mut AnyConnection, dialect: Dialect) -> Result<()> {
+    for stmt in schema::ddl(dialect).iter().chain(schema::seed(dialect)) {
+        sqlx::query(*stmt).execute(&mut *conn).await?;
+    }
+    let meta = |name: &'static str| {
+        let sql = match dialect {
+            Dialect::Postgres => "SELECT value FROM keelson_meta WHERE name = $1",
+            _ => "SELECT value FROM keelson_meta WHERE name = ?",
+        };
+        sqlx::query(sql).bind(name)
+    };
+    let stored: i64 = meta("schema").fetch_one(&mut *conn).await?.try_get(0)?;
+    let stored_min: i64 = match meta("schema_min").fetch_optional(&mut *conn).await? {
+        Some(row) => row.try_get(0)?,
+        None => stored,
+    };
+    match schema::plan(stored, stored_min, schema::VERSION, schema::MIGRATIONS)
+        .map_err(Error::Schema)?
+    {
+        schema::Plan::UpToDate => {}
+        schema::Plan::Newer { stored } => tracing::info!(
+            stored,
+            ours = schema::VERSION,
+            "the datastore's schema was migrated by a newer keelson; this server still works with it (upgrade it soon)"
+        ),
+        schema::Plan::Migrate {
+            steps,
+            oldest_reader,
+        } => {
+            for step in schema::MIGRATIONS.iter().filter(|m| steps.contains(&m.to)) {
+                for stmt in (step.ddl)(dialect) {
+                    sqlx::query(*stmt).execute(&mut *conn).await?;
+                }
+                tracing::info!(to = step.to, "migrated the datastore schema");
+            }
+            let set = |name: &'static str, value: i64| {
+                let sql = match dialect {
+                    Dialect::Postgres => "UPDATE keelson_meta SET value = $1 WHERE name = $2",
+                    _ => "UPDATE keelson_meta SET value = ? WHERE name = ?",
+                };
+                sqlx::query(sql).bind(value).bind(name)
+            };
+            set("schema", schema::VERSION).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM keelson_meta WHERE name = 'schema_min'")
+                .execute(&mut *conn)
+                .await?;
+            let insert = match dialect {
+                Dialect::Postgres => {
+                    "INSERT INTO keelson_meta (name, value) VALUES ('schema_min', $1)"
+                }
+                _ => "INSERT INTO keelson_meta (name, value) VALUES ('schema_min', ?)",
+            };
+            sqlx::query(insert)
+                .bind(oldest_reader)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the endpoint's database through the server's administrative database. Losing a

@@ -478,7 +478,16 @@ where
             .await
             .and_then(|r| r.try_get(0))
             .map_err(|_| not_snapshot("it has no keelson schema".into()))?;
-        if schema > super::schema::VERSION {
+        // The oldest schema that can use it (see `schema::plan`): absent before migrations.
+        let usable_from: i64 =
+            sqlx::query("SELECT value FROM keelson_meta WHERE name = 'schema_min'")
+                .fetch_optional(&mut conn)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.try_get(0).ok())
+                .unwrap_or(schema);
+        if usable_from > super::schema::VERSION {
             return Err(Error::NewerSchema {
                 path: snapshot.to_owned(),
                 found: schema,
@@ -749,5 +758,56 @@ mod tests {
             snaps.delete("nope"),
             Err(Error::NoSnapshot { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_server_older_than_the_schema_allows_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, store) = store_with(dir.path(), 1).await;
+        store.close().await;
+        let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let ours = super::super::schema::VERSION;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE keelson_meta SET value = {} WHERE name = 'schema'",
+            ours + 2
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO keelson_meta (name, value) VALUES ('schema_min', {})",
+            ours + 1
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        let err = match Store::open(&Endpoint::sqlite(db.clone()), &PoolConfig::default()).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a server older than the schema allows opened it"),
+        };
+        assert!(
+            err.contains(&format!("version {}", ours + 2))
+                && err.contains(&format!("schema version {ours}")),
+            "{err}"
+        );
+        // One version behind is fine.
+        let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE keelson_meta SET value = {ours} WHERE name = 'schema_min'"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        Store::open(&Endpoint::sqlite(db), &PoolConfig::default())
+            .await
+            .unwrap()
+            .close()
+            .await;
     }
 }
