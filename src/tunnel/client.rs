@@ -212,8 +212,9 @@ pub async fn session(
                     }
                     Some(Ok(Message::Binary(b))) => match decode_down(&b) {
                         Ok(Down::Welcome { version, servers: list }) => {
-                            if version != PROTOCOL_VERSION {
-                                return Outcome::Refused(format!("the server speaks protocol {version}, this agent {PROTOCOL_VERSION}"));
+                            // The server answers with the version it agreed to: ours or older.
+                            if super::negotiate(version) != Ok(version) {
+                                return Outcome::Refused(format!("the server agreed to protocol {version}, this agent speaks {}..={PROTOCOL_VERSION}", super::MIN_PROTOCOL_VERSION));
                             }
                             if !welcomed {
                                 welcomed = true;

@@ -55,8 +55,26 @@ use crate::node::objects::Wanted;
 use crate::node::pods::{PodAssignment, PodKey, PodNote, PodReport};
 use crate::node::streams::StreamRequest;
 
-/// Bumped on any incompatible change to the frames below.
+/// Bumped on any change to the frames below.
 pub const PROTOCOL_VERSION: u16 = 6;
+/// The oldest protocol this build still speaks. Agents and servers agree on the lower of their
+/// two versions (the server answers `Hello` with it in `Welcome`), and a server never sends a
+/// frame the agreed version lacks: during a rolling upgrade, agents one release behind (N-1)
+/// keep their tunnels to upgraded servers. A new frame or variant is added at the end of its
+/// enum (postcard numbers variants in order) and only sent to tunnels whose agreed version
+/// has it.
+pub const MIN_PROTOCOL_VERSION: u16 = 6;
+
+/// The version this build agrees on with a peer that speaks up to `theirs`, if any.
+pub fn negotiate(theirs: u16) -> Result<u16, String> {
+    let agreed = theirs.min(PROTOCOL_VERSION);
+    if agreed < MIN_PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {theirs} is not supported; this build speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION} (upgrade the older side)"
+        ));
+    }
+    Ok(agreed)
+}
 /// Where servers accept tunnels.
 pub const PATH: &str = "/v1-keelson/connect";
 /// Where a node dials back to serve one stream (`<STREAM_PATH>/<id>`).
@@ -283,5 +301,15 @@ mod tests {
         ));
         // A length prefix promising more than the frame holds.
         assert!(decode::<Down>(&[2, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+
+    #[test]
+    fn peers_agree_on_the_older_version_within_the_supported_range() {
+        assert_eq!(negotiate(PROTOCOL_VERSION), Ok(PROTOCOL_VERSION));
+        // A newer peer talks this build's version.
+        assert_eq!(negotiate(PROTOCOL_VERSION + 1), Ok(PROTOCOL_VERSION));
+        assert_eq!(negotiate(MIN_PROTOCOL_VERSION), Ok(MIN_PROTOCOL_VERSION));
+        let err = negotiate(MIN_PROTOCOL_VERSION - 1).unwrap_err();
+        assert!(err.contains("not supported"), "{err}");
     }
 }

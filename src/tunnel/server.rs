@@ -23,7 +23,7 @@ use super::network::Push as NetPush;
 use super::pods::Push;
 use super::sessions::Sessions;
 use super::{
-    DEAD_AFTER, Down, NodeReport, PROTOCOL_VERSION, Up, decode, encode, encode_down, ws_config,
+    DEAD_AFTER, Down, NodeReport, Up, decode, encode, encode_down, ws_config,
 };
 use crate::agent::registration::{self, CONTROL_PLANE_LABEL};
 use crate::api::labels;
@@ -192,7 +192,7 @@ where
         m = tokio::time::timeout(HELLO_TIMEOUT, ws.next()) => m,
         _ = crate::apiserver::stopped(&mut stop) => return End::Shutdown,
     };
-    let (mut report, wants_network) = match first {
+    let (mut report, wants_network, agreed) = match first {
         Err(_) => return End::Bad("no Hello frame within 10 s".into()),
         Ok(None) => return End::Closed,
         Ok(Some(Err(e))) => return End::Bad(e.to_string()),
@@ -201,12 +201,10 @@ where
                 version,
                 report,
                 network,
-            }) if version == PROTOCOL_VERSION => (report, network),
-            Ok(Up::Hello { version, .. }) => {
-                return End::Refused(format!(
-                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION} (upgrade the agent or the server)"
-                ));
-            }
+            }) => match super::negotiate(version) {
+                Ok(agreed) => (report, network, agreed),
+                Err(why) => return End::Refused(why),
+            },
             Ok(other) => return End::Bad(format!("expected Hello first, got {other:?}")),
             Err(e) => return End::Bad(e.to_string()),
         },
@@ -225,7 +223,7 @@ where
     let _presence = sessions.enter(node);
     let mut servers = sessions.servers();
     let welcome = Down::Welcome {
-        version: PROTOCOL_VERSION,
+        version: agreed,
         servers: servers.borrow_and_update().clone(),
     };
     if let Err(e) = send(ws, &welcome).await {
