@@ -6,7 +6,9 @@
 //! without one, so anonymous clients (joins, health checks) can never take the slots kubectl
 //! and agents need; one source address holds at most [`PER_SOURCE_HANDSHAKES`] handshakes (a
 //! new one ends its oldest, so a stalled handshake cannot keep a prompt client out) and
-//! [`PER_SOURCE_ANONYMOUS`] anonymous connections (refused at once beyond that). On
+//! [`PER_SOURCE_ANONYMOUS`] anonymous connections (refused at once beyond that). A
+//! connection beyond [`MAX_CONNECTIONS`] is answered 503 at once (at most [`MAX_REFUSING`]
+//! being answered, the rest closed), never left waiting in the accept queue. On
 //! shutdown no new connection is accepted, watches end, and in-flight requests get
 //! [`DRAIN_GRACE`] to finish.
 
@@ -63,8 +65,13 @@ use registry::Registry;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// Open connections at most; further clients wait in the kernel's accept queue.
+/// Open connections at most; further clients are answered 503 at once (see [`refuse_full`]).
 pub const MAX_CONNECTIONS: usize = 512;
+/// Connections being refused for [`MAX_CONNECTIONS`] at once; beyond them a connection is
+/// closed unanswered (still at once, not left waiting).
+const MAX_REFUSING: usize = 32;
+/// How long a refused connection's TLS handshake may take.
+const REFUSAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections without a client certificate at most, beside [`MAX_CONNECTIONS`].
 pub const MAX_ANONYMOUS: usize = 256;
 /// Connections one source address may have in the TLS handshake at once; a new one beyond
@@ -204,17 +211,10 @@ impl Server {
     /// Serves until `stop` flips to true, then drains.
     pub async fn run(self, mut stop: signal::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
         let shares = Arc::new(Shares::new());
         let mut conns = JoinSet::new();
         loop {
-            // Take the permit before accepting, so the bound also holds the accept queue back.
-            let permit = tokio::select! {
-                _ = stopped(&mut stop) => break,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let (tcp, peer) = tokio::select! {
                 _ = stopped(&mut stop) => break,
                 r = self.listener.accept() => match r {
@@ -227,7 +227,6 @@ impl Server {
                 },
             };
             ACCEPTED.fetch_add(1, Ordering::Relaxed);
-            let handshake = shares.handshakes.begin(peer.ip(), PER_SOURCE_HANDSHAKES);
             // Reap finished connections so the set stays as small as the open count.
             while conns.try_join_next().is_some() {}
             let phase = self.phase.borrow().clone();
@@ -235,6 +234,23 @@ impl Server {
                 Phase::Serving(s) => s.tls.clone(),
                 Phase::Starting(_) => self.starting_tls.clone(),
             };
+            // At the bound, a clear answer at once rather than a client left hanging in the
+            // accept queue until its TLS handshake times out.
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                REFUSED.fetch_add(1, Ordering::Relaxed);
+                match refusing.clone().try_acquire_owned() {
+                    Ok(place) => {
+                        conns.spawn(async move {
+                            refuse_full(tls, tcp).await;
+                            drop(place);
+                        });
+                    }
+                    // Refusals are bounded too: beyond them the connection is just closed.
+                    Err(_) => drop(tcp),
+                }
+                continue;
+            };
+            let handshake = shares.handshakes.begin(peer.ip(), PER_SOURCE_HANDSHAKES);
             let slot = Slot {
                 permit,
                 handshake,
@@ -494,12 +510,33 @@ async fn serve_connection(
 }
 
 /// The whole answer to a connection over its share: a `Status` kubectl and agents can read.
+/// Completes the handshake only to say the server is full: 503 with `Retry-After`, which
+/// kubectl and client-go retry.
+async fn refuse_full(tls: TlsAcceptor, tcp: tokio::net::TcpStream) {
+    let _ = tokio::time::timeout(REFUSAL_HANDSHAKE_TIMEOUT, async {
+        use tokio::io::AsyncWriteExt;
+        if let Ok(mut stream) = tls.accept(tcp).await {
+            let _ = stream
+                .write_all(&unavailable(&format!(
+                    "the API server has all the connections it serves ({MAX_CONNECTIONS}) open; retry shortly"
+                )))
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    })
+    .await;
+}
+
 fn overloaded() -> Vec<u8> {
-    let body = status::ApiError::Unavailable(
-        "too many connections without a client certificate from this address, or from all; retry shortly".into(),
+    unavailable(
+        "too many connections without a client certificate from this address, or from all; retry shortly",
     )
-    .to_status()
-    .to_string();
+}
+
+fn unavailable(why: &str) -> Vec<u8> {
+    let body = status::ApiError::Unavailable(why.into())
+        .to_status()
+        .to_string();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()

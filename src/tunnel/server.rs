@@ -22,9 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::network::Push as NetPush;
 use super::pods::Push;
 use super::sessions::Sessions;
-use super::{
-    DEAD_AFTER, Down, NodeReport, Up, decode, encode, encode_down, ws_config,
-};
+use super::{DEAD_AFTER, Down, NodeReport, Up, decode, encode, encode_down, ws_config};
 use crate::agent::registration::{self, CONTROL_PLANE_LABEL};
 use crate::api::labels;
 use crate::apiserver::status::ApiError;
