@@ -263,9 +263,9 @@ async fn start(
         }
     );
     let admin_pem = kubeconfig::write(&cfg.kubeconfig, cfg.kubeconfig_mode, &url, &cluster.ca)?;
-    let cert_expiry = Arc::new(bootstrap::renewal::Expiry::default());
+    let cert_expiry = Arc::new(apiserver::certificates::Expiry::default());
     tasks.spawn(
-        bootstrap::renewal::Renewal {
+        apiserver::certificates::Renewal {
             ca: cluster.ca.try_clone()?,
             dns: serving_names(cfg),
             ips: cert_ips.clone(),

@@ -9,6 +9,7 @@
 
 use super::status::ApiError;
 use crate::bootstrap::pki::NODE_GENERATION_PREFIX;
+use crate::bootstrap::pki::read_tlv;
 
 pub const MASTERS: &str = "system:masters";
 /// The group of node client certificates, and the prefix of their user names (Kubernetes's).
@@ -150,77 +151,6 @@ fn subject(der: &[u8]) -> Option<Subject> {
     })
 }
 
-/// A certificate's notAfter, as seconds since the Unix epoch.
-pub fn not_after(der: &[u8]) -> Option<i64> {
-    validity(der).map(|(_, after)| after)
-}
-
-/// A certificate's notBefore and notAfter, as seconds since the Unix epoch.
-pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
-    let (_, cert, _) = read_tlv(der)?;
-    let (_, tbs, _) = read_tlv(cert)?;
-    let (tag, _, r) = read_tlv(tbs)?;
-    // Past the version (if present) and the serial number.
-    let mut rest = if tag == 0xa0 { read_tlv(r)?.2 } else { r };
-    for _ in 0..2 {
-        rest = read_tlv(rest)?.2; // signature algorithm, issuer
-    }
-    let (_, validity, _) = read_tlv(rest)?;
-    let (before_tag, before, after) = read_tlv(validity)?;
-    let (after_tag, after, _) = read_tlv(after)?;
-    Some((asn1_time(before_tag, before)?, asn1_time(after_tag, after)?))
-}
-
-/// An X.509 UTCTime or GeneralizedTime (the `Z` forms RFC 5280 requires), as Unix seconds.
-fn asn1_time(tag: u8, time: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(time).ok()?;
-    let digits = text.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        0x17 => {
-            // UTCTime: two-digit year, 1950..2049 (RFC 5280).
-            let yy: i32 = digits.get(..2)?.parse().ok()?;
-            (
-                if yy >= 50 { 1900 + yy } else { 2000 + yy },
-                digits.get(2..)?,
-            )
-        }
-        0x18 => (digits.get(..4)?.parse().ok()?, digits.get(4..)?),
-        _ => return None,
-    };
-    let num = |r: std::ops::Range<usize>| rest.get(r)?.parse::<u8>().ok();
-    let month = time::Month::try_from(num(0..2)?).ok()?;
-    let date = time::Date::from_calendar_date(year, month, num(2..4)?).ok()?;
-    let t = time::Time::from_hms(num(4..6)?, num(6..8)?, num(8..10)?).ok()?;
-    Some(
-        time::PrimitiveDateTime::new(date, t)
-            .assume_utc()
-            .unix_timestamp(),
-    )
-}
-
-/// One DER TLV: (tag, contents, rest).
-fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        first as usize
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        rest = &rest[n..];
-        len
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,16 +184,6 @@ mod tests {
         let old = ca.issue_client("system:node:pi-1", NODES_GROUP).unwrap();
         let id = Identity::from_certificate(&pem_to_der(&old.cert_pem).unwrap());
         assert_eq!(id.generation(), None);
-    }
-
-    #[test]
-    fn reads_the_expiry_of_an_issued_certificate() {
-        let ca = ClusterCa::generate().unwrap();
-        let c = ca.issue_client("system:node:pi-1", NODES_GROUP).unwrap();
-        let after = not_after(&pem_to_der(&c.cert_pem).unwrap()).unwrap();
-        let in_a_year = time::OffsetDateTime::now_utc().unix_timestamp() + 365 * 86400;
-        assert!((after - in_a_year).abs() < 120, "{after} vs {in_a_year}");
-        assert_eq!(not_after(&[0x30, 0x00]), None);
     }
 
     #[test]

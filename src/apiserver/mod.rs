@@ -17,6 +17,7 @@ pub mod admission;
 pub mod allocator;
 pub mod apply;
 pub mod auth;
+pub mod certificates;
 pub mod discovery;
 pub mod encrypt;
 pub mod eviction;

@@ -10,7 +10,6 @@ pub mod encryption;
 pub mod join;
 pub mod kubeconfig;
 pub mod pki;
-pub mod renewal;
 pub mod seal;
 pub mod settings;
 pub mod token;

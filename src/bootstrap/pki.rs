@@ -165,8 +165,7 @@ pub const WARN_BEFORE: Duration = Duration::days(30);
 /// or earlier for one whose whole life is shorter than three times that. `None` for a
 /// certificate that cannot be read.
 pub fn renew_at(cert_pem: &str) -> Option<OffsetDateTime> {
-    let (before, after) =
-        pem_to_der(cert_pem).and_then(|d| crate::apiserver::auth::validity(&d))?;
+    let (before, after) = pem_to_der(cert_pem).and_then(|d| validity(&d))?;
     // Our certificates are back-dated; their life starts at issue.
     let life = (after - before - BACKDATE.whole_seconds()).max(1);
     let ahead = RENEW_BEFORE.whole_seconds().min(life / RENEW_SHARE);
@@ -239,6 +238,72 @@ fn random_serial() -> SerialNumber {
 }
 
 /// The DER body of the first PEM block, if any.
+/// A certificate's notBefore and notAfter, as seconds since the Unix epoch.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert, _) = read_tlv(der)?;
+    let (_, tbs, _) = read_tlv(cert)?;
+    let (tag, _, r) = read_tlv(tbs)?;
+    // Past the version (if present) and the serial number.
+    let mut rest = if tag == 0xa0 { read_tlv(r)?.2 } else { r };
+    for _ in 0..2 {
+        rest = read_tlv(rest)?.2; // signature algorithm, issuer
+    }
+    let (_, validity, _) = read_tlv(rest)?;
+    let (before_tag, before, after) = read_tlv(validity)?;
+    let (after_tag, after, _) = read_tlv(after)?;
+    Some((asn1_time(before_tag, before)?, asn1_time(after_tag, after)?))
+}
+
+/// An X.509 UTCTime or GeneralizedTime (the `Z` forms RFC 5280 requires), as Unix seconds.
+fn asn1_time(tag: u8, time: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(time).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 => {
+            // UTCTime: two-digit year, 1950..2049 (RFC 5280).
+            let yy: i32 = digits.get(..2)?.parse().ok()?;
+            (
+                if yy >= 50 { 1900 + yy } else { 2000 + yy },
+                digits.get(2..)?,
+            )
+        }
+        0x18 => (digits.get(..4)?.parse().ok()?, digits.get(4..)?),
+        _ => return None,
+    };
+    let num = |r: std::ops::Range<usize>| rest.get(r)?.parse::<u8>().ok();
+    let month = time::Month::try_from(num(0..2)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, num(2..4)?).ok()?;
+    let t = time::Time::from_hms(num(4..6)?, num(6..8)?, num(8..10)?).ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, t)
+            .assume_utc()
+            .unix_timestamp(),
+    )
+}
+
+/// One DER TLV: (tag, contents, rest).
+pub fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        first as usize
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        rest = &rest[n..];
+        len
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
 pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     use base64::Engine;
     let body: String = pem
@@ -283,8 +348,7 @@ mod tests {
     fn certificates_are_renewed_90_days_ahead_or_with_a_third_of_a_short_life_left() {
         let mut ca = ClusterCa::generate().unwrap();
         let year = ca.issue_client("u", "g").unwrap();
-        let after =
-            |pem: &str| crate::apiserver::auth::not_after(&pem_to_der(pem).unwrap()).unwrap();
+        let after = |pem: &str| validity(&pem_to_der(pem).unwrap()).unwrap().1;
         assert_eq!(
             renew_at(&year.cert_pem).unwrap().unix_timestamp(),
             after(&year.cert_pem) - RENEW_BEFORE.whole_seconds()
@@ -299,5 +363,15 @@ mod tests {
         // A clone issues with the same validity.
         let twin = ca.try_clone().unwrap().issue_client("u", "g").unwrap();
         assert!(after(&twin.cert_pem) - OffsetDateTime::now_utc().unix_timestamp() <= 31);
+    }
+
+    #[test]
+    fn reads_the_expiry_of_an_issued_certificate() {
+        let ca = ClusterCa::generate().unwrap();
+        let c = ca.issue_client("system:node:pi-1", "system:nodes").unwrap();
+        let after = validity(&pem_to_der(&c.cert_pem).unwrap()).unwrap().1;
+        let in_a_year = time::OffsetDateTime::now_utc().unix_timestamp() + 365 * 86400;
+        assert!((after - in_a_year).abs() < 120, "{after} vs {in_a_year}");
+        assert_eq!(validity(&[0x30, 0x00]), None);
     }
 }

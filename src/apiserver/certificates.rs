@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::pki::{self, ClusterCa};
-use crate::apiserver::ServingCert;
+use super::ServingCert;
+use crate::bootstrap::kubeconfig;
+use crate::bootstrap::pki::{self, ClusterCa};
 
 /// Looked at least this often, so warnings repeat daily and a clock that jumped is noticed.
 const CHECK_AT_LEAST: Duration = Duration::from_secs(24 * 3600);
@@ -30,6 +31,17 @@ pub struct Expiry {
     pub ca: AtomicI64,
     pub serving: AtomicI64,
     pub admin: AtomicI64,
+}
+
+/// Why a renewal failed; the old certificate stays in use.
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    #[error(transparent)]
+    Issue(#[from] crate::bootstrap::Error),
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+    #[error(transparent)]
+    Tls(#[from] super::Error),
 }
 
 /// What the renewal task needs to issue the same certificates again.
@@ -68,12 +80,10 @@ impl Renewal {
     }
 
     /// Renews what is due; returns how long until the next renewal (or check).
-    fn renew_due(&mut self, now: OffsetDateTime) -> Result<Duration, super::Error> {
+    fn renew_due(&mut self, now: OffsetDateTime) -> Result<Duration, RenewError> {
         if pki::renew_at(&self.serving_pem).is_none_or(|t| t <= now) {
             let issued = self.ca.issue_serving(&self.dns, &self.ips)?;
-            self.serving.replace(&self.ca, &issued).map_err(|e| {
-                super::Error::Corrupt(format!("the renewed serving certificate: {e}"))
-            })?;
+            self.serving.replace(&self.ca, &issued)?;
             self.serving_pem = issued.cert_pem;
             tracing::info!(
                 valid_until = %expiry_text(&self.serving_pem),
@@ -81,12 +91,8 @@ impl Renewal {
             );
         }
         if pki::renew_at(&self.admin_pem).is_none_or(|t| t <= now) {
-            self.admin_pem = super::kubeconfig::write(
-                &self.kubeconfig,
-                self.kubeconfig_mode,
-                &self.url,
-                &self.ca,
-            )?;
+            self.admin_pem =
+                kubeconfig::write(&self.kubeconfig, self.kubeconfig_mode, &self.url, &self.ca)?;
             tracing::info!(
                 kubeconfig = %self.kubeconfig.display(),
                 valid_until = %expiry_text(&self.admin_pem),
@@ -147,7 +153,9 @@ impl Renewal {
 }
 
 fn expires(pem: &str) -> Option<i64> {
-    pki::pem_to_der(pem).and_then(|d| crate::apiserver::auth::not_after(&d))
+    pki::pem_to_der(pem)
+        .and_then(|d| pki::validity(&d))
+        .map(|(_, after)| after)
 }
 
 fn expiry_text(pem: &str) -> String {
