@@ -209,6 +209,7 @@ pub struct ServerConfig {
     /// How the server's own node runs containers.
     pub runtime: crate::node::RuntimeOptions,
     pub debug: bool,
+    pub log_format: crate::cli::LogFormat,
     /// Settings that are accepted but deserve a warning; logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -605,6 +606,7 @@ impl ServerConfig {
             event_ttl,
             runtime,
             debug: args.debug,
+            log_format: args.log_format,
             warnings,
         })
     }
@@ -859,6 +861,7 @@ pub struct AgentConfig {
     /// How this node runs containers.
     pub runtime: crate::node::RuntimeOptions,
     pub debug: bool,
+    pub log_format: crate::cli::LogFormat,
 }
 
 /// `https://HOST[:PORT]`, as `--server` takes it.
@@ -982,6 +985,7 @@ impl AgentConfig {
                 with_node_id: args.with_node_id,
                 runtime,
                 debug: args.debug,
+                log_format: args.log_format,
             }),
             _ => Err(Error::Invalid(problems)),
         }
