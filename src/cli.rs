@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -310,6 +310,10 @@ pub struct ServerArgs {
     /// Turn on debug logs
     #[arg(long, env = "KEELSON_DEBUG")]
     pub debug: bool,
+
+    /// How log lines are written to stderr: text, or json (one object a line)
+    #[arg(long, env = "KEELSON_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -369,6 +373,10 @@ pub struct AgentArgs {
     /// Turn on debug logs
     #[arg(long, env = "KEELSON_DEBUG")]
     pub debug: bool,
+
+    /// How log lines are written to stderr: text, or json (one object a line)
+    #[arg(long, env = "KEELSON_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 /// How a node runs containers; the same flags on servers and agents (servers are nodes too).
@@ -729,4 +737,14 @@ pub enum SnapshotCommand {
         #[arg(long, default_value_t = crate::datastore::restore::DEFAULT_BUMP)]
         bump_revision: i64,
     },
+}
+
+/// `--log-format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, as `tracing` formats it.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields (with the message), span.
+    Json,
 }

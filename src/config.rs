@@ -211,6 +211,7 @@ pub struct ServerConfig {
     /// How the server's own node runs containers.
     pub runtime: crate::node::RuntimeOptions,
     pub debug: bool,
+    pub log_format: crate::cli::LogFormat,
     /// Settings that are accepted but deserve a warning; logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -616,6 +617,7 @@ impl ServerConfig {
             event_ttl,
             runtime,
             debug: args.debug,
+            log_format: args.log_format,
             warnings,
         })
     }
@@ -870,6 +872,7 @@ pub struct AgentConfig {
     /// How this node runs containers.
     pub runtime: crate::node::RuntimeOptions,
     pub debug: bool,
+    pub log_format: crate::cli::LogFormat,
 }
 
 /// `https://HOST[:PORT]`, as `--server` takes it.
@@ -993,6 +996,7 @@ impl AgentConfig {
                 with_node_id: args.with_node_id,
                 runtime,
                 debug: args.debug,
+                log_format: args.log_format,
             }),
             _ => Err(Error::Invalid(problems)),
         }

@@ -55,6 +55,7 @@ pub async fn run(args: LoadgenArgs, stop: watch::Receiver<bool>) -> anyhow::Resu
             with_node_id: false,
             runtime: crate::node::RuntimeOptions::none(),
             debug: args.debug,
+            log_format: crate::cli::LogFormat::Text,
         };
         let stop = stop.clone();
         let runtime =

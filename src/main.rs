@@ -58,7 +58,7 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(e) => return usage_error(&e),
             };
-            init_logging(cfg.debug);
+            init_logging(cfg.debug, cfg.log_format);
             for w in &cfg.warnings {
                 tracing::warn!("{w}");
             }
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(e) => return usage_error_for("agent", &e),
             };
-            init_logging(cfg.debug);
+            init_logging(cfg.debug, cfg.log_format);
             let notify = systemd::Notify::from_env();
             // While no other thread exists.
             let file_pages = memory::FilePages::mapped_now();
@@ -95,19 +95,19 @@ fn main() -> ExitCode {
             })
         }
         Command::Loadgen(args) => {
-            init_logging(args.debug);
+            init_logging(args.debug, cli::LogFormat::Text);
             run(Threads::Two, async {
                 loadgen::run(args, stop_on_signal(systemd::Notify::default())).await
             })
         }
         Command::Lb(args) => {
-            init_logging(args.debug);
+            init_logging(args.debug, cli::LogFormat::Text);
             run(Threads::Two, async {
                 vip::lb::standalone(args, stop_on_signal(systemd::Notify::default())).await
             })
         }
         Command::Images(args) => {
-            init_logging(args.debug);
+            init_logging(args.debug, cli::LogFormat::Text);
             run(Threads::One, images_cli::run(args))
         }
         Command::SecretsEncrypt(args) => run(Threads::One, secrets_cli::run(args)),
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
         Command::Firstboot(args) => firstboot::main(&args.boot, &args.root),
         Command::Kubectl { args } => run_kubectl(args),
         Command::NodeTest(args) => {
-            init_logging(false);
+            init_logging(false, cli::LogFormat::Text);
             run(Threads::One, node::hook::run(args))
         }
     }
@@ -197,7 +197,9 @@ fn fatal(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(debug: bool) {
+/// Logs to stderr, as text or JSON lines (`--log-format`); under systemd each line starts with
+/// the priority journald files it by, and journald's timestamps replace ours.
+fn init_logging(debug: bool, log_format: cli::LogFormat) {
     let level = if debug {
         tracing::Level::DEBUG
     } else {
@@ -209,18 +211,33 @@ fn init_logging(debug: bool) {
     use tracing_subscriber::fmt::{format, layer};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // Under systemd: priorities journald files lines by, and its timestamps instead of ours.
     let journal = systemd::journal::stderr_is_journal();
-    let plain = (!journal).then(|| layer().with_writer(std::io::stderr).with_ansi(false));
-    let prefixed = journal.then(|| {
+    let json = log_format == cli::LogFormat::Json;
+    let plain = (!journal && !json).then(|| layer().with_writer(std::io::stderr).with_ansi(false));
+    let prefixed = (journal && !json).then(|| {
         layer()
             .with_writer(std::io::stderr)
             .with_ansi(false)
             .event_format(systemd::journal::Prefixed(format().without_time()))
     });
+    let json_plain = (!journal && json).then(|| {
+        layer()
+            .json()
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
+    // journald strips the priority prefix, so the entry is the JSON object alone.
+    let json_prefixed = (journal && json).then(|| {
+        layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .event_format(systemd::journal::json())
+    });
     tracing_subscriber::registry()
         .with(plain)
         .with(prefixed)
+        .with(json_plain)
+        .with(json_prefixed)
         .with(filter)
         .init();
 }

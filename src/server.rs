@@ -315,7 +315,7 @@ async fn start(
         cfg.agent_token.as_ref().map(|t| t.secret.as_str()),
     );
     let registry = registry.with_service_accounts(Arc::new(access_view.clone()));
-    let api = Arc::new(Api {
+    let api = Arc::new_cyclic(|api| Api {
         registry,
         feed,
         ca_pem: ca_pem.clone(),
@@ -331,6 +331,7 @@ async fn start(
             Arc::new(access_view.clone()),
             i64::try_from(cfg.min_token_expiration.as_secs()).unwrap_or(i64::MAX),
         ),
+        metrics: crate::apiserver::metrics::Metrics::new(api.clone()),
     });
     tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API serving");
 
@@ -413,6 +414,11 @@ async fn start(
         .run(when_stopped(stop.clone())),
     );
     let (role_tx, role_rx) = watch::channel(Role::Follower);
+    api.metrics
+        .register(crate::controllers::lease::HolderMetric {
+            lease: "keelson-controllers",
+            role: role_rx.clone(),
+        });
     tasks.spawn(
         Elector {
             store: store.clone(),

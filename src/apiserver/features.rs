@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::watch;
 
 use super::auth::Identity;
@@ -59,14 +60,14 @@ pub trait NodeTunnels: Send + Sync {
     /// a datastore read.
     fn bound_pod_uid(&self, namespace: &str, name: &str) -> Option<String>;
 
-    /// Its lines of `/metrics`.
-    fn render_metrics(&self, out: &mut String);
+    /// Its figures on `/metrics`.
+    fn encode_metrics(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result;
 }
 
-/// A feature that contributes lines to `/metrics` while it runs (the load balancer, on the
+/// A feature that contributes figures to `/metrics` while it runs (the load balancer, on the
 /// holder of the virtual IP only).
 pub trait Metrics: Send + Sync {
-    fn render_metrics(&self, out: &mut String);
+    fn encode_metrics(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result;
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod eviction;
 pub mod features;
 pub mod field_validation;
 pub mod kinds;
+pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod podstreams;
@@ -125,6 +126,8 @@ pub struct Api {
     pub lb_stats: std::sync::Mutex<Option<Arc<dyn features::Metrics>>>,
     /// Bearer tokens, impersonation and RBAC.
     pub access: access::Access,
+    /// What `/metrics` shows; its request instruments are updated by [`routes::handle`].
+    pub metrics: metrics::Metrics,
 }
 
 impl Api {

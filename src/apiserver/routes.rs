@@ -64,6 +64,13 @@ pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> R
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let api_for_errors = api.clone();
+    let request = super::metrics::Request::of(
+        &method,
+        &path,
+        req.uri().query(),
+        super::metrics::Request::is_apply(req.headers()),
+    );
+    let serving = api_for_errors.metrics.begin(request);
     let resp = match route(api, caller, req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -77,6 +84,7 @@ pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> R
         }
     };
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+    serving.done(resp.status().as_u16());
     resp
 }
 
@@ -200,7 +208,14 @@ async fn route(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> Result
                 &super::token_request::create(&api, &ns, &name, body).await?,
             ))
         }
-        ["metrics"] if get => Ok(text(StatusCode::OK, &metrics(&api))),
+        ["metrics"] if get => {
+            let mut resp = text(StatusCode::OK, &api.metrics.render());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+            );
+            Ok(resp)
+        }
         ["api"] if get => Ok(json(
             StatusCode::OK,
             &discovery::api_versions(&api.server_address),
@@ -286,69 +301,6 @@ async fn join(
         StatusCode::OK,
         &serde_json::to_value(resp).map_err(|e| ApiError::Internal(e.to_string()))?,
     ))
-}
-
-/// Prometheus text: what an operator needs to see the datastore cost of this server.
-fn metrics(api: &Api) -> String {
-    let store = api.registry.store();
-    let mut out = format!(
-        "# HELP keelson_datastore_statements_total SQL statements this server sent to the datastore.\n\
-         # TYPE keelson_datastore_statements_total counter\n\
-         keelson_datastore_statements_total {}\n\
-         # HELP keelson_datastore_reachable Whether the datastore answers this server's health probe.\n\
-         # TYPE keelson_datastore_reachable gauge\n\
-         keelson_datastore_reachable {}\n\
-         # HELP keelson_datastore_probes_total Health pings and connection attempts this server sent to the datastore (protocol pings, not statements).\n\
-         # TYPE keelson_datastore_probes_total counter\n\
-         keelson_datastore_probes_total {}\n\
-         # HELP keelson_datastore_outages_total Times this server found the datastore down.\n\
-         # TYPE keelson_datastore_outages_total counter\n\
-         keelson_datastore_outages_total {}\n\
-         # HELP keelson_feed_revision The newest revision the change feed delivered.\n\
-         # TYPE keelson_feed_revision gauge\n\
-         keelson_feed_revision {}\n\
-         # HELP keelson_api_connections_total Connections the API listener accepted since start.\n\
-         # TYPE keelson_api_connections_total counter\n\
-         keelson_api_connections_total {}\n\
-         # HELP keelson_join_requests_total Join requests that carried a token, since start.\n\
-         # TYPE keelson_join_requests_total counter\n\
-         keelson_join_requests_total {}\n\
-         # HELP keelson_join_failures_total Join requests refused for a wrong or missing token.\n\
-         # TYPE keelson_join_failures_total counter\n\
-         keelson_join_failures_total {}\n\
-         # HELP keelson_join_throttled_total Join requests refused unread: their source sent too many wrong tokens.\n\
-         # TYPE keelson_join_throttled_total counter\n\
-         keelson_join_throttled_total {}\n\
-         # HELP keelson_connections_refused_total Connections refused because their source or all anonymous clients held their share.\n\
-         # TYPE keelson_connections_refused_total counter\n\
-         keelson_connections_refused_total {}\n",
-        store.statements(),
-        u8::from(api.feed.reachable()),
-        store.health().probes(),
-        store.health().outages(),
-        api.feed.latest(),
-        super::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
-        api.joiner.requests(),
-        api.joiner.refusals().0,
-        api.joiner.refusals().1,
-        super::REFUSED.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    if let Some(heap) = crate::memory::heap() {
-        out.push_str(&format!(
-            "# HELP keelson_heap_bytes Bytes malloc holds: in live allocations, and freed but kept for reuse (what RSS holds beyond in_use is fragmentation).\n\
-             # TYPE keelson_heap_bytes gauge\n\
-             keelson_heap_bytes{{state=\"in_use\"}} {}\n\
-             keelson_heap_bytes{{state=\"free\"}} {}\n",
-            heap.in_use, heap.free
-        ));
-    }
-    api.tunnels.render_metrics(&mut out);
-    if let Ok(slot) = api.lb_stats.lock()
-        && let Some(stats) = slot.as_ref()
-    {
-        stats.render_metrics(&mut out);
-    }
-    out
 }
 
 /// What `segs` (the path after the group version's prefix) names among `gv`'s resources.

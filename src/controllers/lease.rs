@@ -164,3 +164,26 @@ impl Elector {
 
 /// Longest the Lease object's write may take before it is given up.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `keelson_lease_holder{lease}` on `/metrics`: 1 while this process holds the lease, read
+/// from the role its [`Elector`] publishes. Invariant: one per lease name in a registry.
+#[derive(Debug)]
+pub struct HolderMetric {
+    pub lease: &'static str,
+    pub role: watch::Receiver<Role>,
+}
+
+impl prometheus_client::collector::Collector for HolderMetric {
+    fn encode(&self, mut enc: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        let held = matches!(*self.role.borrow(), Role::Leader { .. });
+        let mut family = enc.encode_descriptor(
+            "keelson_lease_holder",
+            "Whether this server holds the lease (1) or not (0).",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(i64::from(held))
+            .encode(family.encode_family(&[("lease", self.lease)])?)
+    }
+}

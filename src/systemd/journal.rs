@@ -13,6 +13,19 @@ use tracing_subscriber::registry::LookupSpan;
 /// Wraps an event format: prefixes every line it writes with the event's priority.
 pub struct Prefixed<F>(pub F);
 
+/// The `--log-format json` event format under journald: each JSON object after its priority
+/// (journald strips the prefix, so the entry is the object alone), without our timestamp
+/// (journald stamps entries itself). Pair it with a JSON layer's field formatter.
+pub fn json()
+-> Prefixed<tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json, ()>> {
+    Prefixed(
+        tracing_subscriber::fmt::format()
+            .json()
+            .with_span_list(false)
+            .without_time(),
+    )
+}
+
 /// Whether stderr is the journal stream systemd made: `JOURNAL_STREAM` (`DEVICE:INODE`)
 /// names stderr's own file. A child that inherited the variable but writes elsewhere (a
 /// file, a pipe) keeps the usual format, as systemd.exec(5) advises.
@@ -114,6 +127,39 @@ mod tests {
         tracing::subscriber::with_default(subscriber, emit);
         let bytes = out.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn json_lines_are_one_object_after_the_priority() {
+        let out = Collect::default();
+        let sink = out.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(move || sink.clone())
+            .event_format(json());
+        let subscriber = tracing_subscriber::registry()
+            .with(layer)
+            .with(tracing_subscriber::filter::LevelFilter::TRACE);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(retry_in = 5, "cannot join yet");
+            tracing::info!("API serving");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for (line, prefix, message) in [
+            (lines[0], "<4>", "cannot join yet"),
+            (lines[1], "<6>", "API serving"),
+        ] {
+            let object = line.strip_prefix(prefix).expect(line);
+            let event: serde_json::Value = serde_json::from_str(object).expect(line);
+            assert_eq!(event["fields"]["message"], message, "{line}");
+            assert!(
+                event["target"].is_string() && event["level"].is_string(),
+                "{line}"
+            );
+            assert!(event.get("timestamp").is_none(), "{line}");
+        }
     }
 
     #[test]

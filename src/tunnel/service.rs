@@ -1,17 +1,18 @@
 //! The tunnels as the API sees them ([`crate::apiserver::features::NodeTunnels`]): the server
 //! wires one in at start, so the API reaches the tunnels without importing this module.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::watch;
 
 use super::server;
 use super::sessions::Sessions;
 use crate::apiserver::auth::Identity;
 use crate::apiserver::features::{BoxFuture, NodeTunnels};
+use crate::apiserver::metrics;
 use crate::apiserver::status::ApiError;
 use crate::apiserver::{Api, Body};
 use crate::node::streams::{Pipe, StreamError, StreamRequest};
@@ -57,20 +58,25 @@ impl NodeTunnels for Tunnels {
         })
     }
 
-    fn render_metrics(&self, out: &mut String) {
+    fn encode_metrics(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let (opened, refused) = self.0.counters();
-        let _ = write!(
-            out,
-            "# HELP keelson_tunnels Agent tunnels open on this server.\n\
-             # TYPE keelson_tunnels gauge\n\
-             keelson_tunnels {}\n\
-             # HELP keelson_tunnels_opened_total Agent tunnels opened since start.\n\
-             # TYPE keelson_tunnels_opened_total counter\n\
-             keelson_tunnels_opened_total {opened}\n\
-             # HELP keelson_tunnels_refused_total Tunnels refused because this server held the most it may.\n\
-             # TYPE keelson_tunnels_refused_total counter\n\
-             keelson_tunnels_refused_total {refused}\n",
-            self.0.tunnels(),
-        );
+        metrics::gauge(
+            enc,
+            "keelson_tunnels",
+            "Agent tunnels open on this server.",
+            metrics::saturating(self.0.tunnels() as u64),
+        )?;
+        metrics::counter(
+            enc,
+            "keelson_tunnels_opened",
+            "Agent tunnels opened since start.",
+            opened,
+        )?;
+        metrics::counter(
+            enc,
+            "keelson_tunnels_refused",
+            "Tunnels refused because this server held the most it may.",
+            refused,
+        )
     }
 }

@@ -18,7 +18,6 @@
 //!   [`Config::drain_grace`], then close.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -31,6 +30,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::StatusCode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,6 +43,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::agent::https;
+use crate::apiserver::metrics;
 use crate::cli::LbArgs;
 
 /// Bytes one direction of one connection copies at a time; allocated only while bytes flow
@@ -340,7 +344,7 @@ impl Stats {
             .collect()
     }
 
-    /// Appends these figures to `out` in the Prometheus text format.
+    /// Writes these figures to `/metrics`.
     #[cfg_attr(
         not(test),
         allow(
@@ -348,53 +352,60 @@ impl Stats {
             reason = "for the server's /metrics, which is wired up separately"
         )
     )]
-    pub fn render_metrics(&self, out: &mut String) {
-        // Writing to a String cannot fail.
-        let _ = write!(
-            out,
-            "# HELP keelson_lb_connections_total Client connections the load balancer accepted.\n\
-             # TYPE keelson_lb_connections_total counter\n\
-             keelson_lb_connections_total {}\n\
-             # HELP keelson_lb_limit_reached_total Times the load balancer held its most connections and clients had to wait.\n\
-             # TYPE keelson_lb_limit_reached_total counter\n\
-             keelson_lb_limit_reached_total {}\n\
-             # HELP keelson_lb_unserved_total Clients closed because no backend could take them.\n\
-             # TYPE keelson_lb_unserved_total counter\n\
-             keelson_lb_unserved_total {}\n",
+    pub fn encode_metrics(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        metrics::counter(
+            enc,
+            "keelson_lb_connections",
+            "Client connections the load balancer accepted.",
             self.accepted(),
+        )?;
+        metrics::counter(
+            enc,
+            "keelson_lb_limit_reached",
+            "Times the load balancer held its most connections and clients had to wait.",
             self.limit_reached(),
+        )?;
+        metrics::counter(
+            enc,
+            "keelson_lb_unserved",
+            "Clients closed because no backend could take them.",
             self.unserved(),
-        );
+        )?;
         let backends = self.backends();
         type Value = fn(&BackendStats) -> u64;
-        // Name, type, help, and the figure for one backend.
-        let families: [(&str, &str, &str, Value); 3] = [
+        // Name (a counter's without `_total`), type, help, and the figure for one backend.
+        let families: [(&str, MetricType, &str, Value); 3] = [
             (
                 "keelson_lb_backend_up",
-                "gauge",
+                MetricType::Gauge,
                 "Whether the backend's health checks pass.",
                 |b| u64::from(b.status == Status::Up),
             ),
             (
                 "keelson_lb_backend_connections",
-                "gauge",
+                MetricType::Gauge,
                 "Client connections forwarded to the backend now.",
                 |b| b.active,
             ),
             (
-                "keelson_lb_backend_connections_total",
-                "counter",
+                "keelson_lb_backend_connections",
+                MetricType::Counter,
                 "Client connections forwarded to the backend.",
                 |b| b.total,
             ),
         ];
         for (name, kind, help, value) in families {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            let mut family = enc.encode_descriptor(name, help, None, kind)?;
             for b in &backends {
-                let label = b.addr.replace('\\', "\\\\").replace('"', "\\\"");
-                let _ = writeln!(out, "{name}{{backend=\"{label}\"}} {}", value(b));
+                let labels = [("backend", b.addr.as_str())];
+                let metric = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(value(b)).encode(metric)?,
+                    _ => ConstGauge::new(metrics::saturating(value(b))).encode(metric)?,
+                }
             }
         }
+        Ok(())
     }
 }
 
@@ -995,8 +1006,8 @@ impl Every {
 }
 
 impl crate::apiserver::features::Metrics for Stats {
-    fn render_metrics(&self, out: &mut String) {
-        Stats::render_metrics(self, out);
+    fn encode_metrics(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        Stats::encode_metrics(self, enc)
     }
 }
 
@@ -1586,6 +1597,26 @@ mod tests {
         }
     }
 
+    /// The balancer's figures as `/metrics` shows them.
+    fn encoded(stats: &Stats) -> String {
+        struct Figures(Stats);
+        impl std::fmt::Debug for Figures {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("Figures")
+            }
+        }
+        impl prometheus_client::collector::Collector for Figures {
+            fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+                self.0.encode_metrics(&mut enc)
+            }
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Figures(stats.clone())));
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
     #[tokio::test]
     async fn metrics_name_every_backend() {
         let echo = Echo::start().await;
@@ -1593,8 +1624,7 @@ mod tests {
         lb.all_up().await;
         let mut c = client(&lb).await;
         round_trip(&mut c, b"x").await;
-        let mut out = String::new();
-        lb.stats.render_metrics(&mut out);
+        let out = encoded(&lb.stats);
         assert!(out.contains("keelson_lb_connections_total 1\n"), "{out}");
         let b = echo.addr;
         assert!(out.contains(&format!("keelson_lb_backend_up{{backend=\"{b}\"}} 1\n")));

@@ -218,6 +218,9 @@ impl Vip {
             })
         };
         tracing::info!(vip = %addr.ip, iface = %addr.iface, epoch, add_started, "took the virtual IP");
+        if let Some(api) = &self.api {
+            api.metrics.vip_holder(addr.ip).set(1);
+        }
         let (lb_stop, lb) = match self.start_lb().await {
             Ok((stop, task)) => (Some(stop), Some(task)),
             Err(e) => {
@@ -240,10 +243,11 @@ impl Vip {
             tracing::error!(error = %e, "cannot remove the virtual IP");
         }
         tracing::info!(vip = %addr.ip, epoch = h.epoch, reason, "gave up the virtual IP");
-        if let Some(api) = &self.api
-            && let Ok(mut slot) = api.lb_stats.lock()
-        {
-            *slot = None;
+        if let Some(api) = &self.api {
+            api.metrics.vip_holder(addr.ip).set(0);
+            if let Ok(mut slot) = api.lb_stats.lock() {
+                *slot = None;
+            }
         }
         if let Some(stop) = h.lb_stop {
             let _ = stop.send(());

@@ -266,6 +266,24 @@ pub fn cluster_roles() -> Vec<Value> {
                 ),
             ],
         ),
+        // Kubernetes' role for scrapers: bind a Prometheus service account to it.
+        role(
+            "system:monitoring",
+            json!({}),
+            vec![urls(
+                &[
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/metrics",
+                    "/metrics/slis",
+                    "/readyz",
+                    "/readyz/*",
+                ],
+                &["get"],
+            )],
+        ),
         role(
             "system:public-info-viewer",
             json!({}),
@@ -284,6 +302,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("cluster-admin", vec![group("system:masters")]),
         binding("system:discovery", vec![group("system:authenticated")]),
         binding("system:basic-user", vec![group("system:authenticated")]),
+        binding("system:monitoring", vec![group("system:monitoring")]),
         binding(
             "system:public-info-viewer",
             vec![
