@@ -484,7 +484,7 @@ fn database_statements_do_not_grow_with_the_number_of_agents() {
 
 #[test]
 fn the_agent_token_joins_agents_but_cannot_start_a_server() {
-    let s = Server::start(Options::default().arg("--agent-token", "agents-only-secret"));
+    let mut s = Server::start(Options::default().arg("--agent-token", "agents-only-secret"));
     // In its K10 form, with the cluster CA's hash from the server token.
     let hash = s.token()[3..].split("::").next().unwrap().to_owned();
     let agent_token = format!("K10{hash}::node:agents-only-secret");
@@ -494,18 +494,30 @@ fn the_agent_token_joins_agents_but_cannot_start_a_server() {
         is_ready(&s, "pi-agent-token")
     });
 
-    // A server on the same datastore holding only the agent token is refused.
+    // A server on the same datastore holding only the agent token is refused: while the first
+    // runs, because one SQLite file serves one server; once it stopped, for the token.
     let db = s.data_dir().join("server/db/state.db");
-    let mut o = Options::default()
-        .arg(
-            "--datastore-endpoint",
-            &format!("sqlite://{}", db.display()),
-        )
-        .arg("--token", "agents-only-secret");
-    o.node_name = "would-be-server".into();
-    let refused = Server::try_start(o)
-        .err()
-        .expect("a server must not start with the agent token");
+    let would_be = || {
+        let mut o = Options::default()
+            .arg(
+                "--datastore-endpoint",
+                &format!("sqlite://{}", db.display()),
+            )
+            .arg("--token", "agents-only-secret");
+        o.node_name = "would-be-server".into();
+        Server::try_start(o)
+            .err()
+            .expect("a server must not start with the agent token")
+    };
+    let refused = would_be();
+    assert!(!refused.status.success());
+    assert!(
+        refused.log.contains("a keelson server is running on"),
+        "{}",
+        refused.log
+    );
+    s.stop();
+    let refused = would_be();
     assert!(!refused.status.success());
     assert!(
         refused.log.contains("does not open the cluster data"),
