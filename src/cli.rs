@@ -291,6 +291,14 @@ pub struct ServerArgs {
     #[arg(long)]
     pub datastore_disable_snapshots: bool,
 
+    /// Most non-mutating requests served at once; beyond it 429 with Retry-After (watches and system:masters not counted; 0 = no bound)
+    #[arg(long, default_value_t = crate::apiserver::inflight::DEFAULT_READ_ONLY)]
+    pub max_requests_inflight: usize,
+
+    /// Most mutating requests served at once; beyond it 429 with Retry-After (0 = no bound)
+    #[arg(long, default_value_t = crate::apiserver::inflight::DEFAULT_MUTATING)]
+    pub max_mutating_requests_inflight: usize,
+
     /// How long the certificates this server issues are valid (365 days; tests shorten it to see renewals)
     #[arg(long, default_value = "8760h", hide = true)]
     pub leaf_certificate_validity: String,

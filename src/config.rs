@@ -197,6 +197,9 @@ pub struct ServerConfig {
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
     pub compact_interval: Duration,
+    /// `--max-requests-inflight`, `--max-mutating-requests-inflight`.
+    pub max_requests_inflight: usize,
+    pub max_mutating_requests_inflight: usize,
     /// `--leaf-certificate-validity` (hidden): how long issued certificates are valid.
     pub leaf_certificate_validity: Duration,
     /// Scheduled snapshots of the SQLite datastore; `None` when off or not SQLite.
@@ -611,6 +614,8 @@ impl ServerConfig {
             compact_interval,
             snapshots,
             leaf_certificate_validity,
+            max_requests_inflight: args.max_requests_inflight,
+            max_mutating_requests_inflight: args.max_mutating_requests_inflight,
             watch_bookmark_interval,
             min_token_expiration,
             node_monitor_grace_period,

@@ -332,6 +332,10 @@ async fn start(
             i64::try_from(cfg.min_token_expiration.as_secs()).unwrap_or(i64::MAX),
         ),
         metrics: crate::apiserver::metrics::Metrics::new(api.clone()),
+        inflight: crate::apiserver::inflight::Limits::new(
+            cfg.max_requests_inflight,
+            cfg.max_mutating_requests_inflight,
+        ),
     });
     tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API serving");
 

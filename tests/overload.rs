@@ -97,3 +97,87 @@ fn at_the_connection_bound_the_next_client_is_refused_at_once_and_served_again_l
         s.kubectl(&["get", "namespaces"]).status.success()
     });
 }
+
+/// kube-apiserver's `--max-requests-inflight`: a flood beyond the bound gets 429 with
+/// `Retry-After` at once, while `system:masters` (the admin kubeconfig) is never limited.
+#[test]
+fn a_flood_beyond_max_requests_inflight_gets_429_and_the_admin_is_still_served() {
+    let s = Server::start(
+        Options::default()
+            .arg("--max-requests-inflight", "1")
+            .arg("--max-mutating-requests-inflight", "1"),
+    );
+    let (ca, _, _) = s.admin_credentials();
+    // 600 requests without credentials, 30 at a time (their share of connections): each is
+    // refused by authorization (401) unless the in-flight bound refused it first (429).
+    let url = format!("{}/api/v1/namespaces/default/configmaps", s.url());
+    let flood = std::thread::spawn(move || {
+        let out = Command::new("curl")
+            .args(["--silent", "--parallel", "--parallel-max", "30", "--cacert"])
+            .arg(&ca)
+            // Bodies may land on stdout too: each answer ends with its own marked line.
+            .args([
+                "--write-out",
+                "\nANSWER %{http_code} %header{retry-after}\n",
+            ])
+            .args((0..600).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    // Meanwhile the admin is answered every time (curl does not retry a 429), even ten at once.
+    let mut slowest = Duration::ZERO;
+    let mut admin = 0;
+    let admin_url = format!("{}/api/v1/namespaces", s.url());
+    while !flood.is_finished() || admin == 0 {
+        let mut args: Vec<&str> = vec![
+            "--parallel",
+            "--parallel-max",
+            "10",
+            "--write-out",
+            "\nANSWER %{http_code}\n",
+        ];
+        for _ in 0..20 {
+            args.extend(["-o", "/dev/null", admin_url.as_str()]);
+        }
+        let started = Instant::now();
+        let reply = s.curl(&args);
+        slowest = slowest.max(started.elapsed());
+        let answers: Vec<&str> = reply
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("ANSWER "))
+            .collect();
+        assert!(
+            answers.len() == 20 && answers.iter().all(|c| *c == "200"),
+            "the admin was limited: {answers:?}"
+        );
+        admin += 20;
+    }
+    let out = flood.join().unwrap();
+    let codes: String = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("ANSWER "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let refused: Vec<&str> = codes.lines().filter(|l| l.starts_with("429")).collect();
+    let unauthorized = codes.lines().filter(|l| l.starts_with("401")).count();
+    assert!(
+        !refused.is_empty(),
+        "no request was over the bound:\n{codes}"
+    );
+    assert!(
+        refused.iter().all(|l| l.trim_end() == "429 1"),
+        "a 429 without Retry-After: 1: {refused:?}"
+    );
+    assert_eq!(refused.len() + unauthorized, 600, "{codes}");
+    assert!(
+        slowest < Duration::from_secs(3),
+        "the admin waited {slowest:?} during the flood"
+    );
+    println!(
+        "FIGURE inflight bound 1: {} of 600 flood requests got 429, {unauthorized} were served (401); {admin} admin requests (10 at a time) all served, slowest batch of 20 {:.2} s",
+        refused.len(),
+        slowest.as_secs_f64()
+    );
+}

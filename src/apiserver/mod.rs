@@ -23,6 +23,7 @@ pub mod encrypt;
 pub mod eviction;
 pub mod features;
 pub mod field_validation;
+pub mod inflight;
 pub mod kinds;
 pub mod metrics;
 pub mod openapi;
@@ -128,6 +129,8 @@ pub struct Api {
     pub access: access::Access,
     /// What `/metrics` shows; its request instruments are updated by [`routes::handle`].
     pub metrics: metrics::Metrics,
+    /// `--max-requests-inflight`, `--max-mutating-requests-inflight`.
+    pub inflight: inflight::Limits,
 }
 
 impl Api {

@@ -70,6 +70,26 @@ pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> R
         req.uri().query(),
         super::metrics::Request::is_apply(req.headers()),
     );
+    let privileged = matches!(&caller.identity, Identity::User { groups, .. } if groups.iter().any(|g| g == super::auth::MASTERS));
+    let Some(_place) =
+        api_for_errors
+            .inflight
+            .enter(request.long_running(), request.mutating(), privileged)
+    else {
+        api_for_errors.metrics.begin(request).done(429);
+        let mut resp = error(&ApiError::TooManyRequests(format!(
+            "too many {} requests in flight on this server (--max-{}requests-inflight); retry shortly",
+            if request.mutating() {
+                "mutating"
+            } else {
+                "read-only"
+            },
+            if request.mutating() { "mutating-" } else { "" },
+        )));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return resp;
+    };
     let serving = api_for_errors.metrics.begin(request);
     let resp = match route(api, caller, req).await {
         Ok(resp) => resp,
