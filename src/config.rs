@@ -22,6 +22,8 @@ use crate::controllers::node_ipam::{MaskFlags, PodNetwork};
 use crate::datastore::endpoint::{TlsFiles, TlsMode};
 use crate::datastore::{Endpoint, PoolConfig};
 
+mod file;
+
 /// A command line that could not be turned into settings; `main` prints it and exits 2.
 #[derive(Debug)]
 pub enum Error {
@@ -73,9 +75,10 @@ pub fn parse_command_line(argv: Vec<OsString>) -> Result<Cli, Error> {
     let role_cmd = cmd
         .find_subcommand(role)
         .expect("the server and agent subcommands are defined");
-    let file_args = config_file_args(&file, &path, role_cmd, |id| {
+    let file_args = file::args(&file, &path, role_cmd, |id| {
         matches!(sub.value_source(id), None | Some(ValueSource::DefaultValue))
-    })?;
+    })
+    .map_err(Error::Invalid)?;
     if file_args.is_empty() {
         return Cli::from_arg_matches(&matches).map_err(Error::Clap);
     }
@@ -92,77 +95,6 @@ pub fn parse_command_line(argv: Vec<OsString>) -> Result<Cli, Error> {
         .try_get_matches_from(full)
         .map_err(Error::Clap)?;
     Cli::from_arg_matches(&matches).map_err(Error::Clap)
-}
-
-/// Turns the config file into `--flag=value` arguments for flags not set elsewhere.
-fn config_file_args(
-    text: &str,
-    path: &Path,
-    cmd: &clap::Command,
-    unset: impl Fn(&str) -> bool,
-) -> Result<Vec<String>, Error> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let at = path.display();
-    let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(text).map_err(|e| {
-        Error::Invalid(vec![format!(
-            "config file {at}: expected a map of flag names to values: {e}"
-        )])
-    })?;
-    let mut problems = Vec::new();
-    let mut args = Vec::new();
-    for (key, value) in doc {
-        let Some(arg) = cmd
-            .get_arguments()
-            .find(|a| a.get_long() == Some(key.as_str()))
-        else {
-            problems.push(format!(
-                "config file {at}: unknown key {key:?} (keys are the {}'s flag names)",
-                cmd.get_name()
-            ));
-            continue;
-        };
-        if key == "config" {
-            problems.push(format!(
-                "config file {at}: key \"config\" cannot be set from a config file"
-            ));
-            continue;
-        }
-        if !unset(arg.get_id().as_str()) {
-            continue;
-        }
-        let takes_value = arg.get_action().takes_values();
-        let scalars = match value {
-            serde_yaml::Value::Sequence(items) => items,
-            other => vec![other],
-        };
-        for v in scalars {
-            let text = match v {
-                serde_yaml::Value::String(s) => s,
-                serde_yaml::Value::Number(n) => n.to_string(),
-                serde_yaml::Value::Bool(b) => b.to_string(),
-                _ => {
-                    problems.push(format!("config file {at}: key {key:?} must be a string, number, boolean or a list of those"));
-                    continue;
-                }
-            };
-            if takes_value {
-                args.push(format!("--{key}={text}"));
-            } else if text == "true" {
-                args.push(format!("--{key}"));
-            } else if text != "false" {
-                problems.push(format!(
-                    "config file {at}: key {key:?} must be true or false, not {text:?}"
-                ));
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(args)
-    } else {
-        Err(Error::Invalid(problems))
-    }
 }
 
 /// Everything a server needs, validated.

@@ -2,7 +2,8 @@
 //! k=v:NoExecute`, RFC 1123 names), shared by the flags that set them, the API that validates
 //! them and the scheduler that reads taints — so habits from K3s and kubectl carry over.
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// `kubernetes.io/arch` for this build, in Go's GOARCH spelling.
 pub const ARCH: &str = match std::env::consts::ARCH.as_bytes() {
@@ -14,15 +15,36 @@ pub const ARCH: &str = match std::env::consts::ARCH.as_bytes() {
     _ => std::env::consts::ARCH,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Taint {
     pub key: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// Left out of JSON when empty, as Kubernetes writes it (see the `Serialize` impl).
+    #[serde(default)]
     pub value: String,
     pub effect: String,
 }
 
 pub const EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+// === impl Taint ===
+
+impl Serialize for Taint {
+    /// JSON leaves an empty value out, as Kubernetes does. A format without field names
+    /// (postcard, the tunnel's frames) writes every field: one left out there makes the reader
+    /// take the effect for the value, and a node tainted `KEY:EFFECT` could not connect.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let omit = s.is_human_readable() && self.value.is_empty();
+        let mut t = s.serialize_struct("Taint", if omit { 2 } else { 3 })?;
+        t.serialize_field("key", &self.key)?;
+        if omit {
+            t.skip_field("value")?;
+        } else {
+            t.serialize_field("value", &self.value)?;
+        }
+        t.serialize_field("effect", &self.effect)?;
+        t.end()
+    }
+}
 
 /// `KEY=VALUE` (value may be empty).
 pub fn parse_label(raw: &str) -> Result<(String, String), String> {
@@ -137,6 +159,26 @@ mod tests {
         assert_eq!((t.value.as_str(), t.effect.as_str()), ("", "NoSchedule"));
         assert!(parse_taint("a=b:Sometimes").unwrap_err().contains("effect"));
         assert!(parse_taint("a=b").is_err());
+    }
+
+    #[test]
+    fn taints_without_a_value_cross_the_tunnel() {
+        // Found by fuzz/fuzz_targets/tunnel.rs: postcard has no field names, so a value left
+        // out made `dedicated:NoSchedule` decode as value "NoSchedule" and a missing effect.
+        let t = parse_taint("dedicated:NoSchedule").unwrap();
+        let wire = postcard::to_stdvec(&vec![t.clone(), t.clone()]).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Vec<Taint>>(&wire).unwrap(),
+            vec![t.clone(), t.clone()]
+        );
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"key": "dedicated", "effect": "NoSchedule"})
+        );
+        assert_eq!(serde_json::from_value::<Taint>(json).unwrap(), t);
+        let valued = parse_taint("CriticalAddonsOnly=true:NoExecute").unwrap();
+        assert_eq!(serde_json::to_value(&valued).unwrap()["value"], "true");
     }
 
     #[test]

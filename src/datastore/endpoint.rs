@@ -289,7 +289,9 @@ impl Endpoint {
         Ok(found)
     }
 
-    /// Whether `e` says the database itself does not exist (so it may be created).
+    /// Whether `e` says the database itself does not exist (so it may be created). Left out of
+    /// the fuzz build (`fuzz/`), which parses endpoints without linking sqlx.
+    #[cfg(not(fuzzing))]
     pub fn is_missing_database(&self, e: &sqlx::Error) -> bool {
         let code = e
             .as_database_error()
@@ -556,17 +558,17 @@ fn redact_params(params: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Best-effort redaction of an endpoint we could not parse, so errors never echo a password.
+/// Best-effort redaction of an endpoint we could not parse, so errors never echo a password:
+/// whatever lies between the user's `:` and the last `@` goes, also when the `://` is missing
+/// or mistyped (`mysql:/u:pass@host`), where the credentials are read from the start.
 fn redact_raw(raw: &str) -> String {
-    match (raw.find("://"), raw.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &raw[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:REDACTED{}", &raw[..s + 3], &raw[at..]),
-                None => raw.to_owned(),
-            }
-        }
-        _ => raw.to_owned(),
+    let Some(at) = raw.rfind('@') else {
+        return raw.to_owned();
+    };
+    let start = raw[..at].find("://").map_or(0, |s| s + 3);
+    match raw[start..at].split_once(':') {
+        Some((user, _)) => format!("{}{user}:REDACTED{}", &raw[..start], &raw[at..]),
+        None => raw.to_owned(),
     }
 }
 
@@ -872,5 +874,21 @@ mod tests {
         assert!(Endpoint::parse("mysql://host:3306/db").is_err());
         assert!(Endpoint::parse("no-scheme").is_err());
         assert!(Endpoint::parse("mysql://u@foo(bar)/db").is_err());
+    }
+
+    #[test]
+    fn mistyped_schemes_hide_the_password() {
+        // Found by fuzz/fuzz_targets/endpoint.rs: without a `://` before the `@`, the
+        // password was echoed whole.
+        for raw in [
+            "mysql:/u:hunter2@tcp(db:3306)/k3s",
+            "mysql//u:hunter2@db/k3s",
+            "u:hunter2@db:5432/k",
+            "u:hunter2@db/k?x=sqlite://",
+        ] {
+            let msg = Endpoint::parse(raw).unwrap_err().to_string();
+            assert!(!msg.contains("hunter2"), "{msg}");
+            assert!(msg.contains(":REDACTED@"), "{msg}");
+        }
     }
 }

@@ -43,19 +43,16 @@ pub mod streams;
 pub use service::Tunnels;
 mod service;
 
-use std::net::IpAddr;
+mod frame;
+pub use frame::{
+    Down, MAX_DOWN_FRAME, MAX_FRAME, NodeReport, Up, decode, decode_down, encode, encode_down,
+};
+
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::agent::sysinfo::SystemInfo;
-use crate::api::labels::Taint;
-use crate::node::objects::Wanted;
-use crate::node::pods::{PodAssignment, PodKey, PodNote, PodReport};
-use crate::node::streams::StreamRequest;
-
-/// Bumped on any change to the frames below.
+/// Bumped on any change to the frames (in [`frame`]).
 pub const PROTOCOL_VERSION: u16 = 6;
 /// The oldest protocol this build still speaks. Agents and servers agree on the lower of their
 /// two versions (the server answers `Hello` with it in `Welcome`), and a server never sends a
@@ -75,15 +72,11 @@ pub fn negotiate(theirs: u16) -> Result<u16, String> {
     }
     Ok(agreed)
 }
+
 /// Where servers accept tunnels.
 pub const PATH: &str = "/v1-keelson/connect";
 /// Where a node dials back to serve one stream (`<STREAM_PATH>/<id>`).
 pub const STREAM_PATH: &str = "/v1-keelson/stream";
-/// Largest frame a server accepts from an agent.
-pub const MAX_FRAME: usize = 16 * 1024;
-/// Largest frame an agent accepts from a server: a whole pod (its spec) or Secret fits, as
-/// both are bounded by the API's 1.5 MiB object limit.
-pub const MAX_DOWN_FRAME: usize = 2 * 1024 * 1024;
 /// Initial websocket read buffer of either end (see [`ws_config`]).
 const READ_BUFFER: usize = 512;
 /// How often the agent pings its server.
@@ -91,143 +84,6 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Silence after which a peer is taken for dead. Short enough that an agent whose server lost
 /// power has reconnected elsewhere, and been heartbeated, well inside the node grace period.
 pub const DEAD_AFTER: Duration = Duration::from_secs(6);
-
-/// Frames from agent to server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Up {
-    Hello {
-        version: u16,
-        report: NodeReport,
-        /// The node runs pods and wants the network view ([`Down::Net`]); simulated nodes and
-        /// nodes without containers do not, which spares the server a frame per node each.
-        network: bool,
-    },
-    Report(NodeReport),
-    PodStatus(PodReport),
-    /// Something happened to a pod bound to the node: recorded as an Event from `kubelet`.
-    Event(PodNote),
-    /// Asks for an object a pod bound to the node uses; answered by [`Down::Object`] with the
-    /// same `id`.
-    Get {
-        id: u32,
-        object: Wanted,
-    },
-    /// Take or renew the lease on a LoadBalancer address; answered by [`Down::LbGrant`] with
-    /// the same `seq`. The node counts its hold from before this frame left.
-    LbRenew {
-        address: IpAddr,
-        seq: u64,
-    },
-    /// The node no longer has `address` on its interface: release its lease.
-    LbRelease {
-        address: IpAddr,
-    },
-}
-
-/// Frames from server to agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Down {
-    /// `servers` are `host:port` addresses of every server's API.
-    Welcome {
-        version: u16,
-        servers: Vec<String>,
-    },
-    Servers(Vec<String>),
-    Refused(String),
-    /// A full listing of the node's pods follows.
-    PodsListing,
-    Pod(PodAssignment),
-    PodGone(PodKey),
-    /// The listing ended: pods it did not name are not bound to the node.
-    PodsListed,
-    /// Dial `STREAM_PATH/<id>` on `server` (`host:port`; this tunnel's server when `None`)
-    /// and serve `request` there.
-    Dial {
-        id: u64,
-        request: StreamRequest,
-        server: Option<String>,
-    },
-    /// The answer to [`Up::Get`]: the object's JSON, or why the node may not have it (404 for
-    /// one that does not exist, so a pod with an optional reference can go on).
-    Object {
-        id: u32,
-        result: Result<String, (u16, String)>,
-    },
-    /// The network view changed (see [`network`]); only to nodes that asked in `Hello`.
-    Net(crate::node::network::NetEvent),
-    /// The answer to [`Up::LbRenew`].
-    LbGrant(crate::node::loadbalancer::claims::Grant),
-}
-
-/// What a node says about itself; the server turns it into the Node object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeReport {
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-    /// Applied only when the Node object is first created.
-    pub taints: Vec<Taint>,
-    pub addresses: Vec<IpAddr>,
-    pub info: SystemInfo,
-    /// What is set aside from pods: allocatable is capacity less this.
-    pub reservations: crate::node::resources::Reservations,
-    /// The pressure conditions measured last.
-    pub pressure: crate::node::resources::Pressure,
-    /// Where local-path volumes live on the node (an absolute path), for the Node's
-    /// `keelson.io/local-storage-path` annotation; `None` when it is not known.
-    pub local_storage: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    #[error("frame of {size} bytes is larger than the {limit}-byte limit")]
-    TooLarge { size: usize, limit: usize },
-    #[error("malformed frame: {0}")]
-    Malformed(#[from] postcard::Error),
-}
-
-pub fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, FrameError> {
-    let bytes = postcard::to_stdvec(frame)?;
-    if bytes.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge {
-            size: bytes.len(),
-            limit: MAX_FRAME,
-        });
-    }
-    Ok(bytes)
-}
-
-pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
-    if bytes.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge {
-            size: bytes.len(),
-            limit: MAX_FRAME,
-        });
-    }
-    Ok(postcard::from_bytes(bytes)?)
-}
-
-/// [`encode`] for frames to an agent, which may be up to [`MAX_DOWN_FRAME`].
-pub fn encode_down(frame: &Down) -> Result<Vec<u8>, FrameError> {
-    let bytes = postcard::to_stdvec(frame)?;
-    if bytes.len() > MAX_DOWN_FRAME {
-        return Err(FrameError::TooLarge {
-            size: bytes.len(),
-            limit: MAX_DOWN_FRAME,
-        });
-    }
-    Ok(bytes)
-}
-
-/// [`decode`] for frames an agent receives.
-pub fn decode_down(bytes: &[u8]) -> Result<Down, FrameError> {
-    if bytes.len() > MAX_DOWN_FRAME {
-        return Err(FrameError::TooLarge {
-            size: bytes.len(),
-            limit: MAX_DOWN_FRAME,
-        });
-    }
-    Ok(postcard::from_bytes(bytes)?)
-}
 
 /// Small buffers: a thousand idle tunnels must cost a server a few MiB, not the library's
 /// default 128 KiB a side per connection. The read buffer is held for the tunnel's whole
@@ -250,7 +106,9 @@ pub fn agent_ws_config() -> WebSocketConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::frame::FrameError;
     use super::*;
+    use crate::agent::sysinfo::SystemInfo;
 
     fn report() -> NodeReport {
         NodeReport {
