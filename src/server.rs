@@ -423,6 +423,8 @@ async fn start(
             lease: "keelson-controllers",
             role: role_rx.clone(),
         });
+    api.metrics
+        .register(apiserver::certificates::ExpiryMetric(cert_expiry));
     tasks.spawn(
         Elector {
             store: store.clone(),

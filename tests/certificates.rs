@@ -36,6 +36,30 @@ fn short_lived_certificates_are_renewed_in_place_and_the_cluster_keeps_serving()
     let s = Server::start(Options::default().arg("--leaf-certificate-validity", "30s"));
     let started = Instant::now();
     let first = served_certificate(&s);
+    // The expiry of every certificate the server keeps is on /metrics, the serving one within
+    // the validity from now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let metrics = s.curl(&[&format!("{}/metrics", s.url())]).body;
+    let expiry = |which: &str| -> u64 {
+        let prefix =
+            format!("keelson_certificate_expiration_timestamp_seconds{{certificate=\"{which}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!("no expiry of the {which} certificate on /metrics:\n{metrics}")
+            })
+    };
+    assert!(expiry("serving") <= now + validity.as_secs() + 1);
+    assert!(expiry("admin") <= now + validity.as_secs() + 1);
+    assert!(
+        expiry("ca") > now + 300 * 24 * 3600,
+        "the CA lives for years"
+    );
     let first_kubeconfig = std::fs::read_to_string(s.kubeconfig()).unwrap();
     let stale = s.dir().join("stale-kubeconfig.yaml");
     std::fs::write(&stale, &first_kubeconfig).unwrap();

@@ -33,6 +33,36 @@ pub struct Expiry {
     pub admin: AtomicI64,
 }
 
+/// `keelson_certificate_expiration_timestamp_seconds{certificate}` on `/metrics`: when the
+/// cluster CA, the API serving certificate and the admin kubeconfig's certificate expire, so
+/// an alert can fire long before (the CA is never renewed here).
+#[derive(Debug)]
+pub struct ExpiryMetric(pub Arc<Expiry>);
+
+impl prometheus_client::collector::Collector for ExpiryMetric {
+    fn encode(&self, mut enc: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        let mut family = enc.encode_descriptor(
+            "keelson_certificate_expiration_timestamp_seconds",
+            "When a certificate this server keeps expires, in seconds since the Unix epoch.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (name, at) in [
+            ("ca", &self.0.ca),
+            ("serving", &self.0.serving),
+            ("admin", &self.0.admin),
+        ] {
+            let at = at.load(Ordering::Relaxed);
+            if at > 0 {
+                prometheus_client::metrics::gauge::ConstGauge::new(at)
+                    .encode(family.encode_family(&[("certificate", name)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a renewal failed; the old certificate stays in use.
 #[derive(Debug, thiserror::Error)]
 enum RenewError {
