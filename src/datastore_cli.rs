@@ -156,6 +156,9 @@ async fn mark_restored(target: &Target, bump: i64) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("opening {}", target.endpoint.redacted()))?;
     let outcome = async {
+        check_token(&store, &token)
+            .await
+            .map_err(|e| anyhow::anyhow!("refusing to mark the datastore restored: {e}; nothing was changed"))?;
         let others = store.other_sessions().await?;
         if others > 0 {
             bail!(
@@ -174,9 +177,6 @@ async fn mark_restored(target: &Target, bump: i64) -> anyhow::Result<()> {
                 "refusing to mark the datastore restored: a server renewed a lease or wrote to it just now; stop every server first; nothing was changed"
             );
         }
-        check_token(&store, &token)
-            .await
-            .map_err(|e| anyhow::anyhow!("refusing to mark the datastore restored: {e}; nothing was changed"))?;
         let marked = store.mark_restored(bump, 0).await?;
         let objects = store.object_count().await?;
         Ok((marked, objects))

@@ -167,6 +167,17 @@ impl Snapshots {
         let now = unix_now();
         let name = format!("{prefix}-{node}-{now}");
         let path = self.dir.join(&name);
+        // Names carry seconds: a second save within one must not replace the first.
+        if path.exists() {
+            return Err(Error::Io {
+                action: "write",
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a snapshot of that name was taken this second; try again",
+                ),
+            });
+        }
         let part = self.dir.join(format!(".{name}.part"));
         // VACUUM INTO refuses an existing file; a `.part` is only ever a crash's leftover.
         let _ = std::fs::remove_file(&part);
