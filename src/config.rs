@@ -22,7 +22,7 @@ use crate::controllers::node_ipam::{MaskFlags, PodNetwork};
 use crate::datastore::endpoint::{TlsFiles, TlsMode};
 use crate::datastore::{Endpoint, PoolConfig};
 
-mod file;
+pub mod file;
 
 /// A command line that could not be turned into settings; `main` prints it and exits 2.
 #[derive(Debug)]

@@ -278,17 +278,9 @@ fn read_config(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => bail!("--config {}: cannot read it: {e}", path.display()),
     };
-    if text.trim().is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(&text)
-        .with_context(|| format!("--config {}: not a YAML map of flag names", path.display()))?;
+    let doc = crate::config::file::map(&text, path).map_err(|e| anyhow::anyhow!(e))?;
     Ok(doc
         .into_iter()
-        .filter_map(|(k, v)| match v {
-            serde_yaml::Value::String(s) => Some((k, s)),
-            serde_yaml::Value::Number(n) => Some((k, n.to_string())),
-            _ => None,
-        })
+        .filter_map(|(k, v)| Some((k, crate::config::file::scalar(v)?)))
         .collect())
 }

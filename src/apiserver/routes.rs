@@ -77,7 +77,7 @@ pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> R
             .enter(request.long_running(), request.mutating(), privileged)
     else {
         api_for_errors.metrics.begin(request).done(429);
-        let mut resp = error(&ApiError::TooManyRequests(format!(
+        return error(&ApiError::TooManyRequests(format!(
             "too many {} requests in flight on this server (--max-{}requests-inflight); retry shortly",
             if request.mutating() {
                 "mutating"
@@ -86,9 +86,6 @@ pub async fn handle(api: Arc<Api>, caller: &Caller, req: Request<Incoming>) -> R
             },
             if request.mutating() { "mutating-" } else { "" },
         )));
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return resp;
     };
     let serving = api_for_errors.metrics.begin(request);
     let resp = match route(api, caller, req).await {
@@ -954,7 +951,14 @@ pub fn text(status: StatusCode, s: &str) -> Response<Body> {
 
 pub fn error(e: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(status, &e.to_status())
+    let mut resp = json(status, &e.to_status());
+    // The header only on 429: client-go also retries a 5xx that carries it, for up to ten
+    // tries, and a datastore outage should reach kubectl's user at once rather than after 10 s.
+    if let (StatusCode::TOO_MANY_REQUESTS, Some(secs)) = (status, e.retry_after_seconds()) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    resp
 }
 
 fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
@@ -975,6 +979,22 @@ fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
 mod tests {
     use super::*;
     use crate::apiserver::auth::NODES_GROUP;
+
+    #[tokio::test]
+    async fn a_429_says_the_same_wait_in_its_header_and_its_body() {
+        let resp = error(&ApiError::TooManyRequests("slow down".into()));
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let header = resp.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(header, status["details"]["retryAfterSeconds"].to_string());
+        // A 503 keeps its body hint but no header, so kubectl fails at once in an outage.
+        let resp = error(&ApiError::Unavailable("down".into()));
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+    }
     use crate::apiserver::resources::{
         APPS_V1, BATCH_V1, COORDINATION_V1, DEPLOYMENTS, LEASES, NAMESPACES, PODS, REPLICASETS,
         STATEFULSETS,

@@ -135,6 +135,18 @@ impl ApiError {
         }
     }
 
+    /// Seconds a client should wait before retrying, for errors that say so: one figure for
+    /// the `Retry-After` header and the Status's `details.retryAfterSeconds`, so the two never
+    /// disagree (client-go honours the header, other clients read the body).
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            ApiError::Unavailable(_)
+            | ApiError::DatastoreUnreachable(_)
+            | ApiError::TooManyRequests(_) => Some(1),
+            _ => None,
+        }
+    }
+
     pub fn to_status(&self) -> Value {
         let mut status = json!({
             "kind": "Status",
@@ -156,10 +168,11 @@ impl ApiError {
                 "kind": kind,
                 "causes": causes.iter().map(|c| cause(c)).collect::<Vec<_>>(),
             })),
-            ApiError::Unavailable(_) | ApiError::DatastoreUnreachable(_) => {
-                Some(json!({"retryAfterSeconds": 1}))
+            ApiError::Unavailable(_)
+            | ApiError::DatastoreUnreachable(_)
+            | ApiError::TooManyRequests(_) => {
+                Some(json!({"retryAfterSeconds": self.retry_after_seconds()}))
             }
-            ApiError::TooManyRequests(_) => Some(json!({"retryAfterSeconds": 5})),
             ApiError::NamespaceTerminating {
                 resource,
                 name,

@@ -18,11 +18,7 @@ pub fn args(
         return Ok(Vec::new());
     }
     let at = path.display();
-    let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(text).map_err(|e| {
-        vec![format!(
-            "config file {at}: expected a map of flag names to values: {e}"
-        )]
-    })?;
+    let doc = map(text, path).map_err(|e| vec![e])?;
     let mut problems = Vec::new();
     let mut args = Vec::new();
     for (key, value) in doc {
@@ -51,14 +47,9 @@ pub fn args(
             other => vec![other],
         };
         for v in scalars {
-            let text = match v {
-                serde_yaml::Value::String(s) => s,
-                serde_yaml::Value::Number(n) => n.to_string(),
-                serde_yaml::Value::Bool(b) => b.to_string(),
-                _ => {
-                    problems.push(format!("config file {at}: key {key:?} must be a string, number, boolean or a list of those"));
-                    continue;
-                }
+            let Some(text) = scalar(v) else {
+                problems.push(format!("config file {at}: key {key:?} must be a string, number, boolean or a list of those"));
+                continue;
             };
             if takes_value {
                 args.push(format!("--{key}={text}"));
@@ -75,5 +66,29 @@ pub fn args(
         Ok(args)
     } else {
         Err(problems)
+    }
+}
+
+/// The file as a map of keys to values; the one place its top-level shape is checked, also
+/// for the commands that read a few keys of the server's file (`keelson datastore`).
+pub fn map(text: &str, path: &Path) -> Result<BTreeMap<String, serde_yaml::Value>, String> {
+    if text.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    serde_yaml::from_str(text).map_err(|e| {
+        format!(
+            "config file {}: expected a map of flag names to values: {e}",
+            path.display()
+        )
+    })
+}
+
+/// A value as the text a flag would take; `None` for lists and maps.
+pub fn scalar(value: serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::String(s) => Some(s),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
