@@ -475,6 +475,125 @@ fn a_node_cut_off_from_its_server_keeps_running_and_reports_afterwards() {
 }
 
 /// The host PID of a pod's container `c`, from runc's state on the node that runs it.
+/// A board shutting down (systemd's manager says `stopping`) stops its pods' containers with
+/// their grace period before the agent exits — rather than leaving them to systemd's final kill,
+/// which a PID 1 ignoring SIGTERM holds up for 90 s — and keeps the pods, which run again when
+/// the board is back. A plain stop of the service leaves them running (the test above).
+#[test]
+fn a_system_shutdown_stops_the_containers_gracefully_and_keeps_the_pods() {
+    if !available("a_system_shutdown_stops_the_containers_gracefully_and_keeps_the_pods") {
+        return;
+    }
+    let images = Images::new();
+    let s = server_with_runtime(&images);
+    // A stand-in for systemctl answering `is-system-running` from a file the test writes.
+    let bin = tempfile::tempdir().expect("a temporary directory");
+    let state = bin.path().join("state");
+    std::fs::write(&state, "running\n").unwrap();
+    let systemctl = bin.path().join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = is-system-running ] && cat {}\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &systemctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let flags = images.flags();
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let env = [
+        ("PATH", std::ffi::OsStr::new(&path)),
+        ("INVOCATION_ID", std::ffi::OsStr::new("0123456789abcdef")),
+    ];
+    let mut agent = Agent::start_with_env(&s.url(), &s.token(), "pi-1", &extra, &env);
+    wait_until("the agent's node", Duration::from_secs(30), || {
+        s.kubectl(&["get", "node", "pi-1"]).status.success()
+    });
+    let mut spec = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "graceful"},
+        "spec": {
+            "nodeName": "pi-1",
+            "terminationGracePeriodSeconds": 20,
+            "containers": [{"name": "c", "image": IMAGE, "command": ["sh", "-c",
+                "trap 'echo got-TERM; exit 0' TERM; echo up; while true; do sleep 1; done"]}],
+        },
+    });
+    apply(&s, &spec.to_string());
+    // A PID 1 with no handler: SIGTERM means nothing to it, only the final SIGKILL ends it.
+    spec["metadata"]["name"] = "deaf".into();
+    spec["spec"]["terminationGracePeriodSeconds"] = 3.into();
+    spec["spec"]["containers"][0]["command"] = serde_json::json!(["sh", "-c", "exec sleep 100000"]);
+    apply(&s, &spec.to_string());
+    for name in ["graceful", "deaf"] {
+        wait_until(
+            &format!("{name}'s container to run"),
+            Duration::from_secs(60),
+            || pod(&s, name)["status"]["containerStatuses"][0]["state"]["running"].is_object(),
+        );
+    }
+    let graceful = container_pid(&agent.data_dir(), &s, "graceful");
+    let deaf = container_pid(&agent.data_dir(), &s, "deaf");
+    let uid = pod(&s, "graceful")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    std::fs::write(&state, "stopping\n").unwrap();
+    let started = Instant::now();
+    let status = agent.terminate(Duration::from_secs(40));
+    let took = started.elapsed();
+    assert!(status.success(), "the agent failed to stop: {status:?}");
+    for (name, pid) in [("graceful", graceful), ("deaf", deaf)] {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{name}'s container (pid {pid}) outlived the shutdown\n{}",
+            agent.log_tail()
+        );
+    }
+    assert!(
+        runc_list(&agent.data_dir()).trim().is_empty(),
+        "containers left in runc after the shutdown: {}",
+        runc_list(&agent.data_dir())
+    );
+    // SIGTERM first (the trap ran), and the deaf one was killed after its 3 s, not 90 s.
+    let log = std::fs::read_to_string(format!("/var/log/pods/default_graceful_{uid}/c/0.log"))
+        .unwrap_or_default();
+    assert!(
+        log.contains("got-TERM"),
+        "the container never saw SIGTERM: {log:?}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "the shutdown took {took:?}: a container's grace period was not honoured or capped"
+    );
+    println!(
+        "system shutdown with 2 pods (grace 20 s trapped, 3 s ignored): agent exited in {took:.1?}"
+    );
+
+    // The board is back: the same pods run again, in new containers.
+    std::fs::write(&state, "running\n").unwrap();
+    agent.spawn();
+    wait_until("graceful to run again", Duration::from_secs(60), || {
+        let p = pod(&s, "graceful");
+        p["metadata"]["uid"] == uid.as_str()
+            && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+            && runc_list(&agent.data_dir()).contains(&uid)
+    });
+    assert_ne!(container_pid(&agent.data_dir(), &s, "graceful"), graceful);
+    assert_eq!(phase(&s, "deaf"), "Running");
+}
+
 fn container_pid(data_dir: &Path, s: &Server, pod_name: &str) -> u32 {
     let p = pod(s, pod_name);
     let id = p["status"]["containerStatuses"][0]["containerID"]

@@ -104,8 +104,9 @@ pub async fn run(
     let (worker, mut pods, pod_events, pod_reports) =
         PodWorker::start(runtime, report.addresses.first().copied());
     pods.lb = lb;
-    // Ends when `stop` flips or when this function returns (dropping `pods`).
-    tokio::spawn(worker.run(pod_events, pod_reports, stop.clone()));
+    // Ends when `stop` flips (awaited below, so a system shutdown's container stops finish
+    // before the process exits) or when this function returns (dropping `pods`).
+    let worker = tokio::spawn(worker.run(pod_events, pod_reports, stop.clone()));
     let mut balancer = Balancer::new(cfg.server.address(), files.clone());
     let mut creds = match (saved_ca, files.client_cert(&opts.name)?) {
         (Some(ca_pem), Some(cert)) => Some(Credentials { ca_pem, cert }),
@@ -114,120 +115,131 @@ pub async fn run(
     tracing::info!(node = %opts.name, server = %cfg.server.address(), "starting keelson agent");
     let mut backoff = Backoff::new();
     let mut avoid: Option<String> = None;
-    loop {
-        let Some(c) = &creds else {
-            match join_any(&cfg, &mut balancer, &trust, &opts.name, &password).await {
-                Ok(joined) => {
-                    files.save_ca(&joined.ca_pem)?;
-                    trust = join::Trust::Pinned {
-                        ca_pem: joined.ca_pem.clone(),
-                        file: files.ca_path(),
-                    };
-                    files.save_client_cert(&joined.cert)?;
-                    balancer.learn(joined.servers);
-                    tracing::info!(node = %opts.name, "joined the cluster");
-                    creds = Some(Credentials {
-                        ca_pem: joined.ca_pem,
-                        cert: joined.cert,
-                    });
-                    backoff.reset();
-                }
-                Err(e) if e.is_transient() => {
-                    let d = balancer.jitter(backoff.step());
-                    tracing::warn!(error = %e, retry_in = ?d, "cannot join yet");
-                    if sleep_or_stop(d, &mut stop).await {
-                        return Ok(());
+    let result: Result<(), Error> = async {
+        loop {
+            let Some(c) = &creds else {
+                match join_any(&cfg, &mut balancer, &trust, &opts.name, &password).await {
+                    Ok(joined) => {
+                        files.save_ca(&joined.ca_pem)?;
+                        trust = join::Trust::Pinned {
+                            ca_pem: joined.ca_pem.clone(),
+                            file: files.ca_path(),
+                        };
+                        files.save_client_cert(&joined.cert)?;
+                        balancer.learn(joined.servers);
+                        tracing::info!(node = %opts.name, "joined the cluster");
+                        creds = Some(Credentials {
+                            ca_pem: joined.ca_pem,
+                            cert: joined.cert,
+                        });
+                        backoff.reset();
                     }
+                    Err(e) if e.is_transient() => {
+                        let d = balancer.jitter(backoff.step());
+                        tracing::warn!(error = %e, retry_in = ?d, "cannot join yet");
+                        if sleep_or_stop(d, &mut stop).await {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
-            }
-            continue;
-        };
-        let tls = https::tls_config(&c.ca_pem, Some((&c.cert.cert_pem, &c.cert.key_pem)))?;
-        let mut rejoin = false;
-        let mut reconnect_now = false;
-        for addr in balancer.order(avoid.as_deref()) {
-            let target = match https::Target::new(&addr, tls.clone()) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(server = %addr, error = %e, "skipping server");
-                    continue;
-                }
+                continue;
             };
-            let mut ws = match client::connect(&target).await {
-                Ok(ws) => ws,
-                Err(ConnectError::Refused { status, message })
-                    if status == hyper::StatusCode::UNAUTHORIZED
-                        || status == hyper::StatusCode::FORBIDDEN =>
-                {
-                    tracing::warn!(server = %addr, %status, %message, "the server does not accept this node's certificate; joining again");
-                    rejoin = true;
-                    break;
-                }
-                Err(ConnectError::Transport(e @ https::Error::Untrusted { .. })) => {
-                    tracing::warn!(
-                        server = %addr,
-                        error = %e,
-                        ca = %files.ca_path().display(),
-                        "not opening a tunnel: the server's certificate is not signed by the cluster CA this agent pinned"
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(server = %addr, error = %e, "cannot open a tunnel");
-                    continue;
-                }
-            };
-            let renew_at = Instant::now() + RENEW_CHECK;
-            let outcome = client::session(
-                &mut ws,
-                &target,
-                &mut reports,
-                |list| {
-                    connected.send_if_modified(|up| !std::mem::replace(up, true));
-                    balancer.learn(list)
-                },
-                renew_at,
-                &mut stop,
-                &mut pods,
-            )
-            .await;
-            connected.send_if_modified(|up| std::mem::replace(up, false));
-            match outcome {
-                Outcome::Shutdown => return Ok(()),
-                Outcome::Lost(why) => {
-                    tracing::warn!(server = %addr, reason = %why, "tunnel lost; moving to another server");
-                    backoff.reset();
-                    avoid = Some(addr);
-                    reconnect_now = true;
-                }
-                Outcome::Refused(why) => {
-                    tracing::warn!(server = %addr, reason = %why, "the server refused the tunnel");
-                    avoid = Some(addr);
-                }
-                Outcome::Renew => {
-                    if credentials::due_for_renewal(&c.cert.cert_pem) {
-                        tracing::info!("renewing the node certificate");
+            let tls = https::tls_config(&c.ca_pem, Some((&c.cert.cert_pem, &c.cert.key_pem)))?;
+            let mut rejoin = false;
+            let mut reconnect_now = false;
+            for addr in balancer.order(avoid.as_deref()) {
+                let target = match https::Target::new(&addr, tls.clone()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(server = %addr, error = %e, "skipping server");
+                        continue;
+                    }
+                };
+                let mut ws = match client::connect(&target).await {
+                    Ok(ws) => ws,
+                    Err(ConnectError::Refused { status, message })
+                        if status == hyper::StatusCode::UNAUTHORIZED
+                            || status == hyper::StatusCode::FORBIDDEN =>
+                    {
+                        tracing::warn!(server = %addr, %status, %message, "the server does not accept this node's certificate; joining again");
                         rejoin = true;
+                        break;
                     }
-                    reconnect_now = true;
+                    Err(ConnectError::Transport(e @ https::Error::Untrusted { .. })) => {
+                        tracing::warn!(
+                            server = %addr,
+                            error = %e,
+                            ca = %files.ca_path().display(),
+                            "not opening a tunnel: the server's certificate is not signed by the cluster CA this agent pinned"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(server = %addr, error = %e, "cannot open a tunnel");
+                        continue;
+                    }
+                };
+                let renew_at = Instant::now() + RENEW_CHECK;
+                let outcome = client::session(
+                    &mut ws,
+                    &target,
+                    &mut reports,
+                    |list| {
+                        connected.send_if_modified(|up| !std::mem::replace(up, true));
+                        balancer.learn(list)
+                    },
+                    renew_at,
+                    &mut stop,
+                    &mut pods,
+                )
+                .await;
+                connected.send_if_modified(|up| std::mem::replace(up, false));
+                match outcome {
+                    Outcome::Shutdown => return Ok(()),
+                    Outcome::Lost(why) => {
+                        tracing::warn!(server = %addr, reason = %why, "tunnel lost; moving to another server");
+                        backoff.reset();
+                        avoid = Some(addr);
+                        reconnect_now = true;
+                    }
+                    Outcome::Refused(why) => {
+                        tracing::warn!(server = %addr, reason = %why, "the server refused the tunnel");
+                        avoid = Some(addr);
+                    }
+                    Outcome::Renew => {
+                        if credentials::due_for_renewal(&c.cert.cert_pem) {
+                            tracing::info!("renewing the node certificate");
+                            rejoin = true;
+                        }
+                        reconnect_now = true;
+                    }
                 }
+                break;
             }
-            break;
-        }
-        if rejoin {
-            creds = None;
-            continue;
-        }
-        if reconnect_now {
-            continue;
-        }
-        let d = balancer.jitter(backoff.step());
-        tracing::warn!(retry_in = ?d, "no server accepted a tunnel");
-        if sleep_or_stop(d, &mut stop).await {
-            return Ok(());
+            if rejoin {
+                creds = None;
+                continue;
+            }
+            if reconnect_now {
+                continue;
+            }
+            let d = balancer.jitter(backoff.step());
+            tracing::warn!(retry_in = ?d, "no server accepted a tunnel");
+            if sleep_or_stop(d, &mut stop).await {
+                return Ok(());
+            }
         }
     }
+    .await;
+    if *stop.borrow() {
+        let _ = tokio::time::timeout(
+            crate::node::pods::SHUTDOWN_GRACE + Duration::from_secs(15),
+            worker,
+        )
+        .await;
+    }
+    result
 }
 
 /// Joins through `--server` first (the fixed address), then through any known server.

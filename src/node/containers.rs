@@ -129,6 +129,9 @@ enum Command {
     Stop,
     /// Node-pressure eviction: end the pod now, with this message.
     Evict(String),
+    /// The system shuts down: stop the containers within this long, keep the pod, end the
+    /// task. The sender is dropped when they have stopped.
+    Shutdown(Duration, mpsc::Sender<()>),
 }
 
 /// What the pod tasks share with the runtime and with the stream server.
@@ -376,6 +379,20 @@ impl PodRuntime for Containers {
 
     fn waker(&self) -> Option<Arc<Notify>> {
         Some(self.shared.notify.clone())
+    }
+
+    fn shutdown(&mut self, grace: Duration) -> super::pods::BoxFuture {
+        let (done, mut all_done) = mpsc::channel(1);
+        for t in self.tasks.values() {
+            let _ = t.commands.send(Command::Shutdown(grace, done.clone()));
+        }
+        drop(done);
+        // Each task drops its sender once its containers stopped; a task that cannot say so
+        // in time (a hung runc) is not waited for beyond the grace and the final kills.
+        let cap = grace + Duration::from_secs(10);
+        Box::pin(async move {
+            let _ = tokio::time::timeout(cap, all_done.recv()).await;
+        })
     }
 
     fn listed(&mut self) {
@@ -677,6 +694,13 @@ impl PodRunner {
                     }
                     Some(Command::Stop) | None => {
                         self.stop().await;
+                        return;
+                    }
+                    Some(Command::Shutdown(grace, _done)) => {
+                        // Its files stay: the next start of this node adopts the pod and
+                        // starts its containers again, as after a power cut.
+                        self.stop_containers(grace).await;
+                        tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, "containers stopped for the system shutdown");
                         return;
                     }
                     Some(Command::Evict(message)) => {
@@ -1759,13 +1783,32 @@ impl PodRunner {
 
     /// Stops every container (SIGTERM, the grace period, SIGKILL) and removes the pod.
     async fn stop(&mut self) {
+        self.stop_containers(Duration::MAX).await;
+        lock(&self.shared.running).remove(&self.key);
+        detach_network(&self.shared, &self.dir, &self.key.name).await;
+        remove_pod_dir(&self.shared, &self.dir).await;
+        if let Err(e) = super::bundle::remove_pod_cgroup(CGROUP_PARENT, &self.pod.uid) {
+            tracing::debug!(pod = %self.key.name, error = %e, "cannot remove the pod's cgroup");
+        }
+        let log_dir = self.shared.config.log_root.join(format!(
+            "{}_{}_{}",
+            self.key.namespace, self.key.name, self.pod.uid
+        ));
+        let _ = std::fs::remove_dir_all(log_dir);
+        tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, "pod stopped and removed");
+    }
+
+    /// Ends every container the way kubelet does: preStop hooks, SIGTERM, the pod's grace
+    /// period (at most `cap`), SIGKILL; then removes them from runc. The pod's files stay.
+    async fn stop_containers(&mut self, cap: Duration) {
         let grace = self
             .spec
             .pointer("/metadata/deletionGracePeriodSeconds")
             .or_else(|| self.spec.pointer("/spec/terminationGracePeriodSeconds"))
             .and_then(Value::as_u64)
             .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_GRACE);
+            .unwrap_or(DEFAULT_GRACE)
+            .min(cap);
         let runc = self.shared.config.runc.clone();
         let runs: Vec<(String, PathBuf)> = self
             .containers
@@ -1848,18 +1891,6 @@ impl PodRunner {
             }
             let _ = runc.delete(id, true).await;
         }
-        lock(&self.shared.running).remove(&self.key);
-        detach_network(&self.shared, &self.dir, &self.key.name).await;
-        remove_pod_dir(&self.shared, &self.dir).await;
-        if let Err(e) = super::bundle::remove_pod_cgroup(CGROUP_PARENT, &self.pod.uid) {
-            tracing::debug!(pod = %self.key.name, error = %e, "cannot remove the pod's cgroup");
-        }
-        let log_dir = self.shared.config.log_root.join(format!(
-            "{}_{}_{}",
-            self.key.namespace, self.key.name, self.pod.uid
-        ));
-        let _ = std::fs::remove_dir_all(log_dir);
-        tracing::info!(pod = %self.key.name, namespace = %self.key.namespace, "pod stopped and removed");
     }
 }
 

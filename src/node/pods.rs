@@ -155,7 +155,20 @@ pub trait PodRuntime: Send {
     fn waker(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
     }
+    /// The system is shutting down: stop every container gracefully (preStop, SIGTERM, at
+    /// most `grace`, SIGKILL) but keep the pods, which start again when the node is back, as
+    /// after a power cut. The future ends when they have stopped.
+    fn shutdown(&mut self, _grace: std::time::Duration) -> BoxFuture {
+        Box::pin(std::future::ready(()))
+    }
 }
+
+/// What [`PodRuntime::shutdown`] returns: it runs after the runtime's borrow ended.
+pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The longest a system shutdown waits for the node's pods: within systemd's default stop
+/// timeout (90 s) with room for the rest of the process's own shutdown.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// No runtime: the node tracks its assignments and leaves the pods alone. It reports nothing,
 /// so pods bound here stay Pending rather than pretend to run. Real agents use this until the
@@ -340,7 +353,9 @@ impl PodWorker {
 
     /// Runs until `stop` flips: events from the tunnel in, reports out, timers in between.
     /// Reports wait here while the tunnel is down (at most one per pod: a newer one replaces
-    /// an unsent older one), so the worker never blocks the tunnel that feeds it.
+    /// an unsent older one), so the worker never blocks the tunnel that feeds it. When `stop`
+    /// flips because the system shuts down, the pods' containers are stopped before it returns;
+    /// otherwise they keep running for the next process to adopt.
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<PodEvent>,
@@ -352,7 +367,15 @@ impl PodWorker {
         loop {
             let wake = self.next_wake();
             let out = tokio::select! {
-                _ = crate::apiserver::stopped(&mut stop) => return,
+                _ = crate::apiserver::stopped(&mut stop) => {
+                    if crate::systemd::shutdown::system_stopping().await {
+                        tracing::info!(pods = self.pods.len(), "the system is shutting down: stopping this node's containers");
+                        let stopped = self.runtime.shutdown(SHUTDOWN_GRACE);
+                        stopped.await;
+                        tracing::info!("this node's containers have stopped");
+                    }
+                    return;
+                }
                 _ = notified(waker.as_deref()) => self.poll(Instant::now()),
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev, Instant::now()),

@@ -38,7 +38,7 @@ pub async fn run(
     link.lb = lb;
     let mut leases = super::lb::Leases::new(&node, api.registry.clone());
     sessions.streams.set_local(&node, link.streams.clone());
-    tokio::spawn(worker.run(events, reports, stop.clone()));
+    let mut worker = tokio::spawn(worker.run(events, reports, stop.clone()));
     let mut pods = sessions.pods.listen(&node);
     let mut net = link.network.is_some().then(|| sessions.network.listen());
     loop {
@@ -52,6 +52,9 @@ pub async fn run(
                         }
                     }
                 }
+                // A system shutdown stops the containers first (see PodWorker::run).
+                let cap = crate::node::pods::SHUTDOWN_GRACE + std::time::Duration::from_secs(15);
+                let _ = tokio::time::timeout(cap, &mut worker).await;
                 return;
             }
             req = Link::next(&mut link.lb) => match req {
