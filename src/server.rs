@@ -425,6 +425,11 @@ async fn start(
         });
     api.metrics
         .register(apiserver::certificates::ExpiryMetric(cert_expiry));
+    let pod_phases = Arc::new(crate::controllers::pod_phases::PodPhases::default());
+    api.metrics
+        .register(crate::controllers::pod_phases::PodPhasesMetric(
+            pod_phases.clone(),
+        ));
     tasks.spawn(
         Elector {
             store: store.clone(),
@@ -444,6 +449,7 @@ async fn start(
         cfg.service_lb_pools.clone(),
         ca_pem.clone(),
         local_storage,
+        pod_phases,
     );
     tasks.spawn(runtime::controller::lead(
         role_rx,

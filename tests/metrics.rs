@@ -122,6 +122,23 @@ fn metrics_use_kube_apiserver_names_beside_keelson_figures() {
         PROPAGATION * 3,
         || scrape(&s).contains("keelson_lease_holder{lease=\"keelson-controllers\"} 1\n"),
     );
+    // The lease holder counts pods by phase from its cache: two bound to a node that never
+    // runs them stay Pending; a deleted one leaves the count.
+    for name in ["p1", "p2"] {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": "elsewhere", "containers": [{"name": "c", "image": "busybox"}]},
+        });
+        common::pods::apply(&s, &pod.to_string());
+    }
+    wait_until("keelson_pods to count 2 Pending", PROPAGATION * 3, || {
+        scrape(&s).contains("keelson_pods{phase=\"Pending\"} 2\n")
+    });
+    assert!(scrape(&s).contains("keelson_pods{phase=\"Running\"} 0\n"));
+    s.kubectl_ok(&["delete", "pod", "p1", "--grace-period=0", "--force"]);
+    wait_until("keelson_pods to count 1 Pending", PROPAGATION * 3, || {
+        scrape(&s).contains("keelson_pods{phase=\"Pending\"} 1\n")
+    });
 }
 
 #[test]

@@ -33,6 +33,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod owner;
 pub mod persistentvolume;
+pub mod pod_phases;
 pub mod replicaset;
 pub mod root_ca_publisher;
 pub mod scheduler;
@@ -56,6 +57,7 @@ pub fn under_lease(
     lb_pools: service_lb::Pools,
     ca_pem: String,
     local_path: bool,
+    pod_phases: std::sync::Arc<pod_phases::PodPhases>,
 ) -> (Vec<&'static Resource>, Starter) {
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(node_ipam::NodeIpam::KINDS);
@@ -81,6 +83,7 @@ pub fn under_lease(
         let recorder = |component| events::Recorder::new(ctx.registry.clone(), component);
         set.spawn(node_lifecycle::NodeLifecycle { grace }.run(ctx.clone()));
         set.spawn(events::Expiry { ttl: event_ttl }.run(ctx.clone()));
+        set.spawn(pod_phases.clone().run(ctx.clone()));
         set.spawn(controller::run(
             node_ipam::NodeIpam::new(pod_network.clone(), recorder(node_ipam::COMPONENT)),
             ctx.clone(),
