@@ -441,16 +441,16 @@ async fn start(
         }
         .run(when_stopped(stop.clone())),
     );
-    let (kinds, starter) = crate::controllers::under_lease(
-        cfg.node_monitor_grace_period,
-        cfg.event_ttl,
-        cfg.pod_network.clone(),
-        live_servers,
-        cfg.service_lb_pools.clone(),
-        ca_pem.clone(),
-        local_storage,
+    let (kinds, starter) = crate::controllers::under_lease(crate::controllers::Settings {
+        grace: cfg.node_monitor_grace_period,
+        event_ttl: cfg.event_ttl,
+        pod_network: cfg.pod_network.clone(),
+        servers: live_servers,
+        lb_pools: cfg.service_lb_pools.clone(),
+        ca_pem: ca_pem.clone(),
+        local_path: local_storage,
         pod_phases,
-    );
+    });
     tasks.spawn(runtime::controller::lead(
         role_rx,
         api.registry.clone(),

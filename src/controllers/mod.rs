@@ -47,18 +47,37 @@ use std::time::Duration;
 use crate::apiserver::resources::{NODES, PODS, Resource};
 use crate::runtime::controller::{self, Starter};
 
+/// What the controllers are given by the server that runs them.
+pub struct Settings {
+    /// `--node-monitor-grace-period`.
+    pub grace: Duration,
+    /// `--event-ttl`.
+    pub event_ttl: Duration,
+    pub pod_network: node_ipam::PodNetwork,
+    /// The live servers, the `kubernetes` Service's endpoints.
+    pub servers: tokio::sync::watch::Receiver<Vec<String>>,
+    pub lb_pools: service_lb::Pools,
+    /// The cluster CA, published in every namespace.
+    pub ca_pem: String,
+    /// Whether the local-path provisioner runs.
+    pub local_path: bool,
+    /// Where the pod counts for `/metrics` go.
+    pub pod_phases: std::sync::Arc<pod_phases::PodPhases>,
+}
+
 /// What runs under the controllers lease: the kinds their cache holds, and what starts them
 /// once it is synced.
-pub fn under_lease(
-    grace: Duration,
-    event_ttl: Duration,
-    pod_network: node_ipam::PodNetwork,
-    servers: tokio::sync::watch::Receiver<Vec<String>>,
-    lb_pools: service_lb::Pools,
-    ca_pem: String,
-    local_path: bool,
-    pod_phases: std::sync::Arc<pod_phases::PodPhases>,
-) -> (Vec<&'static Resource>, Starter) {
+pub fn under_lease(settings: Settings) -> (Vec<&'static Resource>, Starter) {
+    let Settings {
+        grace,
+        event_ttl,
+        pod_network,
+        servers,
+        lb_pools,
+        ca_pem,
+        local_path,
+        pod_phases,
+    } = settings;
     let mut kinds: Vec<&'static Resource> = vec![&NODES, &PODS];
     kinds.extend(node_ipam::NodeIpam::KINDS);
     kinds.extend(replicaset::ReplicaSets::KINDS);
