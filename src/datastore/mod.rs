@@ -12,6 +12,7 @@ pub mod compactor;
 mod doorbell;
 pub mod endpoint;
 pub mod feed;
+mod galera;
 mod group_commit;
 pub mod health;
 pub mod leases;
@@ -129,6 +130,11 @@ impl Error {
 
 fn sqlx_is_connection(e: &sqlx::Error) -> bool {
     match e {
+        // A Galera cluster that kept rolling a write back (certification conflicts) after the
+        // writer's retries: the cluster cannot take it now, which is no fault of its input.
+        sqlx::Error::Database(db) if galera::mysql_code(&**db) == Some(galera::ER_LOCK_DEADLOCK) => {
+            true
+        }
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             // SQLSTATE classes: 08 connection exception, 53 insufficient resources, 57
             // operator intervention (shutdown, cancelled by an administrator), 28 the login
@@ -157,6 +163,7 @@ fn sqlx_public_reason(e: &sqlx::Error) -> String {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             let class = match code.get(..2).unwrap_or("") {
                 "28" => "the database refused the login",
+                "40" => "the database kept rolling the transaction back for conflicts",
                 "08" => "the database refused the connection",
                 "3D" => "the database does not exist",
                 "42" if code == "42000" => "the database refused: permission or syntax",
@@ -300,6 +307,10 @@ impl Store {
                         sqlx::raw_sql("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=OFF")
                             .execute(conn)
                             .await?;
+                    } else if dialect == Dialect::Mysql {
+                        // On a Galera node, causal reads: what was acknowledged through
+                        // another node is seen here (see `galera`).
+                        galera::prepare(conn).await?;
                     }
                     Ok(())
                 })
@@ -334,7 +345,7 @@ impl Store {
         if let Some(path) = endpoint.sqlite_path() {
             set_mode(path, 0o600);
         }
-        migrate(&pool, dialect).await.map_err(|e| match e {
+        migrate_retrying(&pool, dialect).await.map_err(|e| match e {
             Error::Unavailable(source) => open_err(source),
             other => other,
         })?;
@@ -762,6 +773,23 @@ async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<()> {
     let result = migrate_locked(&mut conn, dialect).await;
     sqlx::query(unlock).execute(&mut *conn).await?;
     result
+}
+
+/// [`migrate`], again while a Galera cluster rolls it back: servers starting at once on
+/// different nodes can collide on the seed rows, and only one of them is certified.
+async fn migrate_retrying(pool: &AnyPool, dialect: Dialect) -> Result<()> {
+    let until = tokio::time::Instant::now() + galera::RETRY_FOR;
+    let mut attempt = 0;
+    loop {
+        let result = migrate(pool, dialect).await;
+        match result.as_ref().err().and_then(galera::retry) {
+            Some(why) if dialect == Dialect::Mysql && tokio::time::Instant::now() < until => {
+                tokio::time::sleep(galera::backoff(attempt, why)).await;
+                attempt += 1;
+            }
+            _ => return result,
+        }
+    }
 }
 
 /// The base tables, then the schema version check and any forward steps.
