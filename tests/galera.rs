@@ -174,11 +174,14 @@ fn create_bulk(s: &Server, names: &[String]) -> Vec<u16> {
 
 /// The ConfigMaps list of `default` through `s`: its resourceVersion and the items' names.
 fn list(s: &Server) -> (i64, Vec<String>) {
-    let r = s.curl(&[&format!(
-        "{}/api/v1/namespaces/default/configmaps",
-        s.url()
-    )]);
-    assert_eq!(r.status, Some(200), "list through {}: {}", s.node_name(), r.body);
+    let r = s.curl(&[&format!("{}/api/v1/namespaces/default/configmaps", s.url())]);
+    assert_eq!(
+        r.status,
+        Some(200),
+        "list through {}: {}",
+        s.node_name(),
+        r.body
+    );
     let v = r.json();
     let rv = v["metadata"]["resourceVersion"]
         .as_str()
@@ -248,8 +251,7 @@ impl Stream {
                 let meta = &ev["object"]["metadata"];
                 let name = meta["name"].as_str()?;
                 let rv = meta["resourceVersion"].as_str()?.parse().ok()?;
-                name.starts_with(prefix)
-                    .then(|| (*at, rv, name.to_owned()))
+                name.starts_with(prefix).then(|| (*at, rv, name.to_owned()))
             })
             .collect()
     }
@@ -301,7 +303,10 @@ fn assert_one_gapless_history(cluster: &Cluster, nodes: &[usize]) -> (i64, i64) 
     // A node may still be applying the last write sets: give it a moment to agree.
     let deadline = Instant::now() + Duration::from_secs(10);
     let seen = loop {
-        let seen = nodes.iter().map(|&i| history(cluster, i)).collect::<Vec<_>>();
+        let seen = nodes
+            .iter()
+            .map(|&i| history(cluster, i))
+            .collect::<Vec<_>>();
         if seen.windows(2).all(|w| w[0] == w[1]) || Instant::now() > deadline {
             break seen;
         }
@@ -428,7 +433,8 @@ fn concurrent_writes_through_three_nodes_keep_one_gapless_order_and_never_answer
             order.iter().map(|(rv, _)| rv).collect::<Vec<_>>()
         );
         assert_eq!(
-            order, &orders[0],
+            order,
+            &orders[0],
             "{}'s watch differs from {}'s",
             s.node_name(),
             servers[0].node_name()
@@ -488,7 +494,12 @@ fn a_write_through_one_node_reaches_watches_on_the_others_within_100ms() {
         for (k, writer) in servers.iter().enumerate() {
             let name = format!("gf-{k}-{round:03}");
             let answer = create_each(writer, std::slice::from_ref(&name)).remove(0);
-            assert_eq!(answer.status, 201, "create {name} through {}", writer.node_name());
+            assert_eq!(
+                answer.status,
+                201,
+                "create {name} through {}",
+                writer.node_name()
+            );
             for (j, stream) in streams.iter().enumerate() {
                 if j == k {
                     continue;
@@ -549,26 +560,33 @@ fn killing_one_database_node_leaves_the_other_two_servers_serving_and_loses_noth
     let stop = std::sync::atomic::AtomicBool::new(false);
     let killed_at: Mutex<Option<Instant>> = Mutex::new(None);
 
+    // Two writers per server, so writes through different nodes also collide (and are
+    // certified away and retried) while the cluster changes its view.
+    const WRITERS: usize = 2;
     let answers: Vec<Vec<Answer>> = thread::scope(|scope| {
-        let writers: Vec<_> = servers
+        let writers: Vec<Vec<_>> = servers
             .iter()
             .enumerate()
             .map(|(k, s)| {
-                let stop = &stop;
-                scope.spawn(move || {
-                    let mut out = Vec::new();
-                    let mut i = 0;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let name = format!("gk-{k}-{i:05}");
-                        out.extend(create_each(s, &[name]));
-                        i += 1;
-                        // Bounded: a few hundred creates at most.
-                        if i >= 400 {
-                            break;
-                        }
-                    }
-                    out
-                })
+                (0..WRITERS)
+                    .map(|t| {
+                        let stop = &stop;
+                        scope.spawn(move || {
+                            let mut out = Vec::new();
+                            let mut i = 0;
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                let name = format!("gk-{k}-{t}-{i:05}");
+                                out.extend(create_each(s, &[name]));
+                                i += 1;
+                                // Bounded: a few hundred creates at most.
+                                if i >= 400 {
+                                    break;
+                                }
+                            }
+                            out
+                        })
+                    })
+                    .collect()
             })
             .collect();
         thread::sleep(Duration::from_secs(4));
@@ -579,20 +597,19 @@ fn killing_one_database_node_leaves_the_other_two_servers_serving_and_loses_noth
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writers
             .into_iter()
-            .map(|w| w.join().expect("a writer thread"))
+            .map(|per_server| {
+                per_server
+                    .into_iter()
+                    .flat_map(|w| w.join().expect("a writer thread"))
+                    .collect()
+            })
             .collect()
     });
-    let killed_at = killed_at
-        .lock()
-        .unwrap()
-        .expect("the node was killed");
+    let killed_at = killed_at.lock().unwrap().expect("the node was killed");
 
     // The servers of the surviving nodes answered every write, before and after, with 201.
     for (k, s) in servers.iter().enumerate().take(2) {
-        let after: Vec<&Answer> = answers[k]
-            .iter()
-            .filter(|a| a.sent > killed_at)
-            .collect();
+        let after: Vec<&Answer> = answers[k].iter().filter(|a| a.sent > killed_at).collect();
         let bad: Vec<(&str, u16)> = answers[k]
             .iter()
             .filter(|a| a.status != 201)
@@ -633,7 +650,11 @@ fn killing_one_database_node_leaves_the_other_two_servers_serving_and_loses_noth
         "server-3 to say it is not ready",
         Duration::from_secs(10),
         || {
-            let r = servers[2].curl_anonymous(&["--max-time", "5", &format!("{}/readyz", servers[2].url())]);
+            let r = servers[2].curl_anonymous(&[
+                "--max-time",
+                "5",
+                &format!("{}/readyz", servers[2].url()),
+            ]);
             r.status == Some(503)
         },
     );
@@ -661,7 +682,9 @@ fn killing_one_database_node_leaves_the_other_two_servers_serving_and_loses_noth
     cluster.wait_formed(&[0, 1], Duration::from_secs(30));
     let (min, max) = assert_one_gapless_history(&cluster, &[0, 1]);
     eprintln!(
-        "galera: {} acknowledged creates all present after node 3 died; history {min}..={max} gapless on nodes 1 and 2",
-        acknowledged.len()
+        "galera: {} acknowledged creates all present after node 3 died; history {min}..={max} \
+         gapless on nodes 1 and 2; {} transactions rolled back there by Galera and retried",
+        acknowledged.len(),
+        cluster.conflicts()
     );
 }

@@ -252,7 +252,8 @@ async fn ring_node(
         {
             Ok(_) => {}
             // The parked statement's connection closed in between.
-            Err(sqlx::Error::Database(e)) if galera::mysql_code(&*e) == Some(ER_NO_SUCH_THREAD) => {}
+            Err(sqlx::Error::Database(e)) if galera::mysql_code(&*e) == Some(ER_NO_SUCH_THREAD) => {
+            }
             Err(sqlx::Error::Database(e)) if galera::mysql_code(&*e) == Some(ER_KILL_DENIED) => {
                 if !std::mem::replace(warned, true) {
                     tracing::warn!(

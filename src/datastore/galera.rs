@@ -97,11 +97,9 @@ pub async fn prepare(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
 /// Whether the connection's server replicates through a Galera provider. `SHOW VARIABLES`
 /// answers on every MySQL flavour (without the rows where there is no wsrep).
 pub async fn is_galera(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
-    let rows = sqlx::query(
-        "SHOW VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_provider')",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query("SHOW VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_provider')")
+        .fetch_all(&mut *conn)
+        .await?;
     let mut on = false;
     let mut provider = false;
     for row in rows {
@@ -167,9 +165,8 @@ pub fn parse_addresses(value: &str) -> Vec<String> {
     for a in value.split(',').map(str::trim) {
         let usable = !a.is_empty()
             && !a.eq_ignore_ascii_case("AUTO")
-            && a.rsplit_once(':').is_some_and(|(h, p)| {
-                !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)
-            });
+            && a.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
         if usable && !out.iter().any(|o| o == a) {
             out.push(a.to_owned());
         }
@@ -273,7 +270,10 @@ mod tests {
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {
         let first = backoff(0, Retry::Conflict);
-        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN, "{first:?}");
+        assert!(
+            first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN,
+            "{first:?}"
+        );
         for attempt in [5, 10, 40] {
             let d = backoff(attempt, Retry::Conflict);
             assert!(d <= BACKOFF_MAX, "{d:?}");

@@ -111,7 +111,11 @@ impl Writer {
             };
             match why {
                 Some(why) if tokio::time::Instant::now() < until => {
-                    tracing::debug!(?why, attempt, "the database cluster rolled a write back; writing it again");
+                    tracing::debug!(
+                        ?why,
+                        attempt,
+                        "the database cluster rolled a write back; writing it again"
+                    );
                     tokio::time::sleep(galera::backoff(attempt, why)).await;
                     attempt += 1;
                 }

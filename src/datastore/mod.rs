@@ -132,7 +132,9 @@ fn sqlx_is_connection(e: &sqlx::Error) -> bool {
     match e {
         // A Galera cluster that kept rolling a write back (certification conflicts) after the
         // writer's retries: the cluster cannot take it now, which is no fault of its input.
-        sqlx::Error::Database(db) if galera::mysql_code(&**db) == Some(galera::ER_LOCK_DEADLOCK) => {
+        sqlx::Error::Database(db)
+            if galera::mysql_code(&**db) == Some(galera::ER_LOCK_DEADLOCK) =>
+        {
             true
         }
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
@@ -345,10 +347,12 @@ impl Store {
         if let Some(path) = endpoint.sqlite_path() {
             set_mode(path, 0o600);
         }
-        migrate_retrying(&pool, dialect).await.map_err(|e| match e {
-            Error::Unavailable(source) => open_err(source),
-            other => other,
-        })?;
+        migrate_retrying(&pool, dialect)
+            .await
+            .map_err(|e| match e {
+                Error::Unavailable(source) => open_err(source),
+                other => other,
+            })?;
         let committed = Arc::new(Notify::new());
         let health = Health::up();
         let prober = networked.then(|| {

@@ -339,7 +339,9 @@ impl Cluster {
         // deleting that namespace removes the pair.
         let port = format!("kg{tag}ph");
         let host_if = self.host_if.clone();
-        self.ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &port]);
+        self.ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &port,
+        ]);
         self.host_addr = true;
         self.ip(&["link", "set", &port, "netns", &br_ns]);
         self.ip(&["-n", &br_ns, "link", "set", &port, "master", &bridge, "up"]);
