@@ -51,18 +51,45 @@ fn named(node: &str) -> Options {
     o
 }
 
-/// One keelson server per database node, `server-1` on node 1 first (it creates the database
-/// and the cluster's secrets), the others joining with its token.
+/// One keelson server per database node, all three started at the same moment on the empty
+/// cluster with one token (as after a power cut of every board): schema creation, the
+/// cluster's CA and settings race on three nodes, and must end as one cluster.
 fn servers_on(cluster: &Cluster) -> Vec<Server> {
-    let first = Server::start(named("server-1").arg("--datastore-endpoint", &cluster.endpoint(0)));
-    let token = first.token_path().display().to_string();
-    let mut servers = vec![first];
-    for i in 1..3 {
-        servers.push(Server::start(
-            named(&format!("server-{}", i + 1))
-                .arg("--datastore-endpoint", &cluster.endpoint(i))
-                .arg("--token-file", &token),
-        ));
+    let go = std::sync::Barrier::new(3);
+    let started: Vec<_> = thread::scope(|scope| {
+        let starts: Vec<_> = (0..3)
+            .map(|i| {
+                let go = &go;
+                let endpoint = cluster.endpoint(i);
+                scope.spawn(move || {
+                    let o = named(&format!("server-{}", i + 1))
+                        .arg("--datastore-endpoint", &endpoint)
+                        .arg("--token", "one-galera-token-for-all-three");
+                    go.wait();
+                    Server::start(o)
+                })
+            })
+            .collect();
+        // Join all before failing, so every server is stopped before the cluster goes.
+        starts.into_iter().map(|t| t.join()).collect()
+    });
+    let servers: Vec<Server> = started
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|_| panic!("a server failed to start (see its panic above)")))
+        .collect();
+    let cacerts = |s: &Server| {
+        let r = s.curl_anonymous(&[&format!("{}/cacerts", s.url())]);
+        assert_eq!(r.status, Some(200), "/cacerts on {}", s.node_name());
+        r.body
+    };
+    let ca = cacerts(&servers[0]);
+    assert_eq!(
+        ca.matches("-----BEGIN CERTIFICATE-----").count(),
+        1,
+        "/cacerts must hold exactly one CA:\n{ca}"
+    );
+    for s in &servers[1..] {
+        assert_eq!(cacerts(s), ca, "{} serves another CA", s.node_name());
     }
     servers
 }

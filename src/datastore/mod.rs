@@ -428,14 +428,39 @@ impl Store {
     /// once; only the prober changes the verdict. A statement abandoned midway may still
     /// land: the ones guarded here are reads, or writes whose callers re-read or repeat them
     /// (leases, heartbeats, sealed secrets); object writes go through [`Store::write`].
-    async fn guard<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    ///
+    /// On MySQL, a call that a Galera cluster rolled back whole (a certification conflict
+    /// with a write through another node, or a node not ready during a view change: see
+    /// [`galera`]) is made again, for up to [`galera::RETRY_FOR`]: servers starting together
+    /// on different nodes collide on the cluster's secrets and lease rows, and the node's own
+    /// single retry of an autocommit statement (`wsrep_retry_autocommit`) is not always
+    /// enough. `call` makes the call afresh each time.
+    async fn guard<T, F>(&self, mut call: impl FnMut() -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
         let health = &self.inner.health;
         if let health::State::Down { reason, .. } = health.state() {
             return Err(Error::Down(reason));
         }
+        let galera = self.inner.dialect == Dialect::Mysql;
+        let retried = async {
+            let until = tokio::time::Instant::now() + galera::RETRY_FOR;
+            let mut attempt = 0;
+            loop {
+                let result = call().await;
+                match result.as_ref().err().and_then(galera::retry) {
+                    Some(why) if galera && tokio::time::Instant::now() < until => {
+                        tokio::time::sleep(galera::backoff(attempt, why)).await;
+                        attempt += 1;
+                    }
+                    _ => return result,
+                }
+            }
+        };
         let result = tokio::select! {
             biased;
-            result = call => result,
+            result = retried => result,
             reason = health.down() => Err(Error::Down(reason)),
         };
         if result.as_ref().is_err_and(Error::is_connection) {
@@ -470,7 +495,7 @@ impl Store {
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<Record>> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let row = sqlx::query(self.inner.sql.get)
                 .bind(path)
@@ -484,7 +509,7 @@ impl Store {
     /// Every object whose path starts with `prefix`, sorted by path, and the revision the
     /// list is consistent with (one statement, so one snapshot).
     pub async fn list(&self, prefix: &str) -> Result<(i64, Vec<Record>)> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let rows = sqlx::query(self.inner.sql.list)
                 .bind(prefix)
@@ -516,7 +541,7 @@ impl Store {
         start: Option<&str>,
         limit: usize,
     ) -> Result<(i64, Vec<Record>, Option<String>)> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let from = start.filter(|s| s.starts_with(prefix)).unwrap_or(prefix);
             // One row for the revision, one to tell whether more follow.
@@ -547,7 +572,7 @@ impl Store {
 
     /// The newest revision handed out.
     pub async fn current_revision(&self) -> Result<i64> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             Ok(sqlx::query(self.inner.sql.meta)
                 .bind("revision")
@@ -611,7 +636,7 @@ impl Store {
     /// was compacted away: compaction keeps the event at its mark, so a missing `after + 1`
     /// shows up as a gap, and only then is the mark read.
     pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let rows = sqlx::query(self.inner.sql.events_after)
                 .bind(after)
@@ -644,7 +669,7 @@ impl Store {
 
     /// The compaction mark: watchers may resume from any revision at or after it.
     pub async fn compacted_revision(&self) -> Result<i64> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             Ok(sqlx::query(self.inner.sql.meta)
                 .bind("compact")
@@ -659,7 +684,7 @@ impl Store {
     /// `through` itself as the sentinel `events_after` detects gaps by. Afterwards watchers
     /// may resume from `through` on. Idempotent and safe to race: the mark only moves forward.
     pub async fn compact(&self, through: i64) -> Result<()> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(4);
             let mut tx = self.inner.pool.begin().await?;
             sqlx::query(self.inner.sql.compact_mark)
@@ -678,7 +703,7 @@ impl Store {
     }
 
     pub async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let row = sqlx::query(self.inner.sql.get_secret)
                 .bind(name)
@@ -691,7 +716,7 @@ impl Store {
 
     /// Every secret whose name starts with `prefix` (which may not contain `%`, `_` or `\\`).
     pub async fn secrets_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.guard(async move {
+        self.guard(|| async move {
             debug_assert!(
                 !prefix.contains(['%', '_', '\\']),
                 "LIKE wildcard in {prefix:?}"
@@ -710,7 +735,7 @@ impl Store {
 
     /// Stores a secret unless one of that name exists; returns whether this call stored it.
     pub async fn insert_secret(&self, name: &str, value: &[u8]) -> Result<bool> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let done = sqlx::query(self.inner.sql.insert_secret)
                 .bind(name)
@@ -725,7 +750,7 @@ impl Store {
     /// Replaces a secret only if it still holds `old` (a compare-and-swap on the whole
     /// value); returns whether this call replaced it.
     pub async fn replace_secret(&self, name: &str, old: &[u8], new: &[u8]) -> Result<bool> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let done = sqlx::query(self.inner.sql.replace_secret)
                 .bind(new)
@@ -739,7 +764,7 @@ impl Store {
     }
 
     pub async fn delete_secret(&self, name: &str) -> Result<()> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             sqlx::query(self.inner.sql.delete_secret)
                 .bind(name)
