@@ -1,5 +1,5 @@
 //! MariaDB Galera (multi-primary) support: what keelson does differently when the MySQL
-//! endpoint is one node of a Galera cluster, and every servers writes through its own node.
+//! endpoint is one node of a Galera cluster, and every server writes through its own node.
 //!
 //! Galera replicates each transaction's write set to every node and *certifies* it at commit:
 //! of two transactions on different nodes that touched the same row, the one ordered first
