@@ -20,7 +20,7 @@
 use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Dialect, Error, EventKind, Op, Record, Result, Statements, Write, record};
+use super::{Dialect, Error, EventKind, Op, Record, Result, Statements, Write, galera, record};
 
 /// Most writes in one transaction: enough to amortise the flush, small enough that the first
 /// caller of a batch is not kept long.
@@ -67,7 +67,9 @@ impl Writer {
             }
             // Callers that gave up (their request was cancelled) are still written: the write
             // was asked for, and an unanswered write is one whose answer was lost.
-            match self.commit_unless_down(&batch).await {
+            // One retry window for the batch and, if it fails as a whole, its writes one by one.
+            let until = tokio::time::Instant::now() + galera::RETRY_FOR;
+            match self.commit_unless_down(&batch, until).await {
                 Ok(results) => {
                     for (q, r) in batch.drain(..).zip(results) {
                         let _ = q.reply.send(r);
@@ -76,7 +78,9 @@ impl Writer {
                 Err(e) => {
                     tracing::debug!(error = %e, writes = batch.len(), "a group commit failed; writing its writes one by one");
                     for q in batch.drain(..) {
-                        let r = self.commit_unless_down(std::slice::from_ref(&q)).await;
+                        let r = self
+                            .commit_unless_down(std::slice::from_ref(&q), until)
+                            .await;
                         let r = r.and_then(|mut rs| rs.pop().unwrap_or_else(|| Err(lost())));
                         let _ = q.reply.send(r);
                     }
@@ -85,14 +89,48 @@ impl Writer {
         }
     }
 
+    /// Commits `batch`, unless the database is down. On MySQL, a transaction a Galera cluster
+    /// rolled back whole (certified away by a write through another node, or a node not
+    /// ready during a view change, see [`galera`]) is decided and written again, for up to
+    /// `until` (the batch's first try plus [`galera::RETRY_FOR`]): callers never see those.
+    /// Anything else is answered as it came.
     async fn commit_unless_down(
         &self,
         batch: &[Queued],
+        until: tokio::time::Instant,
     ) -> Result<Vec<Result<(i64, Option<Record>)>>> {
-        if let super::health::State::Down { reason, .. } = self.health.state() {
-            return Err(Error::Down(reason));
+        let mut attempt = 0;
+        loop {
+            if let super::health::State::Down { reason, .. } = self.health.state() {
+                return Err(Error::Down(reason));
+            }
+            let result = self.commit(batch).await;
+            let why = match &result {
+                Err(e) if self.dialect == Dialect::Mysql => galera::retry(e),
+                _ => None,
+            };
+            match why {
+                Some(why) if tokio::time::Instant::now() < until => {
+                    tracing::debug!(
+                        ?why,
+                        attempt,
+                        "the database cluster rolled a write back; writing it again"
+                    );
+                    tokio::time::sleep(galera::backoff(attempt, why)).await;
+                    attempt += 1;
+                }
+                Some(why) => {
+                    tracing::warn!(
+                        ?why,
+                        attempts = attempt + 1,
+                        "the database cluster kept refusing a write for {:?}; answering that it is unavailable",
+                        galera::RETRY_FOR
+                    );
+                    return result;
+                }
+                None => return result,
+            }
         }
-        self.commit(batch).await
     }
 
     fn count(&self, n: usize) {

@@ -46,7 +46,7 @@ impl Store {
         duration_ms: i64,
         held: Option<Held>,
     ) -> Result<Option<Held>> {
-        self.guard(async move {
+        self.guard(|| async move {
             let sql = self.inner.sql;
             let take = || {
                 sqlx::query(sql.lease_take)
@@ -105,7 +105,7 @@ impl Store {
 
     /// Gives the lease up at once (on shutdown), if `holder` still has it.
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             sqlx::query(self.inner.sql.lease_release)
                 .bind(name)
@@ -119,7 +119,7 @@ impl Store {
 
     /// Records that `nodes` are alive, now by the database's clock: one statement for all.
     pub async fn heartbeat(&self, nodes: &[String]) -> Result<()> {
-        self.guard(async move {
+        self.guard(|| async move {
             if nodes.is_empty() {
                 return Ok(());
             }
@@ -149,7 +149,7 @@ impl Store {
 
     /// Every node's time since its last heartbeat, in milliseconds of database time.
     pub async fn heartbeat_ages(&self) -> Result<Vec<(String, i64)>> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let rows = sqlx::query(self.inner.sql.heartbeat_ages)
                 .fetch_all(&self.inner.pool)

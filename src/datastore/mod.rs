@@ -12,6 +12,7 @@ pub mod compactor;
 mod doorbell;
 pub mod endpoint;
 pub mod feed;
+mod galera;
 mod group_commit;
 pub mod health;
 pub mod leases;
@@ -129,6 +130,13 @@ impl Error {
 
 fn sqlx_is_connection(e: &sqlx::Error) -> bool {
     match e {
+        // A Galera cluster that kept rolling a write back (certification conflicts) after the
+        // writer's retries: the cluster cannot take it now, which is no fault of its input.
+        sqlx::Error::Database(db)
+            if galera::mysql_code(&**db) == Some(galera::ER_LOCK_DEADLOCK) =>
+        {
+            true
+        }
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             // SQLSTATE classes: 08 connection exception, 53 insufficient resources, 57
             // operator intervention (shutdown, cancelled by an administrator), 28 the login
@@ -157,6 +165,7 @@ fn sqlx_public_reason(e: &sqlx::Error) -> String {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             let class = match code.get(..2).unwrap_or("") {
                 "28" => "the database refused the login",
+                "40" => "the database kept rolling the transaction back for conflicts",
                 "08" => "the database refused the connection",
                 "3D" => "the database does not exist",
                 "42" if code == "42000" => "the database refused: permission or syntax",
@@ -300,6 +309,10 @@ impl Store {
                         sqlx::raw_sql("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=OFF")
                             .execute(conn)
                             .await?;
+                    } else if dialect == Dialect::Mysql {
+                        // On a Galera node, causal reads: what was acknowledged through
+                        // another node is seen here (see `galera`).
+                        galera::prepare(conn).await?;
                     }
                     Ok(())
                 })
@@ -334,10 +347,12 @@ impl Store {
         if let Some(path) = endpoint.sqlite_path() {
             set_mode(path, 0o600);
         }
-        migrate(&pool, dialect).await.map_err(|e| match e {
-            Error::Unavailable(source) => open_err(source),
-            other => other,
-        })?;
+        migrate_retrying(&pool, dialect)
+            .await
+            .map_err(|e| match e {
+                Error::Unavailable(source) => open_err(source),
+                other => other,
+            })?;
         let committed = Arc::new(Notify::new());
         let health = Health::up();
         let prober = networked.then(|| {
@@ -413,14 +428,39 @@ impl Store {
     /// once; only the prober changes the verdict. A statement abandoned midway may still
     /// land: the ones guarded here are reads, or writes whose callers re-read or repeat them
     /// (leases, heartbeats, sealed secrets); object writes go through [`Store::write`].
-    async fn guard<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    ///
+    /// On MySQL, a call that a Galera cluster rolled back whole (a certification conflict
+    /// with a write through another node, or a node not ready during a view change: see
+    /// [`galera`]) is made again, for up to [`galera::RETRY_FOR`]: servers starting together
+    /// on different nodes collide on the cluster's secrets and lease rows, and the node's own
+    /// single retry of an autocommit statement (`wsrep_retry_autocommit`) is not always
+    /// enough. `call` makes the call afresh each time.
+    async fn guard<T, F>(&self, mut call: impl FnMut() -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
         let health = &self.inner.health;
         if let health::State::Down { reason, .. } = health.state() {
             return Err(Error::Down(reason));
         }
+        let galera = self.inner.dialect == Dialect::Mysql;
+        let retried = async {
+            let until = tokio::time::Instant::now() + galera::RETRY_FOR;
+            let mut attempt = 0;
+            loop {
+                let result = call().await;
+                match result.as_ref().err().and_then(galera::retry) {
+                    Some(why) if galera && tokio::time::Instant::now() < until => {
+                        tokio::time::sleep(galera::backoff(attempt, why)).await;
+                        attempt += 1;
+                    }
+                    _ => return result,
+                }
+            }
+        };
         let result = tokio::select! {
             biased;
-            result = call => result,
+            result = retried => result,
             reason = health.down() => Err(Error::Down(reason)),
         };
         if result.as_ref().is_err_and(Error::is_connection) {
@@ -455,7 +495,7 @@ impl Store {
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<Record>> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let row = sqlx::query(self.inner.sql.get)
                 .bind(path)
@@ -469,7 +509,7 @@ impl Store {
     /// Every object whose path starts with `prefix`, sorted by path, and the revision the
     /// list is consistent with (one statement, so one snapshot).
     pub async fn list(&self, prefix: &str) -> Result<(i64, Vec<Record>)> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let rows = sqlx::query(self.inner.sql.list)
                 .bind(prefix)
@@ -501,7 +541,7 @@ impl Store {
         start: Option<&str>,
         limit: usize,
     ) -> Result<(i64, Vec<Record>, Option<String>)> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let from = start.filter(|s| s.starts_with(prefix)).unwrap_or(prefix);
             // One row for the revision, one to tell whether more follow.
@@ -532,7 +572,7 @@ impl Store {
 
     /// The newest revision handed out.
     pub async fn current_revision(&self) -> Result<i64> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             Ok(sqlx::query(self.inner.sql.meta)
                 .bind("revision")
@@ -596,7 +636,7 @@ impl Store {
     /// was compacted away: compaction keeps the event at its mark, so a missing `after + 1`
     /// shows up as a gap, and only then is the mark read.
     pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let rows = sqlx::query(self.inner.sql.events_after)
                 .bind(after)
@@ -629,7 +669,7 @@ impl Store {
 
     /// The compaction mark: watchers may resume from any revision at or after it.
     pub async fn compacted_revision(&self) -> Result<i64> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             Ok(sqlx::query(self.inner.sql.meta)
                 .bind("compact")
@@ -644,7 +684,7 @@ impl Store {
     /// `through` itself as the sentinel `events_after` detects gaps by. Afterwards watchers
     /// may resume from `through` on. Idempotent and safe to race: the mark only moves forward.
     pub async fn compact(&self, through: i64) -> Result<()> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(4);
             let mut tx = self.inner.pool.begin().await?;
             sqlx::query(self.inner.sql.compact_mark)
@@ -663,7 +703,7 @@ impl Store {
     }
 
     pub async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let row = sqlx::query(self.inner.sql.get_secret)
                 .bind(name)
@@ -676,7 +716,7 @@ impl Store {
 
     /// Every secret whose name starts with `prefix` (which may not contain `%`, `_` or `\\`).
     pub async fn secrets_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.guard(async move {
+        self.guard(|| async move {
             debug_assert!(
                 !prefix.contains(['%', '_', '\\']),
                 "LIKE wildcard in {prefix:?}"
@@ -695,7 +735,7 @@ impl Store {
 
     /// Stores a secret unless one of that name exists; returns whether this call stored it.
     pub async fn insert_secret(&self, name: &str, value: &[u8]) -> Result<bool> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let done = sqlx::query(self.inner.sql.insert_secret)
                 .bind(name)
@@ -710,7 +750,7 @@ impl Store {
     /// Replaces a secret only if it still holds `old` (a compare-and-swap on the whole
     /// value); returns whether this call replaced it.
     pub async fn replace_secret(&self, name: &str, old: &[u8], new: &[u8]) -> Result<bool> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             let done = sqlx::query(self.inner.sql.replace_secret)
                 .bind(new)
@@ -724,7 +764,7 @@ impl Store {
     }
 
     pub async fn delete_secret(&self, name: &str) -> Result<()> {
-        self.guard(async move {
+        self.guard(|| async move {
             self.count(1);
             sqlx::query(self.inner.sql.delete_secret)
                 .bind(name)
@@ -762,6 +802,23 @@ async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<()> {
     let result = migrate_locked(&mut conn, dialect).await;
     sqlx::query(unlock).execute(&mut *conn).await?;
     result
+}
+
+/// [`migrate`], again while a Galera cluster rolls it back: servers starting at once on
+/// different nodes can collide on the seed rows, and only one of them is certified.
+async fn migrate_retrying(pool: &AnyPool, dialect: Dialect) -> Result<()> {
+    let until = tokio::time::Instant::now() + galera::RETRY_FOR;
+    let mut attempt = 0;
+    loop {
+        let result = migrate(pool, dialect).await;
+        match result.as_ref().err().and_then(galera::retry) {
+            Some(why) if dialect == Dialect::Mysql && tokio::time::Instant::now() < until => {
+                tokio::time::sleep(galera::backoff(attempt, why)).await;
+                attempt += 1;
+            }
+            _ => return result,
+        }
+    }
 }
 
 /// The base tables, then the schema version check and any forward steps.

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod boards;
 pub mod db;
+pub mod galera;
 pub mod lab;
 pub mod pods;
 pub mod registry;
