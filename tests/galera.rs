@@ -750,13 +750,11 @@ fn killing_one_database_node_leaves_the_other_two_servers_serving_and_loses_noth
 
 /// All three servers started at the same moment on the empty cluster with one token (as after
 /// a power cut of every board): schema, CA and settings race on three nodes and end as one
-/// cluster; the datastore retries what Galera rolls back. Ignored: the start also races on
-/// the `kubernetes` Service, and `Registry::ensure_kubernetes_service`
-/// (src/apiserver/registry.rs) takes only `Unprocessable` for the other server's win, while the
-/// create answers `Invalid` ("provided IP is already allocated"), so one server in a few
-/// exits — on any database, more often here. Run with `--ignored` once that is fixed.
+/// cluster; the datastore retries what Galera rolls back. The start also races on the
+/// `kubernetes` Service: the losing create is refused for its address, which
+/// `Registry::ensure_kubernetes_service` takes as the other server's win once the Service is
+/// there (before, one server in a few exited).
 #[test]
-#[ignore = "a start-up race on the kubernetes Service outside the datastore (see the doc)"]
 fn three_servers_started_at_once_on_three_nodes_make_one_cluster() {
     let _turn = serial();
     let Some(cluster) = Cluster::new("once") else {

@@ -1252,8 +1252,16 @@ impl Registry {
             },
         });
         match self.create(&SERVICES, Some("default"), svc).await {
-            // Another server made it at the same moment.
-            Ok(_) | Err(ApiError::AlreadyExists { .. }) | Err(ApiError::Unprocessable(_)) => Ok(()),
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            // Another server made it at the same moment: its create took the address first, so
+            // ours is refused as Invalid ("provided IP is already allocated") or Unprocessable
+            // rather than AlreadyExists. Only the Service being there now makes that harmless.
+            Err(e @ (ApiError::Invalid { .. } | ApiError::Unprocessable(_))) => {
+                match self.get(&r).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         }
     }
