@@ -489,6 +489,7 @@ async fn resource(
                 .min(watch::MAX_TIMEOUT);
                 let rx = watch::spawn(
                     api.clone(),
+                    id,
                     WatchRequest {
                         resource,
                         namespace,
@@ -500,7 +501,7 @@ async fn resource(
                         bookmark_interval: api.bookmark_interval,
                         initial_events,
                     },
-                );
+                )?;
                 return Ok(stream(rx));
             }
             let limit = match query.get("limit") {

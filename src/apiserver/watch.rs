@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::Api;
+use super::auth::Identity;
 use super::resources::{ObjectRef, Resource};
 use super::selector::Selector;
 use super::status::ApiError;
@@ -53,12 +54,26 @@ pub struct WatchRequest {
     pub initial_events: bool,
 }
 
-/// Starts the watch task; the receiver yields the encoded lines for the response body.
-pub fn spawn(api: Arc<Api>, req: WatchRequest) -> mpsc::Receiver<Bytes> {
+/// Starts the watch task for `user`; the receiver yields the encoded lines for the response
+/// body. Refused (429) when the user has `--max-watches-per-user` watches open already.
+pub fn spawn(
+    api: Arc<Api>,
+    user: &Identity,
+    req: WatchRequest,
+) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+    let Identity::User { name, .. } = user else {
+        return Err(ApiError::Unauthorized);
+    };
+    // Held by the task, so the place is given back when the watch ends however it ends.
+    let place = api
+        .inflight
+        .watch(name)
+        .map_err(|e| ApiError::TooManyRequests(e.to_string()))?;
     let (tx, rx) = mpsc::channel(WATCH_BUFFER);
     let span = tracing::debug_span!("watch", resource = req.resource.plural);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
+            let _place = place;
             let mut shutdown = api.shutdown.clone();
             let timeout = tokio::time::sleep(req.timeout);
             tokio::pin!(timeout);
@@ -71,7 +86,7 @@ pub fn spawn(api: Arc<Api>, req: WatchRequest) -> mpsc::Receiver<Bytes> {
         },
         span,
     ));
-    rx
+    Ok(rx)
 }
 
 async fn run(api: &Api, req: &WatchRequest, tx: &mpsc::Sender<Bytes>) {
