@@ -119,7 +119,11 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits::new(DEFAULT_READ_ONLY, DEFAULT_MUTATING, DEFAULT_WATCHES_PER_USER)
+        Limits::new(
+            DEFAULT_READ_ONLY,
+            DEFAULT_MUTATING,
+            DEFAULT_WATCHES_PER_USER,
+        )
     }
 }
 
@@ -183,7 +187,9 @@ mod tests {
         // Watches are not in-flight requests: the read bound of 1 is still free.
         assert!(limits.enter(false, false, false).is_some());
         drop(a1);
-        let _a3 = limits.watch("alice").expect("a closed watch frees its place");
+        let _a3 = limits
+            .watch("alice")
+            .expect("a closed watch frees its place");
         assert_eq!(limits.watches_of("alice"), 2);
     }
 

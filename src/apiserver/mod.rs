@@ -588,10 +588,10 @@ async fn serve_h2(
     caller: Arc<routes::Caller>,
     mut stop: signal::Receiver<bool>,
 ) {
-    let (open, mut idle) = signal::channel(0usize);
-    let open = Arc::new(open);
+    let (streams, mut idle) = signal::channel(Streams::default());
+    let streams = Arc::new(streams);
     let service = service_fn(move |req| {
-        let busy = Busy::enter(&open);
+        let busy = Busy::enter(&streams);
         let answer = answer(&phase, &caller, req);
         async move {
             let resp = answer.await?;
@@ -634,17 +634,21 @@ async fn serve_h2(
 type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
 /// Resolves once no stream has been open for `limit`.
-async fn idle_for(open: &mut signal::Receiver<usize>, limit: Duration) {
+async fn idle_for(streams: &mut signal::Receiver<Streams>, limit: Duration) {
     loop {
         // Err: the service is gone, so is the connection; there is nothing to wait for.
-        let gone = open.wait_for(|n| *n == 0).await.is_err();
-        if gone {
+        let quiet = streams.wait_for(|s| s.open == 0).await.map(|s| s.started);
+        let Ok(since) = quiet else {
             return std::future::pending().await;
-        }
-        let busy_again = tokio::time::timeout(limit, open.wait_for(|n| *n > 0))
-            .await
-            .map(|r| r.is_ok());
-        match busy_again {
+        };
+        // A stream that opened, even one already over, starts the count again.
+        let woken = tokio::time::timeout(
+            limit,
+            streams.wait_for(|s| s.open > 0 || s.started != since),
+        )
+        .await
+        .map(|r| r.is_ok());
+        match woken {
             Err(_) => return,
             Ok(false) => return std::future::pending().await,
             Ok(true) => {}
@@ -652,20 +656,32 @@ async fn idle_for(open: &mut signal::Receiver<usize>, limit: Duration) {
     }
 }
 
-/// One HTTP/2 stream open, from its request to the end of its response; counted in the
-/// connection's open streams for [`idle_for`].
-struct Busy(Arc<signal::Sender<usize>>);
+/// An HTTP/2 connection's streams, for [`idle_for`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Streams {
+    /// Open now.
+    open: usize,
+    /// Opened since the connection began, so a stream that came and went between two looks
+    /// is still seen.
+    started: u64,
+}
+
+/// One HTTP/2 stream open, from its request to the end of its response.
+struct Busy(Arc<signal::Sender<Streams>>);
 
 impl Busy {
-    fn enter(open: &Arc<signal::Sender<usize>>) -> Busy {
-        open.send_modify(|n| *n += 1);
-        Busy(open.clone())
+    fn enter(streams: &Arc<signal::Sender<Streams>>) -> Busy {
+        streams.send_modify(|s| {
+            s.open += 1;
+            s.started += 1;
+        });
+        Busy(streams.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.send_modify(|s| s.open = s.open.saturating_sub(1));
     }
 }
 
@@ -875,4 +891,47 @@ fn certified_key(
         vec![cert.into(), ca_der.into()],
         signing,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_only_after_its_last_stream_ends() {
+        let (open, mut idle) = signal::channel(Streams::default());
+        let open = Arc::new(open);
+        let limit = Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        let busy = Busy::enter(&open);
+        let second = Busy::enter(&open);
+        let waiting = tokio::spawn(async move {
+            idle_for(&mut idle, limit).await;
+            tokio::time::Instant::now()
+        });
+        // Long past the limit, with streams open, it is not idle.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished(), "idle with two streams open");
+        drop(busy);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished(), "idle with a stream open");
+        // A stream that opens and ends inside the limit starts the count again.
+        drop(second);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(Busy::enter(&open));
+        let idle_at = waiting.await.expect("the waiter");
+        assert_eq!(
+            idle_at - started,
+            Duration::from_secs(125) + limit,
+            "idle {limit:?} after the last stream ended"
+        );
+    }
+
+    #[test]
+    fn http2_is_offered_first_and_http1_still_offered_for_upgrades() {
+        assert_eq!(ALPN, [&b"h2"[..], &b"http/1.1"[..]]);
+        // The starting phase answers health only, over HTTP/1.1.
+        let starting = starting_tls_config().expect("a starting config");
+        assert_eq!(starting.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
 }
