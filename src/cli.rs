@@ -299,6 +299,10 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = crate::apiserver::inflight::DEFAULT_MUTATING)]
     pub max_mutating_requests_inflight: usize,
 
+    /// Most watches one user may hold open; beyond it 429 (system:masters included: each costs memory; 0 = no bound)
+    #[arg(long, default_value_t = crate::apiserver::inflight::DEFAULT_WATCHES_PER_USER)]
+    pub max_watches_per_user: usize,
+
     /// How long the certificates this server issues are valid (365 days; tests shorten it to see renewals)
     #[arg(long, default_value = "8760h", hide = true)]
     pub leaf_certificate_validity: String,

@@ -132,6 +132,8 @@ pub struct ServerConfig {
     /// `--max-requests-inflight`, `--max-mutating-requests-inflight`.
     pub max_requests_inflight: usize,
     pub max_mutating_requests_inflight: usize,
+    /// `--max-watches-per-user`.
+    pub max_watches_per_user: usize,
     /// `--leaf-certificate-validity` (hidden): how long issued certificates are valid.
     pub leaf_certificate_validity: Duration,
     /// Scheduled snapshots of the SQLite datastore; `None` when off or not SQLite.
@@ -548,6 +550,7 @@ impl ServerConfig {
             leaf_certificate_validity,
             max_requests_inflight: args.max_requests_inflight,
             max_mutating_requests_inflight: args.max_mutating_requests_inflight,
+            max_watches_per_user: args.max_watches_per_user,
             watch_bookmark_interval,
             min_token_expiration,
             node_monitor_grace_period,

@@ -335,6 +335,7 @@ async fn start(
         inflight: crate::apiserver::inflight::Limits::new(
             cfg.max_requests_inflight,
             cfg.max_mutating_requests_inflight,
+            cfg.max_watches_per_user,
         ),
     });
     tracing::info!(kubeconfig = %cfg.kubeconfig.display(), token = %cfg.token_path.display(), %url, "API serving");

@@ -11,6 +11,17 @@
 //! being answered, the rest closed), never left waiting in the accept queue. On
 //! shutdown no new connection is accepted, watches end, and in-flight requests get
 //! [`DRAIN_GRACE`] to finish.
+//!
+//! Each connection speaks the protocol its TLS handshake chose by ALPN: HTTP/2 for clients
+//! that offer `h2` (kubectl, client-go, curl), so a client's watches share one connection
+//! instead of a TLS session and its buffers each; HTTP/1.1 for the rest, and for every
+//! upgrade — exec, attach and port-forward (SPDY, websockets) and the agents' tunnel, whose
+//! clients offer only `http/1.1` (client-go does so for upgrades itself). Invariants: an
+//! HTTP/2 connection carries at most [`MAX_STREAMS`] requests at once, so the connection
+//! bound still bounds the requests and the per-user watch bound and in-flight limits
+//! ([`inflight`]) count every stream; one with no stream open for [`IDLE_TIMEOUT`] is
+//! closed, as HTTP/1.1's header timeout closes an idle one; a refusal (503) is answered in
+//! the protocol the client chose.
 
 pub mod access;
 pub mod admission;
@@ -53,6 +64,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -93,6 +105,32 @@ pub static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 pub const DRAIN_GRACE: Duration = Duration::from_secs(4);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests (HTTP/2 streams) one connection may carry at once. kube-apiserver's default
+/// (`--http2-max-streams-per-connection`) is 250 too; client-go opens another connection
+/// beyond it. Every stream is a watch or a request counted by [`inflight`], so this bounds
+/// only how the load spreads over connections, not how much there is.
+pub const MAX_STREAMS: u32 = 250;
+/// An HTTP/2 connection without a request open this long is closed (GOAWAY; clients
+/// reconnect when they next need one), as an idle HTTP/1.1 connection is by
+/// [`HEADER_TIMEOUT`]: an idle connection must not hold one of the [`MAX_CONNECTIONS`].
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings a connection after this long without a frame from the client, and closes it
+/// if the ping is not answered within [`PING_TIMEOUT`]: a vanished client's watches (up to
+/// [`MAX_STREAMS`] of them, and its places among its user's watches) end within a minute and
+/// a half instead of when their timeout passes.
+const PING_INTERVAL: Duration = Duration::from_secs(60);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How much of a response HTTP/2 buffers per stream before waiting for the client (hyper's
+/// default is 400 KiB): a watch has at most a few events queued, and with [`MAX_STREAMS`]
+/// streams a slow reader could otherwise pin 100 MiB.
+const STREAM_SEND_BUFFER: usize = 64 * 1024;
+/// What a client may send before the server reads it, per stream and per connection
+/// (HTTP/2 flow control; hyper's default is 1 MiB each). A request body (3 MiB at most) is
+/// read as it arrives, so this only bounds what a client can park in the server's memory.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// ALPN: HTTP/2 first, so clients that speak both use it.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -423,7 +461,7 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     phase: Phase,
-    mut stop: signal::Receiver<bool>,
+    stop: signal::Receiver<bool>,
     slot: Slot,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -439,7 +477,7 @@ async fn serve_connection(
             return;
         }
     };
-    let mut stream = match accepted {
+    let stream = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -472,11 +510,11 @@ async fn serve_connection(
             (Some(place), Some(counted)) => held = (None, Some(place), Some(counted)),
             _ => {
                 refused(peer, "too many connections without a client certificate");
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    use tokio::io::AsyncWriteExt;
-                    let _ = stream.write_all(&overloaded()).await;
-                    let _ = stream.shutdown().await;
-                })
+                answer_unavailable(
+                    stream,
+                    "too many connections without a client certificate from this address, or from all; retry shortly",
+                    Duration::from_secs(1),
+                )
                 .await;
                 return;
             }
@@ -487,16 +525,41 @@ async fn serve_connection(
         identity,
         source: peer.ip(),
     });
-    let service = service_fn(move |req| {
-        let phase = phase.clone();
-        let caller = caller.clone();
-        async move {
-            Ok::<_, Infallible>(match phase {
-                Phase::Serving(s) => routes::handle(s.api.clone(), &caller, req).await,
-                Phase::Starting(why) => routes::starting(&req, &why),
-            })
-        }
-    });
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_h2(stream, phase, caller, stop).await
+    } else {
+        serve_h1(stream, phase, caller, stop).await
+    }
+}
+
+/// Answers one request with the API (or with the starting phase's answers). The future is
+/// boxed: the request handler's state is large, and HTTP/2 keeps a stream's task (its
+/// allocation sized for this future) for as long as the response lasts — a watch's whole
+/// life — while the box is freed as soon as the response has begun.
+fn answer(
+    phase: &Phase,
+    caller: &Arc<routes::Caller>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<hyper::Response<Body>, Infallible>> + Send>> {
+    let phase = phase.clone();
+    let caller = caller.clone();
+    Box::pin(async move {
+        Ok::<_, Infallible>(match phase {
+            Phase::Serving(s) => routes::handle(s.api.clone(), &caller, req).await,
+            Phase::Starting(why) => routes::starting(&req, &why),
+        })
+    })
+}
+
+/// HTTP/1.1: one request at a time; upgrades (tunnels, exec, port-forward) leave the
+/// connection, which ends when they do.
+async fn serve_h1(
+    stream: Tls,
+    phase: Phase,
+    caller: Arc<routes::Caller>,
+    mut stop: signal::Receiver<bool>,
+) {
+    let service = service_fn(move |req| answer(&phase, &caller, req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -516,39 +579,204 @@ async fn serve_connection(
     }
 }
 
-/// The whole answer to a connection over its share: a `Status` kubectl and agents can read.
+/// HTTP/2: up to [`MAX_STREAMS`] requests at once, each answered on its own task; the
+/// connection ends after [`IDLE_TIMEOUT`] without one, on shutdown (GOAWAY, then the open
+/// streams finish), or when the client goes.
+async fn serve_h2(
+    stream: Tls,
+    phase: Phase,
+    caller: Arc<routes::Caller>,
+    mut stop: signal::Receiver<bool>,
+) {
+    let (streams, mut idle) = signal::channel(Streams::default());
+    let streams = Arc::new(streams);
+    let service = service_fn(move |req| {
+        let busy = Busy::enter(&streams);
+        let answer = answer(&phase, &caller, req);
+        async move {
+            let resp = answer.await?;
+            // The stream is open until its response body is done or dropped.
+            Ok::<_, Infallible>(resp.map(|body| {
+                BodyExt::boxed(BodyExt::map_frame(body, move |frame| {
+                    let _ = &busy;
+                    frame
+                }))
+            }))
+        }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(Spawn(tracing::Span::current()))
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_send_buf_size(STREAM_SEND_BUFFER)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error"); }
+            return;
+        }
+        _ = stopped(&mut stop) => conn.as_mut().graceful_shutdown(),
+        _ = idle_for(&mut idle, IDLE_TIMEOUT) => {
+            tracing::debug!("closing an idle HTTP/2 connection");
+            conn.as_mut().graceful_shutdown();
+        }
+    }
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error while closing");
+    }
+}
+
+/// The server side of a TLS connection.
+type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Resolves once no stream has been open for `limit`.
+async fn idle_for(streams: &mut signal::Receiver<Streams>, limit: Duration) {
+    loop {
+        // Err: the service is gone, so is the connection; there is nothing to wait for.
+        let quiet = streams.wait_for(|s| s.open == 0).await.map(|s| s.started);
+        let Ok(since) = quiet else {
+            return std::future::pending().await;
+        };
+        // A stream that opened, even one already over, starts the count again.
+        let woken = tokio::time::timeout(
+            limit,
+            streams.wait_for(|s| s.open > 0 || s.started != since),
+        )
+        .await
+        .map(|r| r.is_ok());
+        match woken {
+            Err(_) => return,
+            Ok(false) => return std::future::pending().await,
+            Ok(true) => {}
+        }
+    }
+}
+
+/// An HTTP/2 connection's streams, for [`idle_for`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Streams {
+    /// Open now.
+    open: usize,
+    /// Opened since the connection began, so a stream that came and went between two looks
+    /// is still seen.
+    started: u64,
+}
+
+/// One HTTP/2 stream open, from its request to the end of its response.
+struct Busy(Arc<signal::Sender<Streams>>);
+
+impl Busy {
+    fn enter(streams: &Arc<signal::Sender<Streams>>) -> Busy {
+        streams.send_modify(|s| {
+            s.open += 1;
+            s.started += 1;
+        });
+        Busy(streams.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|s| s.open = s.open.saturating_sub(1));
+    }
+}
+
+/// Runs an HTTP/2 connection's stream tasks on tokio, inside the connection's span.
+#[derive(Clone)]
+struct Spawn(tracing::Span);
+
+impl<F> hyper::rt::Executor<F> for Spawn
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(tracing::Instrument::instrument(fut, self.0.clone()));
+    }
+}
+
 /// Completes the handshake only to say the server is full: 503 with `Retry-After`, which
 /// kubectl and client-go retry.
 async fn refuse_full(tls: TlsAcceptor, tcp: tokio::net::TcpStream) {
-    let _ = tokio::time::timeout(REFUSAL_HANDSHAKE_TIMEOUT, async {
-        use tokio::io::AsyncWriteExt;
-        if let Ok(mut stream) = tls.accept(tcp).await {
-            let _ = stream
-                .write_all(&unavailable(&format!(
-                    "the API server has all the connections it serves ({MAX_CONNECTIONS}) open; retry shortly"
-                )))
-                .await;
+    let started = tokio::time::Instant::now();
+    let Ok(Ok(stream)) = tokio::time::timeout(REFUSAL_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await
+    else {
+        return;
+    };
+    let why = format!(
+        "the API server has all the connections it serves ({MAX_CONNECTIONS}) open; retry shortly"
+    );
+    let left = REFUSAL_HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
+    answer_unavailable(stream, &why, left.max(Duration::from_millis(500))).await;
+}
+
+/// Answers the connection's first request with 503, `Retry-After: 1` and a `Status` saying
+/// `why`, then closes it; in the protocol its handshake chose (an HTTP/2 client cannot read
+/// HTTP/1.1 bytes), for at most `limit`.
+async fn answer_unavailable(mut stream: Tls, why: &str, limit: Duration) {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let _ = tokio::time::timeout(limit, async {
+        if !h2 {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(&unavailable(why)).await;
             let _ = stream.shutdown().await;
+            return;
         }
+        let answered = Arc::new(tokio::sync::Notify::new());
+        let service = {
+            let (answered, body) = (answered.clone(), unavailable_status(why));
+            service_fn(move |_req| {
+                // A permit is kept if nobody waits yet, so the notice cannot be missed.
+                answered.notify_one();
+                let mut resp = hyper::Response::new(BodyExt::boxed(http_body_util::Full::new(
+                    Bytes::from(body.clone()),
+                )));
+                *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                let headers = resp.headers_mut();
+                headers.insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                headers.insert(
+                    hyper::header::RETRY_AFTER,
+                    hyper::header::HeaderValue::from_static("1"),
+                );
+                async move { Ok::<_, Infallible>(resp) }
+            })
+        };
+        let conn = hyper::server::conn::http2::Builder::new(Spawn(tracing::Span::current()))
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(4)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = answered.notified() => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
     })
     .await;
 }
 
-fn overloaded() -> Vec<u8> {
-    unavailable(
-        "too many connections without a client certificate from this address, or from all; retry shortly",
-    )
-}
-
+/// A whole HTTP/1.1 503 answer, written straight to the stream.
 fn unavailable(why: &str) -> Vec<u8> {
-    let body = status::ApiError::Unavailable(why.into())
-        .to_status()
-        .to_string();
+    let body = unavailable_status(why);
     format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
+}
+
+/// The `Status` of a 503, which kubectl and agents can read.
+fn unavailable_status(why: &str) -> String {
+    status::ApiError::Unavailable(why.into())
+        .to_status()
+        .to_string()
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
@@ -605,7 +833,7 @@ pub fn tls_config(
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert.clone());
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok((config, cert))
 }
 
@@ -663,4 +891,47 @@ fn certified_key(
         vec![cert.into(), ca_der.into()],
         signing,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_only_after_its_last_stream_ends() {
+        let (open, mut idle) = signal::channel(Streams::default());
+        let open = Arc::new(open);
+        let limit = Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        let busy = Busy::enter(&open);
+        let second = Busy::enter(&open);
+        let waiting = tokio::spawn(async move {
+            idle_for(&mut idle, limit).await;
+            tokio::time::Instant::now()
+        });
+        // Long past the limit, with streams open, it is not idle.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished(), "idle with two streams open");
+        drop(busy);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished(), "idle with a stream open");
+        // A stream that opens and ends inside the limit starts the count again.
+        drop(second);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(Busy::enter(&open));
+        let idle_at = waiting.await.expect("the waiter");
+        assert_eq!(
+            idle_at - started,
+            Duration::from_secs(125) + limit,
+            "idle {limit:?} after the last stream ended"
+        );
+    }
+
+    #[test]
+    fn http2_is_offered_first_and_http1_still_offered_for_upgrades() {
+        assert_eq!(ALPN, [&b"h2"[..], &b"http/1.1"[..]]);
+        // The starting phase answers health only, over HTTP/1.1.
+        let starting = starting_tls_config().expect("a starting config");
+        assert_eq!(starting.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
 }

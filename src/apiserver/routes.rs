@@ -484,8 +484,9 @@ async fn resource(
                     None => watch::DEFAULT_TIMEOUT,
                 }
                 .min(watch::MAX_TIMEOUT);
-                let rx = watch::spawn(
+                let lines = watch::open(
                     api.clone(),
+                    id,
                     WatchRequest {
                         resource,
                         namespace,
@@ -497,8 +498,8 @@ async fn resource(
                         bookmark_interval: api.bookmark_interval,
                         initial_events,
                     },
-                );
-                return Ok(stream(rx));
+                )?;
+                return Ok(stream(lines));
             }
             let limit = match query.get("limit") {
                 None | Some("") | Some("0") => None,
@@ -961,12 +962,11 @@ pub fn error(e: &ApiError) -> Response<Body> {
     resp
 }
 
-fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
-    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    });
+fn stream(
+    lines: impl futures_util::Stream<Item = Bytes> + Send + Sync + 'static,
+) -> Response<Body> {
+    use futures_util::StreamExt;
+    let frames = lines.map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
