@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::Value;
@@ -856,26 +856,68 @@ fn is_apply(req: &Request<Incoming>) -> bool {
 
 /// The body, at most `limit` bytes, within [`BODY_TIMEOUT`].
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes> {
+    let http2 = req.version() == hyper::Version::HTTP_2;
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
     {
+        if http2 {
+            discard_after_answer(req.into_body());
+        }
         return Err(ApiError::TooLarge(limit));
     }
-    let read = Limited::new(req.into_body(), limit).collect();
+    let mut body = req.into_body();
+    let read = async move {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    if http2 {
+                        discard_after_answer(body);
+                    }
+                    return Err(ApiError::TooLarge(limit));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
+    };
     match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Err(_) => Err(ApiError::RequestTimeout(format!(
             "the request body did not arrive within {} s",
             BODY_TIMEOUT.as_secs()
         ))),
-        Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(limit)),
-        Ok(Err(e)) => Err(ApiError::BadRequest(format!(
-            "cannot read the request body: {e}"
-        ))),
+        Ok(r) => r,
     }
+}
+
+/// Most of a refused HTTP/2 body read and thrown away, and for how long.
+const DISCARD_AT_MOST: usize = 16 * 1024 * 1024;
+const DISCARD_FOR: Duration = Duration::from_secs(30);
+
+/// Keeps reading (and dropping) a refused HTTP/2 request body while the refusal goes out.
+/// Dropping it at once resets the stream with CANCEL before the answer is sent, and clients
+/// (curl, nginx) then report a framing error instead of the 413; dropped after the answer, h2
+/// resets with NO_ERROR, which RFC 9113 §8.1 lets a server send after an early response.
+/// Bounded, so a client cannot make the server read forever. HTTP/1.1 needs none of this:
+/// hyper closes the connection after answering a request whose body it did not read.
+fn discard_after_answer(mut body: Incoming) {
+    tokio::spawn(async move {
+        let discard = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, Bytes::len);
+                if seen > DISCARD_AT_MOST {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_FOR, discard).await;
+    });
 }
 
 /// The body as JSON, and the fields it names twice (which the parse kept the last of).
