@@ -743,7 +743,12 @@ pub fn curl(args: &[String]) -> Reply {
 pub fn curl_within(args: &[String], timeout: Duration) -> Reply {
     let out = run(
         Command::new("curl")
-            .args(["--silent", "--show-error", "--max-time", "30"])
+            // HTTP/1.1: Debian 12's curl (7.88) over HTTP/2 sometimes reports "Stream error in
+            // the HTTP/2 framing layer" instead of an answer the server sent before reading the
+            // request body (a 4xx refusing a query), which made these tests flaky. HTTP/2 itself
+            // is tested by tests/overload.rs's own client; the curl issue is an open item in the
+            // README's HTTP/2 notes.
+            .args(["--http1.1", "--silent", "--show-error", "--max-time", "30"])
             .args(["--write-out", "\n%{http_code}"])
             .args(args),
         timeout,
