@@ -761,7 +761,8 @@ fn cgroup_mounts() -> String {
 }
 
 /// Kills what still runs in `ns` and deletes it (its veth end, and so the pair, goes too).
-fn kill_namespace(ip: &Path, ns: &str) {
+/// Also the Galera lab's (`super::galera`).
+pub fn kill_namespace(ip: &Path, ns: &str) {
     for _ in 0..50 {
         let pids = Command::new(ip)
             .args(["netns", "pids", ns])

@@ -30,8 +30,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use super::lab::base36;
@@ -454,7 +452,7 @@ impl Drop for Cluster {
             self.kill(i);
         }
         for ns in self.namespaces.iter().rev() {
-            kill_namespace(&self.ip, ns);
+            super::boards::kill_namespace(&self.ip, ns);
         }
         if self.host_addr {
             // Normally gone with the bridge's namespace; this covers a build that failed
@@ -472,39 +470,6 @@ impl Drop for Cluster {
                 self.dir.path().display()
             );
         }
-    }
-}
-
-/// Kills whatever still runs in `ns` (only processes this cluster started live there: the
-/// node's `mariadbd`, an rsync of a state transfer) and deletes the namespace.
-fn kill_namespace(ip: &Path, ns: &str) {
-    for _ in 0..50 {
-        let pids = Command::new(ip)
-            .args(["netns", "pids", ns])
-            .stderr(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let pids: Vec<i32> = pids
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if pids.is_empty() {
-            break;
-        }
-        for p in pids {
-            let _ = signal::kill(Pid::from_raw(p), Signal::SIGKILL);
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let out = Command::new(ip).args(["netns", "del", ns]).output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => eprintln!(
-            "!!! could not delete namespace {ns}: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => eprintln!("!!! could not run ip netns del {ns}: {e}"),
     }
 }
 
@@ -529,6 +494,6 @@ fn remove_stale(ip: &Path) {
     stale.dedup();
     for ns in stale {
         eprintln!("galera: removing namespace {ns} left by a test process that no longer runs");
-        kill_namespace(ip, ns);
+        super::boards::kill_namespace(ip, ns);
     }
 }
