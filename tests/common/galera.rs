@@ -77,17 +77,6 @@ pub struct Cluster {
 
 // === prerequisites ===
 
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
 /// Everything a cluster needs, or what is missing (as a failure, or a loud skip with
 /// `KEELSON_ALLOW_SKIP=1`).
 fn prerequisites(test: &str) -> Option<PathBuf> {
@@ -104,7 +93,7 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
         ("wsrep_sst_rsync", "mariadb-server"),
         ("curl", "curl"),
     ] {
-        if find_tool(tool).is_none() {
+        if super::boards::find_tool(tool).is_none() {
             missing.push(format!("{tool} (apt-get install -y {package})"));
         }
     }
@@ -112,7 +101,7 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
         missing.push(format!("{PROVIDER} (apt-get install -y galera-4)"));
     }
     if missing.is_empty() {
-        return find_tool("ip");
+        return super::boards::find_tool("ip");
     }
     super::skip::missing(
         &format!("{test} on a Galera cluster"),
